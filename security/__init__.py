@@ -1,0 +1,1 @@
+"""Request signatures, payload encryption and the audit hash chain; imports nothing from `gateway`."""
