@@ -1,0 +1,1 @@
+"""One module per external system, behind one interface: the gateway calls `Adapter.invoke` and nothing protocol-specific."""

@@ -1,0 +1,1 @@
+"""Stand-ins for the external systems, speaking their real protocols over real HTTP (demo, tests, benchmarks)."""
