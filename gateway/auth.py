@@ -1,0 +1,81 @@
+"""Authentication of a request: signature, key, clock window, digest and nonce; each refusal has its own code."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from gateway.directory import CallerInfo, Directory
+from gateway.problems import Problem
+from gateway.state import NonceStore
+from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request
+
+TITLES = {
+    "signature_missing": "Request is not signed",
+    "signature_malformed": "Signature headers are malformed",
+    "signature_expired": "Signature is outside the accepted time window",
+    "signature_invalid": "Signature does not verify",
+    "digest_missing": "Content-Digest is missing",
+    "digest_mismatch": "Content-Digest does not match the body",
+    "key_unknown": "Signing key is unknown",
+    "key_revoked": "Signing key is revoked",
+    "nonce_replayed": "Nonce was already used",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    caller: CallerInfo
+    key_id: str
+
+
+def target_uri(request: Request) -> str:
+    """The URI the client signed: scheme, Host header and the raw path and query as they came on the wire."""
+    scope = request.scope
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    host = request.headers.get("host") or "localhost"
+    uri = f"{scope.get('scheme', 'http')}://{host}{raw_path.decode('latin-1')}"
+    return f"{uri}?{query.decode('latin-1')}" if query else uri
+
+
+def _refuse(code: str, detail: str, **context: object) -> Problem:
+    return Problem(
+        401, code, TITLES[code], detail, headers={"WWW-Authenticate": 'Signature label="msjx"'}, context=context
+    )
+
+
+class Authenticator:
+    def __init__(self, directory: Directory, nonces: NonceStore, max_skew: int = 300) -> None:
+        self._directory = directory
+        self._nonces = nonces
+        self._max_skew = max_skew
+
+    async def authenticate(self, request: Request, body: bytes) -> Principal:
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]]
+        try:
+            params = parse_signature_params(headers)
+            check_created(params, time.time(), self._max_skew)
+        except SignatureFailure as failure:
+            raise _refuse(failure.code, failure.detail, key_id=failure.key_id) from None
+        key = await self._directory.key(params.key_id)
+        if key is None:
+            raise _refuse("key_unknown", f"no key with id {params.key_id!r} is registered", key_id=params.key_id)
+        caller_context = {
+            "key_id": key.key_id,
+            "caller_id": key.caller.caller_id,
+            "department": key.caller.department,
+            "roles": tuple(sorted(key.caller.roles)),
+        }
+        if key.status != "active" or key.public_key is None:
+            raise _refuse("key_revoked", f"key {key.key_id!r} is revoked", **caller_context)
+        try:
+            verify_request(request.method, target_uri(request), headers, body, key.public_key, params)
+        except SignatureFailure as failure:
+            raise _refuse(failure.code, failure.detail, **caller_context) from None
+        # Only a verified signature may spend a nonce, so nobody can burn another caller's nonces.
+        if not await self._nonces.claim(key.key_id, params.nonce, 2 * self._max_skew + 1):
+            raise _refuse("nonce_replayed", "this nonce was already used with this key", **caller_context)
+        return Principal(caller=key.caller, key_id=key.key_id)

@@ -1,0 +1,158 @@
+"""The demo: simulators in a child process, demo callers with keys on disk, demo grants, and a call that works."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+
+from adapters.base import Adapter
+from gateway import db, registry
+from gateway.models import CallerKey, Grant
+from gateway.settings import Settings
+from schemas.api import CallerIn, GrantIn, KeyIn
+from security.keys import (
+    generate_ed25519,
+    load_private_key_file,
+    private_key_pem,
+    public_key_pem,
+    write_secret_file,
+)
+
+DEMO_PURPOSE = "XM-2025-001"
+NARROW_PURPOSE = "QZ-2025-007"
+
+
+@dataclass(frozen=True)
+class DemoCaller:
+    caller_id: str
+    name: str
+    department: str
+    roles: tuple[str, ...]
+
+
+DEMO_CALLERS = (
+    DemoCaller("platform", "免申即享平台", "市数据管理局", ("platform",)),
+    DemoCaller("dept-tax", "税务局数据专员", "市税务局", ("department",)),
+    DemoCaller("dept-finance", "财政局数据专员", "市财政局", ("department",)),
+    DemoCaller("officer", "安全审计员", "市网信办", ("officer",)),
+    DemoCaller("coordinator", "数据共享协调员", "市数据管理局", ("coordinator",)),
+    DemoCaller("admin", "网关管理员", "市大数据中心", ("admin",)),
+)
+
+
+def key_id_for(caller_id: str, public_key: Ed25519PublicKey) -> str:
+    """`<caller>.<fingerprint>`: the CLI can derive it from a key file and a caller id alone."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"{caller_id}.{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def start_simulators(host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """A child process keeps the simulators off the gateway's core and event loop, as real upstreams would be."""
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "gateway.cli", "simulators", "--host", host],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.kill()
+        raise RuntimeError("the simulators did not start; run `msjx-gateway simulators` to see why")
+    return process, orjson.loads(line)
+
+
+async def seed(settings: Settings, adapters: dict[str, Adapter]) -> list[dict[str, object]]:
+    """Create demo callers, keys and grants once; on a restart reuse them. Returns the callers.json listing."""
+    demo_dir = settings.data_dir / "demo"
+    keys_dir = demo_dir / "keys"
+    engine = db.create_engine(settings)
+    sessions = db.sessionmaker(engine)
+    listing = []
+    try:
+        async with sessions() as session:
+            for demo in DEMO_CALLERS:
+                key_file = keys_dir / f"{demo.caller_id}.pem"
+                if key_file.exists():
+                    private_key = load_private_key_file(key_file)
+                else:
+                    private_key = generate_ed25519()
+                    write_secret_file(key_file, private_key_pem(private_key))
+                public_key = private_key.public_key()
+                key_id = key_id_for(demo.caller_id, public_key)
+                key = KeyIn(key_id=key_id, public_key=public_key_pem(public_key))
+                if await registry.session_has_caller(session, demo.caller_id):
+                    if await session.get(CallerKey, key_id) is None:
+                        await registry.add_key(session, demo.caller_id, key)
+                else:
+                    body = CallerIn(
+                        caller_id=demo.caller_id,
+                        name=demo.name,
+                        department=demo.department,
+                        roles=list(demo.roles),
+                        keys=[key],
+                    )
+                    await registry.add_caller(session, body)
+                purposes = await _demo_grants(session, demo, adapters) if "platform" in demo.roles else []
+                listing.append(
+                    {
+                        "caller_id": demo.caller_id,
+                        "key_id": key_id,
+                        "roles": list(demo.roles),
+                        "key_file": str(key_file),
+                        "purposes": purposes,
+                    }
+                )
+    finally:
+        await engine.dispose()
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    (demo_dir / "callers.json").write_text(json.dumps(listing, ensure_ascii=False, indent=2) + "\n")
+    return listing
+
+
+async def _demo_grants(session, demo: DemoCaller, adapters: dict[str, Adapter]) -> list[str]:  # type: ignore[no-untyped-def]
+    """A full grant for every operation under DEMO_PURPOSE, and a narrow one (one field) to show minimization."""
+    existing = {
+        (row.service, row.operation, row.purpose)
+        for row in (await session.scalars(select(Grant).where(Grant.caller_id == demo.caller_id))).all()
+        if row.revoked_at is None
+    }
+    valid_to = datetime.now(UTC) + timedelta(days=365)
+    for service, adapter in adapters.items():
+        for operation in adapter.operations.values():
+            wanted = [(DEMO_PURPOSE, list(operation.fields))]
+            if "listed" in operation.fields:
+                wanted.append((NARROW_PURPOSE, ["listed"]))
+            for purpose, fields in wanted:
+                if (service, operation.name, purpose) in existing:
+                    continue
+                body = GrantIn(
+                    caller_id=demo.caller_id,
+                    service=service,
+                    operation=operation.name,
+                    purpose=purpose,
+                    fields=fields,
+                    valid_to=valid_to,
+                )
+                await registry.add_grant(session, body, adapters)
+    return [DEMO_PURPOSE, NARROW_PURPOSE]
+
+
+def call_line(port: int, listing: list[dict[str, object]], uscc: str, host: str = "127.0.0.1") -> str:
+    platform = next(entry for entry in listing if "platform" in entry["roles"])  # type: ignore[operator]
+    return (
+        f"msjx-gateway call credit dishonest-debtor --purpose {DEMO_PURPOSE} --param uscc={uscc}"
+        f" --key {platform['key_file']} --caller {platform['caller_id']} --url http://{host}:{port}"
+    )
+
+
+def demo_dir(data_dir: Path) -> Path:
+    return data_dir / "demo"

@@ -1,0 +1,149 @@
+"""One audited exchange: read the body, authenticate, run the handler, record the outcome, answer.
+
+Every route that needs a caller goes through `run_exchange`, so no path can forget to authenticate
+or to audit, and a refusal is recorded exactly like a success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
+from gateway.auth import Principal
+from gateway.problems import Problem
+from gateway.runtime import Runtime
+
+log = logging.getLogger("msjx.exchange")
+MAX_BODY_BYTES = 1 << 20
+JSON = "application/json"
+
+
+@dataclass
+class Exchange:
+    runtime: Runtime
+    request: Request
+    request_id: str
+    body: bytes
+    principal: Principal
+    event: AuditEvent
+
+
+Handler = Callable[[Exchange], Awaitable[tuple[int, bytes]]]
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "body_too_large", "Request body is too large", f"the limit is {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "body_too_large", "Request body is too large", f"the limit is {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _apply_context(event: AuditEvent, context: dict[str, object]) -> None:
+    for name, value in context.items():
+        if hasattr(event, name) and value is not None:
+            setattr(event, name, value)
+
+
+async def run_exchange(
+    request: Request,
+    event_name: str,
+    handler: Handler,
+    *,
+    roles: Iterable[str] | None = None,
+    service: str | None = None,
+    operation: str | None = None,
+) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    started = time.perf_counter()
+    request_id = new_request_id()
+    event = AuditEvent(
+        event=event_name,
+        request_id=request_id,
+        decision="refused",
+        status_code=0,
+        client_addr=request.client.host if request.client else None,
+        method=request.method,
+        path=request.url.path,
+        service=service,
+        operation=operation,
+    )
+    instance = request.url.path
+    try:
+        body = await read_body(request)
+        event.request_body = body
+        principal = await runtime.authenticator.authenticate(request, body)
+        event.caller_id = principal.caller.caller_id
+        event.department = principal.caller.department
+        event.roles = tuple(sorted(principal.caller.roles))
+        event.key_id = principal.key_id
+        if roles is not None and not principal.caller.roles.intersection(roles):
+            raise Problem(
+                403,
+                "role_forbidden",
+                "Caller lacks the role for this operation",
+                f"needs one of the roles {sorted(roles)}",
+            )
+        exchange = Exchange(runtime, request, request_id, body, principal, event)
+        status, payload = await handler(exchange)
+        event.decision = "allowed"
+        event.status_code = status
+        event.response_body = payload
+        event.duration_us = int((time.perf_counter() - started) * 1e6)
+        await runtime.audit.append(event)
+        return Response(payload, status_code=status, media_type=JSON, headers={"X-Request-Id": request_id})
+    except AuditUnavailable:
+        return _audit_down(request_id, instance)
+    except Problem as problem:
+        return await _record_problem(runtime, event, problem, started, instance)
+    except Exception:
+        log.exception("unhandled error in %s (request %s)", event_name, request_id)
+        problem = Problem(
+            500, "internal_error", "Internal error", "the gateway failed; the request id names it in logs"
+        )
+        return await _record_problem(runtime, event, problem, started, instance, decision="failed")
+
+
+async def _record_problem(
+    runtime: Runtime,
+    event: AuditEvent,
+    problem: Problem,
+    started: float,
+    instance: str,
+    decision: str | None = None,
+) -> Response:
+    _apply_context(event, problem.context)
+    body = problem.render(event.request_id, instance)
+    event.decision = decision or ("failed" if problem.status >= 500 else "refused")
+    event.reason_code = problem.code
+    event.status_code = problem.status
+    event.response_body = body
+    event.duration_us = int((time.perf_counter() - started) * 1e6)
+    try:
+        await runtime.audit.append(event)
+    except AuditUnavailable:
+        return _audit_down(event.request_id, instance)
+    return problem.response(event.request_id, instance, body=body)
+
+
+def _audit_down(request_id: str, instance: str) -> Response:
+    log.error("request %s refused: the audit store is unavailable", request_id)
+    return Problem(
+        503,
+        "audit_unavailable",
+        "Audit log unavailable",
+        "the exchange could not be recorded, so no data was released; retry later",
+        headers={"Retry-After": "5"},
+    ).response(request_id, instance)

@@ -1,0 +1,200 @@
+"""Callers, keys and grants: the writes behind both the admin API and the CLI, with their refusals."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adapters.base import Adapter
+from gateway.directory import as_utc
+from gateway.models import Caller, CallerKey, Grant
+from gateway.problems import Problem
+from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
+from security.keys import KeyFormatError, load_public_key
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_key(key: KeyIn) -> None:
+    try:
+        load_public_key(key.public_key)
+    except KeyFormatError as exc:
+        raise Problem(
+            422,
+            "key_invalid",
+            "Public key is invalid",
+            str(exc),
+            errors=[{"field": "public_key", "message": str(exc), "type": "key_invalid"}],
+        ) from None
+
+
+def key_out(row: CallerKey) -> KeyOut:
+    return KeyOut(
+        key_id=row.key_id,
+        status=row.status,
+        created_at=as_utc(row.created_at),
+        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
+    )
+
+
+async def caller_out(session: AsyncSession, caller: Caller) -> CallerOut:
+    keys = (await session.scalars(select(CallerKey).where(CallerKey.caller_id == caller.caller_id))).all()
+    return CallerOut(
+        caller_id=caller.caller_id,
+        name=caller.name,
+        department=caller.department,
+        roles=list(caller.roles),
+        created_at=as_utc(caller.created_at),
+        keys=[key_out(key) for key in sorted(keys, key=lambda k: k.key_id)],
+    )
+
+
+async def add_caller(session: AsyncSession, body: CallerIn) -> CallerOut:
+    if await session.get(Caller, body.caller_id) is not None:
+        raise Problem(409, "caller_exists", "Caller already exists", f"caller {body.caller_id!r} is registered")
+    for key in body.keys:
+        _check_key(key)
+        if await session.get(CallerKey, key.key_id) is not None:
+            raise Problem(409, "key_exists", "Key id already in use", f"key id {key.key_id!r} is taken")
+    now = _now()
+    caller = Caller(
+        caller_id=body.caller_id,
+        name=body.name,
+        department=body.department,
+        roles=sorted(set(body.roles)),
+        created_at=now,
+    )
+    session.add(caller)
+    await session.flush()
+    for key in body.keys:
+        session.add(
+            CallerKey(
+                key_id=key.key_id, caller_id=body.caller_id, public_key=key.public_key, status="active", created_at=now
+            )
+        )
+    await session.commit()
+    return await caller_out(session, caller)
+
+
+async def list_callers(session: AsyncSession) -> list[CallerOut]:
+    callers = (await session.scalars(select(Caller).order_by(Caller.caller_id))).all()
+    return [await caller_out(session, caller) for caller in callers]
+
+
+async def session_has_caller(session: AsyncSession, caller_id: str) -> bool:
+    return await session.get(Caller, caller_id) is not None
+
+
+async def _caller(session: AsyncSession, caller_id: str) -> Caller:
+    caller = await session.get(Caller, caller_id)
+    if caller is None:
+        raise Problem(404, "caller_unknown", "Caller not found", f"no caller {caller_id!r}")
+    return caller
+
+
+async def add_key(session: AsyncSession, caller_id: str, key: KeyIn) -> KeyOut:
+    await _caller(session, caller_id)
+    _check_key(key)
+    if await session.get(CallerKey, key.key_id) is not None:
+        raise Problem(409, "key_exists", "Key id already in use", f"key id {key.key_id!r} is taken")
+    row = CallerKey(
+        key_id=key.key_id, caller_id=caller_id, public_key=key.public_key, status="active", created_at=_now()
+    )
+    session.add(row)
+    await session.commit()
+    return key_out(row)
+
+
+async def revoke_key(session: AsyncSession, caller_id: str, key_id: str) -> KeyOut:
+    row = await session.get(CallerKey, key_id)
+    if row is None or row.caller_id != caller_id:
+        raise Problem(404, "key_unknown", "Key not found", f"caller {caller_id!r} has no key {key_id!r}")
+    if row.status != "revoked":
+        row.status = "revoked"
+        row.revoked_at = _now()
+        await session.commit()
+    return key_out(row)
+
+
+def grant_out(row: Grant) -> GrantOut:
+    return GrantOut(
+        grant_id=row.grant_id,
+        caller_id=row.caller_id,
+        service=row.service,
+        operation=row.operation,
+        purpose=row.purpose,
+        fields=list(row.fields),
+        valid_from=as_utc(row.valid_from),
+        valid_to=as_utc(row.valid_to),
+        created_at=as_utc(row.created_at),
+        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
+    )
+
+
+def _grant_problem(field: str, code: str, message: str) -> Problem:
+    return Problem(
+        422,
+        code,
+        "Grant is invalid",
+        f"{field}: {message}",
+        errors=[{"field": field, "message": message, "type": code}],
+    )
+
+
+async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str, Adapter]) -> GrantOut:
+    await _caller(session, body.caller_id)
+    adapter = adapters.get(body.service)
+    if adapter is None:
+        raise _grant_problem("service", "unknown_service", f"no service {body.service!r}; known: {sorted(adapters)}")
+    operation = adapter.operations.get(body.operation)
+    if operation is None:
+        known = sorted(adapter.operations)
+        raise _grant_problem(
+            "operation", "unknown_operation", f"{body.service} has no operation {body.operation!r}; known: {known}"
+        )
+    unknown = [name for name in body.fields if name not in operation.fields]
+    if unknown:
+        raise _grant_problem("fields", "unknown_field", f"{unknown} are not fields of {body.service}/{body.operation}")
+    now = _now()
+    valid_from = body.valid_from or now
+    if body.valid_to <= now:
+        raise _grant_problem("valid_to", "validity_in_past", "the grant would already have expired")
+    if body.valid_to <= valid_from:
+        raise _grant_problem("valid_to", "validity_empty", "valid_to must be after valid_from")
+    row = Grant(
+        grant_id="g-" + secrets.token_hex(8),
+        caller_id=body.caller_id,
+        service=body.service,
+        operation=body.operation,
+        purpose=body.purpose,
+        fields=sorted(set(body.fields)),
+        valid_from=valid_from,
+        valid_to=body.valid_to,
+        created_at=now,
+    )
+    session.add(row)
+    await session.commit()
+    return grant_out(row)
+
+
+async def list_grants(session: AsyncSession, caller_id: str | None = None) -> list[GrantOut]:
+    query = select(Grant).order_by(Grant.created_at, Grant.grant_id)
+    if caller_id is not None:
+        query = query.where(Grant.caller_id == caller_id)
+    return [grant_out(row) for row in (await session.scalars(query)).all()]
+
+
+async def revoke_grant(session: AsyncSession, grant_id: str) -> GrantOut:
+    row = await session.get(Grant, grant_id)
+    if row is None:
+        raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
+    if row.revoked_at is None:
+        row.revoked_at = _now()
+        await session.commit()
+    return grant_out(row)

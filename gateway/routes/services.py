@@ -1,0 +1,151 @@
+"""The platform's door: invoke one operation of one upstream service, and list what a caller may invoke."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from adapters.base import UpstreamError
+from gateway.directory import GrantInfo
+from gateway.exchange import Exchange, run_exchange
+from gateway.problems import Problem, validation_problem
+from gateway.routes.docs import SIGNED, json_body, problem_responses
+from schemas.api import InvokeRequest, InvokeResponse
+
+router = APIRouter(prefix="/v1/services", tags=["services"])
+
+
+def parse_json(body: bytes, model: type[BaseModel]) -> Any:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Problem(422, "invalid_json", "Body is not JSON", "the request body must be a JSON object") from None
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise validation_problem(exc.errors()) from None
+
+
+def select_grant(grants: tuple[GrantInfo, ...], service: str, operation: str, purpose: str) -> GrantInfo:
+    """The grant that allows this call now, or the most specific refusal."""
+    if not grants:
+        raise Problem(403, "no_grant", "No grant", f"the caller holds no grant for {service}/{operation}")
+    for_purpose = [grant for grant in grants if grant.purpose == purpose]
+    if not for_purpose:
+        raise Problem(
+            403,
+            "purpose_not_granted",
+            "Purpose not granted",
+            f"no grant for {service}/{operation} with purpose {purpose!r}",
+        )
+    now = datetime.now(UTC)
+    for grant in for_purpose:
+        if grant.valid_at(now):
+            return grant
+    raise Problem(
+        403,
+        "grant_not_valid",
+        "Grant not valid now",
+        f"the grant for purpose {purpose!r} is not valid at {now.isoformat(timespec='seconds')}",
+        context={"grant_id": for_purpose[0].grant_id},
+    )
+
+
+async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:
+    runtime = exchange.runtime
+    adapter = runtime.adapters.get(service)
+    if adapter is None:
+        raise Problem(404, "unknown_service", "Unknown service", f"no service {service!r}")
+    operation = adapter.operations.get(operation_name)
+    if operation is None:
+        raise Problem(404, "unknown_operation", "Unknown operation", f"{service} has no operation {operation_name!r}")
+    body: InvokeRequest = parse_json(exchange.body, InvokeRequest)
+    event = exchange.event
+    event.purpose = body.purpose
+    grants = await runtime.directory.grants_for(exchange.principal.caller.caller_id, service, operation_name)
+    grant = select_grant(grants, service, operation_name, body.purpose)
+    event.grant_id = grant.grant_id
+    try:
+        params = operation.input_model.model_validate(body.params)
+    except ValidationError as exc:
+        raise validation_problem(exc.errors(), prefix=("params",)) from None
+    event.subject = getattr(params, "uscc", None)
+    started = time.perf_counter()
+    try:
+        result = await adapter.invoke(operation_name, params)
+    except UpstreamError as exc:
+        event.upstream_us = int((time.perf_counter() - started) * 1e6)
+        event.upstream_status = exc.upstream_status
+        raise Problem(exc.status, exc.code, "Upstream failed", exc.detail) from None
+    event.upstream_us = int((time.perf_counter() - started) * 1e6)
+    event.upstream_status = result.upstream_status
+    # Minimization: only granted fields leave the gateway, whatever the upstream sent.
+    data = {name: result.data[name] for name in grant.fields if name in result.data}
+    event.fields = tuple(data)
+    answer = {
+        "data": data,
+        "meta": {
+            "request_id": exchange.request_id,
+            "service": service,
+            "operation": operation_name,
+            "grant_id": grant.grant_id,
+            "source": adapter.title or service,
+            "fetched_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        },
+    }
+    return 200, orjson.dumps(answer)
+
+
+@router.post(
+    "/{service}/{operation}",
+    summary="Invoke an operation",
+    description="Call one operation of an upstream system for a granted purpose; only granted fields return. " + SIGNED,
+    response_model=InvokeResponse,
+    responses=problem_responses(401, 403, 404, 413, 422, 502, 503, 504),
+    openapi_extra=json_body(InvokeRequest),
+)
+async def invoke(request: Request, service: str, operation: str) -> Response:
+    return await run_exchange(
+        request, "service.invoke", partial(_invoke, service, operation), service=service, operation=operation
+    )
+
+
+async def _list(exchange: Exchange) -> tuple[int, bytes]:
+    caller = exchange.principal.caller
+    services = []
+    for name, adapter in sorted(exchange.runtime.adapters.items()):
+        operations = []
+        for operation in adapter.operations.values():
+            grants = await exchange.runtime.directory.grants_for(caller.caller_id, name, operation.name)
+            operations.append(
+                {
+                    "operation": operation.name,
+                    "summary": operation.summary,
+                    "safe": operation.safe,
+                    "fields": list(operation.fields),
+                    "input_schema": operation.input_model.model_json_schema(),
+                    "output_schema": operation.output_model.model_json_schema(),
+                    "grants": [
+                        {"grant_id": g.grant_id, "purpose": g.purpose, "fields": list(g.fields)} for g in grants
+                    ],
+                }
+            )
+        services.append({"service": name, "title": adapter.title, "operations": operations})
+    return 200, orjson.dumps({"services": services})
+
+
+@router.get(
+    "",
+    summary="List services",
+    description="Every service and operation with its input and output JSON schema, and the caller's grants. " + SIGNED,
+    responses=problem_responses(401),
+)
+async def list_services(request: Request) -> Response:
+    return await run_exchange(request, "service.list", _list)

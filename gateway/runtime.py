@@ -1,0 +1,104 @@
+"""Everything one gateway process holds while it runs: engine, directory, nonce store, audit writer, adapters."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from adapters.base import Adapter
+from gateway import db
+from gateway.audit import AuditWriter
+from gateway.auth import Authenticator
+from gateway.directory import Directory
+from gateway.settings import Settings
+from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect_redis
+from security.crypto import DataKey
+from security.keys import load_or_create_secret
+
+log = logging.getLogger("msjx.runtime")
+
+
+def build_adapters(settings: Settings) -> dict[str, Adapter]:
+    """One adapter per configured upstream; a service without a URL is simply not offered."""
+    from adapters.credit import CreditAdapter
+
+    factories = {"credit": CreditAdapter}
+    adapters: dict[str, Adapter] = {}
+    for name, url in settings.upstream_urls.items():
+        factory = factories.get(name)
+        if factory is None:
+            raise ValueError(f"MSJX_UPSTREAM_URLS names an unknown service {name!r}; known: {sorted(factories)}")
+        adapters[name] = factory(url, timeout=settings.upstream_timeout)
+    return adapters
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker
+    directory: Directory
+    nonces: NonceStore
+    authenticator: Authenticator
+    audit: AuditWriter
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+
+    @classmethod
+    async def start(cls, settings: Settings, adapters: dict[str, Adapter] | None = None) -> Runtime:
+        engine = db.create_engine(settings)
+        sessions = db.sessionmaker(engine)
+        directory = Directory(sessions, ttl=settings.grant_cache_seconds)
+        if settings.redis_url:
+            nonces: NonceStore = RedisNonceStore(connect_redis(settings.redis_url))
+            await nonces.ping()
+            log.info("shared state in Redis: nonces are seen by every node")
+        else:
+            nonces = MemoryNonceStore()
+            log.warning("MSJX_REDIS_URL is unset: nonces are kept in this process, so run ONE node only")
+        keys_dir = settings.keys_dir
+        data_key = DataKey("dk-1", load_or_create_secret(keys_dir / "audit-data-dk-1.key"))
+        subject_key = load_or_create_secret(keys_dir / "subject-hmac.key")
+        audit = AuditWriter(
+            engine,
+            chain_id=settings.node_id,
+            data_key=data_key,
+            subject_key=subject_key,
+            batch_max=settings.audit_batch_max,
+        )
+        await audit.start()
+        adapters = build_adapters(settings) if adapters is None else adapters
+        for adapter in adapters.values():
+            await adapter.start()
+        authenticator = Authenticator(directory, nonces, settings.signature_max_skew)
+        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, adapters)
+
+    async def close(self) -> None:
+        await self.audit.close()
+        for adapter in self.adapters.values():
+            await adapter.close()
+        await self.nonces.close()
+        await self.engine.dispose()
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's state as 'ok' or a short reason; the gateway is ready only when all are 'ok'."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # a readiness probe reports, it never raises
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        if self.settings.redis_url:
+            try:
+                await self.nonces.ping()
+                checks["redis"] = "ok"
+            except Exception as exc:
+                checks["redis"] = f"unavailable: {type(exc).__name__}"
+        if not self.audit.running:
+            checks["audit"] = "writer stopped"
+        else:
+            checks["audit"] = "ok" if self.audit.last_error is None else f"last commit failed: {self.audit.last_error}"
+        return checks

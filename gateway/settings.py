@@ -1,0 +1,88 @@
+"""Settings from the environment (prefix MSJX_); a wrong value stops start-up with one line naming the setting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting has a wrong value; the message names it and says what is expected."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MSJX_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("var"), description="where the SQLite file, keys and demo files live")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means SQLite at <data_dir>/msjx.db"
+    )
+    redis_url: str | None = Field(default=None, description="unset: in-process state, one node only")
+    node_id: str = Field(default="node-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    upstream_urls: dict[str, str] = Field(default_factory=dict, description='JSON: {"credit": "http://..."}')
+    upstream_timeout: float = Field(default=5.0, gt=0, le=120)
+    signature_max_skew: int = Field(default=300, ge=1, le=3600)
+    audit_batch_max: int = Field(default=512, ge=1, le=100_000)
+    grant_cache_seconds: float = Field(default=1.0, ge=0, le=1.0)
+    log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlsplit(value).scheme.split("+")[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("upstream_urls")
+    @classmethod
+    def _upstream_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError(f"upstream {name!r} needs an http(s) URL")
+        return value
+
+    @property
+    def async_database_url(self) -> str:
+        """The URL with the async driver SQLAlchemy needs; plain postgresql:// and sqlite:/// are accepted."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'msjx.db'}"
+        scheme, _, rest = url.partition("://")
+        base = scheme.split("+")[0]
+        if base == "sqlite":
+            return f"sqlite+aiosqlite://{rest}"
+        return f"postgresql+asyncpg://{rest}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.async_database_url.startswith("sqlite")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus overrides, turning validation errors into one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "MSJX_" + "_".join(str(part) for part in first["loc"][:1]).upper()
+        raw = os.environ.get(name)
+        shown = "" if raw is None or "url" in name.lower() else f" (got {raw!r})"
+        raise SettingsError(f"{name}: {first['msg']}{shown}") from None
