@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import orjson
 from cryptography.hazmat.primitives import serialization
@@ -146,13 +147,16 @@ async def _demo_grants(session, demo: DemoCaller, adapters: dict[str, Adapter]) 
     return [DEMO_PURPOSE, NARROW_PURPOSE]
 
 
+def command_name() -> str:
+    """How the user reaches this command: bare when it is on PATH, else the path they ran (e.g. .venv/bin/…)."""
+    if shutil.which("msjx-gateway"):
+        return "msjx-gateway"
+    return os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith("msjx-gateway") else "msjx-gateway"
+
+
 def call_line(port: int, listing: list[dict[str, object]], uscc: str, host: str = "127.0.0.1") -> str:
     platform = next(entry for entry in listing if "platform" in entry["roles"])  # type: ignore[operator]
     return (
-        f"msjx-gateway call credit dishonest-debtor --purpose {DEMO_PURPOSE} --param uscc={uscc}"
+        f"{command_name()} call credit dishonest-debtor --purpose {DEMO_PURPOSE} --param uscc={uscc}"
         f" --key {platform['key_file']} --caller {platform['caller_id']} --url http://{host}:{port}"
     )
-
-
-def demo_dir(data_dir: Path) -> Path:
-    return data_dir / "demo"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 
 class SettingsError(Exception):
@@ -86,3 +88,8 @@ def load_settings(**overrides: object) -> Settings:
         raw = os.environ.get(name)
         shown = "" if raw is None or "url" in name.lower() else f" (got {raw!r})"
         raise SettingsError(f"{name}: {first['msg']}{shown}") from None
+    except SourceError as exc:
+        # pydantic-settings fails before validation when a JSON-valued setting is not JSON.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = "MSJX_" + (match.group(1).upper() if match else "SETTINGS")
+        raise SettingsError(f"{name}: not valid JSON") from None

@@ -1,1 +1,1 @@
-"""Canonical data of the gateway: identifiers, upstream records and API bodies (pydantic); imports nothing project-local."""
+"""Canonical data: identifiers, upstream records and API bodies (pydantic); imports nothing project-local."""
