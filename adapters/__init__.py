@@ -1,1 +1,1 @@
-"""One module per external system, behind one interface: the gateway calls `Adapter.invoke` and nothing protocol-specific."""
+"""One module per external system behind one interface: the gateway calls `Adapter.invoke`, no protocol details."""
