@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,9 @@ class Adapter:
         result = await self.call(operation, params)
         try:
             validated = operation.output_model.model_validate(result.data)
-        except ValueError as exc:
-            raise UpstreamMalformed(self.service, str(exc).splitlines()[0], result.upstream_status) from exc
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            reason = f"{'/'.join(str(part) for part in first['loc'])}: {first['msg']}"
+            raise UpstreamMalformed(self.service, reason, result.upstream_status) from exc
         result.data = validated.model_dump(mode="json")
         return result
