@@ -1,0 +1,156 @@
+"""The credit platform (信用平台) simulator: an aiohttp REST service with the platform's own pinyin-keyed JSON.
+
+`python -m simulators.credit --host 127.0.0.1 --port 9101` runs it alone. Answers for the population are encoded
+once at start, so a request costs a dict lookup: this service is the benchmark's upstream floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from schemas.uscc import is_valid_uscc
+
+from .enterprises import ENTERPRISES, Enterprise, Listing
+from .faults import install_faults
+
+__all__ = ["BASE_PATH", "bound_port", "create_app", "main", "start", "start_with_port"]
+
+BASE_PATH = "/api/credit/v1"
+_JSON = "application/json"
+
+# Wire format: {"code": "0000", "message": "成功", "data": {...}}. Keys are pinyin initials, as such systems write:
+# tyshxydm 统一社会信用代码, sfsx 是否失信, ajxx 案件信息, zxfy 执行法院, ah 案号, lasj 立案时间, zxbd 执行标的,
+# yw 义务, lxqk 履行情况; sflr 是否列入, jyycxx 经营异常信息, yzwfxx 严重违法信息, lryy 列入原因, lrrq 列入日期,
+# jdjg 决定机关.
+
+
+def _envelope(data: dict[str, Any]) -> bytes:
+    return orjson.dumps({"code": "0000", "message": "成功", "data": data})
+
+
+def _dishonest(uscc: str, enterprise: Enterprise | None) -> dict[str, Any]:
+    cases = enterprise.dishonest_cases if enterprise else ()
+    return {
+        "tyshxydm": uscc,
+        "sfsx": "1" if cases else "0",
+        "ajxx": [
+            {
+                "zxfy": case.court,
+                "ah": case.case_number,
+                "lasj": case.filed_on.isoformat(),
+                "zxbd": str(case.amount),  # a string on the wire: the platform never sends money as a number
+                "yw": case.obligation,
+                "lxqk": case.performance,
+            }
+            for case in cases
+        ],
+    }
+
+
+def _listing(attribute: str, wire_key: str) -> Callable[[str, Enterprise | None], dict[str, Any]]:
+    def encode(uscc: str, enterprise: Enterprise | None) -> dict[str, Any]:
+        listed: tuple[Listing, ...] = getattr(enterprise, attribute) if enterprise else ()
+        return {
+            "tyshxydm": uscc,
+            "sflr": "1" if listed else "0",
+            wire_key: [
+                {"lryy": entry.reason, "lrrq": entry.listed_on.isoformat(), "jdjg": entry.authority} for entry in listed
+            ],
+        }
+
+    return encode
+
+
+_ENCODERS: dict[str, Callable[[str, Enterprise | None], dict[str, Any]]] = {
+    "dishonest-debtors": _dishonest,
+    "abnormal-operations": _listing("abnormal_operations", "jyycxx"),
+    "serious-violations": _listing("serious_violations", "yzwfxx"),
+}
+
+_MISSING = orjson.dumps({"code": "4000", "message": "缺少参数 tyshxydm"})
+_BAD_USCC = orjson.dumps({"code": "4001", "message": "统一社会信用代码格式错误"})
+
+
+def _endpoint(encode: Callable[[str, Enterprise | None], dict[str, Any]]) -> Callable[..., Any]:
+    known = {enterprise.uscc: _envelope(encode(enterprise.uscc, enterprise)) for enterprise in ENTERPRISES}
+
+    async def handle(request: web.Request) -> web.Response:
+        uscc = request.query.get("tyshxydm")
+        if not uscc:
+            return web.Response(body=_MISSING, status=400, content_type=_JSON)
+        body = known.get(uscc)
+        if body is None:
+            if not is_valid_uscc(uscc):
+                return web.Response(body=_BAD_USCC, status=400, content_type=_JSON)
+            # A valid code the platform has no record of is simply not listed: it cannot tell it is unknown.
+            body = _envelope(encode(uscc, None))
+        return web.Response(body=body, content_type=_JSON)
+
+    return handle
+
+
+def create_app() -> web.Application:
+    """The credit platform as an aiohttp application, with the fault-injection middleware and routes."""
+    app = web.Application()
+    install_faults(app)
+    for name, encode in _ENCODERS.items():
+        app.router.add_get(f"{BASE_PATH}/{name}", _endpoint(encode))
+    return app
+
+
+async def start(host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
+    """Start the simulator in the running event loop; stop it with `await runner.cleanup()`."""
+    runner = web.AppRunner(create_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def start_with_port(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    """Like `start`, and also return the port bound (useful with port 0)."""
+    runner = await start(host, port)
+    return runner, bound_port(runner)
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The TCP port the runner's first site listens on."""
+    return int(runner.addresses[0][1])
+
+
+async def _serve(host: str, port: int) -> None:
+    runner, bound = await start_with_port(host, port)
+    print(f"credit simulator listening on http://{host}:{bound}{BASE_PATH}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m simulators.credit", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9101)
+    args = parser.parse_args(argv)
+    loop_factory = None
+    with contextlib.suppress(ImportError):  # uvloop comes with uvicorn[standard]; the plain loop works too
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
