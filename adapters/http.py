@@ -1,0 +1,162 @@
+"""The JSON-over-HTTP client of the REST adapters: one aiohttp session per upstream, every failure an UpstreamError.
+
+aiohttp was chosen by measurement (bench/upstream_client.py, figures in bench/results/upstream_client.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .base import UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+
+__all__ = ["DEFAULT_MAX_BODY", "JsonClient", "JsonResponse"]
+
+DEFAULT_MAX_BODY = 2 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JsonResponse:
+    """A decoded answer: HTTP status below 500 and a JSON object body. The adapter reads the business code."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class JsonClient:
+    """GETs JSON from one upstream; one instance per adapter, `start()` once per process, `close()` at shutdown.
+
+    `get_json` is exactly one request to the upstream (aiohttp's own silent retry of idempotent requests is
+    turned off), so a retry policy wrapped around it by the caller counts and audits every attempt it makes.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        max_connections: int = 100,
+        keepalive_seconds: float = 15.0,
+        max_body: int = DEFAULT_MAX_BODY,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.service = service
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_body = max_body
+        # total bounds the whole exchange, waiting for a pooled connection included; a TCP connect that takes
+        # longer than sock_connect will not succeed usefully later, so it fails early.
+        self.connect_timeout = connect_timeout if connect_timeout is not None else min(timeout, 2.0)
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout, sock_read=read_timeout)
+        self._max_connections = max_connections
+        self._keepalive_seconds = keepalive_seconds
+        self._headers = {"Accept": "application/json", **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            keepalive_timeout=self._keepalive_seconds,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers=self._headers,
+            raise_for_status=False,
+            json_serialize=lambda value: orjson.dumps(value).decode(),
+        )
+        # aiohttp resends an idempotent request once when the connection drops; retries are the gateway's
+        # decision (safe operations only, counted and audited), so one call here is one upstream request.
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> JsonResponse:
+        """GET `path` (relative to the base URL) and decode a JSON object.
+
+        Raises UpstreamTimeout, UpstreamUnavailable (no connection, or it dropped), UpstreamRejected (HTTP 5xx,
+        or a 4xx without a JSON body) or UpstreamMalformed (not JSON, not an object, or too big).
+        """
+        return await self._attempt("GET", path, params)
+
+    async def _attempt(self, method: str, path: str, params: Mapping[str, str] | None) -> JsonResponse:
+        if self._session is None:
+            raise RuntimeError(f"{self.service}: JsonClient.start() was not called")
+        try:
+            async with self._session.request(method, self.base_url + path, params=params) as response:
+                status = response.status
+                raw = await self._read(response)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamTimeout(self.service, self.connect_timeout) from exc
+        except TimeoutError as exc:  # asyncio and aiohttp timeouts (ServerTimeoutError is one too)
+            raise UpstreamTimeout(self.service, self.timeout) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamUnavailable(self.service, "the connection closed in the middle of the answer") from exc
+        except aiohttp.ClientResponseError as exc:  # the answer was not HTTP aiohttp could parse
+            raise UpstreamMalformed(self.service, f"invalid HTTP response: {exc.message}") from exc
+        except aiohttp.ClientError as exc:  # refused, reset, closed before answering, DNS
+            raise UpstreamUnavailable(self.service, _reason(exc)) from exc
+        return self._decode(status, raw)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        length = response.content_length
+        if length is not None:
+            if length > self.max_body:
+                raise UpstreamMalformed(
+                    self.service, f"answer of {length} bytes exceeds {self.max_body}", str(response.status)
+                )
+            return await response.read()
+        # No Content-Length (chunked): read in pieces and stop as soon as the bound is crossed.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self.max_body:
+                raise UpstreamMalformed(self.service, f"answer exceeds {self.max_body} bytes", str(response.status))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _decode(self, status: int, raw: bytes) -> JsonResponse:
+        if status >= 500:
+            raise UpstreamRejected(self.service, str(status), _phrase(status))
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if status >= 400:  # an error page rather than the API's own error body
+                raise UpstreamRejected(self.service, str(status), _phrase(status)) from exc
+            raise UpstreamMalformed(self.service, f"body is not JSON ({exc})", str(status)) from exc
+        if not isinstance(body, dict):
+            raise UpstreamMalformed(self.service, f"body is a JSON {type(body).__name__}, not an object", str(status))
+        return JsonResponse(status, body)
+
+
+def _reason(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the connection closed before an answer"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+    return str(exc) or type(exc).__name__
+
+
+def _phrase(status: int) -> str:
+    # The status alone, never the upstream's error page: its text would reach the caller in problem+json.
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
