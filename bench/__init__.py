@@ -1,0 +1,1 @@
+"""Load harness of the gateway and its scenarios."""
