@@ -76,7 +76,8 @@ def validation_problem(errors: list[dict[str, Any]], prefix: tuple[str | int, ..
     items = []
     for error in errors:
         path = "/".join(str(part) for part in (*prefix, *error.get("loc", ())))
-        items.append({"field": path, "message": error.get("msg", "invalid"), "type": error.get("type", "invalid")})
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        items.append({"field": path, "message": message, "type": error.get("type", "invalid")})
     first = items[0] if items else {"field": "", "message": "invalid"}
     return Problem(
         422,
