@@ -72,8 +72,8 @@ class CatalogItem(Base):
     service: Mapped[str | None] = mapped_column(String(128), nullable=True)
     operation: Mapped[str | None] = mapped_column(String(128), nullable=True)
     share_attribute: Mapped[str] = mapped_column(String(16))
-    conditions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    legal_basis: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    conditions: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    legal_basis: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     share_method: Mapped[str] = mapped_column(String(16))
     data_format: Mapped[str] = mapped_column(String(32))
     update_frequency: Mapped[str] = mapped_column(String(16))
@@ -111,8 +111,8 @@ class SharingRequest(Base):
     escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    returned_items: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    returned_items: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -138,7 +138,7 @@ class SharingEvent(Base):
     from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     to_state: Mapped[str] = mapped_column(String(16))
     changes: Mapped[dict[str, Any]] = mapped_column(JSON)
-    note: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    note: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Grant(Base):

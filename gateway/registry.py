@@ -170,10 +170,12 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
     if unknown:
         raise _grant_problem("fields", "unknown_field", f"{unknown} are not fields of {body.service}/{body.operation}")
     now = _now()
-    valid_from = body.valid_from or now
-    if body.valid_to <= now:
+    # Stored as UTC: SQLite keeps the wall time it is given and drops the offset.
+    valid_from = body.valid_from.astimezone(UTC) if body.valid_from else now
+    valid_to = body.valid_to.astimezone(UTC)
+    if valid_to <= now:
         raise _grant_problem("valid_to", "validity_in_past", "the grant would already have expired")
-    if body.valid_to <= valid_from:
+    if valid_to <= valid_from:
         raise _grant_problem("valid_to", "validity_empty", "valid_to must be after valid_from")
     if body.department is not None and body.department != caller.department:
         raise _grant_problem(
@@ -200,7 +202,7 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
         purpose_name=body.purpose_name,
         fields=sorted(set(body.fields)),
         valid_from=valid_from,
-        valid_to=body.valid_to,
+        valid_to=valid_to,
         daily_quota=body.daily_quota,
         rate_limit=body.rate_limit,
         created_at=now,

@@ -57,7 +57,8 @@ class SharingService:
         self._task: asyncio.Task[None] | None = None
 
     def now(self) -> datetime:
-        return self.clock()
+        # Stored datetimes are UTC: SQLite keeps the wall time it is given and drops the offset.
+        return self.clock().astimezone(UTC)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sharing-sweep")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from limits import parse as parse_rate
@@ -144,11 +144,12 @@ def _can_see(actor: Actor, row: SharingRequest, now: datetime) -> bool:
 
 
 async def _load(
-    session: AsyncSession, actor: Actor, request_id: str, now: datetime
+    session: AsyncSession, actor: Actor, request_id: str, now: datetime, *, acting: bool = True
 ) -> tuple[SharingRequest, CatalogItem]:
     row = await session.get(SharingRequest, request_id)
-    if row is None or not _can_see(actor, row, now):
-        # Someone else's request does not exist as far as this caller can tell.
+    if row is None or (not acting and not _can_see(actor, row, now)):
+        # Reading someone else's request: it does not exist as far as this caller can tell. Acting on it
+        # goes on to the authority check, whose 403 names who may act instead.
         raise Problem(404, "request_unknown", "Sharing request not found", f"no sharing request {request_id!r}")
     item = await session.get(CatalogItem, row.item_id)
     assert item is not None
@@ -239,7 +240,7 @@ async def outcome_out(session: AsyncSession, outcome: Outcome, now: datetime) ->
 
 
 async def get_request(session: AsyncSession, actor: Actor, request_id: str, now: datetime) -> SharingRequestOut:
-    row, item = await _load(session, actor, request_id, now)
+    row, item = await _load(session, actor, request_id, now, acting=False)
     return await request_out(session, row, item, now)
 
 
@@ -336,8 +337,16 @@ async def _check_terms(
             )
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # Stored datetimes are UTC: SQLite keeps the wall time it is given and drops the offset.
+    return value.astimezone(UTC) if value is not None else None
+
+
 def _values(body: SharingRequestIn | SharingRequestPatch) -> dict[str, Any]:
     values = body.model_dump(exclude_unset=isinstance(body, SharingRequestPatch))
+    for key in ("valid_from", "valid_to"):
+        if values.get(key) is not None:
+            values[key] = _utc(values[key])
     if values.get("fields") is not None:
         values["fields"] = list(dict.fromkeys(values["fields"]))
     if values.get("callers") is not None:
@@ -369,14 +378,15 @@ async def file_request(session: AsyncSession, actor: Actor, body: SharingRequest
         scenario=body.scenario,
         scope=body.scope,
         share_method=body.share_method or item.share_method,
-        valid_from=body.valid_from,
-        valid_to=body.valid_to,
+        valid_from=values["valid_from"],
+        valid_to=values["valid_to"],
         daily_volume=body.daily_volume,
         state=DRAFT,
         created_at=now,
         updated_at=now,
     )
     session.add(row)
+    await session.flush()  # the event refers to the row: insert it first
     _transition(session, row, actor, "file", DRAFT, now, None)
     await _commit(session)
     return Outcome(row, item)
@@ -568,7 +578,7 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
         parse_rate(rate_limit)
     except ValueError:
         faults.add("rate_limit", "rate_limit_invalid", f"{rate_limit!r} is not a rate such as '20/second'")
-    valid_to = body.valid_to or as_utc(row.valid_to)
+    valid_to = _utc(body.valid_to) or as_utc(row.valid_to)
     if as_utc(valid_to) <= now:
         faults.add("valid_to", "validity_in_past", "the grant would already have expired")
     elif as_utc(valid_to) > as_utc(row.valid_to):
