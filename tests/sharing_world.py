@@ -135,9 +135,9 @@ def item_body(code: str, attribute: str = "conditional", operation: str = "abnor
         "share_attribute": attribute,
         "update_frequency": "daily",
     }
-    if attribute == "conditional":
+    if attribute in ("conditional", "有条件", "有条件共享"):
         body["conditions"] = {"scope": "本市惠企政策兑现", "purpose": "免申即享资格比对"}
-    if attribute == "not_shared":
+    if attribute in ("not_shared", "不予共享"):
         body["legal_basis"] = {"kind": "law", "title": "《中华人民共和国税收征收管理法》", "article": "第八条"}
     body.update(extra)
     return body

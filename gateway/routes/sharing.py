@@ -265,5 +265,6 @@ async def deadline(
     try:
         due = add_working_days(start, working_days)
     except CalendarYearUnsupported as exc:
-        raise calendar_problem(exc, "start" if exc.day == start else "working_days") from None
+        first, last = exc.years
+        raise calendar_problem(exc, "start" if not first <= start.year <= last else "working_days") from None
     return Deadline(start=start, working_days=working_days, due=due, calendar=CALENDAR, years=supported_years())
