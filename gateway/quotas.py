@@ -18,16 +18,16 @@ from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.directory import GrantInfo
 from gateway.problems import Problem
 from gateway.settings import Settings
 from gateway.sharing.workdays import china_date, seconds_to_next_china_day
-from gateway.state import connect_redis
 
 log = logging.getLogger("msjx.quotas")
 KEY_PREFIX = "msjx:limits"
+REDIS_CONNECTIONS = 64
 
 
 @lru_cache(maxsize=4096)
@@ -66,8 +66,16 @@ class Quotas:
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
         if settings.redis_url:
-            # Our own client (same options as the nonce store), lent to `limits` so that close() can release it.
-            redis = connect_redis(settings.redis_url)
+            # Our own client, lent to `limits` so that close() can release it. A blocking pool makes a burst
+            # wait for a free connection; redis-py's default pool raises past 100 calls in flight.
+            pool = BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=2,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+            )
+            redis = Redis(connection_pool=pool)
             storage = RedisStorage(
                 "async+redis://",
                 implementation="redispy",

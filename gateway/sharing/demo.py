@@ -53,6 +53,7 @@ NAMES = {
     ("credit", "abnormal-operation"): "经营异常名录信息",
     ("credit", "serious-violation"): "严重违法失信名单信息",
 }
+FIELD_TITLES = {"uscc": "统一社会信用代码", "listed": "是否在册", "cases": "执行案件", "entries": "列入记录"}
 JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean", "array": "array"}
 
 DATA_OFFICER = Actor("data-officer", DATA, frozenset({"department"}))
@@ -66,7 +67,9 @@ def _data_items(operation: Operation) -> list[DataItem]:
     for name in operation.fields:
         schema = properties.get(name, {})
         kind = JSON_TYPES.get(schema.get("type", ""), "object")
-        title = (schema.get("description") or schema.get("title") or name).split(" (")[0][:200]
+        title = (
+            FIELD_TITLES.get(name) or (schema.get("description") or schema.get("title") or name).split(" (")[0][:200]
+        )
         # Lists of cases and entries name courts, amounts and authorities: graded above the flags.
         items.append(DataItem(name=name, title=title, type=kind, level="important" if kind == "array" else "general"))
     return items
