@@ -322,6 +322,12 @@ async def test_future_start_is_approved_then_granted_then_expired(world: World) 
     start = world.now + timedelta(days=3)
     end = real_now() + timedelta(days=30)
     request = await filed_and_submitted(world, item["item_id"], valid_from=start.isoformat(), valid_to=end.isoformat())
+    too_short = {"valid_to": (start - timedelta(days=1)).isoformat()}
+    problem(
+        await world.post("credit-officer", f"{REQUESTS}/{request['request_id']}/approve", too_short),
+        422,
+        "validity_empty",
+    )
     approved = await world.post("credit-officer", f"{REQUESTS}/{request['request_id']}/approve", {})
     assert approved.json()["state"] == "approved", approved.text
     world.set_clock(start + timedelta(minutes=1))
@@ -391,3 +397,28 @@ async def test_visibility_by_role(world: World) -> None:
         request_id
     ]
     assert (await world.get("admin", REQUESTS, state="granted")).json() == []
+
+
+async def test_concurrent_decisions_one_wins_and_one_set_of_grants_exists(world: World) -> None:
+    import asyncio
+
+    item = await add_item(world, item_body("FGW-XY-0011"))
+    request = await filed_and_submitted(world, item["item_id"])
+    path = f"{REQUESTS}/{request['request_id']}"
+    refuse = {"reasons": ["x"], "condition_not_met": {"condition": "scope", "explanation": "y"}}
+    responses = await asyncio.gather(
+        world.post("credit-officer", f"{path}/approve", {}),
+        world.post("credit-head", f"{path}/approve", {}),
+        world.post("credit-head", f"{path}/refuse", refuse),
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200, 422, 422], [response.text for response in responses]
+    assert {response.json()["code"] for response in responses if response.status_code == 422} <= {"already_decided"}
+    final = await state_of(world, request["request_id"])
+    decided = [event for event in final["history"] if event["action"] in ("approve", "refuse")]
+    assert len(decided) == 1
+    assert len(final["grants"]) == (1 if final["state"] == "granted" else 0)
+    everything = (await world.get("officer", "/v1/grants")).json()
+    assert len([grant for grant in everything if grant["sharing_request_id"] == request["request_id"]]) == len(
+        final["grants"]
+    )

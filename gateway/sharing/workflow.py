@@ -583,6 +583,8 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
         faults.add("valid_to", "validity_in_past", "the grant would already have expired")
     elif as_utc(valid_to) > as_utc(row.valid_to):
         faults.add("valid_to", "validity_beyond_request", "a grant ends no later than the 使用时限 requested")
+    elif row.valid_from is not None and as_utc(valid_to) <= as_utc(row.valid_from):
+        faults.add("valid_to", "validity_empty", "the grant would end before the requested start")
     faults.raise_if_any()
     outcome = Outcome(row, item)
     note: dict[str, Any] = {"note": body.note} if body.note else {}
