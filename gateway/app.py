@@ -15,10 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, ops, services
+from gateway.routes import admin, catalog, ops, services, sharing
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.sharing.service import SharingService
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
+from schemas.sharing import REQUEST_MODELS
 
 log = logging.getLogger("msjx.app")
 
@@ -34,10 +36,13 @@ def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings, adapters)
+        app.state.sharing = SharingService(app.state.runtime)
+        await app.state.sharing.start()
         log.info("gateway node %s ready (%s)", settings.node_id, "PostgreSQL" if not settings.is_sqlite else "SQLite")
         try:
             yield
         finally:
+            await app.state.sharing.close()
             await app.state.runtime.close()
 
     app = FastAPI(
@@ -49,6 +54,8 @@ def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -
         redoc_url=None,
     )
     app.include_router(services.router)
+    app.include_router(catalog.router)
+    app.include_router(sharing.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
 
@@ -71,7 +78,7 @@ def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         # Routes that read the raw body (to check its digest) reference these by name.
-        for model in (InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails):
+        for model in (InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails, *REQUEST_MODELS):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, definition in model_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from adapters.base import Adapter
 from gateway import db, registry
 from gateway.models import CallerKey, Grant
 from gateway.settings import Settings
+from gateway.sharing.demo import seed_sharing
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import (
     generate_ed25519,
@@ -31,6 +33,7 @@ from security.keys import (
 
 DEMO_PURPOSE = "XM-2025-001"
 NARROW_PURPOSE = "QZ-2025-007"
+PURPOSE_NAMES = {DEMO_PURPOSE: "厦门市惠企政策免申即享资格比对", NARROW_PURPOSE: "泉州市惠企政策失信核查（仅失信标记）"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class DemoCaller:
 
 DEMO_CALLERS = (
     DemoCaller("platform", "免申即享平台", "市数据管理局", ("platform",)),
+    DemoCaller("data-officer", "数据管理局数据专员", "市数据管理局", ("department",)),
+    DemoCaller("data-head", "数据管理局分管负责人", "市数据管理局", ("department",)),
+    DemoCaller("credit-officer", "发改委信用办数据专员", "市发展和改革委员会", ("department",)),
+    DemoCaller("credit-head", "发改委信用办负责人", "市发展和改革委员会", ("department",)),
     DemoCaller("dept-tax", "税务局数据专员", "市税务局", ("department",)),
     DemoCaller("dept-finance", "财政局数据专员", "市财政局", ("department",)),
     DemoCaller("officer", "安全审计员", "市网信办", ("officer",)),
@@ -112,10 +119,17 @@ async def seed(settings: Settings, adapters: dict[str, Adapter]) -> list[dict[st
                         "purposes": purposes,
                     }
                 )
+        async with sessions() as session:
+            sharing = await seed_sharing(session, adapters, datetime.now(UTC))
     finally:
         await engine.dispose()
     demo_dir.mkdir(parents=True, exist_ok=True)
     (demo_dir / "callers.json").write_text(json.dumps(listing, ensure_ascii=False, indent=2) + "\n")
+    if sharing:
+        (demo_dir / "sharing.json").write_text(json.dumps(sharing, ensure_ascii=False, indent=2) + "\n")
+    # Run the finalizers of seeding's garbage now: a Ctrl-C that lands in one of them later, before the
+    # server has its signal handlers, would be swallowed ("Exception ignored in ...") and never stop it.
+    gc.collect()
     return listing
 
 
@@ -140,6 +154,7 @@ async def _demo_grants(session, demo: DemoCaller, adapters: dict[str, Adapter]) 
                     service=service,
                     operation=operation.name,
                     purpose=purpose,
+                    purpose_name=PURPOSE_NAMES[purpose],
                     fields=fields,
                     valid_to=valid_to,
                 )

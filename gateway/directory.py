@@ -45,9 +45,18 @@ class GrantInfo:
     fields: tuple[str, ...]
     valid_from: datetime
     valid_to: datetime
+    department: str = ""
+    daily_quota: int | None = None
+    rate_limit: str | None = None
+    sharing_request_id: str | None = None
 
     def valid_at(self, now: datetime) -> bool:
         return self.valid_from <= now < self.valid_to
+
+    @property
+    def quota_scope(self) -> str:
+        """What the quota and rate limit count: all grants of one sharing request together, else this grant."""
+        return self.sharing_request_id or self.grant_id
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,10 @@ class Directory:
                     tuple(row.fields),
                     as_utc(row.valid_from),
                     as_utc(row.valid_to),
+                    row.department,
+                    row.daily_quota,
+                    row.rate_limit,
+                    row.sharing_request_id,
                 )
                 grants.setdefault((row.caller_id, row.service, row.operation), []).append(info)
         return _Snapshot(started, keys, {key: tuple(value) for key, value in grants.items()})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -56,21 +58,117 @@ class CallerKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class CatalogItem(Base):
+    """A 资源目录 entry: what a provider department holds, how it is shared and which operation delivers it."""
+
+    __tablename__ = "catalog_items"
+
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(200), index=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data_items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    service: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    operation: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    share_attribute: Mapped[str] = mapped_column(String(16))
+    conditions: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    legal_basis: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    share_method: Mapped[str] = mapped_column(String(16))
+    data_format: Mapped[str] = mapped_column(String(32))
+    update_frequency: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SharingRequest(Base):
+    """A 共享需求: one department asks a provider for fields of one catalog item, for one purpose, for a time."""
+
+    __tablename__ = "sharing_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("catalog_items.item_id"), index=True)
+    requester_department: Mapped[str] = mapped_column(String(200), index=True)
+    provider_department: Mapped[str] = mapped_column(String(200), index=True)
+    filed_by: Mapped[str] = mapped_column(String(64))
+    endorsed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    callers: Mapped[list[str]] = mapped_column(JSON)
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    purpose_code: Mapped[str] = mapped_column(String(128))
+    purpose_name: Mapped[str] = mapped_column(String(200))
+    basis: Mapped[str] = mapped_column(Text)
+    scenario: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text)
+    share_method: Mapped[str] = mapped_column(String(16))
+    valid_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    valid_to: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    daily_volume: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    due_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    extended_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    returned_items: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer)
+
+    # Two officers deciding at once: the second flush matches no row and fails instead of overwriting.
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+
+class SharingEvent(Base):
+    """One transition of a sharing request: who, when, from which state to which, and what changed."""
+
+    __tablename__ = "sharing_events"
+
+    event_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("sharing_requests.request_id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))
+    actor_department: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    action: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    note: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+
+
 class Grant(Base):
-    """Permission for one caller to call one operation for one purpose, returning only the listed fields."""
+    """Permission for one caller to call one operation for one purpose, returning only the listed fields.
+
+    A grant made by approving a sharing request names it; its daily quota and rate limit are shared by
+    every grant of that request (one per caller the request named).
+    """
 
     __tablename__ = "grants"
 
     grant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     caller_id: Mapped[str] = mapped_column(ForeignKey("callers.caller_id"), index=True)
+    department: Mapped[str] = mapped_column(String(200))
     service: Mapped[str] = mapped_column(String(128))
     operation: Mapped[str] = mapped_column(String(128))
     purpose: Mapped[str] = mapped_column(String(128))
+    purpose_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     fields: Mapped[list[str]] = mapped_column(JSON)
     valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     valid_to: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    daily_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_limit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sharing_request_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sharing_requests.request_id"), nullable=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_grants_lookup", "caller_id", "service", "operation", "purpose"),)
 

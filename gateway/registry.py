@@ -6,12 +6,13 @@ import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from limits import parse as parse_rate
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import Adapter
 from gateway.directory import as_utc
-from gateway.models import Caller, CallerKey, Grant
+from gateway.models import Caller, CallerKey, Grant, SharingRequest
 from gateway.problems import Problem
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
 from security.keys import KeyFormatError, load_public_key
@@ -126,14 +127,21 @@ def grant_out(row: Grant) -> GrantOut:
     return GrantOut(
         grant_id=row.grant_id,
         caller_id=row.caller_id,
+        department=row.department,
         service=row.service,
         operation=row.operation,
         purpose=row.purpose,
+        purpose_name=row.purpose_name,
         fields=list(row.fields),
         valid_from=as_utc(row.valid_from),
         valid_to=as_utc(row.valid_to),
+        daily_quota=row.daily_quota,
+        rate_limit=row.rate_limit,
+        sharing_request_id=row.sharing_request_id,
         created_at=as_utc(row.created_at),
         revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
+        revoked_by=row.revoked_by,
+        revoke_reason=row.revoke_reason,
     )
 
 
@@ -148,7 +156,7 @@ def _grant_problem(field: str, code: str, message: str) -> Problem:
 
 
 async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str, Adapter]) -> GrantOut:
-    await _caller(session, body.caller_id)
+    caller = await _caller(session, body.caller_id)
     adapter = adapters.get(body.service)
     if adapter is None:
         raise _grant_problem("service", "unknown_service", f"no service {body.service!r}; known: {sorted(adapters)}")
@@ -162,20 +170,41 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
     if unknown:
         raise _grant_problem("fields", "unknown_field", f"{unknown} are not fields of {body.service}/{body.operation}")
     now = _now()
-    valid_from = body.valid_from or now
-    if body.valid_to <= now:
+    # Stored as UTC: SQLite keeps the wall time it is given and drops the offset.
+    valid_from = body.valid_from.astimezone(UTC) if body.valid_from else now
+    valid_to = body.valid_to.astimezone(UTC)
+    if valid_to <= now:
         raise _grant_problem("valid_to", "validity_in_past", "the grant would already have expired")
-    if body.valid_to <= valid_from:
+    if valid_to <= valid_from:
         raise _grant_problem("valid_to", "validity_empty", "valid_to must be after valid_from")
+    if body.department is not None and body.department != caller.department:
+        raise _grant_problem(
+            "department", "department_mismatch", f"{body.caller_id!r} belongs to {caller.department!r}"
+        )
+    if body.daily_quota is not None and body.daily_quota <= 0:
+        raise _grant_problem(
+            "daily_quota", "quota_invalid", f"a daily quota is a positive number, not {body.daily_quota}"
+        )
+    if body.rate_limit is not None:
+        try:
+            parse_rate(body.rate_limit)
+        except ValueError:
+            raise _grant_problem(
+                "rate_limit", "rate_limit_invalid", f"{body.rate_limit!r} is not a rate such as '20/second'"
+            ) from None
     row = Grant(
         grant_id="g-" + secrets.token_hex(8),
         caller_id=body.caller_id,
+        department=caller.department,
         service=body.service,
         operation=body.operation,
         purpose=body.purpose,
+        purpose_name=body.purpose_name,
         fields=sorted(set(body.fields)),
         valid_from=valid_from,
-        valid_to=body.valid_to,
+        valid_to=valid_to,
+        daily_quota=body.daily_quota,
+        rate_limit=body.rate_limit,
         created_at=now,
     )
     session.add(row)
@@ -190,11 +219,23 @@ async def list_grants(session: AsyncSession, caller_id: str | None = None) -> li
     return [grant_out(row) for row in (await session.scalars(query)).all()]
 
 
-async def revoke_grant(session: AsyncSession, grant_id: str) -> GrantOut:
-    row = await session.get(Grant, grant_id)
-    if row is None:
-        raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
-    if row.revoked_at is None:
-        row.revoked_at = _now()
-        await session.commit()
-    return grant_out(row)
+async def grants_for_department(session: AsyncSession, department: str) -> list[GrantOut]:
+    """Grants a department holds, and grants on the items it provides."""
+    provided = select(SharingRequest.request_id).where(SharingRequest.provider_department == department)
+    query = (
+        select(Grant)
+        .where(or_(Grant.department == department, Grant.sharing_request_id.in_(provided)))
+        .order_by(Grant.created_at, Grant.grant_id)
+    )
+    return [grant_out(row) for row in (await session.scalars(query)).all()]
+
+
+async def revoke_grant(
+    session: AsyncSession, grant_id: str, *, actor_id: str = "operator", reason: str | None = None
+) -> GrantOut:
+    """Revoke a grant; the last live grant of a sharing request takes the request with it (see sharing.workflow)."""
+    from gateway.sharing.states import Actor
+    from gateway.sharing.workflow import revoke_grant as revoke
+
+    grant, _ = await revoke(session, Actor(actor_id, None, frozenset({"admin"})), grant_id, reason, _now())
+    return grant_out(grant)

@@ -13,6 +13,7 @@ from gateway import db
 from gateway.audit import AuditWriter
 from gateway.auth import Authenticator
 from gateway.directory import Directory
+from gateway.quotas import Quotas
 from gateway.settings import Settings
 from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect_redis
 from security.crypto import DataKey
@@ -44,6 +45,7 @@ class Runtime:
     nonces: NonceStore
     authenticator: Authenticator
     audit: AuditWriter
+    quotas: Quotas
     adapters: dict[str, Adapter] = field(default_factory=dict)
 
     @classmethod
@@ -73,13 +75,15 @@ class Runtime:
         for adapter in adapters.values():
             await adapter.start()
         authenticator = Authenticator(directory, nonces, settings.signature_max_skew)
-        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, adapters)
+        quotas = Quotas.from_settings(settings)
+        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, quotas, adapters)
 
     async def close(self) -> None:
         await self.audit.close()
         for adapter in self.adapters.values():
             await adapter.close()
         await self.nonces.close()
+        await self.quotas.close()
         await self.engine.dispose()
 
     async def readiness(self) -> dict[str, str]:

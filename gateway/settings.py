@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -31,6 +32,14 @@ class Settings(BaseSettings):
     audit_batch_max: int = Field(default=512, ge=1, le=100_000)
     grant_cache_seconds: float = Field(default=1.0, ge=0, le=1.0)
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+    sharing_overdue_action: Literal["escalate", "approve"] = Field(
+        default="escalate",
+        description="what happens to a sharing request the provider left past its deadline: escalate to the"
+        " coordinators (default) or approve it (silence is consent)",
+    )
+    sharing_sweep_seconds: float = Field(
+        default=30.0, ge=0.05, le=3600, description="how often a node applies deadlines, escalations and expiry"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -89,24 +89,61 @@ class CallerOut(BaseModel):
 
 
 class GrantIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A grant issued directly by an admin (departments get theirs by approval of a sharing request).
+
+    The newer fields are optional: `department` defaults to the caller's own, and a grant without
+    `daily_quota` or `rate_limit` has no such limit (only the validity, purpose and fields bound it).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "caller_id": "platform",
+                    "service": "credit",
+                    "operation": "dishonest-debtor",
+                    "purpose": "XM-2025-001",
+                    "purpose_name": "厦门市惠企政策免申即享",
+                    "fields": ["uscc", "listed"],
+                    "valid_to": "2026-12-31T23:59:59+08:00",
+                    "daily_quota": 10000,
+                    "rate_limit": "50/second",
+                }
+            ]
+        },
+    )
     caller_id: str = Field(pattern=IDENTIFIER_PATTERN)
     service: str
     operation: str
     purpose: str = Field(pattern=PURPOSE_PATTERN)
+    purpose_name: str | None = Field(default=None, min_length=1, max_length=200)
     fields: list[str] = Field(min_length=1)
     valid_from: AwareDatetime | None = None
     valid_to: AwareDatetime
+    department: str | None = Field(default=None, min_length=1, max_length=200, description="default: the caller's")
+    daily_quota: int | None = Field(default=None, description="calls a day (Asia/Shanghai days); none: no quota")
+    rate_limit: str | None = Field(
+        default=None, max_length=64, description="`limits` notation such as `20/second`; none: no rate limit"
+    )
 
 
 class GrantOut(BaseModel):
     grant_id: str
     caller_id: str
+    department: str
     service: str
     operation: str
     purpose: str
+    purpose_name: str | None = None
     fields: list[str]
     valid_from: datetime
     valid_to: datetime
+    daily_quota: int | None = None
+    rate_limit: str | None = None
+    sharing_request_id: str | None = None
     created_at: datetime
     revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    revoke_reason: str | None = None
+    used_today: int | None = Field(default=None, description="calls counted today against the daily quota")

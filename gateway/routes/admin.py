@@ -1,4 +1,4 @@
-"""Admin API: register callers and their public keys, revoke keys, issue and revoke grants."""
+"""Admin API: register callers and their public keys, revoke keys; grants: issue, list, read, revoke."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import registry
+from gateway.directory import CallerInfo, GrantInfo
 from gateway.exchange import Exchange, run_exchange
+from gateway.problems import Problem
 from gateway.routes.docs import SIGNED, json_body, problem_responses
 from gateway.routes.services import parse_json
+from gateway.sharing import workflow
+from gateway.sharing.errors import parse_body
+from gateway.sharing.service import transition_event
+from gateway.sharing.states import Actor
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -103,7 +110,11 @@ async def revoke_key(request: Request, caller_id: str, key_id: str) -> Response:
     "/grants",
     status_code=201,
     summary="Issue a grant",
-    description="Admin only. The fields must be fields of the operation. " + SIGNED,
+    description=(
+        "Admin only; departments get grants by approval of a sharing request. The fields must be fields of the"
+        " operation; `department` defaults to the caller's, and without `daily_quota` or `rate_limit` the grant"
+        " has no such limit. " + SIGNED
+    ),
     response_model=GrantOut,
     responses=problem_responses(401, 403, 404, 422),
     openapi_extra=json_body(GrantIn),
@@ -115,32 +126,116 @@ async def create_grant(request: Request) -> Response:
     return await run_exchange(request, "admin.grant.add", _write(201, action), roles=ADMIN)
 
 
+def _sees_all(caller: CallerInfo) -> bool:
+    return bool(caller.roles & {"admin", "officer", "coordinator"})
+
+
+async def _visible_grants(session: AsyncSession, caller: CallerInfo) -> list[GrantOut]:
+    if _sees_all(caller):
+        return await registry.list_grants(session)
+    if "department" in caller.roles:
+        return await registry.grants_for_department(session, caller.department)
+    return await registry.list_grants(session, caller.caller_id)
+
+
 @router.get(
     "/grants",
     summary="List grants",
-    description="An admin or officer sees every grant; any other caller sees its own. " + SIGNED,
+    description=(
+        "An admin, officer or coordinator sees every grant; a department the grants it holds and those on the items"
+        " it provides; any other caller its own. " + SIGNED
+    ),
     response_model=list[GrantOut],
     responses=problem_responses(401),
 )
 async def list_grants(request: Request) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        caller = exchange.principal.caller
-        only = None if caller.roles & {"admin", "officer"} else caller.caller_id
         async with exchange.runtime.sessions() as session:
-            return 200, _dump(await registry.list_grants(session, only))
+            return 200, _dump(await _visible_grants(session, exchange.principal.caller))
 
     return await run_exchange(request, "grant.list", handler)
+
+
+@router.get(
+    "/grants/{grant_id}",
+    summary="One grant, with today's use of its quota",
+    description="Visible to the same callers as in the list; `used_today` counts calls since midnight Beijing time"
+    " (shared by every grant of one sharing request). " + SIGNED,
+    response_model=GrantOut,
+    responses=problem_responses(401, 404),
+)
+async def get_grant(request: Request, grant_id: str) -> Response:
+    async def handler(exchange: Exchange) -> tuple[int, bytes]:
+        async with exchange.runtime.sessions() as session:
+            visible = {grant.grant_id: grant for grant in await _visible_grants(session, exchange.principal.caller)}
+        grant = visible.get(grant_id)
+        if grant is None:
+            raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
+        exchange.event.grant_id = grant.grant_id
+        info = GrantInfo(
+            grant.grant_id,
+            grant.caller_id,
+            grant.service,
+            grant.operation,
+            grant.purpose,
+            tuple(grant.fields),
+            grant.valid_from,
+            grant.valid_to,
+            grant.department,
+            grant.daily_quota,
+            grant.rate_limit,
+            grant.sharing_request_id,
+        )
+        grant.used_today = await exchange.runtime.quotas.used_today(info)
+        return 200, _dump(grant)
+
+    return await run_exchange(request, "grant.read", handler)
+
+
+class RevokeGrantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "数据使用超出授权范围"}]})
+    reason: str | None = Field(default=None, min_length=1, max_length=2000)
 
 
 @router.post(
     "/grants/{grant_id}/revoke",
     summary="Revoke a grant",
-    description="Admin only. Takes effect on every node within one second. " + SIGNED,
+    description=(
+        "Admin only; the body (a `reason`) is optional. Takes effect on every node within one second. When it was"
+        " the last live grant of a sharing request, the request is revoked too (and audited as such). " + SIGNED
+    ),
     response_model=GrantOut,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": RevokeGrantIn.model_json_schema()}},
+        }
+    },
 )
 async def revoke_grant(request: Request, grant_id: str) -> Response:
-    async def action(exchange: Exchange, session: Any) -> GrantOut:
-        return await registry.revoke_grant(session, grant_id)
+    async def handler(exchange: Exchange) -> tuple[int, bytes]:
+        body = parse_body(exchange.body, RevokeGrantIn, optional=True)
+        caller = exchange.principal.caller
+        actor = Actor.of(caller)
+        now = exchange.request.app.state.sharing.now()
+        exchange.event.grant_id = grant_id
+        async with exchange.runtime.sessions() as session:
+            grant, outcome = await workflow.revoke_grant(session, actor, grant_id, body.reason, now)
+            cascade = await workflow.outcome_out(session, outcome, now) if outcome is not None else None
+        exchange.runtime.directory.invalidate()
+        if cascade is not None and outcome is not None:
+            # The request's own transition gets its own record, with its before/after, like any other.
+            await exchange.runtime.audit.append(
+                transition_event(
+                    cascade,
+                    outcome,
+                    caller_id=caller.caller_id,
+                    department=caller.department,
+                    roles=tuple(sorted(caller.roles)),
+                )
+            )
+        exchange.event.purpose = grant.purpose
+        return 200, _dump(registry.grant_out(grant))
 
-    return await run_exchange(request, "admin.grant.revoke", _write(200, action), roles=ADMIN)
+    return await run_exchange(request, "admin.grant.revoke", handler, roles=ADMIN)

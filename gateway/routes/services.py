@@ -77,6 +77,8 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     except ValidationError as exc:
         raise validation_problem(exc.errors(), prefix=("params",)) from None
     event.subject = getattr(params, "uscc", None)
+    # Counted only for a call that will be made: a refused or malformed one spends no quota.
+    await runtime.quotas.check(grant)
     started = time.perf_counter()
     try:
         result = await adapter.invoke(operation_name, params)
@@ -106,9 +108,10 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
 @router.post(
     "/{service}/{operation}",
     summary="Invoke an operation",
-    description="Call one operation of an upstream system for a granted purpose; only granted fields return. " + SIGNED,
+    description="Call one operation of an upstream system for a granted purpose; only granted fields return."
+    " A grant's rate limit and daily quota answer 429 with Retry-After when reached. " + SIGNED,
     response_model=InvokeResponse,
-    responses=problem_responses(401, 403, 404, 413, 422, 502, 503, 504),
+    responses=problem_responses(401, 403, 404, 413, 422, 429, 502, 503, 504),
     openapi_extra=json_body(InvokeRequest),
 )
 async def invoke(request: Request, service: str, operation: str) -> Response:

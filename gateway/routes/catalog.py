@@ -1,0 +1,84 @@
+"""The 资源目录: public reading (对社会公开, no signature) and registration of items by provider departments."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from gateway.exchange import Exchange, run_exchange
+from gateway.routes.docs import SIGNED, json_body, problem_responses
+from gateway.sharing import catalog
+from gateway.sharing.errors import parse_body
+from gateway.sharing.states import Actor
+from schemas.sharing import CatalogItemIn, CatalogItemOut, PublicCatalog, PublicCatalogItem
+
+router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
+
+PUBLIC = (
+    " Public: no signature, and not audited (it shows nothing that is not published). For each item it lists which"
+    " departments hold grants valid now and for which purposes, never which caller called what or about whom."
+)
+
+
+def _json(model: PublicCatalog | PublicCatalogItem | CatalogItemOut) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+@router.get(
+    "",
+    summary="Public catalog",
+    description="Every catalog item with its share attribute, conditions or legal basis." + PUBLIC,
+    response_model=PublicCatalog,
+)
+async def public_catalog(
+    request: Request,
+    provider: Annotated[str | None, Query(description="only items of this provider department")] = None,
+) -> Response:
+    runtime = request.app.state.runtime
+    async with runtime.sessions() as session:
+        listing = await catalog.public_catalog(session, request.app.state.sharing.now(), provider)
+    return Response(_json(listing), media_type="application/json")
+
+
+@router.get(
+    "/{item_id}",
+    summary="One public catalog item",
+    description="One item, as in the public catalog." + PUBLIC,
+    response_model=PublicCatalogItem,
+    responses=problem_responses(404),
+)
+async def public_item(request: Request, item_id: str) -> Response:
+    runtime = request.app.state.runtime
+    async with runtime.sessions() as session:
+        item = await catalog.public_item(session, item_id, request.app.state.sharing.now())
+    return Response(_json(item), media_type="application/json")
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Register a catalog item",
+    description=(
+        "A provider department registers an item of its own (an admin on behalf of a named `provider`)."
+        " 有条件 items state their conditions; 不予共享 items cite a 法律, 行政法规 or 国务院决定 with title and"
+        " article, or are refused with 422 `legal_basis_missing` / `legal_basis_kind_unknown`. " + SIGNED
+    ),
+    response_model=CatalogItemOut,
+    responses=problem_responses(401, 403, 409, 422),
+    openapi_extra=json_body(CatalogItemIn),
+)
+async def add_item(request: Request) -> Response:
+    async def handler(exchange: Exchange) -> tuple[int, bytes]:
+        body = parse_body(exchange.body, CatalogItemIn)
+        exchange.event.service, exchange.event.operation = body.service, body.operation
+        actor = Actor.of(exchange.principal.caller)
+        async with exchange.runtime.sessions() as session:
+            item = await catalog.add_item(
+                session, actor, body, exchange.runtime.adapters, request.app.state.sharing.now()
+            )
+        return 201, _json(item)
+
+    return await run_exchange(request, "catalog.add", handler, roles={"department", "admin"})

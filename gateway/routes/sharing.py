@@ -1,0 +1,270 @@
+"""Sharing requests (共享需求) over HTTP: file, edit, endorse, decide, extend, revoke; and the deadline calculator.
+
+Each transition is one audited exchange whose sealed response holds the request with its history, so
+the audit record carries the actor and the before/after of every changed field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.exchange import Exchange, run_exchange
+from gateway.routes.docs import SIGNED, json_body, problem_responses
+from gateway.sharing import workflow
+from gateway.sharing.errors import calendar_problem, parse_body
+from gateway.sharing.service import SharingService
+from gateway.sharing.states import Actor
+from gateway.sharing.workdays import CALENDAR, CalendarYearUnsupported, add_working_days, supported_years
+from schemas.sharing import (
+    ApproveIn,
+    Deadline,
+    EndorseIn,
+    ExtendIn,
+    RefuseIn,
+    ReturnIn,
+    RevokeIn,
+    SharingRequestIn,
+    SharingRequestOut,
+    SharingRequestPatch,
+)
+
+router = APIRouter(tags=["sharing requests"])
+PREFIX = "/v1/sharing-requests"
+B = TypeVar("B", bound=BaseModel)
+Action = Callable[[AsyncSession, Actor, str, Any, datetime], Awaitable[workflow.Outcome]]
+StateName = Literal["draft", "submitted", "approved", "refused", "returned", "granted", "revoked", "expired"]
+READERS = {"department", "officer", "admin", "coordinator"}
+
+
+def _service(exchange: Exchange) -> SharingService:
+    return exchange.request.app.state.sharing
+
+
+def _dump(value: SharingRequestOut | list[SharingRequestOut]) -> bytes:
+    if isinstance(value, list):
+        return orjson.dumps([item.model_dump(mode="json") for item in value])
+    return orjson.dumps(value.model_dump(mode="json"))
+
+
+def _note(exchange: Exchange, out: SharingRequestOut, outcome: workflow.Outcome) -> None:
+    event = exchange.event
+    event.service, event.operation = outcome.item.service, outcome.item.operation
+    event.purpose = out.purpose.code
+    if out.grants:
+        event.grant_id = out.grants[0].grant_id
+
+
+async def _run(
+    exchange: Exchange, status: int, act: Callable[[AsyncSession, Actor, datetime], Awaitable[Any]]
+) -> tuple[int, bytes]:
+    now = _service(exchange).now()
+    actor = Actor.of(exchange.principal.caller)
+    async with exchange.runtime.sessions() as session:
+        outcome = await act(session, actor, now)
+        out = await workflow.outcome_out(session, outcome, now)
+    if outcome.grants_changed:
+        # This node's next call sees it at once; every other node within the directory's 1 s.
+        exchange.runtime.directory.invalidate()
+    _note(exchange, out, outcome)
+    return status, _dump(out)
+
+
+def _transition_route(name: str, model: type[B], action: Action, *, optional: bool = False) -> Callable[..., Any]:
+    async def route(request: Request, request_id: str) -> Response:
+        async def handler(exchange: Exchange) -> tuple[int, bytes]:
+            body = parse_body(exchange.body, model, optional=optional)
+            return await _run(exchange, 200, lambda session, actor, now: action(session, actor, request_id, body, now))
+
+        return await run_exchange(request, f"sharing.{name}", handler, roles=READERS)
+
+    return route
+
+
+@router.post(
+    PREFIX,
+    status_code=201,
+    summary="File a sharing request (draft)",
+    description=(
+        "A department's data officer files a request for fields of a catalog item, for a purpose, for a time."
+        " It stays a draft until another person of the same department (its head) endorses it. " + SIGNED
+    ),
+    response_model=SharingRequestOut,
+    responses=problem_responses(401, 403, 422),
+    openapi_extra=json_body(SharingRequestIn),
+)
+async def file_request(request: Request) -> Response:
+    async def handler(exchange: Exchange) -> tuple[int, bytes]:
+        body = parse_body(exchange.body, SharingRequestIn)
+        exchange.event.purpose = body.purpose.code
+        return await _run(exchange, 201, lambda session, actor, now: workflow.file_request(session, actor, body, now))
+
+    return await run_exchange(request, "sharing.file", handler, roles={"department"})
+
+
+@router.get(
+    PREFIX,
+    summary="List sharing requests",
+    description=(
+        "A department sees its own requests and those addressed to it; an officer or admin sees all; a coordinator"
+        " sees the escalated and overdue ones. Newest first, without history. " + SIGNED
+    ),
+    response_model=list[SharingRequestOut],
+    responses=problem_responses(401, 403),
+)
+async def list_requests(
+    request: Request,
+    state: Annotated[StateName | None, Query(description="only requests in this state")] = None,
+    overdue: Annotated[bool | None, Query(description="only overdue (true) or not overdue (false)")] = None,
+    escalated: Annotated[bool | None, Query(description="only escalated (true) or not (false)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> Response:
+    async def handler(exchange: Exchange) -> tuple[int, bytes]:
+        now = _service(exchange).now()
+        actor = Actor.of(exchange.principal.caller)
+        async with exchange.runtime.sessions() as session:
+            found = await workflow.list_requests(
+                session, actor, now, state=state, overdue=overdue, escalated=escalated, limit=limit
+            )
+        return 200, _dump(found)
+
+    return await run_exchange(request, "sharing.list", handler, roles=READERS)
+
+
+@router.get(
+    PREFIX + "/{request_id}",
+    summary="One sharing request, with its history",
+    description="Every transition with its actor and the before/after of what changed. " + SIGNED,
+    response_model=SharingRequestOut,
+    responses=problem_responses(401, 403, 404),
+)
+async def get_request(request: Request, request_id: str) -> Response:
+    async def handler(exchange: Exchange) -> tuple[int, bytes]:
+        now = _service(exchange).now()
+        async with exchange.runtime.sessions() as session:
+            out = await workflow.get_request(session, Actor.of(exchange.principal.caller), request_id, now)
+        exchange.event.purpose = out.purpose.code
+        return 200, _dump(out)
+
+    return await run_exchange(request, "sharing.read", handler, roles=READERS)
+
+
+async def _update(session: AsyncSession, actor: Actor, request_id: str, body: Any, now: datetime) -> workflow.Outcome:
+    return await workflow.update_request(session, actor, request_id, body, now)
+
+
+router.add_api_route(
+    PREFIX + "/{request_id}",
+    _transition_route("update", SharingRequestPatch, _update),
+    methods=["PATCH"],
+    summary="Change a draft or returned request",
+    description="The requesting department corrects its request (e.g. after 退回补正); only given fields change. "
+    + SIGNED,
+    response_model=SharingRequestOut,
+    responses=problem_responses(401, 403, 404, 422),
+    openapi_extra=json_body(SharingRequestPatch),
+)
+
+_TRANSITIONS: list[tuple[str, type[BaseModel], Action, bool, str, str]] = [
+    (
+        "endorse",
+        EndorseIn,
+        workflow.endorse,
+        True,
+        "Endorse (本部门负责人审核) and submit",
+        "A second person of the requesting department (not the filer) approves the request, which submits it."
+        " A 无条件 item is approved on submission and its grants issued; a 有条件 one gets a deadline of 10 Chinese"
+        " working days (503 `calendar_year_unsupported` when the installed calendar does not know the year)."
+        " The body is optional.",
+    ),
+    (
+        "approve",
+        ApproveIn,
+        workflow.approve,
+        False,
+        "Approve, creating the grants",
+        "The provider department (or, once escalated, a coordinator) approves: one grant per caller named, with"
+        " the daily quota (default: the expected daily volume) and rate limit (default 20/second) shared by them."
+        " The request is `granted`, or `approved` until a later requested start.",
+    ),
+    (
+        "refuse",
+        RefuseIn,
+        workflow.refuse,
+        False,
+        "Refuse, with reasons",
+        "The provider (or, once escalated, a coordinator) refuses with reasons; for a 有条件 item, also the"
+        " condition not met.",
+    ),
+    (
+        "return",
+        ReturnIn,
+        workflow.return_request,
+        False,
+        "Return as incomplete (退回补正)",
+        "Every missing item at once (一次性告知): a later return of the same request may name only items the first"
+        " named. The requester corrects it and its head endorses it again.",
+    ),
+    (
+        "extend",
+        ExtendIn,
+        workflow.extend,
+        False,
+        "Extend the deadline once",
+        "The provider extends a 有条件 request's deadline once, by 1–10 working days, before it passes; the reason"
+        " is recorded on the request for the requester.",
+    ),
+    (
+        "revoke",
+        RevokeIn,
+        workflow.revoke,
+        False,
+        "Revoke an approved or granted request",
+        "The provider, the requester or an admin ends it: its grants are revoked and refused on every node within"
+        " one second.",
+    ),
+]
+
+for _name, _model, _action, _optional, _summary, _description in _TRANSITIONS:
+    _body = json_body(_model)
+    _body["requestBody"]["required"] = not _optional
+    router.add_api_route(
+        f"{PREFIX}/{{request_id}}/{_name}",
+        _transition_route(_name, _model, _action, optional=_optional),
+        methods=["POST"],
+        summary=_summary,
+        description=_description + " " + SIGNED,
+        response_model=SharingRequestOut,
+        responses=problem_responses(401, 403, 404, 422, *((503,) if _name in ("endorse", "extend") else ())),
+        openapi_extra=_body,
+    )
+
+
+@router.get(
+    "/v1/calendar/deadline",
+    summary="Deadline in Chinese working days",
+    description=(
+        "The `working_days`-th Chinese working day after `start` (public holidays off, 调休 weekend workdays on),"
+        " as the workflow counts it. A year the installed calendar does not know is a 422"
+        " `calendar_year_unsupported`, never a guess. Public, not audited."
+    ),
+    response_model=Deadline,
+    responses=problem_responses(422),
+)
+async def deadline(
+    start: Annotated[date, Query(description="the day counting starts after, e.g. 2025-09-30")],
+    working_days: Annotated[int, Query(ge=1, le=60)] = 10,
+) -> Deadline:
+    try:
+        due = add_working_days(start, working_days)
+    except CalendarYearUnsupported as exc:
+        first, last = exc.years
+        raise calendar_problem(exc, "start" if not first <= start.year <= last else "working_days") from None
+    return Deadline(start=start, working_days=working_days, due=due, calendar=CALENDAR, years=supported_years())

@@ -1,0 +1,1 @@
+"""The 共享为常态 workflow: catalog items, sharing requests and their decisions, deadlines, escalation, grants."""

@@ -1,0 +1,206 @@
+"""The 资源目录: provider departments register items; the public view adds who holds grants for what purpose."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adapters.base import Adapter
+from gateway.directory import as_utc
+from gateway.models import CatalogItem, Grant, SharingRequest
+from gateway.problems import Problem
+from gateway.sharing.errors import Faults, forbidden
+from gateway.sharing.states import Actor
+from schemas.sharing import (
+    LEGAL_BASIS_KIND_LABELS,
+    LEVEL_LABELS,
+    SHARE_ATTRIBUTE_LABELS,
+    SHARE_METHOD_LABELS,
+    UPDATE_FREQUENCY_LABELS,
+    CatalogItemIn,
+    CatalogItemOut,
+    Conditions,
+    DataItemOut,
+    GrantHolder,
+    LegalBasisOut,
+    PublicCatalog,
+    PublicCatalogItem,
+    PurposeOut,
+)
+
+
+def item_out(row: CatalogItem) -> CatalogItemOut:
+    basis = row.legal_basis
+    return CatalogItemOut(
+        item_id=row.item_id,
+        code=row.code,
+        name=row.name,
+        provider=row.provider,
+        description=row.description,
+        data_items=[DataItemOut(**item, level_label=LEVEL_LABELS[item["level"]]) for item in row.data_items],
+        service=row.service,
+        operation=row.operation,
+        share_attribute=row.share_attribute,
+        share_attribute_label=SHARE_ATTRIBUTE_LABELS[row.share_attribute],
+        conditions=Conditions(**row.conditions) if row.conditions else None,
+        legal_basis=LegalBasisOut(**basis, kind_label=LEGAL_BASIS_KIND_LABELS[basis["kind"]]) if basis else None,
+        share_method=row.share_method,
+        share_method_label=SHARE_METHOD_LABELS[row.share_method],
+        data_format=row.data_format,
+        update_frequency=row.update_frequency,
+        update_frequency_label=UPDATE_FREQUENCY_LABELS[row.update_frequency],
+        created_at=as_utc(row.created_at),
+    )
+
+
+def _provider(actor: Actor, body: CatalogItemIn) -> str:
+    if actor.has("admin"):
+        if body.provider is None:
+            raise Problem(
+                422,
+                "provider_missing",
+                "Catalog item is invalid",
+                "provider: an admin registers on behalf of a department and must name it",
+                errors=[{"field": "provider", "message": "required for an admin", "type": "provider_missing"}],
+            )
+        return body.provider
+    if body.provider is not None and body.provider != actor.department:
+        raise forbidden(
+            "not_own_department",
+            f"a department registers its own items: you are {actor.department!r}, not {body.provider!r}",
+        )
+    assert actor.department is not None
+    return actor.department
+
+
+def check_item(body: CatalogItemIn, adapters: Mapping[str, Adapter]) -> None:
+    """Every fault of the item at once: delivery, data items, conditions and legal basis."""
+    faults = Faults("Catalog item is invalid")
+    names = [item.name for item in body.data_items]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            faults.add(f"data_items/{index}/name", "data_item_duplicate", f"{name!r} is listed twice")
+    if body.service is None or body.operation is None:
+        if body.share_attribute != "not_shared":
+            missing = "service" if body.service is None else "operation"
+            faults.add(missing, "delivery_missing", "a shared item names the service and operation that deliver it")
+    else:
+        adapter = adapters.get(body.service)
+        operation = adapter.operations.get(body.operation) if adapter else None
+        if adapter is None:
+            faults.add("service", "unknown_service", f"no service {body.service!r}; known: {sorted(adapters)}")
+        elif operation is None:
+            known = sorted(adapter.operations)
+            faults.add("operation", "unknown_operation", f"{body.service} has no operation {body.operation!r}: {known}")
+        else:
+            for index, name in enumerate(names):
+                if name not in operation.fields:
+                    faults.add(
+                        f"data_items/{index}/name",
+                        "field_not_in_operation",
+                        f"{body.service}/{body.operation} answers {list(operation.fields)}, not {name!r}",
+                    )
+    if body.share_attribute == "conditional" and body.conditions is None:
+        faults.add("conditions", "conditions_missing", "a 有条件共享 item states its conditions (scope and purpose)")
+    if body.share_attribute != "conditional" and body.conditions is not None:
+        faults.add("conditions", "conditions_not_applicable", "only a 有条件共享 item has conditions")
+    if body.share_attribute == "not_shared" and body.legal_basis is None:
+        faults.add(
+            "legal_basis",
+            "legal_basis_missing",
+            "不予共享 needs a legal basis: a 法律, 行政法规 or 国务院决定, with its title and article",
+        )
+    if body.share_attribute != "not_shared" and body.legal_basis is not None:
+        faults.add("legal_basis", "legal_basis_not_applicable", "only a 不予共享 item cites a legal basis")
+    faults.raise_if_any()
+
+
+async def add_item(
+    session: AsyncSession, actor: Actor, body: CatalogItemIn, adapters: Mapping[str, Adapter], now: datetime
+) -> CatalogItemOut:
+    provider = _provider(actor, body)
+    check_item(body, adapters)
+    if (await session.scalars(select(CatalogItem.item_id).where(CatalogItem.code == body.code))).first():
+        raise Problem(409, "item_code_exists", "Catalog code already in use", f"an item with code {body.code!r} exists")
+    row = CatalogItem(
+        item_id="cat-" + secrets.token_hex(8),
+        code=body.code,
+        name=body.name,
+        provider=provider,
+        description=body.description,
+        data_items=[item.model_dump() for item in body.data_items],
+        service=body.service,
+        operation=body.operation,
+        share_attribute=body.share_attribute,
+        conditions=body.conditions.model_dump() if body.conditions else None,
+        legal_basis=body.legal_basis.model_dump() if body.legal_basis else None,
+        share_method=body.share_method,
+        data_format=body.data_format,
+        update_frequency=body.update_frequency,
+        created_by=actor.caller_id,
+        created_at=now,
+    )
+    session.add(row)
+    await session.commit()
+    return item_out(row)
+
+
+async def get_item(session: AsyncSession, item_id: str) -> CatalogItem:
+    row = await session.get(CatalogItem, item_id)
+    if row is None:
+        raise Problem(404, "item_unknown", "Catalog item not found", f"no catalog item {item_id!r}")
+    return row
+
+
+async def _holders(session: AsyncSession, items: list[CatalogItem], now: datetime) -> dict[str, list[GrantHolder]]:
+    """Per item: the departments holding grants valid now, and their purposes.
+
+    A grant made by a sharing request belongs to that request's item; a grant an admin issued directly
+    belongs to every item delivered by the same service and operation.
+    """
+    query = (
+        select(Grant, SharingRequest.item_id)
+        .outerjoin(SharingRequest, Grant.sharing_request_id == SharingRequest.request_id)
+        .where(Grant.revoked_at.is_(None), Grant.valid_to > now, Grant.valid_from <= now)
+    )
+    by_delivery: dict[tuple[str | None, str | None], list[str]] = {}
+    for item in items:
+        by_delivery.setdefault((item.service, item.operation), []).append(item.item_id)
+    found: dict[str, dict[str, dict[str, str | None]]] = {}
+    for grant, item_id in (await session.execute(query)).all():
+        targets = [item_id] if item_id else by_delivery.get((grant.service, grant.operation), [])
+        for target in targets:
+            purposes = found.setdefault(target, {}).setdefault(grant.department, {})
+            if purposes.get(grant.purpose) is None:
+                purposes[grant.purpose] = grant.purpose_name
+    return {
+        item_id: [
+            GrantHolder(
+                department=department,
+                purposes=[PurposeOut(code=code, name=name) for code, name in sorted(purposes.items())],
+            )
+            for department, purposes in sorted(departments.items())
+        ]
+        for item_id, departments in found.items()
+    }
+
+
+async def public_catalog(session: AsyncSession, now: datetime, provider: str | None = None) -> PublicCatalog:
+    query = select(CatalogItem).order_by(CatalogItem.provider, CatalogItem.code)
+    if provider is not None:
+        query = query.where(CatalogItem.provider == provider)
+    items = list((await session.scalars(query)).all())
+    holders = await _holders(session, items, now)
+    return PublicCatalog(
+        items=[PublicCatalogItem(**item_out(item).model_dump(), grants=holders.get(item.item_id, [])) for item in items]
+    )
+
+
+async def public_item(session: AsyncSession, item_id: str, now: datetime) -> PublicCatalogItem:
+    item = await get_item(session, item_id)
+    holders = await _holders(session, [item], now)
+    return PublicCatalogItem(**item_out(item).model_dump(), grants=holders.get(item.item_id, []))

@@ -1,0 +1,85 @@
+"""Problems of the sharing workflow: body parsing with domain codes, and 422s that list every fault at once."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from gateway.problems import Problem, validation_problem
+from gateway.sharing.workdays import CalendarYearUnsupported
+
+T = TypeVar("T", bound=BaseModel)
+
+# Validators in schemas/sharing.py raise these error types; they become the problem's code.
+DOMAIN_TYPES = frozenset(
+    {
+        "legal_basis_kind_unknown",
+        "share_attribute_unknown",
+        "share_method_unknown",
+        "update_frequency_unknown",
+        "classification_unknown",
+        "quota_invalid",
+    }
+)
+
+
+def parse_body(body: bytes, model: type[T], *, optional: bool = False) -> T:
+    """The body as `model`; an empty body is `{}` when `optional`. Every invalid field is named at once."""
+    if optional and not body.strip():
+        document: Any = {}
+    else:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise Problem(422, "invalid_json", "Body is not JSON", "the request body must be a JSON object") from None
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        errors = exc.errors()
+        problem = validation_problem(errors)
+        domain = next((error["type"] for error in errors if error["type"] in DOMAIN_TYPES), None)
+        if domain is not None:
+            problem.code = domain
+        raise problem from None
+
+
+class Faults:
+    """Collects the faults of one body so that a single 422 lists them all (一次性告知), not one per try."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.items: list[dict[str, str]] = []
+
+    def add(self, field: str, code: str, message: str) -> None:
+        self.items.append({"field": field, "message": message, "type": code})
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            first = self.items[0]
+            raise Problem(422, first["type"], self.title, f"{first['field']}: {first['message']}", errors=self.items)
+
+
+def invalid(field: str, code: str, message: str, title: str = "Request is invalid") -> Problem:
+    return Problem(422, code, title, f"{field}: {message}", errors=[{"field": field, "message": message, "type": code}])
+
+
+def forbidden(code: str, detail: str) -> Problem:
+    return Problem(403, code, "Not allowed for this caller", detail)
+
+
+def calendar_problem(exc: CalendarYearUnsupported, field: str | None = None) -> Problem:
+    """A date the calendar does not cover: 422 naming the field when the caller gave it, else 503 (ours to fix)."""
+    if field is not None:
+        return Problem(
+            422,
+            "calendar_year_unsupported",
+            "Working days unknown for that year",
+            str(exc),
+            errors=[{"field": field, "message": str(exc), "type": "calendar_year_unsupported"}],
+        )
+    return Problem(503, "calendar_year_unsupported", "Working days unknown for this year", str(exc))

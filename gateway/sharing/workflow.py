@@ -1,0 +1,828 @@
+"""Sharing requests (共享需求): filing, the head's endorsement, the provider's decision, deadlines, grants, revocation.
+
+Every transition writes a `SharingEvent` with its actor and the before/after value of each changed column,
+in the same transaction as the change. The route that caused it returns the request with that history,
+so the audit record (whose response payload is sealed) holds the before and after too. Concurrent
+decisions on one request are caught by the row's version: the second one fails and changes nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from limits import parse as parse_rate
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from gateway.directory import as_utc
+from gateway.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequest
+from gateway.problems import Problem
+from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid
+from gateway.sharing.states import (
+    APPROVED,
+    DECIDED,
+    DRAFT,
+    EDITABLE,
+    EXPIRED,
+    GRANTED,
+    LIVE,
+    REFUSED,
+    RETURNED,
+    REVOKED,
+    SUBMITTED,
+    SYSTEM,
+    Actor,
+    effective_state,
+    is_overdue,
+)
+from gateway.sharing.workdays import CalendarYearUnsupported, add_working_days, china_date
+from schemas.sharing import (
+    STATE_LABELS,
+    ApproveIn,
+    EndorseIn,
+    ExtendIn,
+    GrantRef,
+    PurposeOut,
+    RefuseIn,
+    ReturnIn,
+    RevokeIn,
+    SharingEventOut,
+    SharingRequestIn,
+    SharingRequestOut,
+    SharingRequestPatch,
+)
+
+CONDITIONAL_WORKING_DAYS = 10
+MAX_EXTENSION_WORKING_DAYS = 10
+DEFAULT_RATE_LIMIT = "20/second"
+_SKIP = frozenset({"version", "updated_at"})
+
+
+@dataclass
+class Outcome:
+    """A request after a transition, and the grants the transition issued or revoked (for the audit record)."""
+
+    row: SharingRequest
+    item: CatalogItem
+    grants_changed: bool = False
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return as_utc(value).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _snapshot(row: SharingRequest) -> dict[str, Any]:
+    return {
+        column.key: _jsonable(getattr(row, column.key))
+        for column in SharingRequest.__table__.columns
+        if column.key not in _SKIP
+    }
+
+
+def _transition(
+    session: AsyncSession,
+    row: SharingRequest,
+    actor: Actor,
+    action: str,
+    to_state: str,
+    now: datetime,
+    before: dict[str, Any] | None,
+    note: dict[str, Any] | None = None,
+) -> SharingEvent:
+    row.state = to_state
+    row.updated_at = now
+    after = _snapshot(row)
+    earlier = before or {}
+    changes = {
+        name: {"before": earlier.get(name), "after": value}
+        for name, value in after.items()
+        if earlier.get(name) != value
+    }
+    event = SharingEvent(
+        request_id=row.request_id,
+        at=now,
+        actor=actor.caller_id,
+        actor_department=actor.department,
+        action=action,
+        from_state=earlier.get("state"),
+        to_state=to_state,
+        changes=changes,
+        note=note,
+    )
+    session.add(event)
+    return event
+
+
+async def _commit(session: AsyncSession, code: str = "state_changed") -> None:
+    try:
+        await session.commit()
+    except StaleDataError:
+        await session.rollback()
+        raise Problem(
+            422, code, "Request changed meanwhile", "another decision on this request was made first; nothing changed"
+        ) from None
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+def _can_see(actor: Actor, row: SharingRequest, now: datetime) -> bool:
+    if actor.has("admin", "officer"):
+        return True
+    if actor.has("coordinator") and (row.escalated_at is not None or is_overdue(row, now)):
+        return True
+    return actor.has("department") and actor.department in (row.requester_department, row.provider_department)
+
+
+async def _load(
+    session: AsyncSession, actor: Actor, request_id: str, now: datetime, *, acting: bool = True
+) -> tuple[SharingRequest, CatalogItem]:
+    row = await session.get(SharingRequest, request_id)
+    if row is None or (not acting and not _can_see(actor, row, now)):
+        # Reading someone else's request: it does not exist as far as this caller can tell. Acting on it
+        # goes on to the authority check, whose 403 names who may act instead.
+        raise Problem(404, "request_unknown", "Sharing request not found", f"no sharing request {request_id!r}")
+    item = await session.get(CatalogItem, row.item_id)
+    assert item is not None
+    return row, item
+
+
+async def request_out(
+    session: AsyncSession,
+    row: SharingRequest,
+    item: CatalogItem,
+    now: datetime,
+    *,
+    history: bool = True,
+    grants: list[Grant] | None = None,
+) -> SharingRequestOut:
+    if grants is None:
+        grants = list((await session.scalars(select(Grant).where(Grant.sharing_request_id == row.request_id))).all())
+    events = None
+    if history:
+        rows = await session.scalars(
+            select(SharingEvent).where(SharingEvent.request_id == row.request_id).order_by(SharingEvent.event_id)
+        )
+        events = [
+            SharingEventOut(
+                at=as_utc(event.at),
+                actor=event.actor,
+                actor_department=event.actor_department,
+                action=event.action,
+                from_state=event.from_state,
+                to_state=event.to_state,
+                changes=event.changes,
+                note=event.note,
+            )
+            for event in rows.all()
+        ]
+    state = effective_state(row, now)
+    return SharingRequestOut(
+        request_id=row.request_id,
+        item_id=item.item_id,
+        item_code=item.code,
+        item_name=item.name,
+        share_attribute=item.share_attribute,
+        requester_department=row.requester_department,
+        provider_department=row.provider_department,
+        filed_by=row.filed_by,
+        endorsed_by=row.endorsed_by,
+        callers=list(row.callers),
+        fields=list(row.fields),
+        purpose=PurposeOut(code=row.purpose_code, name=row.purpose_name),
+        basis=row.basis,
+        scenario=row.scenario,
+        scope=row.scope,
+        share_method=row.share_method,
+        valid_from=as_utc(row.valid_from) if row.valid_from else None,
+        valid_to=as_utc(row.valid_to),
+        daily_volume=row.daily_volume,
+        state=state,
+        state_label=STATE_LABELS[state],
+        submitted_at=as_utc(row.submitted_at) if row.submitted_at else None,
+        due_date=row.due_date,
+        overdue=is_overdue(row, now),
+        extended_days=row.extended_days,
+        extension_reason=row.extension_reason,
+        escalated_at=as_utc(row.escalated_at) if row.escalated_at else None,
+        decided_at=as_utc(row.decided_at) if row.decided_at else None,
+        decided_by=row.decided_by,
+        decision=row.decision,
+        returned_items=row.returned_items,
+        ended_at=as_utc(row.ended_at) if row.ended_at else None,
+        ended_by=row.ended_by,
+        end_reason=row.end_reason,
+        grants=[
+            GrantRef(
+                grant_id=grant.grant_id,
+                caller_id=grant.caller_id,
+                revoked_at=as_utc(grant.revoked_at) if grant.revoked_at else None,
+            )
+            for grant in sorted(grants, key=lambda grant: grant.caller_id)
+        ],
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
+        history=events,
+    )
+
+
+async def outcome_out(session: AsyncSession, outcome: Outcome, now: datetime) -> SharingRequestOut:
+    return await request_out(session, outcome.row, outcome.item, now)
+
+
+async def get_request(session: AsyncSession, actor: Actor, request_id: str, now: datetime) -> SharingRequestOut:
+    row, item = await _load(session, actor, request_id, now, acting=False)
+    return await request_out(session, row, item, now)
+
+
+async def list_requests(
+    session: AsyncSession,
+    actor: Actor,
+    now: datetime,
+    *,
+    state: str | None = None,
+    overdue: bool | None = None,
+    escalated: bool | None = None,
+    limit: int = 200,
+) -> list[SharingRequestOut]:
+    """What the caller may see, newest first: a department its own and those addressed to it, an officer or
+    admin all, a coordinator the escalated and overdue ones."""
+    query = select(SharingRequest).order_by(SharingRequest.created_at.desc(), SharingRequest.request_id)
+    if not actor.has("admin", "officer"):
+        visible = []
+        if actor.has("department") and actor.department is not None:
+            visible.append(SharingRequest.requester_department == actor.department)
+            visible.append(SharingRequest.provider_department == actor.department)
+        if actor.has("coordinator"):
+            visible.append(SharingRequest.escalated_at.is_not(None))
+            visible.append(and_(SharingRequest.state == SUBMITTED, SharingRequest.due_date < china_date(now)))
+        if not visible:
+            return []
+        query = query.where(or_(*visible))
+    rows = list((await session.scalars(query)).all())
+    rows = [
+        row
+        for row in rows
+        if (state is None or effective_state(row, now) == state)
+        and (overdue is None or is_overdue(row, now) == overdue)
+        and (escalated is None or (row.escalated_at is not None) == escalated)
+    ][:limit]
+    if not rows:
+        return []
+    ids = [row.request_id for row in rows]
+    items = {
+        item.item_id: item
+        for item in (
+            await session.scalars(select(CatalogItem).where(CatalogItem.item_id.in_({row.item_id for row in rows})))
+        ).all()
+    }
+    grants: dict[str, list[Grant]] = {}
+    for grant in (await session.scalars(select(Grant).where(Grant.sharing_request_id.in_(ids)))).all():
+        grants.setdefault(grant.sharing_request_id or "", []).append(grant)
+    return [
+        await request_out(session, row, items[row.item_id], now, history=False, grants=grants.get(row.request_id, []))
+        for row in rows
+    ]
+
+
+# --- filing --------------------------------------------------------------------------------------------------
+
+
+async def _check_terms(
+    session: AsyncSession,
+    actor: Actor,
+    item: CatalogItem,
+    values: dict[str, Any],
+    now: datetime,
+    faults: Faults,
+) -> None:
+    """The request's content against its item, its department and the clock; every fault is collected."""
+    if item.share_attribute == "not_shared":
+        basis = item.legal_basis or {}
+        faults.add(
+            "item_id",
+            "item_not_shared",
+            f"{item.name} is 不予共享 under {basis.get('title', '?')} {basis.get('article', '')}".strip(),
+        )
+    offered = [entry["name"] for entry in item.data_items]
+    for index, name in enumerate(values["fields"]):
+        if name not in offered:
+            faults.add(f"fields/{index}", "field_not_in_item", f"{name!r} is not a data item of {item.code}: {offered}")
+    method = values.get("share_method") or item.share_method
+    if method != item.share_method:
+        faults.add("share_method", "share_method_unavailable", f"{item.code} is shared by {item.share_method} only")
+    valid_from, valid_to = values.get("valid_from"), values["valid_to"]
+    if as_utc(valid_to) <= now:
+        faults.add("valid_to", "validity_in_past", "the 使用时限 would already have ended")
+    elif valid_from is not None and as_utc(valid_to) <= as_utc(valid_from):
+        faults.add("valid_to", "validity_empty", "valid_to must be after valid_from")
+    for index, caller_id in enumerate(values["callers"]):
+        caller = await session.get(Caller, caller_id)
+        if caller is None:
+            faults.add(f"callers/{index}", "caller_unknown", f"no caller {caller_id!r}")
+        elif caller.department != actor.department:
+            faults.add(
+                f"callers/{index}",
+                "caller_not_in_department",
+                f"{caller_id!r} belongs to {caller.department!r}; a grant goes to the requesting department's callers",
+            )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # Stored datetimes are UTC: SQLite keeps the wall time it is given and drops the offset.
+    return value.astimezone(UTC) if value is not None else None
+
+
+def _values(body: SharingRequestIn | SharingRequestPatch) -> dict[str, Any]:
+    values = body.model_dump(exclude_unset=isinstance(body, SharingRequestPatch))
+    for key in ("valid_from", "valid_to"):
+        if values.get(key) is not None:
+            values[key] = _utc(values[key])
+    if values.get("fields") is not None:
+        values["fields"] = list(dict.fromkeys(values["fields"]))
+    if values.get("callers") is not None:
+        values["callers"] = list(dict.fromkeys(values["callers"]))
+    return values
+
+
+async def file_request(session: AsyncSession, actor: Actor, body: SharingRequestIn, now: datetime) -> Outcome:
+    if not actor.has("department") or actor.department is None:
+        raise forbidden("role_forbidden", "sharing requests are filed by a department's data officer")
+    item = await session.get(CatalogItem, body.item_id)
+    if item is None:
+        raise invalid("item_id", "item_unknown", f"no catalog item {body.item_id!r}")
+    values = _values(body)
+    faults = Faults("Sharing request is invalid")
+    await _check_terms(session, actor, item, values, now, faults)
+    faults.raise_if_any()
+    row = SharingRequest(
+        request_id="sr-" + secrets.token_hex(8),
+        item_id=item.item_id,
+        requester_department=actor.department,
+        provider_department=item.provider,
+        filed_by=actor.caller_id,
+        callers=values["callers"],
+        fields=values["fields"],
+        purpose_code=body.purpose.code,
+        purpose_name=body.purpose.name,
+        basis=body.basis,
+        scenario=body.scenario,
+        scope=body.scope,
+        share_method=body.share_method or item.share_method,
+        valid_from=values["valid_from"],
+        valid_to=values["valid_to"],
+        daily_volume=body.daily_volume,
+        state=DRAFT,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    await session.flush()  # the event refers to the row: insert it first
+    _transition(session, row, actor, "file", DRAFT, now, None)
+    await _commit(session)
+    return Outcome(row, item)
+
+
+def _require_requester(actor: Actor, row: SharingRequest) -> None:
+    if not actor.in_department(row.requester_department):
+        raise forbidden("not_requester", f"only {row.requester_department} acts on its own request here")
+
+
+def _require_state(row: SharingRequest, now: datetime, allowed: Iterable[str]) -> str:
+    state = effective_state(row, now)
+    allowed = frozenset(allowed)
+    if state not in allowed:
+        code = "already_decided" if state in DECIDED and SUBMITTED in allowed else "invalid_state"
+        raise Problem(
+            422,
+            code,
+            "Not possible in the request's state",
+            f"the request is {state} ({STATE_LABELS[state]}); this needs {' or '.join(sorted(allowed))}",
+        )
+    return state
+
+
+async def update_request(
+    session: AsyncSession, actor: Actor, request_id: str, patch: SharingRequestPatch, now: datetime
+) -> Outcome:
+    row, item = await _load(session, actor, request_id, now)
+    _require_requester(actor, row)
+    _require_state(row, now, EDITABLE)
+    changes = _values(patch)
+    if not changes:
+        raise invalid("", "nothing_to_change", "the body changes no field")
+    current = {
+        "fields": list(row.fields),
+        "share_method": row.share_method,
+        "valid_from": row.valid_from,
+        "valid_to": row.valid_to,
+        "callers": list(row.callers),
+    }
+    merged = {**current, **{key: value for key, value in changes.items() if value is not None}}
+    faults = Faults("Sharing request is invalid")
+    await _check_terms(session, actor, item, merged, now, faults)
+    faults.raise_if_any()
+    before = _snapshot(row)
+    for key in ("fields", "callers", "basis", "scenario", "scope", "share_method", "valid_from", "valid_to"):
+        if key in changes and changes[key] is not None:
+            setattr(row, key, changes[key])
+    if changes.get("daily_volume") is not None:
+        row.daily_volume = changes["daily_volume"]
+    if changes.get("purpose") is not None:
+        row.purpose_code = changes["purpose"]["code"]
+        row.purpose_name = changes["purpose"]["name"]
+    _transition(session, row, actor, "update", row.state, now, before)
+    await _commit(session)
+    return Outcome(row, item)
+
+
+async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: EndorseIn, now: datetime) -> Outcome:
+    """本部门负责人审核: a second person of the requesting department submits the request.
+
+    A 无条件 item is approved on submission, by rule; a 有条件 one gets its deadline of 10 working days.
+    """
+    row, item = await _load(session, actor, request_id, now)
+    _require_requester(actor, row)
+    if actor.caller_id == row.filed_by:
+        raise forbidden("endorser_is_filer", "the head who endorses must be another person than the one who filed")
+    _require_state(row, now, EDITABLE)
+    faults = Faults("Sharing request can no longer be submitted")
+    terms = {
+        "fields": list(row.fields),
+        "share_method": row.share_method,
+        "valid_from": row.valid_from,
+        "valid_to": row.valid_to,
+        "callers": list(row.callers),
+    }
+    await _check_terms(session, actor, item, terms, now, faults)
+    faults.raise_if_any()
+    due = None
+    if item.share_attribute == "conditional":
+        try:
+            due = add_working_days(china_date(now), CONDITIONAL_WORKING_DAYS)
+        except CalendarYearUnsupported as exc:
+            raise calendar_problem(exc) from None
+    before = _snapshot(row)
+    row.endorsed_by = actor.caller_id
+    row.submitted_at = now
+    row.decided_at = None
+    row.decided_by = None
+    row.decision = None
+    row.due_date = due
+    row.extended_days = None
+    row.extension_reason = None
+    row.escalated_at = None
+    note = {"note": body.note} if body.note else None
+    _transition(session, row, actor, "endorse", SUBMITTED, now, before, note)
+    outcome = Outcome(row, item)
+    if item.share_attribute == "unconditional":
+        _approve(
+            session,
+            outcome,
+            SYSTEM,
+            now,
+            daily_quota=row.daily_volume,
+            rate_limit=DEFAULT_RATE_LIMIT,
+            valid_to=row.valid_to,
+            note={"rule": "无条件共享: approved on submission"},
+        )
+    await _commit(session)
+    return outcome
+
+
+# --- decisions -----------------------------------------------------------------------------------------------
+
+
+def _require_decider(actor: Actor, row: SharingRequest, now: datetime) -> None:
+    if actor.in_department(row.provider_department):
+        return
+    if actor.has("coordinator") and (row.escalated_at is not None or is_overdue(row, now)):
+        return
+    if actor.has("coordinator"):
+        raise forbidden("not_escalated", "a coordinator decides only requests escalated past their deadline")
+    raise forbidden(
+        "not_provider",
+        f"only the provider, {row.provider_department}, decides this request (or, once escalated, a coordinator)",
+    )
+
+
+def _approve(
+    session: AsyncSession,
+    outcome: Outcome,
+    actor: Actor,
+    now: datetime,
+    *,
+    daily_quota: int,
+    rate_limit: str,
+    valid_to: datetime,
+    note: dict[str, Any] | None = None,
+) -> None:
+    """Approval creates the grants (one per caller the request names), effective from the requested start."""
+    row, item = outcome.row, outcome.item
+    assert item.service is not None and item.operation is not None
+    before = _snapshot(row)
+    start = as_utc(row.valid_from) if row.valid_from is not None and as_utc(row.valid_from) > now else now
+    row.valid_from = start
+    row.valid_to = valid_to
+    row.decided_at = now
+    row.decided_by = actor.caller_id
+    row.decision = {
+        "outcome": "approved",
+        "daily_quota": daily_quota,
+        "rate_limit": rate_limit,
+        **(note or {}),
+    }
+    grants = [
+        Grant(
+            grant_id="g-" + secrets.token_hex(8),
+            caller_id=caller_id,
+            department=row.requester_department,
+            service=item.service,
+            operation=item.operation,
+            purpose=row.purpose_code,
+            purpose_name=row.purpose_name,
+            fields=sorted(row.fields),
+            valid_from=start,
+            valid_to=valid_to,
+            daily_quota=daily_quota,
+            rate_limit=rate_limit,
+            sharing_request_id=row.request_id,
+            created_at=now,
+        )
+        for caller_id in row.callers
+    ]
+    session.add_all(grants)
+    grant_note = {"grant_ids": [grant.grant_id for grant in grants]}
+    _transition(session, row, actor, "approve", APPROVED, now, before, {**(note or {}), **grant_note})
+    if start <= now:
+        _transition(session, row, actor, "grant", GRANTED, now, _snapshot(row), grant_note)
+    outcome.grants_changed = True
+
+
+async def approve(session: AsyncSession, actor: Actor, request_id: str, body: ApproveIn, now: datetime) -> Outcome:
+    row, item = await _load(session, actor, request_id, now)
+    _require_decider(actor, row, now)
+    _require_state(row, now, {SUBMITTED})
+    faults = Faults("Approval is invalid")
+    rate_limit = body.rate_limit or DEFAULT_RATE_LIMIT
+    try:
+        parse_rate(rate_limit)
+    except ValueError:
+        faults.add("rate_limit", "rate_limit_invalid", f"{rate_limit!r} is not a rate such as '20/second'")
+    valid_to = _utc(body.valid_to) or as_utc(row.valid_to)
+    if as_utc(valid_to) <= now:
+        faults.add("valid_to", "validity_in_past", "the grant would already have expired")
+    elif as_utc(valid_to) > as_utc(row.valid_to):
+        faults.add("valid_to", "validity_beyond_request", "a grant ends no later than the 使用时限 requested")
+    elif row.valid_from is not None and as_utc(valid_to) <= as_utc(row.valid_from):
+        faults.add("valid_to", "validity_empty", "the grant would end before the requested start")
+    faults.raise_if_any()
+    outcome = Outcome(row, item)
+    note: dict[str, Any] = {"note": body.note} if body.note else {}
+    if actor.has("coordinator") and not actor.in_department(row.provider_department):
+        note["escalation"] = "decided by a coordinator after the provider's deadline"
+    _approve(
+        session,
+        outcome,
+        actor,
+        now,
+        daily_quota=body.daily_quota or row.daily_volume,
+        rate_limit=rate_limit,
+        valid_to=valid_to,
+        note=note or None,
+    )
+    await _commit(session, "already_decided")
+    return outcome
+
+
+async def refuse(session: AsyncSession, actor: Actor, request_id: str, body: RefuseIn, now: datetime) -> Outcome:
+    row, item = await _load(session, actor, request_id, now)
+    _require_decider(actor, row, now)
+    _require_state(row, now, {SUBMITTED})
+    if item.share_attribute == "conditional" and body.condition_not_met is None:
+        raise invalid(
+            "condition_not_met",
+            "condition_not_met_missing",
+            f"refusing a 有条件共享 request names the condition not met: {item.conditions}",
+            "Refusal is invalid",
+        )
+    before = _snapshot(row)
+    row.decided_at = now
+    row.decided_by = actor.caller_id
+    row.decision = {
+        "outcome": "refused",
+        "reasons": body.reasons,
+        "condition_not_met": body.condition_not_met.model_dump() if body.condition_not_met else None,
+        "conditions": item.conditions,
+    }
+    _transition(session, row, actor, "refuse", REFUSED, now, before)
+    await _commit(session, "already_decided")
+    return Outcome(row, item)
+
+
+async def return_request(
+    session: AsyncSession, actor: Actor, request_id: str, body: ReturnIn, now: datetime
+) -> Outcome:
+    """退回补正 with every missing item at once; a later return may only name items the first one named."""
+    row, item = await _load(session, actor, request_id, now)
+    _require_decider(actor, row, now)
+    _require_state(row, now, {SUBMITTED})
+    named = [missing.item for missing in body.missing]
+    if row.returned_items is not None:
+        new = [name for name in named if name not in row.returned_items]
+        if new:
+            raise invalid(
+                "missing",
+                "return_new_items",
+                f"一次性告知: the first return named {row.returned_items}; {new} should have been named then",
+                "Return is invalid",
+            )
+    before = _snapshot(row)
+    row.returned_items = row.returned_items if row.returned_items is not None else sorted(set(named))
+    row.decision = {
+        "outcome": "returned",
+        "missing": [missing.model_dump() for missing in body.missing],
+        "note": body.note,
+    }
+    row.decided_by = actor.caller_id
+    row.decided_at = now
+    row.due_date = None
+    row.escalated_at = None
+    _transition(session, row, actor, "return", RETURNED, now, before)
+    await _commit(session, "already_decided")
+    return Outcome(row, item)
+
+
+async def extend(session: AsyncSession, actor: Actor, request_id: str, body: ExtendIn, now: datetime) -> Outcome:
+    """Once, by 1–10 working days, before the deadline passes, with a reason the requester sees."""
+    row, item = await _load(session, actor, request_id, now)
+    if not actor.in_department(row.provider_department):
+        raise forbidden("not_provider", f"only the provider, {row.provider_department}, extends its deadline")
+    _require_state(row, now, {SUBMITTED})
+    if item.share_attribute != "conditional" or row.due_date is None:
+        raise invalid("", "extension_not_applicable", "only a 有条件共享 request has a deadline to extend")
+    if row.extended_days is not None:
+        raise invalid("", "already_extended", f"the deadline was already extended once ({row.extended_days} days)")
+    if not 1 <= body.working_days <= MAX_EXTENSION_WORKING_DAYS:
+        raise invalid(
+            "working_days",
+            "extension_too_long",
+            f"an extension is 1 to {MAX_EXTENSION_WORKING_DAYS} working days, not {body.working_days}",
+        )
+    if is_overdue(row, now):
+        raise invalid("", "deadline_passed", f"the deadline {row.due_date} has passed; it can no longer be extended")
+    try:
+        due = add_working_days(row.due_date, body.working_days)
+    except CalendarYearUnsupported as exc:
+        raise calendar_problem(exc) from None
+    before = _snapshot(row)
+    row.due_date = due
+    row.extended_days = body.working_days
+    row.extension_reason = body.reason
+    note = {"reason": body.reason, "notice_to": row.requester_department}
+    _transition(session, row, actor, "extend", SUBMITTED, now, before, note)
+    await _commit(session)
+    return Outcome(row, item)
+
+
+# --- ending --------------------------------------------------------------------------------------------------
+
+
+def _revoke_grants(grants: Iterable[Grant], actor: Actor, reason: str, now: datetime) -> list[str]:
+    revoked = []
+    for grant in grants:
+        if grant.revoked_at is None:
+            grant.revoked_at = now
+            grant.revoked_by = actor.caller_id
+            grant.revoke_reason = reason
+            revoked.append(grant.grant_id)
+    return revoked
+
+
+async def revoke(session: AsyncSession, actor: Actor, request_id: str, body: RevokeIn, now: datetime) -> Outcome:
+    row, item = await _load(session, actor, request_id, now)
+    parties = (row.provider_department, row.requester_department)
+    if not (actor.has("admin") or any(actor.in_department(department) for department in parties)):
+        raise forbidden("not_party", "a request is revoked by its provider, its requester or an admin")
+    state = _require_state(row, now, LIVE)
+    grants = (await session.scalars(select(Grant).where(Grant.sharing_request_id == row.request_id))).all()
+    revoked = _revoke_grants(grants, actor, body.reason, now)
+    before = _snapshot(row)
+    before["state"] = state
+    row.ended_at = now
+    row.ended_by = actor.caller_id
+    row.end_reason = body.reason
+    _transition(session, row, actor, "revoke", REVOKED, now, before, {"grant_ids": revoked})
+    await _commit(session)
+    return Outcome(row, item, grants_changed=True)
+
+
+async def revoke_grant(
+    session: AsyncSession, actor: Actor, grant_id: str, reason: str | None, now: datetime
+) -> tuple[Grant, Outcome | None]:
+    """Revoke one grant; when it was its request's last live grant, the request is revoked with it."""
+    grant = await session.get(Grant, grant_id)
+    if grant is None:
+        raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
+    if grant.revoked_at is not None:
+        return grant, None
+    reason = reason or "revoked by an admin"
+    _revoke_grants([grant], actor, reason, now)
+    outcome = None
+    if grant.sharing_request_id is not None:
+        row = await session.get(SharingRequest, grant.sharing_request_id)
+        assert row is not None
+        others = (
+            await session.scalars(
+                select(Grant).where(
+                    Grant.sharing_request_id == row.request_id,
+                    Grant.grant_id != grant_id,
+                    Grant.revoked_at.is_(None),
+                )
+            )
+        ).all()
+        state = effective_state(row, now)
+        if not others and state in LIVE:
+            item = await session.get(CatalogItem, row.item_id)
+            assert item is not None
+            before = _snapshot(row)
+            before["state"] = state
+            row.ended_at = now
+            row.ended_by = actor.caller_id
+            row.end_reason = reason
+            _transition(session, row, actor, "revoke", REVOKED, now, before, {"grant_ids": [grant_id]})
+            outcome = Outcome(row, item, grants_changed=True)
+    await _commit(session)
+    return grant, outcome
+
+
+# --- what time alone changes ---------------------------------------------------------------------------------
+
+
+async def due_transitions(session: AsyncSession, now: datetime) -> list[str]:
+    """Ids of requests that time has moved on: overdue and not yet escalated, starting, or ending."""
+    today = china_date(now)
+    query = select(SharingRequest.request_id).where(
+        or_(
+            and_(
+                SharingRequest.state == SUBMITTED,
+                SharingRequest.due_date < today,
+                SharingRequest.escalated_at.is_(None),
+            ),
+            and_(SharingRequest.state == APPROVED, SharingRequest.valid_from <= now),
+            and_(SharingRequest.state.in_(LIVE), SharingRequest.valid_to <= now),
+        )
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def apply_time(session: AsyncSession, request_id: str, now: datetime, overdue_action: str) -> Outcome | None:
+    """Persist what time changed for one request, as the `system` actor; None when nothing (or another node) did."""
+    row = await session.get(SharingRequest, request_id)
+    if row is None:
+        return None
+    item = await session.get(CatalogItem, row.item_id)
+    assert item is not None
+    outcome = Outcome(row, item)
+    state = effective_state(row, now)
+    if state == EXPIRED and row.state != EXPIRED:
+        _transition(session, row, SYSTEM, "expire", EXPIRED, now, _snapshot(row), {"valid_to": _jsonable(row.valid_to)})
+    elif state == GRANTED and row.state == APPROVED:
+        _transition(
+            session, row, SYSTEM, "grant", GRANTED, now, _snapshot(row), {"valid_from": _jsonable(row.valid_from)}
+        )
+    elif is_overdue(row, now) and row.escalated_at is None:
+        due = _jsonable(row.due_date)
+        if overdue_action == "approve" and as_utc(row.valid_to) > now:
+            _approve(
+                session,
+                outcome,
+                SYSTEM,
+                now,
+                daily_quota=row.daily_volume,
+                rate_limit=DEFAULT_RATE_LIMIT,
+                valid_to=as_utc(row.valid_to),
+                note={"rule": f"overdue since {due}: approved by default (MSJX_SHARING_OVERDUE_ACTION=approve)"},
+            )
+        else:
+            before = _snapshot(row)
+            row.escalated_at = now
+            note = {"due_date": due, "escalated_to": "coordinator"}
+            _transition(session, row, SYSTEM, "escalate", SUBMITTED, now, before, note)
+    else:
+        return None
+    try:
+        await session.commit()
+    except StaleDataError:
+        await session.rollback()
+        return None
+    return outcome

@@ -1,0 +1,105 @@
+"""The demo's sharing data (a catalog for every simulated system, requests in every state), and grants as the
+departments see them: listing by role, and revoking a request's last grant revokes the request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway import db, registry
+from gateway.demo import DEMO_CALLERS
+from gateway.models import AuditRecord, CatalogItem
+from gateway.runtime import build_adapters
+from gateway.settings import load_settings
+from gateway.sharing.demo import seed_sharing
+from schemas.api import CallerIn
+from tests.sharing_world import World, add_item, filed_and_submitted, item_body, sharing_world
+from tests.test_sharing import problem
+
+# A day the installed calendar surely knows (its deadlines reach some weeks ahead), so that the test does not
+# depend on chinese-calendar having published next year's holidays by the day it runs.
+SEEDED_AT = datetime(2025, 11, 20, 2, 0, tzinfo=UTC)
+STATES = {"draft", "submitted", "approved", "refused", "returned", "granted", "revoked", "expired"}
+
+
+async def test_demo_seeds_a_catalog_for_every_system_and_requests_in_every_state(
+    tmp_path: Path, credit_url: str
+) -> None:
+    settings = load_settings(data_dir=tmp_path, upstream_urls={"credit": credit_url})
+    await db.upgrade_async(settings)
+    adapters = build_adapters(settings)
+    engine = db.create_engine(settings)
+    sessions = db.sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            for demo in DEMO_CALLERS:
+                body = CallerIn(
+                    caller_id=demo.caller_id, name=demo.name, department=demo.department, roles=list(demo.roles)
+                )
+                await registry.add_caller(session, body)
+            first = await seed_sharing(session, adapters, SEEDED_AT)
+        assert {entry["state"] for entry in first} == STATES
+        assert any(entry["escalated"] for entry in first), "one overdue request is escalated"
+        async with sessions() as session:
+            items = (await session.scalars(select(CatalogItem))).all()
+            again = await seed_sharing(session, adapters, SEEDED_AT)
+        delivered = {(item.service, item.operation) for item in items}
+        for name, adapter in adapters.items():
+            assert {(name, operation) for operation in adapter.operations} <= delivered, name
+        assert {item.share_attribute for item in items} == {"unconditional", "conditional", "not_shared"}
+        assert [entry["request_id"] for entry in again] == [entry["request_id"] for entry in first], "seeded once"
+        async with sessions() as session:
+            assert len((await session.scalars(select(CatalogItem))).all()) == len(items)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[World]:
+    async with sharing_world(request.param, tmp_path, credit_url) as running:
+        yield running
+
+
+async def test_grants_as_each_role_sees_them_and_revoking_the_last_revokes_the_request(world: World) -> None:
+    item = await add_item(world, item_body("FGW-G", "unconditional", "dishonest-debtor"))
+    request = await filed_and_submitted(world, item["item_id"], purpose={"code": "XM-2025-020", "name": "稳岗"})
+    [grant] = request["grants"]
+    everything = {entry["grant_id"] for entry in (await world.get("officer", "/v1/grants")).json()}
+    direct = {world.gw.grant_id, world.gw.narrow_grant_id}  # conftest's grants to the platform, same department
+    assert everything == {grant["grant_id"]} | direct
+    for who, expected in [
+        ("data-officer", everything),  # the department holding them
+        ("credit-officer", {grant["grant_id"]}),  # the provider of this one
+        ("finance-officer", set()),
+    ]:
+        listing = await world.get(who, "/v1/grants")
+        assert {entry["grant_id"] for entry in listing.json()} == expected, who
+    platform_view = (await world.get("platform", "/v1/grants")).json()
+    assert grant["grant_id"] in {entry["grant_id"] for entry in platform_view}
+    single = await world.get("data-officer", f"/v1/grants/{grant['grant_id']}")
+    assert single.json()["sharing_request_id"] == request["request_id"]
+    assert single.json()["used_today"] == 0
+    problem(await world.get("finance-officer", f"/v1/grants/{grant['grant_id']}"), 404, "grant_unknown")
+
+    problem(await world.post("credit-officer", f"/v1/grants/{grant['grant_id']}/revoke"), 403, "role_forbidden")
+    revoked = await world.post("admin", f"/v1/grants/{grant['grant_id']}/revoke", {"reason": "停止使用"})
+    assert revoked.status_code == 200, revoked.text
+    assert (revoked.json()["revoked_by"], revoked.json()["revoke_reason"]) == ("admin", "停止使用")
+    after = (await world.get("admin", f"/v1/sharing-requests/{request['request_id']}")).json()
+    assert (after["state"], after["ended_by"], after["history"][-1]["action"]) == ("revoked", "admin", "revoke")
+    [cascade] = [r for r in await world.audit_records("sharing.revoke")]
+    assert (cascade["caller_id"], cascade["grant_id"]) == ("admin", grant["grant_id"])
+    assert world.opened_response(cascade)["history"][-1]["changes"]["state"] == {
+        "before": "granted",
+        "after": "revoked",
+    }
+    # Revoking again changes nothing and says so by returning the same revocation.
+    again = await world.post("admin", f"/v1/grants/{grant['grant_id']}/revoke")
+    assert again.json()["revoked_at"] == revoked.json()["revoked_at"]
+    async with world.gw.runtime.engine.connect() as connection:
+        rows = (await connection.execute(select(AuditRecord.event).where(AuditRecord.event == "sharing.revoke"))).all()
+    assert len(rows) == 1
