@@ -96,7 +96,7 @@ def load_settings(**overrides: object) -> Settings:
         name = "MSJX_" + "_".join(str(part) for part in first["loc"][:1]).upper()
         raw = os.environ.get(name)
         shown = "" if raw is None or "url" in name.lower() else f" (got {raw!r})"
-        message = str(first['msg']).removeprefix("Value error, ")
+        message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{name}: {message}{shown}") from None
     except SourceError as exc:
         # pydantic-settings fails before validation when a JSON-valued setting is not JSON.
