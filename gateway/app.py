@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -32,13 +32,21 @@ Errors are RFC 9457 problem+json with a stable `code`.
 """
 
 
-def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    adapters: dict[str, Adapter] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> FastAPI:
+    """`on_ready` runs once the runtime is up, when the server already handles signals: the place to announce it."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings, adapters)
         app.state.sharing = SharingService(app.state.runtime)
         await app.state.sharing.start()
         log.info("gateway node %s ready (%s)", settings.node_id, "PostgreSQL" if not settings.is_sqlite else "SQLite")
+        if on_ready is not None:
+            on_ready()
         try:
             yield
         finally:

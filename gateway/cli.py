@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -72,6 +73,10 @@ def _run_registry(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
         raise _fail(f"{problem.code}: {problem.detail}", 1) from None
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @app.command()
 def serve(
     demo: Annotated[bool, typer.Option("--demo", help="start the simulators and seed demo callers and grants")] = False,
@@ -87,7 +92,10 @@ def serve(
 
     settings = _settings(data_dir)
     _logging(settings.log_level)
+    # Until uvicorn takes over the signals, make SIGTERM unwind like Ctrl-C so the simulators child is stopped.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     simulators = None
+    on_ready = None
     try:
         if demo:
             from gateway import demo as demo_module
@@ -98,15 +106,21 @@ def serve(
             settings = settings.model_copy(update={"upstream_urls": {**urls, **settings.upstream_urls}})
             db.upgrade(settings)
             listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
-            typer.echo(f"msjx-gateway demo on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-            typer.echo(f"simulators: {', '.join(f'{name} {url}' for name, url in urls.items())}")
-            typer.echo(f"demo callers and keys: {settings.data_dir / 'demo' / 'callers.json'}")
-            typer.echo("try, in another shell:")
-            typer.echo("  " + demo_module.call_line(port, listing, DEMO_USCC, host))
+            lines = [
+                f"msjx-gateway demo on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
+                f"simulators: {', '.join(f'{name} {url}' for name, url in urls.items())}",
+                f"demo callers and keys: {settings.data_dir / 'demo' / 'callers.json'}",
+                "try, in another shell:",
+                "  " + demo_module.call_line(port, listing, DEMO_USCC, host),
+            ]
+
+            def on_ready() -> None:
+                typer.echo("\n".join(lines))
+
         else:
             db.upgrade(settings)
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, on_ready=on_ready),
             host=host,
             port=port,
             loop="uvloop",
@@ -124,11 +138,14 @@ def serve(
 def simulators(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     credit_port: Annotated[int, typer.Option(help="credit platform port (0: any free port)")] = 0,
+    stop_on_stdin_close: Annotated[
+        bool, typer.Option("--stop-on-stdin-close", help="exit when standard input closes (a parent died)")
+    ] = False,
 ) -> None:
     """Run the simulated upstream systems; prints their URLs as one JSON line."""
     from simulators.runner import serve as serve_simulators
 
-    asyncio.run(serve_simulators(host, {"credit": credit_port}))
+    asyncio.run(serve_simulators(host, {"credit": credit_port}, stop_on_stdin_close=stop_on_stdin_close))
 
 
 @db_app.command("upgrade")

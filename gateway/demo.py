@@ -66,8 +66,10 @@ def key_id_for(caller_id: str, public_key: Ed25519PublicKey) -> str:
 
 def start_simulators(host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     """A child process keeps the simulators off the gateway's core and event loop, as real upstreams would be."""
+    # stdin is a pipe the child watches: if this process dies without cleaning up, the simulators stop too.
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "gateway.cli", "simulators", "--host", host],
+        [sys.executable, "-m", "gateway.cli", "simulators", "--host", host, "--stop-on-stdin-close"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
     assert process.stdout is not None

@@ -26,8 +26,20 @@ async def start_all(host: str, ports: dict[str, int]) -> tuple[list[web.AppRunne
     return runners, urls
 
 
-async def serve(host: str, ports: dict[str, int]) -> None:
-    """Start all, print {"credit": url, ...} on one stdout line (a parent process reads it), run until signalled."""
+async def _wait_for_stdin_close() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass
+
+
+async def serve(host: str, ports: dict[str, int], *, stop_on_stdin_close: bool = False) -> None:
+    """Start all, print {"credit": url, ...} on one stdout line (a parent process reads it), run until signalled.
+
+    With `stop_on_stdin_close`, also stop when standard input reaches its end: the parent that holds
+    the other end has exited, however it died.
+    """
     runners, urls = await start_all(host, ports)
     sys.stdout.write(orjson.dumps(urls).decode() + "\n")
     sys.stdout.flush()
@@ -36,8 +48,13 @@ async def serve(host: str, ports: dict[str, int]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if stop_on_stdin_close:
+        waiters.append(asyncio.ensure_future(_wait_for_stdin_close()))
     try:
-        await stop.wait()
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for waiter in waiters:
+            waiter.cancel()
         for runner in runners:
             await runner.cleanup()
