@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, ops, services
+from gateway.routes import admin, ops, services, upstreams
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.upstreams import UpstreamIn
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
 
 log = logging.getLogger("msjx.app")
@@ -30,7 +31,7 @@ Errors are RFC 9457 problem+json with a stable `code`.
 """
 
 
-def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -> FastAPI:
+def create_app(settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings, adapters)
@@ -50,6 +51,7 @@ def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -
     )
     app.include_router(services.router)
     app.include_router(admin.router)
+    app.include_router(upstreams.router)
     app.include_router(ops.router)
 
     @app.exception_handler(Problem)
@@ -71,7 +73,7 @@ def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         # Routes that read the raw body (to check its digest) reference these by name.
-        for model in (InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails):
+        for model in (InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails, UpstreamIn):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, definition in model_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)
