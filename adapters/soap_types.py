@@ -560,13 +560,17 @@ def from_zeep(struct: Struct, value: Any) -> dict[str, Any]:
 
 
 def _value_from_zeep(item: StructField, raw: Any) -> Any:
+    # zeep reads an empty element as None; for a string that is "" whenever the element must have been there
+    # (a list entry, or a required, non-nillable element). An optional empty string stays indistinguishable from
+    # an absent one, and comes out as null.
+    empty = "" if isinstance(item.shape, Scalar) and item.shape.kind == "string" and not item.shape.item_list else None
     if item.repeated:
         if raw is None:
             return []
         entries = raw if isinstance(raw, list) else [raw]
-        return [_one_from_zeep(item.shape, entry) for entry in entries]
+        return [empty if entry is None else _one_from_zeep(item.shape, entry) for entry in entries]
     if raw is None:
-        return None
+        return empty if not item.optional else None
     return _one_from_zeep(item.shape, raw)
 
 
