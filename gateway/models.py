@@ -137,7 +137,7 @@ class RegisteredUpstream(Base):
     endpoint: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     policy: Mapped[dict] = mapped_column(JSON)
     safe: Mapped[list[str]] = mapped_column(JSON)
-    operations: Mapped[list[str]] = mapped_column(JSON)
+    operations: Mapped[list[dict]] = mapped_column(JSON)  # as registered: name, summary, safe, fields
     revision: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

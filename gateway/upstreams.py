@@ -169,13 +169,8 @@ def prepare(
 
 
 def _out(row: RegisteredUpstream, adapter: RegisteredAdapter | None) -> UpstreamOut:
-    operations = (
-        [UpstreamOperation(**entry) for entry in adapter.describe()]
-        if adapter is not None
-        else [
-            UpstreamOperation(operation=name, summary="", safe=name in row.safe, fields=[]) for name in row.operations
-        ]
-    )
+    described = adapter.describe() if adapter is not None else row.operations
+    operations = [UpstreamOperation(**entry) for entry in described]
     return UpstreamOut(
         name=row.name,
         kind=row.kind,
@@ -208,7 +203,7 @@ async def add_upstream(session: AsyncSession, prepared: Prepared, created_by: st
         endpoint=spec.endpoint,
         policy=prepared.policy_overrides,
         safe=sorted(spec.safe),
-        operations=sorted(prepared.adapter.operations),
+        operations=prepared.adapter.describe(),
         revision=secrets.token_hex(8),
         created_at=datetime.now(UTC),
         created_by=created_by,

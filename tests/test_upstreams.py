@@ -283,9 +283,7 @@ async def test_openapi_operations_round_trip(rest_upstream: tuple[str, Any], sta
         "listRegions": True,
     }
     get = adapter.operations["getSubsidy"]
-    data = (
-        await adapter.invoke("getSubsidy", get.input_model.model_validate({"uscc": DEMO_USCC, "year": 2025}))
-    ).data
+    data = (await adapter.invoke("getSubsidy", get.input_model.model_validate({"uscc": DEMO_USCC, "year": 2025}))).data
     assert data == {
         "uscc": DEMO_USCC,
         "year": 2025,
