@@ -313,7 +313,7 @@ class SoapEngine:
             raise UpstreamMalformed(self.service, "the Body is empty", str(status))
         try:
             parsed = message._deserialize_body(body)["body"]
-        except (zeep_errors.Error, ValueError, TypeError, AttributeError, IndexError) as exc:
+        except (zeep_errors.Error, ValueError, ArithmeticError, TypeError, AttributeError, IndexError) as exc:
             raise UpstreamMalformed(self.service, f"the Body does not match the WSDL ({exc})", str(status)) from None
         output = operation.output
         if output.complex_body:
