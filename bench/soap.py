@@ -31,7 +31,7 @@ WSDL = ROOT / "schemas" / "contracts" / "golden_tax.wsdl"
 OPERATIONS = 50
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
+def _summary(samples: list[float], sequential: bool = True) -> dict[str, float]:
     ordered = sorted(samples)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {
@@ -40,7 +40,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
         "p50_ms": round(pick(0.50) * 1000, 3),
         "p95_ms": round(pick(0.95) * 1000, 3),
         "p99_ms": round(pick(0.99) * 1000, 3),
-        "calls_per_s": round(len(ordered) / sum(ordered), 1),
+        **({"calls_per_s": round(len(ordered) / sum(ordered), 1)} if sequential else {}),
     }
 
 
@@ -146,7 +146,12 @@ async def _adapter(simulator_url: str, calls: int, concurrency: int, uscc: str) 
 
 
 async def _gateway(
-    url: str, caller: dict[str, Any], calls: int, concurrency: int, uscc: str
+    url: str,
+    caller: dict[str, Any],
+    calls: int,
+    concurrency: int,
+    uscc: str,
+    path: str = "/v1/services/golden-tax/tax-credit-rating",
 ) -> tuple[list[float], float]:
     import httpx
 
@@ -154,12 +159,13 @@ async def _gateway(
     from security.keys import load_private_key_file
 
     auth = SignatureAuth(caller["key_id"], load_private_key_file(Path(caller["key_file"])))
-    body = {"purpose": caller["purposes"][0], "params": {"uscc": uscc, "year": 2025}}
+    params: dict[str, Any] = {"uscc": uscc, "year": 2025} if "golden-tax" in path else {"uscc": uscc}
+    body = {"purpose": caller["purposes"][0], "params": params}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, auth=auth, limits=limits, timeout=30) as client:
 
         async def call() -> None:
-            response = await client.post("/v1/services/golden-tax/tax-credit-rating", json=body)
+            response = await client.post(path, json=body)
             if response.status_code != 200:
                 raise RuntimeError(f"gateway answered {response.status_code}: {response.text[:200]}")
 
@@ -296,6 +302,11 @@ def run(quick: bool = False) -> dict[str, Any]:
             zeep_samples = _zeep_direct(simulator, sequential, DEMO_USCC)
             adapter_seq, _ = asyncio.run(_adapter(simulator, sequential, 1, DEMO_USCC))
             gateway_seq, _ = asyncio.run(_gateway(f"http://127.0.0.1:{port}", caller, sequential, 1, DEMO_USCC))
+            credit_seq, _ = asyncio.run(
+                _gateway(
+                    f"http://127.0.0.1:{port}", caller, sequential, 1, DEMO_USCC, "/v1/services/credit/dishonest-debtor"
+                )
+            )
             adapter_conc, adapter_wall = asyncio.run(_adapter(simulator, concurrent_calls, concurrency, DEMO_USCC))
             gateway_conc, gateway_wall = asyncio.run(
                 _gateway(f"http://127.0.0.1:{port}", caller, concurrent_calls, concurrency, DEMO_USCC)
@@ -306,6 +317,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     zeep = _summary(zeep_samples)
     through = _summary(gateway_seq)
     engine = _summary(adapter_seq)
+    rest = _summary(credit_seq)
     results: dict[str, Any] = {
         "benchmark": "soap",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -319,12 +331,23 @@ def run(quick: bool = False) -> dict[str, Any]:
                 **through,
                 "how": "signed HTTP to `serve --demo` (SQLite, audit commit per call), which calls the adapter",
             },
+            "gateway_rest_floor": {
+                **rest,
+                "how": "the same gateway path to the credit simulator (REST/JSON): what every call costs, SOAP or not",
+            },
             "gateway_over_zeep_p50_ms": round(through["p50_ms"] - zeep["p50_ms"], 3),
+            "soap_over_rest_through_gateway_p50_ms": round(through["p50_ms"] - rest["p50_ms"], 3),
             "adapter_over_zeep_p50_ms": round(engine["p50_ms"] - zeep["p50_ms"], 3),
         },
         f"concurrent_{concurrency}": {
-            "adapter": {**_summary(adapter_conc), "throughput_per_s": round(len(adapter_conc) / adapter_wall, 1)},
-            "gateway": {**_summary(gateway_conc), "throughput_per_s": round(len(gateway_conc) / gateway_wall, 1)},
+            "adapter": {
+                **_summary(adapter_conc, False),
+                "throughput_per_s": round(len(adapter_conc) / adapter_wall, 1),
+            },
+            "gateway": {
+                **_summary(gateway_conc, False),
+                "throughput_per_s": round(len(gateway_conc) / gateway_wall, 1),
+            },
         },
         "registration_50_operations": _registration(2 if quick else 5),
         "note": "client, gateway and simulators share the machine's CPUs; compare rows with each other",
