@@ -56,6 +56,7 @@ def _start_demo(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[
         stderr=subprocess.DEVNULL,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group: stopping it stops its simulators too
     )
     assert process.stdout is not None
     simulators: dict[str, str] = {}
@@ -81,6 +82,20 @@ def _start_demo(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[
         except httpx.HTTPError:
             time.sleep(0.05)
     return process, simulators, platform_caller
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)  # the group we started: the gateway and its simulators
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def _free_port() -> int:
@@ -312,8 +327,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 _gateway(f"http://127.0.0.1:{port}", caller, concurrent_calls, concurrency, DEMO_USCC)
             )
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            _stop(process)
     zeep = _summary(zeep_samples)
     through = _summary(gateway_seq)
     engine = _summary(adapter_seq)
