@@ -346,3 +346,50 @@ def test_openapi_refusals(document: str, message: str) -> None:
     with pytest.raises(Problem) as caught:
         prepare("rest", "openapi", files={"api.json": document}, root="api.json")
     assert message in caught.value.detail, caught.value.detail
+
+
+EXTENDED = """<?xml version="1.0"?>
+<wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/" xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/"
+    xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:tns="urn:x" targetNamespace="urn:x">
+  <wsdl:types><xsd:schema targetNamespace="urn:x" elementFormDefault="qualified">
+    <xsd:complexType name="Base">
+      <xsd:sequence><xsd:element name="id" type="xsd:string"/></xsd:sequence>
+    </xsd:complexType>
+    <xsd:complexType name="Derived"><xsd:complexContent><xsd:extension base="tns:Base"><xsd:sequence>
+      <xsd:element name="amount" type="tns:Money"/>
+      <xsd:element name="codes" type="tns:Codes"/>
+    </xsd:sequence></xsd:extension></xsd:complexContent></xsd:complexType>
+    <xsd:complexType name="Money"><xsd:simpleContent><xsd:extension base="xsd:decimal">
+      <xsd:attribute name="currency" type="xsd:string" use="required"/>
+    </xsd:extension></xsd:simpleContent></xsd:complexType>
+    <xsd:simpleType name="Codes"><xsd:list itemType="xsd:int"/></xsd:simpleType>
+    <xsd:element name="Put" type="tns:Derived"/><xsd:element name="Got" type="tns:Derived"/>
+  </xsd:schema></wsdl:types>
+  <wsdl:message name="In"><wsdl:part name="p" element="tns:Put"/></wsdl:message>
+  <wsdl:message name="Out"><wsdl:part name="p" element="tns:Got"/></wsdl:message>
+  <wsdl:portType name="P"><wsdl:operation name="Op"><wsdl:input message="tns:In"/><wsdl:output message="tns:Out"/>
+  </wsdl:operation></wsdl:portType>
+  <wsdl:binding name="B" type="tns:P"><soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>
+    <wsdl:operation name="Op"><soap:operation soapAction="op"/><wsdl:input><soap:body use="literal"/></wsdl:input>
+    <wsdl:output><soap:body use="literal"/></wsdl:output></wsdl:operation></wsdl:binding>
+  <wsdl:service name="S"><wsdl:port name="Q" binding="tns:B"><soap:address location="http://x.invalid/"/></wsdl:port>
+  </wsdl:service>
+</wsdl:definitions>"""
+
+
+def test_extension_simple_content_and_lists_round_trip() -> None:
+    from lxml import etree
+
+    from adapters.http import RawResponse
+
+    adapter = prepare("extended", "wsdl", files={"x.wsdl": EXTENDED}, root="x.wsdl").adapter
+    engine = adapter.engine
+    operation = engine.operations["Op"]  # type: ignore[union-attr]
+    value = {"id": "A-1", "amount": {"value": "10.50", "currency": "CNY"}, "codes": [3, 1, 4]}
+    params = operation.input_model.model_validate(value)
+    envelope = engine.envelope(operation, params.model_dump(mode="python", by_alias=True))  # type: ignore[union-attr]
+    assert b'currency="CNY">10.50<' in envelope and b">3 1 4<" in envelope
+    answer = etree.fromstring(envelope)
+    answer.find(".//{urn:x}Put").tag = "{urn:x}Got"  # what an echoing upstream would send back
+    read = engine.read(operation, RawResponse(200, "text/xml", etree.tostring(answer)))  # type: ignore[union-attr]
+    assert operation.output_model.model_validate(read).model_dump(mode="json", by_alias=True) == value
