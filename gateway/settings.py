@@ -62,6 +62,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"upstream {name!r} needs an http(s) URL")
         return value
 
+    @field_validator("upstream_policies")
+    @classmethod
+    def _upstream_policies(
+        cls, value: dict[str, dict[str, float | int | None]]
+    ) -> dict[str, dict[str, float | int | None]]:
+        from adapters.resilience import ResiliencePolicy
+
+        for name, policy in value.items():
+            try:
+                ResiliencePolicy.from_mapping(policy)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return value
+
     @property
     def async_database_url(self) -> str:
         """The URL with the async driver SQLAlchemy needs; plain postgresql:// and sqlite:/// are accepted."""
