@@ -358,7 +358,11 @@ EXTENDED = """<?xml version="1.0"?>
     <xsd:complexType name="Derived"><xsd:complexContent><xsd:extension base="tns:Base"><xsd:sequence>
       <xsd:element name="amount" type="tns:Money"/>
       <xsd:element name="codes" type="tns:Codes"/>
-    </xsd:sequence></xsd:extension></xsd:complexContent></xsd:complexType>
+      <xsd:group ref="tns:Extra"/>
+    </xsd:sequence><xsd:attributeGroup ref="tns:Marks"/></xsd:extension></xsd:complexContent></xsd:complexType>
+    <xsd:group name="Extra"><xsd:sequence><xsd:element name="note" type="xsd:string" minOccurs="0"/></xsd:sequence>
+    </xsd:group>
+    <xsd:attributeGroup name="Marks"><xsd:attribute name="mark" type="xsd:string"/></xsd:attributeGroup>
     <xsd:complexType name="Money"><xsd:simpleContent><xsd:extension base="xsd:decimal">
       <xsd:attribute name="currency" type="xsd:string" use="required"/>
     </xsd:extension></xsd:simpleContent></xsd:complexType>
@@ -377,7 +381,7 @@ EXTENDED = """<?xml version="1.0"?>
 </wsdl:definitions>"""
 
 
-def test_extension_simple_content_and_lists_round_trip() -> None:
+def test_extension_groups_simple_content_and_lists_round_trip() -> None:
     from lxml import etree
 
     from adapters.http import RawResponse
@@ -385,7 +389,7 @@ def test_extension_simple_content_and_lists_round_trip() -> None:
     adapter = prepare("extended", "wsdl", files={"x.wsdl": EXTENDED}, root="x.wsdl").adapter
     engine = adapter.engine
     operation = engine.operations["Op"]  # type: ignore[union-attr]
-    value = {"id": "A-1", "amount": {"value": "10.50", "currency": "CNY"}, "codes": [3, 1, 4]}
+    value = {"id": "A-1", "amount": {"value": "10.50", "currency": "CNY"}, "codes": [3, 1, 4], "note": "n", "mark": "m"}
     params = operation.input_model.model_validate(value)
     envelope = engine.envelope(operation, params.model_dump(mode="python", by_alias=True))  # type: ignore[union-attr]
     assert b'currency="CNY">10.50<' in envelope and b">3 1 4<" in envelope
