@@ -118,7 +118,10 @@ class HttpClient:
         if self._session is None:
             raise RuntimeError(f"{self.service}: the HTTP client was not started")
         try:
-            async with self._session.request(method, url, params=params, data=data, headers=headers) as response:
+            # Redirects are not followed: an upstream answers at its own address, or the answer is an error.
+            async with self._session.request(
+                method, url, params=params, data=data, headers=headers, allow_redirects=False
+            ) as response:
                 status = response.status
                 content_type = response.headers.get("Content-Type", "")
                 raw = await self._read(response)
@@ -171,7 +174,7 @@ class JsonClient(HttpClient):
         return self._decode(response.status, response.body)
 
     def _decode(self, status: int, raw: bytes) -> JsonResponse:
-        if status >= 500:
+        if status >= 500 or 300 <= status < 400:
             raise UpstreamRejected(self.service, str(status), phrase(status))
         try:
             body = orjson.loads(raw)

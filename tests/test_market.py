@@ -155,3 +155,25 @@ async def test_market_through_the_gateway(gw: RunningGateway) -> None:
         record = await last_record(gw)
         assert (record["service"], record["decision"]) == ("market", "allowed")
         assert set(record["fields"].split(",")) == set(EnterpriseProfile.model_fields)
+
+
+async def test_redirects_are_not_followed() -> None:
+    from aiohttp import web
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://127.0.0.1:9/elsewhere")
+
+    app = web.Application()
+    app.router.add_get("/api/market/v1/enterprises/{uscc}", moved)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    market = MarketAdapter(f"http://127.0.0.1:{runner.addresses[0][1]}", policy=PLAIN)
+    await market.start()
+    try:
+        with pytest.raises(UpstreamRejected) as caught:
+            await profile(market, DEMO_USCC)
+        assert caught.value.upstream_status == "302"
+    finally:
+        await market.close()
+        await runner.cleanup()
