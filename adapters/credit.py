@@ -11,6 +11,7 @@ from schemas.credit import AbnormalOperationRecord, CreditQuery, DishonestDebtor
 
 from .base import Adapter, Operation, UpstreamMalformed, UpstreamRejected, UpstreamResult
 from .http import JsonClient
+from .resilience import ResiliencePolicy
 
 __all__ = ["CreditAdapter"]
 
@@ -106,10 +107,15 @@ class CreditAdapter(Adapter):
         )
     }
 
-    def __init__(self, base_url: str, *, timeout: float = 5.0, max_connections: int = 100) -> None:
+    def __init__(
+        self, base_url: str, *, timeout: float = 5.0, max_connections: int = 100, policy: ResiliencePolicy | None = None
+    ) -> None:
         self.http = JsonClient(self.service, base_url, timeout=timeout, max_connections=max_connections)
+        self.configure_resilience(policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=max_connections))
 
     async def start(self) -> None:
+        policy = self.guard.policy
+        self.http.set_timeouts(policy.total_timeout, policy.connect, policy.read_timeout, policy.max_concurrency)
         await self.http.start()
 
     async def close(self) -> None:

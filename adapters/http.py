@@ -1,4 +1,4 @@
-"""The JSON-over-HTTP client of the REST adapters: one aiohttp session per upstream, every failure an UpstreamError.
+"""The HTTP client of every adapter: one aiohttp session per upstream, bounded bodies, every failure an UpstreamError.
 
 aiohttp was chosen by measurement (bench/upstream_client.py, figures in bench/results/upstream_client.md).
 """
@@ -15,7 +15,7 @@ import orjson
 
 from .base import UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
-__all__ = ["DEFAULT_MAX_BODY", "JsonClient", "JsonResponse"]
+__all__ = ["DEFAULT_MAX_BODY", "HttpClient", "JsonClient", "JsonResponse", "RawResponse", "phrase"]
 
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -29,17 +29,27 @@ class JsonResponse:
     body: dict[str, Any]
 
 
-class JsonClient:
-    """GETs JSON from one upstream; one instance per adapter, `start()` once per process, `close()` at shutdown.
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """An answer as it came: status, content type and the body (bounded by `max_body`)."""
 
-    `get_json` is exactly one request to the upstream (aiohttp's own silent retry of idempotent requests is
-    turned off), so a retry policy wrapped around it by the caller counts and audits every attempt it makes.
+    status: int
+    content_type: str
+    body: bytes
+
+
+class HttpClient:
+    """One aiohttp session per upstream: `start()` once per process, `close()` at shutdown.
+
+    Every request is exactly one request to the upstream (aiohttp's own silent retry of idempotent requests is
+    turned off), so the retry policy wrapped around it counts and audits every attempt it makes. Timeouts: `timeout`
+    bounds one whole exchange (waiting for a pooled connection included), `connect_timeout` the TCP connect,
+    `read_timeout` the longest silence between two reads.
     """
 
     def __init__(
         self,
         service: str,
-        base_url: str,
         *,
         timeout: float = 5.0,
         connect_timeout: float | None = None,
@@ -50,17 +60,24 @@ class JsonClient:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.service = service
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
         self.max_body = max_body
-        # total bounds the whole exchange, waiting for a pooled connection included; a TCP connect that takes
-        # longer than sock_connect will not succeed usefully later, so it fails early.
-        self.connect_timeout = connect_timeout if connect_timeout is not None else min(timeout, 2.0)
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout, sock_read=read_timeout)
         self._max_connections = max_connections
         self._keepalive_seconds = keepalive_seconds
-        self._headers = {"Accept": "application/json", **(headers or {})}
+        self._headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
+        self.set_timeouts(timeout, connect_timeout, read_timeout)
+
+    def set_timeouts(
+        self, total: float, connect: float | None = None, read: float | None = None, max_connections: int | None = None
+    ) -> None:
+        """Change the timeouts (and pool size); takes effect at `start()`."""
+        self.timeout = total
+        # A TCP connect that takes longer than this will not succeed usefully later, so it fails early.
+        self.connect_timeout = min(connect, total) if connect is not None else min(total, 2.0)
+        self.read_timeout = read
+        if max_connections is not None:
+            self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.connect_timeout, sock_read=read)
 
     async def start(self) -> None:
         if self._session is not None:
@@ -87,20 +104,26 @@ class JsonClient:
         if session is not None:
             await session.close()
 
-    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> JsonResponse:
-        """GET `path` (relative to the base URL) and decode a JSON object.
-
-        Raises UpstreamTimeout, UpstreamUnavailable (no connection, or it dropped), UpstreamRejected (HTTP 5xx,
-        or a 4xx without a JSON body) or UpstreamMalformed (not JSON, not an object, or too big).
-        """
-        return await self._attempt("GET", path, params)
-
-    async def _attempt(self, method: str, path: str, params: Mapping[str, str] | None) -> JsonResponse:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> RawResponse:
+        """One request; the answer whatever its status. Raises UpstreamTimeout, UpstreamUnavailable (no connection,
+        or it dropped) or UpstreamMalformed (not HTTP, or a body over `max_body`)."""
         if self._session is None:
-            raise RuntimeError(f"{self.service}: JsonClient.start() was not called")
+            raise RuntimeError(f"{self.service}: the HTTP client was not started")
         try:
-            async with self._session.request(method, self.base_url + path, params=params) as response:
+            # Redirects are not followed: an upstream answers at its own address, or the answer is an error.
+            async with self._session.request(
+                method, url, params=params, data=data, headers=headers, allow_redirects=False
+            ) as response:
                 status = response.status
+                content_type = response.headers.get("Content-Type", "")
                 raw = await self._read(response)
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(self.service, self.connect_timeout) from exc
@@ -112,7 +135,7 @@ class JsonClient:
             raise UpstreamMalformed(self.service, f"invalid HTTP response: {exc.message}") from exc
         except aiohttp.ClientError as exc:  # refused, reset, closed before answering, DNS
             raise UpstreamUnavailable(self.service, _reason(exc)) from exc
-        return self._decode(status, raw)
+        return RawResponse(status, content_type, raw)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         length = response.content_length
@@ -132,14 +155,32 @@ class JsonClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
+
+class JsonClient(HttpClient):
+    """GETs (or sends) JSON to one upstream under a base URL; every failure an UpstreamError."""
+
+    def __init__(self, service: str, base_url: str, **options: Any) -> None:
+        headers = {"Accept": "application/json", **(options.pop("headers", None) or {})}
+        super().__init__(service, headers=headers, **options)
+        self.base_url = base_url.rstrip("/")
+
+    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> JsonResponse:
+        """GET `path` (relative to the base URL) and decode a JSON object.
+
+        Raises UpstreamTimeout, UpstreamUnavailable (no connection, or it dropped), UpstreamRejected (HTTP 5xx,
+        or a 4xx without a JSON body) or UpstreamMalformed (not JSON, not an object, or too big).
+        """
+        response = await self.request("GET", self.base_url + path, params=params)
+        return self._decode(response.status, response.body)
+
     def _decode(self, status: int, raw: bytes) -> JsonResponse:
-        if status >= 500:
-            raise UpstreamRejected(self.service, str(status), _phrase(status))
+        if status >= 500 or 300 <= status < 400:
+            raise UpstreamRejected(self.service, str(status), phrase(status))
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             if status >= 400:  # an error page rather than the API's own error body
-                raise UpstreamRejected(self.service, str(status), _phrase(status)) from exc
+                raise UpstreamRejected(self.service, str(status), phrase(status)) from exc
             raise UpstreamMalformed(self.service, f"body is not JSON ({exc})", str(status)) from exc
         if not isinstance(body, dict):
             raise UpstreamMalformed(self.service, f"body is a JSON {type(body).__name__}, not an object", str(status))
@@ -154,7 +195,7 @@ def _reason(exc: aiohttp.ClientError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _phrase(status: int) -> str:
+def phrase(status: int) -> str:
     # The status alone, never the upstream's error page: its text would reach the caller in problem+json.
     try:
         return HTTPStatus(status).phrase

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,10 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, catalog, ops, services, sharing
+from gateway.routes import admin, catalog, ops, services, sharing, upstreams
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
+from gateway.upstreams import UpstreamIn
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
 from schemas.sharing import REQUEST_MODELS
 
@@ -34,7 +35,7 @@ Errors are RFC 9457 problem+json with a stable `code`.
 
 def create_app(
     settings: Settings,
-    adapters: dict[str, Adapter] | None = None,
+    adapters: Mapping[str, Adapter] | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
     """`on_ready` runs once the runtime is up, when the server already handles signals: the place to announce it."""
@@ -65,6 +66,7 @@ def create_app(
     app.include_router(catalog.router)
     app.include_router(sharing.router)
     app.include_router(admin.router)
+    app.include_router(upstreams.router)
     app.include_router(ops.router)
 
     @app.exception_handler(Problem)
@@ -86,7 +88,7 @@ def create_app(
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         # Routes that read the raw body (to check its digest) reference these by name.
-        for model in (InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails, *REQUEST_MODELS):
+        for model in (InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails, UpstreamIn, *REQUEST_MODELS):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, definition in model_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)

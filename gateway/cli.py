@@ -24,7 +24,11 @@ grants_app = typer.Typer(
     help="Grants (the full request workflow is in the sharing-requests API).", no_args_is_help=True
 )
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+upstreams_app = typer.Typer(
+    help="District systems registered at runtime from a WSDL or OpenAPI document.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
+app.add_typer(upstreams_app, name="upstreams")
 app.add_typer(callers_app, name="callers")
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
@@ -138,6 +142,8 @@ def serve(
 def simulators(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     credit_port: Annotated[int, typer.Option(help="credit platform port (0: any free port)")] = 0,
+    golden_tax_port: Annotated[int, typer.Option(help="Golden Tax III (SOAP) port (0: any free port)")] = 0,
+    market_port: Annotated[int, typer.Option(help="market registration port (0: any free port)")] = 0,
     stop_on_stdin_close: Annotated[
         bool, typer.Option("--stop-on-stdin-close", help="exit when standard input closes (a parent died)")
     ] = False,
@@ -145,7 +151,8 @@ def simulators(
     """Run the simulated upstream systems; prints their URLs as one JSON line."""
     from simulators.runner import serve as serve_simulators
 
-    asyncio.run(serve_simulators(host, {"credit": credit_port}, stop_on_stdin_close=stop_on_stdin_close))
+    ports = {"credit": credit_port, "golden-tax": golden_tax_port, "market": market_port}
+    asyncio.run(serve_simulators(host, ports, stop_on_stdin_close=stop_on_stdin_close))
 
 
 @db_app.command("upgrade")
@@ -241,8 +248,14 @@ def grants_add(
         fields=field,
         valid_to=datetime.now(UTC) + timedelta(days=days),
     )
-    adapters = build_adapters(settings)
-    out = _run_registry(settings, lambda session: registry.add_grant(session, body, adapters))
+
+    async def work(session: Any) -> Any:
+        from gateway.upstreams import registered_adapters
+
+        adapters = {**build_adapters(settings), **await registered_adapters(session)}
+        return await registry.add_grant(session, body, adapters)
+
+    out = _run_registry(settings, work)
     typer.echo(out.model_dump_json(indent=2))
 
 
@@ -296,6 +309,78 @@ def audit_verify(data_dir: DataDir = None) -> None:
             typer.echo(f"FAILED {report.fault}", err=True)
     if bad:
         raise typer.Exit(1)
+
+
+@upstreams_app.command("add")
+def upstreams_add(
+    name: Annotated[str, typer.Argument(help="service name its operations are invoked under, e.g. huli-fulfilment")],
+    wsdl: Annotated[str | None, typer.Option("--wsdl", help="the WSDL: a file path or an http(s) URL")] = None,
+    openapi: Annotated[str | None, typer.Option("--openapi", help="the OpenAPI 3 document: path or URL")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="where calls go, instead of the contract's address")] = None,
+    safe: Annotated[
+        list[str], typer.Option("--safe", help="a WSDL operation that only reads, so may be retried (repeat)")
+    ] = [],  # noqa: B006
+    policy: Annotated[
+        str | None, typer.Option(help='resilience overrides as JSON, e.g. \'{"total_timeout": 3, "max_attempts": 2}\'')
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Register a district system; every running gateway node offers it within about a second."""
+    from gateway.upstreams import BUILT_IN, add_upstream, prepare
+
+    if (wsdl is None) == (openapi is None):
+        raise _fail("give exactly one of --wsdl or --openapi")
+    try:
+        overrides = json.loads(policy) if policy else {}
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--policy is not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise _fail("--policy must be a JSON object")
+    settings = _settings(data_dir)
+    try:
+        prepared = prepare(
+            name,
+            "wsdl" if wsdl else "openapi",
+            source=wsdl or openapi,
+            endpoint=endpoint,
+            safe=safe,
+            policy=overrides,
+            allow_files=True,
+            reserved=BUILT_IN | frozenset(settings.upstream_urls),
+        )
+    except Problem as problem:
+        raise _fail(f"{problem.code}: {problem.detail}", 1) from None
+    out = _run_registry(settings, lambda session: add_upstream(session, prepared, "cli"))
+    typer.echo(f"registered {out.name} ({out.kind}, {len(out.operations)} operations) from {out.source}")
+    for operation in out.operations:
+        typer.echo(
+            f"  {out.name}/{operation.operation:<28} {'safe ' if operation.safe else 'write'}  {operation.summary}"
+        )
+
+
+@upstreams_app.command("list")
+def upstreams_list(data_dir: DataDir = None) -> None:
+    """List registered upstreams and their operations."""
+    from gateway.upstreams import list_upstreams
+
+    rows = _run_registry(_settings(data_dir), list_upstreams)
+    if not rows:
+        typer.echo("no registered upstreams")
+    for row in rows:
+        where = row.endpoint or "(the contract's address)"
+        typer.echo(f"{row.name:<20} {row.kind:<8} {len(row.operations):>3} operations  endpoint {where}")
+        typer.echo(f"{'':<20} source {row.source}  registered {row.created_at:%Y-%m-%d %H:%M} by {row.created_by}")
+        for operation in row.operations:
+            typer.echo(f"{'':<20}   {row.name}/{operation.operation}{'  (safe)' if operation.safe else ''}")
+
+
+@upstreams_app.command("remove")
+def upstreams_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+    """Remove a registered upstream and revoke its grants; every node stops offering it within about a second."""
+    from gateway.upstreams import remove_upstream
+
+    out, revoked = _run_registry(_settings(data_dir), lambda session: remove_upstream(session, name))
+    typer.echo(f"removed {out.name}; {revoked} grant(s) revoked")
 
 
 @app.command()

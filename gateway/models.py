@@ -216,3 +216,26 @@ class AuditRecord(Base):
 
 
 AUDIT_COLUMNS: tuple[str, ...] = tuple(column.name for column in AuditRecord.__table__.columns)
+
+
+class RegisteredUpstream(Base):
+    """An upstream added at runtime from its WSDL or OpenAPI document; every node builds it from `contract`.
+
+    `contract` holds every document of the contract (base64, byte for byte), so no node fetches anything later.
+    `revision` changes on every registration: nodes compare it to notice a change within their refresh interval.
+    """
+
+    __tablename__ = "upstreams"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(2048))
+    contract: Mapped[dict] = mapped_column(JSON)
+    digest: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    policy: Mapped[dict] = mapped_column(JSON)
+    safe: Mapped[list[str]] = mapped_column(JSON)
+    operations: Mapped[list[dict]] = mapped_column(JSON)  # as registered: name, summary, safe, fields
+    revision: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

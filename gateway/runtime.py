@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from adapters.base import Adapter
+from adapters.resilience import BreakerStore, MemoryBreakerStore
 from gateway import db
 from gateway.audit import AuditWriter
 from gateway.auth import Authenticator
@@ -16,6 +18,7 @@ from gateway.directory import Directory
 from gateway.quotas import Quotas
 from gateway.settings import Settings
 from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect_redis
+from gateway.upstreams import AdapterCatalog
 from security.crypto import DataKey
 from security.keys import load_or_create_secret
 
@@ -23,17 +26,48 @@ log = logging.getLogger("msjx.runtime")
 
 
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
-    """One adapter per configured upstream; a service without a URL is simply not offered."""
-    from adapters.credit import CreditAdapter
+    """One adapter per configured upstream; a service without a URL is simply not offered.
 
-    factories = {"credit": CreditAdapter}
+    Each gets its resilience policy: MSJX_UPSTREAM_TIMEOUT as the per-attempt timeout, then its entry in
+    MSJX_UPSTREAM_POLICIES (e.g. {"golden-tax": {"max_attempts": 2, "open_seconds": 30}}).
+    """
+    from adapters.credit import CreditAdapter
+    from adapters.golden_tax import GoldenTaxAdapter
+    from adapters.market import MarketAdapter
+    from adapters.resilience import ResiliencePolicy
+
+    factories: dict[str, Callable[..., Adapter]] = {
+        "credit": CreditAdapter,
+        "golden-tax": GoldenTaxAdapter,
+        "market": MarketAdapter,
+    }
+    unknown = sorted(set(settings.upstream_policies) - set(settings.upstream_urls))
+    if unknown:
+        raise ValueError(f"MSJX_UPSTREAM_POLICIES names services without a URL: {unknown}")
     adapters: dict[str, Adapter] = {}
     for name, url in settings.upstream_urls.items():
         factory = factories.get(name)
         if factory is None:
             raise ValueError(f"MSJX_UPSTREAM_URLS names an unknown service {name!r}; known: {sorted(factories)}")
-        adapters[name] = factory(url, timeout=settings.upstream_timeout)
+        adapter = factory(url, timeout=settings.upstream_timeout)
+        try:
+            policy = ResiliencePolicy.from_mapping(
+                settings.upstream_policies.get(name, {}), base=ResiliencePolicy(total_timeout=settings.upstream_timeout)
+            )
+        except ValueError as exc:
+            raise ValueError(f"MSJX_UPSTREAM_POLICIES[{name!r}]: {exc}") from None
+        adapter.configure_resilience(policy)
+        adapters[name] = adapter
     return adapters
+
+
+def breaker_store(settings: Settings) -> BreakerStore:
+    """Where circuit breakers keep state: Redis when configured (shared by every node), else this process."""
+    if settings.redis_url:
+        from gateway.breakers import RedisBreakerStore, breaker_prefix
+
+        return RedisBreakerStore(connect_redis(settings.redis_url), breaker_prefix(settings.async_database_url))
+    return MemoryBreakerStore()
 
 
 @dataclass
@@ -46,10 +80,11 @@ class Runtime:
     authenticator: Authenticator
     audit: AuditWriter
     quotas: Quotas
-    adapters: dict[str, Adapter] = field(default_factory=dict)
+    adapters: AdapterCatalog = field(default_factory=lambda: AdapterCatalog({}))
+    breakers: BreakerStore = field(default_factory=MemoryBreakerStore)
 
     @classmethod
-    async def start(cls, settings: Settings, adapters: dict[str, Adapter] | None = None) -> Runtime:
+    async def start(cls, settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> Runtime:
         engine = db.create_engine(settings)
         sessions = db.sessionmaker(engine)
         directory = Directory(sessions, ttl=settings.grant_cache_seconds)
@@ -71,17 +106,22 @@ class Runtime:
             batch_max=settings.audit_batch_max,
         )
         await audit.start()
-        adapters = build_adapters(settings) if adapters is None else adapters
-        for adapter in adapters.values():
-            await adapter.start()
+        static = build_adapters(settings) if adapters is None else adapters
+        breakers = breaker_store(settings)
+        for adapter in static.values():
+            adapter.configure_resilience(store=breakers)
+        catalog = AdapterCatalog(static, sessions, breakers)
+        await catalog.start()
         authenticator = Authenticator(directory, nonces, settings.signature_max_skew)
         quotas = Quotas.from_settings(settings)
-        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, quotas, adapters)
+        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, quotas, catalog, breakers)
 
     async def close(self) -> None:
         await self.audit.close()
-        for adapter in self.adapters.values():
-            await adapter.close()
+        await self.adapters.close()
+        close_breakers = getattr(self.breakers, "close", None)
+        if close_breakers is not None:
+            await close_breakers()
         await self.nonces.close()
         await self.quotas.close()
         await self.engine.dispose()

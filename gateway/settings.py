@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     node_id: str = Field(default="node-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     upstream_urls: dict[str, str] = Field(default_factory=dict, description='JSON: {"credit": "http://..."}')
     upstream_timeout: float = Field(default=5.0, gt=0, le=120)
+    upstream_policies: dict[str, dict[str, float | int | None]] = Field(
+        default_factory=dict, description='JSON: {"golden-tax": {"max_attempts": 2, "open_seconds": 30}}'
+    )
     signature_max_skew: int = Field(default=300, ge=1, le=3600)
     audit_batch_max: int = Field(default=512, ge=1, le=100_000)
     grant_cache_seconds: float = Field(default=1.0, ge=0, le=1.0)
@@ -66,6 +69,20 @@ class Settings(BaseSettings):
         for name, url in value.items():
             if urlsplit(url).scheme not in ("http", "https"):
                 raise ValueError(f"upstream {name!r} needs an http(s) URL")
+        return value
+
+    @field_validator("upstream_policies")
+    @classmethod
+    def _upstream_policies(
+        cls, value: dict[str, dict[str, float | int | None]]
+    ) -> dict[str, dict[str, float | int | None]]:
+        from adapters.resilience import ResiliencePolicy
+
+        for name, policy in value.items():
+            try:
+                ResiliencePolicy.from_mapping(policy)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         return value
 
     @property

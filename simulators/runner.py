@@ -11,10 +11,14 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from simulators import credit
+from simulators import credit, golden_tax, market
 
 Starter = Callable[[str, int], Awaitable[tuple[web.AppRunner, int]]]
-SIMULATORS: dict[str, Starter] = {"credit": credit.start_with_port}
+SIMULATORS: dict[str, Starter] = {
+    "credit": credit.start_with_port,
+    "golden-tax": golden_tax.start_with_port,
+    "market": market.start_with_port,
+}
 
 
 async def start_all(host: str, ports: dict[str, int]) -> tuple[list[web.AppRunner], dict[str, str]]:

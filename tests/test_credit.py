@@ -15,6 +15,7 @@ import pytest
 from adapters.base import UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from adapters.credit import CreditAdapter
 from adapters.http import JsonClient, JsonResponse
+from adapters.resilience import ResiliencePolicy
 from schemas.credit import CreditQuery, DishonestDebtorRecord
 from schemas.uscc import is_valid_uscc, make_uscc
 from simulators import enterprises
@@ -40,7 +41,10 @@ async def control() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture(scope="module")
 async def adapter(upstream: str) -> AsyncIterator[CreditAdapter]:
-    credit = CreditAdapter(upstream, timeout=ADAPTER_TIMEOUT)
+    # One attempt and a breaker that never opens: these tests see each answer as the adapter reads it.
+    # Retries and the breaker are tested in test_resilience.py.
+    policy = ResiliencePolicy(total_timeout=ADAPTER_TIMEOUT, max_attempts=1, failure_threshold=10_000)
+    credit = CreditAdapter(upstream, timeout=ADAPTER_TIMEOUT, policy=policy)
     await credit.start()
     yield credit
     await credit.close()

@@ -228,26 +228,30 @@ async def test_bad_input_is_422_naming_the_field(gateway: RunningGateway) -> Non
 
 
 @pytest.mark.parametrize(
-    ("fault", "status", "code"),
+    ("fault", "status", "code", "attempts"),
     [
-        ({"mode": "status", "status": 500}, 502, "upstream_error"),
-        ({"mode": "malformed"}, 502, "upstream_malformed"),
-        ({"mode": "latency", "latency_ms": 1500}, 504, "upstream_timeout"),
-        ({"mode": "drop"}, 502, "upstream_unavailable"),
+        ({"mode": "status", "status": 500}, 502, "upstream_error", 3),
+        ({"mode": "malformed"}, 502, "upstream_malformed", 1),
+        ({"mode": "latency", "latency_ms": 1500}, 504, "upstream_timeout", 3),
+        ({"mode": "drop"}, 502, "upstream_unavailable", 3),
     ],
 )
 async def test_upstream_failures_map_to_problems(
-    gateway: RunningGateway, clear_faults: None, fault: dict[str, Any], status: int, code: str
+    gateway: RunningGateway, clear_faults: None, fault: dict[str, Any], status: int, code: str, attempts: int
 ) -> None:
+    # The fault lasts: a safe operation is retried (3 attempts by default) on transient failures, then mapped.
     credit_url = gateway.settings.upstream_urls["credit"]
     async with httpx.AsyncClient() as control:
-        assert (await control.post(f"{credit_url}/_sim/faults", json={**fault, "count": 1})).status_code == 200
-    async with gateway.client() as client:
-        response = await client.post(INVOKE, json={"purpose": PURPOSE, "params": {"uscc": DEMO_USCC}})
+        assert (await control.post(f"{credit_url}/_sim/faults", json=fault)).status_code == 200
+        served = int((await control.get(f"{credit_url}/_sim/stats")).json()["requests"])
+        async with gateway.client() as client:
+            response = await client.post(INVOKE, json={"purpose": PURPOSE, "params": {"uscc": DEMO_USCC}})
+        assert int((await control.get(f"{credit_url}/_sim/stats")).json()["requests"]) - served == attempts
     assert_problem(response, status, code)
     record = await last_record(gateway)
     assert (record["decision"], record["reason_code"], record["status_code"]) == ("failed", code, status)
     assert record["upstream_us"] is not None
+    assert (record["upstream_status"] or "").endswith(f";attempts={attempts}") is (attempts > 1)
 
 
 async def test_audit_store_down_fails_closed(gateway: RunningGateway) -> None:

@@ -33,6 +33,13 @@ def parse_json(body: bytes, model: type[BaseModel]) -> Any:
         raise validation_problem(exc.errors()) from None
 
 
+def upstream_status(status: str | None, attempts: int) -> str | None:
+    """What the audit record keeps of the upstream's answer; retries show as `503;attempts=3`."""
+    if attempts <= 1:
+        return status
+    return f"{status or 'none'};attempts={attempts}"[:64]
+
+
 def select_grant(grants: tuple[GrantInfo, ...], service: str, operation: str, purpose: str) -> GrantInfo:
     """The grant that allows this call now, or the most specific refusal."""
     if not grants:
@@ -84,10 +91,10 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
         result = await adapter.invoke(operation_name, params)
     except UpstreamError as exc:
         event.upstream_us = int((time.perf_counter() - started) * 1e6)
-        event.upstream_status = exc.upstream_status
-        raise Problem(exc.status, exc.code, "Upstream failed", exc.detail) from None
+        event.upstream_status = upstream_status(exc.upstream_status, exc.attempts)
+        raise Problem(exc.status, exc.code, "Upstream failed", exc.detail, headers=exc.headers) from None
     event.upstream_us = int((time.perf_counter() - started) * 1e6)
-    event.upstream_status = result.upstream_status
+    event.upstream_status = upstream_status(result.upstream_status, result.attempts)
     # Minimization: only granted fields leave the gateway, whatever the upstream sent.
     data = {name: result.data[name] for name in grant.fields if name in result.data}
     event.fields = tuple(data)

@@ -1,0 +1,370 @@
+"""The SOAP engine: a WSDL bundle parsed once by zeep into typed operations; zeep builds and reads XML, aiohttp carries.
+
+Supports document/literal (wrapped and bare) and rpc/literal, SOAP 1.1 and 1.2, xsd:import/include and wsdl:import.
+Refuses, at construction (so at registration, never at call time), what it cannot carry faithfully: rpc/encoded,
+MTOM/XOP, SOAP with attachments, required SOAP headers, and XSD constructs without a JSON form (named).
+XML safety: no DTDs, no entities, no network while parsing, bounded answer sizes (HttpClient.max_body).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import zeep
+from lxml import etree
+from zeep import exceptions as zeep_errors
+from zeep.loader import parse_xml
+from zeep.wsdl.bindings.soap import Soap11Binding, Soap12Binding, SoapBinding
+
+from .base import UpstreamError, UpstreamFault, UpstreamMalformed, UpstreamRejected
+from .contracts import ContractBundle, ContractError, parse_xml_document
+from .http import HttpClient, RawResponse, phrase
+from .jsontypes import DerivedModel
+from .soap_types import (
+    BodyShape,
+    EnumIndex,
+    ModelFactory,
+    UnsupportedConstruct,
+    body_shape,
+    from_zeep,
+    new_walker,
+    to_zeep,
+)
+
+__all__ = ["FaultInfo", "SoapEngine", "SoapOperation", "unsupported_constructs"]
+
+SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
+_WSDL = "http://schemas.xmlsoap.org/wsdl/"
+_SOAP_BINDINGS = ("http://schemas.xmlsoap.org/wsdl/soap/", "http://schemas.xmlsoap.org/wsdl/soap12/")
+_MIME = "http://schemas.xmlsoap.org/wsdl/mime/"
+_MTOM_POLICIES = (
+    "http://schemas.xmlsoap.org/ws/2004/09/policy/optimizedmimeserialization",
+    "http://www.w3.org/2007/08/soap12-mtom-policy",
+)
+_XOP = "http://www.w3.org/2004/08/xop/include"
+
+
+def zeep_settings() -> zeep.Settings:
+    # strict parsing (no recover mode), no DTD, no entities, libxml2's size limits kept (huge_tree off), and no
+    # rewriting of locations: the bundle is looked up by exactly the locations gathered at registration.
+    return zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, xml_huge_tree=False, force_https=False)
+
+
+def unsupported_constructs(roots: Mapping[str, etree._Element]) -> list[str]:
+    """What the contract uses that the gateway refuses, each named with where it is."""
+    found: list[str] = []
+    for location, root in roots.items():
+        for binding in root.iter(f"{{{_WSDL}}}binding"):
+            binding_name = binding.get("name", "?")
+            for operation in binding.iter(f"{{{_WSDL}}}operation"):
+                name = operation.get("name", "?")
+                for namespace in _SOAP_BINDINGS:
+                    for tag in ("body", "header", "fault", "headerfault"):
+                        for node in operation.iter(f"{{{namespace}}}{tag}"):
+                            if node.get("use") == "encoded":
+                                found.append(
+                                    f'rpc/encoded (soap:{tag} use="encoded") in operation {name} of binding '
+                                    f"{binding_name} ({_short(location)})"
+                                )
+                for _node in operation.iter(f"{{{_MIME}}}multipartRelated"):
+                    found.append(
+                        f"SOAP with attachments (mime:multipartRelated) in operation {name} of binding {binding_name}"
+                    )
+        for namespace in _MTOM_POLICIES:
+            for node in root.iter(f"{{{namespace}}}*"):
+                found.append(f"MTOM ({etree.QName(node).localname} policy assertion) in {_short(location)}")
+        for _node in root.iter(f"{{{_XOP}}}Include"):
+            found.append(f"MTOM/XOP (xop:Include) in {_short(location)}")
+    return sorted(set(found))
+
+
+def _short(location: str) -> str:
+    return location.rsplit("/", 1)[-1] or location
+
+
+class BundleTransport(zeep.Transport):
+    """zeep's loader reads documents from the bundle only: parsing a contract never touches the network or disk."""
+
+    binding_classes: ClassVar[list[type]] = [Soap11Binding, Soap12Binding]  # HTTP GET/POST bindings are not offered
+
+    def __init__(self, bundle: ContractBundle) -> None:  # no requests session: this transport never sends
+        self.documents = bundle.documents
+        self._close_session = False
+        self.cache = None
+        self.load_timeout = None
+        self.operation_timeout = None
+
+    def load(self, url: str) -> bytes:
+        try:
+            return self.documents[url]
+        except KeyError:
+            raise ContractError("contract_invalid", f"the contract refers to {url}, which is not in it") from None
+
+    def post_xml(self, address: str, envelope: Any, headers: Any) -> Any:
+        raise RuntimeError("BundleTransport does not send; the SOAP engine carries messages over aiohttp")
+
+
+@dataclass(frozen=True)
+class FaultInfo:
+    """A SOAP Fault as the upstream sent it: code (with subcodes for 1.2), string, and its detail element."""
+
+    code: str
+    string: str
+    receiver: bool
+    detail: etree._Element | None
+    http_status: int
+
+
+FaultMapper = Callable[[FaultInfo], UpstreamError | None]
+
+
+@dataclass
+class SoapOperation:
+    name: str
+    summary: str
+    version: str  # "1.1" or "1.2"
+    style: str  # document or rpc
+    address: str
+    soap_action: str | None
+    binding: SoapBinding
+    zeep_operation: Any
+    input: BodyShape
+    output: BodyShape
+    input_model: type[DerivedModel]
+    output_model: type[DerivedModel]
+
+    @property
+    def envelope_ns(self) -> str:
+        return SOAP12_ENV if self.version == "1.2" else SOAP11_ENV
+
+    def headers(self) -> dict[str, str]:
+        action = self.soap_action or ""
+        if self.version == "1.2":
+            return {"Content-Type": f'application/soap+xml; charset=utf-8; action="{action}"'}
+        return {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{action}"'}
+
+
+class SoapEngine:
+    """One WSDL, parsed once: typed operations, and `call` to run one over HTTP.
+
+    `endpoint` replaces every port's soap:address (when it has a path) or its scheme and host (when it has none:
+    `http://127.0.0.1:9102` keeps the WSDL's path). `operations` restricts which operations are offered.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        bundle: ContractBundle,
+        *,
+        endpoint: str | None = None,
+        http: HttpClient | None = None,
+        fault_mapper: FaultMapper | None = None,
+    ) -> None:
+        if bundle.kind != "wsdl":
+            raise ContractError("contract_invalid", f"{bundle.source}: not a WSDL bundle")
+        started = time.perf_counter()
+        self.service = service
+        self.bundle = bundle
+        self.http = http or HttpClient(service)
+        self.fault_mapper = fault_mapper
+        roots = {location: parse_xml_document(location, content) for location, content in bundle.documents.items()}
+        refused = unsupported_constructs(roots)
+        if refused:
+            raise ContractError("contract_unsupported", "not supported: " + "; ".join(refused))
+        self.settings = zeep_settings()
+        self.transport = BundleTransport(bundle)
+        try:
+            self.document = zeep.wsdl.Document(bundle.root, self.transport, settings=self.settings)
+        except ContractError:
+            raise
+        except (zeep_errors.Error, LookupError, ValueError, KeyError, NotImplementedError) as exc:
+            raise ContractError("contract_invalid", f"{bundle.source}: zeep cannot read it ({exc})") from None
+        self.operations = self._operations(roots, endpoint)
+        if not self.operations:
+            raise ContractError(
+                "contract_unsupported", f"{bundle.source}: no SOAP 1.1 or 1.2 operation with an address"
+            )
+        self.build_seconds = time.perf_counter() - started
+
+    def _operations(self, roots: Mapping[str, etree._Element], endpoint: str | None) -> dict[str, SoapOperation]:
+        walker = new_walker(EnumIndex.from_documents(roots.values()))
+        self._docs = _documentation(roots)
+        factory = ModelFactory(self.service)
+        operations: dict[str, SoapOperation] = {}
+        for service in self.document.services.values():
+            for port in service.ports.values():
+                binding = port.binding
+                address = (port.binding_options or {}).get("address")
+                if not isinstance(binding, SoapBinding) or not address:
+                    continue
+                version = "1.2" if isinstance(binding, Soap12Binding) else "1.1"
+                for name, operation in binding._operations.items():
+                    if name in operations:  # the same operation on a second port (e.g. its SOAP 1.2 twin)
+                        continue
+                    operations[name] = self._operation(
+                        name, operation, binding, version, _endpoint(address, endpoint), walker, factory
+                    )
+        return operations
+
+    def _operation(
+        self,
+        name: str,
+        operation: Any,
+        binding: SoapBinding,
+        version: str,
+        address: str,
+        walker: Any,
+        factory: ModelFactory,
+    ) -> SoapOperation:
+        where = f"operation {name}"
+        header = getattr(operation.input, "header", None)
+        if header is not None and header.type.elements:
+            parts = ", ".join(item for item, _ in header.type.elements)
+            raise ContractError(
+                "contract_unsupported", f"not supported: a SOAP header ({parts}) in the input of {where}"
+            )
+        try:
+            input_shape = body_shape(operation.input.body if operation.input else None, walker, f"{where} input")
+            output_shape = body_shape(operation.output.body if operation.output else None, walker, f"{where} output")
+        except UnsupportedConstruct as exc:
+            raise ContractError("contract_unsupported", f"not supported: {exc}") from None
+        style = operation.style or binding.default_style
+        summary = self._docs.get(name) or f"{name} ({style}/literal, SOAP {version})"
+        prefix = f"{self.service}.{name}"
+        return SoapOperation(
+            name=name,
+            summary=summary,
+            version=version,
+            style=style,
+            address=address,
+            soap_action=operation.soapaction,
+            binding=binding,
+            zeep_operation=operation,
+            input=input_shape,
+            output=output_shape,
+            input_model=factory.model(input_shape.struct, f"{prefix}.input", f"Input of {name}"),
+            output_model=factory.model(output_shape.struct, f"{prefix}.output", f"Output of {name}"),
+        )
+
+    # --- calling --------------------------------------------------------------------------------------------------
+
+    def envelope(self, operation: SoapOperation, data: Mapping[str, Any]) -> bytes:
+        """The request envelope for input `data` (a model dump: python values, keyed by JSON names)."""
+        kwargs = to_zeep(operation.input.struct, data)
+        message = operation.zeep_operation.input
+        if operation.input.complex_body:
+            serialized = message.serialize(**kwargs)
+        else:
+            (value,) = kwargs.values() or (None,)
+            serialized = message.serialize(value)
+        return etree.tostring(serialized.content, xml_declaration=True, encoding="utf-8")
+
+    async def call(self, operation_name: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """Run one operation: returns (output keyed by JSON names, upstream status) or raises an UpstreamError."""
+        operation = self.operations[operation_name]
+        body = self.envelope(operation, data)
+        response = await self.http.request("POST", operation.address, data=body, headers=operation.headers())
+        return self.read(operation, response), str(response.status)
+
+    def read(self, operation: SoapOperation, response: RawResponse) -> dict[str, Any]:
+        status = response.status
+        if not response.body.strip():
+            if status in (200, 202) and operation.zeep_operation.output is None:
+                return {}
+            raise (
+                UpstreamRejected(self.service, str(status), phrase(status))
+                if status >= 400
+                else UpstreamMalformed(self.service, "an empty answer", str(status))
+            )
+        if "multipart/related" in response.content_type.lower():
+            raise UpstreamMalformed(self.service, "a multipart (MTOM/attachments) answer is not accepted", str(status))
+        try:
+            document = parse_xml(response.body, self.transport, settings=self.settings)
+        except zeep_errors.DTDForbidden:
+            raise UpstreamMalformed(self.service, "the answer carries a DTD", str(status)) from None
+        except zeep_errors.EntitiesForbidden:
+            raise UpstreamMalformed(self.service, "the answer declares entities", str(status)) from None
+        except zeep_errors.XMLSyntaxError:
+            if status >= 400:  # an HTML error page, not a SOAP answer
+                raise UpstreamRejected(self.service, str(status), phrase(status)) from None
+            raise UpstreamMalformed(self.service, "the answer is not well-formed XML", str(status)) from None
+        envelope_ns = operation.envelope_ns
+        if document.tag != f"{{{envelope_ns}}}Envelope":
+            if status >= 400:
+                raise UpstreamRejected(self.service, str(status), phrase(status))
+            raise UpstreamMalformed(self.service, f"the answer is not a SOAP {operation.version} envelope", str(status))
+        body = document.find(f"{{{envelope_ns}}}Body")
+        if body is None:
+            raise UpstreamMalformed(self.service, "the envelope has no Body", str(status))
+        fault = body.find(f"{{{envelope_ns}}}Fault")
+        if fault is not None:
+            raise self._fault(_fault_info(fault, operation.version, status))
+        if status != 200:
+            raise UpstreamRejected(self.service, str(status), phrase(status))
+        message = operation.zeep_operation.output
+        if message is None or message.body is None:
+            return {}
+        if not len(body):
+            raise UpstreamMalformed(self.service, "the Body is empty", str(status))
+        try:
+            parsed = message._deserialize_body(body)["body"]
+        except (zeep_errors.Error, ValueError, ArithmeticError, TypeError, AttributeError, IndexError) as exc:
+            raise UpstreamMalformed(self.service, f"the Body does not match the WSDL ({exc})", str(status)) from None
+        output = operation.output
+        if output.complex_body:
+            return from_zeep(output.struct, parsed)
+        return {output.struct.fields[0].json_name: parsed}
+
+    def _fault(self, info: FaultInfo) -> UpstreamError:
+        if self.fault_mapper is not None:
+            mapped = self.fault_mapper(info)
+            if mapped is not None:
+                return mapped
+        return UpstreamFault(self.service, info.code, info.string, receiver=info.receiver)
+
+
+def _fault_info(fault: etree._Element, version: str, status: int) -> FaultInfo:
+    if version == "1.2":
+        codes = [node.text or "" for node in fault.iter(f"{{{SOAP12_ENV}}}Value")]
+        code = "/".join(_local(value) for value in codes if value)
+        string = fault.findtext(f"{{{SOAP12_ENV}}}Reason/{{{SOAP12_ENV}}}Text") or ""
+        detail = fault.find(f"{{{SOAP12_ENV}}}Detail")
+        receiver = bool(codes) and _local(codes[0]) == "Receiver"
+    else:
+        code = _local(fault.findtext("faultcode") or "")
+        string = fault.findtext("faultstring") or ""
+        detail = fault.find("detail")
+        receiver = code.split(".")[0] == "Server"
+    return FaultInfo(code or "unknown", string, receiver, detail, status)
+
+
+def _local(value: str) -> str:
+    # "soap:Server" → "Server": prefixes are the sender's choice, the local name is the code.
+    return value.strip().rpartition(":")[2]
+
+
+def _endpoint(address: str, override: str | None) -> str:
+    if not override:
+        return address
+    parts = urlsplit(override)
+    if parts.path not in ("", "/"):
+        return override
+    original = urlsplit(address)
+    return parts._replace(path=original.path, query=original.query).geturl()
+
+
+def _documentation(roots: Mapping[str, etree._Element]) -> dict[str, str]:
+    """wsdl:documentation of each portType operation, by operation name (zeep does not keep it)."""
+    found: dict[str, str] = {}
+    for root in roots.values():
+        for port_type in root.iter(f"{{{_WSDL}}}portType"):
+            for operation in port_type.findall(f"{{{_WSDL}}}operation"):
+                text = operation.findtext(f"{{{_WSDL}}}documentation")
+                if text and text.strip():
+                    found.setdefault(operation.get("name", ""), " ".join(text.split()))
+    return found

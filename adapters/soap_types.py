@@ -1,0 +1,584 @@
+"""XSD types (as zeep resolved them) → JSON shapes → pydantic models, and values both ways between JSON and zeep.
+
+A `Struct` is the JSON view of a complex type: its elements and attributes as fields, `choice` groups, repeated
+and optional elements, nested types. Enumerations are read from the schema documents themselves (zeep drops
+facets). Anything without a faithful JSON form is refused here, at registration, with the construct named.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal, Union
+
+from lxml import etree
+from pydantic import ConfigDict, Field, StrictBool, create_model
+from zeep import xsd
+from zeep.xsd.elements import Any as XsdAny
+from zeep.xsd.elements import Choice, Group, Sequence
+from zeep.xsd.elements.indicators import All
+from zeep.xsd.types import builtins as b
+from zeep.xsd.types.any import AnyType
+from zeep.xsd.types.collection import ListType, UnionType
+
+from .jsontypes import Base64, DecimalText, DerivedModel, choice_schema
+
+__all__ = [
+    "EnumIndex",
+    "Scalar",
+    "Struct",
+    "StructField",
+    "UnsupportedConstruct",
+    "body_shape",
+    "from_zeep",
+    "model_for",
+    "to_zeep",
+]
+
+XSD_NS = "http://www.w3.org/2001/XMLSchema"
+_X = f"{{{XSD_NS}}}"
+
+
+class UnsupportedConstruct(ValueError):
+    """The contract uses something the gateway cannot translate faithfully; the message names it and where."""
+
+
+# --- enumerations, read from the documents ----------------------------------------------------------------------
+
+
+def _qname(prefixed: str, node: etree._Element, tns: str | None) -> str:
+    prefix, _, local = prefixed.rpartition(":")
+    namespace = node.nsmap.get(prefix or None, tns if not prefix else None)
+    return f"{{{namespace}}}{local}" if namespace else local
+
+
+@dataclass
+class EnumIndex:
+    """Enumeration facets by named simple type, and by (owner type, element|attribute, name) for anonymous ones.
+
+    zeep names an anonymous type after its element, in the schema's target namespace; owners here follow the same
+    convention, so the walker can look a field up by where it stands.
+    """
+
+    named: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    local: dict[tuple[str | None, str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_documents(cls, roots: Iterable[etree._Element]) -> EnumIndex:
+        raw_named: dict[str, tuple[tuple[str, ...], str | None]] = {}
+        raw_local: dict[tuple[str | None, str, str], tuple[tuple[str, ...], str | None]] = {}
+        for root in roots:
+            schemas = [root] if root.tag == _X + "schema" else list(root.iter(_X + "schema"))
+            for schema in schemas:
+                tns = schema.get("targetNamespace")
+                for simple in schema.iter(_X + "simpleType"):
+                    facets = _facets(simple, tns)
+                    if facets is None:
+                        continue
+                    name = simple.get("name")
+                    if name is not None:
+                        raw_named[f"{{{tns}}}{name}" if tns else name] = facets
+                        continue
+                    parent = simple.getparent()
+                    if parent is None or parent.tag not in (_X + "element", _X + "attribute") or not parent.get("name"):
+                        continue
+                    kind = "attribute" if parent.tag == _X + "attribute" else "element"
+                    raw_local[(_owner(parent, tns), kind, parent.get("name", ""))] = facets
+        index = cls()
+        for qname in raw_named:
+            values = _resolve(qname, raw_named, set())
+            if values:
+                index.named[qname] = values
+        for key, (values, base) in raw_local.items():
+            resolved = values or (_resolve(base, raw_named, set()) if base else ())
+            if resolved:
+                index.local[key] = resolved
+        return index
+
+    def lookup(self, owner: str | None, kind: str, name: str, type_qname: str | None) -> tuple[str, ...] | None:
+        found = self.local.get((owner, kind, name))
+        if found is None and type_qname is not None:
+            found = self.named.get(type_qname)
+        return found
+
+
+def _facets(simple: etree._Element, tns: str | None) -> tuple[tuple[str, ...], str | None] | None:
+    restriction = simple.find(_X + "restriction")
+    if restriction is None:
+        return None
+    values = tuple(node.get("value", "") for node in restriction.findall(_X + "enumeration"))
+    base = restriction.get("base")
+    return values, (_qname(base, restriction, tns) if base else None)
+
+
+def _resolve(qname: str, raw: Mapping[str, tuple[tuple[str, ...], str | None]], seen: set[str]) -> tuple[str, ...]:
+    if qname in seen or qname not in raw:
+        return ()
+    seen.add(qname)
+    values, base = raw[qname]
+    if values:
+        return values
+    return _resolve(base, raw, seen) if base else ()
+
+
+def _owner(node: etree._Element, tns: str | None) -> str | None:
+    """The zeep qname of the complex type a local element or attribute belongs to; None for a global one."""
+    ancestor = node.getparent()
+    while ancestor is not None and ancestor.tag != _X + "schema":
+        if ancestor.tag == _X + "complexType":
+            name = ancestor.get("name")
+            if name is None:
+                holder = ancestor.getparent()
+                name = holder.get("name") if holder is not None else None
+            if name is None:
+                return None
+            return f"{{{tns}}}{name}" if tns else name
+        ancestor = ancestor.getparent()
+    return None
+
+
+# --- shapes ------------------------------------------------------------------------------------------------------
+
+ScalarKind = Literal["string", "decimal", "integer", "boolean", "float", "date", "datetime", "time", "base64", "year"]
+
+
+@dataclass(frozen=True)
+class Scalar:
+    kind: ScalarKind
+    xsd_name: str
+    enum: tuple[Any, ...] | None = None
+    ge: int | None = None
+    le: int | None = None
+    item_list: bool = False  # xsd:list of this scalar: a JSON array, space-separated in XML
+
+
+@dataclass
+class StructField:
+    json_name: str
+    zeep_name: str
+    shape: Scalar | Struct
+    min_occurs: int = 1
+    max_occurs: int | None = 1  # None: unbounded
+    nillable: bool = False
+    attribute: bool = False
+    in_choice: bool = False
+
+    @property
+    def repeated(self) -> bool:
+        return self.max_occurs is None or self.max_occurs > 1
+
+    @property
+    def optional(self) -> bool:
+        return self.min_occurs == 0 or self.nillable or self.in_choice
+
+
+@dataclass
+class Struct:
+    name: str
+    fields: list[StructField] = field(default_factory=list)
+    choices: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # optional xsd:any / anyType content that is not carried
+
+
+_INT_BOUNDS: tuple[tuple[type, int | None, int | None], ...] = (
+    (b.UnsignedByte, 0, 255),
+    (b.UnsignedShort, 0, 65535),
+    (b.UnsignedInt, 0, 2**32 - 1),
+    (b.UnsignedLong, 0, 2**64 - 1),
+    (b.PositiveInteger, 1, None),
+    (b.NonNegativeInteger, 0, None),
+    (b.Byte, -128, 127),
+    (b.Short, -32768, 32767),
+    (b.Int, -(2**31), 2**31 - 1),
+    (b.Long, -(2**63), 2**63 - 1),
+    (b.NegativeInteger, None, -1),
+    (b.NonPositiveInteger, None, 0),
+    (b.Integer, None, None),
+)
+_SIMPLE: tuple[tuple[type, ScalarKind], ...] = (
+    (b.Boolean, "boolean"),
+    (b.Decimal, "decimal"),
+    (b.Float, "float"),
+    (b.Double, "float"),
+    (b.DateTime, "datetime"),
+    (b.Date, "date"),
+    (b.Time, "time"),
+    (b.Base64Binary, "base64"),
+    (b.gYear, "year"),
+    (b.String, "string"),
+    (b.AnyURI, "string"),
+    (b.HexBinary, "string"),
+)
+_REFUSED_SIMPLE = {
+    b.Duration: "xsd:duration",
+    b.gYearMonth: "xsd:gYearMonth",
+    b.gMonthDay: "xsd:gMonthDay",
+    b.gDay: "xsd:gDay",
+    b.gMonth: "xsd:gMonth",
+    b.QName: "xsd:QName",
+    b.Notation: "xsd:NOTATION",
+}
+
+
+def _type_qname(xsd_type: Any) -> str | None:
+    qname = getattr(xsd_type, "qname", None)
+    return qname.text if isinstance(qname, etree.QName) else (str(qname) if qname else None)
+
+
+class _Walker:
+    """Turns zeep types into shapes; one per contract so that a complex type becomes one shape, reused."""
+
+    def __init__(self, enums: EnumIndex) -> None:
+        self.enums = enums
+        self._structs: dict[int, Struct] = {}
+        self._stack: list[int] = []
+        self._names: dict[str, int] = {}
+
+    def scalar(self, xsd_type: Any, where: str, owner: str | None, kind: str, name: str) -> Scalar:
+        if isinstance(xsd_type, UnionType):
+            raise UnsupportedConstruct(f"xsd:union at {where}")
+        if isinstance(xsd_type, ListType):
+            item = self.scalar(xsd_type.item_type, where, owner, kind, name)
+            return Scalar(item.kind, item.xsd_name, item.enum, item.ge, item.le, item_list=True)
+        for refused, label in _REFUSED_SIMPLE.items():
+            if isinstance(xsd_type, refused):
+                raise UnsupportedConstruct(f"{label} at {where}")
+        enum = self.enums.lookup(owner, kind, name, _type_qname(xsd_type))
+        for cls, low, high in _INT_BOUNDS:
+            if isinstance(xsd_type, cls):
+                values = tuple(int(value) for value in enum) if enum else None
+                return Scalar("integer", _xsd_label(cls), values, low, high)
+        for cls, scalar_kind in _SIMPLE:
+            if isinstance(xsd_type, cls):
+                if enum and scalar_kind != "string":
+                    raise UnsupportedConstruct(f"an enumeration of {_xsd_label(cls)} at {where}")
+                return Scalar(scalar_kind, _xsd_label(cls), enum or None)
+        if isinstance(xsd_type, b.AnySimpleType) or type(xsd_type).__name__ == "AnySimpleType":
+            return Scalar("string", "xsd:anySimpleType", enum or None)
+        raise UnsupportedConstruct(f"type {_type_qname(xsd_type) or type(xsd_type).__name__} at {where}")
+
+    def struct(self, xsd_type: xsd.ComplexType, where: str) -> Struct:
+        key = id(xsd_type)
+        if key in self._structs:
+            return self._structs[key]
+        if key in self._stack:
+            raise UnsupportedConstruct(f"recursive type {_type_qname(xsd_type)} at {where}")
+        self._stack.append(key)
+        try:
+            struct = Struct(self._unique_name(xsd_type))
+            owner = _type_qname(xsd_type)
+            counters = {"choice": itertools.count(1), "group": itertools.count(1)}
+            for name, element in xsd_type.elements_nested:
+                # The top container of a complex type is inline unless it repeats.
+                self._container_or_element(struct, name, element, owner, where, counters)
+            element_names = {f.json_name for f in struct.fields}
+            for name, attribute in xsd_type.attributes:
+                if isinstance(attribute, xsd.AnyAttribute):
+                    continue
+                attr_name = attribute.name or name
+                json_name = name if attr_name in element_names else attr_name
+                shape = self.scalar(attribute.type, f"{where}/@{attr_name}", owner, "attribute", attr_name)
+                required = bool(getattr(attribute, "required", False))
+                struct.fields.append(
+                    StructField(json_name, name, shape, min_occurs=1 if required else 0, attribute=True)
+                )
+            self._structs[key] = struct
+            return struct
+        finally:
+            self._stack.pop()
+
+    def _unique_name(self, xsd_type: Any) -> str:
+        qname = getattr(xsd_type, "qname", None)
+        base = qname.localname if isinstance(qname, etree.QName) else (getattr(xsd_type, "name", None) or "Type")
+        base = "".join(ch if ch.isalnum() else "_" for ch in str(base)) or "Type"
+        count = self._names.get(base, 0) + 1
+        self._names[base] = count
+        return base if count == 1 else f"{base}{count}"
+
+    def _container_or_element(
+        self,
+        struct: Struct,
+        name: str | None,
+        element: Any,
+        owner: str | None,
+        where: str,
+        counters: dict[str, itertools.count[int]],
+        optional: bool = False,
+        in_choice: bool = False,
+    ) -> None:
+        if isinstance(element, xsd.Element):
+            struct.fields.append(
+                self.element_field(element, name or element.attr_name, owner, where, optional, in_choice)
+            )
+            return
+        if isinstance(element, XsdAny):
+            label = f"xsd:any at {where}"
+            if element.min_occurs and not optional:
+                raise UnsupportedConstruct(f"a required {label}")
+            struct.dropped.append(label)
+            return
+        if isinstance(element, Choice | Sequence | All | Group):
+            if element.accepts_multiple:
+                self._repeated_container(struct, name, element, owner, where, counters)
+                return
+            group_optional = optional or getattr(element, "min_occurs", 1) == 0
+            if isinstance(element, Choice):
+                members_before = len(struct.fields)
+                for sub_name, sub in element.elements_nested:
+                    self._container_or_element(
+                        struct, sub_name, sub, owner, where, counters, optional=True, in_choice=True
+                    )
+                members = tuple(f.json_name for f in struct.fields[members_before:])
+                if members:
+                    struct.choices.append((members, not group_optional))
+                return
+            children = element.child.elements_nested if isinstance(element, Group) else element.elements_nested
+            for sub_name, sub in children:
+                self._container_or_element(
+                    struct, sub_name, sub, owner, where, counters, optional=group_optional, in_choice=in_choice
+                )
+            return
+        raise UnsupportedConstruct(f"{type(element).__name__} at {where}")
+
+    def _repeated_container(
+        self,
+        struct: Struct,
+        name: str | None,
+        container: Any,
+        owner: str | None,
+        where: str,
+        counters: dict[str, itertools.count[int]],
+    ) -> None:
+        kind = "choice" if isinstance(container, Choice) else "group"
+        json_name = f"{kind}{next(counters[kind])}"
+        inner = Struct(f"{struct.name}_{json_name}")
+        if isinstance(container, Choice):
+            for sub_name, sub in container.elements_nested:
+                self._container_or_element(inner, sub_name, sub, owner, where, counters, optional=True, in_choice=True)
+            members = tuple(f.json_name for f in inner.fields)
+            inner.choices.append((members, True))
+        else:
+            children = container.child.elements_nested if isinstance(container, Group) else container.elements_nested
+            for sub_name, sub in children:
+                self._container_or_element(inner, sub_name, sub, owner, where, counters)
+        max_occurs = None if container.max_occurs == "unbounded" else int(container.max_occurs)
+        struct.fields.append(
+            StructField(
+                json_name, name or json_name, inner, min_occurs=int(container.min_occurs), max_occurs=max_occurs
+            )
+        )
+
+    def element_field(
+        self,
+        element: xsd.Element,
+        zeep_name: str,
+        owner: str | None,
+        where: str,
+        optional: bool = False,
+        in_choice: bool = False,
+    ) -> StructField:
+        local = element.qname.localname if isinstance(element.qname, etree.QName) else element.name
+        here = f"{where}/{local}"
+        xsd_type = element.type
+        if isinstance(xsd_type, xsd.ComplexType):
+            # Simple content (text plus attributes) is a struct too: {"value": ..., "attribute": ...}.
+            shape: Scalar | Struct = self.struct(xsd_type, here)
+        elif isinstance(xsd_type, AnyType) and not isinstance(xsd_type, b.AnySimpleType):
+            raise UnsupportedConstruct(f"an untyped (xsd:anyType) element at {here}")
+        else:
+            shape = self.scalar(xsd_type, here, owner, "element", local)
+        max_occurs = None if element.max_occurs == "unbounded" else int(element.max_occurs)
+        min_occurs = 0 if optional else int(element.min_occurs)
+        json_name = "value" if zeep_name == "_value_1" else zeep_name
+        return StructField(
+            json_name,
+            zeep_name,
+            shape,
+            min_occurs=min_occurs,
+            max_occurs=max_occurs,
+            nillable=bool(element.nillable),
+            in_choice=in_choice,
+        )
+
+
+def _xsd_label(cls: type) -> str:
+    qname = getattr(cls, "_default_qname", None)
+    return "xsd:" + etree.QName(qname).localname if qname else cls.__name__
+
+
+@dataclass
+class BodyShape:
+    """The JSON view of one SOAP message body: a struct of fields (complex body) or one scalar field."""
+
+    struct: Struct
+    complex_body: bool  # False: the body is one element of a simple type, passed positionally to zeep
+
+
+def body_shape(body: xsd.Element | None, walker: _Walker, where: str) -> BodyShape:
+    if body is None:
+        return BodyShape(Struct("Empty"), True)
+    if isinstance(body.type, xsd.ComplexType):
+        return BodyShape(walker.struct(body.type, where), True)
+    field_ = walker.element_field(body, body.attr_name or body.name, None, where)
+    return BodyShape(Struct(body.name or "Body", [field_]), False)
+
+
+def new_walker(enums: EnumIndex) -> _Walker:
+    return _Walker(enums)
+
+
+# --- pydantic models ---------------------------------------------------------------------------------------------
+
+_PYTHON: dict[str, Any] = {
+    "string": str,
+    "decimal": DecimalText,
+    "boolean": StrictBool,
+    "float": float,
+    "date": dt.date,
+    "datetime": dt.datetime,
+    "time": dt.time,
+    "base64": Base64,
+    "year": int,
+}
+
+
+def _scalar_type(scalar: Scalar) -> Any:
+    if scalar.enum:
+        base: Any = Literal[scalar.enum]  # type: ignore[valid-type]
+    elif scalar.kind == "integer":
+        base = int
+    else:
+        base = _PYTHON[scalar.kind]
+    return list[base] if scalar.item_list else base  # type: ignore[valid-type]
+
+
+class ModelFactory:
+    """Builds (and caches) one pydantic model per struct; names are unique within a contract."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._models: dict[int, type[DerivedModel]] = {}
+
+    def model(self, struct: Struct, name: str | None = None, description: str | None = None) -> type[DerivedModel]:
+        key = id(struct)
+        if key in self._models and name is None:
+            return self._models[key]
+        definitions: dict[str, Any] = {}
+        for index, item in enumerate(struct.fields):
+            definitions[f"f{index}"] = self._field(item)
+        choices = tuple(struct.choices)
+        extra = choice_schema(choices)
+        if struct.dropped:
+            extra["x-not-carried"] = struct.dropped
+        base: type[DerivedModel] = DerivedModel
+        if extra:
+            config = ConfigDict(**{**DerivedModel.model_config, "json_schema_extra": extra})  # type: ignore[typeddict-item]
+            base = type("DerivedWithSchema", (DerivedModel,), {"model_config": config, "__module__": __name__})
+        model = create_model(  # type: ignore[call-overload]
+            name or struct.name,
+            __base__=base,
+            __doc__=description,
+            __module__=__name__,
+            **definitions,
+        )
+        model._choices = choices
+        if name is None:
+            self._models[key] = model
+        return model
+
+    def _field(self, item: StructField) -> tuple[Any, Any]:
+        if isinstance(item.shape, Struct):
+            inner: Any = self.model(item.shape)
+        else:
+            inner = _scalar_type(item.shape)
+        options: dict[str, Any] = {"alias": item.json_name, "title": item.json_name}
+        if item.attribute:
+            options["description"] = "XML attribute"
+        if isinstance(item.shape, Scalar) and item.shape.kind == "integer" and not item.shape.item_list:
+            if item.shape.ge is not None and not item.shape.enum:
+                options["ge"] = item.shape.ge
+            if item.shape.le is not None and not item.shape.enum:
+                options["le"] = item.shape.le
+        if item.repeated:
+            kind: Any = list[inner]  # type: ignore[valid-type]
+            if item.max_occurs is not None:
+                options["max_length"] = item.max_occurs
+            if item.optional:
+                return kind, Field(default_factory=list, **options)
+            options["min_length"] = max(item.min_occurs, 1)
+            return kind, Field(**options)
+        if item.optional:
+            return Union[inner, None], Field(default=None, **options)  # noqa: UP007 - inner is a runtime value
+        return inner, Field(**options)
+
+
+def model_for(factory: ModelFactory, struct: Struct, name: str, description: str) -> type[DerivedModel]:
+    return factory.model(struct, name, description)
+
+
+# --- values ------------------------------------------------------------------------------------------------------
+
+
+def to_zeep(struct: Struct, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for zeep from a model dump (mode python, by alias): absent optional values left out."""
+    kwargs: dict[str, Any] = {}
+    for item in struct.fields:
+        value = data.get(item.json_name)
+        if value is None or (value == [] and item.optional):
+            if value is None and item.nillable and not item.optional:
+                kwargs[item.zeep_name] = xsd.Nil
+            continue
+        kwargs[item.zeep_name] = _value_to_zeep(item, value)
+    return kwargs
+
+
+def _value_to_zeep(item: StructField, value: Any) -> Any:
+    if item.repeated:
+        return [_one_to_zeep(item.shape, entry) for entry in value]
+    return _one_to_zeep(item.shape, value)
+
+
+def _one_to_zeep(shape: Scalar | Struct, value: Any) -> Any:
+    if isinstance(shape, Struct):
+        return to_zeep(shape, value)
+    if shape.kind == "year":
+        return [(entry, None) for entry in value] if shape.item_list else (value, None)
+    return value
+
+
+def from_zeep(struct: Struct, value: Any) -> dict[str, Any]:
+    """Plain data keyed by JSON names from what zeep parsed (a CompoundValue, or a dict for repeated containers)."""
+    values = getattr(value, "__values__", value)
+    result: dict[str, Any] = {}
+    for item in struct.fields:
+        raw = values.get(item.zeep_name) if isinstance(values, Mapping) else None
+        result[item.json_name] = _value_from_zeep(item, raw)
+    return result
+
+
+def _value_from_zeep(item: StructField, raw: Any) -> Any:
+    # zeep reads an empty element as None; for a string that is "" whenever the element must have been there
+    # (a list entry, or a required, non-nillable element). An optional empty string stays indistinguishable from
+    # an absent one, and comes out as null.
+    empty = "" if isinstance(item.shape, Scalar) and item.shape.kind == "string" and not item.shape.item_list else None
+    if item.repeated:
+        if raw is None:
+            return []
+        entries = raw if isinstance(raw, list) else [raw]
+        return [empty if entry is None else _one_from_zeep(item.shape, entry) for entry in entries]
+    if raw is None:
+        return empty if not item.optional else None
+    return _one_from_zeep(item.shape, raw)
+
+
+def _one_from_zeep(shape: Scalar | Struct, raw: Any) -> Any:
+    if isinstance(shape, Struct):
+        return from_zeep(shape, raw)
+    if shape.kind == "year":
+        return [entry[0] for entry in raw] if shape.item_list else raw[0]
+    if shape.kind == "decimal" and isinstance(raw, Decimal):
+        return raw
+    return raw

@@ -1,0 +1,128 @@
+"""The market-registration (市场监管) simulator: an aiohttp REST service with the registry's own JSON.
+
+`python -m simulators.market --port 9103` runs it alone. `GET /api/market/v1/enterprises/{uscc}` answers
+`{"status": "0", "msg": "成功", "result": {...}}` with pinyin-initial keys; the registered capital is in 万元 as the
+registry writes it, the establishment date as yyyyMMdd. An unknown enterprise is HTTP 404 with the registry's code 2004.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from schemas.uscc import is_valid_uscc
+
+from .enterprises import ENTERPRISES, Enterprise
+from .faults import install_faults
+
+__all__ = ["BASE_PATH", "NOT_FOUND", "bound_port", "create_app", "main", "start", "start_with_port", "wire_record"]
+
+BASE_PATH = "/api/market/v1"
+NOT_FOUND = "2004"
+_JSON = "application/json"
+_TEN_THOUSAND = Decimal(10_000)
+
+# Wire keys: tyshxydm 统一社会信用代码, qymc 企业名称, djzt 登记状态, clrq 成立日期, zczb 注册资本 (万元),
+# zczbbz 注册资本币种, hydm 行业代码, xzqhdm 行政区划代码, fddbr 法定代表人 {xm 姓名, zjlx 证件类型, zjhm 证件号码,
+# lxdh 联系电话}.
+
+
+def wire_record(enterprise: Enterprise) -> dict[str, Any]:
+    capital_wan = enterprise.registered_capital / _TEN_THOUSAND  # exact: yuan with 2 places → 万元 with 6
+    person = enterprise.legal_representative
+    return {
+        "tyshxydm": enterprise.uscc,
+        "qymc": enterprise.name,
+        "djzt": enterprise.status,
+        "clrq": enterprise.established_on.strftime("%Y%m%d"),
+        "zczb": f"{capital_wan:.6f}",
+        "zczbbz": "人民币",
+        "hydm": enterprise.industry,
+        "xzqhdm": enterprise.region,
+        "fddbr": {"xm": person.name, "zjlx": "居民身份证", "zjhm": person.id_number, "lxdh": person.phone},
+    }
+
+
+def _body(status: str, message: str, result: dict[str, Any] | None = None) -> bytes:
+    answer: dict[str, Any] = {"status": status, "msg": message}
+    if result is not None:
+        answer["result"] = result
+    return orjson.dumps(answer)
+
+
+_KNOWN = {enterprise.uscc: _body("0", "成功", wire_record(enterprise)) for enterprise in ENTERPRISES}
+_NOT_FOUND = _body(NOT_FOUND, "未查询到该企业")
+_BAD_USCC = _body("1001", "统一社会信用代码格式错误")
+
+
+async def _enterprise(request: web.Request) -> web.Response:
+    uscc = request.match_info["uscc"]
+    body = _KNOWN.get(uscc)
+    if body is not None:
+        return web.Response(body=body, content_type=_JSON)
+    if not is_valid_uscc(uscc):
+        return web.Response(body=_BAD_USCC, status=400, content_type=_JSON)
+    return web.Response(body=_NOT_FOUND, status=404, content_type=_JSON)
+
+
+def create_app() -> web.Application:
+    """The registry as an aiohttp application, with the fault-injection middleware and routes."""
+    app = web.Application()
+    install_faults(app)
+    app.router.add_get(BASE_PATH + "/enterprises/{uscc}", _enterprise)
+    return app
+
+
+async def start(host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
+    """Start the simulator in the running event loop; stop it with `await runner.cleanup()`."""
+    runner = web.AppRunner(create_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def start_with_port(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    runner = await start(host, port)
+    return runner, bound_port(runner)
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    return int(runner.addresses[0][1])
+
+
+async def _serve(host: str, port: int) -> None:
+    runner, bound = await start_with_port(host, port)
+    print(f"market simulator listening on http://{host}:{bound}{BASE_PATH}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m simulators.market", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9103)
+    args = parser.parse_args(argv)
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
