@@ -94,7 +94,7 @@ def serve(
             from gateway.runtime import build_adapters
             from simulators.enterprises import DEMO_USCC
 
-            simulators, urls = demo_module.start_simulators()
+            simulators, urls = demo_module.start_simulators(data_dir=settings.data_dir / "simulators")
             settings = settings.model_copy(update={"upstream_urls": {**urls, **settings.upstream_urls}})
             db.upgrade(settings)
             listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
@@ -124,11 +124,18 @@ def serve(
 def simulators(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     credit_port: Annotated[int, typer.Option(help="credit platform port (0: any free port)")] = 0,
+    treasury_port: Annotated[int, typer.Option(help="treasury port (0: any free port)")] = 0,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="state of durable simulators (default: <MSJX_DATA_DIR>/simulators)"),
+    ] = None,
 ) -> None:
     """Run the simulated upstream systems; prints their URLs as one JSON line."""
     from simulators.runner import serve as serve_simulators
+    from simulators.treasury import default_data_dir
 
-    asyncio.run(serve_simulators(host, {"credit": credit_port}))
+    ports = {"credit": credit_port, "treasury": treasury_port}
+    asyncio.run(serve_simulators(host, ports, data_dir or default_data_dir()))
 
 
 @db_app.command("upgrade")

@@ -24,8 +24,9 @@ log = logging.getLogger("msjx.runtime")
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
     """One adapter per configured upstream; a service without a URL is simply not offered."""
     from adapters.credit import CreditAdapter
+    from adapters.treasury import TreasuryAdapter
 
-    factories = {"credit": CreditAdapter}
+    factories = {"credit": CreditAdapter, "treasury": TreasuryAdapter}
     adapters: dict[str, Adapter] = {}
     for name, url in settings.upstream_urls.items():
         factory = factories.get(name)
