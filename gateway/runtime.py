@@ -13,6 +13,8 @@ from gateway import db
 from gateway.audit import AuditWriter
 from gateway.auth import Authenticator
 from gateway.directory import Directory
+from gateway.idempotency import IdempotencyStore
+from gateway.payments import Payments
 from gateway.settings import Settings
 from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect_redis
 from security.crypto import DataKey
@@ -36,6 +38,33 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
     return adapters
 
 
+def start_payments(
+    settings: Settings, sessions: async_sessionmaker, audit: AuditWriter, adapters: dict[str, Adapter]
+) -> Payments | None:
+    """The payment path and its reconciler, when the treasury is offered."""
+    treasury = adapters.get("treasury")
+    if treasury is None:
+        return None
+    store = IdempotencyStore(
+        sessions,
+        node_id=settings.node_id,
+        # A lease must outlast the work it covers: a submit and a status query, each bounded by the timeout.
+        lease_seconds=max(settings.idempotency_lease_seconds, 3 * settings.upstream_timeout),
+        redis=connect_redis(settings.redis_url) if settings.redis_url else None,
+        redis_prefix=settings.redis_prefix,
+    )
+    return Payments(
+        sessions=sessions,
+        adapter=treasury,
+        audit=audit,
+        store=store,
+        resend_grace_seconds=2 * settings.upstream_timeout,
+        reconcile_seconds=settings.payment_reconcile_seconds,
+        retention_days=settings.idempotency_retention_days,
+        kill_after_accept=settings.payment_fault_kill_after_accept,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -46,6 +75,7 @@ class Runtime:
     authenticator: Authenticator
     audit: AuditWriter
     adapters: dict[str, Adapter] = field(default_factory=dict)
+    payments: Payments | None = None
 
     @classmethod
     async def start(cls, settings: Settings, adapters: dict[str, Adapter] | None = None) -> Runtime:
@@ -74,9 +104,15 @@ class Runtime:
         for adapter in adapters.values():
             await adapter.start()
         authenticator = Authenticator(directory, nonces, settings.signature_max_skew)
-        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, adapters)
+        payments = start_payments(settings, sessions, audit, adapters)
+        if payments is not None:
+            await payments.start()
+        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, adapters, payments)
 
     async def close(self) -> None:
+        if self.payments is not None:
+            await self.payments.close()
+            await self.payments.store.close()
         await self.audit.close()
         for adapter in self.adapters.values():
             await adapter.close()
