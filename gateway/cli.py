@@ -138,6 +138,25 @@ def simulators(
     asyncio.run(serve_simulators(host, ports, data_dir or default_data_dir()))
 
 
+@app.command()
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option(help="a running `serve --demo` (default: http://127.0.0.1:8000 if it answers, else start one)"),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the 免申即享 demo: a 名单类 and a 条件类 policy through the gateway, then verify the audit chain."""
+    from gateway.platform_demo import DemoError, run_demo
+
+    settings = _settings(data_dir)
+    try:
+        status = run_demo(settings, url, typer.echo)
+    except DemoError as exc:
+        raise _fail(str(exc), 1) from None
+    raise typer.Exit(status)
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
     """Migrate the database to the newest schema."""
