@@ -48,8 +48,9 @@ def start_payments(
     store = IdempotencyStore(
         sessions,
         node_id=settings.node_id,
-        # A lease must outlast the work it covers: a submit and a status query, each bounded by the timeout.
-        lease_seconds=max(settings.idempotency_lease_seconds, 3 * settings.upstream_timeout),
+        # A lease must outlast the work it covers: at most submit, status, submit again, status, each bounded by
+        # the upstream timeout.
+        lease_seconds=max(settings.idempotency_lease_seconds, 5 * settings.upstream_timeout),
         redis=connect_redis(settings.redis_url) if settings.redis_url else None,
         redis_prefix=settings.redis_prefix,
     )

@@ -9,11 +9,13 @@ Wire format (what a treasury front-end system exchanges; elements as in the 5201
   POST /tcbs/v1/vouchers/status  <MOF><VoucherNo>…</VoucherNo></MOF>
 Answers are <MOF><RetCode>0000</RetCode><RetMsg>…</RetMsg>…</MOF>, HTTP 200 for every business answer.
 RetCode: 0000 ok, 1001 malformed message, 1002 a field is invalid, 2001 PayAmt is not the sum of the lines,
-2002 more than one AgencyCode, 3001 VoucherNo already accepted (凭证号重复), 4004 no such voucher.
+2002 more than one AgencyCode, 2003 budget exhausted, 3001 VoucherNo already accepted (凭证号重复),
+4004 no such voucher.
 
 Test controls (JSON): GET /_sim/treasury/vouchers lists what was accepted and counts every submission;
 POST /_sim/treasury/hold {"mode": "hold"|"drop", "count": n, "seconds": s} makes the next n accepted vouchers
-commit and then answer s seconds late ("hold") or lose the connection ("drop"): the answer lost after acceptance.
+commit and then answer s seconds late ("hold") or lose the connection ("drop"): the answer lost after acceptance;
+{"mode": "refuse", "count": n} refuses the next n valid vouchers with 2003 (预算指标不足, budget exhausted).
 """
 
 from __future__ import annotations
@@ -295,6 +297,10 @@ async def submit(request: web.Request) -> web.StreamResponse:
         if voucher is not None and voucher.findtext("VoucherNo"):
             voucher_no = (voucher.findtext("VoucherNo") or "").strip()
         header, rows = read_voucher(root)
+        hold = request.app[_HOLD]
+        if hold["mode"] == "refuse" and hold.get("count", 0) > 0:
+            hold["count"] -= 1
+            raise Refusal("2003", "预算指标不足: 该预算单位可用指标余额不足以支付此凭证")
         accepted = store.accept(header, rows[0]["AgencyCode"], raw)
     except Refusal as refusal:
         store.record_submission(voucher_no, refusal.code)
@@ -310,7 +316,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         AcceptTime=f"{accepted.accepted_at:%Y%m%d%H%M%S}",
     )
     hold = request.app[_HOLD]
-    if hold.get("count", 0) > 0:
+    if hold["mode"] in ("hold", "drop") and hold.get("count", 0) > 0:
         # The voucher is committed; the answer is what gets lost, as on a network cut after the treasury's commit.
         hold["count"] -= 1
         if hold["mode"] == "drop":
@@ -359,8 +365,8 @@ async def set_hold(request: web.Request) -> web.Response:
     try:
         body = orjson.loads(await request.read())
         mode, count, seconds = body.get("mode", "hold"), int(body.get("count", 1)), float(body.get("seconds", 0))
-        if mode not in ("hold", "drop") or not 0 < count <= 1000 or not 0 <= seconds <= 600:
-            raise ValueError("mode hold|drop, count 1..1000, seconds 0..600")
+        if mode not in ("hold", "drop", "refuse") or not 0 < count <= 1000 or not 0 <= seconds <= 600:
+            raise ValueError("mode hold|drop|refuse, count 1..1000, seconds 0..600")
     except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
         return _json({"error": str(exc)}, 400)
     request.app[_HOLD].update(mode=mode, count=count, seconds=seconds)

@@ -218,6 +218,7 @@ async def test_one_voucher_under_many_keys_is_paid_once(pay: PayGateway) -> None
 async def test_bad_amounts_are_refused_naming_the_field_and_nothing_is_paid(
     pay: PayGateway, change: dict[str, Any], field: str, message: str
 ) -> None:
+    change = dict(change)  # parametrize shares the dict between backends: never mutate it
     amounts = change.pop("amounts", ("30000.00", "20000.00"))
     body = voucher(amounts=amounts, **change)
     response = await pay.pay(body, key())
@@ -329,6 +330,26 @@ async def test_voucher_the_treasury_never_got_is_sent_again_once_by_the_reconcil
             )
         ).all()
     assert [tuple(row) for row in events] == [("failed", "voucher-status"), ("allowed", "submit-voucher")]
+
+
+async def test_a_treasury_refusal_is_final_and_replayed_as_the_same_problem(pay: PayGateway) -> None:
+    await hold_answers(pay.treasury_url, "refuse")
+    body, idem = voucher(), key()
+    first = await pay.pay(body, idem)
+    assert first.status_code == 502, first.text
+    assert first.headers["content-type"].startswith("application/problem+json")
+    problem = first.json()
+    assert problem["code"] == "voucher_refused" and "2003" in problem["detail"]
+    outcome = await pay.outcome(body["voucher_no"])
+    assert outcome is not None and outcome.outcome == "refused" and outcome.treasury_code == "2003"
+
+    again = await pay.pay(body, idem)
+    assert again.status_code == 502 and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert again.content == first.content
+    assert (await pay.payments.reconcile())["resolved"] == 0, "a refusal is an outcome: nothing is left to settle"
+    listing = await treasury_listing(pay.treasury_url)
+    assert listing["accepted"] == 0 and listing["by_code"] == {"2003": 1}
 
 
 async def test_a_request_in_flight_is_not_taken_over_by_the_reconciler(pay: PayGateway) -> None:
