@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import select, update
@@ -29,6 +29,10 @@ from gateway.idempotency import ClaimKind, IdempotencyStore, fingerprint, missin
 from gateway.models import PaymentIntent, PaymentOutcome
 from gateway.problems import Problem
 from schemas.treasury import VoucherQuery, VoucherSubmission
+
+if TYPE_CHECKING:  # the exchange module imports the runtime, which imports this one
+    from gateway.directory import GrantInfo
+    from gateway.exchange import Exchange
 
 log = logging.getLogger("msjx.payments")
 
@@ -124,7 +128,7 @@ class Payments:
 
     # -- the request path -----------------------------------------------------------------------------------------
 
-    async def submit(self, exchange: Any, grant: Any, params: VoucherSubmission) -> tuple[int, bytes]:
+    async def submit(self, exchange: Exchange, grant: GrantInfo, params: VoucherSubmission) -> tuple[int, bytes]:
         """Handle POST /v1/services/treasury/submit-voucher after authentication, grant and validation."""
         request = exchange.request
         key = parse_key(request.headers.getlist("idempotency-key"))
@@ -139,7 +143,7 @@ class Payments:
             idem_key=key,
             uscc=params.uscc,
             pay_amt=str(params.pay_amt),
-            purpose=event.purpose,
+            purpose=event.purpose or "",
             grant_id=grant.grant_id,
             fields=list(grant.fields),
             voucher=params.model_dump_json(),

@@ -371,3 +371,39 @@ async def test_openapi_documents_the_idempotency_key(pay: PayGateway) -> None:
     names = [parameter["name"] for parameter in operation["parameters"]]
     assert names == ["service", "operation", "Idempotency-Key"]
     assert {"400", "409", "422"} <= set(operation["responses"])
+
+
+def test_signature_covers_the_idempotency_key_when_present() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from security.signatures import SignatureFailure, parse_signature_params, verify_request
+
+    url, body, private = (
+        "http://gw.example/v1/services/treasury/submit-voucher",
+        b'{"a":1}',
+        Ed25519PrivateKey.generate(),
+    )
+
+    def signed(with_key: bool) -> httpx.Request:
+        request = httpx.Request("POST", url, content=body, headers={"Idempotency-Key": '"k-1"'} if with_key else {})
+        sign_request("POST", url, request.headers, body, key_id="k", private_key=private)
+        return request
+
+    def verify(request: httpx.Request) -> None:
+        headers = list(request.headers.multi_items())
+        verify_request("POST", url, headers, body, private.public_key(), parse_signature_params(headers))
+
+    request = signed(with_key=True)
+    assert "idempotency-key" in parse_signature_params(list(request.headers.multi_items())).covered
+    verify(request)
+    request.headers["Idempotency-Key"] = '"k-2"'  # a swapped key no longer verifies
+    with pytest.raises(SignatureFailure) as info:
+        verify(request)
+    assert info.value.code == "signature_invalid"
+
+    plain = signed(with_key=False)
+    assert "idempotency-key" not in parse_signature_params(list(plain.headers.multi_items())).covered
+    verify(plain)  # without the header, nothing changes for other requests
+    plain.headers["Idempotency-Key"] = '"added-later"'
+    with pytest.raises(SignatureFailure, match="must be covered"):
+        verify(plain)
