@@ -106,7 +106,7 @@ def serve(
             from gateway.runtime import build_adapters
             from simulators.enterprises import DEMO_USCC
 
-            simulators, urls = demo_module.start_simulators()
+            simulators, urls = demo_module.start_simulators(data_dir=settings.data_dir / "simulators")
             settings = settings.model_copy(update={"upstream_urls": {**urls, **settings.upstream_urls}})
             db.upgrade(settings)
             listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
@@ -147,12 +147,37 @@ def simulators(
     stop_on_stdin_close: Annotated[
         bool, typer.Option("--stop-on-stdin-close", help="exit when standard input closes (a parent died)")
     ] = False,
+    treasury_port: Annotated[int, typer.Option(help="treasury port (0: any free port)")] = 0,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="state of durable simulators (default: <MSJX_DATA_DIR>/simulators)"),
+    ] = None,
 ) -> None:
     """Run the simulated upstream systems; prints their URLs as one JSON line."""
     from simulators.runner import serve as serve_simulators
+    from simulators.treasury import default_data_dir
 
-    ports = {"credit": credit_port, "golden-tax": golden_tax_port, "market": market_port}
-    asyncio.run(serve_simulators(host, ports, stop_on_stdin_close=stop_on_stdin_close))
+    ports = {"credit": credit_port, "golden-tax": golden_tax_port, "market": market_port, "treasury": treasury_port}
+    asyncio.run(serve_simulators(host, ports, data_dir or default_data_dir(), stop_on_stdin_close=stop_on_stdin_close))
+
+
+@app.command()
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option(help="a running `serve --demo` (default: http://127.0.0.1:8000 if it answers, else start one)"),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the 免申即享 demo: a 名单类 and a 条件类 policy through the gateway, then verify the audit chain."""
+    from gateway.platform_demo import DemoError, run_demo
+
+    settings = _settings(data_dir)
+    try:
+        status = run_demo(settings, url, typer.echo)
+    except DemoError as exc:
+        raise _fail(str(exc), 1) from None
+    raise typer.Exit(status)
 
 
 @db_app.command("upgrade")

@@ -7,15 +7,24 @@ with GatewayClient.from_key_file("http://127.0.0.1:8000", "platform", "var/demo/
 
 from __future__ import annotations
 
+import json as json_module
 from collections.abc import Generator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import http_sf
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security.keys import load_private_key_file
 from security.signatures import sign_request
+
+
+def _decimal_as_string(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class SignatureAuth(httpx.Auth):
@@ -68,8 +77,20 @@ class GatewayClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, json: Any = None) -> Any:
-        response = self._http.request(method, path, json=json)
+    def request(self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+        return self._answer(self._send(method, path, json, headers))
+
+    def _send(self, method: str, path: str, body: Any, headers: dict[str, str] | None) -> httpx.Response:
+        if body is None:
+            return self._http.request(method, path, headers=headers)
+        # Decimals leave as JSON strings: money never becomes a float on its way to the gateway.
+        content = json_module.dumps(body, ensure_ascii=False, default=_decimal_as_string).encode()
+        return self._http.request(
+            method, path, content=content, headers={"Content-Type": "application/json", **(headers or {})}
+        )
+
+    @staticmethod
+    def _answer(response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -77,6 +98,20 @@ class GatewayClient:
                 problem = {"detail": response.text[:200]}
             raise GatewayError(response.status_code, problem)
         return response.json()
+
+    def submit_voucher(
+        self, purpose: str, voucher: dict[str, Any], idempotency_key: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Pay one voucher (treasury/submit-voucher). Returns the answer and whether it was a stored one (a repeat
+        of a payment already made: nothing was paid this time). Repeat with the same key after a failure."""
+        response = self._send(
+            "POST",
+            "/v1/services/treasury/submit-voucher",
+            {"purpose": purpose, "params": voucher},
+            {"Idempotency-Key": http_sf.ser(idempotency_key)},
+        )
+        answer = self._answer(response)
+        return answer, response.headers.get("idempotent-replayed") == "true"
 
     def invoke(self, service: str, operation: str, purpose: str, **params: Any) -> dict[str, Any]:
         return self.request("POST", f"/v1/services/{service}/{operation}", {"purpose": purpose, "params": params})

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 from cryptography.hazmat.primitives import serialization
@@ -64,11 +65,17 @@ def key_id_for(caller_id: str, public_key: Ed25519PublicKey) -> str:
     return f"{caller_id}.{hashlib.sha256(raw).hexdigest()[:12]}"
 
 
-def start_simulators(host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    """A child process keeps the simulators off the gateway's core and event loop, as real upstreams would be."""
+def start_simulators(
+    host: str = "127.0.0.1", data_dir: Path | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """A child process keeps the simulators off the gateway's core and event loop, as real upstreams would be.
+
+    `data_dir` is where durable simulators (the treasury) keep their state, so a restarted demo remembers payments.
+    """
+    durable = ["--data-dir", str(data_dir)] if data_dir is not None else []
     # stdin is a pipe the child watches: if this process dies without cleaning up, the simulators stop too.
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "gateway.cli", "simulators", "--host", host, "--stop-on-stdin-close"],
+        [sys.executable, "-m", "gateway.cli", "simulators", "--host", host, "--stop-on-stdin-close", *durable],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +32,9 @@ class Exchange:
     body: bytes
     principal: Principal
     event: AuditEvent
+    # What the handler adds to a successful answer (e.g. Idempotent-Replayed on a stored answer).
+    response_headers: dict[str, str] = field(default_factory=dict)
+    media_type: str = JSON
 
 
 Handler = Callable[[Exchange], Awaitable[tuple[int, bytes]]]
@@ -103,7 +106,8 @@ async def run_exchange(
         event.response_body = payload
         event.duration_us = int((time.perf_counter() - started) * 1e6)
         await runtime.audit.append(event)
-        return Response(payload, status_code=status, media_type=JSON, headers={"X-Request-Id": request_id})
+        headers = {**exchange.response_headers, "X-Request-Id": request_id}
+        return Response(payload, status_code=status, media_type=exchange.media_type, headers=headers)
     except AuditUnavailable:
         return _audit_down(request_id, instance)
     except Problem as problem:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -239,3 +240,61 @@ class RegisteredUpstream(Base):
     revision: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class IdempotencyKey(Base):
+    """One Idempotency-Key of one caller: the request it stands for, who works on it now, and the stored answer."""
+
+    __tablename__ = "idempotency_keys"
+
+    caller_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idem_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    service: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | done
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PaymentIntent(Base):
+    """A voucher the gateway is about to send to the treasury, written (and committed) before it is sent.
+
+    Amounts are decimal strings: SQLite stores NUMERIC as a float, and no float may touch money.
+    """
+
+    __tablename__ = "payment_intents"
+
+    voucher_no: Mapped[str] = mapped_column(String(64), primary_key=True)
+    caller_id: Mapped[str] = mapped_column(String(64))
+    idem_key: Mapped[str] = mapped_column(String(255))
+    uscc: Mapped[str] = mapped_column(String(18), index=True)
+    pay_amt: Mapped[str] = mapped_column(String(24))
+    purpose: Mapped[str] = mapped_column(String(128))
+    grant_id: Mapped[str] = mapped_column(String(64))
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    voucher: Mapped[str] = mapped_column(Text)  # the canonical voucher as JSON, to send the very same one again
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_sent_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("caller_id", "idem_key"),)
+
+
+class PaymentOutcome(Base):
+    """What became of a payment intent, recorded once: accepted/paid/returned by the treasury, or refused by it."""
+
+    __tablename__ = "payment_outcomes"
+
+    voucher_no: Mapped[str] = mapped_column(ForeignKey("payment_intents.voucher_no"), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    treasury_code: Mapped[str] = mapped_column(String(16))
+    treasury_serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pay_amt: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resolved_by: Mapped[str] = mapped_column(String(16))  # request | reconciler
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -15,6 +15,8 @@ from gateway import db
 from gateway.audit import AuditWriter
 from gateway.auth import Authenticator
 from gateway.directory import Directory
+from gateway.idempotency import IdempotencyStore
+from gateway.payments import Payments
 from gateway.quotas import Quotas
 from gateway.settings import Settings
 from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect_redis
@@ -35,11 +37,13 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
     from adapters.golden_tax import GoldenTaxAdapter
     from adapters.market import MarketAdapter
     from adapters.resilience import ResiliencePolicy
+    from adapters.treasury import TreasuryAdapter
 
     factories: dict[str, Callable[..., Adapter]] = {
         "credit": CreditAdapter,
         "golden-tax": GoldenTaxAdapter,
         "market": MarketAdapter,
+        "treasury": TreasuryAdapter,
     }
     unknown = sorted(set(settings.upstream_policies) - set(settings.upstream_urls))
     if unknown:
@@ -70,6 +74,34 @@ def breaker_store(settings: Settings) -> BreakerStore:
     return MemoryBreakerStore()
 
 
+def start_payments(
+    settings: Settings, sessions: async_sessionmaker, audit: AuditWriter, adapters: Mapping[str, Adapter]
+) -> Payments | None:
+    """The payment path and its reconciler, when the treasury is offered."""
+    treasury = adapters.get("treasury")
+    if treasury is None:
+        return None
+    store = IdempotencyStore(
+        sessions,
+        node_id=settings.node_id,
+        # A lease must outlast the work it covers: at most submit, status, submit again, status, each bounded by
+        # the upstream timeout.
+        lease_seconds=max(settings.idempotency_lease_seconds, 5 * settings.upstream_timeout),
+        redis=connect_redis(settings.redis_url) if settings.redis_url else None,
+        redis_prefix=settings.redis_prefix,
+    )
+    return Payments(
+        sessions=sessions,
+        adapter=treasury,
+        audit=audit,
+        store=store,
+        resend_grace_seconds=2 * settings.upstream_timeout,
+        reconcile_seconds=settings.payment_reconcile_seconds,
+        retention_days=settings.idempotency_retention_days,
+        kill_after_accept=settings.payment_fault_kill_after_accept,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -82,6 +114,7 @@ class Runtime:
     quotas: Quotas
     adapters: AdapterCatalog = field(default_factory=lambda: AdapterCatalog({}))
     breakers: BreakerStore = field(default_factory=MemoryBreakerStore)
+    payments: Payments | None = None
 
     @classmethod
     async def start(cls, settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> Runtime:
@@ -114,9 +147,17 @@ class Runtime:
         await catalog.start()
         authenticator = Authenticator(directory, nonces, settings.signature_max_skew)
         quotas = Quotas.from_settings(settings)
-        return cls(settings, engine, sessions, directory, nonces, authenticator, audit, quotas, catalog, breakers)
+        payments = start_payments(settings, sessions, audit, catalog)
+        if payments is not None:
+            await payments.start()
+        return cls(
+            settings, engine, sessions, directory, nonces, authenticator, audit, quotas, catalog, breakers, payments
+        )
 
     async def close(self) -> None:
+        if self.payments is not None:
+            await self.payments.close()
+            await self.payments.store.close()
         await self.audit.close()
         await self.adapters.close()
         close_breakers = getattr(self.breakers, "close", None)

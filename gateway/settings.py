@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     sharing_sweep_seconds: float = Field(
         default=30.0, ge=0.05, le=3600, description="how often a node applies deadlines, escalations and expiry"
     )
+    redis_prefix: str = Field(default="msjx", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="prefix of Redis keys")
+    idempotency_lease_seconds: float = Field(
+        default=30.0, ge=1, le=3600, description="how long a request holds an Idempotency-Key before another may"
+    )
+    idempotency_retention_days: int = Field(default=30, ge=1, le=3650, description="finished keys kept this long")
+    payment_reconcile_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="how often open payment intents are reconciled with voucher-status"
+    )
+    payment_fault_kill_after_accept: int = Field(
+        default=0,
+        ge=0,
+        description="TEST ONLY: SIGKILL this process right after the treasury accepts the Nth voucher (0: never)",
+    )
 
     @field_validator("database_url")
     @classmethod

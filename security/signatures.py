@@ -25,6 +25,8 @@ from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
 SIGNATURE_LABEL = "msjx"
 COVERED_COMPONENTS: tuple[str, ...] = ("@method", "@target-uri")
+# Covered whenever the request carries it: a key that is not signed could be swapped to make a payment run twice.
+IDEMPOTENCY_KEY = "idempotency-key"
 MAX_SKEW_SECONDS = 300
 NONCE_MAX_LENGTH = 128
 
@@ -151,6 +153,12 @@ def verify_request(
                 "digest_mismatch", "Content-Digest does not match the request body", key_id=params.key_id
             ) from exc
     required = (*COVERED_COMPONENTS, "content-digest") if body else COVERED_COMPONENTS
+    if wrapped.get(IDEMPOTENCY_KEY) is not None:
+        if IDEMPOTENCY_KEY not in params.covered:
+            raise SignatureFailure(
+                "signature_invalid", "the Idempotency-Key header must be covered by the signature", key_id=params.key_id
+            )
+        required = (*required, IDEMPOTENCY_KEY)
     verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=_SingleKey(public_key))
     try:
         verifier.verify(
@@ -175,7 +183,13 @@ def sign_request(
     created: datetime.datetime | None = None,
     nonce: str | None = None,
 ) -> None:
-    """Add Signature, Signature-Input and (with a body) Content-Digest to a mutable header mapping, in place."""
+    """Add Signature, Signature-Input and (with a body) Content-Digest to a mutable header mapping, in place.
+
+    An Idempotency-Key header, when present, is covered too.
+    """
+    covered = COVERED_COMPONENTS
+    if headers.get(IDEMPOTENCY_KEY) is not None:
+        covered = (*covered, IDEMPOTENCY_KEY)
     signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=_SingleKey(private_key=private_key))
     signer.sign(
         _Message(method=method.upper(), url=url, headers=headers),
@@ -184,6 +198,6 @@ def sign_request(
         nonce=nonce or secrets.token_urlsafe(18),
         label=SIGNATURE_LABEL,
         include_alg=False,
-        covered_component_ids=COVERED_COMPONENTS,
+        covered_component_ids=covered,
         body=body if body else None,
     )

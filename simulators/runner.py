@@ -7,24 +7,31 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import orjson
 from aiohttp import web
 
-from simulators import credit, golden_tax, market
+from simulators import credit, golden_tax, market, treasury
 
-Starter = Callable[[str, int], Awaitable[tuple[web.AppRunner, int]]]
+Starter = Callable[..., Awaitable[tuple[web.AppRunner, int]]]
 SIMULATORS: dict[str, Starter] = {
     "credit": credit.start_with_port,
     "golden-tax": golden_tax.start_with_port,
     "market": market.start_with_port,
+    "treasury": treasury.start_with_port,
 }
+# Simulators that keep state on disk (the treasury's vouchers) are given the data directory.
+DURABLE = frozenset({"treasury"})
 
 
-async def start_all(host: str, ports: dict[str, int]) -> tuple[list[web.AppRunner], dict[str, str]]:
+async def start_all(
+    host: str, ports: dict[str, int], data_dir: Path | None = None
+) -> tuple[list[web.AppRunner], dict[str, str]]:
     runners, urls = [], {}
     for name, starter in SIMULATORS.items():
-        runner, port = await starter(host, ports.get(name, 0))
+        options = {"data_dir": data_dir} if name in DURABLE else {}
+        runner, port = await starter(host, ports.get(name, 0), **options)
         runners.append(runner)
         urls[name] = f"http://{host}:{port}"
     return runners, urls
@@ -38,13 +45,15 @@ async def _wait_for_stdin_close() -> None:
         pass
 
 
-async def serve(host: str, ports: dict[str, int], *, stop_on_stdin_close: bool = False) -> None:
+async def serve(
+    host: str, ports: dict[str, int], data_dir: Path | None = None, *, stop_on_stdin_close: bool = False
+) -> None:
     """Start all, print {"credit": url, ...} on one stdout line (a parent process reads it), run until signalled.
 
     With `stop_on_stdin_close`, also stop when standard input reaches its end: the parent that holds
     the other end has exited, however it died.
     """
-    runners, urls = await start_all(host, ports)
+    runners, urls = await start_all(host, ports, data_dir)
     sys.stdout.write(orjson.dumps(urls).decode() + "\n")
     sys.stdout.flush()
     stop = asyncio.Event()

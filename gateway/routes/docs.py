@@ -15,10 +15,11 @@ SIGNED = (
 )
 
 _DESCRIPTIONS = {
+    400: "A required header (Idempotency-Key) is missing or malformed",
     401: "Signature missing, malformed, expired, invalid, replayed, or key unknown/revoked",
     403: "No grant for this service, operation and purpose, or a role is missing",
     404: "Unknown service, operation or resource",
-    409: "Conflicts with what exists",
+    409: "Conflicts with what exists, or a request with this Idempotency-Key is in flight",
     413: "Body too large",
     422: "Body invalid; `errors` names each field by its path",
     429: "Quota or rate limit reached",

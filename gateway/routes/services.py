@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -21,11 +23,33 @@ from schemas.api import InvokeRequest, InvokeResponse
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
 
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Required by treasury/submit-voucher (IETF httpapi-idempotency-key draft): a Structured Field String unique"
+        " per payment, covered by the signature. A repeat with the same key and body gets the stored answer"
+        " (header `Idempotent-Replayed: true`); the same key with another body is refused with 422"
+        " `idempotency_key_reused`; while the first is in flight, 409 `idempotency_in_flight`."
+    ),
+    "schema": {"type": "string", "maxLength": 255},
+}
 
-def parse_json(body: bytes, model: type[BaseModel]) -> Any:
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def exact_loads(body: bytes) -> Any:
+    """JSON with every non-integer number read as a Decimal: money never passes through a float."""
+    return json.loads(body, parse_float=Decimal, parse_constant=_refuse_constant)
+
+
+def parse_json(body: bytes, model: type[BaseModel], *, exact: bool = False) -> Any:
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        document = exact_loads(body) if exact else orjson.loads(body)
+    except (orjson.JSONDecodeError, ValueError):  # json.JSONDecodeError is a ValueError
         raise Problem(422, "invalid_json", "Body is not JSON", "the request body must be a JSON object") from None
     try:
         return model.model_validate(document)
@@ -73,7 +97,8 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     operation = adapter.operations.get(operation_name)
     if operation is None:
         raise Problem(404, "unknown_operation", "Unknown operation", f"{service} has no operation {operation_name!r}")
-    body: InvokeRequest = parse_json(exchange.body, InvokeRequest)
+    # An operation that changes state (a payment) reads its body exactly: numbers as decimals, never floats.
+    body: InvokeRequest = parse_json(exchange.body, InvokeRequest, exact=not operation.safe)
     event = exchange.event
     event.purpose = body.purpose
     grants = await runtime.directory.grants_for(exchange.principal.caller.caller_id, service, operation_name)
@@ -86,6 +111,8 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     event.subject = getattr(params, "uscc", None)
     # Counted only for a call that will be made: a refused or malformed one spends no quota.
     await runtime.quotas.check(grant)
+    if runtime.payments is not None and runtime.payments.handles(service, operation_name):
+        return await runtime.payments.submit(exchange, grant, params)
     started = time.perf_counter()
     try:
         result = await adapter.invoke(operation_name, params)
@@ -118,8 +145,8 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     description="Call one operation of an upstream system for a granted purpose; only granted fields return."
     " A grant's rate limit and daily quota answer 429 with Retry-After when reached. " + SIGNED,
     response_model=InvokeResponse,
-    responses=problem_responses(401, 403, 404, 413, 422, 429, 502, 503, 504),
-    openapi_extra=json_body(InvokeRequest),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
+    openapi_extra={**json_body(InvokeRequest), "parameters": [IDEMPOTENCY_KEY_PARAMETER]},
 )
 async def invoke(request: Request, service: str, operation: str) -> Response:
     return await run_exchange(

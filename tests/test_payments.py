@@ -1,0 +1,409 @@
+"""Exactly-once payments through the gateway over real HTTP, on SQLite and on PostgreSQL + Redis: idempotency keys,
+concurrent duplicates, exact money, and answers lost on the way back reconciled with voucher-status."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from gateway import registry
+from gateway.models import AuditRecord, IdempotencyKey, PaymentIntent, PaymentOutcome
+from schemas.api import GrantIn
+from security.signatures import sign_request
+from simulators import treasury as treasury_simulator
+from tests.conftest import PURPOSE, RunningGateway, check_redis, create_test_database, drop_database, running_gateway
+from tests.treasury_support import clear_hold, hold_answers, treasury_listing, voucher
+
+SUBMIT = "/v1/services/treasury/submit-voucher"
+
+
+class PayGateway:
+    def __init__(self, gw: RunningGateway, treasury_url: str) -> None:
+        self.gw = gw
+        self.treasury_url = treasury_url
+
+    @property
+    def payments(self) -> Any:
+        return self.gw.runtime.payments
+
+    async def pay(
+        self, body: dict[str, Any] | bytes, key: str | None, client: httpx.AsyncClient | None = None
+    ) -> httpx.Response:
+        content = body if isinstance(body, bytes) else orjson.dumps({"purpose": PURPOSE, "params": body})
+        headers = {"content-type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = f'"{key}"'
+        if client is not None:
+            return await client.post(SUBMIT, content=content, headers=headers)
+        async with self.gw.client() as own:
+            return await own.post(SUBMIT, content=content, headers=headers)
+
+    async def count(self, model: Any, *where: Any) -> int:
+        async with self.gw.runtime.sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+    async def outcome(self, voucher_no: str) -> PaymentOutcome | None:
+        async with self.gw.runtime.sessions() as session:
+            return await session.get(PaymentOutcome, voucher_no)
+
+    async def intent(self, voucher_no: str) -> PaymentIntent | None:
+        async with self.gw.runtime.sessions() as session:
+            return await session.get(PaymentIntent, voucher_no)
+
+
+async def grant_treasury(gw: RunningGateway) -> None:
+    async with gw.runtime.sessions() as session:
+        for operation in gw.runtime.adapters["treasury"].operations.values():
+            await registry.add_grant(
+                session,
+                GrantIn(
+                    caller_id="platform",
+                    service="treasury",
+                    operation=operation.name,
+                    purpose=PURPOSE,
+                    fields=list(operation.fields),
+                    valid_to=datetime.now(UTC) + timedelta(days=30),
+                ),
+                gw.runtime.adapters,
+            )
+    gw.runtime.directory.invalidate()
+
+
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+async def pay(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[PayGateway]:
+    runner, port = await treasury_simulator.start_with_port("127.0.0.1", 0, data_dir=tmp_path / "treasury")
+    treasury_url = f"http://127.0.0.1:{port}"
+    overrides: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "upstream_urls": {"credit": credit_url, "treasury": treasury_url},
+        "upstream_timeout": 1.0,
+        "payment_reconcile_seconds": 3600,  # tests run reconciliation passes themselves, when they mean to
+        "redis_prefix": f"msjx-test-{secrets.token_hex(4)}",
+    }
+    if request.param == "postgres_redis":
+        overrides["redis_url"] = await check_redis()
+        overrides["database_url"] = await create_test_database()
+    from gateway.settings import load_settings
+
+    settings = load_settings(**overrides)
+    try:
+        async with running_gateway(settings) as gw:
+            await grant_treasury(gw)
+            yield PayGateway(gw, treasury_url)
+    finally:
+        await clear_hold(treasury_url)
+        await runner.cleanup()
+        if settings.database_url:
+            await drop_database(settings.database_url)
+
+
+def key() -> str:
+    return f"k-{secrets.token_hex(8)}"
+
+
+async def test_pays_once_and_replays_the_stored_answer(pay: PayGateway) -> None:
+    body, idem = voucher(), key()
+    first = await pay.pay(body, idem)
+    assert first.status_code == 200, first.text
+    data = first.json()["data"]
+    assert data["voucher_no"] == body["voucher_no"] and data["status"] == "accepted"
+    assert data["pay_amt"] == "50000.00"
+    assert "idempotent-replayed" not in first.headers
+
+    again = await pay.pay(body, idem)
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content, "the stored answer, byte for byte"
+    assert again.headers["x-request-id"] != first.headers["x-request-id"], "the repeat is its own audited exchange"
+
+    listing = await treasury_listing(pay.treasury_url)
+    assert listing["accepted"] == 1 and listing["submissions"] == 1
+    outcome = await pay.outcome(body["voucher_no"])
+    assert outcome is not None and outcome.outcome == "accepted" and outcome.resolved_by == "request"
+    assert outcome.pay_amt == "50000.00"
+    async with pay.gw.runtime.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(AuditRecord.reason_code, AuditRecord.subject_hash, AuditRecord.status_code)
+                .where(AuditRecord.operation == "submit-voucher")
+                .order_by(AuditRecord.ts_ms, AuditRecord.height)
+            )
+        ).all()
+    assert [row[0] for row in rows] == [None, "idempotent_replay"]
+    assert rows[0][1] == pay.gw.runtime.audit.subject_hash(body["uscc"])
+
+
+async def test_key_is_required_well_formed_and_signed(pay: PayGateway) -> None:
+    missing = await pay.pay(voucher(), None)
+    assert missing.status_code == 400 and missing.json()["code"] == "idempotency_key_missing"
+    async with pay.gw.client() as client:
+        malformed = await client.post(
+            SUBMIT, json={"purpose": PURPOSE, "params": voucher()}, headers={"Idempotency-Key": '"a" ;x'}
+        )
+    assert malformed.status_code == 400 and malformed.json()["code"] == "idempotency_key_invalid"
+
+    # Signed without the key, then the key added: the signature does not cover it, so the request is refused.
+    content = orjson.dumps({"purpose": PURPOSE, "params": voucher()})
+    request = httpx.Request("POST", pay.gw.url + SUBMIT, content=content, headers={"content-type": "application/json"})
+    platform = pay.gw.platform
+    sign_request(
+        "POST", str(request.url), request.headers, content, key_id=platform.key_id, private_key=platform.private_key
+    )
+    request.headers["Idempotency-Key"] = '"unsigned-key"'
+    async with httpx.AsyncClient() as client:
+        unsigned = await client.send(request)
+    assert unsigned.status_code == 401 and unsigned.json()["code"] == "signature_invalid"
+    assert "Idempotency-Key" in unsigned.json()["detail"]
+    assert (await treasury_listing(pay.treasury_url))["submissions"] == 0
+
+
+async def test_same_key_with_another_body_is_refused(pay: PayGateway) -> None:
+    idem = key()
+    assert (await pay.pay(voucher(), idem)).status_code == 200
+    other = await pay.pay(voucher(), idem)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    assert (await treasury_listing(pay.treasury_url))["accepted"] == 1
+
+
+async def test_fifty_concurrent_duplicates_make_one_payment(pay: PayGateway) -> None:
+    body, idem = voucher(), key()
+    limits = httpx.Limits(max_connections=50)
+    async with pay.gw.client(limits=limits) as client:
+        responses = await asyncio.gather(*(pay.pay(body, idem, client) for _ in range(50)))
+        statuses = sorted(response.status_code for response in responses)
+        assert set(statuses) <= {200, 409}, statuses
+        assert statuses.count(200) >= 1
+        for response in responses:
+            if response.status_code == 409:
+                assert response.json()["code"] == "idempotency_in_flight"
+                assert response.headers["retry-after"] == "1"
+        paid = {response.json()["data"]["treasury_serial"] for response in responses if response.status_code == 200}
+        assert len(paid) == 1
+        # Once settled, every repeat gets the stored answer.
+        after = await asyncio.gather(*(pay.pay(body, idem, client) for _ in range(10)))
+    assert {response.status_code for response in after} == {200}
+    listing = await treasury_listing(pay.treasury_url)
+    assert listing["accepted"] == 1 and listing["submissions"] == 1
+
+
+async def test_one_voucher_under_many_keys_is_paid_once(pay: PayGateway) -> None:
+    body = voucher()
+    async with pay.gw.client(limits=httpx.Limits(max_connections=20)) as client:
+        responses = await asyncio.gather(*(pay.pay(body, key(), client) for _ in range(20)))
+    codes = sorted(response.json().get("code", "ok") if response.status_code != 200 else "ok" for response in responses)
+    assert codes.count("ok") == 1, codes
+    assert set(codes) == {"ok", "voucher_exists"}
+    assert (await treasury_listing(pay.treasury_url))["submissions"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"pay_amt": "0.00", "amounts": ("0.00",)}, "params/lines/0/pay_amt", "greater than 0"),
+        ({"pay_amt": "-50000.00"}, "params/pay_amt", "greater than 0"),
+        ({"pay_amt": "50000.001"}, "params/pay_amt", "2 decimal places"),
+        ({"pay_amt": "49999.99"}, "params/pay_amt", "sum of the lines"),
+        ({"amounts": ("30000.005", "20000.00")}, "params/lines/0/pay_amt", "2 decimal places"),
+    ],
+)
+async def test_bad_amounts_are_refused_naming_the_field_and_nothing_is_paid(
+    pay: PayGateway, change: dict[str, Any], field: str, message: str
+) -> None:
+    change = dict(change)  # parametrize shares the dict between backends: never mutate it
+    amounts = change.pop("amounts", ("30000.00", "20000.00"))
+    body = voucher(amounts=amounts, **change)
+    response = await pay.pay(body, key())
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "validation_failed"
+    errors = {error["field"]: error["message"] for error in problem["errors"]}
+    assert field in errors and message in errors[field], errors
+    assert (await treasury_listing(pay.treasury_url))["submissions"] == 0
+    assert await pay.count(PaymentIntent) == 0 and await pay.count(IdempotencyKey) == 0
+
+
+async def test_exact_json_numbers_are_decimals_end_to_end(pay: PayGateway) -> None:
+    """Numbers, not strings, in the JSON body: 0.1 + 0.2 is 0.3 here, and a 16-digit amount keeps its cents."""
+    small = voucher(amounts=("X1", "X2"), pay_amt="X3")
+    raw = orjson.dumps({"purpose": PURPOSE, "params": small})
+    raw = raw.replace(b'"X1"', b"0.1").replace(b'"X2"', b"0.2").replace(b'"X3"', b"0.3")
+    response = await pay.pay(raw, key())
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["pay_amt"] == "0.30"
+
+    big = voucher(amounts=("X1",), pay_amt="X1")
+    raw = orjson.dumps({"purpose": PURPOSE, "params": big}).replace(b'"X1"', b"1234567890123456.78")
+    response = await pay.pay(raw, key())
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["pay_amt"] == "1234567890123456.78"
+    amounts = {item["voucher_no"]: item["pay_amt"] for item in (await treasury_listing(pay.treasury_url))["vouchers"]}
+    assert amounts == {small["voucher_no"]: "0.30", big["voucher_no"]: "1234567890123456.78"}
+    intent = await pay.intent(big["voucher_no"])
+    assert intent is not None and intent.pay_amt == "1234567890123456.78"
+
+
+async def test_answer_lost_after_acceptance_is_looked_up_not_resent(pay: PayGateway) -> None:
+    """The treasury commits the voucher, then its answer is held past the gateway's timeout."""
+    await hold_answers(pay.treasury_url, "hold", seconds=2.5)
+    body, idem = voucher(), key()
+    response = await pay.pay(body, idem)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["voucher_no"] == body["voucher_no"]
+    listing = await treasury_listing(pay.treasury_url)
+    assert listing["submissions"] == 1, "voucher-status answered; nothing was sent again"
+    intent = await pay.intent(body["voucher_no"])
+    outcome = await pay.outcome(body["voucher_no"])
+    assert intent is not None and intent.attempts == 1
+    assert outcome is not None and outcome.outcome == "paid", "what voucher-status said"
+
+
+async def test_request_lost_on_the_way_in_is_sent_again_only_after_the_grace_period(pay: PayGateway) -> None:
+    """The treasury stalls before reading the voucher; the gateway gives up, so the voucher never arrives."""
+    async with httpx.AsyncClient() as client:
+        await client.post(f"{pay.treasury_url}/_sim/faults", json={"mode": "latency", "latency_ms": 1500, "count": 1})
+    body, idem = voucher(), key()
+    first = await pay.pay(body, idem)
+    assert first.status_code == 504, first.text
+    problem = first.json()
+    assert problem["code"] == "payment_pending" and "Retry-After" in first.headers
+    assert body["voucher_no"] in problem["detail"]
+    assert await pay.outcome(body["voucher_no"]) is None
+
+    soon = await pay.pay(body, idem)  # voucher-status says "not there", but it may still be on its way: wait
+    assert soon.status_code == 503 and soon.json()["code"] == "payment_pending", soon.text
+    assert "holds no voucher" in soon.json()["detail"]
+    assert (await treasury_listing(pay.treasury_url))["submissions"] == 0
+
+    await asyncio.sleep(2.1)  # grace: twice the upstream timeout since the last send
+    late = await pay.pay(body, idem)
+    assert late.status_code == 200, late.text
+    assert "idempotent-replayed" not in late.headers, "settled by this request"
+    listing = await treasury_listing(pay.treasury_url)
+    assert listing["accepted"] == 1 and listing["submissions"] == 1
+    intent = await pay.intent(body["voucher_no"])
+    outcome = await pay.outcome(body["voucher_no"])
+    assert intent is not None and intent.attempts == 2
+    assert outcome is not None and outcome.outcome == "accepted" and outcome.resolved_by == "request"
+
+
+async def test_voucher_the_treasury_never_got_is_sent_again_once_by_the_reconciler(pay: PayGateway) -> None:
+    async with httpx.AsyncClient() as client:
+        await client.post(f"{pay.treasury_url}/_sim/faults", json={"mode": "drop", "count": 1})
+    body, idem = voucher(), key()
+    first = await pay.pay(body, idem)
+    assert first.status_code == 502 and first.json()["code"] == "payment_pending", first.text
+
+    early = await pay.payments.reconcile()
+    assert early["pending"] == 1, "within the grace period nothing is sent again"
+    assert (await treasury_listing(pay.treasury_url))["submissions"] == 0
+
+    await asyncio.sleep(2.1)  # grace: twice the upstream timeout
+    late = await pay.payments.reconcile()
+    assert late == {"resolved": 1, "pending": 0, "busy": 0}
+    listing = await treasury_listing(pay.treasury_url)
+    assert listing["accepted"] == 1 and listing["submissions"] == 1
+    intent = await pay.intent(body["voucher_no"])
+    outcome = await pay.outcome(body["voucher_no"])
+    assert intent is not None and intent.attempts == 2
+    assert outcome is not None and outcome.resolved_by == "reconciler"
+
+    replay = await pay.pay(body, idem)
+    assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["data"]["treasury_serial"] == outcome.treasury_serial
+    assert (await pay.payments.reconcile())["resolved"] == 0, "nothing left open"
+
+    async with pay.gw.runtime.engine.connect() as connection:
+        events = (
+            await connection.execute(
+                select(AuditRecord.decision, AuditRecord.operation)
+                .where(AuditRecord.event == "payment.reconcile")
+                .order_by(AuditRecord.ts_ms, AuditRecord.height)
+            )
+        ).all()
+    assert [tuple(row) for row in events] == [("failed", "voucher-status"), ("allowed", "submit-voucher")]
+
+
+async def test_a_treasury_refusal_is_final_and_replayed_as_the_same_problem(pay: PayGateway) -> None:
+    await hold_answers(pay.treasury_url, "refuse")
+    body, idem = voucher(), key()
+    first = await pay.pay(body, idem)
+    assert first.status_code == 502, first.text
+    assert first.headers["content-type"].startswith("application/problem+json")
+    problem = first.json()
+    assert problem["code"] == "voucher_refused" and "2003" in problem["detail"]
+    outcome = await pay.outcome(body["voucher_no"])
+    assert outcome is not None and outcome.outcome == "refused" and outcome.treasury_code == "2003"
+
+    again = await pay.pay(body, idem)
+    assert again.status_code == 502 and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert again.content == first.content
+    assert (await pay.payments.reconcile())["resolved"] == 0, "a refusal is an outcome: nothing is left to settle"
+    listing = await treasury_listing(pay.treasury_url)
+    assert listing["accepted"] == 0 and listing["by_code"] == {"2003": 1}
+
+
+async def test_a_request_in_flight_is_not_taken_over_by_the_reconciler(pay: PayGateway) -> None:
+    await hold_answers(pay.treasury_url, "hold", seconds=0.8)
+    body, idem = voucher(), key()
+    task = asyncio.create_task(pay.pay(body, idem))
+    await asyncio.sleep(0.4)
+    counts = await pay.payments.reconcile()
+    assert counts["busy"] == 1 and counts["resolved"] == 0
+    response = await task
+    assert response.status_code == 200
+    assert (await treasury_listing(pay.treasury_url))["submissions"] == 1
+
+
+async def test_openapi_documents_the_idempotency_key(pay: PayGateway) -> None:
+    async with httpx.AsyncClient() as client:
+        schema = (await client.get(pay.gw.url + "/openapi.json")).json()
+    operation = schema["paths"]["/v1/services/{service}/{operation}"]["post"]
+    names = [parameter["name"] for parameter in operation["parameters"]]
+    assert names == ["service", "operation", "Idempotency-Key"]
+    assert {"400", "409", "422"} <= set(operation["responses"])
+
+
+def test_signature_covers_the_idempotency_key_when_present() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from security.signatures import SignatureFailure, parse_signature_params, verify_request
+
+    url, body, private = (
+        "http://gw.example/v1/services/treasury/submit-voucher",
+        b'{"a":1}',
+        Ed25519PrivateKey.generate(),
+    )
+
+    def signed(with_key: bool) -> httpx.Request:
+        request = httpx.Request("POST", url, content=body, headers={"Idempotency-Key": '"k-1"'} if with_key else {})
+        sign_request("POST", url, request.headers, body, key_id="k", private_key=private)
+        return request
+
+    def verify(request: httpx.Request) -> None:
+        headers = list(request.headers.multi_items())
+        verify_request("POST", url, headers, body, private.public_key(), parse_signature_params(headers))
+
+    request = signed(with_key=True)
+    assert "idempotency-key" in parse_signature_params(list(request.headers.multi_items())).covered
+    verify(request)
+    request.headers["Idempotency-Key"] = '"k-2"'  # a swapped key no longer verifies
+    with pytest.raises(SignatureFailure) as info:
+        verify(request)
+    assert info.value.code == "signature_invalid"
+
+    plain = signed(with_key=False)
+    assert "idempotency-key" not in parse_signature_params(list(plain.headers.multi_items())).covered
+    verify(plain)  # without the header, nothing changes for other requests
+    plain.headers["Idempotency-Key"] = '"added-later"'
+    with pytest.raises(SignatureFailure, match="must be covered"):
+        verify(plain)
