@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import hashlib
 import hmac
 import re
@@ -31,6 +32,12 @@ from http_message_signatures import (
     algorithms,
 )
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
+
+try:  # libsodium verifies Ed25519 in about half the time OpenSSL takes here (docs/performance.md)
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+except ImportError:  # pragma: no cover - PyNaCl is a dependency; without it OpenSSL verifies
+    VerifyKey = None  # type: ignore[assignment,misc]
 
 SIGNATURE_LABEL = "msjx"
 COVERED_COMPONENTS: tuple[str, ...] = ("@method", "@target-uri")
@@ -105,6 +112,9 @@ def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParam
     raw_input = wrapped.get("signature-input")
     if raw_input is None or wrapped.get("signature") is None:
         raise SignatureFailure("signature_missing", "the request carries no Signature and Signature-Input headers")
+    quick = _parse_profile_input(raw_input)
+    if quick is not None:
+        return quick
     duplicates: list[str] = []
     try:
         parsed = http_sf.parse(
@@ -173,6 +183,37 @@ _SIGNATURE_MEMBER = re.compile(rf"{SIGNATURE_LABEL}=:([A-Za-z0-9+/]+={{0,2}}):")
 _SHA256_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/]{43}=):")
 
 
+# Signature-Input exactly as `sign_request` writes it (parameters in any order, each once): for such a value http_sf
+# would return just what this regex reads, so parsing it here changes no outcome. Anything else goes to http_sf.
+_PROFILE_INPUT = re.compile(
+    rf'{SIGNATURE_LABEL}=(\("@method" "@target-uri"(?: "content-digest")?\))'
+    r'((?:;(?:created=(?:0|[1-9][0-9]{0,14})|keyid="[ !#-\[\]-~]*"|nonce="[ !#-\[\]-~]*")){3})'
+)
+_PROFILE_PARAM = re.compile(r';(created)=([0-9]+)|;(keyid|nonce)="([^"]*)"')
+
+
+def _parse_profile_input(raw_input: str) -> SignatureParams | None:
+    match = _PROFILE_INPUT.fullmatch(raw_input)
+    if match is None:
+        return None
+    values: dict[str, str] = {}
+    for number_name, number, string_name, string in _PROFILE_PARAM.findall(match[2]):
+        values[number_name or string_name] = number or string
+    if values.keys() != _PROFILE_PARAMS:  # a parameter twice (and so another missing)
+        return None
+    key_id, nonce = values["keyid"], values["nonce"]
+    if not key_id or not 8 <= len(nonce) <= NONCE_MAX_LENGTH:
+        return None  # refused by the general path, with its message
+    covered = tuple(component.strip('"') for component in match[1][1:-1].split(" "))
+    return SignatureParams(
+        key_id=key_id,
+        created=int(values["created"]),
+        nonce=nonce,
+        covered=covered,
+        profile_params=match[1] + match[2],
+    )
+
+
 def _sf_string(value: str) -> str:
     # RFC 8941 serialization of a string that came out of the parser (so printable ASCII already).
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
@@ -229,8 +270,29 @@ def _verify_profile(
     if not base.isascii():
         return False
     try:
-        public_key.verify(base64.b64decode(member[1]), base.encode())
-    except (InvalidSignature, binascii.Error, ValueError):
+        signature = base64.b64decode(member[1])
+    except (binascii.Error, ValueError):
+        return False
+    return _ed25519_verifies(public_key, signature, base.encode())
+
+
+@functools.lru_cache(maxsize=1024)
+def _sodium_key(raw: bytes) -> VerifyKey:
+    return VerifyKey(raw)
+
+
+def _ed25519_verifies(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    # libsodium refuses whatever OpenSSL refuses and more (non-canonical encodings, small-order points), so a
+    # signature it accepts OpenSSL accepts too; anything it refuses goes on to the library path and OpenSSL.
+    if VerifyKey is not None:
+        try:
+            _sodium_key(public_key.public_bytes_raw()).verify(message, signature)
+        except (BadSignatureError, ValueError, TypeError):
+            return False
+        return True
+    try:
+        public_key.verify(signature, message)
+    except InvalidSignature:
         return False
     return True
 

@@ -248,3 +248,38 @@ def test_direct_path_builds_the_library_signature_base(
     headers = [("content-digest", digest), ("signature-input", f"msjx={params}"), ("signature", f"msjx=:{signature}:")]
     assert _library_outcome(monkeypatch, "POST", URL, headers, body, key) == "ok"
     assert signatures._verify_profile("POST", URL, headers, body, key.public_key(), parse_signature_params(headers))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'msjx=("@method" "@target-uri" "content-digest");created=1700000000;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");nonce="abcdefgh1234";created=1700000000;keyid="k1"',
+        'msjx=("@method" "@target-uri");created=01700000000;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;created=2;keyid="k1"',
+        'msjx=("@method" "@target-uri");created=1;keyid="";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k1";nonce="short"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k\\\\1";nonce="abcdefgh1234"',
+        'msjx=("@method"  "@target-uri");created=1;keyid="k1";nonce="abcdefgh1234"',
+        ' msjx=("@method" "@target-uri");created=1;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=-1;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid=k1;nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k1";nonce="abcdefgh1234", x=("@method")',
+        'msjx=("@method" "@target-uri");created=1;keyid="k;1";nonce="a;bcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k=1";nonce="abcdefgh;created=2"',
+        'msjx=("@method" "@target-uri");keyid="k1";nonce="abcdefgh;keyid=x";created=0',
+    ],
+)
+def test_quick_parse_of_signature_input_agrees_with_http_sf(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    headers = [("signature-input", value), ("signature", "msjx=:AAAA:")]
+
+    def parsed() -> Any:
+        try:
+            return parse_signature_params(headers)
+        except SignatureFailure as failure:
+            return failure.code, failure.detail
+
+    quick = parsed()
+    with monkeypatch.context() as patch:
+        patch.setattr(signatures, "_parse_profile_input", lambda _value: None)
+        assert quick == parsed()
