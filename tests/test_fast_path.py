@@ -80,3 +80,23 @@ async def test_invoke_takes_the_short_way(gateway: RunningGateway, monkeypatch: 
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         assert (await client.get("/healthz")).status_code == 200
     assert entered == ["/healthz"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/services/credit/x", "/v1/a?b/c", "/v1/a#b", "/v1/a\\b", "//v1/x", "/v1/tab\there", "/v1/百", "/v1/a%2Fb"],
+)
+@pytest.mark.parametrize("host", [b"gw.example:8000", b"", None])
+def test_request_path_and_target_uri_read_as_starlette_does(path: str, host: bytes | None) -> None:
+    from starlette.requests import Request
+
+    from gateway.auth import target_uri
+    from gateway.exchange import request_path
+
+    headers = [(b"content-type", b"application/json")] + ([(b"host", host)] if host is not None else [])
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"q=1"}
+    scope |= {"headers": headers, "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": ""}
+    request = Request(scope)
+    assert request_path(request) == request.url.path
+    expected_host = request.headers.get("host") or "localhost"
+    assert target_uri(request) == f"http://{expected_host}{path.encode().decode('latin-1')}?q=1"
