@@ -337,6 +337,9 @@ class Bench:
                     self.results["half_rate"] = self._guarded(
                         "half_rate", lambda: self.half_rate(url, server, pool, result)
                     )
+            # Every answered call of every run (warm-ups included) left its record: proof the full path ran.
+            result["audit_records"] = asyncio.run(seed.audit_counts(settings, caller.caller_id))
+            print(f"  audit records by decision: {result['audit_records']}", flush=True)
             return result
         finally:
             if backend:

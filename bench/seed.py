@@ -71,6 +71,25 @@ async def seed(settings: Settings) -> BenchCaller:
     return BenchCaller(CALLER, key_id, key, grant.grant_id)
 
 
+async def audit_counts(settings: Settings, caller_id: str) -> dict[str, int]:
+    """How many audit records the caller's calls left, by decision (allowed, refused, failed)."""
+    from sqlalchemy import func, select
+
+    from gateway.models import AuditRecord
+
+    engine = db.create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                select(AuditRecord.decision, func.count())
+                .where(AuditRecord.caller_id == caller_id)
+                .group_by(AuditRecord.decision)
+            )
+            return {str(decision): int(count) for decision, count in rows}
+    finally:
+        await engine.dispose()
+
+
 def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
