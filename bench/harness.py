@@ -81,13 +81,15 @@ class Skipped(Exception):
     """A scenario cannot run here; the reason goes into the JSON as {"skipped": reason}."""
 
 
-def figures(load: wrk.Load, cpu_s: float, rss_mb: float) -> dict[str, Any]:
+def figures(load: wrk.Load, cpu: tuple[float, float], rss_mb: float) -> dict[str, Any]:
+    user, system = cpu
     result: dict[str, Any] = {
         "rps": round(load.rps, 1),
         "p50_ms": round(load.p50_ms, 3),
         "p99_ms": round(load.p99_ms, 3),
-        "cpu_us_per_req": round(1e6 * cpu_s / load.requests, 1) if load.requests else None,
+        "cpu_us_per_req": round(1e6 * (user + system) / load.requests, 1) if load.requests else None,
         "peak_rss_mb": round(rss_mb, 1),
+        "cpu_system_share": round(system / (user + system), 2) if user + system else None,
         "p90_ms": round(load.p90_ms, 3),
         "max_ms": round(load.max_ms, 3),
         "requests": load.requests,
@@ -150,12 +152,14 @@ class Bench:
             rate=rate,
         )
         cpu_after = procs.cpu_seconds(server.pids())
-        result = figures(load, cpu_after - cpu_before, procs.peak_rss_mb(server.pids()))
+        cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
+        result = figures(load, cpu, procs.peak_rss_mb(server.pids()))
         if rate:
             result["target_rate"] = round(rate, 1)
         print(
             f"  {name:<22} {result['rps']:>9,.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:7.2f} ms"
-            f"  cpu {result['cpu_us_per_req'] or 0:7.0f} µs/req  rss {result['peak_rss_mb']:6.1f} MB"
+            f"  cpu {result['cpu_us_per_req'] or 0:7.0f} µs/req ({100 * (result['cpu_system_share'] or 0):.0f}% sys)"
+            f"  rss {result['peak_rss_mb']:6.1f} MB"
             f"  errors {result['errors']}",
             flush=True,
         )

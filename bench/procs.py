@@ -43,15 +43,16 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU time of the processes, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
-    total = 0
+def cpu_seconds(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU time of the processes, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces; skip past it
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def peak_rss_mb(pids: Sequence[int]) -> float:
