@@ -339,7 +339,7 @@ class Bench:
                 result = self.measure(name, url, server, pool)
                 if name == "gateway_sqlite" and self.config.wants("half_rate"):
                     self.results["half_rate"] = self._guarded(
-                        "half_rate", lambda: self.half_rate(url, server, pool, result)
+                        "half_rate", lambda: self.half_rate(url, server, pool, result, settings, caller.caller_id)
                     )
             # Every answered call of every run (warm-ups included) left its record: proof the full path ran.
             result["audit_records"] = asyncio.run(seed.audit_counts(settings, caller.caller_id))
@@ -351,15 +351,26 @@ class Bench:
                     asyncio.run(seed.forget_nonces(caller.key_id))
 
     def half_rate(
-        self, url: str, server: Server, pool: Callable[[str, float, float], Path], full: dict[str, Any]
+        self,
+        url: str,
+        server: Server,
+        pool: Callable[[str, float, float], Path],
+        full: dict[str, Any],
+        settings: Any,
+        caller_id: str,
     ) -> dict[str, Any]:
         """The gateway and the upstream alone, both paced to half the gateway's maximum rate: the added latency."""
+        from bench import seed
+
         assert self.simulator is not None
         if full.get("errors") or not full.get("rps"):
             raise Skipped("the gateway_sqlite run had errors, so its maximum rate is unknown")
         rate = full["rps"] / 2
         seconds = self.config.half_seconds
+        since_ms = int(time.time() * 1000)
         gateway = self.measure("half_rate.gateway", url, server, pool, rate=rate, seconds=seconds, warmup=False)
+        # Where the gateway's time goes, from its own audit records of this run (the answer waits for the commit).
+        gateway["inside"] = asyncio.run(seed.audit_timings(settings, caller_id, since_ms, int(time.time() * 1000)))
         direct = self.measure(
             "half_rate.direct", self.upstream_url, self.simulator, rate=rate, seconds=seconds, warmup=False
         )

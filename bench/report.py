@@ -220,6 +220,15 @@ def markdown(results: dict[str, Any]) -> str:
             _row("gateway_sqlite", half["gateway_sqlite"]),
             _row("direct", half["direct"]),
         ]
+        inside = half["gateway_sqlite"].get("inside") or {}
+        if inside:
+            lines += [
+                "",
+                f"Inside the gateway at that rate (its audit records): arrival to audit queued p50 "
+                f"{inside['duration_p50_ms']:.2f} ms / p99 {inside['duration_p99_ms']:.2f} ms, of which the upstream "
+                f"call p50 {inside['upstream_p50_ms']:.2f} ms / p99 {inside['upstream_p99_ms']:.2f} ms; the rest of "
+                "a client's wait is the audit commit and the HTTP hops.",
+            ]
     elif isinstance(half, dict):
         lines += ["", f"Half-rate latency: {half.get('skipped') or half.get('error')}"]
     lines += ["", "| target | value | threshold | result |", "| --- | ---: | ---: | --- |"]

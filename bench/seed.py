@@ -90,6 +90,41 @@ async def audit_counts(settings: Settings, caller_id: str) -> dict[str, int]:
         await engine.dispose()
 
 
+async def audit_timings(settings: Settings, caller_id: str, since_ms: int, until_ms: int) -> dict[str, float]:
+    """p50/p99 in ms of the gateway's own timings of the allowed calls recorded in a time window.
+
+    `duration` runs from the request's arrival to just before its audit record is queued; `upstream` is the
+    adapter's call inside it. What a client sees beyond `duration` is the audit commit and the HTTP hops.
+    """
+    from sqlalchemy import select
+
+    from gateway.models import AuditRecord
+
+    engine = db.create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(AuditRecord.duration_us, AuditRecord.upstream_us).where(
+                        AuditRecord.caller_id == caller_id,
+                        AuditRecord.decision == "allowed",
+                        AuditRecord.ts_ms >= since_ms,
+                        AuditRecord.ts_ms <= until_ms,
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    if not rows:
+        return {}
+    out: dict[str, float] = {"records": len(rows)}
+    for name, values in (("duration", [r[0] for r in rows]), ("upstream", [r[1] or 0 for r in rows])):
+        values.sort()
+        out[f"{name}_p50_ms"] = round(values[len(values) // 2] / 1000, 3)
+        out[f"{name}_p99_ms"] = round(values[min(len(values) - 1, int(len(values) * 0.99))] / 1000, 3)
+    return out
+
+
 def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
