@@ -14,6 +14,27 @@ from collections import Counter
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+# Leaves where py-spy samples a thread that only waits (aiosqlite's worker blocked on its queue).
+IDLE_LEAVES = ("_connection_worker_thread (aiosqlite/core.py:59)",)
+# A sample belongs to the first component met walking from the leaf towards the root.
+COMPONENTS = (
+    ("signature check (security/signatures.py)", "security/signatures.py"),
+    ("authentication: key, nonce (gateway/auth.py, state.py)", ("gateway/auth.py", "gateway/state.py", "redis/")),
+    ("audit: build, chain, commit (gateway/audit.py)", ("gateway/audit.py", "security/audit_chain.py")),
+    ("audit: SQLite thread", "_connection_worker_thread"),
+    ("database drivers (sqlalchemy, aiosqlite, asyncpg)", ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
+    ("directory snapshot (gateway/directory.py)", "gateway/directory.py"),
+    ("adapter: aiohttp client", ("aiohttp/", "yarl/", "multidict/")),
+    ("adapter: translation, validation (adapters/, schemas/)", ("adapters/", "schemas/")),
+    ("invoke route (gateway/routes/services.py)", "gateway/routes/services.py"),
+    ("exchange (gateway/exchange.py, problems.py)", ("gateway/exchange.py", "gateway/problems.py")),
+    ("app dispatch (gateway/app.py)", "gateway/app.py"),
+    ("pydantic", "pydantic"),
+    ("FastAPI", "fastapi/"),
+    ("Starlette", "starlette/"),
+    ("uvicorn (HTTP server)", "uvicorn/"),
+    ("event loop (uvloop)", "Runner.run"),
+)
 
 
 def py_spy() -> str | None:
@@ -41,26 +62,40 @@ def _short(frame: str) -> str:
     return f"{match['function']} ({path})"
 
 
+def _component(raw_frames: list[str]) -> str:
+    for frame in reversed(raw_frames):
+        for label, markers in COMPONENTS:
+            if any(marker in frame for marker in ((markers,) if isinstance(markers, str) else markers)):
+                return label
+    return "other"
+
+
 def summarize(collapsed: Path, top: int = 25) -> str:
-    """Markdown: share of samples per function, by own time and including callees."""
+    """Markdown: share of busy samples per component, and per function by own time and including callees."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    components: Counter[str] = Counter()
     total = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_short(frame) for frame in stack.split(";") if frame]
-        if not frames:
+        raw = [frame for frame in stack.split(";") if frame]
+        if not raw or raw[-1].strip() in IDLE_LEAVES:
             continue
+        frames = [_short(frame) for frame in raw]
+        components[_component(raw)] += count
         total += count
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
     if not total:
         return "no samples\n"
-    lines = [f"{total} samples (250 Hz)", "", "| own % | function |", "| ---: | --- |"]
+    lines = [f"{total} busy samples (250 Hz; a thread waiting on its queue is not counted)", ""]
+    lines += ["| share % | component (the first met from the leaf) |", "| ---: | --- |"]
+    lines += [f"| {100 * n / total:.1f} | {name} |" for name, n in components.most_common()]
+    lines += ["", "| own % | function |", "| ---: | --- |"]
     lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in own.most_common(top)]
     lines += ["", "| inclusive % | function |", "| ---: | --- |"]
     lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in inclusive.most_common(top * 2)]
