@@ -118,7 +118,11 @@ def _ratio(results: dict[str, Any], top: str, bottom: str, threshold: float) -> 
     b, why_b = _measured(results, bottom)
     if a is None or b is None or not b.get("rps"):
         return _target(rule, None, threshold, True, why_a or why_b or f"{bottom}.rps is 0")
-    return _target(rule, a["rps"] / b["rps"], threshold, True, None)
+    target = _target(rule, a["rps"] / b["rps"], threshold, True, None)
+    if a.get("cpu_us_per_req") and b.get("cpu_us_per_req"):
+        # The same comparison by CPU time per request: less swayed than req/s when other work shares the CPUs.
+        target["cpu_ratio"] = round(b["cpu_us_per_req"] / a["cpu_us_per_req"], 3)
+    return target
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
@@ -231,10 +235,17 @@ def markdown(results: dict[str, Any]) -> str:
             ]
     elif isinstance(half, dict):
         lines += ["", f"Half-rate latency: {half.get('skipped') or half.get('error')}"]
-    lines += ["", "| target | value | threshold | result |", "| --- | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "| target | value | threshold | result | same ratio by CPU µs/req |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
     for target in results["targets"].values():
         verdict = {True: "pass", False: "**MISSED**", None: f"not measured: {target.get('reason')}"}[target["pass"]]
-        lines.append(f"| `{target['rule']}` | {_cell(target['value'], 3)} | {target['threshold']:g} | {verdict} |")
+        lines.append(
+            f"| `{target['rule']}` | {_cell(target['value'], 3)} | {target['threshold']:g} | {verdict} "
+            f"| {_cell(target.get('cpu_ratio'), 3)} |"
+        )
     lines += [
         "",
         "CPU µs/req is the CPU time (user + system, from /proc/<pid>/stat) of the process under test divided by the",
