@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = bench.run()
     results = {
         "meta": report.meta(
-            config, started, load_before, shlex.join(["python", "-m", "bench", *(argv or sys.argv[1:])])
+            config, started, load_before, shlex.join([".venv/bin/python", "-m", "bench", *(argv or sys.argv[1:])])
         ),
         **scenarios,
     }

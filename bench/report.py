@@ -58,7 +58,8 @@ def _tool_version(command: list[str]) -> str:
         done = subprocess.run(command, capture_output=True, text=True, timeout=5, check=False)
     except OSError:
         return "not installed"
-    return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr).strip() else "unknown"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0].split(" Copyright")[0] if text else "unknown"
 
 
 def meta(config: Any, started: float, load_before: tuple[float, float, float], command: str) -> dict[str, Any]:
