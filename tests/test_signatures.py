@@ -213,12 +213,12 @@ def test_urls_outside_the_plain_grammar_go_to_the_library(monkeypatch: pytest.Mo
     request = httpx.Request("POST", "http://gw.example:8000/", content=b"{}")
     try:
         sign_request("POST", url, request.headers, b"{}", key_id="k1", private_key=key)
-    except Exception:
-        pytest.skip("the library will not sign this URL either")
+    except Exception:  # the library will not sign this URL: sign a plain one, then present this one
+        request = httpx.Request("POST", "http://gw.example:8000/", content=b"{}")
+        sign_request("POST", URL, request.headers, b"{}", key_id="k1", private_key=key)
     headers = list(request.headers.multi_items())
-    assert not signatures._verify_profile(
-        "POST", url, headers, b"{}", key.public_key(), parse_signature_params(headers)
-    )
+    params = parse_signature_params(headers)
+    assert not signatures._verify_profile("POST", url, headers, b"{}", key.public_key(), params)
     assert _outcome("POST", url, headers, b"{}", key) == _library_outcome(monkeypatch, "POST", url, headers, b"{}", key)
 
 
