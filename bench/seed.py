@@ -35,7 +35,7 @@ class BenchCaller:
     grant_id: str
 
 
-async def seed(settings: Settings) -> BenchCaller:
+async def seed(settings: Settings, service: str = SERVICE, operation: str = OPERATION) -> BenchCaller:
     """Migrate, then register the bench caller with a fresh key and a grant for every field of the operation."""
     await db.upgrade_async(settings)
     adapters = build_adapters(settings)
@@ -58,10 +58,10 @@ async def seed(settings: Settings) -> BenchCaller:
                 session,
                 GrantIn(
                     caller_id=CALLER,
-                    service=SERVICE,
-                    operation=OPERATION,
+                    service=service,
+                    operation=operation,
                     purpose=PURPOSE,
-                    fields=list(adapters[SERVICE].operations[OPERATION].fields),
+                    fields=list(adapters[service].operations[operation].fields),
                     valid_to=datetime.now(UTC) + timedelta(days=1),
                 ),
                 adapters,
