@@ -40,13 +40,21 @@ class GatewayApp(FastAPI):
     check; the endpoint needs none of it: `run_exchange` reads the raw body and answers every error itself. The
     route stays registered with FastAPI (OpenAPI, and the same endpoint answers whichever way it is reached); only
     a POST whose path matches that route's own pattern takes the short way, every other request the usual one.
+    Whatever FastAPI would add for the route (a dependency, a middleware) switches the short way off.
     """
 
     invoke_route: APIRoute | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.invoke_route
-        if route is not None and scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+        # Middleware added to the app must see every request, so it switches the short way off.
+        if (
+            route is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and not self.user_middleware
+        ):
             match = route.path_regex.match(scope["path"])
             if match is not None:
                 scope["app"] = self
@@ -54,6 +62,30 @@ class GatewayApp(FastAPI):
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def plain_invoke_route(app: FastAPI) -> APIRoute | None:
+    """The invoke route, if FastAPI would do nothing for it but call the endpoint with its two path parameters.
+
+    A dependency added to the route, its router or the app (a quota check, say) would be skipped by the short
+    way, so then there is none: every call goes through FastAPI (tests/test_fast_path.py fails to say so).
+    """
+    route = next((r for r in services.router.routes if isinstance(r, APIRoute) and r.endpoint is services.invoke), None)
+    if route is None or route.dependencies or services.router.dependencies or app.router.dependencies:
+        return None
+    dependant = route.dependant
+    extra = (
+        dependant.dependencies,
+        dependant.query_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.body_params,
+    )
+    if any(extra) or [param.name for param in dependant.path_params] != ["service", "operation"]:
+        return None
+    if route.methods != {"POST"}:
+        return None
+    return route
 
 
 def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -> FastAPI:
@@ -74,10 +106,8 @@ def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -
         docs_url="/docs",
         redoc_url=None,
     )
-    app.include_router(services.router)  # first and without a prefix: GatewayApp matches its invoke route directly
-    app.invoke_route = next(
-        route for route in services.router.routes if isinstance(route, APIRoute) and route.endpoint is services.invoke
-    )
+    app.include_router(services.router)  # first, without a prefix or dependencies: see plain_invoke_route
+    app.invoke_route = plain_invoke_route(app)
     app.include_router(admin.router)
     app.include_router(ops.router)
 

@@ -100,3 +100,38 @@ def test_request_path_and_target_uri_read_as_starlette_does(path: str, host: byt
     assert request_path(request) == request.url.path
     expected_host = request.headers.get("host") or "localhost"
     assert target_uri(request) == f"http://{expected_host}{path.encode().decode('latin-1')}?q=1"
+
+
+async def test_anything_fastapi_would_add_switches_the_short_way_off(tmp_path: Any) -> None:
+    from fastapi import Depends
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from gateway import db
+    from gateway.app import create_app, plain_invoke_route
+    from gateway.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    await db.upgrade_async(settings)
+    app = create_app(settings)
+    assert app.invoke_route is not None and plain_invoke_route(app) is app.invoke_route
+
+    route = app.invoke_route
+    original = list(route.dependencies)
+    route.dependencies.append(Depends(lambda: None))
+    try:
+        assert plain_invoke_route(app) is None, "a route dependency would be skipped"
+    finally:
+        route.dependencies[:] = original
+
+    async def tag(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers["x-middleware"] = "seen"
+        return response
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=tag)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            response = await client.post(INVOKE, content=body_for(DEMO_USCC))
+    assert response.status_code == 401
+    assert response.headers.get("x-middleware") == "seen", "the invoke call went through the app's middleware"
