@@ -27,7 +27,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# make bench QUICK=1: the same scenarios with short runs (under 90 s). Results: bench/results/latest.{json,md}.
 bench: $(STAMP)
+	bash bench/install-deps.sh
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:

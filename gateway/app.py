@@ -10,7 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
 from gateway import __version__
@@ -31,6 +33,62 @@ Every call is signed (RFC 9421, ed25519), allowed only inside a grant for its pu
 only the granted fields, and recorded in an encrypted, hash-chained audit log before the answer leaves.
 Errors are RFC 9457 problem+json with a stable `code`.
 """
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with the invoke route dispatched straight to its endpoint.
+
+    The invoke call is the one the platform makes hundreds of thousands of times. Profiling (docs/performance.md)
+    showed FastAPI's router, dependency solving and middleware costing about as much per request as the signature
+    check; the endpoint needs none of it: `run_exchange` reads the raw body and answers every error itself. The
+    route stays registered with FastAPI (OpenAPI, and the same endpoint answers whichever way it is reached); only
+    a POST whose path matches that route's own pattern takes the short way, every other request the usual one.
+    Whatever FastAPI would add for the route (a dependency, a middleware) switches the short way off.
+    """
+
+    invoke_route: APIRoute | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.invoke_route
+        # Middleware added to the app must see every request, so it switches the short way off.
+        if (
+            route is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and not self.user_middleware
+        ):
+            match = route.path_regex.match(scope["path"])
+            if match is not None:
+                scope["app"] = self
+                response = await services.invoke(Request(scope, receive, send), match["service"], match["operation"])
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def plain_invoke_route(app: FastAPI) -> APIRoute | None:
+    """The invoke route, if FastAPI would do nothing for it but call the endpoint with its two path parameters.
+
+    A dependency added to the route, its router or the app (a quota check, say) would be skipped by the short
+    way, so then there is none: every call goes through FastAPI (tests/test_fast_path.py fails to say so).
+    """
+    route = next((r for r in services.router.routes if isinstance(r, APIRoute) and r.endpoint is services.invoke), None)
+    if route is None or route.dependencies or services.router.dependencies or app.router.dependencies:
+        return None
+    dependant = route.dependant
+    extra = (
+        dependant.dependencies,
+        dependant.query_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.body_params,
+    )
+    if any(extra) or [param.name for param in dependant.path_params] != ["service", "operation"]:
+        return None
+    if route.methods != {"POST"}:
+        return None
+    return route
 
 
 def create_app(
@@ -54,7 +112,7 @@ def create_app(
             await app.state.sharing.close()
             await app.state.runtime.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="msjx-gateway",
         version=__version__,
         description=DESCRIPTION,
@@ -62,7 +120,8 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    app.include_router(services.router)
+    app.include_router(services.router)  # first, without a prefix or dependencies: see plain_invoke_route
+    app.invoke_route = plain_invoke_route(app)
     app.include_router(catalog.router)
     app.include_router(sharing.router)
     app.include_router(admin.router)

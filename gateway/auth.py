@@ -36,7 +36,8 @@ def target_uri(request: Request) -> str:
     scope = request.scope
     raw_path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string") or b""
-    host = request.headers.get("host") or "localhost"
+    # The first Host line, as request.headers.get("host") reads it, without building a Headers object.
+    host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "") or "localhost"
     uri = f"{scope.get('scheme', 'http')}://{host}{raw_path.decode('latin-1')}"
     return f"{uri}?{query.decode('latin-1')}" if query else uri
 

@@ -34,6 +34,8 @@ app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 
 T = TypeVar("T")
+# How `serve` runs uvicorn; `make bench` measures these (docs/performance.md), and its Python floor uses them too.
+SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False}
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="overrides MSJX_DATA_DIR (default: var)")]
 
 
@@ -127,10 +129,8 @@ def serve(
             create_app(settings, on_ready=on_ready),
             host=host,
             port=port,
-            loop="uvloop",
-            http="httptools",
             log_level=settings.log_level,
-            access_log=False,
+            **SERVER_OPTIONS,
         )
     finally:
         if simulators is not None:

@@ -40,8 +40,27 @@ class Exchange:
 Handler = Callable[[Exchange], Awaitable[tuple[int, bytes]]]
 
 
+def _declared_length(request: Request) -> str | None:
+    # The raw ASGI headers, not request.headers: Starlette builds a Headers object to answer one lookup.
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            return value.decode("latin-1")
+    return None
+
+
+def request_path(request: Request) -> str:
+    """`request.url.path`, without building the URL when the path holds nothing URL parsing would change."""
+    path: str = request.scope["path"]
+    if path.startswith("//") or any(char in path for char in _URL_SPECIAL):
+        return request.url.path
+    return path
+
+
+_URL_SPECIAL = frozenset("?#\\\t\r\n")
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    declared = request.headers.get("content-length")
+    declared = _declared_length(request)
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Problem(413, "body_too_large", "Request body is too large", f"the limit is {limit} bytes")
     chunks = []
@@ -79,11 +98,11 @@ async def run_exchange(
         status_code=0,
         client_addr=request.client.host if request.client else None,
         method=request.method,
-        path=request.url.path,
+        path=request_path(request),
         service=service,
         operation=operation,
     )
-    instance = request.url.path
+    instance = event.path
     try:
         body = await read_body(request)
         event.request_body = body

@@ -143,6 +143,14 @@ async def test_signature_outside_window_is_refused(gateway: RunningGateway, offs
     await _assert_refused_401(gateway, signed(gateway, gateway.platform, created=created), "signature_expired")
 
 
+@pytest.mark.parametrize("offset", [-200, 200])
+async def test_signature_inside_window_is_accepted(gateway: RunningGateway, offset: int) -> None:
+    # ±300 s is the gateway's window both ways: a client clock 200 s ahead is still in it.
+    created = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset)
+    response = await send(signed(gateway, gateway.platform, created=created))
+    assert response.status_code == 200, response.text
+
+
 async def test_signature_by_another_key_is_refused(gateway: RunningGateway) -> None:
     request = signed(gateway, gateway.platform, private_key=Ed25519PrivateKey.generate())
     await _assert_refused_401(gateway, request, "signature_invalid")

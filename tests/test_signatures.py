@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from security import signatures
 from security.signatures import SignatureFailure, check_created, parse_signature_params, sign_request, verify_request
 
 URL = "http://gw.example:8000/v1/services/credit/dishonest-debtor"
@@ -104,3 +107,177 @@ def test_clock_window(offset: int, ok: bool) -> None:
         with pytest.raises(SignatureFailure) as info:
             check_created(params, int(now))
         assert info.value.code == "signature_expired"
+
+
+# --- the direct path for the gateway's own profile must agree with http-message-signatures ------------------------
+
+
+def _outcome(method: str, url: str, headers: list[tuple[str, str]], body: bytes, key: Ed25519PrivateKey) -> str:
+    try:
+        verify_request(method, url, headers, body, key.public_key(), parse_signature_params(headers))
+    except SignatureFailure as failure:
+        return failure.code
+    return "ok"
+
+
+def _library_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    key: Ed25519PrivateKey,
+) -> str:
+    with monkeypatch.context() as patch:
+        patch.setattr(signatures, "_verify_profile", lambda *_args: False)
+        return _outcome(method, url, headers, body, key)
+
+
+def test_profile_requests_take_the_direct_path() -> None:
+    for body in (b'{"a":1}', b""):
+        request, key = make(body=body)
+        headers = list(request.headers.multi_items())
+        params = parse_signature_params(headers)
+        assert params.profile_params is not None
+        assert signatures._verify_profile("POST", URL, headers, body, key.public_key(), params)
+
+
+def _resigned(body: bytes, edit: Callable[[dict[str, str]], None], **kwargs: Any) -> tuple[list, Ed25519PrivateKey]:
+    request, key = make(body=body, **kwargs)
+    headers = dict(request.headers.multi_items())
+    edit(headers)
+    return list(headers.items()), key
+
+
+def _params(headers: dict[str, str], old: str, new: str) -> None:
+    headers["signature-input"] = headers["signature-input"].replace(old, new)
+
+
+def _created_last(value: str) -> str:
+    head, _, rest = value.partition(";created=")
+    created, _, others = rest.partition(";")
+    return f"{head};{others};created={created}"
+
+
+MUTATIONS: dict[str, Callable[[dict[str, str]], None]] = {
+    "untouched": lambda h: None,
+    "unknown parameter": lambda h: _params(h, ";created=", ";zz="),
+    "params reordered": lambda h: h.update({"signature-input": _created_last(h["signature-input"])}),
+    "extra parameter": lambda h: _params(h, ";keyid=", ';alg="ed25519";keyid='),
+    "token keyid": lambda h: _params(h, 'keyid="k1"', "keyid=k1"),
+    "second label": lambda h: h.update({"signature-input": h["signature-input"] + ', other=("@method");created=1'}),
+    "duplicate label": lambda h: h.update({"signature-input": h["signature-input"] + ", " + h["signature-input"]}),
+    "signature params": lambda h: h.update({"signature": h["signature"] + ";x=1"}),
+    "signature changed": lambda h: h.update({"signature": h["signature"].replace("msjx=:", "msjx=:AA", 1)}),
+    "signature unpadded": lambda h: h.update({"signature": h["signature"].replace("=:", ":")}),
+    "digest changed": lambda h: h.update({"content-digest": "sha-256=:" + "A" * 43 + "=:"}),
+    "digest sha-512": lambda h: h.update({"content-digest": "sha-512=:" + "A" * 86 + "==:"}),
+    "digest spaced": lambda h: h.update({"content-digest": "  " + h.get("content-digest", "") + " "}),
+    "component params": lambda h: _params(h, '"@method"', '"@method";req'),
+    "components reordered": lambda h: _params(h, '"@method" "@target-uri"', '"@target-uri" "@method"'),
+}
+
+
+@pytest.mark.parametrize("body", [b'{"a":1}', b""], ids=["body", "no-body"])
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_direct_path_agrees_with_the_library(monkeypatch: pytest.MonkeyPatch, mutation: str, body: bytes) -> None:
+    headers, key = _resigned(body, MUTATIONS[mutation])
+    for method, url in (("POST", URL), ("PUT", URL), ("POST", URL + "?q=1"), ("post", URL)):
+        ours = _outcome(method, url, headers, body, key)
+        assert ours == _library_outcome(monkeypatch, method, url, headers, body, key), (mutation, method, url)
+
+
+@pytest.mark.parametrize("offset", [3, 10, 200, 299])
+def test_created_ahead_within_the_window_verifies_both_ways(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    # A client clock up to 300 s ahead is inside the gateway's ±300 s window (check_created); neither path refuses it.
+    created = dt.datetime.fromtimestamp(int(time.time()) + offset, dt.UTC)
+    headers, key = _resigned(b"{}", MUTATIONS["untouched"], created=created)
+    assert _library_outcome(monkeypatch, "POST", URL, headers, b"{}", key) == "ok"
+    assert _outcome("POST", URL, headers, b"{}", key) == "ok"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user@gw.example:8000/v1/x",  # userinfo: the library drops it from @target-uri
+        "http://gw.example:8000",  # no path: the library signs "/"
+        "http://[::1]:8000/v1/x",
+        "http://gw.example:8000/v1/x#frag",
+        "http://gw.example:8000/v1/%zz",
+    ],
+)
+def test_urls_outside_the_plain_grammar_go_to_the_library(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    request = httpx.Request("POST", "http://gw.example:8000/", content=b"{}")
+    try:
+        sign_request("POST", url, request.headers, b"{}", key_id="k1", private_key=key)
+    except Exception:  # the library will not sign this URL: sign a plain one, then present this one
+        request = httpx.Request("POST", "http://gw.example:8000/", content=b"{}")
+        sign_request("POST", URL, request.headers, b"{}", key_id="k1", private_key=key)
+    headers = list(request.headers.multi_items())
+    params = parse_signature_params(headers)
+    assert not signatures._verify_profile("POST", url, headers, b"{}", key.public_key(), params)
+    assert _outcome("POST", url, headers, b"{}", key) == _library_outcome(monkeypatch, "POST", url, headers, b"{}", key)
+
+
+@pytest.mark.parametrize(
+    ("order", "nonce"),
+    [
+        (("created", "keyid", "nonce"), "abcdefgh12345678"),
+        (("nonce", "keyid", "created"), "abcdefgh12345678"),
+        (("keyid", "created", "nonce"), 'quote"and\\backslash'),
+    ],
+)
+def test_direct_path_builds_the_library_signature_base(
+    monkeypatch: pytest.MonkeyPatch, order: tuple[str, ...], nonce: str
+) -> None:
+    """Signed by hand in a parameter order and with characters the client never uses: both paths accept."""
+    import base64
+    import hashlib
+
+    key = Ed25519PrivateKey.generate()
+    body = b'{"a":1}'
+    digest = f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode()}:"
+    escaped = nonce.replace("\\", "\\\\").replace('"', '\\"')
+    values = {"created": str(int(time.time())), "keyid": '"k1"', "nonce": f'"{escaped}"'}
+    params = '("@method" "@target-uri" "content-digest")' + "".join(f";{name}={values[name]}" for name in order)
+    base = f'"@method": POST\n"@target-uri": {URL}\n"content-digest": {digest}\n"@signature-params": {params}'
+    signature = base64.b64encode(key.sign(base.encode())).decode()
+    headers = [("content-digest", digest), ("signature-input", f"msjx={params}"), ("signature", f"msjx=:{signature}:")]
+    assert _library_outcome(monkeypatch, "POST", URL, headers, body, key) == "ok"
+    assert signatures._verify_profile("POST", URL, headers, body, key.public_key(), parse_signature_params(headers))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'msjx=("@method" "@target-uri" "content-digest");created=1700000000;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");nonce="abcdefgh1234";created=1700000000;keyid="k1"',
+        'msjx=("@method" "@target-uri");created=01700000000;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;created=2;keyid="k1"',
+        'msjx=("@method" "@target-uri");created=1;keyid="";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k1";nonce="short"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k\\\\1";nonce="abcdefgh1234"',
+        'msjx=("@method"  "@target-uri");created=1;keyid="k1";nonce="abcdefgh1234"',
+        ' msjx=("@method" "@target-uri");created=1;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=-1;keyid="k1";nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid=k1;nonce="abcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k1";nonce="abcdefgh1234", x=("@method")',
+        'msjx=("@method" "@target-uri");created=1;keyid="k;1";nonce="a;bcdefgh1234"',
+        'msjx=("@method" "@target-uri");created=1;keyid="k=1";nonce="abcdefgh;created=2"',
+        'msjx=("@method" "@target-uri");keyid="k1";nonce="abcdefgh;keyid=x";created=0',
+    ],
+)
+def test_quick_parse_of_signature_input_agrees_with_http_sf(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    headers = [("signature-input", value), ("signature", "msjx=:AAAA:")]
+
+    def parsed() -> Any:
+        try:
+            return parse_signature_params(headers)
+        except SignatureFailure as failure:
+            return failure.code, failure.detail
+
+    quick = parsed()
+    with monkeypatch.context() as patch:
+        patch.setattr(signatures, "_parse_profile_input", lambda _value: None)
+        assert quick == parsed()

@@ -1,0 +1,456 @@
+"""`make bench`: every scenario in one run on this machine, the targets as ratios, results in bench/results/latest.*.
+
+Scenarios (the JSON keys): direct (wrk → credit simulator), nginx (wrk → nginx → simulator), bare_hop (wrk →
+FastAPI forwarder → simulator), gateway_sqlite and gateway_pg_redis (wrk → `msjx-gateway serve` → simulator,
+every request signed, nonce-checked, granted, minimized and audited), soap and audit (from bench.soap and
+bench.audit when those modules exist). Each reports rps, p50_ms, p99_ms, cpu_us_per_req (CPU time of the
+process under test per request, from /proc/<pid>/stat) and peak_rss_mb (its VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import signal
+import string
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import load as wrk
+from bench import procs, report
+from bench.procs import HOST, ROOT, Server, free_port
+
+RESULTS = ROOT / "bench" / "results"
+NGINX_TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
+INVOKE_PATH = "/v1/services/credit/dishonest-debtor"
+UPSTREAM_PATH = "/api/credit/v1/dishonest-debtors"
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    warmup: float
+    seconds: float
+    half_seconds: float
+    connections: int
+    only: frozenset[str]
+    profile: frozenset[str]
+    out_dir: Path
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Config:
+        warmup, seconds, half = (1.0, 3.0, 3.0) if args.quick else (3.0, 12.0, 10.0)
+        if args.seconds:
+            seconds = half = float(min(max(args.seconds, 1), 60))
+        return cls(
+            quick=args.quick,
+            warmup=warmup,
+            seconds=seconds,
+            half_seconds=half,
+            connections=min(max(args.connections, 1), 512),
+            only=frozenset(args.only.split(",")) if args.only else frozenset(),
+            profile=frozenset(args.profile.split(",")) if args.profile else frozenset(),
+            out_dir=Path(args.out_dir),
+        )
+
+    def wants(self, scenario: str) -> bool:
+        return not self.only or scenario in self.only
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+class Skipped(Exception):
+    """A scenario cannot run here; the reason goes into the JSON as {"skipped": reason}."""
+
+
+def figures(load: wrk.Load, cpu: tuple[float, float], rss_mb: float) -> dict[str, Any]:
+    user, system = cpu
+    result: dict[str, Any] = {
+        "rps": round(load.rps, 1),
+        "p50_ms": round(load.p50_ms, 3),
+        "p99_ms": round(load.p99_ms, 3),
+        "cpu_us_per_req": round(1e6 * (user + system) / load.requests, 1) if load.requests else None,
+        "peak_rss_mb": round(rss_mb, 1),
+        "cpu_system_share": round(system / (user + system), 2) if user + system else None,
+        "p90_ms": round(load.p90_ms, 3),
+        "max_ms": round(load.max_ms, 3),
+        "requests": load.requests,
+        "seconds": round(load.seconds, 2),
+        "errors": load.errors,
+    }
+    if load.exhausted:
+        result["exhausted"] = load.exhausted
+    return result
+
+
+class Bench:
+    def __init__(self, config: Config, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.results: dict[str, Any] = {}
+        self.upstream = ""
+        self.upstream_url = ""
+        self.uscc = ""
+        self.simulator: Server | None = None
+
+    # --- measuring --------------------------------------------------------------------------------------------
+
+    def measure(
+        self,
+        name: str,
+        url: str,
+        server: Server,
+        pool: Callable[[str, float, float], Path | None] | None = None,
+        *,
+        rate: float = 0.0,
+        seconds: float | None = None,
+        warmup: bool = True,
+        cycle: bool = False,
+    ) -> dict[str, Any]:
+        """Warm up, then load `url` for the scenario's time, reading the server's CPU time around the run.
+
+        `pool(label, expected_rps, seconds)` writes the requests wrk replays (None: wrk's own GET of `url`);
+        `cycle` lets wrk reuse them (for a server that checks no nonce).
+        """
+        seconds = seconds or self.config.seconds
+        expected = self._expected_rps(name, rate)
+        if warmup:
+            warm_pool = pool(f"{name}-warmup", expected, self.config.warmup) if pool else None
+            warm = wrk.run_wrk(
+                url,
+                seconds=self.config.warmup,
+                connections=self.config.connections,
+                requests_file=warm_pool,
+                cycle=cycle,
+                rate=rate,
+            )
+            expected = max(expected, warm.rps)
+            time.sleep(0.5)  # let requests cut off by the end of the warm-up drain
+        main_pool = pool(name, expected, seconds) if pool else None
+        cpu_before = procs.cpu_seconds(server.pids())
+        load = wrk.run_wrk(
+            url,
+            seconds=seconds,
+            connections=self.config.connections,
+            requests_file=main_pool,
+            cycle=cycle,
+            rate=rate,
+        )
+        cpu_after = procs.cpu_seconds(server.pids())
+        cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
+        result = figures(load, cpu, procs.peak_rss_mb(server.pids()))
+        if rate:
+            result["target_rate"] = round(rate, 1)
+        print(
+            f"  {name:<22} {result['rps']:>9,.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:7.2f} ms"
+            f"  cpu {result['cpu_us_per_req'] or 0:7.0f} µs/req ({100 * (result['cpu_system_share'] or 0):.0f}% sys)"
+            f"  rss {result['peak_rss_mb']:6.1f} MB"
+            f"  errors {result['errors']}",
+            flush=True,
+        )
+        if name in self.config.profile and not rate:
+            self.profile(name, url, server, pool, expected, seconds, cycle)
+        return result
+
+    def _expected_rps(self, name: str, rate: float) -> float:
+        if rate:
+            return rate
+        hop = self.results.get("bare_hop", {})
+        return float(hop.get("rps", 3000.0)) if isinstance(hop, dict) else 3000.0
+
+    def profile(
+        self,
+        name: str,
+        url: str,
+        server: Server,
+        pool: Callable[[str, float, float], Path | None] | None,
+        expected: float,
+        seconds: float,
+        cycle: bool = False,
+    ) -> None:
+        """An extra run under py-spy (never the measured one: sampling takes CPU from a 2-core machine)."""
+        from bench import profile
+
+        collapsed = self.config.out_dir / f"profile-{name}.txt"
+        requests_file = pool(f"{name}-profile", expected, seconds) if pool else None
+        spy = profile.start(server.pid, seconds, collapsed)
+        try:
+            wrk.run_wrk(
+                url, seconds=seconds, connections=self.config.connections, requests_file=requests_file, cycle=cycle
+            )
+        finally:
+            try:
+                _, err = spy.communicate(timeout=seconds + 30)
+            except Exception:
+                spy.kill()
+                raise
+        if not collapsed.exists():
+            print(f"  py-spy wrote nothing: {err.decode(errors='replace')[-500:]}", flush=True)
+            return
+        summary = self.config.out_dir / f"profile-{name}.md"
+        summary.write_text(f"# py-spy profile of {name}\n\n" + profile.summarize(collapsed), encoding="utf-8")
+        print(f"  profile: {shown(summary)} (collapsed stacks: {collapsed.name})", flush=True)
+
+    # --- scenarios --------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from simulators.enterprises import DEMO_LISTED_USCC
+
+        self.uscc = DEMO_LISTED_USCC
+        port = free_port()
+        self.upstream = f"http://{HOST}:{port}"
+        self.upstream_url = f"{self.upstream}{UPSTREAM_PATH}?tyshxydm={self.uscc}"
+        command = [sys.executable, "-m", "simulators.credit", "--host", HOST, "--port", str(port)]
+        with Server("simulator", command, self.upstream_url, log_dir=self.workdir) as simulator:
+            self.simulator = simulator
+            for name, scenario in (
+                ("direct", self.direct),
+                ("nginx", self.nginx),
+                ("bare_hop", self.bare_hop),
+                ("gateway_sqlite", self.gateway_sqlite),
+                ("gateway_pg_redis", self.gateway_pg_redis),
+            ):
+                if self.config.wants(name):
+                    self.results[name] = self._guarded(name, scenario)
+        for name in ("soap", "audit"):
+            if self.config.wants(name):
+                self.results[name] = self._guarded(name, lambda name=name: self.module_scenario(name))
+        return self.results
+
+    def _guarded(self, name: str, scenario: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        print(f"{name}:", flush=True)
+        try:
+            return scenario()
+        except Skipped as skipped:
+            print(f"  skipped: {skipped}", flush=True)
+            return {"skipped": str(skipped)}
+        except Exception as exc:  # one broken scenario must not cost the others their figures
+            traceback.print_exc()
+            return {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+
+    def direct(self) -> dict[str, Any]:
+        assert self.simulator is not None
+        return self.measure("direct", self.upstream_url, self.simulator)
+
+    def nginx(self) -> dict[str, Any]:
+        binary = shutil.which("nginx") or next(
+            (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(path).exists()), None
+        )
+        if binary is None:
+            raise Skipped("nginx is not installed (apt-get install -y nginx-light; `make bench` does it)")
+        prefix = self.workdir / "nginx"
+        prefix.mkdir()
+        prefix.chmod(0o755)  # nginx's workers may run as another user and need their temp directories
+        port = free_port()
+        upstream_port = self.upstream.rsplit(":", 1)[1]
+        conf = string.Template(NGINX_TEMPLATE.read_text()).substitute(
+            prefix=prefix, port=port, upstream_port=upstream_port
+        )
+        (prefix / "nginx.conf").write_text(conf)
+        url = f"http://{HOST}:{port}{UPSTREAM_PATH}?tyshxydm={self.uscc}"
+        command = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
+        with Server("nginx", command, url, log_dir=self.workdir) as server:
+            return self.measure("nginx", url, server)
+
+    def bare_hop(self) -> dict[str, Any]:
+        from bench.presign import Presigner
+        from bench.seed import PURPOSE
+
+        port = free_port()
+        command = [sys.executable, "-m", "bench.hop", "--upstream", self.upstream, "--port", str(port)]
+        with Server("bare_hop", command, f"http://{HOST}:{port}/healthz", log_dir=self.workdir) as server:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            # The very requests the gateway gets, signature headers and all; the hop ignores them.
+            signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, self.body(PURPOSE), "hop.0", Ed25519PrivateKey.generate())
+            requests_file = signer.write(self.workdir / "bare_hop.requests", 1000)
+            return self.measure("bare_hop", f"http://{HOST}:{port}/", server, lambda *_: requests_file, cycle=True)
+
+    def body(self, purpose: str) -> bytes:
+        return orjson.dumps({"purpose": purpose, "params": {"uscc": self.uscc}})
+
+    def gateway_sqlite(self) -> dict[str, Any]:
+        data_dir = self.workdir / "gateway-sqlite"
+        result = self._gateway("gateway_sqlite", data_dir, {})
+        return result
+
+    def gateway_pg_redis(self) -> dict[str, Any]:
+        from bench import seed
+
+        try:
+            database_url = asyncio.run(seed.create_database())
+        except Exception as exc:  # no server, no rights: say so rather than invent figures
+            raise Skipped(f"PostgreSQL at {seed.DATABASE_URL} unusable: {type(exc).__name__}: {exc}") from None
+        try:
+            try:
+                asyncio.run(seed.check_redis())
+            except Exception as exc:
+                raise Skipped(f"Redis at {seed.REDIS_URL} unusable: {type(exc).__name__}: {exc}") from None
+            env = {"database_url": database_url, "redis_url": seed.REDIS_URL}
+            return self._gateway("gateway_pg_redis", self.workdir / "gateway-pg", env)
+        finally:
+            asyncio.run(seed.drop_database(database_url))
+
+    def _gateway(self, name: str, data_dir: Path, backend: dict[str, str]) -> dict[str, Any]:
+        from bench import seed
+        from bench.presign import Presigner
+        from gateway.settings import Settings
+
+        settings = Settings(
+            data_dir=data_dir,
+            upstream_urls={"credit": self.upstream},
+            database_url=backend.get("database_url"),
+            redis_url=backend.get("redis_url"),
+            log_level="warning",
+        )
+        caller = asyncio.run(seed.seed(settings))
+        port = free_port()
+        env = {name: value for name, value in os.environ.items() if not name.startswith("MSJX_")}
+        env |= {
+            "MSJX_DATA_DIR": str(data_dir),
+            "MSJX_UPSTREAM_URLS": json.dumps({"credit": self.upstream}),
+            "MSJX_LOG_LEVEL": "warning",
+        }
+        if backend:
+            env |= {"MSJX_DATABASE_URL": backend["database_url"], "MSJX_REDIS_URL": backend["redis_url"]}
+        command = [sys.executable, "-m", "gateway.cli", "serve", "--host", HOST, "--port", str(port)]
+        signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, self.body(seed.PURPOSE), caller.key_id, caller.private_key)
+
+        def pool(label: str, expected_rps: float, seconds: float) -> Path:
+            # Enough fresh nonces for a run 30 % faster than expected; a run that still runs out is reported.
+            count = int(expected_rps * seconds * 1.3) + 2000
+            return signer.write(self.workdir / f"{label}.requests", count)
+
+        url = f"http://{HOST}:{port}/"
+        try:
+            with Server(name, command, f"http://{HOST}:{port}/healthz", log_dir=self.workdir, env=env) as server:
+                result = self.measure(name, url, server, pool)
+                if name == "gateway_sqlite" and self.config.wants("half_rate"):
+                    self.results["half_rate"] = self._guarded(
+                        "half_rate", lambda: self.half_rate(url, server, pool, result, settings, caller.caller_id)
+                    )
+            # Every answered call of every run (warm-ups included) left its record: proof the full path ran.
+            result["audit_records"] = asyncio.run(seed.audit_counts(settings, caller.caller_id))
+            print(f"  audit records by decision: {result['audit_records']}", flush=True)
+            return result
+        finally:
+            if backend:
+                with contextlib.suppress(Exception):
+                    asyncio.run(seed.forget_nonces(caller.key_id))
+
+    def half_rate(
+        self,
+        url: str,
+        server: Server,
+        pool: Callable[[str, float, float], Path],
+        full: dict[str, Any],
+        settings: Any,
+        caller_id: str,
+    ) -> dict[str, Any]:
+        """The gateway and the upstream alone, both paced to half the gateway's maximum rate: the added latency."""
+        from bench import seed
+
+        assert self.simulator is not None
+        if full.get("errors") or not full.get("rps"):
+            raise Skipped("the gateway_sqlite run had errors, so its maximum rate is unknown")
+        rate = full["rps"] / 2
+        seconds = self.config.half_seconds
+        since_ms = int(time.time() * 1000)
+        gateway = self.measure("half_rate.gateway", url, server, pool, rate=rate, seconds=seconds, warmup=False)
+        # Where the gateway's time goes, from its own audit records of this run (the answer waits for the commit).
+        gateway["inside"] = asyncio.run(seed.audit_timings(settings, caller_id, since_ms, int(time.time() * 1000)))
+        direct = self.measure(
+            "half_rate.direct", self.upstream_url, self.simulator, rate=rate, seconds=seconds, warmup=False
+        )
+        return {
+            "rate": round(rate, 1),
+            "gateway_sqlite": gateway,
+            "direct": direct,
+            "added_p50_ms": round(gateway["p50_ms"] - direct["p50_ms"], 3),
+            "added_p99_ms": round(gateway["p99_ms"] - direct["p99_ms"], 3),
+        }
+
+    def module_scenario(self, name: str) -> dict[str, Any]:
+        """bench.<name>.run(quick) when that module exists (written with the issue that builds its feature)."""
+        if importlib.util.find_spec(f"bench.{name}") is None:
+            raise Skipped(f"bench/{name}.py does not exist yet (its issue has not landed)")
+        module = importlib.import_module(f"bench.{name}")
+        outcome = module.run(self.config.quick)
+        if not isinstance(outcome, dict):
+            raise ValueError(f"bench.{name}.run returned {type(outcome).__name__}, not a dict")
+        return outcome
+
+
+# --- entry point --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every `with Server(...)` stops its process and temp files go."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 s warm-up and 3 s runs (the whole bench < 90 s)")
+    parser.add_argument("--seconds", type=float, default=0, help="seconds per measured run (default 12; quick 3)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run (default: all)")
+    parser.add_argument("--profile", default="", help="comma-separated scenarios to also sample with py-spy")
+    parser.add_argument("--out-dir", default=str(RESULTS), help="where latest.json and latest.md go")
+    args = parser.parse_args(argv)
+    config = Config.from_args(args)
+    if wrk.wrk_path() is None:
+        print("error: wrk is not installed: apt-get install -y wrk (`make bench` installs it)", file=sys.stderr)
+        return 2
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_before = os.getloadavg()
+    print(
+        f"msjx-gateway bench ({'quick' if config.quick else 'full'}): {config.connections} connections, "
+        f"{config.warmup:g} s warm-up, {config.seconds:g} s runs; load average {load_before[0]:.2f}",
+        flush=True,
+    )
+    with _terminate_cleanly(), tempfile.TemporaryDirectory(prefix="msjx-bench-") as tmp:
+        bench = Bench(config, Path(tmp))
+        scenarios = bench.run()
+    results = {
+        "meta": report.meta(
+            config, started, load_before, shlex.join([".venv/bin/python", "-m", "bench", *(argv or sys.argv[1:])])
+        ),
+        **scenarios,
+    }
+    results["targets"] = report.targets(results)
+    json_path = config.out_dir / "latest.json"
+    md_path = config.out_dir / "latest.md"
+    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    md_path.write_text(report.markdown(results), encoding="utf-8")
+    print()
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"written: {shown(json_path)}, {shown(md_path)}")
+    return 0

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what `make bench` needs from Debian when it is missing: wrk (the load generator) and nginx (the C floor).
+# nginx is Debian's core package: on bookworm nginx-light is only nginx plus an echo module that proxy_pass does
+# not need, and trixie has no nginx-light. The package must not start a server on port 80, so the install runs
+# under a policy-rc.d that forbids starting services (kept if one is already there).
+set -euo pipefail
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if [[ "$(id -u)" != 0 ]]; then
+  echo "make bench needs: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  made_policy=1
+fi
+trap 'if [[ $made_policy == 1 ]]; then rm -f "$policy"; fi' EXIT
+echo "installing ${missing[*]} (apt-get)" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

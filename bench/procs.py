@@ -1,0 +1,144 @@
+"""Processes of the benchmark: free ports, servers started and stopped by their own handles, CPU and RSS from /proc.
+
+Every child gets PR_SET_PDEATHSIG, so even a harness killed with SIGKILL leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (nginx's workers), from /proc/<pid>/task/*/children."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU time of the processes, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    user = system = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces; skip past it
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def peak_rss_mb(pids: Sequence[int]) -> float:
+    """Sum of the processes' peak resident set (VmHWM), in MiB."""
+    total_kb = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kb += int(line.split()[1])
+                    break
+    return total_kb / 1024
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded in time
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{url}: the process exited with {process.returncode}\n{tail}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} was not ready within {seconds:g} s")
+
+
+class Server:
+    """A server the bench starts; `with` stops it (SIGTERM, then SIGKILL after 10 s) by its own handle."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        ready_url: str,
+        *,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        ready_seconds: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.ready_url = ready_url
+        self.log = log_dir / f"{name}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.ready_seconds = ready_seconds
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        try:
+            wait_ready(self.ready_url, self.process, self.ready_seconds, self.log)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def pids(self) -> list[int]:
+        """This server's process and its direct children (nginx's workers)."""
+        return [self.pid, *child_pids(self.pid)]
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

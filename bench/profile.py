@@ -1,0 +1,106 @@
+"""Sample a running server with py-spy and say where its CPU goes: top functions by own and by inclusive time.
+
+Used by `python -m bench --profile SCENARIO` (py-spy must be installed: `.venv/bin/pip install py-spy`).
+The collapsed stacks are kept beside the summary, for flame graphs (e.g. speedscope, inferno).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+_FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+# Leaves where py-spy samples a thread that only waits (aiosqlite's worker blocked on its queue).
+IDLE_LEAVES = ("_connection_worker_thread (aiosqlite/core.py:59)",)
+# A sample belongs to the first component met walking from the leaf towards the root.
+COMPONENTS = (
+    ("signature check (security/signatures.py)", "security/signatures.py"),
+    ("authentication: key, nonce (gateway/auth.py, state.py)", ("gateway/auth.py", "gateway/state.py", "redis/")),
+    ("audit: build, chain, commit (gateway/audit.py)", ("gateway/audit.py", "security/audit_chain.py")),
+    ("audit: SQLite thread", "_connection_worker_thread"),
+    ("database drivers (sqlalchemy, aiosqlite, asyncpg)", ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
+    ("directory snapshot (gateway/directory.py)", "gateway/directory.py"),
+    ("adapter: aiohttp client", ("aiohttp/", "yarl/", "multidict/")),
+    ("adapter: translation, validation (adapters/, schemas/)", ("adapters/", "schemas/")),
+    ("invoke route (gateway/routes/services.py)", "gateway/routes/services.py"),
+    ("exchange (gateway/exchange.py, problems.py)", ("gateway/exchange.py", "gateway/problems.py")),
+    ("app dispatch (gateway/app.py)", "gateway/app.py"),
+    ("pydantic", "pydantic"),
+    ("FastAPI", "fastapi/"),
+    ("Starlette", "starlette/"),
+    ("uvicorn (HTTP server)", "uvicorn/"),
+    ("event loop (uvloop)", "Runner.run"),
+)
+
+
+def py_spy() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    tool = py_spy()
+    if tool is None:
+        raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
+    command = [tool, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "250"]
+    command += ["--format", "raw", "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _short(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if not match:
+        return frame.strip()
+    path = match["file"]
+    for marker in ("site-packages/", "/wt-7/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{match['function']} ({path})"
+
+
+def _component(raw_frames: list[str]) -> str:
+    for frame in reversed(raw_frames):
+        for label, markers in COMPONENTS:
+            if any(marker in frame for marker in ((markers,) if isinstance(markers, str) else markers)):
+                return label
+    return "other"
+
+
+def summarize(collapsed: Path, top: int = 25) -> str:
+    """Markdown: share of busy samples per component, and per function by own time and including callees."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    components: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        raw = [frame for frame in stack.split(";") if frame]
+        if not raw or raw[-1].strip() in IDLE_LEAVES:
+            continue
+        frames = [_short(frame) for frame in raw]
+        components[_component(raw)] += count
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} busy samples (250 Hz; a thread waiting on its queue is not counted)", ""]
+    lines += ["| share % | component (the first met from the leaf) |", "| ---: | --- |"]
+    lines += [f"| {100 * n / total:.1f} | {name} |" for name, n in components.most_common()]
+    lines += ["", "| own % | function |", "| ---: | --- |"]
+    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in own.most_common(top)]
+    lines += ["", "| inclusive % | function |", "| ---: | --- |"]
+    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in inclusive.most_common(top * 2)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(summarize(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 25))

@@ -1,0 +1,258 @@
+"""The bench's results: machine and run metadata, each target as a ratio with pass/fail, and the readable table."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.procs import ROOT
+
+SCENARIOS = ("direct", "nginx", "bare_hop", "gateway_sqlite", "gateway_pg_redis", "soap", "audit")
+RSS_LIMIT_MB = 250.0
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' (with uncommitted changes)' if dirty else ''}"
+
+
+def _versions() -> str:
+    names = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "orjson", "cryptography")
+    found = []
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{name} {importlib.metadata.version(name)}")
+    return ", ".join(found)
+
+
+def _tool_version(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return "not installed"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0].split(" Copyright")[0] if text else "unknown"
+
+
+def meta(config: Any, started: float, load_before: tuple[float, float, float], command: str) -> dict[str, Any]:
+    return {
+        "command": command,
+        "quick": config.quick,
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "commit": _commit(),
+        "load": {
+            "tool": _tool_version(["wrk", "-v"]),
+            "nginx": _tool_version(["nginx", "-v"]),
+            "connections": config.connections,
+            "threads": 1,
+            "warmup_s": config.warmup,
+            "run_s": config.seconds,
+            "half_rate_run_s": config.half_seconds,
+        },
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "cpu": _cpu_model(),
+            "os": platform.platform(),
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "libraries": _versions(),
+            "load_average_before": [round(value, 2) for value in load_before],
+            "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        },
+    }
+
+
+def _measured(results: dict[str, Any], name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The scenario's figures if they can be trusted, else why not."""
+    scenario = results.get(name)
+    if not isinstance(scenario, dict):
+        return None, f"{name} did not run"
+    if "skipped" in scenario:
+        return None, f"{name} skipped: {scenario['skipped']}"
+    if "error" in scenario:
+        return None, f"{name} failed: {scenario['error']}"
+    if scenario.get("errors"):
+        return None, f"{name} had {scenario['errors']} failed requests"
+    if scenario.get("exhausted"):
+        return None, f"{name} ran out of pre-signed requests"
+    return scenario, None
+
+
+def _target(rule: str, value: float | None, threshold: float, at_least: bool, reason: str | None) -> dict[str, Any]:
+    if value is None:
+        return {"rule": rule, "value": None, "threshold": threshold, "pass": None, "reason": reason}
+    passed = value >= threshold if at_least else value <= threshold
+    return {"rule": rule, "value": round(value, 3), "threshold": threshold, "pass": passed}
+
+
+def _ratio(results: dict[str, Any], top: str, bottom: str, threshold: float) -> dict[str, Any]:
+    rule = f"{top}.rps / {bottom}.rps >= {threshold}"
+    a, why_a = _measured(results, top)
+    b, why_b = _measured(results, bottom)
+    if a is None or b is None or not b.get("rps"):
+        return _target(rule, None, threshold, True, why_a or why_b or f"{bottom}.rps is 0")
+    target = _target(rule, a["rps"] / b["rps"], threshold, True, None)
+    if a.get("cpu_us_per_req") and b.get("cpu_us_per_req"):
+        # The same comparison by CPU time per request: less swayed than req/s when other work shares the CPUs.
+        target["cpu_ratio"] = round(b["cpu_us_per_req"] / a["cpu_us_per_req"], 3)
+    return target
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each a ratio or a bound computed from this run's own figures."""
+    out = {
+        "gateway_vs_bare_hop": _ratio(results, "gateway_sqlite", "bare_hop", 0.8),
+        "gateway_vs_direct": _ratio(results, "gateway_sqlite", "direct", 0.4),
+        "pg_redis_vs_sqlite": _ratio(results, "gateway_pg_redis", "gateway_sqlite", 0.7),
+    }
+    half = results.get("half_rate")
+    reason = None
+    if not isinstance(half, dict) or "added_p50_ms" not in half:
+        reason = (
+            "half_rate did not run" if not isinstance(half, dict) else str(half.get("skipped") or half.get("error"))
+        )
+    elif half["gateway_sqlite"].get("errors") or half["direct"].get("errors"):
+        reason = "the half-rate runs had failed requests"
+    for key, bound in (("added_p50_ms", 1.5), ("added_p99_ms", 5.0)):
+        rule = f"half_rate.{key} <= {bound} (gateway_sqlite minus direct, both at half the gateway's maximum rate)"
+        value = None if reason or not isinstance(half, dict) else float(half[key])
+        out[f"half_rate_{key}"] = _target(rule, value, bound, False, reason)
+    peaks = []
+    why = []
+    for name in ("gateway_sqlite", "gateway_pg_redis"):
+        scenario, problem = _measured(results, name)
+        if scenario is None:
+            why.append(problem)
+        else:
+            peaks.append(scenario["peak_rss_mb"])
+    rule = f"max(gateway_sqlite, gateway_pg_redis).peak_rss_mb <= {RSS_LIMIT_MB:g}"
+    out["peak_rss"] = _target(rule, max(peaks) if peaks else None, RSS_LIMIT_MB, False, "; ".join(filter(None, why)))
+    if peaks and why:
+        out["peak_rss"]["note"] = "; ".join(filter(None, why))
+    return out
+
+
+# --- markdown -----------------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _row(name: str, scenario: Any) -> str:
+    if not isinstance(scenario, dict):
+        return f"| {name} | not run | | | | | | |"
+    for state in ("skipped", "error"):
+        if state in scenario:
+            return f"| {name} | {state}: {str(scenario[state])[:160]} | | | | | | |"
+    if "rps" not in scenario:  # a module scenario with figures of its own
+        shown = ", ".join(f"{key} {_cell(value)}" for key, value in scenario.items() if not isinstance(value, dict))
+        return f"| {name} | {shown} | | | | | | |"
+    return (
+        f"| {name} | {_cell(scenario['rps'], 0)} | {_cell(scenario['p50_ms'], 2)} | {_cell(scenario['p99_ms'], 2)} "
+        f"| {_cell(scenario['cpu_us_per_req'], 0)} | {_cell(scenario['peak_rss_mb'])} | "
+        f"{_cell(scenario.get('requests'))} | {_cell(scenario.get('errors'))} |"
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    info = results["meta"]
+    machine = info["machine"]
+    lines = [
+        "# Benchmark: the latest run",
+        "",
+        f"Run {info['started_at']} ({info['duration_s']:.0f} s, {'quick' if info['quick'] else 'full'}) on commit "
+        f"{info['commit']} with:",
+        "",
+        "```",
+        info["command"],
+        "```",
+        "",
+        f"- machine: {machine['cpus']} CPUs, {machine['cpu']}; {machine['os']}; {machine['python']}",
+        f"- load average before/after: {machine['load_average_before']} / {machine['load_average_after']}",
+        f"- load: {info['load']['tool']}, 1 thread, {info['load']['connections']} connections, "
+        f"{info['load']['warmup_s']:g} s warm-up then {info['load']['run_s']:g} s; {info['load']['nginx']}",
+        f"- {machine['libraries']}",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | requests | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [_row(name, results.get(name)) for name in SCENARIOS]
+    half = results.get("half_rate")
+    if isinstance(half, dict) and "rate" in half:
+        lines += [
+            "",
+            f"At half the gateway's maximum rate ({half['rate']:,.0f} req/s, paced, "
+            f"{info['load']['half_rate_run_s']:g} s each): added latency p50 {half['added_p50_ms']:.2f} ms, "
+            f"p99 {half['added_p99_ms']:.2f} ms.",
+            "",
+            "| paced run | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | requests | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            _row("gateway_sqlite", half["gateway_sqlite"]),
+            _row("direct", half["direct"]),
+        ]
+        inside = half["gateway_sqlite"].get("inside") or {}
+        if inside:
+            lines += [
+                "",
+                f"Inside the gateway at that rate (its audit records): arrival to audit queued p50 "
+                f"{inside['duration_p50_ms']:.2f} ms / p99 {inside['duration_p99_ms']:.2f} ms, of which the upstream "
+                f"call p50 {inside['upstream_p50_ms']:.2f} ms / p99 {inside['upstream_p99_ms']:.2f} ms; the rest of "
+                "a client's wait is the audit commit and the HTTP hops.",
+            ]
+    elif isinstance(half, dict):
+        lines += ["", f"Half-rate latency: {half.get('skipped') or half.get('error')}"]
+    lines += [
+        "",
+        "| target | value | threshold | result | same ratio by CPU µs/req |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for target in results["targets"].values():
+        verdict = {True: "pass", False: "**MISSED**", None: f"not measured: {target.get('reason')}"}[target["pass"]]
+        lines.append(
+            f"| `{target['rule']}` | {_cell(target['value'], 3)} | {target['threshold']:g} | {verdict} "
+            f"| {_cell(target.get('cpu_ratio'), 3)} |"
+        )
+    lines += [
+        "",
+        "CPU µs/req is the CPU time (user + system, from /proc/<pid>/stat) of the process under test divided by the",
+        "requests it answered: the simulator for `direct`, nginx's master and worker for `nginx`, the forwarder or",
+        "the gateway otherwise. Peak RSS is that process's VmHWM. wrk, the simulator and the process under test",
+        "share the machine's CPUs: compare rows of one run with each other, not with another machine's.",
+        "",
+    ]
+    return "\n".join(lines)

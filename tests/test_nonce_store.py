@@ -1,0 +1,59 @@
+"""The Redis nonce store sends the claims of one loop turn in one pipeline; each nonce is still granted once."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.state import MemoryNonceStore, RedisNonceStore, connect_redis
+from tests.conftest import check_redis
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[RedisNonceStore]:
+    url = await check_redis()
+    store = RedisNonceStore(connect_redis(url))
+    yield store
+    await store.close()
+
+
+async def test_same_nonce_claimed_concurrently_is_granted_once(store: RedisNonceStore) -> None:
+    key_id = f"test.{secrets.token_hex(6)}"
+    results = await asyncio.gather(*(store.claim(key_id, "nonce-0001", 30) for _ in range(20)))
+    assert sorted(results) == [False] * 19 + [True]
+    assert await store.claim(key_id, "nonce-0001", 30) is False
+
+
+async def test_distinct_nonces_in_one_pipeline_are_all_granted(store: RedisNonceStore) -> None:
+    key_id = f"test.{secrets.token_hex(6)}"
+    results = await asyncio.gather(*(store.claim(key_id, f"nonce-{i:04d}", 30) for i in range(200)))
+    assert results == [True] * 200
+    again = await asyncio.gather(store.claim(key_id, "nonce-0007", 30), store.claim(key_id, "nonce-9999", 30))
+    assert again == [False, True]
+
+
+async def test_same_nonce_under_another_key_is_another_claim(store: RedisNonceStore) -> None:
+    first, second = f"test.{secrets.token_hex(6)}", f"test.{secrets.token_hex(6)}"
+    assert await asyncio.gather(store.claim(first, "shared-nonce", 30), store.claim(second, "shared-nonce", 30)) == [
+        True,
+        True,
+    ]
+
+
+async def test_unreachable_redis_fails_every_waiter() -> None:
+    store = RedisNonceStore(connect_redis("redis://127.0.0.1:1/0"))
+    try:
+        outcomes = await asyncio.gather(
+            *(store.claim("k", f"nonce-{i:04d}", 30) for i in range(5)), return_exceptions=True
+        )
+    finally:
+        await store.close()
+    assert all(isinstance(outcome, Exception) for outcome in outcomes), outcomes
+
+
+async def test_memory_store_grants_once() -> None:
+    store = MemoryNonceStore()
+    assert [await store.claim("k", "n-000001", 30) for _ in range(2)] == [True, False]
