@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, ops, services
+from gateway.routes import admin, audit, ops, services
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
@@ -50,6 +50,7 @@ def create_app(settings: Settings, adapters: dict[str, Adapter] | None = None) -
     )
     app.include_router(services.router)
     app.include_router(admin.router)
+    app.include_router(audit.router)
     app.include_router(ops.router)
 
     @app.exception_handler(Problem)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -26,10 +27,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit_files import AuditFileError, digest_suite, file_digest, scan, verify_file
 from gateway.models import AUDIT_COLUMNS, AuditArchive, AuditCheckpoint, AuditRecord, AuditSigner
 from gateway.settings import Settings
-from security.audit_chain import GENESIS_HASH, ChainFault, ChainReport, ChainVerifier
-from security.audit_chain import record_hash as chain_record_hash
+from security.audit_chain import (
+    GENESIS_HASH,
+    HASH_FIELD,
+    PREV_FIELD,
+    ChainFault,
+    ChainReport,
+    ChainVerifier,
+    drop_empty_optional,
+    hasher_for,
+)
 from security.checkpoints import Checkpoint, TrustedKeys, sign_checkpoint, signer_key_id
-from security.crypto import SUITE_NAMES, DecryptionError, get_suite
+from security.crypto import SUITE_NAMES, DecryptionError, NonceSequence, get_suite
 from security.keyring import KeyRing, now_ms
 from security.keys import (
     KeyFormatError,
@@ -50,6 +59,16 @@ STRING_LIMITS = {
     for column in AUDIT_TABLE.columns
     if isinstance(column.type, String) and column.type.length
 }
+# Rows as the verifier likes them: keys in sorted order (so the canonical JSON needs no sort), the hash last.
+READ_COLUMNS = (*sorted(name for name in AUDIT_COLUMNS if name != HASH_FIELD), HASH_FIELD)
+# Columns a caller can fill with anything (paths, key ids, header values): checked on every record.
+LIMITED_COLUMNS = tuple(
+    (name, limit)
+    for name, limit in STRING_LIMITS.items()
+    if name not in ("chain_id", "record_id", "request_id", "subject_hash", "suite", "data_key_id", "target_id")
+    and name not in ("prev_hash", "record_hash", "request_digest", "response_digest")
+)
+ROW_VALUES = operator.itemgetter(*AUDIT_COLUMNS)
 SQLITE_INSERT = (  # column names come from the model, never from input
     f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"  # noqa: S608
 )
@@ -143,6 +162,11 @@ class AuditWriter:
         self.keyring = keyring
         self.suite = suite or keyring.suite
         self._suite = get_suite(self.suite)
+        self._hasher = hasher_for(self.suite)
+        self._nonces = NonceSequence()
+        # Record ids: a random prefix per writer and a counter, unique across nodes and restarts without a syscall each.
+        self._id_prefix = secrets.token_hex(8)
+        self._sequence = 0
         self._signer = signer
         self._checkpoint_every = checkpoint_every
         self._checkpoint_ms = int(checkpoint_seconds * 1000)
@@ -165,6 +189,8 @@ class AuditWriter:
     # --- life cycle ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.suite not in {row.suite for row in self.keyring.rows() if row.kind == "data" and not row.destroyed}:
+            await self.keyring.rotate([self.suite])  # the first data key of a suite the ring has not used yet
         await self._load_head()
         if self._signer is not None:
             await self._register_signer()
@@ -253,32 +279,34 @@ class AuditWriter:
         suite = self._suite
         data_key = self.keyring.current(self.suite)
         index_key = self.keyring.index_key
-        record_id = secrets.token_hex(16)
+        self._sequence += 1
+        record_id = f"{self._id_prefix}{self._sequence:016x}"
         aad = f"{self.chain_id}/{record_id}".encode()
+        nonces = self._nonces
         request_body, response_body = event.request_body, event.response_body
-        return {
+        row = {
             "chain_id": self.chain_id,
             "record_id": record_id,
             "ts_ms": self._clock(),
-            "event": _clean(event.event, "event"),
-            "caller_id": _clean(event.caller_id, "caller_id"),
-            "department": _clean(event.department, "department"),
-            "roles": _clean(",".join(event.roles), "roles") or None,
-            "key_id": _clean(event.key_id, "key_id"),
-            "client_addr": _clean(event.client_addr, "client_addr"),
+            "event": event.event,
+            "caller_id": event.caller_id,
+            "department": event.department,
+            "roles": ",".join(event.roles) or None,
+            "key_id": event.key_id,
+            "client_addr": event.client_addr,
             "request_id": event.request_id,
-            "method": _clean(event.method, "method"),
-            "path": _clean(event.path, "path"),
-            "service": _clean(event.service, "service"),
-            "operation": _clean(event.operation, "operation"),
-            "purpose": _clean(event.purpose, "purpose"),
-            "grant_id": _clean(event.grant_id, "grant_id"),
+            "method": event.method,
+            "path": event.path,
+            "service": event.service,
+            "operation": event.operation,
+            "purpose": event.purpose,
+            "grant_id": event.grant_id,
             "subject_hash": suite.keyed_hash(index_key, event.subject) if event.subject else None,
-            "decision": _clean(event.decision, "decision"),
-            "reason_code": _clean(event.reason_code, "reason_code"),
+            "decision": event.decision,
+            "reason_code": event.reason_code,
             "fields": ",".join(event.fields) or None,
             "status_code": event.status_code,
-            "upstream_status": _clean(event.upstream_status, "upstream_status"),
+            "upstream_status": event.upstream_status,
             "duration_us": event.duration_us,
             "upstream_us": event.upstream_us,
             "request_size": len(request_body),
@@ -286,17 +314,27 @@ class AuditWriter:
             # Keyed: a plain hash of a small body could be reversed by guessing the USCC in it.
             "request_digest": suite.keyed_hash(index_key, request_body),
             "response_digest": suite.keyed_hash(index_key, response_body),
-            "request_payload": suite.seal(data_key.secret, request_body, aad + b"/request") if request_body else None,
+            "request_payload": (
+                suite.seal(data_key.secret, request_body, aad + b"/request", nonces.next()) if request_body else None
+            ),
             "response_payload": (
-                suite.seal(data_key.secret, response_body, aad + b"/response")
+                suite.seal(data_key.secret, response_body, aad + b"/response", nonces.next())
                 if response_body and event.store_response
                 else None
             ),
             "suite": self.suite,
             "data_key_id": data_key.key_id,
-            "target_id": _clean(event.target_id, "target_id"),
-            "reason": _clean(event.reason, "reason"),
         }
+        for name, limit in LIMITED_COLUMNS:
+            value = row[name]
+            if value is not None and (len(value) > limit or "\x00" in value):
+                row[name] = _clean(value, name)
+        # Officer columns only when set: empty ones stay out of the canonical bytes, as for older records.
+        if event.target_id is not None:
+            row["target_id"] = _clean(event.target_id, "target_id")
+        if event.reason is not None:
+            row["reason"] = _clean(event.reason, "reason")
+        return row
 
     async def append(self, event: AuditEvent) -> dict[str, Any]:
         """Return the committed row; raise AuditUnavailable if it could not be made durable."""
@@ -359,14 +397,18 @@ class AuditWriter:
                 await self._load_head()
                 self._resync = False
             height, head = self.height, self.head
+            hasher = self._hasher
             rows = []
             for row, _ in batch:
                 height += 1
                 row["height"] = height
                 row["prev_hash"] = head
-                head = chain_record_hash(head, row)
+                head = hasher.hash_row(head, row)
                 row["record_hash"] = head
                 rows.append(row)
+            for row in rows:  # every column present for the insert; empty optional ones were left out of the hash
+                row.setdefault("target_id", None)
+                row.setdefault("reason", None)
             checkpoint = None
             if self._signer is not None and height - self.sealed_height >= self._checkpoint_every:
                 checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock())
@@ -390,7 +432,7 @@ class AuditWriter:
                 future.set_result(row)
 
     async def _insert(self, rows: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
-        records = [tuple(row[name] for name in AUDIT_COLUMNS) for row in rows]
+        records = [ROW_VALUES(row) for row in rows]
         if self._postgres:
             async with self._engine.connect() as connection:
                 raw = await connection.get_raw_connection()
@@ -402,7 +444,10 @@ class AuditWriter:
                         await driver.execute(CHECKPOINT_INSERT_PG, *_checkpoint_values(checkpoint))
             return
         async with self._engine.begin() as connection:
-            await connection.exec_driver_sql(SQLITE_INSERT, records)
+            # The driver's executemany directly: SQLAlchemy's parameter handling would cost more than the insert.
+            raw = await connection.get_raw_connection()
+            assert raw.driver_connection is not None
+            await raw.driver_connection.executemany(SQLITE_INSERT, records)
             if checkpoint is not None:
                 await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
 
@@ -510,8 +555,8 @@ def read_witness(path: Path) -> list[Checkpoint]:
 async def iter_chain(
     engine: AsyncEngine, chain_id: str, page: int = 5000, after: int = 0
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """A chain's rows in height order, a page at a time, as plain dicts of every column."""
-    columns = [AUDIT_TABLE.c[name] for name in AUDIT_COLUMNS]
+    """A chain's rows in height order, a page at a time, as dicts ready for the verifier (see `READ_COLUMNS`)."""
+    columns = [AUDIT_TABLE.c[name] for name in READ_COLUMNS]
     while True:
         async with engine.connect() as connection:
             result = await connection.execute(
@@ -520,7 +565,7 @@ async def iter_chain(
                 .order_by(AUDIT_TABLE.c.height)
                 .limit(page)
             )
-            rows = [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in result]
+            rows = [drop_empty_optional(dict(zip(READ_COLUMNS, row, strict=True))) for row in result]
         if not rows:
             return
         yield rows
@@ -558,18 +603,15 @@ async def list_archives(engine: AsyncEngine, chain_id: str) -> list[dict[str, An
         return [dict(row._mapping) for row in result]
 
 
-async def fetch_row(engine: AsyncEngine, chain_id: str, column: str, value: Any) -> dict[str, Any] | None:
-    columns = [AUDIT_TABLE.c[name] for name in AUDIT_COLUMNS]
+async def fetch_row(engine: AsyncEngine, chain_id: str | None, column: str, value: Any) -> dict[str, Any] | None:
+    """The first row (of `chain_id`, or of any chain) whose `column` equals `value`."""
+    columns = [AUDIT_TABLE.c[name] for name in READ_COLUMNS]
+    query = select(*columns).where(AUDIT_TABLE.c[column] == value)
+    if chain_id is not None:
+        query = query.where(AUDIT_TABLE.c.chain_id == chain_id)
     async with engine.connect() as connection:
-        row = (
-            await connection.execute(
-                select(*columns)
-                .where(AUDIT_TABLE.c.chain_id == chain_id, AUDIT_TABLE.c[column] == value)
-                .order_by(AUDIT_TABLE.c.height)
-                .limit(1)
-            )
-        ).first()
-    return dict(zip(AUDIT_COLUMNS, row, strict=True)) if row is not None else None
+        row = (await connection.execute(query.order_by(AUDIT_TABLE.c.height).limit(1))).first()
+    return drop_empty_optional(dict(zip(READ_COLUMNS, row, strict=True))) if row is not None else None
 
 
 async def get_record(engine: AsyncEngine, record_id: str) -> dict[str, Any] | None:
@@ -646,6 +688,7 @@ async def verify_chain_db(
         checkpoints=checkpoints,
         trusted=trusted,
         sealed_height=sealed,
+        presorted=True,
     )
     async for rows in iter_chain(engine, chain_id, page=page, after=start_height - 1):
         if not verifier.feed(rows):
@@ -653,7 +696,10 @@ async def verify_chain_db(
     found: dict[tuple[str, str], dict[str, Any] | None] = {}
     if verifier.failure is not None:
         for column, value in verifier.failure.lookups:
-            found[(column, value)] = await fetch_row(engine, chain_id, column, value)
+            row = await fetch_row(engine, chain_id, column, value)
+            if row is None and column == PREV_FIELD and value != GENESIS_HASH:
+                row = await fetch_row(engine, None, column, value)  # moved to another chain by a changed chain_id
+            found[(column, value)] = row
     report = verifier.finish(lambda column, value: found.get((column, value)))
     return replace(report, records=report.records + archived_records, archives=len(archives), notes=tuple(notes))
 

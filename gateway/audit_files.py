@@ -127,7 +127,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def decode_record(item: dict[str, Any]) -> dict[str, Any]:
-    row = dict(item)
+    row = item
     row.pop("type", None)
     for name in BYTES_COLUMNS:
         value = row.get(name)

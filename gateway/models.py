@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -116,8 +117,18 @@ class AuditRecord(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     record_hash: Mapped[str] = mapped_column(String(64))
     # Officer actions: the record acted on and the stated reason (empty for exchanges, and then left out of the hash).
-    target_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    target_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    # Partial: only officer actions have a target, so exchanges pay nothing for this index.
+    __table_args__ = (
+        Index(
+            "ix_audit_records_target_id",
+            "target_id",
+            sqlite_where=text("target_id IS NOT NULL"),
+            postgresql_where=text("target_id IS NOT NULL"),
+        ),
+    )
 
 
 class AuditCheckpoint(Base):

@@ -35,7 +35,7 @@ Finder = Callable[[str, str], Mapping[str, Any] | None]
 
 
 class _RecordHasher:
-    """Hashes records of one suite; the hot loop of verification, so it avoids copies."""
+    """Hashes records of one suite. `hash_row` is the hot loop of verification and of the writer: no copies."""
 
     def __init__(self, suite_name: str) -> None:
         suite = get_suite(suite_name)
@@ -43,6 +43,8 @@ class _RecordHasher:
         prefix = suite.hash_name + ":"
 
         def payload_digest(value: Any) -> str:
+            if type(value) is bytes:
+                return prefix + new_hash(value).hexdigest()
             if isinstance(value, bytes | bytearray | memoryview):
                 return prefix + new_hash(bytes(value)).hexdigest()
             raise TypeError(f"audit records hold no {type(value).__name__} values")
@@ -50,20 +52,30 @@ class _RecordHasher:
         self._default = payload_digest
         self._new_hash = new_hash
 
-    def canonical(self, record: dict[str, Any]) -> bytes:
-        # The record is borrowed: fields left out are popped and put back, cheaper than copying 37 columns.
-        own_hash = record.pop(HASH_FIELD, _ABSENT)
-        removed = [(name, record.pop(name)) for name in OPTIONAL_FIELDS if name in record and record[name] is None]
-        try:
-            return orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=self._default)
-        finally:
-            for name, value in removed:
-                record[name] = value
-            if own_hash is not _ABSENT:
-                record[HASH_FIELD] = own_hash
+    def canonical(self, record: Mapping[str, Any]) -> bytes:
+        body = {
+            name: value
+            for name, value in record.items()
+            if name != HASH_FIELD and not (value is None and name in OPTIONAL_FIELDS)
+        }
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=self._default)
 
-    def hash(self, prev_hash: str, record: dict[str, Any]) -> str:
+    def hash(self, prev_hash: str, record: Mapping[str, Any]) -> str:
         return self._new_hash(bytes.fromhex(prev_hash) + self.canonical(record)).hexdigest()
+
+    def hash_row(self, prev_hash: str, row: dict[str, Any], presorted: bool = False) -> str:
+        """Like `hash`, for a row that holds no empty optional field (see `drop_empty_optional`).
+
+        The row is borrowed: its record_hash is taken out while the rest is serialized, then put back.
+        `presorted` rows (keys already in sorted order, as the database reader builds them) skip the sort.
+        """
+        own = row.pop(HASH_FIELD, _ABSENT)
+        try:
+            data = orjson.dumps(row, option=0 if presorted else orjson.OPT_SORT_KEYS, default=self._default)
+        finally:
+            if own is not _ABSENT:
+                row[HASH_FIELD] = own
+        return self._new_hash(bytes.fromhex(prev_hash) + data).hexdigest()
 
 
 _ABSENT = object()
@@ -77,14 +89,27 @@ def _hasher(suite_name: str) -> _RecordHasher:
     return hasher
 
 
+def hasher_for(suite_name: str) -> _RecordHasher:
+    """The record hasher of a suite (raises SuiteUnavailable for an unknown one)."""
+    return _hasher(suite_name)
+
+
+def drop_empty_optional(row: dict[str, Any]) -> dict[str, Any]:
+    """Remove optional fields that are None, in place: the form `hash_row` expects."""
+    for name in OPTIONAL_FIELDS:
+        if name in row and row[name] is None:
+            del row[name]
+    return row
+
+
 def canonical_bytes(record: Mapping[str, Any]) -> bytes:
     """Sorted-key compact JSON of every field but the record's own hash: the same bytes on every node and database."""
-    return _hasher(str(record.get("suite", "standard"))).canonical(dict(record))
+    return _hasher(str(record.get("suite", "standard"))).canonical(record)
 
 
 def record_hash(prev_hash: str, record: Mapping[str, Any]) -> str:
     """H(prev_hash ‖ canonical bytes) under the record's suite; raises SuiteUnavailable for an unknown suite."""
-    return _hasher(str(record.get("suite", "standard"))).hash(prev_hash, dict(record))
+    return _hasher(str(record.get("suite", "standard"))).hash(prev_hash, record)
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,12 @@ class _Walk:
             return self.fault(height, "inserted", f"a second record claims height {height}")
         if height > expected:
             moved = self.lookup(PREV_FIELD, prev)
+            if moved is not None and moved.get("chain_id") != self.chain_id:
+                return self.fault(
+                    expected,
+                    "changed",
+                    f"the record that follows height {expected - 1} now claims chain {moved.get('chain_id')!r}",
+                )
             if moved is not None and int(moved["height"]) == expected:
                 return self.fault(expected, "reordered", f"the record of height {expected} is stored out of order")
             if moved is not None:
@@ -225,7 +256,8 @@ class ChainVerifier:
 
     `checkpoints` are checked at their heights: with `trusted` keys each must carry a valid signature; without,
     only their head hashes are compared. `sealed_height` is the height already covered by a trusted signature
-    before this walk starts (an archive's last checkpoint).
+    before this walk starts (an archive's last checkpoint). `presorted` promises rows whose keys are in sorted
+    order (the database reader builds them so), which saves sorting each one.
     """
 
     def __init__(
@@ -237,8 +269,10 @@ class ChainVerifier:
         checkpoints: Iterable[Checkpoint] = (),
         trusted: TrustedKeys | None = None,
         sealed_height: int | None = None,
+        presorted: bool = False,
     ) -> None:
         self.chain_id = chain_id
+        self.presorted = presorted
         self.start_height = start_height
         self.trusted = trusted
         self._by_height: dict[int, list[Checkpoint]] = {}
@@ -272,17 +306,26 @@ class ChainVerifier:
         if self.fault is not None:
             return False
         expected, prev, by_height, hashers = self.expected, self.prev, self._by_height, _HASHERS
+        presorted = self.presorted
+        last_suite: Any = _ABSENT
+        last_hasher: _RecordHasher | None = None
         try:
             for row in iterator:
+                if row.get("target_id", 0) is None or row.get("reason", 0) is None:
+                    drop_empty_optional(row)
                 if row["height"] == expected and row[PREV_FIELD] == prev:
                     suite = row.get("suite")
-                    hasher = hashers.get(suite) if isinstance(suite, str) else None
-                    if hasher is None:
-                        try:
-                            hasher = _hasher(str(suite))
-                        except SuiteUnavailable:
-                            hasher = None
-                    if hasher is not None and hasher.hash(prev, row) == row[HASH_FIELD]:
+                    if suite == last_suite:
+                        hasher = last_hasher
+                    else:
+                        hasher = hashers.get(suite) if isinstance(suite, str) else None
+                        if hasher is None:
+                            try:
+                                hasher = _hasher(str(suite))
+                            except SuiteUnavailable:
+                                hasher = None
+                        last_suite, last_hasher = suite, hasher
+                    if hasher is not None and hasher.hash_row(prev, row, presorted) == row[HASH_FIELD]:
                         prev = row[HASH_FIELD]
                         self.count += 1
                         if expected in by_height:

@@ -37,7 +37,10 @@ def upgrade() -> None:
     with op.batch_alter_table('audit_records', schema=None) as batch_op:
         batch_op.add_column(sa.Column('target_id', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('reason', sa.Text(), nullable=True))
-        batch_op.create_index(batch_op.f('ix_audit_records_target_id'), ['target_id'], unique=False)
+        batch_op.create_index(
+            'ix_audit_records_target_id', ['target_id'], unique=False,
+            sqlite_where=sa.text('target_id IS NOT NULL'), postgresql_where=sa.text('target_id IS NOT NULL'),
+        )
 
     op.create_table('audit_checkpoints',
     sa.Column('chain_id', sa.String(length=64), nullable=False),
@@ -108,6 +111,6 @@ def downgrade() -> None:
     op.drop_table('audit_keys')
     op.drop_table('audit_checkpoints')
     with op.batch_alter_table('audit_records', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_audit_records_target_id'))
+        batch_op.drop_index('ix_audit_records_target_id')
         batch_op.drop_column('reason')
         batch_op.drop_column('target_id')
