@@ -196,7 +196,7 @@ class AuditWriter:
             await self._register_signer()
             if self.height > self.sealed_height:
                 # Seal what a crash (or a stop without shutdown) left unsigned before anything new is added.
-                await self._checkpoint()
+                await self.checkpoint()
         self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self.chain_id}")
         if self._signer is not None:
             self._ticker = asyncio.create_task(self._tick(), name=f"audit-checkpoints-{self.chain_id}")
@@ -375,10 +375,10 @@ class AuditWriter:
                 if batch:
                     await self._commit(batch)
                 if tick and self._checkpoint_due():
-                    await self._checkpoint()
+                    await self.checkpoint()
                 if close:
                     if self._signer is not None and self.height > self.sealed_height:
-                        await self._checkpoint()
+                        await self.checkpoint()
                     return
             finally:
                 for _ in range(taken):
@@ -451,8 +451,8 @@ class AuditWriter:
             if checkpoint is not None:
                 await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
 
-    async def _checkpoint(self) -> Checkpoint | None:
-        """Sign the current head in a transaction of its own."""
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""
         if self._signer is None or self.height == 0:
             return None
         checkpoint = sign_checkpoint(self._signer, self.chain_id, self.height, self.head, self._clock())
@@ -838,7 +838,7 @@ async def open_payload(keyring: KeyRing, row: Mapping[str, Any], part: str) -> b
     sealed = row.get(f"{part}_payload")
     if sealed is None:
         return None
-    key = await keyring.get(str(row["data_key_id"]))
+    key = await keyring.get(str(row["data_key_id"]), fresh=True)
     if key.suite != row["suite"]:
         raise DecryptionError(f"record names suite {row['suite']}, but key {key.key_id} is {key.suite}")
     aad = f"{row['chain_id']}/{row['record_id']}/{part}".encode()

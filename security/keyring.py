@@ -207,10 +207,11 @@ class KeyRing:
             raise KeyRingError("the index key is missing or destroyed; subject hashes cannot be computed")
         return self._index_key
 
-    async def get(self, key_id: str) -> DataKey:
-        """The data key `key_id`, re-reading the store on a miss; PayloadShredded if it was destroyed."""
+    async def get(self, key_id: str, *, fresh: bool = False) -> DataKey:
+        """The data key `key_id`, re-reading the store on a miss (or first, if `fresh`: a destruction anywhere is then
+        seen at once); PayloadShredded if it was destroyed."""
         row = self._rows.get(key_id)
-        if row is None or (key_id not in self._secrets and not row.destroyed):
+        if fresh or row is None or (key_id not in self._secrets and not row.destroyed):
             await self.refresh()
             row = self._rows.get(key_id)
         if row is None or row.kind != "data":
