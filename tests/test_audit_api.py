@@ -283,3 +283,36 @@ async def test_openapi_documents_the_audit_routes(gateway: RunningGateway) -> No
     for path in ("/v1/audit/records/{record_id}", "/v1/audit/verify", "/v1/audit/checkpoints"):
         assert "get" in spec["paths"][path]
     assert "AuditRecordOut" in spec["components"]["schemas"]
+
+
+async def test_switching_to_the_sm_suite_keeps_one_chain_that_verifies(gateway: RunningGateway) -> None:
+    from gateway.audit import AuditWriter, load_signer, witness_path
+
+    runtime, settings = gateway.runtime, gateway.settings
+    answers = []
+    for suite in ("standard", "sm"):
+        if suite == "sm":  # what a restart with MSJX_CRYPTO_SUITE=sm does to the audit writer
+            await runtime.audit.close()
+            runtime.audit = AuditWriter(
+                runtime.engine,
+                chain_id=settings.node_id,
+                keyring=runtime.keyring,
+                suite="sm",
+                signer=load_signer(settings),
+                witness_path=witness_path(settings, settings.node_id),
+            )
+            await runtime.audit.start()
+        answer = await _call(gateway, DEMO_LISTED_USCC)
+        assert answer.status_code == 200, answer.text
+        answers.append((suite, answer))
+    records = [await _record_by_request(gateway, answer.headers["x-request-id"]) for _, answer in answers]
+    assert [record["suite"] for record in records] == ["standard", "sm"]
+    assert records[1]["data_key_id"].startswith("dk-sm-") and records[1]["height"] > records[0]["height"]
+    found = (await _officer_get(gateway, "/v1/audit/records", subject=DEMO_LISTED_USCC)).json()["records"]
+    assert {r["suite"] for r in found} == {"standard", "sm"}, "one search finds the subject under both suites"
+    async with gateway.client(gateway.officer) as officer:
+        for record, (_, answer) in zip(records, answers, strict=True):
+            read = await officer.post(f"/v1/audit/records/{record['record_id']}/payload", json={"reason": REASON})
+            assert read.status_code == 200 and read.json()["response"] == answer.json()
+    status = (await _officer_get(gateway, "/v1/audit/verify")).json()
+    assert status["ok"], status

@@ -251,3 +251,21 @@ async def test_key_ring_in_the_database_and_legacy_key_files(backend: str, tmp_p
         await ring.refresh()
         assert ring.current("sm").key_id == rotated.key_id
         assert {row.kind for row in ring.rows()} == {"data", "index"}
+
+
+def test_settings_refuse_short_retention_and_never_echo_a_bad_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("MSJX_AUDIT_RETENTION_DAYS", "90")
+    with pytest.raises(SettingsError, match="MSJX_AUDIT_RETENTION_DAYS"):
+        load_settings()
+    monkeypatch.delenv("MSJX_AUDIT_RETENTION_DAYS")
+    monkeypatch.setenv("MSJX_MASTER_KEY", "c2VjcmV0LWJ1dC1zaG9ydA==")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value).startswith("MSJX_MASTER_KEY:") and "c2VjcmV0" not in str(error.value)
+    monkeypatch.setenv("MSJX_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    monkeypatch.setenv("MSJX_CRYPTO_SUITE", "sm")
+    settings = load_settings()
+    assert settings.crypto_suite == "sm" and settings.master_key is not None
+    assert settings.master_key.get_secret_value() not in repr(settings)

@@ -172,3 +172,38 @@ async def test_a_writer_killed_mid_write_leaves_a_chain_that_verifies(store: Sto
     finally:
         await writer.close()
     assert (await verify(store))[CHAIN].ok
+
+
+async def test_two_nodes_write_their_own_chains_side_by_side(tmp_path: Path) -> None:
+    import base64
+
+    from gateway import db
+    from gateway.audit import trusted_keys
+    from gateway.settings import load_settings
+
+    master = base64.b64encode(os.urandom(32)).decode()
+    async with audit_store("postgres", tmp_path / "node-1", master_key=master) as first:
+        second_settings = load_settings(
+            data_dir=tmp_path / "node-2", database_url=first.settings.database_url, master_key=master
+        )
+        second = Store(second_settings, db.create_engine(second_settings), "postgres")
+        try:
+            one = await open_writer(first, chain_id="node-1", every=10)
+            two = await open_writer(second, chain_id="node-2", every=10)
+            try:
+                await asyncio.gather(*[w.append(event(i)) for i in range(40) for w in (one, two)])
+                assert one.subject_hash("91110000600037341L") == two.subject_hash("91110000600037341L")
+            finally:
+                await one.close()
+                await two.close()
+            node_two_key = tmp_path / "node-2.pub.pem"
+            node_two_key.write_bytes((second_settings.keys_dir / "audit-signing.pub.pem").read_bytes())
+            both = await verify(first, trusted=trusted_keys(first.settings, [node_two_key]))
+            assert {chain: report.records for chain, report in both.items()} == {"node-1": 40, "node-2": 40}
+            assert all(report.ok for report in both.values())
+            only_own = await verify(first)
+            assert only_own["node-1"].ok
+            fault = only_own["node-2"].fault
+            assert fault is not None and fault.kind == "rehashed" and "not a trusted key" in fault.detail
+        finally:
+            await second.engine.dispose()
