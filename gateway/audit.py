@@ -132,12 +132,6 @@ def _clean(value: str | None, name: str) -> str | None:
     return value[:limit] if limit is not None and len(value) > limit else value
 
 
-class _Tick:
-    pass
-
-
-_TICK = _Tick()
-_CLOSE = _Tick()
 Pending = tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]
 
 
@@ -174,7 +168,11 @@ class AuditWriter:
         self._witness_path = witness_path
         self._batch_max = batch_max
         self._clock = clock
-        self._queue: asyncio.Queue[Pending | _Tick] = asyncio.Queue()
+        # Appends wait here; the writer task takes them a batch at a time (a list swap, no per-item queue calls).
+        self._pending: list[Pending] = []
+        self._wakeup = asyncio.Event()
+        self._tick_due = False
+        self._close_requested = False
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
@@ -208,7 +206,8 @@ class AuditWriter:
         self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
-        self._queue.put_nowait(_CLOSE)
+        self._close_requested = True
+        self._wakeup.set()
         try:
             await self._task
         except asyncio.CancelledError:
@@ -347,42 +346,32 @@ class AuditWriter:
             log.error("audit record could not be sealed: %s", self.last_error)
             raise AuditUnavailable("the audit record could not be sealed") from None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((row, future))
+        self._pending.append((row, future))
+        self._wakeup.set()
         return await future
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self._tick_seconds)
-            self._queue.put_nowait(_TICK)
+            self._tick_due = True
+            self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
-            item = await self._queue.get()
-            batch: list[Pending] = []
-            taken, tick, close = 1, False, False
-            while True:
-                if item is _TICK:
-                    tick = True
-                elif item is _CLOSE:
-                    close = True
-                else:
-                    batch.append(item)  # type: ignore[arg-type]
-                if len(batch) >= self._batch_max or self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-                taken += 1
-            try:
-                if batch:
-                    await self._commit(batch)
-                if tick and self._checkpoint_due():
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._batch_max]
+                del self._pending[: self._batch_max]
+                await self._commit(batch)
+            if self._tick_due:
+                self._tick_due = False
+                if self._checkpoint_due():
                     await self.checkpoint()
-                if close:
-                    if self._signer is not None and self.height > self.sealed_height:
-                        await self.checkpoint()
-                    return
-            finally:
-                for _ in range(taken):
-                    self._queue.task_done()
+            if self._close_requested and not self._pending:
+                if self._signer is not None and self.height > self.sealed_height:
+                    await self.checkpoint()
+                return
 
     def _checkpoint_due(self) -> bool:
         return (
