@@ -7,7 +7,7 @@ from 512 concurrent tasks in one process, and counts records whose commit was co
 records per wall-clock second, `append_*_cpu_rps` records per CPU-second this process used (all its threads;
 PostgreSQL's own work is not in it), which is what one core would do on a machine nobody else is using.
 Verification rates are the chain walk over rows already in memory (hashing every record and ciphertext), per
-CPU-second on one core; the `verify_db_*` rates add reading the rows from the database (wall clock).
+CPU-second on one core, best of three runs; the `verify_db_*` rates add reading the rows from the database (wall clock).
 Results go to bench/results/audit.json.
 `run(quick)` returns the same flat figures for `make bench`.
 """
@@ -139,16 +139,22 @@ async def _verify(settings: Any, suite: str) -> dict[str, float]:
     """Chain walk over the rows the append run wrote: in memory (one core), and straight from the database."""
     from gateway import db
     from gateway.audit import iter_chain, verify_all
-    from security.audit_chain import verify_chain
+    from security.audit_chain import ChainVerifier
 
     engine = db.create_engine(settings)
     try:
         chain = f"bench-{suite}"
         rows = [row async for page in iter_chain(engine, chain) for row in page]
-        started = time.process_time()
-        report = verify_chain(chain, rows)
-        cpu = time.process_time() - started
-        assert report.ok, str(report.fault)
+        best = float("inf")
+        for _ in range(3):  # best of three: the walk is CPU-bound, so the fastest run is the least disturbed one
+            borrowed = [dict(row) for row in rows]
+            started = time.process_time()
+            verifier = ChainVerifier(chain, presorted=True)  # rows as the database reader builds them
+            verifier.feed(borrowed)
+            report = verifier.finish()
+            best = min(best, time.process_time() - started)
+            assert report.ok, str(report.fault)
+        cpu = best
         started_wall = time.perf_counter()
         reports = await verify_all(engine, chains=[chain])
         wall = time.perf_counter() - started_wall

@@ -690,7 +690,13 @@ async def verify_chain_db(
                 row = await fetch_row(engine, None, column, value)  # moved to another chain by a changed chain_id
             found[(column, value)] = row
     report = verifier.finish(lambda column, value: found.get((column, value)))
-    return replace(report, records=report.records + archived_records, archives=len(archives), notes=tuple(notes))
+    return replace(
+        report,
+        records=report.records + archived_records,
+        archives=len(archives),
+        notes=tuple(notes),
+        start_height=1 if archives and not notes else report.start_height,  # archives verified: from genesis
+    )
 
 
 def _anchor_problem(anchor: list[Checkpoint], archive: Mapping[str, Any], trusted: TrustedKeys | None) -> str | None:

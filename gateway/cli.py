@@ -275,12 +275,11 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _run_engine(settings: Settings, work: Callable[[Any], Awaitable[T]], *, migrate: bool = True) -> T:
+def _run_engine(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(engine)` on a fresh engine (after migrating), disposing of it afterwards."""
     from gateway import db
 
-    if migrate:
-        db.upgrade(settings)
+    db.upgrade(settings)
 
     async def main() -> T:
         engine = db.create_engine(settings)
@@ -381,7 +380,7 @@ def audit_verify(
             skip_archives=skip_archives,
         )
 
-    reports = _run_engine(settings, work, migrate=False)
+    reports = _run_engine(settings, work)
     if not reports:
         typer.echo("no audit records yet")
         return
