@@ -5,7 +5,9 @@ Run `.venv/bin/python -m bench.audit` (about 2 minutes; `--quick` about 30 s). E
 in WAL with synchronous=FULL, PostgreSQL with synchronous_commit on; checkpoints signed every 1,000 records)
 from 512 concurrent tasks in one process, and counts records whose commit was confirmed: `append_*_rps` is
 records per wall-clock second, `append_*_cpu_rps` records per CPU-second this process used (all its threads;
-PostgreSQL's own work is not in it), which is what one core would do on a machine nobody else is using.
+PostgreSQL's own work is not in it), which is what one core would do on a machine nobody else is using;
+`append_ceiling_*_cpu_rps` is the same with the insert replaced by nothing (sealing, digests, hashing and the
+hand-off alone): the most one Python process could append whatever the database.
 Verification rates are the chain walk over rows already in memory (hashing every record and ciphertext), per
 CPU-second on one core, best of three runs; the `verify_db_*` rates add reading the rows from the database (wall clock).
 Results go to bench/results/audit.json.
@@ -84,7 +86,7 @@ def _event(index: int) -> Any:
     )
 
 
-async def _writer(settings: Any, suite: str) -> tuple[Any, Any]:
+async def _writer(settings: Any, suite: str, chain: str = "bench") -> tuple[Any, Any]:
     from gateway import db
     from gateway.audit import AuditWriter
     from gateway.audit_keys import open_keyring
@@ -94,7 +96,7 @@ async def _writer(settings: Any, suite: str) -> tuple[Any, Any]:
     keyring = await open_keyring(settings, engine)
     writer = AuditWriter(
         engine,
-        chain_id=f"bench-{suite}",
+        chain_id=f"{chain}-{suite}",
         keyring=keyring,
         suite=suite,
         signer=generate_ed25519(),
@@ -119,6 +121,26 @@ async def _append(settings: Any, suite: str, records: int) -> dict[str, float]:
             "cpu_rps": records / cpu,
             "batch": records / max(writer.batches - batches_before, 1),
         }
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
+async def _ceiling(settings: Any, suite: str, records: int) -> float:
+    """Records per CPU-second with the database insert replaced by nothing: the cost of sealing, digests,
+    hashing and the hand-off to the writer alone, i.e. the most one Python process could append."""
+    engine, writer = await _writer(settings, suite, chain="ceiling")
+
+    async def no_insert(rows: Any, checkpoint: Any) -> None:
+        return None
+
+    writer._insert = no_insert  # a measurement, not a writer: nothing of it may reach the database
+    writer._signer = None
+    try:
+        await _drive(writer, 2000)
+        started = time.process_time()
+        await _drive(writer, records)
+        return records / (time.process_time() - started)
     finally:
         await writer.close()
         await engine.dispose()
@@ -209,6 +231,7 @@ async def _run(quick: bool) -> dict[str, Any]:
             figures[f"append_sqlite_{suite}_rps"] = round(result["rps"])
             figures[f"append_sqlite_{suite}_cpu_rps"] = round(result["cpu_rps"])
             figures[f"append_sqlite_{suite}_batch"] = round(result["batch"], 1)
+            figures[f"append_ceiling_{suite}_cpu_rps"] = round(await _ceiling(sqlite, suite, records))
             verified = await _verify(sqlite, suite)
             figures[f"verify_{suite}_rps"] = round(verified["rps"])
             figures[f"verify_db_sqlite_{suite}_rps"] = round(verified["db_rps"])
