@@ -172,7 +172,6 @@ class AuditWriter:
         self._pending: list[Pending] = []
         self._wakeup = asyncio.Event()
         self._tick_due = False
-        self._close_requested = False
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
@@ -206,7 +205,6 @@ class AuditWriter:
         self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
-        self._close_requested = True
         self._wakeup.set()
         try:
             await self._task
@@ -368,7 +366,7 @@ class AuditWriter:
                 self._tick_due = False
                 if self._checkpoint_due():
                     await self.checkpoint()
-            if self._close_requested and not self._pending:
+            if self._closing and not self._pending:
                 if self._signer is not None and self.height > self.sealed_height:
                     await self.checkpoint()
                 return

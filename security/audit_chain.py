@@ -28,7 +28,6 @@ PREV_FIELD = "prev_hash"
 # Columns added after the first release: left out of the canonical bytes while empty, so records written
 # before they existed still verify, and filling one in later still changes the hash.
 OPTIONAL_FIELDS = ("target_id", "reason")
-FAULT_KINDS = ("changed", "missing", "reordered", "inserted", "truncated", "rehashed")
 
 # Finds one stored row of the chain by a column's value ("record_hash" or "prev_hash"); used only to explain a fault.
 Finder = Callable[[str, str], Mapping[str, Any] | None]

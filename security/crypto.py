@@ -294,12 +294,3 @@ def open_sealed(key: DataKey, sealed: bytes, associated_data: bytes) -> bytes:
         return get_suite(key.suite).open(key.secret, sealed, associated_data)
     except DecryptionError as exc:
         raise DecryptionError(f"payload does not open with key {key.key_id}") from exc
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def keyed_hash(key: bytes, value: str) -> str:
-    """HMAC-SHA256 of an identifier, so officers can search by subject without the log holding it in clear."""
-    return get_suite("standard").keyed_hash(key, value)
