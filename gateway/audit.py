@@ -1,29 +1,83 @@
-"""The audit writer: seals payloads, chains records per node and commits them in groups before any answer leaves.
+"""The audit log in the database: the writer (sealed, chained, group-committed, checkpointed), verification, search.
 
 Every caller of `append` waits until its record is durable. Concurrent appends share one transaction
-(group commit), so durability costs one commit per batch rather than one per request. If the commit
-fails, every waiter gets `AuditUnavailable` and the gateway answers 503: no data leaves unlogged.
+(group commit): rows go in with one multi-row statement (COPY on PostgreSQL), so durability costs one commit
+per batch rather than one per request. If the commit fails, every waiter gets `AuditUnavailable` and the
+gateway answers 503: no data leaves unlogged. A batch is one transaction, so a crash leaves whole batches
+or nothing, never a torn record; on restart the writer continues from the head it finds and signs it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
+import os
 import secrets
-import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import String, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.models import AUDIT_COLUMNS, AuditRecord
-from security.audit_chain import GENESIS_HASH, ChainReport, record_hash, verify_chain
-from security.crypto import DataKey, digest, keyed_hash, seal
+from gateway.audit_files import AuditFileError, digest_suite, file_digest, scan, verify_file
+from gateway.models import AUDIT_COLUMNS, AuditArchive, AuditCheckpoint, AuditRecord, AuditSigner
+from gateway.settings import Settings
+from security.audit_chain import (
+    GENESIS_HASH,
+    HASH_FIELD,
+    PREV_FIELD,
+    ChainFault,
+    ChainReport,
+    ChainVerifier,
+    drop_empty_optional,
+    hasher_for,
+)
+from security.checkpoints import Checkpoint, TrustedKeys, sign_checkpoint, signer_key_id
+from security.crypto import SUITE_NAMES, DecryptionError, NonceSequence, get_suite
+from security.keyring import KeyRing, now_ms
+from security.keys import (
+    KeyFormatError,
+    load_or_create_signing_key,
+    load_public_key,
+    public_key_pem,
+    write_secret_file,
+)
 
 log = logging.getLogger("msjx.audit")
 AUDIT_TABLE = AuditRecord.__table__
+CHECKPOINT_TABLE = AuditCheckpoint.__table__
+SIGNER_TABLE = AuditSigner.__table__
+ARCHIVE_TABLE = AuditArchive.__table__
+# PostgreSQL refuses a string longer than its column, which would fail a whole batch: values are cut to fit.
+STRING_LIMITS = {
+    column.name: column.type.length
+    for column in AUDIT_TABLE.columns
+    if isinstance(column.type, String) and column.type.length
+}
+# Rows as the verifier likes them: keys in sorted order (so the canonical JSON needs no sort), the hash last.
+READ_COLUMNS = (*sorted(name for name in AUDIT_COLUMNS if name != HASH_FIELD), HASH_FIELD)
+# Columns a caller can fill with anything (paths, key ids, header values): checked on every record.
+LIMITED_COLUMNS = tuple(
+    (name, limit)
+    for name, limit in STRING_LIMITS.items()
+    if name not in ("chain_id", "record_id", "request_id", "subject_hash", "suite", "data_key_id", "target_id")
+    and name not in ("prev_hash", "record_hash", "request_digest", "response_digest")
+)
+ROW_VALUES = operator.itemgetter(*AUDIT_COLUMNS)
+SQLITE_INSERT = (  # column names come from the model, never from input
+    f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"  # noqa: S608
+)
+CHECKPOINT_INSERT_PG = (
+    "INSERT INTO audit_checkpoints (chain_id, height, head_hash, ts_ms, key_id, signature)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+)
+SIGNING_KEY_FILE = "audit-signing.key"
+SIGNING_PUB_FILE = "audit-signing.pub.pem"
 
 
 class AuditUnavailable(Exception):
@@ -57,11 +111,28 @@ class AuditEvent:
     upstream_status: str | None = None
     duration_us: int = 0
     upstream_us: int | None = None
+    target_id: str | None = None
+    reason: str | None = None
+    # False for answers that carry decrypted audit payloads: keeping a second sealed copy of them under a newer
+    # key would outlive the crypto-shredding of the original. Size and digest are still recorded.
+    store_response: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def new_request_id() -> str:
     return secrets.token_hex(16)
+
+
+def _clean(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        value = value.replace("\x00", "\\0")
+    limit = STRING_LIMITS.get(name)
+    return value[:limit] if limit is not None and len(value) > limit else value
+
+
+Pending = tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]
 
 
 class AuditWriter:
@@ -70,40 +141,71 @@ class AuditWriter:
         engine: AsyncEngine,
         *,
         chain_id: str,
-        data_key: DataKey,
-        subject_key: bytes,
+        keyring: KeyRing,
+        suite: str | None = None,
+        signer: Ed25519PrivateKey | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 10.0,
+        witness_path: Path | None = None,
         batch_max: int = 512,
+        clock: Any = now_ms,
     ) -> None:
         self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
         self.chain_id = chain_id
-        self._data_key = data_key
-        self._subject_key = subject_key
+        self.keyring = keyring
+        self.suite = suite or keyring.suite
+        self._suite = get_suite(self.suite)
+        self._hasher = hasher_for(self.suite)
+        self._nonces = NonceSequence()
+        # Record ids: a random prefix per writer and a counter, unique across nodes and restarts without a syscall each.
+        self._id_prefix = secrets.token_hex(8)
+        self._sequence = 0
+        self._signer = signer
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_ms = int(checkpoint_seconds * 1000)
+        self._tick_seconds = max(checkpoint_seconds / 2, 0.05)
+        self._witness_path = witness_path
         self._batch_max = batch_max
-        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
+        self._clock = clock
+        # Appends wait here; the writer task takes them a batch at a time (a list swap, no per-item queue calls).
+        self._pending: list[Pending] = []
+        self._wakeup = asyncio.Event()
+        self._tick_due = False
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._resync = False
         self.height = 0
         self.head = GENESIS_HASH
+        self.sealed_height = 0
+        self.sealed_ms = 0
         self.last_error: str | None = None
+        self.batches = 0
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(AuditRecord.height, AuditRecord.record_hash)
-                    .where(AuditRecord.chain_id == self.chain_id)
-                    .order_by(AuditRecord.height.desc())
-                    .limit(1)
-                )
-            ).first()
-        if row is not None:
-            self.height, self.head = int(row[0]), str(row[1])
+        if self.suite not in {row.suite for row in self.keyring.rows() if row.kind == "data" and not row.destroyed}:
+            await self.keyring.rotate([self.suite])  # the first data key of a suite the ring has not used yet
+        await self._load_head()
+        if self._signer is not None:
+            await self._register_signer()
+            if self.height > self.sealed_height:
+                # Seal what a crash (or a stop without shutdown) left unsigned before anything new is added.
+                await self.checkpoint()
         self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self.chain_id}")
+        if self._signer is not None:
+            self._ticker = asyncio.create_task(self._tick(), name=f"audit-checkpoints-{self.chain_id}")
 
     async def close(self) -> None:
+        """Finish queued appends, sign the head (graceful shutdown), stop."""
         if self._task is None:
             return
-        await self._queue.join()
-        self._task.cancel()
+        self._closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._wakeup.set()
         try:
             await self._task
         except asyncio.CancelledError:
@@ -112,19 +214,77 @@ class AuditWriter:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._task is not None and not self._task.done() and not self._closing
+
+    async def _load_head(self) -> None:
+        async with self._engine.connect() as connection:
+            head = (
+                await connection.execute(
+                    select(AUDIT_TABLE.c.height, AUDIT_TABLE.c.record_hash)
+                    .where(AUDIT_TABLE.c.chain_id == self.chain_id)
+                    .order_by(AUDIT_TABLE.c.height.desc())
+                    .limit(1)
+                )
+            ).first()
+            archived = (
+                await connection.execute(
+                    select(ARCHIVE_TABLE.c.to_height, ARCHIVE_TABLE.c.head_hash)
+                    .where(ARCHIVE_TABLE.c.chain_id == self.chain_id)
+                    .order_by(ARCHIVE_TABLE.c.seq.desc())
+                    .limit(1)
+                )
+            ).first()
+            sealed = (
+                await connection.execute(
+                    select(CHECKPOINT_TABLE.c.height, CHECKPOINT_TABLE.c.ts_ms)
+                    .where(CHECKPOINT_TABLE.c.chain_id == self.chain_id)
+                    .order_by(CHECKPOINT_TABLE.c.height.desc())
+                    .limit(1)
+                )
+            ).first()
+        self.height, self.head = 0, GENESIS_HASH
+        for found in (archived, head):
+            if found is not None and int(found[0]) > self.height:
+                self.height, self.head = int(found[0]), str(found[1])
+        self.sealed_height, self.sealed_ms = (int(sealed[0]), int(sealed[1])) if sealed is not None else (0, 0)
+
+    async def _register_signer(self) -> None:
+        assert self._signer is not None
+        public = self._signer.public_key()
+        key_id = signer_key_id(public)
+        async with self._engine.begin() as connection:
+            known = (
+                await connection.execute(select(SIGNER_TABLE.c.key_id).where(SIGNER_TABLE.c.key_id == key_id))
+            ).first()
+            if known is None:
+                await connection.execute(
+                    insert(SIGNER_TABLE).values(
+                        key_id=key_id,
+                        chain_id=self.chain_id,
+                        public_key=public_key_pem(public),
+                        created_ms=self._clock(),
+                    )
+                )
+
+    # --- appending ----------------------------------------------------------------------------------------------
 
     def subject_hash(self, subject: str) -> str:
-        return keyed_hash(self._subject_key, subject)
+        return self._suite.keyed_hash(self.keyring.index_key, subject)
 
     def build_row(self, event: AuditEvent) -> dict[str, Any]:
-        """Every column but height and hashes, which only the writer task may assign, in order."""
-        record_id = secrets.token_hex(16)
+        """Every column but height and hashes, which only the writer task may assign."""
+        suite = self._suite
+        data_key = self.keyring.current(self.suite)
+        index_key = self.keyring.index_key
+        self._sequence += 1
+        record_id = f"{self._id_prefix}{self._sequence:016x}"
         aad = f"{self.chain_id}/{record_id}".encode()
-        return {
+        nonces = self._nonces
+        request_body, response_body = event.request_body, event.response_body
+        row = {
             "chain_id": self.chain_id,
             "record_id": record_id,
-            "ts_ms": int(time.time() * 1000),
+            "ts_ms": self._clock(),
             "event": event.event,
             "caller_id": event.caller_id,
             "department": event.department,
@@ -138,7 +298,7 @@ class AuditWriter:
             "operation": event.operation,
             "purpose": event.purpose,
             "grant_id": event.grant_id,
-            "subject_hash": self.subject_hash(event.subject) if event.subject else None,
+            "subject_hash": suite.keyed_hash(index_key, event.subject) if event.subject else None,
             "decision": event.decision,
             "reason_code": event.reason_code,
             "fields": ",".join(event.fields) or None,
@@ -146,71 +306,244 @@ class AuditWriter:
             "upstream_status": event.upstream_status,
             "duration_us": event.duration_us,
             "upstream_us": event.upstream_us,
-            "request_size": len(event.request_body),
-            "response_size": len(event.response_body),
-            "request_digest": digest(event.request_body),
-            "response_digest": digest(event.response_body),
-            "request_payload": seal(self._data_key, event.request_body, aad + b"/request")
-            if event.request_body
-            else None,
-            "response_payload": (
-                seal(self._data_key, event.response_body, aad + b"/response") if event.response_body else None
+            "request_size": len(request_body),
+            "response_size": len(response_body),
+            # Keyed: a plain hash of a small body could be reversed by guessing the USCC in it.
+            "request_digest": suite.keyed_hash(index_key, request_body),
+            "response_digest": suite.keyed_hash(index_key, response_body),
+            "request_payload": (
+                suite.seal(data_key.secret, request_body, aad + b"/request", nonces.next()) if request_body else None
             ),
-            "suite": self._data_key.suite,
-            "data_key_id": self._data_key.key_id,
+            "response_payload": (
+                suite.seal(data_key.secret, response_body, aad + b"/response", nonces.next())
+                if response_body and event.store_response
+                else None
+            ),
+            "suite": self.suite,
+            "data_key_id": data_key.key_id,
         }
+        for name, limit in LIMITED_COLUMNS:
+            value = row[name]
+            if value is not None and (len(value) > limit or "\x00" in value):
+                row[name] = _clean(value, name)
+        # Officer columns only when set: empty ones stay out of the canonical bytes, as for older records.
+        if event.target_id is not None:
+            row["target_id"] = _clean(event.target_id, "target_id")
+        if event.reason is not None:
+            row["reason"] = _clean(event.reason, "reason")
+        return row
 
     async def append(self, event: AuditEvent) -> dict[str, Any]:
         """Return the committed row; raise AuditUnavailable if it could not be made durable."""
         if not self.running:
             raise AuditUnavailable("the audit writer is not running")
+        try:
+            row = self.build_row(event)
+        except Exception as exc:  # no key, no record, no answer: fail closed
+            self.last_error = type(exc).__name__
+            log.error("audit record could not be sealed: %s", self.last_error)
+            raise AuditUnavailable("the audit record could not be sealed") from None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((self.build_row(event), future))
+        self._pending.append((row, future))
+        self._wakeup.set()
         return await future
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_seconds)
+            self._tick_due = True
+            self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._batch_max]
+                del self._pending[: self._batch_max]
                 await self._commit(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            if self._tick_due:
+                self._tick_due = False
+                if self._checkpoint_due():
+                    await self.checkpoint()
+            if self._closing and not self._pending:
+                if self._signer is not None and self.height > self.sealed_height:
+                    await self.checkpoint()
+                return
 
-    async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
-        height, head = self.height, self.head
-        rows = []
-        for row, _ in batch:
-            height += 1
-            row["height"] = height
-            row["prev_hash"] = head
-            head = record_hash(head, row)
-            row["record_hash"] = head
-            rows.append(row)
+    def _checkpoint_due(self) -> bool:
+        return (
+            self._signer is not None
+            and self.height > self.sealed_height
+            and self._clock() - self.sealed_ms >= self._checkpoint_ms
+        )
+
+    async def _commit(self, batch: list[Pending]) -> None:
         try:
-            async with self._engine.begin() as connection:
-                await connection.execute(insert(AUDIT_TABLE), rows)
+            if self._resync:
+                await self._load_head()
+                self._resync = False
+            height, head = self.height, self.head
+            hasher = self._hasher
+            rows = []
+            for row, _ in batch:
+                height += 1
+                row["height"] = height
+                row["prev_hash"] = head
+                head = hasher.hash_row(head, row)
+                row["record_hash"] = head
+                rows.append(row)
+            for row in rows:  # every column present for the insert; empty optional ones were left out of the hash
+                row.setdefault("target_id", None)
+                row.setdefault("reason", None)
+            checkpoint = None
+            if self._signer is not None and height - self.sealed_height >= self._checkpoint_every:
+                checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock())
+            await self._insert(rows, checkpoint)
         except Exception as exc:  # any store failure must reach every waiter, never a half-known state
+            # The commit may have happened before the error reached us: read the head again before the next batch.
+            self._resync = True
             self.last_error = type(exc).__name__
-            log.error("audit commit of %d records failed: %s", len(rows), self.last_error)
+            log.error("audit commit of %d records failed: %s", len(batch), self.last_error)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(AuditUnavailable("the audit store could not commit the record"))
             return
         self.height, self.head = height, head
         self.last_error = None
+        self.batches += 1
+        if checkpoint is not None:
+            await self._sealed(checkpoint)
         for row, future in batch:
             if not future.done():
                 future.set_result(row)
 
+    async def _insert(self, rows: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
+        records = [ROW_VALUES(row) for row in rows]
+        if self._postgres:
+            async with self._engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                async with driver.transaction():
+                    await driver.copy_records_to_table("audit_records", records=records, columns=list(AUDIT_COLUMNS))
+                    if checkpoint is not None:
+                        await driver.execute(CHECKPOINT_INSERT_PG, *_checkpoint_values(checkpoint))
+            return
+        async with self._engine.begin() as connection:
+            # The driver's executemany directly: SQLAlchemy's parameter handling would cost more than the insert.
+            raw = await connection.get_raw_connection()
+            assert raw.driver_connection is not None
+            await raw.driver_connection.executemany(SQLITE_INSERT, records)
+            if checkpoint is not None:
+                await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
 
-async def iter_chain(engine: AsyncEngine, chain_id: str, page: int = 5000) -> AsyncIterator[dict[str, Any]]:
-    """Stream a chain's rows in height order, a page at a time, as plain dicts of every column."""
-    after = 0
-    columns = [AUDIT_TABLE.c[name] for name in AUDIT_COLUMNS]
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""
+        if self._signer is None or self.height == 0:
+            return None
+        checkpoint = sign_checkpoint(self._signer, self.chain_id, self.height, self.head, self._clock())
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
+        except Exception as exc:  # a missed checkpoint is retried at the next tick; appends go on
+            log.error("audit checkpoint at height %d failed: %s", self.height, type(exc).__name__)
+            return None
+        await self._sealed(checkpoint)
+        return checkpoint
+
+    async def _sealed(self, checkpoint: Checkpoint) -> None:
+        self.sealed_height, self.sealed_ms = checkpoint.height, checkpoint.ts_ms
+        if self._witness_path is not None:
+            try:
+                await asyncio.to_thread(append_witness, self._witness_path, checkpoint)
+            except OSError as exc:
+                log.error("cannot append checkpoint to %s: %s", self._witness_path, exc.strerror)
+
+
+def _checkpoint_values(checkpoint: Checkpoint) -> tuple[Any, ...]:
+    return (
+        checkpoint.chain_id,
+        checkpoint.height,
+        checkpoint.head_hash,
+        checkpoint.ts_ms,
+        checkpoint.key_id,
+        checkpoint.signature,
+    )
+
+
+# --- signing keys and trust ----------------------------------------------------------------------------------
+
+
+def load_signer(settings: Settings) -> Ed25519PrivateKey:
+    """This node's checkpoint signing key (made on first run, mode 0600); its public half is written beside it."""
+    key = load_or_create_signing_key(settings.keys_dir / SIGNING_KEY_FILE)
+    public_path = settings.keys_dir / SIGNING_PUB_FILE
+    pem = public_key_pem(key.public_key())
+    if not public_path.exists() or public_path.read_text() != pem:
+        write_secret_file(public_path, pem.encode())
+        os.chmod(public_path, 0o644)  # a public key: readable by whoever verifies
+    return key
+
+
+def trusted_keys(settings: Settings | None, extra: list[Path] | tuple[Path, ...] = ()) -> TrustedKeys:
+    """Keys `audit verify` accepts: this node's own, every PEM in keys/trusted/, and any given on the command line."""
+    trusted = TrustedKeys()
+    if settings is not None:
+        own = settings.keys_dir / SIGNING_KEY_FILE
+        if own.exists():
+            trusted.add(load_or_create_signing_key(own).public_key())
+        directory = settings.trusted_keys_dir
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.pem")):
+                trusted.add(_read_public_key(path))
+    for path in extra:
+        trusted.add(_read_public_key(path))
+    return trusted
+
+
+def _read_public_key(path: Path) -> Any:
+    try:
+        return load_public_key(path.read_text())
+    except OSError as exc:
+        raise KeyFormatError(f"cannot read public key {path}: {exc.strerror}") from None
+    except KeyFormatError as exc:
+        raise KeyFormatError(f"{path}: {exc}") from None
+
+
+def witness_path(settings: Settings, chain_id: str) -> Path:
+    return settings.witness_dir / f"{chain_id}.checkpoints.jsonl"
+
+
+def append_witness(path: Path, checkpoint: Checkpoint) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as stream:
+        stream.write(orjson.dumps(checkpoint.to_dict()) + b"\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def read_witness(path: Path) -> list[Checkpoint]:
+    """Checkpoints of the witness file; a torn last line (a crash mid-append) is skipped."""
+    if not path.exists():
+        return []
+    checkpoints = []
+    for line in path.read_bytes().splitlines():
+        try:
+            checkpoints.append(Checkpoint.from_dict(orjson.loads(line)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("skipping an unreadable line of %s", path)
+    return checkpoints
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+async def iter_chain(
+    engine: AsyncEngine, chain_id: str, page: int = 5000, after: int = 0
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """A chain's rows in height order, a page at a time, as dicts ready for the verifier (see `READ_COLUMNS`)."""
+    columns = [AUDIT_TABLE.c[name] for name in READ_COLUMNS]
     while True:
         async with engine.connect() as connection:
             result = await connection.execute(
@@ -219,23 +552,287 @@ async def iter_chain(engine: AsyncEngine, chain_id: str, page: int = 5000) -> As
                 .order_by(AUDIT_TABLE.c.height)
                 .limit(page)
             )
-            rows = [dict(row._mapping) for row in result]
+            rows = [drop_empty_optional(dict(zip(READ_COLUMNS, row, strict=True))) for row in result]
         if not rows:
             return
-        for row in rows:
-            yield row
+        yield rows
         after = rows[-1]["height"]
 
 
 async def chain_ids(engine: AsyncEngine) -> list[str]:
+    """Every chain the database knows of: by its records, its checkpoints or its archives."""
     async with engine.connect() as connection:
-        result = await connection.execute(select(AUDIT_TABLE.c.chain_id).distinct().order_by(AUDIT_TABLE.c.chain_id))
-        return [row[0] for row in result]
+        found: set[str] = set()
+        for table in (AUDIT_TABLE, CHECKPOINT_TABLE, ARCHIVE_TABLE):
+            found.update(row[0] for row in await connection.execute(select(table.c.chain_id).distinct()))
+    return sorted(found)
 
 
-async def verify_all(engine: AsyncEngine) -> list[ChainReport]:
+async def load_checkpoints(
+    engine: AsyncEngine, chain_id: str, *, after: int = 0, limit: int | None = None
+) -> list[Checkpoint]:
+    query = (
+        select(CHECKPOINT_TABLE)
+        .where(CHECKPOINT_TABLE.c.chain_id == chain_id, CHECKPOINT_TABLE.c.height > after)
+        .order_by(CHECKPOINT_TABLE.c.height)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    async with engine.connect() as connection:
+        return [Checkpoint.from_dict(row._mapping) for row in await connection.execute(query)]
+
+
+async def list_archives(engine: AsyncEngine, chain_id: str) -> list[dict[str, Any]]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(ARCHIVE_TABLE).where(ARCHIVE_TABLE.c.chain_id == chain_id).order_by(ARCHIVE_TABLE.c.seq)
+        )
+        return [dict(row._mapping) for row in result]
+
+
+async def fetch_row(engine: AsyncEngine, chain_id: str | None, column: str, value: Any) -> dict[str, Any] | None:
+    """The first row (of `chain_id`, or of any chain) whose `column` equals `value`."""
+    columns = [AUDIT_TABLE.c[name] for name in READ_COLUMNS]
+    query = select(*columns).where(AUDIT_TABLE.c[column] == value)
+    if chain_id is not None:
+        query = query.where(AUDIT_TABLE.c.chain_id == chain_id)
+    async with engine.connect() as connection:
+        row = (await connection.execute(query.order_by(AUDIT_TABLE.c.height).limit(1))).first()
+    return drop_empty_optional(dict(zip(READ_COLUMNS, row, strict=True))) if row is not None else None
+
+
+async def get_record(engine: AsyncEngine, record_id: str) -> dict[str, Any] | None:
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(AUDIT_TABLE).where(AUDIT_TABLE.c.record_id == record_id))).first()
+    return dict(row._mapping) if row is not None else None
+
+
+# --- verification --------------------------------------------------------------------------------------------
+
+
+async def verify_all(
+    engine: AsyncEngine,
+    *,
+    trusted: TrustedKeys | None = None,
+    archive_dir: Path | None = None,
+    witness_dir: Path | None = None,
+    chains: list[str] | None = None,
+    skip_archives: bool = False,
+) -> list[ChainReport]:
+    """Verify every chain (or `chains`): its archives, then its rows, against its checkpoints."""
     reports = []
-    for chain_id in await chain_ids(engine):
-        rows = [row async for row in iter_chain(engine, chain_id)]
-        reports.append(verify_chain(chain_id, rows))
+    for chain_id in chains if chains is not None else await chain_ids(engine):
+        witness = witness_dir / f"{chain_id}.checkpoints.jsonl" if witness_dir is not None else None
+        reports.append(
+            await verify_chain_db(
+                engine,
+                chain_id,
+                trusted=trusted,
+                archive_dir=archive_dir,
+                witness=witness,
+                skip_archives=skip_archives,
+            )
+        )
     return reports
+
+
+async def verify_chain_db(
+    engine: AsyncEngine,
+    chain_id: str,
+    *,
+    trusted: TrustedKeys | None = None,
+    archive_dir: Path | None = None,
+    witness: Path | None = None,
+    skip_archives: bool = False,
+    page: int = 5000,
+) -> ChainReport:
+    checkpoints = await load_checkpoints(engine, chain_id)
+    if witness is not None:
+        checkpoints += read_witness(witness)
+    archives = await list_archives(engine, chain_id)
+    start_height, start_hash, sealed, archived_records, notes = 1, GENESIS_HASH, None, 0, []
+    if archives:
+        last = archives[-1]
+        if skip_archives or archive_dir is None:
+            anchor = [cp for cp in checkpoints if cp.height == last["to_height"]]
+            problem = _anchor_problem(anchor, last, trusted)
+            if problem is not None:
+                return _fault_report(chain_id, last["to_height"] + 1, "rehashed", problem, len(archives))
+            notes.append(
+                f"heights 1–{last['to_height']} are in {len(archives)} archive(s), not verified here;"
+                f" started from the signed checkpoint at height {last['to_height']}"
+            )
+        else:
+            archive_report = verify_archives(chain_id, archives, archive_dir, trusted, checkpoints)
+            if not archive_report.ok:
+                return archive_report
+            archived_records = archive_report.records
+        start_height, start_hash, sealed = last["to_height"] + 1, last["head_hash"], last["to_height"]
+    verifier = ChainVerifier(
+        chain_id,
+        start_height=start_height,
+        start_hash=start_hash,
+        checkpoints=checkpoints,
+        trusted=trusted,
+        sealed_height=sealed,
+        presorted=True,
+    )
+    async for rows in iter_chain(engine, chain_id, page=page, after=start_height - 1):
+        if not verifier.feed(rows):
+            break
+    found: dict[tuple[str, str], dict[str, Any] | None] = {}
+    if verifier.failure is not None:
+        for column, value in verifier.failure.lookups:
+            row = await fetch_row(engine, chain_id, column, value)
+            if row is None and column == PREV_FIELD and value != GENESIS_HASH:
+                row = await fetch_row(engine, None, column, value)  # moved to another chain by a changed chain_id
+            found[(column, value)] = row
+    report = verifier.finish(lambda column, value: found.get((column, value)))
+    return replace(
+        report,
+        records=report.records + archived_records,
+        archives=len(archives),
+        notes=tuple(notes),
+        start_height=1 if archives and not notes else report.start_height,  # archives verified: from genesis
+    )
+
+
+def _anchor_problem(anchor: list[Checkpoint], archive: Mapping[str, Any], trusted: TrustedKeys | None) -> str | None:
+    if not anchor:
+        return f"no checkpoint signs the end of archive {archive['seq']} (height {archive['to_height']})"
+    for checkpoint in anchor:
+        why = trusted.check(checkpoint) if trusted is not None else None
+        if why is not None:
+            return f"the checkpoint ending archive {archive['seq']} cannot be trusted: {why}"
+        if checkpoint.head_hash != archive["head_hash"]:
+            return f"archive {archive['seq']} is registered with a head its signed checkpoint does not name"
+    return None
+
+
+def _fault_report(chain_id: str, height: int, kind: str, detail: str, archives: int = 0) -> ChainReport:
+    fault = ChainFault(chain_id, height, kind, detail)
+    return ChainReport(chain_id, 0, GENESIS_HASH, fault, head_height=height - 1, archives=archives)
+
+
+def verify_archives(
+    chain_id: str,
+    archives: list[dict[str, Any]],
+    archive_dir: Path,
+    trusted: TrustedKeys | None,
+    checkpoints: list[Checkpoint],
+) -> ChainReport:
+    """Each archive file: present, unchanged (its digest), linked to the one before, and a verifying chain segment."""
+    prev_digest, prev_head, prev_to, total = "", GENESIS_HASH, 0, 0
+    for archive in archives:
+        path = archive_dir / chain_id / archive["file_name"]
+        start = archive["from_height"]
+        if start != prev_to + 1:
+            return _fault_report(
+                chain_id, prev_to + 1, "missing", f"no archive holds heights {prev_to + 1}–{start - 1}"
+            )
+        if not path.exists():
+            return _fault_report(chain_id, start, "missing", f"archive file {path} is missing")
+        digest = file_digest(path, digest_suite(archive["digest"]))
+        if digest != archive["digest"]:
+            return _fault_report(chain_id, start, "changed", f"archive file {path} differs from what was archived")
+        try:
+            header = scan(path).header
+            reports = verify_file(path, trusted, start={chain_id: (start, prev_head)})
+        except AuditFileError as exc:
+            return _fault_report(chain_id, start, "changed", str(exc))
+        if header.get("prev_archive_digest", "") != prev_digest:
+            return _fault_report(chain_id, start, "changed", f"archive {path.name} does not link to the one before it")
+        report = next((r for r in reports if r.chain_id == chain_id), None)
+        if report is None:
+            return _fault_report(chain_id, start, "missing", f"archive {path.name} holds no records of {chain_id}")
+        if not report.ok:
+            assert report.fault is not None
+            detail = f"{report.fault.detail} (in archive {path.name})"
+            return _fault_report(chain_id, report.fault.height, report.fault.kind, detail)
+        if report.head_height != archive["to_height"] or report.sealed_height != archive["to_height"]:
+            return _fault_report(
+                chain_id,
+                report.head_height + 1,
+                "truncated",
+                f"archive {path.name} should end at the signed height {archive['to_height']}",
+            )
+        prev_digest, prev_head, prev_to = digest, report.head_hash, archive["to_height"]
+        total += report.records
+    return ChainReport(chain_id, total, prev_head, None, head_height=prev_to, sealed_height=prev_to)
+
+
+# --- search and payloads -------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditQuery:
+    from_ms: int | None = None
+    to_ms: int | None = None
+    caller: str | None = None
+    department: str | None = None
+    service: str | None = None
+    operation: str | None = None
+    purpose: str | None = None
+    decision: str | None = None
+    event: str | None = None
+    chain: str | None = None
+    target: str | None = None
+    subject_hashes: list[str] = field(default_factory=list)
+
+
+METADATA_COLUMNS = tuple(name for name in AUDIT_COLUMNS if name not in ("request_payload", "response_payload"))
+
+
+async def search_records(
+    engine: AsyncEngine, query: AuditQuery, *, after: tuple[int, str, int] | None, limit: int
+) -> list[dict[str, Any]]:
+    """Newest first by (time, chain, height): a keyset that stays stable while new records arrive."""
+    table = AUDIT_TABLE
+    columns = [table.c[name] for name in METADATA_COLUMNS]
+    columns += [
+        table.c.request_payload.is_not(None).label("has_request_payload"),
+        table.c.response_payload.is_not(None).label("has_response_payload"),
+    ]
+    statement = select(*columns)
+    equal = {
+        "caller_id": query.caller,
+        "department": query.department,
+        "service": query.service,
+        "operation": query.operation,
+        "purpose": query.purpose,
+        "decision": query.decision,
+        "event": query.event,
+        "chain_id": query.chain,
+        "target_id": query.target,
+    }
+    for name, value in equal.items():
+        if value is not None:
+            statement = statement.where(table.c[name] == value)
+    if query.from_ms is not None:
+        statement = statement.where(table.c.ts_ms >= query.from_ms)
+    if query.to_ms is not None:
+        statement = statement.where(table.c.ts_ms < query.to_ms)
+    if query.subject_hashes:
+        statement = statement.where(table.c.subject_hash.in_(query.subject_hashes))
+    if after is not None:
+        statement = statement.where(tuple_(table.c.ts_ms, table.c.chain_id, table.c.height) < tuple_(*after))
+    statement = statement.order_by(table.c.ts_ms.desc(), table.c.chain_id.desc(), table.c.height.desc()).limit(limit)
+    async with engine.connect() as connection:
+        return [dict(row._mapping) for row in await connection.execute(statement)]
+
+
+def subject_hashes(keyring: KeyRing, subject: str) -> list[str]:
+    """The subject's keyed hash under every suite, so one search finds records of both."""
+    return [get_suite(name).keyed_hash(keyring.index_key, subject) for name in SUITE_NAMES]
+
+
+async def open_payload(keyring: KeyRing, row: Mapping[str, Any], part: str) -> bytes | None:
+    """Decrypt the request or response payload of a record; PayloadShredded if its key was destroyed."""
+    sealed = row.get(f"{part}_payload")
+    if sealed is None:
+        return None
+    key = await keyring.get(str(row["data_key_id"]), fresh=True)
+    if key.suite != row["suite"]:
+        raise DecryptionError(f"record names suite {row['suite']}, but key {key.key_id} is {key.suite}")
+    aad = f"{row['chain_id']}/{row['record_id']}/{part}".encode()
+    return get_suite(key.suite).open(key.secret, bytes(sealed), aad)

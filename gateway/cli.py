@@ -1,4 +1,4 @@
-"""The `msjx-gateway` command: serve (and the demo), database, callers, grants, audit, a signed call, simulators."""
+"""The `msjx-gateway` command: serve (and the demo), database, callers, grants, audit, keys, a call, simulators."""
 
 from __future__ import annotations
 
@@ -23,15 +23,19 @@ callers_app = typer.Typer(help="Callers and their public keys.", no_args_is_help
 grants_app = typer.Typer(
     help="Grants (the full request workflow is in the sharing-requests API).", no_args_is_help=True
 )
-audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: verify, export, archive.", no_args_is_help=True)
 upstreams_app = typer.Typer(
     help="District systems registered at runtime from a WSDL or OpenAPI document.", no_args_is_help=True
+)
+keys_app = typer.Typer(
+    help="Audit keys: data keys (rotate, destroy), the master key, the signing key.", no_args_is_help=True
 )
 app.add_typer(db_app, name="db")
 app.add_typer(upstreams_app, name="upstreams")
 app.add_typer(callers_app, name="callers")
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
 # How `serve` runs uvicorn; `make bench` measures these (docs/performance.md), and its Python floor uses them too.
@@ -54,6 +58,9 @@ def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
 
 
 def _logging(level: str) -> None:
+    from security.masking import install_log_masking
+
+    install_log_masking()
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -306,33 +313,133 @@ def grants_revoke(grant_id: Annotated[str, typer.Argument()], data_dir: DataDir 
     typer.echo(f"grant {out.grant_id} revoked at {out.revoked_at}")
 
 
-@audit_app.command("verify")
-def audit_verify(data_dir: DataDir = None) -> None:
-    """Verify every audit chain in the database; exit 1 naming the first bad record."""
+def _when(text: str, option: str) -> datetime:
+    """A date (midnight UTC) or an RFC 3339 time with an offset."""
+    try:
+        if len(text) == 10:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"{option}: {text!r} is neither YYYY-MM-DD nor an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise _fail(f"{option}: {text!r} has no UTC offset; add Z or +08:00")
+    return moment
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _run_engine(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(engine)` on a fresh engine (after migrating), disposing of it afterwards."""
     from gateway import db
-    from gateway.audit import verify_all
 
-    settings = _settings(data_dir)
+    db.upgrade(settings)
 
-    async def main() -> list[Any]:
+    async def main() -> T:
         engine = db.create_engine(settings)
         try:
-            return await verify_all(engine)
+            return await work(engine)
         finally:
             await engine.dispose()
 
-    reports = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def _print_reports(reports: list[Any], *, require_sealed: bool = False) -> bool:
+    """One line per chain; a fault goes to stderr. True when every chain verified."""
+    good = True
+    for report in reports:
+        if not report.ok:
+            good = False
+            typer.echo(f"FAILED {report.fault}", err=True)
+            continue
+        sealing = (
+            f"signed through height {report.sealed_height}" if report.signatures_checked else "signatures NOT checked"
+        )
+        if report.unsealed:
+            sealing += f" ({report.unsealed} newer record{'s' if report.unsealed != 1 else ''} not yet signed)"
+        archived = f", {report.archives} archive(s)" if report.archives else ""
+        span = f"heights {report.start_height}–{report.head_height}" if report.start_height > 1 else ""
+        typer.echo(
+            f"chain {report.chain_id}: {report.records} records intact{archived}{', ' + span if span else ''},"
+            f" head {report.head_hash[:16]}…, {sealing}"
+        )
+        for note in report.notes:
+            typer.echo(f"  note: {note}")
+        if require_sealed and report.unsealed:
+            good = False
+            typer.echo(
+                f"FAILED chain {report.chain_id}: heights {report.sealed_height + 1}–{report.head_height} are covered"
+                " by no signature that verifies, so they prove nothing",
+                err=True,
+            )
+    return good
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[
+        Path | None, typer.Option("--file", help="verify an export or archive file offline instead of the database")
+    ] = None,
+    pubkey: Annotated[
+        list[Path],
+        typer.Option("--pubkey", help="a node's checkpoint public key (PEM) to trust; repeat for several nodes"),
+    ] = [],  # noqa: B006
+    chain: Annotated[list[str], typer.Option("--chain", help="only this chain (node id); repeatable")] = [],  # noqa: B006
+    skip_archives: Annotated[
+        bool, typer.Option("--skip-archives", help="start after the last archive, from its signed checkpoint")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Verify the audit log: every chain in the database (archives included), or one exported file.
+
+    Exit 0 when intact, 1 naming the first bad height and the kind of fault (changed, missing, reordered,
+    inserted, truncated, rehashed). Checkpoints must be signed by a trusted key: this node's own, the PEM files
+    in <data-dir>/keys/trusted/, and every --pubkey. A file needs --pubkey, and every record in it must be
+    covered by a signature that verifies.
+    """
+    from gateway.audit import trusted_keys, verify_all
+    from gateway.audit_files import AuditFileError, verify_file
+    from security.keys import KeyFormatError
+
+    if file is not None:
+        if not pubkey:
+            raise _fail("--file needs --pubkey: a file proves nothing without the signer's public key")
+        try:
+            trusted = trusted_keys(None, pubkey)
+            reports = verify_file(file, trusted)
+        except (KeyFormatError, AuditFileError) as exc:
+            raise _fail(str(exc)) from None
+        reports = [report for report in reports if not chain or report.chain_id in chain]
+        if not reports:
+            raise _fail(f"{file} holds no records" + (f" of {', '.join(chain)}" if chain else ""))
+        if not _print_reports(reports, require_sealed=True):
+            raise typer.Exit(1)
+        return
+    settings = _settings(data_dir)
+    try:
+        trusted = trusted_keys(settings, pubkey)
+    except KeyFormatError as exc:
+        raise _fail(str(exc)) from None
+    if len(trusted) == 0:
+        typer.echo("warning: no trusted public key here; checkpoint signatures are NOT checked", err=True)
+
+    async def work(engine: Any) -> list[Any]:
+        return await verify_all(
+            engine,
+            trusted=trusted if len(trusted) else None,
+            archive_dir=settings.archive_dir,
+            witness_dir=settings.witness_dir,
+            chains=chain or None,
+            skip_archives=skip_archives,
+        )
+
+    reports = _run_engine(settings, work)
     if not reports:
         typer.echo("no audit records yet")
         return
-    bad = False
-    for report in reports:
-        if report.ok:
-            typer.echo(f"chain {report.chain_id}: {report.records} records intact, head {report.head_hash[:16]}…")
-        else:
-            bad = True
-            typer.echo(f"FAILED {report.fault}", err=True)
-    if bad:
+    if not _print_reports(reports):
         raise typer.Exit(1)
 
 
@@ -406,6 +513,192 @@ def upstreams_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir =
 
     out, revoked = _run_registry(_settings(data_dir), lambda session: remove_upstream(session, name))
     typer.echo(f"removed {out.name}; {revoked} grant(s) revoked")
+
+
+@audit_app.command("export")
+def audit_export(
+    file: Annotated[Path, typer.Argument(help="where to write the JSON Lines (a .gz name compresses)")],
+    from_: Annotated[str, typer.Option("--from", help="start, inclusive: YYYY-MM-DD (UTC) or RFC 3339")],
+    to: Annotated[str, typer.Option("--to", help="end, exclusive: YYYY-MM-DD (UTC) or RFC 3339")],
+    chain: Annotated[list[str], typer.Option("--chain", help="only this chain (node id); repeatable")] = [],  # noqa: B006
+    data_dir: DataDir = None,
+) -> None:
+    """Export records of a time range with the checkpoints that sign them, for offline verification.
+
+    The export runs on to the next checkpoint, so every record in it is covered by a signature. Payloads stay
+    sealed. Verify it with `msjx-gateway audit verify --file FILE --pubkey NODE.pub.pem`.
+    """
+    from gateway.audit_archive import export_records
+
+    start, end = _ms(_when(from_, "--from")), _ms(_when(to, "--to"))
+    if end <= start:
+        raise _fail("--to must be later than --from")
+    settings = _settings(data_dir)
+    exported = _run_engine(
+        settings, lambda engine: export_records(engine, file, from_ms=start, to_ms=end, chains=chain or None)
+    )
+    if not exported:
+        typer.echo(f"no records in that range; {file} holds only a header")
+    for item in exported:
+        sealed = "" if item.sealed else " (the newest are not signed yet: export again after the next checkpoint)"
+        typer.echo(
+            f"chain {item.chain_id}: {item.records} records, heights {item.from_height}–{item.to_height},"
+            f" {item.checkpoints} checkpoints{sealed}"
+        )
+    typer.echo(f"wrote {file}")
+
+
+@audit_app.command("archive")
+def audit_archive(
+    before: Annotated[
+        str | None, typer.Option("--before", help="archive records older than this (default: now − retention)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="allow a date inside the retention period (MSJX_AUDIT_RETENTION_DAYS)")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Move old records into hash-linked archive files under <data-dir>/archive/; rows leave the database only
+    after their archive file has been read back and verified."""
+    from gateway.audit import trusted_keys
+    from gateway.audit_archive import ArchiveError, archive_chains
+
+    settings = _settings(data_dir)
+    now = datetime.now(UTC)
+    limit = now - timedelta(days=settings.audit_retention_days)
+    cutoff = _when(before, "--before") if before else limit
+    if cutoff > limit and not force:
+        raise _fail(
+            f"--before {cutoff:%Y-%m-%d} is inside the retention period ({settings.audit_retention_days} days,"
+            f" until {limit:%Y-%m-%d}); records stay in the database that long. Use --force to archive anyway."
+        )
+    trusted = trusted_keys(settings)
+
+    async def work(engine: Any) -> list[Any]:
+        return await archive_chains(
+            engine, settings.archive_dir, before_ms=_ms(cutoff), trusted=trusted, suite=settings.crypto_suite
+        )
+
+    try:
+        results = _run_engine(settings, work)
+    except ArchiveError as exc:
+        raise _fail(str(exc), 1) from None
+    if not results:
+        typer.echo(f"nothing to archive before {cutoff.isoformat(timespec='seconds')}")
+    for result in results:
+        typer.echo(
+            f"chain {result.chain_id}: archive {result.seq} holds heights {result.from_height}–{result.to_height}"
+            f" ({result.records} records) in {result.path}, {result.digest[:23]}…; removed from the database"
+        )
+
+
+def _keyring(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    from gateway.audit_keys import open_keyring
+    from security.keyring import KeyRingError
+
+    async def with_ring(engine: Any) -> T:
+        return await work(await open_keyring(settings, engine))
+
+    try:
+        return _run_engine(settings, with_ring)
+    except KeyRingError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _stamp(ms: int | None) -> str:
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """The master key (by id), every data key and its state, and this node's checkpoint signing key."""
+    from gateway.audit import SIGNING_PUB_FILE, load_signer
+    from security.checkpoints import signer_key_id
+
+    settings = _settings(data_dir)
+
+    async def work(ring: Any) -> None:
+        current = {ring.current(suite).key_id for suite in ("standard", "sm") if _has_current(ring, suite)}
+        typer.echo(f"master key  {ring.master.key_id}  from {ring.master.source}")
+        for row in ring.rows():
+            if row.destroyed:
+                state = f"destroyed {_stamp(row.destroyed_ms)}"
+            elif row.kind == "index":
+                state = "subject and body digests"
+            else:
+                state = "current" if row.key_id in current else "retired (opens old payloads)"
+            typer.echo(f"{row.kind:<6} {row.key_id:<36} {row.suite:<9} created {_stamp(row.created_ms)}  {state}")
+
+    _keyring(settings, work)
+    signer = load_signer(settings)
+    typer.echo(
+        f"signing {signer_key_id(signer.public_key())}  checkpoint key of chain {settings.node_id};"
+        f" public half: {settings.keys_dir / SIGNING_PUB_FILE}"
+    )
+
+
+def _has_current(ring: Any, suite: str) -> bool:
+    try:
+        ring.current(suite)
+    except Exception:  # a suite never used has no current key
+        return False
+    return True
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    suite: Annotated[
+        list[str], typer.Option("--suite", help="standard or sm (default: every suite in use and MSJX_CRYPTO_SUITE)")
+    ] = [],  # noqa: B006
+    data_dir: DataDir = None,
+) -> None:
+    """Start new data keys now; every running node seals with them within about a second, no restart needed."""
+    from security.crypto import SUITE_NAMES
+
+    for name in suite:
+        if name not in SUITE_NAMES:
+            raise _fail(f"--suite {name!r}: expected one of {', '.join(SUITE_NAMES)}")
+    settings = _settings(data_dir)
+    made = _keyring(settings, lambda ring: ring.rotate(suite or None))
+    for row in made:
+        typer.echo(f"new data key {row.key_id} ({row.suite}); older keys still open their payloads")
+
+
+@keys_app.command("destroy")
+def keys_destroy(
+    before: Annotated[str, typer.Option("--before", help="destroy data keys retired before this date (UTC)")],
+    force: Annotated[
+        bool, typer.Option("--force", help="allow a date inside the retention period (MSJX_AUDIT_RETENTION_DAYS)")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Crypto-shred: destroy data keys that stopped sealing before DATE. Their payloads can never be opened
+    again; the chain, which covers ciphertext digests, still verifies. The current keys are never destroyed."""
+    settings = _settings(data_dir)
+    cutoff = _when(before, "--before")
+    now = datetime.now(UTC)
+    limit = now - timedelta(days=settings.audit_retention_days)
+    if cutoff > now:
+        raise _fail("--before is in the future")
+    if cutoff > limit and not force:
+        raise _fail(
+            f"--before {cutoff:%Y-%m-%d} is inside the retention period ({settings.audit_retention_days} days,"
+            f" until {limit:%Y-%m-%d}): payloads must stay readable that long. Use --force to destroy anyway."
+        )
+    destroyed = _keyring(settings, lambda ring: ring.destroy_before(_ms(cutoff)))
+    if not destroyed:
+        typer.echo(f"no data key was retired before {cutoff.isoformat(timespec='seconds')}")
+    for row in destroyed:
+        typer.echo(f"destroyed data key {row.key_id} ({row.suite}, created {_stamp(row.created_ms)})")
+
+
+@keys_app.command("public")
+def keys_public(data_dir: DataDir = None) -> None:
+    """Print this node's checkpoint public key (PEM), for `audit verify --pubkey` on another machine."""
+    from gateway.audit import load_signer
+    from security.keys import public_key_pem
+
+    typer.echo(public_key_pem(load_signer(_settings(data_dir)).public_key()), nl=False)
 
 
 @app.command()

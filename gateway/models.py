@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -214,6 +215,74 @@ class AuditRecord(Base):
     data_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     record_hash: Mapped[str] = mapped_column(String(64))
+    # Officer actions: the record acted on and the stated reason (empty for exchanges, and then left out of the hash).
+    target_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    # Partial: only officer actions have a target, so exchanges pay nothing for this index.
+    __table_args__ = (
+        Index(
+            "ix_audit_records_target_id",
+            "target_id",
+            sqlite_where=text("target_id IS NOT NULL"),
+            postgresql_where=text("target_id IS NOT NULL"),
+        ),
+    )
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of a chain's head at a height: what `audit verify` trusts, beside the chain itself."""
+
+    __tablename__ = "audit_checkpoints"
+
+    chain_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    height: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    ts_ms: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
+class AuditKey(Base):
+    """A data key (one per period and suite) or the index key, wrapped by the master key; NULL once destroyed."""
+
+    __tablename__ = "audit_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    suite: Mapped[str] = mapped_column(String(16))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    master_key_id: Mapped[str] = mapped_column(String(32))
+    wrapped: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    destroyed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditSigner(Base):
+    """The public key a node signs its checkpoints with, as the node says; verifiers trust keys given to them."""
+
+    __tablename__ = "audit_signers"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chain_id: Mapped[str] = mapped_column(String(64), index=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditArchive(Base):
+    """An archive file of a chain segment (ending at a signed checkpoint), hash-linked to the one before it."""
+
+    __tablename__ = "audit_archives"
+
+    chain_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    from_height: Mapped[int] = mapped_column(BigInteger)
+    to_height: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    first_ts_ms: Mapped[int] = mapped_column(BigInteger)
+    last_ts_ms: Mapped[int] = mapped_column(BigInteger)
+    file_name: Mapped[str] = mapped_column(String(255))
+    digest: Mapped[str] = mapped_column(String(80))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 AUDIT_COLUMNS: tuple[str, ...] = tuple(column.name for column in AuditRecord.__table__.columns)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -12,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from adapters.base import Adapter
 from adapters.resilience import BreakerStore, MemoryBreakerStore
 from gateway import db
-from gateway.audit import AuditWriter
+from gateway.audit import AuditWriter, load_signer, witness_path
+from gateway.audit_keys import open_keyring
 from gateway.auth import Authenticator
 from gateway.directory import Directory
 from gateway.idempotency import IdempotencyStore
@@ -21,10 +25,11 @@ from gateway.quotas import Quotas
 from gateway.settings import Settings
 from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect_redis
 from gateway.upstreams import AdapterCatalog
-from security.crypto import DataKey
-from security.keys import load_or_create_secret
+from security.keyring import KeyRing
+from security.masking import install_log_masking
 
 log = logging.getLogger("msjx.runtime")
+KEY_REFRESH_SECONDS = 1.0
 
 
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
@@ -115,6 +120,8 @@ class Runtime:
     adapters: AdapterCatalog = field(default_factory=lambda: AdapterCatalog({}))
     breakers: BreakerStore = field(default_factory=MemoryBreakerStore)
     payments: Payments | None = None
+    keyring: KeyRing | None = None
+    _key_refresher: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> Runtime:
@@ -128,17 +135,27 @@ class Runtime:
         else:
             nonces = MemoryNonceStore()
             log.warning("MSJX_REDIS_URL is unset: nonces are kept in this process, so run ONE node only")
-        keys_dir = settings.keys_dir
-        data_key = DataKey("dk-1", load_or_create_secret(keys_dir / "audit-data-dk-1.key"))
-        subject_key = load_or_create_secret(keys_dir / "subject-hmac.key")
+        install_log_masking()
+        keyring = await open_keyring(settings, engine)
         audit = AuditWriter(
             engine,
             chain_id=settings.node_id,
-            data_key=data_key,
-            subject_key=subject_key,
+            keyring=keyring,
+            suite=settings.crypto_suite,
+            signer=load_signer(settings),
+            checkpoint_every=settings.audit_checkpoint_records,
+            checkpoint_seconds=settings.audit_checkpoint_seconds,
+            witness_path=witness_path(settings, settings.node_id),
             batch_max=settings.audit_batch_max,
         )
         await audit.start()
+        log.info(
+            "audit chain %s at height %d, suite %s, data key %s",
+            settings.node_id,
+            audit.height,
+            settings.crypto_suite,
+            keyring.current().key_id,
+        )
         static = build_adapters(settings) if adapters is None else adapters
         breakers = breaker_store(settings)
         for adapter in static.values():
@@ -150,11 +167,39 @@ class Runtime:
         payments = start_payments(settings, sessions, audit, catalog)
         if payments is not None:
             await payments.start()
-        return cls(
-            settings, engine, sessions, directory, nonces, authenticator, audit, quotas, catalog, breakers, payments
+        runtime = cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            directory=directory,
+            nonces=nonces,
+            authenticator=authenticator,
+            audit=audit,
+            quotas=quotas,
+            adapters=catalog,
+            breakers=breakers,
+            payments=payments,
+            keyring=keyring,
         )
+        runtime._key_refresher = asyncio.create_task(runtime._refresh_keys(), name="audit-key-refresh")
+        return runtime
+
+    async def _refresh_keys(self) -> None:
+        """Re-read the key ring every second: rotations and destructions by any node reach this one without restart."""
+        assert self.keyring is not None
+        while True:
+            await asyncio.sleep(KEY_REFRESH_SECONDS)
+            try:
+                await self.keyring.refresh()
+                await self.keyring.rotate_if_due()
+            except Exception as exc:  # the store may be briefly down; the keys in memory stay usable
+                log.warning("audit key ring refresh failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
+        if self._key_refresher is not None:
+            self._key_refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._key_refresher
         if self.payments is not None:
             await self.payments.close()
             await self.payments.store.close()
@@ -182,8 +227,14 @@ class Runtime:
                 checks["redis"] = "ok"
             except Exception as exc:
                 checks["redis"] = f"unavailable: {type(exc).__name__}"
+        key_age = (time.time_ns() // 1_000_000 - self.keyring.refreshed_ms) / 1000 if self.keyring else 0.0
         if not self.audit.running:
             checks["audit"] = "writer stopped"
+        elif self.audit.last_error is not None:
+            checks["audit"] = f"last commit failed: {self.audit.last_error}"
+        elif key_age > 10:
+            # Rotations and destructions by other nodes no longer reach this one.
+            checks["audit"] = f"key ring not refreshed for {key_age:.0f} s"
         else:
-            checks["audit"] = "ok" if self.audit.last_error is None else f"last commit failed: {self.audit.last_error}"
+            checks["audit"] = "ok"
         return checks

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -56,6 +58,17 @@ class Settings(BaseSettings):
         ge=0,
         description="TEST ONLY: SIGKILL this process right after the treasury accepts the Nth voucher (0: never)",
     )
+    crypto_suite: Literal["standard", "sm"] = Field(
+        default="standard", description="suite of new audit records: standard (AES-GCM, SHA-256) or sm (SM4-GCM, SM3)"
+    )
+    master_key: SecretStr | None = Field(default=None, description="base64 of the 32-byte master key (overrides files)")
+    master_key_file: Path | None = Field(default=None, description="a mounted secret file holding the master key")
+    audit_checkpoint_records: int = Field(default=1000, ge=1, le=1_000_000)
+    audit_checkpoint_seconds: float = Field(default=10.0, gt=0, le=3600)
+    audit_retention_days: int = Field(
+        default=1095, ge=183, le=36500, description="records stay in the database this long; refused below 6 months"
+    )
+    audit_key_period_days: int = Field(default=30, ge=1, le=366, description="a new data key starts every period")
 
     @field_validator("database_url")
     @classmethod
@@ -74,6 +87,19 @@ class Settings(BaseSettings):
             return None
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            raw = base64.b64decode(value.get_secret_value().strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError("must be base64 of 32 bytes (e.g. `openssl rand -base64 32`)")
         return value
 
     @field_validator("upstream_urls")
@@ -116,6 +142,20 @@ class Settings(BaseSettings):
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
+    @property
+    def trusted_keys_dir(self) -> Path:
+        """Public keys (PEM) of other nodes whose checkpoints `audit verify` accepts."""
+        return self.keys_dir / "trusted"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
+
+    @property
+    def witness_dir(self) -> Path:
+        """This node's own append-only copy of its checkpoints, outside the database."""
+        return self.data_dir / "audit"
+
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment plus overrides, turning validation errors into one readable line."""
@@ -125,7 +165,8 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         name = "MSJX_" + "_".join(str(part) for part in first["loc"][:1]).upper()
         raw = os.environ.get(name)
-        shown = "" if raw is None or "url" in name.lower() else f" (got {raw!r})"
+        secret = "url" in name.lower() or "key" in name.lower()
+        shown = "" if raw is None or secret else f" (got {raw!r})"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{name}: {message}{shown}") from None
     except SourceError as exc:

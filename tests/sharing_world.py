@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from gateway.audit import open_payload
 from gateway.models import AuditRecord
 from gateway.settings import load_settings
-from security.crypto import open_sealed
 from tests.conftest import Identity, RunningGateway, _identity, check_redis, create_test_database, drop_database
 from tests.conftest import running_gateway as _running_gateway
 
@@ -75,12 +75,11 @@ class World:
             rows = await connection.execute(select(table).where(table.c.event == event).order_by(table.c.ts_ms))
             return [dict(row._mapping) for row in rows]
 
-    def opened_response(self, record: dict[str, Any]) -> Any:
-        """The sealed response payload of an audit record, opened with this node's data key."""
+    async def opened_response(self, record: dict[str, Any]) -> Any:
+        """The sealed response payload of an audit record, opened through the node's key ring."""
         import orjson
 
-        aad = f"{record['chain_id']}/{record['record_id']}/response".encode()
-        return orjson.loads(open_sealed(self.gw.runtime.audit._data_key, record["response_payload"], aad))
+        return orjson.loads(await open_payload(self.gw.runtime.keyring, record, "response"))
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ processes sharing Redis and PostgreSQL), 429 with Retry-After, and revocation an
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -277,6 +278,8 @@ async def test_two_processes_share_an_exact_quota_and_see_revocation_within_a_se
                 "MSJX_REDIS_URL": redis_url,
                 "MSJX_UPSTREAM_URLS": json.dumps({"credit": credit_url}),
                 "MSJX_LOG_LEVEL": "warning",
+                # Nodes sharing a database share the master key that wraps the audit data keys.
+                "MSJX_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
             }
         )
         ports = [free_port(), free_port()]

@@ -216,13 +216,13 @@ async def test_every_transition_is_audited_with_actor_before_and_after(world: Wo
         assert record["department"] in (DATA, CREDIT)
         assert record["purpose"] == "XM-2025-002"
         assert (record["service"], record["operation"]) == ("credit", "abnormal-operation")
-        sealed = world.opened_response(record)
+        sealed = await world.opened_response(record)
         last = sealed["history"][-1]
         assert last["actor"] == actor
         assert (last["from_state"], last["to_state"]) == (before, after)
         assert last["changes"]["state"]["after"] == after
     approve = next(r for r in await world.audit_records("sharing.approve") if r["decision"] == "allowed")
-    assert approve["grant_id"] == world.opened_response(approve)["grants"][0]["grant_id"]
+    assert approve["grant_id"] == (await world.opened_response(approve))["grants"][0]["grant_id"]
     [refusal] = [r for r in await world.audit_records("sharing.refuse")]
     assert (refusal["decision"], refusal["reason_code"], refusal["caller_id"]) == (
         "refused",

@@ -93,7 +93,7 @@ async def test_grants_as_each_role_sees_them_and_revoking_the_last_revokes_the_r
     assert (after["state"], after["ended_by"], after["history"][-1]["action"]) == ("revoked", "admin", "revoke")
     [cascade] = [r for r in await world.audit_records("sharing.revoke")]
     assert (cascade["caller_id"], cascade["grant_id"]) == ("admin", grant["grant_id"])
-    assert world.opened_response(cascade)["history"][-1]["changes"]["state"] == {
+    assert (await world.opened_response(cascade))["history"][-1]["changes"]["state"] == {
         "before": "granted",
         "after": "revoked",
     }

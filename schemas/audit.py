@@ -1,0 +1,154 @@
+"""Bodies of the officer's audit API: search parameters, record metadata, payload reading, verification, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.uscc import USCC
+
+Decision = Literal["allowed", "refused", "failed"]
+Part = Literal["request", "response"]
+
+
+class AuditSearchParams(BaseModel):
+    """Query parameters of `GET /v1/audit/records`; every filter is optional and they combine with AND."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: AwareDatetime | None = Field(
+        default=None, alias="from", description="records at or after this time (RFC 3339 with offset)"
+    )
+    to: AwareDatetime | None = Field(default=None, description="records before this time (RFC 3339 with offset)")
+    caller: str | None = Field(default=None, max_length=64, description="caller id")
+    department: str | None = Field(default=None, max_length=200)
+    service: str | None = Field(default=None, max_length=128)
+    operation: str | None = Field(default=None, max_length=128)
+    purpose: str | None = Field(default=None, max_length=128, description="purpose code")
+    decision: Decision | None = None
+    subject: USCC | None = Field(
+        default=None, description="the enterprise's USCC; the server searches by its keyed hash, never in clear"
+    )
+    event: str | None = Field(default=None, max_length=32, description="e.g. service.invoke, audit.payload.read")
+    chain: str | None = Field(default=None, max_length=64, description="node id of the chain")
+    target: str | None = Field(default=None, max_length=64, description="record id an officer action refers to")
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=512, description="next_cursor of the previous page")
+
+
+class AuditRecordOut(BaseModel):
+    """A record's metadata: everything but the sealed payloads, which need `POST …/payload` and a reason."""
+
+    record_id: str
+    chain_id: str
+    height: int
+    time: str = Field(description="UTC, millisecond precision")
+    ts_ms: int
+    event: str
+    caller_id: str | None
+    department: str | None
+    roles: list[str]
+    key_id: str | None = Field(description="key id of the request signature")
+    client_addr: str | None
+    request_id: str
+    method: str | None
+    path: str | None
+    service: str | None
+    operation: str | None
+    purpose: str | None
+    grant_id: str | None
+    subject_hash: str | None = Field(description="keyed hash (HMAC) of the USCC; the USCC itself is never stored")
+    decision: str
+    reason_code: str | None
+    fields: list[str]
+    status_code: int
+    upstream_status: str | None
+    duration_us: int
+    upstream_us: int | None
+    request_size: int
+    response_size: int
+    request_digest: str
+    response_digest: str
+    has_request_payload: bool
+    has_response_payload: bool
+    suite: str
+    data_key_id: str | None
+    target_id: str | None
+    reason: str | None
+    prev_hash: str
+    record_hash: str
+
+
+class AuditSearchOut(BaseModel):
+    records: list[AuditRecordOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class PayloadReadIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "复核2025年第3批名单的信用核查依据", "parts": ["response"]}]},
+    )
+
+    reason: str = Field(
+        min_length=10, max_length=1000, description="why the payload must be read; recorded with the reading"
+    )
+    parts: list[Part] = Field(default_factory=lambda: ["request", "response"], min_length=1)
+
+
+class PayloadOut(BaseModel):
+    record_id: str
+    suite: str
+    data_key_id: str | None
+    request: Any = Field(default=None, description="the decrypted request body (JSON, or {base64} if not JSON)")
+    response: Any = Field(default=None, description="the decrypted response body; null if none was stored")
+    audit_request_id: str = Field(description="request id of the audit record this reading wrote")
+
+
+class ChainFaultOut(BaseModel):
+    height: int
+    kind: Literal["changed", "missing", "reordered", "inserted", "truncated", "rehashed"]
+    detail: str
+
+
+class ChainStatusOut(BaseModel):
+    chain_id: str
+    ok: bool
+    records: int = Field(description="records verified, archived ones included")
+    head_height: int
+    head_hash: str
+    sealed_height: int = Field(description="highest height covered by a checkpoint whose signature verifies")
+    unsealed: int = Field(description="verified records above the last checkpoint (not yet signed)")
+    archives: int
+    signatures_checked: bool
+    fault: ChainFaultOut | None
+    notes: list[str]
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    checked_at: str
+    trusted_keys: list[str] = Field(description="key ids whose checkpoint signatures were accepted")
+    chains: list[ChainStatusOut]
+
+
+class CheckpointOut(BaseModel):
+    chain_id: str
+    height: int
+    head_hash: str
+    ts_ms: int
+    time: str
+    key_id: str
+    signature: str = Field(description="base64 Ed25519 signature over the checkpoint (see docs/audit.md)")
+
+
+class SignerOut(BaseModel):
+    key_id: str
+    chain_id: str
+    public_key: str = Field(description="PEM; compare its key id with the one the operator published")
+
+
+class CheckpointsOut(BaseModel):
+    checkpoints: list[CheckpointOut]
+    signers: list[SignerOut]

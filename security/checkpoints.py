@@ -1,0 +1,105 @@
+"""Signed checkpoints of an audit chain (chain id, height, head hash, time), like Certificate Transparency's tree heads.
+
+A checkpoint is signed with the node's Ed25519 key, so a chain rewritten by someone who can write to the
+database but does not hold that key no longer matches a checkpoint that verifies. Trust comes from outside
+the database: the verifier is given the public keys (`TrustedKeys`) and never takes one from the log itself.
+SM2 would be the 国密 choice here, but `cryptography` offers no SM2, so both suites sign with Ed25519.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+DOMAIN = b"msjx-audit-checkpoint/1\n"
+
+
+def signer_key_id(public_key: Ed25519PublicKey) -> str:
+    """`ed25519:` and the first 16 hex digits of SHA-256 of the raw public key: names a key, reveals nothing."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    chain_id: str
+    height: int
+    head_hash: str
+    ts_ms: int
+    key_id: str
+    signature: str  # base64 of the 64-byte Ed25519 signature
+
+    def message(self) -> bytes:
+        return checkpoint_message(self.chain_id, self.height, self.head_hash, self.ts_ms, self.key_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Checkpoint:
+        return cls(
+            chain_id=str(data["chain_id"]),
+            height=int(data["height"]),
+            head_hash=str(data["head_hash"]),
+            ts_ms=int(data["ts_ms"]),
+            key_id=str(data["key_id"]),
+            signature=str(data["signature"]),
+        )
+
+
+def checkpoint_message(chain_id: str, height: int, head_hash: str, ts_ms: int, key_id: str) -> bytes:
+    """The signed bytes: a domain tag, then sorted-key JSON of every field but the signature."""
+    body = {"chain_id": chain_id, "head_hash": head_hash, "height": height, "key_id": key_id, "ts_ms": ts_ms}
+    return DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_checkpoint(
+    private_key: Ed25519PrivateKey, chain_id: str, height: int, head_hash: str, ts_ms: int
+) -> Checkpoint:
+    key_id = signer_key_id(private_key.public_key())
+    signature = private_key.sign(checkpoint_message(chain_id, height, head_hash, ts_ms, key_id))
+    return Checkpoint(chain_id, height, head_hash, ts_ms, key_id, base64.b64encode(signature).decode())
+
+
+class TrustedKeys:
+    """The public keys a verifier accepts checkpoints from, by key id."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: Ed25519PublicKey) -> str:
+        key_id = signer_key_id(key)
+        self._keys[key_id] = key
+        return key_id
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def check(self, checkpoint: Checkpoint) -> str | None:
+        """None when the checkpoint is signed by a trusted key; otherwise why not."""
+        key = self._keys.get(checkpoint.key_id)
+        if key is None:
+            return f"it is signed by {checkpoint.key_id}, which is not a trusted key"
+        try:
+            signature = base64.b64decode(checkpoint.signature, validate=True)
+            key.verify(signature, checkpoint.message())
+        except (InvalidSignature, ValueError):
+            return f"its signature does not verify under the trusted key {checkpoint.key_id}"
+        return None

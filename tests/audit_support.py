@@ -1,0 +1,143 @@
+"""Helpers of the audit tests: a store on SQLite or a throwaway PostgreSQL database, a written chain, tampering."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway import db
+from gateway.audit import AuditEvent, AuditWriter, iter_chain, load_signer, trusted_keys, verify_all, witness_path
+from gateway.audit_keys import open_keyring
+from gateway.settings import Settings, load_settings
+from security.audit_chain import ChainReport
+from tests.conftest import create_test_database, drop_database
+
+CHAIN = "node-1"
+USCC = "91110000600037341L"
+
+
+@dataclass
+class Store:
+    settings: Settings
+    engine: AsyncEngine
+    backend: str
+
+    @property
+    def postgres(self) -> bool:
+        return self.backend == "postgres"
+
+    def with_suite(self, suite: str) -> Settings:
+        return self.settings.model_copy(update={"crypto_suite": suite})
+
+
+@asynccontextmanager
+async def audit_store(backend: str, data_dir: Path, **overrides: Any) -> AsyncIterator[Store]:
+    """A migrated database on `backend` ("sqlite" or "postgres", a throwaway database) and its engine."""
+    settings_overrides: dict[str, Any] = {"data_dir": data_dir, **overrides}
+    if backend == "postgres":
+        settings_overrides["database_url"] = await create_test_database()
+    settings = load_settings(**settings_overrides)
+    await db.upgrade_async(settings)
+    engine = db.create_engine(settings)
+    try:
+        yield Store(settings, engine, backend)
+    finally:
+        await engine.dispose()
+        if settings.database_url:
+            await drop_database(settings.database_url)
+
+
+def event(index: int = 0, **changes: Any) -> AuditEvent:
+    values: dict[str, Any] = {
+        "event": "service.invoke",
+        "request_id": secrets.token_hex(16),
+        "decision": "allowed",
+        "status_code": 200,
+        "request_body": b'{"purpose":"XM-2025-001","params":{"uscc":"' + USCC.encode() + b'"}}',
+        "response_body": b'{"data":{"listed":false,"n":' + str(index).encode() + b"}}",
+        "caller_id": "platform",
+        "department": "市数据管理局",
+        "roles": ("platform",),
+        "key_id": "platform.0123456789ab",
+        "client_addr": "127.0.0.1",
+        "method": "POST",
+        "path": "/v1/services/credit/dishonest-debtor",
+        "service": "credit",
+        "operation": "dishonest-debtor",
+        "purpose": "XM-2025-001",
+        "grant_id": "grant-1",
+        "subject": USCC,
+        "fields": ("uscc", "listed"),
+        "upstream_status": "200",
+        "duration_us": 1000 + index,
+        "upstream_us": 700,
+    }
+    values.update(changes)
+    return AuditEvent(**values)
+
+
+async def open_writer(
+    store: Store, suite: str = "standard", *, every: int = 3, seconds: float = 3600.0, **options: Any
+) -> AuditWriter:
+    settings = store.with_suite(suite)
+    keyring = await open_keyring(settings, store.engine)
+    writer = AuditWriter(
+        store.engine,
+        chain_id=options.pop("chain_id", CHAIN),
+        keyring=keyring,
+        suite=suite,
+        signer=load_signer(settings),
+        checkpoint_every=every,
+        checkpoint_seconds=seconds,
+        witness_path=options.pop("witness", witness_path(settings, CHAIN)),
+        **options,
+    )
+    await writer.start()
+    return writer
+
+
+async def write_chain(store: Store, suite: str = "standard", records: int = 12, every: int = 3) -> None:
+    """`records` records appended one at a time, so checkpoints fall exactly every `every` heights."""
+    writer = await open_writer(store, suite, every=every)
+    try:
+        for index in range(records):
+            await writer.append(event(index))
+    finally:
+        await writer.close()
+
+
+async def verify(store: Store, **options: Any) -> dict[str, ChainReport]:
+    options.setdefault("trusted", trusted_keys(store.settings))
+    options.setdefault("archive_dir", store.settings.archive_dir)
+    options.setdefault("witness_dir", store.settings.witness_dir)
+    return {report.chain_id: report for report in await verify_all(store.engine, **options)}
+
+
+async def fault_of(store: Store, chain: str = CHAIN, **options: Any) -> tuple[int, str] | None:
+    report = (await verify(store, **options))[chain]
+    return (report.fault.height, report.fault.kind) if report.fault else None
+
+
+async def tamper(store: Store, *statements: tuple[str, dict[str, Any]]) -> None:
+    """Run SQL as an attacker would: on PostgreSQL the append-only triggers are switched off first, as a table
+    owner or superuser can, and switched on again afterwards."""
+    async with store.engine.begin() as connection:
+        if store.postgres:
+            for table in ("audit_records", "audit_checkpoints"):
+                await connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+        for sql, params in statements:
+            await connection.execute(text(sql), params)
+        if store.postgres:
+            for table in ("audit_records", "audit_checkpoints"):
+                await connection.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+
+
+async def rows(store: Store, chain: str = CHAIN) -> list[dict[str, Any]]:
+    return [row async for page in iter_chain(store.engine, chain) for row in page]

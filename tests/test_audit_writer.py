@@ -1,0 +1,209 @@
+"""The audit writer on both databases: shared commits, checkpoints by count, time and shutdown, crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway.audit import AUDIT_TABLE, AuditUnavailable, load_checkpoints, open_payload, read_witness, witness_path
+from tests.audit_support import CHAIN, Store, audit_store, event, open_writer, rows, verify
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with audit_store(request.param, tmp_path) as opened:
+        yield opened
+
+
+@pytest.mark.parametrize("suite", ["standard", "sm"])
+async def test_concurrent_appends_share_commits_and_every_payload_opens(store: Store, suite: str) -> None:
+    writer = await open_writer(store, suite, every=1000)
+    try:
+        committed = await asyncio.gather(*[writer.append(event(i)) for i in range(300)])
+        batches = writer.batches
+    finally:
+        await writer.close()
+    assert sorted(row["height"] for row in committed) == list(range(1, 301))
+    assert batches < 300 / 4, f"300 concurrent appends took {batches} commits: group commit is not working"
+    stored = await rows(store)
+    assert len(stored) == 300 and {row["suite"] for row in stored} == {suite}
+    for row in stored[:20]:
+        opened = await open_payload(writer.keyring, row, "response")
+        assert opened is not None and opened.startswith(b'{"data"')
+    report = (await verify(store))[CHAIN]
+    assert report.ok and report.sealed_height == 300, "the graceful close signed the head"
+
+
+async def test_checkpoints_follow_count_time_and_shutdown(store: Store) -> None:
+    writer = await open_writer(store, every=5, seconds=0.3)
+    try:
+        for index in range(7):
+            await writer.append(event(index))
+        assert [cp.height for cp in await load_checkpoints(store.engine, CHAIN)] == [5]
+        deadline = time.monotonic() + 5
+        while writer.sealed_height < 7:
+            assert time.monotonic() < deadline, "no checkpoint after the time limit"
+            await asyncio.sleep(0.05)
+        await writer.append(event(8))
+    finally:
+        await writer.close()
+    heights = [cp.height for cp in await load_checkpoints(store.engine, CHAIN)]
+    assert heights == [5, 7, 8], "count, then time, then shutdown"
+    witness = read_witness(witness_path(store.settings, CHAIN))
+    assert [cp.height for cp in witness] == heights, "each checkpoint is also kept outside the database"
+
+
+async def test_a_restart_continues_the_chain_and_signs_an_unsigned_tail(store: Store) -> None:
+    writer = await open_writer(store, every=1000)
+    for index in range(3):
+        await writer.append(event(index))
+    writer._signer = None  # as if the process died before its shutdown checkpoint
+    await writer.close()
+    assert await load_checkpoints(store.engine, CHAIN) == []
+    again = await open_writer(store, every=1000)
+    try:
+        assert (again.height, again.sealed_height) == (3, 3), "the unsigned tail is signed before new appends"
+        row = await again.append(event(3))
+        assert row["height"] == 4 and row["prev_hash"] == writer.head
+    finally:
+        await again.close()
+    assert (await verify(store))[CHAIN].ok
+
+
+async def test_values_too_long_or_with_nul_are_recorded_not_failed(store: Store) -> None:
+    writer = await open_writer(store)
+    try:
+        strange = event(0, path="/v1/" + "x" * 5000, key_id="k\x00" * 100, service="s" * 500)
+        fine = event(1)
+        results = await asyncio.gather(writer.append(strange), writer.append(fine))
+    finally:
+        await writer.close()
+    assert [row["height"] for row in results] == [1, 2], "one odd request does not sink the batch it shares"
+    stored = await rows(store)
+    assert len(stored[0]["path"]) == 512 and "\x00" not in stored[0]["key_id"]
+    assert (await verify(store))[CHAIN].ok
+
+
+async def test_store_down_fails_every_waiter_and_the_writer_recovers(store: Store) -> None:
+    writer = await open_writer(store)
+    try:
+        await writer.append(event(0))
+        async with store.engine.begin() as connection:
+            await connection.exec_driver_sql("ALTER TABLE audit_records RENAME TO audit_records_away")
+        try:
+            outcomes = await asyncio.gather(*[writer.append(event(i)) for i in range(5)], return_exceptions=True)
+        finally:
+            async with store.engine.begin() as connection:
+                await connection.exec_driver_sql("ALTER TABLE audit_records_away RENAME TO audit_records")
+        assert all(isinstance(outcome, AuditUnavailable) for outcome in outcomes)
+        assert writer.last_error is not None
+        assert (await writer.append(event(9)))["height"] == 2
+        assert writer.last_error is None
+    finally:
+        await writer.close()
+    assert (await verify(store))[CHAIN].ok
+
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from gateway import db
+    from gateway.settings import load_settings
+    from tests.audit_support import Store, event, open_writer
+
+    async def main():
+        settings = load_settings(data_dir=Path(sys.argv[1]), database_url=sys.argv[2] or None)
+        store = Store(settings, db.create_engine(settings), "postgres" if sys.argv[2] else "sqlite")
+        writer = await open_writer(store, every=50)
+        print("ready", flush=True)
+        index = 0
+        while True:
+            await asyncio.gather(*[writer.append(event(index + n)) for n in range(64)])
+            index += 64
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_writer_killed_mid_write_leaves_a_chain_that_verifies(store: Store, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHING_WRITER)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(store.settings.data_dir), store.settings.database_url or ""],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + 20
+        while True:  # kill it while it writes, once a few batches are in
+            async with store.engine.connect() as connection:
+                count = len((await connection.execute(select(AUDIT_TABLE.c.height))).all())
+            if count >= 300 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    report = (await verify(store))[CHAIN]
+    assert report.ok, str(report.fault)
+    assert report.records >= 300, "whatever was committed before the kill verifies: no torn record"
+    writer = await open_writer(store, every=50)
+    try:
+        assert writer.sealed_height == report.records, "the restart signed what the crash left unsigned"
+        await writer.append(event(0))
+    finally:
+        await writer.close()
+    assert (await verify(store))[CHAIN].ok
+
+
+async def test_two_nodes_write_their_own_chains_side_by_side(tmp_path: Path) -> None:
+    import base64
+
+    from gateway import db
+    from gateway.audit import trusted_keys
+    from gateway.settings import load_settings
+
+    master = base64.b64encode(os.urandom(32)).decode()
+    async with audit_store("postgres", tmp_path / "node-1", master_key=master) as first:
+        second_settings = load_settings(
+            data_dir=tmp_path / "node-2", database_url=first.settings.database_url, master_key=master
+        )
+        second = Store(second_settings, db.create_engine(second_settings), "postgres")
+        try:
+            one = await open_writer(first, chain_id="node-1", every=10)
+            two = await open_writer(second, chain_id="node-2", every=10)
+            try:
+                await asyncio.gather(*[w.append(event(i)) for i in range(40) for w in (one, two)])
+                assert one.subject_hash("91110000600037341L") == two.subject_hash("91110000600037341L")
+            finally:
+                await one.close()
+                await two.close()
+            node_two_key = tmp_path / "node-2.pub.pem"
+            node_two_key.write_bytes((second_settings.keys_dir / "audit-signing.pub.pem").read_bytes())
+            both = await verify(first, trusted=trusted_keys(first.settings, [node_two_key]))
+            assert {chain: report.records for chain, report in both.items()} == {"node-1": 40, "node-2": 40}
+            assert all(report.ok for report in both.values())
+            only_own = await verify(first)
+            assert only_own["node-1"].ok
+            fault = only_own["node-2"].fault
+            assert fault is not None and fault.kind == "rehashed" and "not a trusted key" in fault.detail
+        finally:
+            await second.engine.dispose()
