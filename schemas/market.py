@@ -1,23 +1,20 @@
 """Canonical model of the market-registration (市场监管) enterprise profile.
 
 The legal representative's ID number and phone are personal information (个人信息保护法): their fields carry
-`x-sensitive` in the JSON schema, so grants, logs and screens can treat them apart.
+the `schemas.sensitive` marks (`x-sensitive` in the JSON schema), so logs and screens mask them.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .credit import Yuan
+from .sensitive import IdNumber, Phone
 from .uscc import USCC
 
-__all__ = ["SENSITIVE", "EnterpriseProfile", "EnterpriseQuery", "LegalRepresentative"]
-
-SENSITIVE: dict[str, Any] = {"x-sensitive": True}
-"""JSON-schema marker of a personal-data field; schemas/sensitive.py may later replace this local definition."""
+__all__ = ["EnterpriseProfile", "EnterpriseQuery", "LegalRepresentative"]
 
 
 class _Model(BaseModel):
@@ -34,10 +31,8 @@ class LegalRepresentative(_Model):
     """法定代表人."""
 
     name: str = Field(description="姓名")
-    id_number: str = Field(
-        pattern=r"^\d{17}[\dX]$", description="居民身份证号码 (GB 11643), personal data", json_schema_extra=SENSITIVE
-    )
-    phone: str = Field(pattern=r"^\d{11}$", description="联系电话, personal data", json_schema_extra=SENSITIVE)
+    id_number: IdNumber = Field(pattern=r"^\d{17}[\dX]$", description="居民身份证号码 (GB 11643), personal data")
+    phone: Phone = Field(pattern=r"^\d{11}$", description="联系电话, personal data")
 
 
 class EnterpriseProfile(_Model):
