@@ -7,7 +7,7 @@ import heapq
 import time
 from typing import Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 
 class NonceStore(Protocol):
@@ -112,5 +112,15 @@ class RedisNonceStore:
         await self._redis.aclose()
 
 
-def connect_redis(url: str) -> Redis:
-    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30)
+def connect_redis(url: str, max_connections: int = 64) -> Redis:
+    # redis-py's default pool raises MaxConnectionsError past its limit, which would fail a burst of requests;
+    # a blocking pool makes the burst wait (up to `timeout`) for a connection instead.
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=2,
+        socket_connect_timeout=2,
+        socket_timeout=2,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)

@@ -57,3 +57,14 @@ async def test_unreachable_redis_fails_every_waiter() -> None:
 async def test_memory_store_grants_once() -> None:
     store = MemoryNonceStore()
     assert [await store.claim("k", "n-000001", 30) for _ in range(2)] == [True, False]
+
+
+async def test_a_burst_beyond_the_pool_waits_instead_of_failing() -> None:
+    # redis-py's default pool raises MaxConnectionsError past its limit; every shared-state client must queue instead.
+    client = connect_redis(await check_redis(), max_connections=4)
+    prefix = f"msjx-test:burst:{secrets.token_hex(6)}"
+    try:
+        results = await asyncio.gather(*(client.set(f"{prefix}:{i}", b"1", nx=True, ex=5) for i in range(200)))
+        assert results == [True] * 200
+    finally:
+        await client.aclose()
