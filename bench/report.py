@@ -179,14 +179,62 @@ def _row(name: str, scenario: Any) -> str:
     for state in ("skipped", "error"):
         if state in scenario:
             return f"| {name} | {state}: {str(scenario[state])[:160]} | | | | | | |"
-    if "rps" not in scenario:  # a module scenario with figures of its own
-        shown = ", ".join(f"{key} {_cell(value)}" for key, value in scenario.items() if not isinstance(value, dict))
-        return f"| {name} | {shown} | | | | | | |"
+    if "rps" not in scenario:  # a module scenario with figures of its own: see its table below
+        return f"| {name} | see below | | | | | | |"
     return (
         f"| {name} | {_cell(scenario['rps'], 0)} | {_cell(scenario['p50_ms'], 2)} | {_cell(scenario['p99_ms'], 2)} "
         f"| {_cell(scenario['cpu_us_per_req'], 0)} | {_cell(scenario['peak_rss_mb'])} | "
         f"{_cell(scenario.get('requests'))} | {_cell(scenario.get('errors'))} |"
     )
+
+
+def _soap_lines(soap: Any) -> list[str]:
+    if not isinstance(soap, dict) or "sequential" not in soap:
+        return []
+    lines = [
+        "",
+        f"SOAP path ({soap.get('call')}), one call at a time (`{soap.get('command')}`). The `soap` row above"
+        " comes from this module's own Python client, which signs every request, not from wrk: compare it with"
+        " `gateway_rest_floor` here, not with `gateway_sqlite`.",
+        "",
+        "| path | p50 ms | p99 ms | calls/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in soap["sequential"].items():
+        if isinstance(row, dict):
+            lines.append(
+                f"| {name} | {_cell(row['p50_ms'], 2)} | {_cell(row['p99_ms'], 2)} | {_cell(row['calls_per_s'], 0)} |"
+            )
+    registration = soap.get("registration_50_operations") or {}
+    if registration:
+        lines += [
+            "",
+            f"Registering a WSDL of {registration['operations']} operations, cold: "
+            f"{_cell(registration['cold_prepare_ms_median'], 0)} ms (median of {registration['runs']}); another node "
+            f"rebuilds it from the stored contract in {_cell(registration['rebuild_from_stored_bundle_ms_median'], 0)} "
+            "ms.",
+        ]
+    return lines
+
+
+def _audit_lines(audit: Any) -> list[str]:
+    if not isinstance(audit, dict) or "verify_standard_rps" not in audit:
+        return []
+    lines = [
+        "",
+        f"Audit log (`.venv/bin/python -m bench.audit`, {_cell(audit.get('records_per_run'))} records, "
+        f"{audit.get('concurrency')} concurrent appends), records/s:",
+        "",
+        "| suite | append, SQLite | append, PostgreSQL | verify, one core | targets |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for suite in ("standard", "sm"):
+        lines.append(
+            f"| {suite} | {_cell(audit.get(f'append_sqlite_{suite}_rps'), 0)} "
+            f"| {_cell(audit.get(f'append_pg_{suite}_rps'), 0)} | {_cell(audit.get(f'verify_{suite}_rps'), 0)} "
+            "| append ≥ 20,000, verify ≥ 200,000 |"
+        )
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -236,6 +284,7 @@ def markdown(results: dict[str, Any]) -> str:
             ]
     elif isinstance(half, dict):
         lines += ["", f"Half-rate latency: {half.get('skipped') or half.get('error')}"]
+    lines += _soap_lines(results.get("soap")) + _audit_lines(results.get("audit"))
     lines += [
         "",
         "| target | value | threshold | result | same ratio by CPU µs/req |",
