@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import metrics
 from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
 from gateway.auth import Principal
 from gateway.problems import Problem
@@ -125,6 +126,7 @@ async def run_exchange(
         event.response_body = payload
         event.duration_us = int((time.perf_counter() - started) * 1e6)
         await runtime.audit.append(event)
+        metrics.observe(event)
         headers = {**exchange.response_headers, "X-Request-Id": request_id}
         return Response(payload, status_code=status, media_type=exchange.media_type, headers=headers)
     except AuditUnavailable:
@@ -158,10 +160,12 @@ async def _record_problem(
         await runtime.audit.append(event)
     except AuditUnavailable:
         return _audit_down(event.request_id, instance)
+    metrics.observe(event)
     return problem.response(event.request_id, instance, body=body)
 
 
 def _audit_down(request_id: str, instance: str) -> Response:
+    metrics.AUDIT_UNAVAILABLE.inc()
     log.error("request %s refused: the audit store is unavailable", request_id)
     return Problem(
         503,

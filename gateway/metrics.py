@@ -1,0 +1,36 @@
+"""Prometheus metrics of the request path: exchanges by outcome, their latency, upstream time, audit failures."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from gateway.audit import AuditEvent
+
+# Latency buckets in seconds, from a fast local call to a slow upstream timing out.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EXCHANGES = Counter(
+    "msjx_exchanges_total",
+    "Exchanges answered and audited, by event, decision (allowed, refused, failed) and problem code",
+    ["event", "decision", "code"],
+)
+DURATION = Histogram(
+    "msjx_exchange_duration_seconds",
+    "Time from arrival until the answer was ready to be audited (the audit commit comes after)",
+    ["event"],
+    buckets=_BUCKETS,
+)
+UPSTREAM = Histogram(
+    "msjx_upstream_duration_seconds", "Time spent calling an upstream service", ["service"], buckets=_BUCKETS
+)
+AUDIT_UNAVAILABLE = Counter(
+    "msjx_audit_unavailable_total", "Exchanges refused with 503 because their audit record could not be committed"
+)
+
+
+def observe(event: AuditEvent) -> None:
+    """Count one exchange whose audit record is durable."""
+    EXCHANGES.labels(event.event, event.decision, event.reason_code or "").inc()
+    DURATION.labels(event.event).observe(event.duration_us / 1e6)
+    if event.service is not None and event.upstream_us is not None:
+        UPSTREAM.labels(event.service).observe(event.upstream_us / 1e6)
