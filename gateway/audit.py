@@ -151,18 +151,24 @@ class SqliteCommitter:
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
+        self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
 
     async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
         await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
 
     async def commit(self, records: list[tuple[Any, ...]], checkpoint: Checkpoint | None) -> None:
+        if self._executor is None:
+            raise AuditUnavailable("the audit writer's SQLite connection is not open")
         await asyncio.get_running_loop().run_in_executor(self._executor, self._commit, records, checkpoint)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=False)
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        executor.shutdown(wait=False)
 
     def _open(self) -> None:
         # Autocommit mode: the transaction is the explicit BEGIN IMMEDIATE ... COMMIT below, nothing implicit.
@@ -264,6 +270,8 @@ class AuditWriter:
     async def close(self) -> None:
         """Finish queued appends, sign the head (graceful shutdown), stop."""
         if self._task is None:
+            if self._sqlite is not None:  # a start that failed after opening the connection
+                await self._sqlite.close()
             return
         self._closing = True
         if self._ticker is not None:
