@@ -86,7 +86,8 @@ class Directory:
     def __init__(self, sessions: async_sessionmaker, ttl: float = 0.8) -> None:
         self._sessions = sessions
         self._ttl = ttl
-        self._stale_limit = max(ttl, min(ttl + STALE_GRACE, REVOCATION_BOUND))
+        # A ttl of 0 asks for no caching at all: then no stale snapshot either.
+        self._stale_limit = max(ttl, min(ttl + STALE_GRACE, REVOCATION_BOUND)) if ttl > 0 else 0.0
         self._snapshot: _Snapshot | None = None
         self._reload: asyncio.Task[_Snapshot] | None = None
         self._generation = 0
