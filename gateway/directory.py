@@ -1,12 +1,14 @@
-"""Callers, their keys and their grants, read from the database into a snapshot no older than ~1 s.
+"""Callers, their keys and their grants, read from the database into a snapshot no older than 1 s.
 
 Every request needs them; reading them per request would cost a round trip each. A snapshot that is
-refreshed when older than `ttl` keeps revocation visible on every node within that time.
+refreshed when older than `ttl`, and never served once older than `REVOCATION_BOUND`, keeps revocation
+visible on every node within 1 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +19,15 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from gateway.models import Caller, CallerKey, Grant
 from security.keys import KeyFormatError, load_public_key
+
+log = logging.getLogger("msjx.directory")
+# A revocation committed at time T is in every snapshot whose load started after T (`loaded` is read before the
+# first query). A snapshot older than `ttl` (grant_cache_seconds, 0.8 s by default) gets ONE reload task; while it
+# runs, requests keep the old snapshot, but only while that is younger than ttl + STALE_GRACE (0.2 s), and never
+# older than REVOCATION_BOUND (1.0 s): past that they wait for the reload. No node answers from a snapshot older
+# than 1.0 s, so every node sees a revocation within 1 s, and a reload (~1 ms) is off the request path.
+REVOCATION_BOUND = 1.0
+STALE_GRACE = 0.2
 
 
 @dataclass(frozen=True)
@@ -72,14 +83,20 @@ def as_utc(value: datetime) -> datetime:
 
 
 class Directory:
-    def __init__(self, sessions: async_sessionmaker, ttl: float = 1.0) -> None:
+    def __init__(self, sessions: async_sessionmaker, ttl: float = 0.8) -> None:
         self._sessions = sessions
         self._ttl = ttl
+        # A ttl of 0 asks for no caching at all: then no stale snapshot either.
+        self._stale_limit = max(ttl, min(ttl + STALE_GRACE, REVOCATION_BOUND)) if ttl > 0 else 0.0
         self._snapshot: _Snapshot | None = None
-        self._lock = asyncio.Lock()
+        self._reload: asyncio.Task[_Snapshot] | None = None
+        self._generation = 0
 
     def invalidate(self) -> None:
+        """Drop the snapshot: the next caller waits for a fresh one (a reload in flight may predate the change)."""
         self._snapshot = None
+        self._reload = None
+        self._generation += 1
 
     async def key(self, key_id: str) -> KeyInfo | None:
         return (await self._current()).keys.get(key_id)
@@ -89,14 +106,28 @@ class Directory:
 
     async def _current(self) -> _Snapshot:
         snapshot = self._snapshot
-        if snapshot is not None and time.monotonic() - snapshot.loaded < self._ttl:
+        age = time.monotonic() - snapshot.loaded if snapshot is not None else 0.0
+        if snapshot is not None and age < self._ttl:
             return snapshot
-        async with self._lock:
-            snapshot = self._snapshot
-            if snapshot is None or time.monotonic() - snapshot.loaded >= self._ttl:
-                snapshot = await self._load()
+        loop = asyncio.get_running_loop()
+        reload = self._reload
+        if reload is None or reload.get_loop() is not loop:
+            reload = self._reload = loop.create_task(self._refresh(self._generation), name="directory-reload")
+            reload.add_done_callback(_log_failure)
+        if snapshot is not None and age < self._stale_limit:
+            return snapshot
+        # Shielded: a caller that gives up (client gone, timeout) does not cancel the reload others wait for.
+        return await asyncio.shield(reload)
+
+    async def _refresh(self, generation: int) -> _Snapshot:
+        try:
+            snapshot = await self._load()
+            if generation == self._generation:  # not invalidated meanwhile
                 self._snapshot = snapshot
-        return snapshot
+            return snapshot
+        finally:
+            if self._reload is asyncio.current_task():
+                self._reload = None
 
     async def _load(self) -> _Snapshot:
         started = time.monotonic()
@@ -135,3 +166,9 @@ class Directory:
                 )
                 grants.setdefault((row.caller_id, row.service, row.operation), []).append(info)
         return _Snapshot(started, keys, {key: tuple(value) for key, value in grants.items()})
+
+
+def _log_failure(task: asyncio.Task[_Snapshot]) -> None:
+    # Callers served the old snapshot never see the error; the next one past the ttl starts another reload.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("directory reload failed: %s", type(task.exception()).__name__)

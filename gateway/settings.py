@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     )
     signature_max_skew: int = Field(default=300, ge=1, le=3600)
     audit_batch_max: int = Field(default=512, ge=1, le=100_000)
-    grant_cache_seconds: float = Field(default=1.0, ge=0, le=1.0)
+    grant_cache_seconds: float = Field(default=0.8, ge=0, le=1.0)
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     sharing_overdue_action: Literal["escalate", "approve"] = Field(
         default="escalate",

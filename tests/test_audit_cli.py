@@ -119,7 +119,8 @@ async def test_export_verifies_offline_with_the_public_key_only(tmp_path: Path) 
 
 
 async def test_an_export_of_a_later_range_is_sealed_by_the_next_checkpoint(tmp_path: Path) -> None:
-    await _write(tmp_path, 10, every=4)
+    # A ticking clock: at the real one two fast appends can share a millisecond, and the range would take both.
+    await _write(tmp_path, 10, every=4, clock_ms=int(time.time() * 1000))
     async with audit_store("sqlite", tmp_path) as store:
         stored = await rows(store)
     middle = datetime.fromtimestamp(stored[5]["ts_ms"] / 1000, UTC).isoformat(timespec="milliseconds")
