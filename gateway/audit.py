@@ -122,7 +122,6 @@ class AuditEvent:
     # False for answers that carry decrypted audit payloads: keeping a second sealed copy of them under a newer
     # key would outlive the crypto-shredding of the original. Size and digest are still recorded.
     store_response: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def new_request_id() -> str:
