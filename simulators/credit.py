@@ -7,9 +7,6 @@ once at start, so a request costs a dict lookup: this service is the benchmark's
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from schemas.uscc import is_valid_uscc
+from simulators.serving import bound_port, run, run_until_signalled, start_app
 
 from .enterprises import ENTERPRISES, Enterprise, Listing
 from .faults import install_faults
@@ -108,34 +106,19 @@ def create_app() -> web.Application:
 
 async def start(host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
     """Start the simulator in the running event loop; stop it with `await runner.cleanup()`."""
-    runner = web.AppRunner(create_app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner, _ = await start_app(create_app(), host, port)
     return runner
 
 
 async def start_with_port(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     """Like `start`, and also return the port bound (useful with port 0)."""
-    runner = await start(host, port)
-    return runner, bound_port(runner)
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The TCP port the runner's first site listens on."""
-    return int(runner.addresses[0][1])
+    return await start_app(create_app(), host, port)
 
 
 async def _serve(host: str, port: int) -> None:
     runner, bound = await start_with_port(host, port)
     print(f"credit simulator listening on http://{host}:{bound}{BASE_PATH}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await run_until_signalled(runner)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,13 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9101)
     args = parser.parse_args(argv)
-    loop_factory = None
-    with contextlib.suppress(ImportError):  # uvloop comes with uvicorn[standard]; the plain loop works too
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(args.host, args.port))
+    run(_serve(args.host, args.port))
 
 
 if __name__ == "__main__":

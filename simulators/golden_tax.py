@@ -9,9 +9,6 @@ soap:Server GT3-9999 (system busy), as a loaded exchange does.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 from collections.abc import Callable
 from datetime import date, timedelta
 from decimal import Decimal
@@ -22,6 +19,7 @@ from aiohttp import web
 from lxml import etree
 
 from schemas.uscc import is_valid_uscc
+from simulators.serving import bound_port, run, run_until_signalled, start_app
 
 from .enterprises import (
     Enterprise,
@@ -235,32 +233,19 @@ def create_app() -> web.Application:
 
 async def start(host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
     """Start the simulator in the running event loop; stop it with `await runner.cleanup()`."""
-    runner = web.AppRunner(create_app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner, _ = await start_app(create_app(), host, port)
     return runner
 
 
 async def start_with_port(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    runner = await start(host, port)
-    return runner, bound_port(runner)
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    return int(runner.addresses[0][1])
+    """Like `start`, and also return the port bound (useful with port 0)."""
+    return await start_app(create_app(), host, port)
 
 
 async def _serve(host: str, port: int) -> None:
     runner, bound = await start_with_port(host, port)
     print(f"golden-tax simulator listening on http://{host}:{bound}{SERVICE_PATH} (WSDL: ?wsdl)", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await run_until_signalled(runner)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,13 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9102)
     args = parser.parse_args(argv)
-    loop_factory = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(args.host, args.port))
+    run(_serve(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
-import signal
 import sqlite3
 import xml.etree.ElementTree as StdET
 from dataclasses import dataclass
@@ -37,6 +35,8 @@ import defusedxml.ElementTree as SafeET
 import orjson
 from aiohttp import web
 from defusedxml import DefusedXmlException
+
+from simulators.serving import run, run_until_signalled, start_app
 
 from .faults import install_faults
 
@@ -406,30 +406,21 @@ def default_data_dir() -> Path:
 
 async def start(host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None = None) -> web.AppRunner:
     """Start the simulator in the running event loop; stop it with `await runner.cleanup()`."""
-    runner = web.AppRunner(create_app(data_dir or default_data_dir()), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner, _ = await start_with_port(host, port, data_dir=data_dir)
     return runner
 
 
 async def start_with_port(
     host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None = None
 ) -> tuple[web.AppRunner, int]:
-    runner = await start(host, port, data_dir=data_dir)
-    return runner, int(runner.addresses[0][1])
+    """Like `start`, and also return the port bound (useful with port 0)."""
+    return await start_app(create_app(data_dir or default_data_dir()), host, port)
 
 
 async def _serve(host: str, port: int, data_dir: Path) -> None:
     runner, bound = await start_with_port(host, port, data_dir=data_dir)
     print(f"treasury simulator listening on http://{host}:{bound}{BASE_PATH} (store {data_dir / DB_NAME})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await run_until_signalled(runner)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -438,8 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9104)
     parser.add_argument("--data-dir", type=Path, default=None, help="where treasury.sqlite3 lives")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port, args.data_dir or default_data_dir()))
+    run(_serve(args.host, args.port, args.data_dir or default_data_dir()))
 
 
 if __name__ == "__main__":
