@@ -9,9 +9,8 @@ from pydantic import BaseModel
 
 from schemas.credit import AbnormalOperationRecord, CreditQuery, DishonestDebtorRecord, SeriousViolationRecord
 
-from .base import Adapter, Operation, UpstreamMalformed, UpstreamRejected, UpstreamResult
-from .http import JsonClient
-from .resilience import ResiliencePolicy
+from .base import Operation, UpstreamMalformed, UpstreamRejected, UpstreamResult
+from .http import RestAdapter
 
 __all__ = ["CreditAdapter"]
 
@@ -75,11 +74,12 @@ _ROUTES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
 }
 
 
-class CreditAdapter(Adapter):
+class CreditAdapter(RestAdapter):
     """失信被执行人, 经营异常名录 and 严重违法失信名单 lookups by USCC."""
 
     service = "credit"
     title = "信用平台 credit platform"
+    default_max_connections = 100
     operations: ClassVar[dict[str, Operation]] = {
         operation.name: operation
         for operation in (
@@ -106,20 +106,6 @@ class CreditAdapter(Adapter):
             ),
         )
     }
-
-    def __init__(
-        self, base_url: str, *, timeout: float = 5.0, max_connections: int = 100, policy: ResiliencePolicy | None = None
-    ) -> None:
-        self.http = JsonClient(self.service, base_url, timeout=timeout, max_connections=max_connections)
-        self.configure_resilience(policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=max_connections))
-
-    async def start(self) -> None:
-        policy = self.guard.policy
-        self.http.set_timeouts(policy.total_timeout, policy.connect, policy.read_timeout, policy.max_concurrency)
-        await self.http.start()
-
-    async def close(self) -> None:
-        await self.http.close()
 
     async def call(self, operation: Operation, params: BaseModel) -> UpstreamResult:
         path, translate = _ROUTES[operation.name]

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
-from .base import UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from .base import Adapter, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from .resilience import ResiliencePolicy
 
 __all__ = ["DEFAULT_MAX_BODY", "HttpClient", "JsonClient", "JsonResponse", "RawResponse", "phrase"]
 
@@ -201,3 +202,33 @@ def phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "error"
+
+
+class RestAdapter(Adapter):
+    """An adapter whose upstream speaks JSON over HTTP: one `JsonClient`, sized and timed by its resilience policy.
+
+    Subclasses set `service`, `title`, `operations` and `call`; `default_max_connections` bounds the pool.
+    """
+
+    default_max_connections: ClassVar[int] = 64
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        max_connections: int | None = None,
+        policy: ResiliencePolicy | None = None,
+    ) -> None:
+        connections = max_connections or self.default_max_connections
+        self.http = JsonClient(self.service, base_url, timeout=timeout, max_connections=connections)
+        self.configure_resilience(policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=connections))
+
+    async def start(self) -> None:
+        # The policy may have been replaced since __init__ (MSJX_UPSTREAM_POLICIES): size the client from it now.
+        policy = self.guard.policy
+        self.http.set_timeouts(policy.total_timeout, policy.connect, policy.read_timeout, policy.max_concurrency)
+        await self.http.start()
+
+    async def close(self) -> None:
+        await self.http.close()

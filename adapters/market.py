@@ -15,9 +15,8 @@ from pydantic import BaseModel
 
 from schemas.market import EnterpriseProfile, EnterpriseQuery
 
-from .base import Adapter, Operation, UpstreamMalformed, UpstreamRejected, UpstreamResult, UpstreamSubjectUnknown
-from .http import JsonClient
-from .resilience import ResiliencePolicy
+from .base import Operation, UpstreamMalformed, UpstreamRejected, UpstreamResult, UpstreamSubjectUnknown
+from .http import RestAdapter
 
 __all__ = ["IN_OPERATION", "MarketAdapter"]
 
@@ -71,7 +70,7 @@ def _profile(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class MarketAdapter(Adapter):
+class MarketAdapter(RestAdapter):
     """The enterprise profile (登记信息) by USCC from the market-registration system."""
 
     service = "market"
@@ -84,20 +83,6 @@ class MarketAdapter(Adapter):
             output_model=EnterpriseProfile,
         )
     }
-
-    def __init__(
-        self, base_url: str, *, timeout: float = 5.0, max_connections: int = 64, policy: ResiliencePolicy | None = None
-    ) -> None:
-        self.http = JsonClient(self.service, base_url, timeout=timeout, max_connections=max_connections)
-        self.configure_resilience(policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=max_connections))
-
-    async def start(self) -> None:
-        policy = self.guard.policy
-        self.http.set_timeouts(policy.total_timeout, policy.connect, policy.read_timeout, policy.max_concurrency)
-        await self.http.start()
-
-    async def close(self) -> None:
-        await self.http.close()
 
     async def call(self, operation: Operation, params: BaseModel) -> UpstreamResult:
         uscc: str = params.uscc  # type: ignore[attr-defined]
