@@ -6,7 +6,6 @@ once at start, so a request costs a dict lookup: this service is the benchmark's
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +13,13 @@ import orjson
 from aiohttp import web
 
 from schemas.uscc import is_valid_uscc
-from simulators.serving import bound_port, run, run_until_signalled, start_app
+from simulators import serving
+from simulators.serving import start_app
 
 from .enterprises import ENTERPRISES, Enterprise, Listing
 from .faults import install_faults
 
-__all__ = ["BASE_PATH", "bound_port", "create_app", "main", "start", "start_with_port"]
+__all__ = ["BASE_PATH", "create_app", "main", "start_with_port"]
 
 BASE_PATH = "/api/credit/v1"
 _JSON = "application/json"
@@ -104,29 +104,20 @@ def create_app() -> web.Application:
     return app
 
 
-async def start(host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
-    """Start the simulator in the running event loop; stop it with `await runner.cleanup()`."""
-    runner, _ = await start_app(create_app(), host, port)
-    return runner
-
-
 async def start_with_port(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     """Like `start`, and also return the port bound (useful with port 0)."""
     return await start_app(create_app(), host, port)
 
 
-async def _serve(host: str, port: int) -> None:
-    runner, bound = await start_with_port(host, port)
-    print(f"credit simulator listening on http://{host}:{bound}{BASE_PATH}", flush=True)
-    await run_until_signalled(runner)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m simulators.credit", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9101)
-    args = parser.parse_args(argv)
-    run(_serve(args.host, args.port))
+    serving.main(
+        argv,
+        module="credit",
+        description=__doc__.splitlines()[0],
+        default_port=9101,
+        start_with_port=start_with_port,
+        banner=lambda host, port: f"credit simulator listening on http://{host}:{port}{BASE_PATH}",
+    )
 
 
 if __name__ == "__main__":

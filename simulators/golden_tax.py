@@ -8,7 +8,6 @@ soap:Server GT3-9999 (system busy), as a loaded exchange does.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from datetime import date, timedelta
 from decimal import Decimal
@@ -19,7 +18,8 @@ from aiohttp import web
 from lxml import etree
 
 from schemas.uscc import is_valid_uscc
-from simulators.serving import bound_port, run, run_until_signalled, start_app
+from simulators import serving
+from simulators.serving import start_app
 
 from .enterprises import (
     Enterprise,
@@ -28,7 +28,7 @@ from .enterprises import (
 )
 from .faults import current_fault, install_faults
 
-__all__ = ["CONTRACTS", "NAMESPACE", "SERVICE_PATH", "bound_port", "create_app", "main", "start", "start_with_port"]
+__all__ = ["CONTRACTS", "NAMESPACE", "SERVICE_PATH", "create_app", "main", "start_with_port"]
 
 NAMESPACE = "http://www.chinatax.gov.cn/gt3/sjjh/nsrxx/v1"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -231,29 +231,20 @@ def create_app() -> web.Application:
     return app
 
 
-async def start(host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
-    """Start the simulator in the running event loop; stop it with `await runner.cleanup()`."""
-    runner, _ = await start_app(create_app(), host, port)
-    return runner
-
-
 async def start_with_port(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     """Like `start`, and also return the port bound (useful with port 0)."""
     return await start_app(create_app(), host, port)
 
 
-async def _serve(host: str, port: int) -> None:
-    runner, bound = await start_with_port(host, port)
-    print(f"golden-tax simulator listening on http://{host}:{bound}{SERVICE_PATH} (WSDL: ?wsdl)", flush=True)
-    await run_until_signalled(runner)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m simulators.golden_tax", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9102)
-    args = parser.parse_args(argv)
-    run(_serve(args.host, args.port))
+    serving.main(
+        argv,
+        module="golden_tax",
+        description=__doc__.splitlines()[0],
+        default_port=9102,
+        start_with_port=start_with_port,
+        banner=lambda host, port: f"golden-tax simulator listening on http://{host}:{port}{SERVICE_PATH} (WSDL: ?wsdl)",
+    )
 
 
 if __name__ == "__main__":

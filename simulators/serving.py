@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -45,3 +46,29 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main)
+
+
+Starter = Callable[[str, int], Awaitable[tuple[web.AppRunner, int]]]
+
+
+def main(
+    argv: list[str] | None,
+    *,
+    module: str,
+    description: str,
+    default_port: int,
+    start_with_port: Starter,
+    banner: Callable[[str, int], str],
+) -> None:
+    """`python -m simulators.<module> [--host] [--port]`: serve one simulator until signalled."""
+    parser = argparse.ArgumentParser(prog=f"python -m simulators.{module}", description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=default_port)
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        runner, bound = await start_with_port(args.host, args.port)
+        print(banner(args.host, bound), flush=True)
+        await run_until_signalled(runner)
+
+    run(serve())
