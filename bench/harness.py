@@ -165,8 +165,9 @@ class Bench:
             f"  errors {result['errors']}",
             flush=True,
         )
-        if name in self.config.profile and not rate:
-            self.profile(name, url, server, pool, expected, seconds, cycle)
+        # `--profile half_rate` samples the paced gateway run, where a request's own costs are not shared by a batch.
+        if name in self.config.profile or (name == "half_rate.gateway" and "half_rate" in self.config.profile):
+            self.profile(name, url, server, pool, expected, seconds, cycle, rate)
         return result
 
     def _expected_rps(self, name: str, rate: float) -> float:
@@ -184,6 +185,7 @@ class Bench:
         expected: float,
         seconds: float,
         cycle: bool = False,
+        rate: float = 0.0,
     ) -> None:
         """An extra run under py-spy (never the measured one: sampling takes CPU from a 2-core machine)."""
         from bench import profile
@@ -193,7 +195,12 @@ class Bench:
         spy = profile.start(server.pid, seconds, collapsed)
         try:
             wrk.run_wrk(
-                url, seconds=seconds, connections=self.config.connections, requests_file=requests_file, cycle=cycle
+                url,
+                seconds=seconds,
+                connections=self.config.connections,
+                requests_file=requests_file,
+                cycle=cycle,
+                rate=rate,
             )
         finally:
             try:

@@ -212,6 +212,21 @@ async def test_retry_budget_bounds_the_attempts(faults: Simulator) -> None:
         await adapter.close()
 
 
+async def test_retry_budget_counts_from_the_first_attempt(faults: Simulator) -> None:
+    # The first attempt runs before tenacity starts its clock: its time must still be spent from the budget.
+    adapter = await tax_adapter(faults, max_attempts=10, total_timeout=0.3, retry_budget=0.2, failure_threshold=1000)
+    try:
+        await faults.fault(mode="latency", latency_ms=500)
+        before = await faults.served()
+        with pytest.raises(UpstreamTimeout) as caught:
+            await adapter.invoke("tax-credit-rating", RATING)
+        assert caught.value.attempts == 1
+        await asyncio.sleep(0.3)  # the simulator counts a request when it has answered it
+        assert await faults.served() - before == 1
+    finally:
+        await adapter.close()
+
+
 async def test_unsafe_operation_is_never_retried() -> None:
     app = soap_app()
     async with serving(app) as url:
