@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from adapters.credit import CreditAdapter
+from gateway import heap
 from gateway.cli import SERVER_OPTIONS
 
 HOST = "127.0.0.1"
@@ -30,6 +31,7 @@ def create_app(upstream: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await adapter.start()
+        heap.settle()  # the gateway's process settings: the floor must not pay for collections the gateway skips
         try:
             yield
         finally:

@@ -100,7 +100,7 @@ def serve(
     """Serve the gateway (migrating the database first)."""
     import uvicorn
 
-    from gateway import db
+    from gateway import db, heap
     from gateway.app import create_app
 
     settings = _settings(data_dir)
@@ -108,7 +108,7 @@ def serve(
     # Until uvicorn takes over the signals, make SIGTERM unwind like Ctrl-C so the simulators child is stopped.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     simulators = None
-    on_ready = None
+    announcement: list[str] = []
     try:
         if demo:
             from gateway import demo as demo_module
@@ -119,19 +119,21 @@ def serve(
             settings = settings.model_copy(update={"upstream_urls": {**urls, **settings.upstream_urls}})
             db.upgrade(settings)
             listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
-            lines = [
+            announcement = [
                 f"msjx-gateway demo on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
                 f"simulators: {', '.join(f'{name} {url}' for name, url in urls.items())}",
                 f"demo callers and keys: {settings.data_dir / 'demo' / 'callers.json'}",
                 "try, in another shell:",
                 "  " + demo_module.call_line(port, listing, DEMO_USCC, host),
             ]
-
-            def on_ready() -> None:
-                typer.echo("\n".join(lines))
-
         else:
             db.upgrade(settings)
+
+        def on_ready() -> None:
+            heap.settle()
+            if announcement:
+                typer.echo("\n".join(announcement))
+
         uvicorn.run(
             create_app(settings, on_ready=on_ready),
             host=host,
