@@ -145,6 +145,7 @@ class Bench:
             time.sleep(0.5)  # let requests cut off by the end of the warm-up drain
         main_pool = pool(name, expected, seconds) if pool else None
         cpu_before = procs.cpu_seconds(server.pids())
+        main_before = procs.main_thread_cpu_seconds(server.pid)
         load = wrk.run_wrk(
             url,
             seconds=seconds,
@@ -154,13 +155,18 @@ class Bench:
             rate=rate,
         )
         cpu_after = procs.cpu_seconds(server.pids())
+        main_thread = procs.main_thread_cpu_seconds(server.pid) - main_before
         cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
         result = figures(load, cpu, procs.peak_rss_mb(server.pids()))
+        if load.requests and len(server.pids()) == 1:
+            # The event loop's thread: what caps one worker, whatever the other threads (SQLite commits) add.
+            result["main_thread_cpu_us_per_req"] = round(1e6 * main_thread / load.requests, 1)
         if rate:
             result["target_rate"] = round(rate, 1)
         print(
             f"  {name:<22} {result['rps']:>9,.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:7.2f} ms"
-            f"  cpu {result['cpu_us_per_req'] or 0:7.0f} µs/req ({100 * (result['cpu_system_share'] or 0):.0f}% sys)"
+            f"  cpu {result['cpu_us_per_req'] or 0:7.0f} µs/req ({100 * (result['cpu_system_share'] or 0):.0f}% sys,"
+            f" main thread {result.get('main_thread_cpu_us_per_req') or 0:.0f})"
             f"  rss {result['peak_rss_mb']:6.1f} MB"
             f"  errors {result['errors']}",
             flush=True,

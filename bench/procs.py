@@ -43,16 +43,28 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def _user_system_ticks(stat_path: str) -> tuple[int, int]:
+    stat = Path(stat_path).read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces; skip past it
+    return int(fields[11]), int(fields[12])  # fields 14 and 15 of the stat line
+
+
 def cpu_seconds(pids: Sequence[int]) -> tuple[float, float]:
-    """User and system CPU time of the processes, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    """User and system CPU time of the processes, in seconds."""
     user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces; skip past it
-            user += int(fields[11])
-            system += int(fields[12])
+            process_user, process_system = _user_system_ticks(f"/proc/{pid}/stat")
+            user += process_user
+            system += process_system
     return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process's main thread alone: the event loop, which one worker cannot exceed."""
+    with contextlib.suppress(OSError):
+        return sum(_user_system_ticks(f"/proc/{pid}/task/{pid}/stat")) / CLOCK_TICKS
+    return 0.0
 
 
 def peak_rss_mb(pids: Sequence[int]) -> float:
