@@ -158,8 +158,8 @@ class Bench:
         main_thread = procs.main_thread_cpu_seconds(server.pid) - main_before
         cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
         result = figures(load, cpu, procs.peak_rss_mb(server.pids()))
-        if load.requests and len(server.pids()) == 1:
-            # The event loop's thread: what caps one worker, whatever the other threads (SQLite commits) add.
+        if load.requests and server.name != "nginx":  # nginx's master thread does none of the work
+            # The event loop's thread: what caps one worker, whatever its other threads and processes add.
             result["main_thread_cpu_us_per_req"] = round(1e6 * main_thread / load.requests, 1)
         if rate:
             result["target_rate"] = round(rate, 1)

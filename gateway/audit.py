@@ -14,9 +14,7 @@ import logging
 import operator
 import os
 import secrets
-import sqlite3
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import String, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit_committer import SqliteCommitter
 from gateway.audit_files import AuditFileError, digest_suite, file_digest, scan, verify_file
-from gateway.db import apply_sqlite_pragmas
+from gateway.db import SQLITE_PRAGMAS
 from gateway.models import AUDIT_COLUMNS, AuditArchive, AuditCheckpoint, AuditRecord, AuditSigner
 from gateway.settings import Settings
 from security.audit_chain import (
@@ -140,61 +139,6 @@ def _clean(value: str | None, name: str) -> str | None:
 Pending = tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]
 
 
-class SqliteCommitter:
-    """The SQLite commit path: one thread owning one `sqlite3` connection, each batch one transaction.
-
-    Through SQLAlchemy over aiosqlite every statement and the commit is a hop to aiosqlite's thread (~100 µs a row
-    at batch 32); here a batch is a single hop (~36 µs a row): the thread inserts and commits, and the awaiting
-    writer task is woken (call_soon_threadsafe, inside run_in_executor) only once COMMIT has returned.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._executor: ThreadPoolExecutor | None = None
-        self._connection: sqlite3.Connection | None = None
-
-    async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
-
-    async def commit(self, records: list[tuple[Any, ...]], checkpoint: Checkpoint | None) -> None:
-        if self._executor is None:
-            raise AuditUnavailable("the audit writer's SQLite connection is not open")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._commit, records, checkpoint)
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        await asyncio.get_running_loop().run_in_executor(executor, self._close)
-        executor.shutdown(wait=False)
-
-    def _open(self) -> None:
-        # Autocommit mode: the transaction is the explicit BEGIN IMMEDIATE ... COMMIT below, nothing implicit.
-        connection = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
-        apply_sqlite_pragmas(connection)
-        self._connection = connection
-
-    def _commit(self, records: list[tuple[Any, ...]], checkpoint: Checkpoint | None) -> None:
-        connection = self._connection
-        assert connection is not None, "the committer is not open"
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.executemany(SQLITE_INSERT, records)
-            if checkpoint is not None:  # in the same transaction: the signed head is never ahead of the rows
-                connection.execute(CHECKPOINT_INSERT_SQLITE, _checkpoint_values(checkpoint))
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-
-    def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-
 class AuditWriter:
     def __init__(
         self,
@@ -217,7 +161,7 @@ class AuditWriter:
             database = engine.url.database
             if not database or database == ":memory:":  # a second connection would see another database
                 raise ValueError("the audit writer needs a SQLite database file, not an in-memory one")
-            self._sqlite = SqliteCommitter(database)
+            self._sqlite = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE)
         self.chain_id = chain_id
         self.keyring = keyring
         self.suite = suite or keyring.suite
@@ -503,7 +447,7 @@ class AuditWriter:
                         await driver.execute(CHECKPOINT_INSERT_PG, *_checkpoint_values(checkpoint))
             return
         assert self._sqlite is not None
-        await self._sqlite.commit(records, checkpoint)
+        await self._sqlite.commit(records, _checkpoint_values(checkpoint) if checkpoint is not None else None)
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""

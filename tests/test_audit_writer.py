@@ -114,6 +114,26 @@ async def test_store_down_fails_every_waiter_and_the_writer_recovers(store: Stor
     assert (await verify(store))[CHAIN].ok
 
 
+async def test_a_dead_sqlite_committer_fails_its_batch_closed_and_is_started_again(tmp_path: Path) -> None:
+    async with audit_store("sqlite", tmp_path) as store:
+        writer = await open_writer(store)
+        try:
+            await writer.append(event(0))
+            committer = writer._sqlite
+            assert committer is not None and committer.pid is not None
+            first_pid = committer.pid
+            os.kill(first_pid, signal.SIGKILL)
+            with pytest.raises(AuditUnavailable):
+                await writer.append(event(1))
+            assert writer.last_error == "CommitterError"
+            assert (await writer.append(event(2)))["height"] == 2, "the lost batch left no gap in the chain"
+            assert committer.pid not in (None, first_pid)
+        finally:
+            await writer.close()
+        assert committer.pid is None, "closing the writer stops its committer"
+        assert (await verify(store))[CHAIN].ok
+
+
 CRASHING_WRITER = textwrap.dedent(
     """
     import asyncio, sys

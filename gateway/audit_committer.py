@@ -1,0 +1,168 @@
+"""The SQLite audit commit path: a child process that owns the database connection and makes each batch durable.
+
+Why a process: a commit is mostly a wait for fsync, and a thread that waits has to take the GIL back to report,
+which it gets only when the event loop's thread lets go of it; under load that was most of a request's latency
+(docs/performance.md). A child has its own interpreter, so the event loop only writes a batch to a pipe and reads
+one byte back, both through the loop's own I/O. The child is `python -m gateway.audit_committer DB PRAGMA...`:
+it imports nothing of the gateway, reads frames on stdin, answers on stdout, and exits when stdin closes, so it
+never outlives the gateway.
+
+A frame is a 4-byte big-endian length and `marshal` data: (rows, checkpoint values or None); both ends are this
+file, over a pipe nobody else holds. The answer is b"\\x00" once COMMIT has returned, or b"\\x01", a 2-byte length
+and the error's class name (never its message, which could quote a value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import marshal
+import sqlite3
+import struct
+import sys
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+FRAME_HEADER = struct.Struct(">I")
+ERROR_HEADER = struct.Struct(">H")
+OK = b"\x00"
+FAILED = b"\x01"
+READY = b"R"
+START_TIMEOUT = 30.0
+
+
+class CommitterError(Exception):
+    """The committer process is gone or refused a batch; the batch may or may not have been committed."""
+
+
+class SqliteCommitter:
+    """The gateway's side: start the child, send it batches one at a time, stop it."""
+
+    def __init__(self, path: str, pragmas: Sequence[str], insert: str, checkpoint_insert: str) -> None:
+        self._arguments = (path, insert, checkpoint_insert, *pragmas)
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The committer process's id while it runs (for operators and tests), else None."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    async def open(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.audit_committer",
+            *self._arguments,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        self._process = process
+        assert process.stdout is not None
+        try:
+            ready = await asyncio.wait_for(process.stdout.read(1), START_TIMEOUT)
+        except TimeoutError:
+            ready = b""
+        if ready != READY:
+            await self.close()
+            raise CommitterError("the audit committer process did not start (its errors are on the gateway's stderr)")
+
+    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            # Started again for the next batch; the writer reads the head back first, as after any failed commit.
+            self._process = None
+            await self.open()
+            process = self._process
+            assert process is not None
+        assert process.stdin is not None and process.stdout is not None
+        payload = marshal.dumps((records, checkpoint))
+        try:
+            process.stdin.write(FRAME_HEADER.pack(len(payload)) + payload)
+            await process.stdin.drain()
+            status = await process.stdout.readexactly(1)
+            if status == OK:
+                return
+            (length,) = ERROR_HEADER.unpack(await process.stdout.readexactly(ERROR_HEADER.size))
+            name = (await process.stdout.readexactly(length)).decode("ascii", "replace")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise CommitterError(f"the audit committer process is gone ({type(exc).__name__})") from None
+        raise CommitterError(f"the audit committer could not commit: {name}")
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()  # end of input: the child closes the database and exits
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+# --- the child ---------------------------------------------------------------------------------------------------
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return data
+
+
+def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]) -> None:
+    # Autocommit mode: the transaction is the explicit BEGIN IMMEDIATE ... COMMIT below, nothing implicit.
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    for pragma in pragmas:
+        connection.execute(pragma)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(READY)
+    stdout.flush()
+    try:
+        while (header := _read_exactly(stdin, FRAME_HEADER.size)) is not None:
+            payload = _read_exactly(stdin, FRAME_HEADER.unpack(header)[0])
+            if payload is None:
+                return
+            records, checkpoint = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
+            try:
+                _commit(connection, insert, checkpoint_insert, records, checkpoint)
+            except Exception as exc:  # the gateway fails the batch closed; this process stays for the next
+                name = type(exc).__name__.encode("ascii", "replace")
+                stdout.write(FAILED + ERROR_HEADER.pack(len(name)) + name)
+            else:
+                stdout.write(OK)
+            stdout.flush()
+    finally:
+        connection.close()
+
+
+def _commit(
+    connection: sqlite3.Connection,
+    insert: str,
+    checkpoint_insert: str,
+    records: list[tuple[Any, ...]],
+    checkpoint: tuple[Any, ...] | None,
+) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.executemany(insert, records)
+        if checkpoint is not None:  # in the same transaction: the signed head is never ahead of the rows
+            connection.execute(checkpoint_insert, checkpoint)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def main(argv: Sequence[str]) -> None:
+    path, insert, checkpoint_insert, *pragmas = argv
+    try:
+        serve(path, insert, checkpoint_insert, pragmas)
+    except (BrokenPipeError, KeyboardInterrupt):  # the gateway went away: nothing is left to answer
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
