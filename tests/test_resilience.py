@@ -115,6 +115,60 @@ async def test_redis_breaker_is_shared_by_nodes() -> None:
         await node_b.close()
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_node_trusts_a_closed_breaker_for_closed_ttl_only() -> None:
+    url = await check_redis()
+    prefix = f"msjx-test:breaker:{secrets.token_hex(6)}"
+    clock = Clock()
+    node_a = RedisBreakerStore(Redis.from_url(url), prefix)
+    node_b = RedisBreakerStore(Redis.from_url(url), prefix, closed_ttl=0.2, clock=clock)
+    try:
+        assert (await node_b.acquire("up", CONFIG)).allowed  # asked Redis: closed
+        await _fail(node_a, 3)
+        clock.now += 0.19
+        assert (await node_b.acquire("up", CONFIG)).allowed, "closed as last seen, without a round trip"
+        clock.now += 0.02
+        assert not (await node_b.acquire("up", CONFIG)).allowed, "after closed_ttl it asks again and obeys"
+    finally:
+        await node_a.reset("up")
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_successes_are_counted_locally_and_sent_with_the_next_failure() -> None:
+    url = await check_redis()
+    prefix = f"msjx-test:breaker:{secrets.token_hex(6)}"
+    clock = Clock()
+    redis = Redis.from_url(url)
+    node = RedisBreakerStore(Redis.from_url(url), prefix, closed_ttl=0.2, clock=clock)
+    try:
+        assert (await node.acquire("up", CONFIG)).allowed
+        for _ in range(10):
+            assert await node.record("up", CONFIG, True, False) == "closed"
+        assert int(await redis.hget(f"{prefix}:up:w", "calls") or 0) == 1, "one report, nine successes held back"
+        assert await _fail(node, 4) == "closed"  # 4 of 14 failed: the held-back successes count
+        assert (await node.snapshot("up")).calls == 14
+        for _ in range(3):
+            await node.record("up", CONFIG, True, False)
+        clock.now += 0.25  # a success after closed_ttl reports the ones held back
+        await node.record("up", CONFIG, True, False)
+        assert int(await redis.hget(f"{prefix}:up:w", "calls") or 0) == 18
+        assert await _fail(node, 6) == "closed"  # 10 of 24
+        assert await _fail(node, 3) == "closed"  # 13 of 27: still under half
+        assert await _fail(node, 1) == "open"  # 14 of 28
+    finally:
+        await node.reset("up")
+        await node.close()
+        await redis.aclose()
+
+
 def test_policy_from_settings_is_checked() -> None:
     policy = ResiliencePolicy.from_mapping({"max_attempts": 2, "total_timeout": 1.5, "read_timeout": None})
     assert (policy.max_attempts, policy.total_timeout, policy.read_timeout) == (2, 1.5, None)
