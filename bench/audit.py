@@ -131,7 +131,7 @@ def _cpu_seconds(writer: Any) -> float:
     """This process's CPU time and, on SQLite, its committer process's (which does the inserts and commits)."""
     from bench.procs import cpu_seconds
 
-    committer = writer._sqlite.pid if writer._sqlite is not None else None
+    committer = getattr(writer._committer, "pid", None)
     return time.process_time() + (sum(cpu_seconds([committer])) if committer is not None else 0.0)
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import String, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit_committer import SqliteCommitter
+from gateway.audit_committer import Committer, PostgresCommitter, SqliteCommitter
 from gateway.audit_files import AuditFileError, digest_suite, file_digest, scan, verify_file
 from gateway.db import SQLITE_PRAGMAS
 from gateway.models import AUDIT_COLUMNS, AuditArchive, AuditCheckpoint, AuditRecord, AuditSigner
@@ -155,13 +155,15 @@ class AuditWriter:
         clock: Any = now_ms,
     ) -> None:
         self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
-        self._sqlite: SqliteCommitter | None = None
+        self._committer: Committer
         if engine.dialect.name == "sqlite":
             database = engine.url.database
             if not database or database == ":memory:":  # a second connection would see another database
                 raise ValueError("the audit writer needs a SQLite database file, not an in-memory one")
-            self._sqlite = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE)
+            self._committer = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE)
+        else:
+            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._committer = PostgresCommitter(dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG)
         self.chain_id = chain_id
         self.keyring = keyring
         self.suite = suite or keyring.suite
@@ -199,8 +201,7 @@ class AuditWriter:
         if self.suite not in {row.suite for row in self.keyring.rows() if row.kind == "data" and not row.destroyed}:
             await self.keyring.rotate([self.suite])  # the first data key of a suite the ring has not used yet
         await self._load_head()
-        if self._sqlite is not None:
-            await self._sqlite.open()
+        await self._committer.open()
         if self._signer is not None:
             await self._register_signer()
             if self.height > self.sealed_height:
@@ -213,8 +214,7 @@ class AuditWriter:
     async def close(self) -> None:
         """Finish queued appends, sign the head (graceful shutdown), stop."""
         if self._task is None:
-            if self._sqlite is not None:  # a start that failed after opening the connection
-                await self._sqlite.close()
+            await self._committer.close()  # a start that failed after opening the connection
             return
         self._closing = True
         if self._ticker is not None:
@@ -225,8 +225,7 @@ class AuditWriter:
         except asyncio.CancelledError:
             pass
         self._task = None
-        if self._sqlite is not None:
-            await self._sqlite.close()
+        await self._committer.close()
 
     @property
     def running(self) -> bool:
@@ -436,18 +435,7 @@ class AuditWriter:
 
     async def _insert(self, rows: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
         records = [ROW_VALUES(row) for row in rows]
-        if self._postgres:
-            async with self._engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                driver = raw.driver_connection
-                assert driver is not None
-                async with driver.transaction():
-                    await driver.copy_records_to_table("audit_records", records=records, columns=list(AUDIT_COLUMNS))
-                    if checkpoint is not None:
-                        await driver.execute(CHECKPOINT_INSERT_PG, *_checkpoint_values(checkpoint))
-            return
-        assert self._sqlite is not None
-        await self._sqlite.commit(records, _checkpoint_values(checkpoint) if checkpoint is not None else None)
+        await self._committer.commit(records, _checkpoint_values(checkpoint) if checkpoint is not None else None)
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""

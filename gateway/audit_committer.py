@@ -1,4 +1,7 @@
-"""The SQLite audit commit path: a child process that owns the database connection and makes each batch durable.
+"""The audit log's commit paths: each owns its database connection and makes one batch durable per call.
+
+`PostgresCommitter` holds one asyncpg connection of its own. `SqliteCommitter` is a child process that owns the
+SQLite connection.
 
 Why a process: a commit is mostly a wait for fsync, and a thread that waits has to take the GIL back to report,
 which it gets only when the event loop's thread lets go of it; under load that was most of a request's latency
@@ -15,12 +18,16 @@ and the error's class name (never its message, which could quote a value).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import marshal
 import sqlite3
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+if TYPE_CHECKING:  # the child process imports nothing it does not need
+    import asyncpg
 
 FRAME_HEADER = struct.Struct(">I")
 ERROR_HEADER = struct.Struct(">H")
@@ -32,6 +39,62 @@ START_TIMEOUT = 30.0
 
 class CommitterError(Exception):
     """The committer process is gone or refused a batch; the batch may or may not have been committed."""
+
+
+class Committer(Protocol):
+    """What the audit writer needs of a database: open, commit one batch (whole or not at all), close."""
+
+    async def open(self) -> None: ...
+
+    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class PostgresCommitter:
+    """A connection of its own, so a batch costs BEGIN, COPY and COMMIT and nothing else: a pooled connection added
+    a liveness ping when taken and a ROLLBACK when given back, two more round trips a batch. A failed batch drops
+    the connection (whatever state it was left in) and the next batch opens a new one."""
+
+    def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str) -> None:
+        self._dsn = dsn
+        self._table = table
+        self._columns = list(columns)
+        self._checkpoint_insert = checkpoint_insert
+        self._connection: asyncpg.Connection | None = None
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The PostgreSQL server process serving this connection (for operators and tests), else None."""
+        connection = self._connection
+        return connection.get_server_pid() if connection is not None and not connection.is_closed() else None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self._connection = await asyncpg.connect(self._dsn, timeout=30)
+
+    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None:
+        connection = self._connection
+        if connection is None or connection.is_closed():
+            await self.open()
+            connection = self._connection
+            assert connection is not None
+        try:
+            async with connection.transaction():
+                await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+                if checkpoint is not None:  # in the same transaction: the signed head is never ahead of the rows
+                    await connection.execute(self._checkpoint_insert, *checkpoint)
+        except BaseException:
+            self._connection = None
+            connection.terminate()
+            raise
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            with contextlib.suppress(Exception):  # closing is best effort: the server drops it anyway
+                await asyncio.wait_for(connection.close(), 10)
 
 
 class SqliteCommitter:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.audit import AUDIT_TABLE, AuditUnavailable, load_checkpoints, open_payload, read_witness, witness_path
+from gateway.audit_committer import PostgresCommitter, SqliteCommitter
 from tests.audit_support import CHAIN, Store, audit_store, event, open_writer, rows, verify
 
 
@@ -119,8 +120,8 @@ async def test_a_dead_sqlite_committer_fails_its_batch_closed_and_is_started_aga
         writer = await open_writer(store)
         try:
             await writer.append(event(0))
-            committer = writer._sqlite
-            assert committer is not None and committer.pid is not None
+            committer = writer._committer
+            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
             first_pid = committer.pid
             os.kill(first_pid, signal.SIGKILL)
             with pytest.raises(AuditUnavailable):
@@ -131,6 +132,26 @@ async def test_a_dead_sqlite_committer_fails_its_batch_closed_and_is_started_aga
         finally:
             await writer.close()
         assert committer.pid is None, "closing the writer stops its committer"
+        assert (await verify(store))[CHAIN].ok
+
+
+async def test_a_lost_postgres_connection_fails_its_batch_closed_and_is_opened_again(tmp_path: Path) -> None:
+    async with audit_store("postgres", tmp_path) as store:
+        writer = await open_writer(store)
+        try:
+            await writer.append(event(0))
+            committer = writer._committer
+            assert isinstance(committer, PostgresCommitter) and committer.backend_pid is not None
+            first_backend = committer.backend_pid
+            async with store.engine.connect() as connection:
+                await connection.exec_driver_sql(f"SELECT pg_terminate_backend({int(first_backend)})")
+            with pytest.raises(AuditUnavailable):
+                await writer.append(event(1))
+            assert (await writer.append(event(2)))["height"] == 2, "the lost batch left no gap in the chain"
+            assert committer.backend_pid not in (None, first_backend)
+        finally:
+            await writer.close()
+        assert committer.backend_pid is None, "closing the writer closes its connection"
         assert (await verify(store))[CHAIN].ok
 
 
