@@ -105,7 +105,7 @@ def create_app() -> web.Application:
 
 
 async def start_with_port(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    """Like `start`, and also return the port bound (useful with port 0)."""
+    """Serve the simulator; return its runner and the port it bound (useful with port 0)."""
     return await start_app(create_app(), host, port)
 
 

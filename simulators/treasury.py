@@ -413,7 +413,7 @@ async def start(host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None
 async def start_with_port(
     host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None = None
 ) -> tuple[web.AppRunner, int]:
-    """Like `start`, and also return the port bound (useful with port 0)."""
+    """Serve the simulator; return its runner and the port it bound (useful with port 0)."""
     return await start_app(create_app(data_dir or default_data_dir()), host, port)
 
 
