@@ -147,8 +147,15 @@ class SqliteCommitter:
                 return
             (length,) = ERROR_HEADER.unpack(await process.stdout.readexactly(ERROR_HEADER.size))
             name = (await process.stdout.readexactly(length)).decode("ascii", "replace")
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            raise CommitterError(f"the audit committer process is gone ({type(exc).__name__})") from None
+        except BaseException as exc:
+            # Cut off mid-frame or mid-answer (gone, or cancelled): its next answer could belong to this batch, so
+            # it is never asked again; the next batch starts another.
+            self._process = None
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                process.kill()
+            if isinstance(exc, OSError | asyncio.IncompleteReadError):
+                raise CommitterError(f"the audit committer process is gone ({type(exc).__name__})") from None
+            raise
         raise CommitterError(f"the audit committer could not commit: {name}")
 
     async def close(self) -> None:
