@@ -52,9 +52,9 @@ class Committer(Protocol):
 
 
 class PostgresCommitter:
-    """A connection of its own, so a batch costs BEGIN, COPY and COMMIT and nothing else: a pooled connection added
-    a liveness ping when taken and a ROLLBACK when given back, two more round trips a batch. A failed batch drops
-    the connection (whatever state it was left in) and the next batch opens a new one."""
+    """A connection of its own, so a batch costs one COPY and nothing else (BEGIN and COMMIT around it only when a
+    checkpoint goes in with it): a pooled connection added a liveness ping when taken and a ROLLBACK when given
+    back. A failed batch drops the connection (whatever state it was left in) and the next batch opens a new one."""
 
     def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str) -> None:
         self._dsn = dsn
@@ -81,10 +81,14 @@ class PostgresCommitter:
             connection = self._connection
             assert connection is not None
         try:
-            async with connection.transaction():
+            if checkpoint is None:
+                # One COPY is one statement and so its own transaction: all rows or none, without the two round
+                # trips of BEGIN and COMMIT.
                 await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
-                if checkpoint is not None:  # in the same transaction: the signed head is never ahead of the rows
-                    await connection.execute(self._checkpoint_insert, *checkpoint)
+                return
+            async with connection.transaction():  # the signed head is never ahead of the rows
+                await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+                await connection.execute(self._checkpoint_insert, *checkpoint)
         except BaseException:
             self._connection = None
             connection.terminate()
