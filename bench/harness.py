@@ -39,6 +39,8 @@ RESULTS = ROOT / "bench" / "results"
 NGINX_TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 INVOKE_PATH = "/v1/services/credit/dishonest-debtor"
 UPSTREAM_PATH = "/api/credit/v1/dishonest-debtors"
+# Each gateway scenario's paced run at half its maximum rate; only the SQLite one has a target (report.targets).
+HALF_RATE_KEYS = {"gateway_sqlite": "half_rate", "gateway_pg_redis": "half_rate_pg_redis"}
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ class Bench:
             flush=True,
         )
         # `--profile half_rate` samples the paced gateway run, where a request's own costs are not shared by a batch.
-        if name in self.config.profile or (name == "half_rate.gateway" and "half_rate" in self.config.profile):
+        scenario, _, part = name.partition(".")
+        if name in self.config.profile or (part == "gateway" and scenario in self.config.profile):
             self.profile(name, url, server, pool, expected, seconds, cycle, rate)
         return result
 
@@ -355,9 +358,10 @@ class Bench:
         try:
             with Server(name, command, f"http://{HOST}:{port}/healthz", log_dir=self.workdir, env=env) as server:
                 result = self.measure(name, url, server, pool)
-                if name == "gateway_sqlite" and self.config.wants("half_rate"):
-                    self.results["half_rate"] = self._guarded(
-                        "half_rate", lambda: self.half_rate(url, server, pool, result, settings, caller.caller_id)
+                half = HALF_RATE_KEYS[name]
+                if self.config.wants(half):
+                    self.results[half] = self._guarded(
+                        half, lambda: self.half_rate(name, url, server, pool, result, settings, caller.caller_id)
                     )
             # Every answered call of every run (warm-ups included) left its record: proof the full path ran.
             result["audit_records"] = asyncio.run(seed.audit_counts(settings, caller.caller_id))
@@ -370,6 +374,7 @@ class Bench:
 
     def half_rate(
         self,
+        name: str,
         url: str,
         server: Server,
         pool: Callable[[str, float, float], Path],
@@ -382,19 +387,20 @@ class Bench:
 
         assert self.simulator is not None
         if full.get("errors") or not full.get("rps"):
-            raise Skipped("the gateway_sqlite run had errors, so its maximum rate is unknown")
+            raise Skipped(f"the {name} run had errors, so its maximum rate is unknown")
         rate = full["rps"] / 2
         seconds = self.config.half_seconds
         since_ms = int(time.time() * 1000)
-        gateway = self.measure("half_rate.gateway", url, server, pool, rate=rate, seconds=seconds, warmup=False)
+        label = HALF_RATE_KEYS[name]
+        gateway = self.measure(f"{label}.gateway", url, server, pool, rate=rate, seconds=seconds, warmup=False)
         # Where the gateway's time goes, from its own audit records of this run (the answer waits for the commit).
         gateway["inside"] = asyncio.run(seed.audit_timings(settings, caller_id, since_ms, int(time.time() * 1000)))
         direct = self.measure(
-            "half_rate.direct", self.upstream_url, self.simulator, rate=rate, seconds=seconds, warmup=False
+            f"{label}.direct", self.upstream_url, self.simulator, rate=rate, seconds=seconds, warmup=False
         )
         return {
             "rate": round(rate, 1),
-            "gateway_sqlite": gateway,
+            name: gateway,
             "direct": direct,
             "added_p50_ms": round(gateway["p50_ms"] - direct["p50_ms"], 3),
             "added_p99_ms": round(gateway["p99_ms"] - direct["p99_ms"], 3),

@@ -189,6 +189,34 @@ def _row(name: str, scenario: Any) -> str:
     )
 
 
+def _half_rate_lines(half: Any, gateway: str, seconds: float) -> list[str]:
+    if isinstance(half, dict) and "rate" in half:
+        lines = [
+            "",
+            f"`{gateway}` at half its maximum rate ({half['rate']:,.0f} req/s, paced, {seconds:g} s each): added "
+            f"latency p50 {half['added_p50_ms']:.2f} ms, p99 {half['added_p99_ms']:.2f} ms.",
+            "",
+            "| paced run | req/s | p50 ms | p99 ms | CPU µs/req | main thread µs/req | peak RSS MB | requests"
+            " | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            _row(gateway, half[gateway]),
+            _row("direct", half["direct"]),
+        ]
+        inside = half[gateway].get("inside") or {}
+        if inside:
+            lines += [
+                "",
+                f"Inside the gateway at that rate (its audit records): arrival to audit queued p50 "
+                f"{inside['duration_p50_ms']:.2f} ms / p99 {inside['duration_p99_ms']:.2f} ms, of which the upstream "
+                f"call p50 {inside['upstream_p50_ms']:.2f} ms / p99 {inside['upstream_p99_ms']:.2f} ms; the rest of "
+                "a client's wait is the audit commit and the HTTP hops.",
+            ]
+        return lines
+    if isinstance(half, dict):
+        return ["", f"`{gateway}` at half rate: {half.get('skipped') or half.get('error')}"]
+    return []
+
+
 def _soap_lines(soap: Any) -> list[str]:
     if not isinstance(soap, dict) or "sequential" not in soap:
         return []
@@ -261,31 +289,8 @@ def markdown(results: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [_row(name, results.get(name)) for name in SCENARIOS]
-    half = results.get("half_rate")
-    if isinstance(half, dict) and "rate" in half:
-        lines += [
-            "",
-            f"At half the gateway's maximum rate ({half['rate']:,.0f} req/s, paced, "
-            f"{info['load']['half_rate_run_s']:g} s each): added latency p50 {half['added_p50_ms']:.2f} ms, "
-            f"p99 {half['added_p99_ms']:.2f} ms.",
-            "",
-            "| paced run | req/s | p50 ms | p99 ms | CPU µs/req | main thread µs/req | peak RSS MB | requests"
-            " | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            _row("gateway_sqlite", half["gateway_sqlite"]),
-            _row("direct", half["direct"]),
-        ]
-        inside = half["gateway_sqlite"].get("inside") or {}
-        if inside:
-            lines += [
-                "",
-                f"Inside the gateway at that rate (its audit records): arrival to audit queued p50 "
-                f"{inside['duration_p50_ms']:.2f} ms / p99 {inside['duration_p99_ms']:.2f} ms, of which the upstream "
-                f"call p50 {inside['upstream_p50_ms']:.2f} ms / p99 {inside['upstream_p99_ms']:.2f} ms; the rest of "
-                "a client's wait is the audit commit and the HTTP hops.",
-            ]
-    elif isinstance(half, dict):
-        lines += ["", f"Half-rate latency: {half.get('skipped') or half.get('error')}"]
+    lines += _half_rate_lines(results.get("half_rate"), "gateway_sqlite", info["load"]["half_rate_run_s"])
+    lines += _half_rate_lines(results.get("half_rate_pg_redis"), "gateway_pg_redis", info["load"]["half_rate_run_s"])
     lines += _soap_lines(results.get("soap")) + _audit_lines(results.get("audit"))
     lines += [
         "",
