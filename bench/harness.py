@@ -420,20 +420,11 @@ class Bench:
 
 
 def soap_summary(outcome: dict[str, Any]) -> dict[str, Any]:
-    """The scenario keys (contract) for `soap`: golden-tax through the gateway, 16 callers at once.
-
-    bench.soap drives its own client rather than wrk, and does not watch the gateway's CPU or memory, so those
-    two keys stay null rather than borrowing another scenario's figures.
-    """
-    gateway = outcome.get("concurrent_16", {}).get("gateway", {})
+    """The scenario keys (contract) for `soap`: golden-tax through the gateway under wrk, like the REST rows."""
+    loaded = outcome.get("wrk") or {}
     return {
-        "rps": gateway.get("throughput_per_s"),
-        "p50_ms": gateway.get("p50_ms"),
-        "p99_ms": gateway.get("p99_ms"),
-        "cpu_us_per_req": None,
-        "peak_rss_mb": None,
-        "requests": gateway.get("calls"),
-        "errors": None,
+        key: loaded.get(key)
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "peak_rss_mb", "requests", "errors")
     }
 
 

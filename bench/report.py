@@ -222,9 +222,10 @@ def _soap_lines(soap: Any) -> list[str]:
         return []
     lines = [
         "",
-        f"SOAP path ({soap.get('call')}), one call at a time (`{soap.get('command')}`). The `soap` row above"
-        " comes from this module's own Python client, which signs every request, not from wrk: compare it with"
-        " `gateway_rest_floor` here, not with `gateway_sqlite`.",
+        f"SOAP path ({soap.get('call')}). The `soap` row above is wrk (32 connections, pre-signed requests)"
+        " against `serve --demo` (SQLite) calling the golden-tax simulator, as `gateway_sqlite` calls the credit one;"
+        " its CPU and RSS are the gateway's and its committer's, not the simulators'. Below, one call at a time"
+        f" from a Python client (`{soap.get('command')}`):",
         "",
         "| path | p50 ms | p99 ms | calls/s |",
         "| --- | ---: | ---: | ---: |",

@@ -1,5 +1,5 @@
-"""SOAP path cost: a golden-tax call through the gateway against the same call made with zeep directly, same run;
-and the cold registration time of a generated 50-operation WSDL.
+"""SOAP path cost: golden-tax through the gateway under wrk (the `soap` row of `make bench`), the same call one at a
+time against zeep directly and against the REST path, and the cold registration time of a 50-operation WSDL.
 
 `.venv/bin/python -m bench.soap` (about 60 s; `--quick` about 20 s) writes bench/results/soap.json. `run(quick)`
 is what `make bench` calls. Everything runs on 127.0.0.1: `serve --demo` (gateway + simulators in child processes),
@@ -187,6 +187,42 @@ async def _gateway(
         return await _timed(call, calls, concurrency)
 
 
+def _wrk(
+    url: str, gateway_pid: int, caller: dict[str, Any], uscc: str, seconds: float, workdir: Path
+) -> dict[str, Any]:
+    """The same load as the REST scenarios: wrk replaying pre-signed requests (32 connections), the gateway's CPU
+    (its process and its audit committer; not the simulators it started) and peak RSS, as bench.harness.figures."""
+    import orjson
+
+    from bench import procs
+    from bench.harness import figures
+    from bench.load import run_wrk
+    from bench.presign import Presigner
+    from security.keys import load_private_key_file
+
+    path = "/v1/services/golden-tax/tax-credit-rating"
+    body = orjson.dumps({"purpose": caller["purposes"][0], "params": {"uscc": uscc, "year": 2025}})
+    private_key = load_private_key_file(Path(caller["key_file"]))
+    signer = Presigner(url.removeprefix("http://"), path, body, caller["key_id"], private_key)
+    pids = [gateway_pid, *(pid for pid in procs.child_pids(gateway_pid) if _is_committer(pid))]
+    warm = run_wrk(url, seconds=1, connections=32, requests_file=signer.write(workdir / "soap-warm.requests", 6000))
+    expected = max(warm.rps, 500.0)
+    requests_file = signer.write(workdir / "soap.requests", int(expected * seconds * 1.3) + 2000)
+    time.sleep(0.5)  # requests cut off by the end of the warm-up drain
+    before = procs.cpu_seconds(pids)
+    load = run_wrk(url, seconds=seconds, connections=32, requests_file=requests_file)
+    after = procs.cpu_seconds(pids)
+    cpu = (after[0] - before[0], after[1] - before[1])
+    return {**figures(load, cpu, procs.peak_rss_mb(pids)), "how": "wrk, 32 connections, pre-signed requests"}
+
+
+def _is_committer(pid: int) -> bool:
+    try:
+        return b"gateway.audit_committer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 # --- cold registration of a 50-operation WSDL -------------------------------------------------------------------------
 
 
@@ -326,6 +362,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             gateway_conc, gateway_wall = asyncio.run(
                 _gateway(f"http://127.0.0.1:{port}", caller, concurrent_calls, concurrency, DEMO_USCC)
             )
+            loaded = _wrk(f"http://127.0.0.1:{port}", process.pid, caller, DEMO_USCC, 3 if quick else 10, Path(temp))
         finally:
             _stop(process)
     zeep = _summary(zeep_samples)
@@ -363,6 +400,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "throughput_per_s": round(len(gateway_conc) / gateway_wall, 1),
             },
         },
+        "wrk": loaded,
         "registration_50_operations": _registration(2 if quick else 5),
         "note": "client, gateway and simulators share the machine's CPUs; compare rows with each other",
     }
