@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import marshal
+import signal
 import sqlite3
 import struct
 import sys
@@ -231,10 +232,14 @@ def _commit(
 
 
 def main(argv: Sequence[str]) -> None:
+    # Ctrl-C in a terminal, or SIGTERM to the whole process group, is for the gateway: it flushes its last batch
+    # through this process during shutdown and then closes stdin, which is what ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, insert, checkpoint_insert, *pragmas = argv
     try:
         serve(path, insert, checkpoint_insert, pragmas)
-    except (BrokenPipeError, KeyboardInterrupt):  # the gateway went away: nothing is left to answer
+    except BrokenPipeError:  # the gateway went away: nothing is left to answer
         pass
 
 

@@ -141,6 +141,23 @@ async def test_a_sqlite_committer_dying_mid_batch_fails_it_closed_and_is_started
         assert (await verify(store))[CHAIN].ok
 
 
+async def test_the_sqlite_committer_outlives_signals_meant_for_the_gateway(tmp_path: Path) -> None:
+    async with audit_store("sqlite", tmp_path) as store:
+        writer = await open_writer(store)
+        try:
+            committer = writer._committer
+            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
+            pid = committer.pid
+            for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a stop sent to the whole process group
+                os.kill(pid, signum)
+            await asyncio.sleep(0.2)
+            assert (await writer.append(event(0)))["height"] == 1
+            assert committer.pid == pid, "the same process: the gateway's shutdown still needs it for the last batch"
+        finally:
+            await writer.close()
+        assert committer.pid is None
+
+
 async def test_a_lost_postgres_connection_is_replaced_and_the_chain_goes_on(tmp_path: Path) -> None:
     async with audit_store("postgres", tmp_path) as store:
         writer = await open_writer(store)
