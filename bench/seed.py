@@ -24,6 +24,8 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/test"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CALLER = "bench-platform"
 PURPOSE = "BENCH-2025-001"
+QUOTA_PER_DAY = 1_000_000_000
+RATE_LIMIT = "1000000/second"
 SERVICE, OPERATION = "credit", "dishonest-debtor"
 
 
@@ -63,6 +65,9 @@ async def seed(settings: Settings, service: str = SERVICE, operation: str = OPER
                     purpose=PURPOSE,
                     fields=list(adapters[service].operations[operation].fields),
                     valid_to=datetime.now(UTC) + timedelta(days=1),
+                    # Far above any rate here, so never reached, but counted on every call: the full path.
+                    daily_quota=QUOTA_PER_DAY,
+                    rate_limit=RATE_LIMIT,
                 ),
                 adapters,
             )
