@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import inspect
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
+
+# Adds one command to a pipeline (a plain command returns the pipeline; a registered script, an awaitable).
+Queue = Callable[[Pipeline], Any]
 
 
 class NonceStore(Protocol):
@@ -52,25 +58,24 @@ class MemoryNonceStore:
         return None
 
 
-class RedisNonceStore:
-    """Every node sees the same nonces: SET NX EX is atomic on the Redis server.
+class PipelineBatcher:
+    """Redis commands queued in the same turn of the event loop go out together: one pipeline, one round trip.
 
-    Claims made in the same turn of the event loop go out together, one pipeline and one round trip: redis-py
-    spends about twice the CPU on a lone command as on its share of a pipeline (docs/performance.md). Each
-    SET NX stays its own atomic command, so a nonce claimed twice in one pipeline is still granted once.
+    redis-py spends about twice the CPU on a lone command as on its share of a pipeline (docs/performance.md).
+    Each command stays its own atomic command on the server (no MULTI), so batching changes nothing of what
+    any one of them does; a failure of the pipeline reaches every command in it.
     """
 
-    kind = "redis"
-
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._pending: list[tuple[str, int, asyncio.Future[bool]]] = []
+        self.redis = redis
+        self._pending: list[tuple[Queue, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def claim(self, key_id: str, nonce: str, ttl: int) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((f"msjx:nonce:{key_id}:{nonce}", ttl, future))
+    async def run(self, queue: Queue) -> Any:
+        """Add one command to the next pipeline with `queue(pipeline)`; return its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((queue, future))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send())
             self._in_flight.add(self._sender)
@@ -79,36 +84,55 @@ class RedisNonceStore:
 
     async def _send(self) -> None:
         try:
-            await asyncio.sleep(0)  # one turn of the loop: the claims of requests read in it join this pipeline
+            await asyncio.sleep(0)  # one turn of the loop: the commands of requests read in it join this pipeline
         finally:
             batch, self._pending = self._pending, []
-            self._sender = None  # claims from now on start the next pipeline; none waits for this round trip
+            self._sender = None  # commands from now on start the next pipeline; none waits for this round trip
         try:
-            async with self._redis.pipeline(transaction=False) as pipeline:
-                for key, ttl, _ in batch:
-                    pipeline.set(key, b"1", nx=True, ex=ttl)
+            async with self.redis.pipeline(transaction=False) as pipeline:
+                for queue, _ in batch:
+                    queued = queue(pipeline)
+                    if inspect.isawaitable(queued):  # a registered Lua script queues itself asynchronously
+                        await queued
                 results = await pipeline.execute()
         except BaseException as exc:  # Redis down, timeout, shutdown: every waiter fails, none is left hanging
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("nonce store closed"))
+                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("redis closed"))
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, _, future), granted in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
-                future.set_result(bool(granted))
+                future.set_result(result)
+
+    async def close(self) -> None:
+        for task in list(self._in_flight):
+            task.cancel()
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(ConnectionError("redis closed"))
+        self._pending = []
+
+
+class RedisNonceStore:
+    """Every node sees the same nonces: SET NX EX is atomic on the Redis server. Claims share pipelines."""
+
+    kind = "redis"
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._batcher = PipelineBatcher(redis)
+
+    async def claim(self, key_id: str, nonce: str, ttl: int) -> bool:
+        key = f"msjx:nonce:{key_id}:{nonce}"
+        return bool(await self._batcher.run(lambda pipeline: pipeline.set(key, b"1", nx=True, ex=ttl)))
 
     async def ping(self) -> None:
         await self._redis.ping()
 
     async def close(self) -> None:
-        for task in list(self._in_flight):
-            task.cancel()
-        for _, _, future in self._pending:
-            if not future.done():
-                future.set_exception(ConnectionError("nonce store closed"))
-        self._pending = []
+        await self._batcher.close()
         await self._redis.aclose()
 
 

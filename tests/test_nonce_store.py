@@ -1,14 +1,16 @@
-"""The Redis nonce store sends the claims of one loop turn in one pipeline; each nonce is still granted once."""
+"""The Redis nonce store sends the claims of one loop turn in one pipeline; each nonce is still granted once.
+The pipeline batcher behind it (also used for quota counters) keeps each command's result."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from gateway.state import MemoryNonceStore, RedisNonceStore, connect_redis
+from gateway.state import MemoryNonceStore, PipelineBatcher, RedisNonceStore, connect_redis
 from tests.conftest import check_redis
 
 
@@ -68,3 +70,30 @@ async def test_a_burst_beyond_the_pool_waits_instead_of_failing() -> None:
         assert results == [True] * 200
     finally:
         await client.aclose()
+
+
+async def test_commands_of_one_loop_turn_share_one_pipeline_and_results_stay_in_order() -> None:
+    url = await check_redis()
+    redis = connect_redis(url)
+    batcher = PipelineBatcher(redis)
+    pipelines = 0
+    real_pipeline = redis.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return real_pipeline(*args, **kwargs)
+
+    redis.pipeline = counted  # type: ignore[method-assign]
+    key = f"msjx-test:batcher:{secrets.token_hex(6)}"
+    try:
+        results = await asyncio.gather(*(batcher.run(lambda p: p.incr(key)) for _ in range(50)))
+        assert results == list(range(1, 51)), "each command's own result, in the order they were queued"
+        assert pipelines == 1
+        script = redis.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        assert await batcher.run(lambda p: script(keys=[key], args=[5], client=p)) == 55  # a script queues too
+        assert pipelines == 2
+    finally:
+        await redis.delete(key)
+        await batcher.close()
+        await redis.aclose()
