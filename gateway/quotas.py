@@ -61,7 +61,7 @@ class QuotaExceeded(Problem):
 class PipelinedRedisStorage(RedisStorage):
     """`limits`' Redis storage, whose counter increments share pipelines with those of other requests.
 
-    The increment is the very command `limits` sends (its own INCR-and-EXPIRE Lua script on its own key), queued
+    The increment is the very script `limits` runs (its own INCR-and-EXPIRE Lua on its own key), queued
     in the pipeline of the current event-loop turn instead of sent alone: one call's rate and quota windows cost
     two shares of a pipeline rather than two lone round trips (docs/performance.md). Reads go as `limits` sends
     them. `tests/test_quotas.py` runs the quota rules on this storage against the real server.
@@ -74,12 +74,11 @@ class PipelinedRedisStorage(RedisStorage):
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         bridge = self.bridge
         prefixed = bridge.prefixed_key(key)
+        # EVAL with the script's text, not the registered script: a pipeline holding a registered script first
+        # asks the server whether it has it (SCRIPT EXISTS), one more round trip each time.
+        script = bridge.SCRIPT_INCR_EXPIRE
         try:
-            return int(
-                await self._batcher.run(
-                    lambda pipeline: bridge.lua_incr_expire(keys=[prefixed], args=[expiry, amount], client=pipeline)
-                )
-            )
+            return int(await self._batcher.run(lambda pipeline: pipeline.eval(script, 1, prefixed, expiry, amount)))
         except self.base_exceptions as exc:  # as limits does: its callers catch StorageError
             raise StorageError(exc) from exc
 
