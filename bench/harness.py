@@ -326,7 +326,7 @@ class Bench:
 
     def _gateway(self, name: str, data_dir: Path, backend: dict[str, str]) -> dict[str, Any]:
         from bench import seed
-        from bench.presign import Presigner
+        from bench.presign import Presigner, pool_size
         from gateway.settings import Settings
 
         settings = Settings(
@@ -350,9 +350,7 @@ class Bench:
         signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, self.body(seed.PURPOSE), caller.key_id, caller.private_key)
 
         def pool(label: str, expected_rps: float, seconds: float) -> Path:
-            # Enough fresh nonces for a run 30 % faster than expected; a run that still runs out is reported.
-            count = int(expected_rps * seconds * 1.3) + 2000
-            return signer.write(self.workdir / f"{label}.requests", count)
+            return signer.write(self.workdir / f"{label}.requests", pool_size(expected_rps, seconds))
 
         url = f"http://{HOST}:{port}/"
         try:

@@ -197,7 +197,7 @@ def _wrk(
     from bench import procs
     from bench.harness import figures
     from bench.load import run_wrk
-    from bench.presign import Presigner
+    from bench.presign import Presigner, pool_size
     from security.keys import load_private_key_file
 
     path = "/v1/services/golden-tax/tax-credit-rating"
@@ -207,7 +207,7 @@ def _wrk(
     pids = [gateway_pid, *(pid for pid in procs.child_pids(gateway_pid) if _is_committer(pid))]
     warm = run_wrk(url, seconds=1, connections=32, requests_file=signer.write(workdir / "soap-warm.requests", 6000))
     expected = max(warm.rps, 500.0)
-    requests_file = signer.write(workdir / "soap.requests", int(expected * seconds * 1.3) + 2000)
+    requests_file = signer.write(workdir / "soap.requests", pool_size(expected, seconds))
     time.sleep(0.5)  # requests cut off by the end of the warm-up drain
     before = procs.cpu_seconds(pids)
     load = run_wrk(url, seconds=seconds, connections=32, requests_file=requests_file)
