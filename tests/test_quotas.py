@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from gateway import db, registry
 from gateway.directory import GrantInfo
 from gateway.models import AuditRecord
-from gateway.quotas import QuotaExceeded, Quotas
+from gateway.quotas import LoopMemoryStorage, QuotaExceeded, Quotas
 from gateway.settings import load_settings
 from schemas.api import GrantIn
 from simulators.enterprises import DEMO_USCC
@@ -113,6 +113,22 @@ async def test_grants_of_one_request_share_their_quota(quotas: Quotas) -> None:
 
 async def test_a_grant_without_limits_is_not_counted(quotas: Quotas) -> None:
     assert (await _outcomes(quotas, grant_info(), 50)).count("ok") == 50
+
+
+async def test_in_memory_windows_reset_and_expired_counters_are_swept() -> None:
+    store = LoopMemoryStorage()
+    quotas = Quotas(store, "memory")
+    grant = grant_info(rate_limit="2/second")
+    assert (await _outcomes(quotas, grant, 3)).count("ok") == 2
+    await asyncio.sleep(1.1)  # past the one-second window, and past the next sweep
+    assert (await _outcomes(quotas, grant, 3)).count("ok") == 2, "a new window counts from zero"
+    stale = grant_info(rate_limit="5/second")
+    await _outcomes(quotas, stale, 1)
+    assert any(stale.quota_scope in key for key in store.storage)
+    await asyncio.sleep(1.1)
+    await _outcomes(quotas, grant, 1)  # any count sweeps what expired
+    assert not any(stale.quota_scope in key for key in store.storage)
+    assert not any(stale.quota_scope in key for key in store.expirations)
 
 
 async def test_redis_down_fails_closed() -> None:
