@@ -10,7 +10,8 @@ from starlette.requests import Request
 from gateway.directory import CallerInfo, Directory
 from gateway.problems import Problem
 from gateway.state import NonceStore
-from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request
+from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request_with
+from security.verifier_process import Ed25519Checker, InlineVerifier
 
 TITLES = {
     "signature_missing": "Request is not signed",
@@ -49,12 +50,23 @@ def _refuse(code: str, detail: str, **context: object) -> Problem:
 
 
 class Authenticator:
-    def __init__(self, directory: Directory, nonces: NonceStore, max_skew: int = 300) -> None:
+    def __init__(
+        self, directory: Directory, nonces: NonceStore, max_skew: int = 300, offload: Ed25519Checker | None = None
+    ) -> None:
         self._directory = directory
         self._nonces = nonces
         self._max_skew = max_skew
+        self._inline = InlineVerifier()
+        self._offload = offload or self._inline
 
-    async def authenticate(self, request: Request, body: bytes) -> Principal:
+    @property
+    def offload(self) -> Ed25519Checker:
+        """The checker that takes signature checks off the event loop (the inline one when none is configured)."""
+        return self._offload
+
+    async def authenticate(self, request: Request, body: bytes, *, offload: bool = False) -> Principal:
+        """The caller behind a signed request, or a 401 Problem. With `offload`, the Ed25519 check is made by the
+        offload checker (the verifier process): more throughput for the event loop, a little more latency."""
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]]
         try:
             params = parse_signature_params(headers)
@@ -73,10 +85,21 @@ class Authenticator:
         if key.status != "active" or key.public_key is None:
             raise _refuse("key_revoked", f"key {key.key_id!r} is revoked", **caller_context)
         try:
-            verify_request(request.method, target_uri(request), headers, body, key.public_key, params)
+            await verify_request_with(
+                self._offload if offload else self._inline,
+                request.method,
+                target_uri(request),
+                headers,
+                body,
+                key.public_key,
+                params,
+            )
         except SignatureFailure as failure:
             raise _refuse(failure.code, failure.detail, **caller_context) from None
         # Only a verified signature may spend a nonce, so nobody can burn another caller's nonces.
         if not await self._nonces.claim(key.key_id, params.nonce, 2 * self._max_skew + 1):
             raise _refuse("nonce_replayed", "this nonce was already used with this key", **caller_context)
         return Principal(caller=key.caller, key_id=key.key_id)
+
+    async def close(self) -> None:
+        await self._offload.close()

@@ -104,10 +104,13 @@ async def run_exchange(
         operation=operation,
     )
     instance = event.path
+    runtime.exchanges_in_progress += 1
     try:
         body = await read_body(request)
         event.request_body = body
-        principal = await runtime.authenticator.authenticate(request, body)
+        principal = await runtime.authenticator.authenticate(
+            request, body, offload=runtime.exchanges_in_progress > runtime.settings.signature_offload_above
+        )
         event.caller_id = principal.caller.caller_id
         event.department = principal.caller.department
         event.roles = tuple(sorted(principal.caller.roles))
@@ -139,6 +142,8 @@ async def run_exchange(
             500, "internal_error", "Internal error", "the gateway failed; the request id names it in logs"
         )
         return await _record_problem(runtime, event, problem, started, instance, decision="failed")
+    finally:
+        runtime.exchanges_in_progress -= 1
 
 
 async def _record_problem(

@@ -27,6 +27,7 @@ from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect
 from gateway.upstreams import AdapterCatalog
 from security.keyring import KeyRing
 from security.masking import install_log_masking
+from security.verifier_process import ProcessVerifier, VerifierError
 
 log = logging.getLogger("msjx.runtime")
 KEY_REFRESH_SECONDS = 1.0
@@ -79,6 +80,18 @@ def breaker_store(settings: Settings) -> BreakerStore:
     return MemoryBreakerStore()
 
 
+async def start_offload(settings: Settings) -> ProcessVerifier | None:
+    """The verifier process that takes signature checks off the event loop when it is congested, if configured."""
+    if settings.signature_verifier == "inline":
+        return None
+    checker = ProcessVerifier()
+    try:
+        await checker.start()
+    except (VerifierError, OSError) as exc:  # correct without it, only slower: checks run here until it starts
+        log.error("signature verifier process did not start (%s); checking in this process for now", exc)
+    return checker
+
+
 def start_payments(
     settings: Settings, sessions: async_sessionmaker, audit: AuditWriter, adapters: Mapping[str, Adapter]
 ) -> Payments | None:
@@ -121,6 +134,8 @@ class Runtime:
     breakers: BreakerStore = field(default_factory=MemoryBreakerStore)
     payments: Payments | None = None
     keyring: KeyRing | None = None
+    # Signed exchanges this worker has begun and not yet answered: how congested its event loop is.
+    exchanges_in_progress: int = 0
     _key_refresher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -162,7 +177,8 @@ class Runtime:
             adapter.configure_resilience(store=breakers)
         catalog = AdapterCatalog(static, sessions, breakers)
         await catalog.start()
-        authenticator = Authenticator(directory, nonces, settings.signature_max_skew)
+        offload = await start_offload(settings)
+        authenticator = Authenticator(directory, nonces, settings.signature_max_skew, offload)
         quotas = Quotas.from_settings(settings)
         payments = start_payments(settings, sessions, audit, catalog)
         if payments is not None:
@@ -209,6 +225,7 @@ class Runtime:
         if close_breakers is not None:
             await close_breakers()
         await self.nonces.close()
+        await self.authenticator.close()
         await self.quotas.close()
         await self.engine.dispose()
 

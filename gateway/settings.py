@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     crypto_suite: Literal["standard", "sm"] = Field(
         default="standard", description="suite of new audit records: standard (AES-GCM, SHA-256) or sm (SM4-GCM, SM3)"
     )
+    signature_verifier: Literal["process", "inline"] = Field(
+        default="process",
+        description="process (default): a child process takes Ed25519 request signature checks off the event loop"
+        " when it is congested; inline: the event loop checks every signature itself",
+    )
+    signature_offload_above: int = Field(
+        default=4,
+        ge=0,
+        le=100_000,
+        description="with signature_verifier=process, a check goes to the child when more than this many signed"
+        " requests are in progress on the worker (0: always); below, the loop checks it itself, which is faster alone",
+    )
     master_key: SecretStr | None = Field(default=None, description="base64 of the 32-byte master key (overrides files)")
     master_key_file: Path | None = Field(default=None, description="a mounted secret file holding the master key")
     audit_checkpoint_records: int = Field(default=1000, ge=1, le=1_000_000)

@@ -3,7 +3,7 @@
 Both sides go through `http-message-signatures`; this module fixes the profile (covered components,
 required parameters, clock window) and turns every way a request can fail into one stable code.
 A request in exactly the shape `sign_request` writes is verified by a direct path first (see
-`_verify_profile`); the library still decides every other request and every refusal.
+`_profile_signed`); the library still decides every other request and every refusal.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import functools
 import hashlib
 import hmac
 import re
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import http_sf
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from http_message_signatures import (
     ContentDigest,
@@ -32,11 +30,8 @@ from http_message_signatures import (
 )
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
-try:  # libsodium verifies Ed25519 in about half the time OpenSSL takes here (docs/performance.md)
-    from nacl.exceptions import BadSignatureError
-    from nacl.signing import VerifyKey
-except ImportError:  # pragma: no cover - PyNaCl is a dependency; without it OpenSSL verifies
-    VerifyKey = None  # type: ignore[assignment,misc]
+from security.ed25519 import verifies
+from security.verifier_process import Ed25519Checker
 
 SIGNATURE_LABEL = "msjx"
 COVERED_COMPONENTS: tuple[str, ...] = ("@method", "@target-uri")
@@ -234,68 +229,52 @@ def _single(pairs: list[tuple[str, str]], name: str) -> str | None:
     return found.strip(" \t")
 
 
-def _verify_profile(
+def _profile_signed(
     method: str,
     url: str,
     pairs: list[tuple[str, str]],
     body: bytes,
     public_key: Ed25519PublicKey,
     params: SignatureParams,
-) -> bool:
-    """True when the request is in the gateway's profile and its signature and digest verify; else False."""
+) -> tuple[bytes, bytes] | None:
+    """(signature, signature base) of a request in the gateway's profile whose digest matches; else None."""
     if params.profile_params is None or not isinstance(public_key, Ed25519PublicKey):
-        return False
+        return None
     # Every rule of what must be signed lives in required_components; the direct path takes only a request that
     # covers exactly that, so a rule added there can never be skipped here.
     if params.covered != required_components(pairs, body):
-        return False
+        return None
     if not _PLAIN_METHOD.fullmatch(method) or not _PLAIN_URL.fullmatch(url):
-        return False
+        return None
     if _single(pairs, "signature-input") is None:
-        return False
+        return None
     signature_field = _single(pairs, "signature")
     member = _SIGNATURE_MEMBER.fullmatch(signature_field) if signature_field is not None else None
     if member is None or len(member[1]) % 4:
-        return False
+        return None
     lines = [f'"@method": {method}', f'"@target-uri": {url}']
     if body:
         digest_field = _single(pairs, "content-digest")
         digest = _SHA256_DIGEST.fullmatch(digest_field) if digest_field is not None else None
         if digest is None or not hmac.compare_digest(base64.b64decode(digest[1]), hashlib.sha256(body).digest()):
-            return False
+            return None
         lines.append(f'"content-digest": {digest_field}')
     elif any(key.lower() == "content-digest" for key, _ in pairs):
-        return False
+        return None
     lines.append(f'"@signature-params": {params.profile_params}')
     base = "\n".join(lines)
     if not base.isascii():
-        return False
+        return None
     try:
         signature = base64.b64decode(member[1])
     except (binascii.Error, ValueError):
-        return False
-    return _ed25519_verifies(public_key, signature, base.encode())
-
-
-@functools.lru_cache(maxsize=1024)
-def _sodium_key(raw: bytes) -> VerifyKey:
-    return VerifyKey(raw)
+        return None
+    return signature, base.encode()
 
 
 def _ed25519_verifies(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-    # libsodium refuses whatever OpenSSL refuses and more (non-canonical encodings, small-order points), so a
-    # signature it accepts OpenSSL accepts too; anything it refuses goes on to the library path and OpenSSL.
-    if VerifyKey is not None:
-        try:
-            _sodium_key(public_key.public_bytes_raw()).verify(message, signature)
-        except (BadSignatureError, ValueError, TypeError):
-            return False
-        return True
-    try:
-        public_key.verify(signature, message)
-    except InvalidSignature:
-        return False
-    return True
+    # A False here is not a refusal: the request goes on to the library path, and OpenSSL decides.
+    return verifies(public_key.public_bytes_raw(), signature, message)
 
 
 def required_components(pairs: list[tuple[str, str]], body: bytes) -> tuple[str, ...]:
@@ -332,8 +311,37 @@ def verify_request(
 ) -> None:
     """Verify the signature over the request's method, target URI and, with a body, its Content-Digest."""
     pairs = list(headers)
-    if _verify_profile(method, url, pairs, body, public_key, params):
+    signed = _profile_signed(method, url, pairs, body, public_key, params)
+    if signed is not None and _ed25519_verifies(public_key, *signed):
         return
+    _verify_by_library(method, url, pairs, body, public_key, params)
+
+
+async def verify_request_with(
+    checker: Ed25519Checker,
+    method: str,
+    url: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    public_key: Ed25519PublicKey,
+    params: SignatureParams,
+) -> None:
+    """`verify_request`, with the Ed25519 check of a request in the gateway's profile made by `checker`."""
+    pairs = list(headers)
+    signed = _profile_signed(method, url, pairs, body, public_key, params)
+    if signed is not None and await checker.verify(public_key.public_bytes_raw(), *signed):
+        return
+    _verify_by_library(method, url, pairs, body, public_key, params)
+
+
+def _verify_by_library(
+    method: str,
+    url: str,
+    pairs: list[tuple[str, str]],
+    body: bytes,
+    public_key: Ed25519PublicKey,
+    params: SignatureParams,
+) -> None:
     wrapped = _Headers(pairs)
     digest_header = wrapped.get("content-digest")
     if body and digest_header is None:

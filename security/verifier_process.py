@@ -1,0 +1,278 @@
+"""Ed25519 checks in a child process of their own, so the event loop's thread is free while libsodium works.
+
+Why: the check is about 55 µs of CPU, and with the cache it sweeps it cost the gateway's event loop about 85 µs
+of a call's 490 (docs/performance.md); the child runs it on the other core. The checks asked for in one turn of
+the loop go to the child in one frame, and the verdicts come back in the same order, one byte each. If the child
+is gone, stuck or answers out of turn, every check waiting on it is done in this process instead and a new child
+is started a second later: a verdict is never lost, and never guessed.
+
+The child is `python -m security.verifier_process`: it imports only `security.ed25519`, ignores SIGINT and SIGTERM
+(they are for the gateway) and exits when its stdin closes, so it never outlives the gateway. Frames both ways
+are a 4-byte big-endian length and data: `marshal` of [(public key, signature, message), ...] to the child, one
+byte per check back (1 verified, 0 not). Both ends are this file, over a pipe nobody else holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import marshal
+import signal
+import struct
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from security.ed25519 import verifies
+
+log = logging.getLogger("msjx.verifier")
+
+FRAME_HEADER = struct.Struct(">I")
+READY = b"R"
+START_TIMEOUT = 30.0
+
+
+class Ed25519Checker(Protocol):
+    """What authentication needs: one Ed25519 verdict, awaited."""
+
+    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class InlineVerifier:
+    """Checks on the event loop's own thread (MSJX_SIGNATURE_VERIFIER=inline)."""
+
+    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+        return verifies(public_key, signature, message)
+
+    async def close(self) -> None:
+        return None
+
+
+class VerifierError(Exception):
+    """The verifier process could not be started."""
+
+
+@dataclass
+class _Batch:
+    items: list[tuple[bytes, bytes, bytes]]
+    futures: list[asyncio.Future[bool]]
+    sent: float
+
+
+def _settle_here(items: list[tuple[bytes, bytes, bytes]], futures: list[asyncio.Future[bool]]) -> None:
+    for item, future in zip(items, futures, strict=True):
+        if not future.done():  # a caller that went away no longer waits for its verdict
+            future.set_result(verifies(*item))
+
+
+class ProcessVerifier:
+    """The gateway's side: batch the checks of a loop turn, send them to the child, hand out its verdicts."""
+
+    def __init__(self, *, timeout: float = 1.0, restart_after: float = 1.0) -> None:
+        self._timeout = timeout
+        self._restart_after = restart_after
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        self._queued_items: list[tuple[bytes, bytes, bytes]] = []
+        self._queued_futures: list[asyncio.Future[bool]] = []
+        self._flush_scheduled = False
+        self._in_flight: deque[_Batch] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._down_until = 0.0
+        self._closed = False
+        self.answered = 0  # checks the child has answered, since start (for operators and tests)
+
+    @property
+    def pid(self) -> int | None:
+        """The verifier process's id while it serves checks (for operators and tests), else None."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    async def start(self) -> None:
+        """Start the child and wait until it answers; VerifierError if it does not."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "security.verifier_process",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:
+            ready = await asyncio.wait_for(process.stdout.read(1), START_TIMEOUT)
+        except TimeoutError:
+            ready = b""
+        if ready != READY:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise VerifierError("the verifier process did not start (its errors are on the gateway's stderr)")
+        self._process = process
+        self._reader = asyncio.create_task(self._read(process), name="signature-verifier")
+
+    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+        if self._process is None:  # down, or never started: this process checks until a new child is up
+            self._restart_when_due()
+            return verifies(public_key, signature, message)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._queued_items.append((public_key, signature, message))
+        self._queued_futures.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)  # after every request of this turn has queued its check
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        items, futures = self._queued_items, self._queued_futures
+        self._queued_items, self._queued_futures = [], []
+        process = self._process
+        if process is None or process.stdin is None:  # went down since these were queued
+            _settle_here(items, futures)
+            return
+        payload = marshal.dumps(items)
+        self._in_flight.append(_Batch(items, futures, time.monotonic()))
+        try:
+            process.stdin.write(FRAME_HEADER.pack(len(payload)) + payload)
+        except (OSError, RuntimeError):  # its pipe is closed: the child is gone
+            self._fail(process, "its pipe is closed")
+            return
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(self._timeout, self._check_stuck)
+
+    def _check_stuck(self) -> None:
+        self._watchdog = None
+        if not self._in_flight or self._process is None:
+            return
+        waited = time.monotonic() - self._in_flight[0].sent
+        if waited >= self._timeout:
+            self._fail(self._process, f"no answer in {waited:.1f} s")
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(self._timeout - waited, self._check_stuck)
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        stdout = process.stdout
+        reason = "it exited"
+        try:
+            while True:
+                header = await stdout.readexactly(FRAME_HEADER.size)
+                verdicts = await stdout.readexactly(FRAME_HEADER.unpack(header)[0])
+                if not self._in_flight or len(verdicts) != len(self._in_flight[0].futures):
+                    reason = "it answered out of turn"
+                    return
+                batch = self._in_flight.popleft()
+                self.answered += len(verdicts)
+                for future, verdict in zip(batch.futures, verdicts, strict=True):
+                    if not future.done():
+                        future.set_result(verdict == 1)
+        except asyncio.IncompleteReadError:
+            pass
+        except OSError as exc:
+            reason = type(exc).__name__
+        finally:
+            self._fail(process, reason)
+
+    def _fail(self, process: asyncio.subprocess.Process, reason: str) -> None:
+        """Stop using `process`: kill it and check here what it still owed."""
+        if process is not self._process:
+            return  # an earlier child's last word; the current one is not concerned
+        self._process = None
+        if not self._closed:
+            log.error("signature verifier process stopped (%s); checking in the gateway's process", reason)
+        self._down_until = time.monotonic() + self._restart_after
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        with contextlib.suppress(ProcessLookupError):
+            if process.returncode is None:
+                process.kill()
+        while self._in_flight:
+            batch = self._in_flight.popleft()
+            _settle_here(batch.items, batch.futures)
+
+    def _restart_when_due(self) -> None:
+        if self._closed or time.monotonic() < self._down_until:
+            return
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.get_running_loop().create_task(self._restart(), name="signature-verifier-start")
+
+    async def _restart(self) -> None:
+        try:
+            await self.start()
+        except (VerifierError, OSError) as exc:
+            self._down_until = time.monotonic() + self._restart_after
+            log.error("signature verifier process could not start again: %s", exc)
+        else:
+            log.info("signature verifier process started again (pid %s)", self.pid)
+
+    async def close(self) -> None:
+        """Answer what is queued, let the child finish and exit, and stop."""
+        self._closed = True
+        if self._restarting is not None:
+            self._restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restarting
+        if self._queued_items:
+            self._flush()
+        process, self._process = self._process, None  # from here on its reader settles nothing and kills nothing
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()  # end of input: the child answers what it has and exits
+        reader = self._reader
+        try:
+            if reader is not None:
+                await asyncio.wait_for(asyncio.shield(reader), 10)
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        while self._in_flight:  # what it did not answer before it went
+            batch = self._in_flight.popleft()
+            _settle_here(batch.items, batch.futures)
+
+
+# --- the child ---------------------------------------------------------------------------------------------------
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = stream.read(size)
+    return data if len(data) == size else None
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    stdout.write(READY)
+    stdout.flush()
+    while (header := _read_exactly(stdin, FRAME_HEADER.size)) is not None:
+        payload = _read_exactly(stdin, FRAME_HEADER.unpack(header)[0])
+        if payload is None:
+            return
+        items = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
+        verdicts = bytes(verifies(public_key, signature, message) for public_key, signature, message in items)
+        stdout.write(FRAME_HEADER.pack(len(verdicts)) + verdicts)
+        stdout.flush()
+
+
+def main() -> None:
+    # Ctrl-C in a terminal, or SIGTERM to the whole process group, is for the gateway, which closes stdin when it
+    # is done with this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError):  # the gateway went away: nothing is left to answer
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
