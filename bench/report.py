@@ -308,11 +308,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "CPU µs/req is the CPU time (user + system, from /proc/<pid>/stat) of the process under test divided by the",
         "requests it answered: the simulator for `direct`, nginx's master and worker for `nginx`, the forwarder or",
-        "the gateway with its SQLite committer process otherwise. Peak RSS is the sum of their VmHWM. wrk, the",
-        "simulator and the processes under test share the machine's CPUs: compare rows of one run with each other,",
-        "not with another machine's.",
+        "the gateway with its child processes otherwise (the signature verifier, and the SQLite committer). Peak RSS",
+        "is the sum of their VmHWM. wrk, the simulator and the processes under test share the machine's CPUs:",
+        "compare rows of one run with each other, not with another machine's.",
         "Main thread µs/req is the part spent on the process's main thread, the event loop: one worker cannot answer",
-        "more than a million of these a second, whatever its other threads and its SQLite committer process do.",
+        "more than a million of these a second, whatever its other threads and its child processes do.",
         "",
     ]
     return "\n".join(lines)
