@@ -94,13 +94,26 @@ class LoopMemoryStorage(MemoryStorage):
             self.locks.pop(key, None)
 
 
+# Both windows of a call in one script, on `limits`' own keys, each counted exactly as `limits`' INCR-and-EXPIRE
+# script counts it; the day window only when the rate window lets the call through, as Quotas.check does in memory.
+SCRIPT_COUNT_BOTH = """
+local rate = redis.call("incrby", KEYS[1], 1)
+if rate == 1 then redis.call("expire", KEYS[1], ARGV[1]) end
+if rate > tonumber(ARGV[2]) then return {rate, 0} end
+local day = redis.call("incrby", KEYS[2], 1)
+if day == 1 then redis.call("expire", KEYS[2], ARGV[3]) end
+return {rate, day}
+"""
+
+
 class PipelinedRedisStorage(RedisStorage):
     """`limits`' Redis storage, whose counter increments share pipelines with those of other requests.
 
     The increment is the very script `limits` runs (its own INCR-and-EXPIRE Lua on its own key), queued
-    in the pipeline of the current event-loop turn instead of sent alone: one call's rate and quota windows cost
-    two shares of a pipeline rather than two lone round trips (docs/performance.md). Reads go as `limits` sends
-    them. `tests/test_quotas.py` runs the quota rules on this storage against the real server.
+    in the pipeline of the current event-loop turn instead of sent alone; a grant with both a rate limit and a
+    daily quota has both windows counted by one script (`incr_both`), so a call costs one share of a pipeline
+    rather than two lone round trips (docs/performance.md). Reads go as `limits` sends them.
+    `tests/test_quotas.py` runs the quota rules on this storage against the real server.
     """
 
     def __init__(self, batcher: PipelineBatcher, *args: Any, **kwargs: Any) -> None:
@@ -117,6 +130,20 @@ class PipelinedRedisStorage(RedisStorage):
             return int(await self._batcher.run(lambda pipeline: pipeline.eval(script, 1, prefixed, expiry, amount)))
         except self.base_exceptions as exc:  # as limits does: its callers catch StorageError
             raise StorageError(exc) from exc
+
+    async def incr_both(
+        self, rate_key: str, rate_expiry: int, rate_amount: int, day_key: str, day_expiry: int
+    ) -> tuple[int, int]:
+        """Count a call in its rate window and, if that lets it through, its day window: one script, one share of
+        a pipeline. Returns both counts (the day's is 0 when the rate refused the call and it was not counted)."""
+        bridge = self.bridge
+        keys = (bridge.prefixed_key(rate_key), bridge.prefixed_key(day_key))
+        arguments = (rate_expiry, rate_amount, day_expiry)
+        try:
+            counts = await self._batcher.run(lambda pipeline: pipeline.eval(SCRIPT_COUNT_BOTH, 2, *keys, *arguments))
+        except self.base_exceptions as exc:
+            raise StorageError(exc) from exc
+        return int(counts[0]), int(counts[1])
 
     async def close(self) -> None:
         await self._batcher.close()
@@ -159,26 +186,37 @@ class Quotas:
         if grant.rate_limit is None and grant.daily_quota is None:
             return
         scope = grant.quota_scope
+        rate = rate_item(grant.rate_limit) if grant.rate_limit is not None else None
+        day = quota_item(grant.daily_quota) if grant.daily_quota is not None else None
+        moment = now or datetime.now(UTC)
+        day_id = china_date(moment).isoformat()
         try:
-            if grant.rate_limit is not None:
-                item = rate_item(grant.rate_limit)
-                if not await self._limiter.hit(item, "rate", scope):
-                    stats = await self._limiter.get_window_stats(item, "rate", scope)
-                    raise QuotaExceeded(
-                        "rate_limited",
-                        f"the grant allows {grant.rate_limit}; retry after the window resets",
-                        stats.reset_time - time.time(),
-                    )
-            if grant.daily_quota is not None:
-                moment = now or datetime.now(UTC)
-                if not await self._limiter.hit(
-                    quota_item(grant.daily_quota), "quota", scope, china_date(moment).isoformat()
-                ):
-                    raise QuotaExceeded(
-                        "quota_exhausted",
-                        f"the grant's daily quota of {grant.daily_quota} calls is used up until midnight Beijing time",
-                        seconds_to_next_china_day(moment),
-                    )
+            if rate is not None and day is not None and isinstance(self._storage, PipelinedRedisStorage):
+                rate_count, day_count = await self._storage.incr_both(
+                    rate.key_for("rate", scope),
+                    rate.get_expiry(),
+                    rate.amount,
+                    day.key_for("quota", scope, day_id),
+                    day.get_expiry(),
+                )
+                rate_ok, day_ok = rate_count <= rate.amount, day_count <= day.amount
+            else:
+                rate_ok = rate is None or await self._limiter.hit(rate, "rate", scope)
+                day_ok = not rate_ok or day is None or await self._limiter.hit(day, "quota", scope, day_id)
+            if not rate_ok:
+                assert rate is not None
+                stats = await self._limiter.get_window_stats(rate, "rate", scope)
+                raise QuotaExceeded(
+                    "rate_limited",
+                    f"the grant allows {grant.rate_limit}; retry after the window resets",
+                    stats.reset_time - time.time(),
+                )
+            if not day_ok:
+                raise QuotaExceeded(
+                    "quota_exhausted",
+                    f"the grant's daily quota of {grant.daily_quota} calls is used up until midnight Beijing time",
+                    seconds_to_next_china_day(moment),
+                )
         except StorageError as exc:
             log.error("quota store failed: %s", type(exc.storage_error).__name__)
             raise Problem(

@@ -103,6 +103,14 @@ async def test_rate_limit_refuses_without_spending_the_quota(quotas: Quotas) -> 
     assert await quotas.used_today(grant) == 3, "only the calls that passed the rate limit count against the quota"
 
 
+async def test_a_day_quota_under_a_loose_rate_limit_is_exact(quotas: Quotas) -> None:
+    grant = grant_info(daily_quota=5, rate_limit="1000/minute")
+    outcomes = await _outcomes(quotas, grant, 20)
+    assert outcomes.count("ok") == 5
+    assert {r.code for r in outcomes if isinstance(r, QuotaExceeded)} == {"quota_exhausted"}
+    assert await quotas.used_today(grant) == 5
+
+
 async def test_grants_of_one_request_share_their_quota(quotas: Quotas) -> None:
     first, second = grant_info(daily_quota=4), grant_info(daily_quota=4)
     shared = {"sharing_request_id": "sr-" + secrets.token_hex(8)}
