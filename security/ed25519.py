@@ -6,9 +6,7 @@ Kept apart from `signatures` so that the verifier process (`security.verifier_pr
 from __future__ import annotations
 
 import functools
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import Any
 
 try:  # libsodium verifies Ed25519 in about half the time OpenSSL takes here (docs/performance.md)
     from nacl.exceptions import BadSignatureError
@@ -23,7 +21,10 @@ def _sodium_key(raw: bytes) -> VerifyKey:
 
 
 @functools.lru_cache(maxsize=1024)
-def _openssl_key(raw: bytes) -> Ed25519PublicKey:
+def _openssl_key(raw: bytes) -> Any:
+    # Imported here: the verifier process, which has PyNaCl, is ~7 MB smaller without OpenSSL's bindings.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -39,6 +40,8 @@ def verifies(public_key: bytes, signature: bytes, message: bytes) -> bool:
         except (BadSignatureError, ValueError, TypeError):
             return False
         return True
+    from cryptography.exceptions import InvalidSignature
+
     try:
         _openssl_key(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.settings import load_settings
+from security import ed25519
 from security.ed25519 import verifies
 from security.verifier_process import ProcessVerifier
 from tests.conftest import running_gateway
@@ -33,6 +34,17 @@ def _checks(count: int) -> list[tuple[tuple[bytes, bytes, bytes], bool]]:
             signature = signature[:-1] + bytes([signature[-1] ^ 1])
         checks.append(((public, signature, message), index % 3 != 2))
     return checks
+
+
+@pytest.mark.parametrize("library", ["libsodium", "openssl"])
+def test_both_libraries_give_the_same_verdicts(monkeypatch: pytest.MonkeyPatch, library: str) -> None:
+    if library == "openssl":
+        monkeypatch.setattr(ed25519, "VerifyKey", None)
+    checks = _checks(9)
+    assert [verifies(*check) for check, _ in checks] == [expected for _, expected in checks]
+    public, signature, message = checks[0][0]
+    assert not verifies(public[:31], signature, message), "a key of the wrong length is a refusal, not an error"
+    assert not verifies(public, signature[:63], message)
 
 
 async def _verdicts(verifier: ProcessVerifier, checks: list[tuple[tuple[bytes, bytes, bytes], bool]]) -> list[bool]:
