@@ -10,8 +10,8 @@ one byte back, both through the loop's own I/O. The child is `python -m gateway.
 it imports nothing of the gateway, reads frames on stdin, answers on stdout, and exits when stdin closes, so it
 never outlives the gateway.
 
-A frame is a 4-byte big-endian length and `marshal` data: (rows, checkpoint values or None); both ends are this
-file, over a pipe nobody else holds. The answer is b"\\x00" once COMMIT has returned, or b"\\x01", a 2-byte length
+A frame (`security.pipes`) holds `marshal` data: (rows, checkpoint values or None); both ends are this file, over
+a pipe nobody else holds. The answer is b"\\x00" once COMMIT has returned, or b"\\x01", a 2-byte length
 and the error's class name (never its message, which could quote a value).
 """
 
@@ -25,17 +25,16 @@ import sqlite3
 import struct
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from security.pipes import frame, read_frame, say_ready, start_child
 
 if TYPE_CHECKING:  # the child process imports nothing it does not need
     import asyncpg
 
-FRAME_HEADER = struct.Struct(">I")
 ERROR_HEADER = struct.Struct(">H")
 OK = b"\x00"
 FAILED = b"\x01"
-READY = b"R"
-START_TIMEOUT = 30.0
 
 
 class CommitterError(Exception):
@@ -116,23 +115,10 @@ class SqliteCommitter:
         return process.pid if process is not None and process.returncode is None else None
 
     async def open(self) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway.audit_committer",
-            *self._arguments,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        self._process = process
-        assert process.stdout is not None
-        try:
-            ready = await asyncio.wait_for(process.stdout.read(1), START_TIMEOUT)
-        except TimeoutError:
-            ready = b""
-        if ready != READY:
-            await self.close()
+        process = await start_child("gateway.audit_committer", *self._arguments)
+        if process is None:
             raise CommitterError("the audit committer process did not start (its errors are on the gateway's stderr)")
+        self._process = process
 
     async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None:
         process = self._process
@@ -145,7 +131,7 @@ class SqliteCommitter:
         assert process.stdin is not None and process.stdout is not None
         payload = marshal.dumps((records, checkpoint))
         try:
-            process.stdin.write(FRAME_HEADER.pack(len(payload)) + payload)
+            process.stdin.write(frame(payload))
             await process.stdin.drain()
             status = await process.stdout.readexactly(1)
             if status == OK:
@@ -179,26 +165,15 @@ class SqliteCommitter:
 # --- the child ---------------------------------------------------------------------------------------------------
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return data
-
-
 def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]) -> None:
     # Autocommit mode: the transaction is the explicit BEGIN IMMEDIATE ... COMMIT below, nothing implicit.
     connection = sqlite3.connect(path, timeout=30, isolation_level=None)
     for pragma in pragmas:
         connection.execute(pragma)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    stdout.write(READY)
-    stdout.flush()
+    say_ready(stdout)
     try:
-        while (header := _read_exactly(stdin, FRAME_HEADER.size)) is not None:
-            payload = _read_exactly(stdin, FRAME_HEADER.unpack(header)[0])
-            if payload is None:
-                return
+        while (payload := read_frame(stdin)) is not None:
             records, checkpoint = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
             try:
                 _commit(connection, insert, checkpoint_insert, records, checkpoint)

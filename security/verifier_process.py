@@ -19,7 +19,6 @@ import contextlib
 import logging
 import marshal
 import signal
-import struct
 import sys
 import time
 from collections import deque
@@ -27,12 +26,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from security.ed25519 import verifies
+from security.pipes import FRAME_HEADER, frame, read_frame, say_ready, start_child
 
 log = logging.getLogger("msjx.verifier")
-
-FRAME_HEADER = struct.Struct(">I")
-READY = b"R"
-START_TIMEOUT = 30.0
 
 
 class Ed25519Checker(Protocol):
@@ -96,22 +92,8 @@ class ProcessVerifier:
 
     async def start(self) -> None:
         """Start the child and wait until it answers; VerifierError if it does not."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "security.verifier_process",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert process.stdout is not None
-        try:
-            ready = await asyncio.wait_for(process.stdout.read(1), START_TIMEOUT)
-        except TimeoutError:
-            ready = b""
-        if ready != READY:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        process = await start_child("security.verifier_process")
+        if process is None:
             raise VerifierError("the verifier process did not start (its errors are on the gateway's stderr)")
         self._process = process
         self._reader = asyncio.create_task(self._read(process), name="signature-verifier")
@@ -140,7 +122,7 @@ class ProcessVerifier:
         payload = marshal.dumps(items)
         self._in_flight.append(_Batch(items, futures, time.monotonic()))
         try:
-            process.stdin.write(FRAME_HEADER.pack(len(payload)) + payload)
+            process.stdin.write(frame(payload))
         except (OSError, RuntimeError):  # its pipe is closed: the child is gone
             self._fail(process, "its pipe is closed")
             return
@@ -247,21 +229,12 @@ class ProcessVerifier:
 # --- the child ---------------------------------------------------------------------------------------------------
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    data = stream.read(size)
-    return data if len(data) == size else None
-
-
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    stdout.write(READY)
-    stdout.flush()
-    while (header := _read_exactly(stdin, FRAME_HEADER.size)) is not None:
-        payload = _read_exactly(stdin, FRAME_HEADER.unpack(header)[0])
-        if payload is None:
-            return
+    say_ready(stdout)
+    while (payload := read_frame(stdin)) is not None:
         items = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
         verdicts = bytes(verifies(public_key, signature, message) for public_key, signature, message in items)
-        stdout.write(FRAME_HEADER.pack(len(verdicts)) + verdicts)
+        stdout.write(frame(verdicts))
         stdout.flush()
 
 
