@@ -189,7 +189,7 @@ class Quotas:
         rate = rate_item(grant.rate_limit) if grant.rate_limit is not None else None
         day = quota_item(grant.daily_quota) if grant.daily_quota is not None else None
         moment = now or datetime.now(UTC)
-        day_id = china_date(moment).isoformat()
+        day_id = china_date(moment).isoformat() if day is not None else ""
         try:
             if rate is not None and day is not None and isinstance(self._storage, PipelinedRedisStorage):
                 rate_count, day_count = await self._storage.incr_both(

@@ -6,10 +6,10 @@ the loop go to the child in one frame, and the verdicts come back in the same or
 is gone, stuck or answers out of turn, every check waiting on it is done in this process instead and a new child
 is started a second later: a verdict is never lost, and never guessed.
 
-The child is `python -m security.verifier_process`: it imports only `security.ed25519`, ignores SIGINT and SIGTERM
-(they are for the gateway) and exits when its stdin closes, so it never outlives the gateway. Frames both ways
-are a 4-byte big-endian length and data: `marshal` of [(public key, signature, message), ...] to the child, one
-byte per check back (1 verified, 0 not). Both ends are this file, over a pipe nobody else holds.
+The child is `python -m security.verifier_process`: it needs only `security.ed25519` and `security.pipes`, ignores
+SIGINT and SIGTERM (they are for the gateway) and exits when its stdin closes, so it never outlives the gateway.
+Frames (`security.pipes`) carry `marshal` of [(public key, signature, message), ...] to the child, and one byte
+per check back (1 verified, 0 not). Both ends are this file, over a pipe nobody else holds.
 """
 
 from __future__ import annotations
