@@ -51,6 +51,11 @@ async def _verdicts(verifier: ProcessVerifier, checks: list[tuple[tuple[bytes, b
     return list(await asyncio.gather(*(verifier.verify(*check) for check, _ in checks)))
 
 
+async def _answers_right(verifier: ProcessVerifier, count: int) -> None:
+    checks = _checks(count)
+    assert await _verdicts(verifier, checks) == [expected for _, expected in checks]
+
+
 @pytest.fixture
 async def verifier() -> AsyncIterator[ProcessVerifier]:
     started = ProcessVerifier(timeout=0.5, restart_after=0.1)
@@ -81,8 +86,7 @@ async def test_the_child_ignores_the_terminal_signals_meant_for_the_gateway(veri
     assert pid is not None
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
-    checks = _checks(10)
-    assert await _verdicts(verifier, checks) == [expected for _, expected in checks]
+    await _answers_right(verifier, 10)
     assert verifier.pid == pid
 
 
@@ -95,8 +99,7 @@ async def test_a_killed_child_costs_no_verdict_and_is_replaced(verifier: Process
     os.kill(pid, signal.SIGKILL)
     assert list(await pending) == [expected for _, expected in checks]
     new_pid = await _started_again(verifier, pid)
-    more = _checks(30)
-    assert await _verdicts(verifier, more) == [expected for _, expected in more]
+    await _answers_right(verifier, 30)
     assert verifier.pid == new_pid
 
 
@@ -105,9 +108,7 @@ async def test_a_stuck_child_is_given_up_after_the_timeout(verifier: ProcessVeri
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
-        checks = _checks(20)
-        verdicts = await asyncio.wait_for(_verdicts(verifier, checks), 5)
-        assert verdicts == [expected for _, expected in checks], "answered here once the child was given up"
+        await asyncio.wait_for(_answers_right(verifier, 20), 5)  # answered here once the child is given up
         assert verifier.pid != pid
     finally:
         with contextlib.suppress(ProcessLookupError):  # killed and reaped already
