@@ -1,6 +1,6 @@
 """One Ed25519 check on raw bytes, through libsodium when PyNaCl is there and OpenSSL otherwise.
 
-Kept apart from `signatures` so that the verifier process (`security.verifier_process`) imports only this.
+Kept apart from `signatures` so that the verifier process (`security.verifier_child`) imports only this.
 """
 
 from __future__ import annotations

@@ -6,10 +6,9 @@ the loop go to the child in one frame, and the verdicts come back in the same or
 is gone, stuck or answers out of turn, every check waiting on it is done in this process instead and a new child
 is started a second later: a verdict is never lost, and never guessed.
 
-The child is `python -m security.verifier_process`: it needs only `security.ed25519` and `security.pipes`, ignores
-SIGINT and SIGTERM (they are for the gateway) and exits when its stdin closes, so it never outlives the gateway.
-Frames (`security.pipes`) carry `marshal` of [(public key, signature, message), ...] to the child, and one byte
-per check back (1 verified, 0 not). Both ends are this file, over a pipe nobody else holds.
+The child is `python -m security.verifier_child`. Frames (`security.pipes`) carry `marshal` of
+[(public key, signature, message), ...] to it and one byte per check back (1 verified, 0 not), over a pipe
+nobody else holds.
 """
 
 from __future__ import annotations
@@ -18,17 +17,28 @@ import asyncio
 import contextlib
 import logging
 import marshal
-import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
+
+from prometheus_client import Counter
 
 from security.ed25519 import verifies
-from security.pipes import FRAME_HEADER, frame, read_frame, say_ready, start_child
+from security.pipes import FRAME_HEADER, frame, start_child
 
 log = logging.getLogger("msjx.verifier")
+
+CHECKS = Counter(
+    "msjx_signature_checks_total",
+    "Ed25519 request signature checks by where they ran: the verifier process, the event loop as chosen (an"
+    " uncongested loop, or MSJX_SIGNATURE_VERIFIER=inline), or the event loop because the verifier process was down",
+    ["where"],
+)
+_IN_PROCESS = CHECKS.labels("process")
+_ON_LOOP = CHECKS.labels("loop")
+_FALLBACK = CHECKS.labels("loop_fallback")
+RESTARTS = Counter("msjx_signature_verifier_restarts_total", "Verifier processes started again after one stopped")
 
 
 class Ed25519Checker(Protocol):
@@ -43,6 +53,7 @@ class InlineVerifier:
     """Checks on the event loop's own thread (MSJX_SIGNATURE_VERIFIER=inline)."""
 
     async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+        _ON_LOOP.inc()
         return verifies(public_key, signature, message)
 
     async def close(self) -> None:
@@ -61,6 +72,7 @@ class _Batch:
 
 
 def _settle_here(items: list[tuple[bytes, bytes, bytes]], futures: list[asyncio.Future[bool]]) -> None:
+    _FALLBACK.inc(len(items))
     for item, future in zip(items, futures, strict=True):
         if not future.done():  # a caller that went away no longer waits for its verdict
             future.set_result(verifies(*item))
@@ -92,7 +104,7 @@ class ProcessVerifier:
 
     async def start(self) -> None:
         """Start the child and wait until it answers; VerifierError if it does not."""
-        process = await start_child("security.verifier_process")
+        process = await start_child("security.verifier_child")
         if process is None:
             raise VerifierError("the verifier process did not start (its errors are on the gateway's stderr)")
         self._process = process
@@ -101,6 +113,7 @@ class ProcessVerifier:
     async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
         if self._process is None:  # down, or never started: this process checks until a new child is up
             self._restart_when_due()
+            _FALLBACK.inc()
             return verifies(public_key, signature, message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
@@ -152,6 +165,7 @@ class ProcessVerifier:
                     return
                 batch = self._in_flight.popleft()
                 self.answered += len(verdicts)
+                _IN_PROCESS.inc(len(verdicts))
                 for future, verdict in zip(batch.futures, verdicts, strict=True):
                     if not future.done():
                         future.set_result(verdict == 1)
@@ -193,6 +207,7 @@ class ProcessVerifier:
             self._down_until = time.monotonic() + self._restart_after
             log.error("signature verifier process could not start again: %s", exc)
         else:
+            RESTARTS.inc()
             log.info("signature verifier process started again (pid %s)", self.pid)
 
     async def close(self) -> None:
@@ -224,28 +239,3 @@ class ProcessVerifier:
         while self._in_flight:  # what it did not answer before it went
             batch = self._in_flight.popleft()
             _settle_here(batch.items, batch.futures)
-
-
-# --- the child ---------------------------------------------------------------------------------------------------
-
-
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    say_ready(stdout)
-    while (payload := read_frame(stdin)) is not None:
-        items = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
-        verdicts = bytes(verifies(public_key, signature, message) for public_key, signature, message in items)
-        stdout.write(frame(verdicts))
-        stdout.flush()
-
-
-def main() -> None:
-    # Ctrl-C in a terminal, or SIGTERM to the whole process group, is for the gateway, which closes stdin when it
-    # is done with this process.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(BrokenPipeError):  # the gateway went away: nothing is left to answer
-        serve(sys.stdin.buffer, sys.stdout.buffer)
-
-
-if __name__ == "__main__":
-    main()

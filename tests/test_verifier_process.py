@@ -10,9 +10,12 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.settings import load_settings
 from security import ed25519
@@ -64,6 +67,10 @@ async def verifier() -> AsyncIterator[ProcessVerifier]:
     await started.close()
 
 
+def _checks_counted(where: str) -> float:
+    return REGISTRY.get_sample_value("msjx_signature_checks_total", {"where": where}) or 0.0
+
+
 async def _started_again(verifier: ProcessVerifier, old_pid: int) -> int:
     for _ in range(200):
         await verifier.verify(*_checks(1)[0][0])  # a check while it is down asks for a new child
@@ -91,6 +98,8 @@ async def test_the_child_ignores_the_terminal_signals_meant_for_the_gateway(veri
 
 
 async def test_a_killed_child_costs_no_verdict_and_is_replaced(verifier: ProcessVerifier) -> None:
+    restarts = REGISTRY.get_sample_value("msjx_signature_verifier_restarts_total") or 0.0
+    fallbacks = _checks_counted("loop_fallback")
     pid = verifier.pid
     assert pid is not None
     checks = _checks(60)
@@ -101,6 +110,8 @@ async def test_a_killed_child_costs_no_verdict_and_is_replaced(verifier: Process
     new_pid = await _started_again(verifier, pid)
     await _answers_right(verifier, 30)
     assert verifier.pid == new_pid
+    assert REGISTRY.get_sample_value("msjx_signature_verifier_restarts_total") == restarts + 1
+    assert _checks_counted("loop_fallback") > fallbacks, "what the killed child owed was checked here"
 
 
 async def test_a_stuck_child_is_given_up_after_the_timeout(verifier: ProcessVerifier) -> None:
@@ -138,6 +149,7 @@ async def test_the_gateway_offloads_only_when_congested(tmp_path: Path, credit_u
     async with running_gateway(settings) as gw:
         checker = gw.runtime.authenticator.offload
         assert isinstance(checker, ProcessVerifier) and checker.pid is not None
+        before = {where: _checks_counted(where) for where in ("process", "loop")}
         good = [signed(gw, gw.platform) for _ in range(12)]
         forged = signed(gw, gw.platform)
         forged.headers["signature"] = "msjx=:" + base64.b64encode(bytes(64)).decode() + ":"
@@ -148,3 +160,14 @@ async def test_the_gateway_offloads_only_when_congested(tmp_path: Path, credit_u
             assert checker.answered == 13, "every check went to the child, the forged one too"
         else:
             assert checker.answered == 0, "an uncongested gateway checks on its own loop"
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            metrics = (await client.get("/metrics")).text
+        counted = {
+            sample.labels["where"]: sample.value
+            for family in text_string_to_metric_families(metrics)
+            if family.name == "msjx_signature_checks"
+            for sample in family.samples
+            if sample.name == "msjx_signature_checks_total"
+        }
+        where = "process" if offload_above == 0 else "loop"
+        assert counted[where] - before[where] == 13
