@@ -10,8 +10,9 @@ from starlette.requests import Request
 from gateway.directory import CallerInfo, Directory
 from gateway.problems import Problem
 from gateway.state import NonceStore
+from security.ed25519 import Ed25519Checker
 from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request_with
-from security.verifier_process import Ed25519Checker, InlineVerifier
+from security.verifier_process import InlineVerifier
 
 TITLES = {
     "signature_missing": "Request is not signed",

@@ -6,13 +6,21 @@ Kept apart from `signatures` so that the verifier process (`security.verifier_ch
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Protocol
 
 try:  # libsodium verifies Ed25519 in about half the time OpenSSL takes here (docs/performance.md)
     from nacl.exceptions import BadSignatureError
     from nacl.signing import VerifyKey
 except ImportError:  # pragma: no cover - PyNaCl is a dependency; without it OpenSSL verifies
     VerifyKey = None  # type: ignore[assignment,misc]
+
+
+class Ed25519Checker(Protocol):
+    """What authentication needs: one Ed25519 verdict, awaited (in this process, or in the verifier process)."""
+
+    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 @functools.lru_cache(maxsize=1024)

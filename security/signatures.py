@@ -30,8 +30,7 @@ from http_message_signatures import (
 )
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
-from security.ed25519 import verifies
-from security.verifier_process import Ed25519Checker
+from security.ed25519 import Ed25519Checker, verifies
 
 SIGNATURE_LABEL = "msjx"
 COVERED_COMPONENTS: tuple[str, ...] = ("@method", "@target-uri")

@@ -20,7 +20,6 @@ import marshal
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
 
 from prometheus_client import Counter
 
@@ -39,14 +38,6 @@ _IN_PROCESS = CHECKS.labels("process")
 _ON_LOOP = CHECKS.labels("loop")
 _FALLBACK = CHECKS.labels("loop_fallback")
 RESTARTS = Counter("msjx_signature_verifier_restarts_total", "Verifier processes started again after one stopped")
-
-
-class Ed25519Checker(Protocol):
-    """What authentication needs: one Ed25519 verdict, awaited."""
-
-    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool: ...
-
-    async def close(self) -> None: ...
 
 
 class InlineVerifier:
