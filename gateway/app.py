@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, audit, catalog, ops, services, sharing, upstreams
+from gateway.routes import admin, audit, calendar, catalog, ops, services, sharing, upstreams
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
@@ -124,6 +124,7 @@ def create_app(
     app.invoke_route = plain_invoke_route(app)
     app.include_router(catalog.router)
     app.include_router(sharing.router)
+    app.include_router(calendar.router)
     app.include_router(admin.router)
     app.include_router(upstreams.router)
     app.include_router(audit.router)

@@ -1,4 +1,4 @@
-"""The `msjx-gateway` command: serve (and the demo), database, callers, grants, audit, keys, a call, simulators."""
+"""The `msjx-gateway` command: serve (and the demo), database, callers, grants, audit, keys, calendar, a call."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from gateway.cli_calendar import calendar_app
 from gateway.problems import Problem
 from gateway.settings import Settings, SettingsError, load_settings
 
@@ -36,6 +37,7 @@ app.add_typer(callers_app, name="callers")
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(calendar_app, name="calendar")
 
 T = TypeVar("T")
 # How `serve` runs uvicorn; `make bench` measures these (docs/performance.md), and its Python floor uses them too.

@@ -1,8 +1,8 @@
-"""Prometheus metrics of the request path: exchanges by outcome, their latency, upstream time, audit failures."""
+"""Prometheus metrics: exchanges by outcome, their latency, upstream time, audit failures; provisional deadlines."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.audit import AuditEvent
 
@@ -22,6 +22,10 @@ DURATION = Histogram(
 )
 UPSTREAM = Histogram(
     "msjx_upstream_duration_seconds", "Time spent calling an upstream service", ["service"], buckets=_BUCKETS
+)
+PROVISIONAL_DEADLINES = Gauge(
+    "msjx_calendar_provisional_deadlines",
+    "Open sharing-request deadlines still provisional (counted over a year whose holiday schedule is not loaded)",
 )
 AUDIT_UNAVAILABLE = Counter(
     "msjx_audit_unavailable_total", "Exchanges refused with 503 because their audit record could not be committed"

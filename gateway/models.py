@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -108,6 +110,10 @@ class SharingRequest(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     due_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    # A deadline that counted days of a year with no loaded schedule (gateway/sharing/workdays.py); importing
+    # that year's schedule recomputes it.
+    deadline_provisional: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    deadline_source: Mapped[str | None] = mapped_column(String(32), nullable=True)
     extended_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -367,3 +373,29 @@ class PaymentOutcome(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     resolved_by: Mapped[str] = mapped_column(String(16))  # request | reconciler
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CalendarYear(Base):
+    """One year's holiday schedule as an operator imported it (the State Council's notice); it overrides the library.
+
+    `revision` changes on every import: nodes compare it to notice an import made elsewhere.
+    """
+
+    __tablename__ = "calendar_years"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    source: Mapped[str] = mapped_column(String(500))
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    imported_by: Mapped[str] = mapped_column(String(128))
+    revision: Mapped[str] = mapped_column(String(32))
+
+
+class CalendarDay(Base):
+    """A public holiday (放假) or an adjusted weekend workday (调休上班) of an imported year, with its festival."""
+
+    __tablename__ = "calendar_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    year: Mapped[int] = mapped_column(ForeignKey("calendar_years.year"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # holiday | workday
+    festival: Mapped[str] = mapped_column(String(64))

@@ -277,8 +277,11 @@ class Deadline(BaseModel):
     start: date
     working_days: int
     due: date
-    calendar: str
-    years: tuple[int, int]
+    provisional: bool = Field(description="true when the count touched a year with no loaded holiday schedule")
+    source: str = Field(description="provisional when any counted year is; else the source of the due day's year")
+    sources: dict[int, str] = Field(description="each counted year's source")
+    calendar: str = Field(description="what counted each year")
+    years: tuple[int, int] = Field(description="the years the installed chinese-calendar knows")
 
 
 class Purpose(_In):
@@ -463,6 +466,13 @@ class SharingRequestOut(BaseModel):
     state_label: str
     submitted_at: datetime | None
     due_date: date | None
+    deadline_provisional: bool = Field(
+        default=False,
+        description="the deadline counted days of a year with no loaded holiday schedule; loading it recomputes it",
+    )
+    deadline_source: str | None = Field(
+        default=None, description="what counted the deadline: imported, chinese-calendar or provisional"
+    )
     overdue: bool
     extended_days: int | None
     extension_reason: str | None

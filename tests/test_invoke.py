@@ -326,7 +326,7 @@ async def test_ops_endpoints(gateway: RunningGateway) -> None:
         spec = (await client.get("/openapi.json")).json()
         missing = await client.get("/v1/nowhere")
     assert ready.status_code == 200, ready.text
-    expected = {"database", "audit"} | ({"redis"} if gateway.settings.redis_url else set())
+    expected = {"database", "audit", "calendar"} | ({"redis"} if gateway.settings.redis_url else set())
     assert set(ready.json()["checks"]) == expected
     assert "/v1/services/{service}/{operation}" in spec["paths"]
     invoke = spec["paths"]["/v1/services/{service}/{operation}"]["post"]

@@ -1,5 +1,6 @@
-"""Deadlines in Chinese working days from chinese-calendar: the 2025 National Day holiday, 调休 weekend workdays,
-and an explicit error (never a guess) for a year the installed calendar does not know."""
+"""Deadlines in Chinese working days from chinese-calendar: the 2025 National Day holiday, 调休 weekend workdays;
+a provisional deadline (never a refusal) for a year the installed calendar does not know; an error only for
+absurd years. Imports of a year's schedule: tests/test_calendar.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import httpx
 import pytest
 
 from gateway.sharing.workdays import (
+    FIRST_YEAR,
+    LAST_YEAR,
     CalendarYearUnsupported,
     add_working_days,
     china_date,
@@ -48,15 +51,16 @@ def test_add_working_days(start: date, days: int, due: date) -> None:
     assert add_working_days(start, days) == due
 
 
-def test_a_year_the_calendar_does_not_know_is_an_error() -> None:
+def test_a_year_the_calendar_does_not_know_is_provisional_and_only_absurd_years_are_errors() -> None:
+    # Weekends and the statutory holidays of the `holidays` package: 1 January is off in every year.
+    assert add_working_days(date(LAST, 12, 31), 1) > date(LAST + 1, 1, 1)
+    assert not is_working_day(date(LAST + 1, 1, 1))
     with pytest.raises(CalendarYearUnsupported) as info:
-        add_working_days(date(LAST + 1, 3, 2), 1)
-    assert info.value.years == (FIRST, LAST)
-    assert str(LAST + 1) in str(info.value)
+        add_working_days(date(LAST_YEAR, 12, 28), 10)
+    assert info.value.years == (FIRST_YEAR, LAST_YEAR)
+    assert str(LAST_YEAR + 1) in str(info.value)
     with pytest.raises(CalendarYearUnsupported):
-        add_working_days(date(LAST, 12, 28), 10), "a deadline running into an unknown year is not guessed"
-    with pytest.raises(CalendarYearUnsupported):
-        is_working_day(date(FIRST - 1, 6, 1))
+        is_working_day(date(FIRST_YEAR - 1, 6, 1))
 
 
 def test_deadline_days_are_beijing_days() -> None:
@@ -75,14 +79,20 @@ async def test_deadline_endpoint(world: World) -> None:
     async with httpx.AsyncClient(base_url=world.url) as anonymous:
         known = await anonymous.get("/v1/calendar/deadline", params={"start": "2025-09-30", "working_days": 10})
         unknown = await anonymous.get("/v1/calendar/deadline", params={"start": f"{LAST + 1}-03-02"})
+        absurd = await anonymous.get("/v1/calendar/deadline", params={"start": f"{LAST_YEAR + 1}-03-02"})
     assert known.status_code == 200, known.text
     assert known.json()["due"] == "2025-10-21"
-    assert known.json()["calendar"].startswith("chinese-calendar ")
-    body = problem(unknown, 422, "calendar_year_unsupported")
+    assert (known.json()["provisional"], known.json()["source"]) == (False, "chinese-calendar")
+    assert known.json()["calendar"].startswith("2025: chinese-calendar ")
+    assert unknown.status_code == 200, unknown.text
+    assert (unknown.json()["provisional"], unknown.json()["source"]) == (True, "provisional")
+    body = problem(absurd, 422, "calendar_year_unsupported")
     assert body["errors"][0]["field"] == "start"
 
 
-async def test_submission_in_a_year_the_calendar_does_not_know_fails_and_changes_nothing(world: World) -> None:
+async def test_submission_in_a_year_the_calendar_does_not_know_is_accepted_with_a_provisional_deadline(
+    world: World,
+) -> None:
     item = await add_item(world, item_body("FGW-Y"))
     world.set_clock(datetime(LAST + 1, 3, 2, 10, 0, tzinfo=CHINA))
     filed = await world.post(
@@ -90,9 +100,10 @@ async def test_submission_in_a_year_the_calendar_does_not_know_fails_and_changes
     )
     assert filed.status_code == 201, filed.text
     request_id = filed.json()["request_id"]
-    problem(
-        await world.post("data-head", f"/v1/sharing-requests/{request_id}/endorse"), 503, "calendar_year_unsupported"
-    )
-    after = await world.get("admin", f"/v1/sharing-requests/{request_id}")
-    assert after.json()["state"] == "draft"
-    assert [event["action"] for event in after.json()["history"]] == ["file"]
+    endorsed = await world.post("data-head", f"/v1/sharing-requests/{request_id}/endorse")
+    assert endorsed.status_code == 200, endorsed.text
+    body = endorsed.json()
+    assert body["state"] == "submitted"
+    assert (body["deadline_provisional"], body["deadline_source"]) == (True, "provisional")
+    assert date.fromisoformat(body["due_date"]) >= date(LAST + 1, 3, 16), "at least two weeks of weekdays"
+    assert body["history"][-1]["changes"]["deadline_provisional"] == {"before": False, "after": True}

@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.exchange import Exchange, run_exchange
 from gateway.routes.docs import SIGNED, json_body, problem_responses
 from gateway.sharing import workflow
+from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import calendar_problem, parse_body
 from gateway.sharing.service import SharingService
 from gateway.sharing.states import Actor
-from gateway.sharing.workdays import CALENDAR, CalendarYearUnsupported, add_working_days, supported_years
+from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR, CalendarYearUnsupported, supported_years
 from schemas.sharing import (
     ApproveIn,
     Deadline,
@@ -181,7 +182,8 @@ _TRANSITIONS: list[tuple[str, type[BaseModel], Action, bool, str, str]] = [
         "Endorse (本部门负责人审核) and submit",
         "A second person of the requesting department (not the filer) approves the request, which submits it."
         " A 无条件 item is approved on submission and its grants issued; a 有条件 one gets a deadline of 10 Chinese"
-        " working days (503 `calendar_year_unsupported` when the installed calendar does not know the year)."
+        " working days. A deadline that counts days of a year with no loaded holiday schedule is provisional"
+        " (`deadline_provisional`, `deadline_source`) and is recomputed when that year is imported."
         " The body is optional.",
     ),
     (
@@ -219,7 +221,7 @@ _TRANSITIONS: list[tuple[str, type[BaseModel], Action, bool, str, str]] = [
         False,
         "Extend the deadline once",
         "The provider extends a 有条件 request's deadline once, by 1–10 working days, before it passes; the reason"
-        " is recorded on the request for the requester.",
+        " is recorded on the request for the requester. Counted like the deadline (provisional in an unloaded year).",
     ),
     (
         "revoke",
@@ -242,7 +244,7 @@ for _name, _model, _action, _optional, _summary, _description in _TRANSITIONS:
         summary=_summary,
         description=_description + " " + SIGNED,
         response_model=SharingRequestOut,
-        responses=problem_responses(401, 403, 404, 422, *((503,) if _name in ("endorse", "extend") else ())),
+        responses=problem_responses(401, 403, 404, 422),
         openapi_extra=_body,
     )
 
@@ -252,19 +254,31 @@ for _name, _model, _action, _optional, _summary, _description in _TRANSITIONS:
     summary="Deadline in Chinese working days",
     description=(
         "The `working_days`-th Chinese working day after `start` (public holidays off, 调休 weekend workdays on),"
-        " as the workflow counts it. A year the installed calendar does not know is a 422"
-        " `calendar_year_unsupported`, never a guess. Public, not audited."
+        " as the workflow counts it: an imported schedule, else chinese-calendar, else (`provisional: true`)"
+        " weekends and the statutory holidays of the `holidays` package. Only a day outside"
+        f" {FIRST_YEAR}–{LAST_YEAR} is a 422 `calendar_year_unsupported`. Public, not audited."
     ),
     response_model=Deadline,
     responses=problem_responses(422),
 )
 async def deadline(
+    request: Request,
     start: Annotated[date, Query(description="the day counting starts after, e.g. 2025-09-30")],
     working_days: Annotated[int, Query(ge=1, le=60)] = 10,
 ) -> Deadline:
+    calendar = await calendar_for(request.app.state.runtime.engine)
     try:
-        due = add_working_days(start, working_days)
+        count = calendar.add_working_days(start, working_days)
     except CalendarYearUnsupported as exc:
-        first, last = exc.years
-        raise calendar_problem(exc, "start" if not first <= start.year <= last else "working_days") from None
-    return Deadline(start=start, working_days=working_days, due=due, calendar=CALENDAR, years=supported_years())
+        field = "start" if not FIRST_YEAR <= start.year <= LAST_YEAR else "working_days"
+        raise calendar_problem(exc, field) from None
+    return Deadline(
+        start=start,
+        working_days=working_days,
+        due=count.due,
+        provisional=count.provisional,
+        source=count.source,
+        sources=count.sources,
+        calendar=calendar.describe(count.sources),
+        years=supported_years(),
+    )

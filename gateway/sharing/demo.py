@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import Adapter, Operation
 from gateway.models import CatalogItem, SharingRequest
-from gateway.problems import Problem
 from gateway.sharing import catalog, workflow
 from gateway.sharing.states import Actor, effective_state
 from schemas.sharing import (
@@ -203,13 +202,8 @@ async def seed_sharing(session: AsyncSession, adapters: Mapping[str, Adapter], n
         return []
     await _seed_catalog(session, adapters, now)
     if not await session.scalar(select(func.count()).select_from(SharingRequest)):
-        try:
-            await _seed_requests(session, now)
-        except Problem as problem:
-            if problem.code != "calendar_year_unsupported":
-                raise
-            await session.rollback()
-            log.warning("demo sharing requests partly skipped: %s", problem.detail)
+        # Deadlines past the last loaded year are provisional, never refused: the demo seeds on any date.
+        await _seed_requests(session, now)
     rows = (await session.scalars(select(SharingRequest).order_by(SharingRequest.created_at))).all()
     items = {item.item_id: item for item in (await session.scalars(select(CatalogItem))).all()}
     return [

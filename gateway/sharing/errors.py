@@ -73,13 +73,15 @@ def forbidden(code: str, detail: str) -> Problem:
 
 
 def calendar_problem(exc: CalendarYearUnsupported, field: str | None = None) -> Problem:
-    """A date the calendar does not cover: 422 naming the field when the caller gave it, else 503 (ours to fix)."""
-    if field is not None:
-        return Problem(
-            422,
-            "calendar_year_unsupported",
-            "Working days unknown for that year",
-            str(exc),
-            errors=[{"field": field, "message": str(exc), "type": "calendar_year_unsupported"}],
-        )
-    return Problem(503, "calendar_year_unsupported", "Working days unknown for this year", str(exc))
+    """A day outside every calendar source's years (absurd input): 422, naming the field when there is one.
+
+    A year merely without a loaded schedule is never refused: its deadlines are provisional.
+    """
+    name = field or ""
+    return Problem(
+        422,
+        "calendar_year_unsupported",
+        "Working days unknown for that year",
+        f"{name}: {exc}" if name else str(exc),
+        errors=[{"field": name, "message": str(exc), "type": "calendar_year_unsupported"}],
+    )

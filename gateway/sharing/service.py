@@ -2,6 +2,7 @@
 
 Every node sweeps; a transition is a versioned update, so when two nodes race for the same request one
 wins and the other changes nothing. Each transition the sweep makes is audited as the `system` actor.
+The sweep also counts open provisional deadlines again when the calendar has changed since (an import).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import orjson
 
 from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
 from gateway.runtime import Runtime
+from gateway.sharing.calendar import calendar_for, calendar_warning
+from gateway.sharing.calendar_import import recompute_provisional
+from gateway.sharing.workdays import china_date
 from gateway.sharing.workflow import Outcome, apply_time, due_transitions, outcome_out
 from schemas.sharing import SharingRequestOut
 
@@ -61,7 +65,26 @@ class SharingService:
         return self.clock().astimezone(UTC)
 
     async def start(self) -> None:
+        await self.warn_about_calendar()
         self._task = asyncio.create_task(self._loop(), name="sharing-sweep")
+
+    async def warn_about_calendar(self) -> str | None:
+        """Log once at start when this year's (or, from 1 November, next year's) holiday schedule is missing."""
+        try:
+            warning = calendar_warning(await calendar_for(self.runtime.engine), self.now())
+        except Exception as exc:  # the database may be down at start; the sweep and /readyz say so
+            log.warning("calendar not checked at start: %s", type(exc).__name__)
+            return None
+        if warning is not None:
+            today = china_date(self.now())
+            year = today.year if warning.startswith("this") else today.year + 1
+            log.warning(
+                "calendar: %s (%d): deadlines reaching into it are provisional until an operator imports the State"
+                " Council's notice with `msjx-gateway calendar import FILE` (docs/sharing.md)",
+                warning,
+                year,
+            )
+        return warning
 
     async def close(self) -> None:
         if self._task is not None:
@@ -99,4 +122,21 @@ class SharingService:
             except AuditUnavailable:
                 log.error("transition %s of %s is committed but could not be audited", out.state, request_id)
             changed.append(out)
+        await self.recompute_deadlines(now)
         return changed
+
+    async def recompute_deadlines(self, now: datetime) -> int:
+        """Open provisional deadlines whose calendar changed since they were counted (an import raced, a crash
+        cut the import's own recomputation short): count them again, each audited. Returns how many changed."""
+
+        async def audit(out: SharingRequestOut, outcome: Outcome) -> None:
+            try:
+                await self.runtime.audit.append(
+                    transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
+                )
+            except AuditUnavailable:
+                log.error("deadline of %s is recomputed but could not be audited", out.request_id)
+
+        reason = {"rule": "the calendar changed since this deadline was counted"}
+        done = await recompute_provisional(self.runtime.sessions, now, reason, audit)
+        return len(done.deadlines)

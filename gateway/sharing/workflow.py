@@ -22,6 +22,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from gateway.directory import as_utc
 from gateway.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequest
 from gateway.problems import Problem
+from gateway.sharing.calendar import calendar_for, open_provisional
 from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid
 from gateway.sharing.states import (
     APPROVED,
@@ -40,7 +41,7 @@ from gateway.sharing.states import (
     effective_state,
     is_overdue,
 )
-from gateway.sharing.workdays import CalendarYearUnsupported, add_working_days, china_date
+from gateway.sharing.workdays import Calendar, CalendarYearUnsupported, Count, china_date
 from schemas.sharing import (
     STATE_LABELS,
     ApproveIn,
@@ -120,6 +121,24 @@ def _transition(
     )
     session.add(event)
     return event
+
+
+def deadline_of(calendar: Calendar, row: SharingRequest, extended_days: int | None) -> Count:
+    """The provider's deadline by `calendar`: 10 working days after the submission day, then the extension's days.
+
+    Counted from the start each time, so a recomputation after an import gives what the calendar says now.
+    """
+    assert row.submitted_at is not None
+    count = calendar.add_working_days(china_date(as_utc(row.submitted_at)), CONDITIONAL_WORKING_DAYS)
+    if extended_days:
+        count = count.then(calendar.add_working_days(count.due, extended_days))
+    return count
+
+
+def _set_deadline(row: SharingRequest, count: Count | None) -> None:
+    row.due_date = count.due if count is not None else None
+    row.deadline_provisional = count.provisional if count is not None else False
+    row.deadline_source = count.source if count is not None else None
 
 
 async def _commit(session: AsyncSession, code: str = "state_changed") -> None:
@@ -210,6 +229,8 @@ async def request_out(
         state_label=STATE_LABELS[state],
         submitted_at=as_utc(row.submitted_at) if row.submitted_at else None,
         due_date=row.due_date,
+        deadline_provisional=bool(row.deadline_provisional),
+        deadline_source=row.deadline_source,
         overdue=is_overdue(row, now),
         extended_days=row.extended_days,
         extension_reason=row.extension_reason,
@@ -465,10 +486,12 @@ async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: En
     }
     await _check_terms(session, actor, item, terms, now, faults)
     faults.raise_if_any()
-    due = None
+    count = None
     if item.share_attribute == "conditional":
+        # A year without a loaded schedule gives a provisional deadline, never a refusal: the request is accepted.
+        calendar = await calendar_for(session)
         try:
-            due = add_working_days(china_date(now), CONDITIONAL_WORKING_DAYS)
+            count = calendar.add_working_days(china_date(now), CONDITIONAL_WORKING_DAYS)
         except CalendarYearUnsupported as exc:
             raise calendar_problem(exc) from None
     before = _snapshot(row)
@@ -477,7 +500,7 @@ async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: En
     row.decided_at = None
     row.decided_by = None
     row.decision = None
-    row.due_date = due
+    _set_deadline(row, count)
     row.extended_days = None
     row.extension_reason = None
     row.escalated_at = None
@@ -655,7 +678,7 @@ async def return_request(
     }
     row.decided_by = actor.caller_id
     row.decided_at = now
-    row.due_date = None
+    _set_deadline(row, None)
     row.escalated_at = None
     _transition(session, row, actor, "return", RETURNED, now, before)
     await _commit(session, "already_decided")
@@ -680,12 +703,13 @@ async def extend(session: AsyncSession, actor: Actor, request_id: str, body: Ext
         )
     if is_overdue(row, now):
         raise invalid("", "deadline_passed", f"the deadline {row.due_date} has passed; it can no longer be extended")
+    calendar = await calendar_for(session)
     try:
-        due = add_working_days(row.due_date, body.working_days)
+        count = deadline_of(calendar, row, body.working_days)
     except CalendarYearUnsupported as exc:
         raise calendar_problem(exc) from None
     before = _snapshot(row)
-    row.due_date = due
+    _set_deadline(row, count)
     row.extended_days = body.working_days
     row.extension_reason = body.reason
     note = {"reason": body.reason, "notice_to": row.requester_department}
@@ -816,7 +840,9 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
         else:
             before = _snapshot(row)
             row.escalated_at = now
-            note = {"due_date": due, "escalated_to": "coordinator"}
+            note: dict[str, Any] = {"due_date": due, "escalated_to": "coordinator"}
+            if row.deadline_provisional:
+                note["deadline_provisional"] = True
             _transition(session, row, SYSTEM, "escalate", SUBMITTED, now, before, note)
     else:
         return None
@@ -826,3 +852,52 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
         await session.rollback()
         return None
     return outcome
+
+
+# --- provisional deadlines -----------------------------------------------------------------------------------
+
+
+async def provisional_deadlines(session: AsyncSession) -> list[str]:
+    """Ids of the open requests whose deadline is provisional (counted over a year with no loaded schedule)."""
+    return list((await session.scalars(select(SharingRequest.request_id).where(open_provisional()))).all())
+
+
+async def recompute_deadline(
+    session: AsyncSession, request_id: str, now: datetime, reason: dict[str, Any]
+) -> tuple[Outcome, date] | None:
+    """Count an open provisional deadline again with the calendar as it is now, as the `system` actor.
+
+    Returns the outcome and the due day before, or None when the deadline stays as it was (or another node
+    recomputed it first). The history entry names the old and new due days and why (`reason`).
+    """
+    row = await session.get(SharingRequest, request_id)
+    if row is None or row.state != SUBMITTED or not row.deadline_provisional or row.escalated_at is not None:
+        return None
+    if row.submitted_at is None or row.due_date is None:
+        return None
+    calendar = await calendar_for(session)
+    try:
+        count = deadline_of(calendar, row, row.extended_days)
+    except CalendarYearUnsupported:
+        return None
+    if (count.due, count.provisional, count.source) == (row.due_date, True, row.deadline_source):
+        return None
+    item = await session.get(CatalogItem, row.item_id)
+    assert item is not None
+    before = _snapshot(row)
+    old_due = row.due_date
+    _set_deadline(row, count)
+    note = {
+        **reason,
+        "due_date_before": old_due.isoformat(),
+        "due_date": count.due.isoformat(),
+        "deadline_provisional": count.provisional,
+        "calendar": calendar.describe(count.sources),
+    }
+    _transition(session, row, SYSTEM, "recompute_deadline", SUBMITTED, now, before, note)
+    try:
+        await session.commit()
+    except StaleDataError:
+        await session.rollback()
+        return None
+    return Outcome(row, item), old_due
