@@ -14,17 +14,18 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from gateway.sharing import workdays
+from gateway.sharing import calendar, workdays
+from gateway.sharing.calendar import store_schedule
 from gateway.sharing.schedule_file import ScheduleInvalid, read_schedule
 from gateway.sharing.workdays import Calendar, CalendarYearUnsupported, YearSchedule
-from tests.sharing_world import CHINA, World, add_item, item_body, request_body, sharing_world
+from tests.sharing_world import CHINA, World, add_item, item_body, real_now, request_body, sharing_world
 from tests.test_sharing import problem
 
 FIXTURE = Path(__file__).parent / "fixtures" / "calendar-2027.TEST-FIXTURE.yaml"
@@ -86,6 +87,16 @@ def test_only_a_year_outside_every_source_is_refused() -> None:
 
 
 # --- the file ------------------------------------------------------------------------------------------------
+
+
+def test_the_documented_sample_agrees_with_chinese_calendar_on_every_day_of_2026() -> None:
+    sample = Path(__file__).parent.parent / "docs" / "holiday-schedule.sample.yaml"
+    parsed = read_schedule(sample.read_text(), csv_format=False)
+    imported = Calendar({2026: YearSchedule(2026, parsed.source, parsed.holidays, parsed.workdays)})
+    library = Calendar()
+    days = [date(2026, 1, 1) + timedelta(days=offset) for offset in range(365)]
+    assert [imported.is_working_day(day) for day in days] == [library.is_working_day(day) for day in days]
+    assert imported.source_of(2026) == "imported"
 
 
 def test_a_workday_on_a_wednesday_is_refused_with_its_line() -> None:
@@ -298,6 +309,28 @@ async def test_an_extension_made_provisional_is_recomputed_by_the_import(world: 
     ]
     after = (await world.get("admin", f"{REQUESTS}/{request_id}")).json()
     assert (after["due_date"], after["extended_days"], after["deadline_source"]) == ("2027-01-09", 10, "imported")
+
+
+async def test_an_import_by_another_node_is_seen_and_the_sweep_recomputes_what_it_raced(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request_id = (await submitted(world, "FGW-CAL-7"))["request_id"]
+    # Another node's import, as that node writes it: the table changes, this node's cache is not told.
+    async with world.gw.runtime.sessions() as session:
+        await store_schedule(session, read_schedule(FIXTURE.read_text(), csv_format=False), "ops-li", real_now())
+    monkeypatch.setattr(calendar, "CHECK_SECONDS", 0.0)  # this node's next lookup checks the table's revisions
+    async with httpx.AsyncClient(base_url=world.url) as anonymous:
+        deadline = await anonymous.get("/v1/calendar/deadline", params={"start": "2026-12-24", "working_days": 10})
+    assert (deadline.json()["due"], deadline.json()["source"]) == ("2027-01-09", "imported")
+    before = (await world.get("admin", f"{REQUESTS}/{request_id}")).json()
+    assert (before["due_date"], before["deadline_provisional"]) == ("2027-01-08", True)
+    await world.sweep()
+    after = (await world.get("admin", f"{REQUESTS}/{request_id}")).json()
+    assert (after["due_date"], after["deadline_provisional"]) == ("2027-01-09", False)
+    assert after["history"][-1]["note"]["rule"] == "the calendar changed since this deadline was counted"
+    assert len(await world.audit_records("sharing.recompute_deadline")) == 1
+    await world.sweep()
+    assert len(await world.audit_records("sharing.recompute_deadline")) == 1, "nothing left to recompute"
 
 
 async def test_an_invalid_import_changes_nothing_and_names_the_line(world: World) -> None:

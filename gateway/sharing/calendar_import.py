@@ -38,7 +38,7 @@ async def recompute_provisional(
 ) -> Recomputed:
     """Count every open provisional deadline again with the calendar as it is now; audit each one that changed."""
     async with sessions() as session:
-        ids = await workflow.provisional_deadlines(session)
+        ids = await workflow.deadlines_to_recompute(session)
     done = Recomputed()
     for request_id in ids:
         async with sessions() as session:

@@ -857,9 +857,21 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
 # --- provisional deadlines -----------------------------------------------------------------------------------
 
 
-async def provisional_deadlines(session: AsyncSession) -> list[str]:
-    """Ids of the open requests whose deadline is provisional (counted over a year with no loaded schedule)."""
-    return list((await session.scalars(select(SharingRequest.request_id).where(open_provisional()))).all())
+async def deadlines_to_recompute(session: AsyncSession) -> list[str]:
+    """Ids of the open provisional deadlines that the calendar as it is now would count otherwise (one query)."""
+    calendar = await calendar_for(session)
+    rows = (await session.scalars(select(SharingRequest).where(open_provisional()))).all()
+    stale = []
+    for row in rows:
+        if row.submitted_at is None or row.due_date is None:
+            continue
+        try:
+            count = deadline_of(calendar, row, row.extended_days)
+        except CalendarYearUnsupported:
+            continue
+        if (count.due, count.provisional, count.source) != (row.due_date, True, row.deadline_source):
+            stale.append(row.request_id)
+    return stale
 
 
 async def recompute_deadline(
