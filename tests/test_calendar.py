@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import chinese_calendar
 import httpx
 import pytest
 
@@ -67,6 +68,14 @@ def test_a_deadline_across_the_year_boundary_is_provisional_then_follows_the_imp
     assert Calendar({2027: fixture_schedule()}).add_working_days(date(2026, 12, 31), 1).due == date(2027, 1, 5)
     # A day inside 2026 alone never is provisional.
     assert not Calendar().add_working_days(date(2026, 12, 1), 10).provisional
+
+
+def test_the_library_years_count_exactly_as_chinese_calendar_does() -> None:
+    calendar = Calendar()
+    day = date(2004, 1, 1)
+    while day.year <= 2026:
+        assert calendar.is_working_day(day) == chinese_calendar.is_workday(day), day
+        day += timedelta(days=1)
 
 
 def test_an_imported_year_overrides_the_library() -> None:
