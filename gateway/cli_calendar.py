@@ -47,7 +47,8 @@ def calendar_import(
     data_dir: DataDir = None,
 ) -> None:
     """Check the whole file, then store the year (replacing the library's or an earlier import) and count every
-    open provisional deadline again. A file with faults changes nothing: each fault is printed with its line."""
+    open provisional deadline, and every open deadline counted over that year, again. A file with faults
+    changes nothing: each fault is printed with its line."""
     from gateway.sharing.schedule_file import ScheduleInvalid, is_csv, read_schedule
 
     try:
@@ -69,7 +70,7 @@ def calendar_import(
         f"{out.year} imported from {out.notice}: {out.holidays} holidays, {out.workdays} 调休 workdays"
         f" (by {imported_by})"
     )
-    typer.echo(f"{result.moved} deadline(s) moved; {result.recomputed} open provisional deadline(s) recomputed")
+    typer.echo(f"{result.moved} deadline(s) moved ({result.recomputed} open deadline(s) counted again)")
     for change in result.deadlines:
         still = "  (still provisional)" if change.deadline_provisional else ""
         typer.echo(f"  {change.request_id}  {change.due_date_before} → {change.due_date}{still}")

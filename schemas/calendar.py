@@ -39,6 +39,6 @@ class MovedDeadline(BaseModel):
 
 class CalendarImportOut(BaseModel):
     schedule: ScheduleOut
-    recomputed: int = Field(description="open provisional deadlines counted again")
+    recomputed: int = Field(description="open deadlines counted again with a different result")
     moved: int = Field(description="of those, how many got another due day")
     deadlines: list[MovedDeadline]

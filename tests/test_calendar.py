@@ -261,6 +261,16 @@ async def test_a_request_on_24_december_gets_a_provisional_deadline_that_the_imp
     shown = await world.get("admin", "/v1/calendar/years/2027")
     assert shown.json()["holidays"] == 27 and shown.json()["workdays"] == 5
     problem(await world.get("admin", "/v1/calendar/years/2101"), 422, "calendar_year_unsupported")
+
+    # A corrected schedule (Saturday 9 Jan no longer a workday) moves the firm deadline it counted: Mon 11 Jan.
+    corrected = await import_fixture(world, FIXTURE.read_text().replace("  - {date: 2027-01-09, festival: 元旦}\n", ""))
+    assert corrected.status_code == 201, corrected.text
+    assert [(moved["due_date_before"], moved["due_date"]) for moved in corrected.json()["deadlines"]] == [
+        ("2027-01-09", "2027-01-11")
+    ]
+    after = (await world.get("admin", f"{REQUESTS}/{request_id}")).json()
+    assert (after["due_date"], after["deadline_provisional"]) == ("2027-01-11", False)
+    assert len(await world.audit_records("sharing.recompute_deadline")) == 2
     problem(await world.get("data-officer", "/v1/calendar/years"), 403, "role_forbidden")
 
 
@@ -407,7 +417,7 @@ async def test_calendar_import_command(tmp_path: Path, credit_url: str) -> None:
 
         done = cli("calendar", "import", str(FIXTURE), "--by", "ops-zhang", data_dir=tmp_path)
         assert done.returncode == 0, done.stderr
-        assert "1 deadline(s) moved; 1 open provisional deadline(s) recomputed" in done.stdout
+        assert "1 deadline(s) moved (1 open deadline(s) counted again)" in done.stdout
         assert f"{request_id}  2027-01-08 → 2027-01-09" in done.stdout
 
         after = (await world.get("admin", f"{REQUESTS}/{request_id}")).json()

@@ -1,4 +1,4 @@
-"""Loading a year's schedule: store it, then count every open provisional deadline again, each audited.
+"""Loading a year's schedule: store it, then count the open deadlines it concerns again, each audited.
 
 The same recomputation runs in every sweep, so a deadline that an import on another node raced (or a
 recomputation cut short by a crash) is brought in line within one sweep interval.
@@ -34,11 +34,16 @@ class Recomputed:
 
 
 async def recompute_provisional(
-    sessions: async_sessionmaker, now: datetime, reason: dict[str, Any], audit: AuditTransition
+    sessions: async_sessionmaker,
+    now: datetime,
+    reason: dict[str, Any],
+    audit: AuditTransition,
+    year: int | None = None,
 ) -> Recomputed:
-    """Count every open provisional deadline again with the calendar as it is now; audit each one that changed."""
+    """Count every open provisional deadline again with the calendar as it is now (and, after an import of
+    `year`, every open deadline counted over that year); audit each one that changed."""
     async with sessions() as session:
-        ids = await workflow.deadlines_to_recompute(session)
+        ids = await workflow.deadlines_to_recompute(session, year)
     done = Recomputed()
     for request_id in ids:
         async with sessions() as session:
@@ -88,7 +93,7 @@ async def import_schedule(
         invalidate(session)
         calendar = await calendar_for(session)
     reason = {"rule": f"calendar {schedule.year} imported by {imported_by}", "source": schedule.source}
-    recomputed = await recompute_provisional(sessions, now, reason, audit)
+    recomputed = await recompute_provisional(sessions, now, reason, audit, schedule.year)
     return CalendarImportOut(
         schedule=schedule_out(calendar, schedule.year),
         recomputed=len(recomputed.deadlines),

@@ -41,7 +41,7 @@ from gateway.sharing.states import (
     effective_state,
     is_overdue,
 )
-from gateway.sharing.workdays import Calendar, CalendarYearUnsupported, Count, china_date
+from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count, china_date
 from schemas.sharing import (
     STATE_LABELS,
     ApproveIn,
@@ -857,42 +857,56 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
 # --- provisional deadlines -----------------------------------------------------------------------------------
 
 
-async def deadlines_to_recompute(session: AsyncSession) -> list[str]:
-    """Ids of the open provisional deadlines that the calendar as it is now would count otherwise (one query)."""
+def _recounted(calendar: Calendar, row: SharingRequest) -> Count | None:
+    """An open deadline counted again, when that moves its due day or settles it; else None.
+
+    A firm deadline whose count only changes source (a year now imported that agrees with the library) is left
+    as it is: its due day holds, and a history entry would say nothing.
+    """
+    if row.state != SUBMITTED or row.escalated_at is not None or row.submitted_at is None or row.due_date is None:
+        return None
+    try:
+        count = deadline_of(calendar, row, row.extended_days)
+    except CalendarYearUnsupported:
+        return None
+    if (count.due, count.provisional) == (row.due_date, bool(row.deadline_provisional)):
+        return None
+    return count
+
+
+async def deadlines_to_recompute(session: AsyncSession, year: int | None = None) -> list[str]:
+    """Open deadlines that the calendar as it is now counts otherwise (one query): the provisional ones, and,
+    after an import of `year`, those whose count touched that year (a corrected schedule moves them too)."""
     calendar = await calendar_for(session)
-    rows = (await session.scalars(select(SharingRequest).where(open_provisional()))).all()
-    stale = []
-    for row in rows:
-        if row.submitted_at is None or row.due_date is None:
-            continue
-        try:
-            count = deadline_of(calendar, row, row.extended_days)
-        except CalendarYearUnsupported:
-            continue
-        if (count.due, count.provisional, count.source) != (row.due_date, True, row.deadline_source):
-            stale.append(row.request_id)
-    return stale
+    candidates = open_provisional()
+    if year is not None:
+        candidates = or_(
+            candidates,
+            and_(
+                SharingRequest.state == SUBMITTED,
+                SharingRequest.escalated_at.is_(None),
+                SharingRequest.due_date >= date(year, 1, 1),
+                SharingRequest.submitted_at < datetime(year + 1, 1, 1, tzinfo=CHINA).astimezone(UTC),
+            ),
+        )
+    rows = (await session.scalars(select(SharingRequest).where(candidates))).all()
+    return [row.request_id for row in rows if _recounted(calendar, row) is not None]
 
 
 async def recompute_deadline(
     session: AsyncSession, request_id: str, now: datetime, reason: dict[str, Any]
 ) -> tuple[Outcome, date] | None:
-    """Count an open provisional deadline again with the calendar as it is now, as the `system` actor.
+    """Count an open deadline again with the calendar as it is now, as the `system` actor.
 
     Returns the outcome and the due day before, or None when the deadline stays as it was (or another node
     recomputed it first). The history entry names the old and new due days and why (`reason`).
     """
     row = await session.get(SharingRequest, request_id)
-    if row is None or row.state != SUBMITTED or not row.deadline_provisional or row.escalated_at is not None:
-        return None
-    if row.submitted_at is None or row.due_date is None:
+    if row is None:
         return None
     calendar = await calendar_for(session)
-    try:
-        count = deadline_of(calendar, row, row.extended_days)
-    except CalendarYearUnsupported:
-        return None
-    if (count.due, count.provisional, count.source) == (row.due_date, True, row.deadline_source):
+    count = _recounted(calendar, row)
+    if count is None:
         return None
     item = await session.get(CatalogItem, row.item_id)
     assert item is not None
