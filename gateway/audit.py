@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import String, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit_committer import Committer, PostgresCommitter, SqliteCommitter
+from gateway.audit_committer import Committer, PostgresCommitter, SqliteCommitter, describe_error
 from gateway.audit_files import AuditFileError, digest_suite, file_digest, scan, verify_file
 from gateway.db import SQLITE_PRAGMAS
 from gateway.models import AUDIT_COLUMNS, AuditArchive, AuditCheckpoint, AuditRecord, AuditSigner
@@ -419,7 +419,8 @@ class AuditWriter:
             # The commit may have happened before the error reached us: read the head again before the next batch.
             self._resync = True
             self.last_error = type(exc).__name__
-            log.error("audit commit of %d records failed: %s", len(batch), self.last_error)
+            # The whole error, not just its class: "CommitterError" alone told an operator nothing.
+            log.error("audit commit of %d records failed: %s", len(batch), describe_error(exc))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(AuditUnavailable("the audit store could not commit the record"))

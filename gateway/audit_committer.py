@@ -12,7 +12,8 @@ never outlives the gateway.
 
 A frame (`security.pipes`) holds `marshal` data: (rows, checkpoint values or None); both ends are this file, over
 a pipe nobody else holds. The answer is b"\\x00" once COMMIT has returned, or b"\\x01", a 2-byte length
-and the error's class name (never its message, which could quote a value).
+and the error as "Class: message" (SQLite's messages name tables, columns and constraints, never a row's values),
+which the gateway logs: an operator needs "database is locked" or "disk I/O error", not just the class.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ if TYPE_CHECKING:  # the child process imports nothing it does not need
 ERROR_HEADER = struct.Struct(">H")
 OK = b"\x00"
 FAILED = b"\x01"
+MAX_ERROR_BYTES = 500
+
+
+def describe_error(exc: BaseException) -> str:
+    """ "Class: message" on one line, as the audit log's errors are reported; the class alone if it has no message."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class CommitterError(Exception):
@@ -137,7 +145,7 @@ class SqliteCommitter:
             if status == OK:
                 return
             (length,) = ERROR_HEADER.unpack(await process.stdout.readexactly(ERROR_HEADER.size))
-            name = (await process.stdout.readexactly(length)).decode("ascii", "replace")
+            error = (await process.stdout.readexactly(length)).decode("utf-8", "replace")
         except BaseException as exc:
             # Cut off mid-frame or mid-answer (gone, or cancelled): its next answer could belong to this batch, so
             # it is never asked again; the next batch starts another.
@@ -147,7 +155,7 @@ class SqliteCommitter:
             if isinstance(exc, OSError | asyncio.IncompleteReadError):
                 raise CommitterError(f"the audit committer process is gone ({type(exc).__name__})") from None
             raise
-        raise CommitterError(f"the audit committer could not commit: {name}")
+        raise CommitterError(f"the audit committer could not commit: {error}")
 
     async def close(self) -> None:
         process, self._process = self._process, None
@@ -178,8 +186,8 @@ def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]
             try:
                 _commit(connection, insert, checkpoint_insert, records, checkpoint)
             except Exception as exc:  # the gateway fails the batch closed; this process stays for the next
-                name = type(exc).__name__.encode("ascii", "replace")
-                stdout.write(FAILED + ERROR_HEADER.pack(len(name)) + name)
+                error = describe_error(exc).encode("utf-8", "replace")[:MAX_ERROR_BYTES]
+                stdout.write(FAILED + ERROR_HEADER.pack(len(error)) + error)
             else:
                 stdout.write(OK)
             stdout.flush()

@@ -107,6 +107,7 @@ def serve(
 
     settings = _settings(data_dir)
     _logging(settings.log_level)
+    lock = _lock_data_dir(settings, host, port)
     # Until uvicorn takes over the signals, make SIGTERM unwind like Ctrl-C so the simulators child is stopped.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     simulators = None
@@ -147,6 +148,19 @@ def serve(
         if simulators is not None:
             simulators.terminate()
             simulators.wait(timeout=10)
+        lock.release()
+
+
+def _lock_data_dir(settings: Settings, host: str, port: int) -> Any:
+    """One gateway per data dir: a second `serve` on it stops here with one line naming the running one."""
+    from gateway.datadir_lock import DataDirBusy, DataDirLock
+
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire(host, port)
+    except DataDirBusy as exc:
+        raise _fail(str(exc), 1) from None
+    return lock
 
 
 @app.command()
@@ -176,7 +190,7 @@ def simulators(
 def demo(
     url: Annotated[
         str | None,
-        typer.Option(help="a running `serve --demo` (default: http://127.0.0.1:8000 if it answers, else start one)"),
+        typer.Option(help="a running `serve --demo` (default: the one serving --data-dir, else start one)"),
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -215,9 +229,8 @@ def callers_add(
     from pydantic import ValidationError
 
     from gateway import registry
-    from gateway.demo import key_id_for
     from schemas.api import CallerIn, KeyIn
-    from security.keys import KeyFormatError, load_public_key
+    from security.keys import KeyFormatError, key_id_for, load_public_key
 
     keys = []
     if public_key is not None:
@@ -713,36 +726,83 @@ def call(
     key: Annotated[Path, typer.Option(help="the caller's Ed25519 private key (PKCS#8 PEM)")],
     caller: Annotated[str, typer.Option(help="caller id")],
     param: Annotated[list[str], typer.Option("--param", help="NAME=VALUE, repeat for each input")] = [],  # noqa: B006
+    json_params: Annotated[
+        str | None,
+        typer.Option("--json-params", help="FILE or - (stdin): the params as a JSON object, for nested values"),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            help="Idempotency-Key header (default for a voucher: voucher-<voucher_no>); repeat a call with the same"
+            " key and nothing is done twice",
+        ),
+    ] = None,
     key_id: Annotated[str | None, typer.Option(help="key id (default: <caller>.<fingerprint of the key>)")] = None,
-    url: Annotated[str, typer.Option(help="gateway URL")] = "http://127.0.0.1:8000",
+    url: Annotated[
+        str | None, typer.Option(help="gateway URL", envvar="MSJX_GATEWAY_URL", show_default="http://127.0.0.1:8000")
+    ] = None,
 ) -> None:
     """Make one signed call and print the JSON answer (a problem+json on failure, exit 1)."""
     import httpx
 
-    from gateway.client import GatewayClient, GatewayError
-    from gateway.demo import key_id_for
-    from security.keys import KeyFormatError, load_private_key_file
+    from gateway.client import GatewayClient, GatewayError, gateway_url
+    from security.keys import KeyFormatError, key_id_for, load_private_key_file
 
-    params: dict[str, str] = {}
-    for item in param:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise _fail(f"--param {item!r}: expected NAME=VALUE")
-        params[name] = value
+    params = _call_params(param, json_params)
+    idempotency_key = idempotency_key or _default_idempotency_key(params)
+    if idempotency_key is not None:
+        typer.echo(f"Idempotency-Key: {idempotency_key}", err=True)
     try:
         private_key = load_private_key_file(key)
     except KeyFormatError as exc:
         raise _fail(f"--key: {exc}") from None
     resolved_key_id = key_id or key_id_for(caller, private_key.public_key())
+    target = gateway_url(url)
     try:
-        with GatewayClient(url, resolved_key_id, private_key) as client:
-            answer = client.invoke(service, operation, purpose, **params)
+        with GatewayClient(target, resolved_key_id, private_key) as client:
+            answer, replayed = client.call(service, operation, purpose, params, idempotency_key=idempotency_key)
     except GatewayError as exc:
         typer.echo(json.dumps(exc.problem, ensure_ascii=False, indent=2))
         raise typer.Exit(1) from None
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {url}: {exc}") from None
+        raise _fail(f"cannot reach {target}: {exc}") from None
+    if replayed:
+        typer.echo(
+            "Idempotent-Replayed: the stored answer of an earlier call with this key; nothing was done again", err=True
+        )
     typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
+
+
+def _call_params(param: list[str], json_params: str | None) -> dict[str, Any]:
+    """`call`'s params: the --json-params object, then each --param NAME=VALUE (a name given twice is refused)."""
+    params: dict[str, Any] = {}
+    if json_params is not None:
+        try:
+            text = sys.stdin.read() if json_params == "-" else Path(json_params).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"--json-params: cannot read {json_params}: {exc.strerror}") from None
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"--json-params: not JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise _fail("--json-params: expected a JSON object of params")
+        params.update(loaded)
+    for item in param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise _fail(f"--param {item!r}: expected NAME=VALUE")
+        if name in params:
+            raise _fail(f"--param {name}: given twice (or in --json-params too)")
+        params[name] = value
+    return params
+
+
+def _default_idempotency_key(params: dict[str, Any]) -> str | None:
+    """A payment's key follows its voucher number, so repeating the same voucher can never pay it twice."""
+    voucher_no = params.get("voucher_no")
+    return f"voucher-{voucher_no}" if isinstance(voucher_no, str) and voucher_no else None
 
 
 def main() -> None:

@@ -3,11 +3,15 @@
 from gateway.client import GatewayClient
 with GatewayClient.from_key_file("http://127.0.0.1:8000", "platform", "var/demo/keys/platform.pem") as gw:
     answer = gw.invoke("credit", "dishonest-debtor", purpose="XM-2025-001", uscc="91110000600037341L")
+
+The key id is derived from the caller id and the key (`<caller>.<fingerprint>`), as `msjx-gateway call` does;
+a URL of None means `MSJX_GATEWAY_URL`, else http://127.0.0.1:8000.
 """
 
 from __future__ import annotations
 
 import json as json_module
+import os
 from collections.abc import Generator
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +21,16 @@ import http_sf
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from security.keys import load_private_key_file
+from security.keys import key_id_for, load_private_key_file
 from security.signatures import sign_request
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_VARIABLE = "MSJX_GATEWAY_URL"
+
+
+def gateway_url(url: str | None = None) -> str:
+    """The URL given, else `MSJX_GATEWAY_URL`, else the local default."""
+    return url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
 
 
 def _decimal_as_string(value: Any) -> str:
@@ -61,12 +73,21 @@ class GatewayError(Exception):
 class GatewayClient:
     """A synchronous client of the unified API. Each method returns the decoded JSON answer."""
 
-    def __init__(self, base_url: str, key_id: str, private_key: Ed25519PrivateKey, *, timeout: float = 30.0) -> None:
-        self._http = httpx.Client(base_url=base_url, auth=SignatureAuth(key_id, private_key), timeout=timeout)
+    def __init__(
+        self, base_url: str | None, key_id: str, private_key: Ed25519PrivateKey, *, timeout: float = 30.0
+    ) -> None:
+        self.base_url = gateway_url(base_url)
+        self.key_id = key_id
+        self._http = httpx.Client(base_url=self.base_url, auth=SignatureAuth(key_id, private_key), timeout=timeout)
 
     @classmethod
-    def from_key_file(cls, base_url: str, key_id: str, key_file: str | Path, **options: Any) -> GatewayClient:
-        return cls(base_url, key_id, load_private_key_file(Path(key_file)), **options)
+    def from_key_file(
+        cls, base_url: str | None, caller_id: str, key_file: str | Path, *, key_id: str | None = None, **options: Any
+    ) -> GatewayClient:
+        """A client signing as `caller_id` with the private key in `key_file`; the key id is derived from both
+        (`<caller>.<fingerprint>`, as `callers add` registers it) unless `key_id` names another."""
+        private_key = load_private_key_file(Path(key_file))
+        return cls(base_url, key_id or key_id_for(caller_id, private_key.public_key()), private_key, **options)
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -104,11 +125,16 @@ class GatewayClient:
     ) -> tuple[dict[str, Any], bool]:
         """Pay one voucher (treasury/submit-voucher). Returns the answer and whether it was a stored one (a repeat
         of a payment already made: nothing was paid this time). Repeat with the same key after a failure."""
+        return self.call("treasury", "submit-voucher", purpose, voucher, idempotency_key=idempotency_key)
+
+    def call(
+        self, service: str, operation: str, purpose: str, params: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """One operation with params of any shape; returns the answer and whether it was a stored one (replayed
+        under `idempotency_key`, so nothing was done again)."""
+        headers = {"Idempotency-Key": http_sf.ser(idempotency_key)} if idempotency_key is not None else None
         response = self._send(
-            "POST",
-            "/v1/services/treasury/submit-voucher",
-            {"purpose": purpose, "params": voucher},
-            {"Idempotency-Key": http_sf.ser(idempotency_key)},
+            "POST", f"/v1/services/{service}/{operation}", {"purpose": purpose, "params": params}, headers
         )
         answer = self._answer(response)
         return answer, response.headers.get("idempotent-replayed") == "true"

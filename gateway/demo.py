@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import shutil
@@ -14,8 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 
 from adapters.base import Adapter
@@ -26,11 +23,14 @@ from gateway.sharing.demo import seed_sharing
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import (
     generate_ed25519,
+    key_id_for,
     load_private_key_file,
     private_key_pem,
     public_key_pem,
     write_secret_file,
 )
+
+__all__ = ["DEMO_CALLERS", "DEMO_PURPOSE", "NARROW_PURPOSE", "key_id_for", "seed", "start_simulators"]
 
 DEMO_PURPOSE = "XM-2025-001"
 NARROW_PURPOSE = "QZ-2025-007"
@@ -57,12 +57,6 @@ DEMO_CALLERS = (
     DemoCaller("coordinator", "数据共享协调员", "市数据管理局", ("coordinator",)),
     DemoCaller("admin", "网关管理员", "市大数据中心", ("admin",)),
 )
-
-
-def key_id_for(caller_id: str, public_key: Ed25519PublicKey) -> str:
-    """`<caller>.<fingerprint>`: the CLI can derive it from a key file and a caller id alone."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return f"{caller_id}.{hashlib.sha256(raw).hexdigest()[:12]}"
 
 
 def start_simulators(

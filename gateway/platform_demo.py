@@ -1,6 +1,7 @@
 """`msjx-gateway demo`: both demo policies run by the simulated platform against a `serve --demo`, then the audit check.
 
-It uses a gateway already running at the URL, or starts one (and stops it at the end). A second run pays nobody
+It uses the gateway given by --url, else the one serving its data directory (found by the directory's lock), else
+starts one (and stops it at the end). A second run pays nobody
 again: every payment is answered from the gateway's idempotency store, and the tables say so.
 """
 
@@ -21,7 +22,6 @@ import httpx
 
 from gateway.settings import Settings
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 Echo = Callable[[str], None]
 
 
@@ -34,6 +34,25 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def running_target(data_dir: Path, echo: Echo, wait: float = 90) -> str | None:
+    """The URL of the gateway serving this data directory (found by its lock), once it is ready; None if none runs."""
+    from gateway.datadir_lock import running_gateway
+
+    deadline = time.monotonic() + wait
+    holder = running_gateway(data_dir)
+    if holder is None:
+        return None
+    echo(f"using {holder.describe()}, which serves this data dir ({data_dir})")
+    while time.monotonic() < deadline:
+        if holder.port and _ready(holder.url):
+            return holder.url
+        time.sleep(0.2)
+        holder = running_gateway(data_dir)
+        if holder is None:
+            return None  # it stopped while starting: start our own
+    raise DemoError(f"{holder.describe()} holds {data_dir} but did not become ready within {wait:.0f} s")
 
 
 def start_server(data_dir: Path, echo: Echo) -> tuple[subprocess.Popen[str], str]:
@@ -146,18 +165,23 @@ def run_demo(settings: Settings, url: str | None, echo: Echo) -> int:
 
     data_dir = settings.data_dir
     server = None
-    target = url or DEFAULT_URL
-    if not _ready(target):
-        if url is not None:
+    if url is not None:
+        if not _ready(url):
             raise DemoError(f"no gateway is ready at {url}; start one with `msjx-gateway serve --demo` or omit --url")
-        server, target = start_server(data_dir, echo)
+        target = url
+    else:
+        # Never a second gateway on this data dir: it would append to the running one's audit chain.
+        found = running_target(data_dir, echo)
+        if found is None:
+            server, found = start_server(data_dir, echo)
+        target = found
     try:
         platform = platform_identity(data_dir)
         out_dir = data_dir / "demo" / "publicity"
         echo(f"免申即享 demo against {target} as caller {platform['caller_id']} ({platform['key_id']})")
         echo("数据比对 → 意愿确认 → 政策兑现 → 公示, every call signed, granted, minimized and audited by the gateway")
         started = time.monotonic()
-        with GatewayClient.from_key_file(target, platform["key_id"], platform["key_file"], timeout=60) as client:
+        with GatewayClient.from_key_file(target, platform["caller_id"], platform["key_file"], timeout=60) as client:
             draft = run_list_policy(client, LIST_POLICY, out_dir, list_file=LIST_POLICY.draft_file)
             echo("")
             echo(f"名单类 {LIST_POLICY.code}: the department's draft list {LIST_POLICY.draft_file.name} first")

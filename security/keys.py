@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -32,6 +33,12 @@ def public_key_pem(key: Ed25519PublicKey) -> str:
 def public_key_raw_b64(key: Ed25519PublicKey) -> str:
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
+
+
+def key_id_for(caller_id: str, public_key: Ed25519PublicKey) -> str:
+    """`<caller>.<fingerprint>`: the key id the CLI and the client derive from a caller id and a key alone."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"{caller_id}.{hashlib.sha256(raw).hexdigest()[:12]}"
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:

@@ -95,7 +95,9 @@ async def test_values_too_long_or_with_nul_are_recorded_not_failed(store: Store)
     assert (await verify(store))[CHAIN].ok
 
 
-async def test_store_down_fails_every_waiter_and_the_writer_recovers(store: Store) -> None:
+async def test_store_down_fails_every_waiter_and_the_writer_recovers(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
     writer = await open_writer(store)
     try:
         await writer.append(event(0))
@@ -108,6 +110,10 @@ async def test_store_down_fails_every_waiter_and_the_writer_recovers(store: Stor
                 await connection.exec_driver_sql("ALTER TABLE audit_records_away RENAME TO audit_records")
         assert all(isinstance(outcome, AuditUnavailable) for outcome in outcomes)
         assert writer.last_error is not None
+        # The log names what the database said, not only the committer's class.
+        failures = [r.getMessage() for r in caplog.records if "audit commit of" in r.getMessage()]
+        real_error = "no such table: audit_records" if store.backend == "sqlite" else 'relation "audit_records"'
+        assert failures and all(real_error in line for line in failures), failures
         assert (await writer.append(event(9)))["height"] == 2
         assert writer.last_error is None
     finally:

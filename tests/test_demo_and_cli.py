@@ -114,7 +114,7 @@ def test_demo_prints_a_call_that_answers_with_data(demo: tuple[str, list[str], P
     platform = next(entry for entry in listing if "platform" in entry["roles"])
     assert platform["purposes"], "the platform caller has demo grants"
 
-    with GatewayClient.from_key_file(url, platform["key_id"], platform["key_file"]) as client:
+    with GatewayClient.from_key_file(url, platform["caller_id"], platform["key_file"]) as client:
         narrow = client.invoke("credit", "dishonest-debtor", "QZ-2025-007", uscc=answer["data"]["uscc"])
         assert list(narrow["data"]) == ["listed"]
         with pytest.raises(GatewayError) as info:
@@ -190,7 +190,7 @@ def test_audit_verify_fails_on_a_changed_row_and_names_it(demo: tuple[str, list[
     url, _, data_dir = demo
     listing = json.loads((data_dir / "demo" / "callers.json").read_text())
     platform = next(entry for entry in listing if "platform" in entry["roles"])
-    with GatewayClient.from_key_file(url, platform["key_id"], platform["key_file"]) as client:
+    with GatewayClient.from_key_file(url, platform["caller_id"], platform["key_file"]) as client:
         for _ in range(3):
             client.invoke("credit", "dishonest-debtor", "XM-2025-001", uscc="91110000600037341L")
     assert run_cli("audit", "verify", data_dir=data_dir).returncode == 0
