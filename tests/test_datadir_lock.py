@@ -18,7 +18,7 @@ from tests.test_demo_and_cli import CLI, start_demo, stop, wait_ready
 def test_the_lock_names_its_holder_and_refuses_a_second(tmp_path: Path) -> None:
     assert running_gateway(tmp_path) is None
     first = DataDirLock(tmp_path)
-    first.acquire("0.0.0.0", 8123)  # noqa: S104 - only written to the lock file
+    first.acquire("0.0.0.0", 8123)
     try:
         holder = running_gateway(tmp_path)
         assert holder is not None and holder.port == 8123 and holder.pid == os.getpid()
@@ -41,9 +41,7 @@ def test_a_dead_holder_leaves_no_lock(tmp_path: Path) -> None:
         f"DataDirLock(Path({str(tmp_path)!r})).acquire('127.0.0.1', 8124); print('locked', flush=True);"
         "sys.stdin.read(); os._exit(9)"
     )
-    child = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None and child.stdout.readline().strip() == "locked"
     holder = running_gateway(tmp_path)
     assert holder is not None and holder.pid == child.pid and holder.port == 8124
@@ -61,7 +59,7 @@ def test_second_serve_refuses_and_demo_uses_the_running_gateway(tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")}
     try:
         wait_ready(url)
-        second = subprocess.run(  # noqa: S603
+        second = subprocess.run(
             [CLI, "serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
             capture_output=True,
             text=True,
@@ -73,7 +71,7 @@ def test_second_serve_refuses_and_demo_uses_the_running_gateway(tmp_path: Path) 
         assert len(lines) == 1, second.stderr
         assert f"on port {port} (pid {process.pid})" in lines[0]
 
-        demo = subprocess.run(  # noqa: S603
+        demo = subprocess.run(
             [CLI, "demo", "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=240
         )
         assert demo.returncode == 0, demo.stderr + demo.stdout
