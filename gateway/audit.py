@@ -68,6 +68,7 @@ LIMITED_COLUMNS = tuple(
     (name, limit)
     for name, limit in STRING_LIMITS.items()
     if name not in ("chain_id", "record_id", "request_id", "subject_hash", "suite", "data_key_id", "target_id")
+    and name not in ("reason_category", "reason_ref")  # officer columns: set (and cut) only when present
     and name not in ("prev_hash", "record_hash", "request_digest", "response_digest")
 )
 ROW_VALUES = operator.itemgetter(*AUDIT_COLUMNS)
@@ -118,6 +119,8 @@ class AuditEvent:
     upstream_us: int | None = None
     target_id: str | None = None
     reason: str | None = None
+    reason_category: str | None = None
+    reason_ref: str | None = None
     # False for answers that carry decrypted audit payloads: keeping a second sealed copy of them under a newer
     # key would outlive the crypto-shredding of the original. Size and digest are still recorded.
     store_response: bool = True
@@ -346,6 +349,10 @@ class AuditWriter:
             row["target_id"] = _clean(event.target_id, "target_id")
         if event.reason is not None:
             row["reason"] = _clean(event.reason, "reason")
+        if event.reason_category is not None:
+            row["reason_category"] = _clean(event.reason_category, "reason_category")
+        if event.reason_ref is not None:
+            row["reason_ref"] = _clean(event.reason_ref, "reason_ref")
         return row
 
     async def append(self, event: AuditEvent) -> dict[str, Any]:
@@ -411,6 +418,8 @@ class AuditWriter:
             for row in rows:  # every column present for the insert; empty optional ones were left out of the hash
                 row.setdefault("target_id", None)
                 row.setdefault("reason", None)
+                row.setdefault("reason_category", None)
+                row.setdefault("reason_ref", None)
             checkpoint = None
             if self._signer is not None and height - self.sealed_height >= self._checkpoint_every:
                 checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock())
@@ -777,6 +786,7 @@ class AuditQuery:
     event: str | None = None
     chain: str | None = None
     target: str | None = None
+    category: str | None = None
     subject_hashes: list[str] = field(default_factory=list)
 
 
@@ -804,6 +814,7 @@ async def search_records(
         "event": query.event,
         "chain_id": query.chain,
         "target_id": query.target,
+        "reason_category": query.category,
     }
     for name, value in equal.items():
         if value is not None:

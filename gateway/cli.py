@@ -42,6 +42,7 @@ app.add_typer(calendar_app, name="calendar")
 T = TypeVar("T")
 # How `serve` runs uvicorn; `make bench` measures these (docs/performance.md), and its Python floor uses them too.
 SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False}
+WHEN_HELP = "YYYY-MM-DD or a time such as 2026-12-05T09:30, Beijing time unless it has an offset (Z, +08:00)"
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="overrides MSJX_DATA_DIR (default: var)")]
 
 
@@ -314,10 +315,10 @@ def grants_list(data_dir: DataDir = None) -> None:
     from gateway import registry
 
     for grant in _run_registry(_settings(data_dir), registry.list_grants):
-        state = "revoked" if grant.revoked_at else f"until {grant.valid_to:%Y-%m-%d}"
+        state = "revoked" if grant.revoked_at else f"until {_beijing(grant.valid_to)[:16]}"
         typer.echo(
             f"{grant.grant_id}  {grant.caller_id:<12} {grant.service}/{grant.operation:<20} "
-            f"{grant.purpose:<14} {state:<17} fields: {','.join(grant.fields)}"
+            f"{grant.purpose:<14} {state:<23} fields: {','.join(grant.fields)}"
         )
 
 
@@ -327,20 +328,26 @@ def grants_revoke(grant_id: Annotated[str, typer.Argument()], data_dir: DataDir 
     from gateway import registry
 
     out = _run_registry(_settings(data_dir), lambda session: registry.revoke_grant(session, grant_id))
-    typer.echo(f"grant {out.grant_id} revoked at {out.revoked_at}")
+    typer.echo(f"grant {out.grant_id} revoked at {_beijing(out.revoked_at)}")
 
 
 def _when(text: str, option: str) -> datetime:
-    """A date (midnight UTC) or an RFC 3339 time with an offset."""
+    """A date (from 00:00 Beijing time), a time without an offset (Beijing time) or a time with an offset."""
+    from schemas.times import parse_beijing
+
     try:
-        if len(text) == 10:
-            return datetime.fromisoformat(text).replace(tzinfo=UTC)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise _fail(f"{option}: {text!r} is neither YYYY-MM-DD nor an RFC 3339 time") from None
-    if moment.tzinfo is None:
-        raise _fail(f"{option}: {text!r} has no UTC offset; add Z or +08:00")
-    return moment
+        return parse_beijing(text)
+    except ValueError as exc:
+        raise _fail(f"{option}: {exc}") from None
+
+
+def _beijing(moment: datetime | None) -> str:
+    """A stored time for people: Beijing time with its offset (the database keeps UTC; naive values are UTC)."""
+    from schemas.times import beijing_text
+
+    if moment is None:
+        return "-"
+    return beijing_text(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
 
 
 def _ms(moment: datetime) -> int:
@@ -518,7 +525,7 @@ def upstreams_list(data_dir: DataDir = None) -> None:
     for row in rows:
         where = row.endpoint or "(the contract's address)"
         typer.echo(f"{row.name:<20} {row.kind:<8} {len(row.operations):>3} operations  endpoint {where}")
-        typer.echo(f"{'':<20} source {row.source}  registered {row.created_at:%Y-%m-%d %H:%M} by {row.created_by}")
+        typer.echo(f"{'':<20} source {row.source}  registered {_beijing(row.created_at)} by {row.created_by}")
         for operation in row.operations:
             typer.echo(f"{'':<20}   {row.name}/{operation.operation}{'  (safe)' if operation.safe else ''}")
 
@@ -535,8 +542,8 @@ def upstreams_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir =
 @audit_app.command("export")
 def audit_export(
     file: Annotated[Path, typer.Argument(help="where to write the JSON Lines (a .gz name compresses)")],
-    from_: Annotated[str, typer.Option("--from", help="start, inclusive: YYYY-MM-DD (UTC) or RFC 3339")],
-    to: Annotated[str, typer.Option("--to", help="end, exclusive: YYYY-MM-DD (UTC) or RFC 3339")],
+    from_: Annotated[str, typer.Option("--from", help=f"start, inclusive: {WHEN_HELP}")],
+    to: Annotated[str, typer.Option("--to", help=f"end, exclusive: {WHEN_HELP}")],
     chain: Annotated[list[str], typer.Option("--chain", help="only this chain (node id); repeatable")] = [],  # noqa: B006
     data_dir: DataDir = None,
 ) -> None:
@@ -568,7 +575,8 @@ def audit_export(
 @audit_app.command("archive")
 def audit_archive(
     before: Annotated[
-        str | None, typer.Option("--before", help="archive records older than this (default: now − retention)")
+        str | None,
+        typer.Option("--before", help=f"archive records older than this (default: now − retention): {WHEN_HELP}"),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="allow a date inside the retention period (MSJX_AUDIT_RETENTION_DAYS)")
@@ -586,8 +594,8 @@ def audit_archive(
     cutoff = _when(before, "--before") if before else limit
     if cutoff > limit and not force:
         raise _fail(
-            f"--before {cutoff:%Y-%m-%d} is inside the retention period ({settings.audit_retention_days} days,"
-            f" until {limit:%Y-%m-%d}); records stay in the database that long. Use --force to archive anyway."
+            f"--before {_beijing(cutoff)} is inside the retention period ({settings.audit_retention_days} days,"
+            f" until {_beijing(limit)}); records stay in the database that long. Use --force to archive anyway."
         )
     trusted = trusted_keys(settings)
 
@@ -601,7 +609,7 @@ def audit_archive(
     except ArchiveError as exc:
         raise _fail(str(exc), 1) from None
     if not results:
-        typer.echo(f"nothing to archive before {cutoff.isoformat(timespec='seconds')}")
+        typer.echo(f"nothing to archive before {_beijing(cutoff)}")
     for result in results:
         typer.echo(
             f"chain {result.chain_id}: archive {result.seq} holds heights {result.from_height}–{result.to_height}"
@@ -623,7 +631,9 @@ def _keyring(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def _stamp(ms: int | None) -> str:
-    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    from schemas.times import beijing_ms
+
+    return "-" if ms is None else beijing_ms(ms)
 
 
 @keys_app.command("list")
@@ -683,7 +693,7 @@ def keys_rotate(
 
 @keys_app.command("destroy")
 def keys_destroy(
-    before: Annotated[str, typer.Option("--before", help="destroy data keys retired before this date (UTC)")],
+    before: Annotated[str, typer.Option("--before", help=f"destroy data keys retired before this: {WHEN_HELP}")],
     force: Annotated[
         bool, typer.Option("--force", help="allow a date inside the retention period (MSJX_AUDIT_RETENTION_DAYS)")
     ] = False,
@@ -699,12 +709,12 @@ def keys_destroy(
         raise _fail("--before is in the future")
     if cutoff > limit and not force:
         raise _fail(
-            f"--before {cutoff:%Y-%m-%d} is inside the retention period ({settings.audit_retention_days} days,"
-            f" until {limit:%Y-%m-%d}): payloads must stay readable that long. Use --force to destroy anyway."
+            f"--before {_beijing(cutoff)} is inside the retention period ({settings.audit_retention_days} days,"
+            f" until {_beijing(limit)}): payloads must stay readable that long. Use --force to destroy anyway."
         )
     destroyed = _keyring(settings, lambda ring: ring.destroy_before(_ms(cutoff)))
     if not destroyed:
-        typer.echo(f"no data key was retired before {cutoff.isoformat(timespec='seconds')}")
+        typer.echo(f"no data key was retired before {_beijing(cutoff)}")
     for row in destroyed:
         typer.echo(f"destroyed data key {row.key_id} ({row.suite}, created {_stamp(row.created_ms)})")
 

@@ -224,14 +224,23 @@ class AuditRecord(Base):
     # Officer actions: the record acted on and the stated reason (empty for exchanges, and then left out of the hash).
     target_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The stated reason's category (complaint, inspection, incident, court_order, other) and case or ticket number.
+    reason_category: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    # Partial: only officer actions have a target, so exchanges pay nothing for this index.
+    # Partial: only officer actions have a target or a reason, so exchanges pay nothing for these indexes.
     __table_args__ = (
         Index(
             "ix_audit_records_target_id",
             "target_id",
             sqlite_where=text("target_id IS NOT NULL"),
             postgresql_where=text("target_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_audit_records_reason_category",
+            "reason_category",
+            sqlite_where=text("reason_category IS NOT NULL"),
+            postgresql_where=text("reason_category IS NOT NULL"),
         ),
     )
 

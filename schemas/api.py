@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.times import BeijingDatetime
 
 PURPOSE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -119,8 +121,8 @@ class GrantIn(BaseModel):
     purpose: str = Field(pattern=PURPOSE_PATTERN)
     purpose_name: str | None = Field(default=None, min_length=1, max_length=200)
     fields: list[str] = Field(min_length=1)
-    valid_from: AwareDatetime | None = None
-    valid_to: AwareDatetime
+    valid_from: BeijingDatetime | None = None
+    valid_to: BeijingDatetime
     department: str | None = Field(default=None, min_length=1, max_length=200, description="default: the caller's")
     daily_quota: int | None = Field(default=None, description="calls a day (Asia/Shanghai days); none: no quota")
     rate_limit: str | None = Field(

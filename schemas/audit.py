@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
+from schemas.times import BeijingDatetime
 from schemas.uscc import USCC
 
 Decision = Literal["allowed", "refused", "failed"]
 Part = Literal["request", "response"]
+# Why an officer opens a sealed payload; searchable, so the openings themselves can be reviewed.
+ReasonCategory = Literal["complaint", "inspection", "incident", "court_order", "other"]
+MIN_REASON_CHARACTERS = 10
+
+
+def _a_reason(text: str) -> str:
+    """At least 10 non-blank characters, and not one character repeated ("aaaaaaaaaa" says nothing)."""
+    visible = "".join(text.split())
+    if len(visible) < MIN_REASON_CHARACTERS:
+        raise PydanticCustomError(
+            "reason_too_short",
+            "the reason needs at least {minimum} characters that are not blank; it has {count}",
+            {"minimum": MIN_REASON_CHARACTERS, "count": len(visible)},
+        )
+    if len(set(visible)) == 1:
+        raise PydanticCustomError(
+            "reason_repeated", "the reason is one character repeated; say why the payload is read"
+        )
+    return text.strip()
+
+
+def _a_reference(text: str) -> str:
+    text = text.strip()
+    if not any(char.isalnum() for char in text):
+        raise PydanticCustomError(
+            "reference_missing", "give the case or ticket number this reading serves, e.g. 投诉-2026-0412"
+        )
+    return text
 
 
 class AuditSearchParams(BaseModel):
@@ -17,10 +47,15 @@ class AuditSearchParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: AwareDatetime | None = Field(
-        default=None, alias="from", description="records at or after this time (RFC 3339 with offset)"
+    from_: BeijingDatetime | None = Field(
+        default=None,
+        alias="from",
+        description="records at or after this time: a date (YYYY-MM-DD, from 00:00 Beijing time) or a time"
+        " (RFC 3339; without an offset it is Beijing time)",
     )
-    to: AwareDatetime | None = Field(default=None, description="records before this time (RFC 3339 with offset)")
+    to: BeijingDatetime | None = Field(
+        default=None, description="records before this time; a date or a time, read as `from` is"
+    )
     caller: str | None = Field(default=None, max_length=64, description="caller id")
     department: str | None = Field(default=None, max_length=200)
     service: str | None = Field(default=None, max_length=128)
@@ -33,6 +68,9 @@ class AuditSearchParams(BaseModel):
     event: str | None = Field(default=None, max_length=32, description="e.g. service.invoke, audit.payload.read")
     chain: str | None = Field(default=None, max_length=64, description="node id of the chain")
     target: str | None = Field(default=None, max_length=64, description="record id an officer action refers to")
+    category: ReasonCategory | None = Field(
+        default=None, description="the stated reason's category of an officer action (e.g. a payload reading)"
+    )
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor of the previous page")
 
@@ -76,6 +114,8 @@ class AuditRecordOut(BaseModel):
     data_key_id: str | None
     target_id: str | None
     reason: str | None
+    reason_category: ReasonCategory | None = Field(description="category of the stated reason (officer actions)")
+    reason_ref: str | None = Field(description="case or ticket number of the stated reason (officer actions)")
     prev_hash: str
     record_hash: str
 
@@ -88,11 +128,26 @@ class AuditSearchOut(BaseModel):
 class PayloadReadIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"reason": "复核2025年第3批名单的信用核查依据", "parts": ["response"]}]},
+        json_schema_extra={
+            "examples": [
+                {
+                    "category": "complaint",
+                    "reference": "投诉-2026-0412",
+                    "reason": "复核2025年第3批名单的信用核查依据",
+                    "parts": ["response"],
+                }
+            ]
+        },
     )
 
-    reason: str = Field(
-        min_length=10, max_length=1000, description="why the payload must be read; recorded with the reading"
+    category: ReasonCategory = Field(description="what kind of reason: recorded, and searchable as `category`")
+    reference: Annotated[str, AfterValidator(_a_reference)] = Field(
+        min_length=1, max_length=64, description="the case or ticket number (案件号、工单号) the reading serves"
+    )
+    reason: Annotated[str, AfterValidator(_a_reason)] = Field(
+        min_length=MIN_REASON_CHARACTERS,
+        max_length=1000,
+        description="why the payload must be read: at least 10 non-blank characters, not one character repeated",
     )
     parts: list[Part] = Field(default_factory=lambda: ["request", "response"], min_length=1)
 

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from .api import IDENTIFIER_PATTERN, PURPOSE_PATTERN
+from .times import BeijingDatetime
 
 ShareAttributeCode = Literal["unconditional", "conditional", "not_shared"]
 ShareMethodCode = Literal["api", "batch", "file"]
@@ -318,8 +319,10 @@ class SharingRequestIn(_In):
     scenario: Text = Field(description="使用场景")
     scope: Text = Field(description="使用范围")
     share_method: ShareMethod | None = Field(default=None, description="共享方式; default: the item's")
-    valid_from: AwareDatetime | None = Field(default=None, description="使用时限 start; default: from approval")
-    valid_to: AwareDatetime = Field(description="使用时限 end")
+    valid_from: BeijingDatetime | None = Field(
+        default=None, description="使用时限 start; default: from approval (a date or a naive time is Beijing time)"
+    )
+    valid_to: BeijingDatetime = Field(description="使用时限 end (a date or a naive time is Beijing time)")
     daily_volume: Volume = Field(description="expected calls a day; the default daily quota")
     callers: list[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]] = Field(
         min_length=1, description="the requesting department's callers that will call (one grant each)"
@@ -335,8 +338,8 @@ class SharingRequestPatch(_In):
     scenario: Text | None = None
     scope: Text | None = None
     share_method: ShareMethod | None = None
-    valid_from: AwareDatetime | None = None
-    valid_to: AwareDatetime | None = None
+    valid_from: BeijingDatetime | None = None
+    valid_to: BeijingDatetime | None = None
     daily_volume: Volume | None = None
     callers: list[Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]] | None = Field(default=None, min_length=1)
 
@@ -356,7 +359,7 @@ class ApproveIn(_In):
 
     daily_quota: Quota | None = Field(default=None, description="calls a day; default: the expected daily volume")
     rate_limit: RateLimit | None = Field(default=None, description="default: 20/second")
-    valid_to: AwareDatetime | None = Field(default=None, description="at most the requested end; default: it")
+    valid_to: BeijingDatetime | None = Field(default=None, description="at most the requested end; default: it")
     note: str | None = Field(default=None, max_length=2000)
 
 

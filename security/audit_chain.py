@@ -27,7 +27,7 @@ HASH_FIELD = "record_hash"
 PREV_FIELD = "prev_hash"
 # Columns added after the first release: left out of the canonical bytes while empty, so records written
 # before they existed still verify, and filling one in later still changes the hash.
-OPTIONAL_FIELDS = ("target_id", "reason")
+OPTIONAL_FIELDS = ("target_id", "reason", "reason_category", "reason_ref")
 
 # Finds one stored row of the chain by a column's value ("record_hash" or "prev_hash"); used only to explain a fault.
 Finder = Callable[[str, str], Mapping[str, Any] | None]
@@ -310,7 +310,12 @@ class ChainVerifier:
         last_hasher: _RecordHasher | None = None
         try:
             for row in iterator:
-                if row.get("target_id", 0) is None or row.get("reason", 0) is None:
+                if (
+                    row.get("target_id", 0) is None
+                    or row.get("reason", 0) is None
+                    or row.get("reason_category", 0) is None
+                    or row.get("reason_ref", 0) is None
+                ):
                     drop_empty_optional(row)
                 if row["height"] == expected and row[PREV_FIELD] == prev:
                     suite = row.get("suite")

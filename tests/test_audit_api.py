@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from gateway.audit import AUDIT_TABLE
 from gateway.audit_keys import open_keyring
 from gateway.db import create_engine
+from schemas.times import BEIJING
 from security.checkpoints import Checkpoint, TrustedKeys
 from security.keys import load_public_key
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
@@ -22,6 +24,7 @@ from tests.conftest import PURPOSE, RunningGateway
 
 INVOKE = "/v1/services/credit/dishonest-debtor"
 REASON = "复核2025年第3批名单中该企业的信用核查依据"
+OPENING = {"category": "complaint", "reference": "投诉-2026-0412", "reason": REASON}
 
 
 async def _call(gateway: RunningGateway, uscc: str = DEMO_USCC, purpose: str = PURPOSE) -> httpx.Response:
@@ -82,7 +85,9 @@ async def test_bad_search_parameters_name_the_field(gateway: RunningGateway) -> 
     cases = {
         "query/subject": {"subject": "91350100M000100Y4Z"},
         "query/bogus": {"bogus": "1"},
-        "query/from": {"from": "2026-01-01T00:00:00"},
+        "query/from": {"from": "2026-01-01 at noon"},
+        "query/to": {"to": "2026-02-30"},
+        "query/category": {"category": "curiosity"},
         "query/limit": {"limit": "0"},
         "query/decision": {"decision": "maybe"},
     }
@@ -122,10 +127,10 @@ async def test_reading_a_payload_needs_a_reason_and_leaves_its_own_record(gatewa
 
     async with gateway.client(gateway.officer) as officer:
         metadata = await officer.get(path)
-        short = await officer.post(path + "/payload", json={"reason": "look"})
-        read = await officer.post(path + "/payload", json={"reason": REASON})
-        only_response = await officer.post(path + "/payload", json={"reason": REASON, "parts": ["response"]})
-        missing = await officer.post("/v1/audit/records/" + "0" * 32 + "/payload", json={"reason": REASON})
+        short = await officer.post(path + "/payload", json={**OPENING, "reason": "look"})
+        read = await officer.post(path + "/payload", json={**OPENING})
+        only_response = await officer.post(path + "/payload", json={**OPENING, "parts": ["response"]})
+        missing = await officer.post("/v1/audit/records/" + "0" * 32 + "/payload", json={**OPENING})
     assert metadata.status_code == 200 and metadata.json()["record_id"] == record_id
     assert metadata.json()["request_id"] == answer.headers["x-request-id"]
 
@@ -141,6 +146,7 @@ async def test_reading_a_payload_needs_a_reason_and_leaves_its_own_record(gatewa
     assert body["audit_request_id"] == read.headers["x-request-id"]
     assert (reading["event"], reading["decision"], reading["caller_id"]) == ("audit.payload.read", "allowed", "officer")
     assert (reading["target_id"], reading["reason"], reading["fields"]) == (record_id, REASON, "request,response")
+    assert (reading["reason_category"], reading["reason_ref"]) == ("complaint", "投诉-2026-0412")
     assert reading["response_payload"] is None, "decrypted payloads are not stored a second time"
     assert reading["response_size"] == len(read.content)
 
@@ -152,13 +158,89 @@ async def test_reading_a_payload_needs_a_reason_and_leaves_its_own_record(gatewa
     assert all(r["reason"] in (REASON, None) for r in readings)
 
 
+@pytest.mark.parametrize(
+    ("change", "field", "code"),
+    [
+        ({"reason": "          "}, "reason", "reason_too_short"),
+        ({"reason": " a b c d e f g h i "}, "reason", "reason_too_short"),
+        ({"reason": "aaaaaaaaaa"}, "reason", "reason_repeated"),
+        ({"reason": "查 查 查 查 查 查 查 查 查 查 查"}, "reason", "reason_repeated"),
+        ({"category": "curiosity"}, "category", "literal_error"),
+        ({"category": None}, "category", "missing"),
+        ({"reference": "   "}, "reference", "reference_missing"),
+        ({"reference": "--"}, "reference", "reference_missing"),
+    ],
+)
+async def test_a_reason_must_be_a_reason(gateway: RunningGateway, change: dict, field: str, code: str) -> None:
+    answer = await _call(gateway)
+    record_id = (await _record_by_request(gateway, answer.headers["x-request-id"]))["record_id"]
+    body = {key: value for key, value in {**OPENING, **change}.items() if value is not None}
+    async with gateway.client(gateway.officer) as officer:
+        read = await officer.post(f"/v1/audit/records/{record_id}/payload", json=body)
+    assert read.status_code == 422, read.text
+    problem = read.json()
+    assert problem["code"] == "validation_failed"
+    assert [(error["field"], error["type"]) for error in problem["errors"]] == [(field, code)]
+    refusal = await _record_by_request(gateway, read.headers["x-request-id"])
+    assert (refusal["decision"], refusal["reason_category"]) == ("refused", None), "a refused reason is not recorded"
+
+
+async def test_openings_are_searchable_by_category(gateway: RunningGateway) -> None:
+    answer = await _call(gateway)
+    record_id = (await _record_by_request(gateway, answer.headers["x-request-id"]))["record_id"]
+    path = f"/v1/audit/records/{record_id}/payload"
+    async with gateway.client(gateway.officer) as officer:
+        complaint = await officer.post(path, json=OPENING)
+        court = await officer.post(
+            path, json={**OPENING, "category": "court_order", "reference": "（2026）闽0203执12号"}
+        )
+    assert complaint.status_code == court.status_code == 200
+    found = await _officer_get(gateway, "/v1/audit/records", event="audit.payload.read", category="court_order")
+    records = found.json()["records"]
+    assert [r["request_id"] for r in records] == [court.headers["x-request-id"]]
+    assert (records[0]["reason_category"], records[0]["reason_ref"]) == ("court_order", "（2026）闽0203执12号")
+    assert records[0]["reason"] == REASON and records[0]["target_id"] == record_id
+    wrong = await _officer_get(gateway, "/v1/audit/records", category="curiosity")
+    assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "query/category"
+    async with gateway.client(gateway.officer) as officer:
+        verified = await officer.get("/v1/audit/verify")
+    assert verified.json()["ok"] is True, "the new columns are in the chain and verify"
+
+
+async def test_search_takes_dates_and_naive_times_as_beijing_time(gateway: RunningGateway) -> None:
+    """`?from=2026-12-05` is 00:00 Beijing time; a time without an offset is Beijing time too."""
+    answer = await _call(gateway)
+    request_id = answer.headers["x-request-id"]
+    made = datetime.fromtimestamp((await _record_by_request(gateway, request_id))["ts_ms"] / 1000, BEIJING)
+    day = made.date()
+    naive = "%Y-%m-%dT%H:%M:%S"
+    cases = [
+        ({"from": day.isoformat()}, True),
+        ({"from": (day + timedelta(days=1)).isoformat()}, False),
+        ({"to": day.isoformat()}, False),
+        ({"to": (day + timedelta(days=1)).isoformat()}, True),
+        ({"from": (made - timedelta(minutes=1)).strftime(naive)}, True),
+        ({"from": (made + timedelta(minutes=1)).strftime(naive)}, False),  # read as UTC it would be 8 h later
+        ({"from": (made + timedelta(minutes=1)).astimezone(UTC).strftime(naive) + "Z"}, False),
+        ({"from": (made - timedelta(minutes=1)).isoformat()}, True),
+    ]
+    for params, found in cases:
+        response = await _officer_get(gateway, "/v1/audit/records", caller="platform", limit="500", **params)
+        assert response.status_code == 200, (params, response.text)
+        ids = {record["request_id"] for record in response.json()["records"]}
+        assert (request_id in ids) is found, params
+    wrong = await _officer_get(gateway, "/v1/audit/records", **{"from": "2026-13-05"})
+    assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "query/from"
+    assert "Beijing time" in wrong.json()["errors"][0]["message"]
+
+
 async def test_other_roles_are_refused_and_the_attempt_is_recorded(gateway: RunningGateway) -> None:
     answer = await _call(gateway)
     record_id = (await _record_by_request(gateway, answer.headers["x-request-id"]))["record_id"]
     async with gateway.client() as platform:
         search = await platform.get("/v1/audit/records")
     async with gateway.client(gateway.admin) as admin:
-        read = await admin.post(f"/v1/audit/records/{record_id}/payload", json={"reason": REASON})
+        read = await admin.post(f"/v1/audit/records/{record_id}/payload", json={**OPENING})
         verify = await admin.get("/v1/audit/verify")
     for response in (search, read, verify):
         assert response.status_code == 403 and response.json()["code"] == "role_forbidden"
@@ -261,9 +343,9 @@ async def test_a_shredded_payload_is_gone_but_the_chain_verifies(gateway: Runnin
         await other_node.dispose()
     assert old_record["data_key_id"] in {row.key_id for row in destroyed}
     async with gateway.client(gateway.officer) as officer:
-        gone = await officer.post(f"/v1/audit/records/{old_record['record_id']}/payload", json={"reason": REASON})
+        gone = await officer.post(f"/v1/audit/records/{old_record['record_id']}/payload", json={**OPENING})
         new_record = await _record_by_request(gateway, new.headers["x-request-id"])
-        kept = await officer.post(f"/v1/audit/records/{new_record['record_id']}/payload", json={"reason": REASON})
+        kept = await officer.post(f"/v1/audit/records/{new_record['record_id']}/payload", json={**OPENING})
         status = (await officer.get("/v1/audit/verify")).json()
     assert gone.status_code == 410 and gone.json()["code"] == "payload_shredded"
     assert kept.status_code == 200 and kept.json()["response"] == new.json()
@@ -279,6 +361,15 @@ async def test_openapi_documents_the_audit_routes(gateway: RunningGateway) -> No
     payload = spec["paths"]["/v1/audit/records/{record_id}/payload"]["post"]
     body_schema = payload["requestBody"]["content"]["application/json"]["schema"]
     assert body_schema["properties"]["reason"]["minLength"] == 10
+    assert set(body_schema["required"]) == {"category", "reference", "reason"}
+    assert body_schema["properties"]["category"]["enum"] == [
+        "complaint",
+        "inspection",
+        "incident",
+        "court_order",
+        "other",
+    ]
+    assert "category" in {p["name"] for p in search["parameters"]}
     assert set(payload["responses"]) >= {"200", "403", "404", "410", "422"}
     for path in ("/v1/audit/records/{record_id}", "/v1/audit/verify", "/v1/audit/checkpoints"):
         assert "get" in spec["paths"][path]
@@ -312,7 +403,7 @@ async def test_switching_to_the_sm_suite_keeps_one_chain_that_verifies(gateway: 
     assert {r["suite"] for r in found} == {"standard", "sm"}, "one search finds the subject under both suites"
     async with gateway.client(gateway.officer) as officer:
         for record, (_, answer) in zip(records, answers, strict=True):
-            read = await officer.post(f"/v1/audit/records/{record['record_id']}/payload", json={"reason": REASON})
+            read = await officer.post(f"/v1/audit/records/{record['record_id']}/payload", json={**OPENING})
             assert read.status_code == 200 and read.json()["response"] == answer.json()
     status = (await _officer_get(gateway, "/v1/audit/verify")).json()
     assert status["ok"], status

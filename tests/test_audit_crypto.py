@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from security.audit_chain import GENESIS_HASH, canonical_bytes, record_hash
+from security.audit_chain import GENESIS_HASH, canonical_bytes, record_hash, verify_chain
 from security.checkpoints import TrustedKeys, sign_checkpoint, signer_key_id
 from security.crypto import (
     SM3_ABC,
@@ -125,6 +125,27 @@ def test_record_format_is_stable() -> None:
     assert record_hash(GENESIS_HASH, sm) == hashlib.new("sm3", bytes(32) + sm_expected).hexdigest()
     with_reason = {**record, "reason": "x"}
     assert record_hash(GENESIS_HASH, with_reason) != record_hash(GENESIS_HASH, record)
+
+
+def test_a_reading_written_before_reason_categories_still_verifies() -> None:
+    """Rows read back carry every column, the newer empty ones too; those stay out of the hash, a filled one not."""
+    base = {
+        "chain_id": "node-1",
+        "record_id": "b" * 32,
+        "ts_ms": 1700000000000,
+        "event": "audit.payload.read",
+        "suite": "standard",
+    }
+    old = {**base, "height": 1, "prev_hash": GENESIS_HASH, "target_id": "c" * 32, "reason": "复核名单的信用核查依据"}
+    old["record_hash"] = record_hash(GENESIS_HASH, old)  # as a gateway without the category columns wrote it
+    new = {**base, "record_id": "d" * 32, "height": 2, "prev_hash": old["record_hash"], "target_id": "c" * 32}
+    new |= {"reason": "复核名单的信用核查依据", "reason_category": "complaint", "reason_ref": "投诉-1"}
+    new["record_hash"] = record_hash(old["record_hash"], new)
+    read_back = [{**old, "reason_category": None, "reason_ref": None}, dict(new)]
+    assert verify_chain("node-1", read_back).ok
+    changed = [{**old, "reason_category": None, "reason_ref": None}, {**new, "reason_category": "other"}]
+    report = verify_chain("node-1", changed)
+    assert not report.ok and report.fault is not None and (report.fault.height, report.fault.kind) == (2, "changed")
 
 
 def test_checkpoints_verify_only_under_a_trusted_key() -> None:

@@ -51,7 +51,7 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 OFFICER = {"officer"}
 ONLY_OFFICERS = "Security officers (role `officer`) only; every call, a refused one too, is itself audited. "
 FILTERS = ("from_", "to", "caller", "department", "service", "operation", "purpose", "decision", "subject")
-FILTERS += ("event", "chain", "target")
+FILTERS += ("event", "chain", "target", "category")
 
 
 def _query_parameters(model: type[BaseModel], skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -97,6 +97,8 @@ def record_out(row: dict[str, Any]) -> dict[str, Any]:
     out["has_response_payload"] = bool(row.get("has_response_payload", row.get("response_payload") is not None))
     out.setdefault("target_id", None)
     out.setdefault("reason", None)
+    out.setdefault("reason_category", None)
+    out.setdefault("reason_ref", None)
     return out
 
 
@@ -152,6 +154,7 @@ async def _search(exchange: Exchange) -> tuple[int, bytes]:
         event=params.event,
         chain=params.chain,
         target=params.target,
+        category=params.category,
         subject_hashes=subject_hashes(runtime.keyring, params.subject) if params.subject else [],
     )
     rows = await search_records(runtime.engine, query, after=after, limit=params.limit + 1)
@@ -220,8 +223,11 @@ def _shown(plaintext: bytes | None) -> Any:
     "/records/{record_id}/payload",
     summary="Read a record's decrypted payload, stating why",
     description=ONLY_OFFICERS
-    + "Needs a `reason` of at least 10 characters. The reading is recorded before the answer leaves: officer,"
-    " record (`target_id`), reason and the parts shown; the decrypted answer itself is not stored again."
+    + "Needs a reason that is a reason: a `category` (complaint, inspection, incident, court_order, other), a"
+    " `reference` (the case or ticket number) and a `reason` of at least 10 non-blank characters, not one character"
+    " repeated. The reading is recorded before the answer leaves: officer, record (`target_id`), category,"
+    " reference, reason and the parts shown; the decrypted answer itself is not stored again. Search the readings"
+    " with `?event=audit.payload.read&category=…`."
     " 410 `payload_shredded` when the record's data key was destroyed at the end of retention. " + SIGNED,
     response_model=PayloadOut,
     responses={
@@ -245,6 +251,8 @@ async def read_payload(request: Request, record_id: str) -> Response:
         event.store_response = False
         body: PayloadReadIn = parse_json(exchange.body, PayloadReadIn)
         event.reason = body.reason
+        event.reason_category = body.category
+        event.reason_ref = body.reference
         row = await _load(exchange, record_id)
         shown: dict[str, Any] = {}
         try:
