@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 
@@ -744,8 +745,8 @@ def call(
         str | None,
         typer.Option(
             "--idempotency-key",
-            help="Idempotency-Key header (default for a voucher: voucher-<voucher_no>); repeat a call with the same"
-            " key and nothing is done twice",
+            help="Idempotency-Key header (default for submit-voucher: voucher-<voucher_no>); a call repeated with"
+            " the same key is answered from the gateway's store, never done twice",
         ),
     ] = None,
     key_id: Annotated[str | None, typer.Option(help="key id (default: <caller>.<fingerprint of the key>)")] = None,
@@ -760,7 +761,7 @@ def call(
     from security.keys import KeyFormatError, key_id_for, load_private_key_file
 
     params = _call_params(param, json_params)
-    idempotency_key = idempotency_key or _default_idempotency_key(params)
+    idempotency_key = idempotency_key or _default_idempotency_key(operation, params)
     if idempotency_key is not None:
         typer.echo(f"Idempotency-Key: {idempotency_key}", err=True)
     try:
@@ -809,10 +810,122 @@ def _call_params(param: list[str], json_params: str | None) -> dict[str, Any]:
     return params
 
 
-def _default_idempotency_key(params: dict[str, Any]) -> str | None:
+def _default_idempotency_key(operation: str, params: dict[str, Any]) -> str | None:
     """A payment's key follows its voucher number, so repeating the same voucher can never pay it twice."""
+    if operation != "submit-voucher":
+        return None
     voucher_no = params.get("voucher_no")
     return f"voucher-{voucher_no}" if isinstance(voucher_no, str) and voucher_no else None
+
+
+# --- the security officer's audit API from the command line (signed as an officer) ------------------------------
+
+OfficerKey = Annotated[Path, typer.Option("--key", help="the officer's Ed25519 private key (PKCS#8 PEM)")]
+OfficerCaller = Annotated[str, typer.Option("--caller", help="the officer's caller id")]
+GatewayUrl = Annotated[
+    str | None, typer.Option(help="gateway URL", envvar="MSJX_GATEWAY_URL", show_default="http://127.0.0.1:8000")
+]
+ReasonCategoryOption = Annotated[
+    str | None, typer.Option("--category", help="complaint, inspection, incident, court_order or other")
+]
+
+
+def _officer_request(key: Path, caller: str, url: str | None, method: str, path: str, **options: Any) -> Any:
+    """One signed request to the officer API; a problem prints as JSON and exits 1."""
+    import httpx
+
+    from gateway.client import GatewayClient, GatewayError
+    from security.keys import KeyFormatError
+
+    try:
+        with GatewayClient.from_key_file(url, caller, key) as client:
+            try:
+                return client.request(method, path, **options)
+            except httpx.HTTPError as exc:
+                raise _fail(f"cannot reach {client.base_url}: {exc}") from None
+    except GatewayError as exc:
+        typer.echo(json.dumps(exc.problem, ensure_ascii=False, indent=2))
+        raise typer.Exit(1) from None
+    except KeyFormatError as exc:
+        raise _fail(f"--key: {exc}") from None
+
+
+@audit_app.command("search")
+def audit_search(
+    key: OfficerKey,
+    caller: OfficerCaller,
+    from_: Annotated[str | None, typer.Option("--from", help=f"at or after: {WHEN_HELP}")] = None,
+    to: Annotated[str | None, typer.Option("--to", help=f"before: {WHEN_HELP}")] = None,
+    event: Annotated[str | None, typer.Option(help="e.g. service.invoke, audit.payload.read")] = None,
+    category: ReasonCategoryOption = None,
+    of_caller: Annotated[str | None, typer.Option("--of-caller", help="records of this caller id")] = None,
+    decision: Annotated[str | None, typer.Option(help="allowed, refused or failed")] = None,
+    target: Annotated[str | None, typer.Option(help="officer actions on this record id")] = None,
+    limit: Annotated[int, typer.Option(help="records per page (1-500)")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON instead of lines")] = False,
+    url: GatewayUrl = None,
+) -> None:
+    """Search the audit log through the officer API (newest first; times in Beijing time). The search is audited."""
+    params = {
+        "from": _when(from_, "--from").isoformat() if from_ else None,
+        "to": _when(to, "--to").isoformat() if to else None,
+        "event": event,
+        "category": category,
+        "caller": of_caller,
+        "decision": decision,
+        "target": target,
+        "limit": str(limit),
+    }
+    query = "&".join(f"{name}={quote(value)}" for name, value in params.items() if value is not None)
+    answer = _officer_request(key, caller, url, "GET", f"/v1/audit/records?{query}")
+    if as_json:
+        typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
+        return
+    for record in answer["records"]:
+        typer.echo(_record_line(record))
+    if answer.get("next_cursor"):
+        typer.echo(f"(more: narrow --from/--to, or raise --limit; cursor {answer['next_cursor']})")
+
+
+def _record_line(record: dict[str, Any]) -> str:
+    from schemas.times import beijing_ms
+
+    what = record["event"]
+    if record.get("service"):
+        what += f" {record['service']}/{record.get('operation') or ''}"
+    line = (
+        f"{beijing_ms(int(record['ts_ms']), 'milliseconds')}  {record['record_id']}  {what}  "
+        f"{record.get('caller_id') or '-'}  {record['decision']} {record['status_code']}"
+    )
+    if record.get("reason_code"):
+        line += f" {record['reason_code']}"
+    if record.get("target_id"):
+        line += f"  on {record['target_id']}"
+    if record.get("reason_category"):
+        line += f"  [{record['reason_category']} {record.get('reason_ref') or ''}] {record.get('reason') or ''}"
+    return line
+
+
+@audit_app.command("open")
+def audit_open(
+    record_id: Annotated[str, typer.Argument(help="the record whose sealed payloads to read")],
+    key: OfficerKey,
+    caller: OfficerCaller,
+    category: ReasonCategoryOption = None,
+    reference: Annotated[str | None, typer.Option(help="the case or ticket number this reading serves")] = None,
+    reason: Annotated[str | None, typer.Option(help="why: at least 10 non-blank characters")] = None,
+    part: Annotated[list[str], typer.Option("--part", help="request or response (default: both; repeat)")] = [],  # noqa: B006
+    url: GatewayUrl = None,
+) -> None:
+    """Read a record's decrypted payloads, stating why; the reading is itself recorded, with its reason."""
+    body: dict[str, Any] = {"category": category, "reference": reference, "reason": reason}
+    body = {name: value for name, value in body.items() if value is not None}  # the gateway names what is missing
+    if part:
+        body["parts"] = part
+    answer = _officer_request(
+        key, caller, url, "POST", f"/v1/audit/records/{quote(record_id, safe='')}/payload", json=body
+    )
+    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
 
 
 def main() -> None:
