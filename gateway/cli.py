@@ -30,7 +30,8 @@ upstreams_app = typer.Typer(
     help="District systems registered at runtime from a WSDL or OpenAPI document.", no_args_is_help=True
 )
 keys_app = typer.Typer(
-    help="Audit keys: data keys (rotate, destroy), the master key, the signing key.", no_args_is_help=True
+    help="Audit keys: data keys (rotate, destroy), the master key, the signing key; and a new caller's key pair.",
+    no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
 app.add_typer(upstreams_app, name="upstreams")
@@ -727,6 +728,35 @@ def keys_public(data_dir: DataDir = None) -> None:
     from security.keys import public_key_pem
 
     typer.echo(public_key_pem(load_signer(_settings(data_dir)).public_key()), nl=False)
+
+
+@keys_app.command("new-caller")
+def keys_new_caller(
+    caller_id: Annotated[str, typer.Argument(help="the caller id the key pair is for, e.g. platform")],
+    out: Annotated[
+        Path | None, typer.Option(help="where the private key goes (default: ./<caller>.pem); the public key beside it")
+    ] = None,
+) -> None:
+    """Make a caller's Ed25519 key pair on the caller's side: the private key to a file (mode 0600), never to the
+    gateway; prints the public key and the key id that `callers add --public-key` registers."""
+    from security.keys import generate_ed25519, key_id_for, private_key_pem, public_key_pem, write_secret_file
+
+    private_file = out or Path(f"{caller_id}.pem")
+    public_file = private_file.with_name(private_file.name.removesuffix(".pem") + ".pub.pem")
+    for path in (private_file, public_file):
+        if path.exists():
+            raise _fail(f"{path} exists; a key is never overwritten (remove it, or give --out)")
+    key = generate_ed25519()
+    public_pem = public_key_pem(key.public_key())
+    try:
+        write_secret_file(private_file, private_key_pem(key))
+        public_file.write_text(public_pem)
+    except OSError as exc:
+        raise _fail(f"cannot write the key pair: {exc.strerror}: {exc.filename}") from None
+    typer.echo(f"private key {private_file} (mode 0600): keep it with the caller; the gateway never needs it")
+    typer.echo(f"public key  {public_file}")
+    typer.echo(f"key id      {key_id_for(caller_id, key.public_key())}")
+    typer.echo(public_pem, nl=False)
 
 
 @app.command()
