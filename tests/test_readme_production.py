@@ -115,10 +115,10 @@ def test_the_production_steps_run_top_to_bottom(tmp_path: Path, fresh_database: 
                     cwd=tmp_path,
                     env=env,
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
+                    stderr=server_log.open("w"),
                     text=True,
                 )
-                _wait_ready(server, f"http://127.0.0.1:{port}")
+                _wait_ready(server, f"http://127.0.0.1:{port}", server_log)
                 continue
             result = subprocess.run(
                 ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
@@ -152,13 +152,11 @@ def _local(name: str, value: str, database: str, redis: str, credit: str, port: 
     return value
 
 
-def _wait_ready(process: subprocess.Popen[str], url: str) -> None:
+def _wait_ready(process: subprocess.Popen[str], url: str, log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(
-                f"serve exited {process.returncode}: {process.stderr.read() if process.stderr else ''}"
-            )
+            raise AssertionError(f"serve exited {process.returncode}: {log.read_text()}")
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                 return
