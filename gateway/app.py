@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, audit, calendar, catalog, ops, services, sharing, upstreams
+from gateway.routes import admin, audit, calendar, catalog, ops, services, sharing, swagger, upstreams
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
@@ -117,7 +117,7 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # our own /docs: Swagger UI's assets from a pinned package, not from a CDN
         redoc_url=None,
     )
     app.include_router(services.router)  # first, without a prefix or dependencies: see plain_invoke_route
@@ -129,6 +129,7 @@ def create_app(
     app.include_router(upstreams.router)
     app.include_router(audit.router)
     app.include_router(ops.router)
+    app.include_router(swagger.router)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
