@@ -63,7 +63,7 @@ def start_server(data_dir: Path, echo: Echo) -> tuple[subprocess.Popen[str], str
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    echo(f"no gateway answering; starting `serve --demo` on {url} (data in {data_dir})")
+    echo(f"no gateway serves {data_dir}; starting `serve --demo` on {url} (stopped at the end)")
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "gateway.cli", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)],
         stdout=subprocess.DEVNULL,
