@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from schemas.times import BEIJING
 from tests.audit_support import CHAIN, audit_store, event, open_writer, rows
 
 BIN = Path(sys.executable).parent
@@ -47,7 +48,8 @@ async def _write(data_dir: Path, records: int, *, every: int = 3, clock_ms: int 
 
 
 def _today(days: int = 0) -> str:
-    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%d")
+    """A date as the CLI reads it: in Beijing time."""
+    return (datetime.now(BEIJING) + timedelta(days=days)).strftime("%Y-%m-%d")
 
 
 async def test_keys_list_rotate_destroy_public(tmp_path: Path) -> None:
@@ -134,8 +136,22 @@ async def test_an_export_of_a_later_range_is_sealed_by_the_next_checkpoint(tmp_p
     pubkey = tmp_path / "keys" / "audit-signing.pub.pem"
     verified = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=tmp_path)
     assert "3 records intact" in verified.stdout and "heights 6–8" in verified.stdout
-    naive = cli("audit", "export", "--from", "2026-01-01T00:00:00", "--to", end, "x", data_dir=tmp_path, check=False)
-    assert naive.returncode == 2 and "no UTC offset" in naive.stderr
+    # The same start typed as a Beijing wall-clock time, without an offset, selects the same records.
+    wall_clock = datetime.fromtimestamp(stored[5]["ts_ms"] / 1000, BEIJING).replace(tzinfo=None)
+    naive = tmp_path / "naive.jsonl"
+    same = cli(
+        "audit",
+        "export",
+        "--from",
+        wall_clock.isoformat(timespec="milliseconds"),
+        "--to",
+        end,
+        str(naive),
+        data_dir=tmp_path,
+    )
+    assert "heights 6–8" in same.stdout
+    bad = cli("audit", "export", "--from", "2026-01-01 noon", "--to", end, "x", data_dir=tmp_path, check=False)
+    assert bad.returncode == 2 and "Beijing time" in bad.stderr
 
 
 async def test_archives_are_hash_linked_verified_and_followed(tmp_path: Path) -> None:
