@@ -1,7 +1,7 @@
 """audit records: the category and the case or ticket reference of an officer's stated reason
 
 Revision ID: 0010
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-05
 
 Opening a sealed payload states a category (complaint, inspection, incident, court_order, other) and a
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '0010'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
