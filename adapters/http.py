@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from .base import Adapter, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from .resilience import ResiliencePolicy
@@ -108,7 +109,7 @@ class HttpClient:
     async def request(
         self,
         method: str,
-        url: str,
+        url: str | URL,
         *,
         params: Mapping[str, str] | None = None,
         data: bytes | None = None,

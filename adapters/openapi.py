@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import quote, urldefrag, urljoin, urlsplit
 
 import orjson
-from pydantic import ConfigDict, Field, StrictBool, create_model
+from pydantic import AfterValidator, ConfigDict, Field, StrictBool, create_model
+from pydantic_core import PydanticCustomError
+from yarl import URL
 
 from .base import UpstreamMalformed, UpstreamRejected
 from .contracts import ContractBundle, ContractError, parse_openapi_document
@@ -34,6 +36,28 @@ _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 class _Refused(Exception):
     pass
+
+
+# A path parameter that is a whole dot segment would climb the upstream's path once the URL is normalised
+# (RFC 3986 section 5.2.4; yarl does it): `/records/{id}` with id=".." calls `/` of the upstream.
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def _no_dot_segment(value: Any) -> Any:
+    values = value if isinstance(value, list) else [value]
+    if any(_text(item) in _DOT_SEGMENTS for item in values):
+        raise PydanticCustomError(
+            "path_dot_segment", "a path parameter may not be '.' or '..': it would change the upstream's path"
+        )
+    return value
+
+
+def path_segment(values: list[str]) -> str:
+    """A path parameter's text as RFC 6570 simple expansion writes it: each value percent-encoded but for the
+    unreserved characters (so '/', '?', '#' and '%' cannot leave the segment), a list joined by commas."""
+    if any(value in _DOT_SEGMENTS for value in values):  # refused by the input model already; never sent
+        raise ValueError("a path parameter may not be a dot segment")
+    return ",".join(quote(value, safe="") for value in values)
 
 
 class InputModel(DerivedModel):
@@ -339,6 +363,8 @@ class RestEngine:
         ordered: list[Parameter] = []
         for index, (entry, schema, schema_location) in enumerate(parameters.values()):
             python = self.schemas.python_type(schema_location, schema, f"{where} parameter {entry.name}", False)
+            if entry.location == "path":
+                python = Annotated[python, AfterValidator(_no_dot_segment)]
             options = {"alias": entry.name, "title": entry.name, "description": f"{entry.location} parameter"}
             if entry.required:
                 fields[f"p{index}"] = (python, Field(**options))
@@ -408,7 +434,7 @@ class RestEngine:
             values = value if isinstance(value, list) else [value]
             texts = [_text(item) for item in values]
             if parameter.location == "path":
-                path = path.replace("{" + parameter.name + "}", quote(",".join(texts), safe=""))
+                path = path.replace("{" + parameter.name + "}", path_segment(texts))
             elif parameter.location == "query":
                 query.extend((parameter.name, text) for text in texts)
             elif parameter.location == "header":
@@ -417,7 +443,8 @@ class RestEngine:
         if operation.has_body and data.get("body") is not None:
             body = orjson.dumps(data["body"], default=_decimal_fragment)
             headers["Content-Type"] = "application/json"
-        url = self.base_url + path
+        # Encoded already: yarl would otherwise "requote" it, turning a value's %2C back into a list's comma.
+        url = URL(str(URL(self.base_url)) + path, encoded=True)
         response = await self.http.request(
             operation.method.upper(), url, params=_multi(query), data=body, headers=headers or None
         )
