@@ -19,6 +19,8 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 import yaml
 from lxml import etree
 
+from .jsondepth import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds, loads_bounded
+
 __all__ = [
     "MAX_DOCUMENTS",
     "MAX_DOCUMENT_BYTES",
@@ -203,8 +205,14 @@ def parse_openapi_document(location: str, content: bytes) -> Any:
         raise ContractError("contract_invalid", f"{location}: an OpenAPI document must be UTF-8") from None
     try:
         if text.lstrip().startswith("{"):
-            return json.loads(text)
+            return loads_bounded(text)
+        if json_depth_exceeds(text):  # YAML's flow style nests with brackets too
+            raise JsonTooDeep(MAX_JSON_DEPTH)
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass without aliases
+    except JsonTooDeep as exc:
+        raise ContractError("contract_invalid", f"{location}: {exc}") from None
+    except RecursionError:  # PyYAML composes block-style nesting recursively too
+        raise ContractError("contract_invalid", f"{location}: nested too deeply") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ContractError("contract_invalid", f"{location}: not valid JSON or YAML ({exc})") from None
 

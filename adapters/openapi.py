@@ -8,7 +8,6 @@ date-times are typed, `format: byte` is base64. What has no faithful form is ref
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from yarl import URL
 from .base import UpstreamMalformed, UpstreamRejected
 from .contracts import ContractBundle, ContractError, parse_openapi_document
 from .http import HttpClient, phrase
+from .jsondepth import loads_bounded
 from .jsontypes import Base64, DecimalText, DerivedModel
 
 __all__ = ["RestEngine", "RestOperation"]
@@ -454,7 +454,7 @@ class RestEngine:
         if operation.no_content:
             return {}, str(status)
         try:
-            answer = json.loads(response.body, parse_float=Decimal)
+            answer = loads_bounded(response.body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UpstreamMalformed(self.service, f"body is not JSON ({exc})", str(status)) from None
         if operation.wrap_result:

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from gateway import metrics
 from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
 from gateway.auth import Principal
+from gateway.json_bodies import check_depth
 from gateway.problems import Problem
 from gateway.runtime import Runtime
 
@@ -108,6 +109,7 @@ async def run_exchange(
     try:
         body = await read_body(request)
         event.request_body = body
+        check_depth(body)  # before anything parses it, on every route: a refusal, never a RecursionError
         principal = await runtime.authenticator.authenticate(
             request, body, offload=runtime.exchanges_in_progress > runtime.settings.signature_offload_above
         )

@@ -17,6 +17,10 @@ from gateway.problems import Problem
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
 from security.keys import KeyFormatError, load_public_key
 
+# As the sharing workflow bounds an approved quota (schemas/sharing.py); a larger number is no quota at all, and one
+# past 64 bits cannot be stored.
+MAX_DAILY_QUOTA = 100_000_000
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -181,9 +185,9 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
         raise _grant_problem(
             "department", "department_mismatch", f"{body.caller_id!r} belongs to {caller.department!r}"
         )
-    if body.daily_quota is not None and body.daily_quota <= 0:
+    if body.daily_quota is not None and not 0 < body.daily_quota <= MAX_DAILY_QUOTA:
         raise _grant_problem(
-            "daily_quota", "quota_invalid", f"a daily quota is a positive number, not {body.daily_quota}"
+            "daily_quota", "quota_invalid", f"a daily quota is from 1 to {MAX_DAILY_QUOTA}, not {body.daily_quota}"
         )
     if body.rate_limit is not None:
         try:

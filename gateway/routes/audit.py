@@ -118,13 +118,21 @@ def _encode_cursor(row: dict[str, Any], digest: str) -> str:
 def _decode_cursor(cursor: str, digest: str) -> tuple[int, str, int]:
     try:
         position = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        after = (int(position["t"]), str(position["c"]), int(position["h"]))
+        after = (_cursor_int(position["t"]), str(position["c"]), _cursor_int(position["h"]))
         filters = str(position["f"])
     except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         raise _query_problem("cursor", "invalid_cursor", "not a cursor this API returned") from None
     if filters != digest:
         raise _query_problem("cursor", "cursor_mismatch", "the cursor belongs to a search with other filters")
     return after
+
+
+def _cursor_int(value: Any) -> int:
+    # A forged cursor may hold a float, a bool or an integer no database column can hold (SQLite raises
+    # OverflowError binding it); a cursor this API wrote holds a non-negative 64-bit integer.
+    if type(value) is not int or not 0 <= value < 1 << 63:
+        raise ValueError("not a cursor position")
+    return value
 
 
 def _query_problem(field: str, code: str, message: str) -> Problem:
@@ -341,7 +349,7 @@ async def verify(request: Request) -> Response:
 class CheckpointParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     chain: str | None = Field(default=None, max_length=64, description="node id of the chain")
-    after: int = Field(default=0, ge=0, description="only checkpoints above this height")
+    after: int = Field(default=0, ge=0, lt=1 << 63, description="only checkpoints above this height")
     limit: int = Field(default=100, ge=1, le=1000)
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -17,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from adapters.base import UpstreamError
 from gateway.directory import GrantInfo
 from gateway.exchange import Exchange, run_exchange
+from gateway.json_bodies import load_body
 from gateway.problems import Problem, validation_problem
 from gateway.routes.docs import SIGNED, json_body, problem_responses
 from schemas.api import InvokeRequest, InvokeResponse
@@ -37,20 +36,8 @@ IDEMPOTENCY_KEY_PARAMETER = {
 }
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def exact_loads(body: bytes) -> Any:
-    """JSON with every non-integer number read as a Decimal: money never passes through a float."""
-    return json.loads(body, parse_float=Decimal, parse_constant=_refuse_constant)
-
-
 def parse_json(body: bytes, model: type[BaseModel], *, exact: bool = False) -> Any:
-    try:
-        document = exact_loads(body) if exact else orjson.loads(body)
-    except (orjson.JSONDecodeError, ValueError):  # json.JSONDecodeError is a ValueError
-        raise Problem(422, "invalid_json", "Body is not JSON", "the request body must be a JSON object") from None
+    document = load_body(body, exact=exact)
     try:
         return model.model_validate(document)
     except ValidationError as exc:

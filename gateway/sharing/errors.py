@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
+from gateway.json_bodies import load_body
 from gateway.problems import Problem, validation_problem
 from gateway.sharing.workdays import CalendarYearUnsupported
 
@@ -30,10 +30,7 @@ def parse_body(body: bytes, model: type[T], *, optional: bool = False) -> T:
     if optional and not body.strip():
         document: Any = {}
     else:
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise Problem(422, "invalid_json", "Body is not JSON", "the request body must be a JSON object") from None
+        document = load_body(body)
     try:
         return model.model_validate(document)
     except ValidationError as exc:
