@@ -19,6 +19,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 import yaml
 from lxml import etree
 
+from .fetch_allow import FetchAllowlist, Resolver, resolve
 from .jsondepth import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds, loads_bounded
 
 __all__ = [
@@ -39,6 +40,7 @@ MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 MAX_DOCUMENTS = 64
 FETCH_TIMEOUT = 10.0
+MAX_REDIRECTS = 5
 INLINE_BASE = "file:///bundle/"
 
 WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
@@ -111,8 +113,17 @@ def location_of(source: str, *, allow_files: bool) -> str:
     return Path(source).expanduser().resolve().as_uri()
 
 
-def default_fetcher(*, allow_files: bool, timeout: float = FETCH_TIMEOUT) -> Fetcher:
-    """Reads file:// (when allowed) and http(s) locations, refusing anything over MAX_DOCUMENT_BYTES."""
+def default_fetcher(
+    *,
+    allow_files: bool,
+    allow: FetchAllowlist | None = None,
+    timeout: float = FETCH_TIMEOUT,
+    resolver: Resolver = resolve,
+) -> Fetcher:
+    """Reads file:// (when allowed) and http(s) locations the allowlist `allow` admits (none when it is empty or
+    None), following at most MAX_REDIRECTS redirects, each checked again; anything over MAX_DOCUMENT_BYTES is refused.
+    """
+    allowlist = allow or FetchAllowlist()
 
     def fetch(location: str) -> bytes:
         scheme = urlsplit(location).scheme.lower()
@@ -126,7 +137,7 @@ def default_fetcher(*, allow_files: bool, timeout: float = FETCH_TIMEOUT) -> Fet
             except OSError as exc:
                 raise ContractError("contract_unreachable", f"{path}: {exc.strerror or exc}") from None
         elif scheme in ("http", "https"):
-            content = _http_get(location, timeout)
+            content = _http_get(location, timeout, allowlist, resolver)
         else:
             raise ContractError("contract_unreachable", f"{location}: unsupported location scheme {scheme!r}")
         if len(content) > MAX_DOCUMENT_BYTES:
@@ -136,25 +147,38 @@ def default_fetcher(*, allow_files: bool, timeout: float = FETCH_TIMEOUT) -> Fet
     return fetch
 
 
-def _http_get(url: str, timeout: float) -> bytes:
+def _check_allowed(url: str, allowlist: FetchAllowlist, resolver: Resolver) -> None:
+    reason = allowlist.refusal(url, resolver)
+    if reason is not None:
+        raise ContractError("contract_fetch_forbidden", reason)
+
+
+def _http_get(url: str, timeout: float, allowlist: FetchAllowlist, resolver: Resolver) -> bytes:
     import httpx
 
     try:
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise ContractError("contract_unreachable", f"{url}: HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_DOCUMENT_BYTES:
-                    raise ContractError("contract_invalid", f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                _check_allowed(url, allowlist, resolver)  # the first URL and every hop a redirect names
+                with client.stream("GET", url) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        target = urljoin(url, response.headers["location"])
+                        if urlsplit(target).scheme.lower() not in ("http", "https"):
+                            raise ContractError("contract_fetch_forbidden", f"{url}: redirected to {target}")
+                        url = target
+                        continue
+                    if response.status_code != 200:
+                        raise ContractError("contract_unreachable", f"{url}: HTTP {response.status_code}")
+                    chunks, size = [], 0
+                    for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        if size > MAX_DOCUMENT_BYTES:
+                            raise ContractError("contract_invalid", f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
     except httpx.HTTPError as exc:
         raise ContractError("contract_unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
+    raise ContractError("contract_unreachable", f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
 # --- safe parsing ------------------------------------------------------------------------------------------------

@@ -505,6 +505,7 @@ def upstreams_add(
             policy=overrides,
             allow_files=True,
             reserved=BUILT_IN | frozenset(settings.upstream_urls),
+            fetch_allow=settings.contract_fetch_allowlist,
         )
     except Problem as problem:
         raise _fail(f"{problem.code}: {problem.detail}", 1) from None

@@ -7,12 +7,15 @@ import binascii
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
+
+if TYPE_CHECKING:
+    from adapters.fetch_allow import FetchAllowlist
 
 
 class SettingsError(Exception):
@@ -81,6 +84,25 @@ class Settings(BaseSettings):
         default=1095, ge=183, le=36500, description="records stay in the database this long; refused below 6 months"
     )
     audit_key_period_days: int = Field(default=30, ge=1, le=366, description="a new data key starts every period")
+    contract_fetch_allow: str = Field(
+        default="",
+        description="hosts (district.example, *.district.example) and networks (192.0.2.0/24) an upstream's"
+        " WSDL/OpenAPI may be fetched from by URL, comma or space separated; empty: documents must be uploaded",
+    )
+
+    @field_validator("contract_fetch_allow")
+    @classmethod
+    def _contract_fetch_allow(cls, value: str) -> str:
+        from adapters.fetch_allow import FetchAllowlist
+
+        FetchAllowlist.from_setting(value)  # a malformed entry stops start-up, named
+        return value
+
+    @property
+    def contract_fetch_allowlist(self) -> FetchAllowlist:
+        from adapters.fetch_allow import FetchAllowlist
+
+        return FetchAllowlist.from_setting(self.contract_fetch_allow)
 
     @field_validator("database_url")
     @classmethod

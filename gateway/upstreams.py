@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import Adapter
 from adapters.contracts import ContractBundle, ContractError, bundle_from_files, default_fetcher, gather, location_of
+from adapters.fetch_allow import FetchAllowlist
 from adapters.registered import NAME_PATTERN, RegisteredAdapter, UpstreamSpec, build_registered
 from adapters.resilience import BreakerStore, ResiliencePolicy
 from gateway.directory import as_utc
@@ -56,8 +57,8 @@ class UpstreamIn(BaseModel):
                 {
                     "name": "huli-fulfilment",
                     "kind": "wsdl",
-                    "url": "http://10.1.2.3/ws/fulfilment?wsdl",
-                    "endpoint": "http://10.1.2.3/ws/fulfilment",
+                    "url": "http://huli.district.example/ws/fulfilment?wsdl",
+                    "endpoint": "http://192.0.2.10/ws/fulfilment",
                     "safe": ["GetSubsidy"],
                 }
             ]
@@ -145,8 +146,12 @@ def prepare(
     policy: Mapping[str, Any] | None = None,
     allow_files: bool = False,
     reserved: frozenset[str] = BUILT_IN,
+    fetch_allow: FetchAllowlist | None = None,
 ) -> Prepared:
-    """Gather the contract and build the adapter (blocking: run it in a thread). Raises Problem naming the cause."""
+    """Gather the contract and build the adapter (blocking: run it in a thread). Raises Problem naming the cause.
+
+    A contract (or a document it imports) is fetched by URL only from where `fetch_allow` admits
+    (MSJX_CONTRACT_FETCH_ALLOW); with none, only uploaded documents (and, from the CLI, local files) are read."""
     if name in reserved:
         raise _problem(ContractError("name_taken", f"{name!r} is a built-in service"), "name")
     try:
@@ -159,7 +164,7 @@ def prepare(
             bundle = bundle_from_files(kind, files, root or "")
         else:
             location = location_of(source or "", allow_files=allow_files)
-            bundle = gather(kind, location, default_fetcher(allow_files=allow_files))
+            bundle = gather(kind, location, default_fetcher(allow_files=allow_files, allow=fetch_allow))
             bundle = ContractBundle(bundle.kind, bundle.root, bundle.documents, source or location)
         spec = UpstreamSpec(name, bundle, endpoint, resilience, frozenset(safe))
         adapter = build_registered(spec)

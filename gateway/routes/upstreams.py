@@ -25,7 +25,8 @@ LIVE = "Live on every gateway node within about a second, without a restart."
     status_code=201,
     summary="Register an upstream",
     description=(
-        "Admin only. The contract (by http(s) URL, or its documents inline) is read once and stored; its operations "
+        "Admin only. The contract (its documents inline, or by http(s) URL from a host the operator allows in "
+        "MSJX_CONTRACT_FETCH_ALLOW, else 422 `contract_fetch_forbidden`) is read once and stored; its operations "
         "become `/v1/services/{name}/{operation}` with JSON schemas derived from it. rpc/encoded, MTOM and other "
         "constructs the gateway cannot carry are refused here (422 `contract_unsupported`, naming them). "
         + LIVE
@@ -54,6 +55,7 @@ async def add_upstream(request: Request) -> Response:
             policy=body.policy,
             allow_files=False,
             reserved=reserved,
+            fetch_allow=runtime.settings.contract_fetch_allowlist,
         )
         async with runtime.sessions() as session:
             out = await upstreams.add_upstream(session, prepared, exchange.principal.caller.caller_id)
