@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit_committer import Committer, PostgresCommitter, SqliteCommitter, describe_error
 from gateway.audit_files import AuditFileError, digest_suite, file_digest, scan, verify_file
 from gateway.db import SQLITE_PRAGMAS
+from gateway.dependencies import Dependency, is_database_outage
 from gateway.models import AUDIT_COLUMNS, AuditArchive, AuditCheckpoint, AuditRecord, AuditSigner
 from gateway.settings import Settings
 from security.audit_chain import (
@@ -156,8 +157,10 @@ class AuditWriter:
         witness_path: Path | None = None,
         batch_max: int = 512,
         clock: Any = now_ms,
+        health: Dependency | None = None,
     ) -> None:
         self._engine = engine
+        self.health = health or Dependency("database", "database_unavailable", "Database unavailable")
         self._committer: Committer
         if engine.dialect.name == "sqlite":
             database = engine.url.database
@@ -428,14 +431,18 @@ class AuditWriter:
             # The commit may have happened before the error reached us: read the head again before the next batch.
             self._resync = True
             self.last_error = type(exc).__name__
-            # The whole error, not just its class: "CommitterError" alone told an operator nothing.
-            log.error("audit commit of %d records failed: %s", len(batch), describe_error(exc))
+            if is_database_outage(exc):  # one warning when the store goes, one when it is back; counted between
+                self.health.failed(exc)
+            else:
+                # The whole error, not just its class: "CommitterError" alone told an operator nothing.
+                log.error("audit commit of %d records failed: %s", len(batch), describe_error(exc))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(AuditUnavailable("the audit store could not commit the record"))
             return
         self.height, self.head = height, head
         self.last_error = None
+        self.health.succeeded()
         self.batches += 1
         if checkpoint is not None:
             await self._sealed(checkpoint)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from gateway.dependencies import REDIS_ERRORS
 from gateway.directory import CallerInfo, Directory
 from gateway.problems import Problem
 from gateway.state import NonceStore
@@ -24,6 +25,7 @@ TITLES = {
     "key_unknown": "Signing key is unknown",
     "key_revoked": "Signing key is revoked",
     "nonce_replayed": "Nonce was already used",
+    "signature_before_restart": "Signature predates the gateway's replay memory",
 }
 
 
@@ -74,6 +76,16 @@ class Authenticator:
             check_created(params, time.time(), self._max_skew)
         except SignatureFailure as failure:
             raise _refuse(failure.code, failure.detail, key_id=failure.key_id) from None
+        # The nonce store remembers nothing from before it started (a gateway restart in-process, a Redis restart):
+        # a signature made earlier may have been used already, and a replay of it would pass the nonce check.
+        # Whole seconds: `created` has no fraction, and a signature of the store's first second is no older.
+        if params.created < int(self._nonces.started):
+            raise _refuse(
+                "signature_before_restart",
+                f"signature created {int(self._nonces.started) - params.created} s before the gateway's replay"
+                " memory started (it restarted); sign the request again",
+                key_id=params.key_id,
+            )
         key = await self._directory.key(params.key_id)
         if key is None:
             raise _refuse("key_unknown", f"no key with id {params.key_id!r} is registered", key_id=params.key_id)
@@ -98,7 +110,16 @@ class Authenticator:
         except SignatureFailure as failure:
             raise _refuse(failure.code, failure.detail, **caller_context) from None
         # Only a verified signature may spend a nonce, so nobody can burn another caller's nonces.
-        if not await self._nonces.claim(key.key_id, params.nonce, 2 * self._max_skew + 1):
+        health = self._nonces.health
+        try:
+            fresh = await self._nonces.claim(key.key_id, params.nonce, params.created, self._max_skew)
+        except REDIS_ERRORS as exc:  # fail closed: a nonce that cannot be recorded could be replayed
+            health.failed(exc)
+            problem = health.problem("the request's nonce could not be recorded, so it was not accepted; retry later")
+            problem.context = caller_context
+            raise problem from None
+        health.succeeded()
+        if not fresh:
             raise _refuse("nonce_replayed", "this nonce was already used with this key", **caller_context)
         return Principal(caller=key.caller, key_id=key.key_id)
 

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from gateway.dependencies import Dependency, is_database_outage
 from gateway.models import Caller, CallerKey, Grant
 from security.keys import KeyFormatError, load_public_key
 
@@ -83,8 +84,9 @@ def as_utc(value: datetime) -> datetime:
 
 
 class Directory:
-    def __init__(self, sessions: async_sessionmaker, ttl: float = 0.8) -> None:
+    def __init__(self, sessions: async_sessionmaker, ttl: float = 0.8, health: Dependency | None = None) -> None:
         self._sessions = sessions
+        self.health = health or Dependency("database", "database_unavailable", "Database unavailable")
         self._ttl = ttl
         # A ttl of 0 asks for no caching at all: then no stale snapshot either.
         self._stale_limit = max(ttl, min(ttl + STALE_GRACE, REVOCATION_BOUND)) if ttl > 0 else 0.0
@@ -117,11 +119,26 @@ class Directory:
         if snapshot is not None and age < self._stale_limit:
             return snapshot
         # Shielded: a caller that gives up (client gone, timeout) does not cancel the reload others wait for.
-        return await asyncio.shield(reload)
+        try:
+            return await asyncio.shield(reload)
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+            # Counted once, by the reload; every request waiting on it gets the 503.
+            raise self.health.problem(
+                "callers, keys and grants could not be read from the database, so the request was not checked;"
+                " retry later"
+            ) from None
 
     async def _refresh(self, generation: int) -> _Snapshot:
         try:
-            snapshot = await self._load()
+            try:
+                snapshot = await self._load()
+            except Exception as exc:
+                if is_database_outage(exc):
+                    self.health.failed(exc)
+                raise
+            self.health.succeeded()
             if generation == self._generation:  # not invalidated meanwhile
                 self._snapshot = snapshot
             return snapshot
@@ -170,5 +187,6 @@ class Directory:
 
 def _log_failure(task: asyncio.Task[_Snapshot]) -> None:
     # Callers served the old snapshot never see the error; the next one past the ttl starts another reload.
-    if not task.cancelled() and task.exception() is not None:
-        log.error("directory reload failed: %s", type(task.exception()).__name__)
+    # A database outage is logged once by the Dependency, not at every reload.
+    if not task.cancelled() and (exc := task.exception()) is not None and not is_database_outage(exc):
+        log.error("directory reload failed: %s", type(exc).__name__)

@@ -11,12 +11,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import metrics
 from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
 from gateway.auth import Principal
+from gateway.dependencies import is_database_outage
 from gateway.json_bodies import check_depth
 from gateway.problems import Problem
 from gateway.runtime import Runtime
@@ -138,11 +140,13 @@ async def run_exchange(
         return _audit_down(request_id, instance)
     except Problem as problem:
         return await _record_problem(runtime, event, problem, started, instance)
-    except Exception:
-        log.exception("unhandled error in %s (request %s)", event_name, request_id)
-        problem = Problem(
-            500, "internal_error", "Internal error", "the gateway failed; the request id names it in logs"
-        )
+    except Exception as exc:
+        problem = _outage_problem(runtime, exc)
+        if problem is None:
+            log.exception("unhandled error in %s (request %s)", event_name, request_id)
+            problem = Problem(
+                500, "internal_error", "Internal error", "the gateway failed; the request id names it in logs"
+            )
         return await _record_problem(runtime, event, problem, started, instance, decision="failed")
     finally:
         runtime.exchanges_in_progress -= 1
@@ -171,9 +175,21 @@ async def _record_problem(
     return problem.response(event.request_id, instance, body=body)
 
 
+def _outage_problem(runtime: Runtime, exc: Exception) -> Problem | None:
+    """A 503 for a store that is down (counted and logged once by its Dependency, no traceback); None for a bug."""
+    if isinstance(exc, RedisError):  # shared state (breakers, payment locks) beyond nonces and quotas
+        runtime.shared_state.failed(exc)
+        return runtime.shared_state.problem("shared state in Redis could not be reached; retry later")
+    if is_database_outage(exc):
+        health = runtime.directory.health
+        health.failed(exc)
+        return health.problem("the database could not be reached; retry later")
+    return None
+
+
 def _audit_down(request_id: str, instance: str) -> Response:
+    # Counted here; the audit writer logs the store going down and coming back, not each refused request.
     metrics.AUDIT_UNAVAILABLE.inc()
-    log.error("request %s refused: the audit store is unavailable", request_id)
     return Problem(
         503,
         "audit_unavailable",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -21,11 +21,12 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from gateway.dependencies import Dependency
 from gateway.directory import GrantInfo
 from gateway.problems import Problem
 from gateway.settings import Settings
 from gateway.sharing.workdays import china_date, seconds_to_next_china_day
-from gateway.state import PipelineBatcher
+from gateway.state import PipelineBatcher, RedisEpoch
 
 log = logging.getLogger("msjx.quotas")
 KEY_PREFIX = "msjx:limits"
@@ -85,6 +86,15 @@ class LoopMemoryStorage(MemoryStorage):
         if value == amount:
             self.expirations[key] = now + expiry
         return value
+
+    def restore(self, key: str, count: int, expiry: float) -> None:
+        """Set a counter to `count` if it is lower, with `expiry` seconds to live if it is new."""
+        now = time.time()
+        if self.expirations.get(key, 0) <= now:
+            self.storage.pop(key, None)
+            self.expirations[key] = now + expiry
+        if self.storage[key] < count:
+            self.storage[key] = count
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + self.SWEEP_SECONDS
@@ -149,24 +159,41 @@ class PipelinedRedisStorage(RedisStorage):
         await self._batcher.close()
 
 
+# Raise a day window's counter to what the audit records say was spent, never lower it: other nodes may have
+# counted calls whose records are not committed yet. A counter that is there keeps its expiry.
+SCRIPT_RESTORE = """
+local current = tonumber(redis.call("get", KEYS[1]) or "0")
+if current >= tonumber(ARGV[1]) then return current end
+redis.call("set", KEYS[1], ARGV[1], "KEEPTTL")
+if redis.call("ttl", KEYS[1]) < 0 then redis.call("expire", KEYS[1], ARGV[2]) end
+return tonumber(ARGV[1])
+"""
+
+
 class Quotas:
-    def __init__(self, storage: Storage, kind: str, redis: Redis | None = None) -> None:
+    def __init__(
+        self, storage: Storage, kind: str, redis: Redis | None = None, epoch: RedisEpoch | None = None
+    ) -> None:
         self._storage = storage
         self._limiter = FixedWindowRateLimiter(storage)
         self._redis = redis
         self.kind = kind
+        self.epoch = epoch  # with Redis: when its server restarted, so the runtime can rebuild the windows
+        self.health = Dependency("quota_store", "quota_store_unavailable", "Quota store unavailable")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
         if settings.redis_url:
             # Our own client, lent to `limits` so that close() can release it. A blocking pool makes a burst
             # wait for a free connection; redis-py's default pool raises past 100 calls in flight.
+            epoch = RedisEpoch()
             pool = BlockingConnectionPool.from_url(
                 settings.redis_url,
                 max_connections=REDIS_CONNECTIONS,
                 timeout=2,
                 socket_connect_timeout=2,
                 socket_timeout=2,
+                redis_connect_func=epoch.connected,
             )
             redis = Redis(connection_pool=pool)
             storage = PipelinedRedisStorage(
@@ -177,7 +204,7 @@ class Quotas:
                 wrap_exceptions=True,
                 connection_pool=redis.connection_pool,
             )
-            return cls(storage, "redis", redis)
+            return cls(storage, "redis", redis, epoch)
         log.warning("MSJX_REDIS_URL is unset: quotas and rate limits are counted in this process, so run ONE node only")
         return cls(LoopMemoryStorage(wrap_exceptions=True), "memory")
 
@@ -218,14 +245,23 @@ class Quotas:
                     seconds_to_next_china_day(moment),
                 )
         except StorageError as exc:
-            log.error("quota store failed: %s", type(exc.storage_error).__name__)
-            raise Problem(
-                503,
-                "quota_store_unavailable",
-                "Quota store unavailable",
-                "the call could not be counted against its quota, so it was not made; retry later",
-                headers={"Retry-After": "1"},
+            self.health.failed(exc.storage_error)
+            raise self.health.problem(
+                "the call could not be counted against its quota, so it was not made; retry later"
             ) from None
+        self.health.succeeded()
+
+    async def restore(self, scope: str, daily_quota: int, spent: int, day: date) -> None:
+        """Raise the day window of `scope` (a grant, or a sharing request's grants) to `spent` calls, if lower."""
+        item = quota_item(daily_quota)
+        key = item.key_for("quota", scope, day.isoformat())
+        if isinstance(self._storage, PipelinedRedisStorage):
+            assert self._redis is not None
+            prefixed = self._storage.bridge.prefixed_key(key)
+            await self._redis.eval(SCRIPT_RESTORE, 1, prefixed, spent, item.get_expiry())  # type: ignore[misc]
+            return
+        assert isinstance(self._storage, LoopMemoryStorage)
+        self._storage.restore(key, spent, item.get_expiry())
 
     async def used_today(self, grant: GrantInfo, now: datetime | None = None) -> int | None:
         """Calls counted today against the grant's daily quota (None when it has none)."""

@@ -18,12 +18,14 @@ from gateway import db
 from gateway.audit import AuditWriter, load_signer, witness_path
 from gateway.audit_keys import open_keyring
 from gateway.auth import Authenticator
+from gateway.dependencies import Dependency, is_database_outage
 from gateway.directory import Directory
 from gateway.idempotency import IdempotencyStore
 from gateway.payments import Payments
+from gateway.quota_rebuild import rebuild_quota_windows
 from gateway.quotas import Quotas
 from gateway.settings import Settings
-from gateway.state import MemoryNonceStore, NonceStore, RedisNonceStore, connect_redis
+from gateway.state import MemoryNonceStore, NonceStore, RedisEpoch, RedisNonceStore, connect_redis
 from gateway.upstreams import AdapterCatalog
 from security.keyring import KeyRing
 from security.masking import install_log_masking
@@ -136,15 +138,22 @@ class Runtime:
     keyring: KeyRing | None = None
     # Signed exchanges this worker has begun and not yet answered: how congested its event loop is.
     exchanges_in_progress: int = 0
+    # Redis beyond nonces and quotas (breakers, payment locks): a 503 of its own when it is down.
+    shared_state: Dependency = field(
+        default_factory=lambda: Dependency("shared_state", "state_store_unavailable", "Shared state unavailable")
+    )
     _key_refresher: asyncio.Task[None] | None = None
+    _quota_rebuild: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> Runtime:
         engine = db.create_engine(settings)
         sessions = db.sessionmaker(engine)
-        directory = Directory(sessions, ttl=settings.grant_cache_seconds)
+        database = Dependency("database", "database_unavailable", "Database unavailable")
+        directory = Directory(sessions, ttl=settings.grant_cache_seconds, health=database)
         if settings.redis_url:
-            nonces: NonceStore = RedisNonceStore(connect_redis(settings.redis_url))
+            epoch = RedisEpoch()
+            nonces: NonceStore = RedisNonceStore(connect_redis(settings.redis_url, epoch=epoch), epoch)
             await nonces.ping()
             log.info("shared state in Redis: nonces are seen by every node")
         else:
@@ -162,6 +171,7 @@ class Runtime:
             checkpoint_seconds=settings.audit_checkpoint_seconds,
             witness_path=witness_path(settings, settings.node_id),
             batch_max=settings.audit_batch_max,
+            health=database,
         )
         await audit.start()
         log.info(
@@ -175,11 +185,14 @@ class Runtime:
         breakers = breaker_store(settings)
         for adapter in static.values():
             adapter.configure_resilience(store=breakers)
-        catalog = AdapterCatalog(static, sessions, breakers)
+        catalog = AdapterCatalog(static, sessions, breakers, health=database)
         await catalog.start()
         offload = await start_offload(settings)
         authenticator = Authenticator(directory, nonces, settings.signature_max_skew, offload)
         quotas = Quotas.from_settings(settings)
+        # In memory the counters start from zero with the process (and in Redis when it lost them): today's calls
+        # are in the audit records, so a restart does not give a used-up quota back.
+        await rebuild_quota_windows(engine, quotas)
         payments = start_payments(settings, sessions, audit, catalog)
         if payments is not None:
             await payments.start()
@@ -198,7 +211,26 @@ class Runtime:
             keyring=keyring,
         )
         runtime._key_refresher = asyncio.create_task(runtime._refresh_keys(), name="audit-key-refresh")
+        if quotas.epoch is not None:
+            quotas.epoch.on_restart(runtime._rebuild_quotas_soon)
         return runtime
+
+    def _rebuild_quotas_soon(self) -> None:
+        """Redis restarted: rebuild today's quota windows from the audit records, beside the requests."""
+        if self._quota_rebuild is not None and not self._quota_rebuild.done():
+            return
+        self._quota_rebuild = asyncio.get_running_loop().create_task(self._rebuild_quotas(), name="quota-rebuild")
+
+    async def _rebuild_quotas(self) -> None:
+        for attempt in range(30):
+            try:
+                await rebuild_quota_windows(self.engine, self.quotas)
+                return
+            except Exception as exc:  # the database or Redis may still be coming back: try again shortly
+                if attempt == 0:
+                    log.warning("quota windows not rebuilt yet after the Redis restart: %s", type(exc).__name__)
+                await asyncio.sleep(1.0)
+        log.error("quota windows were not rebuilt after the Redis restart: today's counts restart from zero")
 
     async def _refresh_keys(self) -> None:
         """Re-read the key ring every second: rotations and destructions by any node reach this one without restart."""
@@ -209,9 +241,16 @@ class Runtime:
                 await self.keyring.refresh()
                 await self.keyring.rotate_if_due()
             except Exception as exc:  # the store may be briefly down; the keys in memory stay usable
-                log.warning("audit key ring refresh failed: %s", type(exc).__name__)
+                if is_database_outage(exc):
+                    self.directory.health.failed(exc)
+                else:
+                    log.warning("audit key ring refresh failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
+        if self._quota_rebuild is not None:
+            self._quota_rebuild.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quota_rebuild
         if self._key_refresher is not None:
             self._key_refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,6 +26,7 @@ from adapters.contracts import ContractBundle, ContractError, bundle_from_files,
 from adapters.fetch_allow import FetchAllowlist
 from adapters.registered import NAME_PATTERN, RegisteredAdapter, UpstreamSpec, build_registered
 from adapters.resilience import BreakerStore, ResiliencePolicy
+from gateway.dependencies import Dependency, is_database_outage
 from gateway.directory import as_utc
 from gateway.models import Grant, RegisteredUpstream
 from gateway.problems import Problem
@@ -267,7 +268,9 @@ class AdapterCatalog(Mapping[str, Adapter]):
         sessions: async_sessionmaker | None = None,
         store: BreakerStore | None = None,
         interval: float = REFRESH_SECONDS,
+        health: Dependency | None = None,
     ) -> None:
+        self.health = health
         self._static = dict(static)
         self._sessions = sessions
         self._store = store
@@ -322,7 +325,10 @@ class AdapterCatalog(Mapping[str, Adapter]):
             try:
                 await self.refresh()
             except Exception as exc:  # the database may be away for a moment; the current set stays in service
-                log.warning("registered upstreams not refreshed: %s", exc)
+                if self.health is not None and is_database_outage(exc):
+                    self.health.failed(exc)  # logged once for the outage, counted every time
+                else:
+                    log.warning("registered upstreams not refreshed: %s", exc)
 
     async def refresh(self) -> None:
         """Bring the registered adapters in line with the database (cheap when nothing changed)."""

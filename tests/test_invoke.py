@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ from sqlalchemy import select, text
 
 from gateway.audit import verify_all
 from gateway.models import AuditRecord
+from gateway.state import MemoryNonceStore
 from security.signatures import sign_request
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
 from tests.conftest import PURPOSE, Identity, RunningGateway
@@ -143,10 +145,29 @@ async def test_signature_outside_window_is_refused(gateway: RunningGateway, offs
     await _assert_refused_401(gateway, signed(gateway, gateway.platform, created=created), "signature_expired")
 
 
+def nonce_memory_since(gateway: RunningGateway, seconds_ago: float) -> None:
+    """Pretend the gateway's nonce store (this process, or the Redis server) started `seconds_ago`."""
+    nonces = gateway.runtime.nonces
+    target = nonces if isinstance(nonces, MemoryNonceStore) else nonces.epoch
+    target.started = time.time() - seconds_ago
+
+
 @pytest.mark.parametrize("offset", [-200, 200])
 async def test_signature_inside_window_is_accepted(gateway: RunningGateway, offset: int) -> None:
-    # ±300 s is the gateway's window both ways: a client clock 200 s ahead is still in it.
+    # ±300 s is the gateway's window both ways: a client clock 200 s ahead is still in it, and one 200 s behind
+    # once the nonce store has been up longer than that (before, see test_signature_before_the_store_started).
+    nonce_memory_since(gateway, 1000)
     created = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset)
+    response = await send(signed(gateway, gateway.platform, created=created))
+    assert response.status_code == 200, response.text
+
+
+async def test_signature_before_the_store_started_is_refused(gateway: RunningGateway) -> None:
+    # Signed 100 s ago, inside the ±300 s window, but before the nonce store started: it may have been used.
+    nonce_memory_since(gateway, 50)
+    created = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=100)
+    await _assert_refused_401(gateway, signed(gateway, gateway.platform, created=created), "signature_before_restart")
+    nonce_memory_since(gateway, 150)
     response = await send(signed(gateway, gateway.platform, created=created))
     assert response.status_code == 200, response.text
 

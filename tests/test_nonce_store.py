@@ -5,51 +5,66 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from gateway.state import MemoryNonceStore, PipelineBatcher, RedisNonceStore, connect_redis
+from gateway.state import MemoryNonceStore, PipelineBatcher, RedisEpoch, RedisNonceStore, connect_redis
 from tests.conftest import check_redis
+
+
+def now() -> int:
+    return int(time.time())
 
 
 @pytest.fixture
 async def store() -> AsyncIterator[RedisNonceStore]:
     url = await check_redis()
-    store = RedisNonceStore(connect_redis(url))
+    epoch = RedisEpoch()
+    store = RedisNonceStore(connect_redis(url, epoch=epoch), epoch)
     yield store
     await store.close()
 
 
 async def test_same_nonce_claimed_concurrently_is_granted_once(store: RedisNonceStore) -> None:
+    created = now()
     key_id = f"test.{secrets.token_hex(6)}"
-    results = await asyncio.gather(*(store.claim(key_id, "nonce-0001", 30) for _ in range(20)))
+    results = await asyncio.gather(*(store.claim(key_id, "nonce-0001", created, 30) for _ in range(20)))
     assert sorted(results) == [False] * 19 + [True]
-    assert await store.claim(key_id, "nonce-0001", 30) is False
+    assert await store.claim(key_id, "nonce-0001", created, 30) is False
 
 
 async def test_distinct_nonces_in_one_pipeline_are_all_granted(store: RedisNonceStore) -> None:
+    created = now()
     key_id = f"test.{secrets.token_hex(6)}"
-    results = await asyncio.gather(*(store.claim(key_id, f"nonce-{i:04d}", 30) for i in range(200)))
+    results = await asyncio.gather(*(store.claim(key_id, f"nonce-{i:04d}", created, 30) for i in range(200)))
     assert results == [True] * 200
-    again = await asyncio.gather(store.claim(key_id, "nonce-0007", 30), store.claim(key_id, "nonce-9999", 30))
+    again = await asyncio.gather(
+        store.claim(key_id, "nonce-0007", created, 30), store.claim(key_id, "nonce-9999", created, 30)
+    )
     assert again == [False, True]
 
 
 async def test_same_nonce_under_another_key_is_another_claim(store: RedisNonceStore) -> None:
+    created = now()
     first, second = f"test.{secrets.token_hex(6)}", f"test.{secrets.token_hex(6)}"
-    assert await asyncio.gather(store.claim(first, "shared-nonce", 30), store.claim(second, "shared-nonce", 30)) == [
+    assert await asyncio.gather(
+        store.claim(first, "shared-nonce", created, 30), store.claim(second, "shared-nonce", created, 30)
+    ) == [
         True,
         True,
     ]
 
 
 async def test_unreachable_redis_fails_every_waiter() -> None:
-    store = RedisNonceStore(connect_redis("redis://127.0.0.1:1/0"))
+    created = now()
+    epoch = RedisEpoch()
+    store = RedisNonceStore(connect_redis("redis://127.0.0.1:1/0", epoch=epoch), epoch)
     try:
         outcomes = await asyncio.gather(
-            *(store.claim("k", f"nonce-{i:04d}", 30) for i in range(5)), return_exceptions=True
+            *(store.claim("k", f"nonce-{i:04d}", created, 30) for i in range(5)), return_exceptions=True
         )
     finally:
         await store.close()
@@ -57,8 +72,9 @@ async def test_unreachable_redis_fails_every_waiter() -> None:
 
 
 async def test_memory_store_grants_once() -> None:
+    created = now()
     store = MemoryNonceStore()
-    assert [await store.claim("k", "n-000001", 30) for _ in range(2)] == [True, False]
+    assert [await store.claim("k", "n-000001", created, 30) for _ in range(2)] == [True, False]
 
 
 async def test_a_burst_beyond_the_pool_waits_instead_of_failing() -> None:
@@ -97,3 +113,43 @@ async def test_commands_of_one_loop_turn_share_one_pipeline_and_results_stay_in_
         await redis.delete(key)
         await batcher.close()
         await redis.aclose()
+
+
+async def test_memory_store_forgets_a_second_once_its_signatures_expire() -> None:
+    clock = [1_000_000.0]
+    store = MemoryNonceStore(clock=lambda: clock[0])
+    created = int(clock[0])
+    assert await store.claim("k", "n-000001", created, 300) is True
+    assert await store.claim("k", "n-000001", created + 1, 300) is True, "another created is another signature"
+    clock[0] += 300  # created + 300: the signature is still inside the window, so its nonce must be remembered
+    assert await store.claim("k", "n-000001", created, 300) is False
+    clock[0] += 1  # past created + 300: a replay is refused as expired, so the entry may go
+    assert await store.claim("k", "n-000002", created + 301, 300) is True
+    assert len(store) == 2, "the expired second was dropped, the next one kept"
+
+
+async def test_memory_store_stays_bounded_under_a_steady_rate() -> None:
+    # 1,200 claims a second for 15 simulated minutes: the entries stop growing after the 300 s window.
+    clock = [2_000_000.0]
+    store = MemoryNonceStore(clock=lambda: clock[0])
+    sizes = []
+    for second in range(900):
+        created = int(clock[0])
+        for i in range(1200):
+            assert await store.claim("k", f"{second:04d}-{i:05d}", created, 300)
+        clock[0] += 1
+        if second % 100 == 99:
+            sizes.append(len(store))
+    assert max(sizes) <= 1200 * 302
+    assert sizes[-1] == sizes[-2] == sizes[-3], sizes  # steady
+
+
+async def test_redis_store_started_is_the_server_start(store: RedisNonceStore) -> None:
+    redis = connect_redis(await check_redis())
+    try:
+        info = await redis.info("server")
+    finally:
+        await redis.aclose()
+    await store.ping()
+    expected = time.time() - int(info["uptime_in_seconds"])
+    assert abs(store.started - expected) <= 2
