@@ -18,8 +18,8 @@ from gateway.sharing.workdays import china_date, end_of
 log = logging.getLogger("msjx.quotas")
 
 
-async def spent_today(engine: AsyncEngine, now: datetime) -> dict[str, tuple[int, int]]:
-    """Calls that spent quota today (Beijing time), by quota scope, with the scope's daily quota.
+async def spent_today(engine: AsyncEngine, now: datetime, before: float) -> dict[str, tuple[int, int]]:
+    """Calls that spent quota today (Beijing time) before the time `before`, by quota scope, with its daily quota.
 
     A call spent quota when the quota check let it through: it was answered (`allowed`), or it reached its upstream
     and failed there (it has an upstream time). Refusals before the check, and by it, spent nothing.
@@ -30,6 +30,7 @@ async def spent_today(engine: AsyncEngine, now: datetime) -> dict[str, tuple[int
         select(records.grant_id, func.count())
         .where(
             records.ts_ms >= int(day_start.timestamp() * 1000),
+            records.ts_ms < int(before * 1000),
             records.event == "service.invoke",
             records.grant_id.is_not(None),
             or_(records.decision == "allowed", records.upstream_us.is_not(None)),
@@ -56,12 +57,15 @@ async def spent_today(engine: AsyncEngine, now: datetime) -> dict[str, tuple[int
 
 
 async def rebuild_quota_windows(engine: AsyncEngine, quotas: Quotas, now: datetime | None = None) -> int:
-    """Raise today's counters to what the audit records show was spent; the number of windows restored."""
+    """Give today's counters back the calls their store forgot: those audited before it started (the process, or
+    the Redis server). Returns the number of windows restored."""
     moment = now or datetime.now(UTC)
-    spent = await spent_today(engine, moment)
+    await quotas.connect()
+    started, run = quotas.store_started
+    lost = await spent_today(engine, moment, before=started)
     day = china_date(moment)
-    for scope, (daily_quota, count) in spent.items():
-        await quotas.restore(scope, daily_quota, count, day)
-    if spent:
-        log.info("quota windows of %d grants rebuilt from today's audit records (%s)", len(spent), quotas.kind)
-    return len(spent)
+    for scope, (daily_quota, count) in lost.items():
+        await quotas.restore(scope, daily_quota, count, day, run)
+    if lost:
+        log.info("quota windows of %d grants rebuilt from today's audit records (%s)", len(lost), quotas.kind)
+    return len(lost)

@@ -8,6 +8,7 @@ A daily quota runs from midnight to midnight Beijing time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -87,14 +88,13 @@ class LoopMemoryStorage(MemoryStorage):
             self.expirations[key] = now + expiry
         return value
 
-    def restore(self, key: str, count: int, expiry: float) -> None:
-        """Set a counter to `count` if it is lower, with `expiry` seconds to live if it is new."""
+    def add(self, key: str, count: int, expiry: float) -> None:
+        """Add `count` to a counter, with `expiry` seconds to live if it is new."""
         now = time.time()
         if self.expirations.get(key, 0) <= now:
             self.storage.pop(key, None)
             self.expirations[key] = now + expiry
-        if self.storage[key] < count:
-            self.storage[key] = count
+        self.storage[key] += count
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + self.SWEEP_SECONDS
@@ -159,14 +159,13 @@ class PipelinedRedisStorage(RedisStorage):
         await self._batcher.close()
 
 
-# Raise a day window's counter to what the audit records say was spent, never lower it: other nodes may have
-# counted calls whose records are not committed yet. A counter that is there keeps its expiry.
+# Add the calls a restarted Redis lost (those audited before it started) to a day window's counter, once per server
+# start however many nodes rebuild (the marker), keeping the counter's expiry, or setting one on a new counter.
 SCRIPT_RESTORE = """
-local current = tonumber(redis.call("get", KEYS[1]) or "0")
-if current >= tonumber(ARGV[1]) then return current end
-redis.call("set", KEYS[1], ARGV[1], "KEEPTTL")
+if not redis.call("set", KEYS[2], "1", "NX", "EX", ARGV[2]) then return -1 end
+local count = redis.call("incrby", KEYS[1], ARGV[1])
 if redis.call("ttl", KEYS[1]) < 0 then redis.call("expire", KEYS[1], ARGV[2]) end
-return tonumber(ARGV[1])
+return count
 """
 
 
@@ -179,7 +178,10 @@ class Quotas:
         self._redis = redis
         self.kind = kind
         self.epoch = epoch  # with Redis: when its server restarted, so the runtime can rebuild the windows
+        self.started = time.time()  # in memory: the counters hold nothing from before this
         self.health = Dependency("quota_store", "quota_store_unavailable", "Quota store unavailable")
+        self.rebuilding: asyncio.Task[None] | None = None
+        self.rebuilds = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
@@ -217,6 +219,9 @@ class Quotas:
         day = quota_item(grant.daily_quota) if grant.daily_quota is not None else None
         moment = now or datetime.now(UTC)
         day_id = china_date(moment).isoformat() if day is not None else ""
+        rebuilds = self.rebuilds
+        if self.rebuilding is not None and not self.rebuilding.done():
+            await self._rebuilt()
         try:
             if rate is not None and day is not None and isinstance(self._storage, PipelinedRedisStorage):
                 rate_count, day_count = await self._storage.incr_both(
@@ -230,6 +235,11 @@ class Quotas:
             else:
                 rate_ok = rate is None or await self._limiter.hit(rate, "rate", scope)
                 day_ok = not rate_ok or day is None or await self._limiter.hit(day, "quota", scope, day_id)
+            if day_ok and day is not None and self.rebuilds != rebuilds:
+                # Redis restarted while this call was counted, on a window that did not hold the day's calls yet:
+                # judge the call again once the window is rebuilt from the audit records.
+                await self._rebuilt()
+                day_ok = await self._storage.get(day.key_for("quota", scope, day_id)) <= day.amount
             if not rate_ok:
                 assert rate is not None
                 stats = await self._limiter.get_window_stats(rate, "rate", scope)
@@ -251,17 +261,50 @@ class Quotas:
             ) from None
         self.health.succeeded()
 
-    async def restore(self, scope: str, daily_quota: int, spent: int, day: date) -> None:
-        """Raise the day window of `scope` (a grant, or a sharing request's grants) to `spent` calls, if lower."""
+    def rebuild_with(self, task: asyncio.Task[None]) -> None:
+        """`task` rebuilds the day windows (Redis restarted): calls wait for it before they are counted."""
+        self.rebuilds += 1
+        self.rebuilding = task
+
+    async def _rebuilt(self) -> None:
+        while (task := self.rebuilding) is not None:
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():  # this call itself was cancelled
+                    raise
+                if task is self.rebuilding:  # cancelled without a successor (shutdown)
+                    return
+                continue  # replaced by a newer rebuild (Redis restarted again): wait for that one
+            except Exception:  # a failed rebuild was logged; counting goes on from what is there
+                return
+            return
+
+    async def connect(self) -> None:
+        """With Redis: reach the server, and so learn when it started (the first connection asks)."""
+        if self._redis is not None:
+            await self._redis.ping()
+
+    @property
+    def store_started(self) -> tuple[float, str]:
+        """Since when the counters hold the calls, and a name for that life of the store."""
+        if self.epoch is not None:
+            return self.epoch.started, self.epoch.run_id or "unknown"
+        return self.started, "memory"
+
+    async def restore(self, scope: str, daily_quota: int, lost: int, day: date, store_run: str) -> None:
+        """Add `lost` calls to the day window of `scope` (a grant, or a sharing request's grants): the calls the
+        counter store forgot when it (re)started as `store_run`. Counted once per `store_run`."""
         item = quota_item(daily_quota)
         key = item.key_for("quota", scope, day.isoformat())
         if isinstance(self._storage, PipelinedRedisStorage):
             assert self._redis is not None
             prefixed = self._storage.bridge.prefixed_key(key)
-            await self._redis.eval(SCRIPT_RESTORE, 1, prefixed, spent, item.get_expiry())  # type: ignore[misc]
+            marker = f"{prefixed}:rebuilt:{store_run}"
+            await self._redis.eval(SCRIPT_RESTORE, 2, prefixed, marker, lost, item.get_expiry())  # type: ignore[misc]
             return
         assert isinstance(self._storage, LoopMemoryStorage)
-        self._storage.restore(key, spent, item.get_expiry())
+        self._storage.add(key, lost, item.get_expiry())
 
     async def used_today(self, grant: GrantInfo, now: datetime | None = None) -> int | None:
         """Calls counted today against the grant's daily quota (None when it has none)."""

@@ -216,10 +216,11 @@ class Runtime:
         return runtime
 
     def _rebuild_quotas_soon(self) -> None:
-        """Redis restarted: rebuild today's quota windows from the audit records, beside the requests."""
+        """Redis restarted: rebuild today's quota windows from the audit records; calls wait for it."""
         if self._quota_rebuild is not None and not self._quota_rebuild.done():
-            return
+            self._quota_rebuild.cancel()  # it may have read the old server's counters: start again on the new one
         self._quota_rebuild = asyncio.get_running_loop().create_task(self._rebuild_quotas(), name="quota-rebuild")
+        self.quotas.rebuild_with(self._quota_rebuild)
 
     async def _rebuild_quotas(self) -> None:
         for attempt in range(30):
