@@ -2,9 +2,10 @@
 
 Scenarios (the JSON keys): direct (wrk → credit simulator), nginx (wrk → nginx → simulator), bare_hop (wrk →
 FastAPI forwarder → simulator), gateway_sqlite and gateway_pg_redis (wrk → `msjx-gateway serve` → simulator,
-every request signed, nonce-checked, granted, minimized and audited), soap and audit (from bench.soap and
-bench.audit when those modules exist). Each reports rps, p50_ms, p99_ms, cpu_us_per_req (CPU time of the
-process under test per request, from /proc/<pid>/stat) and peak_rss_mb (its VmHWM).
+every request signed, nonce-checked, granted, minimized and audited), soak (the SQLite gateway paced for 10
+minutes, its memory growth: bench/soak.py), soap and audit (from bench.soap and bench.audit when those modules
+exist). Each reports rps, p50_ms, p99_ms, cpu_us_per_req (CPU time of the process under test per request, from
+/proc/<pid>/stat) and peak_rss_mb (its VmHWM); soak reports rss_growth_mb_per_min.
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ class Bench:
                 ("bare_hop", self.bare_hop),
                 ("gateway_sqlite", self.gateway_sqlite),
                 ("gateway_pg_redis", self.gateway_pg_redis),
+                ("soak", self.soak),
             ):
                 if self.config.wants(name):
                     self.results[name] = self._guarded(name, scenario)
@@ -369,6 +371,66 @@ class Bench:
             if backend:
                 with contextlib.suppress(Exception):
                     asyncio.run(seed.forget_nonces(caller.key_id))
+
+    def soak(self) -> dict[str, Any]:
+        """The SQLite gateway (nonces in its own memory) under a steady paced load: 10 minutes (quick: 20 s, with a
+        5 s signature window so that it still reaches the steady state), RSS sampled throughout (bench/soak.py).
+
+        Pre-signed requests carry the time they were signed, and a signature is good for the skew window only, so
+        the load runs in segments of a minute (quick: 10 s), each replaying requests signed just before it.
+        """
+        from bench import seed, soak
+        from bench.presign import Presigner, pool_size
+        from gateway.settings import Settings
+
+        quick = self.config.quick
+        total, segment, skew, interval = (20.0, 10.0, 5, 1.0) if quick else (600.0, 60.0, 300, 5.0)
+        rate = soak.target_rate(self.results.get("gateway_sqlite"))
+        data_dir = self.workdir / "gateway-soak"
+        settings = Settings(data_dir=data_dir, upstream_urls={"credit": self.upstream}, log_level="warning")
+        caller = asyncio.run(seed.seed(settings))
+        port = free_port()
+        env = {name: value for name, value in os.environ.items() if not name.startswith("MSJX_")}
+        env |= {
+            "MSJX_DATA_DIR": str(data_dir),
+            "MSJX_UPSTREAM_URLS": json.dumps({"credit": self.upstream}),
+            "MSJX_LOG_LEVEL": "warning",
+            "MSJX_SIGNATURE_MAX_SKEW": str(skew),
+        }
+        command = [sys.executable, "-m", "gateway.cli", "serve", "--host", HOST, "--port", str(port)]
+        signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, self.body(seed.PURPOSE), caller.key_id, caller.private_key)
+        url = f"http://{HOST}:{port}/"
+        loads = []
+        with Server("soak", command, f"http://{HOST}:{port}/healthz", log_dir=self.workdir, env=env) as server:
+            sampler = soak.RssSampler(server.pid, interval)
+            sampler.start()
+            started = time.monotonic()
+            try:
+                while (left := total - (time.monotonic() - started)) >= 1:
+                    seconds = min(segment, left)
+                    requests_file = signer.write(self.workdir / "soak.requests", pool_size(rate, seconds))
+                    load = wrk.run_wrk(
+                        url,
+                        seconds=seconds,
+                        connections=self.config.connections,
+                        requests_file=requests_file,
+                        rate=rate,
+                    )
+                    loads.append(load)
+                    print(
+                        f"  soak {time.monotonic() - started:5.0f} s: {load.rps:7,.0f} req/s,"
+                        f" rss {soak.rss_mb(server.pid):6.1f} MB, errors {load.errors}",
+                        flush=True,
+                    )
+            finally:
+                samples = sampler.stop()
+        result = soak.summarize(samples, loads, skew, rate)
+        print(
+            f"  soak: rss {result['rss_start_mb']} → {result['rss_end_mb']} MB, growth from"
+            f" {result['steady_from_s']:.0f} s on {result['rss_growth_mb_per_min']} MB/min",
+            flush=True,
+        )
+        return result
 
     def half_rate(
         self,

@@ -16,6 +16,7 @@ from bench.procs import ROOT
 
 SCENARIOS = ("direct", "nginx", "bare_hop", "gateway_sqlite", "gateway_pg_redis", "soap", "audit")
 RSS_LIMIT_MB = 250.0
+SOAK_GROWTH_LIMIT = 1.0  # MB a minute (issue 13 M7)
 
 
 def _cpu_model() -> str:
@@ -157,7 +158,26 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     out["peak_rss"] = _target(rule, max(peaks) if peaks else None, RSS_LIMIT_MB, False, "; ".join(filter(None, why)))
     if peaks and why:
         out["peak_rss"]["note"] = "; ".join(filter(None, why))
+    soak, problem = _measured(results, "soak")
+    rule = f"soak.rss_growth_mb_per_min <= {SOAK_GROWTH_LIMIT:g} (gateway RSS slope once the nonce window is full)"
+    value = soak.get("rss_growth_mb_per_min") if soak is not None else None
+    out["soak_rss_growth"] = _target(rule, value, SOAK_GROWTH_LIMIT, False, problem or "too few samples")
+    if soak is not None and soak.get("duration_s", 0) < 300:
+        out["soak_rss_growth"]["note"] = f"a short soak ({soak['duration_s']:.0f} s, {soak['skew_s']} s window)"
     return out
+
+
+def _soak_lines(soak: Any) -> list[str]:
+    if not isinstance(soak, dict) or "rss_growth_mb_per_min" not in soak:
+        return []
+    return [
+        "",
+        f"Soak: the SQLite gateway paced at {soak['target_rate']:g} req/s for {soak['duration_s']:.0f} s"
+        f" ({soak['segments']} segments, signature window {soak['skew_s']} s): {soak['rps']:,.0f} req/s,"
+        f" {soak['requests']:,} requests, {soak['errors']} errors; RSS {soak['rss_start_mb']} → {soak['rss_end_mb']} MB"
+        f" (max {soak['rss_max_mb']}), growing {soak['rss_growth_while_filling_mb_per_min']} MB/min while the nonce"
+        f" window filled and **{soak['rss_growth_mb_per_min']} MB/min** from {soak['steady_from_s']:.0f} s on.",
+    ]
 
 
 # --- markdown -----------------------------------------------------------------------------------------------------
@@ -292,7 +312,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [_row(name, results.get(name)) for name in SCENARIOS]
     lines += _half_rate_lines(results.get("half_rate"), "gateway_sqlite", info["load"]["half_rate_run_s"])
     lines += _half_rate_lines(results.get("half_rate_pg_redis"), "gateway_pg_redis", info["load"]["half_rate_run_s"])
-    lines += _soap_lines(results.get("soap")) + _audit_lines(results.get("audit"))
+    lines += _soap_lines(results.get("soap")) + _audit_lines(results.get("audit")) + _soak_lines(results.get("soak"))
     lines += [
         "",
         "| target | value | threshold | result | same ratio by CPU µs/req |",
