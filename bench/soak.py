@@ -37,18 +37,18 @@ class RssSampler(threading.Thread):
         self.pid = pid
         self.interval = interval
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._started = time.monotonic()
+        self._halt = threading.Event()
+        self._t0 = time.monotonic()
 
     def run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic() - self._started, rss_mb(self.pid)))
-            self._stop.wait(self.interval)
+        while not self._halt.is_set():
+            self.samples.append((time.monotonic() - self._t0, rss_mb(self.pid)))
+            self._halt.wait(self.interval)
 
     def stop(self) -> list[tuple[float, float]]:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
-        self.samples.append((time.monotonic() - self._started, rss_mb(self.pid)))
+        self.samples.append((time.monotonic() - self._t0, rss_mb(self.pid)))
         return self.samples
 
 

@@ -17,9 +17,8 @@ from gateway.problems import Problem
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
 from security.keys import KeyFormatError, load_public_key
 
-# As the sharing workflow bounds an approved quota (schemas/sharing.py); a larger number is no quota at all, and one
-# past 64 bits cannot be stored.
-MAX_DAILY_QUOTA = 100_000_000
+# What the grants.daily_quota column holds (a 32-bit INTEGER on PostgreSQL); a larger number failed the insert.
+MAX_DAILY_QUOTA = 2**31 - 1
 
 
 def _now() -> datetime:

@@ -133,7 +133,7 @@ async def test_a_grant_quota_beyond_any_column_is_a_422(gateway: RunningGateway)
         "purpose": "HUGE-1",
         "fields": ["listed"],
         "valid_to": "2099-01-01T00:00:00+00:00",
-        "daily_quota": 1 << 62,  # fits a 64-bit column, but no real quota
+        "daily_quota": 1 << 40,  # past the 32-bit column
     }
     async with gateway.client(gateway.admin) as client:
         response = await client.post("/v1/grants", json=body)
