@@ -4,6 +4,7 @@ encodes them, and a dot segment ('.' or '..') is refused with 422 naming the fie
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +15,10 @@ from adapters.openapi import path_segment
 from adapters.registered import RegisteredAdapter
 from gateway.problems import validation_problem
 from gateway.upstreams import prepare
+from tests.conftest import PURPOSE, RunningGateway
 from tests.district_upstreams import serving
+from tests.test_invoke import last_record
+from tests.test_sharing import problem
 
 CONTRACT = """{
   "openapi": "3.0.3",
@@ -107,3 +111,40 @@ def test_path_segment_never_writes_a_dot_segment() -> None:
     for value in (".", ".."):
         with pytest.raises(ValueError, match="dot segment"):
             path_segment([value])
+
+
+async def test_the_invoke_path_refuses_a_dot_segment_with_its_own_code(gateway: RunningGateway) -> None:
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({"path": request.raw_path})
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", answer)
+    async with serving(app) as url, gateway.client(gateway.admin) as admin, gateway.client() as platform:
+        body = {"name": "records", "kind": "openapi", "files": {"api.json": CONTRACT}, "root": "api.json"}
+        registered = await admin.post("/v1/upstreams", json={**body, "endpoint": url + "/api"})
+        assert registered.status_code == 201, registered.text
+        grant = await admin.post(
+            "/v1/grants",
+            json={
+                "caller_id": "platform",
+                "service": "records",
+                "operation": "getRecord",
+                "purpose": PURPOSE,
+                "fields": ["path"],
+                "valid_to": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+            },
+        )
+        assert grant.status_code == 201, grant.text
+        invoke = "/v1/services/records/getRecord"
+        ok = await platform.post(invoke, json={"purpose": PURPOSE, "params": {"name": "a/b"}})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["data"] == {"path": "/api/records/a%2Fb"}
+        refused = await platform.post(invoke, json={"purpose": PURPOSE, "params": {"name": ".."}})
+    body = problem(refused, 422, "path_dot_segment")
+    assert [(error["field"], error["type"]) for error in body["errors"]] == [("params/name", "path_dot_segment")]
+    assert seen == ["/api/records/a%2Fb"]
+    record = await last_record(gateway)
+    assert (record["decision"], record["reason_code"]) == ("refused", "path_dot_segment")

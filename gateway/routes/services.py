@@ -94,7 +94,10 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     try:
         params = operation.input_model.model_validate(body.params)
     except ValidationError as exc:
-        raise validation_problem(exc.errors(), prefix=("params",)) from None
+        problem = validation_problem(exc.errors(), prefix=("params",))
+        if any(error["type"] == "path_dot_segment" for error in problem.errors or ()):
+            problem.code = "path_dot_segment"  # a traversal attempt, not a typo: its own code for the audit and alerts
+        raise problem from None
     event.subject = getattr(params, "uscc", None)
     # Counted only for a call that will be made: a refused or malformed one spends no quota.
     await runtime.quotas.check(grant)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import orjson
 
 from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
+from gateway.dependencies import is_database_outage
 from gateway.runtime import Runtime
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
@@ -97,8 +98,11 @@ class SharingService:
         while True:
             try:
                 await self.sweep()
-            except Exception:  # a failed sweep is retried at the next tick; the request path never depends on it
-                log.exception("sharing sweep failed")
+            except Exception as exc:  # a failed sweep is retried at the next tick; the request path never depends on it
+                if is_database_outage(exc):  # logged once for the outage by the database's Dependency
+                    self.runtime.directory.health.failed(exc)
+                else:
+                    log.exception("sharing sweep failed")
             await asyncio.sleep(self.interval)
 
     async def sweep(self) -> list[SharingRequestOut]:
