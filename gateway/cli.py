@@ -107,6 +107,7 @@ def serve(
 
     from gateway import db, heap
     from gateway.app import create_app
+    from gateway.http_guard import guarded_protocol
 
     settings = _settings(data_dir)
     _logging(settings.log_level)
@@ -145,7 +146,8 @@ def serve(
             host=host,
             port=port,
             log_level=settings.log_level,
-            **SERVER_OPTIONS,
+            # The same server, with bounds on request heads, slow clients and connections (gateway/http_guard.py).
+            **{**SERVER_OPTIONS, "http": guarded_protocol(settings)},
         )
     finally:
         if simulators is not None:

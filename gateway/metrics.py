@@ -1,4 +1,5 @@
-"""Prometheus metrics: exchanges by outcome, their latency, upstream time, audit failures; provisional deadlines."""
+"""Prometheus metrics: exchanges by outcome, their latency, upstream time, audit failures; provisional deadlines;
+what was refused before it became an exchange."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ PROVISIONAL_DEADLINES = Gauge(
 )
 AUDIT_UNAVAILABLE = Counter(
     "msjx_audit_unavailable_total", "Exchanges refused with 503 because their audit record could not be committed"
+)
+HTTP_REFUSED = Counter(
+    "msjx_http_refused_total",
+    "Requests or connections the server layer refused before the application saw them, by problem code",
+    ["code"],
+)
+UNAUTHENTICATED_COUNTED = Counter(
+    "msjx_unauthenticated_counted_total",
+    "Unauthenticated requests refused with 429 and counted rather than audited one by one",
 )
 
 

@@ -104,6 +104,42 @@ class Settings(BaseSettings):
 
         return FetchAllowlist.from_setting(self.contract_fetch_allow)
 
+    max_url_bytes: int = Field(
+        default=8192, ge=256, le=1 << 20, description="longest request target (path and query) served; longer: 414"
+    )
+    max_header_bytes: int = Field(
+        default=32768, ge=1024, le=1 << 20, description="request header bytes (names, values) served; more: 431"
+    )
+    max_header_count: int = Field(default=100, ge=8, le=10_000, description="request headers served; more: 431")
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=600, description="seconds a client has to send a request's line and headers; then 408"
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="seconds of silence tolerated inside a request body; then 408"
+    )
+    max_connections_per_client: int = Field(
+        default=256, ge=1, le=100_000, description="open connections one client address may hold; more: 429"
+    )
+    unauthenticated_rate: str = Field(
+        default="30/minute",
+        description="refusals before authentication audited one by one per client address; beyond: 429, counted",
+    )
+    unauthenticated_total_rate: str = Field(
+        default="300/minute",
+        description="the same bound over all client addresses together, so that many addresses cannot flood the log",
+    )
+
+    @field_validator("unauthenticated_rate", "unauthenticated_total_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must be a rate such as 30/minute") from None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
