@@ -122,6 +122,9 @@ class AuditEvent:
     reason: str | None = None
     reason_category: str | None = None
     reason_ref: str | None = None
+    # Set for a request refused before authentication: only this many first bytes of its body are sealed (its size
+    # and digest stay those of the whole body), so that strangers cannot fill the append-only log with their bodies.
+    request_kept: int | None = None
     # False for answers that carry decrypted audit payloads: keeping a second sealed copy of them under a newer
     # key would outlive the crypto-shredding of the original. Size and digest are still recorded.
     store_response: bool = True
@@ -302,6 +305,7 @@ class AuditWriter:
         aad = f"{self.chain_id}/{record_id}".encode()
         nonces = self._nonces
         request_body, response_body = event.request_body, event.response_body
+        kept_body = request_body if event.request_kept is None else request_body[: event.request_kept]
         row = {
             "chain_id": self.chain_id,
             "record_id": record_id,
@@ -333,7 +337,7 @@ class AuditWriter:
             "request_digest": suite.keyed_hash(index_key, request_body),
             "response_digest": suite.keyed_hash(index_key, response_body),
             "request_payload": (
-                suite.seal(data_key.secret, request_body, aad + b"/request", nonces.next()) if request_body else None
+                suite.seal(data_key.secret, kept_body, aad + b"/request", nonces.next()) if kept_body else None
             ),
             "response_payload": (
                 suite.seal(data_key.secret, response_body, aad + b"/response", nonces.next())

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway import metrics
@@ -22,6 +22,7 @@ from gateway.dependencies import is_database_outage
 from gateway.json_bodies import check_depth
 from gateway.problems import Problem
 from gateway.runtime import Runtime
+from gateway.unauthenticated import PREAUTH_BODY_BYTES, RATE_LIMITED
 
 log = logging.getLogger("msjx.exchange")
 MAX_BODY_BYTES = 1 << 20
@@ -63,16 +64,27 @@ def request_path(request: Request) -> str:
 _URL_SPECIAL = frozenset("?#\\\t\r\n")
 
 
+def body_too_large(limit: int) -> Problem:
+    # The rest of the body is not read, so the connection cannot carry another request: say it closes.
+    return Problem(
+        413,
+        "body_too_large",
+        "Request body is too large",
+        f"the limit is {limit} bytes",
+        headers={"Connection": "close"},
+    )
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     declared = _declared_length(request)
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, "body_too_large", "Request body is too large", f"the limit is {limit} bytes")
+        raise body_too_large(limit)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise Problem(413, "body_too_large", "Request body is too large", f"the limit is {limit} bytes")
+            raise body_too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -108,13 +120,18 @@ async def run_exchange(
     )
     instance = event.path
     runtime.exchanges_in_progress += 1
+    authenticated = False
     try:
+        # Until the caller is known, a record keeps only the start of the body (gateway/unauthenticated.py).
+        event.request_kept = PREAUTH_BODY_BYTES
         body = await read_body(request)
         event.request_body = body
         check_depth(body)  # before anything parses it, on every route: a refusal, never a RecursionError
         principal = await runtime.authenticator.authenticate(
             request, body, offload=runtime.exchanges_in_progress > runtime.settings.signature_offload_above
         )
+        authenticated = True
+        event.request_kept = None
         event.caller_id = principal.caller.caller_id
         event.department = principal.caller.department
         event.roles = tuple(sorted(principal.caller.roles))
@@ -138,8 +155,13 @@ async def run_exchange(
         return Response(payload, status_code=status, media_type=exchange.media_type, headers=headers)
     except AuditUnavailable:
         return _audit_down(request_id, instance)
+    except ClientDisconnect:
+        # The client's choice, not the gateway's failure: one line, no traceback; nobody reads the answer.
+        log.info("request %s: the client closed the connection before its body ended", request_id)
+        problem = Problem(499, "client_closed", "Client closed the connection", "the request body did not arrive")
+        return await _record_refusal(runtime, event, problem, started, instance, authenticated)
     except Problem as problem:
-        return await _record_problem(runtime, event, problem, started, instance)
+        return await _record_refusal(runtime, event, problem, started, instance, authenticated)
     except Exception as exc:
         problem = _outage_problem(runtime, exc)
         if problem is None:
@@ -150,6 +172,32 @@ async def run_exchange(
         return await _record_problem(runtime, event, problem, started, instance, decision="failed")
     finally:
         runtime.exchanges_in_progress -= 1
+
+
+async def _record_refusal(
+    runtime: Runtime, event: AuditEvent, problem: Problem, started: float, instance: str, authenticated: bool
+) -> Response:
+    """A refusal before authentication is audited on its own only up to a rate per client address; beyond, the
+    client gets 429 and the refusal is only counted. Server-side failures (5xx) are always audited."""
+    gate = runtime.unauthenticated
+    if authenticated or gate is None or problem.status >= 500:
+        return await _record_problem(runtime, event, problem, started, instance)
+    verdict = await gate.judge(event.client_addr)
+    if verdict.audit:
+        return await _record_problem(runtime, event, problem, started, instance)
+    limited = Problem(
+        429,
+        RATE_LIMITED,
+        "Too many unauthenticated requests",
+        "this address sent too many requests that were not correctly signed; retry after the window resets",
+        # A body left unread (413) still closes the connection.
+        headers={"Retry-After": str(verdict.retry_after), **_connection_close(problem)},
+    )
+    return limited.response(event.request_id, instance)
+
+
+def _connection_close(problem: Problem) -> dict[str, str]:
+    return {"Connection": "close"} if problem.headers.get("Connection") == "close" else {}
 
 
 async def _record_problem(

@@ -183,6 +183,11 @@ class Quotas:
         self.rebuilding: asyncio.Task[None] | None = None
         self.rebuilds = 0
 
+    @property
+    def storage(self) -> Storage:
+        """Where the counters live; other per-window counts (gateway/unauthenticated.py) share it."""
+        return self._storage
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
         if settings.redis_url:

@@ -26,6 +26,7 @@ from gateway.quota_rebuild import rebuild_quota_windows
 from gateway.quotas import Quotas
 from gateway.settings import Settings
 from gateway.state import MemoryNonceStore, NonceStore, RedisEpoch, RedisNonceStore, connect_redis
+from gateway.unauthenticated import UnauthenticatedGate
 from gateway.upstreams import AdapterCatalog
 from security.keyring import KeyRing
 from security.masking import install_log_masking
@@ -136,6 +137,8 @@ class Runtime:
     breakers: BreakerStore = field(default_factory=MemoryBreakerStore)
     payments: Payments | None = None
     keyring: KeyRing | None = None
+    # Refusals before authentication: audited one by one up to a rate per address, then counted (start sets it).
+    unauthenticated: UnauthenticatedGate | None = None
     # Signed exchanges this worker has begun and not yet answered: how congested its event loop is.
     exchanges_in_progress: int = 0
     # Redis beyond nonces and quotas (breakers, payment locks): a 503 of its own when it is down.
@@ -210,6 +213,13 @@ class Runtime:
             payments=payments,
             keyring=keyring,
         )
+        runtime.unauthenticated = UnauthenticatedGate(
+            quotas.storage,
+            settings.unauthenticated_rate,
+            settings.unauthenticated_total_rate,
+            UnauthenticatedGate.deployment_of(settings.async_database_url),
+        )
+        runtime.unauthenticated.start(audit.append)
         runtime._key_refresher = asyncio.create_task(runtime._refresh_keys(), name="audit-key-refresh")
         if quotas.epoch is not None:
             quotas.epoch.on_restart(runtime._rebuild_quotas_soon)
@@ -259,6 +269,8 @@ class Runtime:
         if self.payments is not None:
             await self.payments.close()
             await self.payments.store.close()
+        if self.unauthenticated is not None:
+            await self.unauthenticated.close(self.audit.append)
         await self.audit.close()
         await self.adapters.close()
         close_breakers = getattr(self.breakers, "close", None)
