@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -91,6 +91,23 @@ def plain_invoke_route(app: FastAPI) -> APIRoute | None:
     return route
 
 
+def route_methods(app: FastAPI, path: str) -> set[str] | None:
+    """Every method some route serves at `path` (None: no route there); Starlette's 405 names only one route's."""
+    methods: set[str] | None = None
+    for route in iter_route_contexts(app.routes):
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(path):
+            methods = (methods or set()) | set(route.methods or ())
+    return methods
+
+
+def not_found_detail(app: FastAPI, path: str) -> str:
+    other = path.rstrip("/") if path.endswith("/") else path + "/"
+    if other and route_methods(app, other) is not None:
+        return f"no route at {path}; the route is {other}"
+    return "no route at this path"
+
+
 def create_app(
     settings: Settings,
     adapters: Mapping[str, Adapter] | None = None,
@@ -119,6 +136,9 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # our own /docs: Swagger UI's assets from a pinned package, not from a CDN
         redoc_url=None,
+        # No 307 to the path with or without a trailing slash: a signed request would arrive there with a
+        # signature over the old target URI and fail, and a POST would send its body twice. A 404 names the path.
+        redirect_slashes=False,
     )
     app.include_router(services.router)  # first, without a prefix or dependencies: see plain_invoke_route
     app.invoke_route = plain_invoke_route(app)
@@ -142,7 +162,16 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
-        return Problem(exc.status_code, code, str(exc.detail), str(exc.detail)).response(instance=request.url.path)
+        detail = str(exc.detail)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = sorted(route_methods(app, request.scope["path"]) or ())
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+        elif exc.status_code == 404:
+            detail = not_found_detail(app, request.scope["path"])
+        problem = Problem(exc.status_code, code, str(exc.detail), detail, headers=headers)
+        return problem.response(instance=request.url.path)
 
     def openapi() -> dict:
         if app.openapi_schema:
