@@ -140,12 +140,22 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(_EDGE_BEFORE + f"[{_USCC_CHAR}]{{2}}\\d{{6}}[{_USCC_CHAR}]{{10}}" + _EDGE_AFTER), lambda m: _uscc(m)),
     (re.compile(_EDGE_BEFORE + r"1[3-9]\d{9}" + _EDGE_AFTER), lambda m: mask_phone(m.group(0))),
     (re.compile(_EDGE_BEFORE + r"\d{16,19}" + _EDGE_AFTER), lambda m: mask_bank_account(m.group(0))),
-    # Base64 tokens long enough to be keys (a 32-byte key is 44 characters); hex digests are left alone.
+    # Base64 tokens long enough to be keys (a 32-byte key is 44 characters); hex digests and file paths are left alone.
     (
         re.compile(r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*[+/=])[A-Za-z0-9+/]{40,}={0,2}(?![A-Za-z0-9+/=])"),
-        lambda m: "[redacted base64]",
+        lambda m: m.group(0) if _looks_like_path(m.group(0)) else "[redacted base64]",
     ),
 ]
+# A segment of a file path: one case (with digits), or a capitalised word. A random base64 segment of a few
+# characters mixes cases and digits, so a 44-character key passes for a path with a probability below 1e-9.
+_PATH_SEGMENT = re.compile(r"[a-z0-9]*|[A-Z0-9]*|[A-Z][a-z0-9]*")
+
+
+def _looks_like_path(token: str) -> bool:
+    """`/usr/lib/python3/site` (a traceback's file path cut at `-` or `.`), not a key that happens to hold `/`."""
+    if "/" not in token or "+" in token or "=" in token:
+        return False
+    return all(_PATH_SEGMENT.fullmatch(segment) for segment in token.split("/"))
 
 
 def _uscc(match: re.Match[str]) -> str:

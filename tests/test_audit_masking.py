@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import sys
 from typing import Annotated
 
 import pytest
@@ -16,6 +19,7 @@ from security.masking import (
     mask_id_number,
     mask_name,
     mask_phone,
+    mask_record,
     mask_text,
 )
 from simulators.enterprises import DEMO_LISTED_USCC
@@ -101,6 +105,40 @@ def test_every_log_record_is_masked_even_in_tracebacks(caplog: pytest.LogCapture
     text = caplog.text
     assert DEMO_LISTED_USCC not in text and PHONE not in text and ID_NUMBER not in text
     assert "138****5678" in text and "ValueError" in text
+
+
+def test_file_paths_in_tracebacks_stay_readable_and_keys_beside_them_do_not() -> None:
+    key = "q83vEjXb4sMPo4Jh3pgvYHQb/Kq8QbYpDUSa7pX2gqQ="
+    unpadded = "q83vEjXb4sMPo4Jh3pgvYHQbKq8Q/bYpDUSa7pX2gqQx"
+    paths = [
+        "/usr/local/lib/python3/dist/packages/starlette/middleware/exceptions.py",
+        "/home/runner/work/msjx/gateway/routes/services.py",
+        "/opt/App/Site/lib/Python3/Starlette/Middleware/errors.py",
+        "/srv/msjx/releases/20261205/gateway/exchange/handlers/registry.py",
+    ]
+    for path in paths:
+        line = f'  File "{path}", line 12, in run_exchange; key={key} other {unpadded}'
+        masked = mask_text(line)
+        assert path in masked, masked
+        assert key not in masked and unpadded not in masked and masked.count("[redacted base64]") == 2
+    # A real traceback, through the log record factory.
+    install_log_masking()
+    record = logging.getLogger("msjx.test").makeRecord("msjx.test", logging.ERROR, __file__, 1, "boom", (), None)
+    try:
+        raise RuntimeError(f"with key {key}")
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+        record.exc_text = None
+    record._msjx_masked = False  # type: ignore[attr-defined]
+    mask_record(record)
+    assert __file__ in (record.exc_text or "") and key not in (record.exc_text or "")
+
+
+def test_random_base64_keys_with_slashes_are_still_masked() -> None:
+    keys = [base64.b64encode(os.urandom(33)).decode() for _ in range(20_000)]
+    with_slash = [key for key in keys if "/" in key]
+    assert len(with_slash) > 5_000
+    assert not [key for key in with_slash if key in mask_text(f"secret {key} end")]
 
 
 def test_uvicorn_access_lines_still_format_once_masked() -> None:
