@@ -345,6 +345,8 @@ class Bench:
             "MSJX_DATA_DIR": str(data_dir),
             "MSJX_UPSTREAM_URLS": json.dumps({"credit": self.upstream}),
             "MSJX_LOG_LEVEL": "warning",
+            # wrk opens every connection from one address; the server layer bounds connections per address.
+            "MSJX_MAX_CONNECTIONS_PER_CLIENT": str(max(256, 2 * self.config.connections)),
         }
         if backend:
             env |= {"MSJX_DATABASE_URL": backend["database_url"], "MSJX_REDIS_URL": backend["redis_url"]}

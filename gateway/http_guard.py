@@ -174,6 +174,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # The first request's clock runs from the connection; a later one's from its first byte (until then, the
+        # keep-alive timeout closes an idle connection).
+        if self._head_timer is None:
+            self._arm_head_timer()
         self._reading_head = True
         self._header_bytes = 0
         self._expects_body = False
@@ -221,12 +225,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if cycle is not None and cycle.more_body:
+        if cycle is not None and cycle.response_complete and cycle.more_body:
             # Answered before the body ended (413, or a refusal that did not need it): stop reading it.
             self._unset_keepalive_if_required()
             self._linger()
-        elif self._head_timer is None:
-            self._arm_head_timer()
 
     # --- timeouts -------------------------------------------------------------------------------------------
 

@@ -259,6 +259,26 @@ def test_slowloris_heads_and_bodies_are_answered_408_and_closed(served: Served) 
 
 
 @pytest.mark.slow
+def test_a_slow_second_request_on_a_kept_alive_connection_gets_408(served: Served) -> None:
+    with served.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\n\r\n")
+        first = b""
+        while b'"ok"' not in first:
+            first += sock.recv(65536)
+        assert _status(first) == 200
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\n")
+        try:
+            for _ in range(5):
+                time.sleep(0.4)
+                sock.sendall(b"X-A: b\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _receive_all(sock)
+    assert _status(answer) == 408
+    assert _problem(answer)["code"] == "header_timeout"
+
+
+@pytest.mark.slow
 def test_one_address_holds_a_bounded_number_of_connections(served: Served) -> None:
     held = [served.connect() for _ in range(MAX_CONNECTIONS)]
     try:
