@@ -103,6 +103,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_seen_at = 0.0
         self._lingering = False
         self._lingered = 0
+        # A refusal of a pipelined request, written once the requests before it are answered.
+        self._refusal_after: Problem | None = None
 
     # --- connections ----------------------------------------------------------------------------------------
 
@@ -137,7 +139,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- reading --------------------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
+        if self._lingering or self._refusal_after is not None:
             self._lingered += len(data)
             if self._lingered > LINGER_BYTES:
                 self.transport.abort()
@@ -225,7 +227,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if cycle is not None and cycle.response_complete and cycle.more_body:
+        refusal = self._refusal_after
+        if refusal is not None and (self.cycle is None or self.cycle.response_complete):
+            self._refusal_after = None
+            self._answer(refusal)
+        elif cycle is not None and cycle.response_complete and cycle.more_body:
             # Answered before the body ended (413, or a refusal that did not need it): stop reading it.
             self._unset_keepalive_if_required()
             self._linger()
@@ -272,7 +278,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if started:
             self.transport.close()
         else:
-            self._refuse(problem)
+            self._answer(problem)
 
     def _cancel_timers(self) -> None:
         for timer in (self._head_timer, self._body_timer):
@@ -283,17 +289,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- answers of the server itself ----------------------------------------------------------------------
 
     def _refuse(self, problem: Problem) -> None:
-        """Answer `problem` on the wire, then close; what arrives meanwhile is read and dropped."""
-        if self.transport.is_closing():
+        """Answer `problem` on the wire, then close; what arrives meanwhile is read and dropped. If an earlier
+        request on this connection is still being answered, this answer waits for it (answers keep their order)."""
+        if self.transport.is_closing() or self._lingering:
             return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self._cancel_timers()
+            self._refusal_after = problem
+            return
+        self._answer(problem)
+
+    def _answer(self, problem: Problem) -> None:
         # Counted, not logged at info: a flood of refusals must not become a flood of log lines.
         metrics.HTTP_REFUSED.labels(problem.code).inc()
         log.debug("refused %s from %s: %s", problem.status, self._client_host or "?", problem.code)
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # A request still being served on this connection has nobody left to answer.
-            cycle.disconnected = True
-            cycle.message_event.set()
         body = problem.render()
         content = [STATUS_LINE[problem.status]]
         for name, value in self.server_state.default_headers:

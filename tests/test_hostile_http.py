@@ -299,6 +299,18 @@ def test_one_address_holds_a_bounded_number_of_connections(served: Served) -> No
 
 
 @pytest.mark.slow
+def test_a_refused_pipelined_request_is_answered_after_the_one_before_it(served: Served) -> None:
+    fine = b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\n\r\n"
+    flooded = b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-H%d: 1\r\n" % index for index in range(200)) + b"\r\n"
+    with served.connect() as sock:
+        sock.sendall(fine + flooded)
+        answer = _receive_all(sock)
+    first, _, second = answer.partition(b'{"status":"ok"}')
+    assert _status(first) == 200, answer[:300]
+    assert _status(second) == 431 and _problem(second)["code"] == "headers_too_large"
+
+
+@pytest.mark.slow
 def test_a_request_that_is_not_http_gets_400_problem_json(served: Served) -> None:
     with served.connect() as sock:
         sock.sendall(b"\x16\x03\x01 hello, this is not HTTP\r\n\r\n")

@@ -22,7 +22,7 @@ _DESCRIPTIONS = {
     409: "Conflicts with what exists, or a request with this Idempotency-Key is in flight",
     413: "Body too large",
     422: "Body invalid; `errors` names each field by its path",
-    429: "Quota or rate limit reached",
+    429: "Quota or rate limit reached, or too many requests from this address failed authentication",
     502: "Upstream failed or answered outside its contract",
     503: "Audit log or upstream unavailable; nothing was released",
     504: "Upstream timed out",
