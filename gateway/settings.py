@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         default=256, ge=1, le=100_000, description="open connections one client address may hold; more: 429"
     )
     unauthenticated_rate: str = Field(
-        default="30/minute",
+        default="60/minute",
         description="refusals before authentication audited one by one per client address; beyond: 429, counted",
     )
     unauthenticated_total_rate: str = Field(
