@@ -233,6 +233,9 @@ class Adapter:
 
     service: str = ""
     title: str = ""
+    # The department owning the system's data (提供单位) when the gateway first offers it; a registered
+    # upstream's comes from its registration instead. Empty: no department owns it until an admin names one.
+    provider_department: str = ""
     operations: ClassVar[dict[str, Operation]] = {}
     _guard: Guard | None = None
 

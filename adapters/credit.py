@@ -79,6 +79,7 @@ class CreditAdapter(RestAdapter):
 
     service = "credit"
     title = "信用平台 credit platform"
+    provider_department = "市发改委"
     default_max_connections = 100
     operations: ClassVar[dict[str, Operation]] = {
         operation.name: operation

@@ -122,6 +122,7 @@ class GoldenTaxAdapter(Adapter):
 
     service = "golden-tax"
     title = "金税三期 Golden Tax III"
+    provider_department = "市税务局"
     operations: ClassVar[dict[str, Operation]] = {
         operation.name: operation
         for operation in (

@@ -75,6 +75,7 @@ class MarketAdapter(RestAdapter):
 
     service = "market"
     title = "市场监管 market registration"
+    provider_department = "市市场监管局"
     operations: ClassVar[dict[str, Operation]] = {
         "enterprise-profile": Operation(
             "enterprise-profile",

@@ -153,6 +153,7 @@ class TreasuryAdapter(Adapter):
 
     service = "treasury"
     title = "国库集中支付 treasury"
+    provider_department = "市财政局"
     operations: ClassVar[dict[str, Operation]] = {
         operation.name: operation
         for operation in (

@@ -474,6 +474,13 @@ def audit_verify(
 @upstreams_app.command("add")
 def upstreams_add(
     name: Annotated[str, typer.Argument(help="service name its operations are invoked under, e.g. huli-fulfilment")],
+    owner: Annotated[
+        str,
+        typer.Option(
+            "--owner",
+            help="提供单位: the department owning the system's data; only it publishes its catalog items and decides",
+        ),
+    ],
     wsdl: Annotated[str | None, typer.Option("--wsdl", help="the WSDL: a file path or an http(s) URL")] = None,
     openapi: Annotated[str | None, typer.Option("--openapi", help="the OpenAPI 3 document: path or URL")] = None,
     endpoint: Annotated[str | None, typer.Option(help="where calls go, instead of the contract's address")] = None,
@@ -511,8 +518,12 @@ def upstreams_add(
         )
     except Problem as problem:
         raise _fail(f"{problem.code}: {problem.detail}", 1) from None
-    out = _run_registry(settings, lambda session: add_upstream(session, prepared, "cli"))
-    typer.echo(f"registered {out.name} ({out.kind}, {len(out.operations)} operations) from {out.source}")
+    if not owner.strip() or len(owner) > 200:
+        raise _fail("--owner names a department (1 to 200 characters)")
+    out = _run_registry(settings, lambda session: add_upstream(session, prepared, "cli", owner))
+    typer.echo(
+        f"registered {out.name} ({out.kind}, {len(out.operations)} operations) from {out.source}, owned by {owner}"
+    )
     for operation in out.operations:
         typer.echo(
             f"  {out.name}/{operation.operation:<28} {'safe ' if operation.safe else 'write'}  {operation.summary}"
@@ -531,8 +542,29 @@ def upstreams_list(data_dir: DataDir = None) -> None:
         where = row.endpoint or "(the contract's address)"
         typer.echo(f"{row.name:<20} {row.kind:<8} {len(row.operations):>3} operations  endpoint {where}")
         typer.echo(f"{'':<20} source {row.source}  registered {_beijing(row.created_at)} by {row.created_by}")
+        typer.echo(f"{'':<20} owned by {row.owner_department or '(nobody: set it with `upstreams owner`)'}")
         for operation in row.operations:
             typer.echo(f"{'':<20}   {row.name}/{operation.operation}{'  (safe)' if operation.safe else ''}")
+
+
+@upstreams_app.command("owner")
+def upstreams_owner(
+    name: Annotated[str, typer.Argument(help="a service, built-in (credit, golden-tax …) or registered")],
+    department: Annotated[str | None, typer.Argument(help="the department to hand it to; omit to show owners")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Show or change which department owns a service's data; its open and live sharing requests follow."""
+    from gateway.sharing.ownership import owners, set_owner
+
+    settings = _settings(data_dir)
+    if department is None:
+        owned = _run_registry(settings, owners)
+        typer.echo(f"{name}: {owned.get(name) or '(no owner)'}")
+        return
+    if not department.strip() or len(department) > 200:
+        raise _fail("the department is 1 to 200 characters")
+    previous, moved = _run_registry(settings, lambda session: set_owner(session, name, department, "cli"))
+    typer.echo(f"{name}: owned by {department} (was {previous or 'nobody'}); {moved} sharing request(s) now go to it")
 
 
 @upstreams_app.command("remove")

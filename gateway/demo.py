@@ -20,6 +20,7 @@ from gateway import db, registry
 from gateway.models import CallerKey, Grant
 from gateway.settings import Settings
 from gateway.sharing.demo import seed_sharing
+from gateway.sharing.ownership import seed_owners
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import (
     generate_ed25519,
@@ -49,10 +50,12 @@ DEMO_CALLERS = (
     DemoCaller("platform", "免申即享平台", "市数据管理局", ("platform",)),
     DemoCaller("data-officer", "数据管理局数据专员", "市数据管理局", ("department",)),
     DemoCaller("data-head", "数据管理局分管负责人", "市数据管理局", ("department",)),
-    DemoCaller("credit-officer", "发改委信用办数据专员", "市发展和改革委员会", ("department",)),
-    DemoCaller("credit-head", "发改委信用办负责人", "市发展和改革委员会", ("department",)),
+    # One data officer for each department owning a simulated system (its 提供单位): only it decides requests.
+    DemoCaller("credit-officer", "发改委信用办数据专员", "市发改委", ("department",)),
+    DemoCaller("credit-head", "发改委信用办负责人", "市发改委", ("department",)),
     DemoCaller("dept-tax", "税务局数据专员", "市税务局", ("department",)),
     DemoCaller("dept-finance", "财政局数据专员", "市财政局", ("department",)),
+    DemoCaller("dept-market", "市场监管局数据专员", "市市场监管局", ("department",)),
     DemoCaller("officer", "安全审计员", "市网信办", ("officer",)),
     DemoCaller("coordinator", "数据共享协调员", "市数据管理局", ("coordinator",)),
     DemoCaller("admin", "网关管理员", "市大数据中心", ("admin",)),
@@ -122,6 +125,7 @@ async def seed(settings: Settings, adapters: dict[str, Adapter]) -> list[dict[st
                         "purposes": purposes,
                     }
                 )
+        await seed_owners(sessions, adapters)
         async with sessions() as session:
             sharing = await seed_sharing(session, adapters, datetime.now(UTC))
     finally:

@@ -326,6 +326,19 @@ class RegisteredUpstream(Base):
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class ServiceOwner(Base):
+    """The department that owns an upstream service's data (提供单位): it alone publishes catalog items over the
+    service and decides requests for them. Built-in services get the department their adapter declares; a
+    registered upstream gets the one named at registration; an admin may hand a service over (CLI)."""
+
+    __tablename__ = "service_owners"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    department: Mapped[str] = mapped_column(String(200), index=True)
+    set_by: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class IdempotencyKey(Base):
     """One Idempotency-Key of one caller: the request it stands for, who works on it now, and the stored answer."""
 

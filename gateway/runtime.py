@@ -25,6 +25,7 @@ from gateway.payments import Payments
 from gateway.quota_rebuild import rebuild_quota_windows
 from gateway.quotas import Quotas
 from gateway.settings import Settings
+from gateway.sharing.ownership import seed_owners
 from gateway.state import MemoryNonceStore, NonceStore, RedisEpoch, RedisNonceStore, connect_redis
 from gateway.unauthenticated import UnauthenticatedGate
 from gateway.upstreams import AdapterCatalog
@@ -188,6 +189,10 @@ class Runtime:
         breakers = breaker_store(settings)
         for adapter in static.values():
             adapter.configure_resilience(store=breakers)
+        try:
+            await seed_owners(sessions, static)
+        except Exception as exc:  # like the registered upstreams: serve; a service without an owner stays undecidable
+            log.error("owners of the configured services not recorded: %s", exc)
         catalog = AdapterCatalog(static, sessions, breakers, health=database)
         await catalog.start()
         offload = await start_offload(settings)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import Adapter
@@ -28,7 +28,7 @@ from adapters.registered import NAME_PATTERN, RegisteredAdapter, UpstreamSpec, b
 from adapters.resilience import BreakerStore, ResiliencePolicy
 from gateway.dependencies import Dependency, is_database_outage
 from gateway.directory import as_utc
-from gateway.models import Grant, RegisteredUpstream
+from gateway.models import Grant, RegisteredUpstream, ServiceOwner
 from gateway.problems import Problem
 
 __all__ = [
@@ -61,12 +61,19 @@ class UpstreamIn(BaseModel):
                     "url": "http://huli.district.example/ws/fulfilment?wsdl",
                     "endpoint": "http://192.0.2.10/ws/fulfilment",
                     "safe": ["GetSubsidy"],
+                    "owner_department": "湖里区数据管理局",
                 }
             ]
         },
     )
 
     name: str = Field(pattern=NAME_PATTERN, description="the service name its operations are invoked under")
+    owner_department: str = Field(
+        min_length=1,
+        max_length=200,
+        description="提供单位: the department owning the system's data; only it publishes catalog items over the"
+        " service and decides requests for them",
+    )
     kind: Literal["wsdl", "openapi"]
     url: str | None = Field(default=None, description="http(s) URL of the WSDL or OpenAPI document")
     files: dict[str, str] | None = Field(
@@ -104,6 +111,7 @@ class UpstreamOperation(BaseModel):
 
 class UpstreamOut(BaseModel):
     name: str
+    owner_department: str | None = Field(description="提供单位; none for an upstream registered before owners existed")
     kind: str
     source: str
     endpoint: str | None
@@ -174,11 +182,12 @@ def prepare(
     return Prepared(spec, adapter, dict(policy or {}))
 
 
-def _out(row: RegisteredUpstream, adapter: RegisteredAdapter | None) -> UpstreamOut:
+def _out(row: RegisteredUpstream, adapter: RegisteredAdapter | None, owner: str | None) -> UpstreamOut:
     described = adapter.describe() if adapter is not None else row.operations
     operations = [UpstreamOperation(**entry) for entry in described]
     return UpstreamOut(
         name=row.name,
+        owner_department=owner,
         kind=row.kind,
         source=row.source,
         endpoint=row.endpoint,
@@ -191,7 +200,10 @@ def _out(row: RegisteredUpstream, adapter: RegisteredAdapter | None) -> Upstream
     )
 
 
-async def add_upstream(session: AsyncSession, prepared: Prepared, created_by: str | None) -> UpstreamOut:
+async def add_upstream(
+    session: AsyncSession, prepared: Prepared, created_by: str | None, owner_department: str
+) -> UpstreamOut:
+    """Store the upstream and its owner in one transaction: it is never offered without an owner."""
     spec = prepared.spec
     if await session.get(RegisteredUpstream, spec.name) is not None:
         raise Problem(
@@ -215,13 +227,20 @@ async def add_upstream(session: AsyncSession, prepared: Prepared, created_by: st
         created_by=created_by,
     )
     session.add(row)
+    # A service of that name removed earlier may have left its owner: the new registration names its own.
+    await session.execute(delete(ServiceOwner).where(ServiceOwner.service == spec.name))
+    session.add(
+        ServiceOwner(service=spec.name, department=owner_department, set_by=created_by or "?", set_at=row.created_at)
+    )
     await session.commit()
-    return _out(row, prepared.adapter)
+    return _out(row, prepared.adapter, owner_department)
 
 
 async def list_upstreams(session: AsyncSession) -> list[UpstreamOut]:
     rows = (await session.scalars(select(RegisteredUpstream).order_by(RegisteredUpstream.name))).all()
-    return [_out(row, None) for row in rows]
+    pairs = await session.execute(select(ServiceOwner.service, ServiceOwner.department))
+    owned = {name: owner for name, owner in pairs}
+    return [_out(row, None, owned.get(row.name)) for row in rows]
 
 
 async def remove_upstream(session: AsyncSession, name: str) -> tuple[UpstreamOut, int]:
@@ -229,11 +248,14 @@ async def remove_upstream(session: AsyncSession, name: str) -> tuple[UpstreamOut
     row = await session.get(RegisteredUpstream, name)
     if row is None:
         raise Problem(404, "upstream_unknown", "Upstream not found", f"no registered upstream {name!r}")
-    out = _out(row, None)
+    owner = await session.get(ServiceOwner, name)
+    out = _out(row, None, owner.department if owner is not None else None)
     revoked = await session.execute(
         update(Grant).where(Grant.service == name, Grant.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
     )
     await session.delete(row)
+    if owner is not None:
+        await session.delete(owner)
     await session.commit()
     return out, int(revoked.rowcount or 0)
 

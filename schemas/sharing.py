@@ -217,6 +217,33 @@ class CatalogItemIn(_In):
     update_frequency: UpdateFrequency = Field(description="更新频率")
 
 
+class CatalogItemPatch(_In):
+    """Changes to a catalog item; only the fields given change (its code never does). A new share attribute drops
+    the conditions or legal basis of the old one unless given anew."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"share_attribute": "unconditional"}, {"provider": "市发改委", "name": "失信被执行人信息"}]
+        },
+    )
+
+    name: Name | None = None
+    provider: Name | None = Field(
+        default=None, description="an admin names the department it acts for (default: the item's provider)"
+    )
+    description: str | None = Field(default=None, max_length=2000)
+    data_items: list[DataItem] | None = Field(default=None, min_length=1)
+    service: str | None = None
+    operation: str | None = None
+    share_attribute: ShareAttribute | None = None
+    conditions: Conditions | None = None
+    legal_basis: LegalBasis | None = None
+    share_method: ShareMethod | None = None
+    data_format: str | None = Field(default=None, min_length=1, max_length=32)
+    update_frequency: UpdateFrequency | None = None
+
+
 class DataItemOut(BaseModel):
     name: str
     title: str
@@ -237,7 +264,10 @@ class CatalogItemOut(BaseModel):
     item_id: str
     code: str
     name: str
-    provider: str
+    provider: str = Field(description="提供单位: the department that published the item")
+    service_owner: str | None = Field(
+        description="the department owning the delivering service now: it decides requests for the item"
+    )
     description: str | None
     data_items: list[DataItemOut]
     service: str | None

@@ -20,7 +20,7 @@ from tests.conftest import running_gateway as _running_gateway
 
 CHINA = timezone(timedelta(hours=8))
 DATA = "市数据管理局"  # the requesting department; conftest's `platform` caller belongs to it
-CREDIT = "市发展和改革委员会"  # the provider of the credit platform's items
+CREDIT = "市发改委"  # owner of the credit platform (提供单位): publishes its items, decides its requests
 FINANCE = "市财政局"
 # Tuesday before the 2025 National Day holiday (1–8 October; Saturday 11 October is a 调休 working day).
 BEFORE_NATIONAL_DAY = datetime(2025, 9, 30, 10, 0, tzinfo=CHINA)

@@ -12,15 +12,24 @@ from gateway.exchange import Exchange, run_exchange
 from gateway.routes.docs import SIGNED, json_body, problem_responses
 from gateway.sharing import catalog
 from gateway.sharing.errors import parse_body
+from gateway.sharing.ownership import Publisher
 from gateway.sharing.states import Actor
-from schemas.sharing import CatalogItemIn, CatalogItemOut, PublicCatalog, PublicCatalogItem
+from schemas.sharing import CatalogItemIn, CatalogItemOut, CatalogItemPatch, PublicCatalog, PublicCatalogItem
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
+PUBLISHERS = {"department", "admin"}
 
 PUBLIC = (
     " Public: no signature, and not audited (it shows nothing that is not published). For each item it lists which"
     " departments hold grants valid now and for which purposes, never which caller called what or about whom."
 )
+
+
+def _note(exchange: Exchange, item: CatalogItemOut, published: Publisher) -> None:
+    """The audit record names the item, and an admin's acting for a department."""
+    event = exchange.event
+    event.service, event.operation, event.target_id = item.service, item.operation, item.item_id
+    event.reason = published.audit_reason
 
 
 def _json(model: PublicCatalog | PublicCatalogItem | CatalogItemOut) -> bytes:
@@ -62,7 +71,9 @@ async def public_item(request: Request, item_id: str) -> Response:
     status_code=201,
     summary="Register a catalog item",
     description=(
-        "A provider department registers an item of its own (an admin on behalf of a named `provider`)."
+        "The department owning the item's service (its 提供单位) registers the item; an admin may, naming that"
+        " department as `provider`, and is audited as acting for it. Any other caller gets 403"
+        " `not_service_owner` (409 `service_unowned` while no department owns the service)."
         " 有条件 items state their conditions; 不予共享 items cite a 法律, 行政法规 or 国务院决定 with title and"
         " article, or are refused with 422 `legal_basis_missing` / `legal_basis_kind_unknown`. " + SIGNED
     ),
@@ -76,9 +87,35 @@ async def add_item(request: Request) -> Response:
         exchange.event.service, exchange.event.operation = body.service, body.operation
         actor = Actor.of(exchange.principal.caller)
         async with exchange.runtime.sessions() as session:
-            item = await catalog.add_item(
+            item, published = await catalog.add_item(
                 session, actor, body, exchange.runtime.adapters, request.app.state.sharing.now()
             )
+        _note(exchange, item, published)
         return 201, _json(item)
 
-    return await run_exchange(request, "catalog.add", handler, roles={"department", "admin"})
+    return await run_exchange(request, "catalog.add", handler, roles=PUBLISHERS)
+
+
+@router.patch(
+    "/{item_id}",
+    summary="Change a catalog item",
+    description=(
+        "Only the department owning the item's service changes it (an admin acting for that department, audited as"
+        " such): 403 `not_service_owner` otherwise, also for pointing an item at another department's service."
+        " The merged item is checked as a new one would be. " + SIGNED
+    ),
+    response_model=CatalogItemOut,
+    responses=problem_responses(401, 403, 404, 409, 422),
+    openapi_extra=json_body(CatalogItemPatch),
+)
+async def update_item(request: Request, item_id: str) -> Response:
+    async def handler(exchange: Exchange) -> tuple[int, bytes]:
+        patch = parse_body(exchange.body, CatalogItemPatch)
+        exchange.event.target_id = item_id
+        actor = Actor.of(exchange.principal.caller)
+        async with exchange.runtime.sessions() as session:
+            item, published = await catalog.update_item(session, actor, item_id, patch, exchange.runtime.adapters)
+        _note(exchange, item, published)
+        return 200, _json(item)
+
+    return await run_exchange(request, "catalog.update", handler, roles=PUBLISHERS)

@@ -18,6 +18,7 @@ from gateway.exchange import Exchange, run_exchange
 from gateway.json_bodies import load_body
 from gateway.problems import Problem, validation_problem
 from gateway.routes.docs import SIGNED, json_body, problem_responses
+from gateway.sharing.ownership import owners
 from schemas.api import InvokeRequest, InvokeResponse
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
@@ -146,6 +147,8 @@ async def invoke(request: Request, service: str, operation: str) -> Response:
 
 async def _list(exchange: Exchange) -> tuple[int, bytes]:
     caller = exchange.principal.caller
+    async with exchange.runtime.sessions() as session:
+        owned = await owners(session)
     services = []
     for name, adapter in sorted(exchange.runtime.adapters.items()):
         operations = []
@@ -164,14 +167,17 @@ async def _list(exchange: Exchange) -> tuple[int, bytes]:
                     ],
                 }
             )
-        services.append({"service": name, "title": adapter.title, "operations": operations})
+        services.append(
+            {"service": name, "title": adapter.title, "owner_department": owned.get(name), "operations": operations}
+        )
     return 200, orjson.dumps({"services": services})
 
 
 @router.get(
     "",
     summary="List services",
-    description="Every service and operation with its input and output JSON schema, and the caller's grants. " + SIGNED,
+    description="Every service with its owning department (提供单位, who publishes its catalog items and decides"
+    " requests), and every operation with its input and output JSON schema and the caller's grants. " + SIGNED,
     responses=problem_responses(401),
 )
 async def list_services(request: Request) -> Response:

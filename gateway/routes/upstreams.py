@@ -25,6 +25,8 @@ LIVE = "Live on every gateway node within about a second, without a restart."
     status_code=201,
     summary="Register an upstream",
     description=(
+        "Admin only. `owner_department` names the department owning the system's data (提供单位): only it publishes"
+        " catalog items over the service and decides requests for them. "
         "Admin only. The contract (its documents inline, or by http(s) URL from a host the operator allows in "
         "MSJX_CONTRACT_FETCH_ALLOW, else 422 `contract_fetch_forbidden`) is read once and stored; its operations "
         "become `/v1/services/{name}/{operation}` with JSON schemas derived from it. rpc/encoded, MTOM and other "
@@ -58,7 +60,9 @@ async def add_upstream(request: Request) -> Response:
             fetch_allow=runtime.settings.contract_fetch_allowlist,
         )
         async with runtime.sessions() as session:
-            out = await upstreams.add_upstream(session, prepared, exchange.principal.caller.caller_id)
+            out = await upstreams.add_upstream(
+                session, prepared, exchange.principal.caller.caller_id, body.owner_department
+            )
         await runtime.adapters.refresh()  # this node at once; the others on their next poll
         return 201, orjson.dumps(out.model_dump(mode="json"))
 

@@ -13,7 +13,8 @@ from adapters.base import Adapter
 from gateway.directory import as_utc
 from gateway.models import CatalogItem, Grant, SharingRequest
 from gateway.problems import Problem
-from gateway.sharing.errors import Faults, forbidden
+from gateway.sharing.errors import Faults, forbidden, invalid
+from gateway.sharing.ownership import Publisher, owner_of, owners, publisher
 from gateway.sharing.states import Actor
 from schemas.sharing import (
     LEGAL_BASIS_KIND_LABELS,
@@ -23,6 +24,7 @@ from schemas.sharing import (
     UPDATE_FREQUENCY_LABELS,
     CatalogItemIn,
     CatalogItemOut,
+    CatalogItemPatch,
     Conditions,
     DataItemOut,
     GrantHolder,
@@ -33,13 +35,15 @@ from schemas.sharing import (
 )
 
 
-def item_out(row: CatalogItem) -> CatalogItemOut:
+def item_out(row: CatalogItem, owner: str | None) -> CatalogItemOut:
+    """The item as published, with the current owner of the service that delivers it (who decides requests)."""
     basis = row.legal_basis
     return CatalogItemOut(
         item_id=row.item_id,
         code=row.code,
         name=row.name,
         provider=row.provider,
+        service_owner=owner,
         description=row.description,
         data_items=[DataItemOut(**item, level_label=LEVEL_LABELS[item["level"]]) for item in row.data_items],
         service=row.service,
@@ -55,26 +59,6 @@ def item_out(row: CatalogItem) -> CatalogItemOut:
         update_frequency_label=UPDATE_FREQUENCY_LABELS[row.update_frequency],
         created_at=as_utc(row.created_at),
     )
-
-
-def _provider(actor: Actor, body: CatalogItemIn) -> str:
-    if actor.has("admin"):
-        if body.provider is None:
-            raise Problem(
-                422,
-                "provider_missing",
-                "Catalog item is invalid",
-                "provider: an admin registers on behalf of a department and must name it",
-                errors=[{"field": "provider", "message": "required for an admin", "type": "provider_missing"}],
-            )
-        return body.provider
-    if body.provider is not None and body.provider != actor.department:
-        raise forbidden(
-            "not_own_department",
-            f"a department registers its own items: you are {actor.department!r}, not {body.provider!r}",
-        )
-    assert actor.department is not None
-    return actor.department
 
 
 def check_item(body: CatalogItemIn, adapters: Mapping[str, Adapter]) -> None:
@@ -121,16 +105,17 @@ def check_item(body: CatalogItemIn, adapters: Mapping[str, Adapter]) -> None:
 
 async def add_item(
     session: AsyncSession, actor: Actor, body: CatalogItemIn, adapters: Mapping[str, Adapter], now: datetime
-) -> CatalogItemOut:
-    provider = _provider(actor, body)
+) -> tuple[CatalogItemOut, Publisher]:
+    """Register an item; only the owner of its service publishes it (or an admin naming that owner)."""
     check_item(body, adapters)
+    published = await publisher(session, actor, body.service, body.provider)
     if (await session.scalars(select(CatalogItem.item_id).where(CatalogItem.code == body.code))).first():
         raise Problem(409, "item_code_exists", "Catalog code already in use", f"an item with code {body.code!r} exists")
     row = CatalogItem(
         item_id="cat-" + secrets.token_hex(8),
         code=body.code,
         name=body.name,
-        provider=provider,
+        provider=published.provider,
         description=body.description,
         data_items=[item.model_dump() for item in body.data_items],
         service=body.service,
@@ -146,7 +131,70 @@ async def add_item(
     )
     session.add(row)
     await session.commit()
-    return item_out(row)
+    return item_out(row, await owner_of(session, row.service)), published
+
+
+async def update_item(
+    session: AsyncSession,
+    actor: Actor,
+    item_id: str,
+    patch: CatalogItemPatch,
+    adapters: Mapping[str, Adapter],
+) -> tuple[CatalogItemOut, Publisher]:
+    """Change an item: allowed to whoever may publish it over its current service AND over the one it names now.
+
+    A department may thus neither edit another's item nor point its own item at another department's service.
+    The item is then published as that department: an owner taking over an older item becomes its provider.
+    """
+    row = await get_item(session, item_id)
+    changes = patch.model_dump(exclude_unset=True)
+    if not changes:
+        raise invalid("", "nothing_to_change", "the body changes no field", "Catalog item is invalid")
+    current = CatalogItemIn.model_validate(
+        {
+            "code": row.code,
+            "name": row.name,
+            "description": row.description,
+            "data_items": row.data_items,
+            "service": row.service,
+            "operation": row.operation,
+            "share_attribute": row.share_attribute,
+            "conditions": row.conditions,
+            "legal_basis": row.legal_basis,
+            "share_method": row.share_method,
+            "data_format": row.data_format,
+            "update_frequency": row.update_frequency,
+        }
+    )
+    merged = current.model_copy(update={name: getattr(patch, name) for name in changes})
+    if "share_attribute" in changes:
+        # A new share attribute drops what only the old one had, unless the patch gives it anew.
+        for name in ("conditions", "legal_basis"):
+            if name not in changes:
+                merged = merged.model_copy(update={name: None})
+    # An admin acts for the item's provider unless it names the department it acts for.
+    named = patch.provider if patch.provider is not None else (row.provider if actor.has("admin") else None)
+    published = await publisher(session, actor, row.service, named)
+    if row.service is None and published.provider != row.provider:
+        raise forbidden(
+            "not_item_provider", f"{row.code} is published by {row.provider}, not {published.provider}", "provider"
+        )
+    check_item(merged, adapters)
+    if merged.service != row.service:
+        published = await publisher(session, actor, merged.service, published.provider)
+    row.name = merged.name
+    row.provider = published.provider
+    row.description = merged.description
+    row.data_items = [item.model_dump() for item in merged.data_items]
+    row.service, row.operation = merged.service, merged.operation
+    row.share_attribute = merged.share_attribute
+    row.conditions = merged.conditions.model_dump() if merged.conditions else None
+    row.legal_basis = merged.legal_basis.model_dump() if merged.legal_basis else None
+    row.share_method = merged.share_method
+    row.data_format = merged.data_format
+    row.update_frequency = merged.update_frequency
+    await session.commit()
+    return item_out(row, await owner_of(session, row.service)), published
 
 
 async def get_item(session: AsyncSession, item_id: str) -> CatalogItem:
@@ -195,12 +243,19 @@ async def public_catalog(session: AsyncSession, now: datetime, provider: str | N
         query = query.where(CatalogItem.provider == provider)
     items = list((await session.scalars(query)).all())
     holders = await _holders(session, items, now)
+    owned = await owners(session)
     return PublicCatalog(
-        items=[PublicCatalogItem(**item_out(item).model_dump(), grants=holders.get(item.item_id, [])) for item in items]
+        items=[
+            PublicCatalogItem(
+                **item_out(item, owned.get(item.service or "")).model_dump(), grants=holders.get(item.item_id, [])
+            )
+            for item in items
+        ]
     )
 
 
 async def public_item(session: AsyncSession, item_id: str, now: datetime) -> PublicCatalogItem:
     item = await get_item(session, item_id)
     holders = await _holders(session, [item], now)
-    return PublicCatalogItem(**item_out(item).model_dump(), grants=holders.get(item.item_id, []))
+    owner = await owner_of(session, item.service)
+    return PublicCatalogItem(**item_out(item, owner).model_dump(), grants=holders.get(item.item_id, []))

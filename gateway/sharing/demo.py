@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adapters.base import Adapter, Operation
 from gateway.models import CatalogItem, SharingRequest
 from gateway.sharing import catalog, workflow
+from gateway.sharing.ownership import owners
 from gateway.sharing.states import Actor, effective_state
 from schemas.sharing import (
     ApproveIn,
@@ -37,16 +38,10 @@ from schemas.sharing import (
 
 log = logging.getLogger("msjx.demo")
 DATA = "市数据管理局"
-CREDIT = "市发展和改革委员会"
+CREDIT = "市发改委"
 
-# service -> (provider department, code prefix); an unknown service is provided under its own title.
-PROVIDERS = {
-    "credit": (CREDIT, "FGW-XY"),
-    "tax": ("市税务局", "SWJ-NS"),
-    "treasury": ("市财政局", "CZJ-ZF"),
-    "market": ("市市场监督管理局", "SCJ-DJ"),
-    "license": ("市数据管理局", "SJJ-ZZ"),
-}
+# Code prefix of each service's items; every item's provider is the owner of its service (its 提供单位).
+PREFIXES = {"credit": "FGW-XY", "golden-tax": "SWJ-NS", "treasury": "CZJ-ZF", "market": "SCJ-DJ"}
 NAMES = {
     ("credit", "dishonest-debtor"): "失信被执行人信息",
     ("credit", "abnormal-operation"): "经营异常名录信息",
@@ -74,11 +69,15 @@ def _data_items(operation: Operation) -> list[DataItem]:
     return items
 
 
-def catalog_bodies(adapters: Mapping[str, Adapter]) -> list[CatalogItemIn]:
-    """One item per operation: the first of each service 无条件, the others 有条件; and one 不予共享 item."""
+def catalog_bodies(adapters: Mapping[str, Adapter], owners: Mapping[str, str]) -> list[CatalogItemIn]:
+    """One item per operation of each owned service, published as its owner: the first of each service 无条件,
+    the others 有条件; and one 不予共享 item. A service nobody owns gets no items."""
     bodies = []
     for service, adapter in sorted(adapters.items()):
-        provider, prefix = PROVIDERS.get(service, (adapter.title or service, service.upper()))
+        provider = owners.get(service)
+        if provider is None:
+            continue
+        prefix = PREFIXES.get(service, service.upper())
         for index, operation in enumerate(adapter.operations.values(), start=1):
             conditional = index > 1
             bodies.append(
@@ -116,8 +115,9 @@ def catalog_bodies(adapters: Mapping[str, Adapter]) -> list[CatalogItemIn]:
 
 async def _seed_catalog(session: AsyncSession, adapters: Mapping[str, Adapter], now: datetime) -> None:
     existing = set((await session.scalars(select(CatalogItem.code))).all())
+    # An admin acting for each owner, as `POST /v1/catalog` with a named provider would.
     admin = Actor("demo-seed", None, frozenset({"admin"}))
-    for body in catalog_bodies(adapters):
+    for body in catalog_bodies(adapters, await owners(session)):
         if body.code not in existing:
             await catalog.add_item(session, admin, body, adapters, now)
 

@@ -65,8 +65,12 @@ def invalid(field: str, code: str, message: str, title: str = "Request is invali
     return Problem(422, code, title, f"{field}: {message}", errors=[{"field": field, "message": message, "type": code}])
 
 
-def forbidden(code: str, detail: str) -> Problem:
-    return Problem(403, code, "Not allowed for this caller", detail)
+def forbidden(code: str, detail: str, field: str | None = None) -> Problem:
+    """403; with `field`, the problem names the field of the body that the caller may not set so."""
+    if field is None:
+        return Problem(403, code, "Not allowed for this caller", detail)
+    errors = [{"field": field, "message": detail, "type": code}]
+    return Problem(403, code, "Not allowed for this caller", f"{field}: {detail}", errors=errors)
 
 
 def calendar_problem(exc: CalendarYearUnsupported, field: str | None = None) -> Problem:

@@ -24,6 +24,7 @@ from gateway.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequ
 from gateway.problems import Problem
 from gateway.sharing.calendar import calendar_for, open_provisional
 from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid
+from gateway.sharing.ownership import owner_of, published_by_owner, unowned
 from gateway.sharing.states import (
     APPROVED,
     DECIDED,
@@ -59,6 +60,7 @@ from schemas.sharing import (
 )
 
 CONDITIONAL_WORKING_DAYS = 10
+UNCONDITIONAL_WORKING_DAYS = 1
 MAX_EXTENSION_WORKING_DAYS = 10
 DEFAULT_RATE_LIMIT = "20/second"
 _SKIP = frozenset({"version", "updated_at"})
@@ -123,13 +125,20 @@ def _transition(
     return event
 
 
-def deadline_of(calendar: Calendar, row: SharingRequest, extended_days: int | None) -> Count:
-    """The provider's deadline by `calendar`: 10 working days after the submission day, then the extension's days.
+def response_days(share_attribute: str) -> int:
+    """Working days the provider has to answer: 10 for 有条件, 1 for a 无条件 item the rule could not approve."""
+    return UNCONDITIONAL_WORKING_DAYS if share_attribute == "unconditional" else CONDITIONAL_WORKING_DAYS
+
+
+def deadline_of(
+    calendar: Calendar, row: SharingRequest, extended_days: int | None, working_days: int = CONDITIONAL_WORKING_DAYS
+) -> Count:
+    """The provider's deadline by `calendar`: `working_days` after the submission day, then the extension's days.
 
     Counted from the start each time, so a recomputation after an import gives what the calendar says now.
     """
     assert row.submitted_at is not None
-    count = calendar.add_working_days(china_date(as_utc(row.submitted_at)), CONDITIONAL_WORKING_DAYS)
+    count = calendar.add_working_days(china_date(as_utc(row.submitted_at)), working_days)
     if extended_days:
         count = count.then(calendar.add_working_days(count.due, extended_days))
     return count
@@ -172,6 +181,11 @@ async def _load(
         raise Problem(404, "request_unknown", "Sharing request not found", f"no sharing request {request_id!r}")
     item = await session.get(CatalogItem, row.item_id)
     assert item is not None
+    if acting and not actor.has("admin") and item.service is not None:
+        # The provider named on the request is the service's owner (filing and every hand-over keep it so); a
+        # request of a service nobody owns now must not be decided by whoever published its item.
+        if await owner_of(session, item.service) != row.provider_department:
+            raise unowned(item.service, "item_id")
     return row, item
 
 
@@ -385,11 +399,17 @@ async def file_request(session: AsyncSession, actor: Actor, body: SharingRequest
     faults = Faults("Sharing request is invalid")
     await _check_terms(session, actor, item, values, now, faults)
     faults.raise_if_any()
+    # Addressed to the department owning the data, whoever published the item.
+    provider = item.provider
+    if item.service is not None:
+        provider = await owner_of(session, item.service) or ""
+        if not provider:
+            raise unowned(item.service, "item_id")
     row = SharingRequest(
         request_id="sr-" + secrets.token_hex(8),
         item_id=item.item_id,
         requester_department=actor.department,
-        provider_department=item.provider,
+        provider_department=provider,
         filed_by=actor.caller_id,
         callers=values["callers"],
         fields=values["fields"],
@@ -469,7 +489,8 @@ async def update_request(
 async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: EndorseIn, now: datetime) -> Outcome:
     """本部门负责人审核: a second person of the requesting department submits the request.
 
-    A 无条件 item is approved on submission, by rule; a 有条件 one gets its deadline of 10 working days.
+    A 无条件 item its service's owner published is approved on submission, by rule; any other request gets its
+    deadline: 10 working days for 有条件, 1 for a 无条件 item someone else published (the owner still decides).
     """
     row, item = await _load(session, actor, request_id, now)
     _require_requester(actor, row)
@@ -486,12 +507,15 @@ async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: En
     }
     await _check_terms(session, actor, item, terms, now, faults)
     faults.raise_if_any()
+    # The 无条件 rule stands in for the owner only on an item the owner itself published; any other request
+    # waits for the owner's decision, within 1 working day for 无条件 and 10 for 有条件.
+    by_rule = item.share_attribute == "unconditional" and published_by_owner(item, row.provider_department)
     count = None
-    if item.share_attribute == "conditional":
+    if not by_rule:
         # A year without a loaded schedule gives a provisional deadline, never a refusal: the request is accepted.
         calendar = await calendar_for(session)
         try:
-            count = calendar.add_working_days(china_date(now), CONDITIONAL_WORKING_DAYS)
+            count = calendar.add_working_days(china_date(now), response_days(item.share_attribute))
         except CalendarYearUnsupported as exc:
             raise calendar_problem(exc) from None
     before = _snapshot(row)
@@ -507,7 +531,7 @@ async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: En
     note = {"note": body.note} if body.note else None
     _transition(session, row, actor, "endorse", SUBMITTED, now, before, note)
     outcome = Outcome(row, item)
-    if item.share_attribute == "unconditional":
+    if by_rule:
         _approve(
             session,
             outcome,
@@ -826,7 +850,9 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
         )
     elif is_overdue(row, now) and row.escalated_at is None:
         due = _jsonable(row.due_date)
-        if overdue_action == "approve" and as_utc(row.valid_to) > now:
+        # Approval by default is the owner's silence: never for a request no current owner was asked.
+        asked_owner = await owner_of(session, item.service) == row.provider_department
+        if overdue_action == "approve" and as_utc(row.valid_to) > now and asked_owner:
             _approve(
                 session,
                 outcome,
@@ -857,7 +883,7 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
 # --- provisional deadlines -----------------------------------------------------------------------------------
 
 
-def _recounted(calendar: Calendar, row: SharingRequest) -> Count | None:
+def _recounted(calendar: Calendar, row: SharingRequest, share_attribute: str) -> Count | None:
     """An open deadline counted again, when that moves its due day or settles it; else None.
 
     A firm deadline whose count only changes source (a year now imported that agrees with the library) is left
@@ -866,7 +892,7 @@ def _recounted(calendar: Calendar, row: SharingRequest) -> Count | None:
     if row.state != SUBMITTED or row.escalated_at is not None or row.submitted_at is None or row.due_date is None:
         return None
     try:
-        count = deadline_of(calendar, row, row.extended_days)
+        count = deadline_of(calendar, row, row.extended_days, response_days(share_attribute))
     except CalendarYearUnsupported:
         return None
     if (count.due, count.provisional) == (row.due_date, bool(row.deadline_provisional)):
@@ -889,8 +915,13 @@ async def deadlines_to_recompute(session: AsyncSession, year: int | None = None)
                 SharingRequest.submitted_at < datetime(year + 1, 1, 1, tzinfo=CHINA).astimezone(UTC),
             ),
         )
-    rows = (await session.scalars(select(SharingRequest).where(candidates))).all()
-    return [row.request_id for row in rows if _recounted(calendar, row) is not None]
+    query = (
+        select(SharingRequest, CatalogItem.share_attribute)
+        .join(CatalogItem, CatalogItem.item_id == SharingRequest.item_id)
+        .where(candidates)
+    )
+    rows = (await session.execute(query)).all()
+    return [row.request_id for row, attribute in rows if _recounted(calendar, row, attribute) is not None]
 
 
 async def recompute_deadline(
@@ -905,11 +936,11 @@ async def recompute_deadline(
     if row is None:
         return None
     calendar = await calendar_for(session)
-    count = _recounted(calendar, row)
-    if count is None:
-        return None
     item = await session.get(CatalogItem, row.item_id)
     assert item is not None
+    count = _recounted(calendar, row, item.share_attribute)
+    if count is None:
+        return None
     before = _snapshot(row)
     old_due = row.due_date
     _set_deadline(row, count)
