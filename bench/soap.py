@@ -311,9 +311,10 @@ def _registration(runs: int) -> dict[str, Any]:
             rebuild.append(figures["rebuild_s"])
             imports.append(figures["imports_s"])
             operations = figures["operations"]
+        var = str(Path(temp) / "var")
         started = time.perf_counter()
         subprocess.run(
-            [CLI, "upstreams", "add", "fifty", "--wsdl", str(wsdl), "--data-dir", str(Path(temp) / "var")],
+            [CLI, "upstreams", "add", "fifty", "--owner", "区数据管理局", "--wsdl", str(wsdl), "--data-dir", var],
             capture_output=True,
             text=True,
             check=True,

@@ -22,6 +22,8 @@ from tests.conftest import PURPOSE, RunningGateway, free_port
 from tests.district_upstreams import EXAMPLES, serving, soap_app
 from tests.test_invoke import last_record
 
+HULI = "湖里区数据管理局"  # the district department owning the registered systems' data
+
 FILES = {
     name: (EXAMPLES / name).read_text()
     for name in ("district-wrapped.wsdl", "district-types.xsd", "district-common.xsd")
@@ -65,6 +67,7 @@ async def test_register_call_and_remove_across_nodes(gateway: RunningGateway) ->
     async with serving(upstream) as district_url, second_node(gateway.settings) as node2:
         body = {
             "name": "huli-fulfilment",
+            "owner_department": HULI,
             "kind": "wsdl",
             "files": FILES,
             "root": "district-wrapped.wsdl",
@@ -80,6 +83,7 @@ async def test_register_call_and_remove_across_nodes(gateway: RunningGateway) ->
             out = registered.json()
             assert {op["operation"]: op["safe"] for op in out["operations"]} == {"Echo": False, "GetSubsidy": True}
             assert out["created_by"] == "admin" and out["policy"] == {"total_timeout": 2, "max_attempts": 2}
+            assert out["owner_department"] == HULI
             record = await last_record(gateway)
             assert (record["event"], record["decision"], record["status_code"]) == (
                 "admin.upstream.add",
@@ -94,6 +98,7 @@ async def test_register_call_and_remove_across_nodes(gateway: RunningGateway) ->
             assert elapsed < 1.5  # polled every 0.5 s: live without a restart
             listing = (await platform_b.get("/v1/services")).json()["services"]
             district = next(s for s in listing if s["service"] == "huli-fulfilment")
+            assert district["owner_department"] == HULI
             get_subsidy = next(op for op in district["operations"] if op["operation"] == "GetSubsidy")
             assert get_subsidy["input_schema"]["properties"]["year"]["type"] == "integer"
             assert get_subsidy["output_schema"]["properties"]["amount"]["format"] == "decimal"
@@ -129,7 +134,7 @@ async def test_register_call_and_remove_across_nodes(gateway: RunningGateway) ->
             duplicate = await admin.post("/v1/upstreams", json=body)
             assert duplicate.status_code == 409 and duplicate.json()["code"] == "upstream_exists"
             listed = (await admin.get("/v1/upstreams")).json()
-            assert [(u["name"], u["live"]) for u in listed] == [("huli-fulfilment", True)]
+            assert [(u["name"], u["live"], u["owner_department"]) for u in listed] == [("huli-fulfilment", True, HULI)]
 
             removed = await admin.delete("/v1/upstreams/huli-fulfilment")
             assert removed.status_code == 200 and removed.json()["grants_revoked"] == 1
@@ -144,7 +149,12 @@ async def test_register_call_and_remove_across_nodes(gateway: RunningGateway) ->
 
 
 async def test_registration_refusals_over_the_api(gateway: RunningGateway) -> None:
-    encoded = {"name": "legacy", "kind": "wsdl", "files": {"x.wsdl": (EXAMPLES / "district-encoded.wsdl").read_text()}}
+    encoded = {
+        "name": "legacy",
+        "owner_department": HULI,
+        "kind": "wsdl",
+        "files": {"x.wsdl": (EXAMPLES / "district-encoded.wsdl").read_text()},
+    }
     async with gateway.client(gateway.admin) as admin, gateway.client() as platform:
         refused = await admin.post("/v1/upstreams", json={**encoded, "root": "x.wsdl"})
         assert refused.status_code == 422
@@ -159,7 +169,13 @@ async def test_registration_refusals_over_the_api(gateway: RunningGateway) -> No
         )
         no_root = await admin.post("/v1/upstreams", json=encoded)
         assert no_root.status_code == 422 and no_root.json()["code"] == "validation_failed"
-        local = await admin.post("/v1/upstreams", json={"name": "x1", "kind": "wsdl", "url": "file:///etc/passwd"})
+        # Every upstream has an owning department (提供单位) from its registration on.
+        ownerless = {key: value for key, value in encoded.items() if key != "owner_department"}
+        no_owner = await admin.post("/v1/upstreams", json={**ownerless, "root": "x.wsdl"})
+        assert no_owner.status_code == 422 and no_owner.json()["errors"][0]["field"] == "owner_department"
+        local = await admin.post(
+            "/v1/upstreams", json={"name": "x1", "owner_department": HULI, "kind": "wsdl", "url": "file:///etc/passwd"}
+        )
         assert local.status_code == 422 and local.json()["errors"][0]["field"] == "url"
         builtin = await admin.post("/v1/upstreams", json={**encoded, "name": "credit", "root": "x.wsdl"})
         assert builtin.status_code == 409 and builtin.json()["code"] == "name_taken"
@@ -171,11 +187,14 @@ async def test_registration_refusals_over_the_api(gateway: RunningGateway) -> No
 
 def test_cli_add_list_remove(tmp_path: Path) -> None:
     runner = CliRunner()
-    data = ["--data-dir", str(tmp_path)]
+    where = ["--data-dir", str(tmp_path)]
+    data = [*where, "--owner", HULI]
     wsdl = str(EXAMPLES / "district-bare.wsdl")
     added = runner.invoke(cli, ["upstreams", "add", "district-bare", "--wsdl", wsdl, "--safe", "Lookup", *data])
     assert added.exit_code == 0, added.output
-    assert "registered district-bare (wsdl, 2 operations)" in added.output
+    assert "registered district-bare (wsdl, 2 operations)" in added.output and f"owned by {HULI}" in added.output
+    ownerless = runner.invoke(cli, ["upstreams", "add", "district-x", "--wsdl", wsdl, *where])
+    assert ownerless.exit_code == 2 and "--owner" in ownerless.output
     assert "district-bare/Lookup" in added.output
     again = runner.invoke(cli, ["upstreams", "add", "district-bare", "--wsdl", wsdl, *data])
     assert again.exit_code == 1 and "upstream_exists" in again.output
@@ -184,19 +203,20 @@ def test_cli_add_list_remove(tmp_path: Path) -> None:
         cli, ["upstreams", "add", "district-rest", "--openapi", api, "--endpoint", "http://127.0.0.1:9", *data]
     )
     assert rest.exit_code == 0, rest.output
-    listing = runner.invoke(cli, ["upstreams", "list", *data])
+    listing = runner.invoke(cli, ["upstreams", "list", *where])
     assert listing.exit_code == 0
     assert "district-bare/Lookup  (safe)" in listing.output and "district-rest/getSubsidy  (safe)" in listing.output
+    assert f"owned by {HULI}" in listing.output
     grant = runner.invoke(
         cli,
-        ["grants", "add", "nobody", "district-rest", "getSubsidy", "--purpose", PURPOSE, "--field", "amount", *data],
+        ["grants", "add", "nobody", "district-rest", "getSubsidy", "--purpose", PURPOSE, "--field", "amount", *where],
     )
     assert "caller_unknown" in grant.output  # the registered service and its fields were recognised first
     encoded = runner.invoke(
         cli, ["upstreams", "add", "legacy", "--wsdl", str(EXAMPLES / "district-encoded.wsdl"), *data]
     )
     assert encoded.exit_code == 1 and "contract_unsupported" in encoded.output and "rpc/encoded" in encoded.output
-    removed = runner.invoke(cli, ["upstreams", "remove", "district-bare", *data])
+    removed = runner.invoke(cli, ["upstreams", "remove", "district-bare", *where])
     assert removed.exit_code == 0 and "removed district-bare; 0 grant(s) revoked" in removed.output
     both = runner.invoke(cli, ["upstreams", "add", "x2", "--wsdl", wsdl, "--openapi", api, *data])
     assert both.exit_code == 2
