@@ -15,7 +15,8 @@ from gateway.demo import DEMO_CALLERS
 from gateway.models import AuditRecord, CatalogItem
 from gateway.runtime import build_adapters
 from gateway.settings import load_settings
-from gateway.sharing.demo import seed_sharing
+from gateway.sharing.demo import catalog_bodies, seed_sharing
+from gateway.sharing.ownership import owners, seed_owners
 from schemas.api import CallerIn
 from tests.sharing_world import World, add_item, filed_and_submitted, item_body, sharing_world
 from tests.test_sharing import problem
@@ -103,3 +104,29 @@ async def test_grants_as_each_role_sees_them_and_revoking_the_last_revokes_the_r
     async with world.gw.runtime.engine.connect() as connection:
         rows = (await connection.execute(select(AuditRecord.event).where(AuditRecord.event == "sharing.revoke"))).all()
     assert len(rows) == 1
+
+
+async def test_every_demo_item_is_published_by_the_department_owning_its_system(tmp_path: Path) -> None:
+    # Built, never called: the catalog comes from the adapters' operations.
+    unused = "http://127.0.0.1:9"
+    settings = load_settings(
+        data_dir=tmp_path, upstream_urls={name: unused for name in ("credit", "golden-tax", "market", "treasury")}
+    )
+    await db.upgrade_async(settings)
+    adapters = build_adapters(settings)
+    engine = db.create_engine(settings)
+    try:
+        await seed_owners(db.sessionmaker(engine), adapters)
+        async with db.sessionmaker(engine)() as session:
+            owned = await owners(session)
+        bodies = catalog_bodies(adapters, owned)
+    finally:
+        await engine.dispose()
+    expected = {"credit": "市发改委", "golden-tax": "市税务局", "market": "市市场监管局", "treasury": "市财政局"}
+    assert {name: owned[name] for name in adapters} == expected
+    delivered = [body for body in bodies if body.service is not None]
+    assert {body.service for body in delivered} == set(expected)
+    assert all(body.provider == expected[body.service] for body in delivered if body.service), bodies
+    # Every owner has a demo caller to decide its requests with.
+    departments = {caller.department for caller in DEMO_CALLERS if "department" in caller.roles}
+    assert set(expected.values()) <= departments
