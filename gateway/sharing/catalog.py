@@ -107,8 +107,12 @@ async def add_item(
     session: AsyncSession, actor: Actor, body: CatalogItemIn, adapters: Mapping[str, Adapter], now: datetime
 ) -> tuple[CatalogItemOut, Publisher]:
     """Register an item; only the owner of its service publishes it (or an admin naming that owner)."""
+    # Who may publish is settled before the body's content: a department learns nothing of another's service.
+    # A service the gateway does not offer is left to check_item, which names it.
+    known = body.service is None or body.service in adapters
+    published = await publisher(session, actor, body.service, body.provider) if known else None
     check_item(body, adapters)
-    published = await publisher(session, actor, body.service, body.provider)
+    assert published is not None
     if (await session.scalars(select(CatalogItem.item_id).where(CatalogItem.code == body.code))).first():
         raise Problem(409, "item_code_exists", "Catalog code already in use", f"an item with code {body.code!r} exists")
     row = CatalogItem(
@@ -179,9 +183,9 @@ async def update_item(
         raise forbidden(
             "not_item_provider", f"{row.code} is published by {row.provider}, not {published.provider}", "provider"
         )
-    check_item(merged, adapters)
-    if merged.service != row.service:
+    if merged.service != row.service and merged.service in adapters:
         published = await publisher(session, actor, merged.service, published.provider)
+    check_item(merged, adapters)
     row.name = merged.name
     row.provider = published.provider
     row.description = merged.description
