@@ -11,7 +11,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from gateway.settings import Settings, load_settings
 from gateway.sharing.ownership import owners, set_owner
 from tests.conftest import DATABASE_URL, _admin, _with_database, drop_database
 from tests.sharing_world import (
+    CHINA,
     CREDIT,
     DATA,
     FINANCE,
@@ -244,6 +245,11 @@ async def test_a_service_nobody_owns_is_neither_published_nor_decided_until_an_a
     refused(approve, 409, "service_unowned", "item_id")
     [listed] = await public_items(world)
     assert (listed["provider"], listed["service_owner"]) == (CREDIT, None)
+    # Approval by default is the owner's silence; no owner was asked, so the overdue request is escalated instead.
+    world.gw.app.state.sharing.overdue_action = "approve"
+    world.set_clock(datetime(2025, 10, 23, 9, 0, tzinfo=CHINA))
+    [swept] = await world.sweep()
+    assert (swept.state, swept.grants, swept.history[-1].action) == ("submitted", [], "escalate")
 
     # An admin hands the service over: its open request follows, with the hand-over in its history.
     async with world.gw.runtime.sessions() as session:
