@@ -89,7 +89,12 @@ async def test_redirects_are_checked_again(contracts: str) -> None:
 
 
 async def test_the_api_refuses_a_url_when_fetching_is_off(gateway: RunningGateway, contracts: str) -> None:
-    body = {"name": "district-rest", "kind": "openapi", "url": f"{contracts}/contracts/district-openapi.yaml"}
+    body = {
+        "name": "district-rest",
+        "owner_department": "湖里区数据管理局",
+        "kind": "openapi",
+        "url": f"{contracts}/contracts/district-openapi.yaml",
+    }
     async with gateway.client(gateway.admin) as admin:
         refused = await admin.post("/v1/upstreams", json=body)
     assert refused.status_code == 422, refused.text

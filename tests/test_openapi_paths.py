@@ -123,7 +123,13 @@ async def test_the_invoke_path_refuses_a_dot_segment_with_its_own_code(gateway: 
     app = web.Application()
     app.router.add_route("GET", "/{tail:.*}", answer)
     async with serving(app) as url, gateway.client(gateway.admin) as admin, gateway.client() as platform:
-        body = {"name": "records", "kind": "openapi", "files": {"api.json": CONTRACT}, "root": "api.json"}
+        body = {
+            "name": "records",
+            "owner_department": "湖里区数据管理局",
+            "kind": "openapi",
+            "files": {"api.json": CONTRACT},
+            "root": "api.json",
+        }
         registered = await admin.post("/v1/upstreams", json={**body, "endpoint": url + "/api"})
         assert registered.status_code == 201, registered.text
         grant = await admin.post(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,8 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import TableClause
 from typer.testing import CliRunner
 
 from gateway import db
@@ -293,6 +296,14 @@ async def database_at_0005(backend: str, tmp_path: Path) -> AsyncIterator[tuple[
             await drop_database(url)
 
 
+UPSTREAM_COLUMNS = "name kind source contract digest policy safe operations revision created_at created_by".split()
+
+
+def as_of_0005(table: Table, columns: Iterable[str]) -> TableClause:
+    """Only the columns the table had at 0005: later revisions add columns (with defaults) that an insert would name."""
+    return sa_table(table.name, *(sa_column(name, table.c[name].type) for name in columns))
+
+
 def _legacy_item(item_id: str, provider: str, service: str, attribute: str) -> dict[str, Any]:
     return {
         "item_id": item_id,
@@ -344,7 +355,7 @@ async def test_the_migration_gives_owners_and_never_leaves_a_request_with_a_non_
         async with engine.begin() as connection:
             contract = {"kind": "wsdl", "root": "x.wsdl", "documents": {}, "source": "x.wsdl"}
             await connection.execute(
-                insert(RegisteredUpstream.__table__).values(
+                insert(as_of_0005(RegisteredUpstream.__table__, UPSTREAM_COLUMNS)).values(
                     name="huli-fulfilment",
                     kind="wsdl",
                     source="x.wsdl",
@@ -363,14 +374,14 @@ async def test_the_migration_gives_owners_and_never_leaves_a_request_with_a_non_
                 _legacy_item("cat-own", OLD_CREDIT, "credit", "conditional"),
                 _legacy_item("cat-huli", DATA, "huli-fulfilment", "conditional"),
             ]
-            await connection.execute(insert(CatalogItem.__table__), items)
+            await connection.execute(insert(as_of_0005(CatalogItem.__table__, items[0])), items)
             requests = [
                 _legacy_request("sr-grabbed", "cat-grab", DATA, "granted"),
                 _legacy_request("sr-waiting", "cat-own", OLD_CREDIT, "submitted"),
                 _legacy_request("sr-refused", "cat-own", OLD_CREDIT, "refused"),
                 _legacy_request("sr-huli", "cat-huli", DATA, "submitted"),
             ]
-            await connection.execute(insert(SharingRequest.__table__), requests)
+            await connection.execute(insert(as_of_0005(SharingRequest.__table__, requests[0])), requests)
 
         await db.upgrade_async(settings)
 

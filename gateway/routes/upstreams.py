@@ -27,7 +27,7 @@ LIVE = "Live on every gateway node within about a second, without a restart."
     description=(
         "Admin only. `owner_department` names the department owning the system's data (提供单位): only it publishes"
         " catalog items over the service and decides requests for them. "
-        "Admin only. The contract (its documents inline, or by http(s) URL from a host the operator allows in "
+        "The contract (its documents inline, or by http(s) URL from a host the operator allows in "
         "MSJX_CONTRACT_FETCH_ALLOW, else 422 `contract_fetch_forbidden`) is read once and stored; its operations "
         "become `/v1/services/{name}/{operation}` with JSON schemas derived from it. rpc/encoded, MTOM and other "
         "constructs the gateway cannot carry are refused here (422 `contract_unsupported`, naming them). "
