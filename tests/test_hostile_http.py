@@ -29,7 +29,15 @@ from gateway.problems import PROBLEM_CONTENT_TYPE
 from gateway.settings import load_settings
 from gateway.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
 from simulators.enterprises import DEMO_USCC
-from tests.conftest import PURPOSE, RunningGateway, free_port, running_gateway
+from tests.conftest import (
+    PURPOSE,
+    RunningGateway,
+    check_redis,
+    create_test_database,
+    drop_database,
+    free_port,
+    running_gateway,
+)
 
 CLI = str(Path(sys.executable).parent / "msjx-gateway")
 INVOKE = "/v1/services/credit/dishonest-debtor"
@@ -332,16 +340,25 @@ def test_keep_alive_requests_and_bodies_within_the_limits_still_work(served: Ser
 # --- the application: unsigned floods, refusal records, routing answers -------------------------------------
 
 
-@pytest.fixture
-async def small_gate(tmp_path: Path, credit_url: str) -> Any:
-    settings = load_settings(
-        data_dir=tmp_path,
-        upstream_urls={"credit": credit_url},
-        unauthenticated_rate="5/minute",
-        unauthenticated_total_rate="8/minute",
-    )
-    async with running_gateway(settings) as running:
-        yield running
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+async def small_gate(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> Any:
+    """The gateway with small bounds on unauthenticated refusals; counted in process, or in Redis."""
+    overrides: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "upstream_urls": {"credit": credit_url},
+        "unauthenticated_rate": "5/minute",
+        "unauthenticated_total_rate": "8/minute",
+    }
+    if request.param == "postgres_redis":
+        overrides["redis_url"] = await check_redis()
+        overrides["database_url"] = await create_test_database()
+    settings = load_settings(**overrides)
+    try:
+        async with running_gateway(settings) as running:
+            yield running
+    finally:
+        if settings.database_url:
+            await drop_database(settings.database_url)
 
 
 async def _records(gateway: RunningGateway, **where: Any) -> list[dict[str, Any]]:
@@ -406,6 +423,22 @@ async def test_an_unsigned_flood_gets_429_and_is_counted_not_copied(small_gate: 
     assert counted["reason_code"] == "unauthenticated_rate_limited" and counted["status_code"] == 429
     assert counted["reason"].startswith("35 refusals") and counted["request_payload"] is None
     assert gate.pending() == {}
+
+
+async def test_the_counts_are_written_each_window_without_being_asked(tmp_path: Path, credit_url: str) -> None:
+    settings = load_settings(data_dir=tmp_path, upstream_urls={"credit": credit_url}, unauthenticated_rate="2/second")
+    async with running_gateway(settings) as running:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            statuses = [(await client.post(INVOKE, content=b"{}")).status_code for _ in range(12)]
+        limited = statuses.count(429)
+        assert limited > 0 and set(statuses) == {401, 429}, statuses
+        counted: list[dict[str, Any]] = []
+        for _ in range(100):  # the window task writes within a window (1 s) or two
+            counted = await _records(running, event=COUNTED_EVENT)
+            if sum(int(row["reason"].split()[0]) for row in counted) == limited:
+                break
+            await asyncio.sleep(0.05)
+        assert sum(int(row["reason"].split()[0]) for row in counted) == limited, (statuses, counted)
 
 
 async def test_a_flood_from_many_addresses_writes_a_bounded_number_of_records(small_gate: RunningGateway) -> None:
