@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from gateway.dependencies import Dependency
 
@@ -191,6 +192,7 @@ class RedisEpoch:
 
     def __init__(self) -> None:
         self.run_id: str | None = None
+        self.blind = False  # INFO is refused: restarts go unnoticed (logged once)
         self.started = time.time()  # until the first connection says otherwise: nothing before now is known
         self._callbacks: list[Callable[[], None]] = []
 
@@ -201,7 +203,17 @@ class RedisEpoch:
         """redis-py's `redis_connect_func`: the usual handshake, then INFO server."""
         await connection.on_connect()
         await connection.send_command("INFO", "server")
-        info = _info_fields(await connection.read_response())
+        try:
+            info = _info_fields(await connection.read_response())
+        except ResponseError as exc:  # INFO renamed away or denied by an ACL: the store still works, blind
+            if not self.blind:
+                self.blind = True
+                log.warning(
+                    "Redis refuses INFO (%s): a Redis restart cannot be noticed, so requests signed before it are"
+                    " not refused and quota windows are not rebuilt; allow INFO for the gateway's user",
+                    exc,
+                )
+            return
         run_id = info.get("run_id")
         if run_id is None or run_id == self.run_id:
             return

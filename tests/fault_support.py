@@ -47,7 +47,7 @@ def _wait_port(port: int, up: bool, timeout: float = 20.0) -> None:
 class OwnRedis:
     """A redis-server without persistence (as many are run): a restart forgets everything it held."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             _unavailable("redis-server")
@@ -55,11 +55,12 @@ class OwnRedis:
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.options = list(options)
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         command = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        command += ["--dir", str(self.directory)]
+        command += ["--dir", str(self.directory), *self.options]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, up=True)
 

@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
+from gateway.state import RedisEpoch, RedisNonceStore, connect_redis
 from tests.conftest import RunningGateway, check_redis, create_test_database, drop_database, running_gateway
 from tests.fault_support import OwnPostgres, OwnRedis
 from tests.test_invoke import signed
@@ -235,3 +236,20 @@ async def test_postgresql_stopped_and_started(
     assert len(messages) == 2, messages
     assert "unavailable" in messages[0] and "is back after" in messages[1]
     assert_no_tracebacks(store_logs)
+
+
+async def test_a_redis_that_refuses_info_still_serves(tmp_path: Path, store_logs: pytest.LogCaptureFixture) -> None:
+    # Some managed Redis deployments rename or deny INFO: the gateway works, says once what it cannot notice.
+    redis = OwnRedis(tmp_path, "--rename-command", "INFO", "")
+    redis.start()
+    epoch = RedisEpoch()
+    store = RedisNonceStore(connect_redis(redis.url, epoch=epoch), epoch)
+    try:
+        created = int(time.time())
+        assert [await store.claim("k", "n-00000001", created, 30) for _ in range(2)] == [True, False]
+        assert epoch.blind and epoch.run_id is None
+    finally:
+        await store.close()
+        redis.stop()
+    warnings = [r.getMessage() for r in store_logs.records if "refuses INFO" in r.getMessage()]
+    assert len(warnings) == 1, warnings
