@@ -375,11 +375,11 @@ class Bench:
                     asyncio.run(seed.forget_nonces(caller.key_id))
 
     def soak(self) -> dict[str, Any]:
-        """The SQLite gateway (nonces in its own memory) under a steady paced load: 10 minutes (quick: 30 s, with a
-        10 s signature window so that it still reaches the steady state), RSS sampled throughout (bench/soak.py).
+        """The SQLite gateway (nonces in its own memory) under a steady paced load: 10 minutes (quick: 12 s, with a
+        5 s signature window so that it still reaches the steady state), RSS sampled throughout (bench/soak.py).
 
         Pre-signed requests carry the time they were signed, and a signature is good for the skew window only, so
-        the load runs in segments of a minute (quick: 5 s), each replaying requests signed just before it.
+        the load runs in segments of a minute (quick: 3 s), each replaying requests signed just before it.
         """
         from bench import seed, soak
         from bench.presign import Presigner, pool_size
@@ -387,7 +387,7 @@ class Bench:
 
         quick = self.config.quick
         # A segment must end before its first signatures leave the window.
-        total, segment, skew, interval = (30.0, 5.0, 10, 1.0) if quick else (600.0, 60.0, 300, 5.0)
+        total, segment, skew, interval = (12.0, 3.0, 5, 0.5) if quick else (600.0, 60.0, 300, 5.0)
         rate = soak.target_rate(self.results.get("gateway_sqlite"))
         data_dir = self.workdir / "gateway-soak"
         settings = Settings(data_dir=data_dir, upstream_urls={"credit": self.upstream}, log_level="warning")
