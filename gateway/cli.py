@@ -294,6 +294,7 @@ def grants_add(
     from schemas.api import GrantIn
 
     settings = _settings(data_dir)
+    _require_upstream_url(settings, service)
     body = GrantIn(
         caller_id=caller_id,
         service=service,
@@ -311,6 +312,18 @@ def grants_add(
 
     out = _run_registry(settings, work)
     typer.echo(out.model_dump_json(indent=2))
+
+
+def _require_upstream_url(settings: Settings, service: str) -> None:
+    """A built-in service is offered only where MSJX_UPSTREAM_URLS gives its URL: say so, not just "known: []"."""
+    from gateway.upstreams import BUILT_IN
+
+    if service in BUILT_IN and service not in settings.upstream_urls:
+        raise _fail(
+            f"unknown_service: this node has no URL for {service!r}: set MSJX_UPSTREAM_URLS (the same on every node),"
+            f""" e.g. '{{"{service}": "http://{service}.example:9101"}}', then add the grant""",
+            1,
+        )
 
 
 @grants_app.command("list")

@@ -45,6 +45,16 @@ def test_the_client_derives_the_key_id_and_reads_the_url_from_the_environment(
 
 
 @pytest.mark.slow
+def test_a_grant_for_a_service_without_its_url_says_which_setting_is_missing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")} | {"MSJX_DATA_DIR": str(tmp_path)}
+    grant = [CLI, "grants", "add", "platform", "credit", "dishonest-debtor", "--purpose", "XM-2025-001"]
+    result = subprocess.run([*grant, "--field", "listed"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: unknown_service:") and "MSJX_UPSTREAM_URLS" in line
+
+
+@pytest.mark.slow
 def test_call_payments_and_the_officer_commands(demo: Demo) -> None:  # noqa: F811 - the fixture
     url, _, data_dir = demo
     keys = data_dir / "demo" / "keys"
