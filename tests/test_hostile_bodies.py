@@ -19,6 +19,7 @@ from adapters.contracts import ContractError, parse_openapi_document
 from adapters.jsondepth import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds, loads_bounded
 from gateway.json_bodies import load_body
 from gateway.problems import Problem
+from gateway.sharing.schedule_file import ScheduleInvalid, read_schedule
 from gateway.upstreams import prepare
 from tests.conftest import PURPOSE, RunningGateway
 from tests.district_upstreams import serving
@@ -180,3 +181,11 @@ async def test_a_deep_upstream_answer_is_malformed_not_a_crash() -> None:
                 await adapter.invoke("deep", adapter.operations["deep"].input_model())
         finally:
             await adapter.close()
+
+
+def test_a_deep_holiday_schedule_is_refused_not_a_crash() -> None:
+    # Block style nests without brackets, so only the YAML reader itself can refuse it (PyYAML recurses).
+    deep = "".join(" " * level + "a:\n" for level in range(3000)) + " " * 3000 + "b"
+    with pytest.raises(ScheduleInvalid) as caught:
+        read_schedule(deep, csv_format=False)
+    assert caught.value.faults[0].code == "file_invalid" and "deeply" in caught.value.faults[0].message

@@ -208,6 +208,9 @@ def _read_yaml(text: str) -> _Draft:
         mark = getattr(exc, "problem_mark", None)
         draft.fault(mark.line + 1 if mark else None, "file_invalid", f"not YAML: {getattr(exc, 'problem', exc)}")
         return draft
+    except RecursionError:  # PyYAML composes recursively: a file nested a thousand levels deep is refused, not a 500
+        draft.fault(None, "file_invalid", "not a schedule: nested far too deeply")
+        return draft
     if not isinstance(root, yaml.MappingNode):
         draft.fault(_line(root) if root else None, "file_invalid", "the file is a mapping: year, source, holidays")
         return draft
