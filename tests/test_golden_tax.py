@@ -22,6 +22,7 @@ from adapters.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from adapters.fetch_allow import FetchAllowlist
 from adapters.golden_tax import GoldenTaxAdapter
 from adapters.resilience import ResiliencePolicy
 from gateway.upstreams import prepare
@@ -255,7 +256,11 @@ async def test_its_wsdl_registers_by_url_as_a_district_upstream(sim: Simulator) 
     import asyncio
 
     prepared = await asyncio.to_thread(
-        prepare, "gt3-generic", "wsdl", source=sim.url + simulator.SERVICE_PATH + "?wsdl"
+        prepare,
+        "gt3-generic",
+        "wsdl",
+        source=sim.url + simulator.SERVICE_PATH + "?wsdl",
+        fetch_allow=FetchAllowlist.from_setting("127.0.0.1"),  # the operator allows the simulator's address
     )
     adapter = prepared.adapter
     assert len(prepared.spec.bundle.documents) == 2  # the WSDL and the XSD it imports, fetched over HTTP
