@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from adapters.base import Adapter, UpstreamError
 from adapters.treasury import VoucherDuplicate, VoucherRefused
 from gateway.audit import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
+from gateway.dependencies import Dependency, is_database_outage
 from gateway.idempotency import ClaimKind, IdempotencyStore, fingerprint, missing_key, parse_key
 from gateway.models import PaymentIntent, PaymentOutcome
 from gateway.problems import Problem
@@ -73,6 +74,7 @@ class Payments:
         reconcile_seconds: float,
         retention_days: int,
         kill_after_accept: int = 0,
+        health: Dependency | None = None,
     ) -> None:
         self._sessions = sessions
         self.adapter = adapter
@@ -82,6 +84,7 @@ class Payments:
         self.interval = reconcile_seconds
         self.retention = timedelta(days=retention_days)
         self.kill_after_accept = kill_after_accept
+        self.health = health  # the database's: an outage is logged once by it, not at every pass
         self._accepted = 0
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
@@ -121,8 +124,11 @@ class Payments:
                     log.info("reconciled payment intents: %s", counts)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the loop must outlive a bad pass (database or treasury down)
-                log.exception("payment reconciliation pass failed")
+            except Exception as exc:  # the loop must outlive a bad pass (database or treasury down)
+                if self.health is not None and is_database_outage(exc):
+                    self.health.failed(exc)
+                else:
+                    log.exception("payment reconciliation pass failed")
             self.passes += 1
             await asyncio.sleep(self.interval)
 

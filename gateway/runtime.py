@@ -97,7 +97,11 @@ async def start_offload(settings: Settings) -> ProcessVerifier | None:
 
 
 def start_payments(
-    settings: Settings, sessions: async_sessionmaker, audit: AuditWriter, adapters: Mapping[str, Adapter]
+    settings: Settings,
+    sessions: async_sessionmaker,
+    audit: AuditWriter,
+    adapters: Mapping[str, Adapter],
+    health: Dependency | None = None,
 ) -> Payments | None:
     """The payment path and its reconciler, when the treasury is offered."""
     treasury = adapters.get("treasury")
@@ -121,6 +125,7 @@ def start_payments(
         reconcile_seconds=settings.payment_reconcile_seconds,
         retention_days=settings.idempotency_retention_days,
         kill_after_accept=settings.payment_fault_kill_after_accept,
+        health=health,
     )
 
 
@@ -201,7 +206,7 @@ class Runtime:
         # In memory the counters start from zero with the process (and in Redis when it lost them): today's calls
         # are in the audit records, so a restart does not give a used-up quota back.
         await rebuild_quota_windows(engine, quotas)
-        payments = start_payments(settings, sessions, audit, catalog)
+        payments = start_payments(settings, sessions, audit, catalog, health=database)
         if payments is not None:
             await payments.start()
         runtime = cls(
