@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
@@ -125,17 +124,6 @@ def test_demo_enterprises() -> None:
     assert demo.in_operation and demo.tax_ratings[2025] == "A" and not demo.listed_anywhere
     assert listed.dishonest_debtor
     assert by_uscc(UNKNOWN_USCC) is None
-
-
-def test_generation_is_fast() -> None:
-    best = min(_timed(enterprises._generate) for _ in range(3))
-    assert best < 0.05
-
-
-def _timed(function: Any) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
 
 
 # --- the adapter over HTTP ---------------------------------------------------------------------------------------
