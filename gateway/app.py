@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, audit, calendar, catalog, ops, services, sharing, swagger, upstreams
+from gateway.routes import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
@@ -146,6 +146,7 @@ def create_app(
     app.include_router(sharing.router)
     app.include_router(calendar.router)
     app.include_router(admin.router)
+    app.include_router(grant_duties.router)
     app.include_router(upstreams.router)
     app.include_router(audit.router)
     app.include_router(ops.router)

@@ -30,9 +30,11 @@ from gateway.audit_files import (
     checkpoint_line,
     file_digest,
     header_line,
+    register_line,
     verify_file,
     write_records,
 )
+from gateway.sharing.obligations import register_entries
 from security.audit_chain import GENESIS_HASH
 from security.checkpoints import TrustedKeys
 from security.keyring import now_ms
@@ -89,11 +91,22 @@ async def export_records(
                 "sealed": sealing is not None,
             }
         )
+    # The requesting departments' register of use, storage and destruction (条例) travels with the audit.
+    register = await register_entries(engine, from_ms, to_ms)
     writer = LineWriter(path, compress=path.suffix == ".gz")
     results = []
     try:
         ranges = [{k: plan[k] for k in ("chain_id", "from_height", "to_height", "start_hash")} for plan in plans]
-        writer.write(header_line("export", created_ms=now_ms(), from_ms=from_ms, to_ms=to_ms, chains=ranges))
+        writer.write(
+            header_line(
+                "export",
+                created_ms=now_ms(),
+                from_ms=from_ms,
+                to_ms=to_ms,
+                chains=ranges,
+                register_entries=len(register),
+            )
+        )
         for plan in plans:
             chain_id, low, high = plan["chain_id"], plan["from_height"], plan["to_height"]
             checkpoints = [cp for cp in await load_checkpoints(engine, chain_id, after=low - 1) if cp.height <= high]
@@ -106,6 +119,8 @@ async def export_records(
                 if not rows or rows[-1]["height"] >= high:
                     break
             results.append(ExportedChain(chain_id, low, high, count, len(checkpoints), plan["sealed"]))
+        for entry in register:
+            writer.write(register_line(entry.model_dump(mode="json")))
         writer.close()
     except BaseException:
         writer.abort()

@@ -43,6 +43,11 @@ def checkpoint_line(checkpoint: Checkpoint) -> bytes:
     return orjson.dumps({"type": "checkpoint", **checkpoint.to_dict()}) + b"\n"
 
 
+def register_line(entry: Mapping[str, Any]) -> bytes:
+    """An entry of a department's register of use, storage and destruction; verification passes over it."""
+    return orjson.dumps({"type": "register", **entry}) + b"\n"
+
+
 def record_line(row: Mapping[str, Any]) -> bytes:
     encoded: dict[str, Any] = {"type": "record"}
     for name, value in row.items():

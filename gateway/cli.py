@@ -613,6 +613,9 @@ def audit_export(
     )
     if not exported:
         typer.echo(f"no records in that range; {file} holds only a header")
+    entries = _register_count(file)
+    if entries:
+        typer.echo(f"register of use, storage and destruction: {entries} entries")
     for item in exported:
         sealed = "" if item.sealed else " (the newest are not signed yet: export again after the next checkpoint)"
         typer.echo(
@@ -620,6 +623,14 @@ def audit_export(
             f" {item.checkpoints} checkpoints{sealed}"
         )
     typer.echo(f"wrote {file}")
+
+
+def _register_count(file: Path) -> int:
+    from gateway.audit_files import iter_lines
+
+    for _, item in iter_lines(file):
+        return int(item.get("register_entries") or 0)  # the header comes first
+    return 0
 
 
 @audit_app.command("archive")

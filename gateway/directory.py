@@ -61,6 +61,8 @@ class GrantInfo:
     daily_quota: int | None = None
     rate_limit: str | None = None
     sharing_request_id: str | None = None
+    # Approved through a sharing request and not yet delivered: its first successful call records delivery.
+    undelivered: bool = False
 
     def valid_at(self, now: datetime) -> bool:
         return self.valid_from <= now < self.valid_to
@@ -105,6 +107,38 @@ class Directory:
 
     async def grants_for(self, caller_id: str, service: str, operation: str) -> tuple[GrantInfo, ...]:
         return (await self._current()).grants.get((caller_id, service, operation), ())
+
+    async def ended_grant(
+        self, caller_id: str, service: str, operation: str, purpose: str, now: datetime
+    ) -> tuple[str, Grant] | None:
+        """Why the caller has no grant it may use for this purpose: one it had, now suspended, revoked or expired.
+
+        Read from the database, not the snapshot, and only on a refusal, so a granted call pays nothing for it.
+        A suspended grant comes first (it may come back); else the one that ended last.
+        """
+        async with self._sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(Grant).where(
+                        Grant.caller_id == caller_id,
+                        Grant.service == service,
+                        Grant.operation == operation,
+                        Grant.purpose == purpose,
+                    )
+                )
+            ).all()
+        ended: list[tuple[int, datetime, str, Grant]] = []
+        for row in rows:
+            if row.revoked_at is not None:
+                ended.append((0, as_utc(row.revoked_at), "grant_revoked", row))
+            elif as_utc(row.valid_to) <= now:
+                ended.append((0, as_utc(row.valid_to), "grant_expired", row))
+            elif row.suspended_at is not None:
+                ended.append((1, as_utc(row.suspended_at), "grant_suspended", row))
+        if not ended:
+            return None
+        _, _, code, row = max(ended, key=lambda entry: (entry[0], entry[1]))
+        return code, row
 
     async def _current(self) -> _Snapshot:
         snapshot = self._snapshot
@@ -165,7 +199,8 @@ class Directory:
                 keys[row.key_id] = KeyInfo(row.key_id, caller, public_key, row.status)
             now = datetime.now(UTC)
             grants: dict[tuple[str, str, str], list[GrantInfo]] = {}
-            query = select(Grant).where(Grant.revoked_at.is_(None), Grant.valid_to > now)
+            # Only grants that may answer: a suspended one is refused like a revoked one, from the database.
+            query = select(Grant).where(Grant.revoked_at.is_(None), Grant.suspended_at.is_(None), Grant.valid_to > now)
             for row in (await session.scalars(query)).all():
                 info = GrantInfo(
                     row.grant_id,
@@ -180,6 +215,7 @@ class Directory:
                     row.daily_quota,
                     row.rate_limit,
                     row.sharing_request_id,
+                    row.delivery_due is not None and row.delivered_at is None,
                 )
                 grants.setdefault((row.caller_id, row.service, row.operation), []).append(info)
         return _Snapshot(started, keys, {key: tuple(value) for key, value in grants.items()})

@@ -177,8 +177,37 @@ class Grant(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Suspension for misuse: the grant is refused (`grant_suspended`) until resumed; unlike revocation it may return.
+    suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    suspended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    suspend_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Delivery (条例: within 20 working days of approval); NULL due for a grant an admin issued directly.
+    delivery_due: Mapped[date | None] = mapped_column(Date, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    delivery_note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_grants_lookup", "caller_id", "service", "operation", "purpose"),)
+
+
+class DataUseEntry(Base):
+    """The requesting department's register of what it did with data received under a grant: use, storage,
+    destruction. Append-only; each entry is kept at least until `keep_until` (3 years), enforced by a trigger."""
+
+    __tablename__ = "data_use_entries"
+
+    entry_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.grant_id"), index=True)
+    sharing_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    department: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # use | storage | destruction
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    description: Mapped[str] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(Text, nullable=True)
+    volume: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    keep_until: Mapped[date] = mapped_column(Date)
 
 
 class AuditRecord(Base):

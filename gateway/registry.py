@@ -14,6 +14,7 @@ from adapters.base import Adapter
 from gateway.directory import as_utc
 from gateway.models import Caller, CallerKey, Grant, SharingRequest
 from gateway.problems import Problem
+from gateway.sharing.grant_state import delivery_state, grant_status
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
 from security.keys import KeyFormatError, load_public_key
 
@@ -126,7 +127,8 @@ async def revoke_key(session: AsyncSession, caller_id: str, key_id: str) -> KeyO
     return key_out(row)
 
 
-def grant_out(row: Grant) -> GrantOut:
+def grant_out(row: Grant, now: datetime | None = None) -> GrantOut:
+    now = now or _now()
     return GrantOut(
         grant_id=row.grant_id,
         caller_id=row.caller_id,
@@ -145,6 +147,15 @@ def grant_out(row: Grant) -> GrantOut:
         revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
         revoked_by=row.revoked_by,
         revoke_reason=row.revoke_reason,
+        status=grant_status(row, now),  # type: ignore[arg-type]
+        suspended_at=as_utc(row.suspended_at) if row.suspended_at else None,
+        suspended_by=row.suspended_by,
+        suspend_reason=row.suspend_reason,
+        delivery_state=delivery_state(row, now),  # type: ignore[arg-type]
+        delivery_due=row.delivery_due,
+        delivered_at=as_utc(row.delivered_at) if row.delivered_at else None,
+        delivered_by=row.delivered_by,
+        delivery_note=row.delivery_note,
     )
 
 
@@ -215,14 +226,16 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
     return grant_out(row)
 
 
-async def list_grants(session: AsyncSession, caller_id: str | None = None) -> list[GrantOut]:
+async def list_grants(
+    session: AsyncSession, caller_id: str | None = None, now: datetime | None = None
+) -> list[GrantOut]:
     query = select(Grant).order_by(Grant.created_at, Grant.grant_id)
     if caller_id is not None:
         query = query.where(Grant.caller_id == caller_id)
-    return [grant_out(row) for row in (await session.scalars(query)).all()]
+    return [grant_out(row, now) for row in (await session.scalars(query)).all()]
 
 
-async def grants_for_department(session: AsyncSession, department: str) -> list[GrantOut]:
+async def grants_for_department(session: AsyncSession, department: str, now: datetime | None = None) -> list[GrantOut]:
     """Grants a department holds, and grants on the items it provides."""
     provided = select(SharingRequest.request_id).where(SharingRequest.provider_department == department)
     query = (
@@ -230,7 +243,7 @@ async def grants_for_department(session: AsyncSession, department: str) -> list[
         .where(or_(Grant.department == department, Grant.sharing_request_id.in_(provided)))
         .order_by(Grant.created_at, Grant.grant_id)
     )
-    return [grant_out(row) for row in (await session.scalars(query)).all()]
+    return [grant_out(row, now) for row in (await session.scalars(query)).all()]
 
 
 async def revoke_grant(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -148,4 +148,19 @@ class GrantOut(BaseModel):
     revoked_at: datetime | None = None
     revoked_by: str | None = None
     revoke_reason: str | None = None
+    status: Literal["active", "not_started", "suspended", "revoked", "expired"] = Field(
+        default="active", description="as it is now; a call under a grant that is not active is refused with its code"
+    )
+    suspended_at: datetime | None = None
+    suspended_by: str | None = None
+    suspend_reason: str | None = None
+    delivery_state: Literal["delivered", "pending", "overdue", "cancelled", "not_applicable"] = Field(
+        default="not_applicable",
+        description="a grant from a sharing request is delivered (usable) within 20 working days of approval:"
+        " by the provider's `deliver`, or by the first successful call under it",
+    )
+    delivery_due: date | None = None
+    delivered_at: datetime | None = None
+    delivered_by: str | None = Field(default=None, description="the provider's caller id, or `first_use`")
+    delivery_note: str | None = None
     used_today: int | None = Field(default=None, description="calls counted today against the daily quota")

@@ -51,6 +51,7 @@ STATE_LABELS = {
     "revoked": "已撤销",
     "expired": "已到期",
 }
+DELIVERY_LABELS = {"pending": "待交付", "delivered": "已交付", "overdue": "逾期未交付", "cancelled": "已取消"}
 
 
 def _choice(labels: dict[str, str], code: str, what: str, extra: dict[str, str] | None = None) -> Callable[[Any], Any]:
@@ -66,7 +67,7 @@ def _choice(labels: dict[str, str], code: str, what: str, extra: dict[str, str] 
         allowed = ", ".join(f"{value} ({label})" for value, label in labels.items())
         raise PydanticCustomError(
             code,
-            "unknown {what} {value!r}; expected one of: {allowed}",
+            "unknown {what} '{value}'; expected one of: {allowed}",
             {
                 "what": what,
                 "value": value,
@@ -384,10 +385,24 @@ class ApproveIn(_In):
     """The provider's approval; the grant takes these terms (defaults: the request's)."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"daily_quota": 5000, "rate_limit": "20/second"}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"daily_quota": 5000, "rate_limit": "20/second"},
+                {"fields": ["uscc", "listed"], "daily_quota": 2000, "valid_to": "2026-06-30T23:59:59+08:00"},
+            ]
+        },
     )
 
-    daily_quota: Quota | None = Field(default=None, description="calls a day; default: the expected daily volume")
+    fields: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="partial approval: a subset of the requested fields; the request is narrowed to them (recorded"
+        " with before and after). Default: all requested",
+    )
+    daily_quota: Quota | None = Field(
+        default=None, description="calls a day, at most the expected daily volume; default: the expected daily volume"
+    )
     rate_limit: RateLimit | None = Field(default=None, description="default: 20/second")
     valid_to: BeijingDatetime | None = Field(default=None, description="at most the requested end; default: it")
     note: str | None = Field(default=None, max_length=2000)
@@ -399,7 +414,10 @@ class ConditionNotMet(_In):
 
 
 class RefuseIn(_In):
-    """A refusal: reasons, and for a 有条件 item the condition not met."""
+    """A refusal (不予共享的理由): reasons, and its ground: a legal basis, or the 使用条件 the request does not meet.
+
+    共享为常态: a provider may not refuse an item it lists as shareable without one of the two.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -408,13 +426,24 @@ class RefuseIn(_In):
                 {
                     "reasons": ["使用范围超出本目录的共享条件"],
                     "condition_not_met": {"condition": "scope", "explanation": "仅限本市惠企政策兑现使用"},
-                }
+                },
+                {
+                    "reasons": ["涉及纳税人商业秘密"],
+                    "legal_basis": {"kind": "law", "title": "《中华人民共和国税收征收管理法》", "article": "第八条"},
+                },
             ]
         },
     )
 
     reasons: list[Text] = Field(min_length=1)
-    condition_not_met: ConditionNotMet | None = Field(default=None, description="required for conditional items")
+    condition_not_met: ConditionNotMet | None = Field(
+        default=None, description="the item's 使用条件 not met; this or `legal_basis` is required"
+    )
+    legal_basis: LegalBasis | None = Field(
+        default=None,
+        description="a 法律, 行政法规 or 国务院决定 that forbids this sharing, as a 不予共享 item cites it;"
+        " this or `condition_not_met` is required",
+    )
 
 
 class MissingItem(_In):
@@ -458,6 +487,95 @@ class RevokeIn(_In):
     reason: Text
 
 
+class DeliverIn(_In):
+    """The provider's statement that the approved data is delivered and usable (条例: within 20 working days)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "服务接口已开通，已通知需求方联调"}]}
+    )
+
+    note: str | None = Field(default=None, max_length=2000, description="how it was delivered, for the requester")
+
+
+class SuspendIn(_In):
+    """Suspension of a grant for misuse (暂停共享): refused until resumed; unlike a revocation, it can end."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "发现超出授权范围使用数据"}]})
+
+    reason: Text
+
+
+class ResumeIn(_In):
+    reason: str | None = Field(default=None, min_length=1, max_length=2000)
+
+
+DATA_USE_KIND_LABELS = {"use": "使用", "storage": "存储", "destruction": "销毁"}
+DataUseKind = Annotated[
+    Literal["use", "storage", "destruction"],
+    BeforeValidator(_choice(DATA_USE_KIND_LABELS, "data_use_kind_unknown", "register entry kind")),
+]
+
+
+class DataUseIn(_In):
+    """One entry of the requesting department's register of received data (使用、存储、销毁记录)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "storage",
+                    "description": "比对结果存入免申即享平台数据库，仅保存是否失信标记",
+                    "location": "市政务云 免申即享平台 库表 t_match_result",
+                    "volume": 30000,
+                },
+                {"kind": "destruction", "description": "政策兑现完成，比对结果已删除", "location": "t_match_result"},
+            ]
+        },
+    )
+
+    kind: DataUseKind = Field(description="use 使用, storage 存储, destruction 销毁")
+    occurred_at: AwareDatetime | None = Field(default=None, description="when it happened; default: now")
+    description: Text
+    location: str | None = Field(default=None, min_length=1, max_length=2000, description="system, table or place")
+    volume: int | None = Field(default=None, ge=0, le=1_000_000_000, description="records concerned, if counted")
+
+
+class DataUseOut(BaseModel):
+    entry_id: str
+    grant_id: str
+    sharing_request_id: str | None
+    department: str
+    kind: str
+    kind_label: str
+    occurred_at: datetime
+    description: str
+    location: str | None
+    volume: int | None
+    recorded_by: str
+    recorded_at: datetime
+    keep_until: date
+
+
+class DataUseRegister(BaseModel):
+    """A grant's register: `destroyed` once a destruction is recorded; every entry kept until `keep_until`."""
+
+    grant_id: str
+    department: str
+    state: Literal["open", "destroyed"]
+    entries: list[DataUseOut]
+
+
+class DeliveryOut(BaseModel):
+    """Delivery of a request's grants: `pending` until each is usable, `overdue` after the due day has ended,
+    `cancelled` when every grant ended before it was delivered."""
+
+    state: Literal["pending", "delivered", "overdue", "cancelled"]
+    state_label: str
+    due: date | None
+    delivered_at: datetime | None
+
+
 class SharingEventOut(BaseModel):
     at: datetime
     actor: str
@@ -473,6 +591,8 @@ class GrantRef(BaseModel):
     grant_id: str
     caller_id: str
     revoked_at: datetime | None
+    suspended_at: datetime | None = None
+    delivered_at: datetime | None = None
 
 
 class SharingRequestOut(BaseModel):
@@ -518,6 +638,7 @@ class SharingRequestOut(BaseModel):
     ended_by: str | None
     end_reason: str | None
     grants: list[GrantRef]
+    delivery: DeliveryOut | None = Field(default=None, description="once approved: delivery within 20 working days")
     created_at: datetime
     updated_at: datetime
     history: list[SharingEventOut] | None = None
@@ -533,5 +654,9 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     ReturnIn,
     ExtendIn,
     RevokeIn,
+    DeliverIn,
+    SuspendIn,
+    ResumeIn,
+    DataUseIn,
 )
 """Bodies that routes read raw (to check the signature's digest); the OpenAPI names them as components."""

@@ -93,7 +93,9 @@ UNKNOWN_LEVEL = [{"name": "uscc", "title": "代码", "type": "string", "level": 
         ("conditional", {"data_items": UNKNOWN_FIELD}, 422, "field_not_in_operation", "data_items/0/name"),
         ("conditional", {"data_items": UNKNOWN_LEVEL}, 422, "classification_unknown", "data_items/0/level"),
         ("conditional", {"provider": "市财政局"}, 403, "not_own_department", None),
-        ("conditional", {"code": "bad code"}, 422, "validation_failed", "code"),
+        ("conditional", {"code": "bad code"}, 422, "field_invalid", "code"),
+        ("conditional", {"name": None}, 422, "field_invalid", "name"),
+        ("conditional", {"surprise": 1}, 422, "field_unknown", "surprise"),
     ],
 )
 async def test_invalid_items_are_refused_and_nothing_is_registered(
@@ -101,17 +103,38 @@ async def test_invalid_items_are_refused_and_nothing_is_registered(
 ) -> None:
     body = item_body("FGW-9", attribute)
     body.update(change)
-    body = problem(await world.post("credit-officer", "/v1/catalog", body), status, code)
+    # Every 422 of the catalog is one list of faults (一次性告知): `item_incomplete`, and a code per fault.
+    top = "item_incomplete" if status == 422 else code
+    body = problem(await world.post("credit-officer", "/v1/catalog", body), status, top)
     if field is not None:
-        assert body["errors"][0]["field"] == field, body
+        assert [(error["field"], error["code"]) for error in body["errors"]] == [(field, code)], body
     assert (await public(world)).json() == {"items": []}
     [record] = await world.audit_records("catalog.add")
-    assert (record["decision"], record["reason_code"], record["caller_id"]) == ("refused", code, "credit-officer")
+    assert (record["decision"], record["reason_code"], record["caller_id"]) == ("refused", top, "credit-officer")
+
+
+async def test_every_fault_of_an_item_in_one_answer(world: World) -> None:
+    body = item_body("FGW-9", "not_shared", legal_basis=None, conditions={"scope": "a", "purpose": "b"})
+    body["data_items"].append({"name": "uscc", "title": "重复", "type": "string", "level": "general"})
+    body["data_items"].append({"name": "bank_account", "title": "账号", "type": "string", "level": "core"})
+    body["update_frequency"] = "hourly"
+    del body["name"]
+    answer = problem(await world.post("credit-officer", "/v1/catalog", body), 422, "item_incomplete")
+    assert sorted((error["field"], error["code"]) for error in answer["errors"]) == [
+        ("conditions", "conditions_not_applicable"),
+        ("data_items/3/name", "data_item_duplicate"),
+        ("data_items/4/name", "field_not_in_operation"),
+        ("legal_basis", "legal_basis_missing"),
+        ("name", "field_missing"),
+        ("update_frequency", "update_frequency_unknown"),
+    ], answer
+    assert answer["detail"].startswith("6 fault(s)")
 
 
 async def test_who_registers(world: World) -> None:
     problem(await world.post("platform", "/v1/catalog", item_body("P-1")), 403, "role_forbidden")
-    problem(await world.post("admin", "/v1/catalog", item_body("A-1")), 422, "provider_missing")
+    missing = problem(await world.post("admin", "/v1/catalog", item_body("A-1")), 422, "item_incomplete")
+    assert [(error["field"], error["code"]) for error in missing["errors"]] == [("provider", "provider_missing")]
     by_admin = await add_item(world, item_body("A-1", provider=CREDIT), who="admin")
     assert (by_admin["provider"], by_admin["service_owner"]) == (CREDIT, CREDIT)
     await add_item(world, item_body("FGW-1"))
@@ -140,14 +163,34 @@ async def test_openapi_documents_the_workflow_with_examples(world: World) -> Non
         ("/v1/sharing-requests/{request_id}/return", "post"),
         ("/v1/sharing-requests/{request_id}/extend", "post"),
         ("/v1/sharing-requests/{request_id}/revoke", "post"),
+        ("/v1/sharing-requests/{request_id}/deliver", "post"),
         ("/v1/grants", "get"),
         ("/v1/grants/{grant_id}", "get"),
+        ("/v1/grants/{grant_id}/suspend", "post"),
+        ("/v1/grants/{grant_id}/resume", "post"),
+        ("/v1/grants/{grant_id}/register", "post"),
+        ("/v1/grants/{grant_id}/register", "get"),
         ("/v1/calendar/deadline", "get"),
     ]:
         assert method in paths.get(path, {}), f"{method.upper()} {path} is not documented"
     schemas = spec["components"]["schemas"]
-    for name in ("CatalogItemIn", "SharingRequestIn", "ApproveIn", "RefuseIn", "ReturnIn", "ExtendIn", "GrantIn"):
+    for name in (
+        "CatalogItemIn",
+        "SharingRequestIn",
+        "ApproveIn",
+        "RefuseIn",
+        "ReturnIn",
+        "ExtendIn",
+        "GrantIn",
+        "DeliverIn",
+        "SuspendIn",
+        "DataUseIn",
+    ):
         assert schemas[name].get("examples"), f"{name} has no example"
+    assert "fields" in schemas["ApproveIn"]["properties"], "partial approval is documented"
+    assert "legal_basis" in schemas["RefuseIn"]["properties"], "a refusal's legal basis is documented"
+    for name in ("DataUseRegister", "DeliveryOut", "GrantOut"):
+        assert name in schemas, name
     body = paths["/v1/sharing-requests/{request_id}/approve"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/ApproveIn")
     assert "429" in paths["/v1/services/{service}/{operation}"]["post"]["responses"]

@@ -231,7 +231,10 @@ async def test_revoked_grant_is_refused_on_next_call(gateway: RunningGateway) ->
         assert (await admin.post(f"/v1/grants/{gateway.grant_id}/revoke")).status_code == 200
     async with gateway.client() as client:
         response = await client.post(INVOKE, json={"purpose": PURPOSE, "params": {"uscc": DEMO_USCC}})
-    assert_problem(response, 403, "purpose_not_granted")
+    problem = assert_problem(response, 403, "grant_revoked")
+    assert gateway.grant_id in problem["detail"]
+    record = await last_record(gateway)
+    assert (record["reason_code"], record["grant_id"]) == ("grant_revoked", gateway.grant_id)
 
 
 async def test_unknown_service_and_operation_are_404(gateway: RunningGateway) -> None:

@@ -226,7 +226,7 @@ async def test_expiry_holds_on_the_next_call(gateway: RunningGateway) -> None:
     await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
     response = await _call(gateway, "SHORT-1")
     assert response.status_code == 403, response.text
-    assert response.json()["code"] in ("grant_not_valid", "purpose_not_granted")
+    assert response.json()["code"] == "grant_expired", response.text
 
 
 # --- two real gateway processes sharing Redis and PostgreSQL ---------------------------------------------------

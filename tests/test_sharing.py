@@ -156,6 +156,7 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     assert set(first.json()["data"]) <= {"uscc", "listed"}, "entries was not requested, so it never leaves"
     assert "entries" not in first.json()["data"]
     assert first.json()["meta"]["grant_id"] == grant["grant_id"]
+    await world.gw.app.state.sharing.settle()  # the first successful call records the delivery, in the background
     problem(await invoke(world, "abnormal-operation", "XM-2025-999"), 403, "purpose_not_granted")
     for _ in range(2):
         assert (await invoke(world, "abnormal-operation", "XM-2025-002", DEMO_USCC)).status_code == 200
@@ -175,7 +176,7 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["state"] == "revoked"
     assert revoked.json()["grants"][0]["revoked_at"] is not None
-    problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "no_grant")
+    problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_revoked")
     problem(
         await world.post("credit-officer", f"{REQUESTS}/{request_id}/revoke", {"reason": "again"}), 422, "invalid_state"
     )
@@ -190,6 +191,7 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
         ("extend", "credit-officer"),
         ("approve", "credit-head"),
         ("grant", "credit-head"),
+        ("deliver", "system"),
         ("revoke", "credit-officer"),
     ]
     approve_event = history[6]
@@ -251,7 +253,7 @@ async def test_refusal_of_a_conditional_item_names_the_condition_not_met(world: 
     item = await add_item(world, item_body("FGW-XY-0004"))
     request = await filed_and_submitted(world, item["item_id"])
     path = f"{REQUESTS}/{request['request_id']}/refuse"
-    problem(await world.post("credit-officer", path, {"reasons": ["不符合"]}), 422, "condition_not_met_missing")
+    problem(await world.post("credit-officer", path, {"reasons": ["不符合"]}), 422, "refusal_ground_missing")
     problem(await world.post("credit-officer", path, {"reasons": []}), 422, "validation_failed")
     refused = await world.post(
         "credit-officer",
@@ -349,7 +351,7 @@ async def test_bad_requests_are_refused_and_change_nothing(world: World) -> None
     secret = await add_item(world, item_body("SWJ-0009", "not_shared", service=None, operation=None))
     cases = [
         (request_body(item["item_id"], fields=["uscc", "bank_account"]), "field_not_in_item", "fields/1"),
-        ({k: v for k, v in request_body(item["item_id"]).items() if k != "purpose"}, "validation_failed", "purpose"),
+        ({k: v for k, v in request_body(item["item_id"]).items() if k != "purpose"}, "field_missing", "purpose"),
         (
             request_body(item["item_id"], valid_to=(world.now - timedelta(days=1)).isoformat()),
             "validity_in_past",
@@ -363,13 +365,13 @@ async def test_bad_requests_are_refused_and_change_nothing(world: World) -> None
     ]
     for body, code, field in cases:
         response = await world.post("data-officer", REQUESTS, body)
-        found = problem(response, 422, code)
-        assert found["errors"][0]["field"] == field, found
+        found = problem(response, 422, "request_incomplete")
+        assert [(error["field"], error["code"]) for error in found["errors"]] == [(field, code)], found
     problem(await world.post("platform", REQUESTS, request_body(item["item_id"])), 403, "role_forbidden")
     assert (await world.get("admin", REQUESTS)).json() == [], "no request was created"
 
     both = await world.post("data-officer", REQUESTS, request_body(item["item_id"], fields=["x"], callers=["nobody"]))
-    assert [error["type"] for error in problem(both, 422, "field_not_in_item")["errors"]] == [
+    assert [error["code"] for error in problem(both, 422, "request_incomplete")["errors"]] == [
         "field_not_in_item",
         "caller_unknown",
     ], "every fault is named at once"

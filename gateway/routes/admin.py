@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -130,12 +131,12 @@ def _sees_all(caller: CallerInfo) -> bool:
     return bool(caller.roles & {"admin", "officer", "coordinator"})
 
 
-async def _visible_grants(session: AsyncSession, caller: CallerInfo) -> list[GrantOut]:
+async def _visible_grants(session: AsyncSession, caller: CallerInfo, now: datetime) -> list[GrantOut]:
     if _sees_all(caller):
-        return await registry.list_grants(session)
+        return await registry.list_grants(session, now=now)
     if "department" in caller.roles:
-        return await registry.grants_for_department(session, caller.department)
-    return await registry.list_grants(session, caller.caller_id)
+        return await registry.grants_for_department(session, caller.department, now)
+    return await registry.list_grants(session, caller.caller_id, now)
 
 
 @router.get(
@@ -151,7 +152,8 @@ async def _visible_grants(session: AsyncSession, caller: CallerInfo) -> list[Gra
 async def list_grants(request: Request) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         async with exchange.runtime.sessions() as session:
-            return 200, _dump(await _visible_grants(session, exchange.principal.caller))
+            now = request.app.state.sharing.now()
+            return 200, _dump(await _visible_grants(session, exchange.principal.caller, now))
 
     return await run_exchange(request, "grant.list", handler)
 
@@ -167,7 +169,10 @@ async def list_grants(request: Request) -> Response:
 async def get_grant(request: Request, grant_id: str) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         async with exchange.runtime.sessions() as session:
-            visible = {grant.grant_id: grant for grant in await _visible_grants(session, exchange.principal.caller)}
+            now = request.app.state.sharing.now()
+            visible = {
+                grant.grant_id: grant for grant in await _visible_grants(session, exchange.principal.caller, now)
+            }
         grant = visible.get(grant_id)
         if grant is None:
             raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
@@ -236,6 +241,6 @@ async def revoke_grant(request: Request, grant_id: str) -> Response:
                 )
             )
         exchange.event.purpose = grant.purpose
-        return 200, _dump(registry.grant_out(grant))
+        return 200, _dump(registry.grant_out(grant, now))
 
     return await run_exchange(request, "admin.grant.revoke", handler, roles=ADMIN)

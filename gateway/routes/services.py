@@ -13,11 +13,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from adapters.base import UpstreamError
-from gateway.directory import GrantInfo
+from gateway.directory import GrantInfo, as_utc
 from gateway.exchange import Exchange, run_exchange
 from gateway.json_bodies import load_body
 from gateway.problems import Problem, validation_problem
 from gateway.routes.docs import SIGNED, json_body, problem_responses
+from gateway.runtime import Runtime
 from gateway.sharing.ownership import owners
 from schemas.api import InvokeRequest, InvokeResponse
 
@@ -68,6 +69,9 @@ def select_grant(grants: tuple[GrantInfo, ...], service: str, operation: str, pu
     for grant in for_purpose:
         if grant.valid_at(now):
             return grant
+    if all(grant.valid_to <= now for grant in for_purpose):
+        # Ended since the snapshot was taken (it is at most 1 s old).
+        raise ended_problem("grant_expired", for_purpose[0].grant_id, purpose, for_purpose[0].valid_to)
     raise Problem(
         403,
         "grant_not_valid",
@@ -75,6 +79,43 @@ def select_grant(grants: tuple[GrantInfo, ...], service: str, operation: str, pu
         f"the grant for purpose {purpose!r} is not valid at {now.isoformat(timespec='seconds')}",
         context={"grant_id": for_purpose[0].grant_id},
     )
+
+
+ENDED_TITLES = {
+    "grant_revoked": "Grant revoked",
+    "grant_suspended": "Grant suspended",
+    "grant_expired": "Grant expired",
+}
+
+
+def ended_problem(code: str, grant_id: str, purpose: str, since: datetime, reason: str | None = None) -> Problem:
+    """403 for a grant the caller had for this purpose that may not be used now; the refusal names the grant."""
+    what = {"grant_revoked": "was revoked", "grant_suspended": "is suspended", "grant_expired": "expired"}[code]
+    detail = f"the grant {grant_id} for purpose {purpose!r} {what} at {since.isoformat(timespec='seconds')}"
+    if code == "grant_suspended" and reason:
+        detail += f": {reason}"
+    return Problem(403, code, ENDED_TITLES[code], detail, context={"grant_id": grant_id})
+
+
+async def find_grant(runtime: Runtime, caller_id: str, service: str, operation: str, purpose: str) -> GrantInfo:
+    """The grant that allows this call now; when none does, the refusal that says what happened.
+
+    The snapshot holds only grants that may answer, so the happy path is one dictionary lookup. Only a call
+    that matched none looks for a suspended, revoked or expired grant for the purpose, in the database.
+    """
+    grants = await runtime.directory.grants_for(caller_id, service, operation)
+    try:
+        return select_grant(grants, service, operation, purpose)
+    except Problem as refusal:
+        if refusal.code not in ("no_grant", "purpose_not_granted"):
+            raise
+        now = datetime.now(UTC)
+        ended = await runtime.directory.ended_grant(caller_id, service, operation, purpose, now)
+        if ended is None:
+            raise
+        code, row = ended
+        since = {"grant_revoked": row.revoked_at, "grant_suspended": row.suspended_at}.get(code) or row.valid_to
+        raise ended_problem(code, row.grant_id, purpose, as_utc(since), row.suspend_reason) from None
 
 
 async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:
@@ -89,8 +130,7 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     body: InvokeRequest = parse_json(exchange.body, InvokeRequest, exact=not operation.safe)
     event = exchange.event
     event.purpose = body.purpose
-    grants = await runtime.directory.grants_for(exchange.principal.caller.caller_id, service, operation_name)
-    grant = select_grant(grants, service, operation_name, body.purpose)
+    grant = await find_grant(runtime, exchange.principal.caller.caller_id, service, operation_name, body.purpose)
     event.grant_id = grant.grant_id
     try:
         params = operation.input_model.model_validate(body.params)
@@ -116,6 +156,9 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     # Minimization: only granted fields leave the gateway, whatever the upstream sent.
     data = {name: result.data[name] for name in grant.fields if name in result.data}
     event.fields = tuple(data)
+    if grant.undelivered:
+        # The first successful call proves the grant usable: its delivery is recorded, once, off this path.
+        exchange.request.app.state.sharing.note_first_use(grant)
     answer = {
         "data": data,
         "meta": {

@@ -6,6 +6,7 @@ the audit record carries the actor and the before/after of every changed field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -18,15 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.exchange import Exchange, run_exchange
 from gateway.routes.docs import SIGNED, json_body, problem_responses
-from gateway.sharing import workflow
+from gateway.sharing import obligations, workflow
 from gateway.sharing.calendar import calendar_for
-from gateway.sharing.errors import calendar_problem, parse_body
+from gateway.sharing.errors import calendar_problem, load_json, parse_body
 from gateway.sharing.service import SharingService
 from gateway.sharing.states import Actor
 from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR, CalendarYearUnsupported, supported_years
+from schemas.api import PURPOSE_PATTERN
 from schemas.sharing import (
     ApproveIn,
     Deadline,
+    DeliverIn,
     EndorseIn,
     ExtendIn,
     RefuseIn,
@@ -42,6 +45,7 @@ PREFIX = "/v1/sharing-requests"
 B = TypeVar("B", bound=BaseModel)
 Action = Callable[[AsyncSession, Actor, str, Any, datetime], Awaitable[workflow.Outcome]]
 StateName = Literal["draft", "submitted", "approved", "refused", "returned", "granted", "revoked", "expired"]
+DeliveryName = Literal["pending", "delivered", "overdue", "cancelled"]
 READERS = {"department", "officer", "admin", "coordinator"}
 
 
@@ -78,10 +82,21 @@ async def _run(
     return status, _dump(out)
 
 
-def _transition_route(name: str, model: type[B], action: Action, *, optional: bool = False) -> Callable[..., Any]:
+def _purpose_of(document: Any) -> str | None:
+    """The purpose code of a body not validated yet, for the audit record of a refusal; only a well-formed one."""
+    purpose = document.get("purpose") if isinstance(document, dict) else None
+    code = purpose.get("code") if isinstance(purpose, dict) else None
+    return code if isinstance(code, str) and re.fullmatch(PURPOSE_PATTERN, code) else None
+
+
+def _transition_route(
+    name: str, model: type[B], action: Action, *, optional: bool = False, collecting: bool = False
+) -> Callable[..., Any]:
+    """A POST/PATCH on one request. `collecting`: the action validates the raw JSON itself (一次性告知)."""
+
     async def route(request: Request, request_id: str) -> Response:
         async def handler(exchange: Exchange) -> tuple[int, bytes]:
-            body = parse_body(exchange.body, model, optional=optional)
+            body = load_json(exchange.body) if collecting else parse_body(exchange.body, model, optional=optional)
             return await _run(exchange, 200, lambda session, actor, now: action(session, actor, request_id, body, now))
 
         return await run_exchange(request, f"sharing.{name}", handler, roles=READERS)
@@ -103,9 +118,11 @@ def _transition_route(name: str, model: type[B], action: Action, *, optional: bo
 )
 async def file_request(request: Request) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        body = parse_body(exchange.body, SharingRequestIn)
-        exchange.event.purpose = body.purpose.code
-        return await _run(exchange, 201, lambda session, actor, now: workflow.file_request(session, actor, body, now))
+        document = load_json(exchange.body)
+        exchange.event.purpose = _purpose_of(document)
+        return await _run(
+            exchange, 201, lambda session, actor, now: workflow.file_request(session, actor, document, now)
+        )
 
     return await run_exchange(request, "sharing.file", handler, roles={"department"})
 
@@ -115,7 +132,8 @@ async def file_request(request: Request) -> Response:
     summary="List sharing requests",
     description=(
         "A department sees its own requests and those addressed to it; an officer or admin sees all; a coordinator"
-        " sees the escalated and overdue ones. Newest first, without history. " + SIGNED
+        " sees the escalated and overdue ones. Newest first, without history. `delivery=overdue` lists approved"
+        " requests whose data is not yet usable 20 working days after approval. " + SIGNED
     ),
     response_model=list[SharingRequestOut],
     responses=problem_responses(401, 403),
@@ -125,6 +143,9 @@ async def list_requests(
     state: Annotated[StateName | None, Query(description="only requests in this state")] = None,
     overdue: Annotated[bool | None, Query(description="only overdue (true) or not overdue (false)")] = None,
     escalated: Annotated[bool | None, Query(description="only escalated (true) or not (false)")] = None,
+    delivery: Annotated[
+        DeliveryName | None, Query(description="only approved requests whose delivery is in this state")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
@@ -132,8 +153,18 @@ async def list_requests(
         actor = Actor.of(exchange.principal.caller)
         async with exchange.runtime.sessions() as session:
             found = await workflow.list_requests(
-                session, actor, now, state=state, overdue=overdue, escalated=escalated, limit=limit
+                session,
+                actor,
+                now,
+                state=state,
+                overdue=overdue,
+                escalated=escalated,
+                limit=1000 if delivery is not None else limit,
             )
+        if delivery is not None:
+            found = [entry for entry in found if entry.delivery is not None and entry.delivery.state == delivery][
+                :limit
+            ]
         return 200, _dump(found)
 
     return await run_exchange(request, "sharing.list", handler, roles=READERS)
@@ -163,7 +194,7 @@ async def _update(session: AsyncSession, actor: Actor, request_id: str, body: An
 
 router.add_api_route(
     PREFIX + "/{request_id}",
-    _transition_route("update", SharingRequestPatch, _update),
+    _transition_route("update", SharingRequestPatch, _update, collecting=True),
     methods=["PATCH"],
     summary="Change a draft or returned request",
     description="The requesting department corrects its request (e.g. after 退回补正); only given fields change. "
@@ -191,19 +222,23 @@ _TRANSITIONS: list[tuple[str, type[BaseModel], Action, bool, str, str]] = [
         ApproveIn,
         workflow.approve,
         False,
-        "Approve, creating the grants",
+        "Approve, fully or in part, creating the grants",
         "The provider department (or, once escalated, a coordinator) approves: one grant per caller named, with"
-        " the daily quota (default: the expected daily volume) and rate limit (default 20/second) shared by them."
-        " The request is `granted`, or `approved` until a later requested start.",
+        " the daily quota (default and maximum: the expected daily volume) and rate limit (default 20/second)"
+        " shared by them. A partial approval grants fewer `fields` than requested (422 `field_not_requested`"
+        " otherwise), an earlier `valid_to` or a lower `daily_quota`: the request is narrowed to it, its history"
+        " shows before and after, and `decision.narrowed` what was requested. The grants are due for delivery"
+        " within 20 working days. The request is `granted`, or `approved` until a later requested start.",
     ),
     (
         "refuse",
         RefuseIn,
         workflow.refuse,
         False,
-        "Refuse, with reasons",
-        "The provider (or, once escalated, a coordinator) refuses with reasons; for a 有条件 item, also the"
-        " condition not met.",
+        "Refuse, with reasons and their ground",
+        "The provider (or, once escalated, a coordinator) refuses with reasons and a ground (共享为常态): a"
+        " `legal_basis` (`kind`, `title`, `article`, as a 不予共享 item cites it) or, for a 有条件 item, the"
+        " `condition_not_met`; without either, 422 `refusal_ground_missing`.",
     ),
     (
         "return",
@@ -222,6 +257,17 @@ _TRANSITIONS: list[tuple[str, type[BaseModel], Action, bool, str, str]] = [
         "Extend the deadline once",
         "The provider extends a 有条件 request's deadline once, by 1–10 working days, before it passes; the reason"
         " is recorded on the request for the requester. Counted like the deadline (provisional in an unloaded year).",
+    ),
+    (
+        "deliver",
+        DeliverIn,
+        obligations.deliver,
+        True,
+        "Deliver: the approved data is usable",
+        "The provider states that the approved data is delivered (条例: within 20 working days of approval), by"
+        " the request's 共享方式; every grant of the request not yet usable becomes `delivered`. A grant is also"
+        " delivered by the first successful call under it. Until then the request's `delivery` is `pending`, and"
+        " `overdue` once the due day (Beijing time) has ended. The body (a `note`) is optional.",
     ),
     (
         "revoke",

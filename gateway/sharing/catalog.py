@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +14,7 @@ from adapters.base import Adapter
 from gateway.directory import as_utc
 from gateway.models import CatalogItem, Grant, SharingRequest
 from gateway.problems import Problem
-from gateway.sharing.errors import Faults, forbidden, invalid
+from gateway.sharing.errors import Faults, forbidden, invalid, validate_collecting
 from gateway.sharing.ownership import Publisher, owner_of, owners, publisher
 from gateway.sharing.states import Actor
 from schemas.sharing import (
@@ -61,58 +62,92 @@ def item_out(row: CatalogItem, owner: str | None) -> CatalogItemOut:
     )
 
 
-def check_item(body: CatalogItemIn, adapters: Mapping[str, Adapter]) -> None:
-    """Every fault of the item at once: delivery, data items, conditions and legal basis."""
-    faults = Faults("Catalog item is invalid")
-    names = [item.name for item in body.data_items]
+ITEM_INCOMPLETE = "item_incomplete"
+
+
+def item_faults() -> Faults:
+    return Faults("Catalog item is incomplete or invalid", ITEM_INCOMPLETE)
+
+
+def check_item(values: Mapping[str, Any], adapters: Mapping[str, Adapter], faults: Faults) -> None:
+    """Every fault of the item at once: delivery, data items, conditions and legal basis.
+
+    `values` holds the fields that are valid on their own; a field missing there is a fault already.
+    """
+    broken = faults.fields()
+    data_items = values.get("data_items")
+    names = [item.name for item in data_items] if data_items is not None else []
     for index, name in enumerate(names):
         if name in names[:index]:
             faults.add(f"data_items/{index}/name", "data_item_duplicate", f"{name!r} is listed twice")
-    if body.service is None or body.operation is None:
-        if body.share_attribute != "not_shared":
-            missing = "service" if body.service is None else "operation"
+    attribute = values.get("share_attribute")
+    service, operation_name = values.get("service"), values.get("operation")
+    if service is None or operation_name is None:
+        missing = "service" if service is None else "operation"
+        if attribute is not None and attribute != "not_shared" and missing not in broken:
             faults.add(missing, "delivery_missing", "a shared item names the service and operation that deliver it")
     else:
-        adapter = adapters.get(body.service)
-        operation = adapter.operations.get(body.operation) if adapter else None
+        adapter = adapters.get(service)
+        operation = adapter.operations.get(operation_name) if adapter else None
         if adapter is None:
-            faults.add("service", "unknown_service", f"no service {body.service!r}; known: {sorted(adapters)}")
+            faults.add("service", "unknown_service", f"no service {service!r}; known: {sorted(adapters)}")
         elif operation is None:
             known = sorted(adapter.operations)
-            faults.add("operation", "unknown_operation", f"{body.service} has no operation {body.operation!r}: {known}")
+            faults.add("operation", "unknown_operation", f"{service} has no operation {operation_name!r}: {known}")
         else:
             for index, name in enumerate(names):
                 if name not in operation.fields:
                     faults.add(
                         f"data_items/{index}/name",
                         "field_not_in_operation",
-                        f"{body.service}/{body.operation} answers {list(operation.fields)}, not {name!r}",
+                        f"{service}/{operation_name} answers {list(operation.fields)}, not {name!r}",
                     )
-    if body.share_attribute == "conditional" and body.conditions is None:
+    if attribute is None:
+        return  # which of conditions or legal basis applies depends on it: already a fault
+    conditions, basis = values.get("conditions"), values.get("legal_basis")
+    if attribute == "conditional" and conditions is None and "conditions" not in broken:
         faults.add("conditions", "conditions_missing", "a 有条件共享 item states its conditions (scope and purpose)")
-    if body.share_attribute != "conditional" and body.conditions is not None:
+    if attribute != "conditional" and conditions is not None:
         faults.add("conditions", "conditions_not_applicable", "only a 有条件共享 item has conditions")
-    if body.share_attribute == "not_shared" and body.legal_basis is None:
+    if attribute == "not_shared" and basis is None and "legal_basis" not in broken:
         faults.add(
             "legal_basis",
             "legal_basis_missing",
             "不予共享 needs a legal basis: a 法律, 行政法规 or 国务院决定, with its title and article",
         )
-    if body.share_attribute != "not_shared" and body.legal_basis is not None:
+    if attribute != "not_shared" and basis is not None:
         faults.add("legal_basis", "legal_basis_not_applicable", "only a 不予共享 item cites a legal basis")
-    faults.raise_if_any()
+
+
+async def _publisher(
+    session: AsyncSession, actor: Actor, service: str | None, provider: str | None, faults: Faults
+) -> Publisher | None:
+    """ownership.publisher, with an admin's missing `provider` named among the faults instead of alone."""
+    if actor.has("admin") and provider is None:
+        if "provider" not in faults.fields():
+            faults.add("provider", "provider_missing", "an admin registers on behalf of a department and must name it")
+        return None
+    return await publisher(session, actor, service, provider)
 
 
 async def add_item(
-    session: AsyncSession, actor: Actor, body: CatalogItemIn, adapters: Mapping[str, Adapter], now: datetime
+    session: AsyncSession, actor: Actor, document: Any, adapters: Mapping[str, Adapter], now: datetime
 ) -> tuple[CatalogItemOut, Publisher]:
-    """Register an item; only the owner of its service publishes it (or an admin naming that owner)."""
+    """Register an item; only the owner of its service publishes it (or an admin naming that owner).
+
+    Every fault of the body, of form and of content, is named in one 422 `item_incomplete` (一次性告知).
+    """
+    faults = item_faults()
+    body, partial = validate_collecting(CatalogItemIn, document, faults)
+    values: dict[str, Any] = dict(body) if body is not None else partial
     # Who may publish is settled before the body's content: a department learns nothing of another's service.
     # A service the gateway does not offer is left to check_item, which names it.
-    known = body.service is None or body.service in adapters
-    published = await publisher(session, actor, body.service, body.provider) if known else None
-    check_item(body, adapters)
-    assert published is not None
+    service = values.get("service")
+    known = service is None or service in adapters
+    published = await _publisher(session, actor, service, values.get("provider"), faults) if known else None
+    check_item(values, adapters, faults)
+    faults.raise_if_any()
+    assert body is not None and published is not None
     if (await session.scalars(select(CatalogItem.item_id).where(CatalogItem.code == body.code))).first():
         raise Problem(409, "item_code_exists", "Catalog code already in use", f"an item with code {body.code!r} exists")
     row = CatalogItem(
@@ -142,17 +177,20 @@ async def update_item(
     session: AsyncSession,
     actor: Actor,
     item_id: str,
-    patch: CatalogItemPatch,
+    document: Any,
     adapters: Mapping[str, Adapter],
 ) -> tuple[CatalogItemOut, Publisher]:
     """Change an item: allowed to whoever may publish it over its current service AND over the one it names now.
 
     A department may thus neither edit another's item nor point its own item at another department's service.
     The item is then published as that department: an owner taking over an older item becomes its provider.
+    Every fault of the patch and of the item it would make is named in one 422 `item_incomplete`.
     """
     row = await get_item(session, item_id)
-    changes = patch.model_dump(exclude_unset=True)
-    if not changes:
+    faults = item_faults()
+    patch, partial = validate_collecting(CatalogItemPatch, document, faults)
+    changes = {name: getattr(patch, name) for name in patch.model_fields_set} if patch is not None else partial
+    if not changes and not faults:
         raise invalid("", "nothing_to_change", "the body changes no field", "Catalog item is invalid")
     current = CatalogItemIn.model_validate(
         {
@@ -170,14 +208,15 @@ async def update_item(
             "update_frequency": row.update_frequency,
         }
     )
-    merged = current.model_copy(update={name: getattr(patch, name) for name in changes})
+    merged = current.model_copy(update={name: value for name, value in changes.items() if name != "provider"})
     if "share_attribute" in changes:
         # A new share attribute drops what only the old one had, unless the patch gives it anew.
         for name in ("conditions", "legal_basis"):
             if name not in changes:
                 merged = merged.model_copy(update={name: None})
     # An admin acts for the item's provider unless it names the department it acts for.
-    named = patch.provider if patch.provider is not None else (row.provider if actor.has("admin") else None)
+    provider = changes.get("provider")
+    named = provider if provider is not None else (row.provider if actor.has("admin") else None)
     published = await publisher(session, actor, row.service, named)
     if row.service is None and published.provider != row.provider:
         raise forbidden(
@@ -185,7 +224,9 @@ async def update_item(
         )
     if merged.service != row.service and merged.service in adapters:
         published = await publisher(session, actor, merged.service, published.provider)
-    check_item(merged, adapters)
+    values = {name: value for name, value in dict(merged).items() if name not in faults.fields()}
+    check_item(values, adapters, faults)
+    faults.raise_if_any()
     row.name = merged.name
     row.provider = published.provider
     row.description = merged.description

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from functools import cache
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gateway.json_bodies import load_body
 from gateway.problems import Problem, validation_problem
@@ -21,8 +22,11 @@ DOMAIN_TYPES = frozenset(
         "update_frequency_unknown",
         "classification_unknown",
         "quota_invalid",
+        "data_use_kind_unknown",
     }
 )
+# What a plain pydantic error is called in a 一次性告知 answer: a stable code, whatever pydantic's version calls it.
+GENERIC_CODES = {"missing": "field_missing", "extra_forbidden": "field_unknown"}
 
 
 def parse_body(body: bytes, model: type[T], *, optional: bool = False) -> T:
@@ -43,22 +47,78 @@ def parse_body(body: bytes, model: type[T], *, optional: bool = False) -> T:
 
 
 class Faults:
-    """Collects the faults of one body so that a single 422 lists them all (一次性告知), not one per try."""
+    """Collects the faults of one body so that a single 422 lists them all (一次性告知), not one per try.
 
-    def __init__(self, title: str) -> None:
+    Each fault has its own `code` (and the same in `type`, as in every other 422). The answer's top-level
+    code is `code` when given (e.g. `request_incomplete`: "this is a list of faults"), else the first fault's.
+    """
+
+    def __init__(self, title: str, code: str | None = None) -> None:
         self.title = title
+        self.code = code
         self.items: list[dict[str, str]] = []
 
-    def add(self, field: str, code: str, message: str) -> None:
-        self.items.append({"field": field, "message": message, "type": code})
+    def add(self, field: str, code: str, message: str, kind: str | None = None) -> None:
+        self.items.append({"field": field, "message": message, "type": kind or code, "code": code})
+
+    def add_validation(self, errors: list[dict[str, Any]]) -> None:
+        """pydantic's errors, each named by its JSON path, with a domain code or a generic stable one."""
+        for error in errors:
+            field = "/".join(str(part) for part in error.get("loc", ()))
+            kind = str(error.get("type", "invalid"))
+            code = kind if kind in DOMAIN_TYPES else GENERIC_CODES.get(kind, "field_invalid")
+            self.add(field, code, str(error.get("msg", "invalid")).removeprefix("Value error, "), kind)
 
     def __bool__(self) -> bool:
         return bool(self.items)
 
+    def fields(self) -> set[str]:
+        return {item["field"].split("/", 1)[0] for item in self.items}
+
     def raise_if_any(self) -> None:
         if self.items:
             first = self.items[0]
-            raise Problem(422, first["type"], self.title, f"{first['field']}: {first['message']}", errors=self.items)
+            count = len(self.items)
+            detail = f"{first['field']}: {first['message']}"
+            if self.code is not None:
+                detail = f"{count} fault(s), all listed in errors; the first: {detail}"
+            code = self.code or first["code"]
+            raise Problem(422, code, self.title, detail, errors=self.items)
+
+
+def load_json(body: bytes) -> Any:
+    """The raw document of a body validated later, field by field (422 `json_too_deep` or `invalid_json`)."""
+    return load_body(body)
+
+
+@cache
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    info = model.model_fields[name]
+    return TypeAdapter(Annotated[info.annotation, info])
+
+
+def validate_collecting(model: type[T], document: Any, faults: Faults) -> tuple[T | None, dict[str, Any]]:
+    """The body as `model` or None; either way the top-level fields that are valid on their own, so that the
+    domain checks can still run on them and every fault goes into one answer (一次性告知). A `model`
+    instance (built in code, e.g. by the demo) is taken as it is."""
+    if isinstance(document, model):
+        return document, {}
+    if not isinstance(document, dict):
+        faults.add("", "field_invalid", "the body must be a JSON object", "model_type")
+        return None, {}
+    try:
+        return model.model_validate(document), {}
+    except ValidationError as exc:
+        faults.add_validation(exc.errors())
+    broken = faults.fields()
+    valid: dict[str, Any] = {}
+    for name in model.model_fields:
+        if name in document and name not in broken:
+            try:
+                valid[name] = _field_adapter(model, name).validate_python(document[name])
+            except ValidationError:
+                continue
+    return None, valid
 
 
 def invalid(field: str, code: str, message: str, title: str = "Request is invalid") -> Problem:

@@ -17,9 +17,11 @@ import orjson
 
 from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
 from gateway.dependencies import is_database_outage
+from gateway.directory import GrantInfo
 from gateway.runtime import Runtime
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
+from gateway.sharing.obligations import record_first_use
 from gateway.sharing.workdays import china_date
 from gateway.sharing.workflow import Outcome, apply_time, due_transitions, outcome_out
 from schemas.sharing import SharingRequestOut
@@ -60,6 +62,9 @@ class SharingService:
         self.overdue_action = runtime.settings.sharing_overdue_action
         self.interval = runtime.settings.sharing_sweep_seconds
         self._task: asyncio.Task[None] | None = None
+        # Grants whose first successful call this node has seen: their delivery is recorded once, in the background.
+        self._first_uses: set[str] = set()
+        self._recording: set[asyncio.Task[None]] = set()
 
     def now(self) -> datetime:
         # Stored datetimes are UTC: SQLite keeps the wall time it is given and drops the offset.
@@ -87,7 +92,42 @@ class SharingService:
             )
         return warning
 
+    def note_first_use(self, grant: GrantInfo) -> None:
+        """A call under an undelivered grant succeeded: record its delivery once, after the answer, off its path."""
+        if grant.grant_id in self._first_uses:
+            return
+        self._first_uses.add(grant.grant_id)
+        task = asyncio.get_running_loop().create_task(self._record_first_use(grant.grant_id), name="first-use")
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_first_use(self, grant_id: str) -> None:
+        now = self.now()
+        try:
+            async with self.runtime.sessions() as session:
+                outcome = await record_first_use(session, grant_id, now)
+                if outcome is None:
+                    return
+                out = await outcome_out(session, outcome, now)
+        except Exception:  # the next call under the grant tries again: delivery is a record, never a gate
+            log.exception("recording the first use of grant %s failed", grant_id)
+            self._first_uses.discard(grant_id)
+            return
+        self.runtime.directory.invalidate()
+        try:
+            await self.runtime.audit.append(
+                transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
+            )
+        except AuditUnavailable:
+            log.error("delivery of grant %s by first use is committed but could not be audited", grant_id)
+
+    async def settle(self) -> None:
+        """Wait for first-use records in progress (tests, and shutdown)."""
+        while self._recording:
+            await asyncio.gather(*list(self._recording), return_exceptions=True)
+
     async def close(self) -> None:
+        await self.settle()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from limits import parse as parse_rate
+from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -23,7 +24,8 @@ from gateway.directory import as_utc
 from gateway.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequest
 from gateway.problems import Problem
 from gateway.sharing.calendar import calendar_for, open_provisional
-from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid
+from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid, validate_collecting
+from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, delivery_state
 from gateway.sharing.ownership import owner_of, published_by_owner, unowned
 from gateway.sharing.states import (
     APPROVED,
@@ -42,10 +44,14 @@ from gateway.sharing.states import (
     effective_state,
     is_overdue,
 )
-from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count, china_date
+from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count, add_working_days, china_date
 from schemas.sharing import (
+    DELIVERY_LABELS,
+    LEGAL_BASIS_KIND_LABELS,
+    SHARE_ATTRIBUTE_LABELS,
     STATE_LABELS,
     ApproveIn,
+    DeliveryOut,
     EndorseIn,
     ExtendIn,
     GrantRef,
@@ -63,6 +69,7 @@ CONDITIONAL_WORKING_DAYS = 10
 UNCONDITIONAL_WORKING_DAYS = 1
 MAX_EXTENSION_WORKING_DAYS = 10
 DEFAULT_RATE_LIMIT = "20/second"
+REQUEST_INCOMPLETE = "request_incomplete"
 _SKIP = frozenset({"version", "updated_at"})
 
 
@@ -261,12 +268,34 @@ async def request_out(
                 grant_id=grant.grant_id,
                 caller_id=grant.caller_id,
                 revoked_at=as_utc(grant.revoked_at) if grant.revoked_at else None,
+                suspended_at=as_utc(grant.suspended_at) if grant.suspended_at else None,
+                delivered_at=as_utc(grant.delivered_at) if grant.delivered_at else None,
             )
             for grant in sorted(grants, key=lambda grant: grant.caller_id)
         ],
+        delivery=request_delivery(grants, now),
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
         history=events,
+    )
+
+
+def request_delivery(grants: list[Grant], now: datetime) -> DeliveryOut | None:
+    """A request's delivery: delivered when every grant still in force is usable; overdue when one is late."""
+    due = [grant for grant in grants if grant.delivery_due is not None]
+    if not due:
+        return None
+    states = {delivery_state(grant, now) for grant in due} - {"cancelled"}
+    if not states:
+        state = "cancelled"
+    else:
+        state = "overdue" if "overdue" in states else "pending" if "pending" in states else "delivered"
+    delivered = [as_utc(grant.delivered_at) for grant in due if grant.delivered_at is not None]
+    return DeliveryOut(
+        state=state,  # type: ignore[arg-type]
+        state_label=DELIVERY_LABELS[state],
+        due=min(grant.delivery_due for grant in due if grant.delivery_due is not None),
+        delivered_at=max(delivered) if state == "delivered" and delivered else None,
     )
 
 
@@ -335,32 +364,39 @@ async def list_requests(
 async def _check_terms(
     session: AsyncSession,
     actor: Actor,
-    item: CatalogItem,
+    item: CatalogItem | None,
     values: dict[str, Any],
     now: datetime,
     faults: Faults,
 ) -> None:
-    """The request's content against its item, its department and the clock; every fault is collected."""
-    if item.share_attribute == "not_shared":
+    """The request's content against its item, its department and the clock; every fault is collected.
+
+    `values` may lack what was invalid on its own (already a fault): what is there is still checked.
+    """
+    if item is not None and item.share_attribute == "not_shared":
         basis = item.legal_basis or {}
         faults.add(
             "item_id",
             "item_not_shared",
             f"{item.name} is 不予共享 under {basis.get('title', '?')} {basis.get('article', '')}".strip(),
         )
-    offered = [entry["name"] for entry in item.data_items]
-    for index, name in enumerate(values["fields"]):
-        if name not in offered:
-            faults.add(f"fields/{index}", "field_not_in_item", f"{name!r} is not a data item of {item.code}: {offered}")
-    method = values.get("share_method") or item.share_method
-    if method != item.share_method:
+    if item is not None and values.get("fields") is not None:
+        offered = [entry["name"] for entry in item.data_items]
+        for index, name in enumerate(values["fields"]):
+            if name not in offered:
+                faults.add(
+                    f"fields/{index}", "field_not_in_item", f"{name!r} is not a data item of {item.code}: {offered}"
+                )
+    method = values.get("share_method")
+    if item is not None and method is not None and method != item.share_method:
         faults.add("share_method", "share_method_unavailable", f"{item.code} is shared by {item.share_method} only")
-    valid_from, valid_to = values.get("valid_from"), values["valid_to"]
-    if as_utc(valid_to) <= now:
-        faults.add("valid_to", "validity_in_past", "the 使用时限 would already have ended")
-    elif valid_from is not None and as_utc(valid_to) <= as_utc(valid_from):
-        faults.add("valid_to", "validity_empty", "valid_to must be after valid_from")
-    for index, caller_id in enumerate(values["callers"]):
+    valid_from, valid_to = values.get("valid_from"), values.get("valid_to")
+    if valid_to is not None:
+        if as_utc(valid_to) <= now:
+            faults.add("valid_to", "validity_in_past", "the 使用时限 would already have ended")
+        elif valid_from is not None and as_utc(valid_to) <= as_utc(valid_from):
+            faults.add("valid_to", "validity_empty", "valid_to must be after valid_from")
+    for index, caller_id in enumerate(values.get("callers") or ()):
         caller = await session.get(Caller, caller_id)
         if caller is None:
             faults.add(f"callers/{index}", "caller_unknown", f"no caller {caller_id!r}")
@@ -377,8 +413,11 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
-def _values(body: SharingRequestIn | SharingRequestPatch) -> dict[str, Any]:
-    values = body.model_dump(exclude_unset=isinstance(body, SharingRequestPatch))
+def _values(body: SharingRequestIn | SharingRequestPatch | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(body, dict):
+        values = {key: value.model_dump() if isinstance(value, BaseModel) else value for key, value in body.items()}
+    else:
+        values = body.model_dump(exclude_unset=isinstance(body, SharingRequestPatch))
     for key in ("valid_from", "valid_to"):
         if values.get(key) is not None:
             values[key] = _utc(values[key])
@@ -389,16 +428,25 @@ def _values(body: SharingRequestIn | SharingRequestPatch) -> dict[str, Any]:
     return values
 
 
-async def file_request(session: AsyncSession, actor: Actor, body: SharingRequestIn, now: datetime) -> Outcome:
+def request_faults() -> Faults:
+    return Faults("Sharing request is incomplete or invalid", REQUEST_INCOMPLETE)
+
+
+async def file_request(session: AsyncSession, actor: Actor, document: Any, now: datetime) -> Outcome:
+    """File a draft. Every fault of the body, of form and of content, is named in one 422 (一次性告知)."""
     if not actor.has("department") or actor.department is None:
         raise forbidden("role_forbidden", "sharing requests are filed by a department's data officer")
-    item = await session.get(CatalogItem, body.item_id)
-    if item is None:
-        raise invalid("item_id", "item_unknown", f"no catalog item {body.item_id!r}")
-    values = _values(body)
-    faults = Faults("Sharing request is invalid")
+    faults = request_faults()
+    body, partial = validate_collecting(SharingRequestIn, document, faults)
+    values = _values(body if body is not None else partial)
+    item = None
+    if values.get("item_id") is not None:
+        item = await session.get(CatalogItem, values["item_id"])
+        if item is None:
+            faults.add("item_id", "item_unknown", f"no catalog item {values['item_id']!r}")
     await _check_terms(session, actor, item, values, now, faults)
     faults.raise_if_any()
+    assert body is not None and item is not None
     # Addressed to the department owning the data, whoever published the item.
     provider = item.provider
     if item.service is not None:
@@ -452,14 +500,14 @@ def _require_state(row: SharingRequest, now: datetime, allowed: Iterable[str]) -
     return state
 
 
-async def update_request(
-    session: AsyncSession, actor: Actor, request_id: str, patch: SharingRequestPatch, now: datetime
-) -> Outcome:
+async def update_request(session: AsyncSession, actor: Actor, request_id: str, document: Any, now: datetime) -> Outcome:
     row, item = await _load(session, actor, request_id, now)
     _require_requester(actor, row)
     _require_state(row, now, EDITABLE)
-    changes = _values(patch)
-    if not changes:
+    faults = request_faults()
+    patch, partial = validate_collecting(SharingRequestPatch, document, faults)
+    changes = _values(patch if patch is not None else partial)
+    if not changes and not faults:
         raise invalid("", "nothing_to_change", "the body changes no field")
     current = {
         "fields": list(row.fields),
@@ -468,8 +516,12 @@ async def update_request(
         "valid_to": row.valid_to,
         "callers": list(row.callers),
     }
-    merged = {**current, **{key: value for key, value in changes.items() if value is not None}}
-    faults = Faults("Sharing request is invalid")
+    broken = faults.fields()
+    merged = {
+        key: (changes[key] if changes.get(key) is not None else value)
+        for key, value in current.items()
+        if key not in broken
+    }
     await _check_terms(session, actor, item, merged, now, faults)
     faults.raise_if_any()
     before = _snapshot(row)
@@ -497,7 +549,7 @@ async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: En
     if actor.caller_id == row.filed_by:
         raise forbidden("endorser_is_filer", "the head who endorses must be another person than the one who filed")
     _require_state(row, now, EDITABLE)
-    faults = Faults("Sharing request can no longer be submitted")
+    faults = request_faults()
     terms = {
         "fields": list(row.fields),
         "share_method": row.share_method,
@@ -571,21 +623,46 @@ def _approve(
     daily_quota: int,
     rate_limit: str,
     valid_to: datetime,
+    fields: list[str] | None = None,
     note: dict[str, Any] | None = None,
 ) -> None:
-    """Approval creates the grants (one per caller the request names), effective from the requested start."""
+    """Approval creates the grants (one per caller the request names), effective from the requested start.
+
+    A partial approval narrows the request itself to the approved fields and validity, so its history holds
+    the before and after; the decision keeps what was requested. Each grant is due for delivery within 20
+    working days of today (503 `calendar_year_unsupported` when the calendar does not reach that far).
+    """
     row, item = outcome.row, outcome.item
     assert item.service is not None and item.operation is not None
+    try:
+        delivery_due = add_working_days(china_date(now), DELIVERY_WORKING_DAYS)
+    except CalendarYearUnsupported as exc:
+        raise calendar_problem(exc) from None
     before = _snapshot(row)
+    requested = {"fields": list(row.fields), "valid_to": _jsonable(row.valid_to), "daily_volume": row.daily_volume}
+    fields = fields if fields is not None else list(row.fields)
     start = as_utc(row.valid_from) if row.valid_from is not None and as_utc(row.valid_from) > now else now
+    row.fields = fields
     row.valid_from = start
     row.valid_to = valid_to
     row.decided_at = now
     row.decided_by = actor.caller_id
+    narrowed = {
+        name: {"requested": requested[name], "approved": approved}
+        for name, approved in (
+            ("fields", fields),
+            ("valid_to", _jsonable(valid_to)),
+            ("daily_volume", daily_quota),
+        )
+        if (sorted(approved) != sorted(requested[name]) if name == "fields" else approved != requested[name])
+    }
     row.decision = {
         "outcome": "approved",
+        "partial": bool(narrowed),
         "daily_quota": daily_quota,
         "rate_limit": rate_limit,
+        "delivery_due": delivery_due.isoformat(),
+        **({"narrowed": narrowed} if narrowed else {}),
         **(note or {}),
     }
     grants = [
@@ -604,6 +681,7 @@ def _approve(
             rate_limit=rate_limit,
             sharing_request_id=row.request_id,
             created_at=now,
+            delivery_due=delivery_due,
         )
         for caller_id in row.callers
     ]
@@ -632,6 +710,20 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
         faults.add("valid_to", "validity_beyond_request", "a grant ends no later than the 使用时限 requested")
     elif row.valid_from is not None and as_utc(valid_to) <= as_utc(row.valid_from):
         faults.add("valid_to", "validity_empty", "the grant would end before the requested start")
+    fields = list(dict.fromkeys(body.fields)) if body.fields is not None else None
+    for index, name in enumerate(fields or ()):
+        if name not in row.fields:
+            faults.add(
+                f"fields/{index}",
+                "field_not_requested",
+                f"a partial approval grants some of the requested fields {list(row.fields)}, not {name!r}",
+            )
+    if body.daily_quota is not None and body.daily_quota > row.daily_volume:
+        faults.add(
+            "daily_quota",
+            "quota_beyond_request",
+            f"a daily quota is at most the {row.daily_volume} calls a day requested, not {body.daily_quota}",
+        )
     faults.raise_if_any()
     outcome = Outcome(row, item)
     note: dict[str, Any] = {"note": body.note} if body.note else {}
@@ -645,6 +737,7 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
         daily_quota=body.daily_quota or row.daily_volume,
         rate_limit=rate_limit,
         valid_to=valid_to,
+        fields=fields,
         note=note or None,
     )
     await _commit(session, "already_decided")
@@ -655,13 +748,22 @@ async def refuse(session: AsyncSession, actor: Actor, request_id: str, body: Ref
     row, item = await _load(session, actor, request_id, now)
     _require_decider(actor, row, now)
     _require_state(row, now, {SUBMITTED})
-    if item.share_attribute == "conditional" and body.condition_not_met is None:
-        raise invalid(
-            "condition_not_met",
-            "condition_not_met_missing",
-            f"refusing a 有条件共享 request names the condition not met: {item.conditions}",
-            "Refusal is invalid",
+    faults = Faults("Refusal is invalid")
+    if item.share_attribute != "not_shared" and body.condition_not_met is None and body.legal_basis is None:
+        # 共享为常态: refusing a shareable item needs a ground, not only reasons.
+        conditions = f" (its conditions: {item.conditions})" if item.conditions else ""
+        faults.add(
+            "legal_basis",
+            "refusal_ground_missing",
+            f"{item.code} is {SHARE_ATTRIBUTE_LABELS[item.share_attribute]}: a refusal cites a legal basis (法律,"
+            f" 行政法规 or 国务院决定) or names the 使用条件 not met{conditions}",
         )
+    if body.condition_not_met is not None and item.share_attribute != "conditional":
+        faults.add("condition_not_met", "conditions_not_applicable", f"{item.code} has no 使用条件 to be unmet")
+    faults.raise_if_any()
+    basis = body.legal_basis.model_dump() if body.legal_basis else None
+    if basis is not None:
+        basis["kind_label"] = LEGAL_BASIS_KIND_LABELS[basis["kind"]]
     before = _snapshot(row)
     row.decided_at = now
     row.decided_by = actor.caller_id
@@ -669,6 +771,7 @@ async def refuse(session: AsyncSession, actor: Actor, request_id: str, body: Ref
         "outcome": "refused",
         "reasons": body.reasons,
         "condition_not_met": body.condition_not_met.model_dump() if body.condition_not_met else None,
+        "legal_basis": basis,
         "conditions": item.conditions,
     }
     _transition(session, row, actor, "refuse", REFUSED, now, before)
