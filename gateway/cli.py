@@ -332,10 +332,11 @@ def grants_list(data_dir: DataDir = None) -> None:
     from gateway import registry
 
     for grant in _run_registry(_settings(data_dir), registry.list_grants):
-        state = "revoked" if grant.revoked_at else f"until {_beijing(grant.valid_to)[:16]}"
+        state = f"until {_beijing(grant.valid_to)[:16]}" if grant.status == "active" else grant.status
+        delivery = "" if grant.delivery_state == "not_applicable" else f"  delivery: {grant.delivery_state}"
         typer.echo(
             f"{grant.grant_id}  {grant.caller_id:<12} {grant.service}/{grant.operation:<20} "
-            f"{grant.purpose:<14} {state:<23} fields: {','.join(grant.fields)}"
+            f"{grant.purpose:<14} {state:<23} fields: {','.join(grant.fields)}{delivery}"
         )
 
 
@@ -346,6 +347,49 @@ def grants_revoke(grant_id: Annotated[str, typer.Argument()], data_dir: DataDir 
 
     out = _run_registry(_settings(data_dir), lambda session: registry.revoke_grant(session, grant_id))
     typer.echo(f"grant {out.grant_id} revoked at {_beijing(out.revoked_at)}")
+
+
+def _grant_change(data_dir: Path | None, grant_id: str, change: str, body: Any) -> Any:
+    """Suspend or resume as the operator (an admin), through the same workflow and history as the API."""
+    from gateway import registry
+    from gateway.sharing import obligations
+    from gateway.sharing.states import Actor
+
+    operator = Actor("operator", None, frozenset({"admin"}))
+    act = obligations.suspend if change == "suspend" else obligations.resume
+
+    async def work(session: Any) -> Any:
+        now = datetime.now(UTC)
+        grant, _ = await act(session, operator, grant_id, body, now)
+        return registry.grant_out(grant, now)
+
+    return _run_registry(_settings(data_dir), work)
+
+
+@grants_app.command("suspend")
+def grants_suspend(
+    grant_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option(help="why: the misuse found (recorded, shown in refusals)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Suspend a grant for misuse: calls under it are refused with grant_suspended until it is resumed."""
+    from schemas.sharing import SuspendIn
+
+    out = _grant_change(data_dir, grant_id, "suspend", SuspendIn(reason=reason))
+    typer.echo(f"grant {out.grant_id} suspended at {out.suspended_at}: {out.suspend_reason}")
+
+
+@grants_app.command("resume")
+def grants_resume(
+    grant_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str | None, typer.Option(help="why it may be used again")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """End a grant's suspension; calls under it are served again."""
+    from schemas.sharing import ResumeIn
+
+    out = _grant_change(data_dir, grant_id, "resume", ResumeIn(reason=reason))
+    typer.echo(f"grant {out.grant_id} resumed ({out.status})")
 
 
 def _when(text: str, option: str) -> datetime:

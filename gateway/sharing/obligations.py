@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm.exc import StaleDataError
 
 from gateway.directory import as_utc
 from gateway.models import CatalogItem, DataUseEntry, Grant, SharingRequest
@@ -84,14 +83,11 @@ async def record_first_use(session: AsyncSession, grant_id: str, now: datetime) 
     grant.delivered_at = now
     grant.delivered_by = FIRST_USE
     grant.delivery_note = "first successful call under the grant"
-    _transition(
-        session, row, SYSTEM, "deliver", row.state, now, _snapshot(row), _delivery_note([grant], now, via=FIRST_USE)
-    )
-    try:
-        await session.commit()
-    except StaleDataError:  # another node recorded it, or a decision changed the request meanwhile
-        await session.rollback()
-        return None
+    note = _delivery_note([grant], now, via=FIRST_USE)
+    _transition(session, row, SYSTEM, "deliver", row.state, now, _snapshot(row), note)
+    # StaleDataError when another node recorded it, or a decision changed the request meanwhile: the caller
+    # tries again with a fresh session, and finds it delivered or records it then.
+    await session.commit()
     return Outcome(row, item, grants_changed=True)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
+from sqlalchemy.orm.exc import StaleDataError
 
 from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
 from gateway.dependencies import is_database_outage
@@ -104,11 +105,17 @@ class SharingService:
     async def _record_first_use(self, grant_id: str) -> None:
         now = self.now()
         try:
-            async with self.runtime.sessions() as session:
-                outcome = await record_first_use(session, grant_id, now)
-                if outcome is None:
-                    return
-                out = await outcome_out(session, outcome, now)
+            for attempt in range(3):
+                try:
+                    async with self.runtime.sessions() as session:
+                        outcome = await record_first_use(session, grant_id, now)
+                        if outcome is None:
+                            return
+                        out = await outcome_out(session, outcome, now)
+                    break
+                except StaleDataError:  # the request changed meanwhile (a decision, another node): read it again
+                    if attempt == 2:
+                        raise
         except Exception:  # the next call under the grant tries again: delivery is a record, never a gate
             log.exception("recording the first use of grant %s failed", grant_id)
             self._first_uses.discard(grant_id)
