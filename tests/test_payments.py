@@ -174,6 +174,36 @@ async def test_same_key_with_another_body_is_refused(pay: PayGateway) -> None:
     assert (await treasury_listing(pay.treasury_url))["accepted"] == 1
 
 
+async def test_a_suspended_or_revoked_grant_pays_nothing_and_says_why(pay: PayGateway) -> None:
+    paid_body, paid_key = voucher(), key()
+    assert (await pay.pay(paid_body, paid_key)).status_code == 200
+    async with pay.gw.client() as client:
+        services = (await client.get("/v1/services")).json()["services"]
+    treasury = next(service for service in services if service["service"] == "treasury")
+    [submit] = [operation for operation in treasury["operations"] if operation["operation"] == "submit-voucher"]
+    grant_id = submit["grants"][0]["grant_id"]
+
+    async with pay.gw.client(pay.gw.admin) as admin:
+        suspended = await admin.post(f"/v1/grants/{grant_id}/suspend", json={"reason": "疑似重复兑付，暂停核查"})
+    assert suspended.status_code == 200, suspended.text
+    body = voucher()
+    refused = await pay.pay(body, key())
+    assert refused.status_code == 403 and refused.json()["code"] == "grant_suspended", refused.text
+    assert "疑似重复兑付" in refused.json()["detail"]
+    replay = await pay.pay(paid_body, paid_key)
+    assert replay.status_code == 403 and replay.json()["code"] == "grant_suspended", "no answer while suspended"
+    assert await pay.intent(body["voucher_no"]) is None, "nothing was written to be paid"
+    assert (await treasury_listing(pay.treasury_url))["submissions"] == 1
+
+    async with pay.gw.client(pay.gw.admin) as admin:
+        assert (await admin.post(f"/v1/grants/{grant_id}/resume")).status_code == 200
+        assert (await pay.pay(body, key())).status_code == 200, "resumed: paid"
+        assert (await admin.post(f"/v1/grants/{grant_id}/revoke")).status_code == 200
+    revoked = await pay.pay(voucher(), key())
+    assert revoked.status_code == 403 and revoked.json()["code"] == "grant_revoked", revoked.text
+    assert (await treasury_listing(pay.treasury_url))["accepted"] == 2
+
+
 async def test_fifty_concurrent_duplicates_make_one_payment(pay: PayGateway) -> None:
     body, idem = voucher(), key()
     limits = httpx.Limits(max_connections=50)

@@ -395,3 +395,45 @@ async def test_grant_visibility_for_duties(world: World) -> None:
     listing = {grant["grant_id"]: grant for grant in (await world.get("credit-officer", "/v1/grants")).json()}
     assert admin_grant not in listing, "a provider sees the grants on its items, not others'"
     assert (listing[grant_id]["status"], listing[grant_id]["delivery_state"]) == ("active", "pending")
+
+
+# --- the CLI: suspend and resume as the operator; the register in `audit export` ----------------------------------
+
+
+@pytest.mark.slow
+async def test_cli_suspends_resumes_and_exports_the_register(tmp_path: Path, credit_url: str) -> None:
+    from tests.test_demo_and_cli import run_cli
+
+    async with sharing_world("sqlite", tmp_path, credit_url) as world:
+        body = await granted(world, "FGW-OB-0011")
+        grant_id = body["grants"][0]["grant_id"]
+        entry = {"kind": "use", "description": "资格比对"}
+        assert (await world.post("data-officer", f"/v1/grants/{grant_id}/register", entry)).status_code == 201
+
+        suspended = run_cli("grants", "suspend", grant_id, "--reason", "发现超范围使用", data_dir=tmp_path)
+        assert f"grant {grant_id} suspended at" in suspended.stdout and "发现超范围使用" in suspended.stdout
+        listed = run_cli("grants", "list", data_dir=tmp_path).stdout
+        [line] = [line for line in listed.splitlines() if line.startswith(grant_id)]
+        # The CLI runs on the real clock: approved on the pinned 30 Sep 2025, undelivered, it is long overdue.
+        assert "suspended" in line and "delivery: overdue" in line
+        again = run_cli("grants", "suspend", grant_id, "--reason", "x", data_dir=tmp_path, check=False)
+        assert again.returncode == 1 and "already_suspended" in again.stderr
+        world.gw.runtime.directory.invalidate()  # another process wrote it: this node would see it within 1 s
+        problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_suspended")
+        history = (await state_of(world, body["request_id"]))["history"]
+        assert (history[-1]["action"], history[-1]["actor"]) == ("suspend", "operator")
+
+        resumed = run_cli("grants", "resume", grant_id, "--reason", "核查无误", data_dir=tmp_path)
+        assert f"grant {grant_id} resumed (active)" in resumed.stdout
+        world.gw.runtime.directory.invalidate()
+        assert (await invoke(world, "abnormal-operation", "XM-2025-002")).status_code == 200
+
+        export = tmp_path / "audit.jsonl"
+        exported = run_cli(
+            "audit", "export", "--from", "2025-09-01", "--to", "2030-01-01", str(export), data_dir=tmp_path
+        )
+        assert "register of use, storage and destruction: 1 entries" in exported.stdout
+        register = [item for _, item in iter_lines(export) if item["type"] == "register"]
+        assert [(item["grant_id"], item["kind"], item["description"]) for item in register] == [
+            (grant_id, "use", "资格比对")
+        ]
