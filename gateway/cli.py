@@ -657,15 +657,15 @@ def audit_export(
     )
     if not exported:
         typer.echo(f"no records in that range; {file} holds only a header")
-    entries = _register_count(file)
-    if entries:
-        typer.echo(f"register of use, storage and destruction: {entries} entries")
     for item in exported:
         sealed = "" if item.sealed else " (the newest are not signed yet: export again after the next checkpoint)"
         typer.echo(
             f"chain {item.chain_id}: {item.records} records, heights {item.from_height}–{item.to_height},"
             f" {item.checkpoints} checkpoints{sealed}"
         )
+    entries = _register_count(file)
+    if entries:
+        typer.echo(f"register of use, storage and destruction: {entries} entries")
     typer.echo(f"wrote {file}")
 
 

@@ -186,6 +186,8 @@ class Grant(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     delivered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     delivery_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the sweep found it past its due day undelivered, and recorded that (once).
+    delivery_overdue_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (Index("ix_grants_lookup", "caller_id", "service", "operation", "purpose"),)
 

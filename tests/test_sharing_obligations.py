@@ -22,6 +22,7 @@ from gateway.audit_files import iter_lines, verify_file
 from gateway.models import DataUseEntry, Grant
 from tests.sharing_world import (
     CHINA,
+    CREDIT,
     DATA,
     World,
     add_item,
@@ -210,6 +211,18 @@ async def test_delivery_is_due_in_20_working_days_and_overdue_for_the_provider(w
     overdue = await world.get("credit-officer", REQUESTS, delivery="overdue")
     assert [entry["request_id"] for entry in overdue.json()] == [request_id]
     assert (await grant_of(world, "credit-officer", grant_id))["delivery_state"] == "overdue"
+    # The sweep records it once, as `system`, with notice to the provider.
+    [swept] = await world.sweep()
+    assert swept.history is not None and swept.history[-1].action == "delivery_overdue"
+    assert swept.history[-1].note == {
+        "grant_ids": [grant_id],
+        "due": "2025-11-04",
+        "on_time": False,
+        "notice_to": CREDIT,
+    }
+    assert await world.sweep() == [], "recorded once"
+    [late] = await world.audit_records("sharing.delivery_overdue")
+    assert (late["caller_id"], late["grant_id"]) == ("system", grant_id)
 
     problem(await world.post("data-officer", f"{REQUESTS}/{request_id}/deliver"), 403, "not_provider")
     delivered = await world.post("credit-head", f"{REQUESTS}/{request_id}/deliver", {"note": "接口已开通"})

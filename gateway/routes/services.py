@@ -90,10 +90,10 @@ ENDED_TITLES = {
 
 def ended_problem(code: str, grant_id: str, purpose: str, since: datetime, reason: str | None = None) -> Problem:
     """403 for a grant the caller had for this purpose that may not be used now; the refusal names the grant."""
-    what = {"grant_revoked": "was revoked", "grant_suspended": "is suspended", "grant_expired": "expired"}[code]
+    what = {"grant_revoked": "was revoked", "grant_suspended": "was suspended", "grant_expired": "expired"}[code]
     detail = f"the grant {grant_id} for purpose {purpose!r} {what} at {since.isoformat(timespec='seconds')}"
-    if code == "grant_suspended" and reason:
-        detail += f": {reason}"
+    if code == "grant_suspended":
+        detail += f" and is refused until resumed: {reason}"
     return Problem(403, code, ENDED_TITLES[code], detail, context={"grant_id": grant_id})
 
 

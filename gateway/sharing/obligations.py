@@ -91,6 +91,51 @@ async def record_first_use(session: AsyncSession, grant_id: str, now: datetime) 
     return Outcome(row, item, grants_changed=True)
 
 
+async def overdue_deliveries(session: AsyncSession, now: datetime) -> list[str]:
+    """Requests with a grant past its delivery day, undelivered and still in force, not yet recorded as such."""
+    query = (
+        select(Grant.sharing_request_id)
+        .where(
+            Grant.delivery_due < china_date(now),
+            Grant.delivered_at.is_(None),
+            Grant.delivery_overdue_at.is_(None),
+            Grant.revoked_at.is_(None),
+            Grant.valid_to > now,
+        )
+        .distinct()
+    )
+    return [request_id for request_id in (await session.scalars(query)).all() if request_id is not None]
+
+
+async def record_overdue_delivery(session: AsyncSession, request_id: str, now: datetime) -> Outcome | None:
+    """The sweep's record that the provider missed the delivery day (actor `system`), once per grant."""
+    row = await session.get(SharingRequest, request_id)
+    if row is None:
+        return None
+    grants = (
+        await session.scalars(
+            select(Grant).where(
+                Grant.sharing_request_id == request_id,
+                Grant.delivery_due < china_date(now),
+                Grant.delivered_at.is_(None),
+                Grant.delivery_overdue_at.is_(None),
+                Grant.revoked_at.is_(None),
+                Grant.valid_to > now,
+            )
+        )
+    ).all()
+    if not grants:
+        return None
+    item = await session.get(CatalogItem, row.item_id)
+    assert item is not None
+    for grant in grants:
+        grant.delivery_overdue_at = now
+    note = _delivery_note(list(grants), now, notice_to=row.provider_department)
+    _transition(session, row, SYSTEM, "delivery_overdue", row.state, now, _snapshot(row), note)
+    await session.commit()  # StaleDataError: another node did it; the sweep moves on
+    return Outcome(row, item)
+
+
 # --- suspension ----------------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from gateway.directory import GrantInfo
 from gateway.runtime import Runtime
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
-from gateway.sharing.obligations import record_first_use
+from gateway.sharing.obligations import overdue_deliveries, record_first_use, record_overdue_delivery
 from gateway.sharing.workdays import china_date
 from gateway.sharing.workflow import Outcome, apply_time, due_transitions, outcome_out
 from schemas.sharing import SharingRequestOut
@@ -153,7 +153,8 @@ class SharingService:
             await asyncio.sleep(self.interval)
 
     async def sweep(self) -> list[SharingRequestOut]:
-        """Escalate (or approve) overdue requests, start approved grants, expire ended ones; audit each."""
+        """Escalate (or approve) overdue requests, start approved grants, expire ended ones, record deliveries
+        the provider missed; audit each."""
         now = self.now()
         async with self.runtime.sessions() as session:
             ids = await due_transitions(session, now)
@@ -172,6 +173,24 @@ class SharingService:
                 )
             except AuditUnavailable:
                 log.error("transition %s of %s is committed but could not be audited", out.state, request_id)
+            changed.append(out)
+        async with self.runtime.sessions() as session:
+            late = await overdue_deliveries(session, now)
+        for request_id in late:
+            try:
+                async with self.runtime.sessions() as session:
+                    outcome = await record_overdue_delivery(session, request_id, now)
+                    if outcome is None:
+                        continue
+                    out = await outcome_out(session, outcome, now)
+            except StaleDataError:  # another node recorded it, or the request changed: the next sweep looks again
+                continue
+            try:
+                await self.runtime.audit.append(
+                    transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
+                )
+            except AuditUnavailable:
+                log.error("overdue delivery of %s is recorded but could not be audited", request_id)
             changed.append(out)
         await self.recompute_deadlines(now)
         return changed

@@ -58,6 +58,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('delivered_by', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('delivery_note', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('delivery_overdue_at', sa.DateTime(timezone=True), nullable=True))
 
     op.create_table('data_use_entries',
     sa.Column('entry_id', sa.String(length=64), nullable=False),
@@ -102,6 +103,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_data_use_entries_grant_id'))
     op.drop_table('data_use_entries')
     with op.batch_alter_table('grants', schema=None) as batch_op:
+        batch_op.drop_column('delivery_overdue_at')
         batch_op.drop_column('delivery_note')
         batch_op.drop_column('delivered_by')
         batch_op.drop_column('delivered_at')
