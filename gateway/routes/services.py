@@ -97,25 +97,23 @@ def ended_problem(code: str, grant_id: str, purpose: str, since: datetime, reaso
     return Problem(403, code, ENDED_TITLES[code], detail, context={"grant_id": grant_id})
 
 
-async def find_grant(runtime: Runtime, caller_id: str, service: str, operation: str, purpose: str) -> GrantInfo:
-    """The grant that allows this call now; when none does, the refusal that says what happened.
+async def explain_refusal(
+    runtime: Runtime, refusal: Problem, caller_id: str, service: str, operation: str, purpose: str
+) -> Problem:
+    """The refusal that says what happened, for a call no grant in the snapshot allowed.
 
-    The snapshot holds only grants that may answer, so the happy path is one dictionary lookup. Only a call
-    that matched none looks for a suspended, revoked or expired grant for the purpose, in the database.
+    The snapshot holds only grants that may answer, so a granted call never comes here. A `no_grant` or
+    `purpose_not_granted` looks for a suspended, revoked or expired grant of the caller for that purpose in the
+    database; when there is one, the refusal names it.
     """
-    grants = await runtime.directory.grants_for(caller_id, service, operation)
-    try:
-        return select_grant(grants, service, operation, purpose)
-    except Problem as refusal:
-        if refusal.code not in ("no_grant", "purpose_not_granted"):
-            raise
-        now = datetime.now(UTC)
-        ended = await runtime.directory.ended_grant(caller_id, service, operation, purpose, now)
-        if ended is None:
-            raise
-        code, row = ended
-        since = {"grant_revoked": row.revoked_at, "grant_suspended": row.suspended_at}.get(code) or row.valid_to
-        raise ended_problem(code, row.grant_id, purpose, as_utc(since), row.suspend_reason) from None
+    if refusal.code not in ("no_grant", "purpose_not_granted"):
+        return refusal
+    ended = await runtime.directory.ended_grant(caller_id, service, operation, purpose, datetime.now(UTC))
+    if ended is None:
+        return refusal
+    code, row = ended
+    since = {"grant_revoked": row.revoked_at, "grant_suspended": row.suspended_at}.get(code) or row.valid_to
+    return ended_problem(code, row.grant_id, purpose, as_utc(since), row.suspend_reason)
 
 
 async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:
@@ -130,7 +128,13 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     body: InvokeRequest = parse_json(exchange.body, InvokeRequest, exact=not operation.safe)
     event = exchange.event
     event.purpose = body.purpose
-    grant = await find_grant(runtime, exchange.principal.caller.caller_id, service, operation_name, body.purpose)
+    caller_id = exchange.principal.caller.caller_id
+    grants = await runtime.directory.grants_for(caller_id, service, operation_name)
+    try:
+        grant = select_grant(grants, service, operation_name, body.purpose)
+    except Problem as refusal:
+        # Only a refused call looks further (a try costs nothing when no exception is raised).
+        raise await explain_refusal(runtime, refusal, caller_id, service, operation_name, body.purpose) from None
     event.grant_id = grant.grant_id
     try:
         params = operation.input_model.model_validate(body.params)
