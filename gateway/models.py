@@ -183,6 +183,8 @@ class Grant(Base):
     suspend_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Delivery (条例: within 20 working days of approval); NULL due for a grant an admin issued directly.
     delivery_due: Mapped[date | None] = mapped_column(Date, nullable=True)
+    # Counted over a year without a loaded holiday schedule: the sweep counts it again once one is imported.
+    delivery_due_provisional: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     delivered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     delivery_note: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -153,6 +153,7 @@ def grant_out(row: Grant, now: datetime | None = None) -> GrantOut:
         suspend_reason=row.suspend_reason,
         delivery_state=delivery_state(row, now),  # type: ignore[arg-type]
         delivery_due=row.delivery_due,
+        delivery_due_provisional=bool(row.delivery_due_provisional),
         delivered_at=as_utc(row.delivered_at) if row.delivered_at else None,
         delivered_by=row.delivered_by,
         delivery_note=row.delivery_note,

@@ -160,6 +160,9 @@ class GrantOut(BaseModel):
         " by the provider's `deliver`, or by the first successful call under it",
     )
     delivery_due: date | None = None
+    delivery_due_provisional: bool = Field(
+        default=False, description="counted over a year without a loaded holiday schedule; recounted once it is"
+    )
     delivered_at: datetime | None = None
     delivered_by: str | None = Field(default=None, description="the provider's caller id, or `first_use`")
     delivery_note: str | None = None

@@ -573,6 +573,7 @@ class DeliveryOut(BaseModel):
     state: Literal["pending", "delivered", "overdue", "cancelled"]
     state_label: str
     due: date | None
+    provisional: bool = Field(default=False, description="the due day is counted over an unloaded year")
     delivered_at: datetime | None
 
 

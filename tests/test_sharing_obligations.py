@@ -200,7 +200,13 @@ async def test_delivery_is_due_in_20_working_days_and_overdue_for_the_provider(w
     request_id, grant_id = body["request_id"], body["grants"][0]["grant_id"]
     # Approved Tue 30 Sep 2025: 1–8 Oct off, Sat 11 Oct worked; the 20th working day is Tue 4 Nov.
     assert body["decision"]["delivery_due"] == "2025-11-04"
-    assert body["delivery"] == {"state": "pending", "state_label": "待交付", "due": "2025-11-04", "delivered_at": None}
+    assert body["delivery"] == {
+        "state": "pending",
+        "state_label": "待交付",
+        "due": "2025-11-04",
+        "provisional": False,
+        "delivered_at": None,
+    }
     grant = await grant_of(world, "credit-officer", grant_id)
     assert (grant["delivery_state"], grant["delivery_due"]) == ("pending", "2025-11-04")
 
@@ -241,6 +247,38 @@ async def test_delivery_is_due_in_20_working_days_and_overdue_for_the_provider(w
     [record] = [r for r in await world.audit_records("sharing.deliver") if r["decision"] == "allowed"]
     assert (record["caller_id"], record["grant_id"]) == ("credit-head", grant_id)
     assert (await world.get("credit-officer", REQUESTS, delivery="overdue")).json() == []
+
+
+async def test_a_delivery_day_in_an_unloaded_year_is_provisional_until_the_import(world: World) -> None:
+    # Approved Thu 24 Dec 2026: the 20 working days reach into 2027, which chinese-calendar does not know.
+    world.set_clock(datetime(2026, 12, 24, 10, 0, tzinfo=CHINA))
+    body = await granted(world, "FGW-OB-0012")
+    grant_id = body["grants"][0]["grant_id"]
+    # Provisional (weekends, 1 Jan off): Dec 25, 28–31, Jan 4–8, 11–15, 18–22 → Fri 22 Jan 2027.
+    assert (body["decision"]["delivery_due"], body["decision"]["delivery_due_provisional"]) == ("2027-01-22", True)
+    assert (body["delivery"]["due"], body["delivery"]["provisional"]) == ("2027-01-22", True)
+    assert (await grant_of(world, "admin", grant_id))["delivery_due_provisional"] is True
+    assert await world.sweep() == [], "nothing to recount before an import"
+
+    fixture = Path(__file__).parent / "fixtures" / "calendar-2027.TEST-FIXTURE.yaml"
+    async with world.client("admin") as client:
+        imported = await client.post(
+            "/v1/calendar/schedules", content=fixture.read_bytes(), headers={"content-type": "application/yaml"}
+        )
+    assert imported.status_code == 201, imported.text
+    # The fixture: 1–4 Jan off, Sat 9 Jan worked: Dec 25, 28–31, Jan 5–9, 11–15, 18–22 → still 22 Jan, now firm.
+    [recounted] = await world.sweep()
+    assert recounted.history is not None
+    event = recounted.history[-1]
+    assert (event.action, event.actor) == ("recompute_delivery_due", "system")
+    assert event.note is not None
+    assert (event.note["delivery_due_before"], event.note["delivery_due"]) == ("2027-01-22", "2027-01-22")
+    assert event.note["delivery_due_provisional"] is False and "2027: imported" in event.note["calendar"]
+    grant = await grant_of(world, "admin", grant_id)
+    assert (grant["delivery_due"], grant["delivery_due_provisional"]) == ("2027-01-22", False)
+    assert await world.sweep() == [], "counted once"
+    [record] = await world.audit_records("sharing.recompute_delivery_due")
+    assert (record["caller_id"], record["grant_id"]) == ("system", grant_id)
 
 
 async def test_first_successful_call_delivers_the_grant(world: World) -> None:

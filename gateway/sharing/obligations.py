@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from gateway.directory import as_utc
 from gateway.models import CatalogItem, DataUseEntry, Grant, SharingRequest
 from gateway.problems import Problem
+from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import forbidden, invalid
-from gateway.sharing.grant_state import grant_status
+from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, grant_status
 from gateway.sharing.states import LIVE, SYSTEM, Actor
-from gateway.sharing.workdays import china_date
+from gateway.sharing.workdays import CalendarYearUnsupported, china_date
 from gateway.sharing.workflow import Outcome, _commit, _jsonable, _load, _require_state, _snapshot, _transition
 from schemas.sharing import DATA_USE_KIND_LABELS, DataUseIn, DataUseOut, DataUseRegister, DeliverIn, ResumeIn, SuspendIn
 
@@ -133,6 +134,57 @@ async def record_overdue_delivery(session: AsyncSession, request_id: str, now: d
     note = _delivery_note(list(grants), now, notice_to=row.provider_department)
     _transition(session, row, SYSTEM, "delivery_overdue", row.state, now, _snapshot(row), note)
     await session.commit()  # StaleDataError: another node did it; the sweep moves on
+    return Outcome(row, item)
+
+
+async def delivery_dues_to_recompute(session: AsyncSession) -> list[str]:
+    """Grants whose provisional delivery day the calendar as it is now (after an import) would count otherwise."""
+    calendar = await calendar_for(session)
+    rows = (
+        await session.scalars(
+            select(Grant).where(
+                Grant.delivery_due_provisional.is_(True), Grant.delivered_at.is_(None), Grant.revoked_at.is_(None)
+            )
+        )
+    ).all()
+    stale = []
+    for grant in rows:
+        try:
+            count = calendar.add_working_days(china_date(as_utc(grant.created_at)), DELIVERY_WORKING_DAYS)
+        except CalendarYearUnsupported:
+            continue
+        if (count.due, count.provisional) != (grant.delivery_due, True):
+            stale.append(grant.grant_id)
+    return stale
+
+
+async def recompute_delivery_due(session: AsyncSession, grant_id: str, now: datetime) -> Outcome | None:
+    """Count a provisional delivery day again from the approval day, as the `system` actor; None if unchanged."""
+    grant = await session.get(Grant, grant_id)
+    if grant is None or not grant.delivery_due_provisional or grant.delivered_at is not None:
+        return None
+    calendar = await calendar_for(session)
+    count = calendar.add_working_days(china_date(as_utc(grant.created_at)), DELIVERY_WORKING_DAYS)
+    if (count.due, count.provisional) == (grant.delivery_due, True) or grant.sharing_request_id is None:
+        return None
+    row = await session.get(SharingRequest, grant.sharing_request_id)
+    assert row is not None
+    item = await session.get(CatalogItem, row.item_id)
+    assert item is not None
+    note = {
+        "rule": "the calendar changed since this delivery day was counted",
+        "grant_id": grant.grant_id,
+        "delivery_due_before": _jsonable(grant.delivery_due),
+        "delivery_due": count.due.isoformat(),
+        "delivery_due_provisional": count.provisional,
+        "calendar": calendar.describe(count.sources),
+    }
+    grant.delivery_due = count.due
+    grant.delivery_due_provisional = count.provisional
+    if grant.delivery_overdue_at is not None and china_date(now) <= count.due:
+        grant.delivery_overdue_at = None  # not late after all: recorded again if the new day passes
+    _transition(session, row, SYSTEM, "recompute_delivery_due", row.state, now, _snapshot(row), note)
+    await session.commit()  # StaleDataError: the request changed meanwhile; the next sweep looks again
     return Outcome(row, item)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -22,7 +22,13 @@ from gateway.directory import GrantInfo
 from gateway.runtime import Runtime
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
-from gateway.sharing.obligations import overdue_deliveries, record_first_use, record_overdue_delivery
+from gateway.sharing.obligations import (
+    delivery_dues_to_recompute,
+    overdue_deliveries,
+    recompute_delivery_due,
+    record_first_use,
+    record_overdue_delivery,
+)
 from gateway.sharing.workdays import china_date
 from gateway.sharing.workflow import Outcome, apply_time, due_transitions, outcome_out
 from schemas.sharing import SharingRequestOut
@@ -174,25 +180,36 @@ class SharingService:
             except AuditUnavailable:
                 log.error("transition %s of %s is committed but could not be audited", out.state, request_id)
             changed.append(out)
+        changed += await self._delivery_duties(now)
+        await self.recompute_deadlines(now)
+        return changed
+
+    async def _delivery_duties(self, now: datetime) -> list[SharingRequestOut]:
+        """Provisional delivery days counted again after an import, then missed ones recorded; each audited."""
         async with self.runtime.sessions() as session:
+            recount = await delivery_dues_to_recompute(session)
             late = await overdue_deliveries(session, now)
-        for request_id in late:
+        steps: list[tuple[str, Callable[..., Awaitable[Outcome | None]]]] = [
+            *((grant_id, recompute_delivery_due) for grant_id in recount),
+            *((request_id, record_overdue_delivery) for request_id in late),
+        ]
+        changed = []
+        for key, step in steps:
             try:
                 async with self.runtime.sessions() as session:
-                    outcome = await record_overdue_delivery(session, request_id, now)
+                    outcome = await step(session, key, now)
                     if outcome is None:
                         continue
                     out = await outcome_out(session, outcome, now)
-            except StaleDataError:  # another node recorded it, or the request changed: the next sweep looks again
+            except StaleDataError:  # another node did it, or the request changed: the next sweep looks again
                 continue
             try:
                 await self.runtime.audit.append(
                     transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
                 )
             except AuditUnavailable:
-                log.error("overdue delivery of %s is recorded but could not be audited", request_id)
+                log.error("delivery duty of %s is recorded but could not be audited", key)
             changed.append(out)
-        await self.recompute_deadlines(now)
         return changed
 
     async def recompute_deadlines(self, now: datetime) -> int:

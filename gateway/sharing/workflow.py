@@ -44,7 +44,7 @@ from gateway.sharing.states import (
     effective_state,
     is_overdue,
 )
-from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count, add_working_days, china_date
+from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count, china_date
 from schemas.sharing import (
     DELIVERY_LABELS,
     LEGAL_BASIS_KIND_LABELS,
@@ -295,6 +295,7 @@ def request_delivery(grants: list[Grant], now: datetime) -> DeliveryOut | None:
         state=state,  # type: ignore[arg-type]
         state_label=DELIVERY_LABELS[state],
         due=min(grant.delivery_due for grant in due if grant.delivery_due is not None),
+        provisional=any(grant.delivery_due_provisional for grant in due if grant.delivered_at is None),
         delivered_at=max(delivered) if state == "delivered" and delivered else None,
     )
 
@@ -592,6 +593,7 @@ async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: En
             daily_quota=row.daily_volume,
             rate_limit=DEFAULT_RATE_LIMIT,
             valid_to=row.valid_to,
+            delivery=await delivery_count(session, now),
             note={"rule": "无条件共享: approved on submission"},
         )
     await _commit(session)
@@ -614,6 +616,16 @@ def _require_decider(actor: Actor, row: SharingRequest, now: datetime) -> None:
     )
 
 
+async def delivery_count(session: AsyncSession, now: datetime) -> Count:
+    """The delivery day of a grant approved now: the 20th working day after today (条例), by the calendar as
+    loaded; provisional over a year without a schedule, recounted by the sweep once it is imported."""
+    calendar = await calendar_for(session)
+    try:
+        return calendar.add_working_days(china_date(now), DELIVERY_WORKING_DAYS)
+    except CalendarYearUnsupported as exc:
+        raise calendar_problem(exc) from None
+
+
 def _approve(
     session: AsyncSession,
     outcome: Outcome,
@@ -623,21 +635,19 @@ def _approve(
     daily_quota: int,
     rate_limit: str,
     valid_to: datetime,
+    delivery: Count,
     fields: list[str] | None = None,
     note: dict[str, Any] | None = None,
 ) -> None:
     """Approval creates the grants (one per caller the request names), effective from the requested start.
 
     A partial approval narrows the request itself to the approved fields and validity, so its history holds
-    the before and after; the decision keeps what was requested. Each grant is due for delivery within 20
-    working days of today (503 `calendar_year_unsupported` when the calendar does not reach that far).
+    the before and after; the decision keeps what was requested. Each grant is due for delivery on
+    `delivery`'s day (`delivery_count`), provisional when counted over a year without a loaded schedule.
     """
     row, item = outcome.row, outcome.item
     assert item.service is not None and item.operation is not None
-    try:
-        delivery_due = add_working_days(china_date(now), DELIVERY_WORKING_DAYS)
-    except CalendarYearUnsupported as exc:
-        raise calendar_problem(exc) from None
+    delivery_due = delivery.due
     before = _snapshot(row)
     requested = {"fields": list(row.fields), "valid_to": _jsonable(row.valid_to), "daily_volume": row.daily_volume}
     fields = fields if fields is not None else list(row.fields)
@@ -662,6 +672,7 @@ def _approve(
         "daily_quota": daily_quota,
         "rate_limit": rate_limit,
         "delivery_due": delivery_due.isoformat(),
+        **({"delivery_due_provisional": True} if delivery.provisional else {}),
         **({"narrowed": narrowed} if narrowed else {}),
         **(note or {}),
     }
@@ -682,6 +693,7 @@ def _approve(
             sharing_request_id=row.request_id,
             created_at=now,
             delivery_due=delivery_due,
+            delivery_due_provisional=delivery.provisional,
         )
         for caller_id in row.callers
     ]
@@ -737,6 +749,7 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
         daily_quota=body.daily_quota or row.daily_volume,
         rate_limit=rate_limit,
         valid_to=valid_to,
+        delivery=await delivery_count(session, now),
         fields=fields,
         note=note or None,
     )
@@ -964,6 +977,7 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
                 daily_quota=row.daily_volume,
                 rate_limit=DEFAULT_RATE_LIMIT,
                 valid_to=as_utc(row.valid_to),
+                delivery=await delivery_count(session, now),
                 note={"rule": f"overdue since {due}: approved by default (MSJX_SHARING_OVERDUE_ACTION=approve)"},
             )
         else:

@@ -1,7 +1,7 @@
 """grant suspension and delivery; the requesting department's register of use, storage and destruction
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-05
 
 The later obligations of 《政务数据共享条例》: a grant may be suspended for misuse (and resumed), it is
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 
 revision = '0008'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
@@ -55,6 +55,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('suspended_by', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('suspend_reason', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('delivery_due', sa.Date(), nullable=True))
+        batch_op.add_column(sa.Column('delivery_due_provisional', sa.Boolean(), server_default=sa.false(), nullable=False))
         batch_op.add_column(sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('delivered_by', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('delivery_note', sa.Text(), nullable=True))
@@ -107,6 +108,7 @@ def downgrade() -> None:
         batch_op.drop_column('delivery_note')
         batch_op.drop_column('delivered_by')
         batch_op.drop_column('delivered_at')
+        batch_op.drop_column('delivery_due_provisional')
         batch_op.drop_column('delivery_due')
         batch_op.drop_column('suspend_reason')
         batch_op.drop_column('suspended_by')
