@@ -535,7 +535,9 @@ class DataUseIn(_In):
     )
 
     kind: DataUseKind = Field(description="use 使用, storage 存储, destruction 销毁")
-    occurred_at: AwareDatetime | None = Field(default=None, description="when it happened; default: now")
+    occurred_at: BeijingDatetime | None = Field(
+        default=None, description="when it happened (a date or a naive time is Beijing time); default: now"
+    )
     description: Text
     location: str | None = Field(default=None, min_length=1, max_length=2000, description="system, table or place")
     volume: int | None = Field(default=None, ge=0, le=1_000_000_000, description="records concerned, if counted")
