@@ -181,7 +181,9 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     "/{service}/{operation}",
     summary="Invoke an operation",
     description="Call one operation of an upstream system for a granted purpose; only granted fields return."
-    " A grant's rate limit and daily quota answer 429 with Retry-After when reached. " + SIGNED,
+    " A grant's rate limit and daily quota answer 429 with Retry-After when reached. Without a grant usable now:"
+    " 403 `grant_suspended`, `grant_revoked` or `grant_expired` when the caller held one for the purpose (the"
+    " detail names it), else `purpose_not_granted` or `no_grant`. " + SIGNED,
     response_model=InvokeResponse,
     responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
     openapi_extra={**json_body(InvokeRequest), "parameters": [IDEMPOTENCY_KEY_PARAMETER]},
