@@ -1,7 +1,7 @@
 """grant suspension and delivery; the requesting department's register of use, storage and destruction
 
 Revision ID: 0008
-Revises: 0010
+Revises: 0007
 Create Date: 2026-12-05
 
 The later obligations of 《政务数据共享条例》: a grant may be suspended for misuse (and resumed), it is
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 
 revision = '0008'
-down_revision = '0010'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
