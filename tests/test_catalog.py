@@ -196,3 +196,20 @@ async def test_openapi_documents_the_workflow_with_examples(world: World) -> Non
     assert "429" in paths["/v1/services/{service}/{operation}"]["post"]["responses"]
     kind = schemas["LegalBasis"]["properties"]["kind"]
     assert set(kind["enum"]) == {"law", "administrative_regulation", "state_council_decision"}
+
+
+async def test_every_fault_of_a_change_in_one_answer(world: World) -> None:
+    item = await add_item(world, item_body("FGW-10"))
+    async with world.client("credit-officer") as client:
+        changed = await client.patch(
+            f"/v1/catalog/{item['item_id']}",
+            json={"share_attribute": "not_shared", "update_frequency": "hourly", "colour": "red"},
+        )
+    answer = problem(changed, 422, "item_incomplete")
+    assert sorted((error["field"], error["code"]) for error in answer["errors"]) == [
+        ("colour", "field_unknown"),
+        ("legal_basis", "legal_basis_missing"),
+        ("update_frequency", "update_frequency_unknown"),
+    ], answer
+    listed = (await public(world, f"/v1/catalog/{item['item_id']}")).json()
+    assert (listed["share_attribute"], listed["update_frequency"]) == ("conditional", "daily"), "nothing changed"
