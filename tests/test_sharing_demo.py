@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from gateway import db, registry
 from gateway.demo import DEMO_CALLERS
-from gateway.models import AuditRecord, CatalogItem
+from gateway.models import AuditRecord, CatalogItem, DataUseEntry, SharingRequest
 from gateway.runtime import build_adapters
 from gateway.settings import load_settings
 from gateway.sharing.demo import catalog_bodies, seed_sharing
@@ -53,6 +53,12 @@ async def test_demo_seeds_a_catalog_for_every_system_and_requests_in_every_state
             assert {(name, operation) for operation in adapter.operations} <= delivered, name
         assert {item.share_attribute for item in items} == {"unconditional", "conditional", "not_shared"}
         assert [entry["request_id"] for entry in again] == [entry["request_id"] for entry in first], "seeded once"
+        async with sessions() as session:
+            decisions = [row.decision for row in (await session.scalars(select(SharingRequest))).all()]
+            register = (await session.scalars(select(DataUseEntry))).all()
+        partial = [d for d in decisions if d and d.get("partial")]
+        assert partial and "fields" in partial[0]["narrowed"], "one request is approved in part"
+        assert sorted(entry.kind for entry in register) == ["destruction", "use"], "the revoked grant's data is gone"
         async with sessions() as session:
             assert len((await session.scalars(select(CatalogItem))).all()) == len(items)
     finally:

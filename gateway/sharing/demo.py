@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import Adapter, Operation
-from gateway.models import CatalogItem, SharingRequest
-from gateway.sharing import catalog, workflow
+from gateway.models import CatalogItem, Grant, SharingRequest
+from gateway.sharing import catalog, obligations, workflow
 from gateway.sharing.ownership import owners
 from gateway.sharing.states import Actor, effective_state
 from schemas.sharing import (
@@ -26,6 +26,7 @@ from schemas.sharing import (
     ConditionNotMet,
     Conditions,
     DataItem,
+    DataUseIn,
     EndorseIn,
     LegalBasis,
     MissingItem,
@@ -178,11 +179,22 @@ async def _seed_requests(session: AsyncSession, now: datetime) -> None:
     # approved, its grant starting next week
     later = _request(conditional, "XM-2025-015", "首次升规奖励", year, valid_from=now + timedelta(days=7))
     approved = await _submitted(session, later, now)
-    await workflow.approve(session, provider, approved.row.request_id, ApproveIn(daily_quota=2000), now)
-    # granted, then revoked for use beyond its scope
+    # in part: one field fewer than asked, at most 2000 calls a day (the request's history shows both)
+    narrowed = list(approved.row.fields)[:-1] or None
+    partial = ApproveIn(daily_quota=2000, fields=narrowed)
+    await workflow.approve(session, provider, approved.row.request_id, partial, now)
+    # granted, used (the requester's register says so), revoked for use beyond its scope, the data destroyed
     revoked = await _submitted(session, _request(conditional, "XM-2025-016", "外贸稳增长补助", year), now)
     await workflow.approve(session, provider, revoked.row.request_id, ApproveIn(), now)
+    query = select(Grant.grant_id).where(Grant.sharing_request_id == revoked.row.request_id)
+    grant_ids = list((await session.scalars(query)).all())
+    for grant_id in grant_ids:
+        use = DataUseIn(kind="use", description="外贸稳增长补助资格比对", location="免申即享平台", volume=1200)
+        await obligations.add_entry(session, DATA_OFFICER, grant_id, use, now)
     await workflow.revoke(session, provider, revoked.row.request_id, RevokeIn(reason="发现超出授权范围使用"), now)
+    for grant_id in grant_ids:
+        destroyed = DataUseIn(kind="destruction", description="授权撤销，比对结果已删除", location="免申即享平台")
+        await obligations.add_entry(session, DATA_OFFICER, grant_id, destroyed, now)
     # overdue: submitted five weeks ago, never answered, escalated to the coordinators
     then = now - timedelta(days=35)
     overdue = await _submitted(session, _request(conditional, "QZ-2025-012", "技术改造补助", year), then)
