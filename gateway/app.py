@@ -29,7 +29,7 @@ log = logging.getLogger("msjx.app")
 
 DESCRIPTION = """The one door between a 免申即享 platform and the systems that hold the data.
 
-Every call is signed (RFC 9421, ed25519), allowed only inside a grant for its purpose, answered with
+Every call is signed (RFC 9421, ed25519 or 国密 sm2-sm3), allowed only inside a grant for its purpose, answered with
 only the granted fields, and recorded in an encrypted, hash-chained audit log before the answer leaves.
 Errors are RFC 9457 problem+json with a stable `code`.
 """

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import String, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,7 +43,11 @@ from security.checkpoints import Checkpoint, TrustedKeys, sign_checkpoint, signe
 from security.crypto import SUITE_NAMES, DecryptionError, NonceSequence, get_suite
 from security.keyring import KeyRing, now_ms
 from security.keys import (
+    ED25519,
+    SM2_SM3,
     KeyFormatError,
+    PrivateKey,
+    PublicKey,
     load_or_create_signing_key,
     load_public_key,
     public_key_pem,
@@ -85,6 +88,12 @@ CHECKPOINT_INSERT_PG = (
 )
 SIGNING_KEY_FILE = "audit-signing.key"
 SIGNING_PUB_FILE = "audit-signing.pub.pem"
+# The checkpoint key of each suite: Ed25519 for `standard`, SM2 (SM3, default user id) for `sm`, in its own file, so
+# a node that changes suite keeps the old key and every checkpoint it signed still verifies.
+SIGNING_FILES = {
+    "standard": (ED25519, SIGNING_KEY_FILE, SIGNING_PUB_FILE),
+    "sm": (SM2_SM3, "audit-signing-sm2.key", "audit-signing-sm2.pub.pem"),
+}
 
 
 class AuditUnavailable(Exception):
@@ -154,7 +163,7 @@ class AuditWriter:
         chain_id: str,
         keyring: KeyRing,
         suite: str | None = None,
-        signer: Ed25519PrivateKey | None = None,
+        signer: PrivateKey | None = None,
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 10.0,
         witness_path: Path | None = None,
@@ -495,10 +504,12 @@ def _checkpoint_values(checkpoint: Checkpoint) -> tuple[Any, ...]:
 # --- signing keys and trust ----------------------------------------------------------------------------------
 
 
-def load_signer(settings: Settings) -> Ed25519PrivateKey:
-    """This node's checkpoint signing key (made on first run, mode 0600); its public half is written beside it."""
-    key = load_or_create_signing_key(settings.keys_dir / SIGNING_KEY_FILE)
-    public_path = settings.keys_dir / SIGNING_PUB_FILE
+def load_signer(settings: Settings, suite: str | None = None) -> PrivateKey:
+    """This node's checkpoint signing key for `suite` (default: the configured one), made on first run (mode 0600),
+    Ed25519 for `standard` and SM2 for `sm`; its public half is written beside it."""
+    algorithm, key_file, public_file = SIGNING_FILES[suite or settings.crypto_suite]
+    key = load_or_create_signing_key(settings.keys_dir / key_file, algorithm)
+    public_path = settings.keys_dir / public_file
     pem = public_key_pem(key.public_key())
     if not public_path.exists() or public_path.read_text() != pem:
         write_secret_file(public_path, pem.encode())
@@ -507,12 +518,14 @@ def load_signer(settings: Settings) -> Ed25519PrivateKey:
 
 
 def trusted_keys(settings: Settings | None, extra: list[Path] | tuple[Path, ...] = ()) -> TrustedKeys:
-    """Keys `audit verify` accepts: this node's own, every PEM in keys/trusted/, and any given on the command line."""
+    """Keys `audit verify` accepts: this node's own (of either suite), every PEM in keys/trusted/, and any given on
+    the command line."""
     trusted = TrustedKeys()
     if settings is not None:
-        own = settings.keys_dir / SIGNING_KEY_FILE
-        if own.exists():
-            trusted.add(load_or_create_signing_key(own).public_key())
+        for algorithm, key_file, _ in SIGNING_FILES.values():
+            own = settings.keys_dir / key_file
+            if own.exists():
+                trusted.add(load_or_create_signing_key(own, algorithm).public_key())
         directory = settings.trusted_keys_dir
         if directory.is_dir():
             for path in sorted(directory.glob("*.pem")):
@@ -522,7 +535,7 @@ def trusted_keys(settings: Settings | None, extra: list[Path] | tuple[Path, ...]
     return trusted
 
 
-def _read_public_key(path: Path) -> Any:
+def _read_public_key(path: Path) -> PublicKey:
     try:
         return load_public_key(path.read_text())
     except OSError as exc:

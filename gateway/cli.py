@@ -226,7 +226,10 @@ def callers_add(
     name: Annotated[str, typer.Option(help="display name")],
     department: Annotated[str, typer.Option(help="department the caller belongs to")],
     role: Annotated[list[str], typer.Option("--role", help="platform, department, officer, coordinator or admin")],
-    public_key: Annotated[Path | None, typer.Option("--public-key", help="Ed25519 public key file (PEM)")] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option("--public-key", help="Ed25519 or SM2 public key file (PEM; SM2 also as hex of the point)"),
+    ] = None,
     key_id: Annotated[str | None, typer.Option(help="key id (default: <caller>.<fingerprint>)")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -744,7 +747,7 @@ def _stamp(ms: int | None) -> str:
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """The master key (by id), every data key and its state, and this node's checkpoint signing key."""
-    from gateway.audit import SIGNING_PUB_FILE, load_signer
+    from gateway.audit import SIGNING_FILES, load_signer
     from security.checkpoints import signer_key_id
 
     settings = _settings(data_dir)
@@ -762,11 +765,16 @@ def keys_list(data_dir: DataDir = None) -> None:
             typer.echo(f"{row.kind:<6} {row.key_id:<36} {row.suite:<9} created {_stamp(row.created_ms)}  {state}")
 
     _keyring(settings, work)
-    signer = load_signer(settings)
-    typer.echo(
-        f"signing {signer_key_id(signer.public_key())}  checkpoint key of chain {settings.node_id};"
-        f" public half: {settings.keys_dir / SIGNING_PUB_FILE}"
-    )
+    load_signer(settings)  # the configured suite's key exists from here on
+    for suite, (_, key_file, public_file) in SIGNING_FILES.items():
+        if not (settings.keys_dir / key_file).exists():
+            continue
+        signer = load_signer(settings, suite)
+        use = "in use" if suite == settings.crypto_suite else "signed earlier checkpoints"
+        typer.echo(
+            f"signing {signer_key_id(signer.public_key())}  checkpoint key of chain {settings.node_id}"
+            f" ({suite} suite, {use}); public half: {settings.keys_dir / public_file}"
+        )
 
 
 def _has_current(ring: Any, suite: str) -> bool:
@@ -825,12 +833,20 @@ def keys_destroy(
 
 
 @keys_app.command("public")
-def keys_public(data_dir: DataDir = None) -> None:
+def keys_public(
+    suite: Annotated[
+        str | None, typer.Option("--suite", help="standard (Ed25519) or sm (SM2); default: MSJX_CRYPTO_SUITE")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
     """Print this node's checkpoint public key (PEM), for `audit verify --pubkey` on another machine."""
     from gateway.audit import load_signer
+    from security.crypto import SUITE_NAMES
     from security.keys import public_key_pem
 
-    typer.echo(public_key_pem(load_signer(_settings(data_dir)).public_key()), nl=False)
+    if suite is not None and suite not in SUITE_NAMES:
+        raise _fail(f"--suite {suite!r}: expected one of {', '.join(SUITE_NAMES)}")
+    typer.echo(public_key_pem(load_signer(_settings(data_dir), suite).public_key()), nl=False)
 
 
 @keys_app.command("new-caller")
@@ -867,7 +883,7 @@ def call(
     service: Annotated[str, typer.Argument()],
     operation: Annotated[str, typer.Argument()],
     purpose: Annotated[str, typer.Option(help="purpose code the grant names")],
-    key: Annotated[Path, typer.Option(help="the caller's Ed25519 private key (PKCS#8 PEM)")],
+    key: Annotated[Path, typer.Option(help="the caller's Ed25519 or SM2 private key (PKCS#8 PEM)")],
     caller: Annotated[str, typer.Option(help="caller id")],
     param: Annotated[list[str], typer.Option("--param", help="NAME=VALUE, repeat for each input")] = [],  # noqa: B006
     json_params: Annotated[

@@ -19,9 +19,8 @@ from typing import Any
 
 import http_sf
 import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from security.keys import key_id_for, load_private_key_file
+from security.keys import PrivateKey, key_id_for, load_private_key_file
 from security.signatures import sign_request
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -40,11 +39,12 @@ def _decimal_as_string(value: Any) -> str:
 
 
 class SignatureAuth(httpx.Auth):
-    """Signs each request (RFC 9421, ed25519) with a fresh nonce and, with a body, its Content-Digest."""
+    """Signs each request (RFC 9421: `ed25519` with an Ed25519 key, `sm2-sm3` with an SM2 key) with a fresh nonce
+    and, with a body, its Content-Digest."""
 
     requires_request_body = True
 
-    def __init__(self, key_id: str, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, key_id: str, private_key: PrivateKey) -> None:
         self.key_id = key_id
         self._private_key = private_key
 
@@ -74,7 +74,7 @@ class GatewayClient:
     """A synchronous client of the unified API. Each method returns the decoded JSON answer."""
 
     def __init__(
-        self, base_url: str | None, key_id: str, private_key: Ed25519PrivateKey, *, timeout: float = 30.0
+        self, base_url: str | None, key_id: str, private_key: PrivateKey, *, timeout: float = 30.0
     ) -> None:
         self.base_url = gateway_url(base_url)
         self.key_id = key_id

@@ -13,13 +13,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from gateway.dependencies import Dependency, is_database_outage
 from gateway.models import Caller, CallerKey, Grant
-from security.keys import KeyFormatError, load_public_key
+from security.keys import KeyFormatError, PublicKey, load_public_key
 
 log = logging.getLogger("msjx.directory")
 # A revocation committed at time T is in every snapshot whose load started after T (`loaded` is read before the
@@ -43,7 +42,7 @@ class CallerInfo:
 class KeyInfo:
     key_id: str
     caller: CallerInfo
-    public_key: Ed25519PublicKey | None
+    public_key: PublicKey | None  # Ed25519 or SM2; None when revoked
     status: str
 
 

@@ -50,7 +50,8 @@ class Caller(Base):
 
 
 class CallerKey(Base):
-    """An Ed25519 public key of a caller; the gateway never holds the private half."""
+    """An Ed25519 or SM2 public key of a caller, as registered (PEM, base64 or hex); the gateway never holds the
+    private half."""
 
     __tablename__ = "caller_keys"
 

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     signature_verifier: Literal["process", "inline"] = Field(
         default="process",
         description="process (default): a child process takes Ed25519 request signature checks off the event loop"
-        " when it is congested; inline: the event loop checks every signature itself",
+        " when it is congested, and SM2 ones always; inline: the event loop checks every signature itself",
     )
     signature_offload_above: int = Field(
         default=4,

@@ -62,7 +62,11 @@ class ProblemDetails(BaseModel):
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    public_key: str = Field(description="Ed25519 public key, PEM (SubjectPublicKeyInfo) or base64 of the raw 32 bytes")
+    public_key: str = Field(
+        description="Ed25519 public key, PEM (SubjectPublicKeyInfo) or base64 of the raw 32 bytes; or an SM2 public"
+        " key (signs sm2-sm3), PEM (SubjectPublicKeyInfo, curve 1.2.156.10197.1.301) or hex of the point: 04‖x‖y"
+        " (130 digits) or x‖y (128 digits)"
+    )
 
 
 class CallerIn(BaseModel):

@@ -195,7 +195,10 @@ class CheckpointOut(BaseModel):
     ts_ms: int
     time: str
     key_id: str
-    signature: str = Field(description="base64 Ed25519 signature over the checkpoint (see docs/audit.md)")
+    signature: str = Field(
+        description="base64 signature over the checkpoint: Ed25519 (key id ed25519:…) or SM2 r‖s (key id sm2:…);"
+        " see docs/audit.md"
+    )
 
 
 class SignerOut(BaseModel):

@@ -1,9 +1,10 @@
 """Signed checkpoints of an audit chain (chain id, height, head hash, time), like Certificate Transparency's tree heads.
 
-A checkpoint is signed with the node's Ed25519 key, so a chain rewritten by someone who can write to the
-database but does not hold that key no longer matches a checkpoint that verifies. Trust comes from outside
-the database: the verifier is given the public keys (`TrustedKeys`) and never takes one from the log itself.
-SM2 would be the 国密 choice here, but `cryptography` offers no SM2, so both suites sign with Ed25519.
+A checkpoint is signed with the node's key (Ed25519 in the `standard` suite, SM2 with SM3 and the default user id
+in the `sm` suite), so a chain rewritten by someone who can write to the database but does not hold that key no
+longer matches a checkpoint that verifies. Trust comes from outside the database: the verifier is given the public
+keys (`TrustedKeys`) and never takes one from the log itself. The key id names the algorithm (`ed25519:…`, `sm2:…`)
+and is part of the signed bytes, so a chain may hold checkpoints of both, as it holds records of both suites.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from security.keys import PrivateKey, PublicKey, public_key_bytes
+from security.sm2 import Sm2PublicKey
 
 DOMAIN = b"msjx-audit-checkpoint/1\n"
 
 
-def signer_key_id(public_key: Ed25519PublicKey) -> str:
-    """`ed25519:` and the first 16 hex digits of SHA-256 of the raw public key: names a key, reveals nothing."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+def signer_key_id(public_key: PublicKey) -> str:
+    """`ed25519:` or `sm2:`, then the first 16 hex digits of SHA-256 of the raw public key: names a key, reveals
+    nothing. The raw key of SM2 is the uncompressed point 04 ‖ x ‖ y."""
+    prefix = "sm2:" if isinstance(public_key, Sm2PublicKey) else "ed25519:"
+    return prefix + hashlib.sha256(public_key_bytes(public_key)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Checkpoint:
     head_hash: str
     ts_ms: int
     key_id: str
-    signature: str  # base64 of the 64-byte Ed25519 signature
+    signature: str  # base64 of the 64-byte signature: Ed25519's, or SM2's r ‖ s
 
     def message(self) -> bytes:
         return checkpoint_message(self.chain_id, self.height, self.head_hash, self.ts_ms, self.key_id)
@@ -61,9 +64,7 @@ def checkpoint_message(chain_id: str, height: int, head_hash: str, ts_ms: int, k
     return DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def sign_checkpoint(
-    private_key: Ed25519PrivateKey, chain_id: str, height: int, head_hash: str, ts_ms: int
-) -> Checkpoint:
+def sign_checkpoint(private_key: PrivateKey, chain_id: str, height: int, head_hash: str, ts_ms: int) -> Checkpoint:
     key_id = signer_key_id(private_key.public_key())
     signature = private_key.sign(checkpoint_message(chain_id, height, head_hash, ts_ms, key_id))
     return Checkpoint(chain_id, height, head_hash, ts_ms, key_id, base64.b64encode(signature).decode())
@@ -72,12 +73,12 @@ def sign_checkpoint(
 class TrustedKeys:
     """The public keys a verifier accepts checkpoints from, by key id."""
 
-    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {}
+    def __init__(self, keys: Iterable[PublicKey] = ()) -> None:
+        self._keys: dict[str, PublicKey] = {}
         for key in keys:
             self.add(key)
 
-    def add(self, key: Ed25519PublicKey) -> str:
+    def add(self, key: PublicKey) -> str:
         key_id = signer_key_id(key)
         self._keys[key_id] = key
         return key_id
@@ -97,9 +98,12 @@ class TrustedKeys:
         key = self._keys.get(checkpoint.key_id)
         if key is None:
             return f"it is signed by {checkpoint.key_id}, which is not a trusted key"
+        failed = f"its signature does not verify under the trusted key {checkpoint.key_id}"
         try:
             signature = base64.b64decode(checkpoint.signature, validate=True)
+            if isinstance(key, Sm2PublicKey):
+                return None if key.verify(signature, checkpoint.message()) else failed
             key.verify(signature, checkpoint.message())
         except (InvalidSignature, ValueError):
-            return f"its signature does not verify under the trusted key {checkpoint.key_id}"
+            return failed
         return None

@@ -1,26 +1,19 @@
 """One Ed25519 check on raw bytes, through libsodium when PyNaCl is there and OpenSSL otherwise.
 
-Kept apart from `signatures` so that the verifier process (`security.verifier_child`) imports only this.
+Kept apart from `signatures` so that the verifier process (`security.verifier_child`) imports only this (and, for
+SM2 keys, `security.sm2`), through `security.verdicts`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Protocol
+from typing import Any
 
 try:  # libsodium verifies Ed25519 in about half the time OpenSSL takes here (docs/performance.md)
     from nacl.exceptions import BadSignatureError
     from nacl.signing import VerifyKey
 except ImportError:  # pragma: no cover - PyNaCl is a dependency; without it OpenSSL verifies
     VerifyKey = None  # type: ignore[assignment,misc]
-
-
-class Ed25519Checker(Protocol):
-    """What authentication needs: one Ed25519 verdict, awaited (in this process, or in the verifier process)."""
-
-    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool: ...
-
-    async def close(self) -> None: ...
 
 
 @functools.lru_cache(maxsize=1024)

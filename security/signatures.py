@@ -1,9 +1,12 @@
-"""RFC 9421 HTTP Message Signatures (ed25519) with RFC 9530 Content-Digest: signing and verifying requests.
+"""RFC 9421 HTTP Message Signatures (ed25519, or our sm2-sm3) with RFC 9530 Content-Digest: signing and verifying.
 
 Both sides go through `http-message-signatures`; this module fixes the profile (covered components,
 required parameters, clock window) and turns every way a request can fail into one stable code.
 A request in exactly the shape `sign_request` writes is verified by a direct path first (see
 `_profile_signed`); the library still decides every other request and every refusal.
+The algorithm is the registered key's (RFC 9421 section 3.2): `ed25519`, or `sm2-sm3` for an SM2 key, a name of
+our own (SM2 of GB/T 32918.2 with SM3 and the default user id, signature r ‖ s); an `alg` parameter, if sent, must
+name it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import http_sf
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from http_message_signatures import (
     ContentDigest,
     HTTPMessageSigner,
@@ -28,9 +31,11 @@ from http_message_signatures import (
     HTTPSignatureKeyResolver,
     algorithms,
 )
-from http_message_signatures.exceptions import HTTPMessageSignaturesException
+from http_message_signatures.exceptions import HTTPMessageSignaturesException, InvalidSignature
 
-from security.ed25519 import Ed25519Checker, verifies
+from security.keys import PrivateKey, PublicKey, public_key_bytes
+from security.sm2 import Sm2PrivateKey, Sm2PublicKey
+from security.verdicts import ED25519, SM2_SM3, SignatureChecker, verifies
 
 SIGNATURE_LABEL = "msjx"
 COVERED_COMPONENTS: tuple[str, ...] = ("@method", "@target-uri")
@@ -90,15 +95,66 @@ class _Headers:
 
 
 class _SingleKey(HTTPSignatureKeyResolver):
-    def __init__(self, public_key: Ed25519PublicKey | None = None, private_key: Ed25519PrivateKey | None = None):
+    def __init__(self, public_key: Any = None, private_key: PrivateKey | None = None):
         self._public = public_key
         self._private = private_key
 
-    def resolve_public_key(self, key_id: str) -> Ed25519PublicKey | None:
+    def resolve_public_key(self, key_id: str) -> Any:
         return self._public
 
-    def resolve_private_key(self, key_id: str) -> Ed25519PrivateKey | None:
+    def resolve_private_key(self, key_id: str) -> PrivateKey | None:
         return self._private
+
+
+class Sm2Sm3(algorithms.HTTPSignatureAlgorithm):
+    """`sm2-sm3`: SM2 (GB/T 32918.2) over the signature base, with SM3 and the default user id 1234567812345678.
+
+    The signature is r ‖ s, 32 bytes each, as RFC 9421 encodes its ECDSA signatures.
+    """
+
+    algorithm_id = SM2_SM3
+
+    def __init__(self, public_key: Sm2PublicKey | None = None, private_key: Sm2PrivateKey | None = None) -> None:
+        if public_key is not None and not isinstance(public_key, Sm2PublicKey):
+            raise HTTPMessageSignaturesException("Unexpected public key type")
+        if private_key is not None and not isinstance(private_key, Sm2PrivateKey):
+            raise HTTPMessageSignaturesException("Unexpected private key type")
+        self.public_key, self.private_key = public_key, private_key
+
+    def sign(self, message: bytes) -> bytes:
+        assert self.private_key is not None
+        return self.private_key.sign(message)
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        assert self.public_key is not None
+        if not self.public_key.verify(signature, message):
+            raise InvalidSignature("the sm2-sm3 signature does not match the signature base")
+
+
+@dataclass
+class _Deferred:
+    """An SM2 key handed to the library with `_DeferredSm2`: what it would have checked is kept for a checker."""
+
+    public_key: Sm2PublicKey
+    signed: tuple[bytes, bytes] | None = None  # (signature, signature base)
+
+
+class _DeferredSm2(algorithms.HTTPSignatureAlgorithm):
+    """`sm2-sm3` for the library's checks of structure, parameters and coverage, with the SM2 check itself left to
+    the caller: it costs milliseconds, too long for the event loop, so the verifier process makes it."""
+
+    algorithm_id = SM2_SM3
+
+    def __init__(self, public_key: _Deferred | None = None, private_key: None = None) -> None:
+        if not isinstance(public_key, _Deferred):
+            raise HTTPMessageSignaturesException("Unexpected public key type")
+        self._deferred = public_key
+
+    def sign(self, message: bytes) -> bytes:
+        raise HTTPMessageSignaturesException("a deferred check cannot sign")
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        self._deferred.signed = (signature, message)
 
 
 def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParams:
@@ -233,11 +289,11 @@ def _profile_signed(
     url: str,
     pairs: list[tuple[str, str]],
     body: bytes,
-    public_key: Ed25519PublicKey,
+    public_key: PublicKey,
     params: SignatureParams,
 ) -> tuple[bytes, bytes] | None:
     """(signature, signature base) of a request in the gateway's profile whose digest matches; else None."""
-    if params.profile_params is None or not isinstance(public_key, Ed25519PublicKey):
+    if params.profile_params is None or not isinstance(public_key, Ed25519PublicKey | Sm2PublicKey):
         return None
     # Every rule of what must be signed lives in required_components; the direct path takes only a request that
     # covers exactly that, so a rule added there can never be skipped here.
@@ -271,9 +327,16 @@ def _profile_signed(
     return signature, base.encode()
 
 
-def _ed25519_verifies(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-    # A False here is not a refusal: the request goes on to the library path, and OpenSSL decides.
-    return verifies(public_key.public_bytes_raw(), signature, message)
+def _algorithm(public_key: PublicKey) -> str:
+    return SM2_SM3 if isinstance(public_key, Sm2PublicKey) else ED25519
+
+
+def _sm2_refusal(params: SignatureParams) -> SignatureFailure:
+    return SignatureFailure(
+        "signature_invalid",
+        "signature does not verify: the sm2-sm3 signature does not match the signature base",
+        key_id=params.key_id,
+    )
 
 
 def required_components(pairs: list[tuple[str, str]], body: bytes) -> tuple[str, ...]:
@@ -305,32 +368,48 @@ def verify_request(
     url: str,
     headers: Iterable[tuple[str, str]],
     body: bytes,
-    public_key: Ed25519PublicKey,
+    public_key: PublicKey,
     params: SignatureParams,
 ) -> None:
     """Verify the signature over the request's method, target URI and, with a body, its Content-Digest."""
     pairs = list(headers)
     signed = _profile_signed(method, url, pairs, body, public_key, params)
-    if signed is not None and _ed25519_verifies(public_key, *signed):
-        return
+    if signed is not None:
+        if verifies(public_key_bytes(public_key), *signed, _algorithm(public_key)):
+            return
+        if isinstance(public_key, Sm2PublicKey):  # one implementation: the library would only check it again
+            raise _sm2_refusal(params)
+        # For Ed25519 a False is not yet a refusal: the library path follows, and OpenSSL decides.
     _verify_by_library(method, url, pairs, body, public_key, params)
 
 
 async def verify_request_with(
-    checker: Ed25519Checker,
+    checker: SignatureChecker,
     method: str,
     url: str,
     headers: Iterable[tuple[str, str]],
     body: bytes,
-    public_key: Ed25519PublicKey,
+    public_key: PublicKey,
     params: SignatureParams,
 ) -> None:
-    """`verify_request`, with the Ed25519 check of a request in the gateway's profile made by `checker`."""
+    """`verify_request`, with the signature check made by `checker`: that of a request in the gateway's profile,
+    and, for an SM2 key, every one (the library then checks the rest and hands the check over)."""
     pairs = list(headers)
+    algorithm = _algorithm(public_key)
+    raw = public_key_bytes(public_key)
     signed = _profile_signed(method, url, pairs, body, public_key, params)
-    if signed is not None and await checker.verify(public_key.public_bytes_raw(), *signed):
+    if signed is not None:
+        if await checker.verify(raw, *signed, algorithm):
+            return
+        if isinstance(public_key, Sm2PublicKey):
+            raise _sm2_refusal(params)
+    if not isinstance(public_key, Sm2PublicKey):
+        _verify_by_library(method, url, pairs, body, public_key, params)
         return
-    _verify_by_library(method, url, pairs, body, public_key, params)
+    deferred = _Deferred(public_key)
+    _verify_by_library(method, url, pairs, body, deferred, params)
+    if deferred.signed is None or not await checker.verify(raw, *deferred.signed, algorithm):
+        raise _sm2_refusal(params)
 
 
 def _verify_by_library(
@@ -338,7 +417,7 @@ def _verify_by_library(
     url: str,
     pairs: list[tuple[str, str]],
     body: bytes,
-    public_key: Ed25519PublicKey,
+    public_key: PublicKey | _Deferred,
     params: SignatureParams,
 ) -> None:
     wrapped = _Headers(pairs)
@@ -359,7 +438,12 @@ def _verify_by_library(
         raise SignatureFailure(
             "signature_invalid", "the Idempotency-Key header must be covered by the signature", key_id=params.key_id
         )
-    verifier = _Verifier(signature_algorithm=algorithms.ED25519, key_resolver=_SingleKey(public_key))
+    algorithm: type[algorithms.HTTPSignatureAlgorithm] = algorithms.ED25519
+    if isinstance(public_key, _Deferred):
+        algorithm = _DeferredSm2
+    elif isinstance(public_key, Sm2PublicKey):
+        algorithm = Sm2Sm3
+    verifier = _Verifier(signature_algorithm=algorithm, key_resolver=_SingleKey(public_key))
     try:
         verifier.verify(
             _Message(method=method, url=url, headers=wrapped),
@@ -379,18 +463,20 @@ def sign_request(
     body: bytes,
     *,
     key_id: str,
-    private_key: Ed25519PrivateKey,
+    private_key: PrivateKey,
     created: datetime.datetime | None = None,
     nonce: str | None = None,
 ) -> None:
     """Add Signature, Signature-Input and (with a body) Content-Digest to a mutable header mapping, in place.
 
-    An Idempotency-Key header, when present, is covered too.
+    The algorithm is the key's: `ed25519` for an Ed25519 key, `sm2-sm3` for an SM2 one. An Idempotency-Key header,
+    when present, is covered too.
     """
     covered = COVERED_COMPONENTS
     if headers.get(IDEMPOTENCY_KEY) is not None:
         covered = (*covered, IDEMPOTENCY_KEY)
-    signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=_SingleKey(private_key=private_key))
+    algorithm = Sm2Sm3 if isinstance(private_key, Sm2PrivateKey) else algorithms.ED25519
+    signer = HTTPMessageSigner(signature_algorithm=algorithm, key_resolver=_SingleKey(private_key=private_key))
     signer.sign(
         _Message(method=method.upper(), url=url, headers=headers),
         key_id=key_id,

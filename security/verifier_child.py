@@ -1,8 +1,8 @@
-"""The verifier process's own side (`python -m security.verifier_child`): Ed25519 verdicts for framed batches.
+"""The verifier process's own side (`python -m security.verifier_child`): Ed25519 and SM2 verdicts for framed batches.
 
-Started by `security.verifier_process.ProcessVerifier`. It imports only `security.ed25519` and `security.pipes`,
-ignores SIGINT and SIGTERM (they are for the gateway) and exits when its stdin closes, so it never outlives the
-gateway.
+Started by `security.verifier_process.ProcessVerifier`. It imports only `security.verdicts` and `security.pipes` (and
+`security.sm2` once an SM2 check comes), ignores SIGINT and SIGTERM (they are for the gateway) and exits when its
+stdin closes, so it never outlives the gateway.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import signal
 import sys
 from typing import BinaryIO
 
-from security.ed25519 import verifies
 from security.pipes import frame, read_frame, say_ready
+from security.verdicts import verifies
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     say_ready(stdout)
     while (payload := read_frame(stdin)) is not None:
         items = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
-        verdicts = bytes(verifies(public_key, signature, message) for public_key, signature, message in items)
+        verdicts = bytes(verifies(*item) for item in items)
         stdout.write(frame(verdicts))
         stdout.flush()
 

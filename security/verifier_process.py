@@ -1,14 +1,15 @@
-"""Ed25519 checks in a child process of their own, so the event loop's thread is free while libsodium works.
+"""Signature checks in a child process of their own, so the event loop's thread is free while libsodium works.
 
-Why: the check is about 55 µs of CPU, and with the cache it sweeps it cost the gateway's event loop about 85 µs
-of a call's 490 (docs/performance.md); the child runs it on the other core. The checks asked for in one turn of
-the loop go to the child in one frame, and the verdicts come back in the same order, one byte each. If the child
-is gone, stuck or answers out of turn, every check waiting on it is done in this process instead and a new child
-is started a second later: a verdict is never lost, and never guessed.
+Why: an Ed25519 check is about 55 µs of CPU, and with the cache it sweeps it cost the gateway's event loop about
+85 µs of a call's 490 (docs/performance.md); the child runs it on the other core. An SM2 check (pure Python) costs
+milliseconds, so it always goes to the child, congested loop or not. The checks asked for in one turn of the loop go
+to the child in one frame, and the verdicts come back in the same order, one byte each. If the child is gone, stuck
+or answers out of turn, every check waiting on it is done in this process instead and a new child is started a
+second later: a verdict is never lost, and never guessed.
 
 The child is `python -m security.verifier_child`. Frames (`security.pipes`) carry `marshal` of
-[(public key, signature, message), ...] to it and one byte per check back (1 verified, 0 not), over a pipe
-nobody else holds.
+[(public key, signature, message, algorithm), ...] to it and one byte per check back (1 verified, 0 not), over a
+pipe nobody else holds.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from security.ed25519 import verifies
 from security.pipes import FRAME_HEADER, frame, start_child
+from security.verdicts import ED25519, SM2_SM3, verifies
 
 log = logging.getLogger("msjx.verifier")
 
 CHECKS = Counter(
     "msjx_signature_checks_total",
-    "Ed25519 request signature checks by where they ran: the verifier process, the event loop as chosen (an"
+    "Request signature checks (Ed25519 and SM2) by where they ran: the verifier process, the event loop as chosen (an"
     " uncongested loop, or MSJX_SIGNATURE_VERIFIER=inline), or the event loop because the verifier process was down",
     ["where"],
 )
@@ -38,14 +39,18 @@ _IN_PROCESS = CHECKS.labels("process")
 _ON_LOOP = CHECKS.labels("loop")
 _FALLBACK = CHECKS.labels("loop_fallback")
 RESTARTS = Counter("msjx_signature_verifier_restarts_total", "Verifier processes started again after one stopped")
+# How long the child may take for one SM2 check before it counts as stuck: ~100 times what one costs (bench/sm2.py),
+# so a batch of many SM2 checks on a busy machine is waited for rather than taken back onto the event loop.
+SM2_CHECK_ALLOWANCE = 0.25
+Check = tuple[bytes, bytes, bytes, str]
 
 
 class InlineVerifier:
     """Checks on the event loop's own thread (MSJX_SIGNATURE_VERIFIER=inline)."""
 
-    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+    async def verify(self, public_key: bytes, signature: bytes, message: bytes, algorithm: str = ED25519) -> bool:
         _ON_LOOP.inc()
-        return verifies(public_key, signature, message)
+        return verifies(public_key, signature, message, algorithm)
 
     async def close(self) -> None:
         return None
@@ -57,12 +62,13 @@ class VerifierError(Exception):
 
 @dataclass
 class _Batch:
-    items: list[tuple[bytes, bytes, bytes]]
+    items: list[Check]
     futures: list[asyncio.Future[bool]]
     sent: float
+    allowance: float  # seconds the child may take for it
 
 
-def _settle_here(items: list[tuple[bytes, bytes, bytes]], futures: list[asyncio.Future[bool]]) -> None:
+def _settle_here(items: list[Check], futures: list[asyncio.Future[bool]]) -> None:
     _FALLBACK.inc(len(items))
     for item, future in zip(items, futures, strict=True):
         if not future.done():  # a caller that went away no longer waits for its verdict
@@ -78,7 +84,7 @@ class ProcessVerifier:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._restarting: asyncio.Task[None] | None = None
-        self._queued_items: list[tuple[bytes, bytes, bytes]] = []
+        self._queued_items: list[Check] = []
         self._queued_futures: list[asyncio.Future[bool]] = []
         self._flush_scheduled = False
         self._in_flight: deque[_Batch] = deque()
@@ -101,14 +107,14 @@ class ProcessVerifier:
         self._process = process
         self._reader = asyncio.create_task(self._read(process), name="signature-verifier")
 
-    async def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+    async def verify(self, public_key: bytes, signature: bytes, message: bytes, algorithm: str = ED25519) -> bool:
         if self._process is None:  # down, or never started: this process checks until a new child is up
             self._restart_when_due()
             _FALLBACK.inc()
-            return verifies(public_key, signature, message)
+            return verifies(public_key, signature, message, algorithm)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._queued_items.append((public_key, signature, message))
+        self._queued_items.append((public_key, signature, message, algorithm))
         self._queued_futures.append(future)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -124,24 +130,26 @@ class ProcessVerifier:
             _settle_here(items, futures)
             return
         payload = marshal.dumps(items)
-        self._in_flight.append(_Batch(items, futures, time.monotonic()))
+        allowance = self._timeout + SM2_CHECK_ALLOWANCE * sum(item[3] == SM2_SM3 for item in items)
+        self._in_flight.append(_Batch(items, futures, time.monotonic(), allowance))
         try:
             process.stdin.write(frame(payload))
         except (OSError, RuntimeError):  # its pipe is closed: the child is gone
             self._fail(process, "its pipe is closed")
             return
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(self._timeout, self._check_stuck)
+            self._watchdog = asyncio.get_running_loop().call_later(allowance, self._check_stuck)
 
     def _check_stuck(self) -> None:
         self._watchdog = None
         if not self._in_flight or self._process is None:
             return
-        waited = time.monotonic() - self._in_flight[0].sent
-        if waited >= self._timeout:
+        oldest = self._in_flight[0]
+        waited = time.monotonic() - oldest.sent
+        if waited >= oldest.allowance:
             self._fail(self._process, f"no answer in {waited:.1f} s")
             return
-        self._watchdog = asyncio.get_running_loop().call_later(self._timeout - waited, self._check_stuck)
+        self._watchdog = asyncio.get_running_loop().call_later(oldest.allowance - waited, self._check_stuck)
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

@@ -12,13 +12,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security import signatures
+from security.keys import generate, public_key_bytes
 from security.signatures import SignatureFailure, check_created, parse_signature_params, sign_request, verify_request
+from security.verdicts import ED25519, SM2_SM3, verifies
 
 URL = "http://gw.example:8000/v1/services/credit/dishonest-debtor"
 
 
-def make(body: bytes = b'{"a":1}', **kwargs: object) -> tuple[httpx.Request, Ed25519PrivateKey]:
-    key = Ed25519PrivateKey.generate()
+def make(body: bytes = b'{"a":1}', algorithm: str = ED25519, **kwargs: object) -> tuple[httpx.Request, Any]:
+    key = generate(algorithm)
     request = httpx.Request("POST", URL, content=body)
     sign_request("POST", URL, request.headers, body, key_id="k1", private_key=key, **kwargs)  # type: ignore[arg-type]
     return request, key
@@ -137,19 +139,21 @@ def _direct_path_verifies(
     method: str, url: str, headers: list[tuple[str, str]], body: bytes, public_key: Any, params: Any
 ) -> bool:
     signed = signatures._profile_signed(method, url, headers, body, public_key, params)
-    return signed is not None and signatures._ed25519_verifies(public_key, *signed)
+    algorithm = SM2_SM3 if isinstance(public_key, signatures.Sm2PublicKey) else ED25519
+    return signed is not None and verifies(public_key_bytes(public_key), *signed, algorithm)
 
 
-def test_profile_requests_take_the_direct_path() -> None:
+@pytest.mark.parametrize("algorithm", [ED25519, SM2_SM3])
+def test_profile_requests_take_the_direct_path(algorithm: str) -> None:
     for body in (b'{"a":1}', b""):
-        request, key = make(body=body)
+        request, key = make(body=body, algorithm=algorithm)
         headers = list(request.headers.multi_items())
         params = parse_signature_params(headers)
         assert params.profile_params is not None
         assert _direct_path_verifies("POST", URL, headers, body, key.public_key(), params)
 
 
-def _resigned(body: bytes, edit: Callable[[dict[str, str]], None], **kwargs: Any) -> tuple[list, Ed25519PrivateKey]:
+def _resigned(body: bytes, edit: Callable[[dict[str, str]], None], **kwargs: Any) -> tuple[list, Any]:
     request, key = make(body=body, **kwargs)
     headers = dict(request.headers.multi_items())
     edit(headers)
@@ -185,10 +189,13 @@ MUTATIONS: dict[str, Callable[[dict[str, str]], None]] = {
 }
 
 
+@pytest.mark.parametrize("algorithm", [ED25519, SM2_SM3])
 @pytest.mark.parametrize("body", [b'{"a":1}', b""], ids=["body", "no-body"])
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
-def test_direct_path_agrees_with_the_library(monkeypatch: pytest.MonkeyPatch, mutation: str, body: bytes) -> None:
-    headers, key = _resigned(body, MUTATIONS[mutation])
+def test_direct_path_agrees_with_the_library(
+    monkeypatch: pytest.MonkeyPatch, mutation: str, body: bytes, algorithm: str
+) -> None:
+    headers, key = _resigned(body, MUTATIONS[mutation], algorithm=algorithm)
     for method, url in (("POST", URL), ("PUT", URL), ("POST", URL + "?q=1"), ("post", URL)):
         ours = _outcome(method, url, headers, body, key)
         assert ours == _library_outcome(monkeypatch, method, url, headers, body, key), (mutation, method, url)

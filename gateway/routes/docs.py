@@ -10,7 +10,8 @@ from gateway.problems import PROBLEM_CONTENT_TYPE
 from schemas.api import ProblemDetails
 
 SIGNED = (
-    "Signed with RFC 9421 HTTP Message Signatures (label `msjx`, ed25519) over `@method`, `@target-uri` and,"
+    "Signed with RFC 9421 HTTP Message Signatures (label `msjx`; `ed25519`, or `sm2-sm3` with an SM2 key) over"
+    " `@method`, `@target-uri` and,"
     " with a body, `content-digest` (RFC 9530, sha-256); parameters `created`, `keyid`, `nonce` are required."
 )
 
