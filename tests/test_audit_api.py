@@ -389,7 +389,7 @@ async def test_switching_to_the_sm_suite_keeps_one_chain_that_verifies(gateway: 
                 chain_id=settings.node_id,
                 keyring=runtime.keyring,
                 suite="sm",
-                signer=load_signer(settings),
+                signer=load_signer(settings, "sm"),
                 witness_path=witness_path(settings, settings.node_id),
             )
             await runtime.audit.start()
@@ -405,5 +405,11 @@ async def test_switching_to_the_sm_suite_keeps_one_chain_that_verifies(gateway: 
         for record, (_, answer) in zip(records, answers, strict=True):
             read = await officer.post(f"/v1/audit/records/{record['record_id']}/payload", json={**OPENING})
             assert read.status_code == 200 and read.json()["response"] == answer.json()
+    sealed = await runtime.audit.checkpoint()
+    assert sealed is not None and sealed.key_id.startswith("sm2:"), "the sm suite signs its checkpoints with SM2"
+    listing = (await _officer_get(gateway, "/v1/audit/checkpoints")).json()
+    assert {cp["key_id"].split(":")[0] for cp in listing["checkpoints"]} == {"ed25519", "sm2"}
+    signer = next(s for s in listing["signers"] if s["key_id"] == sealed.key_id)
+    assert TrustedKeys([load_public_key(signer["public_key"])]).check(sealed) is None
     status = (await _officer_get(gateway, "/v1/audit/verify")).json()
     assert status["ok"], status

@@ -32,13 +32,15 @@ def cli(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedP
     return result
 
 
-async def _write(data_dir: Path, records: int, *, every: int = 3, clock_ms: int | None = None) -> None:
+async def _write(
+    data_dir: Path, records: int, *, every: int = 3, clock_ms: int | None = None, suite: str = "standard"
+) -> None:
     async with audit_store("sqlite", data_dir) as store:
         options = {}
         if clock_ms is not None:
             ticks = iter(range(clock_ms, clock_ms + 10_000_000))
             options["clock"] = lambda: next(ticks)
-        writer = await open_writer(store, every=every, **options)
+        writer = await open_writer(store, suite, every=every, **options)
         try:
             start = writer.height
             for index in range(records):
@@ -81,14 +83,19 @@ async def test_keys_list_rotate_destroy_public(tmp_path: Path) -> None:
     assert public == (tmp_path / "keys" / "audit-signing.pub.pem").read_text()
 
 
-async def test_export_verifies_offline_with_the_public_key_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suite", ["standard", "sm"])
+async def test_export_verifies_offline_with_the_public_key_only(tmp_path: Path, suite: str) -> None:
     node = tmp_path / "node"
-    await _write(node, 11, every=3)
+    await _write(node, 11, every=3, suite=suite)
     export = tmp_path / "export.jsonl"
     written = cli("audit", "export", "--from", "2000-01-01", "--to", _today(1), str(export), data_dir=node).stdout
     assert "11 records, heights 1–11" in written
     pubkey = tmp_path / "node.pub.pem"
-    pubkey.write_text(cli("keys", "public", data_dir=node).stdout)
+    pubkey.write_text(cli("keys", "public", "--suite", suite, data_dir=node).stdout)
+    checkpoints = [orjson.loads(line) for line in export.read_bytes().splitlines() if b'"type":"checkpoint"' in line]
+    assert checkpoints and {cp["key_id"].split(":")[0] for cp in checkpoints} == {
+        "ed25519" if suite == "standard" else "sm2"
+    }
     offline = tmp_path / "officer"  # an empty data dir: nothing but the file and the key
     ok = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline)
     assert "11 records intact" in ok.stdout and "signed through height 11" in ok.stdout
@@ -96,8 +103,8 @@ async def test_export_verifies_offline_with_the_public_key_only(tmp_path: Path) 
     no_key = cli("audit", "verify", "--file", str(export), data_dir=offline, check=False)
     assert no_key.returncode == 2 and "--pubkey" in no_key.stderr
     stranger = tmp_path / "stranger.pub.pem"
-    await _write(tmp_path / "other", 1)
-    stranger.write_text(cli("keys", "public", data_dir=tmp_path / "other").stdout)
+    await _write(tmp_path / "other", 1, suite=suite)
+    stranger.write_text(cli("keys", "public", "--suite", suite, data_dir=tmp_path / "other").stdout)
     wrong = cli("audit", "verify", "--file", str(export), "--pubkey", str(stranger), data_dir=offline, check=False)
     assert wrong.returncode == 1 and "height 1 is rehashed" in wrong.stderr
 
