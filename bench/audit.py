@@ -91,7 +91,7 @@ async def _writer(settings: Any, suite: str, chain: str = "bench") -> tuple[Any,
     from gateway import db
     from gateway.audit import AuditWriter
     from gateway.audit_keys import open_keyring
-    from security.keys import generate_ed25519
+    from security.keys import ED25519, SM2_SM3, generate
 
     engine = db.create_engine(settings)
     keyring = await open_keyring(settings, engine)
@@ -100,7 +100,7 @@ async def _writer(settings: Any, suite: str, chain: str = "bench") -> tuple[Any,
         chain_id=f"{chain}-{suite}",
         keyring=keyring,
         suite=suite,
-        signer=generate_ed25519(),
+        signer=generate(SM2_SM3 if suite == "sm" else ED25519),  # as a node of that suite signs its checkpoints
         checkpoint_every=1000,
         checkpoint_seconds=10.0,
         batch_max=settings.audit_batch_max,
