@@ -42,6 +42,8 @@ RESTARTS = Counter("msjx_signature_verifier_restarts_total", "Verifier processes
 # How long the child may take for one SM2 check before it counts as stuck: ~100 times what one costs (bench/sm2.py),
 # so a batch of many SM2 checks on a busy machine is waited for rather than taken back onto the event loop.
 SM2_CHECK_ALLOWANCE = 0.25
+# The first SM2 check of a child also loads the library and runs its known-answer test (0.4-0.7 s on a busy host).
+SM2_FIRST_USE_ALLOWANCE = 5.0
 Check = tuple[bytes, bytes, bytes, str]
 
 
@@ -64,7 +66,7 @@ class VerifierError(Exception):
 class _Batch:
     items: list[Check]
     futures: list[asyncio.Future[bool]]
-    sent: float
+    sent: float  # when it was sent, or, if later, when the child answered the batch ahead of it
     allowance: float  # seconds the child may take for it
 
 
@@ -91,6 +93,7 @@ class ProcessVerifier:
         self._watchdog: asyncio.TimerHandle | None = None
         self._down_until = 0.0
         self._closed = False
+        self._sm2_loaded = False
         self.answered = 0  # checks the child has answered, since start (for operators and tests)
 
     @property
@@ -105,6 +108,7 @@ class ProcessVerifier:
         if process is None:
             raise VerifierError("the verifier process did not start (its errors are on the gateway's stderr)")
         self._process = process
+        self._sm2_loaded = False  # this child has not yet loaded SM2
         self._reader = asyncio.create_task(self._read(process), name="signature-verifier")
 
     async def verify(self, public_key: bytes, signature: bytes, message: bytes, algorithm: str = ED25519) -> bool:
@@ -130,7 +134,11 @@ class ProcessVerifier:
             _settle_here(items, futures)
             return
         payload = marshal.dumps(items)
-        allowance = self._timeout + SM2_CHECK_ALLOWANCE * sum(item[3] == SM2_SM3 for item in items)
+        sm2_checks = sum(item[3] == SM2_SM3 for item in items)
+        allowance = self._timeout + SM2_CHECK_ALLOWANCE * sm2_checks
+        if sm2_checks and not self._sm2_loaded:
+            allowance += SM2_FIRST_USE_ALLOWANCE
+            self._sm2_loaded = True
         self._in_flight.append(_Batch(items, futures, time.monotonic(), allowance))
         try:
             process.stdin.write(frame(payload))
@@ -163,6 +171,8 @@ class ProcessVerifier:
                     reason = "it answered out of turn"
                     return
                 batch = self._in_flight.popleft()
+                if self._in_flight:  # the child starts on the next batch only now
+                    self._in_flight[0].sent = max(self._in_flight[0].sent, time.monotonic())
                 self.answered += len(verdicts)
                 _IN_PROCESS.inc(len(verdicts))
                 for future, verdict in zip(batch.futures, verdicts, strict=True):
