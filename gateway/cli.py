@@ -855,17 +855,27 @@ def keys_new_caller(
     out: Annotated[
         Path | None, typer.Option(help="where the private key goes (default: ./<caller>.pem); the public key beside it")
     ] = None,
+    algorithm: Annotated[
+        str, typer.Option("--algorithm", help="ed25519, or sm2-sm3 (国密 SM2) for callers whose rules demand it")
+    ] = "ed25519",
 ) -> None:
-    """Make a caller's Ed25519 key pair on the caller's side: the private key to a file (mode 0600), never to the
-    gateway; prints the public key and the key id that `callers add --public-key` registers."""
-    from security.keys import generate_ed25519, key_id_for, private_key_pem, public_key_pem, write_secret_file
+    """Make a caller's key pair (Ed25519, or SM2 with --algorithm sm2-sm3) on the caller's side: the private key to a
+    file (mode 0600), never to the gateway; prints the public key and the key id that `callers add --public-key`
+    registers."""
+    from security.keys import KeyFormatError, generate, key_id_for, private_key_pem, public_key_pem, write_secret_file
+    from security.verdicts import ALGORITHMS
 
     private_file = out or Path(f"{caller_id}.pem")
     public_file = private_file.with_name(private_file.name.removesuffix(".pem") + ".pub.pem")
     for path in (private_file, public_file):
         if path.exists():
             raise _fail(f"{path} exists; a key is never overwritten (remove it, or give --out)")
-    key = generate_ed25519()
+    if algorithm not in ALGORITHMS:
+        raise _fail(f"--algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+    try:
+        key = generate(algorithm)
+    except KeyFormatError as exc:
+        raise _fail(str(exc)) from None
     public_pem = public_key_pem(key.public_key())
     try:
         write_secret_file(private_file, private_key_pem(key))

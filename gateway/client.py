@@ -73,9 +73,7 @@ class GatewayError(Exception):
 class GatewayClient:
     """A synchronous client of the unified API. Each method returns the decoded JSON answer."""
 
-    def __init__(
-        self, base_url: str | None, key_id: str, private_key: PrivateKey, *, timeout: float = 30.0
-    ) -> None:
+    def __init__(self, base_url: str | None, key_id: str, private_key: PrivateKey, *, timeout: float = 30.0) -> None:
         self.base_url = gateway_url(base_url)
         self.key_id = key_id
         self._http = httpx.Client(base_url=self.base_url, auth=SignatureAuth(key_id, private_key), timeout=timeout)

@@ -368,7 +368,8 @@ async def test_a_caller_with_an_sm2_key_calls_and_a_tampered_call_fails(
     key_file.write_bytes(private_key_pem(key))
 
     def with_client() -> dict[str, Any]:
-        with GatewayClient.from_key_file(gateway.url, key_id, key_file) as client:
+        with GatewayClient.from_key_file(gateway.url, "platform", key_file) as client:  # the key id derived
+            assert client.key_id == key_id
             return client.invoke("credit", "dishonest-debtor", purpose=PURPOSE, uscc=DEMO_LISTED_USCC)
 
     assert (await asyncio.to_thread(with_client))["data"]["listed"] is True
@@ -385,7 +386,7 @@ async def test_a_caller_with_an_sm2_key_calls_and_a_tampered_call_fails(
         other = tmp_path / "other.pem"
         other.write_bytes(private_key_pem(Sm2PrivateKey.generate()))
         try:
-            with GatewayClient.from_key_file(gateway.url, key_id, other) as client:
+            with GatewayClient.from_key_file(gateway.url, "platform", other, key_id=key_id) as client:
                 client.invoke("credit", "dishonest-debtor", purpose=PURPOSE, uscc=DEMO_LISTED_USCC)
         except GatewayError as error:
             return error.code
@@ -401,3 +402,20 @@ async def test_an_sm2_key_that_is_not_a_point_is_refused_at_registration(gateway
         )
     problem = assert_problem(answer, 422, answer.json()["code"])
     assert problem["errors"][0]["field"] == "public_key" and "SM2 curve" in problem["errors"][0]["message"]
+
+
+@pytest.mark.slow
+def test_keys_new_caller_makes_an_sm2_key_pair(tmp_path: Path) -> None:
+    import sys
+
+    cli = [str(Path(sys.executable).parent / "msjx-gateway"), "keys", "new-caller", "platform-gm"]
+    made = subprocess.run(
+        [*cli, "--algorithm", "sm2-sm3", "--out", str(tmp_path / "gm.pem")], capture_output=True, text=True, check=True
+    )
+    key = load_private_key_file(tmp_path / "gm.pem")
+    assert isinstance(key, Sm2PrivateKey) and (tmp_path / "gm.pem").stat().st_mode & 0o777 == 0o600
+    assert load_public_key((tmp_path / "gm.pub.pem").read_text()) == key.public_key()
+    assert f"key id      {key_id_for('platform-gm', key.public_key())}" in made.stdout
+    bad = [*cli, "--algorithm", "rsa", "--out", str(tmp_path / "x.pem")]
+    wrong = subprocess.run(bad, capture_output=True, text=True, check=False)
+    assert wrong.returncode == 2 and "sm2-sm3" in wrong.stderr and not (tmp_path / "x.pem").exists()
