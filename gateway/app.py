@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
 from gateway import __version__
+from gateway.openapi import finish
 from gateway.problems import Problem, validation_problem
 from gateway.routes import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
 from gateway.runtime import Runtime
@@ -185,8 +186,8 @@ def create_app(
             for name, definition in model_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)
             components[model.__name__] = model_schema
-        app.openapi_schema = schema
-        return schema
+        app.openapi_schema = finish(schema)
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -31,6 +31,7 @@ log = logging.getLogger("msjx.idempotency")
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
+MAX_HEADER_LENGTH = MAX_KEY_LENGTH + 2  # the key as a Structured Field String, in its double quotes
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -59,6 +60,8 @@ def parse_key(values: list[str]) -> str | None:
         return None
     if len(values) > 1:
         raise _bad_key("send one Idempotency-Key header, not several")
+    if len(values[0]) > MAX_HEADER_LENGTH:
+        raise _bad_key(f"Idempotency-Key must be at most {MAX_HEADER_LENGTH} characters, its quotes included")
     try:
         value, params = http_sf.parse(values[0].encode("latin-1"), tltype="item")
     except Exception:  # http_sf raises its own error types for every malformed field

@@ -313,7 +313,8 @@ class Deadline(BaseModel):
     source: str = Field(description="provisional when any counted year is; else the source of the due day's year")
     sources: dict[int, str] = Field(description="each counted year's source")
     calendar: str = Field(description="what counted each year")
-    years: tuple[int, int] = Field(description="the years the installed chinese-calendar knows")
+    # A list, not tuple[int, int]: a tuple becomes `items: [...]`, which OpenAPI 3.1 does not allow.
+    years: list[int] = Field(min_length=2, max_length=2, description="first and last year chinese-calendar knows")
 
 
 class Purpose(_In):

@@ -6,10 +6,13 @@ date the gateway handles and needs no time-zone database on the host.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BeforeValidator
+from pydantic_core import PydanticCustomError
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 EXPECTED = (
@@ -30,7 +33,20 @@ def parse_beijing(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=BEIJING)
 
 
+# Pydantic reads an integer, a float or a numeric string as Unix time; a client that sent one meant something else.
+_NUMERIC = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number, or text that is one: never a date or a time here (`valid_from: 0` is not 1970)."""
+    if isinstance(value, str):
+        return bool(_NUMERIC.fullmatch(value))
+    return isinstance(value, bool | int | float | Decimal)
+
+
 def _as_beijing(value: Any) -> Any:
+    if is_number(value):
+        raise PydanticCustomError("datetime_number", f"a number is not a time: {EXPECTED}")
     if isinstance(value, str):
         return parse_beijing(value)
     if isinstance(value, datetime):

@@ -41,6 +41,7 @@ def _json(model: PublicCatalog | PublicCatalogItem | CatalogItemOut) -> bytes:
     summary="Public catalog",
     description="Every catalog item with its share attribute, conditions or legal basis." + PUBLIC,
     response_model=PublicCatalog,
+    openapi_extra={"security": []},
 )
 async def public_catalog(
     request: Request,
@@ -58,6 +59,7 @@ async def public_catalog(
     description="One item, as in the public catalog." + PUBLIC,
     response_model=PublicCatalogItem,
     responses=problem_responses(404),
+    openapi_extra={"security": []},
 )
 async def public_item(request: Request, item_id: str) -> Response:
     runtime = request.app.state.runtime

@@ -13,6 +13,7 @@ from gateway import metrics as gateway_metrics
 from gateway.sharing.calendar import calendar_for, calendar_warning, count_open_provisional
 
 router = APIRouter(tags=["ops"])
+PUBLIC = {"security": []}  # no signature: gateway/openapi.py documents every other route as signed
 log = logging.getLogger("msjx.ops")
 # Checks that report but never make the node unready.
 ADVISORY = frozenset({"calendar"})
@@ -27,7 +28,7 @@ async def _calendar_check(request: Request) -> str:
         return f"unknown: {type(exc).__name__}"
 
 
-@router.get("/healthz", summary="Liveness", description="200 while the process serves HTTP.")
+@router.get("/healthz", summary="Liveness", description="200 while the process serves HTTP.", openapi_extra=PUBLIC)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -41,6 +42,7 @@ async def healthz() -> dict[str, str]:
         " imported (deadlines reaching into it are provisional meanwhile), and the node stays ready."
     ),
     responses={503: {"description": "A dependency is down; the body names it"}},
+    openapi_extra=PUBLIC,
 )
 async def readyz(request: Request) -> Response:
     checks = await request.app.state.runtime.readiness()
@@ -52,7 +54,7 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, openapi_extra=PUBLIC)
 async def metrics(request: Request) -> Response:
     try:
         # A count over the shared database, so whichever node or worker is scraped reports the same figure.

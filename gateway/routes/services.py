@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from adapters.base import UpstreamError
 from gateway.directory import GrantInfo, as_utc
 from gateway.exchange import Exchange, run_exchange
+from gateway.idempotency import MAX_HEADER_LENGTH, MAX_KEY_LENGTH, parse_key
 from gateway.json_bodies import load_body
 from gateway.problems import Problem, validation_problem
 from gateway.routes.docs import SIGNED, json_body, problem_responses
@@ -32,9 +33,11 @@ IDEMPOTENCY_KEY_PARAMETER = {
         "Required by treasury/submit-voucher (IETF httpapi-idempotency-key draft): a Structured Field String unique"
         " per payment, covered by the signature. A repeat with the same key and body gets the stored answer"
         " (header `Idempotent-Replayed: true`); the same key with another body is refused with 422"
-        " `idempotency_key_reused`; while the first is in flight, 409 `idempotency_in_flight`."
+        " `idempotency_key_reused`; while the first is in flight, 409 `idempotency_in_flight`. The key is 1 to"
+        f" {MAX_KEY_LENGTH} characters, so the header is at most {MAX_HEADER_LENGTH} with its quotes; every operation"
+        " refuses a malformed one with 400 `idempotency_key_invalid`."
     ),
-    "schema": {"type": "string", "maxLength": 255},
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_HEADER_LENGTH},
 }
 
 
@@ -124,6 +127,10 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     operation = adapter.operations.get(operation_name)
     if operation is None:
         raise Problem(404, "unknown_operation", "Unknown operation", f"{service} has no operation {operation_name!r}")
+    # The key is checked as documented wherever it is sent, though only payments use it.
+    keys = [value.decode("latin-1") for name, value in exchange.request.scope["headers"] if name == b"idempotency-key"]
+    if keys:
+        parse_key(keys)
     # An operation that changes state (a payment) reads its body exactly: numbers as decimals, never floats.
     body: InvokeRequest = parse_json(exchange.body, InvokeRequest, exact=not operation.safe)
     event = exchange.event

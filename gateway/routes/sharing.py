@@ -306,6 +306,7 @@ for _name, _model, _action, _optional, _summary, _description in _TRANSITIONS:
     ),
     response_model=Deadline,
     responses=problem_responses(422),
+    openapi_extra={"security": []},
 )
 async def deadline(
     request: Request,

@@ -1,0 +1,59 @@
+"""Schemathesis against a real gateway: every operation of /openapi.json, signed as each role, on a bounded budget.
+
+The run itself is scripts/fuzz_api.py (a real `msjx-gateway serve --demo` process, Schemathesis's CLI): a subprocess
+rather than Schemathesis's pytest integration because the CLI keeps one time budget for the whole run (`--max-time`)
+and the server layer under test is the real one (uvicorn, httptools, the socket), which an in-process ASGI call
+skips. The same command, with MSJX_FUZZ_SECONDS raised, is the nightly-size run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import load_settings
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+SECONDS = int(os.environ.get("MSJX_FUZZ_SECONDS", "90"))
+
+# Failures that belong to other open items of issue 13, tolerated until their fix lands; delete the row then.
+PENDING = {
+    "unsupported_method": "issue 13 Low, helper `edge`: 405 answers lack an Allow header",
+}
+
+
+def _operations(tmp_path: Path) -> int:
+    schema = create_app(load_settings(data_dir=tmp_path)).openapi()
+    return sum(len(item) for item in schema["paths"].values())
+
+
+@pytest.mark.timeout(SECONDS + 240)
+def test_every_operation_survives_the_fuzzer(tmp_path: Path) -> None:
+    report = tmp_path / "fuzz"
+    run = subprocess.run(
+        [sys.executable, "-m", "scripts.fuzz_api", "--seconds", str(SECONDS), "--report-dir", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + 200,
+        check=False,
+    )
+    tail = (run.stdout + run.stderr)[-6000:]
+    summary_file = report / "summary.json"
+    assert summary_file.exists(), tail
+    summary = json.loads(summary_file.read_text())
+    unexpected = [failure for failure in summary["failures"] if failure["check"] not in PENDING]
+    assert not unexpected, f"{json.dumps(unexpected, indent=1)}\n{tail}"
+    assert summary["errors"] == [], tail
+    assert summary["tracebacks"] == 0, f"tracebacks in the gateway's log: {report / 'gateway.log'}\n{tail}"
+    assert summary["operations"] == _operations(tmp_path), "every operation of the OpenAPI was fuzzed"
+    assert summary["statuses"].get("200", 0) + summary["statuses"].get("201", 0) > 0, "some signed calls got through"
+    if summary["schemathesis_exit"] != 0:
+        assert {failure["check"] for failure in summary["failures"]} <= set(PENDING), tail
