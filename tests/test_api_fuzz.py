@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +37,7 @@ def _operations(tmp_path: Path) -> int:
 
 
 @pytest.mark.timeout(SECONDS + 240)
-def test_every_operation_survives_the_fuzzer(tmp_path: Path) -> None:
+def test_every_operation_survives_the_fuzzer(tmp_path: Path, record_property: Callable[[str, Any], None]) -> None:
     report = tmp_path / "fuzz"
     run = subprocess.run(
         [sys.executable, "-m", "scripts.fuzz_api", "--seconds", str(SECONDS), "--report-dir", str(report)],
@@ -49,6 +51,17 @@ def test_every_operation_survives_the_fuzzer(tmp_path: Path) -> None:
     summary_file = report / "summary.json"
     assert summary_file.exists(), tail
     summary = json.loads(summary_file.read_text())
+    statuses = {int(status): count for status, count in summary["statuses"].items()}
+    for name, value in (
+        ("seconds", SECONDS),
+        ("operations", summary["operations"]),
+        ("requests", summary["requests"]),
+        ("server_errors", sum(count for status, count in statuses.items() if status >= 500)),
+        ("refused_4xx", sum(count for status, count in statuses.items() if 400 <= status < 500)),
+        ("failed_checks", json.dumps(sorted({f["check"] for f in summary["failures"]}))),
+        ("tracebacks", summary["tracebacks"]),
+    ):
+        record_property(name, value)
     unexpected = [failure for failure in summary["failures"] if failure["check"] not in PENDING]
     assert not unexpected, f"{json.dumps(unexpected, indent=1)}\n{tail}"
     assert summary["errors"] == [], tail

@@ -1,0 +1,199 @@
+"""kill -9 of a gateway process under load, twice, on SQLite and on PostgreSQL + Redis (instances of the test's own):
+every call the gateway acknowledged has its audit record, and the chain verifies after the restarts.
+
+The audit record is durable before the answer leaves (DESIGN.md, step 6), so a 200 the client saw is a record the
+database holds, whatever happens to the process a microsecond later. Calls cut off by the kill may or may not be
+recorded; they were never acknowledged. Figures go to the JUnit XML as properties (scripts/reliability.py reads them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+
+from gateway import db, registry
+from gateway.audit import verify_all
+from gateway.client import SignatureAuth
+from gateway.demo import key_id_for
+from gateway.models import AuditRecord
+from gateway.runtime import build_adapters
+from gateway.settings import Settings, load_settings
+from schemas.api import CallerIn, GrantIn, KeyIn
+from security.keys import public_key_pem
+from tests.conftest import PURPOSE, free_port
+from tests.own_services import own_postgres, own_redis
+from tests.test_payments_crash import Deployment, start_gateway
+
+pytestmark = pytest.mark.slow
+INVOKE = "/v1/services/credit/dishonest-debtor"
+USCC = "91110000600037341L"
+KILLS = 2  # per backend: the second kill hits a gateway that recovered from the first
+ACKS_BEFORE_KILL = 200  # acknowledged calls per run before the kill, with CONCURRENCY more in flight
+CONCURRENCY = 16
+
+
+async def seed(settings: Settings) -> tuple[Ed25519PrivateKey, str]:
+    await db.upgrade_async(settings)
+    adapters = build_adapters(settings)
+    private = Ed25519PrivateKey.generate()
+    key_id = key_id_for("platform", private.public_key())
+    engine = db.create_engine(settings)
+    try:
+        async with db.sessionmaker(engine)() as session:
+            key = KeyIn(key_id=key_id, public_key=public_key_pem(private.public_key()))
+            await registry.add_caller(
+                session,
+                CallerIn(
+                    caller_id="platform", name="platform", department="市数据管理局", roles=["platform"], keys=[key]
+                ),
+            )
+            operation = adapters["credit"].operations["dishonest-debtor"]
+            grant = GrantIn(
+                caller_id="platform",
+                service="credit",
+                operation="dishonest-debtor",
+                purpose=PURPOSE,
+                fields=list(operation.fields),
+                valid_to=datetime.now(UTC) + timedelta(days=1),
+            )
+            await registry.add_grant(session, grant, adapters)
+    finally:
+        await engine.dispose()
+    return private, key_id
+
+
+@contextlib.asynccontextmanager
+async def backend(name: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    if name == "sqlite":
+        yield {}
+        return
+    with own_postgres() as database_url, own_redis() as redis_url:
+        yield {"database_url": database_url, "redis_url": redis_url}
+
+
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+async def deployment(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[Deployment]:
+    async with backend(request.param, tmp_path) as services:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")}
+        env.update(
+            MSJX_DATA_DIR=str(tmp_path),
+            MSJX_UPSTREAM_URLS=json.dumps({"credit": credit_url}),
+            MSJX_LOG_LEVEL="warning",
+            **{f"MSJX_{name.upper()}": value for name, value in services.items()},
+        )
+        settings = load_settings(data_dir=tmp_path, upstream_urls={"credit": credit_url}, **services)
+        private, key_id = await seed(settings)
+        yield Deployment(settings, env, private, key_id)
+
+
+async def load_until_killed(url: str, auth: SignatureAuth, kill: Callable[[], None]) -> tuple[list[str], int]:
+    """Signed calls from CONCURRENCY clients; the kill comes once ACKS_BEFORE_KILL were acknowledged.
+    Returns the request ids of every acknowledged call, and how many calls the kill cut off."""
+    acknowledged: list[str] = []
+    cut_off = 0
+    killed = asyncio.Event()
+    body = orjson.dumps({"purpose": PURPOSE, "params": {"uscc": USCC}})
+
+    async def client() -> None:
+        nonlocal cut_off
+        async with httpx.AsyncClient(base_url=url, auth=auth, timeout=30) as http:
+            while True:
+                try:
+                    answer = await http.post(INVOKE, content=body, headers={"content-type": "application/json"})
+                except httpx.TransportError:
+                    assert killed.is_set(), "the gateway failed before it was killed"
+                    cut_off += 1
+                    return
+                assert answer.status_code == 200, answer.text
+                acknowledged.append(answer.headers["x-request-id"])
+                if len(acknowledged) >= ACKS_BEFORE_KILL and not killed.is_set():
+                    killed.set()
+                    kill()
+
+    await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    return acknowledged, cut_off
+
+
+async def recorded(settings: Settings, request_ids: list[str]) -> dict[str, tuple[str, int]]:
+    table = AuditRecord.__table__
+    engine = db.create_engine(settings)
+    found: dict[str, tuple[str, int]] = {}
+    try:
+        async with engine.connect() as connection:
+            for start in range(0, len(request_ids), 500):
+                chunk = request_ids[start : start + 500]
+                query = select(table.c.request_id, table.c.decision, table.c.status_code).where(
+                    table.c.request_id.in_(chunk)
+                )
+                found.update(
+                    {row.request_id: (row.decision, row.status_code) for row in await connection.execute(query)}
+                )
+    finally:
+        await engine.dispose()
+    return found
+
+
+async def test_kill_9_under_load_loses_no_acknowledged_call(
+    deployment: Deployment, record_property: Callable[[str, Any], None]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    auth = SignatureAuth(deployment.key_id, deployment.key)
+    acknowledged: list[str] = []
+    cut_off = 0
+    for _ in range(KILLS):
+        gateway = await start_gateway(deployment, port)
+        try:
+            acks, cut = await load_until_killed(url, auth, lambda process=gateway: process.send_signal(signal.SIGKILL))
+            assert gateway.wait(timeout=20) == -signal.SIGKILL
+        finally:
+            if gateway.poll() is None:
+                gateway.kill()
+                gateway.wait()
+        acknowledged += acks
+        cut_off += cut
+
+    # A last start proves recovery; then the chain is verified with the gateway stopped.
+    gateway = await start_gateway(deployment, port)
+    gateway.send_signal(signal.SIGINT)
+    gateway.wait(timeout=20)
+    found = await recorded(deployment.settings, acknowledged)
+    lost = [request_id for request_id in acknowledged if request_id not in found]
+    wrong = {rid: found[rid] for rid in acknowledged if rid in found and found[rid] != ("allowed", 200)}
+    engine = db.create_engine(deployment.settings)
+    try:
+        reports = await verify_all(engine)
+    finally:
+        await engine.dispose()
+
+    backend_name = "sqlite" if deployment.settings.is_sqlite else "postgres_redis"
+    record_property("fault", f"kill -9 under load ({backend_name})")
+    record_property("kills", KILLS)
+    record_property("acknowledged", len(acknowledged))
+    record_property("cut_off", cut_off)
+    record_property("lost", len(lost))
+    assert len(acknowledged) >= KILLS * ACKS_BEFORE_KILL
+    assert not lost, f"{len(lost)} acknowledged calls have no audit record, e.g. {lost[:5]}"
+    assert not wrong, wrong
+    assert reports and all(report.ok for report in reports), [report.fault for report in reports]
+
+
+def test_request_ids_are_unique_per_call() -> None:
+    """The check above matches acknowledgements to records by request id: it is only sound if ids never repeat."""
+    from gateway.audit import new_request_id
+
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 for i in ids)
