@@ -106,6 +106,7 @@ def render(results: dict[str, list[Case]], status: int) -> str:
     faults = [c for c in results.get("test_fault_kill", []) if c.properties]
     fuzz = next((c for c in results.get("test_api_fuzz", []) if c.properties), None)
     matrix = results.get("test_role_matrix", [])
+    matrix_figures = next((c.properties for c in matrix if c.properties), {})
     refused = sum(1 for c in hostile if c.outcome == "passed" and "behaves" not in c.name)
     kills = sum(int(c.properties.get("kills", 0)) for c in faults if c.outcome == "passed")
     lost = sum(int(c.properties.get("lost", 0)) for c in faults)
@@ -153,15 +154,18 @@ def render(results: dict[str, list[Case]], status: int) -> str:
     if fuzz is not None:
         p = fuzz.properties
         lines += [
-            "| budget | operations | requests | 5xx | refused (4xx, problem+json) | failed checks | tracebacks | result |",
+            "| budget | operations | requests | 5xx | refused (4xx, problem+json) | failing, pending a fix | tracebacks"
+            " | result |",
             "| ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
             f"| {p.get('seconds')} s | {p.get('operations')} | {p.get('requests')} | {p.get('server_errors')} |"
-            f" {p.get('refused_4xx')} | {p.get('failed_checks')} | {p.get('tracebacks')} | {fuzz.outcome} |",
+            f" {p.get('refused_4xx')} | {p.get('pending_checks') or 'none'} | {p.get('tracebacks')} | {fuzz.outcome} |",
             "",
             "Checks: no 5xx, answers inside the documented schemas, status codes and content types, every error",
             "problem+json with its `code`, invalid input refused, no traceback in the gateway's log. Each request is",
             "signed in turn as the platform, the admin and each role the route lets through (`tests/fuzz_hooks.py`).",
             "A nightly-size run: `MSJX_FUZZ_SECONDS=1800 python -m scripts.fuzz_api` (reports in `var/fuzz/`).",
+            "Checks failing, pending a fix are those `tests/test_api_fuzz.py` tolerates (`PENDING`, each naming the",
+            "open item of issue 13 it waits for); any other failure fails the test.",
         ]
     else:
         lines.append("Not run.")
@@ -169,8 +173,9 @@ def render(results: dict[str, list[Case]], status: int) -> str:
         "",
         "## Who may call what",
         "",
-        f"`tests/test_role_matrix.py`: every route of `/openapi.json` × 5 roles and an unsigned caller against"
-        f" `tests/api_access.py`: {_outcomes(matrix) or 'not run'}.",
+        f"`tests/test_role_matrix.py`: every route of `/openapi.json` ({matrix_figures.get('routes', '?')}) × 5 roles"
+        f" and an unsigned caller against `tests/api_access.py`, {matrix_figures.get('checked', '?')} requests:"
+        f" {_outcomes(matrix) or 'not run'}.",
         "",
     ]
     return "\n".join(lines)

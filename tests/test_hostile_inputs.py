@@ -208,9 +208,7 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
 
 
 @pytest.mark.parametrize("mode", ["declared-50MB", "endless"])
-async def test_oversized_and_endless_answers_are_cut_at_the_bound(
-    gw: RunningGateway, hostile: Hostile, mode: str
-) -> None:
+async def test_oversized_and_endless_answers_are_cut(gw: RunningGateway, hostile: Hostile, mode: str) -> None:
     hostile.credit = mode
     response = await invoke(gw, "credit", "dishonest-debtor", {"uscc": USCC})
     problem = assert_problem(response, 502, "upstream_malformed")

@@ -8,8 +8,9 @@ unknown id, an invalid body); any other role gets 403 `role_forbidden`, and an u
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -58,8 +59,9 @@ async def test_the_table_has_one_row_per_route_of_the_openapi(world: World) -> N
     assert not stale, f"rows for routes the OpenAPI no longer has: {stale}"
 
 
-async def test_every_route_for_every_role(world: World) -> None:
+async def test_every_route_for_every_role(world: World, record_property: Callable[[str, Any], None]) -> None:
     wrong = []
+    checked = 0
     for (method, path), allowed in sorted(ACCESS.items()):
         for who in (*ROLES, UNSIGNED):
             response = await send(world, who, method, path)
@@ -72,6 +74,9 @@ async def test_every_route_for_every_role(world: World) -> None:
                 ok = response.status_code == 401 and code == "signature_missing"
             else:
                 ok = response.status_code == 403 and code == "role_forbidden"
+            checked += 1
             if not ok:
                 wrong.append(f"{method} {path} as {who}: {response.status_code} {code} (allowed: {sorted(allowed)})")
+    record_property("routes", len(ACCESS))
+    record_property("checked", checked)
     assert not wrong, "\n".join(wrong)
