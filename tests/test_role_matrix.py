@@ -26,7 +26,7 @@ CALLER_OF = {
     "coordinator": "coordinator",
     "admin": "admin",
 }
-PATH_VALUES = {"service": "credit", "operation": "dishonest-debtor"}
+PATH_VALUES = {"service": "credit", "operation": "dishonest-debtor", "year": "2099"}
 
 
 @pytest.fixture
