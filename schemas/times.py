@@ -56,8 +56,16 @@ def _as_beijing(value: Any) -> Any:
     return value
 
 
+def _a_day(value: Any) -> Any:
+    if is_number(value):
+        raise PydanticCustomError("date_number", "a date is YYYY-MM-DD (e.g. 2025-09-30), not a number")
+    return value
+
+
 # An API time field: what `parse_beijing` accepts, always timezone-aware after validation.
 BeijingDatetime = Annotated[AwareDatetime, BeforeValidator(_as_beijing)]
+# An API date field: YYYY-MM-DD, never a number.
+Day = Annotated[date, BeforeValidator(_a_day)]
 
 
 def beijing_text(moment: datetime, timespec: str = "seconds") -> str:

@@ -136,6 +136,7 @@ async def test_the_server_refuses_what_the_spec_refuses(gateway: RunningGateway,
         sharing = await platform.get("/v1/sharing-requests", params={"state": "nonsense"})
     async with httpx.AsyncClient(base_url=gateway.url) as anonymous:
         deadline = await anonymous.get("/v1/calendar/deadline", params={"start": "2025-09-30", "working_days": 0})
+        epoch = await anonymous.get("/v1/calendar/deadline", params={"start": "0"})
     for response, status, field in (
         (refused, 422, "valid_from"),
         (height, 422, "query/after"),
@@ -143,6 +144,7 @@ async def test_the_server_refuses_what_the_spec_refuses(gateway: RunningGateway,
         (long_key, 400, None),
         (deadline, 422, "query/working_days"),
         (sharing, 422, "query/state"),
+        (epoch, 422, "query/start"),
     ):
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from datetime import date, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -39,6 +39,7 @@ from schemas.sharing import (
     SharingRequestOut,
     SharingRequestPatch,
 )
+from schemas.times import Day
 
 router = APIRouter(tags=["sharing requests"])
 PREFIX = "/v1/sharing-requests"
@@ -310,7 +311,7 @@ for _name, _model, _action, _optional, _summary, _description in _TRANSITIONS:
 )
 async def deadline(
     request: Request,
-    start: Annotated[date, Query(description="the day counting starts after, e.g. 2025-09-30")],
+    start: Annotated[Day, Query(description="the day counting starts after, e.g. 2025-09-30")],
     working_days: Annotated[int, Query(ge=1, le=60)] = 10,
 ) -> Deadline:
     calendar = await calendar_for(request.app.state.runtime.engine)
