@@ -136,8 +136,9 @@ def render(results: dict[str, list[Case]], status: int) -> str:
     lines += [
         "",
         "The gateway runs as its own process (`msjx-gateway serve`); PostgreSQL and Redis are instances the test",
-        "starts on ports of its own (`tests/own_services.py`). Redis-down and PostgreSQL-down recoveries are tested",
-        "with the outage work of issue 13 (M5). Payments under kills: `tests/test_payments_crash.py`.",
+        "starts on ports of its own (`tests/own_services.py`). Payments under kills (no voucher paid twice):",
+        "`tests/test_payments_crash.py`. Redis killed and PostgreSQL stopped (issue 13, M4/M5) have tests of their",
+        "own and are not run by this page.",
         "",
         "## Hostile inputs",
         "",
