@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 "MSJX_FUZZ_FILTER_URLS": "0" if isolated else "1",
                 "PYTHONPATH": str(ROOT),
             }
-            status = subprocess.run(command, env=fuzz_env, cwd=ROOT, check=False).returncode
+            # In the report directory: Schemathesis keeps a cache of failures (.schemathesis/) where it runs.
+            status = subprocess.run(command, env=fuzz_env, cwd=report_dir, check=False).returncode
         finally:
             server.send_signal(signal.SIGINT)
             try:
