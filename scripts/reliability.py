@@ -45,13 +45,15 @@ HOSTILE = {
         "200 (so the refusals above are the inputs')",
     ),
     "test_hostile_contracts_are_refused": (
-        "contracts: WSDL with XXE, billion laughs; XSD with an external DTD; YAML alias bomb",
+        "contracts: WSDL with XXE, billion laughs; XSD with an external DTD; YAML alias bomb; JSON 100,000 deep",
         "422 `contract_unsupported` / `contract_invalid`; nothing registered",
     ),
     "test_bodies_that_are_not_json_are_422": (
-        "request bodies nested 100,000 deep, invalid UTF-8, `1e999`, `NaN` on invoke, grants, callers, upstreams",
-        "422 `invalid_json`, audited as refused",
+        "request bodies nested 100,000 deep, invalid UTF-8, `NaN`, `Infinity` on invoke, payments, grants, callers,"
+        " upstreams",
+        "422 `json_too_deep` / `invalid_json`, audited as refused",
     ),
+    "test_numbers_beyond_a_double_are_422": ("`1e999` in a request body", "422 `invalid_json`"),
     "test_payment_amounts_of_1e999_are_refused_before_the_treasury": (
         "a voucher whose amounts are `1e999`",
         "422 `validation_failed` naming `params/pay_amt`; nothing sent",
