@@ -41,7 +41,8 @@ SECURITY_SCHEMES = {
 SIGNED_STATUSES = {
     401: "Signature missing, malformed, expired, invalid, replayed, or key unknown/revoked",
     413: "Body too large (over 1 MiB)",
-    429: "Too many requests: a quota or rate limit was reached (see Retry-After)",
+    429: "Too many requests: a quota or rate limit was reached, or too many requests from this address failed"
+    " authentication (see Retry-After)",
     500: "Internal error; the problem's `request_id` names it in the gateway's log",
     503: "The audit log (or another store the call needs) is unavailable; nothing was released (see Retry-After)",
 }

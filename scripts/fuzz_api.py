@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         MSJX_CONTRACT_FETCH_ALLOW="",  # upload only: the fuzzer's contract URLs are refused, never fetched
         MSJX_LOG_LEVEL="warning",
         MSJX_SIGNATURE_VERIFIER="inline",
+        # The fuzzer sends hundreds of unsigned requests a minute from one address, on purpose, to test what each
+        # route says to them; the flood bound that would answer 429 instead is tested in tests/test_hostile_http.py.
+        MSJX_UNAUTHENTICATED_RATE="100000/minute",
+        MSJX_UNAUTHENTICATED_TOTAL_RATE="100000/minute",
     )
     log_path = report_dir / "gateway.log"
     print(f"fuzzing {url} for {args.seconds} s; network namespace: {'own' if isolated else 'shared'}", flush=True)

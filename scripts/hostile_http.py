@@ -80,7 +80,7 @@ def main() -> None:
     env.pop("MSJX_REDIS_URL", None)
     log = (data_dir / "serve.log").open("wb")
     command = [CLI, "serve", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 (our own CLI)
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
             try:
