@@ -650,6 +650,7 @@ class SharingRequestOut(BaseModel):
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     CatalogItemIn,
+    CatalogItemPatch,
     SharingRequestIn,
     SharingRequestPatch,
     EndorseIn,

@@ -24,6 +24,7 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/catalog"): PUBLIC,
     ("POST", "/v1/catalog"): frozenset({"department", "admin"}),
     ("GET", "/v1/catalog/{item_id}"): PUBLIC,
+    ("PATCH", "/v1/catalog/{item_id}"): frozenset({"department", "admin"}),
     ("POST", "/v1/sharing-requests"): frozenset({"department"}),
     ("GET", "/v1/sharing-requests"): SHARING_READERS,
     ("GET", "/v1/sharing-requests/{request_id}"): SHARING_READERS,

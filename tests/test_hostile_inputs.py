@@ -170,6 +170,7 @@ async def gw(hostile: Hostile, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         async with running.client(running.admin) as admin:
             body = {
                 "name": "hostile-district",
+                "owner_department": "湖里区数据管理局",
                 "kind": "wsdl",
                 "files": FILES,
                 "root": "district-wrapped.wsdl",
@@ -307,6 +308,7 @@ async def test_hostile_contracts_are_refused(
     gw: RunningGateway, kind: str, files: dict[str, str], root: str, code: str
 ) -> None:
     body = {"name": "evil-district", "kind": kind, "files": files, "root": root, "endpoint": "http://127.0.0.1:9/"}
+    body["owner_department"] = "湖里区数据管理局"
     async with gw.client(gw.admin) as admin:
         response = await admin.post("/v1/upstreams", json=body)
         assert_problem(response, 422, code)
