@@ -23,7 +23,7 @@ SECURITY_SCHEMES = {
         "name": "Signature",
         "description": SIGNED
         + " This header carries the signature itself (`msjx=:<base64>:`); it is not a static key: each request is"
-        " signed anew with the caller's Ed25519 private key, whose public key an admin registered"
+        " signed anew with the caller's private key (Ed25519 or SM2), whose public key an admin registered"
         " (`POST /v1/callers`). `gateway.client.SignatureAuth` (httpx) does it for Python callers.",
     },
     "signatureInput": {
