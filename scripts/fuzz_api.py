@@ -17,6 +17,7 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -44,6 +45,7 @@ CHECKS = (
     "problem_details",  # tests/fuzz_hooks.py
 )
 CLONE_NEWNET = 0x40000000
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # the gateway's log lines start with the time
 
 
 def isolate_network() -> bool:
@@ -81,9 +83,16 @@ def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 90) -
 
 
 def tracebacks(log: str) -> list[str]:
-    """The first line of each traceback in the gateway's log: a client's input must never produce one."""
-    lines = log.splitlines()
-    return [lines[max(0, i - 1)] for i, line in enumerate(lines) if line.startswith("Traceback")]
+    """The log record each traceback in the gateway's log belongs to (a chained traceback counts once): a client's
+    input must never produce one."""
+    records: dict[str, None] = {}
+    last_record = ""
+    for line in log.splitlines():
+        if LOG_RECORD.match(line):
+            last_record = line
+        elif line.startswith("Traceback"):
+            records.setdefault(last_record or line, None)
+    return list(records)
 
 
 def read_report(report_dir: Path) -> dict[str, Any]:
@@ -205,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "schemathesis_exit": status,
         "tracebacks": len(found),
+        "traceback_lines": found[:50],
         "isolated": isolated,
         "seconds": args.seconds,
         **read_report(report_dir),

@@ -27,8 +27,14 @@ SECONDS = int(os.environ.get("MSJX_FUZZ_SECONDS", "90"))
 # A fixed seed keeps `make test` repeatable; MSJX_FUZZ_SEED=random explores (as the nightly run does).
 SEED = os.environ.get("MSJX_FUZZ_SEED", "20261205")
 
-# Failures that belong to other open items of issue 13, tolerated until their fix lands; delete the row then.
-PENDING: dict[str, str] = {}
+# Failures that belong to other open items, tolerated exactly until their fix lands; delete the row then.
+# (check, operation) -> the item, and the words of the gateway's log line before its traceback.
+PENDING: dict[tuple[str, str], tuple[str, str]] = {
+    ("not_a_server_error", "PATCH /v1/catalog/{item_id}"): (
+        "issue 13 H1 (helper `own`): PATCH with a null share_attribute is a 500 (NOT NULL constraint), not a 422",
+        "unhandled error in catalog.update",
+    ),
+}
 
 
 def _operations(tmp_path: Path) -> int:
@@ -59,15 +65,18 @@ def test_every_operation_survives_the_fuzzer(tmp_path: Path, record_property: Ca
         ("requests", summary["requests"]),
         ("server_errors", sum(count for status, count in statuses.items() if status >= 500)),
         ("refused_4xx", sum(count for status, count in statuses.items() if 400 <= status < 500)),
-        ("pending_checks", ", ".join(sorted({f["check"] for f in summary["failures"]} & set(PENDING)))),
+        ("pending_checks", "; ".join(sorted(f"{f['check']} on {f['operation']}" for f in summary["failures"]))),
         ("tracebacks", summary["tracebacks"]),
     ):
         record_property(name, value)
-    unexpected = [failure for failure in summary["failures"] if failure["check"] not in PENDING]
+    unexpected = [f for f in summary["failures"] if (f["check"], f["operation"]) not in PENDING]
     assert not unexpected, f"{json.dumps(unexpected, indent=1)}\n{tail}"
     assert summary["errors"] == [], tail
-    assert summary["tracebacks"] == 0, f"tracebacks in the gateway's log: {report / 'gateway.log'}\n{tail}"
+    markers = [marker for _, marker in PENDING.values()]
+    tracebacks = [line for line in summary["traceback_lines"] if not any(marker in line for marker in markers)]
+    assert summary["tracebacks"] <= len(summary["traceback_lines"]), "more tracebacks than the summary lists"
+    assert not tracebacks, f"tracebacks in the gateway's log ({report / 'gateway.log'}): {tracebacks}\n{tail}"
     assert summary["operations"] == _operations(tmp_path), "every operation of the OpenAPI was fuzzed"
     assert summary["statuses"].get("200", 0) + summary["statuses"].get("201", 0) > 0, "some signed calls got through"
     if summary["schemathesis_exit"] != 0:
-        assert {failure["check"] for failure in summary["failures"]} <= set(PENDING), tail
+        assert {(f["check"], f["operation"]) for f in summary["failures"]} <= set(PENDING), tail
