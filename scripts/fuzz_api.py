@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+    shutil.rmtree(data_dir, ignore_errors=True)  # the demo's database and keys: the report keeps what matters
     found = tracebacks(log_path.read_text(errors="replace"))
     summary = {
         "schemathesis_exit": status,
