@@ -29,12 +29,7 @@ SEED = os.environ.get("MSJX_FUZZ_SEED", "20261205")
 
 # Failures that belong to other open items, tolerated exactly until their fix lands; delete the row then.
 # (check, operation) -> the item, and the words of the gateway's log line before its traceback.
-PENDING: dict[tuple[str, str], tuple[str, str]] = {
-    ("not_a_server_error", "PATCH /v1/catalog/{item_id}"): (
-        "issue 13 H1 (helper `own`): PATCH with a null share_attribute is a 500 (NOT NULL constraint), not a 422",
-        "unhandled error in catalog.update",
-    ),
-}
+PENDING: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def _operations(tmp_path: Path) -> int:

@@ -213,3 +213,18 @@ async def test_every_fault_of_a_change_in_one_answer(world: World) -> None:
     ], answer
     listed = (await public(world, f"/v1/catalog/{item['item_id']}")).json()
     assert (listed["share_attribute"], listed["update_frequency"]) == ("conditional", "daily"), "nothing changed"
+
+
+async def test_a_change_cannot_empty_a_required_field(world: World) -> None:
+    item = await add_item(world, item_body("FGW-11"))
+    async with world.client("credit-officer") as client:
+        changed = await client.patch(
+            f"/v1/catalog/{item['item_id']}", json={"share_attribute": None, "name": None, "description": None}
+        )
+    answer = problem(changed, 422, "item_incomplete")
+    assert sorted((error["field"], error["code"]) for error in answer["errors"]) == [
+        ("name", "field_invalid"),
+        ("share_attribute", "field_invalid"),
+    ], answer
+    listed = (await public(world, f"/v1/catalog/{item['item_id']}")).json()
+    assert listed["share_attribute"] == "conditional", "nothing changed"

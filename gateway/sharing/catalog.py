@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -173,6 +174,20 @@ async def add_item(
     return item_out(row, await owner_of(session, row.service)), published
 
 
+def _not_nullable(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` that refuse null."""
+    names = set()
+    for name, info in model.model_fields.items():
+        try:
+            TypeAdapter(Annotated[info.annotation, info]).validate_python(None)
+        except ValidationError:
+            names.add(name)
+    return frozenset(names)
+
+
+_NOT_NULL = _not_nullable(CatalogItemIn)
+
+
 async def update_item(
     session: AsyncSession,
     actor: Actor,
@@ -190,6 +205,11 @@ async def update_item(
     faults = item_faults()
     patch, partial = validate_collecting(CatalogItemPatch, document, faults)
     changes = {name: getattr(patch, name) for name in patch.model_fields_set} if patch is not None else partial
+    for name in sorted(_NOT_NULL & changes.keys()):
+        if changes[name] is None:
+            # The patch model allows null to mean "not given"; an item's own field cannot be emptied.
+            faults.add(name, "field_invalid", "may not be null: leave the field out to keep its value", "null")
+            del changes[name]
     if not changes and not faults:
         raise invalid("", "nothing_to_change", "the body changes no field", "Catalog item is invalid")
     current = CatalogItemIn.model_validate(
