@@ -108,6 +108,7 @@ def serve(
     from gateway import db, heap
     from gateway.app import create_app
     from gateway.http_guard import guarded_protocol
+    from gateway.reachability import check_redis
 
     settings = _settings(data_dir)
     _logging(settings.log_level)
@@ -117,6 +118,9 @@ def serve(
     simulators = None
     announcement: list[str] = []
     try:
+        # Redis down would otherwise surface inside uvicorn's start-up as a traceback; the database is checked by
+        # db.upgrade. Both failures are one line naming the setting (gateway/reachability.py), exit 2.
+        asyncio.run(check_redis(settings))
         if demo:
             from gateway import demo as demo_module
             from gateway.runtime import build_adapters
@@ -1088,7 +1092,13 @@ def audit_open(
 
 
 def main() -> None:
-    app()
+    from gateway.reachability import ServiceUnreachable
+
+    try:
+        app()
+    except ServiceUnreachable as exc:  # PostgreSQL or Redis down at start: the line says which and where
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

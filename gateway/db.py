@@ -11,6 +11,7 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from gateway.reachability import check_database
 from gateway.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -62,6 +63,9 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     """Migrate the database to `revision`. Runs its own event loop: call it before the server's starts."""
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        # An unreachable server is one line naming MSJX_DATABASE_URL (ServiceUnreachable), not a driver traceback.
+        asyncio.run(check_database(settings))
     command.upgrade(alembic_config(settings), revision)
 
 

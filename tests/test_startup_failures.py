@@ -1,0 +1,63 @@
+"""PostgreSQL or Redis unreachable at start: one line naming the setting and host:port, no password, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.reachability import endpoint
+from tests.conftest import free_port
+
+CLI = str(Path(sys.executable).parent / "msjx-gateway")
+PASSWORD = "Pa55-w0rd-never-shown"
+
+
+def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MSJX_")}
+    environment.update(MSJX_DATA_DIR=str(tmp_path), **env)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=environment, timeout=60)
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], setting: str, where: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+    assert lines[0].startswith(f"error: {setting}: cannot connect to ")
+    assert where in lines[0]
+
+
+CLOSED_DATABASE_COMMANDS = [
+    pytest.param(["db", "upgrade"], id="db-upgrade"),
+    pytest.param(["serve", "--port", "0"], id="serve"),
+    pytest.param(["callers", "list"], id="callers-list"),
+    pytest.param(["grants", "list"], id="grants-list"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", CLOSED_DATABASE_COMMANDS)
+def test_unreachable_database_is_one_line_naming_the_setting(args: list[str], tmp_path: Path) -> None:
+    port = free_port()  # bound and released: nobody listens there
+    url = f"postgresql://msjx:{PASSWORD}@127.0.0.1:{port}/msjx"
+    result = run_cli(args, tmp_path, MSJX_DATABASE_URL=url)
+    assert_one_line(result, "MSJX_DATABASE_URL", f"PostgreSQL at 127.0.0.1:{port}: connection refused")
+
+
+@pytest.mark.slow
+def test_unreachable_redis_stops_serve_with_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_cli(["serve", "--port", "0"], tmp_path, MSJX_REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+    assert_one_line(result, "MSJX_REDIS_URL", f"Redis at 127.0.0.1:{port}: connection refused")
+
+
+def test_endpoint_never_shows_the_user_or_password() -> None:
+    assert endpoint(f"postgresql://msjx:{PASSWORD}@db.example:6432/msjx", 5432) == "db.example:6432"
+    assert endpoint("postgresql+asyncpg://db.example/msjx", 5432) == "db.example:5432"
+    assert endpoint(f"redis://:{PASSWORD}@[2001:db8::1]/0", 6379) == "[2001:db8::1]:6379"
+    assert endpoint("unix:///run/redis/redis.sock", 6379) == "/run/redis/redis.sock"
