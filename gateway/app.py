@@ -16,6 +16,8 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
 from gateway import __version__
+from gateway.forwarded import TrustedProxies
+from gateway.forwarded import apply as apply_forwarded
 from gateway.openapi import finish
 from gateway.problems import Problem, validation_problem
 from gateway.routes import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
@@ -48,8 +50,12 @@ class GatewayApp(FastAPI):
     """
 
     invoke_route: APIRoute | None = None
+    trusted_proxies: TrustedProxies = TrustedProxies()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Before anything reads the client address or the target URI (MSJX_TRUSTED_PROXIES, gateway/forwarded.py).
+        if self.trusted_proxies and scope["type"] == "http":
+            apply_forwarded(self.trusted_proxies, scope)  # type: ignore[arg-type]
         route = self.invoke_route
         # Middleware added to the app must see every request, so it switches the short way off.
         if (
@@ -141,6 +147,7 @@ def create_app(
         # signature over the old target URI and fail, and a POST would send its body twice. A 404 names the path.
         redirect_slashes=False,
     )
+    app.trusted_proxies = settings.trusted_proxy_networks
     app.include_router(services.router)  # first, without a prefix or dependencies: see plain_invoke_route
     app.invoke_route = plain_invoke_route(app)
     app.include_router(catalog.router)

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from gateway.dependencies import REDIS_ERRORS
 from gateway.directory import CallerInfo, Directory
+from gateway.forwarded import AUTHORITY_KEY, ignored_headers
 from gateway.problems import Problem
 from gateway.state import NonceStore
 from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request_with
@@ -37,14 +38,32 @@ class Principal:
 
 
 def target_uri(request: Request) -> str:
-    """The URI the client signed: scheme, Host header and the raw path and query as they came on the wire."""
+    """The URI the client signed: scheme, Host header and the raw path and query as they came on the wire; behind a
+    trusted proxy, the scheme and host it forwarded (gateway/forwarded.py)."""
     scope = request.scope
     raw_path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string") or b""
-    # The first Host line, as request.headers.get("host") reads it, without building a Headers object.
-    host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "") or "localhost"
+    host = scope.get(AUTHORITY_KEY)
+    if host is None:
+        # The first Host line, as request.headers.get("host") reads it, without building a Headers object.
+        host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "") or "localhost"
     uri = f"{scope.get('scheme', 'http')}://{host}{raw_path.decode('latin-1')}"
     return f"{uri}?{query.decode('latin-1')}" if query else uri
+
+
+def proxy_hint(request: Request) -> str:
+    """Why the gateway's view of the URI may differ from the client's: a reverse proxy in front."""
+    ignored = ignored_headers(request.scope)
+    if ignored:
+        peer = request.client.host if request.client else "?"
+        return (
+            f"the request's {', '.join(ignored)} header(s) were ignored: its peer {peer} is not in"
+            " MSJX_TRUSTED_PROXIES (docs/deploy.md)"
+        )
+    return (
+        "behind a reverse proxy that changes Host or the scheme, list the proxy in MSJX_TRUSTED_PROXIES and have it"
+        " send X-Forwarded-Host and X-Forwarded-Proto, or Forwarded (docs/deploy.md)"
+    )
 
 
 def _refuse(code: str, detail: str, **context: object) -> Problem:
@@ -110,7 +129,10 @@ class Authenticator:
                 params,
             )
         except SignatureFailure as failure:
-            raise _refuse(failure.code, failure.detail, **caller_context) from None
+            detail = failure.detail
+            if failure.code == "signature_invalid" and failure.compared:
+                detail = f"{detail}; {proxy_hint(request)}"
+            raise _refuse(failure.code, detail, **caller_context) from None
         # Only a verified signature may spend a nonce, so nobody can burn another caller's nonces.
         health = self._nonces.health
         try:

@@ -43,7 +43,9 @@ app.add_typer(calendar_app, name="calendar")
 
 T = TypeVar("T")
 # How `serve` runs uvicorn; `make bench` measures these (docs/performance.md), and its Python floor uses them too.
-SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False}
+# proxy_headers off: uvicorn would believe X-Forwarded-For/-Proto from 127.0.0.1 whatever MSJX_TRUSTED_PROXIES says;
+# the gateway applies that one rule itself (gateway/forwarded.py), to the client address and the signed URI alike.
+SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False, "proxy_headers": False}
 WHEN_HELP = "YYYY-MM-DD or a time such as 2026-12-05T09:30, Beijing time unless it has an offset (Z, +08:00)"
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="overrides MSJX_DATA_DIR (default: var)")]
 

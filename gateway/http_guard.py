@@ -7,7 +7,8 @@ discards that body for as long as the client sends it. Here, before any applicat
   and no more than those bounds is ever fed to the parser;
 - a request's line and headers must arrive within `header_timeout`, and a body may not fall silent for
   `body_timeout`: then 408;
-- one client address holds at most `max_connections_per_client` connections: the next one gets 429;
+- one client address holds at most `max_connections_per_client` connections: the next one gets 429 (a proxy in
+  MSJX_TRUSTED_PROXIES is exempt: it carries many clients);
 - after an answer that left the request body unread (a 413), the connection is closed.
 Each of these answers is problem+json and closes the connection after a short lingering drain, so that the
 client reads the answer instead of a reset.
@@ -18,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway import metrics
+from gateway.forwarded import TrustedProxies
 from gateway.problems import PROBLEM_CONTENT_TYPE, Problem
 from gateway.settings import Settings
 
@@ -45,6 +47,10 @@ class EdgeLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections_per_client: int = 256
+    # A trusted reverse proxy carries many clients' connections: it is not held to one client's bound (the proxy
+    # bounds its clients itself; docs/deploy.md sets nginx's limit_conn), and per-address limits past the TCP
+    # connection use the client address it forwards (gateway/forwarded.py).
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EdgeLimits:
@@ -55,6 +61,7 @@ class EdgeLimits:
             header_timeout=settings.header_timeout,
             body_timeout=settings.body_timeout,
             max_connections_per_client=settings.max_connections_per_client,
+            trusted_proxies=settings.trusted_proxy_networks,
         )
 
     @property
@@ -110,7 +117,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if self.client is not None:
+        if self.client is not None and not self.limits.trusted_proxies.trusts(self.client[0]):
             host = self.client[0]
             self._client_host = host
             self.open_by_client[host] += 1

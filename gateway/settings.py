@@ -16,6 +16,7 @@ from pydantic_settings import SettingsError as SourceError
 
 if TYPE_CHECKING:
     from adapters.fetch_allow import FetchAllowlist
+    from gateway.forwarded import TrustedProxies
 
 
 class SettingsError(Exception):
@@ -103,6 +104,26 @@ class Settings(BaseSettings):
         from adapters.fetch_allow import FetchAllowlist
 
         return FetchAllowlist.from_setting(self.contract_fetch_allow)
+
+    trusted_proxies: str = Field(
+        default="",
+        description="reverse proxies (addresses, CIDRs; comma or space separated) whose Forwarded/X-Forwarded-*"
+        " headers are believed: the client address, and the scheme and Host the client signed; empty: none",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        from gateway.forwarded import TrustedProxies
+
+        TrustedProxies.from_setting(value)  # a malformed entry stops start-up, named
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> TrustedProxies:
+        from gateway.forwarded import TrustedProxies
+
+        return TrustedProxies.from_setting(self.trusted_proxies)
 
     max_url_bytes: int = Field(
         default=8192, ge=256, le=1 << 20, description="longest request target (path and query) served; longer: 414"

@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import http_sf
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,11 +49,13 @@ NONCE_MAX_LENGTH = 128
 class SignatureFailure(Exception):
     """A request failed authentication. `code` is stable and goes into the problem+json and the audit record."""
 
-    def __init__(self, code: str, detail: str, *, key_id: str | None = None) -> None:
+    def __init__(self, code: str, detail: str, *, key_id: str | None = None, compared: bool = False) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.key_id = key_id
+        # True when the signature was checked against the components and the detail names them.
+        self.compared = compared
 
 
 @dataclass(frozen=True)
@@ -453,7 +456,22 @@ def _verify_by_library(
             body=body if body else None,
         )
     except HTTPMessageSignaturesException as exc:
-        raise SignatureFailure("signature_invalid", f"signature does not verify: {exc}", key_id=params.key_id) from exc
+        raise SignatureFailure(
+            "signature_invalid", compared_detail(method, url, params.covered, exc), key_id=params.key_id, compared=True
+        ) from exc
+
+
+def compared_detail(method: str, url: str, covered: tuple[str, ...], exc: Exception) -> str:
+    """Which components the signature was checked over, and the verifier's view of the ones that come from the
+    request line and Host (the usual suspects behind a proxy). No key, signature or header value beyond those."""
+    parts = urlsplit(url)
+    why = str(exc).strip()
+    names = " ".join('"' + component + '"' for component in covered)
+    return (
+        f"signature does not verify{f' ({why})' if why else ''} over {names};"
+        f" the gateway compared @method {method}, @target-uri {url}"
+        f" (@authority {parts.netloc}, @scheme {parts.scheme})"
+    )
 
 
 def sign_request(
