@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs from Debian when it is missing: wrk (the load generator) and nginx (the C floor).
+# With arguments, only those (scripts/run-tests.sh: `nginx`, for tests/test_deploy_nginx.py).
 # nginx is Debian's core package: on bookworm nginx-light is only nginx plus an echo module that proxy_pass does
 # not need, and trixie has no nginx-light. The package must not start a server on port 80, so the install runs
 # under a policy-rc.d that forbids starting services (kept if one is already there).
 set -euo pipefail
 
+wanted=("$@")
+[[ ${#wanted[@]} -eq 0 ]] && wanted=(wrk nginx)
 missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+for package in "${wanted[@]}"; do
+  command -v "$package" >/dev/null 2>&1 || [[ -x /usr/sbin/$package ]] || missing+=("$package")
+done
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 if [[ "$(id -u)" != 0 ]]; then
-  echo "make bench needs: sudo apt-get install -y ${missing[*]}" >&2
+  echo "needed: sudo apt-get install -y ${missing[*]}" >&2
   exit 1
 fi
 policy=/usr/sbin/policy-rc.d

@@ -16,6 +16,10 @@ if [[ "${CI:-}" == "true" || "${REQUIRE_SERVICES:-}" == "1" ]]; then
   fi
 fi
 
+# tests/test_deploy_nginx.py runs docs/deploy.md's configuration in Debian's nginx: install it when missing (it
+# skips without it, or fails under CI=true / REQUIRE_SERVICES=1).
+bash bench/install-deps.sh nginx || echo "nginx is missing and could not be installed" >&2
+
 set +e
 "$BIN/pytest" "$@"
 status=$?

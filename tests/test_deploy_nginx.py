@@ -1,0 +1,231 @@
+"""docs/deploy.md's nginx configuration, run by Debian's nginx in front of a real `msjx-gateway serve`.
+
+The block is read from the document itself, so the page cannot drift from what is tested. With the gateway
+trusting nginx (MSJX_TRUSTED_PROXIES=127.0.0.1), signed calls over TLS through nginx succeed; trusting nobody,
+the same call fails `signature_invalid` and the detail names what the gateway compared.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+from gateway.client import SignatureAuth
+from security.keys import key_id_for, public_key_pem
+from tests.conftest import REQUIRE_SERVICES, free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).parent / "msjx-gateway")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_block() -> str:
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```nginx\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 1, "docs/deploy.md has exactly one nginx block: the one this test runs"
+    return blocks[0]
+
+
+def substitute(block: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        assert block.count(old) == 1, f"docs/deploy.md's nginx block no longer has {old!r} once"
+        block = block.replace(old, new)
+    return block
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "gw.crt", directory / "gw.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{what} never listened on {port}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def nginx_binary() -> str:
+    if not os.access(NGINX, os.X_OK):
+        message = "nginx is not installed (scripts/run-tests.sh installs it with apt-get: `apt-get install -y nginx`)"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return NGINX
+
+
+class Deployment:
+    def __init__(self, root: Path, trusted: str, nginx: str) -> None:
+        self.root = root
+        self.key = Ed25519PrivateKey.generate()
+        self.key_id = key_id_for("admin", self.key.public_key())
+        self.gateway_port = free_port()
+        self.nginx_port = free_port()
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("MSJX_")}
+        self.env.update(
+            MSJX_DATA_DIR=str(root / "gateway"), MSJX_TRUSTED_PROXIES=trusted, MSJX_SIGNATURE_VERIFIER="inline"
+        )
+        self.nginx = nginx
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        public = self.root / "admin.pub.pem"
+        public.write_text(public_key_pem(self.key.public_key()))
+        add = ["callers", "add", "admin", "--name", "admin", "--department", "市大数据中心", "--role", "admin"]
+        added = subprocess.run(
+            [CLI, *add, "--public-key", str(public), "--key-id", self.key_id],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert added.returncode == 0, added.stderr
+        gateway_log = (self.root / "gateway.log").open("wb")
+        gateway = subprocess.Popen(
+            [CLI, "serve", "--port", str(self.gateway_port)], env=self.env, stdout=gateway_log, stderr=gateway_log
+        )
+        self.processes.append(gateway)
+        wait_for_port(self.gateway_port, gateway, "the gateway")
+
+        cert, key = self_signed(self.root)
+        site = substitute(
+            nginx_block(),
+            {
+                "listen 443 ssl;": f"listen 127.0.0.1:{self.nginx_port} ssl;",
+                "server 127.0.0.1:8000;": f"server 127.0.0.1:{self.gateway_port};",
+                "/etc/ssl/msjx/gw.example.crt": str(cert),
+                "/etc/ssl/msjx/gw.example.key": str(key),
+            },
+        )
+        (self.root / "msjx-gateway.conf").write_text(site)
+        temp = self.root / "nginx-temp"
+        temp.mkdir()
+        paths = " ".join(
+            f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        # nginx runs as root here: its workers would otherwise be `nobody`, unable to read this private temp dir.
+        user = "user root;" if os.geteuid() == 0 else ""
+        (self.root / "nginx.conf").write_text(
+            f"{user}\ndaemon off;\nworker_processes 1;\npid {self.root / 'nginx.pid'};\n"
+            f"error_log {self.root / 'nginx-error.log'} warn;\nevents {{ worker_connections 64; }}\n"
+            f"http {{\n access_log off;\n {paths}\n include {self.root / 'msjx-gateway.conf'};\n}}\n"
+        )
+        command = [self.nginx, "-p", str(self.root), "-c", str(self.root / "nginx.conf"), "-e", "stderr"]
+        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+        proxy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(self.root / "nginx.out").open("wb"))
+        self.processes.append(proxy)
+        wait_for_port(self.nginx_port, proxy, "nginx")
+        self.ca = str(cert)
+
+    def client(self) -> httpx.Client:
+        context = ssl.create_default_context(cafile=self.ca)
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.nginx_port}",
+            verify=context,
+            auth=SignatureAuth(self.key_id, self.key),
+            timeout=30,
+        )
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+
+
+@pytest.fixture
+def deployment(request: pytest.FixtureRequest, tmp_path: Path, nginx_binary: str) -> Iterator[Deployment]:
+    deployment = Deployment(tmp_path, request.param, nginx_binary)
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.close()
+
+
+@pytest.mark.parametrize("deployment", ["127.0.0.1"], indirect=True)
+def test_signed_calls_through_the_documented_nginx_succeed(deployment: Deployment) -> None:
+    with deployment.client() as client:
+        listed = client.get("/v1/callers")
+        assert listed.status_code == 200, listed.text
+        assert [caller["caller_id"] for caller in listed.json()] == ["admin"]
+        # A POST with an Idempotency-Key takes the documented retrying location, body and signed key intact.
+        body = {"caller_id": "district", "name": "区级系统", "department": "区数据局", "roles": ["department"]}
+        added = client.post("/v1/callers", json=body, headers={"Idempotency-Key": "add-district-1"})
+        assert added.status_code == 201, added.text
+        plain = client.post("/v1/callers", json={**body, "caller_id": "district-2"})
+        assert plain.status_code == 201, plain.text
+        assert {caller["caller_id"] for caller in client.get("/v1/callers").json()} == {
+            "admin",
+            "district",
+            "district-2",
+        }
+
+
+@pytest.mark.parametrize("deployment", [""], indirect=True)
+def test_without_trusted_proxies_the_call_fails_naming_what_was_compared(deployment: Deployment) -> None:
+    with deployment.client() as client:
+        refused = client.get("/v1/callers")
+    assert refused.status_code == 401
+    problem = refused.json()
+    assert problem["code"] == "signature_invalid"
+    detail = problem["detail"]
+    assert '"@method" "@target-uri"' in detail
+    # nginx's default Host is the upstream block's name, over plain http: not what the client signed.
+    assert "@target-uri http://msjx_gateway/v1/callers (@authority msjx_gateway, @scheme http)" in detail
+    assert "x-forwarded-host, x-forwarded-proto header(s) were ignored: its peer 127.0.0.1" in detail
+    assert deployment.key_id not in detail
