@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,8 +111,9 @@ def nginx_binary() -> str:
 
 
 class Deployment:
-    def __init__(self, root: Path, trusted: str, nginx: str) -> None:
+    def __init__(self, root: Path, trusted: str, nginx: str, broken_node: int | None = None) -> None:
         self.root = root
+        self.broken_node = broken_node
         self.key = Ed25519PrivateKey.generate()
         self.key_id = key_id_for("admin", self.key.public_key())
         self.gateway_port = free_port()
@@ -143,11 +145,15 @@ class Deployment:
         wait_for_port(self.gateway_port, gateway, "the gateway")
 
         cert, key = self_signed(self.root)
+        servers = f"server 127.0.0.1:{self.gateway_port};"
+        if self.broken_node is not None:
+            # Never taken out of rotation, so that calls keep meeting it first in turn.
+            servers = f"server 127.0.0.1:{self.broken_node} max_fails=0;\n    {servers[:-1]} max_fails=0;"
         site = substitute(
             nginx_block(),
             {
                 "listen 443 ssl;": f"listen 127.0.0.1:{self.nginx_port} ssl;",
-                "server 127.0.0.1:8000;": f"server 127.0.0.1:{self.gateway_port};",
+                "server 127.0.0.1:8000;": servers,
                 "/etc/ssl/msjx/gw.example.crt": str(cert),
                 "/etc/ssl/msjx/gw.example.key": str(key),
             },
@@ -185,6 +191,44 @@ class Deployment:
     def close(self) -> None:
         for process in reversed(self.processes):
             stop(process)
+
+
+class BrokenNode:
+    """A node that takes each request in and dies before answering: nginx sees the connection close."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.requests = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                received = b""
+                try:
+                    while b"\r\n\r\n" not in received:
+                        chunk = connection.recv(65536)
+                        if not chunk:
+                            break
+                        received += chunk
+                except OSError:
+                    pass
+                if received:
+                    self.requests += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
 
 
 @pytest.fixture
@@ -229,3 +273,35 @@ def test_without_trusted_proxies_the_call_fails_naming_what_was_compared(deploym
     assert "@target-uri http://msjx_gateway/v1/callers (@authority msjx_gateway, @scheme http)" in detail
     assert "x-forwarded-host, x-forwarded-proto header(s) were ignored: its peer 127.0.0.1" in detail
     assert deployment.key_id not in detail
+
+
+def test_nginx_resends_a_post_to_another_node_only_with_an_idempotency_key(tmp_path: Path, nginx_binary: str) -> None:
+    """Upstreams: a node that takes requests in and dies without answering, and a live one. A POST with an
+    Idempotency-Key that met the broken node is sent on to the live one; a POST without one is not (502)."""
+    broken = BrokenNode()
+    deployment = Deployment(tmp_path, "127.0.0.1", nginx_binary, broken_node=broken.port)
+    try:
+        deployment.start()
+        with deployment.client() as client:
+            keyed, plain = [], []
+            for index in range(4):
+                body = {"caller_id": f"keyed-{index}", "name": "n", "department": "d", "roles": ["department"]}
+                response = client.post("/v1/callers", json=body, headers={"Idempotency-Key": f"add-keyed-{index}"})
+                keyed.append(response.status_code)
+            met_broken_with_key = broken.requests
+            for index in range(4):
+                body = {"caller_id": f"plain-{index}", "name": "n", "department": "d", "roles": ["department"]}
+                plain.append(client.post("/v1/callers", json=body).status_code)
+            listed = {caller["caller_id"] for caller in client.get("/v1/callers").json()}
+    finally:
+        deployment.close()
+        broken.close()
+    assert met_broken_with_key >= 1, "round robin sent no keyed POST to the broken node: nothing was tested"
+    assert keyed == [201] * 4, "every keyed POST was resent to the live node"
+    assert broken.requests > met_broken_with_key, "no plain POST met the broken node: nothing was tested"
+    assert 502 in plain and 201 in plain, plain
+    # What nginx answered is what happened: each keyed caller exists once, only the plain POSTs answered 201 do.
+    assert {f"keyed-{index}" for index in range(4)} <= listed
+    assert {f"plain-{index}" for index, status in enumerate(plain) if status == 201} == {
+        name for name in listed if name.startswith("plain-")
+    }
