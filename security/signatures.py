@@ -334,11 +334,12 @@ def _algorithm(public_key: PublicKey) -> str:
     return SM2_SM3 if isinstance(public_key, Sm2PublicKey) else ED25519
 
 
-def _sm2_refusal(params: SignatureParams) -> SignatureFailure:
+def _sm2_refusal(params: SignatureParams, method: str, url: str) -> SignatureFailure:
     return SignatureFailure(
         "signature_invalid",
-        "signature does not verify: the sm2-sm3 signature does not match the signature base",
+        compared_detail(method, url, params.covered, "the sm2-sm3 signature does not match the signature base"),
         key_id=params.key_id,
+        compared=True,
     )
 
 
@@ -381,7 +382,7 @@ def verify_request(
         if verifies(public_key_bytes(public_key), *signed, _algorithm(public_key)):
             return
         if isinstance(public_key, Sm2PublicKey):  # one implementation: the library would only check it again
-            raise _sm2_refusal(params)
+            raise _sm2_refusal(params, method, url)
         # For Ed25519 a False is not yet a refusal: the library path follows, and OpenSSL decides.
     _verify_by_library(method, url, pairs, body, public_key, params)
 
@@ -405,14 +406,14 @@ async def verify_request_with(
         if await checker.verify(raw, *signed, algorithm):
             return
         if isinstance(public_key, Sm2PublicKey):
-            raise _sm2_refusal(params)
+            raise _sm2_refusal(params, method, url)
     if not isinstance(public_key, Sm2PublicKey):
         _verify_by_library(method, url, pairs, body, public_key, params)
         return
     deferred = _Deferred(public_key)
     _verify_by_library(method, url, pairs, body, deferred, params)
     if deferred.signed is None or not await checker.verify(raw, *deferred.signed, algorithm):
-        raise _sm2_refusal(params)
+        raise _sm2_refusal(params, method, url)
 
 
 def _verify_by_library(
@@ -461,7 +462,7 @@ def _verify_by_library(
         ) from exc
 
 
-def compared_detail(method: str, url: str, covered: tuple[str, ...], exc: Exception) -> str:
+def compared_detail(method: str, url: str, covered: tuple[str, ...], exc: Exception | str) -> str:
     """Which components the signature was checked over, and the verifier's view of the ones that come from the
     request line and Host (the usual suspects behind a proxy). No key, signature or header value beyond those."""
     parts = urlsplit(url)
