@@ -28,6 +28,7 @@ from gateway.audit_files import AuditFileError, digest_suite, file_digest, scan,
 from gateway.db import SQLITE_PRAGMAS
 from gateway.dependencies import Dependency, is_database_outage
 from gateway.models import AUDIT_COLUMNS, AuditArchive, AuditCheckpoint, AuditRecord, AuditSigner
+from gateway.node_keys import build_trust, list_node_keys, register_node_key
 from gateway.settings import Settings
 from security.audit_chain import (
     GENESIS_HASH,
@@ -39,8 +40,9 @@ from security.audit_chain import (
     drop_empty_optional,
     hasher_for,
 )
-from security.checkpoints import Checkpoint, TrustedKeys, sign_checkpoint, signer_key_id
+from security.checkpoints import Checkpoint, TrustedKeys, sign_checkpoint
 from security.crypto import SUITE_NAMES, DecryptionError, NonceSequence, get_suite
+from security.key_trust import KeyTrust
 from security.keyring import KeyRing, now_ms
 from security.keys import (
     ED25519,
@@ -283,21 +285,7 @@ class AuditWriter:
 
     async def _register_signer(self) -> None:
         assert self._signer is not None
-        public = self._signer.public_key()
-        key_id = signer_key_id(public)
-        async with self._engine.begin() as connection:
-            known = (
-                await connection.execute(select(SIGNER_TABLE.c.key_id).where(SIGNER_TABLE.c.key_id == key_id))
-            ).first()
-            if known is None:
-                await connection.execute(
-                    insert(SIGNER_TABLE).values(
-                        key_id=key_id,
-                        chain_id=self.chain_id,
-                        public_key=public_key_pem(public),
-                        created_ms=self._clock(),
-                    )
-                )
+        await register_node_key(self._engine, self.chain_id, self._signer.public_key(), self._clock())
 
     # --- appending ----------------------------------------------------------------------------------------------
 
@@ -517,22 +505,37 @@ def load_signer(settings: Settings, suite: str | None = None) -> PrivateKey:
     return key
 
 
-def trusted_keys(settings: Settings | None, extra: list[Path] | tuple[Path, ...] = ()) -> TrustedKeys:
-    """Keys `audit verify` accepts: this node's own (of either suite), every PEM in keys/trusted/, and any given on
-    the command line."""
-    trusted = TrustedKeys()
+def local_keys(settings: Settings | None, extra: list[Path] | tuple[Path, ...] = ()) -> list[PublicKey]:
+    """Public keys the verifier holds itself: this node's own (of either suite), every PEM in keys/trusted/, any
+    given on the command line. They owe nothing to the database."""
+    keys = []
     if settings is not None:
         for algorithm, key_file, _ in SIGNING_FILES.values():
             own = settings.keys_dir / key_file
             if own.exists():
-                trusted.add(load_or_create_signing_key(own, algorithm).public_key())
+                keys.append(load_or_create_signing_key(own, algorithm).public_key())
         directory = settings.trusted_keys_dir
         if directory.is_dir():
             for path in sorted(directory.glob("*.pem")):
-                trusted.add(_read_public_key(path))
+                keys.append(_read_public_key(path))
     for path in extra:
-        trusted.add(_read_public_key(path))
-    return trusted
+        keys.append(_read_public_key(path))
+    return keys
+
+
+def trusted_keys(settings: Settings | None, extra: list[Path] | tuple[Path, ...] = ()) -> TrustedKeys:
+    """The local keys alone (see `local_keys`): what archiving and an offline file check trust."""
+    return TrustedKeys(local_keys(settings, extra))
+
+
+async def node_trust(
+    engine: AsyncEngine, settings: Settings | None, extra: list[Path] | tuple[Path, ...] = ()
+) -> KeyTrust:
+    """What `audit verify` trusts: the local keys, and every node key registered in the database, each by its
+    standing (pinned, self-registered, revoked), so every node verifies every chain without copied key files."""
+    from schemas.times import beijing_ms
+
+    return build_trust(local_keys(settings, extra), await list_node_keys(engine), stamp=beijing_ms)
 
 
 def _read_public_key(path: Path) -> PublicKey:
@@ -682,6 +685,10 @@ async def verify_chain_db(
     checkpoints = await load_checkpoints(engine, chain_id)
     if witness is not None:
         checkpoints += read_witness(witness)
+    if isinstance(trusted, KeyTrust):
+        problem = _revocation_problem(trusted, chain_id, checkpoints)
+        if problem is not None:
+            return _fault_report(chain_id, problem[0], "rehashed", problem[1])
     archives = await list_archives(engine, chain_id)
     start_height, start_hash, sealed, archived_records, notes = 1, GENESIS_HASH, None, 0, []
     if archives:
@@ -728,6 +735,21 @@ async def verify_chain_db(
         notes=tuple(notes),
         start_height=1 if archives and not notes else report.start_height,  # archives verified: from genesis
     )
+
+
+def _revocation_problem(trust: KeyTrust, chain_id: str, checkpoints: list[Checkpoint]) -> tuple[int, str] | None:
+    """A key revoked while it had signed up to height H keeps those checkpoints valid only while the one at H, which
+    the revocation recorded, is still there: without it a thief of the key could rewrite everything below H."""
+    for standing in trust.standings.values():
+        if not standing.revoked or standing.chain_id != chain_id or not standing.revoked_height:
+            continue
+        height = standing.revoked_height
+        if not any(cp.height == height and cp.key_id == standing.key_id for cp in checkpoints):
+            return 1, (
+                f"the checkpoint at height {height} signed by {standing.key_id}, recorded when that key was revoked"
+                f" {standing.revoked}, is gone: heights 1–{height} are covered by no signature that can be trusted"
+            )
+    return None
 
 
 def _anchor_problem(anchor: list[Checkpoint], archive: Mapping[str, Any], trusted: TrustedKeys | None) -> str | None:

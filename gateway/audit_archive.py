@@ -34,6 +34,7 @@ from gateway.audit_files import (
     verify_file,
     write_records,
 )
+from gateway.node_keys import list_node_keys
 from gateway.sharing.obligations import register_entries
 from security.audit_chain import GENESIS_HASH
 from security.checkpoints import TrustedKeys
@@ -93,6 +94,15 @@ async def export_records(
         )
     # The requesting departments' register of use, storage and destruction (条例) travels with the audit.
     register = await register_entries(engine, from_ms, to_ms)
+    for plan in plans:
+        low, high = plan["from_height"], plan["to_height"]
+        plan["checkpoints"] = [
+            cp for cp in await load_checkpoints(engine, plan["chain_id"], after=low - 1) if cp.height <= high
+        ]
+    # The file carries the public keys that signed its checkpoints, as registered; a verifier still trusts only
+    # the keys it is given (--pubkey), and reports carried ones as "carried, not pinned".
+    signing = {cp.key_id for plan in plans for cp in plan["checkpoints"]}
+    carried = [key.to_dict() for key in await list_node_keys(engine) if key.key_id in signing]
     writer = LineWriter(path, compress=path.suffix == ".gz")
     results = []
     try:
@@ -105,11 +115,12 @@ async def export_records(
                 to_ms=to_ms,
                 chains=ranges,
                 register_entries=len(register),
+                node_keys=carried,
             )
         )
         for plan in plans:
             chain_id, low, high = plan["chain_id"], plan["from_height"], plan["to_height"]
-            checkpoints = [cp for cp in await load_checkpoints(engine, chain_id, after=low - 1) if cp.height <= high]
+            checkpoints = plan["checkpoints"]
             for checkpoint in checkpoints:
                 writer.write(checkpoint_line(checkpoint))
             count = 0

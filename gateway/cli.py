@@ -440,8 +440,38 @@ def _run_engine(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def _print_reports(reports: list[Any], *, require_sealed: bool = False) -> bool:
-    """One line per chain; a fault goes to stderr. True when every chain verified."""
+STANDING_TEXT = {
+    "local": "trusted key file",
+    "pinned": "pinned",
+    "self-registered": "self-registered, not pinned",
+    "carried": "carried, not pinned",
+}
+
+
+def _key_line(trust: Any, chain_id: str, local_text: str) -> tuple[str, bool]:
+    """`keys: …` for a chain: which keys signed its checkpoints and their standing; True when one is pinned/local."""
+    used = trust.used_by(chain_id) if trust is not None and hasattr(trust, "used_by") else []
+    if not used:
+        return "", False
+    parts = []
+    for standing in used:
+        text = local_text if standing.standing == "local" else STANDING_TEXT[standing.standing]
+        if standing.revoked:
+            text += f"; revoked {standing.revoked}, accepted through height {standing.revoked_height or 0}"
+        parts.append(f"{standing.key_id} ({text})")
+    trusted = all(standing.standing in ("local", "pinned") for standing in used)
+    return "keys: " + ", ".join(parts), trusted
+
+
+def _print_reports(
+    reports: list[Any],
+    *,
+    require_sealed: bool = False,
+    trust: Any = None,
+    local_text: str = "trusted key file",
+    require_pinned: bool = False,
+) -> bool:
+    """One line per chain, and the keys that signed it; a fault goes to stderr. True when every chain verified."""
     good = True
     for report in reports:
         if not report.ok:
@@ -459,6 +489,9 @@ def _print_reports(reports: list[Any], *, require_sealed: bool = False) -> bool:
             f"chain {report.chain_id}: {report.records} records intact{archived}{', ' + span if span else ''},"
             f" head {report.head_hash[:16]}…, {sealing}"
         )
+        keys, pinned = _key_line(trust, report.chain_id, local_text)
+        if keys:
+            typer.echo(f"  {keys}")
         for note in report.notes:
             typer.echo(f"  note: {note}")
         if require_sealed and report.unsealed:
@@ -466,6 +499,13 @@ def _print_reports(reports: list[Any], *, require_sealed: bool = False) -> bool:
             typer.echo(
                 f"FAILED chain {report.chain_id}: heights {report.sealed_height + 1}–{report.head_height} are covered"
                 " by no signature that verifies, so they prove nothing",
+                err=True,
+            )
+        elif require_pinned and keys and not pinned:
+            good = False
+            typer.echo(
+                f"FAILED chain {report.chain_id}: its checkpoints verify only under keys nobody pinned; pin them"
+                + (" with --pubkey" if local_text.startswith("pinned") else " (`msjx-gateway keys nodes pin`)"),
                 err=True,
             )
     return good
@@ -484,56 +524,72 @@ def audit_verify(
     skip_archives: Annotated[
         bool, typer.Option("--skip-archives", help="start after the last archive, from its signed checkpoint")
     ] = False,
+    require_pinned: Annotated[
+        bool,
+        typer.Option("--require-pinned", help="fail a chain whose checkpoints verify only under self-registered keys"),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Verify the audit log: every chain in the database (archives included), or one exported file.
 
     Exit 0 when intact, 1 naming the first bad height and the kind of fault (changed, missing, reordered,
-    inserted, truncated, rehashed). Checkpoints must be signed by a trusted key: this node's own, the PEM files
-    in <data-dir>/keys/trusted/, and every --pubkey. A file needs --pubkey, and every record in it must be
-    covered by a signature that verifies.
+    inserted, truncated, rehashed). Checkpoints must be signed by a key the verifier knows: this node's own, the
+    PEM files in <data-dir>/keys/trusted/, every --pubkey, and every node key registered in the database (each node
+    registers its own when it first starts); each chain's line says which keys signed it and whether they were
+    pinned or only self-registered. A file trusts only --pubkey: the keys it carries are reported as "carried,
+    not pinned", and every record in it must be covered by a signature that verifies.
     """
-    from gateway.audit import trusted_keys, verify_all
-    from gateway.audit_files import AuditFileError, verify_file
+    from gateway.audit import local_keys, node_trust, verify_all
+    from gateway.audit_files import AuditFileError, scan, verify_file
+    from gateway.node_keys import offline_trust
     from security.keys import KeyFormatError
 
     if file is not None:
-        if not pubkey:
-            raise _fail("--file needs --pubkey: a file proves nothing without the signer's public key")
         try:
-            trusted = trusted_keys(None, pubkey)
-            reports = verify_file(file, trusted)
+            pinned = local_keys(None, pubkey)
+            carried = scan(file).header.get("node_keys") or []
+            trust = offline_trust(pinned, carried if isinstance(carried, list) else [])
+            if len(trust) == 0:
+                raise _fail(
+                    "--file needs --pubkey: a file proves nothing without the signer's public key (and this one"
+                    " carries none)"
+                )
+            reports = verify_file(file, trust)
         except (KeyFormatError, AuditFileError) as exc:
             raise _fail(str(exc)) from None
         reports = [report for report in reports if not chain or report.chain_id in chain]
         if not reports:
             raise _fail(f"{file} holds no records" + (f" of {', '.join(chain)}" if chain else ""))
-        if not _print_reports(reports, require_sealed=True):
+        good = _print_reports(
+            reports, require_sealed=True, trust=trust, local_text="pinned with --pubkey", require_pinned=True
+        )
+        if not good:
             raise typer.Exit(1)
         return
     settings = _settings(data_dir)
-    try:
-        trusted = trusted_keys(settings, pubkey)
-    except KeyFormatError as exc:
-        raise _fail(str(exc)) from None
-    if len(trusted) == 0:
-        typer.echo("warning: no trusted public key here; checkpoint signatures are NOT checked", err=True)
 
-    async def work(engine: Any) -> list[Any]:
-        return await verify_all(
+    async def work(engine: Any) -> tuple[Any, list[Any]]:
+        trust = await node_trust(engine, settings, pubkey)
+        if len(trust) == 0:
+            typer.echo("warning: no trusted public key here; checkpoint signatures are NOT checked", err=True)
+        reports = await verify_all(
             engine,
-            trusted=trusted if len(trusted) else None,
+            trusted=trust if len(trust) else None,
             archive_dir=settings.archive_dir,
             witness_dir=settings.witness_dir,
             chains=chain or None,
             skip_archives=skip_archives,
         )
+        return trust, reports
 
-    reports = _run_engine(settings, work)
+    try:
+        trust, reports = _run_engine(settings, work)
+    except KeyFormatError as exc:
+        raise _fail(str(exc)) from None
     if not reports:
         typer.echo("no audit records yet")
         return
-    if not _print_reports(reports):
+    if not _print_reports(reports, trust=trust, require_pinned=require_pinned):
         raise typer.Exit(1)
 
 
@@ -699,7 +755,7 @@ def audit_archive(
 ) -> None:
     """Move old records into hash-linked archive files under <data-dir>/archive/; rows leave the database only
     after their archive file has been read back and verified."""
-    from gateway.audit import trusted_keys
+    from gateway.audit import node_trust
     from gateway.audit_archive import ArchiveError, archive_chains
 
     settings = _settings(data_dir)
@@ -711,9 +767,9 @@ def audit_archive(
             f"--before {_beijing(cutoff)} is inside the retention period ({settings.audit_retention_days} days,"
             f" until {_beijing(limit)}); records stay in the database that long. Use --force to archive anyway."
         )
-    trusted = trusted_keys(settings)
 
     async def work(engine: Any) -> list[Any]:
+        trusted = await node_trust(engine, settings)
         return await archive_chains(
             engine, settings.archive_dir, before_ms=_ms(cutoff), trusted=trusted, suite=settings.crypto_suite
         )
@@ -853,6 +909,87 @@ def keys_public(
     if suite is not None and suite not in SUITE_NAMES:
         raise _fail(f"--suite {suite!r}: expected one of {', '.join(SUITE_NAMES)}")
     typer.echo(public_key_pem(load_signer(_settings(data_dir), suite).public_key()), nl=False)
+
+
+nodes_app = typer.Typer(
+    help="Node keys: the checkpoint key each node registers in the database; pin or revoke them.",
+    no_args_is_help=True,
+)
+keys_app.add_typer(nodes_app, name="nodes")
+
+
+def _operator() -> str:
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return f"uid {os.getuid()}"
+
+
+@nodes_app.command("list")
+def nodes_list(data_dir: DataDir = None) -> None:
+    """Every node key: chain, key id, algorithm, status (self-registered, pinned, revoked), who and when."""
+    from gateway.node_keys import list_node_keys
+
+    keys = _run_engine(_settings(data_dir), list_node_keys)
+    if not keys:
+        typer.echo("no node key registered yet (a node registers its own when it first starts)")
+    for key in keys:
+        line = f"{key.chain_id:<16} {key.key_id:<25} {key.algorithm:<8} {key.status:<15}"
+        line += f" registered {_stamp(key.registered_ms)}"
+        if key.pinned_by is not None:
+            line += f"  pinned by {key.pinned_by} {_stamp(key.pinned_ms)} (signed by {key.pin_signer})"
+        if key.revoked_by is not None:
+            line += (
+                f"  revoked by {key.revoked_by} {_stamp(key.revoked_ms)}, its checkpoints accepted through height"
+                f" {key.revoked_height or 0}"
+            )
+        typer.echo(line)
+
+
+@nodes_app.command("pin")
+def nodes_pin(
+    key_id: Annotated[str, typer.Argument(help="the key id `keys nodes list` shows, e.g. ed25519:0123456789abcdef")],
+    by: Annotated[str | None, typer.Option("--by", help="who pins it (default: the login name)")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Pin a node key after checking it out of band (compare its key id with the one `keys list` prints on that
+    node). The pin is signed with this node's checkpoint key, so every node that trusts this one trusts the pin."""
+    from gateway.audit import load_signer
+    from gateway.node_keys import NodeKeyError, pin_node_key
+
+    settings = _settings(data_dir)
+    signer = load_signer(settings)
+    who = by or _operator()
+    try:
+        key = _run_engine(settings, lambda engine: pin_node_key(engine, key_id, who, signer))
+    except NodeKeyError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"pinned {key.key_id} (chain {key.chain_id}, {key.algorithm}) by {who}; pin signed by {key.pin_signer}")
+
+
+@nodes_app.command("revoke")
+def nodes_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key id `keys nodes list` shows")],
+    by: Annotated[str | None, typer.Option("--by", help="who revokes it (default: the login name)")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a node key (lost or stolen): its checkpoints above the last one it signed so far no longer verify;
+    that last one is recorded and must stay, so nothing it signed before can be rewritten either."""
+    from gateway.node_keys import NodeKeyError, revoke_node_key
+
+    who = by or _operator()
+    try:
+        key = _run_engine(_settings(data_dir), lambda engine: revoke_node_key(engine, key_id, who))
+    except NodeKeyError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"revoked {key.key_id} (chain {key.chain_id}) by {who}; its checkpoints are accepted through height"
+        f" {key.revoked_height or 0} and no further: the node needs a new key (move its keys/audit-signing.key aside"
+        " and restart it)"
+    )
 
 
 @keys_app.command("new-caller")

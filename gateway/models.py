@@ -307,14 +307,25 @@ class AuditKey(Base):
 
 
 class AuditSigner(Base):
-    """The public key a node signs its checkpoints with, as the node says; verifiers trust keys given to them."""
+    """A node key: the public key a node signs its checkpoints with, registered by the node when it first starts
+    (`self-registered`), then `pinned` or `revoked` by an operator (see gateway/node_keys.py)."""
 
     __tablename__ = "audit_signers"
 
     key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     chain_id: Mapped[str] = mapped_column(String(64), index=True)
     public_key: Mapped[str] = mapped_column(Text)
-    created_ms: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)  # registered_at
+    algorithm: Mapped[str] = mapped_column(String(16), server_default="ed25519")
+    status: Mapped[str] = mapped_column(String(16), server_default="self-registered")
+    pinned_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    pinned_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    pin_signer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pin_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_height: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_head: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AuditArchive(Base):

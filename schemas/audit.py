@@ -167,6 +167,19 @@ class ChainFaultOut(BaseModel):
     detail: str
 
 
+class ChainKeyOut(BaseModel):
+    key_id: str
+    standing: Literal["local", "pinned", "self-registered"] = Field(
+        description="`local`: a key file of this node (its own, keys/trusted/); `pinned`: a registered node key an"
+        " operator pinned, the pin signed by a trusted key; `self-registered`: registered by its node and not pinned,"
+        " so it proves only as much as the database's access control"
+    )
+    revoked: str | None = Field(default=None, description="who revoked the key and when, if it was revoked")
+    accepted_through: int | None = Field(
+        default=None, description="for a revoked key: the last height whose checkpoints it may sign"
+    )
+
+
 class ChainStatusOut(BaseModel):
     chain_id: str
     ok: bool
@@ -179,6 +192,7 @@ class ChainStatusOut(BaseModel):
     signatures_checked: bool
     fault: ChainFaultOut | None
     notes: list[str]
+    keys: list[ChainKeyOut] = Field(description="the keys whose checkpoints of this chain verified, and their standing")
 
 
 class VerifyOut(BaseModel):
@@ -204,6 +218,8 @@ class CheckpointOut(BaseModel):
 class SignerOut(BaseModel):
     key_id: str
     chain_id: str
+    algorithm: str = Field(description="ed25519 or sm2")
+    status: Literal["self-registered", "pinned", "revoked"]
     public_key: str = Field(description="PEM; compare its key id with the one the operator published")
 
 

@@ -100,13 +100,27 @@ async def test_export_verifies_offline_with_the_public_key_only(tmp_path: Path, 
     ok = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline)
     assert "11 records intact" in ok.stdout and "signed through height 11" in ok.stdout
 
+    key_id = json.loads(export.read_bytes().splitlines()[0])["node_keys"][0]["key_id"]
+    assert f"keys: {key_id} (pinned with --pubkey)" in ok.stdout
+    # The file carries the key that signed it, but carrying proves nothing: only --pubkey pins.
     no_key = cli("audit", "verify", "--file", str(export), data_dir=offline, check=False)
-    assert no_key.returncode == 2 and "--pubkey" in no_key.stderr
+    assert no_key.returncode == 1, no_key.stdout
+    assert f"keys: {key_id} (carried, not pinned)" in no_key.stdout
+    assert "nobody pinned; pin them with --pubkey" in no_key.stderr
     stranger = tmp_path / "stranger.pub.pem"
     await _write(tmp_path / "other", 1, suite=suite)
     stranger.write_text(cli("keys", "public", "--suite", suite, data_dir=tmp_path / "other").stdout)
     wrong = cli("audit", "verify", "--file", str(export), "--pubkey", str(stranger), data_dir=offline, check=False)
+    assert wrong.returncode == 1 and "(carried, not pinned)" in wrong.stdout and "nobody pinned" in wrong.stderr
+    lines = export.read_bytes().splitlines()
+    header = json.loads(lines[0])
+    del header["node_keys"]  # a file that carries no key: the stranger's key is no help, nothing else is trusted
+    bare = tmp_path / "bare.jsonl"
+    bare.write_bytes(b"\n".join([orjson.dumps(header), *lines[1:]]) + b"\n")
+    wrong = cli("audit", "verify", "--file", str(bare), "--pubkey", str(stranger), data_dir=offline, check=False)
     assert wrong.returncode == 1 and "height 1 is rehashed" in wrong.stderr
+    no_key = cli("audit", "verify", "--file", str(bare), data_dir=offline, check=False)
+    assert no_key.returncode == 2 and "--pubkey" in no_key.stderr
 
     lines = export.read_bytes().splitlines()
     records = [i for i, line in enumerate(lines) if b'"type":"record"' in line]

@@ -24,10 +24,10 @@ from gateway.audit import (
     chain_ids,
     get_record,
     load_checkpoints,
+    node_trust,
     open_payload,
     search_records,
     subject_hashes,
-    trusted_keys,
     verify_all,
 )
 from gateway.exchange import Exchange, run_exchange
@@ -297,7 +297,9 @@ class VerifyParams(BaseModel):
     summary="Verify the audit chains",
     description=ONLY_OFFICERS
     + "Walks every chain (or `chain`) from its archives through the database, checks each checkpoint against the"
-    " node keys this gateway trusts, and names the first bad height and the kind of fault. It reads every record:"
+    " node keys: this node's own and keys/trusted/ files, and every node key registered in the database (each"
+    " chain's `keys` say which were pinned and which only self-registered),"
+    " and names the first bad height and the kind of fault. It reads every record:"
     " for large logs prefer `msjx-gateway audit verify`. " + SIGNED,
     response_model=VerifyOut,
     responses=problem_responses(401, 403, 422, 503),
@@ -307,10 +309,10 @@ async def verify(request: Request) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         params: VerifyParams = _parse_query(exchange.request, VerifyParams)
         settings = exchange.runtime.settings
-        trusted = trusted_keys(settings)
+        trusted = await node_trust(exchange.runtime.engine, settings)
         reports = await verify_all(
             exchange.runtime.engine,
-            trusted=trusted,
+            trusted=trusted if len(trusted) else None,
             archive_dir=settings.archive_dir,
             witness_dir=settings.witness_dir,
             chains=[params.chain] if params.chain else None,
@@ -332,6 +334,15 @@ async def verify(request: Request) -> Response:
                     else None
                 ),
                 "notes": list(report.notes),
+                "keys": [
+                    {
+                        "key_id": standing.key_id,
+                        "standing": standing.standing,
+                        "revoked": standing.revoked or None,
+                        "accepted_through": standing.revoked_height if standing.revoked else None,
+                    }
+                    for standing in trusted.used_by(report.chain_id)
+                ],
             }
             for report in reports
         ]
@@ -373,7 +384,13 @@ async def checkpoints(request: Request) -> Response:
             found += await load_checkpoints(engine, chain_id, after=params.after, limit=params.limit)
         async with engine.connect() as connection:
             signers = [
-                {"key_id": row.key_id, "chain_id": row.chain_id, "public_key": row.public_key}
+                {
+                    "key_id": row.key_id,
+                    "chain_id": row.chain_id,
+                    "algorithm": row.algorithm,
+                    "status": row.status,
+                    "public_key": row.public_key,
+                }
                 for row in await connection.execute(select(AuditSigner.__table__).order_by(AuditSigner.created_ms))
             ]
         body = {
