@@ -279,3 +279,25 @@ async def test_api_verify_names_each_chains_keys(gateway: RunningGateway, tmp_pa
         {"key_id": key_of(store), "standing": "self-registered", "revoked": None, "accepted_through": None}
     ]
     assert chains[settings.node_id]["keys"][0]["standing"] == "local"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_an_sm2_node_key_is_registered_and_trusted(backend: str, tmp_path: Path) -> None:
+    """Node 2 runs the 国密 suite and signs its checkpoints with SM2: its key is registered as sm2 and node 1 verifies
+    its chain with it, then pins it (a pin signed with node 1's Ed25519 key)."""
+    async with two_nodes(backend, tmp_path) as (one, two):
+        await write(one, "node-1", 3)
+        writer = await open_writer(two, "sm", chain_id="node-2", every=3)
+        try:
+            for index in range(6):
+                await writer.append(event(index))
+        finally:
+            await writer.close()
+        sm2_key = signer_key_id(load_signer(two.with_suite("sm")).public_key())
+        registered = {key.key_id: key for key in await list_node_keys(one.engine)}
+        assert sm2_key.startswith("sm2:") and registered[sm2_key].algorithm == "sm2"
+        assert registered[sm2_key].chain_id == "node-2"
+        out = cli("audit", "verify", store=one).stdout
+        assert "chain node-2: 6 records intact" in out and f"keys: {sm2_key} (self-registered, not pinned)" in out
+        cli("keys", "nodes", "pin", sm2_key, store=one)
+        assert f"keys: {sm2_key} (pinned)" in cli("audit", "verify", "--require-pinned", store=one).stdout
