@@ -4,7 +4,8 @@ One format for both (`msjx-audit/1`): a header line, then per chain its checkpoi
 height order. Sealed payloads travel as base64 so an offline verifier hashes the very ciphertext the chain
 covers; nothing in a file can be decrypted without the key ring. Archives are gzip-compressed and their
 header carries the digest of the archive before them, so archives form a hash-linked list.
-A file is verified with public keys given by the verifier (`--pubkey`), never with keys taken from the file.
+An export carries its signers' public keys (header `node_keys`), but only keys given by the verifier (`--pubkey`)
+are trusted; a chain signed by a carried key alone is reported "carried, not pinned" and fails.
 """
 
 from __future__ import annotations

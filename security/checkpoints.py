@@ -2,9 +2,10 @@
 
 A checkpoint is signed with the node's key (Ed25519 in the `standard` suite, SM2 with SM3 and the default user id
 in the `sm` suite), so a chain rewritten by someone who can write to the database but does not hold that key no
-longer matches a checkpoint that verifies. Trust comes from outside the database: the verifier is given the public
-keys (`TrustedKeys`) and never takes one from the log itself. The key id names the algorithm (`ed25519:…`, `sm2:…`)
-and is part of the signed bytes, so a chain may hold checkpoints of both, as it holds records of both suites.
+longer matches a checkpoint that verifies. The verifier is given the public keys (`TrustedKeys`); keys that nodes
+register in the database come with a standing that says how far to trust them (security/key_trust.py). The key
+id names the algorithm (`ed25519:…`, `sm2:…`) and is part of the signed bytes, so a chain may hold checkpoints of
+both, as it holds records of both suites.
 """
 
 from __future__ import annotations
