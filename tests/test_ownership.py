@@ -403,13 +403,13 @@ async def test_the_migration_gives_owners_and_never_leaves_a_request_with_a_non_
             assert [(e.request_id, e.actor, e.action, e.changes) for e in events] == [
                 (
                     "sr-grabbed",
-                    "migration-0007",
+                    "migration-0008",
                     "reassign",
                     {"provider_department": {"before": DATA, "after": CREDIT}},
                 ),
                 (
                     "sr-waiting",
-                    "migration-0007",
+                    "migration-0008",
                     "reassign",
                     {"provider_department": {"before": OLD_CREDIT, "after": CREDIT}},
                 ),

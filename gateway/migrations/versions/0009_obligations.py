@@ -1,7 +1,7 @@
 """grant suspension and delivery; the requesting department's register of use, storage and destruction
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05
 
 The later obligations of 《政务数据共享条例》: a grant may be suspended for misuse (and resumed), it is
@@ -14,8 +14,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0008'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """service owners (提供单位): only the department owning a service publishes its items and decides requests
 
-Revision ID: 0007
-Revises: 0010
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-05
 
 The rule for existing rows:
@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007'
-down_revision = '0010'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
 log = logging.getLogger("alembic.runtime.migration")
-ACTOR = "migration-0007"
+ACTOR = "migration-0008"
 BUILT_IN_OWNERS = {
     "credit": "市发改委",
     "golden-tax": "市税务局",

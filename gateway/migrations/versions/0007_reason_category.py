@@ -1,6 +1,6 @@
 """audit records: the category and the case or ticket reference of an officer's stated reason
 
-Revision ID: 0010
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-05
 
@@ -13,7 +13,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0010'
+revision = '0007'
 down_revision = '0006'
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """node keys: the checkpoint key each node registers, with its algorithm, and the operator's pins and revocations
 
-Revision ID: 0012
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-05
 
 `audit_signers` becomes the table of node keys: every node registers its checkpoint public key when it first
@@ -15,8 +15,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0012'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
