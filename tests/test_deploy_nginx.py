@@ -100,6 +100,41 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def start_nginx(root: Path, nginx: str, servers: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    """docs/deploy.md's nginx block, its upstream being `servers`, run under `root` with a fresh self-signed
+    certificate. Returns the nginx process, the port it listens on (TLS) and the path of the CA to trust."""
+    port = free_port()
+    cert, key = self_signed(root)
+    site = substitute(
+        nginx_block(),
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+            "server 127.0.0.1:8000;": servers,
+            "/etc/ssl/msjx/gw.example.crt": str(cert),
+            "/etc/ssl/msjx/gw.example.key": str(key),
+        },
+    )
+    (root / "msjx-gateway.conf").write_text(site)
+    temp = root / "nginx-temp"
+    temp.mkdir()
+    paths = " ".join(
+        f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    # nginx runs as root here: its workers would otherwise be `nobody`, unable to read this private temp dir.
+    user = "user root;" if os.geteuid() == 0 else ""
+    (root / "nginx.conf").write_text(
+        f"{user}\ndaemon off;\nworker_processes 1;\npid {root / 'nginx.pid'};\n"
+        f"error_log {root / 'nginx-error.log'} warn;\nevents {{ worker_connections 64; }}\n"
+        f"http {{\n access_log off;\n {paths}\n include {root / 'msjx-gateway.conf'};\n}}\n"
+    )
+    command = [nginx, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", "stderr"]
+    checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    proxy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(root / "nginx.out").open("wb"))
+    wait_for_port(port, proxy, "nginx")
+    return proxy, port, str(cert)
+
+
 @pytest.fixture(scope="module")
 def nginx_binary() -> str:
     if not os.access(NGINX, os.X_OK):
@@ -117,7 +152,8 @@ class Deployment:
         self.key = Ed25519PrivateKey.generate()
         self.key_id = key_id_for("admin", self.key.public_key())
         self.gateway_port = free_port()
-        self.nginx_port = free_port()
+        self.nginx_port = 0
+        self.ca = ""
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("MSJX_")}
         self.env.update(
             MSJX_DATA_DIR=str(root / "gateway"), MSJX_TRUSTED_PROXIES=trusted, MSJX_SIGNATURE_VERIFIER="inline"
@@ -144,40 +180,12 @@ class Deployment:
         self.processes.append(gateway)
         wait_for_port(self.gateway_port, gateway, "the gateway")
 
-        cert, key = self_signed(self.root)
         servers = f"server 127.0.0.1:{self.gateway_port};"
         if self.broken_node is not None:
             # Never taken out of rotation, so that calls keep meeting it first in turn.
             servers = f"server 127.0.0.1:{self.broken_node} max_fails=0;\n    {servers[:-1]} max_fails=0;"
-        site = substitute(
-            nginx_block(),
-            {
-                "listen 443 ssl;": f"listen 127.0.0.1:{self.nginx_port} ssl;",
-                "server 127.0.0.1:8000;": servers,
-                "/etc/ssl/msjx/gw.example.crt": str(cert),
-                "/etc/ssl/msjx/gw.example.key": str(key),
-            },
-        )
-        (self.root / "msjx-gateway.conf").write_text(site)
-        temp = self.root / "nginx-temp"
-        temp.mkdir()
-        paths = " ".join(
-            f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        # nginx runs as root here: its workers would otherwise be `nobody`, unable to read this private temp dir.
-        user = "user root;" if os.geteuid() == 0 else ""
-        (self.root / "nginx.conf").write_text(
-            f"{user}\ndaemon off;\nworker_processes 1;\npid {self.root / 'nginx.pid'};\n"
-            f"error_log {self.root / 'nginx-error.log'} warn;\nevents {{ worker_connections 64; }}\n"
-            f"http {{\n access_log off;\n {paths}\n include {self.root / 'msjx-gateway.conf'};\n}}\n"
-        )
-        command = [self.nginx, "-p", str(self.root), "-c", str(self.root / "nginx.conf"), "-e", "stderr"]
-        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
-        assert checked.returncode == 0, checked.stderr
-        proxy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(self.root / "nginx.out").open("wb"))
+        proxy, self.nginx_port, self.ca = start_nginx(self.root, self.nginx, servers)
         self.processes.append(proxy)
-        wait_for_port(self.nginx_port, proxy, "nginx")
-        self.ca = str(cert)
 
     def client(self) -> httpx.Client:
         context = ssl.create_default_context(cafile=self.ca)
