@@ -496,8 +496,8 @@ def load_signer(settings: Settings, suite: str | None = None) -> PrivateKey:
     """This node's checkpoint signing key for `suite` (default: the configured one), made on first run (mode 0600),
     Ed25519 for `standard` and SM2 for `sm`; its public half is written beside it."""
     algorithm, key_file, public_file = SIGNING_FILES[suite or settings.crypto_suite]
-    key = load_or_create_signing_key(settings.keys_dir / key_file, algorithm)
-    public_path = settings.keys_dir / public_file
+    key = load_or_create_signing_key(settings.signing_keys_dir / key_file, algorithm)
+    public_path = settings.signing_keys_dir / public_file
     pem = public_key_pem(key.public_key())
     if not public_path.exists() or public_path.read_text() != pem:
         write_secret_file(public_path, pem.encode())
@@ -506,14 +506,16 @@ def load_signer(settings: Settings, suite: str | None = None) -> PrivateKey:
 
 
 def local_keys(settings: Settings | None, extra: list[Path] | tuple[Path, ...] = ()) -> list[PublicKey]:
-    """Public keys the verifier holds itself: this node's own (of either suite), every PEM in keys/trusted/, any
-    given on the command line. They owe nothing to the database."""
+    """Public keys the verifier holds itself: this node's own (of either suite) and its `serve --workers` workers',
+    every PEM in keys/trusted/, any given on the command line. They owe nothing to the database."""
     keys = []
     if settings is not None:
-        for algorithm, key_file, _ in SIGNING_FILES.values():
-            own = settings.keys_dir / key_file
-            if own.exists():
-                keys.append(load_or_create_signing_key(own, algorithm).public_key())
+        own_dirs = [settings.keys_dir, *sorted((settings.keys_dir / "workers").glob("*/"))]
+        for directory in own_dirs:
+            for algorithm, key_file, _ in SIGNING_FILES.values():
+                own = directory / key_file
+                if own.exists():
+                    keys.append(load_or_create_signing_key(own, algorithm).public_key())
         directory = settings.trusted_keys_dir
         if directory.is_dir():
             for path in sorted(directory.glob("*.pem")):

@@ -64,7 +64,7 @@ def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
         raise _fail(str(exc)) from None
 
 
-def _logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     from security.masking import install_log_masking
 
     install_log_masking()
@@ -102,6 +102,13 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo", help="start the simulators and seed demo callers and grants")] = False,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="worker processes on the one port, each a node with its own audit chain <node-id>-<i>;"
+            " more than 1 needs PostgreSQL and Redis (SIGHUP restarts them one at a time)"
+        ),
+    ] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Serve the gateway (migrating the database first)."""
@@ -111,9 +118,14 @@ def serve(
     from gateway.app import create_app
     from gateway.http_guard import guarded_protocol
     from gateway.reachability import check_redis
+    from gateway.workers import WorkersRefused, check_workers
 
     settings = _settings(data_dir)
-    _logging(settings.log_level)
+    try:
+        check_workers(settings, workers)
+    except WorkersRefused as exc:
+        raise _fail(str(exc)) from None
+    configure_logging(settings.log_level)
     lock = _lock_data_dir(settings, host, port)
     # Until uvicorn takes over the signals, make SIGTERM unwind like Ctrl-C so the simulators child is stopped.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -147,6 +159,9 @@ def serve(
             if announcement:
                 typer.echo("\n".join(announcement))
 
+        if workers > 1:
+            _supervise(settings, workers, host, port, lambda: on_ready() if announcement else None)
+            return
         uvicorn.run(
             create_app(settings, on_ready=on_ready),
             host=host,
@@ -160,6 +175,35 @@ def serve(
             simulators.terminate()
             simulators.wait(timeout=10)
         lock.release()
+
+
+def _supervise(settings: Settings, workers: int, host: str, port: int, announce: Callable[[], None]) -> None:
+    """`serve --workers N`: make the keys the workers share (or each own) here, so N first starts do not race to
+    create them, then run the workers on one socket until a signal (gateway/workers.py)."""
+    from gateway import db
+    from gateway.audit import load_signer
+    from gateway.audit_keys import open_keyring
+    from gateway.workers import Supervisor, bind, worker_settings
+
+    async def prepare() -> None:
+        engine = db.create_engine(settings)
+        try:
+            await open_keyring(settings, engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(prepare())
+    for index in range(workers):
+        load_signer(worker_settings(settings, index))
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1) from None
+    # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
+    try:
+        Supervisor(settings, workers, sock, SERVER_OPTIONS, announce).run()
+    finally:
+        sock.close()
 
 
 def _lock_data_dir(settings: Settings, host: str, port: int) -> Any:

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(default=None, description="unset: in-process state, one node only")
     node_id: str = Field(default="node-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    worker_index: int | None = Field(
+        default=None,
+        ge=0,
+        description="set by `serve --workers N` in each worker: node_id is then `<node-id>-<i>`, with its own chain"
+        " and its own checkpoint key under keys/workers/<node-id>-<i>/",
+    )
     upstream_urls: dict[str, str] = Field(default_factory=dict, description='JSON: {"credit": "http://..."}')
     upstream_timeout: float = Field(default=5.0, gt=0, le=120)
     upstream_policies: dict[str, dict[str, float | int | None]] = Field(
@@ -232,6 +238,14 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def signing_keys_dir(self) -> Path:
+        """Where this node's checkpoint signing keys live: a worker of `serve --workers` has its own, since a
+        registered key may sign only its own chain."""
+        if self.worker_index is None:
+            return self.keys_dir
+        return self.keys_dir / "workers" / self.node_id
 
     @property
     def trusted_keys_dir(self) -> Path:
