@@ -186,3 +186,15 @@ def test_sqlite_refuses_more_than_one_worker(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert "--workers 2 needs PostgreSQL" in lines[0] and "SQLite" in lines[0] and "one process" in lines[0]
     assert not (tmp_path / "msjx.db").exists(), "it refused before touching the database"
+
+
+def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")}
+    env.update(MSJX_DATA_DIR=str(tmp_path), MSJX_DATABASE_URL="postgresql://msjx@127.0.0.1:5432/unused")
+    command = [CLI, "serve", "--workers", "3", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --workers 3 needs Redis (MSJX_REDIS_URL): without it nonces, quotas and breakers are kept in each"
+        " process, so a replayed request or an exhausted quota would pass on another worker"
+    ]
