@@ -8,6 +8,7 @@ for the next worker instead of being refused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -21,12 +22,15 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import Any
 
+import uvicorn
+
 from gateway.settings import Settings
 
 log = logging.getLogger("msjx.workers")
 READY_SECONDS = 120.0  # a worker migrates nothing (the supervisor did) but may wait for PostgreSQL and Redis
 QUICK_DEATH_SECONDS = 10.0  # a worker that dies sooner than this is restarted after a growing pause
 MAX_PAUSE_SECONDS = 30.0
+ACCEPTED_GRACE_SECONDS = 0.5  # for a connection accepted just before a worker stops to send its request
 _SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: no event loop or connection copied by fork
 
 
@@ -74,8 +78,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_worker(settings: Settings, sock: socket.socket, ready: Event, server_options: dict[str, Any]) -> None:
     """A worker process: the same uvicorn server as `serve`, on the supervisor's socket."""
-    import uvicorn
-
     from gateway import heap
     from gateway.app import create_app
     from gateway.cli import configure_logging
@@ -96,7 +98,19 @@ def run_worker(settings: Settings, sock: socket.socket, ready: Event, server_opt
         log_level=settings.log_level,
         **{**server_options, "http": guarded_protocol(settings)},
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    DrainingServer(config).run(sockets=[sock])
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but a stopping worker stops accepting first and waits a moment before uvicorn closes the
+    connections that have no request in progress: one accepted just before the stop has sent its request by then
+    and is answered, while new connections already go to the other workers on the shared socket."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        await asyncio.sleep(ACCEPTED_GRACE_SECONDS)
+        await super().shutdown(sockets)
 
 
 def _stop_when_orphaned() -> None:
@@ -236,6 +250,7 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         """SIGTERM to every worker at once (each drains in parallel), then wait for all of them."""
+        self.sock.close()  # once the workers close theirs too, a new connection is refused rather than left waiting
         for worker in self.workers:
             process = worker.process
             if process is not None and process.is_alive() and process.pid is not None:
