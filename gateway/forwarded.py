@@ -143,28 +143,32 @@ def ignored_headers(scope: dict[str, Any]) -> list[str]:
     return [name.decode() for name in FORWARDED_HEADERS if name in names]
 
 
-def _split_elements(line: str) -> list[str]:
-    """Forwarded elements are comma separated, but a quoted-string may hold a comma."""
+def _split_unquoted(text: str, separator: str) -> list[str]:
+    """`text` cut at each `separator` outside a quoted-string (RFC 7239 values may quote a comma or semicolon)."""
     parts, current, quoted, escaped = [], [], False, False
-    for char in line:
+    for char in text:
         if escaped:
             escaped = False
         elif char == "\\" and quoted:
             escaped = True
         elif char == '"':
             quoted = not quoted
-        elif char == "," and not quoted:
+        elif char == separator and not quoted:
             parts.append("".join(current))
             current = []
             continue
         current.append(char)
     parts.append("".join(current))
-    return [part for part in parts if part.strip()]
+    return parts
+
+
+def _split_elements(line: str) -> list[str]:
+    return [part for part in _split_unquoted(line, ",") if part.strip()]
 
 
 def _element(text: str) -> dict[str, str] | None:
     pairs: dict[str, str] = {}
-    for piece in _split_pairs(text):
+    for piece in _split_unquoted(text, ";"):
         if not piece.strip():
             continue
         match = _PAIR.fullmatch(piece)
@@ -177,24 +181,6 @@ def _element(text: str) -> dict[str, str] | None:
             return None  # RFC 7239 section 4: a parameter at most once per element
         pairs[name] = value
     return pairs
-
-
-def _split_pairs(text: str) -> list[str]:
-    parts, current, quoted, escaped = [], [], False, False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\" and quoted:
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current))
-    return parts
 
 
 def _node_address(node: str | None) -> str | None:

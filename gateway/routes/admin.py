@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway import registry
 from gateway.directory import CallerInfo, GrantInfo
 from gateway.exchange import Exchange, run_exchange
+from gateway.models import Grant
 from gateway.problems import Problem
 from gateway.routes.docs import SIGNED, json_body, problem_responses
+from gateway.routes.grant_duties import change_grant
 from gateway.routes.services import parse_json
 from gateway.sharing import workflow
 from gateway.sharing.errors import parse_body
-from gateway.sharing.service import transition_event
 from gateway.sharing.states import Actor
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
 
@@ -221,25 +222,12 @@ class RevokeGrantIn(BaseModel):
 async def revoke_grant(request: Request, grant_id: str) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         body = parse_body(exchange.body, RevokeGrantIn, optional=True)
-        caller = exchange.principal.caller
-        actor = Actor.of(caller)
         now = exchange.request.app.state.sharing.now()
-        exchange.event.grant_id = grant_id
-        async with exchange.runtime.sessions() as session:
-            grant, outcome = await workflow.revoke_grant(session, actor, grant_id, body.reason, now)
-            cascade = await workflow.outcome_out(session, outcome, now) if outcome is not None else None
-        exchange.runtime.directory.invalidate()
-        if cascade is not None and outcome is not None:
-            # The request's own transition gets its own record, with its before/after, like any other.
-            await exchange.runtime.audit.append(
-                transition_event(
-                    cascade,
-                    outcome,
-                    caller_id=caller.caller_id,
-                    department=caller.department,
-                    roles=tuple(sorted(caller.roles)),
-                )
-            )
+
+        async def apply(session: AsyncSession, actor: Actor) -> tuple[Grant, workflow.Outcome | None]:
+            return await workflow.revoke_grant(session, actor, grant_id, body.reason, now)
+
+        grant = await change_grant(exchange, grant_id, now, apply)
         exchange.event.purpose = grant.purpose
         return 200, _dump(registry.grant_out(grant, now))
 

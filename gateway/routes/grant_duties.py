@@ -30,28 +30,47 @@ router = APIRouter(prefix="/v1/grants", tags=["grants"])
 Change = Callable[[AsyncSession, Actor, str, Any, datetime], Awaitable[tuple[Grant, workflow.Outcome | None]]]
 
 
+async def change_grant(
+    exchange: Exchange,
+    grant_id: str,
+    now: datetime,
+    apply: Callable[[AsyncSession, Actor], Awaitable[tuple[Grant, workflow.Outcome | None]]],
+) -> Grant:
+    """Apply a change to a grant as the exchange's caller, and make every node see it.
+
+    When the change moved the grant's sharing request too (its last live grant revoked, say), that transition
+    gets its own audit record with its before and after, like any other transition of a request.
+    """
+    caller = exchange.principal.caller
+    exchange.event.grant_id = grant_id
+    async with exchange.runtime.sessions() as session:
+        grant, outcome = await apply(session, Actor.of(caller))
+        cascade = await workflow.outcome_out(session, outcome, now) if outcome is not None else None
+    # This node refuses (or serves) the grant on its next call; every other node within 1 s.
+    exchange.runtime.directory.invalidate()
+    if cascade is not None and outcome is not None:
+        await exchange.runtime.audit.append(
+            transition_event(
+                cascade,
+                outcome,
+                caller_id=caller.caller_id,
+                department=caller.department,
+                roles=tuple(sorted(caller.roles)),
+            )
+        )
+    return grant
+
+
 def _change_route(name: str, model: type[SuspendIn] | type[ResumeIn], change: Change, *, optional: bool) -> Any:
     async def route(request: Request, grant_id: str) -> Response:
         async def handler(exchange: Exchange) -> tuple[int, bytes]:
             body = parse_body(exchange.body, model, optional=optional)
-            caller = exchange.principal.caller
             now = request.app.state.sharing.now()
-            exchange.event.grant_id = grant_id
-            async with exchange.runtime.sessions() as session:
-                grant, outcome = await change(session, Actor.of(caller), grant_id, body, now)
-                cascade = await workflow.outcome_out(session, outcome, now) if outcome is not None else None
-            # This node refuses (or serves) the grant on its next call; every other node within 1 s.
-            exchange.runtime.directory.invalidate()
-            if cascade is not None and outcome is not None:
-                await exchange.runtime.audit.append(
-                    transition_event(
-                        cascade,
-                        outcome,
-                        caller_id=caller.caller_id,
-                        department=caller.department,
-                        roles=tuple(sorted(caller.roles)),
-                    )
-                )
+
+            async def apply(session: AsyncSession, actor: Actor) -> tuple[Grant, workflow.Outcome | None]:
+                return await change(session, actor, grant_id, body, now)
+
+            grant = await change_grant(exchange, grant_id, now, apply)
             event = exchange.event
             event.service, event.operation, event.purpose = grant.service, grant.operation, grant.purpose
             return 200, orjson.dumps(registry.grant_out(grant, now).model_dump(mode="json"))
