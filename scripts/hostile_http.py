@@ -35,12 +35,25 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def push(port: int, first: bytes, chunk: bytes, total: int) -> tuple[int, bytes]:
-    """Send `first` then `chunk` until `total` bytes or the server closes; returns bytes sent and the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(first)
-        sent, answer = len(first), b""
-        sock.setblocking(False)
+def receive_all(sock: socket.socket, limit: float = 10.0) -> bytes:
+    """Everything until the server closes (or `limit` seconds pass, which fails the caller's checks)."""
+    sock.settimeout(limit)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return received
+
+
+def push_on(sock: socket.socket, first: bytes, chunk: bytes, total: int) -> tuple[int, bytes]:
+    """Send `first`, then `chunk` again and again up to `total` bytes, collecting what the server answers meanwhile;
+    stop when the server closes. Returns the bytes sent and the answer."""
+    sock.sendall(first)
+    sent, answer = len(first), b""
+    sock.setblocking(False)
+    try:
         while sent < total:
             readable, writable, _ = select.select([sock], [sock], [], 5)
             if readable:
@@ -58,14 +71,15 @@ def push(port: int, first: bytes, chunk: bytes, total: int) -> tuple[int, bytes]
                     break
             if not readable and not writable:
                 break
+    finally:
         sock.setblocking(True)
-        sock.settimeout(5)
-        try:
-            while data := sock.recv(65536):
-                answer += data
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return sent, answer
+    return sent, answer + receive_all(sock)
+
+
+def push(port: int, first: bytes, chunk: bytes, total: int) -> tuple[int, bytes]:
+    """`push_on` over a new connection to the gateway on `port`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        return push_on(sock, first, chunk, total)
 
 
 def status(answer: bytes) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from gateway.audit import AUDIT_TABLE, open_payload
 from gateway.problems import PROBLEM_CONTENT_TYPE
 from gateway.settings import load_settings
 from gateway.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
+from scripts.hostile_http import push_on, receive_all
 from simulators.enterprises import DEMO_USCC
 from tests.conftest import (
     PURPOSE,
@@ -104,47 +104,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert "Traceback" not in text and " ERROR " not in text, text[-4000:]
 
 
-def _receive_all(sock: socket.socket, limit: float = 10.0) -> bytes:
-    """Everything until the server closes (or `limit` seconds pass, which fails the caller's checks)."""
-    sock.settimeout(limit)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return received
-
-
-def _push(sock: socket.socket, first: bytes, chunk: bytes, total: int) -> tuple[int, bytes]:
-    """Send `first`, then `chunk` again and again up to `total` bytes, collecting what the server answers meanwhile;
-    stop when the server closes. Returns the bytes sent and the answer."""
-    sock.sendall(first)
-    sent, answer = len(first), b""
-    sock.setblocking(False)
-    try:
-        while sent < total:
-            readable, writable, _ = select.select([sock], [sock], [], 5)
-            if readable:
-                try:
-                    data = sock.recv(65536)
-                except ConnectionResetError:
-                    break
-                if not data:
-                    break
-                answer += data
-            if writable:
-                try:
-                    sent += sock.send(chunk)
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-            if not readable and not writable:
-                break
-    finally:
-        sock.setblocking(True)
-    return sent, answer + _receive_all(sock)
-
-
 def _status(answer: bytes) -> int:
     assert answer.startswith(b"HTTP/1.1 "), answer[:200]
     return int(answer[9:12])
@@ -162,7 +121,7 @@ def test_a_100_mb_header_gets_431_and_a_closed_connection_without_the_memory(ser
     before = served.rss_kib()
     with served.connect() as sock:
         head = b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\nX-Flood: "
-        sent, answer = _push(sock, head, b"a" * (1 << 20), 100 << 20)
+        sent, answer = push_on(sock, head, b"a" * (1 << 20), 100 << 20)
     assert _status(answer) == 431
     assert _problem(answer)["code"] == "headers_too_large"
     assert sent < 16 << 20, f"the server kept reading: {sent} bytes"
@@ -177,7 +136,7 @@ def test_ten_parallel_32_mb_headers_leave_memory_where_it_was(served: Served) ->
         for sock in sockets:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\nX-Flood: ")
         for sock in sockets:
-            _, answer = _push(sock, b"", b"b" * (1 << 20), 32 << 20)
+            _, answer = push_on(sock, b"", b"b" * (1 << 20), 32 << 20)
             assert _status(answer) == 431
     finally:
         for sock in sockets:
@@ -189,7 +148,7 @@ def test_ten_parallel_32_mb_headers_leave_memory_where_it_was(served: Served) ->
 def test_ten_thousand_headers_get_431(served: Served) -> None:
     headers = b"".join(b"X-H%d: 1\r\n" % index for index in range(10_000))
     with served.connect() as sock:
-        _, answer = _push(sock, b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\n" + headers + b"\r\n", b"", 0)
+        _, answer = push_on(sock, b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\n" + headers + b"\r\n", b"", 0)
     assert _status(answer) == 431
     assert _problem(answer)["code"] == "headers_too_large"
 
@@ -201,7 +160,7 @@ def test_a_101st_header_is_refused_and_the_100th_accepted(served: Served) -> Non
         request = b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\nConnection: close\r\n" + headers + b"\r\n"
         with served.connect() as sock:
             sock.sendall(request)
-            return _status(_receive_all(sock))
+            return _status(receive_all(sock))
 
     assert ask(100) == 200
     assert ask(101) == 431
@@ -211,7 +170,7 @@ def test_a_101st_header_is_refused_and_the_100th_accepted(served: Served) -> Non
 def test_a_64_kb_url_gets_414_problem_json(served: Served) -> None:
     with served.connect() as sock:
         sock.sendall(b"GET /v1/catalog?q=" + b"x" * 65536 + b" HTTP/1.1\r\nHost: gateway.example\r\n\r\n")
-        answer = _receive_all(sock)
+        answer = receive_all(sock)
     assert _status(answer) == 414
     assert _problem(answer)["code"] == "uri_too_long"
 
@@ -225,7 +184,7 @@ def test_an_endless_chunked_body_gets_413_and_the_connection_closes(served: Serv
     piece = b"x" * 65536
     chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
     with served.connect() as sock:
-        sent, answer = _push(sock, head, chunk, 1 << 30)
+        sent, answer = push_on(sock, head, chunk, 1 << 30)
     assert _status(answer) == 413
     assert _problem(answer)["code"] == "body_too_large"
     assert sent < 32 << 20, f"the server drained {sent} bytes after its answer"
@@ -235,7 +194,7 @@ def test_an_endless_chunked_body_gets_413_and_the_connection_closes(served: Serv
 def test_a_declared_huge_body_is_not_read_after_its_413(served: Served) -> None:
     head = f"POST {INVOKE} HTTP/1.1\r\nHost: gateway.example\r\nContent-Length: 53000000000\r\n\r\n".encode()
     with served.connect() as sock:
-        sent, answer = _push(sock, head, b"y" * 65536, 1 << 30)
+        sent, answer = push_on(sock, head, b"y" * 65536, 1 << 30)
     assert _status(answer) == 413
     assert sent < 32 << 20
 
@@ -255,12 +214,12 @@ def test_slowloris_heads_and_bodies_are_answered_408_and_closed(served: Served) 
             time.sleep(0.4)
             for sock in slow_heads:
                 sock.sendall(b"X-A: b\r\n")
-        heads = [_receive_all(sock) for sock in slow_heads]
-        bodies = [_receive_all(sock) for sock in slow_bodies]
+        heads = [receive_all(sock) for sock in slow_heads]
+        bodies = [receive_all(sock) for sock in slow_bodies]
         assert {_status(answer) for answer in heads} == {408}
         assert {_problem(answer)["code"] for answer in heads} == {"header_timeout"}
         assert {_problem(answer)["code"] for answer in bodies} == {"body_timeout"}
-        assert _receive_all(idle) == b"", "an idle connection is closed without an answer"
+        assert receive_all(idle) == b"", "an idle connection is closed without an answer"
     finally:
         for sock in (*slow_heads, *slow_bodies, idle):
             sock.close()
@@ -281,7 +240,7 @@ def test_a_slow_second_request_on_a_kept_alive_connection_gets_408(served: Serve
                 sock.sendall(b"X-A: b\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = _receive_all(sock)
+        answer = receive_all(sock)
     assert _status(answer) == 408
     assert _problem(answer)["code"] == "header_timeout"
 
@@ -292,18 +251,18 @@ def test_one_address_holds_a_bounded_number_of_connections(served: Served) -> No
     try:
         time.sleep(0.2)  # let the server count them
         with served.connect() as extra:
-            answer = _receive_all(extra)
+            answer = receive_all(extra)
         assert _status(answer) == 429
         assert _problem(answer)["code"] == "too_many_connections"
         held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\nConnection: close\r\n\r\n")
-        assert _status(_receive_all(held[0])) == 200, "the connections within the bound are served"
+        assert _status(receive_all(held[0])) == 200, "the connections within the bound are served"
     finally:
         for sock in held:
             sock.close()
     time.sleep(0.2)
     with served.connect() as again:
         again.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\nConnection: close\r\n\r\n")
-        assert _status(_receive_all(again)) == 200, "closed connections are no longer counted"
+        assert _status(receive_all(again)) == 200, "closed connections are no longer counted"
 
 
 @pytest.mark.slow
@@ -312,7 +271,7 @@ def test_a_refused_pipelined_request_is_answered_after_the_one_before_it(served:
     flooded = b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-H%d: 1\r\n" % index for index in range(200)) + b"\r\n"
     with served.connect() as sock:
         sock.sendall(fine + flooded)
-        answer = _receive_all(sock)
+        answer = receive_all(sock)
     first, _, second = answer.partition(b'{"status":"ok"}')
     assert _status(first) == 200, answer[:300]
     assert _status(second) == 431 and _problem(second)["code"] == "headers_too_large"
@@ -322,7 +281,7 @@ def test_a_refused_pipelined_request_is_answered_after_the_one_before_it(served:
 def test_a_request_that_is_not_http_gets_400_problem_json(served: Served) -> None:
     with served.connect() as sock:
         sock.sendall(b"\x16\x03\x01 hello, this is not HTTP\r\n\r\n")
-        answer = _receive_all(sock)
+        answer = receive_all(sock)
     assert _status(answer) == 400
     assert _problem(answer)["code"] == "malformed_request"
 
