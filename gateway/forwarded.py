@@ -50,7 +50,7 @@ class TrustedProxies:
             try:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                example = "such as 192.0.2.10 or 10.0.0.0/8"
+                example = "such as 192.0.2.10 or 192.0.2.0/24"
                 raise ValueError(f"{entry!r} is not an IP address or network ({example})") from None
         return cls(tuple(networks))
 
