@@ -48,24 +48,24 @@ def test_allowlist_entries() -> None:
     for refused in (
         "http://gov.example/x",  # '*.gov.example' names the names under it
         "http://district.example.attacker.example/x",
-        "http://10.1.2.3/x",
+        "http://198.51.100.3/x",
         "http://169.254.169.254/latest/meta-data/",
-        "http://[::ffff:10.1.2.3]/x",
+        "http://[::ffff:198.51.100.3]/x",
     ):
         assert allow.refusal(refused) is not None, refused
     # A name not listed passes only if every address it resolves to is in a listed network.
     assert FetchAllowlist.from_setting("127.0.0.0/8").refusal("http://localhost/x", lambda host: ["127.0.0.1"]) is None
     mixed = FetchAllowlist.from_setting("127.0.0.0/8")
-    assert mixed.refusal("http://two.example/x", lambda host: ["127.0.0.1", "10.0.0.1"]) is not None
+    assert mixed.refusal("http://two.example/x", lambda host: ["127.0.0.1", "198.51.100.1"]) is not None
     assert "upload" in (FetchAllowlist.from_setting("").refusal("http://district.example/") or "")
-    for bad in ("10.0.0.0/33", "bad host!", "*.", "fe80::zz/64"):
+    for bad in ("198.51.100.0/33", "bad host!", "*.", "fe80::zz/64"):
         with pytest.raises(ValueError, match="not"):
             FetchAllowlist.from_setting(bad)
 
 
 def test_a_malformed_setting_stops_start_up() -> None:
     with pytest.raises(SettingsError, match="MSJX_CONTRACT_FETCH_ALLOW"):
-        load_settings(contract_fetch_allow="10.0.0.0/99")
+        load_settings(contract_fetch_allow="198.51.100.0/99")
 
 
 async def test_fetch_only_from_allowed_hosts(contracts: str) -> None:

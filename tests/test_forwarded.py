@@ -29,9 +29,9 @@ def headers_of(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 def test_the_setting_takes_addresses_and_networks_and_names_a_bad_entry() -> None:
-    proxies = TrustedProxies.from_setting("127.0.0.1, 10.0.0.0/8 2001:db8::/32")
-    assert proxies.trusts("127.0.0.1") and proxies.trusts("10.2.3.4") and proxies.trusts("2001:db8::7")
-    assert proxies.trusts("::ffff:10.0.0.1"), "an IPv4-mapped peer is the IPv4 address"
+    proxies = TrustedProxies.from_setting("127.0.0.1, 198.51.100.0/24 2001:db8::/32")
+    assert proxies.trusts("127.0.0.1") and proxies.trusts("198.51.100.4") and proxies.trusts("2001:db8::7")
+    assert proxies.trusts("::ffff:198.51.100.1"), "an IPv4-mapped peer is the IPv4 address"
     assert not proxies.trusts("127.0.0.2") and not proxies.trusts("192.0.2.1") and not proxies.trusts(None)
     assert not TrustedProxies.from_setting("")
     with pytest.raises(SettingsError, match=r"^MSJX_TRUSTED_PROXIES: 'proxy\.example' is not an IP address"):
@@ -46,18 +46,18 @@ def test_forwarded_headers_of_an_untrusted_peer_are_not_read() -> None:
 
 
 def test_forwarded_rfc7239_walks_back_through_trusted_hops_only() -> None:
-    proxies = TrustedProxies.from_setting("127.0.0.1 10.0.0.0/8")
-    # client 192.0.2.60 -> edge proxy 10.0.0.5 -> local proxy 127.0.0.1 -> gateway; a client-written element first.
+    proxies = TrustedProxies.from_setting("127.0.0.1 198.51.100.0/24")
+    # client 192.0.2.60 -> edge proxy 198.51.100.5 -> local proxy 127.0.0.1 -> gateway; a client-written element first.
     header = (
         'for=198.51.100.1;host=evil.example;proto=http, for=192.0.2.60;host="gw.example:8443";proto=https,'
-        ' for="10.0.0.5:4711";host=127.0.0.1:8000;proto=http'
+        ' for="198.51.100.5:4711";host=127.0.0.1:8000;proto=http'
     )
     view = proxies.view("127.0.0.1", headers_of(("Forwarded", header)))
     assert view == ForwardedView(client="192.0.2.60", host="gw.example:8443", scheme="https")
     # The same chain with the edge proxy not trusted: only the element the local proxy wrote counts.
     narrow = TrustedProxies.from_setting("127.0.0.1")
     assert narrow.view("127.0.0.1", headers_of(("Forwarded", header))) == ForwardedView(
-        client="10.0.0.5", host="127.0.0.1:8000", scheme="http"
+        client="198.51.100.5", host="127.0.0.1:8000", scheme="http"
     )
     ipv6 = proxies.view("127.0.0.1", headers_of(("Forwarded", 'for="[2001:db8::1]:80";proto=HTTPS')))
     assert ipv6 == ForwardedView(client="2001:db8::1", host=None, scheme="https")
@@ -72,13 +72,13 @@ def test_malformed_or_odd_forwarded_values_are_not_believed() -> None:
 
 
 def test_x_forwarded_family_takes_the_values_of_the_outermost_trusted_hop() -> None:
-    proxies = TrustedProxies.from_setting("127.0.0.1 10.0.0.5")
+    proxies = TrustedProxies.from_setting("127.0.0.1 198.51.100.5")
     view = proxies.view(
         "127.0.0.1",
         headers_of(
             ("X-Forwarded-For", "198.51.100.1, 192.0.2.60"),  # the first one the client wrote itself
-            ("X-Forwarded-For", "10.0.0.5"),
-            ("X-Forwarded-Host", "gw.example:8443, 10.0.0.9:8000"),
+            ("X-Forwarded-For", "198.51.100.5"),
+            ("X-Forwarded-Host", "gw.example:8443, 198.51.100.9:8000"),
             ("X-Forwarded-Proto", "https, http"),
         ),
     )
