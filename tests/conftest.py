@@ -239,11 +239,11 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
 BackendFactory = Callable[[Path], Settings]
 
 
-@pytest.fixture(params=["sqlite", "postgres_redis"])
-async def gateway(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[RunningGateway]:
-    """The gateway on each backend: SQLite with in-process state, and PostgreSQL + Redis."""
-    overrides: dict[str, Any] = {"data_dir": tmp_path, "upstream_urls": {"credit": credit_url}, "upstream_timeout": 1.0}
-    if request.param == "postgres_redis":
+@asynccontextmanager
+async def gateway_on(backend: str, **overrides: Any) -> AsyncIterator[RunningGateway]:
+    """A running gateway with these settings, on SQLite with in-process state or on a throwaway PostgreSQL
+    database + Redis (`backend` "postgres_redis"), dropped afterwards."""
+    if backend == "postgres_redis":
         overrides["redis_url"] = await check_redis()
         overrides["database_url"] = await create_test_database()
     settings = load_settings(**overrides)
@@ -253,3 +253,12 @@ async def gateway(request: pytest.FixtureRequest, tmp_path: Path, credit_url: st
     finally:
         if settings.database_url:
             await drop_database(settings.database_url)
+
+
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+async def gateway(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[RunningGateway]:
+    """The gateway on each backend: SQLite with in-process state, and PostgreSQL + Redis."""
+    async with gateway_on(
+        request.param, data_dir=tmp_path, upstream_urls={"credit": credit_url}, upstream_timeout=1.0
+    ) as running:
+        yield running

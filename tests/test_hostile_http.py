@@ -32,10 +32,8 @@ from simulators.enterprises import DEMO_USCC
 from tests.conftest import (
     PURPOSE,
     RunningGateway,
-    check_redis,
-    create_test_database,
-    drop_database,
     free_port,
+    gateway_on,
     running_gateway,
 )
 
@@ -302,22 +300,14 @@ def test_keep_alive_requests_and_bodies_within_the_limits_still_work(served: Ser
 @pytest.fixture(params=["sqlite", "postgres_redis"])
 async def small_gate(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> Any:
     """The gateway with small bounds on unauthenticated refusals; counted in process, or in Redis."""
-    overrides: dict[str, Any] = {
-        "data_dir": tmp_path,
-        "upstream_urls": {"credit": credit_url},
-        "unauthenticated_rate": "5/minute",
-        "unauthenticated_total_rate": "8/minute",
-    }
-    if request.param == "postgres_redis":
-        overrides["redis_url"] = await check_redis()
-        overrides["database_url"] = await create_test_database()
-    settings = load_settings(**overrides)
-    try:
-        async with running_gateway(settings) as running:
-            yield running
-    finally:
-        if settings.database_url:
-            await drop_database(settings.database_url)
+    async with gateway_on(
+        request.param,
+        data_dir=tmp_path,
+        upstream_urls={"credit": credit_url},
+        unauthenticated_rate="5/minute",
+        unauthenticated_total_rate="8/minute",
+    ) as running:
+        yield running
 
 
 async def _records(gateway: RunningGateway, **where: Any) -> list[dict[str, Any]]:

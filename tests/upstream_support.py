@@ -13,7 +13,7 @@ import pytest
 
 from gateway import registry
 from schemas.api import GrantIn
-from tests.conftest import PURPOSE, RunningGateway, check_redis, create_test_database, drop_database, running_gateway
+from tests.conftest import PURPOSE, RunningGateway, gateway_on
 
 __all__ = ["PURPOSE", "Simulator", "grant_all", "started_simulator", "upstream_gateway"]
 
@@ -73,24 +73,10 @@ async def grant_all(gw: RunningGateway, *services: str) -> None:
 async def upstream_gateway(
     backend: str, tmp_path: Path, urls: dict[str, str], policies: dict[str, Any] | None = None
 ) -> AsyncIterator[RunningGateway]:
-    overrides: dict[str, Any] = {
-        "data_dir": tmp_path,
-        "upstream_urls": urls,
-        "upstream_timeout": 0.5,
-        "upstream_policies": policies or {},
-    }
-    if backend == "postgres_redis":
-        overrides["redis_url"] = await check_redis()
-        overrides["database_url"] = await create_test_database()
-    from gateway.settings import load_settings
-
-    settings = load_settings(**overrides)
-    try:
-        async with running_gateway(settings) as running:
-            yield running
-    finally:
-        if settings.database_url:
-            await drop_database(settings.database_url)
+    async with gateway_on(
+        backend, data_dir=tmp_path, upstream_urls=urls, upstream_timeout=0.5, upstream_policies=policies or {}
+    ) as running:
+        yield running
 
 
 backends = pytest.mark.parametrize("backend", ["sqlite", "postgres_redis"])
