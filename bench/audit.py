@@ -59,7 +59,7 @@ RESPONSE = orjson.dumps(
 
 
 def _event(index: int) -> Any:
-    from gateway.audit import AuditEvent
+    from gateway.audit.log import AuditEvent
 
     return AuditEvent(
         event="service.invoke",
@@ -88,9 +88,9 @@ def _event(index: int) -> Any:
 
 
 async def _writer(settings: Any, suite: str, chain: str = "bench") -> tuple[Any, Any]:
-    from gateway import db
-    from gateway.audit import AuditWriter
-    from gateway.audit_keys import open_keyring
+    from gateway.audit.keys import open_keyring
+    from gateway.audit.log import AuditWriter
+    from gateway.storage import db
     from security.keys import ED25519, SM2_SM3, generate
 
     engine = db.create_engine(settings)
@@ -168,8 +168,8 @@ async def _drive(writer: Any, records: int) -> None:
 
 async def _verify(settings: Any, suite: str) -> dict[str, float]:
     """Chain walk over the rows the append run wrote: in memory (one core), and straight from the database."""
-    from gateway import db
-    from gateway.audit import iter_chain, verify_all
+    from gateway.audit.log import iter_chain, verify_all
+    from gateway.storage import db
     from security.audit_chain import ChainVerifier
 
     engine = db.create_engine(settings)
@@ -221,8 +221,8 @@ async def _drop(url: str) -> None:
 
 
 async def _run(quick: bool) -> dict[str, Any]:
-    from gateway import db
     from gateway.settings import load_settings
+    from gateway.storage import db
 
     records = 10_000 if quick else 60_000
     figures: dict[str, Any] = {

@@ -19,8 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from adapters.credit import CreditAdapter
-from gateway import heap
 from gateway.cli import SERVER_OPTIONS
+from gateway.server import heap
 
 HOST = "127.0.0.1"
 

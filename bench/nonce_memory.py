@@ -9,7 +9,7 @@ import asyncio
 import sys
 import tracemalloc
 
-from gateway.state import MemoryNonceStore
+from gateway.access.nonces import MemoryNonceStore
 
 KEY_ID = "platform.efb43ad3c902"  # the shape of a real key id; nonces as `secrets.token_urlsafe(18)` writes them
 

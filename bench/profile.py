@@ -19,15 +19,18 @@ IDLE_LEAVES = ("_connection_worker_thread (aiosqlite/core.py:59)",)
 # A sample belongs to the first component met walking from the leaf towards the root.
 COMPONENTS = (
     ("signature check (security/signatures.py)", "security/signatures.py"),
-    ("authentication: key, nonce (gateway/auth.py, state.py)", ("gateway/auth.py", "gateway/state.py", "redis/")),
-    ("audit: build, chain, commit (gateway/audit.py)", ("gateway/audit.py", "security/audit_chain.py")),
+    (
+        "authentication: key, nonce (gateway/access/authenticate.py, state.py)",
+        ("gateway/access/authenticate.py", "gateway/access/nonces.py", "redis/"),
+    ),
+    ("audit: build, chain, commit (gateway/audit/log.py)", ("gateway/audit/log.py", "security/audit_chain.py")),
     ("audit: SQLite thread", "_connection_worker_thread"),
     ("database drivers (sqlalchemy, aiosqlite, asyncpg)", ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
-    ("directory snapshot (gateway/directory.py)", "gateway/directory.py"),
+    ("directory snapshot (gateway/access/directory.py)", "gateway/access/directory.py"),
     ("adapter: aiohttp client", ("aiohttp/", "yarl/", "multidict/")),
     ("adapter: translation, validation (adapters/, schemas/)", ("adapters/", "schemas/")),
-    ("invoke route (gateway/routes/services.py)", "gateway/routes/services.py"),
-    ("exchange (gateway/exchange.py, problems.py)", ("gateway/exchange.py", "gateway/problems.py")),
+    ("invoke route (gateway/api/services.py)", "gateway/api/services.py"),
+    ("exchange (gateway/http/exchange.py, problems.py)", ("gateway/http/exchange.py", "gateway/http/problems.py")),
     ("app dispatch (gateway/app.py)", "gateway/app.py"),
     ("pydantic", "pydantic"),
     ("FastAPI", "fastapi/"),

@@ -1,6 +1,6 @@
 """State for the gateway scenarios: a throwaway PostgreSQL database, a seeded caller with a key and a grant, cleanup.
 
-Seeding goes through `gateway.registry`, as the admin API and the CLI do (and as tests/conftest.py does).
+Seeding goes through `gateway.access.callers`, as the admin API and the CLI do (and as tests/conftest.py does).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway import db, registry
-from gateway.demo import key_id_for
+from gateway.access import callers as registry
+from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings
+from gateway.storage import db
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
 
@@ -80,7 +81,7 @@ async def audit_counts(settings: Settings, caller_id: str) -> dict[str, int]:
     """How many audit records the caller's calls left, by decision (allowed, refused, failed)."""
     from sqlalchemy import func, select
 
-    from gateway.models import AuditRecord
+    from gateway.storage.models import AuditRecord
 
     engine = db.create_engine(settings)
     try:
@@ -103,7 +104,7 @@ async def audit_timings(settings: Settings, caller_id: str, since_ms: int, until
     """
     from sqlalchemy import select
 
-    from gateway.models import AuditRecord
+    from gateway.storage.models import AuditRecord
 
     engine = db.create_engine(settings)
     try:

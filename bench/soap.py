@@ -218,7 +218,7 @@ def _wrk(
 
 def _is_committer(pid: int) -> bool:
     try:
-        return b"gateway.audit_committer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"gateway.audit.committer" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -283,7 +283,7 @@ def generate_wsdl(operations: int = OPERATIONS) -> str:
 _COLD = """
 import json, sys, time
 started = time.perf_counter()
-from gateway.upstreams import prepare
+from gateway.upstreams.registry import prepare
 from adapters.registered import build_registered
 imported = time.perf_counter()
 prepared = prepare("fifty", "wsdl", source=sys.argv[1], allow_files=True)

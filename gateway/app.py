@@ -16,15 +16,15 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
 from gateway import __version__
-from gateway.forwarded import TrustedProxies
-from gateway.forwarded import apply as apply_forwarded
-from gateway.openapi import finish
-from gateway.problems import Problem, validation_problem
-from gateway.routes import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
+from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
+from gateway.http.forwarded import TrustedProxies
+from gateway.http.forwarded import apply as apply_forwarded
+from gateway.http.openapi import finish
+from gateway.http.problems import Problem, validation_problem
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
-from gateway.upstreams import UpstreamIn
+from gateway.upstreams.registry import UpstreamIn
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
 from schemas.sharing import REQUEST_MODELS
 
@@ -53,7 +53,7 @@ class GatewayApp(FastAPI):
     trusted_proxies: TrustedProxies = TrustedProxies()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Before anything reads the client address or the target URI (MSJX_TRUSTED_PROXIES, gateway/forwarded.py).
+        # Before anything reads the client address or the target URI (MSJX_TRUSTED_PROXIES, gateway/http/forwarded.py).
         if self.trusted_proxies and scope["type"] == "http":
             apply_forwarded(self.trusted_proxies, scope)  # type: ignore[arg-type]
         route = self.invoke_route

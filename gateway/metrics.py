@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.audit import AuditEvent
+from gateway.audit.log import AuditEvent
 
 # Latency buckets in seconds, from a fast local call to a slow upstream timing out.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

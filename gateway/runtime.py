@@ -14,21 +14,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from adapters.base import Adapter
 from adapters.resilience import BreakerStore, MemoryBreakerStore
-from gateway import db
-from gateway.audit import AuditWriter, load_signer, witness_path
-from gateway.audit_keys import open_keyring
-from gateway.auth import Authenticator
-from gateway.dependencies import Dependency, is_database_outage
-from gateway.directory import Directory
-from gateway.idempotency import IdempotencyStore
-from gateway.payments import Payments
-from gateway.quota_rebuild import rebuild_quota_windows
-from gateway.quotas import Quotas
+from gateway.access.authenticate import Authenticator
+from gateway.access.directory import Directory
+from gateway.access.nonces import MemoryNonceStore, NonceStore, RedisEpoch, RedisNonceStore, connect_redis
+from gateway.access.quota_rebuild import rebuild_quota_windows
+from gateway.access.quotas import Quotas
+from gateway.audit.keys import open_keyring
+from gateway.audit.log import AuditWriter, load_signer, witness_path
+from gateway.http.unauthenticated import UnauthenticatedGate
+from gateway.payments.idempotency import IdempotencyStore
+from gateway.payments.intents import Payments
 from gateway.settings import Settings
 from gateway.sharing.ownership import seed_owners
-from gateway.state import MemoryNonceStore, NonceStore, RedisEpoch, RedisNonceStore, connect_redis
-from gateway.unauthenticated import UnauthenticatedGate
-from gateway.upstreams import AdapterCatalog
+from gateway.storage import db
+from gateway.storage.health import Dependency, is_database_outage
+from gateway.upstreams.registry import AdapterCatalog
 from security.keyring import KeyRing
 from security.masking import install_log_masking
 from security.verifier_process import ProcessVerifier, VerifierError
@@ -78,7 +78,7 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
 def breaker_store(settings: Settings) -> BreakerStore:
     """Where circuit breakers keep state: Redis when configured (shared by every node), else this process."""
     if settings.redis_url:
-        from gateway.breakers import RedisBreakerStore, breaker_prefix
+        from gateway.upstreams.breakers import RedisBreakerStore, breaker_prefix
 
         return RedisBreakerStore(connect_redis(settings.redis_url), breaker_prefix(settings.async_database_url))
     return MemoryBreakerStore()

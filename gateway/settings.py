@@ -16,7 +16,7 @@ from pydantic_settings import SettingsError as SourceError
 
 if TYPE_CHECKING:
     from adapters.fetch_allow import FetchAllowlist
-    from gateway.forwarded import TrustedProxies
+    from gateway.http.forwarded import TrustedProxies
 
 
 class SettingsError(Exception):
@@ -120,14 +120,14 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _trusted_proxies(cls, value: str) -> str:
-        from gateway.forwarded import TrustedProxies
+        from gateway.http.forwarded import TrustedProxies
 
         TrustedProxies.from_setting(value)  # a malformed entry stops start-up, named
         return value
 
     @property
     def trusted_proxy_networks(self) -> TrustedProxies:
-        from gateway.forwarded import TrustedProxies
+        from gateway.http.forwarded import TrustedProxies
 
         return TrustedProxies.from_setting(self.trusted_proxies)
 

@@ -1,7 +1,7 @@
 """Helper child processes that take frames on stdin and answer on stdout: starting one, and reading a frame.
 
 Used by the signature verifier (`security.verifier_process`) and the SQLite audit committer
-(`gateway.audit_committer`). A frame is a 4-byte big-endian length and that many bytes. A child writes READY once
+(`gateway.audit.committer`). A frame is a 4-byte big-endian length and that many bytes. A child writes READY once
 it can serve, and exits when its stdin closes, so it never outlives its parent.
 """
 

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import db
-from gateway.audit import AuditEvent, AuditWriter, iter_chain, load_signer, trusted_keys, verify_all, witness_path
-from gateway.audit_keys import open_keyring
+from gateway.audit.keys import open_keyring
+from gateway.audit.log import AuditEvent, AuditWriter, iter_chain, load_signer, trusted_keys, verify_all, witness_path
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
 from security.audit_chain import ChainReport
 from tests.conftest import create_test_database, drop_database
 

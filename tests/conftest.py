@@ -21,12 +21,13 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.asyncio import Redis
 
-from gateway import db, registry
+from gateway.access import callers as registry
 from gateway.app import create_app
 from gateway.client import SignatureAuth
-from gateway.demo import key_id_for
+from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
 from simulators import credit as credit_simulator

@@ -24,7 +24,7 @@ from security.keys import load_private_key_file
 from security.signatures import sign_request
 from tests.api_access import ACCESS, UNSIGNED
 
-# The demo caller who stands for each role (gateway/demo.py DEMO_CALLERS).
+# The demo caller who stands for each role (gateway/demo/setup.py DEMO_CALLERS).
 ROLE_CALLERS = {
     "platform": "platform",
     "department": "data-officer",

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from gateway.audit import open_payload
-from gateway.models import AuditRecord
+from gateway.audit.log import open_payload
 from gateway.settings import load_settings
+from gateway.storage.models import AuditRecord
 from tests.conftest import Identity, RunningGateway, _identity, check_redis, create_test_database, drop_database
 from tests.conftest import running_gateway as _running_gateway
 

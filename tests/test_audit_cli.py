@@ -193,7 +193,7 @@ async def test_archives_are_hash_linked_verified_and_followed(tmp_path: Path) ->
     assert [path.name.split("-")[0] for path in archives] == ["000001", "000002"]
     with gzip.open(archives[1]) as stream:
         header = json.loads(stream.readline())
-    from gateway.audit_files import file_digest
+    from gateway.audit.files import file_digest
 
     assert header["prev_archive_digest"] == file_digest(archives[0]), "each archive names the one before it"
     pubkey = tmp_path / "keys" / "audit-signing.pub.pem"

@@ -261,7 +261,7 @@ async def test_key_ring_in_the_database_and_legacy_key_files(backend: str, tmp_p
     (keys / "audit-data-dk-1.key").write_bytes(legacy_data)
     (keys / "subject-hmac.key").write_bytes(legacy_index)
     async with audit_store(backend, tmp_path) as store:
-        from gateway.audit_keys import open_keyring
+        from gateway.audit.keys import open_keyring
 
         ring = await open_keyring(store.settings, store.engine)
         assert (await ring.get("dk-1")).secret == legacy_data, "records of the first release stay readable"

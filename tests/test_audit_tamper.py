@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError
 
-from gateway.audit import AUDIT_TABLE
-from gateway.models import AUDIT_COLUMNS
+from gateway.audit.log import AUDIT_TABLE
+from gateway.storage.models import AUDIT_COLUMNS
 from security.audit_chain import OPTIONAL_FIELDS, record_hash
 from security.checkpoints import sign_checkpoint
 from security.keys import generate_ed25519

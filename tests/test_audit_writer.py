@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.audit import AUDIT_TABLE, AuditUnavailable, load_checkpoints, open_payload, read_witness, witness_path
-from gateway.audit_committer import PostgresCommitter, SqliteCommitter
+from gateway.audit.committer import PostgresCommitter, SqliteCommitter
+from gateway.audit.log import AUDIT_TABLE, AuditUnavailable, load_checkpoints, open_payload, read_witness, witness_path
 from tests.audit_support import CHAIN, Store, audit_store, event, open_writer, rows, verify
 
 
@@ -193,7 +193,7 @@ CRASHING_WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from gateway import db
+    from gateway.storage import db
     from gateway.settings import load_settings
     from tests.audit_support import Store, event, open_writer
 
@@ -252,9 +252,9 @@ async def test_a_writer_killed_mid_write_leaves_a_chain_that_verifies(store: Sto
 async def test_two_nodes_write_their_own_chains_side_by_side(tmp_path: Path) -> None:
     import base64
 
-    from gateway import db
-    from gateway.audit import trusted_keys
+    from gateway.audit.log import trusted_keys
     from gateway.settings import load_settings
+    from gateway.storage import db
 
     master = base64.b64encode(os.urandom(32)).decode()
     async with audit_store("postgres", tmp_path / "node-1", master_key=master) as first:

@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 
 from adapters.fetch_allow import FetchAllowlist
-from gateway.problems import Problem
+from gateway.http.problems import Problem
 from gateway.settings import SettingsError, load_settings
-from gateway.upstreams import prepare
+from gateway.upstreams.registry import prepare
 from tests.conftest import RunningGateway
 from tests.district_upstreams import EXAMPLES, serving
 

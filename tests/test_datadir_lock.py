@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.client import GatewayClient
-from gateway.datadir_lock import DataDirBusy, DataDirLock, running_gateway
+from gateway.server.datadir_lock import DataDirBusy, DataDirLock, running_gateway
 from tests.conftest import free_port
 from tests.test_demo_and_cli import CLI, start_demo, stop, wait_ready
 
@@ -37,7 +37,7 @@ def test_the_lock_names_its_holder_and_refuses_a_second(tmp_path: Path) -> None:
 def test_a_dead_holder_leaves_no_lock(tmp_path: Path) -> None:
     """The kernel drops the flock with the process: a killed gateway does not block the next one."""
     script = (
-        "import sys, os; from pathlib import Path; from gateway.datadir_lock import DataDirLock;"
+        "import sys, os; from pathlib import Path; from gateway.server.datadir_lock import DataDirLock;"
         f"DataDirLock(Path({str(tmp_path)!r})).acquire('127.0.0.1', 8124); print('locked', flush=True);"
         "sys.stdin.read(); os._exit(9)"
     )

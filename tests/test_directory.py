@@ -9,10 +9,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from gateway import db, registry
-from gateway.demo import key_id_for
-from gateway.directory import REVOCATION_BOUND, STALE_GRACE, Directory, _Snapshot
+from gateway.access import callers as registry
+from gateway.access.directory import REVOCATION_BOUND, STALE_GRACE, Directory, _Snapshot
+from gateway.demo.setup import key_id_for
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
 from schemas.api import CallerIn, KeyIn
 from security.keys import public_key_pem
 

@@ -90,8 +90,8 @@ async def test_invoke_takes_the_short_way(gateway: RunningGateway, monkeypatch: 
 def test_request_path_and_target_uri_read_as_starlette_does(path: str, host: bytes | None) -> None:
     from starlette.requests import Request
 
-    from gateway.auth import target_uri
-    from gateway.exchange import request_path
+    from gateway.access.authenticate import target_uri
+    from gateway.http.exchange import request_path
 
     headers = [(b"content-type", b"application/json")] + ([(b"host", host)] if host is not None else [])
     scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"q=1"}
@@ -106,9 +106,9 @@ async def test_anything_fastapi_would_add_switches_the_short_way_off(tmp_path: A
     from fastapi import Depends
     from starlette.middleware.base import BaseHTTPMiddleware
 
-    from gateway import db
     from gateway.app import create_app, plain_invoke_route
     from gateway.settings import Settings
+    from gateway.storage import db
 
     settings = Settings(data_dir=tmp_path)
     await db.upgrade_async(settings)

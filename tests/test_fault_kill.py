@@ -24,13 +24,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from gateway import db, registry
-from gateway.audit import verify_all
+from gateway.access import callers as registry
+from gateway.audit.log import verify_all
 from gateway.client import SignatureAuth
-from gateway.demo import key_id_for
-from gateway.models import AuditRecord
+from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
+from gateway.storage.models import AuditRecord
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
 from tests.conftest import PURPOSE, free_port
@@ -193,7 +194,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_call(
 
 def test_request_ids_are_unique_per_call() -> None:
     """The check above matches acknowledgements to records by request id: it is only sound if ids never repeat."""
-    from gateway.audit import new_request_id
+    from gateway.audit.log import new_request_id
 
     ids = {new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000 and all(len(i) == 32 for i in ids)

@@ -1,4 +1,4 @@
-"""MSJX_TRUSTED_PROXIES: forwarded scheme, host and client believed from trusted peers only (gateway/forwarded.py)."""
+"""MSJX_TRUSTED_PROXIES: forwarded scheme, host and client believed from trusted peers only (gateway/http/forwarded)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import select as sql_select
 
-from gateway import db
 from gateway.app import create_app
-from gateway.audit import AUDIT_TABLE
-from gateway.forwarded import ForwardedView, TrustedProxies
+from gateway.audit.log import AUDIT_TABLE
+from gateway.http.forwarded import ForwardedView, TrustedProxies
 from gateway.settings import SettingsError, load_settings
+from gateway.storage import db
 from security.signatures import sign_request
 from tests.conftest import Identity, _identity
 

@@ -25,7 +25,7 @@ from adapters.base import (
 from adapters.fetch_allow import FetchAllowlist
 from adapters.golden_tax import GoldenTaxAdapter
 from adapters.resilience import ResiliencePolicy
-from gateway.upstreams import prepare
+from gateway.upstreams.registry import prepare
 from schemas.tax import TaxpayerQuery, TaxpayerYearQuery
 from schemas.uscc import make_uscc
 from simulators import golden_tax as simulator

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway import heap
+from gateway.server import heap
 
 
 @pytest.fixture

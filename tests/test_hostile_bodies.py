@@ -17,10 +17,10 @@ from aiohttp import web
 from adapters.base import UpstreamMalformed
 from adapters.contracts import ContractError, parse_openapi_document
 from adapters.jsondepth import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds, loads_bounded
-from gateway.json_bodies import load_body
-from gateway.problems import Problem
+from gateway.http.json_bodies import load_body
+from gateway.http.problems import Problem
 from gateway.sharing.schedule_file import ScheduleInvalid, read_schedule
-from gateway.upstreams import prepare
+from gateway.upstreams.registry import prepare
 from tests.conftest import PURPOSE, RunningGateway
 from tests.district_upstreams import serving
 from tests.test_sharing import problem

@@ -23,10 +23,10 @@ from fastapi.routing import iter_route_contexts
 from sqlalchemy import select as sql_select
 
 from gateway.app import create_app
-from gateway.audit import AUDIT_TABLE, open_payload
-from gateway.problems import PROBLEM_CONTENT_TYPE
+from gateway.audit.log import AUDIT_TABLE, open_payload
+from gateway.http.problems import PROBLEM_CONTENT_TYPE
+from gateway.http.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
 from gateway.settings import load_settings
-from gateway.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
 from scripts.hostile_http import push_on, receive_all
 from simulators.enterprises import DEMO_USCC
 from tests.conftest import (

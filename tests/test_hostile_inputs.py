@@ -20,9 +20,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from gateway import db, registry
+from gateway.access import callers as registry
 from gateway.runtime import build_adapters
 from gateway.settings import load_settings
+from gateway.storage import db
 from schemas.api import GrantIn
 from security.signatures import sign_request
 from tests.conftest import PURPOSE, RunningGateway, running_gateway

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, text
 
-from gateway.audit import verify_all
-from gateway.models import AuditRecord
-from gateway.state import MemoryNonceStore
+from gateway.access.nonces import MemoryNonceStore
+from gateway.audit.log import verify_all
+from gateway.storage.models import AuditRecord
 from security.signatures import sign_request
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
 from tests.conftest import PURPOSE, Identity, RunningGateway

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import db
-from gateway.audit import load_signer, node_trust, trusted_keys
-from gateway.node_keys import list_node_keys, pin_node_key, revoke_node_key
+from gateway.audit.log import load_signer, node_trust, trusted_keys
+from gateway.audit.node_keys import list_node_keys, pin_node_key, revoke_node_key
 from gateway.settings import load_settings
+from gateway.storage import db
 from security.audit_chain import record_hash
 from security.checkpoints import sign_checkpoint, signer_key_id
 from security.keys import generate_ed25519

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.state import MemoryNonceStore, PipelineBatcher, RedisEpoch, RedisNonceStore, connect_redis
+from gateway.access.nonces import MemoryNonceStore, PipelineBatcher, RedisEpoch, RedisNonceStore, connect_redis
 from tests.conftest import check_redis
 
 

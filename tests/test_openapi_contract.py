@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.app import create_app
-from gateway.idempotency import MAX_HEADER_LENGTH, parse_key
-from gateway.problems import PROBLEM_CONTENT_TYPE, Problem
+from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem
+from gateway.payments.idempotency import MAX_HEADER_LENGTH, parse_key
 from gateway.settings import load_settings
 from schemas.api import GrantIn
 from schemas.audit import AuditSearchParams

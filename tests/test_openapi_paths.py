@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from adapters.openapi import path_segment
 from adapters.registered import RegisteredAdapter
-from gateway.problems import validation_problem
-from gateway.upstreams import prepare
+from gateway.http.problems import validation_problem
+from gateway.upstreams.registry import prepare
 from tests.conftest import PURPOSE, RunningGateway
 from tests.district_upstreams import serving
 from tests.test_invoke import last_record

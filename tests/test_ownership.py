@@ -24,11 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import TableClause
 from typer.testing import CliRunner
 
-from gateway import db
 from gateway.cli import app as cli
-from gateway.models import CatalogItem, RegisteredUpstream, ServiceOwner, SharingEvent, SharingRequest
 from gateway.settings import Settings, load_settings
 from gateway.sharing.ownership import owners, set_owner
+from gateway.storage import db
+from gateway.storage.models import CatalogItem, RegisteredUpstream, ServiceOwner, SharingEvent, SharingRequest
 from tests.conftest import DATABASE_URL, _admin, _with_database, drop_database
 from tests.sharing_world import (
     CHINA,

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from gateway import registry
-from gateway.models import AuditRecord, IdempotencyKey, PaymentIntent, PaymentOutcome
+from gateway.access import callers as registry
+from gateway.storage.models import AuditRecord, IdempotencyKey, PaymentIntent, PaymentOutcome
 from schemas.api import GrantIn
 from security.signatures import sign_request
 from simulators import treasury as treasury_simulator

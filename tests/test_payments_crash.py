@@ -23,13 +23,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from gateway import db, registry
-from gateway.audit import verify_all
+from gateway.access import callers as registry
+from gateway.audit.log import verify_all
 from gateway.client import SignatureAuth
-from gateway.demo import key_id_for
-from gateway.models import PaymentIntent, PaymentOutcome
+from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
+from gateway.storage.models import PaymentIntent, PaymentOutcome
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
 from tests.conftest import PURPOSE, check_redis, create_test_database, drop_database, free_port

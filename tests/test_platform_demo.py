@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from gateway import registry
+from gateway.access import callers as registry
 from gateway.client import GatewayClient
-from gateway.models import IdempotencyKey, PaymentIntent
 from gateway.settings import load_settings
+from gateway.storage.models import IdempotencyKey, PaymentIntent
 from schemas.api import GrantIn
 from simulators.enterprises import ENTERPRISES, by_uscc
 from simulators.platform import (

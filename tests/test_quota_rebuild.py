@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import httpx
 
-from gateway.quota_rebuild import rebuild_quota_windows, spent_today
-from gateway.quotas import LoopMemoryStorage, Quotas
+from gateway.access.quota_rebuild import rebuild_quota_windows, spent_today
+from gateway.access.quotas import LoopMemoryStorage, Quotas
 from tests.conftest import RunningGateway
 from tests.test_quotas import _admin_grant, _call, grant_info
 

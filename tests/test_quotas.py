@@ -21,11 +21,12 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from gateway import db, registry
-from gateway.directory import GrantInfo
-from gateway.models import AuditRecord
-from gateway.quotas import LoopMemoryStorage, QuotaExceeded, Quotas
+from gateway.access import callers as registry
+from gateway.access.directory import GrantInfo
+from gateway.access.quotas import LoopMemoryStorage, QuotaExceeded, Quotas
 from gateway.settings import load_settings
+from gateway.storage import db
+from gateway.storage.models import AuditRecord
 from schemas.api import GrantIn
 from simulators.enterprises import DEMO_USCC
 from tests.conftest import (

@@ -25,8 +25,8 @@ from adapters.base import (
 )
 from adapters.golden_tax import GoldenTaxAdapter
 from adapters.resilience import BreakerConfig, BreakerStore, MemoryBreakerStore, ResiliencePolicy
-from gateway.breakers import RedisBreakerStore
-from gateway.upstreams import prepare
+from gateway.upstreams.breakers import RedisBreakerStore
+from gateway.upstreams.registry import prepare
 from schemas.tax import TaxpayerYearQuery
 from simulators import golden_tax as simulator
 from simulators.enterprises import DEMO_USCC

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway import db, registry
-from gateway.demo import DEMO_CALLERS
-from gateway.models import AuditRecord, CatalogItem, DataUseEntry, SharingRequest
+from gateway.access import callers as registry
+from gateway.demo.setup import DEMO_CALLERS
+from gateway.demo.sharing import catalog_bodies, seed_sharing
 from gateway.runtime import build_adapters
 from gateway.settings import load_settings
-from gateway.sharing.demo import catalog_bodies, seed_sharing
 from gateway.sharing.ownership import owners, seed_owners
+from gateway.storage import db
+from gateway.storage.models import AuditRecord, CatalogItem, DataUseEntry, SharingRequest
 from schemas.api import CallerIn
 from tests.sharing_world import World, add_item, filed_and_submitted, item_body, sharing_world
 from tests.test_sharing import problem

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import delete, text, update
 from sqlalchemy.exc import DBAPIError
 
-from gateway.audit_archive import export_records
-from gateway.audit_files import iter_lines, verify_file
-from gateway.models import DataUseEntry, Grant
+from gateway.audit.archive import export_records
+from gateway.audit.files import iter_lines, verify_file
+from gateway.storage.models import DataUseEntry, Grant
 from tests.sharing_world import (
     CHINA,
     CREDIT,

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from adapters.base import Adapter, Operation, UpstreamResult
-from gateway import db, registry
+from gateway.access import callers as registry
 from gateway.app import create_app
 from gateway.client import SignatureAuth
-from gateway.demo import key_id_for
+from gateway.demo.setup import key_id_for
 from gateway.settings import load_settings
+from gateway.storage import db
 from schemas.api import CallerIn, KeyIn
 from security.keys import public_key_pem
 from tests.conftest import free_port

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from gateway.client import GatewayClient, GatewayError, SignatureAuth
-from gateway.demo import key_id_for
+from gateway.demo.setup import key_id_for
 from security import sm2
 from security.checkpoints import TrustedKeys, sign_checkpoint, signer_key_id
 from security.keys import (

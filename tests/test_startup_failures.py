@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.reachability import endpoint
+from gateway.storage.reachability import endpoint
 from tests.conftest import free_port
 
 CLI = str(Path(sys.executable).parent / "msjx-gateway")

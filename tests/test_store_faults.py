@@ -22,9 +22,9 @@ import pytest
 import uvicorn
 from prometheus_client import REGISTRY
 
+from gateway.access.nonces import RedisEpoch, RedisNonceStore, connect_redis
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
-from gateway.state import RedisEpoch, RedisNonceStore, connect_redis
 from tests.conftest import RunningGateway, check_redis, create_test_database, drop_database, running_gateway
 from tests.fault_support import OwnPostgres, OwnRedis
 from tests.test_invoke import signed

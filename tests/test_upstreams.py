@@ -15,8 +15,8 @@ from adapters.base import UpstreamFault, UpstreamRejected
 from adapters.contracts import MAX_DOCUMENTS, ContractBundle, bundle_from_files
 from adapters.registered import RegisteredAdapter
 from adapters.resilience import ResiliencePolicy
-from gateway.problems import Problem
-from gateway.upstreams import prepare
+from gateway.http.problems import Problem
+from gateway.upstreams.registry import prepare
 from simulators.enterprises import DEMO_USCC
 from tests.district_upstreams import EXAMPLES, SEEN, rest_app, serving, soap_app
 

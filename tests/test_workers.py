@@ -18,10 +18,10 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from gateway import db
 from gateway.client import SignatureAuth
-from gateway.models import AuditCheckpoint, AuditRecord
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
+from gateway.storage.models import AuditCheckpoint, AuditRecord
 from tests.conftest import PURPOSE, check_redis, free_port
 from tests.test_fault_kill import INVOKE, USCC, recorded, seed
 from tests.test_payments_crash import CLI

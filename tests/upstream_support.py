@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import registry
+from gateway.access import callers as registry
 from schemas.api import GrantIn
 from tests.conftest import PURPOSE, RunningGateway, gateway_on
 

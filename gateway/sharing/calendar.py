@@ -19,12 +19,12 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from gateway.directory import as_utc
-from gateway.models import CalendarDay, CalendarYear, SharingRequest
+from gateway.access.directory import as_utc
 from gateway.sharing import workdays
 from gateway.sharing.schedule_file import ScheduleIn
 from gateway.sharing.states import SUBMITTED
 from gateway.sharing.workdays import PROVISIONAL, Calendar, YearSchedule, china_date
+from gateway.storage.models import CalendarDay, CalendarYear, SharingRequest
 
 CHECK_SECONDS = 2.0
 YEARS = CalendarYear.__table__

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import Adapter
-from gateway.directory import as_utc
-from gateway.models import CatalogItem, Grant, SharingRequest
-from gateway.problems import Problem
+from gateway.access.directory import as_utc
+from gateway.http.problems import Problem
 from gateway.sharing.errors import Faults, forbidden, invalid, validate_collecting
 from gateway.sharing.ownership import Publisher, owner_of, owners, publisher
 from gateway.sharing.states import Actor
+from gateway.storage.models import CatalogItem, Grant, SharingRequest
 from schemas.sharing import (
     LEGAL_BASIS_KIND_LABELS,
     LEVEL_LABELS,

@@ -7,8 +7,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gateway.json_bodies import load_body
-from gateway.problems import Problem, validation_problem
+from gateway.http.json_bodies import load_body
+from gateway.http.problems import Problem, validation_problem
 from gateway.sharing.workdays import CalendarYearUnsupported
 
 T = TypeVar("T", bound=BaseModel)

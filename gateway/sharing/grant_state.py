@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.directory import as_utc
-from gateway.models import Grant
+from gateway.access.directory import as_utc
 from gateway.sharing.workdays import china_date
+from gateway.storage.models import Grant
 
 # The 条例's time for delivery, counted from the day of approval like the decision deadlines.
 DELIVERY_WORKING_DAYS = 20

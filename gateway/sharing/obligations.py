@@ -16,15 +16,15 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from gateway.directory import as_utc
-from gateway.models import CatalogItem, DataUseEntry, Grant, SharingRequest
-from gateway.problems import Problem
+from gateway.access.directory import as_utc
+from gateway.http.problems import Problem
 from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import forbidden, invalid
 from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, grant_status
 from gateway.sharing.states import LIVE, SYSTEM, Actor
 from gateway.sharing.workdays import CalendarYearUnsupported, china_date
 from gateway.sharing.workflow import Outcome, _commit, _jsonable, _load, _require_state, _snapshot, _transition
+from gateway.storage.models import CatalogItem, DataUseEntry, Grant, SharingRequest
 from schemas.sharing import DATA_USE_KIND_LABELS, DataUseIn, DataUseOut, DataUseRegister, DeliverIn, ResumeIn, SuspendIn
 
 REGISTER_YEARS = 3

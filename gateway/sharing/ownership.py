@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import Adapter
-from gateway.models import CatalogItem, ServiceOwner, SharingEvent, SharingRequest
-from gateway.problems import Problem
+from gateway.http.problems import Problem
 from gateway.sharing.errors import forbidden
 from gateway.sharing.states import DRAFT, LIVE, RETURNED, SUBMITTED, Actor
+from gateway.storage.models import CatalogItem, ServiceOwner, SharingEvent, SharingRequest
 
 log = logging.getLogger("msjx.sharing")
 

@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 import orjson
 from sqlalchemy.orm.exc import StaleDataError
 
-from gateway.audit import AuditEvent, AuditUnavailable, new_request_id
-from gateway.dependencies import is_database_outage
-from gateway.directory import GrantInfo
+from gateway.access.directory import GrantInfo
+from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
 from gateway.runtime import Runtime
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
@@ -31,6 +30,7 @@ from gateway.sharing.obligations import (
 )
 from gateway.sharing.workdays import china_date
 from gateway.sharing.workflow import Outcome, apply_time, due_transitions, outcome_out
+from gateway.storage.health import is_database_outage
 from schemas.sharing import SharingRequestOut
 
 log = logging.getLogger("msjx.sharing")

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.directory import CallerInfo, as_utc
-from gateway.models import SharingRequest
+from gateway.access.directory import CallerInfo, as_utc
 from gateway.sharing.workdays import china_date
+from gateway.storage.models import SharingRequest
 
 DRAFT = "draft"
 SUBMITTED = "submitted"

@@ -20,9 +20,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from gateway.directory import as_utc
-from gateway.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequest
-from gateway.problems import Problem
+from gateway.access.directory import as_utc
+from gateway.http.problems import Problem
 from gateway.sharing.calendar import calendar_for, open_provisional
 from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid, validate_collecting
 from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, delivery_state
@@ -45,6 +44,7 @@ from gateway.sharing.states import (
     is_overdue,
 )
 from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count, china_date
+from gateway.storage.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequest
 from schemas.sharing import (
     DELIVERY_LABELS,
     LEGAL_BASIS_KIND_LABELS,

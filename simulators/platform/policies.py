@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 DATA_DIR = Path(__file__).parent / "data"
-DEMO_PURPOSE = "XM-2025-001"  # the purpose the demo grants name (gateway.demo.DEMO_PURPOSE)
+DEMO_PURPOSE = "XM-2025-001"  # the purpose the demo grants name (gateway.demo.setup.DEMO_PURPOSE)
 
 
 @dataclass(frozen=True)

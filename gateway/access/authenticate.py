@@ -1,0 +1,151 @@
+"""Authentication of a request: signature, key, clock window, digest and nonce; each refusal has its own code."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from gateway.access.directory import CallerInfo, Directory
+from gateway.access.nonces import NonceStore
+from gateway.http.forwarded import AUTHORITY_KEY, ignored_headers
+from gateway.http.problems import Problem
+from gateway.storage.health import REDIS_ERRORS
+from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request_with
+from security.sm2 import Sm2PublicKey
+from security.verdicts import SignatureChecker
+from security.verifier_process import InlineVerifier
+
+TITLES = {
+    "signature_missing": "Request is not signed",
+    "signature_malformed": "Signature headers are malformed",
+    "signature_expired": "Signature is outside the accepted time window",
+    "signature_invalid": "Signature does not verify",
+    "digest_missing": "Content-Digest is missing",
+    "digest_mismatch": "Content-Digest does not match the body",
+    "key_unknown": "Signing key is unknown",
+    "key_revoked": "Signing key is revoked",
+    "nonce_replayed": "Nonce was already used",
+    "signature_before_restart": "Signature predates the gateway's replay memory",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    caller: CallerInfo
+    key_id: str
+
+
+def target_uri(request: Request) -> str:
+    """The URI the client signed: scheme, Host header and the raw path and query as they came on the wire; behind a
+    trusted proxy, the scheme and host it forwarded (gateway/http/forwarded.py)."""
+    scope = request.scope
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    host = scope.get(AUTHORITY_KEY)
+    if host is None:
+        # The first Host line, as request.headers.get("host") reads it, without building a Headers object.
+        host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "") or "localhost"
+    uri = f"{scope.get('scheme', 'http')}://{host}{raw_path.decode('latin-1')}"
+    return f"{uri}?{query.decode('latin-1')}" if query else uri
+
+
+def proxy_hint(request: Request) -> str:
+    """Why the gateway's view of the URI may differ from the client's: a reverse proxy in front."""
+    ignored = ignored_headers(request.scope)
+    if ignored:
+        peer = request.client.host if request.client else "?"
+        return (
+            f"the request's {', '.join(ignored)} header(s) were ignored: its peer {peer} is not in"
+            " MSJX_TRUSTED_PROXIES (docs/deploy.md)"
+        )
+    return (
+        "behind a reverse proxy that changes Host or the scheme, list the proxy in MSJX_TRUSTED_PROXIES and have it"
+        " send X-Forwarded-Host and X-Forwarded-Proto, or Forwarded (docs/deploy.md)"
+    )
+
+
+def _refuse(code: str, detail: str, **context: object) -> Problem:
+    return Problem(
+        401, code, TITLES[code], detail, headers={"WWW-Authenticate": 'Signature label="msjx"'}, context=context
+    )
+
+
+class Authenticator:
+    def __init__(
+        self, directory: Directory, nonces: NonceStore, max_skew: int = 300, offload: SignatureChecker | None = None
+    ) -> None:
+        self._directory = directory
+        self._nonces = nonces
+        self._max_skew = max_skew
+        self._inline = InlineVerifier()
+        self._offload = offload or self._inline
+
+    @property
+    def offload(self) -> SignatureChecker:
+        """The checker that takes signature checks off the event loop (the inline one when none is configured)."""
+        return self._offload
+
+    async def authenticate(self, request: Request, body: bytes, *, offload: bool = False) -> Principal:
+        """The caller behind a signed request, or a 401 Problem. With `offload`, the Ed25519 check is made by the
+        offload checker (the verifier process): more throughput for the event loop, a little more latency. An SM2
+        check always is: at milliseconds of CPU it would stall every other request on the loop."""
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]]
+        try:
+            params = parse_signature_params(headers)
+            check_created(params, time.time(), self._max_skew)
+        except SignatureFailure as failure:
+            raise _refuse(failure.code, failure.detail, key_id=failure.key_id) from None
+        # The nonce store remembers nothing from before it started (a gateway restart in-process, a Redis restart):
+        # a signature made earlier may have been used already, and a replay of it would pass the nonce check.
+        # Whole seconds: `created` has no fraction, and a signature of the store's first second is no older.
+        if params.created < int(self._nonces.started):
+            raise _refuse(
+                "signature_before_restart",
+                f"signature created {int(self._nonces.started) - params.created} s before the gateway's replay"
+                " memory started (it restarted); sign the request again",
+                key_id=params.key_id,
+            )
+        key = await self._directory.key(params.key_id)
+        if key is None:
+            raise _refuse("key_unknown", f"no key with id {params.key_id!r} is registered", key_id=params.key_id)
+        caller_context = {
+            "key_id": key.key_id,
+            "caller_id": key.caller.caller_id,
+            "department": key.caller.department,
+            "roles": tuple(sorted(key.caller.roles)),
+        }
+        if key.status != "active" or key.public_key is None:
+            raise _refuse("key_revoked", f"key {key.key_id!r} is revoked", **caller_context)
+        try:
+            await verify_request_with(
+                self._offload if offload or isinstance(key.public_key, Sm2PublicKey) else self._inline,
+                request.method,
+                target_uri(request),
+                headers,
+                body,
+                key.public_key,
+                params,
+            )
+        except SignatureFailure as failure:
+            detail = failure.detail
+            if failure.code == "signature_invalid" and failure.compared:
+                detail = f"{detail}; {proxy_hint(request)}"
+            raise _refuse(failure.code, detail, **caller_context) from None
+        # Only a verified signature may spend a nonce, so nobody can burn another caller's nonces.
+        health = self._nonces.health
+        try:
+            fresh = await self._nonces.claim(key.key_id, params.nonce, params.created, self._max_skew)
+        except REDIS_ERRORS as exc:  # fail closed: a nonce that cannot be recorded could be replayed
+            health.failed(exc)
+            problem = health.problem("the request's nonce could not be recorded, so it was not accepted; retry later")
+            problem.context = caller_context
+            raise problem from None
+        health.succeeded()
+        if not fresh:
+            raise _refuse("nonce_replayed", "this nonce was already used with this key", **caller_context)
+        return Principal(caller=key.caller, key_id=key.key_id)
+
+    async def close(self) -> None:
+        await self._offload.close()

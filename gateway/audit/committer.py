@@ -1,0 +1,230 @@
+"""The audit log's commit paths: each owns its database connection and makes one batch durable per call.
+
+`PostgresCommitter` holds one asyncpg connection of its own. `SqliteCommitter` is a child process that owns the
+SQLite connection.
+
+Why a process: a commit is mostly a wait for fsync, and a thread that waits has to take the GIL back to report,
+which it gets only when the event loop's thread lets go of it; under load that was most of a request's latency
+(docs/performance.md). A child has its own interpreter, so the event loop only writes a batch to a pipe and reads
+one byte back, both through the loop's own I/O. The child is `python -m gateway.audit.committer DB PRAGMA...`:
+it imports nothing of the gateway, reads frames on stdin, answers on stdout, and exits when stdin closes, so it
+never outlives the gateway.
+
+A frame (`security.pipes`) holds `marshal` data: (rows, checkpoint values or None); both ends are this file, over
+a pipe nobody else holds. The answer is b"\\x00" once COMMIT has returned, or b"\\x01", a 2-byte length
+and the error as "Class: message" (SQLite's messages name tables, columns and constraints, never a row's values),
+which the gateway logs: an operator needs "database is locked" or "disk I/O error", not just the class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import marshal
+import signal
+import sqlite3
+import struct
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from security.pipes import frame, read_frame, say_ready, start_child
+
+if TYPE_CHECKING:  # the child process imports nothing it does not need
+    import asyncpg
+
+ERROR_HEADER = struct.Struct(">H")
+OK = b"\x00"
+FAILED = b"\x01"
+MAX_ERROR_BYTES = 500
+
+
+def describe_error(exc: BaseException) -> str:
+    """ "Class: message" on one line, as the audit log's errors are reported; the class alone if it has no message."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class CommitterError(Exception):
+    """The committer process is gone or refused a batch; the batch may or may not have been committed."""
+
+
+class Committer(Protocol):
+    """What the audit writer needs of a database: open, commit one batch (whole or not at all), close."""
+
+    async def open(self) -> None: ...
+
+    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class PostgresCommitter:
+    """A connection of its own, so a batch costs one COPY and nothing else (BEGIN and COMMIT around it only when a
+    checkpoint goes in with it): a pooled connection added a liveness ping when taken and a ROLLBACK when given
+    back. A failed batch drops the connection (whatever state it was left in) and the next batch opens a new one."""
+
+    def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str) -> None:
+        self._dsn = dsn
+        self._table = table
+        self._columns = list(columns)
+        self._checkpoint_insert = checkpoint_insert
+        self._connection: asyncpg.Connection | None = None
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The PostgreSQL server process serving this connection (for operators and tests), else None."""
+        connection = self._connection
+        return connection.get_server_pid() if connection is not None and not connection.is_closed() else None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self._connection = await asyncpg.connect(self._dsn, timeout=30)
+
+    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None:
+        connection = self._connection
+        if connection is None or connection.is_closed():
+            await self.open()
+            connection = self._connection
+            assert connection is not None
+        try:
+            if checkpoint is None:
+                # One COPY is one statement and so its own transaction: all rows or none, without the two round
+                # trips of BEGIN and COMMIT.
+                await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+                return
+            async with connection.transaction():  # the signed head is never ahead of the rows
+                await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+                await connection.execute(self._checkpoint_insert, *checkpoint)
+        except BaseException:
+            self._connection = None
+            connection.terminate()
+            raise
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            with contextlib.suppress(Exception):  # closing is best effort: the server drops it anyway
+                await asyncio.wait_for(connection.close(), 10)
+
+
+class SqliteCommitter:
+    """The gateway's side: start the child, send it batches one at a time, stop it."""
+
+    def __init__(self, path: str, pragmas: Sequence[str], insert: str, checkpoint_insert: str) -> None:
+        self._arguments = (path, insert, checkpoint_insert, *pragmas)
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The committer process's id while it runs (for operators and tests), else None."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    async def open(self) -> None:
+        process = await start_child("gateway.audit.committer", *self._arguments)
+        if process is None:
+            raise CommitterError("the audit committer process did not start (its errors are on the gateway's stderr)")
+        self._process = process
+
+    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            # Started again for the next batch; the writer reads the head back first, as after any failed commit.
+            self._process = None
+            await self.open()
+            process = self._process
+            assert process is not None
+        assert process.stdin is not None and process.stdout is not None
+        payload = marshal.dumps((records, checkpoint))
+        try:
+            process.stdin.write(frame(payload))
+            await process.stdin.drain()
+            status = await process.stdout.readexactly(1)
+            if status == OK:
+                return
+            (length,) = ERROR_HEADER.unpack(await process.stdout.readexactly(ERROR_HEADER.size))
+            error = (await process.stdout.readexactly(length)).decode("utf-8", "replace")
+        except BaseException as exc:
+            # Cut off mid-frame or mid-answer (gone, or cancelled): its next answer could belong to this batch, so
+            # it is never asked again; the next batch starts another.
+            self._process = None
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                process.kill()
+            if isinstance(exc, OSError | asyncio.IncompleteReadError):
+                raise CommitterError(f"the audit committer process is gone ({type(exc).__name__})") from None
+            raise
+        raise CommitterError(f"the audit committer could not commit: {error}")
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()  # end of input: the child closes the database and exits
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+# --- the child ---------------------------------------------------------------------------------------------------
+
+
+def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]) -> None:
+    # Autocommit mode: the transaction is the explicit BEGIN IMMEDIATE ... COMMIT below, nothing implicit.
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    for pragma in pragmas:
+        connection.execute(pragma)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    say_ready(stdout)
+    try:
+        while (payload := read_frame(stdin)) is not None:
+            records, checkpoint = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
+            try:
+                _commit(connection, insert, checkpoint_insert, records, checkpoint)
+            except Exception as exc:  # the gateway fails the batch closed; this process stays for the next
+                error = describe_error(exc).encode("utf-8", "replace")[:MAX_ERROR_BYTES]
+                stdout.write(FAILED + ERROR_HEADER.pack(len(error)) + error)
+            else:
+                stdout.write(OK)
+            stdout.flush()
+    finally:
+        connection.close()
+
+
+def _commit(
+    connection: sqlite3.Connection,
+    insert: str,
+    checkpoint_insert: str,
+    records: list[tuple[Any, ...]],
+    checkpoint: tuple[Any, ...] | None,
+) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.executemany(insert, records)
+        if checkpoint is not None:  # in the same transaction: the signed head is never ahead of the rows
+            connection.execute(checkpoint_insert, checkpoint)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def main(argv: Sequence[str]) -> None:
+    # Ctrl-C in a terminal, or SIGTERM to the whole process group, is for the gateway: it flushes its last batch
+    # through this process during shutdown and then closes stdin, which is what ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    path, insert, checkpoint_insert, *pragmas = argv
+    try:
+        serve(path, insert, checkpoint_insert, pragmas)
+    except BrokenPipeError:  # the gateway went away: nothing is left to answer
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,247 @@
+"""One audited exchange: read the body, authenticate, run the handler, record the outcome, answer.
+
+Every route that needs a caller goes through `run_exchange`, so no path can forget to authenticate
+or to audit, and a refusal is recorded exactly like a success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from gateway import metrics
+from gateway.access.authenticate import Principal
+from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
+from gateway.http.json_bodies import check_depth
+from gateway.http.problems import Problem
+from gateway.http.unauthenticated import PREAUTH_BODY_BYTES, RATE_LIMITED
+from gateway.runtime import Runtime
+from gateway.storage.health import is_database_outage
+
+log = logging.getLogger("msjx.exchange")
+MAX_BODY_BYTES = 1 << 20
+JSON = "application/json"
+
+
+@dataclass
+class Exchange:
+    runtime: Runtime
+    request: Request
+    request_id: str
+    body: bytes
+    principal: Principal
+    event: AuditEvent
+    # What the handler adds to a successful answer (e.g. Idempotent-Replayed on a stored answer).
+    response_headers: dict[str, str] = field(default_factory=dict)
+    media_type: str = JSON
+
+
+Handler = Callable[[Exchange], Awaitable[tuple[int, bytes]]]
+
+
+def _declared_length(request: Request) -> str | None:
+    # The raw ASGI headers, not request.headers: Starlette builds a Headers object to answer one lookup.
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            return value.decode("latin-1")
+    return None
+
+
+def request_path(request: Request) -> str:
+    """`request.url.path`, without building the URL when the path holds nothing URL parsing would change."""
+    path: str = request.scope["path"]
+    if path.startswith("//") or any(char in path for char in _URL_SPECIAL):
+        return request.url.path
+    return path
+
+
+_URL_SPECIAL = frozenset("?#\\\t\r\n")
+
+
+def body_too_large(limit: int) -> Problem:
+    # The rest of the body is not read, so the connection cannot carry another request: say it closes.
+    return Problem(
+        413,
+        "body_too_large",
+        "Request body is too large",
+        f"the limit is {limit} bytes",
+        headers={"Connection": "close"},
+    )
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    declared = _declared_length(request)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise body_too_large(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _apply_context(event: AuditEvent, context: dict[str, object]) -> None:
+    for name, value in context.items():
+        if hasattr(event, name) and value is not None:
+            setattr(event, name, value)
+
+
+async def run_exchange(
+    request: Request,
+    event_name: str,
+    handler: Handler,
+    *,
+    roles: Iterable[str] | None = None,
+    service: str | None = None,
+    operation: str | None = None,
+) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    started = time.perf_counter()
+    request_id = new_request_id()
+    event = AuditEvent(
+        event=event_name,
+        request_id=request_id,
+        decision="refused",
+        status_code=0,
+        client_addr=request.client.host if request.client else None,
+        method=request.method,
+        path=request_path(request),
+        service=service,
+        operation=operation,
+    )
+    instance = event.path
+    runtime.exchanges_in_progress += 1
+    authenticated = False
+    try:
+        # Until the caller is known, a record keeps only the start of the body (gateway/http/unauthenticated.py).
+        event.request_kept = PREAUTH_BODY_BYTES
+        body = await read_body(request)
+        event.request_body = body
+        check_depth(body)  # before anything parses it, on every route: a refusal, never a RecursionError
+        principal = await runtime.authenticator.authenticate(
+            request, body, offload=runtime.exchanges_in_progress > runtime.settings.signature_offload_above
+        )
+        authenticated = True
+        event.request_kept = None
+        event.caller_id = principal.caller.caller_id
+        event.department = principal.caller.department
+        event.roles = tuple(sorted(principal.caller.roles))
+        event.key_id = principal.key_id
+        if roles is not None and not principal.caller.roles.intersection(roles):
+            raise Problem(
+                403,
+                "role_forbidden",
+                "Caller lacks the role for this operation",
+                f"needs one of the roles {sorted(roles)}",
+            )
+        exchange = Exchange(runtime, request, request_id, body, principal, event)
+        status, payload = await handler(exchange)
+        event.decision = "allowed"
+        event.status_code = status
+        event.response_body = payload
+        event.duration_us = int((time.perf_counter() - started) * 1e6)
+        await runtime.audit.append(event)
+        metrics.observe(event)
+        headers = {**exchange.response_headers, "X-Request-Id": request_id}
+        return Response(payload, status_code=status, media_type=exchange.media_type, headers=headers)
+    except AuditUnavailable:
+        return _audit_down(request_id, instance)
+    except ClientDisconnect:
+        # The client's choice, not the gateway's failure: one line, no traceback; nobody reads the answer.
+        log.info("request %s: the client closed the connection before its body ended", request_id)
+        problem = Problem(499, "client_closed", "Client closed the connection", "the request body did not arrive")
+        return await _record_refusal(runtime, event, problem, started, instance, authenticated)
+    except Problem as problem:
+        return await _record_refusal(runtime, event, problem, started, instance, authenticated)
+    except Exception as exc:
+        problem = _outage_problem(runtime, exc)
+        if problem is None:
+            log.exception("unhandled error in %s (request %s)", event_name, request_id)
+            problem = Problem(
+                500, "internal_error", "Internal error", "the gateway failed; the request id names it in logs"
+            )
+        return await _record_problem(runtime, event, problem, started, instance, decision="failed")
+    finally:
+        runtime.exchanges_in_progress -= 1
+
+
+async def _record_refusal(
+    runtime: Runtime, event: AuditEvent, problem: Problem, started: float, instance: str, authenticated: bool
+) -> Response:
+    """A refusal before authentication is audited on its own only up to a rate per client address; beyond, the
+    client gets 429 and the refusal is only counted. Server-side failures (5xx) are always audited."""
+    gate = runtime.unauthenticated
+    if authenticated or gate is None or problem.status >= 500:
+        return await _record_problem(runtime, event, problem, started, instance)
+    verdict = await gate.judge(event.client_addr)
+    if verdict.audit:
+        return await _record_problem(runtime, event, problem, started, instance)
+    limited = Problem(
+        429,
+        RATE_LIMITED,
+        "Too many unauthenticated requests",
+        "this address sent too many requests that were not correctly signed; retry after the window resets",
+        # A body left unread (413) still closes the connection.
+        headers={"Retry-After": str(verdict.retry_after), **_connection_close(problem)},
+    )
+    return limited.response(event.request_id, instance)
+
+
+def _connection_close(problem: Problem) -> dict[str, str]:
+    return {"Connection": "close"} if problem.headers.get("Connection") == "close" else {}
+
+
+async def _record_problem(
+    runtime: Runtime,
+    event: AuditEvent,
+    problem: Problem,
+    started: float,
+    instance: str,
+    decision: str | None = None,
+) -> Response:
+    _apply_context(event, problem.context)
+    body = problem.render(event.request_id, instance)
+    event.decision = decision or ("failed" if problem.status >= 500 else "refused")
+    event.reason_code = problem.code
+    event.status_code = problem.status
+    event.response_body = body
+    event.duration_us = int((time.perf_counter() - started) * 1e6)
+    try:
+        await runtime.audit.append(event)
+    except AuditUnavailable:
+        return _audit_down(event.request_id, instance)
+    metrics.observe(event)
+    return problem.response(event.request_id, instance, body=body)
+
+
+def _outage_problem(runtime: Runtime, exc: Exception) -> Problem | None:
+    """A 503 for a store that is down (counted and logged once by its Dependency, no traceback); None for a bug."""
+    if isinstance(exc, RedisError):  # shared state (breakers, payment locks) beyond nonces and quotas
+        runtime.shared_state.failed(exc)
+        return runtime.shared_state.problem("shared state in Redis could not be reached; retry later")
+    if is_database_outage(exc):
+        health = runtime.directory.health
+        health.failed(exc)
+        return health.problem("the database could not be reached; retry later")
+    return None
+
+
+def _audit_down(request_id: str, instance: str) -> Response:
+    # Counted here; the audit writer logs the store going down and coming back, not each refused request.
+    metrics.AUDIT_UNAVAILABLE.inc()
+    return Problem(
+        503,
+        "audit_unavailable",
+        "Audit log unavailable",
+        "the exchange could not be recorded, so no data was released; retry later",
+        headers={"Retry-After": "5"},
+    ).response(request_id, instance)

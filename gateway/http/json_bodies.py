@@ -1,0 +1,49 @@
+"""Request bodies as JSON: nesting bounded before any parser runs, every failure a 422 with a stable code."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from adapters.jsondepth import MAX_JSON_DEPTH, json_depth_exceeds, loads_bounded
+from gateway.http.problems import Problem
+
+
+def too_deep() -> Problem:
+    message = f"arrays and objects may nest at most {MAX_JSON_DEPTH} levels deep"
+    return Problem(
+        422,
+        "json_too_deep",
+        "Body nests too deeply",
+        message,
+        errors=[{"field": "", "message": message, "type": "json_too_deep"}],
+    )
+
+
+def check_depth(body: bytes) -> None:
+    """Refuse a body nested deeper than MAX_JSON_DEPTH. Run on every body as soon as it is read, before anything
+    else looks at it; the parsers below check again, so no path can reach a recursive parser without it."""
+    if json_depth_exceeds(body):
+        raise too_deep()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def not_json() -> Problem:
+    return Problem(422, "invalid_json", "Body is not JSON", "the request body must be a JSON object")
+
+
+def load_body(body: bytes, *, exact: bool = False) -> Any:
+    """The body's JSON document. With `exact`, every non-integer number is a Decimal: money never passes through
+    a float. 422 `json_too_deep` or `invalid_json` otherwise."""
+    check_depth(body)
+    try:
+        if exact:
+            return loads_bounded(body, parse_float=Decimal, parse_constant=_refuse_constant)
+        return orjson.loads(body)
+    except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError are ValueErrors
+        raise not_json() from None

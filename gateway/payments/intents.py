@@ -1,0 +1,446 @@
+"""Exactly-once treasury payments: the intent is durable before the voucher is sent, the outcome after it is known.
+
+A voucher whose answer was lost (timeout, dropped connection, a gateway killed mid-way) is never sent again blindly:
+it is first looked up with `voucher-status`, on the next request with the same Idempotency-Key, by the reconciler
+when the gateway starts, and periodically. Only a voucher the treasury does not hold, last sent long enough ago, is
+sent again, with the same VoucherNo, which the treasury accepts once at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from adapters.base import Adapter, UpstreamError
+from adapters.treasury import VoucherDuplicate, VoucherRefused
+from gateway.audit.log import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
+from gateway.http.problems import Problem
+from gateway.payments.idempotency import ClaimKind, IdempotencyStore, fingerprint, missing_key, parse_key
+from gateway.storage.health import Dependency, is_database_outage
+from gateway.storage.models import PaymentIntent, PaymentOutcome
+from schemas.treasury import VoucherQuery, VoucherSubmission
+
+if TYPE_CHECKING:  # the exchange module imports the runtime, which imports this one
+    from gateway.access.directory import GrantInfo
+    from gateway.http.exchange import Exchange
+
+log = logging.getLogger("msjx.payments")
+
+SERVICE, SUBMIT, STATUS = "treasury", "submit-voucher", "voucher-status"
+PAYMENT_OPERATIONS = frozenset({(SERVICE, SUBMIT)})
+SUBMIT_PATH = f"/v1/services/{SERVICE}/{SUBMIT}"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+@dataclass
+class Resolution:
+    """Where one attempt to settle a payment got to. `outcome` None: not known yet, ask again later."""
+
+    outcome: str | None  # accepted | paid | returned | refused
+    code: str = ""  # the treasury's code, or what went wrong
+    receipt: dict[str, Any] | None = None
+    problem: Problem | None = None
+    calls: list[str] = field(default_factory=list)  # upstream operations made, in order
+    upstream_status: str | None = None
+    upstream_us: int = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Payments:
+    """The payment path of one gateway process: request handling, the reconciler task, the test fault hook."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker,
+        adapter: Adapter,
+        audit: AuditWriter,
+        store: IdempotencyStore,
+        resend_grace_seconds: float,
+        reconcile_seconds: float,
+        retention_days: int,
+        kill_after_accept: int = 0,
+        health: Dependency | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self.adapter = adapter
+        self._audit = audit
+        self.store = store
+        self.grace_ms = int(resend_grace_seconds * 1000)
+        self.interval = reconcile_seconds
+        self.retention = timedelta(days=retention_days)
+        self.kill_after_accept = kill_after_accept
+        self.health = health  # the database's: an outage is logged once by it, not at every pass
+        self._accepted = 0
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+
+    @staticmethod
+    def handles(service: str, operation: str) -> bool:
+        return (service, operation) in PAYMENT_OPERATIONS
+
+    async def start(self) -> None:
+        released = await self.store.release_stale()
+        if released:
+            log.warning(
+                "released %d idempotency leases left by an earlier run of node %s", released, self.store.node_id
+            )
+        if self.kill_after_accept:
+            log.warning(
+                "TEST FAULT HOOK ON: this process kills itself after the treasury accepts voucher #%d",
+                self.kill_after_accept,
+            )
+        # The first pass runs at once: whatever a crash left open is looked up before anything is sent again.
+        self._task = asyncio.create_task(self._run(), name="payment-reconciler")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                counts = await self.reconcile()
+                if counts["resolved"] or counts["pending"]:
+                    log.info("reconciled payment intents: %s", counts)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the loop must outlive a bad pass (database or treasury down)
+                if self.health is not None and is_database_outage(exc):
+                    self.health.failed(exc)
+                else:
+                    log.exception("payment reconciliation pass failed")
+            self.passes += 1
+            await asyncio.sleep(self.interval)
+
+    # -- the request path -----------------------------------------------------------------------------------------
+
+    async def submit(self, exchange: Exchange, grant: GrantInfo, params: VoucherSubmission) -> tuple[int, bytes]:
+        """Handle POST /v1/services/treasury/submit-voucher after authentication, grant and validation."""
+        request = exchange.request
+        key = parse_key(request.headers.getlist("idempotency-key"))
+        if key is None:
+            raise missing_key(f"{SERVICE}/{SUBMIT}")
+        caller_id = exchange.principal.caller.caller_id
+        event = exchange.event
+        now = datetime.now(UTC)
+        intent = PaymentIntent(
+            voucher_no=params.voucher_no,
+            caller_id=caller_id,
+            idem_key=key,
+            uscc=params.uscc,
+            pay_amt=str(params.pay_amt),
+            purpose=event.purpose or "",
+            grant_id=grant.grant_id,
+            fields=list(grant.fields),
+            voucher=params.model_dump_json(),
+            attempts=1,  # counted before the send: an attempt that dies mid-way still counts
+            last_sent_ms=_now_ms(),
+            created_at=now,
+        )
+
+        async def add_intent(session: Any) -> None:
+            session.add(intent)
+
+        try:
+            claim = await self.store.claim(
+                caller_id,
+                key,
+                fingerprint(request.method, request.url.path, exchange.body),
+                service=SERVICE,
+                operation=SUBMIT,
+                on_new=add_intent,
+            )
+        except IntegrityError:
+            raise Problem(
+                409,
+                "voucher_exists",
+                "Voucher already submitted",
+                f"voucher {params.voucher_no} was submitted before under another Idempotency-Key; a VoucherNo is"
+                " paid once: repeat that request with its own key to learn its outcome",
+            ) from None
+        if claim.kind is ClaimKind.REPLAY:
+            exchange.response_headers[REPLAYED_HEADER] = "true"
+            if claim.status_code is not None and claim.status_code >= 400:
+                exchange.media_type = "application/problem+json"
+            event.reason_code = "idempotent_replay"
+            assert claim.status_code is not None and claim.body is not None
+            return claim.status_code, claim.body
+        if claim.kind is ClaimKind.REUSED:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used with a different request; use a new key for a new payment",
+            )
+        if claim.kind is ClaimKind.IN_FLIGHT:
+            raise Problem(
+                409,
+                "idempotency_in_flight",
+                "Request with this Idempotency-Key in progress",
+                "a request with this Idempotency-Key is being processed; repeat it later to get its answer",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            if claim.kind is ClaimKind.NEW:
+                resolution = await self._send(intent, params)
+            else:
+                stored = await self._intent(caller_id, key)
+                resolution = await self._settle(stored, allow_resend=True)
+                intent = stored
+        except BaseException:
+            await self.store.release(caller_id, key)
+            raise
+        event.upstream_status = resolution.upstream_status
+        event.upstream_us = resolution.upstream_us
+        status, body, problem = await self._finish(
+            intent, resolution, "request", exchange.request_id, event_fields=event
+        )
+        if problem is not None:
+            raise problem
+        return status, body
+
+    async def _intent(self, caller_id: str, key: str) -> PaymentIntent:
+        async with self._sessions() as session:
+            intent = await session.scalar(
+                select(PaymentIntent).where(PaymentIntent.caller_id == caller_id, PaymentIntent.idem_key == key)
+            )
+        if intent is None:  # the key and its intent are written in one transaction
+            raise RuntimeError(f"idempotency key of {caller_id} has no payment intent")
+        return intent
+
+    # -- settling one payment -------------------------------------------------------------------------------------
+
+    async def _call(self, resolution: Resolution, operation: str, params: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        resolution.calls.append(operation)
+        try:
+            result = await self.adapter.invoke(operation, params)
+        except UpstreamError as exc:
+            resolution.upstream_status = exc.upstream_status
+            raise
+        finally:
+            resolution.upstream_us += int((time.perf_counter() - started) * 1e6)
+        resolution.upstream_status = result.upstream_status
+        return result.data
+
+    async def _send(
+        self, intent: PaymentIntent, params: VoucherSubmission, resolution: Resolution | None = None
+    ) -> Resolution:
+        resolution = resolution or Resolution(outcome=None)
+        try:
+            receipt = await self._call(resolution, SUBMIT, params)
+        except VoucherDuplicate:
+            # The treasury holds this number already (an earlier attempt got through): ask what it holds.
+            return await self._settle(intent, allow_resend=False, resolution=resolution)
+        except VoucherRefused as exc:
+            resolution.outcome, resolution.code = "refused", exc.upstream_status or ""
+            resolution.problem = Problem(
+                502,
+                "voucher_refused",
+                "Treasury refused the voucher",
+                exc.detail,
+                context={"upstream_status": exc.upstream_status},
+            )
+            return resolution
+        except UpstreamError as exc:
+            log.warning("voucher %s: %s; looking it up before anything else", intent.voucher_no, exc.detail)
+            settled = await self._settle(intent, allow_resend=False, resolution=resolution)
+            if settled.outcome is None:
+                settled.problem = self._pending(intent, exc.detail, exc.status)
+            return settled
+        self._accepted += 1
+        if self.kill_after_accept and self._accepted == self.kill_after_accept:
+            # Test-only fault hook: die between the treasury's acceptance and the outcome's record.
+            log.critical("TEST FAULT HOOK: SIGKILL after the treasury accepted voucher %s", intent.voucher_no)
+            os.kill(os.getpid(), signal.SIGKILL)
+        resolution.outcome, resolution.code, resolution.receipt = "accepted", resolution.upstream_status or "", receipt
+        return resolution
+
+    async def _settle(
+        self, intent: PaymentIntent, *, allow_resend: bool, resolution: Resolution | None = None
+    ) -> Resolution:
+        """Ask the treasury what became of the voucher; send it again only if it holds none and the last send is
+        older than the grace period."""
+        resolution = resolution or Resolution(outcome=None)
+        try:
+            status = await self._call(resolution, STATUS, VoucherQuery(voucher_no=intent.voucher_no))
+        except UpstreamError as exc:
+            resolution.problem = self._pending(intent, f"voucher-status failed: {exc.detail}", exc.status)
+            return resolution
+        if status["found"]:
+            if status["status"] == "returned":
+                resolution.outcome, resolution.code = "returned", resolution.upstream_status or ""
+                resolution.problem = Problem(
+                    502,
+                    "voucher_returned",
+                    "Treasury returned the voucher",
+                    f"the treasury accepted voucher {intent.voucher_no} and then returned it (退回); it was not paid",
+                )
+                return resolution
+            resolution.outcome, resolution.code = status["status"], resolution.upstream_status or ""
+            resolution.receipt = {
+                "voucher_no": status["voucher_no"],
+                "status": "accepted",
+                "treasury_serial": status["treasury_serial"],
+                "pay_amt": status["pay_amt"],
+                "accepted_at": status["accepted_at"],
+            }
+            return resolution
+        waited = _now_ms() - (intent.last_sent_ms or 0)
+        if not allow_resend or waited < self.grace_ms:
+            resolution.problem = self._pending(
+                intent, f"the treasury holds no voucher {intent.voucher_no} yet (last sent {waited / 1000:.1f} s ago)"
+            )
+            return resolution
+        # The treasury never got it: send the very same voucher again, counted before it leaves.
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(PaymentIntent)
+                .where(PaymentIntent.voucher_no == intent.voucher_no)
+                .values(attempts=PaymentIntent.attempts + 1, last_sent_ms=_now_ms())
+            )
+        log.warning(
+            "voucher %s is unknown to the treasury %.1f s after it was sent: sending it again",
+            intent.voucher_no,
+            waited / 1000,
+        )
+        return await self._send(intent, VoucherSubmission.model_validate_json(intent.voucher), resolution)
+
+    def _pending(self, intent: PaymentIntent, why: str, status: int = 503) -> Problem:
+        return Problem(
+            status if status in (502, 503, 504) else 503,
+            "payment_pending",
+            "Payment outcome not known yet",
+            f"voucher {intent.voucher_no}: {why}. It is reconciled with the treasury's voucher-status before anything"
+            " is sent again; repeat the request with the same Idempotency-Key to learn the outcome",
+            headers={"Retry-After": str(max(1, round(self.grace_ms / 1000)))},
+        )
+
+    async def _finish(
+        self,
+        intent: PaymentIntent,
+        resolution: Resolution,
+        resolved_by: str,
+        request_id: str,
+        event_fields: AuditEvent | None = None,
+    ) -> tuple[int, bytes, Problem | None]:
+        """Record the outcome and the key's answer in one transaction, or give the key back when still unknown."""
+        if resolution.outcome is None:
+            await self.store.release(intent.caller_id, intent.idem_key)
+            assert resolution.problem is not None
+            return resolution.problem.status, resolution.problem.render(request_id, SUBMIT_PATH), resolution.problem
+        if resolution.problem is None:
+            assert resolution.receipt is not None
+            data = {name: resolution.receipt[name] for name in intent.fields if name in resolution.receipt}
+            if event_fields is not None:
+                event_fields.fields = tuple(data)
+            status = 200
+            body = orjson.dumps(
+                {
+                    "data": data,
+                    "meta": {
+                        "request_id": request_id,
+                        "service": SERVICE,
+                        "operation": SUBMIT,
+                        "grant_id": intent.grant_id,
+                        "source": self.adapter.title or SERVICE,
+                        "fetched_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    },
+                }
+            )
+        else:
+            status, body = resolution.problem.status, resolution.problem.render(request_id, SUBMIT_PATH)
+        receipt = resolution.receipt or {}
+        async with self._sessions() as session, session.begin():
+            session.add(
+                PaymentOutcome(
+                    voucher_no=intent.voucher_no,
+                    outcome=resolution.outcome,
+                    treasury_code=resolution.code[:16],
+                    treasury_serial=receipt.get("treasury_serial"),
+                    pay_amt=receipt.get("pay_amt"),
+                    detail=resolution.problem.detail if resolution.problem else None,
+                    resolved_by=resolved_by,
+                    recorded_at=datetime.now(UTC),
+                )
+            )
+            await self.store.complete(session, intent.caller_id, intent.idem_key, status, body)
+        await self.store.done(intent.caller_id, intent.idem_key)
+        return status, body, resolution.problem
+
+    # -- the reconciler -------------------------------------------------------------------------------------------
+
+    async def open_intents(self, limit: int = 500) -> list[PaymentIntent]:
+        async with self._sessions() as session:
+            result = await session.scalars(
+                select(PaymentIntent)
+                .outerjoin(PaymentOutcome, PaymentOutcome.voucher_no == PaymentIntent.voucher_no)
+                .where(PaymentOutcome.voucher_no.is_(None))
+                .order_by(PaymentIntent.created_at)
+                .limit(limit)
+            )
+            return list(result.all())
+
+    async def reconcile(self) -> dict[str, int]:
+        """One pass: every intent without an outcome is looked up (and, if the treasury never got it, sent again)."""
+        counts = {"resolved": 0, "pending": 0, "busy": 0}
+        for intent in await self.open_intents():
+            if not await self.store.acquire(intent.caller_id, intent.idem_key):
+                counts["busy"] += 1  # a request (here or on another node) is settling it right now
+                continue
+            try:
+                resolution = await self._settle(intent, allow_resend=True)
+            except BaseException:
+                await self.store.release(intent.caller_id, intent.idem_key)
+                raise
+            request_id = new_request_id()
+            status, body, _ = await self._finish(intent, resolution, "reconciler", request_id)
+            counts["resolved" if resolution.outcome else "pending"] += 1
+            await self._audit_reconcile(intent, resolution, request_id, status, body)
+        await self.store.purge(datetime.now(UTC) - self.retention)
+        return counts
+
+    async def _audit_reconcile(
+        self, intent: PaymentIntent, resolution: Resolution, request_id: str, status: int, body: bytes
+    ) -> None:
+        event = AuditEvent(
+            event="payment.reconcile",
+            request_id=request_id,
+            decision="allowed" if resolution.outcome else "failed",
+            status_code=status,
+            request_body=orjson.dumps({"voucher_no": intent.voucher_no, "calls": resolution.calls}),
+            response_body=body,
+            caller_id=intent.caller_id,
+            service=SERVICE,
+            operation=SUBMIT if SUBMIT in resolution.calls else STATUS,
+            purpose=intent.purpose,
+            grant_id=intent.grant_id,
+            subject=intent.uscc,
+            reason_code=None if resolution.outcome else "payment_pending",
+            upstream_status=resolution.upstream_status,
+            upstream_us=resolution.upstream_us,
+        )
+        try:
+            await self._audit.append(event)
+        except AuditUnavailable:
+            log.error("the audit store is down: reconciliation of voucher %s is not recorded", intent.voucher_no)

@@ -1,0 +1,3 @@
+"""Persistence: the database engine and migrations, the tables, the health and reachability of PostgreSQL and Redis.
+
+May import: schemas, security. Nothing else of gateway."""

@@ -1,0 +1,73 @@
+"""Database engine and migrations: one async engine per process; Alembic brings the schema up to date."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from gateway.settings import Settings
+from gateway.storage.reachability import check_database
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = settings.async_database_url
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+# WAL lets readers run beside the audit writer; FULL makes every commit survive a power cut, which group commit
+# keeps affordable. The audit writer's own connection (gateway/audit/log.py) takes the same ones.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+)
+
+
+def apply_sqlite_pragmas(dbapi_connection: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    apply_sqlite_pragmas(dbapi_connection)
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = settings.async_database_url
+    return config
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Migrate the database to `revision`. Runs its own event loop: call it before the server's starts."""
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        # An unreachable server is one line naming MSJX_DATABASE_URL (ServiceUnreachable), not a driver traceback.
+        asyncio.run(check_database(settings))
+    command.upgrade(alembic_config(settings), revision)
+
+
+async def upgrade_async(settings: Settings, revision: str = "head") -> None:
+    await asyncio.to_thread(upgrade, settings, revision)
