@@ -14,22 +14,12 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.cli.common import DataDir, cli_settings, fail
+
 calendar_app = typer.Typer(
     help="The working-day calendar: load the State Council's holiday schedule each year.", no_args_is_help=True
 )
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="overrides MSJX_DATA_DIR (default: var)")]
 WEEKDAYS = "一二三四五六日"
-
-
-def _settings(data_dir: Path | None) -> Any:
-    from gateway.cli import _settings as settings_of
-
-    return settings_of(data_dir)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def cli_chain(node_id: str) -> str:
@@ -54,15 +44,15 @@ def calendar_import(
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(f"{file}: {exc}") from None
+        raise fail(f"{file}: {exc}") from None
     try:
         schedule = read_schedule(text, csv_format=is_csv(file.name), year=year, source=source)
     except ScheduleInvalid as exc:
         for fault in exc.faults:
             where = f"{file}:{fault.line}" if fault.line is not None else str(file)
             typer.echo(f"{where}: {fault.message} [{fault.code}]", err=True)
-        raise _fail(f"{len(exc.faults)} fault(s); nothing was imported", 1) from None
-    settings = _settings(data_dir)
+        raise fail(f"{len(exc.faults)} fault(s); nothing was imported", 1) from None
+    settings = cli_settings(data_dir)
     imported_by = by or f"cli:{getpass.getuser()}"
     result = _import(settings, schedule, text.encode(), imported_by)
     out = result.schedule
@@ -124,7 +114,7 @@ def _import(settings: Any, schedule: Any, file_bytes: bytes, imported_by: str) -
             )
             return result
         except AuditUnavailable:
-            raise _fail("the schedule is stored, but its audit record could not be written; see the log", 1) from None
+            raise fail("the schedule is stored, but its audit record could not be written; see the log", 1) from None
         finally:
             if writer is not None:
                 await writer.close()
@@ -155,7 +145,7 @@ def calendar_years(data_dir: DataDir = None) -> None:
     from gateway.sharing.calendar import years_overview
     from gateway.sharing.workdays import PROVISIONAL_RULE, china_date
 
-    calendar = _calendar(_settings(data_dir))
+    calendar = _calendar(cli_settings(data_dir))
     for entry in years_overview(calendar, china_date(datetime.now(UTC))):
         schedule = entry.schedule
         if entry.source == "imported":
@@ -173,8 +163,8 @@ def calendar_show(year: Annotated[int, typer.Argument()], data_dir: DataDir = No
     from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR
 
     if not FIRST_YEAR <= year <= LAST_YEAR:
-        raise _fail(f"{year} is outside {FIRST_YEAR}–{LAST_YEAR}, the years any calendar source covers")
-    calendar = _calendar(_settings(data_dir))
+        raise fail(f"{year} is outside {FIRST_YEAR}–{LAST_YEAR}, the years any calendar source covers")
+    calendar = _calendar(cli_settings(data_dir))
     schedule = calendar.schedule(year)
     typer.echo(f"{year}: {calendar.source_of(year)} — {schedule.source}")
     if schedule.imported_at is not None:

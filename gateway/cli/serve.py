@@ -1,0 +1,184 @@
+"""`msjx-gateway serve`, `simulators` and `demo`: the serving process (one or several workers) and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gateway.cli.common import DataDir, cli_settings, configure_logging, fail
+from gateway.settings import Settings
+
+# How `serve` runs uvicorn; `make bench` measures these (docs/performance.md), and its Python floor uses them too.
+# proxy_headers off: uvicorn would believe X-Forwarded-For/-Proto from 127.0.0.1 whatever MSJX_TRUSTED_PROXIES says;
+# the gateway applies that one rule itself (gateway/http/forwarded.py), to the client address and the signed URI alike.
+SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False, "proxy_headers": False}
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def serve(
+    demo: Annotated[bool, typer.Option("--demo", help="start the simulators and seed demo callers and grants")] = False,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="worker processes on the one port, each a node with its own audit chain <node-id>-<i>;"
+            " more than 1 needs PostgreSQL and Redis (SIGHUP restarts them one at a time)"
+        ),
+    ] = 1,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the gateway (migrating the database first)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.server import heap
+    from gateway.server.protocol import guarded_protocol
+    from gateway.server.workers import WorkersRefused, check_workers
+    from gateway.storage import db
+    from gateway.storage.reachability import check_redis
+
+    settings = cli_settings(data_dir)
+    try:
+        check_workers(settings, workers)
+    except WorkersRefused as exc:
+        raise fail(str(exc)) from None
+    configure_logging(settings.log_level)
+    lock = _lock_data_dir(settings, host, port)
+    # Until uvicorn takes over the signals, make SIGTERM unwind like Ctrl-C so the simulators child is stopped.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    simulators = None
+    announcement: list[str] = []
+    try:
+        # Redis down would otherwise surface inside uvicorn's start-up as a traceback; the database is checked by
+        # db.upgrade. Both failures are one line naming the setting (gateway/storage/reachability.py), exit 2.
+        asyncio.run(check_redis(settings))
+        if demo:
+            from gateway.demo import setup as demo_module
+            from gateway.runtime import build_adapters
+            from simulators.enterprises import DEMO_USCC
+
+            simulators, urls = demo_module.start_simulators(data_dir=settings.data_dir / "simulators")
+            settings = settings.model_copy(update={"upstream_urls": {**urls, **settings.upstream_urls}})
+            db.upgrade(settings)
+            listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
+            announcement = [
+                f"msjx-gateway demo on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
+                f"simulators: {', '.join(f'{name} {url}' for name, url in urls.items())}",
+                f"demo callers and keys: {settings.data_dir / 'demo' / 'callers.json'}",
+                "try, in another shell:",
+                "  " + demo_module.call_line(port, listing, DEMO_USCC, host),
+            ]
+        else:
+            db.upgrade(settings)
+
+        def on_ready() -> None:
+            heap.settle()
+            if announcement:
+                typer.echo("\n".join(announcement))
+
+        if workers > 1:
+            _supervise(settings, workers, host, port, lambda: on_ready() if announcement else None)
+            return
+        uvicorn.run(
+            create_app(settings, on_ready=on_ready),
+            host=host,
+            port=port,
+            log_level=settings.log_level,
+            # The same server, with bounds on request heads, slow clients and connections (gateway/server/protocol.py).
+            **{**SERVER_OPTIONS, "http": guarded_protocol(settings)},
+        )
+    finally:
+        if simulators is not None:
+            simulators.terminate()
+            simulators.wait(timeout=10)
+        lock.release()
+
+
+def _supervise(settings: Settings, workers: int, host: str, port: int, announce: Callable[[], None]) -> None:
+    """`serve --workers N`: make the keys the workers share (or each own) here, so N first starts do not race to
+    create them, then run the workers on one socket until a signal (gateway/server/workers.py)."""
+    from gateway.audit.keys import open_keyring
+    from gateway.audit.log import load_signer
+    from gateway.server.workers import Supervisor, bind, worker_settings
+    from gateway.storage import db
+
+    async def prepare() -> None:
+        engine = db.create_engine(settings)
+        try:
+            await open_keyring(settings, engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(prepare())
+    for index in range(workers):
+        load_signer(worker_settings(settings, index))
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1) from None
+    # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
+    try:
+        Supervisor(settings, workers, sock, SERVER_OPTIONS, announce).run()
+    finally:
+        sock.close()
+
+
+def _lock_data_dir(settings: Settings, host: str, port: int) -> Any:
+    """One gateway per data dir: a second `serve` on it stops here with one line naming the running one."""
+    from gateway.server.datadir_lock import DataDirBusy, DataDirLock
+
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire(host, port)
+    except DataDirBusy as exc:
+        raise fail(str(exc), 1) from None
+    return lock
+
+
+def simulators(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    credit_port: Annotated[int, typer.Option(help="credit platform port (0: any free port)")] = 0,
+    golden_tax_port: Annotated[int, typer.Option(help="Golden Tax III (SOAP) port (0: any free port)")] = 0,
+    market_port: Annotated[int, typer.Option(help="market registration port (0: any free port)")] = 0,
+    stop_on_stdin_close: Annotated[
+        bool, typer.Option("--stop-on-stdin-close", help="exit when standard input closes (a parent died)")
+    ] = False,
+    treasury_port: Annotated[int, typer.Option(help="treasury port (0: any free port)")] = 0,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="state of durable simulators (default: <MSJX_DATA_DIR>/simulators)"),
+    ] = None,
+) -> None:
+    """Run the simulated upstream systems; prints their URLs as one JSON line."""
+    from simulators.runner import serve as serve_simulators
+    from simulators.treasury import default_data_dir
+
+    ports = {"credit": credit_port, "golden-tax": golden_tax_port, "market": market_port, "treasury": treasury_port}
+    asyncio.run(serve_simulators(host, ports, data_dir or default_data_dir(), stop_on_stdin_close=stop_on_stdin_close))
+
+
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option(help="a running `serve --demo` (default: the one serving --data-dir, else start one)"),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the 免申即享 demo: a 名单类 and a 条件类 policy through the gateway, then verify the audit chain."""
+    from gateway.demo.platform import DemoError, run_demo
+
+    settings = cli_settings(data_dir)
+    try:
+        status = run_demo(settings, url, typer.echo)
+    except DemoError as exc:
+        raise fail(str(exc), 1) from None
+    raise typer.Exit(status)

@@ -1,0 +1,120 @@
+"""`msjx-gateway upstreams`: register district systems from a WSDL or OpenAPI document, list, set owner, remove."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from gateway.cli.common import DataDir, beijing, cli_settings, fail, run_registry
+from gateway.http.problems import Problem
+
+upstreams_app = typer.Typer(
+    help="District systems registered at runtime from a WSDL or OpenAPI document.", no_args_is_help=True
+)
+
+
+@upstreams_app.command("add")
+def upstreams_add(
+    name: Annotated[str, typer.Argument(help="service name its operations are invoked under, e.g. huli-fulfilment")],
+    owner: Annotated[
+        str,
+        typer.Option(
+            "--owner",
+            help="提供单位: the department owning the system's data; only it publishes its catalog items and decides",
+        ),
+    ],
+    wsdl: Annotated[str | None, typer.Option("--wsdl", help="the WSDL: a file path or an http(s) URL")] = None,
+    openapi: Annotated[str | None, typer.Option("--openapi", help="the OpenAPI 3 document: path or URL")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="where calls go, instead of the contract's address")] = None,
+    safe: Annotated[
+        list[str], typer.Option("--safe", help="a WSDL operation that only reads, so may be retried (repeat)")
+    ] = [],  # noqa: B006
+    policy: Annotated[
+        str | None, typer.Option(help='resilience overrides as JSON, e.g. \'{"total_timeout": 3, "max_attempts": 2}\'')
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Register a district system; every running gateway node offers it within about a second."""
+    from gateway.upstreams.registry import BUILT_IN, add_upstream, prepare
+
+    if (wsdl is None) == (openapi is None):
+        raise fail("give exactly one of --wsdl or --openapi")
+    try:
+        overrides = json.loads(policy) if policy else {}
+    except json.JSONDecodeError as exc:
+        raise fail(f"--policy is not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise fail("--policy must be a JSON object")
+    settings = cli_settings(data_dir)
+    try:
+        prepared = prepare(
+            name,
+            "wsdl" if wsdl else "openapi",
+            source=wsdl or openapi,
+            endpoint=endpoint,
+            safe=safe,
+            policy=overrides,
+            allow_files=True,
+            reserved=BUILT_IN | frozenset(settings.upstream_urls),
+            fetch_allow=settings.contract_fetch_allowlist,
+        )
+    except Problem as problem:
+        raise fail(f"{problem.code}: {problem.detail}", 1) from None
+    if not owner.strip() or len(owner) > 200:
+        raise fail("--owner names a department (1 to 200 characters)")
+    out = run_registry(settings, lambda session: add_upstream(session, prepared, "cli", owner))
+    typer.echo(
+        f"registered {out.name} ({out.kind}, {len(out.operations)} operations) from {out.source}, owned by {owner}"
+    )
+    for operation in out.operations:
+        typer.echo(
+            f"  {out.name}/{operation.operation:<28} {'safe ' if operation.safe else 'write'}  {operation.summary}"
+        )
+
+
+@upstreams_app.command("list")
+def upstreams_list(data_dir: DataDir = None) -> None:
+    """List registered upstreams and their operations."""
+    from gateway.upstreams.registry import list_upstreams
+
+    rows = run_registry(cli_settings(data_dir), list_upstreams)
+    if not rows:
+        typer.echo("no registered upstreams")
+    for row in rows:
+        where = row.endpoint or "(the contract's address)"
+        typer.echo(f"{row.name:<20} {row.kind:<8} {len(row.operations):>3} operations  endpoint {where}")
+        typer.echo(f"{'':<20} source {row.source}  registered {beijing(row.created_at)} by {row.created_by}")
+        typer.echo(f"{'':<20} owned by {row.owner_department or '(nobody: set it with `upstreams owner`)'}")
+        for operation in row.operations:
+            typer.echo(f"{'':<20}   {row.name}/{operation.operation}{'  (safe)' if operation.safe else ''}")
+
+
+@upstreams_app.command("owner")
+def upstreams_owner(
+    name: Annotated[str, typer.Argument(help="a service, built-in (credit, golden-tax …) or registered")],
+    department: Annotated[str | None, typer.Argument(help="the department to hand it to; omit to show owners")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Show or change which department owns a service's data; its open and live sharing requests follow."""
+    from gateway.sharing.ownership import owners, set_owner
+
+    settings = cli_settings(data_dir)
+    if department is None:
+        owned = run_registry(settings, owners)
+        typer.echo(f"{name}: {owned.get(name) or '(no owner)'}")
+        return
+    if not department.strip() or len(department) > 200:
+        raise fail("the department is 1 to 200 characters")
+    previous, moved = run_registry(settings, lambda session: set_owner(session, name, department, "cli"))
+    typer.echo(f"{name}: owned by {department} (was {previous or 'nobody'}); {moved} sharing request(s) now go to it")
+
+
+@upstreams_app.command("remove")
+def upstreams_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+    """Remove a registered upstream and revoke its grants; every node stops offering it within about a second."""
+    from gateway.upstreams.registry import remove_upstream
+
+    out, revoked = run_registry(cli_settings(data_dir), lambda session: remove_upstream(session, name))
+    typer.echo(f"removed {out.name}; {revoked} grant(s) revoked")
