@@ -138,7 +138,7 @@ def render(results: dict[str, list[Case]], status: int) -> str:
     lines += [
         "",
         "The gateway runs as its own process (`msjx-gateway serve`); PostgreSQL and Redis are instances the test",
-        "starts on ports of its own (`tests/own_services.py`). Payments under kills (no voucher paid twice):",
+        "starts on ports of its own (`tests/helpers/own_services.py`). Payments under kills (no voucher paid twice):",
         "`tests/test_payments_crash.py`. Redis killed and PostgreSQL stopped (issue 13, M4/M5) have tests of their",
         "own and are not run by this page.",
         "",
@@ -177,7 +177,7 @@ def render(results: dict[str, list[Case]], status: int) -> str:
         "## Who may call what",
         "",
         f"`tests/test_role_matrix.py`: every route of `/openapi.json` ({matrix_figures.get('routes', '?')}) × 5 roles"
-        f" and an unsigned caller against `tests/api_access.py`, {matrix_figures.get('checked', '?')} requests:"
+        f" and an unsigned caller against `tests/helpers/api_access.py`, {matrix_figures.get('checked', '?')} requests:"
         f" {_outcomes(matrix) or 'not run'}.",
         "",
     ]

@@ -2,7 +2,7 @@
 
 Loaded by `schemathesis run` through SCHEMATHESIS_HOOKS=tests.fuzz_hooks. MSJX_FUZZ_CALLERS names the demo's
 callers.json. Each case is signed (RFC 9421) in turn as the platform, the admin and a caller of each role the route
-lets through (tests/api_access.py), so every operation is fuzzed past its role gate and in front of it.
+lets through (tests/helpers/api_access.py), so every operation is fuzzed past its role gate and in front of it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security.keys import load_private_key_file
 from security.signatures import sign_request
-from tests.api_access import ACCESS, UNSIGNED
+from tests.helpers.api_access import ACCESS, UNSIGNED
 
 # The demo caller who stands for each role (gateway/demo/setup.py DEMO_CALLERS).
 ROLE_CALLERS = {

@@ -19,8 +19,8 @@ from schemas.times import BEIJING
 from security.checkpoints import Checkpoint, TrustedKeys
 from security.keys import load_public_key
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
-from tests.audit_support import Store, tamper
-from tests.conftest import PURPOSE, RunningGateway
+from tests.helpers.audit import Store, tamper
+from tests.helpers.gateways import PURPOSE, RunningGateway
 
 INVOKE = "/v1/services/credit/dishonest-debtor"
 REASON = "复核2025年第3批名单中该企业的信用核查依据"

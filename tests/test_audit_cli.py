@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from schemas.times import BEIJING
-from tests.audit_support import CHAIN, audit_store, event, open_writer, rows
+from tests.helpers.audit import CHAIN, audit_store, event, open_writer, rows
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "msjx-gateway")

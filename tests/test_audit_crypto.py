@@ -27,7 +27,7 @@ from security.crypto import (
 )
 from security.keyring import KeyRing, KeyRingError, PayloadShredded, StoredKey, load_master_key, parse_master_key
 from security.keys import generate_ed25519
-from tests.audit_support import audit_store
+from tests.helpers.audit import audit_store
 
 
 def test_sm_suite_passes_its_known_answer_tests_here() -> None:

@@ -23,7 +23,7 @@ from security.masking import (
     mask_text,
 )
 from simulators.enterprises import DEMO_LISTED_USCC
-from tests.conftest import PURPOSE, RunningGateway
+from tests.helpers.gateways import PURPOSE, RunningGateway
 
 ID_NUMBER = "110101199003071234"
 PHONE = "13812345678"

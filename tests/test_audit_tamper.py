@@ -19,7 +19,7 @@ from gateway.storage.models import AUDIT_COLUMNS
 from security.audit_chain import OPTIONAL_FIELDS, record_hash
 from security.checkpoints import sign_checkpoint
 from security.keys import generate_ed25519
-from tests.audit_support import CHAIN, Store, audit_store, fault_of, rows, tamper, verify, write_chain
+from tests.helpers.audit import CHAIN, Store, audit_store, fault_of, rows, tamper, verify, write_chain
 
 SUITES = ["standard", "sm"]
 

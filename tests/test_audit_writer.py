@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from gateway.audit.committer import PostgresCommitter, SqliteCommitter
 from gateway.audit.log import AUDIT_TABLE, AuditUnavailable, load_checkpoints, open_payload, read_witness, witness_path
-from tests.audit_support import CHAIN, Store, audit_store, event, open_writer, rows, verify
+from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, rows, verify
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -195,7 +195,7 @@ CRASHING_WRITER = textwrap.dedent(
     from pathlib import Path
     from gateway.storage import db
     from gateway.settings import load_settings
-    from tests.audit_support import Store, event, open_writer
+    from tests.helpers.audit import Store, event, open_writer
 
     async def main():
         settings = load_settings(data_dir=Path(sys.argv[1]), database_url=sys.argv[2] or None)

@@ -1,7 +1,7 @@
 """The holiday schedule as data (issue 12): provisional deadlines past the library's last year, imports that move
 them, the checks of a schedule file, and the warnings, on SQLite and on PostgreSQL + Redis.
 
-The workflow's clock is injected (tests/sharing_world.py). `tests/fixtures/calendar-2027.TEST-FIXTURE.yaml` is a
+The workflow's clock is injected (tests/helpers/sharing_world.py). `tests/fixtures/calendar-2027.TEST-FIXTURE.yaml` is a
 made-up schedule, not the official 2027 one. chinese-calendar is held to the years it knew when this was written
 (to 2026), so that a later release that knows 2027 does not turn these provisional deadlines into firm ones.
 """
@@ -26,7 +26,7 @@ from gateway.sharing import calendar, workdays
 from gateway.sharing.calendar import store_schedule
 from gateway.sharing.schedule_file import ScheduleInvalid, read_schedule
 from gateway.sharing.workdays import Calendar, CalendarYearUnsupported, YearSchedule
-from tests.sharing_world import CHINA, World, add_item, item_body, real_now, request_body, sharing_world
+from tests.helpers.sharing_world import CHINA, World, add_item, item_body, real_now, request_body, sharing_world
 from tests.test_sharing import problem
 
 FIXTURE = Path(__file__).parent / "fixtures" / "calendar-2027.TEST-FIXTURE.yaml"

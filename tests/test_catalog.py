@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.sharing_world import CREDIT, World, add_item, item_body, sharing_world
+from tests.helpers.sharing_world import CREDIT, World, add_item, item_body, sharing_world
 from tests.test_sharing import problem
 
 

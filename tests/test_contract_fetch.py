@@ -13,8 +13,8 @@ from adapters.fetch_allow import FetchAllowlist
 from gateway.http.problems import Problem
 from gateway.settings import SettingsError, load_settings
 from gateway.upstreams.registry import prepare
-from tests.conftest import RunningGateway
-from tests.district_upstreams import EXAMPLES, serving
+from tests.helpers.district_upstreams import EXAMPLES, serving
+from tests.helpers.gateways import RunningGateway
 
 
 @pytest.fixture(scope="module")

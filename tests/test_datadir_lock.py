@@ -11,7 +11,7 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.server.datadir_lock import DataDirBusy, DataDirLock, running_gateway
-from tests.conftest import free_port
+from tests.helpers.services import free_port
 from tests.test_demo_and_cli import CLI, start_demo, stop, wait_ready
 
 

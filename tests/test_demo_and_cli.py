@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.client import GatewayClient, GatewayError
 from security.keys import public_key_pem
-from tests.conftest import free_port
+from tests.helpers.services import free_port
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "msjx-gateway")

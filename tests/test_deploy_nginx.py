@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.client import SignatureAuth
 from security.keys import key_id_for, public_key_pem
-from tests.conftest import REQUIRE_SERVICES, free_port
+from tests.helpers.services import REQUIRE_SERVICES, free_port
 
 pytestmark = pytest.mark.slow
 

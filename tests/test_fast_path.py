@@ -11,7 +11,7 @@ import pytest
 
 from gateway.app import GatewayApp
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
-from tests.conftest import PURPOSE, RunningGateway
+from tests.helpers.gateways import PURPOSE, RunningGateway
 from tests.test_invoke import INVOKE, body_for, send, signed
 
 VOLATILE = {"date", "x-request-id", "content-length"}

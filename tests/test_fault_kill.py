@@ -34,8 +34,9 @@ from gateway.storage import db
 from gateway.storage.models import AuditRecord
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
-from tests.conftest import PURPOSE, free_port
-from tests.own_services import own_postgres, own_redis
+from tests.helpers.gateways import PURPOSE
+from tests.helpers.own_services import own_postgres, own_redis
+from tests.helpers.services import free_port
 from tests.test_payments_crash import Deployment, start_gateway
 
 pytestmark = pytest.mark.slow

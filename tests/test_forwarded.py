@@ -17,7 +17,7 @@ from gateway.http.forwarded import ForwardedView, TrustedProxies
 from gateway.settings import SettingsError, load_settings
 from gateway.storage import db
 from security.signatures import sign_request
-from tests.conftest import Identity, _identity
+from tests.helpers.gateways import Identity, new_identity
 
 PUBLIC = "https://gw.example:8443"  # what the client signs: the proxy's address
 INTERNAL = "http://127.0.0.1:8000"  # what the gateway sees on the wire (nginx's default Host is the upstream's)
@@ -91,7 +91,7 @@ async def gateway_app(tmp_path: Path, trusted: str) -> AsyncIterator[tuple[Any, 
     await db.upgrade_async(settings)
     engine = db.create_engine(settings)
     async with db.sessionmaker(engine)() as session:
-        admin = await _identity(session, "admin", ["admin"], "市大数据中心")
+        admin = await new_identity(session, "admin", ["admin"], "市大数据中心")
     await engine.dispose()
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -21,8 +21,8 @@ from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem
 from gateway.sharing.schedule_file import ScheduleInvalid, read_schedule
 from gateway.upstreams.registry import prepare
-from tests.conftest import PURPOSE, RunningGateway
-from tests.district_upstreams import serving
+from tests.helpers.district_upstreams import serving
+from tests.helpers.gateways import PURPOSE, RunningGateway
 from tests.test_sharing import problem
 
 DEEP = b'{"purpose": "XM-2025-001", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"

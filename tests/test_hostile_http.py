@@ -29,13 +29,8 @@ from gateway.http.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
 from gateway.settings import load_settings
 from scripts.hostile_http import push_on, receive_all
 from simulators.enterprises import DEMO_USCC
-from tests.conftest import (
-    PURPOSE,
-    RunningGateway,
-    free_port,
-    gateway_on,
-    running_gateway,
-)
+from tests.helpers.gateways import PURPOSE, RunningGateway, make_gateway, running_gateway
+from tests.helpers.services import free_port
 
 CLI = str(Path(sys.executable).parent / "msjx-gateway")
 INVOKE = "/v1/services/credit/dishonest-debtor"
@@ -300,7 +295,7 @@ def test_keep_alive_requests_and_bodies_within_the_limits_still_work(served: Ser
 @pytest.fixture(params=["sqlite", "postgres_redis"])
 async def small_gate(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> Any:
     """The gateway with small bounds on unauthenticated refusals; counted in process, or in Redis."""
-    async with gateway_on(
+    async with make_gateway(
         request.param,
         data_dir=tmp_path,
         upstream_urls={"credit": credit_url},

@@ -17,7 +17,7 @@ from gateway.audit.log import verify_all
 from gateway.storage.models import AuditRecord
 from security.signatures import sign_request
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
-from tests.conftest import PURPOSE, Identity, RunningGateway
+from tests.helpers.gateways import PURPOSE, Identity, RunningGateway
 
 INVOKE = "/v1/services/credit/dishonest-debtor"
 

@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulators.enterprises import DEMO_USCC
-from tests.conftest import PURPOSE, RunningGateway
+from tests.helpers.gateways import PURPOSE, RunningGateway
 
 INVOKE = "/v1/services/credit/dishonest-debtor"
 

@@ -22,9 +22,9 @@ from gateway.storage import db
 from security.audit_chain import record_hash
 from security.checkpoints import sign_checkpoint, signer_key_id
 from security.keys import generate_ed25519
-from tests.audit_support import Store, audit_store, event, open_writer, tamper, verify
-from tests.audit_support import rows as chain_rows
-from tests.conftest import RunningGateway
+from tests.helpers.audit import Store, audit_store, event, open_writer, tamper, verify
+from tests.helpers.audit import rows as chain_rows
+from tests.helpers.gateways import RunningGateway
 
 CLI = str(Path(sys.executable).parent / "msjx-gateway")
 pytestmark = pytest.mark.slow

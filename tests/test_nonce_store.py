@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.access.nonces import MemoryNonceStore, PipelineBatcher, RedisEpoch, RedisNonceStore, connect_redis
-from tests.conftest import check_redis
+from tests.helpers.services import check_redis
 
 
 def now() -> int:

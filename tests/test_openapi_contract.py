@@ -18,8 +18,8 @@ from gateway.settings import load_settings
 from schemas.api import GrantIn
 from schemas.audit import AuditSearchParams
 from schemas.sharing import SharingRequestPatch
-from tests.api_access import ACCESS, UNSIGNED
-from tests.conftest import PURPOSE, RunningGateway
+from tests.helpers.api_access import ACCESS, UNSIGNED
+from tests.helpers.gateways import PURPOSE, RunningGateway
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from adapters.openapi import path_segment
 from adapters.registered import RegisteredAdapter
 from gateway.http.problems import validation_problem
 from gateway.upstreams.registry import prepare
-from tests.conftest import PURPOSE, RunningGateway
-from tests.district_upstreams import serving
+from tests.helpers.district_upstreams import serving
+from tests.helpers.gateways import PURPOSE, RunningGateway
 from tests.test_invoke import last_record
 from tests.test_sharing import problem
 

@@ -29,8 +29,8 @@ from gateway.settings import Settings, load_settings
 from gateway.sharing.ownership import owners, set_owner
 from gateway.storage import db
 from gateway.storage.models import CatalogItem, RegisteredUpstream, ServiceOwner, SharingEvent, SharingRequest
-from tests.conftest import DATABASE_URL, _admin, _with_database, drop_database
-from tests.sharing_world import (
+from tests.helpers.services import DATABASE_URL, admin_connection, drop_database, with_database
+from tests.helpers.sharing_world import (
     CHINA,
     CREDIT,
     DATA,
@@ -279,10 +279,10 @@ async def database_at_0005(backend: str, tmp_path: Path) -> AsyncIterator[tuple[
     url = None
     if backend == "postgres":
         name = f"msjx_m_{secrets.token_hex(4)}"
-        admin = await _admin()
+        admin = await admin_connection()
         await admin.execute(f'CREATE DATABASE "{name}"')
         await admin.close()
-        url = _with_database(DATABASE_URL, name)
+        url = with_database(DATABASE_URL, name)
     settings = load_settings(data_dir=tmp_path, database_url=url)
     engine = None
     try:

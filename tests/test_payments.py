@@ -20,8 +20,9 @@ from gateway.storage.models import AuditRecord, IdempotencyKey, PaymentIntent, P
 from schemas.api import GrantIn
 from security.signatures import sign_request
 from simulators import treasury as treasury_simulator
-from tests.conftest import PURPOSE, RunningGateway, check_redis, create_test_database, drop_database, running_gateway
-from tests.treasury_support import clear_hold, hold_answers, treasury_listing, voucher
+from tests.helpers.gateways import PURPOSE, RunningGateway, running_gateway
+from tests.helpers.services import check_redis, create_test_database, drop_database
+from tests.helpers.treasury import clear_hold, hold_answers, treasury_listing, voucher
 
 SUBMIT = "/v1/services/treasury/submit-voucher"
 

@@ -33,8 +33,9 @@ from gateway.storage import db
 from gateway.storage.models import PaymentIntent, PaymentOutcome
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
-from tests.conftest import PURPOSE, check_redis, create_test_database, drop_database, free_port
-from tests.treasury_support import treasury_listing, voucher
+from tests.helpers.gateways import PURPOSE
+from tests.helpers.services import check_redis, create_test_database, drop_database, free_port
+from tests.helpers.treasury import treasury_listing, voucher
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "msjx-gateway")

@@ -34,9 +34,9 @@ from simulators.platform import (
 )
 from simulators.platform.flow import NOT_OFFERED, REASON_DISHONEST, confirmation, registered_name
 from simulators.runner import start_all
-from tests.conftest import PURPOSE, RunningGateway, running_gateway
+from tests.helpers.gateways import PURPOSE, RunningGateway, running_gateway
+from tests.helpers.treasury import treasury_listing
 from tests.test_payments import PayGateway, pay  # noqa: F401 - the fixture, on both backends
-from tests.treasury_support import treasury_listing
 
 CLI = str(Path(sys.executable).parent / "msjx-gateway")
 

@@ -10,7 +10,7 @@ import httpx
 
 from gateway.access.quota_rebuild import rebuild_quota_windows, spent_today
 from gateway.access.quotas import LoopMemoryStorage, Quotas
-from tests.conftest import RunningGateway
+from tests.helpers.gateways import RunningGateway
 from tests.test_quotas import _admin_grant, _call, grant_info
 
 

@@ -29,16 +29,8 @@ from gateway.storage import db
 from gateway.storage.models import AuditRecord
 from schemas.api import GrantIn
 from simulators.enterprises import DEMO_USCC
-from tests.conftest import (
-    PURPOSE,
-    Identity,
-    RunningGateway,
-    _identity,
-    check_redis,
-    create_test_database,
-    drop_database,
-    free_port,
-)
+from tests.helpers.gateways import PURPOSE, Identity, RunningGateway
+from tests.helpers.services import _identity, check_redis, create_test_database, drop_database, free_port
 from tests.test_sharing import problem
 
 INVOKE = "/v1/services/credit/dishonest-debtor"

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import DATABASE_URL, _admin, _with_database, check_redis, drop_database, free_port
+from tests.helpers.services import DATABASE_URL, admin_connection, check_redis, drop_database, free_port, with_database
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
@@ -54,10 +54,10 @@ def console_commands(marker: str) -> list[str]:
 async def _fresh_database() -> str:
     """An empty database (no template): the README's `db upgrade` is what migrates it."""
     name = f"msjx_readme_{secrets.token_hex(4)}"
-    admin = await _admin()
+    admin = await admin_connection()
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    return _with_database(DATABASE_URL, name)
+    return with_database(DATABASE_URL, name)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Every route of the OpenAPI × every role and an unsigned caller, against the table of who may do what.
 
-The routes come from /openapi.json, so a new route without a row in tests/api_access.py fails here. A role the
+The routes come from /openapi.json, so a new route without a row in tests/helpers/api_access.py fails here. A role the
 table lets through must not be refused for its role (it may still be refused for what it asks: no grant, an
 unknown id, an invalid body); any other role gets 403 `role_forbidden`, and an unsigned caller 401 on a signed route.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api_access import ACCESS, ROLES, UNSIGNED
-from tests.sharing_world import World, sharing_world
+from tests.helpers.api_access import ACCESS, ROLES, UNSIGNED
+from tests.helpers.sharing_world import World, sharing_world
 
-# One caller per role (tests/sharing_world.py seeds them).
+# One caller per role (tests/helpers/sharing_world.py seeds them).
 CALLER_OF = {
     "platform": "platform",
     "department": "data-officer",
@@ -55,7 +55,7 @@ async def test_the_table_has_one_row_per_route_of_the_openapi(world: World) -> N
         spec = (await client.get("/openapi.json")).json()
     routes = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     missing = sorted(routes - set(ACCESS))
-    assert not missing, f"routes without a row in tests/api_access.py (say who may call them): {missing}"
+    assert not missing, f"routes without a row in tests/helpers/api_access.py (say who may call them): {missing}"
     stale = sorted(set(ACCESS) - routes)
     assert not stale, f"rows for routes the OpenAPI no longer has: {stale}"
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
-from tests.sharing_world import (
+from tests.helpers.sharing_world import (
     CHINA,
     CREDIT,
     DATA,

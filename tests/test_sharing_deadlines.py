@@ -21,7 +21,7 @@ from gateway.sharing.workdays import (
     is_working_day,
     supported_years,
 )
-from tests.sharing_world import CHINA, World, add_item, item_body, request_body, sharing_world
+from tests.helpers.sharing_world import CHINA, World, add_item, item_body, request_body, sharing_world
 from tests.test_sharing import problem
 
 FIRST, LAST = supported_years()

@@ -19,7 +19,7 @@ from gateway.sharing.ownership import owners, seed_owners
 from gateway.storage import db
 from gateway.storage.models import AuditRecord, CatalogItem, DataUseEntry, SharingRequest
 from schemas.api import CallerIn
-from tests.sharing_world import World, add_item, filed_and_submitted, item_body, sharing_world
+from tests.helpers.sharing_world import World, add_item, filed_and_submitted, item_body, sharing_world
 from tests.test_sharing import problem
 
 # A day the installed calendar surely knows (its deadlines reach some weeks ahead), so that the test does not

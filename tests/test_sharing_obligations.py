@@ -2,7 +2,7 @@
 partial approval, refusal with its legal basis, delivery within 20 working days, suspension, the register of use,
 and invoke refusals that say what happened to the grant.
 
-The workflow's clock is pinned before the 2025 National Day holiday (tests/sharing_world.py); calls run on the
+The workflow's clock is pinned before the 2025 National Day holiday (tests/helpers/sharing_world.py); calls run on the
 real clock, as in production.
 """
 
@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway.audit.archive import export_records
 from gateway.audit.files import iter_lines, verify_file
 from gateway.storage.models import DataUseEntry, Grant
-from tests.sharing_world import (
+from tests.helpers.sharing_world import (
     CHINA,
     CREDIT,
     DATA,

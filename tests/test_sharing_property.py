@@ -29,7 +29,7 @@ from gateway.settings import load_settings
 from gateway.storage import db
 from schemas.api import CallerIn, KeyIn
 from security.keys import public_key_pem
-from tests.conftest import free_port
+from tests.helpers.services import free_port
 
 GRANTABLE = ("uscc", "name", "status", "capital", "industry", "legal_representative", "phone", "bank_account")
 LEAKED = ("internal_id", "raw", "id_number", "_debug")

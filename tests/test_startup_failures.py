@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.storage.reachability import endpoint
-from tests.conftest import free_port
+from tests.helpers.services import free_port
 
 CLI = str(Path(sys.executable).parent / "msjx-gateway")
 PASSWORD = "Pa55-w0rd-never-shown"

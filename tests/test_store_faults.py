@@ -25,8 +25,9 @@ from prometheus_client import REGISTRY
 from gateway.access.nonces import RedisEpoch, RedisNonceStore, connect_redis
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
-from tests.conftest import RunningGateway, check_redis, create_test_database, drop_database, running_gateway
-from tests.fault_support import OwnPostgres, OwnRedis
+from tests.helpers.faults import OwnPostgres, OwnRedis
+from tests.helpers.gateways import RunningGateway, running_gateway
+from tests.helpers.services import check_redis, create_test_database, drop_database
 from tests.test_invoke import signed
 from tests.test_quotas import _admin_grant, _call
 from tests.test_sharing import problem

@@ -10,7 +10,7 @@ import httpx
 from swagger_ui_bundle import swagger_ui_path
 
 from gateway.settings import load_settings
-from tests.conftest import running_gateway
+from tests.helpers.gateways import running_gateway
 
 
 async def test_docs_load_nothing_from_elsewhere_and_say_they_cannot_sign(tmp_path: Path, credit_url: str) -> None:

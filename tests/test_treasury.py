@@ -16,7 +16,7 @@ from adapters.base import UpstreamMalformed, UpstreamTimeout, UpstreamUnavailabl
 from adapters.treasury import TreasuryAdapter, VoucherDuplicate, VoucherRefused, parse_answer, voucher_xml
 from schemas.treasury import VoucherQuery, VoucherSubmission
 from simulators import treasury as treasury_simulator
-from tests.treasury_support import clear_hold, hold_answers, treasury_listing, voucher
+from tests.helpers.treasury import clear_hold, hold_answers, treasury_listing, voucher
 
 
 def errors_of(data: dict) -> dict[str, str]:

@@ -18,7 +18,7 @@ from adapters.resilience import ResiliencePolicy
 from gateway.http.problems import Problem
 from gateway.upstreams.registry import prepare
 from simulators.enterprises import DEMO_USCC
-from tests.district_upstreams import EXAMPLES, SEEN, rest_app, serving, soap_app
+from tests.helpers.district_upstreams import EXAMPLES, SEEN, rest_app, serving, soap_app
 
 RECORD: dict[str, Any] = {
     "text": "湖里区 <&> 'quoted'",

@@ -21,7 +21,7 @@ from gateway.settings import load_settings
 from security import ed25519
 from security.ed25519 import verifies
 from security.verifier_process import ProcessVerifier
-from tests.conftest import running_gateway
+from tests.helpers.gateways import running_gateway
 from tests.test_invoke import send, signed
 
 

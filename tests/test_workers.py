@@ -22,7 +22,8 @@ from gateway.client import SignatureAuth
 from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from gateway.storage.models import AuditCheckpoint, AuditRecord
-from tests.conftest import PURPOSE, check_redis, free_port
+from tests.helpers.gateways import PURPOSE
+from tests.helpers.services import check_redis, free_port
 from tests.test_fault_kill import INVOKE, USCC, recorded, seed
 from tests.test_payments_crash import CLI
 

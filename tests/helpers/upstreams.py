@@ -13,7 +13,7 @@ import pytest
 
 from gateway.access import callers as registry
 from schemas.api import GrantIn
-from tests.conftest import PURPOSE, RunningGateway, gateway_on
+from tests.helpers.gateways import PURPOSE, RunningGateway, make_gateway
 
 __all__ = ["PURPOSE", "Simulator", "grant_all", "started_simulator", "upstream_gateway"]
 
@@ -73,7 +73,7 @@ async def grant_all(gw: RunningGateway, *services: str) -> None:
 async def upstream_gateway(
     backend: str, tmp_path: Path, urls: dict[str, str], policies: dict[str, Any] | None = None
 ) -> AsyncIterator[RunningGateway]:
-    async with gateway_on(
+    async with make_gateway(
         backend, data_dir=tmp_path, upstream_urls=urls, upstream_timeout=0.5, upstream_policies=policies or {}
     ) as running:
         yield running

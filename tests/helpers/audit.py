@@ -17,7 +17,7 @@ from gateway.audit.log import AuditEvent, AuditWriter, iter_chain, load_signer, 
 from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from security.audit_chain import ChainReport
-from tests.conftest import create_test_database, drop_database
+from tests.helpers.services import create_test_database, drop_database
 
 CHAIN = "node-1"
 USCC = "91110000600037341L"

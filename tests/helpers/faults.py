@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, free_port
+from tests.helpers.services import REQUIRE_SERVICES, free_port
 
 
 def _unavailable(what: str) -> None:

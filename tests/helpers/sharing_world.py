@@ -15,8 +15,9 @@ from sqlalchemy import select
 from gateway.audit.log import open_payload
 from gateway.settings import load_settings
 from gateway.storage.models import AuditRecord
-from tests.conftest import Identity, RunningGateway, _identity, check_redis, create_test_database, drop_database
-from tests.conftest import running_gateway as _running_gateway
+from tests.helpers.gateways import Identity, RunningGateway, _identity
+from tests.helpers.gateways import running_gateway as _running_gateway
+from tests.helpers.services import check_redis, create_test_database, drop_database
 
 CHINA = timezone(timedelta(hours=8))
 DATA = "市数据管理局"  # the requesting department; conftest's `platform` caller belongs to it

@@ -19,7 +19,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from tests.conftest import REQUIRE_SERVICES, free_port
+from tests.helpers.services import REQUIRE_SERVICES, free_port
 
 
 def _unavailable(what: str) -> None:

@@ -71,4 +71,6 @@ def allowed(method: str, path: str) -> frozenset[str]:
     try:
         return ACCESS[(method.upper(), path)]
     except KeyError:
-        raise KeyError(f"{method.upper()} {path} has no row in tests/api_access.py: say who may call it") from None
+        raise KeyError(
+            f"{method.upper()} {path} has no row in tests/helpers/api_access.py: say who may call it"
+        ) from None
