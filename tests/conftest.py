@@ -10,7 +10,11 @@ import httpx
 import pytest
 
 from simulators import credit as credit_simulator
+from tests.helpers.demo import demo  # noqa: F401 - fixtures shared by several modules
+from tests.helpers.deployment import treasury_process  # noqa: F401
 from tests.helpers.gateways import RunningGateway, make_gateway
+from tests.helpers.nginx import nginx_binary  # noqa: F401
+from tests.helpers.payments import pay  # noqa: F401
 from tests.helpers.services import (
     DATABASE_URL,
     _template,
@@ -18,6 +22,7 @@ from tests.helpers.services import (
     drop_database,
     with_database,
 )
+from tests.helpers.sharing_world import World, sharing_world
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,4 +59,11 @@ async def gateway(request: pytest.FixtureRequest, tmp_path: Path, credit_url: st
     async with make_gateway(
         request.param, data_dir=tmp_path, upstream_urls={"credit": credit_url}, upstream_timeout=1.0
     ) as running:
+        yield running
+
+
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[World]:
+    """The sharing workflow's departments and officers on a gateway, on each backend."""
+    async with sharing_world(request.param, tmp_path, credit_url) as running:
         yield running

@@ -27,7 +27,7 @@ REASON = "复核2025年第3批名单中该企业的信用核查依据"
 OPENING = {"category": "complaint", "reference": "投诉-2026-0412", "reason": REASON}
 
 
-async def _call(gateway: RunningGateway, uscc: str = DEMO_USCC, purpose: str = PURPOSE) -> httpx.Response:
+async def call_for_purpose(gateway: RunningGateway, uscc: str = DEMO_USCC, purpose: str = PURPOSE) -> httpx.Response:
     async with gateway.client() as client:
         return await client.post(INVOKE, json={"purpose": purpose, "params": {"uscc": uscc}})
 
@@ -51,10 +51,10 @@ def _store(gateway: RunningGateway) -> Store:
 async def test_officer_searches_by_caller_decision_time_and_subject(gateway: RunningGateway) -> None:
     started = datetime.now(UTC) - timedelta(seconds=1)
     for _ in range(3):
-        assert (await _call(gateway)).status_code == 200
-    listed = await _call(gateway, DEMO_LISTED_USCC)
+        assert (await call_for_purpose(gateway)).status_code == 200
+    listed = await call_for_purpose(gateway, DEMO_LISTED_USCC)
     assert listed.status_code == 200
-    assert (await _call(gateway, purpose="NOT-GRANTED")).status_code == 403
+    assert (await call_for_purpose(gateway, purpose="NOT-GRANTED")).status_code == 403
 
     allowed = await _officer_get(gateway, "/v1/audit/records", caller="platform", decision="allowed")
     assert allowed.status_code == 200, allowed.text
@@ -102,12 +102,12 @@ async def test_bad_search_parameters_name_the_field(gateway: RunningGateway) -> 
 
 async def test_cursor_pages_stay_stable_while_records_arrive(gateway: RunningGateway) -> None:
     for _ in range(7):
-        assert (await _call(gateway)).status_code == 200
+        assert (await call_for_purpose(gateway)).status_code == 200
     filters = {"caller": "platform", "event": "service.invoke", "limit": "3"}
     first = (await _officer_get(gateway, "/v1/audit/records", **filters)).json()
     assert len(first["records"]) == 3 and first["next_cursor"]
     for _ in range(2):  # newer records arrive between pages
-        assert (await _call(gateway)).status_code == 200
+        assert (await call_for_purpose(gateway)).status_code == 200
     second = (await _officer_get(gateway, "/v1/audit/records", **filters, cursor=first["next_cursor"])).json()
     third = (await _officer_get(gateway, "/v1/audit/records", **filters, cursor=second["next_cursor"])).json()
     assert len(second["records"]) == 3 and len(third["records"]) == 1 and third["next_cursor"] is None
@@ -120,7 +120,7 @@ async def test_cursor_pages_stay_stable_while_records_arrive(gateway: RunningGat
 
 
 async def test_reading_a_payload_needs_a_reason_and_leaves_its_own_record(gateway: RunningGateway) -> None:
-    answer = await _call(gateway, DEMO_LISTED_USCC)
+    answer = await call_for_purpose(gateway, DEMO_LISTED_USCC)
     target = await _record_by_request(gateway, answer.headers["x-request-id"])
     record_id = target["record_id"]
     path = f"/v1/audit/records/{record_id}"
@@ -172,7 +172,7 @@ async def test_reading_a_payload_needs_a_reason_and_leaves_its_own_record(gatewa
     ],
 )
 async def test_a_reason_must_be_a_reason(gateway: RunningGateway, change: dict, field: str, code: str) -> None:
-    answer = await _call(gateway)
+    answer = await call_for_purpose(gateway)
     record_id = (await _record_by_request(gateway, answer.headers["x-request-id"]))["record_id"]
     body = {key: value for key, value in {**OPENING, **change}.items() if value is not None}
     async with gateway.client(gateway.officer) as officer:
@@ -186,7 +186,7 @@ async def test_a_reason_must_be_a_reason(gateway: RunningGateway, change: dict, 
 
 
 async def test_openings_are_searchable_by_category(gateway: RunningGateway) -> None:
-    answer = await _call(gateway)
+    answer = await call_for_purpose(gateway)
     record_id = (await _record_by_request(gateway, answer.headers["x-request-id"]))["record_id"]
     path = f"/v1/audit/records/{record_id}/payload"
     async with gateway.client(gateway.officer) as officer:
@@ -209,7 +209,7 @@ async def test_openings_are_searchable_by_category(gateway: RunningGateway) -> N
 
 async def test_search_takes_dates_and_naive_times_as_beijing_time(gateway: RunningGateway) -> None:
     """`?from=2026-12-05` is 00:00 Beijing time; a time without an offset is Beijing time too."""
-    answer = await _call(gateway)
+    answer = await call_for_purpose(gateway)
     request_id = answer.headers["x-request-id"]
     made = datetime.fromtimestamp((await _record_by_request(gateway, request_id))["ts_ms"] / 1000, BEIJING)
     day = made.date()
@@ -235,7 +235,7 @@ async def test_search_takes_dates_and_naive_times_as_beijing_time(gateway: Runni
 
 
 async def test_other_roles_are_refused_and_the_attempt_is_recorded(gateway: RunningGateway) -> None:
-    answer = await _call(gateway)
+    answer = await call_for_purpose(gateway)
     record_id = (await _record_by_request(gateway, answer.headers["x-request-id"]))["record_id"]
     async with gateway.client() as platform:
         search = await platform.get("/v1/audit/records")
@@ -252,7 +252,7 @@ async def test_other_roles_are_refused_and_the_attempt_is_recorded(gateway: Runn
 
 async def test_verify_reports_intact_then_names_the_changed_record(gateway: RunningGateway) -> None:
     for _ in range(4):
-        assert (await _call(gateway)).status_code == 200
+        assert (await call_for_purpose(gateway)).status_code == 200
     assert await gateway.runtime.audit.checkpoint() is not None
     ok = await _officer_get(gateway, "/v1/audit/verify")
     assert ok.status_code == 200, ok.text
@@ -269,7 +269,7 @@ async def test_verify_reports_intact_then_names_the_changed_record(gateway: Runn
 
 
 async def test_checkpoints_are_listed_with_the_key_that_signs_them(gateway: RunningGateway) -> None:
-    assert (await _call(gateway)).status_code == 200
+    assert (await call_for_purpose(gateway)).status_code == 200
     signed = await gateway.runtime.audit.checkpoint()
     assert signed is not None
     listing = (await _officer_get(gateway, "/v1/audit/checkpoints")).json()
@@ -330,14 +330,14 @@ async def test_rotation_during_load_reaches_the_node_and_old_payloads_stay_reada
 
 
 async def test_a_shredded_payload_is_gone_but_the_chain_verifies(gateway: RunningGateway) -> None:
-    old = await _call(gateway, DEMO_LISTED_USCC)
+    old = await call_for_purpose(gateway, DEMO_LISTED_USCC)
     old_record = await _record_by_request(gateway, old.headers["x-request-id"])
     other_node = create_engine(gateway.settings)
     try:
         ring = await open_keyring(gateway.settings, other_node)
         rotated = (await ring.rotate())[0]
         await _wait_for_key(gateway, rotated.key_id)
-        new = await _call(gateway)
+        new = await call_for_purpose(gateway)
         destroyed = await ring.destroy_before(int(time.time() * 1000))
     finally:
         await other_node.dispose()
@@ -393,7 +393,7 @@ async def test_switching_to_the_sm_suite_keeps_one_chain_that_verifies(gateway: 
                 witness_path=witness_path(settings, settings.node_id),
             )
             await runtime.audit.start()
-        answer = await _call(gateway, DEMO_LISTED_USCC)
+        answer = await call_for_purpose(gateway, DEMO_LISTED_USCC)
         assert answer.status_code == 200, answer.text
         answers.append((suite, answer))
     records = [await _record_by_request(gateway, answer.headers["x-request-id"]) for _, answer in answers]

@@ -16,9 +16,9 @@ import pytest
 
 from schemas.times import BEIJING
 from tests.helpers.audit import CHAIN, audit_store, event, open_writer, rows
+from tests.helpers.processes import CLI
 
 BIN = Path(sys.executable).parent
-CLI = str(BIN / "msjx-gateway")
 pytestmark = pytest.mark.slow
 YEAR_MS = 365 * 86_400_000
 

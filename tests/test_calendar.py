@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -26,12 +25,12 @@ from gateway.sharing import calendar, workdays
 from gateway.sharing.calendar import store_schedule
 from gateway.sharing.schedule_file import ScheduleInvalid, read_schedule
 from gateway.sharing.workdays import Calendar, CalendarYearUnsupported, YearSchedule
+from tests.helpers.calls import assert_problem
+from tests.helpers.processes import CLI
 from tests.helpers.sharing_world import CHINA, World, add_item, item_body, real_now, request_body, sharing_world
-from tests.test_sharing import problem
 
 FIXTURE = Path(__file__).parent / "fixtures" / "calendar-2027.TEST-FIXTURE.yaml"
 REQUESTS = "/v1/sharing-requests"
-CLI = str(Path(sys.executable).parent / "msjx-gateway")
 # Thursday 24 December 2026: ten working days reach into 2027.
 CHRISTMAS_EVE = datetime(2026, 12, 24, 10, 0, tzinfo=CHINA)
 VALID_TO = "2027-12-31T00:00:00Z"
@@ -260,7 +259,7 @@ async def test_a_request_on_24_december_gets_a_provisional_deadline_that_the_imp
     assert by_year[2028]["source"] == "provisional"  # the first year after the known ones is listed too
     shown = await world.get("admin", "/v1/calendar/years/2027")
     assert shown.json()["holidays"] == 27 and shown.json()["workdays"] == 5
-    problem(await world.get("admin", "/v1/calendar/years/2101"), 422, "calendar_year_unsupported")
+    assert_problem(await world.get("admin", "/v1/calendar/years/2101"), 422, "calendar_year_unsupported")
 
     # A corrected schedule (Saturday 9 Jan no longer a workday) moves the firm deadline it counted: Mon 11 Jan.
     corrected = await import_fixture(world, FIXTURE.read_text().replace("  - {date: 2027-01-09, festival: 元旦}\n", ""))
@@ -271,7 +270,7 @@ async def test_a_request_on_24_december_gets_a_provisional_deadline_that_the_imp
     after = (await world.get("admin", f"{REQUESTS}/{request_id}")).json()
     assert (after["due_date"], after["deadline_provisional"]) == ("2027-01-11", False)
     assert len(await world.audit_records("sharing.recompute_deadline")) == 2
-    problem(await world.get("data-officer", "/v1/calendar/years"), 403, "role_forbidden")
+    assert_problem(await world.get("data-officer", "/v1/calendar/years"), 403, "role_forbidden")
 
 
 async def test_an_extension_across_the_boundary_and_escalation_follow_the_same_rule(world: World) -> None:
@@ -356,14 +355,14 @@ async def test_an_invalid_import_changes_nothing_and_names_the_line(world: World
     body = await submitted(world, "FGW-CAL-5")
     text = FIXTURE.read_text().replace("{date: 2027-02-13, festival: 春节}", "{date: 2027-01-06, festival: 元旦}")
     line = next(number for number, content in enumerate(text.splitlines(), 1) if "2027-01-06" in content)
-    refused = problem(await import_fixture(world, text), 422, "workday_not_weekend")
+    refused = assert_problem(await import_fixture(world, text), 422, "workday_not_weekend")
     assert refused["errors"][0]["field"] == f"line {line}"
     assert "Wednesday" in refused["errors"][0]["message"]
     async with world.client("data-officer") as client:
         forbidden = await client.post(
             "/v1/calendar/schedules", content=FIXTURE.read_bytes(), headers={"content-type": "application/yaml"}
         )
-    problem(forbidden, 403, "role_forbidden")
+    assert_problem(forbidden, 403, "role_forbidden")
     years = {entry["year"]: entry["source"] for entry in (await world.get("admin", "/v1/calendar/years")).json()}
     assert years[2027] == "provisional"
     after = (await world.get("admin", f"{REQUESTS}/{body['request_id']}")).json()

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.calls import assert_problem
 from tests.helpers.sharing_world import CREDIT, World, add_item, item_body, sharing_world
-from tests.test_sharing import problem
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ async def test_items_of_every_attribute_with_chinese_aliases_and_labels(world: W
     assert codes["FGW-1"]["provider"] == CREDIT
     one = await public(world, f"/v1/catalog/{conditional['item_id']}")
     assert one.status_code == 200 and one.json()["code"] == "FGW-2"
-    problem(await public(world, "/v1/catalog/cat-nope"), 404, "item_unknown")
+    assert_problem(await public(world, "/v1/catalog/cat-nope"), 404, "item_unknown")
     only = await public(world, "/v1/catalog?provider=%E5%B8%82%E8%B4%A2%E6%94%BF%E5%B1%80")  # 市财政局
     assert only.json() == {"items": []}
 
@@ -105,7 +105,7 @@ async def test_invalid_items_are_refused_and_nothing_is_registered(
     body.update(change)
     # Every 422 of the catalog is one list of faults (一次性告知): `item_incomplete`, and a code per fault.
     top = "item_incomplete" if status == 422 else code
-    body = problem(await world.post("credit-officer", "/v1/catalog", body), status, top)
+    body = assert_problem(await world.post("credit-officer", "/v1/catalog", body), status, top)
     if field is not None:
         assert [(error["field"], error["code"]) for error in body["errors"]] == [(field, code)], body
     assert (await public(world)).json() == {"items": []}
@@ -119,7 +119,7 @@ async def test_every_fault_of_an_item_in_one_answer(world: World) -> None:
     body["data_items"].append({"name": "bank_account", "title": "账号", "type": "string", "level": "core"})
     body["update_frequency"] = "hourly"
     del body["name"]
-    answer = problem(await world.post("credit-officer", "/v1/catalog", body), 422, "item_incomplete")
+    answer = assert_problem(await world.post("credit-officer", "/v1/catalog", body), 422, "item_incomplete")
     assert sorted((error["field"], error["code"]) for error in answer["errors"]) == [
         ("conditions", "conditions_not_applicable"),
         ("data_items/3/name", "data_item_duplicate"),
@@ -132,19 +132,19 @@ async def test_every_fault_of_an_item_in_one_answer(world: World) -> None:
 
 
 async def test_who_registers(world: World) -> None:
-    problem(await world.post("platform", "/v1/catalog", item_body("P-1")), 403, "role_forbidden")
-    missing = problem(await world.post("admin", "/v1/catalog", item_body("A-1")), 422, "item_incomplete")
+    assert_problem(await world.post("platform", "/v1/catalog", item_body("P-1")), 403, "role_forbidden")
+    missing = assert_problem(await world.post("admin", "/v1/catalog", item_body("A-1")), 422, "item_incomplete")
     assert [(error["field"], error["code"]) for error in missing["errors"]] == [("provider", "provider_missing")]
     by_admin = await add_item(world, item_body("A-1", provider=CREDIT), who="admin")
     assert (by_admin["provider"], by_admin["service_owner"]) == (CREDIT, CREDIT)
     await add_item(world, item_body("FGW-1"))
-    problem(await world.post("credit-head", "/v1/catalog", item_body("FGW-1")), 409, "item_code_exists")
+    assert_problem(await world.post("credit-head", "/v1/catalog", item_body("FGW-1")), 409, "item_code_exists")
 
 
 async def test_unsigned_writes_are_refused(world: World) -> None:
     async with httpx.AsyncClient(base_url=world.url) as anonymous:
         response = await anonymous.post("/v1/catalog", json=item_body("X-1"))
-    problem(response, 401, "signature_missing")
+    assert_problem(response, 401, "signature_missing")
 
 
 async def test_openapi_documents_the_workflow_with_examples(world: World) -> None:
@@ -205,7 +205,7 @@ async def test_every_fault_of_a_change_in_one_answer(world: World) -> None:
             f"/v1/catalog/{item['item_id']}",
             json={"share_attribute": "not_shared", "update_frequency": "hourly", "colour": "red"},
         )
-    answer = problem(changed, 422, "item_incomplete")
+    answer = assert_problem(changed, 422, "item_incomplete")
     assert sorted((error["field"], error["code"]) for error in answer["errors"]) == [
         ("colour", "field_unknown"),
         ("legal_basis", "legal_basis_missing"),
@@ -221,7 +221,7 @@ async def test_a_change_cannot_empty_a_required_field(world: World) -> None:
         changed = await client.patch(
             f"/v1/catalog/{item['item_id']}", json={"share_attribute": None, "name": None, "description": None}
         )
-    answer = problem(changed, 422, "item_incomplete")
+    answer = assert_problem(changed, 422, "item_incomplete")
     assert sorted((error["field"], error["code"]) for error in answer["errors"]) == [
         ("name", "field_invalid"),
         ("share_attribute", "field_invalid"),

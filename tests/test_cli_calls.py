@@ -17,7 +17,7 @@ from gateway.client import DEFAULT_URL, GatewayClient
 from schemas.times import BEIJING
 from security.keys import generate_ed25519, key_id_for, private_key_pem, write_secret_file
 from simulators.platform.policies import CONDITION_POLICY, build_voucher
-from tests.test_demo_and_cli import CLI, demo  # noqa: F401 - the fixture
+from tests.helpers.processes import CLI
 
 USCC = "91350213MAG6BDRC7A"
 Demo = tuple[str, list[str], Path]
@@ -55,7 +55,7 @@ def test_a_grant_for_a_service_without_its_url_says_which_setting_is_missing(tmp
 
 
 @pytest.mark.slow
-def test_call_payments_and_the_officer_commands(demo: Demo) -> None:  # noqa: F811 - the fixture
+def test_call_payments_and_the_officer_commands(demo: Demo) -> None:
     url, _, data_dir = demo
     keys = data_dir / "demo" / "keys"
     platform = ["--key", str(keys / "platform.pem"), "--caller", "platform"]

@@ -11,8 +11,9 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.server.datadir_lock import DataDirBusy, DataDirLock, running_gateway
+from tests.helpers.demo import start_demo, wait_ready
+from tests.helpers.processes import CLI, stop
 from tests.helpers.services import free_port
-from tests.test_demo_and_cli import CLI, start_demo, stop, wait_ready
 
 
 def test_the_lock_names_its_holder_and_refuses_a_second(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from gateway.app import GatewayApp
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
+from tests.helpers.calls import INVOKE, body_for, send, signed
 from tests.helpers.gateways import PURPOSE, RunningGateway
-from tests.test_invoke import INVOKE, body_for, send, signed
 
 VOLATILE = {"date", "x-request-id", "content-length"}
 

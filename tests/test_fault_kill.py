@@ -14,30 +14,21 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
 
-from gateway.access import callers as registry
 from gateway.audit.log import verify_all
 from gateway.client import SignatureAuth
-from gateway.demo.setup import key_id_for
-from gateway.runtime import build_adapters
-from gateway.settings import Settings, load_settings
+from gateway.settings import load_settings
 from gateway.storage import db
-from gateway.storage.models import AuditRecord
-from schemas.api import CallerIn, GrantIn, KeyIn
-from security.keys import public_key_pem
+from tests.helpers.deployment import Deployment, recorded, seed, start_gateway
 from tests.helpers.gateways import PURPOSE
 from tests.helpers.own_services import own_postgres, own_redis
 from tests.helpers.services import free_port
-from tests.test_payments_crash import Deployment, start_gateway
 
 pytestmark = pytest.mark.slow
 INVOKE = "/v1/services/credit/dishonest-debtor"
@@ -45,36 +36,6 @@ USCC = "91110000600037341L"
 KILLS = 2  # per backend: the second kill hits a gateway that recovered from the first
 ACKS_BEFORE_KILL = 200  # acknowledged calls per run before the kill, with CONCURRENCY more in flight
 CONCURRENCY = 16
-
-
-async def seed(settings: Settings) -> tuple[Ed25519PrivateKey, str]:
-    await db.upgrade_async(settings)
-    adapters = build_adapters(settings)
-    private = Ed25519PrivateKey.generate()
-    key_id = key_id_for("platform", private.public_key())
-    engine = db.create_engine(settings)
-    try:
-        async with db.sessionmaker(engine)() as session:
-            key = KeyIn(key_id=key_id, public_key=public_key_pem(private.public_key()))
-            await registry.add_caller(
-                session,
-                CallerIn(
-                    caller_id="platform", name="platform", department="市数据管理局", roles=["platform"], keys=[key]
-                ),
-            )
-            operation = adapters["credit"].operations["dishonest-debtor"]
-            grant = GrantIn(
-                caller_id="platform",
-                service="credit",
-                operation="dishonest-debtor",
-                purpose=PURPOSE,
-                fields=list(operation.fields),
-                valid_to=datetime.now(UTC) + timedelta(days=1),
-            )
-            await registry.add_grant(session, grant, adapters)
-    finally:
-        await engine.dispose()
-    return private, key_id
 
 
 @contextlib.asynccontextmanager
@@ -97,7 +58,7 @@ async def deployment(request: pytest.FixtureRequest, tmp_path: Path, credit_url:
             **{f"MSJX_{name.upper()}": value for name, value in services.items()},
         )
         settings = load_settings(data_dir=tmp_path, upstream_urls={"credit": credit_url}, **services)
-        private, key_id = await seed(settings)
+        private, key_id = await seed(settings, "credit")
         yield Deployment(settings, env, private, key_id)
 
 
@@ -127,25 +88,6 @@ async def load_until_killed(url: str, auth: SignatureAuth, kill: Callable[[], No
 
     await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
     return acknowledged, cut_off
-
-
-async def recorded(settings: Settings, request_ids: list[str]) -> dict[str, tuple[str, int]]:
-    table = AuditRecord.__table__
-    engine = db.create_engine(settings)
-    found: dict[str, tuple[str, int]] = {}
-    try:
-        async with engine.connect() as connection:
-            for start in range(0, len(request_ids), 500):
-                chunk = request_ids[start : start + 500]
-                query = select(table.c.request_id, table.c.decision, table.c.status_code).where(
-                    table.c.request_id.in_(chunk)
-                )
-                found.update(
-                    {row.request_id: (row.decision, row.status_code) for row in await connection.execute(query)}
-                )
-    finally:
-        await engine.dispose()
-    return found
 
 
 async def test_kill_9_under_load_loses_no_acknowledged_call(

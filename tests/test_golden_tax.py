@@ -30,9 +30,9 @@ from schemas.tax import TaxpayerQuery, TaxpayerYearQuery
 from schemas.uscc import make_uscc
 from simulators import golden_tax as simulator
 from simulators.enterprises import DEMO_USCC, ENTERPRISES, TAX_YEARS
+from tests.helpers.calls import last_record
 from tests.helpers.gateways import RunningGateway
 from tests.helpers.upstreams import PURPOSE, Simulator, grant_all, started_simulator, upstream_gateway
-from tests.test_invoke import last_record
 
 UNKNOWN_USCC = make_uscc("91350203MA0000001")
 # Contract tests see every answer as it is: one attempt, a breaker that never opens. Retries and the breaker

@@ -21,9 +21,9 @@ from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem
 from gateway.sharing.schedule_file import ScheduleInvalid, read_schedule
 from gateway.upstreams.registry import prepare
+from tests.helpers.calls import assert_problem
 from tests.helpers.district_upstreams import serving
 from tests.helpers.gateways import PURPOSE, RunningGateway
-from tests.test_sharing import problem
 
 DEEP = b'{"purpose": "XM-2025-001", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
@@ -77,11 +77,11 @@ async def test_every_route_refuses_deep_json_signed_or_not(gateway: RunningGatew
     headers = {"content-type": "application/json"}
     async with gateway.client(identity) as client:
         signed = await client.post(path, content=DEEP, headers=headers)
-    body = problem(signed, 422, "json_too_deep")
+    body = assert_problem(signed, 422, "json_too_deep")
     assert body["errors"][0]["type"] == "json_too_deep"
     async with httpx_plain(gateway) as client:
         unsigned = await client.post(path, content=DEEP, headers=headers)
-    problem(unsigned, 422, "json_too_deep")
+    assert_problem(unsigned, 422, "json_too_deep")
     async with gateway.client() as client:  # and the gateway is still well
         ok = await client.post(
             "/v1/services/credit/dishonest-debtor", json={"purpose": PURPOSE, "params": {"uscc": "91350213MAG6BDRC7A"}}
@@ -115,12 +115,12 @@ async def test_a_forged_cursor_beyond_64_bits_is_a_422(gateway: RunningGateway) 
         ]
         for position in forged:
             response = await client.get("/v1/audit/records", params={"limit": "1", "cursor": _cursor(position)})
-            body = problem(response, 422, "invalid_cursor")
+            body = assert_problem(response, 422, "invalid_cursor")
             assert body["errors"][0]["field"] == "query/cursor"
         huge = base64.urlsafe_b64encode(
             b'{"t": 99999999999999999999999999, "c": "node-1", "h": 1, "f": "' + real["f"].encode() + b'"}'
         ).decode()
-        problem(await client.get("/v1/audit/records", params={"cursor": huge}), 422, "invalid_cursor")
+        assert_problem(await client.get("/v1/audit/records", params={"cursor": huge}), 422, "invalid_cursor")
         checkpoints = await client.get("/v1/audit/checkpoints", params={"after": str(1 << 70)})
         assert checkpoints.status_code == 422, checkpoints.text
         assert checkpoints.json()["errors"][0]["field"] == "query/after"
@@ -138,7 +138,7 @@ async def test_a_grant_quota_beyond_any_column_is_a_422(gateway: RunningGateway)
     }
     async with gateway.client(gateway.admin) as client:
         response = await client.post("/v1/grants", json=body)
-    assert problem(response, 422, "quota_invalid")["errors"][0]["field"] == "daily_quota"
+    assert assert_problem(response, 422, "quota_invalid")["errors"][0]["field"] == "daily_quota"
 
 
 def test_a_deep_contract_is_refused() -> None:

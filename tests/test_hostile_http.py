@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ from gateway.settings import load_settings
 from scripts.hostile_http import push_on, receive_all
 from simulators.enterprises import DEMO_USCC
 from tests.helpers.gateways import PURPOSE, RunningGateway, make_gateway, running_gateway
+from tests.helpers.processes import CLI
 from tests.helpers.services import free_port
 
-CLI = str(Path(sys.executable).parent / "msjx-gateway")
 INVOKE = "/v1/services/credit/dishonest-debtor"
 MAX_CONNECTIONS = 20
 

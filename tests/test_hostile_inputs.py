@@ -26,10 +26,10 @@ from gateway.settings import load_settings
 from gateway.storage import db
 from schemas.api import GrantIn
 from security.signatures import sign_request
+from tests.helpers.calls import last_record
 from tests.helpers.district_upstreams import EXAMPLES, serving
 from tests.helpers.gateways import PURPOSE, RunningGateway, running_gateway
 from tests.helpers.treasury import voucher
-from tests.test_invoke import last_record
 
 USCC = "91110000600037341L"
 PASSWD_MARK = "root:x:0:0"  # what /etc/passwd would show, had an entity been resolved

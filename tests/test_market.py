@@ -17,9 +17,9 @@ from schemas.market import EnterpriseProfile, EnterpriseQuery
 from schemas.uscc import make_uscc
 from simulators import market as simulator
 from simulators.enterprises import DEMO_USCC, ENTERPRISES
+from tests.helpers.calls import last_record
 from tests.helpers.gateways import RunningGateway
 from tests.helpers.upstreams import PURPOSE, Simulator, grant_all, started_simulator, upstream_gateway
-from tests.test_invoke import last_record
 
 UNKNOWN_USCC = make_uscc("91350203MA0000001")
 PLAIN = ResiliencePolicy(total_timeout=1.0, max_attempts=1, failure_threshold=10_000)

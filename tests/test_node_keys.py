@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,8 +24,8 @@ from security.keys import generate_ed25519
 from tests.helpers.audit import Store, audit_store, event, open_writer, tamper, verify
 from tests.helpers.audit import rows as chain_rows
 from tests.helpers.gateways import RunningGateway
+from tests.helpers.processes import CLI
 
-CLI = str(Path(sys.executable).parent / "msjx-gateway")
 pytestmark = pytest.mark.slow
 
 

@@ -15,10 +15,9 @@ from adapters.openapi import path_segment
 from adapters.registered import RegisteredAdapter
 from gateway.http.problems import validation_problem
 from gateway.upstreams.registry import prepare
+from tests.helpers.calls import assert_problem, last_record
 from tests.helpers.district_upstreams import serving
 from tests.helpers.gateways import PURPOSE, RunningGateway
-from tests.test_invoke import last_record
-from tests.test_sharing import problem
 
 CONTRACT = """{
   "openapi": "3.0.3",
@@ -149,7 +148,7 @@ async def test_the_invoke_path_refuses_a_dot_segment_with_its_own_code(gateway: 
         assert ok.status_code == 200, ok.text
         assert ok.json()["data"] == {"path": "/api/records/a%2Fb"}
         refused = await platform.post(invoke, json={"purpose": PURPOSE, "params": {"name": ".."}})
-    body = problem(refused, 422, "path_dot_segment")
+    body = assert_problem(refused, 422, "path_dot_segment")
     assert [(error["field"], error["type"]) for error in body["errors"]] == [("params/name", "path_dot_segment")]
     assert seen == ["/api/records/a%2Fb"]
     record = await last_record(gateway)

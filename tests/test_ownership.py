@@ -29,31 +29,27 @@ from gateway.settings import Settings, load_settings
 from gateway.sharing.ownership import owners, set_owner
 from gateway.storage import db
 from gateway.storage.models import CatalogItem, RegisteredUpstream, ServiceOwner, SharingEvent, SharingRequest
+from tests.helpers.calls import assert_problem
 from tests.helpers.services import DATABASE_URL, admin_connection, drop_database, with_database
 from tests.helpers.sharing_world import (
     CHINA,
     CREDIT,
     DATA,
     FINANCE,
+    REQUESTS,
     World,
     add_item,
     filed_and_submitted,
+    invoke,
     item_body,
     real_now,
     request_body,
-    sharing_world,
+    state_of,
 )
-from tests.test_sharing import REQUESTS, invoke, problem, state_of
-
-
-@pytest.fixture(params=["sqlite", "postgres_redis"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[World]:
-    async with sharing_world(request.param, tmp_path, credit_url) as running:
-        yield running
 
 
 def refused(response: httpx.Response, status: int, code: str, field: str) -> dict[str, Any]:
-    body = problem(response, status, code)
+    body = assert_problem(response, status, code)
     assert [error["field"] for error in body["errors"]] == [field], body
     return body
 
@@ -126,8 +122,8 @@ async def test_editing_a_foreign_item_is_refused(world: World) -> None:
         CREDIT,
         CREDIT,
     )
-    problem(await patch(world, "credit-head", path, {}), 422, "nothing_to_change")
-    problem(await patch(world, "credit-head", "/v1/catalog/cat-nope", loosen), 404, "item_unknown")
+    assert_problem(await patch(world, "credit-head", path, {}), 422, "nothing_to_change")
+    assert_problem(await patch(world, "credit-head", "/v1/catalog/cat-nope", loosen), 404, "item_unknown")
     records = await world.audit_records("catalog.update")
     assert [(r["caller_id"], r["decision"], r["reason_code"]) for r in records][-3:] == [
         ("credit-head", "allowed", None),
@@ -169,7 +165,7 @@ async def test_a_request_for_a_foreign_item_by_its_publisher_waits_for_the_owner
     assert submitted["due_date"] == "2025-10-09"  # 1 working day after 30 Sep: 1–8 Oct are off
     request_id = submitted["request_id"]
     for who in ("data-officer", "data-head"):
-        problem(await world.post(who, f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
+        assert_problem(await world.post(who, f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
     assert (await invoke(world, "dishonest-debtor", "XM-2025-002")).status_code == 403
 
     approved = await world.post("credit-officer", f"{REQUESTS}/{request_id}/approve", {})
@@ -263,7 +259,7 @@ async def test_a_service_nobody_owns_is_neither_published_nor_decided_until_an_a
         "reassign",
         {"provider_department": {"before": CREDIT, "after": FINANCE}},
     )
-    problem(await world.post("credit-officer", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
+    assert_problem(await world.post("credit-officer", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
     approved = await world.post("finance-officer", f"{REQUESTS}/{request_id}/approve", {})
     assert approved.status_code == 200, approved.text
 

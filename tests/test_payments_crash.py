@@ -8,100 +8,28 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from gateway.access import callers as registry
 from gateway.audit.log import verify_all
 from gateway.client import SignatureAuth
-from gateway.demo.setup import key_id_for
-from gateway.runtime import build_adapters
 from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from gateway.storage.models import PaymentIntent, PaymentOutcome
-from schemas.api import CallerIn, GrantIn, KeyIn
-from security.keys import public_key_pem
+from tests.helpers.deployment import SUBMIT, Deployment, seed, start_gateway
 from tests.helpers.gateways import PURPOSE
+from tests.helpers.processes import stop
 from tests.helpers.services import check_redis, create_test_database, drop_database, free_port
 from tests.helpers.treasury import treasury_listing, voucher
 
 pytestmark = pytest.mark.slow
-CLI = str(Path(sys.executable).parent / "msjx-gateway")
-SUBMIT = "/v1/services/treasury/submit-voucher"
-
-
-@pytest.fixture
-def treasury_process(tmp_path: Path) -> Iterator[str]:
-    """The treasury simulator in its own process: it outlives every gateway process of the test."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simulators.treasury", "--port", str(port), "--data-dir", str(tmp_path / "treasury")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    assert "listening" in process.stdout.readline()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
-
-
-@dataclass
-class Deployment:
-    settings: Settings
-    env: dict[str, str]
-    key: Ed25519PrivateKey
-    key_id: str
-
-
-async def seed(settings: Settings) -> tuple[Ed25519PrivateKey, str]:
-    await db.upgrade_async(settings)
-    adapters = build_adapters(settings)
-    private = Ed25519PrivateKey.generate()
-    key_id = key_id_for("platform", private.public_key())
-    engine = db.create_engine(settings)
-    try:
-        async with db.sessionmaker(engine)() as session:
-            await registry.add_caller(
-                session,
-                CallerIn(
-                    caller_id="platform",
-                    name="platform",
-                    department="市数据管理局",
-                    roles=["platform"],
-                    keys=[KeyIn(key_id=key_id, public_key=public_key_pem(private.public_key()))],
-                ),
-            )
-            for operation in adapters["treasury"].operations.values():
-                await registry.add_grant(
-                    session,
-                    GrantIn(
-                        caller_id="platform",
-                        service="treasury",
-                        operation=operation.name,
-                        purpose=PURPOSE,
-                        fields=list(operation.fields),
-                        valid_to=datetime.now(UTC) + timedelta(days=1),
-                    ),
-                    adapters,
-                )
-    finally:
-        await engine.dispose()
-    return private, key_id
 
 
 @pytest.fixture(params=["sqlite", "postgres_redis"])
@@ -132,33 +60,6 @@ async def deployment(
     finally:
         if settings.database_url:
             await drop_database(settings.database_url)
-
-
-async def start_gateway(deployment: Deployment, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [CLI, "serve", "--port", str(port)],
-        env={**deployment.env, **extra_env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"gateway exited: {process.stderr.read().decode() if process.stderr else ''}")
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/readyz", timeout=1)).status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    process.kill()
-    raise AssertionError("gateway never became ready")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=20)
 
 
 async def pay(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> httpx.Response:

@@ -9,20 +9,16 @@ import os
 import re
 import sqlite3
 import subprocess
-import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.access import callers as registry
 from gateway.client import GatewayClient
 from gateway.settings import load_settings
 from gateway.storage.models import IdempotencyKey, PaymentIntent
-from schemas.api import GrantIn
 from simulators.enterprises import ENTERPRISES, by_uscc
 from simulators.platform import (
     CONDITION_POLICY,
@@ -34,11 +30,10 @@ from simulators.platform import (
 )
 from simulators.platform.flow import NOT_OFFERED, REASON_DISHONEST, confirmation, registered_name
 from simulators.runner import start_all
-from tests.helpers.gateways import PURPOSE, RunningGateway, running_gateway
+from tests.helpers.gateways import RunningGateway, grant_every_operation, running_gateway
+from tests.helpers.payments import PayGateway
+from tests.helpers.processes import CLI
 from tests.helpers.treasury import treasury_listing
-from tests.test_payments import PayGateway, pay  # noqa: F401 - the fixture, on both backends
-
-CLI = str(Path(sys.executable).parent / "msjx-gateway")
 
 
 def platform_client(gw: RunningGateway) -> GatewayClient:
@@ -122,7 +117,7 @@ def test_list_lines_each_refused_with_line_and_reason(tmp_path: Path) -> None:
 
 
 async def test_list_policy_pays_the_confirmed_once_and_a_second_run_pays_nobody(
-    pay: PayGateway,  # noqa: F811
+    pay: PayGateway,
     tmp_path: Path,
 ) -> None:
     expected = expected_list_payments()
@@ -169,22 +164,9 @@ async def full_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
     try:
         async with running_gateway(settings) as gw:
             async with gw.runtime.sessions() as session:
-                for service, adapter in gw.runtime.adapters.items():
-                    for operation in adapter.operations.values():
-                        if service == "credit" and operation.name == "dishonest-debtor":
-                            continue  # granted by running_gateway already
-                        await registry.add_grant(
-                            session,
-                            GrantIn(
-                                caller_id="platform",
-                                service=service,
-                                operation=operation.name,
-                                purpose=PURPOSE,
-                                fields=list(operation.fields),
-                                valid_to=datetime.now(UTC) + timedelta(days=1),
-                            ),
-                            gw.runtime.adapters,
-                        )
+                adapters = gw.runtime.adapters
+                # credit/dishonest-debtor is granted by running_gateway already
+                await grant_every_operation(session, adapters, adapters, skip={("credit", "dishonest-debtor")})
             gw.runtime.directory.invalidate()
             yield gw
     finally:

@@ -8,9 +8,7 @@ import base64
 import json
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -29,29 +27,13 @@ from gateway.storage import db
 from gateway.storage.models import AuditRecord
 from schemas.api import GrantIn
 from simulators.enterprises import DEMO_USCC
-from tests.helpers.gateways import PURPOSE, Identity, RunningGateway
-from tests.helpers.services import _identity, check_redis, create_test_database, drop_database, free_port
-from tests.test_sharing import problem
+from tests.helpers.calls import assert_problem
+from tests.helpers.gateways import PURPOSE, Identity, RunningGateway, new_identity
+from tests.helpers.processes import CLI, stop
+from tests.helpers.quotas import admin_grant, call_for_purpose, grant_info
+from tests.helpers.services import check_redis, create_test_database, drop_database, free_port
 
 INVOKE = "/v1/services/credit/dishonest-debtor"
-CLI = str(Path(sys.executable).parent / "msjx-gateway")
-
-
-def grant_info(daily_quota: int | None = None, rate_limit: str | None = None) -> GrantInfo:
-    now = datetime.now(UTC)
-    return GrantInfo(
-        "g-" + secrets.token_hex(8),
-        "platform",
-        "credit",
-        "dishonest-debtor",
-        PURPOSE,
-        ("uscc",),
-        now,
-        now + timedelta(days=1),
-        "市数据管理局",
-        daily_quota,
-        rate_limit,
-    )
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -143,33 +125,12 @@ async def test_redis_down_fails_closed() -> None:
         await store.close()
 
 
-async def _admin_grant(gw: RunningGateway, **terms: Any) -> dict[str, Any]:
-    body = {
-        "caller_id": "platform",
-        "service": "credit",
-        "operation": "dishonest-debtor",
-        "purpose": terms.pop("purpose", "QUOTA-1"),
-        "fields": ["listed"],
-        "valid_to": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
-        **terms,
-    }
-    async with gw.client(gw.admin) as admin:
-        response = await admin.post("/v1/grants", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def _call(gw: RunningGateway, purpose: str) -> httpx.Response:
-    async with gw.client() as client:
-        return await client.post(INVOKE, json={"purpose": purpose, "params": {"uscc": DEMO_USCC}})
-
-
 async def test_quota_and_rate_limit_on_the_invoke_path(gateway: RunningGateway) -> None:
-    grant = await _admin_grant(gateway, daily_quota=2, purpose="QUOTA-1")
+    grant = await admin_grant(gateway, daily_quota=2, purpose="QUOTA-1")
     assert grant["daily_quota"] == 2 and grant["department"] == "市数据管理局"
-    assert [(await _call(gateway, "QUOTA-1")).status_code for _ in range(2)] == [200, 200]
-    refused = await _call(gateway, "QUOTA-1")
-    problem(refused, 429, "quota_exhausted")
+    assert [(await call_for_purpose(gateway, "QUOTA-1")).status_code for _ in range(2)] == [200, 200]
+    refused = await call_for_purpose(gateway, "QUOTA-1")
+    assert_problem(refused, 429, "quota_exhausted")
     assert 0 < int(refused.headers["retry-after"]) <= 86_400
     async with gateway.runtime.engine.connect() as connection:
         record = (
@@ -181,10 +142,10 @@ async def test_quota_and_rate_limit_on_the_invoke_path(gateway: RunningGateway) 
         seen = await admin.get(f"/v1/grants/{grant['grant_id']}")
     assert seen.json()["used_today"] == 2
 
-    limited = await _admin_grant(gateway, rate_limit="1/minute", purpose="RATE-1")
-    assert (await _call(gateway, "RATE-1")).status_code == 200
-    second = await _call(gateway, "RATE-1")
-    problem(second, 429, "rate_limited")
+    limited = await admin_grant(gateway, rate_limit="1/minute", purpose="RATE-1")
+    assert (await call_for_purpose(gateway, "RATE-1")).status_code == 200
+    second = await call_for_purpose(gateway, "RATE-1")
+    assert_problem(second, 429, "rate_limited")
     assert 1 <= int(second.headers["retry-after"]) <= 60
     assert limited["rate_limit"] == "1/minute"
 
@@ -207,17 +168,17 @@ async def test_grant_terms_are_checked(gateway: RunningGateway) -> None:
             **terms,
         }
         async with gateway.client(gateway.admin) as admin:
-            problem(await admin.post("/v1/grants", json=body), 422, code)
+            assert_problem(await admin.post("/v1/grants", json=body), 422, code)
     async with gateway.client(gateway.admin) as admin:
         assert [grant["purpose"] for grant in (await admin.get("/v1/grants")).json()] == [PURPOSE, "QZ-2025-007"]
 
 
 async def test_expiry_holds_on_the_next_call(gateway: RunningGateway) -> None:
     ends = datetime.now(UTC) + timedelta(seconds=1.5)
-    await _admin_grant(gateway, purpose="SHORT-1", valid_to=ends.isoformat())
-    assert (await _call(gateway, "SHORT-1")).status_code == 200
+    await admin_grant(gateway, purpose="SHORT-1", valid_to=ends.isoformat())
+    assert (await call_for_purpose(gateway, "SHORT-1")).status_code == 200
     await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
-    response = await _call(gateway, "SHORT-1")
+    response = await call_for_purpose(gateway, "SHORT-1")
     assert response.status_code == 403, response.text
     assert response.json()["code"] == "grant_expired", response.text
 
@@ -252,16 +213,6 @@ def _start_node(node_id: str, data_dir: Path, port: int, env: dict[str, str]) ->
     return process, log
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @pytest.mark.slow
 async def test_two_processes_share_an_exact_quota_and_see_revocation_within_a_second(
     tmp_path: Path, credit_url: str
@@ -273,8 +224,8 @@ async def test_two_processes_share_an_exact_quota_and_see_revocation_within_a_se
         settings = load_settings(database_url=database_url, data_dir=tmp_path / "seed")
         engine = db.create_engine(settings)
         async with db.sessionmaker(engine)() as session:
-            platform: Identity = await _identity(session, "platform", ["platform"], "市数据管理局")
-            admin: Identity = await _identity(session, "admin", ["admin"], "市大数据中心")
+            platform: Identity = await new_identity(session, "platform", ["platform"], "市数据管理局")
+            admin: Identity = await new_identity(session, "admin", ["admin"], "市大数据中心")
             grant = await registry.add_grant(
                 session,
                 GrantIn(
@@ -350,7 +301,7 @@ async def test_two_processes_share_an_exact_quota_and_see_revocation_within_a_se
                 await client.aclose()
         finally:
             for process, _ in nodes:
-                _stop(process)
+                stop(process)
         await engine.dispose()
     finally:
         await drop_database(database_url)

@@ -30,11 +30,11 @@ from gateway.upstreams.registry import prepare
 from schemas.tax import TaxpayerYearQuery
 from simulators import golden_tax as simulator
 from simulators.enterprises import DEMO_USCC
+from tests.helpers.calls import last_record
 from tests.helpers.district_upstreams import EXAMPLES, serving, soap_app
 from tests.helpers.gateways import RunningGateway
 from tests.helpers.services import check_redis
 from tests.helpers.upstreams import PURPOSE, Simulator, grant_all, started_simulator, upstream_gateway
-from tests.test_invoke import last_record
 
 CONFIG = BreakerConfig(
     failure_threshold=3, failure_ratio=0.5, window_ms=10_000, open_ms=300, probes=2, probe_lease_ms=400

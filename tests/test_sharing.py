@@ -6,56 +6,26 @@ the invoke path runs on the real clock, as it does in production.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
-from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
+from simulators.enterprises import DEMO_USCC
+from tests.helpers.calls import assert_problem
 from tests.helpers.sharing_world import (
     CHINA,
     CREDIT,
     DATA,
+    REQUESTS,
     World,
     add_item,
     filed_and_submitted,
+    invoke,
     item_body,
     real_now,
     request_body,
-    sharing_world,
+    state_of,
 )
-
-REQUESTS = "/v1/sharing-requests"
-
-
-@pytest.fixture(params=["sqlite", "postgres_redis"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[World]:
-    async with sharing_world(request.param, tmp_path, credit_url) as running:
-        yield running
-
-
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["code"] == code, body
-    return body
-
-
-async def state_of(world: World, request_id: str) -> dict[str, Any]:
-    response = await world.get("admin", f"{REQUESTS}/{request_id}")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def invoke(world: World, operation: str, purpose: str, uscc: str = DEMO_LISTED_USCC) -> httpx.Response:
-    async with world.gw.client() as client:
-        return await client.post(
-            f"/v1/services/credit/{operation}", json={"purpose": purpose, "params": {"uscc": uscc}}
-        )
 
 
 async def test_conditional_request_from_filing_to_revocation(world: World) -> None:
@@ -69,8 +39,8 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     assert filed.json()["requester_department"] == DATA
 
     # The head's approval must come from another person of the requesting department.
-    problem(await world.post("data-officer", f"{REQUESTS}/{request_id}/endorse"), 403, "endorser_is_filer")
-    problem(await world.post("credit-head", f"{REQUESTS}/{request_id}/endorse"), 403, "not_requester")
+    assert_problem(await world.post("data-officer", f"{REQUESTS}/{request_id}/endorse"), 403, "endorser_is_filer")
+    assert_problem(await world.post("credit-head", f"{REQUESTS}/{request_id}/endorse"), 403, "not_requester")
     submitted = await world.post("data-head", f"{REQUESTS}/{request_id}/endorse", {"note": "同意报送"})
     assert submitted.status_code == 200, submitted.text
     body = submitted.json()
@@ -79,9 +49,9 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     assert body["due_date"] == "2025-10-21"
 
     # Another department cannot decide; nothing changes.
-    problem(await world.post("finance-officer", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
-    problem(await world.post("coordinator", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_escalated")
-    problem(await world.post("officer", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
+    assert_problem(await world.post("finance-officer", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
+    assert_problem(await world.post("coordinator", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_escalated")
+    assert_problem(await world.post("officer", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_provider")
     assert (await state_of(world, request_id))["state"] == "submitted"
 
     # 退回补正 lists every missing item at once; a second return may not add new ones.
@@ -108,10 +78,10 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     again = await world.post(
         "credit-officer", f"{REQUESTS}/{request_id}/return", {"missing": [{"item": "callers", "reason": "?"}]}
     )
-    problem(again, 422, "return_new_items")
+    assert_problem(again, 422, "return_new_items")
 
     # One extension, of at most 10 working days, with a reason the requester sees.
-    problem(
+    assert_problem(
         await world.post("credit-officer", f"{REQUESTS}/{request_id}/extend", {"working_days": 11, "reason": "x"}),
         422,
         "extension_too_long",
@@ -123,14 +93,14 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     assert extended.json()["due_date"] == "2025-10-29"
     seen_by_requester = await world.get("data-officer", f"{REQUESTS}/{request_id}")
     assert seen_by_requester.json()["extension_reason"] == "需征求主管部门意见"
-    problem(
+    assert_problem(
         await world.post("credit-officer", f"{REQUESTS}/{request_id}/extend", {"working_days": 1, "reason": "再延"}),
         422,
         "already_extended",
     )
 
     # Quota ≤ 0 is refused and changes nothing; then the approval creates the grant.
-    problem(
+    assert_problem(
         await world.post("credit-head", f"{REQUESTS}/{request_id}/approve", {"daily_quota": 0}), 422, "quota_invalid"
     )
     assert (await state_of(world, request_id))["state"] == "submitted"
@@ -146,8 +116,10 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
 
     # A second decision on a decided request: refused, nothing changed.
     refuse = {"reasons": ["不符合条件"], "condition_not_met": {"condition": "scope", "explanation": "范围不符"}}
-    problem(await world.post("credit-officer", f"{REQUESTS}/{request_id}/refuse", refuse), 422, "already_decided")
-    problem(await world.post("credit-officer", f"{REQUESTS}/{request_id}/approve", {}), 422, "already_decided")
+    assert_problem(
+        await world.post("credit-officer", f"{REQUESTS}/{request_id}/refuse", refuse), 422, "already_decided"
+    )
+    assert_problem(await world.post("credit-officer", f"{REQUESTS}/{request_id}/approve", {}), 422, "already_decided")
     assert (await state_of(world, request_id))["state"] == "granted"
 
     # The grant works on the invoke path: purpose, validity, fields, quota.
@@ -157,10 +129,10 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     assert "entries" not in first.json()["data"]
     assert first.json()["meta"]["grant_id"] == grant["grant_id"]
     await world.gw.app.state.sharing.settle()  # the first successful call records the delivery, in the background
-    problem(await invoke(world, "abnormal-operation", "XM-2025-999"), 403, "purpose_not_granted")
+    assert_problem(await invoke(world, "abnormal-operation", "XM-2025-999"), 403, "purpose_not_granted")
     for _ in range(2):
         assert (await invoke(world, "abnormal-operation", "XM-2025-002", DEMO_USCC)).status_code == 200
-    exhausted = problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 429, "quota_exhausted")
+    exhausted = assert_problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 429, "quota_exhausted")
     assert "3" in exhausted["detail"]
 
     # The public catalog shows which department holds a grant for which purpose, and nothing about callers.
@@ -176,8 +148,8 @@ async def test_conditional_request_from_filing_to_revocation(world: World) -> No
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["state"] == "revoked"
     assert revoked.json()["grants"][0]["revoked_at"] is not None
-    problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_revoked")
-    problem(
+    assert_problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_revoked")
+    assert_problem(
         await world.post("credit-officer", f"{REQUESTS}/{request_id}/revoke", {"reason": "again"}), 422, "invalid_state"
     )
 
@@ -206,7 +178,7 @@ async def test_every_transition_is_audited_with_actor_before_and_after(world: Wo
     refused_attempt = await world.post(
         "finance-officer", f"{REQUESTS}/{request['request_id']}/refuse", {"reasons": ["x"]}
     )
-    problem(refused_attempt, 403, "not_provider")
+    assert_problem(refused_attempt, 403, "not_provider")
 
     for event, actor, before, after in [
         ("sharing.file", "data-officer", None, "draft"),
@@ -253,8 +225,8 @@ async def test_refusal_of_a_conditional_item_names_the_condition_not_met(world: 
     item = await add_item(world, item_body("FGW-XY-0004"))
     request = await filed_and_submitted(world, item["item_id"])
     path = f"{REQUESTS}/{request['request_id']}/refuse"
-    problem(await world.post("credit-officer", path, {"reasons": ["不符合"]}), 422, "refusal_ground_missing")
-    problem(await world.post("credit-officer", path, {"reasons": []}), 422, "validation_failed")
+    assert_problem(await world.post("credit-officer", path, {"reasons": ["不符合"]}), 422, "refusal_ground_missing")
+    assert_problem(await world.post("credit-officer", path, {"reasons": []}), 422, "validation_failed")
     refused = await world.post(
         "credit-officer",
         path,
@@ -265,7 +237,7 @@ async def test_refusal_of_a_conditional_item_names_the_condition_not_met(world: 
     assert body["state"] == "refused"
     assert body["decision"]["condition_not_met"]["condition"] == "purpose"
     assert body["grants"] == []
-    problem(
+    assert_problem(
         await world.post("credit-officer", f"{REQUESTS}/{request['request_id']}/approve", {}), 422, "already_decided"
     )
 
@@ -276,13 +248,13 @@ async def test_overdue_request_is_escalated_to_a_coordinator(world: World) -> No
     other = await filed_and_submitted(world, item["item_id"], purpose={"code": "XM-2025-004", "name": "其他"})
     request_id = request["request_id"]
     assert request["due_date"] == "2025-10-21"
-    problem(await world.post("coordinator", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_escalated")
+    assert_problem(await world.post("coordinator", f"{REQUESTS}/{request_id}/approve", {}), 403, "not_escalated")
 
     world.set_clock(datetime(2025, 10, 21, 23, 59, tzinfo=CHINA))
     assert (await state_of(world, request_id))["overdue"] is False, "the due day is not over yet"
     world.set_clock(datetime(2025, 10, 22, 0, 1, tzinfo=CHINA))
     assert (await state_of(world, request_id))["overdue"] is True
-    problem(
+    assert_problem(
         await world.post("credit-officer", f"{REQUESTS}/{request_id}/extend", {"working_days": 2, "reason": "晚了"}),
         422,
         "deadline_passed",
@@ -325,7 +297,7 @@ async def test_future_start_is_approved_then_granted_then_expired(world: World) 
     end = real_now() + timedelta(days=30)
     request = await filed_and_submitted(world, item["item_id"], valid_from=start.isoformat(), valid_to=end.isoformat())
     too_short = {"valid_to": (start - timedelta(days=1)).isoformat()}
-    problem(
+    assert_problem(
         await world.post("credit-officer", f"{REQUESTS}/{request['request_id']}/approve", too_short),
         422,
         "validity_empty",
@@ -339,7 +311,7 @@ async def test_future_start_is_approved_then_granted_then_expired(world: World) 
     world.set_clock(end + timedelta(seconds=1))
     [ended] = await world.sweep()
     assert ended.state == "expired" and ended.history[-1].actor == "system"
-    problem(
+    assert_problem(
         await world.post("credit-officer", f"{REQUESTS}/{request['request_id']}/revoke", {"reason": "x"}),
         422,
         "invalid_state",
@@ -365,13 +337,13 @@ async def test_bad_requests_are_refused_and_change_nothing(world: World) -> None
     ]
     for body, code, field in cases:
         response = await world.post("data-officer", REQUESTS, body)
-        found = problem(response, 422, "request_incomplete")
+        found = assert_problem(response, 422, "request_incomplete")
         assert [(error["field"], error["code"]) for error in found["errors"]] == [(field, code)], found
-    problem(await world.post("platform", REQUESTS, request_body(item["item_id"])), 403, "role_forbidden")
+    assert_problem(await world.post("platform", REQUESTS, request_body(item["item_id"])), 403, "role_forbidden")
     assert (await world.get("admin", REQUESTS)).json() == [], "no request was created"
 
     both = await world.post("data-officer", REQUESTS, request_body(item["item_id"], fields=["x"], callers=["nobody"]))
-    assert [error["code"] for error in problem(both, 422, "request_incomplete")["errors"]] == [
+    assert [error["code"] for error in assert_problem(both, 422, "request_incomplete")["errors"]] == [
         "field_not_in_item",
         "caller_unknown",
     ], "every fault is named at once"
@@ -394,7 +366,7 @@ async def test_visibility_by_role(world: World) -> None:
         assert (request_id in {entry["request_id"] for entry in listing.json()}) is sees, who
         single = await world.get(who, f"{REQUESTS}/{request_id}")
         assert single.status_code == (200 if sees else 404), who
-    problem(await world.get("platform", REQUESTS), 403, "role_forbidden")
+    assert_problem(await world.get("platform", REQUESTS), 403, "role_forbidden")
     assert [entry["request_id"] for entry in (await world.get("admin", REQUESTS, state="submitted")).json()] == [
         request_id
     ]

@@ -21,8 +21,8 @@ from gateway.sharing.workdays import (
     is_working_day,
     supported_years,
 )
+from tests.helpers.calls import assert_problem
 from tests.helpers.sharing_world import CHINA, World, add_item, item_body, request_body, sharing_world
-from tests.test_sharing import problem
 
 FIRST, LAST = supported_years()
 
@@ -86,7 +86,7 @@ async def test_deadline_endpoint(world: World) -> None:
     assert known.json()["calendar"].startswith("2025: chinese-calendar ")
     assert unknown.status_code == 200, unknown.text
     assert (unknown.json()["provisional"], unknown.json()["source"]) == (True, "provisional")
-    body = problem(absurd, 422, "calendar_year_unsupported")
+    body = assert_problem(absurd, 422, "calendar_year_unsupported")
     assert body["errors"][0]["field"] == "start"
 
 

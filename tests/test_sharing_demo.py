@@ -3,11 +3,9 @@ departments see them: listing by role, and revoking a request's last grant revok
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from gateway.access import callers as registry
@@ -19,8 +17,8 @@ from gateway.sharing.ownership import owners, seed_owners
 from gateway.storage import db
 from gateway.storage.models import AuditRecord, CatalogItem, DataUseEntry, SharingRequest
 from schemas.api import CallerIn
-from tests.helpers.sharing_world import World, add_item, filed_and_submitted, item_body, sharing_world
-from tests.test_sharing import problem
+from tests.helpers.calls import assert_problem
+from tests.helpers.sharing_world import World, add_item, filed_and_submitted, item_body
 
 # A day the installed calendar surely knows (its deadlines reach some weeks ahead), so that the test does not
 # depend on chinese-calendar having published next year's holidays by the day it runs.
@@ -66,12 +64,6 @@ async def test_demo_seeds_a_catalog_for_every_system_and_requests_in_every_state
         await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres_redis"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[World]:
-    async with sharing_world(request.param, tmp_path, credit_url) as running:
-        yield running
-
-
 async def test_grants_as_each_role_sees_them_and_revoking_the_last_revokes_the_request(world: World) -> None:
     item = await add_item(world, item_body("FGW-G", "unconditional", "dishonest-debtor"))
     request = await filed_and_submitted(world, item["item_id"], purpose={"code": "XM-2025-020", "name": "稳岗"})
@@ -91,9 +83,9 @@ async def test_grants_as_each_role_sees_them_and_revoking_the_last_revokes_the_r
     single = await world.get("data-officer", f"/v1/grants/{grant['grant_id']}")
     assert single.json()["sharing_request_id"] == request["request_id"]
     assert single.json()["used_today"] == 0
-    problem(await world.get("finance-officer", f"/v1/grants/{grant['grant_id']}"), 404, "grant_unknown")
+    assert_problem(await world.get("finance-officer", f"/v1/grants/{grant['grant_id']}"), 404, "grant_unknown")
 
-    problem(await world.post("credit-officer", f"/v1/grants/{grant['grant_id']}/revoke"), 403, "role_forbidden")
+    assert_problem(await world.post("credit-officer", f"/v1/grants/{grant['grant_id']}/revoke"), 403, "role_forbidden")
     revoked = await world.post("admin", f"/v1/grants/{grant['grant_id']}/revoke", {"reason": "停止使用"})
     assert revoked.status_code == 200, revoked.text
     assert (revoked.json()["revoked_by"], revoked.json()["revoke_reason"]) == ("admin", "停止使用")

@@ -8,7 +8,6 @@ real clock, as in production.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,25 +19,22 @@ from sqlalchemy.exc import DBAPIError
 from gateway.audit.archive import export_records
 from gateway.audit.files import iter_lines, verify_file
 from gateway.storage.models import DataUseEntry, Grant
+from tests.helpers.calls import assert_problem
 from tests.helpers.sharing_world import (
     CHINA,
     CREDIT,
     DATA,
+    REQUESTS,
     World,
     add_item,
     filed_and_submitted,
+    invoke,
     item_body,
     real_now,
     request_body,
     sharing_world,
+    state_of,
 )
-from tests.test_sharing import REQUESTS, invoke, problem, state_of
-
-
-@pytest.fixture(params=["sqlite", "postgres_redis"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path, credit_url: str) -> AsyncIterator[World]:
-    async with sharing_world(request.param, tmp_path, credit_url) as running:
-        yield running
 
 
 def faults(answer: dict[str, Any]) -> list[tuple[str, str]]:
@@ -68,7 +64,7 @@ async def test_every_fault_of_a_filing_is_in_one_answer(world: World) -> None:
     # The five faults: no basis, a zero volume, two fields the item does not have, an unknown caller.
     body = request_body(item["item_id"], daily_volume=0, fields=["uscc", "bank_account", "phone"], callers=["nobody"])
     del body["basis"]
-    answer = problem(await world.post("data-officer", REQUESTS, body), 422, "request_incomplete")
+    answer = assert_problem(await world.post("data-officer", REQUESTS, body), 422, "request_incomplete")
     assert faults(answer) == [
         ("basis", "field_missing"),
         ("callers/0", "caller_unknown"),
@@ -88,7 +84,7 @@ async def test_every_fault_of_a_filing_is_in_one_answer(world: World) -> None:
 
     # An unknown item and a form fault together: both named; the item's own checks cannot run without it.
     unknown = request_body("cat-missing", valid_to="tomorrow")
-    answer = problem(await world.post("data-officer", REQUESTS, unknown), 422, "request_incomplete")
+    answer = assert_problem(await world.post("data-officer", REQUESTS, unknown), 422, "request_incomplete")
     assert faults(answer) == [("item_id", "item_unknown"), ("valid_to", "field_invalid")]
 
 
@@ -107,7 +103,7 @@ async def test_every_fault_of_an_edit_is_in_one_answer(world: World) -> None:
                 "colour": "red",
             },
         )
-    answer = problem(patched, 422, "request_incomplete")
+    answer = assert_problem(patched, 422, "request_incomplete")
     assert faults(answer) == [
         ("callers/0", "caller_not_in_department"),
         ("colour", "field_unknown"),
@@ -129,7 +125,7 @@ async def test_partial_approval_narrows_fields_validity_and_volume(world: World)
     )
     path = f"{REQUESTS}/{request['request_id']}/approve"
     too_much = await world.post("credit-officer", path, {"fields": ["listed", "cases"], "daily_quota": 5000})
-    assert faults(problem(too_much, 422, "field_not_requested")) == [
+    assert faults(assert_problem(too_much, 422, "field_not_requested")) == [
         ("daily_quota", "quota_beyond_request"),
         ("fields/1", "field_not_requested"),
     ]
@@ -173,10 +169,12 @@ async def test_refusal_cites_a_legal_basis_or_a_condition(world: World) -> None:
     item = await add_item(world, item_body("FGW-OB-0004"))
     request = await filed_and_submitted(world, item["item_id"])
     path = f"{REQUESTS}/{request['request_id']}/refuse"
-    bare = problem(await world.post("credit-officer", path, {"reasons": ["不便提供"]}), 422, "refusal_ground_missing")
+    bare = assert_problem(
+        await world.post("credit-officer", path, {"reasons": ["不便提供"]}), 422, "refusal_ground_missing"
+    )
     assert "legal basis" in bare["detail"]
     wrong_kind = {"reasons": ["x"], "legal_basis": {"kind": "部门规章", "title": "《某办法》", "article": "第三条"}}
-    problem(await world.post("credit-officer", path, wrong_kind), 422, "legal_basis_kind_unknown")
+    assert_problem(await world.post("credit-officer", path, wrong_kind), 422, "legal_basis_kind_unknown")
     basis = {"kind": "法律", "title": "《中华人民共和国税收征收管理法》", "article": "第八条"}
     refused = await world.post("credit-officer", path, {"reasons": ["涉及纳税人商业秘密"], "legal_basis": basis})
     assert refused.status_code == 200, refused.text
@@ -230,7 +228,7 @@ async def test_delivery_is_due_in_20_working_days_and_overdue_for_the_provider(w
     [late] = await world.audit_records("sharing.delivery_overdue")
     assert (late["caller_id"], late["grant_id"]) == ("system", grant_id)
 
-    problem(await world.post("data-officer", f"{REQUESTS}/{request_id}/deliver"), 403, "not_provider")
+    assert_problem(await world.post("data-officer", f"{REQUESTS}/{request_id}/deliver"), 403, "not_provider")
     delivered = await world.post("credit-head", f"{REQUESTS}/{request_id}/deliver", {"note": "接口已开通"})
     assert delivered.status_code == 200, delivered.text
     assert delivered.json()["delivery"]["state"] == "delivered"
@@ -243,7 +241,7 @@ async def test_delivery_is_due_in_20_working_days_and_overdue_for_the_provider(w
         "credit-head",
         "接口已开通",
     )
-    problem(await world.post("credit-head", f"{REQUESTS}/{request_id}/deliver"), 422, "already_delivered")
+    assert_problem(await world.post("credit-head", f"{REQUESTS}/{request_id}/deliver"), 422, "already_delivered")
     [record] = [r for r in await world.audit_records("sharing.deliver") if r["decision"] == "allowed"]
     assert (record["caller_id"], record["grant_id"]) == ("credit-head", grant_id)
     assert (await world.get("credit-officer", REQUESTS, delivery="overdue")).json() == []
@@ -312,21 +310,21 @@ async def test_suspension_refuses_calls_until_resumed_and_is_not_a_revocation(wo
     await world.gw.app.state.sharing.settle()
     suspend = f"/v1/grants/{grant_id}/suspend"
 
-    problem(await world.post("data-officer", suspend, {"reason": "自查"}), 403, "not_provider")
-    problem(await world.post("credit-officer", suspend, {}), 422, "validation_failed")
+    assert_problem(await world.post("data-officer", suspend, {"reason": "自查"}), 403, "not_provider")
+    assert_problem(await world.post("credit-officer", suspend, {}), 422, "validation_failed")
     suspended = await world.post("credit-officer", suspend, {"reason": "发现超出授权范围使用数据"})
     assert suspended.status_code == 200, suspended.text
     assert (suspended.json()["status"], suspended.json()["suspended_by"]) == ("suspended", "credit-officer")
-    refusal = problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_suspended")
+    refusal = assert_problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_suspended")
     assert grant_id in refusal["detail"] and "超出授权范围" in refusal["detail"]
-    problem(await world.post("admin", suspend, {"reason": "again"}), 422, "already_suspended")
+    assert_problem(await world.post("admin", suspend, {"reason": "again"}), 422, "already_suspended")
     assert (await state_of(world, request_id))["state"] == "granted", "a suspension does not end the request"
 
     resumed = await world.post("admin", f"/v1/grants/{grant_id}/resume")
     assert resumed.status_code == 200, resumed.text
     assert resumed.json()["status"] == "active" and resumed.json()["suspended_at"] is None
     assert (await invoke(world, "abnormal-operation", "XM-2025-002")).status_code == 200
-    problem(await world.post("admin", f"/v1/grants/{grant_id}/resume"), 422, "not_suspended")
+    assert_problem(await world.post("admin", f"/v1/grants/{grant_id}/resume"), 422, "not_suspended")
 
     history = (await state_of(world, request_id))["history"]
     suspension = [event for event in history if event["action"] in ("suspend", "resume")]
@@ -344,8 +342,8 @@ async def test_suspension_refuses_calls_until_resumed_and_is_not_a_revocation(wo
     # Suspended, then revoked: the call says revoked, and a revoked grant cannot be resumed.
     await world.post("credit-officer", suspend, {"reason": "再次违规"})
     await world.post("credit-officer", f"{REQUESTS}/{request_id}/revoke", {"reason": "违规使用"})
-    problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_revoked")
-    problem(await world.post("admin", f"/v1/grants/{grant_id}/resume"), 422, "invalid_state")
+    assert_problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_revoked")
+    assert_problem(await world.post("admin", f"/v1/grants/{grant_id}/resume"), 422, "invalid_state")
 
 
 async def test_an_expired_grant_says_so_and_other_purposes_still_say_not_granted(world: World) -> None:
@@ -358,10 +356,10 @@ async def test_an_expired_grant_says_so_and_other_purposes_still_say_not_granted
         )
         await session.commit()
     world.gw.runtime.directory.invalidate()
-    expired = problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_expired")
+    expired = assert_problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_expired")
     assert grant_id in expired["detail"]
-    problem(await invoke(world, "abnormal-operation", "XM-2025-777"), 403, "no_grant")
-    problem(await invoke(world, "dishonest-debtor", "XM-2025-002"), 403, "purpose_not_granted")
+    assert_problem(await invoke(world, "abnormal-operation", "XM-2025-777"), 403, "no_grant")
+    assert_problem(await invoke(world, "dishonest-debtor", "XM-2025-002"), 403, "purpose_not_granted")
 
 
 # --- 4. the register of use, storage and destruction --------------------------------------------------------------
@@ -382,19 +380,19 @@ async def test_register_of_use_storage_and_destruction_is_kept_and_exported(worl
         assert added.status_code == 201, added.text
         assert added.json()["keep_until"] == "2028-09-30", "kept at least 3 years"
         assert added.json()["department"] == DATA and added.json()["recorded_by"] == "data-officer", number
-    problem(await world.post("credit-officer", register, entries[0]), 403, "not_holder")
-    problem(
+    assert_problem(await world.post("credit-officer", register, entries[0]), 403, "not_holder")
+    assert_problem(
         await world.post("data-officer", register, {"kind": "lend", "description": "x"}), 422, "data_use_kind_unknown"
     )
     future = {"kind": "use", "description": "x", "occurred_at": (world.now + timedelta(days=1)).isoformat()}
-    problem(await world.post("data-officer", register, future), 422, "occurred_in_future")
+    assert_problem(await world.post("data-officer", register, future), 422, "occurred_in_future")
 
     for who in ("data-head", "credit-officer", "officer", "admin"):
         read = await world.get(who, register)
         assert read.status_code == 200, (who, read.text)
         assert [entry["kind_label"] for entry in read.json()["entries"]] == ["使用", "存储", "销毁"], who
         assert read.json()["state"] == "destroyed"
-    problem(await world.get("finance-officer", register), 404, "grant_unknown")
+    assert_problem(await world.get("finance-officer", register), 404, "grant_unknown")
     assert len([r for r in await world.audit_records("grant.register.add") if r["decision"] == "allowed"]) == 3
 
     # Kept: the database itself refuses to change an entry, or to delete one before its keep_until.
@@ -434,12 +432,16 @@ async def test_register_of_use_storage_and_destruction_is_kept_and_exported(worl
 async def test_grant_visibility_for_duties(world: World) -> None:
     body = await granted(world, "FGW-OB-0010")
     grant_id = body["grants"][0]["grant_id"]
-    problem(await world.post("platform", f"/v1/grants/{grant_id}/suspend", {"reason": "x"}), 403, "role_forbidden")
-    problem(await world.post("finance-officer", f"/v1/grants/{grant_id}/suspend", {"reason": "x"}), 403, "not_provider")
-    problem(await world.post("admin", "/v1/grants/g-nope/suspend", {"reason": "x"}), 404, "grant_unknown")
+    assert_problem(
+        await world.post("platform", f"/v1/grants/{grant_id}/suspend", {"reason": "x"}), 403, "role_forbidden"
+    )
+    assert_problem(
+        await world.post("finance-officer", f"/v1/grants/{grant_id}/suspend", {"reason": "x"}), 403, "not_provider"
+    )
+    assert_problem(await world.post("admin", "/v1/grants/g-nope/suspend", {"reason": "x"}), 404, "grant_unknown")
     # An admin's own grant (no request): only an admin suspends it, and nothing is due for delivery.
     admin_grant = world.gw.grant_id
-    problem(
+    assert_problem(
         await world.post("credit-officer", f"/v1/grants/{admin_grant}/suspend", {"reason": "x"}), 403, "not_provider"
     )
     assert (await grant_of(world, "admin", admin_grant))["delivery_state"] == "not_applicable"
@@ -453,7 +455,7 @@ async def test_grant_visibility_for_duties(world: World) -> None:
 
 @pytest.mark.slow
 async def test_cli_suspends_resumes_and_exports_the_register(tmp_path: Path, credit_url: str) -> None:
-    from tests.test_demo_and_cli import run_cli
+    from tests.helpers.demo import run_cli
 
     async with sharing_world("sqlite", tmp_path, credit_url) as world:
         body = await granted(world, "FGW-OB-0011")
@@ -470,7 +472,7 @@ async def test_cli_suspends_resumes_and_exports_the_register(tmp_path: Path, cre
         again = run_cli("grants", "suspend", grant_id, "--reason", "x", data_dir=tmp_path, check=False)
         assert again.returncode == 1 and "already_suspended" in again.stderr
         world.gw.runtime.directory.invalidate()  # another process wrote it: this node would see it within 1 s
-        problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_suspended")
+        assert_problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_suspended")
         history = (await state_of(world, body["request_id"]))["history"]
         assert (history[-1]["action"], history[-1]["actor"]) == ("suspend", "operator")
 

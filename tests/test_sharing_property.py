@@ -70,7 +70,7 @@ class Served:
     admin: SignatureAuth
 
 
-def _identity(caller_id: str, roles: list[str]) -> tuple[CallerIn, SignatureAuth]:
+def new_identity(caller_id: str, roles: list[str]) -> tuple[CallerIn, SignatureAuth]:
     key = Ed25519PrivateKey.generate()
     key_id = key_id_for(caller_id, key.public_key())
     body = CallerIn(
@@ -88,8 +88,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The real app with an echo upstream, served from a thread so that hypothesis drives it synchronously."""
     settings_ = load_settings(data_dir=Path(tmp_path_factory.mktemp("property")))
     db.upgrade(settings_)
-    platform_in, platform = _identity("platform", ["platform"])
-    admin_in, admin = _identity("admin", ["admin"])
+    platform_in, platform = new_identity("platform", ["platform"])
+    admin_in, admin = new_identity("admin", ["admin"])
 
     async def seed() -> None:
         engine = db.create_engine(settings_)

@@ -33,8 +33,8 @@ from security.verdicts import ED25519, SM2_SM3
 from security.verifier_process import ProcessVerifier
 from simulators.enterprises import DEMO_LISTED_USCC
 from tests.helpers.audit import CHAIN, audit_store, rows, tamper, verify, write_chain
+from tests.helpers.calls import INVOKE, assert_problem, last_record, send, signed
 from tests.helpers.gateways import PURPOSE, RunningGateway
-from tests.test_invoke import INVOKE, assert_problem, last_record, send, signed
 
 URL = "http://gw.example:8000/v1/services/credit/dishonest-debtor"
 

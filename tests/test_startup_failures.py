@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.storage.reachability import endpoint
+from tests.helpers.processes import CLI
 from tests.helpers.services import free_port
 
-CLI = str(Path(sys.executable).parent / "msjx-gateway")
 PASSWORD = "Pa55-w0rd-never-shown"
 
 

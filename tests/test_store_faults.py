@@ -25,12 +25,11 @@ from prometheus_client import REGISTRY
 from gateway.access.nonces import RedisEpoch, RedisNonceStore, connect_redis
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
+from tests.helpers.calls import assert_problem, signed
 from tests.helpers.faults import OwnPostgres, OwnRedis
 from tests.helpers.gateways import RunningGateway, running_gateway
+from tests.helpers.quotas import admin_grant, call_for_purpose
 from tests.helpers.services import check_redis, create_test_database, drop_database
-from tests.test_invoke import signed
-from tests.test_quotas import _admin_grant, _call
-from tests.test_sharing import problem
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +58,9 @@ async def send(request: httpx.Request) -> httpx.Response:
 
 
 async def use_up_quota(gw: RunningGateway, purpose: str, quota: int) -> None:
-    await _admin_grant(gw, daily_quota=quota, purpose=purpose)
-    assert [(await _call(gw, purpose)).status_code for _ in range(quota)] == [200] * quota
-    problem(await _call(gw, purpose), 429, "quota_exhausted")
+    await admin_grant(gw, daily_quota=quota, purpose=purpose)
+    assert [(await call_for_purpose(gw, purpose)).status_code for _ in range(quota)] == [200] * quota
+    assert_problem(await call_for_purpose(gw, purpose), 429, "quota_exhausted")
 
 
 async def next_second() -> None:
@@ -98,17 +97,17 @@ async def test_a_gateway_restart_forgets_no_nonce_and_gives_no_quota_back(tmp_pa
         await use_up_quota(gw, "RESTART-1", 3)
         captured = signed(gw, gw.platform)
         assert (await send(captured)).status_code == 200
-        problem(await send(captured), 401, "nonce_replayed")
+        assert_problem(await send(captured), 401, "nonce_replayed")
         port = urlsplit(gw.url).port
         platform = gw.platform
     assert port is not None
     await next_second()
     async with serving(settings, port) as url:
-        refused = problem(await send(captured), 401, "signature_before_restart")  # same bytes, inside ±300 s
+        refused = assert_problem(await send(captured), 401, "signature_before_restart")  # same bytes, inside ±300 s
         assert "sign the request again" in refused["detail"]
         async with httpx.AsyncClient(base_url=url, auth=platform.auth(), timeout=30) as client:
             body = {"purpose": "RESTART-1", "params": {"uscc": "91350213MAG6BDRC7A"}}
-            problem(await client.post("/v1/services/credit/dishonest-debtor", json=body), 429, "quota_exhausted")
+            assert_problem(await client.post("/v1/services/credit/dishonest-debtor", json=body), 429, "quota_exhausted")
             fresh = await client.post("/v1/services/credit/dishonest-debtor", json={**body, "purpose": "XM-2025-001"})
             assert fresh.status_code == 200, fresh.text
 
@@ -125,8 +124,8 @@ async def test_a_gateway_restart_on_a_live_redis_counts_no_call_twice(tmp_path: 
     )
     try:
         async with running_gateway(settings) as gw:
-            await _admin_grant(gw, daily_quota=5, purpose="LIVE-1")
-            assert [(await _call(gw, "LIVE-1")).status_code for _ in range(3)] == [200] * 3
+            await admin_grant(gw, daily_quota=5, purpose="LIVE-1")
+            assert [(await call_for_purpose(gw, "LIVE-1")).status_code for _ in range(3)] == [200] * 3
             port = urlsplit(gw.url).port
             platform = gw.platform
         assert port is not None
@@ -162,23 +161,25 @@ async def test_redis_killed_and_back(tmp_path: Path, credit_url: str, store_logs
             failures_before = metric("msjx_dependency_failures_total", dependency="nonce_store")
 
             redis.kill()
-            outage = [await _call(gw, "XM-2025-001") for _ in range(20)]
+            outage = [await call_for_purpose(gw, "XM-2025-001") for _ in range(20)]
             for response in outage:
-                problem(response, 503, "nonce_store_unavailable")
+                assert_problem(response, 503, "nonce_store_unavailable")
                 assert int(response.headers["retry-after"]) >= 1
             assert metric("msjx_dependency_failures_total", dependency="nonce_store") - failures_before >= 20
             assert metric("msjx_dependency_up", dependency="nonce_store") == 0
 
             redis.start()  # the same port, and nothing in it: no nonce, no counter
             for _ in range(100):
-                if (await _call(gw, "XM-2025-001")).status_code == 200:
+                if (await call_for_purpose(gw, "XM-2025-001")).status_code == 200:
                     break
                 await asyncio.sleep(0.1)
             else:
                 pytest.fail("the gateway did not recover after Redis came back")
             assert metric("msjx_dependency_up", dependency="nonce_store") == 1
-            problem(await send(captured), 401, "signature_before_restart")  # its nonce died with the old Redis
-            problem(await _call(gw, "REDIS-1"), 429, "quota_exhausted")  # rebuilt from the audit records
+            assert_problem(await send(captured), 401, "signature_before_restart")  # its nonce died with the old Redis
+            assert_problem(
+                await call_for_purpose(gw, "REDIS-1"), 429, "quota_exhausted"
+            )  # rebuilt from the audit records
             assert await gw.runtime.quotas.used_today(_grant_info(gw, "REDIS-1")) == 3
     finally:
         redis.stop()
@@ -209,11 +210,11 @@ async def test_postgresql_stopped_and_started(
     )
     try:
         async with running_gateway(settings) as gw:
-            assert (await _call(gw, "XM-2025-001")).status_code == 200
+            assert (await call_for_purpose(gw, "XM-2025-001")).status_code == 200
             await asyncio.to_thread(postgres.stop)
             outage = []
             for _ in range(20):
-                outage.append(await _call(gw, "XM-2025-001"))
+                outage.append(await call_for_purpose(gw, "XM-2025-001"))
                 await asyncio.sleep(0.05)
             for response in outage:
                 assert response.status_code == 503, response.text
@@ -223,7 +224,7 @@ async def test_postgresql_stopped_and_started(
 
             await asyncio.to_thread(postgres.start)
             for _ in range(100):
-                if (await _call(gw, "XM-2025-001")).status_code == 200:
+                if (await call_for_purpose(gw, "XM-2025-001")).status_code == 200:
                     break
                 await asyncio.sleep(0.1)
             else:

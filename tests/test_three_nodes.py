@@ -35,16 +35,16 @@ from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
+from tests.helpers.audit import USCC
+from tests.helpers.calls import INVOKE
+from tests.helpers.deployment import SUBMIT, Deployment, recorded, start_gateway
 from tests.helpers.gateways import PURPOSE
+from tests.helpers.nginx import start_nginx
 from tests.helpers.own_services import own_redis
+from tests.helpers.processes import CLI
+from tests.helpers.processes import stop as stop_process
 from tests.helpers.services import create_test_database, drop_database, free_port
 from tests.helpers.treasury import treasury_listing, voucher
-from tests.test_deploy_nginx import CLI, nginx_binary, start_nginx
-from tests.test_deploy_nginx import stop as stop_process
-from tests.test_fault_kill import INVOKE, USCC, recorded
-from tests.test_payments_crash import SUBMIT, Deployment, start_gateway, treasury_process
-
-__all__ = ["nginx_binary", "treasury_process"]  # fixtures, imported to be used here
 
 pytestmark = pytest.mark.slow
 NODES = 3

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from gateway.app import create_app
 from gateway.cli import app as cli
 from gateway.settings import Settings
+from tests.helpers.calls import last_record
 from tests.helpers.district_upstreams import EXAMPLES, serving, soap_app
 from tests.helpers.gateways import PURPOSE, RunningGateway
 from tests.helpers.services import free_port
-from tests.test_invoke import last_record
 
 HULI = "湖里区数据管理局"  # the district department owning the registered systems' data
 

@@ -21,8 +21,8 @@ from gateway.settings import load_settings
 from security import ed25519
 from security.ed25519 import verifies
 from security.verifier_process import ProcessVerifier
+from tests.helpers.calls import send, signed
 from tests.helpers.gateways import running_gateway
-from tests.test_invoke import send, signed
 
 
 def _checks(count: int) -> list[tuple[tuple[bytes, bytes, bytes], bool]]:

@@ -22,10 +22,12 @@ from gateway.client import SignatureAuth
 from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from gateway.storage.models import AuditCheckpoint, AuditRecord
+from tests.helpers.audit import USCC
+from tests.helpers.calls import INVOKE
+from tests.helpers.deployment import recorded, seed
 from tests.helpers.gateways import PURPOSE
+from tests.helpers.processes import CLI
 from tests.helpers.services import check_redis, free_port
-from tests.test_fault_kill import INVOKE, USCC, recorded, seed
-from tests.test_payments_crash import CLI
 
 pytestmark = pytest.mark.slow
 CONCURRENCY = 8
@@ -123,7 +125,7 @@ async def test_two_workers_share_the_port_keep_every_acknowledged_call_and_verif
     deployment: tuple[Settings, dict], tmp_path: Path
 ) -> None:
     settings, env = deployment
-    private, key_id = await seed(settings)
+    private, key_id = await seed(settings, "credit")
     auth = SignatureAuth(key_id, private)
     served = Served(env, free_port(), tmp_path / "serve.log")
     try:

@@ -20,7 +20,7 @@ from simulators.faults import current_fault, install_faults
 
 SEEN = web.AppKey("seen", list)
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "contracts" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "examples"
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 

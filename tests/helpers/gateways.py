@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -150,3 +150,27 @@ async def make_gateway(backend: str, **overrides: Any) -> AsyncIterator[RunningG
     finally:
         if settings.database_url:
             await drop_database(settings.database_url)
+
+
+async def grant_every_operation(
+    session: Any,
+    adapters: dict[str, Any],
+    services: Iterable[str],
+    *,
+    purpose: str = PURPOSE,
+    skip: Collection[tuple[str, str]] = (),
+) -> None:
+    """Grant the platform every operation of these services with all their fields, for a day, under `purpose`."""
+    for service in services:
+        for operation in adapters[service].operations.values():
+            if (service, operation.name) in skip:
+                continue
+            grant = GrantIn(
+                caller_id="platform",
+                service=service,
+                operation=operation.name,
+                purpose=purpose,
+                fields=list(operation.fields),
+                valid_to=datetime.now(UTC) + timedelta(days=1),
+            )
+            await registry.add_grant(session, grant, adapters)

@@ -15,7 +15,8 @@ from sqlalchemy import select
 from gateway.audit.log import open_payload
 from gateway.settings import load_settings
 from gateway.storage.models import AuditRecord
-from tests.helpers.gateways import Identity, RunningGateway, _identity
+from simulators.enterprises import DEMO_LISTED_USCC
+from tests.helpers.gateways import Identity, RunningGateway, new_identity
 from tests.helpers.gateways import running_gateway as _running_gateway
 from tests.helpers.services import check_redis, create_test_database, drop_database
 
@@ -102,7 +103,7 @@ async def sharing_world(backend: str, tmp_path: Path, credit_url: str, **setting
             people = {}
             async with gw.runtime.sessions() as session:
                 for name, (department, roles) in PEOPLE.items():
-                    people[name] = await _identity(session, name, roles, department)
+                    people[name] = await new_identity(session, name, roles, department)
             gw.runtime.directory.invalidate()
             world = World(gw, people)
             gw.app.state.sharing.clock = lambda: world.now
@@ -171,3 +172,19 @@ async def filed_and_submitted(world: World, item_id: str, **extra: Any) -> dict:
     endorsed = await world.post("data-head", f"/v1/sharing-requests/{filed.json()['request_id']}/endorse")
     assert endorsed.status_code == 200, endorsed.text
     return endorsed.json()
+
+
+REQUESTS = "/v1/sharing-requests"
+
+
+async def state_of(world: World, request_id: str) -> dict[str, Any]:
+    response = await world.get("admin", f"{REQUESTS}/{request_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def invoke(world: World, operation: str, purpose: str, uscc: str = DEMO_LISTED_USCC) -> httpx.Response:
+    async with world.gw.client() as client:
+        return await client.post(
+            f"/v1/services/credit/{operation}", json={"purpose": purpose, "params": {"uscc": uscc}}
+        )

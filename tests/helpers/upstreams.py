@@ -4,16 +4,13 @@ gateway (SQLite, and PostgreSQL + Redis) configured with every built-in upstream
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from gateway.access import callers as registry
-from schemas.api import GrantIn
-from tests.helpers.gateways import PURPOSE, RunningGateway, make_gateway
+from tests.helpers.gateways import PURPOSE, RunningGateway, grant_every_operation, make_gateway
 
 __all__ = ["PURPOSE", "Simulator", "grant_all", "started_simulator", "upstream_gateway"]
 
@@ -51,22 +48,8 @@ async def started_simulator(module: Any) -> AsyncIterator[Simulator]:
 
 async def grant_all(gw: RunningGateway, *services: str) -> None:
     """Grant the platform every operation of these services, all fields, under PURPOSE."""
-    adapters = gw.runtime.adapters
     async with gw.runtime.sessions() as session:
-        for service in services:
-            for operation in adapters[service].operations.values():
-                await registry.add_grant(
-                    session,
-                    GrantIn(
-                        caller_id="platform",
-                        service=service,
-                        operation=operation.name,
-                        purpose=PURPOSE,
-                        fields=list(operation.fields),
-                        valid_to=datetime.now(UTC) + timedelta(days=1),
-                    ),
-                    adapters,
-                )
+        await grant_every_operation(session, gw.runtime.adapters, services)
     gw.runtime.directory.invalidate()
 
 
