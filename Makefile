@@ -18,14 +18,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/msjx-gateway serve --demo --port $(PORT)
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	bash scripts/run-tests.sh
 
+# ruff, then the layer rules of pyproject.toml's [tool.importlinter] (no cycles; who may import whom).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 # make bench QUICK=1: the same scenarios with short runs (under 90 s). Results: bench/results/latest.{json,md}.
 bench: $(STAMP)

@@ -30,7 +30,7 @@ COMPONENTS = (
     ("adapter: aiohttp client", ("aiohttp/", "yarl/", "multidict/")),
     ("adapter: translation, validation (adapters/, schemas/)", ("adapters/", "schemas/")),
     ("invoke route (gateway/api/services.py)", "gateway/api/services.py"),
-    ("exchange (gateway/http/exchange.py, problems.py)", ("gateway/http/exchange.py", "gateway/http/problems.py")),
+    ("exchange (pipeline/exchange.py, http/problems.py)", ("gateway/pipeline/exchange.py", "gateway/http/problems.py")),
     ("app dispatch (gateway/app.py)", "gateway/app.py"),
     ("pydantic", "pydantic"),
     ("FastAPI", "fastapi/"),

@@ -17,9 +17,9 @@ from starlette.types import Receive, Scope, Send
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
+from gateway.api.openapi import finish
 from gateway.http.forwarded import TrustedProxies
 from gateway.http.forwarded import apply as apply_forwarded
-from gateway.http.openapi import finish
 from gateway.http.problems import Problem, validation_problem
 from gateway.runtime import Runtime
 from gateway.settings import Settings

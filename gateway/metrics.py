@@ -3,9 +3,13 @@ what was refused before it became an exchange."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.audit.log import AuditEvent
+if TYPE_CHECKING:  # the type only: the audit writer calls observe(), not the other way round
+    from gateway.audit.log import AuditEvent
+
 
 # Latency buckets in seconds, from a fast local call to a slow upstream timing out.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -21,9 +21,9 @@ from gateway.access.quota_rebuild import rebuild_quota_windows
 from gateway.access.quotas import Quotas
 from gateway.audit.keys import open_keyring
 from gateway.audit.log import AuditWriter, load_signer, witness_path
-from gateway.http.unauthenticated import UnauthenticatedGate
 from gateway.payments.idempotency import IdempotencyStore
 from gateway.payments.intents import Payments
+from gateway.pipeline.unauthenticated import UnauthenticatedGate
 from gateway.settings import Settings
 from gateway.sharing.ownership import seed_owners
 from gateway.storage import db

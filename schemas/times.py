@@ -78,3 +78,17 @@ def beijing_text(moment: datetime, timespec: str = "seconds") -> str:
 def beijing_ms(ms: int, timespec: str = "seconds") -> str:
     """`beijing_text` of a Unix time in milliseconds."""
     return beijing_text(datetime.fromtimestamp(ms / 1000, BEIJING), timespec)
+
+
+def china_date(moment: datetime) -> date:
+    """The Beijing calendar day of an instant: the day quotas, deadlines and working days count in."""
+    return moment.astimezone(BEIJING).date()
+
+
+def end_of(day: date) -> datetime:
+    """The instant a deadline day ends: midnight after it, Beijing time."""
+    return datetime.combine(day + timedelta(days=1), time(0), BEIJING)
+
+
+def seconds_to_next_china_day(moment: datetime) -> float:
+    return (end_of(china_date(moment)) - moment).total_seconds()

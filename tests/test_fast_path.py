@@ -91,7 +91,7 @@ def test_request_path_and_target_uri_read_as_starlette_does(path: str, host: byt
     from starlette.requests import Request
 
     from gateway.access.authenticate import target_uri
-    from gateway.http.exchange import request_path
+    from gateway.pipeline.exchange import request_path
 
     headers = [(b"content-type", b"application/json")] + ([(b"host", host)] if host is not None else [])
     scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"q=1"}

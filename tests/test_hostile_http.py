@@ -24,7 +24,7 @@ from sqlalchemy import select as sql_select
 from gateway.app import create_app
 from gateway.audit.log import AUDIT_TABLE, open_payload
 from gateway.http.problems import PROBLEM_CONTENT_TYPE
-from gateway.http.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
+from gateway.pipeline.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
 from gateway.settings import load_settings
 from scripts.hostile_http import push_on, receive_all
 from simulators.enterprises import DEMO_USCC

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.audit.archive import export_records
 from gateway.audit.files import iter_lines, verify_file
+from gateway.sharing.obligations import register_entries
 from gateway.storage.models import DataUseEntry, Grant
 from tests.helpers.calls import assert_problem
 from tests.helpers.sharing_world import (
@@ -411,12 +412,9 @@ async def test_register_of_use_storage_and_destruction_is_kept_and_exported(worl
     # Exported with the audit: the entries recorded in the range, and the file still verifies.
     path = tmp_path / "export.jsonl"
     start = datetime(2025, 9, 30, tzinfo=UTC)
-    await export_records(
-        world.gw.runtime.engine,
-        path,
-        from_ms=int(start.timestamp() * 1000),
-        to_ms=int((real_now() + timedelta(minutes=1)).timestamp() * 1000),
-    )
+    from_ms, to_ms = int(start.timestamp() * 1000), int((real_now() + timedelta(minutes=1)).timestamp() * 1000)
+    register = await register_entries(world.gw.runtime.engine, from_ms, to_ms)
+    await export_records(world.gw.runtime.engine, path, from_ms=from_ms, to_ms=to_ms, register=register)
     lines = [item for _, item in iter_lines(path)]
     assert lines[0]["register_entries"] == 3
     exported = [item for item in lines if item["type"] == "register"]

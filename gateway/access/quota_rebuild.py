@@ -11,10 +11,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.quotas import Quotas
-from gateway.audit.log import AUDIT_TABLE
-from gateway.sharing.workdays import china_date, end_of
-from gateway.storage.models import Grant
+from gateway.storage.models import AuditRecord, Grant
+from schemas.times import china_date, end_of
 
+AUDIT_TABLE = AuditRecord.__table__
 log = logging.getLogger("msjx.quotas")
 
 

@@ -26,8 +26,8 @@ from gateway.access.directory import GrantInfo
 from gateway.access.nonces import PipelineBatcher, RedisEpoch
 from gateway.http.problems import Problem
 from gateway.settings import Settings
-from gateway.sharing.workdays import china_date, seconds_to_next_china_day
 from gateway.storage.health import Dependency
+from schemas.times import china_date, seconds_to_next_china_day
 
 log = logging.getLogger("msjx.quotas")
 KEY_PREFIX = "msjx:limits"
@@ -185,7 +185,7 @@ class Quotas:
 
     @property
     def storage(self) -> Storage:
-        """Where the counters live; other per-window counts (gateway/http/unauthenticated.py) share it."""
+        """Where the counters live; other per-window counts (gateway/pipeline/unauthenticated.py) share it."""
         return self._storage
 
     @classmethod

@@ -17,8 +17,8 @@ from gateway.access.directory import CallerInfo, GrantInfo
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.api.grant_duties import change_grant
 from gateway.api.services import parse_json
-from gateway.http.exchange import Exchange, run_exchange
 from gateway.http.problems import Problem
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import workflow
 from gateway.sharing.errors import parse_body
 from gateway.sharing.states import Actor

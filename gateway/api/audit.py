@@ -32,8 +32,8 @@ from gateway.audit.log import (
     subject_hashes,
     verify_all,
 )
-from gateway.http.exchange import Exchange, run_exchange
 from gateway.http.problems import Problem, validation_problem
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.storage.models import AuditSigner
 from schemas.audit import (
     AuditRecordOut,

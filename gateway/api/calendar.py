@@ -15,17 +15,18 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from gateway.api.docs import SIGNED, problem_responses
-from gateway.http.exchange import Exchange, run_exchange
 from gateway.http.problems import Problem
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing.calendar import calendar_for, years_overview
 from gateway.sharing.calendar_import import import_schedule, schedule_out
 from gateway.sharing.errors import calendar_problem
 from gateway.sharing.schedule_file import ScheduleInvalid, is_csv, read_schedule
 from gateway.sharing.service import transition_event
-from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR, CalendarYearUnsupported, china_date
+from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR, CalendarYearUnsupported
 from gateway.sharing.workflow import Outcome
 from schemas.calendar import CalendarImportOut, CalendarYearOut, ScheduleOut
 from schemas.sharing import SharingRequestOut
+from schemas.times import china_date
 
 router = APIRouter(prefix="/v1/calendar", tags=["calendar"])
 ADMIN = {"admin"}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from gateway.api.docs import SIGNED, json_body, problem_responses
-from gateway.http.exchange import Exchange, run_exchange
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import catalog
 from gateway.sharing.errors import load_json
 from gateway.sharing.ownership import Publisher

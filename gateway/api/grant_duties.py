@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.access import callers as registry
 from gateway.api.docs import SIGNED, json_body, problem_responses
-from gateway.http.exchange import Exchange, run_exchange
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import obligations, workflow
 from gateway.sharing.errors import parse_body
 from gateway.sharing.service import transition_event

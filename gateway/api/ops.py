@@ -13,7 +13,7 @@ from gateway import metrics as gateway_metrics
 from gateway.sharing.calendar import calendar_for, calendar_warning, count_open_provisional
 
 router = APIRouter(tags=["ops"])
-PUBLIC = {"security": []}  # no signature: gateway/http/openapi.py documents every other route as signed
+PUBLIC = {"security": []}  # no signature: gateway/api/openapi.py documents every other route as signed
 log = logging.getLogger("msjx.ops")
 # Checks that report but never make the node unready.
 ADVISORY = frozenset({"calendar"})

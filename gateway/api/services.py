@@ -15,10 +15,10 @@ from pydantic import BaseModel, ValidationError
 from adapters.base import UpstreamError
 from gateway.access.directory import GrantInfo, as_utc
 from gateway.api.docs import SIGNED, json_body, problem_responses
-from gateway.http.exchange import Exchange, run_exchange
 from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem, validation_problem
 from gateway.payments.idempotency import MAX_HEADER_LENGTH, MAX_KEY_LENGTH, parse_key
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.runtime import Runtime
 from gateway.sharing.ownership import owners
 from schemas.api import InvokeRequest, InvokeResponse

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.api.docs import SIGNED, json_body, problem_responses
-from gateway.http.exchange import Exchange, run_exchange
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import obligations, workflow
 from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import calendar_problem, load_json, parse_body

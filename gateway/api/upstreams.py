@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.api.services import parse_json
-from gateway.http.exchange import Exchange, run_exchange
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.upstreams import registry as upstreams
 from gateway.upstreams.registry import UpstreamIn, UpstreamOut
 

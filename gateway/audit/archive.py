@@ -8,10 +8,12 @@ with the archive's registration (on PostgreSQL the append-only trigger lets exac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import and_, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,7 +37,6 @@ from gateway.audit.log import (
     load_checkpoints,
 )
 from gateway.audit.node_keys import list_node_keys
-from gateway.sharing.obligations import register_entries
 from security.audit_chain import GENESIS_HASH
 from security.checkpoints import TrustedKeys
 from security.keyring import now_ms
@@ -56,9 +57,18 @@ class ExportedChain:
 
 
 async def export_records(
-    engine: AsyncEngine, path: Path, *, from_ms: int, to_ms: int, chains: list[str] | None = None
+    engine: AsyncEngine,
+    path: Path,
+    *,
+    from_ms: int,
+    to_ms: int,
+    chains: list[str] | None = None,
+    register: Sequence[BaseModel] = (),
 ) -> list[ExportedChain]:
-    """Write records with from_ms <= time < to_ms (and up to the next checkpoint) as JSON Lines."""
+    """Write records with from_ms <= time < to_ms (and up to the next checkpoint) as JSON Lines.
+
+    `register` is the requesting departments' register of use, storage and destruction (条例) for the same range,
+    which travels with the audit (the sharing room reads it: `gateway.sharing.obligations.register_entries`)."""
     plans: list[dict[str, Any]] = []
     for chain_id in chains if chains is not None else await chain_ids(engine):
         async with engine.connect() as connection:
@@ -92,8 +102,6 @@ async def export_records(
                 "sealed": sealing is not None,
             }
         )
-    # The requesting departments' register of use, storage and destruction (条例) travels with the audit.
-    register = await register_entries(engine, from_ms, to_ms)
     for plan in plans:
         low, high = plan["from_height"], plan["to_height"]
         plan["checkpoints"] = [

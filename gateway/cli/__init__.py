@@ -10,14 +10,13 @@ from gateway.cli.audit import audit_app
 from gateway.cli.calendar import calendar_app
 from gateway.cli.call import call
 from gateway.cli.callers import callers_app
-from gateway.cli.common import configure_logging
 from gateway.cli.db import db_app
 from gateway.cli.grants import grants_app
 from gateway.cli.keys import keys_app
 from gateway.cli.serve import SERVER_OPTIONS, demo, serve, simulators
 from gateway.cli.upstreams import upstreams_app
 
-__all__ = ["SERVER_OPTIONS", "app", "configure_logging", "main"]
+__all__ = ["SERVER_OPTIONS", "app", "main"]
 
 app = typer.Typer(help="msjx-gateway: the data-sharing gateway for 免申即享 platforms.", no_args_is_help=True)
 for command in (serve, simulators, demo, call):

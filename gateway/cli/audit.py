@@ -196,14 +196,18 @@ def audit_export(
     sealed. Verify it with `msjx-gateway audit verify --file FILE --pubkey NODE.pub.pem`.
     """
     from gateway.audit.archive import export_records
+    from gateway.sharing.obligations import register_entries
 
     start, end = epoch_ms(parse_when(from_, "--from")), epoch_ms(parse_when(to, "--to"))
     if end <= start:
         raise fail("--to must be later than --from")
     settings = cli_settings(data_dir)
-    exported = run_engine(
-        settings, lambda engine: export_records(engine, file, from_ms=start, to_ms=end, chains=chain or None)
-    )
+
+    async def export(engine: Any) -> Any:
+        register = await register_entries(engine, start, end)
+        return await export_records(engine, file, from_ms=start, to_ms=end, chains=chain or None, register=register)
+
+    exported = run_engine(settings, export)
     if not exported:
         typer.echo(f"no records in that range; {file} holds only a header")
     for item in exported:

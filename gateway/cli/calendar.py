@@ -143,7 +143,8 @@ def _calendar(settings: Any) -> Any:
 def calendar_years(data_dir: DataDir = None) -> None:
     """Each year with its source: imported, chinese-calendar, or provisional (with this year and next)."""
     from gateway.sharing.calendar import years_overview
-    from gateway.sharing.workdays import PROVISIONAL_RULE, china_date
+    from gateway.sharing.workdays import PROVISIONAL_RULE
+    from schemas.times import china_date
 
     calendar = _calendar(cli_settings(data_dir))
     for entry in years_overview(calendar, china_date(datetime.now(UTC))):

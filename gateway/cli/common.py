@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,15 +35,6 @@ def cli_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
         return load_settings(**overrides)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-
-
-def configure_logging(level: str) -> None:
-    from security.masking import install_log_masking
-
-    install_log_masking()
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def run_registry(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:

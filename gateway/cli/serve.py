@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import DataDir, cli_settings, configure_logging, fail
+from gateway.cli.common import DataDir, cli_settings, fail
+from gateway.server.logs import configure_logging
 from gateway.settings import Settings
 
 # How `serve` runs uvicorn; `make bench` measures these (docs/performance.md), and its Python floor uses them too.

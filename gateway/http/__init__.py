@@ -1,4 +1,4 @@
-"""The request pipeline: one audited exchange, problem+json answers, body parsing, proxies,
-refusals before authentication.
+"""HTTP vocabulary every room speaks: problem+json answers with their stable codes, JSON bodies parsed with bounds,
+and the client, scheme and authority behind trusted proxies.
 
-May import: storage, access, audit, upstreams, payments, schemas, security, adapters. Not: api, cli, demo, server."""
+A leaf: imports nothing else of gateway."""

@@ -33,7 +33,7 @@ from schemas.treasury import VoucherQuery, VoucherSubmission
 
 if TYPE_CHECKING:  # the exchange module imports the runtime, which imports this one
     from gateway.access.directory import GrantInfo
-    from gateway.http.exchange import Exchange
+    from gateway.pipeline.exchange import Exchange
 
 log = logging.getLogger("msjx.payments")
 

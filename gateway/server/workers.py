@@ -79,8 +79,8 @@ def bind(host: str, port: int) -> socket.socket:
 def run_worker(settings: Settings, sock: socket.socket, ready: Event, server_options: dict[str, Any]) -> None:
     """A worker process: the same uvicorn server as `serve`, on the supervisor's socket."""
     from gateway.app import create_app
-    from gateway.cli import configure_logging
     from gateway.server import heap
+    from gateway.server.logs import configure_logging
     from gateway.server.protocol import guarded_protocol
 
     # Its own process group: a Ctrl-C at the terminal reaches the supervisor alone, which stops each worker once (a

@@ -23,8 +23,9 @@ from gateway.access.directory import as_utc
 from gateway.sharing import workdays
 from gateway.sharing.schedule_file import ScheduleIn
 from gateway.sharing.states import SUBMITTED
-from gateway.sharing.workdays import PROVISIONAL, Calendar, YearSchedule, china_date
+from gateway.sharing.workdays import PROVISIONAL, Calendar, YearSchedule
 from gateway.storage.models import CalendarDay, CalendarYear, SharingRequest
+from schemas.times import china_date
 
 CHECK_SECONDS = 2.0
 YEARS = CalendarYear.__table__

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from gateway.access.directory import as_utc
-from gateway.sharing.workdays import china_date
 from gateway.storage.models import Grant
+from schemas.times import china_date
 
 # The 条例's time for delivery, counted from the day of approval like the decision deadlines.
 DELIVERY_WORKING_DAYS = 20

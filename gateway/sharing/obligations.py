@@ -22,10 +22,11 @@ from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import forbidden, invalid
 from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, grant_status
 from gateway.sharing.states import LIVE, SYSTEM, Actor
-from gateway.sharing.workdays import CalendarYearUnsupported, china_date
+from gateway.sharing.workdays import CalendarYearUnsupported
 from gateway.sharing.workflow import Outcome, _commit, _jsonable, _load, _require_state, _snapshot, _transition
 from gateway.storage.models import CatalogItem, DataUseEntry, Grant, SharingRequest
 from schemas.sharing import DATA_USE_KIND_LABELS, DataUseIn, DataUseOut, DataUseRegister, DeliverIn, ResumeIn, SuspendIn
+from schemas.times import china_date
 
 REGISTER_YEARS = 3
 FIRST_USE = "first_use"

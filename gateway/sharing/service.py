@@ -12,13 +12,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import orjson
 from sqlalchemy.orm.exc import StaleDataError
 
 from gateway.access.directory import GrantInfo
 from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
-from gateway.runtime import Runtime
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
 from gateway.sharing.obligations import (
@@ -28,10 +28,13 @@ from gateway.sharing.obligations import (
     record_first_use,
     record_overdue_delivery,
 )
-from gateway.sharing.workdays import china_date
 from gateway.sharing.workflow import Outcome, apply_time, due_transitions, outcome_out
 from gateway.storage.health import is_database_outage
 from schemas.sharing import SharingRequestOut
+from schemas.times import china_date
+
+if TYPE_CHECKING:  # the type only: the runtime is built above this room
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("msjx.sharing")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.access.directory import CallerInfo, as_utc
-from gateway.sharing.workdays import china_date
 from gateway.storage.models import SharingRequest
+from schemas.times import china_date
 
 DRAFT = "draft"
 SUBMITTED = "submitted"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from functools import cache
 from importlib.metadata import version
 
@@ -185,16 +185,3 @@ def is_working_day(day: date) -> bool:
 def add_working_days(start: date, count: int) -> date:
     """The `count`-th working day after `start` by this process's latest calendar (see `Calendar`)."""
     return _latest.add_working_days(start, count).due
-
-
-def china_date(moment: datetime) -> date:
-    return moment.astimezone(CHINA).date()
-
-
-def end_of(day: date) -> datetime:
-    """The instant a deadline day ends: midnight after it, Beijing time."""
-    return datetime.combine(day + timedelta(days=1), time(0), CHINA)
-
-
-def seconds_to_next_china_day(moment: datetime) -> float:
-    return (end_of(china_date(moment)) - moment).total_seconds()

@@ -43,7 +43,7 @@ from gateway.sharing.states import (
     effective_state,
     is_overdue,
 )
-from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count, china_date
+from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count
 from gateway.storage.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequest
 from schemas.sharing import (
     DELIVERY_LABELS,
@@ -64,6 +64,7 @@ from schemas.sharing import (
     SharingRequestOut,
     SharingRequestPatch,
 )
+from schemas.times import china_date
 
 CONDITIONAL_WORKING_DAYS = 10
 UNCONDITIONAL_WORKING_DAYS = 1

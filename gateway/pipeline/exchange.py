@@ -20,7 +20,7 @@ from gateway.access.authenticate import Principal
 from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
 from gateway.http.json_bodies import check_depth
 from gateway.http.problems import Problem
-from gateway.http.unauthenticated import PREAUTH_BODY_BYTES, RATE_LIMITED
+from gateway.pipeline.unauthenticated import PREAUTH_BODY_BYTES, RATE_LIMITED
 from gateway.runtime import Runtime
 from gateway.storage.health import is_database_outage
 
@@ -122,7 +122,7 @@ async def run_exchange(
     runtime.exchanges_in_progress += 1
     authenticated = False
     try:
-        # Until the caller is known, a record keeps only the start of the body (gateway/http/unauthenticated.py).
+        # Until the caller is known, a record keeps only the start of the body (gateway/pipeline/unauthenticated.py).
         event.request_kept = PREAUTH_BODY_BYTES
         body = await read_body(request)
         event.request_body = body
