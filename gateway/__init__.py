@@ -1,3 +1,3 @@
-"""The HTTP service: settings, storage, the request pipeline, routes, CLI and the Python client."""
+"""The HTTP service, in rooms by concern (see each sub-package's docstring for what it may import)."""
 
 __version__ = "0.1.0"
