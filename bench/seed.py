@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings
@@ -47,7 +47,7 @@ async def seed(settings: Settings, service: str = SERVICE, operation: str = OPER
     engine = db.create_engine(settings)
     try:
         async with db.sessionmaker(engine)() as session:
-            await registry.add_caller(
+            await callers.add_caller(
                 session,
                 CallerIn(
                     caller_id=CALLER,
@@ -57,7 +57,7 @@ async def seed(settings: Settings, service: str = SERVICE, operation: str = OPER
                     keys=[KeyIn(key_id=key_id, public_key=public_key_pem(key.public_key()))],
                 ),
             )
-            grant = await registry.add_grant(
+            grant = await callers.add_grant(
                 session,
                 GrantIn(
                     caller_id=CALLER,

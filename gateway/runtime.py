@@ -28,7 +28,7 @@ from gateway.settings import Settings
 from gateway.sharing.ownership import seed_owners
 from gateway.storage import db
 from gateway.storage.health import Dependency, is_database_outage
-from gateway.upstreams.registry import AdapterCatalog
+from gateway.upstreams.registry import LiveAdapters
 from security.keyring import KeyRing
 from security.masking import install_log_masking
 from security.verifier_process import ProcessVerifier, VerifierError
@@ -139,7 +139,7 @@ class Runtime:
     authenticator: Authenticator
     audit: AuditWriter
     quotas: Quotas
-    adapters: AdapterCatalog = field(default_factory=lambda: AdapterCatalog({}))
+    adapters: LiveAdapters = field(default_factory=lambda: LiveAdapters({}))
     breakers: BreakerStore = field(default_factory=MemoryBreakerStore)
     payments: Payments | None = None
     keyring: KeyRing | None = None
@@ -198,7 +198,7 @@ class Runtime:
             await seed_owners(sessions, static)
         except Exception as exc:  # like the registered upstreams: serve; a service without an owner stays undecidable
             log.error("owners of the configured services not recorded: %s", exc)
-        catalog = AdapterCatalog(static, sessions, breakers, health=database)
+        catalog = LiveAdapters(static, sessions, breakers, health=database)
         await catalog.start()
         offload = await start_offload(settings)
         authenticator = Authenticator(directory, nonces, settings.signature_max_skew, offload)

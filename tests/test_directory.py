@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.access.directory import REVOCATION_BOUND, STALE_GRACE, Directory, _Snapshot
 from gateway.demo.setup import key_id_for
 from gateway.settings import Settings, load_settings
@@ -44,7 +44,7 @@ async def _add_caller(sessions: async_sessionmaker, caller_id: str) -> str:
         keys=[KeyIn(key_id=key_id, public_key=public_key_pem(key.public_key()))],
     )
     async with sessions() as session:
-        await registry.add_caller(session, body)
+        await callers.add_caller(session, body)
     return key_id
 
 

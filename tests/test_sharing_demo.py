@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.demo.setup import DEMO_CALLERS
 from gateway.demo.sharing import catalog_bodies, seed_sharing
 from gateway.runtime import build_adapters
@@ -40,7 +40,7 @@ async def test_demo_seeds_a_catalog_for_every_system_and_requests_in_every_state
                 body = CallerIn(
                     caller_id=demo.caller_id, name=demo.name, department=demo.department, roles=list(demo.roles)
                 )
-                await registry.add_caller(session, body)
+                await callers.add_caller(session, body)
             first = await seed_sharing(session, adapters, SEEDED_AT)
         assert {entry["state"] for entry in first} == STATES
         assert any(entry["escalated"] for entry in first), "one overdue request is escalated"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from adapters.base import Adapter, Operation, UpstreamResult
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.app import create_app
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
@@ -94,8 +94,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     async def seed() -> None:
         engine = db.create_engine(settings_)
         async with db.sessionmaker(engine)() as session:
-            await registry.add_caller(session, platform_in)
-            await registry.add_caller(session, admin_in)
+            await callers.add_caller(session, platform_in)
+            await callers.add_caller(session, admin_in)
         await engine.dispose()
 
     asyncio.run(seed())

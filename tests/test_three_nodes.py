@@ -26,7 +26,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.audit.log import verify_all
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
@@ -67,19 +67,19 @@ class Caller:
         return SignatureAuth(self.key_id, self.key)
 
 
-async def seed(settings: Settings, callers: dict[str, Caller]) -> None:
+async def seed(settings: Settings, people: dict[str, Caller]) -> None:
     """The callers; `platform` may call credit and pay vouchers, `quota` has a small daily quota, `revoked` a grant
     to lose; `admin` revokes it."""
     adapters = build_adapters(settings)
     engine = db.create_engine(settings)
     try:
         async with db.sessionmaker(engine)() as session:
-            for caller in callers.values():
+            for caller in people.values():
                 key = KeyIn(key_id=caller.key_id, public_key=public_key_pem(caller.key.public_key()))
                 body = CallerIn(
                     caller_id=caller.caller_id, name=caller.caller_id, department="市数据管理局", roles=caller.roles
                 )
-                await registry.add_caller(session, body.model_copy(update={"keys": [key]}))
+                await callers.add_caller(session, body.model_copy(update={"keys": [key]}))
             valid_to = datetime.now(UTC) + timedelta(days=1)
             grants: list[tuple[str, str, str, int | None]] = [
                 ("platform", "credit", "dishonest-debtor", None),
@@ -89,7 +89,7 @@ async def seed(settings: Settings, callers: dict[str, Caller]) -> None:
             ]
             for caller_id, service, operation_name, quota in grants:
                 operation = adapters[service].operations[operation_name]
-                grant = await registry.add_grant(
+                grant = await callers.add_grant(
                     session,
                     GrantIn(
                         caller_id=caller_id,
@@ -102,7 +102,7 @@ async def seed(settings: Settings, callers: dict[str, Caller]) -> None:
                     ),
                     adapters,
                 )
-                callers[caller_id].grant_id = grant.grant_id
+                people[caller_id].grant_id = grant.grant_id
     finally:
         await engine.dispose()
 
@@ -152,7 +152,7 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path: Path, treasury_process: str, credit_url: str, nginx_binary: str) -> AsyncIterator[Cluster]:
-    callers = {
+    people = {
         name: Caller(name, roles)
         for name, roles in [
             ("platform", ["platform"]),
@@ -173,7 +173,7 @@ async def cluster(tmp_path: Path, treasury_process: str, credit_url: str, nginx_
                 master_key=master_key,
                 upstream_urls=upstreams,
             )
-            await seed(settings, callers)
+            await seed(settings, people)
             env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")}
             env.update(
                 MSJX_DATABASE_URL=database_url,
@@ -189,9 +189,9 @@ async def cluster(tmp_path: Path, treasury_process: str, credit_url: str, nginx_
                 MSJX_PAYMENT_RECONCILE_SECONDS="2",
                 MSJX_LOG_LEVEL="warning",
             )
-            platform = callers["platform"]
+            platform = people["platform"]
             cluster = Cluster(tmp_path, Deployment(settings, env, platform.key, platform.key_id), nginx_binary)
-            cluster.callers = callers  # type: ignore[attr-defined]
+            cluster.callers = people  # type: ignore[attr-defined]
             try:
                 await cluster.start()
                 yield cluster
@@ -278,8 +278,8 @@ async def pay_vouchers(cluster: Cluster, auth: SignatureAuth, load: Load, payer:
 async def test_three_nodes_behind_nginx_survive_a_kill_9(
     cluster: Cluster, treasury_process: str, record_property: Callable[[str, Any], None]
 ) -> None:
-    callers: dict[str, Caller] = cluster.callers  # type: ignore[attr-defined]
-    platform = callers["platform"].auth()
+    people: dict[str, Caller] = cluster.people  # type: ignore[attr-defined]
+    platform = people["platform"].auth()
     load = Load()
     data = [call_data(cluster, platform, load, lambda: cluster.kill(1)) for _ in range(CALLERS)]
     payments = [pay_vouchers(cluster, platform, load, payer) for payer in range(PAYERS)]
@@ -297,7 +297,7 @@ async def test_three_nodes_behind_nginx_survive_a_kill_9(
     await cluster.start_node(1)
 
     # Quota: DAILY_QUOTA calls succeed in all, whichever node takes them, concurrently; every other is refused.
-    quota = callers["quota"].auth()
+    quota = people["quota"].auth()
     body = orjson.dumps({"purpose": PURPOSE, "params": {"uscc": USCC}})
 
     async def quota_calls(node: int) -> list[tuple[int, str | None]]:
@@ -315,12 +315,12 @@ async def test_three_nodes_behind_nginx_survive_a_kill_9(
     assert {code for status, code in quota_answers if status != 200} == {"quota_exhausted"}, quota_answers
 
     # Revocation through node-1: one second later, every node refuses the grant.
-    revoked = callers["revoked"]
+    revoked = people["revoked"]
     for node in range(NODES):
         async with cluster.client(revoked.auth(), node) as http:
             warm = await http.post(INVOKE, content=body, headers={"content-type": "application/json"})
             assert warm.status_code == 200, warm.text  # each node now holds the grant in its cache
-    async with cluster.client(callers["admin"].auth(), 0) as http:
+    async with cluster.client(people["admin"].auth(), 0) as http:
         revoking = await http.post(f"/v1/grants/{revoked.grant_id}/revoke", json={"reason": "test: revoke"})
         assert revoking.status_code == 200, revoking.text
     await asyncio.sleep(1.0)

@@ -251,7 +251,7 @@ async def revoke_grant(
     session: AsyncSession, grant_id: str, *, actor_id: str = "operator", reason: str | None = None
 ) -> GrantOut:
     """Revoke a grant; the last live grant of a sharing request takes the request with it (see sharing.workflow)."""
-    from gateway.sharing.states import Actor
+    from gateway.sharing.request_states import Actor
     from gateway.sharing.workflow import revoke_grant as revoke
 
     grant, _ = await revoke(session, Actor(actor_id, None, frozenset({"admin"})), grant_id, reason, _now())

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.access.directory import CallerInfo, GrantInfo
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.api.grant_duties import change_grant
@@ -21,7 +21,7 @@ from gateway.http.problems import Problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import workflow
 from gateway.sharing.errors import parse_body
-from gateway.sharing.states import Actor
+from gateway.sharing.request_states import Actor
 from gateway.storage.models import Grant
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
 
@@ -58,7 +58,7 @@ def _write(status: int, action: Callable[..., Awaitable[Any]]) -> Callable[[Exch
 )
 async def create_caller(request: Request) -> Response:
     async def action(exchange: Exchange, session: Any) -> CallerOut:
-        return await registry.add_caller(session, parse_json(exchange.body, CallerIn))
+        return await callers.add_caller(session, parse_json(exchange.body, CallerIn))
 
     return await run_exchange(request, "admin.caller.add", _write(201, action), roles=ADMIN)
 
@@ -73,7 +73,7 @@ async def create_caller(request: Request) -> Response:
 async def list_callers(request: Request) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         async with exchange.runtime.sessions() as session:
-            return 200, _dump(await registry.list_callers(session))
+            return 200, _dump(await callers.list_callers(session))
 
     return await run_exchange(request, "admin.caller.list", handler, roles=ADMIN)
 
@@ -89,7 +89,7 @@ async def list_callers(request: Request) -> Response:
 )
 async def add_key(request: Request, caller_id: str) -> Response:
     async def action(exchange: Exchange, session: Any) -> KeyOut:
-        return await registry.add_key(session, caller_id, parse_json(exchange.body, KeyIn))
+        return await callers.add_key(session, caller_id, parse_json(exchange.body, KeyIn))
 
     return await run_exchange(request, "admin.key.add", _write(201, action), roles=ADMIN)
 
@@ -103,7 +103,7 @@ async def add_key(request: Request, caller_id: str) -> Response:
 )
 async def revoke_key(request: Request, caller_id: str, key_id: str) -> Response:
     async def action(exchange: Exchange, session: Any) -> KeyOut:
-        return await registry.revoke_key(session, caller_id, key_id)
+        return await callers.revoke_key(session, caller_id, key_id)
 
     return await run_exchange(request, "admin.key.revoke", _write(200, action), roles=ADMIN)
 
@@ -123,7 +123,7 @@ async def revoke_key(request: Request, caller_id: str, key_id: str) -> Response:
 )
 async def create_grant(request: Request) -> Response:
     async def action(exchange: Exchange, session: Any) -> GrantOut:
-        return await registry.add_grant(session, parse_json(exchange.body, GrantIn), exchange.runtime.adapters)
+        return await callers.add_grant(session, parse_json(exchange.body, GrantIn), exchange.runtime.adapters)
 
     return await run_exchange(request, "admin.grant.add", _write(201, action), roles=ADMIN)
 
@@ -134,10 +134,10 @@ def _sees_all(caller: CallerInfo) -> bool:
 
 async def _visible_grants(session: AsyncSession, caller: CallerInfo, now: datetime) -> list[GrantOut]:
     if _sees_all(caller):
-        return await registry.list_grants(session, now=now)
+        return await callers.list_grants(session, now=now)
     if "department" in caller.roles:
-        return await registry.grants_for_department(session, caller.department, now)
-    return await registry.list_grants(session, caller.caller_id, now)
+        return await callers.grants_for_department(session, caller.department, now)
+    return await callers.list_grants(session, caller.caller_id, now)
 
 
 @router.get(
@@ -229,6 +229,6 @@ async def revoke_grant(request: Request, grant_id: str) -> Response:
 
         grant = await change_grant(exchange, grant_id, now, apply)
         exchange.event.purpose = grant.purpose
-        return 200, _dump(registry.grant_out(grant, now))
+        return 200, _dump(callers.grant_out(grant, now))
 
     return await run_exchange(request, "admin.grant.revoke", handler, roles=ADMIN)

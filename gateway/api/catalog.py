@@ -13,7 +13,7 @@ from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import catalog
 from gateway.sharing.errors import load_json
 from gateway.sharing.ownership import Publisher
-from gateway.sharing.states import Actor
+from gateway.sharing.request_states import Actor
 from schemas.sharing import CatalogItemIn, CatalogItemOut, CatalogItemPatch, PublicCatalog, PublicCatalogItem
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])

@@ -15,13 +15,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import obligations, workflow
 from gateway.sharing.errors import parse_body
+from gateway.sharing.request_states import Actor
 from gateway.sharing.service import transition_event
-from gateway.sharing.states import Actor
 from gateway.storage.models import Grant
 from schemas.api import GrantOut
 from schemas.sharing import DataUseIn, DataUseOut, DataUseRegister, ResumeIn, SuspendIn
@@ -73,7 +73,7 @@ def _change_route(name: str, model: type[SuspendIn] | type[ResumeIn], change: Ch
             grant = await change_grant(exchange, grant_id, now, apply)
             event = exchange.event
             event.service, event.operation, event.purpose = grant.service, grant.operation, grant.purpose
-            return 200, orjson.dumps(registry.grant_out(grant, now).model_dump(mode="json"))
+            return 200, orjson.dumps(callers.grant_out(grant, now).model_dump(mode="json"))
 
         return await run_exchange(request, f"grant.{name}", handler, roles={"department", "admin"})
 

@@ -22,8 +22,8 @@ from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import obligations, workflow
 from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import calendar_problem, load_json, parse_body
+from gateway.sharing.request_states import Actor
 from gateway.sharing.service import SharingService
-from gateway.sharing.states import Actor
 from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR, CalendarYearUnsupported, supported_years
 from schemas.api import PURPOSE_PATTERN
 from schemas.sharing import (

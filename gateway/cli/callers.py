@@ -28,7 +28,7 @@ def callers_add(
     """Register a caller, optionally with its first public key."""
     from pydantic import ValidationError
 
-    from gateway.access import callers as registry
+    from gateway.access import callers
     from schemas.api import CallerIn, KeyIn
     from security.keys import KeyFormatError, key_id_for, load_public_key
 
@@ -45,17 +45,17 @@ def callers_add(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    out = run_registry(cli_settings(data_dir), lambda session: registry.add_caller(session, body))
+    out = run_registry(cli_settings(data_dir), lambda session: callers.add_caller(session, body))
     typer.echo(out.model_dump_json(indent=2))
 
 
 @callers_app.command("list")
 def callers_list(data_dir: DataDir = None) -> None:
     """List callers and their keys."""
-    from gateway.access import callers as registry
+    from gateway.access import callers
 
-    callers = run_registry(cli_settings(data_dir), registry.list_callers)
-    for caller in callers:
+    listed = run_registry(cli_settings(data_dir), callers.list_callers)
+    for caller in listed:
         keys = ", ".join(f"{key.key_id} ({key.status})" for key in caller.keys) or "no keys"
         typer.echo(f"{caller.caller_id:<16} {','.join(caller.roles):<24} {caller.department}  keys: {keys}")
 
@@ -67,7 +67,7 @@ def callers_revoke_key(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke a caller's key; every node refuses it within a second."""
-    from gateway.access import callers as registry
+    from gateway.access import callers
 
-    out = run_registry(cli_settings(data_dir), lambda session: registry.revoke_key(session, caller_id, key_id))
+    out = run_registry(cli_settings(data_dir), lambda session: callers.revoke_key(session, caller_id, key_id))
     typer.echo(f"key {out.key_id} is {out.status}")

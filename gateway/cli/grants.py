@@ -27,7 +27,7 @@ def grants_add(
     data_dir: DataDir = None,
 ) -> None:
     """Issue a grant directly (operators; departments use the sharing-request workflow)."""
-    from gateway.access import callers as registry
+    from gateway.access import callers
     from gateway.runtime import build_adapters
     from schemas.api import GrantIn
 
@@ -46,7 +46,7 @@ def grants_add(
         from gateway.upstreams.registry import registered_adapters
 
         adapters = {**build_adapters(settings), **await registered_adapters(session)}
-        return await registry.add_grant(session, body, adapters)
+        return await callers.add_grant(session, body, adapters)
 
     out = run_registry(settings, work)
     typer.echo(out.model_dump_json(indent=2))
@@ -67,9 +67,9 @@ def _require_upstream_url(settings: Settings, service: str) -> None:
 @grants_app.command("list")
 def grants_list(data_dir: DataDir = None) -> None:
     """List grants."""
-    from gateway.access import callers as registry
+    from gateway.access import callers
 
-    for grant in run_registry(cli_settings(data_dir), registry.list_grants):
+    for grant in run_registry(cli_settings(data_dir), callers.list_grants):
         state = f"until {beijing(grant.valid_to)[:16]}" if grant.status == "active" else grant.status
         delivery = "" if grant.delivery_state == "not_applicable" else f"  delivery: {grant.delivery_state}"
         typer.echo(
@@ -81,17 +81,17 @@ def grants_list(data_dir: DataDir = None) -> None:
 @grants_app.command("revoke")
 def grants_revoke(grant_id: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
     """Revoke a grant; every node refuses calls under it within a second."""
-    from gateway.access import callers as registry
+    from gateway.access import callers
 
-    out = run_registry(cli_settings(data_dir), lambda session: registry.revoke_grant(session, grant_id))
+    out = run_registry(cli_settings(data_dir), lambda session: callers.revoke_grant(session, grant_id))
     typer.echo(f"grant {out.grant_id} revoked at {beijing(out.revoked_at)}")
 
 
 def _grant_change(data_dir: Path | None, grant_id: str, change: str, body: Any) -> Any:
     """Suspend or resume as the operator (an admin), through the same workflow and history as the API."""
-    from gateway.access import callers as registry
+    from gateway.access import callers
     from gateway.sharing import obligations
-    from gateway.sharing.states import Actor
+    from gateway.sharing.request_states import Actor
 
     operator = Actor("operator", None, frozenset({"admin"}))
     act = obligations.suspend if change == "suspend" else obligations.resume
@@ -99,7 +99,7 @@ def _grant_change(data_dir: Path | None, grant_id: str, change: str, body: Any) 
     async def work(session: Any) -> Any:
         now = datetime.now(UTC)
         grant, _ = await act(session, operator, grant_id, body, now)
-        return registry.grant_out(grant, now)
+        return callers.grant_out(grant, now)
 
     return run_registry(cli_settings(data_dir), work)
 

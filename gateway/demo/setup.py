@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import select
 
 from adapters.base import Adapter
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.demo.sharing import seed_sharing
 from gateway.settings import Settings
 from gateway.sharing.ownership import seed_owners
@@ -104,9 +104,9 @@ async def seed(settings: Settings, adapters: dict[str, Adapter]) -> list[dict[st
                 public_key = private_key.public_key()
                 key_id = key_id_for(demo.caller_id, public_key)
                 key = KeyIn(key_id=key_id, public_key=public_key_pem(public_key))
-                if await registry.session_has_caller(session, demo.caller_id):
+                if await callers.session_has_caller(session, demo.caller_id):
                     if await session.get(CallerKey, key_id) is None:
-                        await registry.add_key(session, demo.caller_id, key)
+                        await callers.add_key(session, demo.caller_id, key)
                 else:
                     body = CallerIn(
                         caller_id=demo.caller_id,
@@ -115,7 +115,7 @@ async def seed(settings: Settings, adapters: dict[str, Adapter]) -> list[dict[st
                         roles=list(demo.roles),
                         keys=[key],
                     )
-                    await registry.add_caller(session, body)
+                    await callers.add_caller(session, body)
                 purposes = await _demo_grants(session, demo, adapters) if "platform" in demo.roles else []
                 listing.append(
                     {
@@ -166,7 +166,7 @@ async def _demo_grants(session, demo: DemoCaller, adapters: dict[str, Adapter]) 
                     fields=fields,
                     valid_to=valid_to,
                 )
-                await registry.add_grant(session, body, adapters)
+                await callers.add_grant(session, body, adapters)
     return [DEMO_PURPOSE, NARROW_PURPOSE]
 
 

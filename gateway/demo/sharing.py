@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adapters.base import Adapter, Operation
 from gateway.sharing import catalog, obligations, workflow
 from gateway.sharing.ownership import owners
-from gateway.sharing.states import Actor, effective_state
+from gateway.sharing.request_states import Actor, effective_state
 from gateway.storage.models import CatalogItem, Grant, SharingRequest
 from schemas.sharing import (
     ApproveIn,

@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.access.directory import as_utc
 from gateway.sharing import workdays
+from gateway.sharing.request_states import SUBMITTED
 from gateway.sharing.schedule_file import ScheduleIn
-from gateway.sharing.states import SUBMITTED
 from gateway.sharing.workdays import PROVISIONAL, Calendar, YearSchedule
 from gateway.storage.models import CalendarDay, CalendarYear, SharingRequest
 from schemas.times import china_date

@@ -16,7 +16,7 @@ from gateway.access.directory import as_utc
 from gateway.http.problems import Problem
 from gateway.sharing.errors import Faults, forbidden, invalid, validate_collecting
 from gateway.sharing.ownership import Publisher, owner_of, owners, publisher
-from gateway.sharing.states import Actor
+from gateway.sharing.request_states import Actor
 from gateway.storage.models import CatalogItem, Grant, SharingRequest
 from schemas.sharing import (
     LEGAL_BASIS_KIND_LABELS,

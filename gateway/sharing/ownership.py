@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from adapters.base import Adapter
 from gateway.http.problems import Problem
 from gateway.sharing.errors import forbidden
-from gateway.sharing.states import DRAFT, LIVE, RETURNED, SUBMITTED, Actor
+from gateway.sharing.request_states import DRAFT, LIVE, RETURNED, SUBMITTED, Actor
 from gateway.storage.models import CatalogItem, ServiceOwner, SharingEvent, SharingRequest
 
 log = logging.getLogger("msjx.sharing")

@@ -26,7 +26,7 @@ from gateway.sharing.calendar import calendar_for, open_provisional
 from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid, validate_collecting
 from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, delivery_state
 from gateway.sharing.ownership import owner_of, published_by_owner, unowned
-from gateway.sharing.states import (
+from gateway.sharing.request_states import (
     APPROVED,
     DECIDED,
     DRAFT,

@@ -1,7 +1,7 @@
 """Upstreams registered at runtime: their registration (API and CLI share it) and the live set of adapters on a node.
 
 A registration gathers the contract, builds the adapter once (so every refusal happens here, naming the construct),
-and stores the contract's bytes in the database. Each node's `AdapterCatalog` polls a tiny revision list every
+and stores the contract's bytes in the database. Each node's `LiveAdapters` polls a tiny revision list every
 REFRESH_SECONDS and builds what changed from the stored bytes, so a new upstream is callable on every node within
 about a second, without a restart; a removed one disappears as fast, and its grants are revoked.
 """
@@ -33,7 +33,7 @@ from gateway.storage.models import Grant, RegisteredUpstream, ServiceOwner
 
 __all__ = [
     "REFRESH_SECONDS",
-    "AdapterCatalog",
+    "LiveAdapters",
     "UpstreamIn",
     "UpstreamOut",
     "add_upstream",
@@ -281,7 +281,7 @@ async def registered_adapters(session: AsyncSession) -> dict[str, Adapter]:
     return adapters
 
 
-class AdapterCatalog(Mapping[str, Adapter]):
+class LiveAdapters(Mapping[str, Adapter]):
     """The adapters one node offers: the configured ones, and the registered ones as the database has them now."""
 
     def __init__(

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings
@@ -66,7 +66,7 @@ async def seed(settings: Settings, service: str = "treasury") -> tuple[Ed25519Pr
     engine = db.create_engine(settings)
     try:
         async with db.sessionmaker(engine)() as session:
-            await registry.add_caller(
+            await callers.add_caller(
                 session,
                 CallerIn(
                     caller_id="platform",

@@ -14,7 +14,7 @@ import httpx
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.app import create_app
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
@@ -73,7 +73,7 @@ async def new_identity(session: Any, caller_id: str, roles: list[str], departmen
         roles=roles,
         keys=[KeyIn(key_id=key_id, public_key=public_key_pem(key.public_key()))],
     )
-    await registry.add_caller(session, body)
+    await callers.add_caller(session, body)
     return Identity(caller_id, key_id, key)
 
 
@@ -89,7 +89,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         officer = await new_identity(session, "officer", ["officer"], "市网信办")
         valid_to = datetime.now(UTC) + timedelta(days=30)
         operation = adapters["credit"].operations["dishonest-debtor"]
-        grant = await registry.add_grant(
+        grant = await callers.add_grant(
             session,
             GrantIn(
                 caller_id="platform",
@@ -101,7 +101,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             ),
             adapters,
         )
-        narrow = await registry.add_grant(
+        narrow = await callers.add_grant(
             session,
             GrantIn(
                 caller_id="platform",
@@ -173,4 +173,4 @@ async def grant_every_operation(
                 fields=list(operation.fields),
                 valid_to=datetime.now(UTC) + timedelta(days=1),
             )
-            await registry.add_grant(session, grant, adapters)
+            await callers.add_grant(session, grant, adapters)
