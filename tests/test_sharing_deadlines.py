@@ -16,11 +16,10 @@ from gateway.sharing.workdays import (
     LAST_YEAR,
     CalendarYearUnsupported,
     add_working_days,
-    china_date,
-    end_of,
     is_working_day,
     supported_years,
 )
+from schemas.times import china_date, end_of
 from tests.helpers.calls import assert_problem
 from tests.helpers.sharing_world import CHINA, World, add_item, item_body, request_body, sharing_world
 
