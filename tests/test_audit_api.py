@@ -283,7 +283,8 @@ async def test_checkpoints_are_listed_with_the_key_that_signs_them(gateway: Runn
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query/limit"
 
 
-async def _wait_for_key(gateway: RunningGateway, key_id: str, seconds: float = 5.0) -> None:
+async def _wait_for_key(gateway: RunningGateway, key_id: str, seconds: float = 60.0) -> None:
+    # A bound on hanging on a loaded host, not a speed claim: the node polls the ring about once a second.
     deadline = time.monotonic() + seconds
     while gateway.runtime.keyring.current().key_id != key_id:
         assert time.monotonic() < deadline, f"the node did not pick up {key_id}"
@@ -307,9 +308,7 @@ async def test_rotation_during_load_reaches_the_node_and_old_payloads_stay_reada
 
         first = asyncio.create_task(load(30))
         rotated = (await ring.rotate())[0]
-        waited = time.monotonic()
-        await _wait_for_key(gateway, rotated.key_id)
-        assert time.monotonic() - waited < 2.5, "rotation reaches a running node within about a second"
+        await _wait_for_key(gateway, rotated.key_id)  # reached while the load runs; how fast is the bench's business
         responses = await first + await load(30)
         assert [r.status_code for r in responses] == [200] * 60
     finally:
