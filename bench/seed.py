@@ -1,6 +1,6 @@
 """State for the gateway scenarios: a throwaway PostgreSQL database, a seeded caller with a key and a grant, cleanup.
 
-Seeding goes through `gateway.access.callers`, as the admin API and the CLI do (and as tests/conftest.py does).
+Seeding goes through `gateway.access.callers`, as the admin API and the CLI do (and as tests/helpers/gateways.py does).
 """
 
 from __future__ import annotations
