@@ -59,7 +59,7 @@ RESPONSE = orjson.dumps(
 
 
 def _event(index: int) -> Any:
-    from gateway.audit.log import AuditEvent
+    from gateway.audit.writer import AuditEvent
 
     return AuditEvent(
         event="service.invoke",
@@ -89,7 +89,7 @@ def _event(index: int) -> Any:
 
 async def _writer(settings: Any, suite: str, chain: str = "bench") -> tuple[Any, Any]:
     from gateway.audit.keys import open_keyring
-    from gateway.audit.log import AuditWriter
+    from gateway.audit.writer import AuditWriter
     from gateway.storage import db
     from security.keys import ED25519, SM2_SM3, generate
 
@@ -168,7 +168,8 @@ async def _drive(writer: Any, records: int) -> None:
 
 async def _verify(settings: Any, suite: str) -> dict[str, float]:
     """Chain walk over the rows the append run wrote: in memory (one core), and straight from the database."""
-    from gateway.audit.log import iter_chain, verify_all
+    from gateway.audit.rows import iter_chain
+    from gateway.audit.verify import verify_all
     from gateway.storage import db
     from security.audit_chain import ChainVerifier
 

@@ -23,7 +23,7 @@ COMPONENTS = (
         "authentication: key, nonce (gateway/access/authenticate.py, state.py)",
         ("gateway/access/authenticate.py", "gateway/access/nonces.py", "redis/"),
     ),
-    ("audit: build, chain, commit (gateway/audit/log.py)", ("gateway/audit/log.py", "security/audit_chain.py")),
+    ("audit: build, chain, commit (gateway/audit/writer.py)", ("gateway/audit/writer.py", "security/audit_chain.py")),
     ("audit: SQLite thread", "_connection_worker_thread"),
     ("database drivers (sqlalchemy, aiosqlite, asyncpg)", ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
     ("directory snapshot (gateway/access/directory.py)", "gateway/access/directory.py"),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:  # the type only: the audit writer calls observe(), not the other way round
-    from gateway.audit.log import AuditEvent
+    from gateway.audit.writer import AuditEvent
 
 
 # Latency buckets in seconds, from a fast local call to a slow upstream timing out.

@@ -20,7 +20,9 @@ from gateway.access.nonces import MemoryNonceStore, NonceStore, RedisEpoch, Redi
 from gateway.access.quota_rebuild import rebuild_quota_windows
 from gateway.access.quotas import Quotas
 from gateway.audit.keys import open_keyring
-from gateway.audit.log import AuditWriter, load_signer, witness_path
+from gateway.audit.signer import load_signer
+from gateway.audit.witness import witness_path
+from gateway.audit.writer import AuditWriter
 from gateway.payments.idempotency import IdempotencyStore
 from gateway.payments.intents import Payments
 from gateway.pipeline.unauthenticated import UnauthenticatedGate

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.audit.keys import open_keyring
-from gateway.audit.log import AUDIT_TABLE
+from gateway.audit.rows import AUDIT_TABLE
 from gateway.storage.db import create_engine
 from schemas.times import BEIJING
 from security.checkpoints import Checkpoint, TrustedKeys
@@ -319,7 +319,7 @@ async def test_rotation_during_load_reaches_the_node_and_old_payloads_stay_reada
     assert {before, rotated.key_id} <= set(used)
     switched = used.index(rotated.key_id)
     assert set(used[switched:]) == {rotated.key_id}, "once switched, the node never seals with the old key again"
-    from gateway.audit.log import open_payload
+    from gateway.audit.search import open_payload
 
     for row in rows:
         if row["request_payload"] is not None:
@@ -376,7 +376,9 @@ async def test_openapi_documents_the_audit_routes(gateway: RunningGateway) -> No
 
 
 async def test_switching_to_the_sm_suite_keeps_one_chain_that_verifies(gateway: RunningGateway) -> None:
-    from gateway.audit.log import AuditWriter, load_signer, witness_path
+    from gateway.audit.signer import load_signer
+    from gateway.audit.witness import witness_path
+    from gateway.audit.writer import AuditWriter
 
     runtime, settings = gateway.runtime, gateway.settings
     answers = []

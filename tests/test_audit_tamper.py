@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError
 
-from gateway.audit.log import AUDIT_TABLE
+from gateway.audit.rows import AUDIT_TABLE
 from gateway.storage.models import AUDIT_COLUMNS
 from security.audit_chain import OPTIONAL_FIELDS, record_hash
 from security.checkpoints import sign_checkpoint

@@ -16,7 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from gateway.audit.committer import PostgresCommitter, SqliteCommitter
-from gateway.audit.log import AUDIT_TABLE, AuditUnavailable, load_checkpoints, open_payload, read_witness, witness_path
+from gateway.audit.rows import AUDIT_TABLE, load_checkpoints
+from gateway.audit.search import open_payload
+from gateway.audit.witness import read_witness, witness_path
+from gateway.audit.writer import AuditUnavailable
 from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, rows, verify
 
 
@@ -252,7 +255,7 @@ async def test_a_writer_killed_mid_write_leaves_a_chain_that_verifies(store: Sto
 async def test_two_nodes_write_their_own_chains_side_by_side(tmp_path: Path) -> None:
     import base64
 
-    from gateway.audit.log import trusted_keys
+    from gateway.audit.signer import trusted_keys
     from gateway.settings import load_settings
     from gateway.storage import db
 

@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.audit.log import verify_all
+from gateway.audit.verify import verify_all
 from gateway.client import SignatureAuth
 from gateway.settings import load_settings
 from gateway.storage import db
@@ -137,7 +137,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_call(
 
 def test_request_ids_are_unique_per_call() -> None:
     """The check above matches acknowledgements to records by request id: it is only sound if ids never repeat."""
-    from gateway.audit.log import new_request_id
+    from gateway.audit.writer import new_request_id
 
     ids = {new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000 and all(len(i) == 32 for i in ids)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select as sql_select
 
 from gateway.app import create_app
-from gateway.audit.log import AUDIT_TABLE
+from gateway.audit.rows import AUDIT_TABLE
 from gateway.http.forwarded import ForwardedView, TrustedProxies
 from gateway.settings import SettingsError, load_settings
 from gateway.storage import db

@@ -22,7 +22,8 @@ from fastapi.routing import iter_route_contexts
 from sqlalchemy import select as sql_select
 
 from gateway.app import create_app
-from gateway.audit.log import AUDIT_TABLE, open_payload
+from gateway.audit.rows import AUDIT_TABLE
+from gateway.audit.search import open_payload
 from gateway.http.problems import PROBLEM_CONTENT_TYPE
 from gateway.pipeline.unauthenticated import COUNTED_EVENT, PREAUTH_BODY_BYTES
 from gateway.settings import load_settings

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from gateway.access.nonces import MemoryNonceStore
-from gateway.audit.log import verify_all
+from gateway.audit.verify import verify_all
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC
 from tests.helpers.calls import INVOKE, assert_problem, body_for, last_record, send, signed
 from tests.helpers.gateways import PURPOSE, RunningGateway

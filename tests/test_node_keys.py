@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.log import load_signer, node_trust, trusted_keys
 from gateway.audit.node_keys import list_node_keys, pin_node_key, revoke_node_key
+from gateway.audit.signer import load_signer, node_trust, trusted_keys
 from gateway.settings import load_settings
 from gateway.storage import db
 from security.audit_chain import record_hash

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from gateway.audit.log import verify_all
+from gateway.audit.verify import verify_all
 from gateway.client import SignatureAuth
 from gateway.settings import Settings, load_settings
 from gateway.storage import db

@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.access import callers
-from gateway.audit.log import verify_all
+from gateway.audit.verify import verify_all
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters

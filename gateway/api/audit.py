@@ -21,17 +21,10 @@ from sqlalchemy import select
 
 from gateway.api.docs import SIGNED, problem_responses
 from gateway.api.services import parse_json
-from gateway.audit.log import (
-    AuditQuery,
-    chain_ids,
-    get_record,
-    load_checkpoints,
-    node_trust,
-    open_payload,
-    search_records,
-    subject_hashes,
-    verify_all,
-)
+from gateway.audit.rows import chain_ids, get_record, load_checkpoints
+from gateway.audit.search import AuditQuery, open_payload, search_records, subject_hashes
+from gateway.audit.signer import node_trust
+from gateway.audit.verify import verify_all
 from gateway.http.problems import Problem, validation_problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.storage.models import AuditSigner

@@ -26,7 +26,8 @@ from gateway.audit.files import (
     verify_file,
     write_records,
 )
-from gateway.audit.log import (
+from gateway.audit.node_keys import list_node_keys
+from gateway.audit.rows import (
     ARCHIVE_TABLE,
     AUDIT_TABLE,
     CHECKPOINT_TABLE,
@@ -36,7 +37,6 @@ from gateway.audit.log import (
     list_archives,
     load_checkpoints,
 )
-from gateway.audit.node_keys import list_node_keys
 from security.audit_chain import GENESIS_HASH
 from security.checkpoints import TrustedKeys
 from security.keyring import now_ms

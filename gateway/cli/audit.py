@@ -129,8 +129,9 @@ def audit_verify(
     not pinned", and every record in it must be covered by a signature that verifies.
     """
     from gateway.audit.files import AuditFileError, scan, verify_file
-    from gateway.audit.log import local_keys, node_trust, verify_all
     from gateway.audit.node_keys import offline_trust
+    from gateway.audit.signer import local_keys, node_trust
+    from gateway.audit.verify import verify_all
     from security.keys import KeyFormatError
 
     if file is not None:
@@ -244,7 +245,7 @@ def audit_archive(
     """Move old records into hash-linked archive files under <data-dir>/archive/; rows leave the database only
     after their archive file has been read back and verified."""
     from gateway.audit.archive import ArchiveError, archive_chains
-    from gateway.audit.log import node_trust
+    from gateway.audit.signer import node_trust
 
     settings = cli_settings(data_dir)
     now = datetime.now(UTC)

@@ -70,7 +70,9 @@ def _import(settings: Any, schedule: Any, file_bytes: bytes, imported_by: str) -
     import orjson
 
     from gateway.audit.keys import open_keyring
-    from gateway.audit.log import AuditEvent, AuditUnavailable, AuditWriter, load_signer, new_request_id, witness_path
+    from gateway.audit.signer import load_signer
+    from gateway.audit.witness import witness_path
+    from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
     from gateway.sharing.calendar_import import import_schedule
     from gateway.sharing.service import transition_event
     from gateway.storage import db

@@ -51,7 +51,7 @@ def _stamp(ms: int | None) -> str:
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """The master key (by id), every data key and its state, and this node's checkpoint signing key."""
-    from gateway.audit.log import SIGNING_FILES, load_signer
+    from gateway.audit.signer import SIGNING_FILES, load_signer
     from security.checkpoints import signer_key_id
 
     settings = cli_settings(data_dir)
@@ -144,7 +144,7 @@ def keys_public(
     data_dir: DataDir = None,
 ) -> None:
     """Print this node's checkpoint public key (PEM), for `audit verify --pubkey` on another machine."""
-    from gateway.audit.log import load_signer
+    from gateway.audit.signer import load_signer
     from security.crypto import SUITE_NAMES
     from security.keys import public_key_pem
 
@@ -191,8 +191,8 @@ def nodes_pin(
 ) -> None:
     """Pin a node key after checking it out of band (compare its key id with the one `keys list` prints on that
     node). The pin is signed with this node's checkpoint key, so every node that trusts this one trusts the pin."""
-    from gateway.audit.log import load_signer
     from gateway.audit.node_keys import NodeKeyError, pin_node_key
+    from gateway.audit.signer import load_signer
 
     settings = cli_settings(data_dir)
     signer = load_signer(settings)

@@ -108,7 +108,7 @@ def _supervise(settings: Settings, workers: int, host: str, port: int, announce:
     """`serve --workers N`: make the keys the workers share (or each own) here, so N first starts do not race to
     create them, then run the workers on one socket until a signal (gateway/server/workers.py)."""
     from gateway.audit.keys import open_keyring
-    from gateway.audit.log import load_signer
+    from gateway.audit.signer import load_signer
     from gateway.server.workers import Supervisor, bind, worker_settings
     from gateway.storage import db
 

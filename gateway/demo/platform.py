@@ -148,7 +148,7 @@ def render_report(report: Any, echo: Echo) -> None:
 
 
 async def _verify(settings: Settings) -> list[Any]:
-    from gateway.audit.log import verify_all
+    from gateway.audit.verify import verify_all
     from gateway.storage import db
 
     engine = db.create_engine(settings)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from adapters.base import Adapter, UpstreamError
 from adapters.treasury import VoucherDuplicate, VoucherRefused
-from gateway.audit.log import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
+from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
 from gateway.http.problems import Problem
 from gateway.payments.idempotency import ClaimKind, IdempotencyStore, fingerprint, missing_key, parse_key
 from gateway.storage.health import Dependency, is_database_outage

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from gateway import metrics
 from gateway.access.authenticate import Principal
-from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
+from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
 from gateway.http.json_bodies import check_depth
 from gateway.http.problems import Problem
 from gateway.pipeline.unauthenticated import PREAUTH_BODY_BYTES, RATE_LIMITED

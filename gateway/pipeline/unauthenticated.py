@@ -26,7 +26,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 
 from gateway import metrics
-from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
+from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
 
 log = logging.getLogger("msjx.unauthenticated")
 # How much of a body refused before authentication the audit record keeps (its size and digest cover all of it).

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy.orm.exc import StaleDataError
 
 from gateway.access.directory import GrantInfo
-from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
+from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
 from gateway.sharing.obligations import (

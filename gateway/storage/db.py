@@ -28,7 +28,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 # WAL lets readers run beside the audit writer; FULL makes every commit survive a power cut, which group commit
-# keeps affordable. The audit writer's own connection (gateway/audit/log.py) takes the same ones.
+# keeps affordable. The audit writer's own connection (gateway/audit/writer.py) takes the same ones.
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",

@@ -13,7 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.keys import open_keyring
-from gateway.audit.log import AuditEvent, AuditWriter, iter_chain, load_signer, trusted_keys, verify_all, witness_path
+from gateway.audit.rows import iter_chain
+from gateway.audit.signer import load_signer, trusted_keys
+from gateway.audit.verify import verify_all
+from gateway.audit.witness import witness_path
+from gateway.audit.writer import AuditEvent, AuditWriter
 from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from security.audit_chain import ChainReport

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from gateway.audit.log import open_payload
+from gateway.audit.search import open_payload
 from gateway.settings import load_settings
 from gateway.storage.models import AuditRecord
 from simulators.enterprises import DEMO_LISTED_USCC

@@ -1,0 +1,452 @@
+"""The audit writer: records sealed, chained, group-committed and checkpointed into the database.
+
+Every caller of `append` waits until its record is durable. Concurrent appends share one transaction
+(group commit): rows go in with one multi-row statement (COPY on PostgreSQL), so durability costs one commit
+per batch rather than one per request. If the commit fails, every waiter gets `AuditUnavailable` and the
+gateway answers 503: no data leaves unlogged. A batch is one transaction, so a crash leaves whole batches
+or nothing, never a torn record; on restart the writer continues from the head it finds and signs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import String, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.audit.committer import Committer, PostgresCommitter, SqliteCommitter, describe_error
+from gateway.audit.node_keys import register_node_key
+from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
+from gateway.audit.witness import append_witness
+from gateway.storage.db import SQLITE_PRAGMAS
+from gateway.storage.health import Dependency, is_database_outage
+from gateway.storage.models import AUDIT_COLUMNS
+from security.audit_chain import GENESIS_HASH, hasher_for
+from security.checkpoints import Checkpoint, sign_checkpoint
+from security.crypto import NonceSequence, get_suite
+from security.keyring import KeyRing, now_ms
+from security.keys import PrivateKey
+
+log = logging.getLogger("msjx.audit")
+# PostgreSQL refuses a string longer than its column, which would fail a whole batch: values are cut to fit.
+STRING_LIMITS = {
+    column.name: column.type.length
+    for column in AUDIT_TABLE.columns
+    if isinstance(column.type, String) and column.type.length
+}
+# Columns a caller can fill with anything (paths, key ids, header values): checked on every record.
+LIMITED_COLUMNS = tuple(
+    (name, limit)
+    for name, limit in STRING_LIMITS.items()
+    if name not in ("chain_id", "record_id", "request_id", "subject_hash", "suite", "data_key_id", "target_id")
+    and name not in ("reason_category", "reason_ref")  # officer columns: set (and cut) only when present
+    and name not in ("prev_hash", "record_hash", "request_digest", "response_digest")
+)
+ROW_VALUES = operator.itemgetter(*AUDIT_COLUMNS)
+SQLITE_INSERT = (  # column names come from the model, never from input
+    f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"  # noqa: S608
+)
+CHECKPOINT_INSERT_SQLITE = (
+    "INSERT INTO audit_checkpoints (chain_id, height, head_hash, ts_ms, key_id, signature) VALUES (?, ?, ?, ?, ?, ?)"
+)
+CHECKPOINT_INSERT_PG = (
+    "INSERT INTO audit_checkpoints (chain_id, height, head_hash, ts_ms, key_id, signature)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+)
+
+
+class AuditUnavailable(Exception):
+    """The audit store could not make a record durable; the request must fail closed."""
+
+
+@dataclass
+class AuditEvent:
+    """What the request path knows about one exchange; the writer turns it into a sealed, chained row."""
+
+    event: str
+    request_id: str
+    decision: str
+    status_code: int
+    request_body: bytes = b""
+    response_body: bytes = b""
+    caller_id: str | None = None
+    department: str | None = None
+    roles: tuple[str, ...] = ()
+    key_id: str | None = None
+    client_addr: str | None = None
+    method: str | None = None
+    path: str | None = None
+    service: str | None = None
+    operation: str | None = None
+    purpose: str | None = None
+    grant_id: str | None = None
+    subject: str | None = None
+    reason_code: str | None = None
+    fields: tuple[str, ...] = ()
+    upstream_status: str | None = None
+    duration_us: int = 0
+    upstream_us: int | None = None
+    target_id: str | None = None
+    reason: str | None = None
+    reason_category: str | None = None
+    reason_ref: str | None = None
+    # Set for a request refused before authentication: only this many first bytes of its body are sealed (its size
+    # and digest stay those of the whole body), so that strangers cannot fill the append-only log with their bodies.
+    request_kept: int | None = None
+    # False for answers that carry decrypted audit payloads: keeping a second sealed copy of them under a newer
+    # key would outlive the crypto-shredding of the original. Size and digest are still recorded.
+    store_response: bool = True
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _clean(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        value = value.replace("\x00", "\\0")
+    limit = STRING_LIMITS.get(name)
+    return value[:limit] if limit is not None and len(value) > limit else value
+
+
+Pending = tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        chain_id: str,
+        keyring: KeyRing,
+        suite: str | None = None,
+        signer: PrivateKey | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 10.0,
+        witness_path: Path | None = None,
+        batch_max: int = 512,
+        clock: Any = now_ms,
+        health: Dependency | None = None,
+    ) -> None:
+        self._engine = engine
+        self.health = health or Dependency("database", "database_unavailable", "Database unavailable")
+        self._committer: Committer
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database
+            if not database or database == ":memory:":  # a second connection would see another database
+                raise ValueError("the audit writer needs a SQLite database file, not an in-memory one")
+            self._committer = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE)
+        else:
+            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._committer = PostgresCommitter(dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG)
+        self.chain_id = chain_id
+        self.keyring = keyring
+        self.suite = suite or keyring.suite
+        self._suite = get_suite(self.suite)
+        self._hasher = hasher_for(self.suite)
+        self._nonces = NonceSequence()
+        # Record ids: a random prefix per writer and a counter, unique across nodes and restarts without a syscall each.
+        self._id_prefix = secrets.token_hex(8)
+        self._sequence = 0
+        self._signer = signer
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_ms = int(checkpoint_seconds * 1000)
+        self._tick_seconds = max(checkpoint_seconds / 2, 0.05)
+        self._witness_path = witness_path
+        self._batch_max = batch_max
+        self._clock = clock
+        # Appends wait here; the writer task takes them a batch at a time (a list swap, no per-item queue calls).
+        self._pending: list[Pending] = []
+        self._wakeup = asyncio.Event()
+        self._tick_due = False
+        self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._resync = False
+        self.height = 0
+        self.head = GENESIS_HASH
+        self.sealed_height = 0
+        self.sealed_ms = 0
+        self.last_error: str | None = None
+        self.batches = 0
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.suite not in {row.suite for row in self.keyring.rows() if row.kind == "data" and not row.destroyed}:
+            await self.keyring.rotate([self.suite])  # the first data key of a suite the ring has not used yet
+        await self._load_head()
+        await self._committer.open()
+        if self._signer is not None:
+            await self._register_signer()
+            if self.height > self.sealed_height:
+                # Seal what a crash (or a stop without shutdown) left unsigned before anything new is added.
+                await self.checkpoint()
+        self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self.chain_id}")
+        if self._signer is not None:
+            self._ticker = asyncio.create_task(self._tick(), name=f"audit-checkpoints-{self.chain_id}")
+
+    async def close(self) -> None:
+        """Finish queued appends, sign the head (graceful shutdown), stop."""
+        if self._task is None:
+            await self._committer.close()  # a start that failed after opening the connection
+            return
+        self._closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._wakeup.set()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        await self._committer.close()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closing
+
+    async def _load_head(self) -> None:
+        async with self._engine.connect() as connection:
+            head = (
+                await connection.execute(
+                    select(AUDIT_TABLE.c.height, AUDIT_TABLE.c.record_hash)
+                    .where(AUDIT_TABLE.c.chain_id == self.chain_id)
+                    .order_by(AUDIT_TABLE.c.height.desc())
+                    .limit(1)
+                )
+            ).first()
+            archived = (
+                await connection.execute(
+                    select(ARCHIVE_TABLE.c.to_height, ARCHIVE_TABLE.c.head_hash)
+                    .where(ARCHIVE_TABLE.c.chain_id == self.chain_id)
+                    .order_by(ARCHIVE_TABLE.c.seq.desc())
+                    .limit(1)
+                )
+            ).first()
+            sealed = (
+                await connection.execute(
+                    select(CHECKPOINT_TABLE.c.height, CHECKPOINT_TABLE.c.ts_ms)
+                    .where(CHECKPOINT_TABLE.c.chain_id == self.chain_id)
+                    .order_by(CHECKPOINT_TABLE.c.height.desc())
+                    .limit(1)
+                )
+            ).first()
+        self.height, self.head = 0, GENESIS_HASH
+        for found in (archived, head):
+            if found is not None and int(found[0]) > self.height:
+                self.height, self.head = int(found[0]), str(found[1])
+        self.sealed_height, self.sealed_ms = (int(sealed[0]), int(sealed[1])) if sealed is not None else (0, 0)
+
+    async def _register_signer(self) -> None:
+        assert self._signer is not None
+        await register_node_key(self._engine, self.chain_id, self._signer.public_key(), self._clock())
+
+    # --- appending ----------------------------------------------------------------------------------------------
+
+    def subject_hash(self, subject: str) -> str:
+        return self._suite.keyed_hash(self.keyring.index_key, subject)
+
+    def build_row(self, event: AuditEvent) -> dict[str, Any]:
+        """Every column but height and hashes, which only the writer task may assign."""
+        suite = self._suite
+        data_key = self.keyring.current(self.suite)
+        index_key = self.keyring.index_key
+        self._sequence += 1
+        record_id = f"{self._id_prefix}{self._sequence:016x}"
+        aad = f"{self.chain_id}/{record_id}".encode()
+        nonces = self._nonces
+        request_body, response_body = event.request_body, event.response_body
+        kept_body = request_body if event.request_kept is None else request_body[: event.request_kept]
+        row = {
+            "chain_id": self.chain_id,
+            "record_id": record_id,
+            "ts_ms": self._clock(),
+            "event": event.event,
+            "caller_id": event.caller_id,
+            "department": event.department,
+            "roles": ",".join(event.roles) or None,
+            "key_id": event.key_id,
+            "client_addr": event.client_addr,
+            "request_id": event.request_id,
+            "method": event.method,
+            "path": event.path,
+            "service": event.service,
+            "operation": event.operation,
+            "purpose": event.purpose,
+            "grant_id": event.grant_id,
+            "subject_hash": suite.keyed_hash(index_key, event.subject) if event.subject else None,
+            "decision": event.decision,
+            "reason_code": event.reason_code,
+            "fields": ",".join(event.fields) or None,
+            "status_code": event.status_code,
+            "upstream_status": event.upstream_status,
+            "duration_us": event.duration_us,
+            "upstream_us": event.upstream_us,
+            "request_size": len(request_body),
+            "response_size": len(response_body),
+            # Keyed: a plain hash of a small body could be reversed by guessing the USCC in it.
+            "request_digest": suite.keyed_hash(index_key, request_body),
+            "response_digest": suite.keyed_hash(index_key, response_body),
+            "request_payload": (
+                suite.seal(data_key.secret, kept_body, aad + b"/request", nonces.next()) if kept_body else None
+            ),
+            "response_payload": (
+                suite.seal(data_key.secret, response_body, aad + b"/response", nonces.next())
+                if response_body and event.store_response
+                else None
+            ),
+            "suite": self.suite,
+            "data_key_id": data_key.key_id,
+        }
+        for name, limit in LIMITED_COLUMNS:
+            value = row[name]
+            if value is not None and (len(value) > limit or "\x00" in value):
+                row[name] = _clean(value, name)
+        # Officer columns only when set: empty ones stay out of the canonical bytes, as for older records.
+        if event.target_id is not None:
+            row["target_id"] = _clean(event.target_id, "target_id")
+        if event.reason is not None:
+            row["reason"] = _clean(event.reason, "reason")
+        if event.reason_category is not None:
+            row["reason_category"] = _clean(event.reason_category, "reason_category")
+        if event.reason_ref is not None:
+            row["reason_ref"] = _clean(event.reason_ref, "reason_ref")
+        return row
+
+    async def append(self, event: AuditEvent) -> dict[str, Any]:
+        """Return the committed row; raise AuditUnavailable if it could not be made durable."""
+        if not self.running:
+            raise AuditUnavailable("the audit writer is not running")
+        try:
+            row = self.build_row(event)
+        except Exception as exc:  # no key, no record, no answer: fail closed
+            self.last_error = type(exc).__name__
+            log.error("audit record could not be sealed: %s", self.last_error)
+            raise AuditUnavailable("the audit record could not be sealed") from None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        self._wakeup.set()
+        return await future
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_seconds)
+            self._tick_due = True
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._batch_max]
+                del self._pending[: self._batch_max]
+                await self._commit(batch)
+            if self._tick_due:
+                self._tick_due = False
+                if self._checkpoint_due():
+                    await self.checkpoint()
+            if self._closing and not self._pending:
+                if self._signer is not None and self.height > self.sealed_height:
+                    await self.checkpoint()
+                return
+
+    def _checkpoint_due(self) -> bool:
+        return (
+            self._signer is not None
+            and self.height > self.sealed_height
+            and self._clock() - self.sealed_ms >= self._checkpoint_ms
+        )
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        try:
+            if self._resync:
+                await self._load_head()
+                self._resync = False
+            height, head = self.height, self.head
+            hasher = self._hasher
+            rows = []
+            for row, _ in batch:
+                height += 1
+                row["height"] = height
+                row["prev_hash"] = head
+                head = hasher.hash_row(head, row)
+                row["record_hash"] = head
+                rows.append(row)
+            for row in rows:  # every column present for the insert; empty optional ones were left out of the hash
+                row.setdefault("target_id", None)
+                row.setdefault("reason", None)
+                row.setdefault("reason_category", None)
+                row.setdefault("reason_ref", None)
+            checkpoint = None
+            if self._signer is not None and height - self.sealed_height >= self._checkpoint_every:
+                checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock())
+            await self._insert(rows, checkpoint)
+        except Exception as exc:  # any store failure must reach every waiter, never a half-known state
+            # The commit may have happened before the error reached us: read the head again before the next batch.
+            self._resync = True
+            self.last_error = type(exc).__name__
+            if is_database_outage(exc):  # one warning when the store goes, one when it is back; counted between
+                self.health.failed(exc)
+            else:
+                # The whole error, not just its class: "CommitterError" alone told an operator nothing.
+                log.error("audit commit of %d records failed: %s", len(batch), describe_error(exc))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(AuditUnavailable("the audit store could not commit the record"))
+            return
+        self.height, self.head = height, head
+        self.last_error = None
+        self.health.succeeded()
+        self.batches += 1
+        if checkpoint is not None:
+            await self._sealed(checkpoint)
+        for row, future in batch:
+            if not future.done():
+                future.set_result(row)
+
+    async def _insert(self, rows: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
+        records = [ROW_VALUES(row) for row in rows]
+        await self._committer.commit(records, _checkpoint_values(checkpoint) if checkpoint is not None else None)
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""
+        if self._signer is None or self.height == 0:
+            return None
+        checkpoint = sign_checkpoint(self._signer, self.chain_id, self.height, self.head, self._clock())
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
+        except Exception as exc:  # a missed checkpoint is retried at the next tick; appends go on
+            log.error("audit checkpoint at height %d failed: %s", self.height, type(exc).__name__)
+            return None
+        await self._sealed(checkpoint)
+        return checkpoint
+
+    async def _sealed(self, checkpoint: Checkpoint) -> None:
+        self.sealed_height, self.sealed_ms = checkpoint.height, checkpoint.ts_ms
+        if self._witness_path is not None:
+            try:
+                await asyncio.to_thread(append_witness, self._witness_path, checkpoint)
+            except OSError as exc:
+                log.error("cannot append checkpoint to %s: %s", self._witness_path, exc.strerror)
+
+
+def _checkpoint_values(checkpoint: Checkpoint) -> tuple[Any, ...]:
+    return (
+        checkpoint.chain_id,
+        checkpoint.height,
+        checkpoint.head_hash,
+        checkpoint.ts_ms,
+        checkpoint.key_id,
+        checkpoint.signature,
+    )
