@@ -16,6 +16,8 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
 from gateway import __version__
+from gateway.batches import routes as batches
+from gateway.batches.service import BatchService
 from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
 from gateway.api.openapi import finish
 from gateway.http.forwarded import TrustedProxies
@@ -26,6 +28,7 @@ from gateway.settings import Settings
 from gateway.sharing.service import SharingService
 from gateway.upstreams.registry import UpstreamIn
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
+from schemas.batches import BatchIn
 from schemas.sharing import REQUEST_MODELS
 
 log = logging.getLogger("msjx.app")
@@ -127,12 +130,15 @@ def create_app(
         app.state.runtime = await Runtime.start(settings, adapters)
         app.state.sharing = SharingService(app.state.runtime)
         await app.state.sharing.start()
+        app.state.batches = BatchService(app.state.runtime, worker=settings.batch_workers > 0)
+        await app.state.batches.start()
         log.info("gateway node %s ready (%s)", settings.node_id, "PostgreSQL" if not settings.is_sqlite else "SQLite")
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
+            await app.state.batches.close()
             await app.state.sharing.close()
             await app.state.runtime.close()
 
@@ -157,6 +163,7 @@ def create_app(
     app.include_router(grant_duties.router)
     app.include_router(upstreams.router)
     app.include_router(audit.router)
+    app.include_router(batches.router)
     app.include_router(ops.router)
     app.include_router(swagger.router)
 
@@ -188,7 +195,7 @@ def create_app(
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         # Routes that read the raw body (to check its digest) reference these by name.
-        for model in (InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails, UpstreamIn, *REQUEST_MODELS):
+        for model in (BatchIn, InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails, UpstreamIn, *REQUEST_MODELS):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, definition in model_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)

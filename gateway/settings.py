@@ -91,6 +91,19 @@ class Settings(BaseSettings):
         default=1095, ge=183, le=36500, description="records stay in the database this long; refused below 6 months"
     )
     audit_key_period_days: int = Field(default=30, ge=1, le=366, description="a new data key starts every period")
+    batch_result_days: int = Field(
+        default=7, ge=1, le=3650, description="a batch's results are deleted this many days after it ends (数据最小化)"
+    )
+    batch_chunk_size: int = Field(default=500, ge=1, le=10_000, description="subjects per chunk of a batch job")
+    batch_workers: int = Field(
+        default=2, ge=0, le=64, description="chunks this node runs at once in its in-process batch worker (0: none)"
+    )
+    batch_stall_seconds: float = Field(
+        default=30.0, ge=0.5, le=3600, description="a chunk whose worker gave no sign of life this long runs again"
+    )
+    batch_recheck_seconds: float = Field(
+        default=60.0, ge=0.05, le=3600, description="how often paused batches are checked for quota to resume"
+    )
     contract_fetch_allow: str = Field(
         default="",
         description="hosts (district.example, *.district.example) and networks (192.0.2.0/24) an upstream's"

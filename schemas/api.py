@@ -132,6 +132,9 @@ class GrantIn(BaseModel):
     rate_limit: str | None = Field(
         default=None, max_length=64, description="`limits` notation such as `20/second`; none: no rate limit"
     )
+    share_methods: list[Literal["api", "batch"]] = Field(
+        default=["api"], min_length=1, description="共享方式: `api` single calls, `batch` batch jobs (/v1/batches)"
+    )
 
 
 class GrantOut(BaseModel):
@@ -147,6 +150,7 @@ class GrantOut(BaseModel):
     valid_to: datetime
     daily_quota: int | None = None
     rate_limit: str | None = None
+    share_methods: list[str] = ["api"]
     sharing_request_id: str | None = None
     created_at: datetime
     revoked_at: datetime | None = None

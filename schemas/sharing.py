@@ -18,14 +18,14 @@ from .api import IDENTIFIER_PATTERN, PURPOSE_PATTERN
 from .times import BeijingDatetime
 
 ShareAttributeCode = Literal["unconditional", "conditional", "not_shared"]
-ShareMethodCode = Literal["api", "batch", "file"]
+ShareMethodCode = Literal["api", "batch", "api+batch", "file"]
 LegalBasisKindCode = Literal["law", "administrative_regulation", "state_council_decision"]
 UpdateFrequencyCode = Literal["realtime", "daily", "weekly", "monthly", "quarterly", "yearly", "irregular"]
 LevelCode = Literal["general", "important", "core"]
 DataTypeCode = Literal["string", "integer", "number", "decimal", "boolean", "date", "datetime", "array", "object"]
 
 SHARE_ATTRIBUTE_LABELS = {"unconditional": "无条件共享", "conditional": "有条件共享", "not_shared": "不予共享"}
-SHARE_METHOD_LABELS = {"api": "服务接口", "batch": "批量交换", "file": "文件下载"}
+SHARE_METHOD_LABELS = {"api": "服务接口", "batch": "批量交换", "api+batch": "服务接口+批量交换", "file": "文件下载"}
 LEGAL_BASIS_KIND_LABELS = {
     "law": "法律",
     "administrative_regulation": "行政法规",
@@ -96,7 +96,7 @@ ShareMethod = Annotated[
             SHARE_METHOD_LABELS,
             "share_method_unknown",
             "share method",
-            {"接口": "api", "批量": "batch", "文件": "file"},
+            {"接口": "api", "批量": "batch", "接口+批量": "api+batch", "文件": "file"},
         )
     ),
 ]
@@ -213,7 +213,9 @@ class CatalogItemIn(_In):
     )
     conditions: Conditions | None = Field(default=None, description="required for conditional items")
     legal_basis: LegalBasis | None = Field(default=None, description="required for not_shared items")
-    share_method: ShareMethod = Field(default="api", description="共享方式: api 接口, batch 批量, file 文件")
+    share_method: ShareMethod = Field(
+        default="api", description="共享方式: api 接口, batch 批量, api+batch 接口和批量, file 文件"
+    )
     data_format: str = Field(default="json", min_length=1, max_length=32, description="数据格式")
     update_frequency: UpdateFrequency = Field(description="更新频率")
 

@@ -142,6 +142,7 @@ def grant_out(row: Grant, now: datetime | None = None) -> GrantOut:
         valid_to=as_utc(row.valid_to),
         daily_quota=row.daily_quota,
         rate_limit=row.rate_limit,
+        share_methods=list(row.share_methods or ["api"]),
         sharing_request_id=row.sharing_request_id,
         created_at=as_utc(row.created_at),
         revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
@@ -220,6 +221,7 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
         valid_to=valid_to,
         daily_quota=body.daily_quota,
         rate_limit=body.rate_limit,
+        share_methods=sorted(set(body.share_methods)),
         created_at=now,
     )
     session.add(row)

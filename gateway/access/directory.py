@@ -62,6 +62,7 @@ class GrantInfo:
     sharing_request_id: str | None = None
     # Approved through a sharing request and not yet delivered: its first successful call records delivery.
     undelivered: bool = False
+    share_methods: tuple[str, ...] = ("api",)
 
     def valid_at(self, now: datetime) -> bool:
         return self.valid_from <= now < self.valid_to
@@ -215,6 +216,7 @@ class Directory:
                     row.rate_limit,
                     row.sharing_request_id,
                     row.delivery_due is not None and row.delivered_at is None,
+                    tuple(row.share_methods or ("api",)),
                 )
                 grants.setdefault((row.caller_id, row.service, row.operation), []).append(info)
         return _Snapshot(started, keys, {key: tuple(value) for key, value in grants.items()})

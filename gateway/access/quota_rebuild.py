@@ -31,7 +31,7 @@ async def spent_today(engine: AsyncEngine, now: datetime, before: float) -> dict
         .where(
             records.ts_ms >= int(day_start.timestamp() * 1000),
             records.ts_ms < int(before * 1000),
-            records.event == "service.invoke",
+            records.event.in_(("service.invoke", "batch.subject")),  # a batch counts each subject as a call
             records.grant_id.is_not(None),
             or_(records.decision == "allowed", records.upstream_us.is_not(None)),
         )

@@ -56,8 +56,11 @@ def upstream_status(status: str | None, attempts: int) -> str | None:
     return f"{status or 'none'};attempts={attempts}"[:64]
 
 
-def select_grant(grants: tuple[GrantInfo, ...], service: str, operation: str, purpose: str) -> GrantInfo:
-    """The grant that allows this call now, or the most specific refusal."""
+def select_grant(
+    grants: tuple[GrantInfo, ...], service: str, operation: str, purpose: str, method: str = "api"
+) -> GrantInfo:
+    """The grant that allows this call now by this share method (`api`, or `batch` for a batch job), or the most
+    specific refusal."""
     if not grants:
         raise Problem(403, "no_grant", "No grant", f"the caller holds no grant for {service}/{operation}")
     for_purpose = [grant for grant in grants if grant.purpose == purpose]
@@ -68,6 +71,17 @@ def select_grant(grants: tuple[GrantInfo, ...], service: str, operation: str, pu
             "Purpose not granted",
             f"no grant for {service}/{operation} with purpose {purpose!r}",
         )
+    by_method = [grant for grant in for_purpose if method in grant.share_methods]
+    if not by_method:
+        raise Problem(
+            403,
+            "share_method_not_granted",
+            "Share method not granted",
+            f"the grant for {service}/{operation} with purpose {purpose!r} does not allow share method {method!r}"
+            f" (共享方式 {'批量交换' if method == 'batch' else '服务接口'})",
+            context={"grant_id": for_purpose[0].grant_id},
+        )
+    for_purpose = by_method
     now = datetime.now(UTC)
     for grant in for_purpose:
         if grant.valid_at(now):

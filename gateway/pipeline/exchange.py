@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway import metrics
 from gateway.access.authenticate import Principal
@@ -40,6 +40,9 @@ class Exchange:
     # What the handler adds to a successful answer (e.g. Idempotent-Replayed on a stored answer).
     response_headers: dict[str, str] = field(default_factory=dict)
     media_type: str = JSON
+    # A handler whose answer is too long to hold (batch results) streams it; the payload then only describes it
+    # for the audit record, which is durable before the first byte goes out.
+    stream: AsyncIterator[bytes] | None = None
 
 
 Handler = Callable[[Exchange], Awaitable[tuple[int, bytes]]]
@@ -103,6 +106,7 @@ async def run_exchange(
     roles: Iterable[str] | None = None,
     service: str | None = None,
     operation: str | None = None,
+    body_limit: int = MAX_BODY_BYTES,
 ) -> Response:
     runtime: Runtime = request.app.state.runtime
     started = time.perf_counter()
@@ -124,7 +128,7 @@ async def run_exchange(
     try:
         # Until the caller is known, a record keeps only the start of the body (gateway/pipeline/unauthenticated.py).
         event.request_kept = PREAUTH_BODY_BYTES
-        body = await read_body(request)
+        body = await read_body(request, body_limit)
         event.request_body = body
         check_depth(body)  # before anything parses it, on every route: a refusal, never a RecursionError
         principal = await runtime.authenticator.authenticate(
@@ -152,6 +156,10 @@ async def run_exchange(
         await runtime.audit.append(event)
         metrics.observe(event)
         headers = {**exchange.response_headers, "X-Request-Id": request_id}
+        if exchange.stream is not None:
+            return StreamingResponse(
+                exchange.stream, status_code=status, media_type=exchange.media_type, headers=headers
+            )
         return Response(payload, status_code=status, media_type=exchange.media_type, headers=headers)
     except AuditUnavailable:
         return _audit_down(request_id, instance)

@@ -390,7 +390,8 @@ async def _check_terms(
                     f"fields/{index}", "field_not_in_item", f"{name!r} is not a data item of {item.code}: {offered}"
                 )
     method = values.get("share_method")
-    if item is not None and method is not None and method != item.share_method:
+    # "api+batch" asks for both: each method asked for must be one the item is shared by.
+    if item is not None and method is not None and not set(method.split("+")) <= set(item.share_method.split("+")):
         faults.add("share_method", "share_method_unavailable", f"{item.code} is shared by {item.share_method} only")
     valid_from, valid_to = values.get("valid_from"), values.get("valid_to")
     if valid_to is not None:
@@ -692,6 +693,7 @@ def _approve(
             daily_quota=daily_quota,
             rate_limit=rate_limit,
             sharing_request_id=row.request_id,
+            share_methods=sorted(row.share_method.split("+")),
             created_at=now,
             delivery_due=delivery_due,
             delivery_due_provisional=delivery.provisional,

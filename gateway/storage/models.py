@@ -171,6 +171,8 @@ class Grant(Base):
     valid_to: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     daily_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate_limit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # 共享方式 the grant allows: "api" (single calls) and/or "batch" (batch jobs, gateway/batches/).
+    share_methods: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["api"], server_default='["api"]')
     sharing_request_id: Mapped[str | None] = mapped_column(
         ForeignKey("sharing_requests.request_id"), nullable=True, index=True
     )

@@ -21,6 +21,10 @@ SHARING_READERS = frozenset({"department", "officer", "admin", "coordinator"})
 ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/services/{service}/{operation}"): ANY_SIGNED,
     ("GET", "/v1/services"): ANY_SIGNED,
+    ("POST", "/v1/batches"): frozenset({"platform"}),
+    ("GET", "/v1/batches/{batch_id}"): frozenset({"platform"}),
+    ("GET", "/v1/batches/{batch_id}/results"): frozenset({"platform"}),
+    ("DELETE", "/v1/batches/{batch_id}"): frozenset({"platform"}),
     ("GET", "/v1/catalog"): PUBLIC,
     ("POST", "/v1/catalog"): frozenset({"department", "admin"}),
     ("GET", "/v1/catalog/{item_id}"): PUBLIC,

@@ -1,0 +1,204 @@
+"""A batch's subjects (inline JSON, or an NDJSON or CSV upload) checked in full before any upstream is called.
+
+Every bad line is reported at once with its line number (一次性告知), like the 名单类 CSV check: a wrong check
+character, a duplicate, a missing column, a parameter an operation refuses. One 422 names them all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from gateway.problems import Problem
+from schemas.uscc import uscc_error
+
+MAX_INLINE = 1_000
+MAX_LINES = 1_000_000
+# A 422 listing a million errors helps nobody: the first ones, and how many more.
+MAX_REPORTED = 1_000
+
+Subject = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    field: str
+    message: str
+    type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "field": self.field, "message": self.message, "type": self.type}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One operation of the batch as the check needs it: its input model, and the parameters given for all."""
+
+    label: str
+    input_model: type[BaseModel]
+    params: dict[str, Any]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.input_model.model_fields)
+
+
+def _rows_ndjson(body: bytes, errors: list[LineError]) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    for number, raw in enumerate(body.split(b"\n"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            errors.append(LineError(number, "line", f"not JSON: {exc.msg}", "line_not_json"))
+            yield number, None
+            continue
+        if not isinstance(value, dict):
+            errors.append(LineError(number, "line", "a line is one JSON object", "line_not_object"))
+            yield number, None
+            continue
+        yield number, value
+
+
+def _decode(body: bytes) -> str:
+    # Departments export from Excel: UTF-8 with or without BOM, or GBK.
+    for encoding in ("utf-8-sig", "gbk"):
+        try:
+            return body.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise Problem(
+        422,
+        "subjects_encoding",
+        "Subjects file is not text",
+        "the file is neither UTF-8 nor GBK",
+        errors=[LineError(1, "file", "neither UTF-8 nor GBK", "subjects_encoding").as_dict()],
+    )
+
+
+def _rows_csv(body: bytes, errors: list[LineError]) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    reader = csv.reader(io.StringIO(_decode(body)))
+    header = next(reader, None)
+    if header is None or "uscc" not in [name.strip() for name in header]:
+        errors.append(LineError(1, "header", "the first line names the columns, one of them uscc", "header_invalid"))
+        return
+    names = [name.strip() for name in header]
+    for row in reader:
+        number = reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(names):
+            errors.append(LineError(number, "line", f"{len(row)} columns, expected {len(names)}", "column_count"))
+            yield number, None
+            continue
+        # An empty cell is an absent optional parameter, not an empty string.
+        yield number, {name: cell.strip() for name, cell in zip(names, row, strict=True) if cell.strip()}
+
+
+def _rows_inline(subjects: Sequence[Any], errors: list[LineError]) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    for number, value in enumerate(subjects, start=1):
+        if not isinstance(value, dict):
+            errors.append(LineError(number, "line", "a subject is an object with a uscc", "line_not_object"))
+            yield number, None
+            continue
+        yield number, value
+
+
+def check_subjects(
+    rows: Iterable[tuple[int, dict[str, Any] | None]], targets: Sequence[Target], errors: list[LineError]
+) -> list[Subject]:
+    """Every row checked against every operation; the subjects in order, or errors (filled in `errors`)."""
+    accepted: set[str] = set()
+    for target in targets:
+        accepted |= target.names
+    seen: dict[tuple[str, bytes], int] = {}
+    subjects: list[Subject] = []
+    count = 0
+    for number, row in rows:
+        count += 1
+        if count > MAX_LINES:
+            errors.append(LineError(number, "file", f"a batch has at most {MAX_LINES} subjects", "too_many_subjects"))
+            break
+        if row is None:
+            continue
+        uscc = row.get("uscc")
+        if uscc is None:
+            errors.append(LineError(number, "uscc", "the uscc is missing", "missing"))
+            continue
+        problem = uscc_error(uscc)
+        if problem is not None:
+            errors.append(LineError(number, "uscc", problem, "uscc_invalid"))
+            continue
+        params = {name: value for name, value in row.items() if name != "uscc"}
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            errors.append(
+                LineError(number, unknown[0], f"no operation of the batch takes {unknown}", "parameter_unknown")
+            )
+            continue
+        key = (uscc, orjson.dumps(params, option=orjson.OPT_SORT_KEYS))
+        first = seen.get(key)
+        if first is not None:
+            errors.append(LineError(number, "uscc", f"{uscc} is listed already on line {first}", "duplicate"))
+            continue
+        seen[key] = number
+        bad = False
+        for target in targets:
+            names = target.names
+            values = {**target.params, **{k: v for k, v in params.items() if k in names}, "uscc": uscc}
+            try:
+                target.input_model.model_validate(values)
+            except ValidationError as exc:
+                first_error = exc.errors()[0]
+                field = "/".join(str(part) for part in first_error.get("loc", ())) or "line"
+                message = str(first_error.get("msg", "invalid")).removeprefix("Value error, ")
+                errors.append(LineError(number, field, f"{target.label}: {message}", str(first_error.get("type"))))
+                bad = True
+                break
+        if not bad:
+            subjects.append((uscc, params))
+    return subjects
+
+
+def parse_subjects(
+    *, inline: Sequence[Any] | None, body: bytes | None, media_type: str, targets: Sequence[Target]
+) -> list[Subject]:
+    """The subjects of a submission, or a 422 `subjects_invalid` naming every bad line."""
+    errors: list[LineError] = []
+    rows: Iterable[tuple[int, dict[str, Any] | None]]
+    if inline is not None:
+        if len(inline) > MAX_INLINE:
+            raise Problem(
+                422,
+                "too_many_subjects",
+                "Too many inline subjects",
+                f"at most {MAX_INLINE} subjects inline; upload a CSV or NDJSON file for more",
+                errors=[{"field": "subjects", "message": f"{len(inline)} subjects", "type": "too_many_subjects"}],
+            )
+        rows = _rows_inline(inline, errors)
+    elif media_type == "text/csv":
+        rows = _rows_csv(body or b"", errors)
+    else:
+        rows = _rows_ndjson(body or b"", errors)
+    subjects = check_subjects(rows, targets, errors)
+    if not errors and not subjects:
+        errors.append(LineError(1, "subjects", "the batch names no subject", "subjects_empty"))
+    if errors:
+        shown = [error.as_dict() for error in errors[:MAX_REPORTED]]
+        more = len(errors) - len(shown)
+        first = errors[0]
+        detail = f"{len(errors)} line(s) are invalid; nothing was run. First: line {first.line}, {first.field}: " + (
+            first.message
+        )
+        if more:
+            detail += f" ({more} more not listed)"
+        raise Problem(422, "subjects_invalid", "Batch subjects are invalid", detail, errors=shown)
+    return subjects

@@ -1,0 +1,201 @@
+"""Batch comparison jobs on both backends: submit, run, status, results streamed and resumed, upload checks, grants'
+share method, per-subject minimization, quota pause and resume, revocation, cancel, the audit by subject."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from simulators.enterprises import ENTERPRISES
+from tests.batch_support import BATCH_PURPOSE, all_lines, batch_grant, submit, usccs, wait_state
+from tests.conftest import RunningGateway, gateway_on
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres_redis"])
+async def gw(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, credit_url: str
+) -> AsyncIterator[RunningGateway]:
+    """One gateway per backend for the module; chunks of 10 subjects so that 30 subjects make three chunks."""
+    data_dir: Path = tmp_path_factory.mktemp(f"batches-{request.param}")
+    async with gateway_on(
+        request.param,
+        data_dir=data_dir,
+        upstream_urls={"credit": credit_url},
+        upstream_timeout=2.0,
+        batch_chunk_size=10,
+        batch_recheck_seconds=0.2,
+        batch_stall_seconds=2.0,
+    ) as running:
+        await batch_grant(running)
+        yield running
+
+
+async def test_batch_runs_every_subject_once_with_granted_fields(gw: RunningGateway) -> None:
+    subjects = usccs(30)
+    async with gw.client() as client:
+        answer = await submit(client, subjects)
+        assert answer.status_code == 202, answer.text
+        batch_id = answer.json()["batch_id"]
+        assert answer.headers["location"] == f"/v1/batches/{batch_id}"
+        status = await wait_state(client, batch_id, ("done",))
+        lines = await all_lines(client, batch_id)
+    assert status["done"] == 30 and status["chunks"] == {"done": 3, "total": 3, "size": 10}
+    assert status["operations"][0]["done"] == 30
+    assert sum(status["operations"][0]["outcomes"].values()) == 30
+    assert [line["line"] for line in lines] == list(range(1, 31))
+    assert [line["uscc"] for line in lines] == subjects
+    expected = {e.uscc: e.dishonest_debtor for e in ENTERPRISES[:30]}
+    assert all(line["data"]["listed"] == expected[line["uscc"]] for line in lines)
+
+
+async def test_fields_are_minimized_per_subject(gw: RunningGateway) -> None:
+    await batch_grant(gw, "credit", "abnormal-operation", fields=["listed"])
+    async with gw.client() as client:
+        answer = await submit(client, usccs(5), [{"service": "credit", "operation": "abnormal-operation"}])
+        batch_id = answer.json()["batch_id"]
+        await wait_state(client, batch_id, ("done",))
+        lines = await all_lines(client, batch_id)
+    assert {tuple(line["data"]) for line in lines} == {("listed",)}
+
+
+async def test_grant_without_batch_share_method_is_refused(gw: RunningGateway) -> None:
+    await batch_grant(gw, "credit", "serious-violation", share_methods=("api",))
+    async with gw.client() as client:
+        answer = await submit(client, usccs(3), [{"service": "credit", "operation": "serious-violation"}])
+    assert answer.status_code == 403
+    assert answer.json()["code"] == "share_method_not_granted"
+
+
+async def test_every_bad_line_is_named_in_one_422(gw: RunningGateway) -> None:
+    good = usccs(2)
+    broken = good[0][:-1] + ("0" if good[0][-1] != "0" else "1")
+    body = "uscc\n" + "\n".join([good[0], broken + ",x", good[0], good[1], "91350100M000100Y4Z"]) + "\n"
+    async with gw.client() as client:
+        answer = await client.post(
+            "/v1/batches",
+            params={"purpose": BATCH_PURPOSE, "operation": "credit/dishonest-debtor"},
+            content=body.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        assert answer.status_code == 422, answer.text
+        problem = answer.json()
+        listed = {(error["line"], error["type"]) for error in problem["errors"]}
+        # line 3 has a column too many, 4 repeats line 2, 6 has a bad check character; 2 and 5 are fine
+        assert listed == {(3, "column_count"), (4, "duplicate"), (6, "uscc_invalid")}
+        assert problem["code"] == "subjects_invalid"
+        ndjson = b'{"uscc": "%s"}\n{"usc": 1}\nnot json\n' % good[0].encode()
+        answer = await client.post(
+            "/v1/batches",
+            params={"purpose": BATCH_PURPOSE, "operation": "credit/dishonest-debtor"},
+            content=ndjson,
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert answer.status_code == 422
+        assert {(e["line"], e["type"]) for e in answer.json()["errors"]} == {(2, "missing"), (3, "line_not_json")}
+
+
+async def test_csv_upload_runs_and_results_come_as_csv(gw: RunningGateway) -> None:
+    subjects = usccs(12, start=40)
+    body = "uscc\n" + "\n".join(subjects) + "\n"
+    async with gw.client() as client:
+        answer = await client.post(
+            "/v1/batches",
+            params={"purpose": BATCH_PURPOSE, "operation": "credit/dishonest-debtor"},
+            content=body.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        assert answer.status_code == 202, answer.text
+        batch_id = answer.json()["batch_id"]
+        await wait_state(client, batch_id, ("done",))
+        csv_answer = await client.get(f"/v1/batches/{batch_id}/results", headers={"Accept": "text/csv"})
+    rows = csv_answer.text.splitlines()
+    assert rows[0] == "line,uscc,service,operation,status,problem,data"
+    assert [row.split(",")[1] for row in rows[1:]] == subjects
+
+
+async def test_results_resume_from_a_cursor_and_a_range(gw: RunningGateway) -> None:
+    async with gw.client() as client:
+        batch_id = (await submit(client, usccs(25, start=60))).json()["batch_id"]
+        await wait_state(client, batch_id, ("done",))
+        whole = await all_lines(client, batch_id)
+        part = await client.get(f"/v1/batches/{batch_id}/results", params={"cursor": 17})
+        ranged = await client.get(f"/v1/batches/{batch_id}/results", headers={"Range": "lines=5-8"})
+    assert part.headers["batch-next-cursor"] == "25" and part.headers["batch-complete"] == "true"
+    assert [orjson.loads(line) for line in part.content.splitlines()] == whole[17:]
+    assert [orjson.loads(line)["line"] for line in ranged.content.splitlines()] == [5, 6, 7, 8]
+
+
+async def test_audit_finds_every_batch_that_looked_at_an_enterprise(gw: RunningGateway) -> None:
+    target = usccs(1, start=100)[0]
+    async with gw.client() as client:
+        ids = []
+        for start in (99, 100):
+            batch_id = (await submit(client, usccs(3, start=start))).json()["batch_id"]
+            await wait_state(client, batch_id, ("done",))
+            ids.append(batch_id)
+    async with gw.client(gw.officer) as officer:
+        found = await officer.get("/v1/audit/records", params={"subject": target, "limit": 50})
+    assert found.status_code == 200, found.text
+    records = [r for r in found.json()["records"] if r["event"] == "batch.subject"]
+    assert {r["target_id"] for r in records} == set(ids)
+    assert all(r["purpose"] == BATCH_PURPOSE and r["operation"] == "dishonest-debtor" for r in records)
+    assert all(r["decision"] == "allowed" for r in records)
+
+
+async def test_cancel_stops_a_batch(gw: RunningGateway) -> None:
+    async with gw.client() as client:
+        batch_id = (await submit(client, usccs(5, start=150))).json()["batch_id"]
+        await wait_state(client, batch_id, ("done", "running", "queued"))
+        answer = await client.delete(f"/v1/batches/{batch_id}")
+        assert answer.status_code in (200, 409)
+        if answer.status_code == 200:
+            assert answer.json()["state"] == "cancelled"
+        other = await client.get("/v1/batches/b-000000000000000000000000")
+    assert other.status_code == 404 and other.json()["code"] == "batch_unknown"
+
+
+async def test_revoked_grant_stops_the_batch_with_its_reason(gw: RunningGateway) -> None:
+    grant = await batch_grant(gw, "credit", "dishonest-debtor", purpose="XM-2025-REVOKE")
+    async with gw.client(gw.admin) as admin:
+        revoked = await admin.post(f"/v1/grants/{grant['grant_id']}/revoke", json={"reason": "misuse found"})
+        assert revoked.status_code == 200, revoked.text
+    gw.runtime.directory.invalidate()
+    async with gw.client() as client:
+        refused = await submit(client, usccs(3), purpose="XM-2025-REVOKE")
+    assert refused.status_code == 403 and refused.json()["code"] == "grant_revoked"
+
+
+async def test_quota_pauses_the_batch_and_it_resumes_when_the_window_resets(gw: RunningGateway) -> None:
+    await batch_grant(gw, "credit", "dishonest-debtor", purpose="XM-2025-QUOTA", daily_quota=25)
+    async with gw.client() as client:
+        batch_id = (await submit(client, usccs(40, start=200), purpose="XM-2025-QUOTA")).json()["batch_id"]
+        paused = await wait_state(client, batch_id, ("paused",))
+        assert paused["pause"]["code"] == "quota_exhausted" and paused["done"] == 20
+        lines = await all_lines(client, batch_id)
+        assert len(lines) == 20  # what ran is readable while paused
+        # Midnight, Beijing time: the day's counter starts again.
+        await reset_quota_windows(gw)
+        done = await wait_state(client, batch_id, ("paused", "done"), timeout=30)
+        while done["state"] == "paused" and done["done"] < 40:
+            await reset_quota_windows(gw)
+            done = await wait_state(client, batch_id, ("done",), timeout=30)
+        lines = await all_lines(client, batch_id)
+    assert [line["line"] for line in lines] == list(range(1, 41))
+
+
+async def reset_quota_windows(gw: RunningGateway) -> None:
+    quotas = gw.runtime.quotas
+    if quotas.kind == "memory":
+        quotas.storage.storage.clear()
+        quotas.storage.expirations.clear()
+        return
+    client = Redis.from_url(gw.settings.redis_url)
+    try:
+        async for key in client.scan_iter("msjx:limits*quota*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
