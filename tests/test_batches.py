@@ -199,3 +199,58 @@ async def reset_quota_windows(gw: RunningGateway) -> None:
             await client.delete(key)
     finally:
         await client.aclose()
+
+
+async def test_revocation_mid_job_stops_it_with_the_reason(gw: RunningGateway) -> None:
+    grant = await batch_grant(gw, "credit", "dishonest-debtor", purpose="XM-2025-MIDJOB", daily_quota=10)
+    async with gw.client() as client:
+        batch_id = (await submit(client, usccs(30, start=240), purpose="XM-2025-MIDJOB")).json()["batch_id"]
+        await wait_state(client, batch_id, ("paused",))
+        async with gw.client(gw.admin) as admin:
+            revoked = await admin.post(f"/v1/grants/{grant['grant_id']}/revoke", json={"reason": "purpose ended"})
+            assert revoked.status_code == 200, revoked.text
+        await reset_quota_windows(gw)
+        stopped = await wait_state(client, batch_id, ("failed",))
+        lines = await all_lines(client, batch_id)
+    assert stopped["stopped"]["code"] == "grant_revoked"
+    assert grant["grant_id"] in stopped["stopped"]["detail"]
+    assert len(lines) == 10  # the chunk done before the revocation stays readable; nothing ran after it
+
+
+async def test_results_stream_while_the_batch_runs(gw: RunningGateway, credit_url: str, clear_faults: None) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as sim:
+        await sim.post(f"{credit_url}/_sim/faults", json={"mode": "latency", "latency_ms": 150})
+    async with gw.client() as client:
+        batch_id = (await submit(client, usccs(50, start=120))).json()["batch_id"]
+        seen: list[dict] = []
+        cursor = 0
+        partial_reads = 0
+        while True:
+            answer = await client.get(f"/v1/batches/{batch_id}/results", params={"cursor": cursor})
+            assert answer.status_code == 200
+            seen += [orjson.loads(line) for line in answer.content.splitlines()]
+            cursor = int(answer.headers["batch-next-cursor"])
+            if answer.headers["batch-complete"] == "true":
+                break
+            if answer.headers["batch-state"] in ("queued", "running"):
+                partial_reads += 1
+            await __import__("asyncio").sleep(0.1)
+    assert partial_reads >= 1
+    assert [line["line"] for line in seen] == list(range(1, 51))
+
+
+async def test_results_are_deleted_after_the_retention_days(gw: RunningGateway) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    async with gw.client() as client:
+        batch_id = (await submit(client, usccs(3, start=280))).json()["batch_id"]
+        await wait_state(client, batch_id, ("done",))
+        service = gw.app.state.batches
+        assert await service.expire_results(datetime.now(UTC) + timedelta(days=6)) == 0
+        assert await service.expire_results(datetime.now(UTC) + timedelta(days=8)) >= 1
+        gone = await client.get(f"/v1/batches/{batch_id}/results")
+        status = (await client.get(f"/v1/batches/{batch_id}")).json()
+    assert gone.status_code == 410 and gone.json()["code"] == "batch_results_expired"
+    assert status["results"]["expired"] is True
