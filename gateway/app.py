@@ -16,10 +16,10 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
 from gateway import __version__
-from gateway.batches import routes as batches
-from gateway.batches.service import BatchService
 from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
 from gateway.api.openapi import finish
+from gateway.batches import routes as batches
+from gateway.batches.service import BatchService
 from gateway.http.forwarded import TrustedProxies
 from gateway.http.forwarded import apply as apply_forwarded
 from gateway.http.problems import Problem, validation_problem

@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from simulators.enterprises import ENTERPRISES
-from tests.batch_support import BATCH_PURPOSE, all_lines, batch_grant, submit, usccs, wait_state
-from tests.conftest import RunningGateway, gateway_on
+from tests.helpers.batches import BATCH_PURPOSE, all_lines, batch_grant, submit, usccs, wait_state
+from tests.helpers.gateways import RunningGateway, make_gateway
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres_redis"])
@@ -21,7 +21,7 @@ async def gw(
 ) -> AsyncIterator[RunningGateway]:
     """One gateway per backend for the module; chunks of 10 subjects so that 30 subjects make three chunks."""
     data_dir: Path = tmp_path_factory.mktemp(f"batches-{request.param}")
-    async with gateway_on(
+    async with make_gateway(
         request.param,
         data_dir=data_dir,
         upstream_urls={"credit": credit_url},
@@ -176,7 +176,8 @@ async def test_quota_pauses_the_batch_and_it_resumes_when_the_window_resets(gw: 
         paused = await wait_state(client, batch_id, ("paused",))
         assert paused["pause"]["code"] == "quota_exhausted" and paused["done"] == 20
         lines = await all_lines(client, batch_id)
-        assert len(lines) == 20  # what ran is readable while paused
+        # What ran is readable while paused, up to the first chunk not run yet (chunks run two at a time).
+        assert [line["line"] for line in lines] == list(range(1, len(lines) + 1)) and len(lines) <= 20
         # Midnight, Beijing time: the day's counter starts again.
         await reset_quota_windows(gw)
         done = await wait_state(client, batch_id, ("paused", "done"), timeout=30)
@@ -214,7 +215,9 @@ async def test_revocation_mid_job_stops_it_with_the_reason(gw: RunningGateway) -
         lines = await all_lines(client, batch_id)
     assert stopped["stopped"]["code"] == "grant_revoked"
     assert grant["grant_id"] in stopped["stopped"]["detail"]
-    assert len(lines) == 10  # the chunk done before the revocation stays readable; nothing ran after it
+    # The chunk done before the revocation stays (readable once the lines before it are); nothing ran after it.
+    assert stopped["done"] == 10
+    assert len(lines) in (0, 10)
 
 
 async def test_results_stream_while_the_batch_runs(gw: RunningGateway, credit_url: str, clear_faults: None) -> None:

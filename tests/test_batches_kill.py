@@ -22,18 +22,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from gateway import db, registry
+from gateway.access import callers as registry
 from gateway.batches.tables import BatchChunk
 from gateway.client import SignatureAuth
-from gateway.demo import key_id_for
-from gateway.models import AuditRecord
+from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
+from gateway.storage.models import AuditRecord
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
-from tests.batch_support import BATCH_PURPOSE, usccs
-from tests.conftest import check_redis, create_test_database, drop_database, free_port
-from tests.test_payments_crash import CLI
+from tests.helpers.batches import BATCH_PURPOSE, usccs
+from tests.helpers.processes import CLI
+from tests.helpers.services import check_redis, create_test_database, drop_database, free_port
 
 pytestmark = pytest.mark.slow
 SUBJECTS = 120
@@ -161,7 +162,7 @@ async def test_kill_9_mid_chunk_loses_nothing_and_counts_nothing_twice(
 ) -> None:
     # Slow answers, so that the kill lands while a chunk is being called.
     async with httpx.AsyncClient() as sim:
-        await sim.post(f"{credit_url}/_sim/faults", json={"mode": "latency", "latency_ms": 120})
+        await sim.post(f"{credit_url}/_sim/faults", json={"mode": "latency", "latency_ms": 300})
     two_nodes = not cluster.settings.is_sqlite
     ports = {"node-1": free_port(), "node-2": free_port()}
     nodes = {"node-1": await start_node(cluster, "node-1", ports["node-1"])}

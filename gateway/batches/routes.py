@@ -14,12 +14,12 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.batches.service import BatchService
 from gateway.batches.subjects import parse_subjects
-from gateway.exchange import Exchange, run_exchange
-from gateway.json_bodies import load_body
-from gateway.problems import Problem, validation_problem
-from gateway.routes.docs import SIGNED, json_body, problem_responses
+from gateway.http.exchange import Exchange, run_exchange
+from gateway.http.json_bodies import load_body
+from gateway.http.problems import Problem, validation_problem
 from schemas.batches import BatchIn
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])

@@ -26,15 +26,15 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 
 from adapters.base import Adapter, UpstreamError, UpstreamResult
-from gateway.audit import AuditEvent, new_request_id
+from gateway.access.directory import GrantInfo, as_utc
+from gateway.access.quotas import quota_item
+from gateway.api.services import explain_refusal, select_grant, upstream_status
+from gateway.audit.log import AuditEvent, new_request_id
 from gateway.batches.pacing import AdaptiveLimit
 from gateway.batches.queue import LIVE_STATES, ChunkQueue, LocalQueue, ProcrastinateQueue
 from gateway.batches.subjects import Subject, Target
 from gateway.batches.tables import BatchChunk, BatchJob
-from gateway.directory import GrantInfo, as_utc
-from gateway.problems import Problem
-from gateway.quotas import quota_item
-from gateway.routes.services import explain_refusal, select_grant, upstream_status
+from gateway.http.problems import Problem
 from gateway.runtime import Runtime
 from gateway.sharing.workdays import china_date, seconds_to_next_china_day
 from security.crypto import open_sealed, seal

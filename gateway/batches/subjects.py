@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from gateway.problems import Problem
+from gateway.http.problems import Problem
 from schemas.uscc import uscc_error
 
 MAX_INLINE = 1_000

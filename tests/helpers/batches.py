@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from simulators.enterprises import ENTERPRISES
-from tests.conftest import PURPOSE, RunningGateway
+from tests.helpers.gateways import PURPOSE, RunningGateway
 
 BATCH_PURPOSE = "XM-2025-BATCH"
 
