@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.batches.tables import BatchChunk
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
@@ -58,7 +58,7 @@ async def seed(settings: Settings) -> SignatureAuth:
     try:
         async with db.sessionmaker(engine)() as session:
             key = KeyIn(key_id=key_id, public_key=public_key_pem(private.public_key()))
-            await registry.add_caller(
+            await callers.add_caller(
                 session,
                 CallerIn(caller_id="platform", name="p", department="市数据管理局", roles=["platform"], keys=[key]),
             )
@@ -72,7 +72,7 @@ async def seed(settings: Settings) -> SignatureAuth:
                 valid_to=datetime.now(UTC) + timedelta(days=1),
                 share_methods=["batch"],
             )
-            await registry.add_grant(session, grant, adapters)
+            await callers.add_grant(session, grant, adapters)
     finally:
         await engine.dispose()
     return SignatureAuth(key_id, private)

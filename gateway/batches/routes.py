@@ -17,9 +17,9 @@ from fastapi.responses import Response
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.batches.service import BatchService
 from gateway.batches.subjects import parse_subjects
-from gateway.http.exchange import Exchange, run_exchange
 from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem, validation_problem
+from gateway.pipeline.exchange import Exchange, run_exchange
 from schemas.batches import BatchIn
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])

@@ -36,7 +36,7 @@ from gateway.batches.subjects import Subject, Target
 from gateway.batches.tables import BatchChunk, BatchJob
 from gateway.http.problems import Problem
 from gateway.runtime import Runtime
-from gateway.sharing.workdays import china_date, seconds_to_next_china_day
+from schemas.times import china_date, seconds_to_next_china_day
 from security.crypto import open_sealed, seal
 
 log = logging.getLogger("msjx.batches")
