@@ -29,7 +29,7 @@ from adapters.base import Adapter, UpstreamError, UpstreamResult
 from gateway.access.directory import GrantInfo, as_utc
 from gateway.access.quotas import quota_item
 from gateway.api.services import explain_refusal, select_grant, upstream_status
-from gateway.audit.log import AuditEvent, new_request_id
+from gateway.audit.writer import AuditEvent, new_request_id
 from gateway.batches.pacing import AdaptiveLimit
 from gateway.batches.queue import LIVE_STATES, ChunkQueue, LocalQueue, ProcrastinateQueue
 from gateway.batches.subjects import Subject, Target
