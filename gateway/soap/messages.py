@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from lxml import etree
 
-from gateway.problems import Problem
+from gateway.http.problems import Problem
 from gateway.soap.contract import META, PROBLEM_NS, ServiceContract, SoapOperationShape
 from gateway.soap.shapes import Complex, Member, Simple
 
