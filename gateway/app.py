@@ -26,6 +26,7 @@ from gateway.http.problems import Problem, validation_problem
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
+from gateway.soap import routes as soap
 from gateway.upstreams.registry import UpstreamIn
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
 from schemas.batches import BatchIn
@@ -166,6 +167,7 @@ def create_app(
     app.include_router(batches.router)
     app.include_router(ops.router)
     app.include_router(swagger.router)
+    app.include_router(soap.router)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:

@@ -16,8 +16,9 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 EXCHANGES = Counter(
     "msjx_exchanges_total",
-    "Exchanges answered and audited, by event, decision (allowed, refused, failed) and problem code",
-    ["event", "decision", "code"],
+    "Exchanges answered and audited, by interface (rest, soap), event, decision (allowed, refused, failed) and problem"
+    " code",
+    ["interface", "event", "decision", "code"],
 )
 DURATION = Histogram(
     "msjx_exchange_duration_seconds",
@@ -48,7 +49,8 @@ UNAUTHENTICATED_COUNTED = Counter(
 
 def observe(event: AuditEvent) -> None:
     """Count one exchange whose audit record is durable."""
-    EXCHANGES.labels(event.event, event.decision, event.reason_code or "").inc()
+    interface = "soap" if event.event.startswith("soap.") else "rest"
+    EXCHANGES.labels(interface, event.event, event.decision, event.reason_code or "").inc()
     DURATION.labels(event.event).observe(event.duration_us / 1e6)
     if event.service is not None and event.upstream_us is not None:
         UPSTREAM.labels(event.service).observe(event.upstream_us / 1e6)

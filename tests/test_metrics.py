@@ -36,8 +36,8 @@ async def test_allowed_and_refused_exchanges_are_counted_and_timed(gateway: Runn
         refused = await client.post(INVOKE, json={"purpose": "NOT-GRANTED", "params": {"uscc": DEMO_USCC}})
     assert refused.status_code == 403
     after = await scrape(gateway)
-    allowed = dict(event="service.invoke", decision="allowed", code="")
-    denied = dict(event="service.invoke", decision="refused", code="purpose_not_granted")
+    allowed = dict(interface="rest", event="service.invoke", decision="allowed", code="")
+    denied = dict(interface="rest", event="service.invoke", decision="refused", code="purpose_not_granted")
     assert value(after, "msjx_exchanges_total", **allowed) - value(before, "msjx_exchanges_total", **allowed) == 3
     assert value(after, "msjx_exchanges_total", **denied) - value(before, "msjx_exchanges_total", **denied) == 1
     timed = "msjx_upstream_duration_seconds_count"

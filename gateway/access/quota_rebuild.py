@@ -16,6 +16,9 @@ from schemas.times import china_date, end_of
 
 AUDIT_TABLE = AuditRecord.__table__
 log = logging.getLogger("msjx.quotas")
+# Calls that spend quota, through /v1 and through the SOAP façade (gateway/soap/).
+# a batch counts each subject as a call
+INVOKE_EVENTS = ("service.invoke", "soap.invoke", "batch.subject")
 
 
 async def spent_today(engine: AsyncEngine, now: datetime, before: float) -> dict[str, tuple[int, int]]:
@@ -31,7 +34,7 @@ async def spent_today(engine: AsyncEngine, now: datetime, before: float) -> dict
         .where(
             records.ts_ms >= int(day_start.timestamp() * 1000),
             records.ts_ms < int(before * 1000),
-            records.event.in_(("service.invoke", "batch.subject")),  # a batch counts each subject as a call
+            records.event.in_(INVOKE_EVENTS),
             records.grant_id.is_not(None),
             or_(records.decision == "allowed", records.upstream_us.is_not(None)),
         )

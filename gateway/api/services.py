@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from adapters.base import UpstreamError
+from adapters.base import Operation, UpstreamError
 from gateway.access.directory import GrantInfo, as_utc
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.http.json_bodies import load_body
@@ -134,6 +135,25 @@ async def explain_refusal(
 
 
 async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:
+    status, answer = await invoke_operation(exchange, service, operation_name, _read_json)
+    return status, answer if isinstance(answer, bytes) else orjson.dumps(answer)
+
+
+def _read_json(exchange: Exchange, operation: Operation) -> InvokeRequest:
+    # An operation that changes state (a payment) reads its body exactly: numbers as decimals, never floats.
+    request: InvokeRequest = parse_json(exchange.body, InvokeRequest, exact=not operation.safe)
+    return request
+
+
+RequestReader = Callable[[Exchange, Operation], InvokeRequest]
+
+
+async def invoke_operation(
+    exchange: Exchange, service: str, operation_name: str, read: RequestReader
+) -> tuple[int, dict[str, Any] | bytes]:
+    """One call of one operation, whichever interface it came through (/v1 JSON, the SOAP façade): grant, quota,
+    the upstream, minimization. `read` turns the exchange's body into purpose and params. Returns the status and
+    the answer document ({"data", "meta"}), or the payment path's answer already rendered as JSON."""
     runtime = exchange.runtime
     adapter = runtime.adapters.get(service)
     if adapter is None:
@@ -145,8 +165,7 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
     keys = [value.decode("latin-1") for name, value in exchange.request.scope["headers"] if name == b"idempotency-key"]
     if keys:
         parse_key(keys)
-    # An operation that changes state (a payment) reads its body exactly: numbers as decimals, never floats.
-    body: InvokeRequest = parse_json(exchange.body, InvokeRequest, exact=not operation.safe)
+    body = read(exchange, operation)
     event = exchange.event
     event.purpose = body.purpose
     caller_id = exchange.principal.caller.caller_id
@@ -195,7 +214,7 @@ async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tupl
             "fetched_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         },
     }
-    return 200, orjson.dumps(answer)
+    return 200, answer
 
 
 @router.post(

@@ -46,6 +46,8 @@ class Exchange:
 
 
 Handler = Callable[[Exchange], Awaitable[tuple[int, bytes]]]
+# Who is calling, from the request and its body (the SOAP façade also takes a verified client certificate).
+Authenticate = Callable[[Request, bytes, bool], Awaitable[Principal]]
 
 
 def _declared_length(request: Request) -> str | None:
@@ -107,6 +109,7 @@ async def run_exchange(
     service: str | None = None,
     operation: str | None = None,
     body_limit: int = MAX_BODY_BYTES,
+    authenticate: Authenticate | None = None,
 ) -> Response:
     runtime: Runtime = request.app.state.runtime
     started = time.perf_counter()
@@ -131,9 +134,11 @@ async def run_exchange(
         body = await read_body(request, body_limit)
         event.request_body = body
         check_depth(body)  # before anything parses it, on every route: a refusal, never a RecursionError
-        principal = await runtime.authenticator.authenticate(
-            request, body, offload=runtime.exchanges_in_progress > runtime.settings.signature_offload_above
-        )
+        offload = runtime.exchanges_in_progress > runtime.settings.signature_offload_above
+        if authenticate is None:
+            principal = await runtime.authenticator.authenticate(request, body, offload=offload)
+        else:
+            principal = await authenticate(request, body, offload)
         authenticated = True
         event.request_kept = None
         event.caller_id = principal.caller.caller_id

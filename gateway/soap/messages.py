@@ -1,4 +1,4 @@
-"""SOAP messages of the façade: reading a request envelope into (operation, purpose, params), writing answers and Faults.
+"""SOAP messages of the façade: a request envelope read into (operation, purpose, params); answers and Faults.
 
 Requests are parsed without DTDs, entities or network; unknown elements are refused naming their path, as /v1
 refuses unknown JSON keys. Values are turned into JSON values by the operation's shape, then validated by the
@@ -22,7 +22,6 @@ from gateway.soap.shapes import Complex, Member, Simple
 SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
 CONTENT_TYPES = {"1.1": "text/xml; charset=utf-8", "1.2": "application/soap+xml; charset=utf-8"}
 
 _PARSER = etree.XMLParser(
@@ -72,26 +71,33 @@ def parse_envelope(body: bytes) -> Envelope:
     return Envelope(version, header, children[0])
 
 
+def refuse_username_token(envelope: Envelope) -> None:
+    """WS-Security UsernameToken is refused, signed or not: the gateway takes no shared passwords."""
+    if envelope.header is None:
+        return
+    for block in envelope.header:
+        if not isinstance(block.tag, str) or etree.QName(block).localname != "Security":
+            continue
+        names = {etree.QName(node).localname for node in block.iter() if isinstance(node.tag, str)}
+        if "UsernameToken" in names:
+            raise Problem(
+                401,
+                "ws_security_refused",
+                "WS-Security UsernameToken is refused",
+                "the gateway takes no shared passwords: sign the HTTP request (RFC 9421) or present a client"
+                " certificate registered with `msjx-gateway callers add-cert`",
+            )
+
+
 def check_headers(envelope: Envelope) -> None:
-    """WS-Security UsernameToken is refused (no shared passwords); a header the caller marks mustUnderstand is not
-    understood by the gateway, so the call is refused rather than run without it."""
+    """No UsernameToken; and a header the caller marks mustUnderstand is not understood by the gateway, so the call
+    is refused rather than run without it."""
+    refuse_username_token(envelope)
     if envelope.header is None:
         return
     env = SOAP12_ENV if envelope.version == "1.2" else SOAP11_ENV
     for block in envelope.header:
-        if not isinstance(block.tag, str):
-            continue
-        if block.tag == f"{{{WSSE_NS}}}Security" or etree.QName(block).localname == "Security":
-            if any(etree.QName(node).localname == "UsernameToken" for node in block.iter() if isinstance(node.tag, str)):
-                raise Problem(
-                    401,
-                    "ws_security_refused",
-                    "WS-Security UsernameToken is refused",
-                    "the gateway takes no shared passwords: sign the HTTP request (RFC 9421) or present a client"
-                    " certificate registered with `msjx-gateway callers add-cert`",
-                )
-        must = block.get(f"{{{env}}}mustUnderstand")
-        if must in ("1", "true"):
+        if isinstance(block.tag, str) and block.get(f"{{{env}}}mustUnderstand") in ("1", "true"):
             raise Problem(
                 400,
                 "soap_must_understand",
@@ -231,9 +237,7 @@ def _envelope(version: str) -> tuple[etree._Element, etree._Element, str]:
     return root, body, env
 
 
-def write_answer(
-    contract: ServiceContract, shape: SoapOperationShape, version: str, answer: dict[str, Any]
-) -> bytes:
+def write_answer(contract: ServiceContract, shape: SoapOperationShape, version: str, answer: dict[str, Any]) -> bytes:
     """The response envelope for /v1's answer document ({"data": ..., "meta": ...})."""
     root, body, _ = _envelope(version)
     ns = contract.namespace
@@ -322,4 +326,3 @@ def write_fault(version: str, problem: dict[str, Any]) -> bytes:
         for name in ("field", "message", "type"):
             etree.SubElement(item, f"{{{PROBLEM_NS}}}{name}").text = str(error.get(name, ""))
     return etree.tostring(root, xml_declaration=True, encoding="utf-8")
-

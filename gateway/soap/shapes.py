@@ -1,4 +1,4 @@
-"""An operation's JSON Schema as an XML shape: the one tree the WSDL's XSD, the request reader and the answer writer use.
+"""An operation's JSON Schema as an XML shape: the one tree behind the WSDL's XSD, the request reader and the writer.
 
 The schemas are the operations' own (pydantic's JSON Schema of their input and output models), so the façade's
 contract says exactly what /v1 accepts: types, enumerations, patterns, lengths, ranges, repetition and nulls.
@@ -132,8 +132,8 @@ class ShapeBuilder:
         return self._object(schema, defs, name, optional_members=optional_members)
 
     def _object(self, schema: dict[str, Any], defs: dict[str, Any], name: str, *, optional_members: bool) -> Complex:
-        signature = repr(sorted(schema.get("properties", {}).items())) + repr(schema.get("required")) + str(
-            optional_members
+        signature = (
+            repr(sorted(schema.get("properties", {}).items())) + repr(schema.get("required")) + str(optional_members)
         )
         for candidate in _names(name):
             known = self._signatures.get(candidate)

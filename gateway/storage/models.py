@@ -63,6 +63,24 @@ class CallerKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class CallerCert(Base):
+    """A client certificate that authenticates a caller over mutual TLS (the SOAP façade's legacy callers): one
+    certificate by its SHA-256 fingerprint (`fingerprint`), or every certificate an operator-trusted CA issued,
+    optionally only with one subject CN (`issuer`: the CA's fingerprint, its PEM, the subject)."""
+
+    __tablename__ = "caller_certs"
+
+    cert_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    caller_id: Mapped[str] = mapped_column(ForeignKey("callers.caller_id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    ca_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    subject_cn: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class CatalogItem(Base):
     """A 资源目录 entry: what a provider department holds, how it is shared and which operation delivers it."""
 
