@@ -25,10 +25,10 @@ from gateway.soap.shapes import XSD_NS
 from schemas.api import GrantIn
 from simulators import credit, golden_tax
 from simulators.enterprises import DEMO_USCC
-from tests.conftest import PURPOSE, RunningGateway, gateway_on
-from tests.test_invoke import last_record
+from tests.helpers.calls import last_record
+from tests.helpers.gateways import PURPOSE, RunningGateway, make_gateway
+from tests.helpers.upstreams import grant_all, started_simulator
 from tests.test_metrics import scrape, value
-from tests.upstream_support import grant_all, started_simulator
 
 NARROW = "QZ-2025-007"  # the fixture's narrow credit grant: field `listed` only
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningG
     async for credit_sim in started_simulator(credit):
         async for tax_sim in started_simulator(golden_tax):
             urls = {"credit": credit_sim.url, "golden-tax": tax_sim.url}
-            async with gateway_on(
+            async with make_gateway(
                 "postgres_redis", data_dir=tmp_path_factory.mktemp("soap"), upstream_urls=urls, upstream_timeout=2.0
             ) as running:
                 await grant_all(running, "golden-tax")

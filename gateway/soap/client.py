@@ -1,7 +1,7 @@
 """For Python SOAP clients (zeep): a `requests` auth that signs each request as /v1 wants (RFC 9421).
 
-    session = requests.Session(); session.auth = RequestsSignatureAuth(key_id, private_key)
-    client = zeep.Client("https://gw.example/soap/credit?wsdl", transport=zeep.Transport(session=session))
+session = requests.Session(); session.auth = RequestsSignatureAuth(key_id, private_key)
+client = zeep.Client("https://gw.example/soap/credit?wsdl", transport=zeep.Transport(session=session))
 """
 
 from __future__ import annotations
