@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs from Debian when it is missing: wrk (the load generator) and nginx (the C floor).
-# With arguments, only those (scripts/run-tests.sh: `nginx`, for tests/test_deploy_nginx.py).
+# With arguments, only those (scripts/run-tests.sh: `nginx` for tests/test_deploy_nginx.py, `php` for PHP's SoapClient
+# in tests/test_soap_php.py: php-cli and php-soap).
 # nginx is Debian's core package: on bookworm nginx-light is only nginx plus an echo module that proxy_pass does
 # not need, and trixie has no nginx-light. The package must not start a server on port 80, so the install runs
 # under a policy-rc.d that forbids starting services (kept if one is already there).
@@ -10,6 +11,11 @@ wanted=("$@")
 [[ ${#wanted[@]} -eq 0 ]] && wanted=(wrk nginx)
 missing=()
 for package in "${wanted[@]}"; do
+  if [[ $package == php ]]; then
+    # PHP's SoapClient, for tests/test_soap_php.py: the CLI and its soap extension.
+    php -m 2>/dev/null | grep -qix soap || missing+=(php-cli php-soap)
+    continue
+  fi
   command -v "$package" >/dev/null 2>&1 || [[ -x /usr/sbin/$package ]] || missing+=("$package")
 done
 [[ ${#missing[@]} -eq 0 ]] && exit 0

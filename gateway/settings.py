@@ -144,6 +144,26 @@ class Settings(BaseSettings):
 
         return TrustedProxies.from_setting(self.trusted_proxies)
 
+    client_cert_header: str = Field(
+        default="",
+        description="the header in which a proxy of MSJX_TRUSTED_PROXIES passes the client certificate it verified"
+        " (mutual TLS at the proxy): URL-escaped PEM (nginx `$ssl_client_escaped_cert`) or its SHA-256 in hex, with"
+        " `X-Client-Verify: SUCCESS`. The proxy must set both on every request (a client could send them too);"
+        " empty (default): certificates are taken only from the gateway's own TLS listener",
+        pattern=r"^([A-Za-z0-9-]+)?$",
+    )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the gateway's own TLS listener; unset: plain HTTP (behind a proxy)",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of MSJX_TLS_CERT (never in git)")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CAs whose client certificates the TLS listener verifies (mutual TLS for the"
+        " SOAP façade's callers, registered with `callers add-cert`); a self-signed client certificate is its own"
+        " CA. Unset: no client certificates are asked for",
+    )
+
     max_url_bytes: int = Field(
         default=8192, ge=256, le=1 << 20, description="longest request target (path and query) served; longer: 414"
     )

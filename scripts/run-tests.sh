@@ -19,6 +19,8 @@ fi
 # tests/test_deploy_nginx.py runs docs/deploy.md's configuration in Debian's nginx: install it when missing (it
 # skips without it, or fails under CI=true / REQUIRE_SERVICES=1).
 bash bench/install-deps.sh nginx || echo "nginx is missing and could not be installed" >&2
+# tests/test_soap_php.py calls the SOAP façade with PHP's SoapClient: php-cli and php-soap, installed when missing.
+bash bench/install-deps.sh php || echo "php-cli/php-soap are missing and could not be installed" >&2
 
 set +e
 "$BIN/pytest" "$@"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,47 +16,23 @@ import zeep
 from lxml import etree
 from zeep.exceptions import Fault
 
-from gateway.access import callers as registry
 from gateway.soap.client import RequestsSignatureAuth
 from gateway.soap.contract import PROBLEM_NS, SOAP11_BINDING_NS, SOAP12_BINDING_NS, WSDL_NS
 from gateway.soap.messages import SOAP11_ENV, SOAP12_ENV
 from gateway.soap.shapes import XSD_NS
-from schemas.api import GrantIn
-from simulators import credit, golden_tax
 from simulators.enterprises import DEMO_USCC
 from tests.helpers.calls import last_record
-from tests.helpers.gateways import PURPOSE, RunningGateway, make_gateway
-from tests.helpers.upstreams import grant_all, started_simulator
+from tests.helpers.gateways import PURPOSE, RunningGateway
+from tests.helpers.soap import NARROW, envelope, soap_gateway
 from tests.test_metrics import scrape, value
 
-NARROW = "QZ-2025-007"  # the fixture's narrow credit grant: field `listed` only
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
-    async for credit_sim in started_simulator(credit):
-        async for tax_sim in started_simulator(golden_tax):
-            urls = {"credit": credit_sim.url, "golden-tax": tax_sim.url}
-            async with make_gateway(
-                "postgres_redis", data_dir=tmp_path_factory.mktemp("soap"), upstream_urls=urls, upstream_timeout=2.0
-            ) as running:
-                await grant_all(running, "golden-tax")
-                async with running.runtime.sessions() as session:
-                    await registry.add_grant(
-                        session,
-                        GrantIn(
-                            caller_id="platform",
-                            service="golden-tax",
-                            operation="tax-registration",
-                            purpose=NARROW,
-                            fields=["uscc", "status"],
-                            valid_to=datetime.now(UTC) + timedelta(days=1),
-                        ),
-                        running.runtime.adapters,
-                    )
-                running.runtime.directory.invalidate()
-                yield running
+    async with soap_gateway(tmp_path_factory.mktemp("soap")) as running:
+        yield running
 
 
 def zeep_client(gw: RunningGateway, service: str) -> zeep.Client:
@@ -120,14 +95,6 @@ async def test_audit_record_of_a_facade_call(gw: RunningGateway) -> None:
     assert record["decision"] == "allowed"
     assert record["caller_id"] == "platform" and record["purpose"] == NARROW
     assert record["operation"] == "dishonest-debtor" and record["request_id"] == answer.meta.request_id
-
-
-def envelope(version: str, service: str, operation: str, inner: str, header: str = "") -> bytes:
-    env = SOAP12_ENV if version == "1.2" else SOAP11_ENV
-    return (
-        f'<s:Envelope xmlns:s="{env}" xmlns:t="urn:msjx-gateway:soap:{service}"><s:Header>{header}</s:Header>'
-        f"<s:Body><t:{operation}>{inner}</t:{operation}></s:Body></s:Envelope>"
-    ).encode()
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.2"])

@@ -3,8 +3,9 @@
 A certificate is registered (`msjx-gateway callers add-cert`) by its SHA-256 fingerprint, or by its issuing CA
 (every certificate that CA issued, optionally only with one subject CN). The chain is verified before the gateway
 sees the certificate: by the gateway's own TLS listener (MSJX_TLS_CLIENT_CA), or by a reverse proxy listed in
-MSJX_TRUSTED_PROXIES that passes it in `X-Client-Cert` (nginx: `$ssl_client_escaped_cert`, with `X-Client-Verify:
-SUCCESS`) or only its fingerprint in `X-Client-Cert-Sha256`. From any other peer those headers are ignored.
+MSJX_TRUSTED_PROXIES that passes it in the header MSJX_CLIENT_CERT_HEADER names (nginx: `$ssl_client_escaped_cert`;
+or only its SHA-256 in hex) with `X-Client-Verify: SUCCESS`. From any other peer, or with no header named, those
+headers are ignored.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from gateway.http.forwarded import PEER_KEY
 from gateway.http.problems import Problem
 from gateway.storage.models import Caller, CallerCert
 
-CERT_HEADER = b"x-client-cert"
 VERIFY_HEADER = b"x-client-verify"
-FINGERPRINT_HEADER = b"x-client-cert-sha256"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -85,25 +84,28 @@ def client_certificate(request: Request) -> ClientCertificate | None:
     if chain:
         certificate = _read(chain[0], "the TLS client certificate")
         return ClientCertificate(fingerprint_of(certificate), certificate, "tls")
+    header = request.app.state.runtime.settings.client_cert_header.lower().encode("latin-1")
     trusted = getattr(request.app, "trusted_proxies", None)
     peer = scope.get(PEER_KEY) or (scope["client"][0] if scope.get("client") else None)
-    if not trusted or not trusted.trusts(peer):
+    if not header or not trusted or not trusted.trusts(peer):
         return None
-    headers = {name: value.decode("latin-1") for name, value in scope["headers"] if name in _PROXY_HEADERS}
-    if CERT_HEADER in headers:
-        if headers.get(VERIFY_HEADER, "").strip().upper() != "SUCCESS":
-            raise _refuse("certificate_unverified", "the proxy did not report the client certificate as verified")
-        certificate = _read(unquote(headers[CERT_HEADER]), "the proxy's X-Client-Cert")
+    passed = verified = None
+    for name, value in scope["headers"]:
+        if name == header:
+            passed = value.decode("latin-1").strip()
+        elif name == VERIFY_HEADER:
+            verified = value.decode("latin-1").strip()
+    if not passed:
+        return None
+    if (verified or "").upper() != "SUCCESS":
+        raise _refuse("certificate_unverified", "the proxy did not report the client certificate as verified")
+    if "BEGIN" in passed:
+        certificate = _read(unquote(passed), f"the proxy's {header.decode()}")
         return ClientCertificate(fingerprint_of(certificate), certificate, "proxy")
-    if FINGERPRINT_HEADER in headers:
-        try:
-            return ClientCertificate(normalize_fingerprint(headers[FINGERPRINT_HEADER]), None, "proxy")
-        except CertificateError as exc:
-            raise _refuse("certificate_invalid", f"the proxy's X-Client-Cert-Sha256: {exc}") from None
-    return None
-
-
-_PROXY_HEADERS = (CERT_HEADER, VERIFY_HEADER, FINGERPRINT_HEADER)
+    try:
+        return ClientCertificate(normalize_fingerprint(passed), None, "proxy")
+    except CertificateError as exc:
+        raise _refuse("certificate_invalid", f"the proxy's {header.decode()}: {exc}") from None
 
 
 def _read(pem: str, what: str) -> x509.Certificate:

@@ -43,6 +43,7 @@ def serve(
     from gateway.app import create_app
     from gateway.server import heap
     from gateway.server.protocol import guarded_protocol
+    from gateway.server.tls import tls_options
     from gateway.server.workers import WorkersRefused, check_workers
     from gateway.storage import db
     from gateway.storage.reachability import check_redis
@@ -50,7 +51,8 @@ def serve(
     settings = cli_settings(data_dir)
     try:
         check_workers(settings, workers)
-    except WorkersRefused as exc:
+        tls = tls_options(settings)  # the gateway's own TLS listener, client certificates for mutual TLS
+    except (WorkersRefused, ValueError) as exc:
         raise fail(str(exc)) from None
     configure_logging(settings.log_level)
     lock = _lock_data_dir(settings, host, port)
@@ -87,7 +89,7 @@ def serve(
                 typer.echo("\n".join(announcement))
 
         if workers > 1:
-            _supervise(settings, workers, host, port, lambda: on_ready() if announcement else None)
+            _supervise(settings, workers, host, port, lambda: on_ready() if announcement else None, tls)
             return
         uvicorn.run(
             create_app(settings, on_ready=on_ready),
@@ -95,7 +97,7 @@ def serve(
             port=port,
             log_level=settings.log_level,
             # The same server, with bounds on request heads, slow clients and connections (gateway/server/protocol.py).
-            **{**SERVER_OPTIONS, "http": guarded_protocol(settings)},
+            **{**SERVER_OPTIONS, **tls, "http": guarded_protocol(settings)},
         )
     finally:
         if simulators is not None:
@@ -104,7 +106,9 @@ def serve(
         lock.release()
 
 
-def _supervise(settings: Settings, workers: int, host: str, port: int, announce: Callable[[], None]) -> None:
+def _supervise(
+    settings: Settings, workers: int, host: str, port: int, announce: Callable[[], None], tls: dict[str, Any]
+) -> None:
     """`serve --workers N`: make the keys the workers share (or each own) here, so N first starts do not race to
     create them, then run the workers on one socket until a signal (gateway/server/workers.py)."""
     from gateway.audit.keys import open_keyring
@@ -128,7 +132,7 @@ def _supervise(settings: Settings, workers: int, host: str, port: int, announce:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1) from None
     # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
     try:
-        Supervisor(settings, workers, sock, SERVER_OPTIONS, announce).run()
+        Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
     finally:
         sock.close()
 

@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from gateway import metrics
 from gateway.http.forwarded import TrustedProxies
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem
+from gateway.server.tls import tls_extension
 from gateway.settings import Settings
 
 log = logging.getLogger("msjx.http")
@@ -112,11 +113,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lingered = 0
         # A refusal of a pipelined request, written once the requests before it are answered.
         self._refusal_after: Problem | None = None
+        self._tls: dict[str, Any] | None = None
 
     # --- connections ----------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._tls = tls_extension(transport)
         if self.client is not None and not self.limits.trusted_proxies.trusts(self.client[0]):
             host = self.client[0]
             self._client_host = host
@@ -183,6 +186,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._tls is not None:  # the verified client certificate, for mutual TLS (gateway/access/certificates.py)
+            self.scope.setdefault("extensions", {})["tls"] = self._tls  # type: ignore[typeddict-item]
         # The first request's clock runs from the connection; a later one's from its first byte (until then, the
         # keep-alive timeout closes an idle connection).
         if self._head_timer is None:
