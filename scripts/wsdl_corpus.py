@@ -1,0 +1,103 @@
+"""The WSDL corpus (tests/contracts/wsdl-corpus/): register each real-world WSDL as `upstreams add` would, and write
+the corpus README: which register (with their operations) and which are refused (with the construct named).
+
+    .venv/bin/python scripts/wsdl_corpus.py          # print the table
+    .venv/bin/python scripts/wsdl_corpus.py --write  # rewrite tests/contracts/wsdl-corpus/README.md
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.contracts import ContractError, default_fetcher, gather
+from adapters.soap import SoapEngine
+
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "contracts" / "wsdl-corpus"
+README = CORPUS / "README.md"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    origin: dict[str, str]
+    operations: tuple[str, ...]  # empty when refused
+    refusal: str | None  # "code: message" when refused
+
+    @property
+    def registered(self) -> bool:
+        return self.refusal is None
+
+
+def origin(path: Path) -> dict[str, str]:
+    fields = {}
+    for line in path.with_suffix(".origin").read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition(": ")
+        fields[key] = value
+    return fields
+
+
+def register(path: Path) -> Outcome:
+    """As registration does: gather the bundle (local files only: no fetch by URL), build the SOAP engine."""
+    try:
+        bundle = gather("wsdl", path.resolve().as_uri(), default_fetcher(allow_files=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zeep warns about WSDL slips it tolerates; the outcome is what counts
+            engine = SoapEngine(path.stem, bundle)
+    except ContractError as exc:
+        return Outcome(path.stem, origin(path), (), f"{exc.code}: {exc}")
+    return Outcome(path.stem, origin(path), tuple(sorted(engine.operations)), None)
+
+
+def outcomes() -> list[Outcome]:
+    return [register(path) for path in sorted(CORPUS.glob("*.wsdl"))]
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(text.replace("|", "\\|").split())
+    text = text.replace(str(CORPUS.resolve()) + "/", "").replace("file://", "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def readme(results: list[Outcome]) -> str:
+    registered = sum(result.registered for result in results)
+    lines = [
+        "# WSDL corpus: real services' contracts",
+        "",
+        "Public WSDLs of real services (tax, customs, banking, credit, weather, postal/logistics, public transport and",
+        "commercial APIs), each beside a `.origin` file naming its repository, commit, path and licence. `make test`",
+        "(tests/test_wsdl_corpus.py) registers every one as `msjx-gateway upstreams add` would, with no fetch by URL,",
+        "and checks this table; `.venv/bin/python scripts/wsdl_corpus.py --write` rewrites it.",
+        "",
+        f"**{registered} of {len(results)} register.** The rest are refused at registration, the construct named.",
+        "",
+        "| WSDL | service | sector | licence | outcome |",
+        "|---|---|---|---|---|",
+    ]
+    for result in results:
+        if result.registered:
+            shown = ", ".join(result.operations[:6]) + (" …" if len(result.operations) > 6 else "")
+            outcome = f"registers: {len(result.operations)} operations ({shown})"
+        else:
+            outcome = f"refused: {result.refusal}"
+        licence = result.origin.get("licence", "?").split(" (")[0].split(",")[0]
+        lines.append(
+            f"| `{result.name}.wsdl` | {_cell(result.origin.get('service', ''))} | {result.origin.get('sector', '')}"
+            f" | {_cell(licence, 60)} | {_cell(outcome)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    text = readme(outcomes())
+    if "--write" in sys.argv:
+        README.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
