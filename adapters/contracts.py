@@ -280,6 +280,7 @@ def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> C
     start = root or source
     documents: dict[str, bytes] = {}
     pending = [start]
+    referrers: dict[str, str] = {}
     total = 0
     while pending:
         location = pending.pop(0)
@@ -287,7 +288,15 @@ def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> C
             continue
         if len(documents) >= MAX_DOCUMENTS:
             raise ContractError("contract_invalid", f"{start}: more than {MAX_DOCUMENTS} documents")
-        content = fetch(location)
+        try:
+            content = fetch(location)
+        except ContractError as exc:
+            if location not in referrers:
+                raise
+            # Name the construct: which document imports or includes the one that could not be read.
+            raise ContractError(
+                exc.code, f"{exc} (an import or include of {location} in {referrers[location]})"
+            ) from None
         total += len(content)
         if total > MAX_BUNDLE_BYTES:
             raise ContractError("contract_invalid", f"{start}: the documents exceed {MAX_BUNDLE_BYTES} bytes together")
@@ -296,7 +305,10 @@ def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> C
             references = _xml_references(location, parse_xml_document(location, content))
         else:
             references = _json_references(location, parse_openapi_document(location, content))
-        pending.extend(ref for ref in references if ref not in documents)
+        for ref in references:
+            if ref not in documents:
+                referrers.setdefault(ref, location)
+                pending.append(ref)
     return ContractBundle(kind, start, documents, source)
 
 
