@@ -18,7 +18,8 @@ from gateway.http.forwarded import TrustedProxies
 from simulators.enterprises import DEMO_USCC
 from tests.helpers.calls import last_record
 from tests.helpers.gateways import RunningGateway
-from tests.helpers.nginx import self_signed
+from tests.helpers.nginx import nginx_block, run_site, self_signed, substitute
+from tests.helpers.services import free_port
 from tests.helpers.soap import (
     LEGACY,
     LEGACY_PURPOSE,
@@ -143,3 +144,41 @@ async def test_add_cert_refuses_what_it_cannot_use(gw: RunningGateway, pki: Pki)
         with pytest.raises(Problem) as taken:
             await add_cert(session, LEGACY, ca=ca, subject_cn=LEGACY)
     assert taken.value.code == "certificate_exists"
+
+
+async def test_nginx_verifies_the_certificate_and_passes_it(
+    gw: RunningGateway, pki: Pki, nginx_binary: str, tmp_path: Path
+) -> None:
+    """docs/adapters.md's nginx block, in Debian's nginx: it verifies the client certificate and passes it; a
+    client's own X-Client-Cert header never gets through."""
+    cert, key = pki.issue("127.0.0.1", server=True)
+    port = free_port()
+    site = substitute(
+        nginx_block("adapters.md"),
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+            "/etc/ssl/msjx/gw.example.crt": str(cert),
+            "/etc/ssl/msjx/gw.example.key": str(key),
+            "/etc/ssl/msjx/client-cas.pem": str(pki.ca_path),
+            "proxy_pass http://127.0.0.1:8000;": f"proxy_pass {gw.url};",
+        },
+    )
+    proxy = run_site(tmp_path, nginx_binary, site, port)
+    url = f"https://127.0.0.1:{port}"
+    body = call_body("credit", "dishonest-debtor", LEGACY_PURPOSE, DEMO_USCC)
+    forged = {"X-Client-Cert": quote(pki.issue(LEGACY)[0].read_text()), "X-Client-Verify": "SUCCESS"}
+    try:
+        async with client(pki, url, pki.issue(LEGACY)) as legacy:
+            allowed = await legacy.post("/soap/credit", content=body)
+            record = await last_record(gw)
+        async with client(pki, url, None) as anonymous:
+            spoofed = await anonymous.post("/soap/credit", content=body, headers=forged)
+        async with client(pki, url, self_signed(tmp_path)) as stranger:
+            unverified = await stranger.post("/soap/credit", content=body)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    assert allowed.status_code == 200, allowed.text
+    assert record["caller_id"] == LEGACY and record["event"] == "soap.invoke"
+    assert fault_code(spoofed.content) == "signature_missing"  # nginx replaced the forged headers with nothing
+    assert unverified.status_code == 400  # nginx refuses a certificate it cannot verify

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def nginx_block() -> str:
-    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+def nginx_block(document: str = "deploy.md") -> str:
+    text = (ROOT / "docs" / document).read_text(encoding="utf-8")
     blocks = re.findall(r"```nginx\n(.*?)```", text, flags=re.DOTALL)
-    assert len(blocks) == 1, "docs/deploy.md has exactly one nginx block: the one this test runs"
+    assert len(blocks) == 1, f"docs/{document} has exactly one nginx block: the one its test runs"
     return blocks[0]
 
 
@@ -91,6 +91,12 @@ def start_nginx(root: Path, nginx: str, servers: str) -> tuple[subprocess.Popen[
             "/etc/ssl/msjx/gw.example.key": str(key),
         },
     )
+    proxy = run_site(root, nginx, site, port)
+    return proxy, port, str(cert)
+
+
+def run_site(root: Path, nginx: str, site: str, port: int) -> subprocess.Popen[bytes]:
+    """Debian's nginx serving `site` (a server block), run under `root`, once it listens on `port`."""
     (root / "msjx-gateway.conf").write_text(site)
     temp = root / "nginx-temp"
     temp.mkdir()
@@ -109,7 +115,7 @@ def start_nginx(root: Path, nginx: str, servers: str) -> tuple[subprocess.Popen[
     assert checked.returncode == 0, checked.stderr
     proxy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(root / "nginx.out").open("wb"))
     wait_for_port(port, proxy, "nginx")
-    return proxy, port, str(cert)
+    return proxy
 
 
 @pytest.fixture(scope="module")
