@@ -1,6 +1,6 @@
 """The façade's routes: `GET /soap/{service}?wsdl` serves the generated contract; `POST /soap/{service}` runs one call.
 
-A call is one audited exchange like /v1's (gateway/http/exchange.py) and runs the same operation path
+A call is one audited exchange like /v1's (gateway/pipeline/exchange.py) and runs the same operation path
 (gateway/api/services.py `invoke_operation`): authentication, grant, quota, the upstream, minimization, the audit
 record committed before the answer. Only the envelope differs. The event is `soap.invoke`, so the audit record and
 /metrics (`interface="soap"`) say the call came through the façade. A refusal is the problem /v1 would answer,
@@ -21,8 +21,8 @@ from adapters.base import Adapter, Operation
 from gateway.access.authenticate import Principal, target_uri
 from gateway.access.certificates import authenticate_certificate, client_certificate
 from gateway.api.services import invoke_operation
-from gateway.http.exchange import Exchange, run_exchange
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.soap.contract import ServiceContract, build_contract, wsdl_document
 from gateway.soap.messages import (
     CONTENT_TYPES,
