@@ -194,7 +194,8 @@ class SoapEngine:
     def _operations(self, roots: Mapping[str, etree._Element], endpoint: str | None) -> dict[str, SoapOperation]:
         walker = new_walker(EnumIndex.from_documents(roots.values()))
         self._docs = _documentation(roots)
-        factory = ModelFactory(self.service)
+        factory = ModelFactory(self.service, enforce_facets=True)  # input models: facets refuse a call with 422
+        self._outputs = ModelFactory(self.service)  # what the upstream answers is read as its contract types it
         operations: dict[str, SoapOperation] = {}
         for service in self.document.services.values():
             for port in service.ports.values():
@@ -248,7 +249,7 @@ class SoapEngine:
             input=input_shape,
             output=output_shape,
             input_model=factory.model(input_shape.struct, f"{prefix}.input", f"Input of {name}"),
-            output_model=factory.model(output_shape.struct, f"{prefix}.output", f"Output of {name}"),
+            output_model=self._outputs.model(output_shape.struct, f"{prefix}.output", f"Output of {name}"),
         )
 
     # --- calling --------------------------------------------------------------------------------------------------

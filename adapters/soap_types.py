@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from lxml import etree
-from pydantic import ConfigDict, Field, StrictBool, create_model
+from pydantic import AfterValidator, ConfigDict, Field, StrictBool, create_model
 from zeep import xsd
 from zeep.xsd.elements import Any as XsdAny
 from zeep.xsd.elements import Choice, Group, Sequence
 from zeep.xsd.elements.indicators import All
 from zeep.xsd.types import builtins as b
 from zeep.xsd.types.any import AnyType
+from zeep.xsd.types.builtins import _unparse_timezone
 from zeep.xsd.types.collection import ListType, UnionType
 
 from .jsontypes import Base64, DecimalText, DerivedModel, choice_schema
@@ -65,11 +67,14 @@ class EnumIndex:
 
     named: dict[str, tuple[str, ...]] = field(default_factory=dict)
     local: dict[tuple[str | None, str, str], tuple[str, ...]] = field(default_factory=dict)
+    # Every other facet (pattern, length, ranges, digits), through the restriction chain; see Facets.
+    named_facets: dict[str, Facets] = field(default_factory=dict)
+    local_facets: dict[tuple[str | None, str, str], Facets] = field(default_factory=dict)
 
     @classmethod
     def from_documents(cls, roots: Iterable[etree._Element]) -> EnumIndex:
-        raw_named: dict[str, tuple[tuple[str, ...], str | None]] = {}
-        raw_local: dict[tuple[str | None, str, str], tuple[tuple[str, ...], str | None]] = {}
+        raw_named: dict[str, _Raw] = {}
+        raw_local: dict[tuple[str | None, str, str], _Raw] = {}
         for root in roots:
             schemas = [root] if root.tag == _X + "schema" else list(root.iter(_X + "schema"))
             for schema in schemas:
@@ -92,10 +97,17 @@ class EnumIndex:
             values = _resolve(qname, raw_named, set())
             if values:
                 index.named[qname] = values
-        for key, (values, base) in raw_local.items():
+            facets = _resolve_facets(qname, raw_named, set())
+            if facets:
+                index.named_facets[qname] = facets
+        for key, raw in raw_local.items():
+            values, base = raw.values, raw.base
             resolved = values or (_resolve(base, raw_named, set()) if base else ())
             if resolved:
                 index.local[key] = resolved
+            facets = (_resolve_facets(base, raw_named, set()) if base else ()) + raw.facets
+            if facets:
+                index.local_facets[key] = facets
         return index
 
     def lookup(self, owner: str | None, kind: str, name: str, type_qname: str | None) -> tuple[str, ...] | None:
@@ -104,24 +116,70 @@ class EnumIndex:
             found = self.named.get(type_qname)
         return found
 
+    def lookup_facets(self, owner: str | None, kind: str, name: str, type_qname: str | None) -> Facets:
+        found = self.local_facets.get((owner, kind, name))
+        if found is None and type_qname is not None:
+            found = self.named_facets.get(type_qname)
+        return found or ()
 
-def _facets(simple: etree._Element, tns: str | None) -> tuple[tuple[str, ...], str | None] | None:
+
+# (facet, value) pairs, base type's first; every pattern of each derivation step must match (XSD 1.0 §4.3.4).
+Facets = tuple[tuple[str, str], ...]
+_CHECKED_FACETS = (
+    "pattern",
+    "length",
+    "minLength",
+    "maxLength",
+    "minInclusive",
+    "maxInclusive",
+    "minExclusive",
+    "maxExclusive",
+    "totalDigits",
+    "fractionDigits",
+)
+
+
+@dataclass(frozen=True)
+class _Raw:
+    values: tuple[str, ...]
+    base: str | None
+    facets: Facets
+
+
+def _facets(simple: etree._Element, tns: str | None) -> _Raw | None:
     restriction = simple.find(_X + "restriction")
     if restriction is None:
         return None
     values = tuple(node.get("value", "") for node in restriction.findall(_X + "enumeration"))
     base = restriction.get("base")
-    return values, (_qname(base, restriction, tns) if base else None)
+    patterns = [node.get("value", "") for node in restriction.findall(_X + "pattern")]
+    facets: list[tuple[str, str]] = []
+    if patterns:  # the patterns of one step are alternatives
+        facets.append(("pattern", "|".join(f"(?:{pattern})" for pattern in patterns)))
+    for name in _CHECKED_FACETS[1:]:
+        node = restriction.find(_X + name)
+        if node is not None and node.get("value") is not None:
+            facets.append((name, node.get("value", "")))
+    return _Raw(values, _qname(base, restriction, tns) if base else None, tuple(facets))
 
 
-def _resolve(qname: str, raw: Mapping[str, tuple[tuple[str, ...], str | None]], seen: set[str]) -> tuple[str, ...]:
+def _resolve(qname: str, raw: Mapping[str, _Raw], seen: set[str]) -> tuple[str, ...]:
     if qname in seen or qname not in raw:
         return ()
     seen.add(qname)
-    values, base = raw[qname]
-    if values:
-        return values
-    return _resolve(base, raw, seen) if base else ()
+    entry = raw[qname]
+    if entry.values:
+        return entry.values
+    return _resolve(entry.base, raw, seen) if entry.base else ()
+
+
+def _resolve_facets(qname: str, raw: Mapping[str, _Raw], seen: set[str]) -> Facets:
+    if qname in seen or qname not in raw:
+        return ()
+    seen.add(qname)
+    entry = raw[qname]
+    inherited = _resolve_facets(entry.base, raw, seen) if entry.base else ()
+    return inherited + entry.facets
 
 
 def _owner(node: etree._Element, tns: str | None) -> str | None:
@@ -142,7 +200,9 @@ def _owner(node: etree._Element, tns: str | None) -> str | None:
 
 # --- shapes ------------------------------------------------------------------------------------------------------
 
-ScalarKind = Literal["string", "decimal", "integer", "boolean", "float", "date", "datetime", "time", "base64", "year"]
+ScalarKind = Literal[
+    "string", "decimal", "integer", "boolean", "float", "date", "datetime", "time", "base64", "year", "lexical"
+]
 
 
 @dataclass(frozen=True)
@@ -153,6 +213,9 @@ class Scalar:
     ge: int | None = None
     le: int | None = None
     item_list: bool = False  # xsd:list of this scalar: a JSON array, space-separated in XML
+    facets: Facets = ()
+    # kind "lexical": the zeep type whose lexical form the JSON string is (duration, gMonth…, QName, a union)
+    codec: Any = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -212,7 +275,8 @@ _SIMPLE: tuple[tuple[type, ScalarKind], ...] = (
     (b.AnyURI, "string"),
     (b.HexBinary, "string"),
 )
-_REFUSED_SIMPLE = {
+# Carried as their XSD lexical form in a JSON string, checked by zeep's own parser on input.
+_LEXICAL = {
     b.Duration: "xsd:duration",
     b.gYearMonth: "xsd:gYearMonth",
     b.gMonthDay: "xsd:gMonthDay",
@@ -235,40 +299,54 @@ class _Walker:
         self.enums = enums
         self._structs: dict[int, Struct] = {}
         self._stack: list[int] = []
+        self._building: dict[int, Struct] = {}
         self._names: dict[str, int] = {}
 
     def scalar(self, xsd_type: Any, where: str, owner: str | None, kind: str, name: str) -> Scalar:
         if isinstance(xsd_type, UnionType):
-            raise UnsupportedConstruct(f"xsd:union at {where}")
+            # A union's value is the lexical form of one of its members: zeep tries each when it parses.
+            return Scalar("lexical", "xsd:union", codec=xsd_type)
         if isinstance(xsd_type, ListType):
             item = self.scalar(xsd_type.item_type, where, owner, kind, name)
-            return Scalar(item.kind, item.xsd_name, item.enum, item.ge, item.le, item_list=True)
-        for refused, label in _REFUSED_SIMPLE.items():
-            if isinstance(xsd_type, refused):
-                raise UnsupportedConstruct(f"{label} at {where}")
-        enum = self.enums.lookup(owner, kind, name, _type_qname(xsd_type))
+            return Scalar(
+                item.kind,
+                item.xsd_name,
+                item.enum,
+                item.ge,
+                item.le,
+                item_list=True,
+                facets=item.facets,
+                codec=item.codec,
+            )
+        type_qname = _type_qname(xsd_type)
+        facets = self.enums.lookup_facets(owner, kind, name, type_qname)
+        for lexical, label in _LEXICAL.items():
+            if isinstance(xsd_type, lexical):
+                return Scalar("lexical", label, facets=facets, codec=xsd_type)
+        enum = self.enums.lookup(owner, kind, name, type_qname)
         for cls, low, high in _INT_BOUNDS:
             if isinstance(xsd_type, cls):
                 values = tuple(int(value) for value in enum) if enum else None
-                return Scalar("integer", _xsd_label(cls), values, low, high)
+                return Scalar("integer", _xsd_label(cls), values, low, high, facets=facets)
         for cls, scalar_kind in _SIMPLE:
             if isinstance(xsd_type, cls):
                 if enum and scalar_kind != "string":
                     raise UnsupportedConstruct(f"an enumeration of {_xsd_label(cls)} at {where}")
-                return Scalar(scalar_kind, _xsd_label(cls), enum or None)
+                return Scalar(scalar_kind, _xsd_label(cls), enum or None, facets=facets)
         if isinstance(xsd_type, b.AnySimpleType) or type(xsd_type).__name__ == "AnySimpleType":
-            return Scalar("string", "xsd:anySimpleType", enum or None)
+            return Scalar("string", "xsd:anySimpleType", enum or None, facets=facets)
         raise UnsupportedConstruct(f"type {_type_qname(xsd_type) or type(xsd_type).__name__} at {where}")
 
     def struct(self, xsd_type: xsd.ComplexType, where: str) -> Struct:
         key = id(xsd_type)
         if key in self._structs:
             return self._structs[key]
-        if key in self._stack:
-            raise UnsupportedConstruct(f"recursive type {_type_qname(xsd_type)} at {where}")
+        if key in self._building:  # a recursive type: the struct being built is its own member's shape
+            return self._building[key]
         self._stack.append(key)
         try:
             struct = Struct(self._unique_name(xsd_type))
+            self._building[key] = struct
             owner = _type_qname(xsd_type)
             counters = {"choice": itertools.count(1), "group": itertools.count(1)}
             for name, element in xsd_type.elements_nested:
@@ -289,6 +367,7 @@ class _Walker:
             return struct
         finally:
             self._stack.pop()
+            self._building.pop(key, None)
 
     def _unique_name(self, xsd_type: Any) -> str:
         qname = getattr(xsd_type, "qname", None)
@@ -445,30 +524,124 @@ _PYTHON: dict[str, Any] = {
 }
 
 
-def _scalar_type(scalar: Scalar) -> Any:
+def _scalar_type(scalar: Scalar, enforce_facets: bool = False) -> Any:
     if scalar.enum:
         base: Any = Literal[scalar.enum]  # type: ignore[valid-type]
     elif scalar.kind == "integer":
         base = int
+    elif scalar.kind == "lexical":
+        base = Annotated[str, AfterValidator(_lexical_check(scalar))]
     else:
         base = _PYTHON[scalar.kind]
+    if enforce_facets and scalar.facets:
+        base = Annotated[base, AfterValidator(_facet_check(scalar))]
     return list[base] if scalar.item_list else base  # type: ignore[valid-type]
 
 
-class ModelFactory:
-    """Builds (and caches) one pydantic model per struct; names are unique within a contract."""
+def _lexical_check(scalar: Scalar) -> Any:
+    def check(value: str) -> str:
+        try:
+            scalar.codec.pythonvalue(value)
+        except Exception:  # zeep's parsers raise what they raise; any failure means "not this type"
+            raise ValueError(f"not a valid {scalar.xsd_name} value") from None
+        return value
 
-    def __init__(self, prefix: str) -> None:
+    return check
+
+
+# XSD regex constructs Python's re has no equivalent for: such a pattern is left to the upstream to enforce.
+_UNTRANSLATABLE = re.compile(r"\\[icIC]|\\p\{Is|\\P\{Is|-\[")
+
+
+def _python_pattern(pattern: str) -> re.Pattern[str] | None:
+    if _UNTRANSLATABLE.search(pattern):
+        return None
+    try:
+        return re.compile(f"(?:{pattern})")  # XSD patterns match the whole value: used with fullmatch
+    except re.error:
+        return None
+
+
+def _facet_check(scalar: Scalar) -> Any:
+    """A validator enforcing the XSD facets pydantic has no field option for, with messages naming the facet."""
+    patterns = [(text, _python_pattern(text)) for name, text in scalar.facets if name == "pattern"]
+    bounds = [(name, value) for name, value in scalar.facets if name != "pattern"]
+
+    def check(value: Any) -> Any:
+        text = format(value, "f") if isinstance(value, Decimal) else str(value)
+        for source, compiled in patterns:
+            if compiled is not None and isinstance(value, str | int | Decimal) and not compiled.fullmatch(text):
+                raise ValueError(f"does not match the pattern {source}")
+        for name, limit in bounds:
+            _check_bound(name, limit, value)
+        return value
+
+    return check
+
+
+def _check_bound(name: str, limit: str, value: Any) -> None:
+    if name in ("length", "minLength", "maxLength"):
+        if not isinstance(value, str | bytes):
+            return
+        size, bound = len(value), int(limit)
+        if (name == "length" and size != bound) or (name == "minLength" and size < bound):
+            raise ValueError(f"must be {'exactly' if name == 'length' else 'at least'} {bound} characters long")
+        if name == "maxLength" and size > bound:
+            raise ValueError(f"must be at most {bound} characters long")
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return
+    number = Decimal(str(value))
+    if name in ("totalDigits", "fractionDigits"):
+        digits = number.normalize().as_tuple()
+        fraction = max(0, -int(digits.exponent))
+        total = max(len(digits.digits), fraction)
+        if name == "totalDigits" and total > int(limit):
+            raise ValueError(f"must have at most {limit} digits")
+        if name == "fractionDigits" and fraction > int(limit):
+            raise ValueError(f"must have at most {limit} digits after the point")
+        return
+    try:
+        bound_value = Decimal(limit)
+    except ArithmeticError:
+        return
+    failed = {
+        "minInclusive": number < bound_value,
+        "maxInclusive": number > bound_value,
+        "minExclusive": number <= bound_value,
+        "maxExclusive": number >= bound_value,
+    }.get(name, False)
+    if failed:
+        words = {"minInclusive": ">=", "maxInclusive": "<=", "minExclusive": ">", "maxExclusive": "<"}[name]
+        raise ValueError(f"must be {words} {limit} ({name})")
+
+
+class ModelFactory:
+    """Builds (and caches) one pydantic model per struct; names are unique within a contract. With
+    `enforce_facets` (input models), values are checked against the schema's facets: a 422 names the field."""
+
+    def __init__(self, prefix: str, *, enforce_facets: bool = False) -> None:
         self.prefix = prefix
+        self.enforce_facets = enforce_facets
         self._models: dict[int, type[DerivedModel]] = {}
+        self._building: set[int] = set()
+        self._forward: set[str] = set()
 
     def model(self, struct: Struct, name: str | None = None, description: str | None = None) -> type[DerivedModel]:
         key = id(struct)
         if key in self._models and name is None:
             return self._models[key]
-        definitions: dict[str, Any] = {}
-        for index, item in enumerate(struct.fields):
-            definitions[f"f{index}"] = self._field(item)
+        if key in self._building and name is None:
+            # A recursive type: a forward reference by name, resolved once the model exists (model_rebuild).
+            self._forward.add(struct.name)
+            return struct.name  # type: ignore[return-value]
+        self._building.add(key)
+        try:
+            definitions: dict[str, Any] = {}
+            for index, item in enumerate(struct.fields):
+                definitions[f"f{index}"] = self._field(item)
+        finally:
+            self._building.discard(key)
         choices = tuple(struct.choices)
         extra = choice_schema(choices)
         if struct.dropped:
@@ -487,13 +660,24 @@ class ModelFactory:
         model._choices = choices
         if name is None:
             self._models[key] = model
+        if self._forward:
+            self._resolve_forward(model)
         return model
+
+    def _resolve_forward(self, model: type[DerivedModel]) -> None:
+        namespace = {m.__name__: m for m in self._models.values()}
+        if not all(name in namespace for name in self._forward):
+            return  # an outer model still being built; resolved when it is done
+        for built in self._models.values():
+            built.model_rebuild(_types_namespace=namespace)
+        model.model_rebuild(_types_namespace=namespace)
+        self._forward.clear()
 
     def _field(self, item: StructField) -> tuple[Any, Any]:
         if isinstance(item.shape, Struct):
             inner: Any = self.model(item.shape)
         else:
-            inner = _scalar_type(item.shape)
+            inner = _scalar_type(item.shape, self.enforce_facets)
         options: dict[str, Any] = {"alias": item.json_name, "title": item.json_name}
         if item.attribute:
             options["description"] = "XML attribute"
@@ -546,7 +730,23 @@ def _one_to_zeep(shape: Scalar | Struct, value: Any) -> Any:
         return to_zeep(shape, value)
     if shape.kind == "year":
         return [(entry, None) for entry in value] if shape.item_list else (value, None)
+    if shape.kind == "lexical":
+        parse = shape.codec.pythonvalue
+        return [parse(entry) for entry in value] if shape.item_list else parse(value)
     return value
+
+
+def _lexical_text(shape: Scalar, raw: Any) -> str:
+    return str(shape.codec.xmlvalue(raw))
+
+
+def _gmonth_xmlvalue(self: Any, value: Any) -> str:
+    month, tzinfo = value
+    return f"--{month:02d}{_unparse_timezone(tzinfo)}"
+
+
+# zeep 4.3 writes May as "--5"; XSD's gMonth is "--MM" (an upstream refuses "--5"). Its reader is right.
+b.gMonth.xmlvalue = _gmonth_xmlvalue  # type: ignore[method-assign]
 
 
 def from_zeep(struct: Struct, value: Any) -> dict[str, Any]:
@@ -579,6 +779,8 @@ def _one_from_zeep(shape: Scalar | Struct, raw: Any) -> Any:
         return from_zeep(shape, raw)
     if shape.kind == "year":
         return [entry[0] for entry in raw] if shape.item_list else raw[0]
+    if shape.kind == "lexical":
+        return [_lexical_text(shape, entry) for entry in raw] if shape.item_list else _lexical_text(shape, raw)
     if shape.kind == "decimal" and isinstance(raw, Decimal):
         return raw
     return raw

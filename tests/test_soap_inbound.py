@@ -1,0 +1,169 @@
+"""Inbound WSDLs: the XSD built-in type families (the g* dates, duration, binary, the integer, decimal and string
+families, QName, anyURI, language), lists and unions, and facets enforced on input with the field named."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from lxml import etree
+from pydantic import ValidationError
+
+from adapters.contracts import bundle_from_files
+from adapters.http import RawResponse
+from adapters.soap import SoapEngine
+from gateway.http.problems import validation_problem
+
+NS = "urn:example:types"
+FIELDS = {
+    # name: (XSD type or inline simpleType, a valid value as the caller sends it in JSON)
+    "year": ("xs:gYear", 2024),
+    "yearMonth": ("xs:gYearMonth", "2024-05"),
+    "month": ("xs:gMonth", "--05"),
+    "monthDay": ("xs:gMonthDay", "--05-12"),
+    "day": ("xs:gDay", "---07"),
+    "period": ("xs:duration", "P1Y2M3DT4H"),
+    "photo": ("xs:base64Binary", "aGVsbG8="),
+    "digest": ("xs:hexBinary", "0A1B"),
+    "code": ("xs:token", "A B"),
+    "label": ("xs:normalizedString", "a label"),
+    "tag": ("xs:NMTOKEN", "x-1"),
+    "lang": ("xs:language", "zh-CN"),
+    "home": ("xs:anyURI", "https://gw.example/x"),
+    "kind": ("xs:QName", "tns:thing"),
+    "small": ("xs:unsignedByte", 200),
+    "big": ("xs:long", 9007199254740993),
+    "when": ("xs:dateTime", "2024-05-12T08:00:00+08:00"),
+    "ok": ("xs:boolean", True),
+    "ratio": ("xs:double", 0.5),
+    "region": ("tns:RegionCode", "350203"),
+    "amount": ("tns:Money", "1234.50"),
+    "count": ("tns:Count", 5),
+    "name": ("tns:ShortName", "abc"),
+    "levels": ("tns:Levels", [1, 2, 3]),
+    "either": ("tns:IntOrWord", "many"),
+}
+TYPES = """
+  <xs:simpleType name="RegionCode"><xs:restriction base="xs:string"><xs:pattern value="\\d{6}"/></xs:restriction>
+  </xs:simpleType>
+  <xs:simpleType name="Money"><xs:restriction base="xs:decimal"><xs:totalDigits value="8"/>
+    <xs:fractionDigits value="2"/><xs:minInclusive value="0"/></xs:restriction></xs:simpleType>
+  <xs:simpleType name="Count"><xs:restriction base="xs:int"><xs:minInclusive value="1"/>
+    <xs:maxExclusive value="10"/></xs:restriction></xs:simpleType>
+  <xs:simpleType name="ShortName"><xs:restriction base="xs:string"><xs:minLength value="2"/>
+    <xs:maxLength value="4"/></xs:restriction></xs:simpleType>
+  <xs:simpleType name="Levels"><xs:list itemType="xs:int"/></xs:simpleType>
+  <xs:simpleType name="IntOrWord"><xs:union memberTypes="xs:int xs:token"/></xs:simpleType>
+"""
+
+
+def wsdl() -> str:
+    elements = "".join(f'<xs:element name="{name}" type="{kind}"/>' for name, (kind, _) in FIELDS.items())
+    return f"""<?xml version="1.0"?>
+<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/"
+  xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:tns="{NS}" targetNamespace="{NS}">
+ <types><xs:schema targetNamespace="{NS}" elementFormDefault="qualified">{TYPES}
+  <xs:complexType name="Everything"><xs:sequence>{elements}</xs:sequence></xs:complexType>
+  <xs:element name="Echo" type="tns:Everything"/><xs:element name="EchoResponse" type="tns:Everything"/>
+ </xs:schema></types>
+ <message name="In"><part name="p" element="tns:Echo"/></message>
+ <message name="Out"><part name="p" element="tns:EchoResponse"/></message>
+ <portType name="P"><operation name="Echo"><input message="tns:In"/><output message="tns:Out"/></operation></portType>
+ <binding name="B" type="tns:P"><soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>
+  <operation name="Echo"><soap:operation soapAction="echo"/><input><soap:body use="literal"/></input>
+   <output><soap:body use="literal"/></output></operation></binding>
+ <service name="S"><port name="P" binding="tns:B"><soap:address location="http://127.0.0.1:9/echo"/></port></service>
+</definitions>"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> SoapEngine:
+    return SoapEngine("types", bundle_from_files("wsdl", {"types.wsdl": wsdl()}, "types.wsdl"))
+
+
+def valid() -> dict[str, Any]:
+    return {name: value for name, (_, value) in FIELDS.items()}
+
+
+def test_every_type_family_round_trips_json_to_xml_to_json(engine: SoapEngine) -> None:
+    operation = engine.operations["Echo"]
+    params = operation.input_model.model_validate(valid())
+    envelope = engine.envelope(operation, params.model_dump(by_alias=True))
+    body = etree.fromstring(envelope).find(f".//{{{NS}}}Echo")
+    texts = {etree.QName(child).localname: child.text for child in body}
+    assert texts["month"] == "--05" and texts["period"] == "P1Y2M3DT4H" and texts["levels"] == "1 2 3"
+    assert texts["yearMonth"] == "2024-05" and texts["kind"] == "tns:thing" and texts["either"] == "many"
+    # The upstream echoes: the same envelope, the body element renamed to the response element.
+    body.tag = f"{{{NS}}}EchoResponse"
+    answer = etree.tostring(body.getroottree())
+    data = engine.read(operation, RawResponse(200, "text/xml", answer))
+    output = operation.output_model.model_validate(data).model_dump(mode="json", by_alias=True)
+    expected = valid()
+    expected["amount"] = "1234.50"
+    assert output == expected | {"amount": output["amount"]}
+    assert Decimal(output["amount"]) == Decimal("1234.50")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("region", "35020", "does not match the pattern"),
+        ("amount", "1234.567", "at most 2 digits after the point"),
+        ("amount", "123456789", "at most 8 digits"),
+        ("amount", "-1", ">= 0"),
+        ("count", 10, "< 10"),
+        ("count", 0, ">= 1"),
+        ("name", "a", "at least 2"),
+        ("name", "abcde", "at most 4"),
+        ("small", 256, "less than or equal to 255"),
+        ("period", "1 year", "not a valid xsd:duration"),
+        ("yearMonth", "2024/05", "not a valid xsd:gYearMonth"),
+        ("day", "7", "not a valid xsd:gDay"),
+    ],
+)
+def test_facets_refuse_input_naming_the_field(engine: SoapEngine, field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        engine.operations["Echo"].input_model.model_validate(valid() | {field: value})
+    problem = validation_problem(refused.value.errors(), prefix=("params",))
+    assert problem.status == 422
+    assert problem.errors[0]["field"] == f"params/{field}", problem.errors
+    assert message in problem.errors[0]["message"], problem.errors
+
+
+RECURSIVE = f"""<?xml version="1.0"?>
+<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/"
+  xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:tns="{NS}" targetNamespace="{NS}">
+ <types><xs:schema targetNamespace="{NS}" elementFormDefault="qualified">
+  <xs:complexType name="Unit"><xs:sequence><xs:element name="name" type="xs:string"/>
+   <xs:element name="parent" type="tns:Unit" minOccurs="0"/>
+   <xs:element name="children" type="tns:Unit" minOccurs="0" maxOccurs="unbounded"/></xs:sequence></xs:complexType>
+  <xs:element name="Tree"><xs:complexType><xs:sequence><xs:element name="root" type="tns:Unit"/></xs:sequence>
+  </xs:complexType></xs:element>
+  <xs:element name="TreeResponse"><xs:complexType><xs:sequence><xs:element name="root" type="tns:Unit"/>
+  </xs:sequence></xs:complexType></xs:element>
+ </xs:schema></types>
+ <message name="In"><part name="p" element="tns:Tree"/></message>
+ <message name="Out"><part name="p" element="tns:TreeResponse"/></message>
+ <portType name="P"><operation name="Tree"><input message="tns:In"/><output message="tns:Out"/></operation></portType>
+ <binding name="B" type="tns:P"><soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>
+  <operation name="Tree"><soap:operation soapAction="tree"/><input><soap:body use="literal"/></input>
+   <output><soap:body use="literal"/></output></operation></binding>
+ <service name="S"><port name="P" binding="tns:B"><soap:address location="http://127.0.0.1:9/tree"/></port></service>
+</definitions>"""
+
+
+def test_recursive_types_register_and_round_trip() -> None:
+    engine = SoapEngine("tree", bundle_from_files("wsdl", {"tree.wsdl": RECURSIVE}, "tree.wsdl"))
+    operation = engine.operations["Tree"]
+    tree = {"root": {"name": "市", "children": [{"name": "区", "children": [{"name": "街道", "children": []}]}]}}
+    params = operation.input_model.model_validate(tree)
+    envelope = engine.envelope(operation, params.model_dump(by_alias=True))
+    body = etree.fromstring(envelope).find(f".//{{{NS}}}Tree")
+    assert [node.text for node in body.iter(f"{{{NS}}}name")] == ["市", "区", "街道"]
+    body.tag = f"{{{NS}}}TreeResponse"
+    data = engine.read(operation, RawResponse(200, "text/xml", etree.tostring(body.getroottree())))
+    assert data["root"]["children"][0]["children"][0]["name"] == "街道"
+    assert "$defs" in operation.input_model.model_json_schema()  # the schema refers to itself, it does not recurse
+    with pytest.raises(ValidationError):
+        operation.input_model.model_validate({"root": {"name": "x", "children": [{"children": []}]}})
