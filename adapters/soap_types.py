@@ -201,7 +201,7 @@ def _owner(node: etree._Element, tns: str | None) -> str | None:
 # --- shapes ------------------------------------------------------------------------------------------------------
 
 ScalarKind = Literal[
-    "string", "decimal", "integer", "boolean", "float", "date", "datetime", "time", "base64", "year", "lexical"
+    "string", "decimal", "integer", "boolean", "float", "date", "datetime", "time", "base64", "year", "lexical", "any"
 ]
 
 
@@ -466,7 +466,7 @@ class _Walker:
             # Simple content (text plus attributes) is a struct too: {"value": ..., "attribute": ...}.
             shape: Scalar | Struct = self.struct(xsd_type, here)
         elif isinstance(xsd_type, AnyType) and not isinstance(xsd_type, b.AnySimpleType):
-            raise UnsupportedConstruct(f"an untyped (xsd:anyType) element at {here}")
+            shape = Scalar("any", "xsd:anyType")  # carried as JSON: its text, or its elements as an object
         else:
             shape = self.scalar(xsd_type, here, owner, "element", local)
         max_occurs = None if element.max_occurs == "unbounded" else int(element.max_occurs)
@@ -531,11 +531,61 @@ def _scalar_type(scalar: Scalar, enforce_facets: bool = False) -> Any:
         base = int
     elif scalar.kind == "lexical":
         base = Annotated[str, AfterValidator(_lexical_check(scalar))]
+    elif scalar.kind == "any":
+        base = Annotated[Any, AfterValidator(_any_check)]
     else:
         base = _PYTHON[scalar.kind]
     if enforce_facets and scalar.facets:
         base = Annotated[base, AfterValidator(_facet_check(scalar))]
     return list[base] if scalar.item_list else base  # type: ignore[valid-type]
+
+
+def _any_check(value: Any) -> Any:
+    # An xsd:anyType value goes to the upstream as the element's text; a structure has no one XML form to take.
+    if value is not None and not isinstance(value, str | int | float | Decimal | bool):
+        raise ValueError("an xsd:anyType value is sent as text: a string, number or boolean")
+    return value
+
+
+def any_to_json(raw: Any) -> Any:
+    """What zeep read for an xsd:anyType element, as JSON: text as it is, elements as an object by local name
+    (repeated names as arrays, attributes as "@name"), a value of a known xsi:type as its fields."""
+    if raw is None or isinstance(raw, str | int | float | bool | Decimal):
+        return raw
+    if isinstance(raw, etree._Element):
+        return _element_json(raw)
+    if isinstance(raw, list):
+        return _children_json([node for node in raw if isinstance(node, etree._Element)])
+    values = getattr(raw, "__values__", None)
+    if isinstance(values, Mapping):
+        return {name: any_to_json(value) for name, value in values.items()}
+    if isinstance(raw, dt.date | dt.time):
+        return raw.isoformat()
+    return str(raw)
+
+
+def _element_json(node: etree._Element) -> Any:
+    children = [child for child in node if isinstance(child.tag, str)]
+    attributes = {f"@{etree.QName(name).localname}": value for name, value in node.attrib.items()}
+    if not children and not attributes:
+        return node.text
+    result: dict[str, Any] = {**attributes, **_children_json(children)}
+    if node.text and node.text.strip():
+        result["#text"] = node.text
+    return result
+
+
+def _children_json(children: list[etree._Element]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for child in children:
+        name = etree.QName(child).localname
+        value = _element_json(child)
+        if name in result:
+            existing = result[name]
+            result[name] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            result[name] = value
+    return result
 
 
 def _lexical_check(scalar: Scalar) -> Any:
@@ -733,7 +783,17 @@ def _one_to_zeep(shape: Scalar | Struct, value: Any) -> Any:
     if shape.kind == "lexical":
         parse = shape.codec.pythonvalue
         return [parse(entry) for entry in value] if shape.item_list else parse(value)
+    if shape.kind == "any":
+        return _any_text(value)
     return value
+
+
+def _any_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
 
 
 def _lexical_text(shape: Scalar, raw: Any) -> str:
@@ -781,6 +841,8 @@ def _one_from_zeep(shape: Scalar | Struct, raw: Any) -> Any:
         return [entry[0] for entry in raw] if shape.item_list else raw[0]
     if shape.kind == "lexical":
         return [_lexical_text(shape, entry) for entry in raw] if shape.item_list else _lexical_text(shape, raw)
+    if shape.kind == "any":
+        return any_to_json(raw)
     if shape.kind == "decimal" and isinstance(raw, Decimal):
         return raw
     return raw

@@ -167,3 +167,29 @@ def test_recursive_types_register_and_round_trip() -> None:
     assert "$defs" in operation.input_model.model_json_schema()  # the schema refers to itself, it does not recurse
     with pytest.raises(ValidationError):
         operation.input_model.model_validate({"root": {"name": "x", "children": [{"children": []}]}})
+
+
+def test_any_type_travels_as_json() -> None:
+    document = RECURSIVE.replace(
+        '<xs:element name="root" type="tns:Unit"/></xs:sequence>\n  </xs:complexType></xs:element>',
+        '<xs:element name="root" type="tns:Unit"/><xs:element name="extra" type="xs:anyType"/></xs:sequence>\n'
+        "  </xs:complexType></xs:element>",
+    ).replace(
+        '<xs:element name="root" type="tns:Unit"/>\n  </xs:sequence>',
+        '<xs:element name="root" type="tns:Unit"/><xs:element name="extra" type="xs:anyType"/>\n  </xs:sequence>',
+    )
+    assert document.count('name="extra"') == 2
+    engine = SoapEngine("any", bundle_from_files("wsdl", {"any.wsdl": document}, "any.wsdl"))
+    operation = engine.operations["Tree"]
+    params = operation.input_model.model_validate({"root": {"name": "x", "children": []}, "extra": 42})
+    body = etree.fromstring(engine.envelope(operation, params.model_dump(by_alias=True))).find(f".//{{{NS}}}Tree")
+    assert body.findtext(f"{{{NS}}}extra") == "42"
+    with pytest.raises(ValidationError, match="sent as text"):
+        operation.input_model.model_validate({"root": {"name": "x", "children": []}, "extra": {"a": 1}})
+    answer = (
+        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+        f'<t:TreeResponse xmlns:t="{NS}"><t:root><t:name>x</t:name></t:root>'
+        '<t:extra><item id="1"><v>a</v><v>b</v></item><note>n</note></t:extra></t:TreeResponse></s:Body></s:Envelope>'
+    )
+    data = engine.read(operation, RawResponse(200, "text/xml", answer.encode()))
+    assert data["extra"] == {"item": {"@id": "1", "v": ["a", "b"]}, "note": "n"}
