@@ -7,7 +7,9 @@ operator names them safe; OpenAPI GET/HEAD operations are safe.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +45,9 @@ class UpstreamSpec:
     policy: ResiliencePolicy = field(default_factory=ResiliencePolicy)
     safe: frozenset[str] = frozenset()  # SOAP operations the operator declares read-only (so retried)
     title: str = ""
+    # What a SOAP upstream demands besides the body: {"headers": {part: {field: value}}, "wsse": {"username",
+    # "password"}}. A value "secret:NAME" is read from MSJX_SECRET_NAME on each node, never stored or logged.
+    soap_auth: Mapping[str, Any] | None = None
 
 
 class RegisteredAdapter(Adapter):
@@ -100,11 +105,14 @@ def build_registered(spec: UpstreamSpec, max_body: int = DEFAULT_MAX_BODY) -> Re
     http = HttpClient(spec.name, timeout=spec.policy.total_timeout, max_body=max_body)
     engine: SoapEngine | RestEngine
     if spec.bundle.kind == "wsdl":
-        engine = SoapEngine(spec.name, spec.bundle, endpoint=spec.endpoint, http=http)
+        headers, wsse = _soap_auth(spec.soap_auth or {})
+        engine = SoapEngine(spec.name, spec.bundle, endpoint=spec.endpoint, http=http, soap_headers=headers, wsse=wsse)
         unknown = sorted(set(spec.safe) - set(engine.operations))
         if unknown:
             raise ContractError("contract_invalid", f"--safe names operations the WSDL does not have: {unknown}")
     elif spec.bundle.kind == "openapi":
+        if spec.soap_auth:
+            raise ContractError("contract_invalid", "SOAP headers and WS-Security are for WSDL upstreams")
         if spec.safe:
             raise ContractError("contract_invalid", "--safe is for WSDL operations; OpenAPI GET/HEAD are safe already")
         http = HttpClient(
@@ -114,3 +122,38 @@ def build_registered(spec: UpstreamSpec, max_body: int = DEFAULT_MAX_BODY) -> Re
     else:
         raise ContractError("contract_invalid", f"unknown contract kind {spec.bundle.kind!r}")
     return RegisteredAdapter(spec, engine, http)
+
+
+SECRET_PREFIX = "secret:"  # noqa: S105 - the prefix of a reference, not a secret
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+def secret_variable(name: str) -> str:
+    return "MSJX_SECRET_" + name.upper()
+
+
+def resolve_secret(value: str) -> str:
+    """A registered value: itself, or for "secret:NAME" the value of MSJX_SECRET_NAME on this node."""
+    if not value.startswith(SECRET_PREFIX):
+        return value
+    name = value.removeprefix(SECRET_PREFIX)
+    if not _SECRET_NAME.match(name):
+        raise ContractError("secret_invalid", f"{value!r}: a secret is named by letters, digits and _")
+    found = os.environ.get(secret_variable(name))
+    if found is None:
+        raise ContractError("secret_missing", f"the secret {name} is not set on this node ({secret_variable(name)})")
+    return found
+
+
+def _soap_auth(auth: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], Any]:
+    headers = {
+        str(part): {str(field): resolve_secret(str(value)) for field, value in fields.items()}
+        for part, fields in (auth.get("headers") or {}).items()
+    }
+    wsse = None
+    token = auth.get("wsse")
+    if token:
+        from zeep.wsse.username import UsernameToken
+
+        wsse = UsernameToken(resolve_secret(str(token["username"])), resolve_secret(str(token["password"])))
+    return headers, wsse

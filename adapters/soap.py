@@ -2,7 +2,8 @@
 
 Supports document/literal (wrapped and bare) and rpc/literal, SOAP 1.1 and 1.2, xsd:import/include and wsdl:import.
 Refuses, at construction (so at registration, never at call time), what it cannot carry faithfully: rpc/encoded,
-MTOM/XOP, SOAP with attachments, required SOAP headers, and XSD constructs without a JSON form (named).
+MTOM/XOP, SOAP with attachments, a required SOAP header whose values were not given at registration, and XSD
+constructs without a JSON form (named). WS-Security toward the upstream: zeep's wsse (UsernameToken).
 XML safety: no DTDs, no entities, no network while parsing, bounded answer sizes (HttpClient.max_body).
 """
 
@@ -137,6 +138,7 @@ class SoapOperation:
     output: BodyShape
     input_model: type[DerivedModel]
     output_model: type[DerivedModel]
+    header_values: dict[str, Any] | None = None  # the SOAP header the upstream requires, as registered
 
     @property
     def envelope_ns(self) -> str:
@@ -164,6 +166,8 @@ class SoapEngine:
         endpoint: str | None = None,
         http: HttpClient | None = None,
         fault_mapper: FaultMapper | None = None,
+        soap_headers: Mapping[str, Mapping[str, Any]] | None = None,
+        wsse: Any | None = None,
     ) -> None:
         if bundle.kind != "wsdl":
             raise ContractError("contract_invalid", f"{bundle.source}: not a WSDL bundle")
@@ -172,6 +176,10 @@ class SoapEngine:
         self.bundle = bundle
         self.http = http or HttpClient(service)
         self.fault_mapper = fault_mapper
+        # Static values of the SOAP headers the upstream requires, by header part (from secrets: never logged), and
+        # a zeep wsse signer (UsernameToken) applied to every envelope.
+        self._soap_headers = dict(soap_headers or {})
+        self._wsse = wsse
         roots = {location: parse_xml_document(location, content) for location, content in bundle.documents.items()}
         refused = unsupported_constructs(roots)
         if refused:
@@ -224,11 +232,17 @@ class SoapEngine:
     ) -> SoapOperation:
         where = f"operation {name}"
         header = getattr(operation.input, "header", None)
+        header_values: dict[str, Any] | None = None
         if header is not None and header.type.elements:
-            parts = ", ".join(item for item, _ in header.type.elements)
-            raise ContractError(
-                "contract_unsupported", f"not supported: a SOAP header ({parts}) in the input of {where}"
-            )
+            parts = [item for item, _ in header.type.elements]
+            missing = [part for part in parts if part not in self._soap_headers]
+            if missing:
+                raise ContractError(
+                    "contract_unsupported",
+                    f"not supported: a SOAP header ({', '.join(missing)}) in the input of {where} without its values:"
+                    " give them at registration (soap_headers, values from secrets)",
+                )
+            header_values = {part: dict(self._soap_headers[part]) for part in parts}
         try:
             input_shape = body_shape(operation.input.body if operation.input else None, walker, f"{where} input")
             output_shape = body_shape(operation.output.body if operation.output else None, walker, f"{where} output")
@@ -250,6 +264,7 @@ class SoapEngine:
             output=output_shape,
             input_model=factory.model(input_shape.struct, f"{prefix}.input", f"Input of {name}"),
             output_model=self._outputs.model(output_shape.struct, f"{prefix}.output", f"Output of {name}"),
+            header_values=header_values,
         )
 
     # --- calling --------------------------------------------------------------------------------------------------
@@ -257,13 +272,19 @@ class SoapEngine:
     def envelope(self, operation: SoapOperation, data: Mapping[str, Any]) -> bytes:
         """The request envelope for input `data` (a model dump: python values, keyed by JSON names)."""
         kwargs = to_zeep(operation.input.struct, data)
+        if operation.header_values is not None:
+            kwargs["_soapheaders"] = operation.header_values
         message = operation.zeep_operation.input
         if operation.input.complex_body:
             serialized = message.serialize(**kwargs)
         else:
-            (value,) = kwargs.values() or (None,)
-            serialized = message.serialize(value)
-        return etree.tostring(serialized.content, xml_declaration=True, encoding="utf-8")
+            (value,) = [value for name, value in kwargs.items() if name != "_soapheaders"] or (None,)
+            headers = {"_soapheaders": kwargs["_soapheaders"]} if "_soapheaders" in kwargs else {}
+            serialized = message.serialize(value, **headers)
+        content = serialized.content
+        if self._wsse is not None:
+            content, _ = self._wsse.apply(content, {})
+        return etree.tostring(content, xml_declaration=True, encoding="utf-8")
 
     async def call(self, operation_name: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         """Run one operation: returns (output keyed by JSON names, upstream status) or raises an UpstreamError."""

@@ -4,6 +4,7 @@ families, QName, anyURI, language), lists and unions, and facets enforced on inp
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from pydantic import ValidationError
 from adapters.contracts import bundle_from_files
 from adapters.http import RawResponse
 from adapters.soap import SoapEngine
-from gateway.http.problems import validation_problem
+from gateway.http.problems import Problem, validation_problem
+from gateway.upstreams.registry import prepare
 
 NS = "urn:example:types"
 FIELDS = {
@@ -193,3 +195,37 @@ def test_any_type_travels_as_json() -> None:
     )
     data = engine.read(operation, RawResponse(200, "text/xml", answer.encode()))
     assert data["extra"] == {"item": {"@id": "1", "v": ["a", "b"]}, "note": "n"}
+
+
+CORPUS = Path(__file__).parent / "contracts" / "wsdl-corpus"
+
+
+def test_soap_headers_from_a_secret_and_ws_security_toward_the_upstream(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Interhome's real WSDL requires a ServiceAuthHeader: refused without its values, registered with them, the
+    password read from MSJX_SECRET_INTERHOME on each node; a WS-Security UsernameToken likewise."""
+    files = {"interhome.wsdl": (CORPUS / "interhome.wsdl").read_text(encoding="utf-8")}
+    with pytest.raises(Problem) as refused:
+        prepare("interhome", "wsdl", files=files, root="interhome.wsdl")
+    assert "SOAP header (ServiceAuthHeader)" in refused.value.detail and "soap_headers" in refused.value.detail
+    auth = {
+        "headers": {"ServiceAuthHeader": {"Username": "district", "Password": "secret:INTERHOME"}},
+        "wsse": {"username": "district", "password": "secret:INTERHOME"},
+    }
+    monkeypatch.delenv("MSJX_SECRET_INTERHOME", raising=False)
+    with pytest.raises(Problem) as missing:
+        prepare("interhome", "wsdl", files=files, root="interhome.wsdl", soap_auth=auth)
+    assert missing.value.code == "secret_missing" and missing.value.errors[0]["field"] == "soap_headers"
+    monkeypatch.setenv("MSJX_SECRET_INTERHOME", "s3cr3t-pw")
+    prepared = prepare("interhome", "wsdl", files=files, root="interhome.wsdl", soap_auth=auth)
+    engine = prepared.adapter.engine
+    name, operation = next((name, op) for name, op in engine.operations.items() if op.header_values)
+    envelope = engine.envelope(operation, {})
+    header = etree.fromstring(envelope).find("{http://schemas.xmlsoap.org/soap/envelope/}Header")
+    credentials = header.find("{http://www.interhome.com/webservice}ServiceAuthHeader")
+    assert credentials.findtext("{http://www.interhome.com/webservice}Password") == "s3cr3t-pw", name
+    wsse = "{http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd}"
+    assert header.find(f".//{wsse}UsernameToken/{wsse}Password").text == "s3cr3t-pw"
+    assert prepared.spec.soap_auth == auth  # what is stored: the reference, not the value
+    assert "s3cr3t-pw" not in caplog.text

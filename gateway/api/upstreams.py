@@ -13,7 +13,7 @@ from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.api.services import parse_json
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.upstreams import registry as upstreams
-from gateway.upstreams.registry import UpstreamIn, UpstreamOut
+from gateway.upstreams.registry import UpstreamIn, UpstreamOut, soap_auth
 
 router = APIRouter(prefix="/v1/upstreams", tags=["upstreams"])
 ADMIN = {"admin"}
@@ -58,6 +58,7 @@ async def add_upstream(request: Request) -> Response:
             allow_files=False,
             reserved=reserved,
             fetch_allow=runtime.settings.contract_fetch_allowlist,
+            soap_auth=soap_auth(body),
         )
         async with runtime.sessions() as session:
             out = await upstreams.add_upstream(

@@ -15,6 +15,26 @@ upstreams_app = typer.Typer(
 )
 
 
+def _soap_auth(headers: list[str], username: str | None, password: str | None) -> dict[str, object] | None:
+    auth: dict[str, object] = {}
+    values: dict[str, dict[str, str]] = {}
+    for entry in headers:
+        target, equals, value = entry.partition("=")
+        part, dot, name = target.partition(".")
+        if not equals or not dot or not part or not name:
+            raise fail(f"--soap-header {entry!r}: write PART.FIELD=VALUE")
+        values.setdefault(part, {})[name] = value
+    if values:
+        auth["headers"] = values
+    if (username is None) != (password is None):
+        raise fail("--wsse-username and --wsse-password go together")
+    if username is not None and password is not None:
+        if not password.startswith("secret:"):
+            raise fail("--wsse-password names a secret: secret:NAME, read from MSJX_SECRET_NAME")
+        auth["wsse"] = {"username": username, "password": password}
+    return auth or None
+
+
 @upstreams_app.command("add")
 def upstreams_add(
     name: Annotated[str, typer.Argument(help="service name its operations are invoked under, e.g. huli-fulfilment")],
@@ -34,6 +54,16 @@ def upstreams_add(
     policy: Annotated[
         str | None, typer.Option(help='resilience overrides as JSON, e.g. \'{"total_timeout": 3, "max_attempts": 2}\'')
     ] = None,
+    soap_header: Annotated[
+        list[str],
+        typer.Option(
+            "--soap-header",
+            help="a SOAP header value the WSDL requires, PART.FIELD=VALUE; VALUE secret:NAME reads MSJX_SECRET_NAME"
+            " on each node (repeat)",
+        ),
+    ] = [],  # noqa: B006
+    wsse_username: Annotated[str | None, typer.Option(help="WS-Security UsernameToken toward the upstream")] = None,
+    wsse_password: Annotated[str | None, typer.Option(help="its password: secret:NAME (MSJX_SECRET_NAME)")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register a district system; every running gateway node offers it within about a second."""
@@ -59,6 +89,7 @@ def upstreams_add(
             allow_files=True,
             reserved=BUILT_IN | frozenset(settings.upstream_urls),
             fetch_allow=settings.contract_fetch_allowlist,
+            soap_auth=_soap_auth(soap_header, wsse_username, wsse_password),
         )
     except Problem as problem:
         raise fail(f"{problem.code}: {problem.detail}", 1) from None

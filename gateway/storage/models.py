@@ -389,6 +389,8 @@ class RegisteredUpstream(Base):
     revision: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # SOAP headers and WS-Security the upstream demands; secret values only by reference ("secret:NAME").
+    soap_auth: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class ServiceOwner(Base):

@@ -41,11 +41,20 @@ __all__ = [
     "prepare",
     "registered_adapters",
     "remove_upstream",
+    "soap_auth",
 ]
 
 log = logging.getLogger("msjx.upstreams")
 REFRESH_SECONDS = 0.5
 BUILT_IN = frozenset({"credit", "golden-tax", "market", "treasury"})
+
+
+class WsseIn(BaseModel):
+    """WS-Security UsernameToken the upstream demands; the password only as a secret reference."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(pattern=r"^secret:[A-Za-z0-9_]{1,64}$", description='"secret:NAME" (MSJX_SECRET_NAME)')
 
 
 class UpstreamIn(BaseModel):
@@ -85,6 +94,12 @@ class UpstreamIn(BaseModel):
     policy: dict[str, float | int | None] = Field(
         default_factory=dict, description="resilience settings: total_timeout, max_attempts, max_concurrency …"
     )
+    soap_headers: dict[str, dict[str, str]] | None = Field(
+        default=None,
+        description="values of the SOAP headers the WSDL requires, by header part and field; a value"
+        ' "secret:NAME" is read from MSJX_SECRET_NAME on each node and never stored',
+    )
+    wsse: WsseIn | None = Field(default=None, description="WS-Security UsernameToken toward the upstream")
 
     @field_validator("url", "endpoint")
     @classmethod
@@ -118,9 +133,20 @@ class UpstreamOut(BaseModel):
     digest: str
     safe: list[str]
     policy: dict[str, Any]
+    soap_auth: dict[str, Any] | None = Field(default=None, description="SOAP headers and WS-Security, as registered")
     operations: list[UpstreamOperation]
     created_at: datetime
     created_by: str | None
+
+
+def soap_auth(body: UpstreamIn) -> dict[str, Any] | None:
+    """What a registration says about SOAP headers and WS-Security, as stored (secrets by reference only)."""
+    auth: dict[str, Any] = {}
+    if body.soap_headers:
+        auth["headers"] = body.soap_headers
+    if body.wsse is not None:
+        auth["wsse"] = body.wsse.model_dump()
+    return auth or None
 
 
 @dataclass(frozen=True)
@@ -156,6 +182,7 @@ def prepare(
     allow_files: bool = False,
     reserved: frozenset[str] = BUILT_IN,
     fetch_allow: FetchAllowlist | None = None,
+    soap_auth: Mapping[str, Any] | None = None,
 ) -> Prepared:
     """Gather the contract and build the adapter (blocking: run it in a thread). Raises Problem naming the cause.
 
@@ -175,10 +202,11 @@ def prepare(
             location = location_of(source or "", allow_files=allow_files)
             bundle = gather(kind, location, default_fetcher(allow_files=allow_files, allow=fetch_allow))
             bundle = ContractBundle(bundle.kind, bundle.root, bundle.documents, source or location)
-        spec = UpstreamSpec(name, bundle, endpoint, resilience, frozenset(safe))
+        spec = UpstreamSpec(name, bundle, endpoint, resilience, frozenset(safe), soap_auth=soap_auth or None)
         adapter = build_registered(spec)
     except ContractError as exc:
-        raise _problem(exc, "name" if exc.code == "name_invalid" else field) from None
+        where = {"name_invalid": "name", "secret_missing": "soap_headers", "secret_invalid": "soap_headers"}
+        raise _problem(exc, where.get(exc.code, field)) from None
     return Prepared(spec, adapter, dict(policy or {}))
 
 
@@ -194,6 +222,7 @@ def _out(row: RegisteredUpstream, adapter: RegisteredAdapter | None, owner: str 
         digest=row.digest,
         safe=list(row.safe),
         policy=dict(row.policy),
+        soap_auth=row.soap_auth,
         operations=operations,
         created_at=as_utc(row.created_at),
         created_by=row.created_by,
@@ -220,6 +249,7 @@ async def add_upstream(
         digest=spec.bundle.digest,
         endpoint=spec.endpoint,
         policy=prepared.policy_overrides,
+        soap_auth=dict(spec.soap_auth) if spec.soap_auth else None,
         safe=sorted(spec.safe),
         operations=prepared.adapter.describe(),
         revision=secrets.token_hex(8),
@@ -267,6 +297,7 @@ def spec_of(row: RegisteredUpstream) -> UpstreamSpec:
         endpoint=row.endpoint,
         policy=ResiliencePolicy.from_mapping(row.policy or {}),
         safe=frozenset(row.safe or ()),
+        soap_auth=row.soap_auth,
     )
 
 
