@@ -61,17 +61,27 @@ def _cell(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def count(results: list[Outcome]) -> str:
+    return f"{sum(result.registered for result in results)} of {len(results)} register"
+
+
 def readme(results: list[Outcome]) -> str:
-    registered = sum(result.registered for result in results)
     lines = [
         "# WSDL corpus: real services' contracts",
         "",
         "Public WSDLs of real services (tax, customs, banking, credit, weather, postal/logistics, public transport and",
         "commercial APIs), each beside a `.origin` file naming its repository, commit, path and licence. `make test`",
         "(tests/test_wsdl_corpus.py) registers every one as `msjx-gateway upstreams add` would, with no fetch by URL,",
-        "and checks this table; `.venv/bin/python scripts/wsdl_corpus.py --write` rewrites it.",
+        "and checks this table; `scripts/wsdl_corpus.py --write` rewrites it (and docs/adapters.md's).",
         "",
-        f"**{registered} of {len(results)} register.** The rest are refused at registration, the construct named.",
+        table(results),
+    ]
+    return "\n".join(lines)
+
+
+def table(results: list[Outcome]) -> str:
+    lines = [
+        f"**{count(results)}.** The rest are refused at registration, the construct named.",
         "",
         "| WSDL | service | sector | licence | outcome |",
         "|---|---|---|---|---|",
@@ -90,10 +100,23 @@ def readme(results: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DOCS = CORPUS.parents[2] / "docs" / "adapters.md"
+START, END = "<!-- corpus table: scripts/wsdl_corpus.py --write -->", "<!-- end of corpus table -->"
+
+
+def with_table(document: str, results: list[Outcome]) -> str:
+    """docs/adapters.md with the table between its markers replaced."""
+    before, _, rest = document.partition(START)
+    _, _, after = rest.partition(END)
+    return f"{before}{START}\n{table(results)}{END}{after}"
+
+
 def main() -> int:
-    text = readme(outcomes())
+    results = outcomes()
+    text = readme(results)
     if "--write" in sys.argv:
         README.write_text(text, encoding="utf-8")
+        DOCS.write_text(with_table(DOCS.read_text(encoding="utf-8"), results), encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0

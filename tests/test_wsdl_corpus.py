@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.wsdl_corpus import CORPUS, README, outcomes, readme
+from scripts.wsdl_corpus import CORPUS, DOCS, README, count, outcomes, readme, with_table
 
 pytestmark = pytest.mark.slow
 REFUSAL_CODES = ("contract_unsupported", "contract_invalid", "contract_unreachable", "contract_fetch_forbidden")
@@ -34,3 +34,6 @@ def test_each_registers_or_is_refused_naming_the_construct_and_the_readme_says_s
                 or ("fetch" in result.refusal)
             ), f"{result.name}: the refusal names neither construct nor place: {result.refusal}"
     assert README.read_text(encoding="utf-8") == readme(results), "run scripts/wsdl_corpus.py --write"
+    docs = DOCS.read_text(encoding="utf-8")
+    assert docs == with_table(docs, results), "run scripts/wsdl_corpus.py --write"
+    assert f"{count(results)}" in (CORPUS.parents[2] / "README.md").read_text(encoding="utf-8")
