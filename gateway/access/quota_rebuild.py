@@ -16,8 +16,7 @@ from schemas.times import china_date, end_of
 
 AUDIT_TABLE = AuditRecord.__table__
 log = logging.getLogger("msjx.quotas")
-# Calls that spend quota, through /v1 and through the SOAP façade (gateway/soap/).
-# a batch counts each subject as a call
+# Calls that spend quota: through /v1 and through the SOAP façade (gateway/soap/); a batch counts each subject.
 INVOKE_EVENTS = ("service.invoke", "soap.invoke", "batch.subject")
 
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-from gateway.access import callers as registry
+from gateway.access import callers
 from gateway.access.certificates import add_cert
 from gateway.server.protocol import guarded_protocol
 from gateway.server.tls import tls_options
@@ -135,7 +135,7 @@ async def register_legacy_caller(gw: RunningGateway, pki: Pki) -> None:
     narrow grants on a REST-backed (credit) and a SOAP-backed (golden-tax) operation."""
     valid_to = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
     async with gw.runtime.sessions() as session:
-        await registry.add_caller(
+        await callers.add_caller(
             session,
             CallerIn(caller_id=LEGACY, name="区税务局旧系统", department="区税务局", roles=["platform"], keys=[]),
         )
@@ -144,7 +144,7 @@ async def register_legacy_caller(gw: RunningGateway, pki: Pki) -> None:
             ("credit", "dishonest-debtor", ["listed"]),
             ("golden-tax", "tax-registration", ["uscc", "status"]),
         ):
-            await registry.add_grant(
+            await callers.add_grant(
                 session,
                 GrantIn(
                     caller_id=LEGACY,
@@ -177,7 +177,7 @@ async def soap_gateway(data_dir: Path) -> AsyncIterator[RunningGateway]:
             ) as running:
                 await grant_all(running, "golden-tax")
                 async with running.runtime.sessions() as session:
-                    await registry.add_grant(
+                    await callers.add_grant(
                         session,
                         GrantIn(
                             caller_id="platform",
