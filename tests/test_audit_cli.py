@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,20 +13,10 @@ import pytest
 
 from schemas.times import BEIJING
 from tests.helpers.audit import CHAIN, audit_store, event, open_writer, rows
-from tests.helpers.processes import CLI
+from tests.helpers.processes import run_cli
 
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 YEAR_MS = 365 * 86_400_000
-
-
-def cli(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MSJX_DATA_DIR": str(data_dir)}
-    env.pop("MSJX_DATABASE_URL", None)
-    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}{result.stdout}")
-    return result
 
 
 async def _write(
@@ -56,29 +43,29 @@ def _today(days: int = 0) -> str:
 
 async def test_keys_list_rotate_destroy_public(tmp_path: Path) -> None:
     await _write(tmp_path, 2)
-    listed = cli("keys", "list", data_dir=tmp_path).stdout
+    listed = run_cli("keys", "list", data_dir=tmp_path).stdout
     assert "master key  mk-" in listed and "index  ix-1" in listed and "current" in listed
     assert f"checkpoint key of chain {CHAIN}" in listed
     first = next(line.split()[1] for line in listed.splitlines() if line.startswith("data") and "current" in line)
 
-    rotated = cli("keys", "rotate", data_dir=tmp_path).stdout
+    rotated = run_cli("keys", "rotate", data_dir=tmp_path).stdout
     assert rotated.startswith("new data key dk-standard-")
-    after = cli("keys", "list", data_dir=tmp_path).stdout
+    after = run_cli("keys", "list", data_dir=tmp_path).stdout
     assert any(first in line and "retired" in line for line in after.splitlines())
 
-    refused = cli("keys", "destroy", "--before", _today(1), data_dir=tmp_path, check=False)
+    refused = run_cli("keys", "destroy", "--before", _today(1), data_dir=tmp_path, check=False)
     assert refused.returncode == 2 and "future" in refused.stderr
-    inside = cli("keys", "destroy", "--before", _today(), data_dir=tmp_path, check=False)
+    inside = run_cli("keys", "destroy", "--before", _today(), data_dir=tmp_path, check=False)
     assert inside.returncode == 2 and "retention period" in inside.stderr
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    destroyed = cli("keys", "destroy", "--before", now, "--force", data_dir=tmp_path).stdout
+    destroyed = run_cli("keys", "destroy", "--before", now, "--force", data_dir=tmp_path).stdout
     assert f"destroyed data key {first}" in destroyed
     assert any(
-        first in line and "destroyed" in line for line in cli("keys", "list", data_dir=tmp_path).stdout.splitlines()
+        first in line and "destroyed" in line for line in run_cli("keys", "list", data_dir=tmp_path).stdout.splitlines()
     )
-    assert "intact" in cli("audit", "verify", data_dir=tmp_path).stdout, "shredding leaves the chain verifiable"
+    assert "intact" in run_cli("audit", "verify", data_dir=tmp_path).stdout, "shredding leaves the chain verifiable"
 
-    public = cli("keys", "public", data_dir=tmp_path).stdout
+    public = run_cli("keys", "public", data_dir=tmp_path).stdout
     assert public.startswith("-----BEGIN PUBLIC KEY-----")
     assert public == (tmp_path / "keys" / "audit-signing.pub.pem").read_text()
 
@@ -88,38 +75,38 @@ async def test_export_verifies_offline_with_the_public_key_only(tmp_path: Path, 
     node = tmp_path / "node"
     await _write(node, 11, every=3, suite=suite)
     export = tmp_path / "export.jsonl"
-    written = cli("audit", "export", "--from", "2000-01-01", "--to", _today(1), str(export), data_dir=node).stdout
+    written = run_cli("audit", "export", "--from", "2000-01-01", "--to", _today(1), str(export), data_dir=node).stdout
     assert "11 records, heights 1–11" in written
     pubkey = tmp_path / "node.pub.pem"
-    pubkey.write_text(cli("keys", "public", "--suite", suite, data_dir=node).stdout)
+    pubkey.write_text(run_cli("keys", "public", "--suite", suite, data_dir=node).stdout)
     checkpoints = [orjson.loads(line) for line in export.read_bytes().splitlines() if b'"type":"checkpoint"' in line]
     assert checkpoints and {cp["key_id"].split(":")[0] for cp in checkpoints} == {
         "ed25519" if suite == "standard" else "sm2"
     }
     offline = tmp_path / "officer"  # an empty data dir: nothing but the file and the key
-    ok = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline)
+    ok = run_cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline)
     assert "11 records intact" in ok.stdout and "signed through height 11" in ok.stdout
 
     key_id = json.loads(export.read_bytes().splitlines()[0])["node_keys"][0]["key_id"]
     assert f"keys: {key_id} (pinned with --pubkey)" in ok.stdout
     # The file carries the key that signed it, but carrying proves nothing: only --pubkey pins.
-    no_key = cli("audit", "verify", "--file", str(export), data_dir=offline, check=False)
+    no_key = run_cli("audit", "verify", "--file", str(export), data_dir=offline, check=False)
     assert no_key.returncode == 1, no_key.stdout
     assert f"keys: {key_id} (carried, not pinned)" in no_key.stdout
     assert "nobody pinned; pin them with --pubkey" in no_key.stderr
     stranger = tmp_path / "stranger.pub.pem"
     await _write(tmp_path / "other", 1, suite=suite)
-    stranger.write_text(cli("keys", "public", "--suite", suite, data_dir=tmp_path / "other").stdout)
-    wrong = cli("audit", "verify", "--file", str(export), "--pubkey", str(stranger), data_dir=offline, check=False)
+    stranger.write_text(run_cli("keys", "public", "--suite", suite, data_dir=tmp_path / "other").stdout)
+    wrong = run_cli("audit", "verify", "--file", str(export), "--pubkey", str(stranger), data_dir=offline, check=False)
     assert wrong.returncode == 1 and "(carried, not pinned)" in wrong.stdout and "nobody pinned" in wrong.stderr
     lines = export.read_bytes().splitlines()
     header = json.loads(lines[0])
     del header["node_keys"]  # a file that carries no key: the stranger's key is no help, nothing else is trusted
     bare = tmp_path / "bare.jsonl"
     bare.write_bytes(b"\n".join([orjson.dumps(header), *lines[1:]]) + b"\n")
-    wrong = cli("audit", "verify", "--file", str(bare), "--pubkey", str(stranger), data_dir=offline, check=False)
+    wrong = run_cli("audit", "verify", "--file", str(bare), "--pubkey", str(stranger), data_dir=offline, check=False)
     assert wrong.returncode == 1 and "height 1 is rehashed" in wrong.stderr
-    no_key = cli("audit", "verify", "--file", str(bare), data_dir=offline, check=False)
+    no_key = run_cli("audit", "verify", "--file", str(bare), data_dir=offline, check=False)
     assert no_key.returncode == 2 and "--pubkey" in no_key.stderr
 
     lines = export.read_bytes().splitlines()
@@ -129,15 +116,15 @@ async def test_export_verifies_offline_with_the_public_key_only(tmp_path: Path, 
     item["purpose"] = "CHANGED"
     changed[records[4]] = orjson.dumps(item)
     export.write_bytes(b"\n".join(changed) + b"\n")
-    result = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline, check=False)
+    result = run_cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline, check=False)
     assert result.returncode == 1 and "height 5 is changed" in result.stderr
 
     export.write_bytes(b"\n".join(line for i, line in enumerate(lines) if i != records[4]) + b"\n")
-    result = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline, check=False)
+    result = run_cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline, check=False)
     assert result.returncode == 1 and "height 5 is missing" in result.stderr
 
     export.write_bytes(b"\n".join(lines[: records[9]]) + b"\n")  # the tail after height 9 cut off
-    result = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline, check=False)
+    result = run_cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=offline, check=False)
     assert result.returncode == 1 and "height 10 is truncated" in result.stderr
 
 
@@ -149,18 +136,18 @@ async def test_an_export_of_a_later_range_is_sealed_by_the_next_checkpoint(tmp_p
     middle = datetime.fromtimestamp(stored[5]["ts_ms"] / 1000, UTC).isoformat(timespec="milliseconds")
     end = datetime.fromtimestamp((stored[6]["ts_ms"] + 1) / 1000, UTC).isoformat(timespec="milliseconds")
     export = tmp_path / "part.jsonl.gz"
-    written = cli("audit", "export", "--from", middle, "--to", end, str(export), data_dir=tmp_path).stdout
+    written = run_cli("audit", "export", "--from", middle, "--to", end, str(export), data_dir=tmp_path).stdout
     assert "heights 6–8" in written, "runs on to the checkpoint at 8"
     with gzip.open(export) as stream:
         header = json.loads(stream.readline())
     assert header["chains"][0]["from_height"] == 6
     pubkey = tmp_path / "keys" / "audit-signing.pub.pem"
-    verified = cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=tmp_path)
+    verified = run_cli("audit", "verify", "--file", str(export), "--pubkey", str(pubkey), data_dir=tmp_path)
     assert "3 records intact" in verified.stdout and "heights 6–8" in verified.stdout
     # The same start typed as a Beijing wall-clock time, without an offset, selects the same records.
     wall_clock = datetime.fromtimestamp(stored[5]["ts_ms"] / 1000, BEIJING).replace(tzinfo=None)
     naive = tmp_path / "naive.jsonl"
-    same = cli(
+    same = run_cli(
         "audit",
         "export",
         "--from",
@@ -171,23 +158,23 @@ async def test_an_export_of_a_later_range_is_sealed_by_the_next_checkpoint(tmp_p
         data_dir=tmp_path,
     )
     assert "heights 6–8" in same.stdout
-    bad = cli("audit", "export", "--from", "2026-01-01 noon", "--to", end, "x", data_dir=tmp_path, check=False)
+    bad = run_cli("audit", "export", "--from", "2026-01-01 noon", "--to", end, "x", data_dir=tmp_path, check=False)
     assert bad.returncode == 2 and "Beijing time" in bad.stderr
 
 
 async def test_archives_are_hash_linked_verified_and_followed(tmp_path: Path) -> None:
     four_years_ago = int(time.time() * 1000) - 4 * YEAR_MS
     await _write(tmp_path, 6, every=3, clock_ms=four_years_ago)
-    first = cli("audit", "archive", data_dir=tmp_path).stdout
+    first = run_cli("audit", "archive", data_dir=tmp_path).stdout
     assert "archive 1 holds heights 1–6 (6 records)" in first
     await _write(tmp_path, 6, every=3, clock_ms=four_years_ago + 1_000_000)
-    second = cli("audit", "archive", data_dir=tmp_path).stdout
+    second = run_cli("audit", "archive", data_dir=tmp_path).stdout
     assert "archive 2 holds heights 7–12 (6 records)" in second
     await _write(tmp_path, 2, every=3)  # recent records stay in the database
     async with audit_store("sqlite", tmp_path) as store:
         assert [row["height"] for row in await rows(store)] == [13, 14]
 
-    verified = cli("audit", "verify", data_dir=tmp_path).stdout
+    verified = run_cli("audit", "verify", data_dir=tmp_path).stdout
     assert "14 records intact, 2 archive(s)" in verified
     archives = sorted((tmp_path / "archive" / CHAIN).glob("*.jsonl.gz"))
     assert [path.name.split("-")[0] for path in archives] == ["000001", "000002"]
@@ -199,13 +186,13 @@ async def test_archives_are_hash_linked_verified_and_followed(tmp_path: Path) ->
     pubkey = tmp_path / "keys" / "audit-signing.pub.pem"
     assert (
         "6 records intact"
-        in cli("audit", "verify", "--file", str(archives[0]), "--pubkey", str(pubkey), data_dir=tmp_path).stdout
+        in run_cli("audit", "verify", "--file", str(archives[0]), "--pubkey", str(pubkey), data_dir=tmp_path).stdout
     )
 
-    inside = cli("audit", "archive", "--before", _today(), data_dir=tmp_path, check=False)
+    inside = run_cli("audit", "archive", "--before", _today(), data_dir=tmp_path, check=False)
     assert inside.returncode == 2 and "retention period" in inside.stderr
 
-    skipped = cli("audit", "verify", "--skip-archives", data_dir=tmp_path).stdout
+    skipped = run_cli("audit", "verify", "--skip-archives", data_dir=tmp_path).stdout
     assert "started from the signed checkpoint at height 12" in skipped
 
     original = archives[0].read_bytes()
@@ -214,10 +201,10 @@ async def test_archives_are_hash_linked_verified_and_followed(tmp_path: Path) ->
     index = next(i for i, line in enumerate(lines) if b'"height":2,' in line and b'"type":"record"' in line)
     lines[index] = lines[index].replace(b'"XM-2025-001"', b'"XM-2025-002"')
     archives[0].write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
-    changed = cli("audit", "verify", data_dir=tmp_path, check=False)
+    changed = run_cli("audit", "verify", data_dir=tmp_path, check=False)
     assert changed.returncode == 1 and "height 1 is changed" in changed.stderr and "differs" in changed.stderr
     archives[0].unlink()
-    missing = cli("audit", "verify", data_dir=tmp_path, check=False)
+    missing = run_cli("audit", "verify", data_dir=tmp_path, check=False)
     assert missing.returncode == 1 and "height 1 is missing" in missing.stderr
     archives[0].write_bytes(original)
-    assert "intact" in cli("audit", "verify", data_dir=tmp_path).stdout
+    assert "intact" in run_cli("audit", "verify", data_dir=tmp_path).stdout

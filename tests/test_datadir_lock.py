@@ -11,8 +11,8 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.server.datadir_lock import DataDirBusy, DataDirLock, running_gateway
-from tests.helpers.demo import start_demo, wait_ready
-from tests.helpers.processes import CLI, stop
+from tests.helpers.demo import start_demo
+from tests.helpers.processes import CLI, stop, wait_ready
 from tests.helpers.services import free_port
 
 

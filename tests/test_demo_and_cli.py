@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.client import GatewayClient, GatewayError
 from security.keys import public_key_pem
-from tests.helpers.demo import run_cli, start_demo
-from tests.helpers.processes import CLI, stop
+from tests.helpers.demo import start_demo
+from tests.helpers.processes import CLI, run_cli, stop
 from tests.helpers.services import free_port
 
 pytestmark = pytest.mark.slow

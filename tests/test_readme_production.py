@@ -15,14 +15,13 @@ import secrets
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
+from tests.helpers.processes import wait_ready
 from tests.helpers.services import DATABASE_URL, admin_connection, check_redis, drop_database, free_port, with_database
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -118,7 +117,7 @@ def test_the_production_steps_run_top_to_bottom(tmp_path: Path, fresh_database: 
                     stderr=server_log.open("w"),
                     text=True,
                 )
-                _wait_ready(server, f"http://127.0.0.1:{port}", server_log)
+                wait_ready(f"http://127.0.0.1:{port}", server, server_log)
                 continue
             result = subprocess.run(
                 ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
@@ -150,17 +149,3 @@ def _local(name: str, value: str, database: str, redis: str, credit: str, port: 
     if name == "MSJX_GATEWAY_URL":
         return value.replace(f":{urlsplit(value).port}", f":{port}")
     return value
-
-
-def _wait_ready(process: subprocess.Popen[str], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited {process.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the gateway never became ready")

@@ -453,7 +453,7 @@ async def test_grant_visibility_for_duties(world: World) -> None:
 
 @pytest.mark.slow
 async def test_cli_suspends_resumes_and_exports_the_register(tmp_path: Path, credit_url: str) -> None:
-    from tests.helpers.demo import run_cli
+    from tests.helpers.processes import run_cli
 
     async with sharing_world("sqlite", tmp_path, credit_url) as world:
         body = await granted(world, "FGW-OB-0011")

@@ -11,19 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import CLI, stop
+from tests.helpers.processes import CLI, stop, wait_ready
 from tests.helpers.services import free_port
 
 BIN = Path(sys.executable).parent
-
-
-def run_cli(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MSJX_DATA_DIR": str(data_dir)}
-    env.pop("MSJX_DATABASE_URL", None)
-    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
-    return result
 
 
 def start_demo(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
@@ -48,20 +39,6 @@ def start_demo(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], list[s
         if "msjx-gateway call" in line:
             break
     return process, lines
-
-
-def wait_ready(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("gateway never became ready")
 
 
 @pytest.fixture
