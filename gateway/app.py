@@ -20,6 +20,7 @@ from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, serv
 from gateway.api.openapi import finish
 from gateway.batches import routes as batches
 from gateway.batches.service import BatchService
+from gateway.console import pages as console_pages
 from gateway.http.forwarded import TrustedProxies
 from gateway.http.forwarded import apply as apply_forwarded
 from gateway.http.problems import Problem, validation_problem
@@ -168,6 +169,8 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(swagger.router)
     app.include_router(soap.router)
+    app.include_router(console_pages.router)
+    app.state.console = console_pages.ConsoleState(secure_cookies=settings.console_secure_cookies)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:

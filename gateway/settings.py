@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     audit_batch_max: int = Field(default=512, ge=1, le=100_000)
     grant_cache_seconds: float = Field(default=0.8, ge=0, le=1.0)
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+    console_secure_cookies: bool = Field(
+        default=True, description="web console cookies carry Secure; off only for the plain-HTTP demo (serve --demo)"
+    )
     sharing_overdue_action: Literal["escalate", "approve"] = Field(
         default="escalate",
         description="what happens to a sharing request the provider left past its deadline: escalate to the"

@@ -44,7 +44,7 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 OFFICER = {"officer"}
 ONLY_OFFICERS = "Security officers (role `officer`) only; every call, a refused one too, is itself audited. "
 FILTERS = ("from_", "to", "caller", "department", "service", "operation", "purpose", "decision", "subject")
-FILTERS += ("event", "chain", "target", "category")
+FILTERS += ("event", "chain", "target", "category", "code")
 
 
 def _query_parameters(model: type[BaseModel], skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -156,6 +156,7 @@ async def _search(exchange: Exchange) -> tuple[int, bytes]:
         chain=params.chain,
         target=params.target,
         category=params.category,
+        code=params.code,
         subject_hashes=subject_hashes(runtime.keyring, params.subject) if params.subject else [],
     )
     rows = await search_records(runtime.engine, query, after=after, limit=params.limit + 1)

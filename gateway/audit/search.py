@@ -29,6 +29,7 @@ class AuditQuery:
     chain: str | None = None
     target: str | None = None
     category: str | None = None
+    code: str | None = None
     subject_hashes: list[str] = field(default_factory=list)
 
 
@@ -57,6 +58,7 @@ async def search_records(
         "chain_id": query.chain,
         "target_id": query.target,
         "reason_category": query.category,
+        "reason_code": query.code,
     }
     for name, value in equal.items():
         if value is not None:

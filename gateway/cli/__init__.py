@@ -10,6 +10,7 @@ from gateway.cli.audit import audit_app
 from gateway.cli.calendar import calendar_app
 from gateway.cli.call import call
 from gateway.cli.callers import callers_app
+from gateway.cli.console_users import console_users_app
 from gateway.cli.db import db_app
 from gateway.cli.grants import grants_app
 from gateway.cli.keys import keys_app
@@ -28,6 +29,7 @@ app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(calendar_app, name="calendar")
+app.add_typer(console_users_app, name="console-users")
 
 
 def main() -> None:

@@ -70,13 +70,18 @@ def serve(
             from simulators.enterprises import DEMO_USCC
 
             simulators, urls = demo_module.start_simulators(data_dir=settings.data_dir / "simulators")
-            settings = settings.model_copy(update={"upstream_urls": {**urls, **settings.upstream_urls}})
+            # The demo serves plain HTTP: a Secure cookie would never come back, so the console could not sign in.
+            settings = settings.model_copy(
+                update={"upstream_urls": {**urls, **settings.upstream_urls}, "console_secure_cookies": False}
+            )
             db.upgrade(settings)
             listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
             announcement = [
                 f"msjx-gateway demo on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
                 f"simulators: {', '.join(f'{name} {url}' for name, url in urls.items())}",
                 f"demo callers and keys: {settings.data_dir / 'demo' / 'callers.json'}",
+                f"web console: http://{host}:{port}/console/  (accounts, passwords and TOTP secrets, one per role:"
+                f" {settings.data_dir / 'demo' / 'console-accounts.json'})",
                 "try, in another shell:",
                 "  " + demo_module.call_line(port, listing, DEMO_USCC, host),
             ]

@@ -26,6 +26,7 @@ from gateway.storage.health import is_database_outage
 
 log = logging.getLogger("msjx.exchange")
 MAX_BODY_BYTES = 1 << 20
+PREAUTHENTICATED = "msjx.principal"
 JSON = "application/json"
 
 
@@ -135,9 +136,12 @@ async def run_exchange(
         event.request_body = body
         check_depth(body)  # before anything parses it, on every route: a refusal, never a RecursionError
         offload = runtime.exchanges_in_progress > runtime.settings.signature_offload_above
-        if authenticate is None:
+        # A web console action (gateway/console/twin.py) arrives already authenticated, as its signed-in account;
+        # an ASGI scope key, so no client can set it.
+        principal = request.scope.get(PREAUTHENTICATED)
+        if principal is None and authenticate is None:
             principal = await runtime.authenticator.authenticate(request, body, offload=offload)
-        else:
+        elif principal is None:
             principal = await authenticate(request, body, offload)
         authenticated = True
         event.request_kept = None
