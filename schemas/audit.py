@@ -71,7 +71,7 @@ class AuditSearchParams(BaseModel):
     category: ReasonCategory | None = Field(
         default=None, description="the stated reason's category of an officer action (e.g. a payload reading)"
     )
-    code: str | None = Field(default=None, max_length=64, description="the problem code of a refusal, e.g. grant_missing")
+    code: str | None = Field(default=None, max_length=64, description="a refusal's problem code, e.g. grant_missing")
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor of the previous page")
 

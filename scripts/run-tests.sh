@@ -21,6 +21,8 @@ fi
 bash bench/install-deps.sh nginx || echo "nginx is missing and could not be installed" >&2
 # tests/test_soap_php.py calls the SOAP façade with PHP's SoapClient: php-cli and php-soap, installed when missing.
 bash bench/install-deps.sh php || echo "php-cli/php-soap are missing and could not be installed" >&2
+# tests/test_console_browser.py drives Debian's chromium through Playwright (never a downloaded browser).
+bash bench/install-deps.sh chromium || echo "chromium is missing and could not be installed" >&2
 
 set +e
 "$BIN/pytest" "$@"
