@@ -23,7 +23,7 @@ from gateway.console.roles import ROLES
 from gateway.console.session import principal_for
 from gateway.console.store import ConsoleAccount
 from gateway.storage.models import Caller
-from tests.console_support import ConsoleWorld, console_world, csrf_of, signed_in
+from tests.helpers.console import ConsoleWorld, console_world, csrf_of, signed_in
 
 
 @pytest.fixture(scope="module")

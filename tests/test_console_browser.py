@@ -17,7 +17,7 @@ import pytest
 
 from gateway.console import accounts
 from simulators.enterprises import DEMO_USCC
-from tests.console_support import ConsoleWorld, console_world
+from tests.helpers.console import ConsoleWorld, console_world
 
 pytestmark = pytest.mark.slow
 

@@ -14,13 +14,14 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 
 from gateway.api.audit import record_out
-from gateway.audit.log import AUDIT_TABLE, CHECKPOINT_TABLE, AuditQuery, chain_ids, search_records
+from gateway.audit.rows import AUDIT_TABLE, CHECKPOINT_TABLE, chain_ids
+from gateway.audit.search import AuditQuery, search_records
 from gateway.console.charts import Bar, bars, stacked_hours
 from gateway.console.session import audit_event
 from gateway.console.twin import call_api
 from gateway.console.web import as_list, guard, is_htmx, posted, render, router
-from gateway.sharing.workdays import CHINA
 from schemas.audit import AuditSearchParams
+from schemas.times import BEIJING as CHINA
 from security.masking import mask_bank_account, mask_id_number, mask_phone
 
 AUDITOR = "auditor"

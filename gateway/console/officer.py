@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from gateway.console.twin import call_api
 from gateway.console.web import HEADERS, as_list, guard, posted, render, router
 from gateway.sharing.calendar import calendar_for
-from gateway.sharing.workdays import CalendarYearUnsupported, china_date
+from gateway.sharing.workdays import CalendarYearUnsupported
 from schemas.sharing import (
     LEGAL_BASIS_KIND_LABELS,
     LEVEL_LABELS,
@@ -25,6 +25,7 @@ from schemas.sharing import (
     STATE_LABELS,
     UPDATE_FREQUENCY_LABELS,
 )
+from schemas.times import china_date
 
 DEPARTMENT = "department"
 ACTIONS = {

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from gateway.access.authenticate import Principal
 from gateway.access.directory import CallerInfo
-from gateway.audit.log import AuditEvent, AuditUnavailable, new_request_id
+from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
 from gateway.console.accounts import (
     LOCK_MINUTES,
     MAX_FAILURES,

@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import Request
 
 from gateway.console.session import SignedIn
-from gateway.http.exchange import PREAUTHENTICATED
+from gateway.pipeline.exchange import PREAUTHENTICATED
 
 
 @dataclass

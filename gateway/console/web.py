@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from gateway.audit.log import AuditUnavailable
+from gateway.audit.writer import AuditUnavailable
 from gateway.console.roles import ROLES
 from gateway.console.session import (
     COOKIE,
@@ -63,7 +63,7 @@ def _beijing(moment: Any) -> str:
             moment = datetime.fromisoformat(moment)
         except ValueError:
             return moment
-    from gateway.sharing.workdays import CHINA
+    from schemas.times import BEIJING as CHINA
 
     if moment.tzinfo is None:
         return moment.strftime("%Y-%m-%d %H:%M")

@@ -19,14 +19,14 @@ import uvicorn
 from sqlalchemy import select
 
 from gateway.app import create_app
-from gateway.audit.log import AUDIT_TABLE
+from gateway.audit.rows import AUDIT_TABLE
 from gateway.client import SignatureAuth
 from gateway.demo.setup import seed
 from gateway.runtime import build_adapters
 from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from security.keys import load_private_key_file
-from tests.conftest import free_port
+from tests.helpers.services import free_port
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
