@@ -168,11 +168,24 @@ async def login(request: Request, username: str, password: str, code: str) -> Lo
         if account is None or step is None:
             locked = False
             if account is not None:
-                account.failed_logins += 1
-                if account.failed_logins >= MAX_FAILURES:
-                    account.locked_until = now + timedelta(minutes=LOCK_MINUTES)
-                    account.failed_logins = 0
-                    locked = True
+                # Counted in the database, not read-modify-write: parallel guesses each count.
+                await db.execute(
+                    update(ConsoleAccount)
+                    .where(ConsoleAccount.username == account.username)
+                    .values(failed_logins=ConsoleAccount.failed_logins + 1)
+                )
+                locked = bool(
+                    (
+                        await db.execute(
+                            update(ConsoleAccount)
+                            .where(
+                                ConsoleAccount.username == account.username,
+                                ConsoleAccount.failed_logins >= MAX_FAILURES,
+                            )
+                            .values(failed_logins=0, locked_until=now + timedelta(minutes=LOCK_MINUTES))
+                        )
+                    ).rowcount
+                )
                 await db.commit()
             why = "password" if not password_ok else "totp"
             await audit_event(
