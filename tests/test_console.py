@@ -24,6 +24,7 @@ from gateway.console.session import principal_for
 from gateway.console.store import ConsoleAccount
 from gateway.storage.models import Caller
 from tests.helpers.console import ConsoleWorld, console_world, csrf_of, signed_in
+from tests.helpers.services import check_redis, create_test_database, drop_database
 
 
 @pytest.fixture(scope="module")
@@ -486,3 +487,31 @@ async def _submitted_request(world: ConsoleWorld) -> str:
         filed = await workflow.file_request(session, DATA_OFFICER, body, now)
         await workflow.endorse(session, DATA_HEAD, filed.row.request_id, EndorseIn(), now)
         return filed.row.request_id
+
+
+# --- PostgreSQL and Redis -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_the_console_on_postgresql_and_redis(tmp_path: Path, credit_url: str) -> None:
+    """Sessions, lockout, the inbox, search and the charts' SQL on the production stores."""
+    database = await create_test_database()
+    try:
+        async with console_world(tmp_path, credit_url, database_url=database, redis_url=await check_redis()) as pg:
+            async with signed_in(pg, "dept-officer") as client:
+                inbox = await client.get("/console/requests")
+                assert inbox.status_code == 200 and 'class="overdue"' in inbox.text
+            async with signed_in(pg, "auditor") as client:
+                search = await client.get("/console/audit", params={"go": "1", "event": "console.login"})
+                assert search.status_code == 200 and "console:dept-officer" in search.text
+                charts = await client.get("/console/audit/charts")
+                assert charts.status_code == 200 and charts.text.count("<svg") == 4
+                chains = await client.get("/console/audit/chains")
+                assert chains.status_code == 200 and "node-1" in chains.text
+                pg.clock.advance(minutes=16)
+                assert (await client.get("/console/audit")).status_code == 303
+            async with signed_in(pg, "operator") as client:
+                assert "credit" in (await client.get("/console/upstreams")).text
+    finally:
+        await drop_database(database)
