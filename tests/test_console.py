@@ -401,7 +401,25 @@ async def test_operator_registers_a_caller_and_revokes_its_key(world: ConsoleWor
         assert "就绪" in status.text
         upstreams = await client.get("/console/upstreams")
         assert "credit" in upstreams.text
+        examples = Path(__file__).parents[1] / "schemas" / "contracts" / "examples"
+        registered = await client.post(
+            "/console/upstreams",
+            data={
+                "csrf_token": token,
+                "name": "district-ws",
+                "owner_department": "湖里区数据管理局",
+                "kind": "wsdl",
+                "endpoint": "http://192.0.2.10/ws",
+            },
+            files=[
+                ("contract", (name, (examples / name).read_bytes(), "application/xml"))
+                for name in ("district-wrapped.wsdl", "district-types.xsd", "district-common.xsd")
+            ],
+        )
+        assert registered.status_code == 303, registered.text
+        assert "district-ws" in (await client.get("/console/upstreams")).text
     assert (await world.records(event="admin.key.revoke"))[-1]["key_id"] == "console:operator"
+    assert (await world.records(event="admin.upstream.add"))[-1]["key_id"] == "console:operator"
 
 
 # --- CLI and demo -----------------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ OPERATOR = "operator"
 MAX_CONTRACT_BYTES = 1 << 20
 
 
+def as_list_of_files(value: Any) -> list[UploadFile]:
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, UploadFile)]
+
+
 def quantile(service: str, q: float) -> float | None:
     """The q-quantile of this process's upstream latency for `service`, in ms, from the Prometheus histogram's
     buckets (the upper bound of the bucket it falls in); None before any call."""
@@ -81,35 +86,40 @@ async def register_upstream(request: Request) -> Response:
     form = await posted(request, who)
     if isinstance(form, Response):
         return form
-    upload = form.get("contract")
+    uploads = [item for item in as_list_of_files(form.get("contract")) if item.filename]
     error = None
     body: dict[str, Any] = {}
-    if not isinstance(upload, UploadFile) or not upload.filename:
+    files: dict[str, str] = {}
+    if not uploads:
         error = "请选择 WSDL 或 OpenAPI 文件 (choose a file)"
-    else:
+    for upload in uploads:
         data = await upload.read(MAX_CONTRACT_BYTES + 1)
+        name = (upload.filename or "contract").replace("\\", "/").rsplit("/", 1)[-1]
         if len(data) > MAX_CONTRACT_BYTES:
-            error = "文件超过 1 MiB (file too large)"
-        else:
-            filename = upload.filename.replace("\\", "/").rsplit("/", 1)[-1] or "contract"
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-                error = "文件须为 UTF-8 文本 (the file must be UTF-8 text)"
-            if text is not None:
-                body = {
-                    "name": (form.get("name") or "").strip(),
-                    "owner_department": (form.get("owner_department") or "").strip(),
-                    "kind": form.get("kind"),
-                    "files": {filename: text},
-                    "root": filename,
-                }
-                if (form.get("endpoint") or "").strip():
-                    body["endpoint"] = form["endpoint"].strip()
-                safe = [item.strip() for item in (form.get("safe") or "").split(",") if item.strip()]
-                if safe:
-                    body["safe"] = safe
+            error = f"{name}：文件超过 1 MiB (file too large)"
+            break
+        try:
+            files[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            error = f"{name}：文件须为 UTF-8 文本 (the file must be UTF-8 text)"
+            break
+    if error is None:
+        # The root document: the one named, else the WSDL or OpenAPI file among those imported by it.
+        named = (form.get("root") or "").strip()
+        roots = [name for name in files if name.endswith((".wsdl", ".yaml", ".yml", ".json"))]
+        root = named if named in files else (roots[0] if len(roots) == 1 else next(iter(files)))
+        body = {
+            "name": (form.get("name") or "").strip(),
+            "owner_department": (form.get("owner_department") or "").strip(),
+            "kind": form.get("kind"),
+            "files": files,
+            "root": root,
+        }
+        if (form.get("endpoint") or "").strip():
+            body["endpoint"] = form["endpoint"].strip()
+        safe = [item.strip() for item in (form.get("safe") or "").split(",") if item.strip()]
+        if safe:
+            body["safe"] = safe
     if error is None:
         answer = await call_api(request, who, "POST", "/v1/upstreams", body=body)
         if answer.ok:
