@@ -15,13 +15,16 @@ import os
 from collections.abc import Generator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import http_sf
 import httpx
 
 from security.keys import PrivateKey, key_id_for, load_private_key_file
 from security.signatures import sign_request
+
+if TYPE_CHECKING:
+    from gateway.batches.handle import BatchHandle
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_VARIABLE = "MSJX_GATEWAY_URL"
@@ -142,3 +145,41 @@ class GatewayClient:
 
     def services(self) -> dict[str, Any]:
         return self.request("GET", "/v1/services")
+
+    @property
+    def http(self) -> httpx.Client:
+        """The signing HTTP client underneath, for requests the methods here do not cover."""
+        return self._http
+
+    def answer(self, response: httpx.Response) -> Any:
+        return self._answer(response)
+
+    def stream(self, method: str, path: str, cursor: int, accept: str) -> Any:
+        """A streamed signed request (batch results); a problem answer raises GatewayError before any line."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def opened() -> Any:
+            with self._http.stream(method, path, params={"cursor": cursor}, headers={"Accept": accept}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._answer(response)
+                yield response
+
+        return opened()
+
+    def batch(
+        self,
+        purpose: str,
+        operations: Any,
+        subjects: Any = None,
+        *,
+        subjects_file: str | Path | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> BatchHandle:
+        """Submit a batch comparison (数据比对): every operation ("service/operation") for every subject (USCCs, or
+        dicts with a uscc and per-subject params), or the subjects of a CSV/NDJSON file. Returns a handle with
+        `.wait()` and `.results()` (an iterator over result lines, readable while the batch runs)."""
+        from gateway.batches.handle import submit
+
+        return submit(self, purpose, operations, subjects, subjects_file=subjects_file, params=params)

@@ -257,3 +257,56 @@ async def test_results_are_deleted_after_the_retention_days(gw: RunningGateway) 
         status = (await client.get(f"/v1/batches/{batch_id}")).json()
     assert gone.status_code == 410 and gone.json()["code"] == "batch_results_expired"
     assert status["results"]["expired"] is True
+
+
+async def test_python_client_batch_handle_waits_and_iterates(gw: RunningGateway) -> None:
+    import asyncio
+
+    from gateway.client import GatewayClient
+
+    subjects = usccs(15, start=300 - 15)
+
+    def run() -> tuple[dict, list[dict]]:
+        with GatewayClient(gw.url, gw.platform.key_id, gw.platform.private_key) as client:
+            handle = client.batch(BATCH_PURPOSE, ["credit/dishonest-debtor"], subjects)
+            return handle.wait(timeout=60, poll=0.1), list(handle.results())
+
+    status, lines = await asyncio.to_thread(run)
+    assert status["state"] == "done"
+    assert [line["uscc"] for line in lines] == subjects
+
+
+async def test_cli_submits_a_csv_follows_it_and_writes_results(gw: RunningGateway, tmp_path: Path) -> None:
+    import asyncio
+
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.helpers.processes import CLI
+
+    key = tmp_path / "platform.pem"
+    key.write_bytes(
+        gw.platform.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    subjects = usccs(12, start=270)
+    source = tmp_path / "subjects.csv"
+    source.write_text("uscc\n" + "\n".join(subjects) + "\n")
+    common = ["--key", str(key), "--caller", "platform", "--url", gw.url]
+    submitted = await asyncio.create_subprocess_exec(
+        CLI, "batch", "submit", "--purpose", BATCH_PURPOSE, "--op", "credit/dishonest-debtor",
+        "--subjects", str(source), *common, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await submitted.communicate()
+    assert submitted.returncode == 0, err.decode()
+    text = out.decode()
+    batch_id = text.split()[1].rstrip(":")
+    assert "done, 12/12 subjects" in text
+    target = tmp_path / "out.csv"
+    written = await asyncio.create_subprocess_exec(
+        CLI, "batch", "results", batch_id, "-o", str(target), *common, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await written.communicate()
+    assert written.returncode == 0
+    rows = target.read_text().splitlines()
+    assert rows[0].startswith("line,uscc") and [row.split(",")[1] for row in rows[1:]] == subjects

@@ -1,5 +1,5 @@
 """kill -9 of a gateway in the middle of a batch chunk, on SQLite and on PostgreSQL (where two nodes share the job):
-after the restart the batch finishes with exactly one result line per subject and operation, and the audit shows
+after the restart the batch finishes (on PostgreSQL, a second node running `batch-worker` shares it) with exactly one result line per subject and operation, and the audit shows
 the chunk that ran twice."""
 
 from __future__ import annotations
@@ -164,10 +164,14 @@ async def test_kill_9_mid_chunk_loses_nothing_and_counts_nothing_twice(
     async with httpx.AsyncClient() as sim:
         await sim.post(f"{credit_url}/_sim/faults", json={"mode": "latency", "latency_ms": 300})
     two_nodes = not cluster.settings.is_sqlite
-    ports = {"node-1": free_port(), "node-2": free_port()}
+    ports = {"node-1": free_port()}
     nodes = {"node-1": await start_node(cluster, "node-1", ports["node-1"])}
     if two_nodes:
-        nodes["node-2"] = await start_node(cluster, "node-2", ports["node-2"])
+        # The second node runs chunks only: `msjx-gateway batch-worker`.
+        data_dir = cluster.root / "node-2"
+        data_dir.mkdir(exist_ok=True)
+        env = {**cluster.env, "MSJX_DATA_DIR": str(data_dir), "MSJX_NODE_ID": "node-2"}
+        nodes["node-2"] = subprocess.Popen([CLI, "batch-worker"], env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{ports['node-1']}"
     try:
         async with httpx.AsyncClient(base_url=url, auth=cluster.auth, timeout=30) as client:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.batches.service import BatchService
@@ -42,6 +43,23 @@ def _media_type(request: Request) -> str:
 
 
 def _operations_from_query(request: Request) -> list[dict[str, Any]]:
+    """`?operation=service/operation` (repeated) and `?params={...}`: the parameters every operation that takes them
+    gets (e.g. {"year": 2025}); per-subject columns of the file override them."""
+    shared: dict[str, Any] = {}
+    raw = request.query_params.get("params")
+    if raw is not None:
+        try:
+            shared = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            shared = None  # type: ignore[assignment]
+        if not isinstance(shared, dict):
+            raise Problem(
+                422,
+                "validation_failed",
+                "Request is invalid",
+                "params: a JSON object",
+                errors=[{"field": "params", "message": "a JSON object", "type": "dict_type"}],
+            )
     operations = []
     for index, value in enumerate(request.query_params.getlist("operation")):
         service, _, operation = value.partition("/")
@@ -53,7 +71,7 @@ def _operations_from_query(request: Request) -> list[dict[str, Any]]:
                 f"operation {value!r} is not service/operation",
                 errors=[{"field": f"operation/{index}", "message": "service/operation", "type": "operation_invalid"}],
             )
-        operations.append({"service": service, "operation": operation, "params": {}})
+        operations.append({"service": service, "operation": operation, "params": shared, "shared": True})
     if not operations:
         raise Problem(
             422,
@@ -73,12 +91,8 @@ async def _submit(exchange: Exchange) -> tuple[int, bytes]:
     inline: list[Any] | None = None
     if media_type in ("text/csv", NDJSON):
         purpose = request.query_params.get("purpose", "")
-        body = (
-            BatchIn.model_validate({"purpose": purpose, "operations": _operations_from_query(request), "subjects": []})
-            if purpose
-            else None
-        )
-        if body is None:
+        operations = _operations_from_query(request)
+        if not purpose:
             raise Problem(
                 422,
                 "validation_failed",
@@ -86,17 +100,17 @@ async def _submit(exchange: Exchange) -> tuple[int, bytes]:
                 "purpose: the query names the purpose (?purpose=...)",
                 errors=[{"field": "purpose", "message": "missing", "type": "missing"}],
             )
-        operations = [op.model_dump() for op in body.operations]
+        plain = [{"service": op["service"], "operation": op["operation"]} for op in operations]
+        try:
+            body = BatchIn.model_validate({"purpose": purpose, "operations": plain, "subjects": []})
+        except ValidationError as exc:
+            raise validation_problem(exc.errors()) from None
     elif media_type == "application/json":
         document = load_body(exchange.body)
         try:
             body = BatchIn.model_validate(document)
-        except Exception as exc:
-            from pydantic import ValidationError
-
-            if isinstance(exc, ValidationError):
-                raise validation_problem(exc.errors()) from None
-            raise
+        except ValidationError as exc:
+            raise validation_problem(exc.errors()) from None
         operations = [op.model_dump() for op in body.operations]
         inline = body.subjects
     else:

@@ -151,7 +151,10 @@ class BatchService:
                     f"{service}/{name} changes state; only read-only operations run in batches",
                 )
             grant = await self.grant_for(caller_id, service, name, purpose)
-            planned.append(Planned(service, name, dict(entry.get("params") or {}), grant, operation.input_model))
+            params = dict(entry.get("params") or {})
+            if entry.get("shared"):  # given once for all operations: each keeps those it takes
+                params = {key: value for key, value in params.items() if key in operation.input_model.model_fields}
+            planned.append(Planned(service, name, params, grant, operation.input_model))
         return planned
 
     async def grant_for(self, caller_id: str, service: str, operation: str, purpose: str) -> GrantInfo:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import typer
 
 from gateway.cli.audit import audit_app
+from gateway.cli.batch import batch_app, batch_worker
 from gateway.cli.calendar import calendar_app
 from gateway.cli.call import call
 from gateway.cli.callers import callers_app
@@ -30,6 +31,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(calendar_app, name="calendar")
 app.add_typer(console_users_app, name="console-users")
+app.add_typer(batch_app, name="batch")
+app.command("batch-worker")(batch_worker)
 
 
 def main() -> None:
