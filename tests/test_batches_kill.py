@@ -1,6 +1,6 @@
-"""kill -9 of a gateway in the middle of a batch chunk, on SQLite and on PostgreSQL (where two nodes share the job):
-after the restart the batch finishes (on PostgreSQL, a second node running `batch-worker` shares it) with exactly one result line per subject and operation, and the audit shows
-the chunk that ran twice."""
+"""kill -9 of a gateway in the middle of a batch chunk, on SQLite and on PostgreSQL (where a second node running
+`batch-worker` shares the job): after the restart the batch finishes with exactly one result line per subject and
+operation, and the audit shows the chunk that ran twice."""
 
 from __future__ import annotations
 
