@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -237,6 +238,9 @@ class Adapter:
     # upstream's comes from its registration instead. Empty: no department owns it until an admin names one.
     provider_department: str = ""
     operations: ClassVar[dict[str, Operation]] = {}
+    # Operations the upstream's contract also offers in bulk (one request, many subjects), with the most subjects
+    # one bulk request may carry. A batch job uses them; single calls never do.
+    bulk_operations: ClassVar[dict[str, int]] = {}
     _guard: Guard | None = None
 
     async def start(self) -> None:
@@ -270,6 +274,52 @@ class Adapter:
     async def invoke(self, operation_name: str, params: BaseModel) -> UpstreamResult:
         operation = self.operations[operation_name]
         return await self.guard.run(operation.safe, lambda: self._call_checked(operation, params))
+
+    async def call_bulk(
+        self, operation: Operation, params: Sequence[BaseModel]
+    ) -> list[UpstreamResult | UpstreamError]:
+        """One bulk request: an answer or an error per subject, in the order asked (subclasses with bulk operations)."""
+        raise NotImplementedError
+
+    async def invoke_bulk(
+        self, operation_name: str, params: Sequence[BaseModel]
+    ) -> list[UpstreamResult | UpstreamError]:
+        """Many subjects in one request, under the same guard as single calls; each answer checked on its own."""
+        operation = self.operations[operation_name]
+        limit = self.bulk_operations.get(operation_name, 0)
+        if not 0 < len(params) <= limit:
+            raise ValueError(f"{self.service}/{operation_name} takes 1 to {limit} subjects in bulk, not {len(params)}")
+
+        async def bulk() -> UpstreamResult:
+            # The guard deals in one result (it counts its attempts): the answers ride in it.
+            return UpstreamResult({"answers": await self._bulk_checked(operation, params)})
+
+        carrier = await self.guard.run(operation.safe, bulk)
+        answers: list[UpstreamResult | UpstreamError] = carrier.data["answers"]
+        for answer in answers:
+            answer.attempts = carrier.attempts
+        return answers
+
+    async def _bulk_checked(
+        self, operation: Operation, params: Sequence[BaseModel]
+    ) -> list[UpstreamResult | UpstreamError]:
+        answers = await self.call_bulk(operation, params)
+        if len(answers) != len(params):
+            raise UpstreamMalformed(self.service, f"{len(answers)} answers to {len(params)} subjects")
+        checked: list[UpstreamResult | UpstreamError] = []
+        for answer in answers:
+            if isinstance(answer, UpstreamResult):
+                try:
+                    answer.data = operation.output_model.model_validate(answer.data).model_dump(
+                        mode="json", by_alias=True
+                    )
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    reason = f"{'/'.join(str(part) for part in first['loc'])}: {first['msg']}"
+                    checked.append(UpstreamMalformed(self.service, reason, answer.upstream_status))
+                    continue
+            checked.append(answer)
+        return checked
 
     async def _call_checked(self, operation: Operation, params: BaseModel) -> UpstreamResult:
         result = await self.call(operation, params)

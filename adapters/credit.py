@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from schemas.credit import AbnormalOperationRecord, CreditQuery, DishonestDebtorRecord, SeriousViolationRecord
 
-from .base import Operation, UpstreamMalformed, UpstreamRejected, UpstreamResult
+from .base import Operation, UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamResult
 from .http import RestAdapter
 
 __all__ = ["CreditAdapter"]
@@ -107,6 +107,37 @@ class CreditAdapter(RestAdapter):
             ),
         )
     }
+
+    # The platform's batch-query endpoints (POST <path>/batch-query, {"tyshxydm": [...]}) take up to 1,000 codes.
+    bulk_operations: ClassVar[dict[str, int]] = {name: 1000 for name in _ROUTES}
+
+    async def call_bulk(
+        self, operation: Operation, params: Sequence[BaseModel]
+    ) -> list[UpstreamResult | UpstreamError]:
+        path, translate = _ROUTES[operation.name]
+        codes: list[str] = [item.uscc for item in params]  # type: ignore[attr-defined]
+        response = await self.http.post_json(path + "/batch-query", {"tyshxydm": codes})
+        body = response.body
+        code = body.get("code")
+        if code != _OK:
+            upstream_status = str(code) if code is not None else str(response.status)
+            raise UpstreamRejected(self.service, upstream_status, str(body.get("message") or "no message"))
+        items = body.get("data")
+        if not isinstance(items, list) or len(items) != len(codes):
+            raise UpstreamMalformed(self.service, "'data' is not a list with one answer per code", _OK)
+        answers: list[UpstreamResult | UpstreamError] = []
+        for uscc, item in zip(codes, items, strict=True):
+            try:
+                result = translate(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                missing = f"'{exc.args[0]}' is missing" if isinstance(exc, KeyError) else str(exc)
+                answers.append(UpstreamMalformed(self.service, missing, _OK))
+                continue
+            if result["uscc"] != uscc:
+                answers.append(UpstreamMalformed(self.service, "the answer is about a different enterprise", _OK))
+                continue
+            answers.append(UpstreamResult(result, upstream_status=str(response.status)))
+        return answers
 
     async def call(self, operation: Operation, params: BaseModel) -> UpstreamResult:
         path, translate = _ROUTES[operation.name]

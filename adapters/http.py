@@ -175,6 +175,13 @@ class JsonClient(HttpClient):
         response = await self.request("GET", self.base_url + path, params=params)
         return self._decode(response.status, response.body)
 
+    async def post_json(self, path: str, body: object) -> JsonResponse:
+        """POST a JSON body to `path` and decode a JSON object; failures as for `get_json`."""
+        response = await self.request(
+            "POST", self.base_url + path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        return self._decode(response.status, response.body)
+
     def _decode(self, status: int, raw: bytes) -> JsonResponse:
         if status >= 500 or 300 <= status < 400:
             raise UpstreamRejected(self.service, str(status), phrase(status))

@@ -16,7 +16,7 @@ from schemas.uscc import is_valid_uscc
 from simulators import serving
 from simulators.serving import start_app
 
-from .enterprises import ENTERPRISES, Enterprise, Listing
+from .enterprises import ENTERPRISES, Enterprise, Listing, by_uscc
 from .faults import install_faults
 
 __all__ = ["BASE_PATH", "create_app", "main", "start_with_port"]
@@ -88,9 +88,33 @@ def _endpoint(encode: Callable[[str, Enterprise | None], dict[str, Any]]) -> Cal
         if body is None:
             if not is_valid_uscc(uscc):
                 return web.Response(body=_BAD_USCC, status=400, content_type=_JSON)
-            # A valid code the platform has no record of is simply not listed: it cannot tell it is unknown.
-            body = _envelope(encode(uscc, None))
+            # A code of the register, or a valid code the platform has no record of: that one is simply not listed
+            # (the platform cannot tell it is unknown).
+            body = _envelope(encode(uscc, by_uscc(uscc)))
         return web.Response(body=body, content_type=_JSON)
+
+    return handle
+
+
+_BULK_MAX = 1000
+_BAD_BULK = orjson.dumps({"code": "4002", "message": f"tyshxydm 须为 1 至 {_BULK_MAX} 个统一社会信用代码的列表"})
+
+
+def _bulk_endpoint(encode: Callable[[str, Enterprise | None], dict[str, Any]]) -> Callable[..., Any]:
+    """POST {"tyshxydm": [...]}: up to 1,000 codes in one request, the answers in the same order."""
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return web.Response(body=_BAD_BULK, status=400, content_type=_JSON)
+        codes = body.get("tyshxydm") if isinstance(body, dict) else None
+        if not isinstance(codes, list) or not 0 < len(codes) <= _BULK_MAX:
+            return web.Response(body=_BAD_BULK, status=400, content_type=_JSON)
+        if not all(isinstance(code, str) and is_valid_uscc(code) for code in codes):
+            return web.Response(body=_BAD_USCC, status=400, content_type=_JSON)
+        data = [encode(code, by_uscc(code)) for code in codes]
+        return web.Response(body=orjson.dumps({"code": "0000", "message": "成功", "data": data}), content_type=_JSON)
 
     return handle
 
@@ -101,6 +125,7 @@ def create_app() -> web.Application:
     install_faults(app)
     for name, encode in _ENCODERS.items():
         app.router.add_get(f"{BASE_PATH}/{name}", _endpoint(encode))
+        app.router.add_post(f"{BASE_PATH}/{name}/batch-query", _bulk_endpoint(encode))
     return app
 
 

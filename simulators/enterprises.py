@@ -1,4 +1,5 @@
-"""The simulated enterprises every simulator answers about: 300 of them, generated from a fixed seed.
+"""The simulated enterprises every simulator answers about: 300 of them, generated from a fixed seed, and a register
+of MSJX_SIM_REGISTER_SIZE more (100,000 by default) made on demand, so that a batch meets real data.
 
 The same population backs the credit, tax, market-registration and treasury simulators, so one USCC tells one
 consistent story everywhere. All of it is drawn at random: a name, ID number or phone number that matches a real
@@ -7,14 +8,16 @@ one does so by chance, so treat them as personal data anyway (masked in logs, as
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from types import MappingProxyType
 
-from schemas.uscc import USCC_ALPHABET, make_uscc
+from schemas.uscc import USCC_ALPHABET, is_valid_uscc, make_uscc
 
 __all__ = [
     "DEMO_LISTED_USCC",
@@ -28,6 +31,7 @@ __all__ = [
     "LegalRepresentative",
     "Listing",
     "by_uscc",
+    "register_uscc",
 ]
 
 SEED = 20210801  # 2021-08-01, around when the Xiamen and Quanzhou plans were issued
@@ -344,10 +348,99 @@ def _generate() -> tuple[Enterprise, ...]:
 ENTERPRISES: tuple[Enterprise, ...] = _generate()
 _BY_USCC = {enterprise.uscc: enterprise for enterprise in ENTERPRISES}
 
+# The register: enterprise i (0 <= i < REGISTER_SIZE) has the organization code "MB" + i in base 31 (six characters
+# of the USCC alphabet), so its code tells its index and nothing needs to be stored. Drawn from its own seed.
+REGISTER_SIZE = int(os.environ.get("MSJX_SIM_REGISTER_SIZE", "100000"))
+_REGISTER_PREFIX = "MB"
+_REGISTER_DIGITS = 6
+
+
+_REGION_LIST = tuple(_REGIONS)
+_INDUSTRY_LIST = tuple(_INDUSTRIES)
+
+
+def _register_region(index: int) -> str:
+    return _REGION_LIST[index % len(_REGION_LIST)]
+
+
+def register_uscc(index: int) -> str:
+    """The code of enterprise `index` of the register."""
+    digits = []
+    value = index
+    for _ in range(_REGISTER_DIGITS):
+        value, digit = divmod(value, len(USCC_ALPHABET))
+        digits.append(USCC_ALPHABET[digit])
+    body = _REGISTER_PREFIX + "".join(reversed(digits))
+    values = [int(c) if c.isdigit() else ord(c) - 55 for c in body]
+    check = 11 - sum(v * w for v, w in zip(values, (3, 7, 9, 10, 5, 8, 4, 2), strict=True)) % 11
+    return make_uscc("91", _register_region(index), body + {10: "X", 11: "0"}.get(check, str(check)))
+
+
+def _register_index(uscc: str) -> int | None:
+    if len(uscc) != 18 or uscc[8:10] != _REGISTER_PREFIX:
+        return None
+    index = 0
+    for char in uscc[10 : 10 + _REGISTER_DIGITS]:
+        position = USCC_ALPHABET.find(char)
+        if position < 0:
+            return None
+        index = index * len(USCC_ALPHABET) + position
+    # The rest of the code is checked by its check character: cheaper than building the code again.
+    return index if index < REGISTER_SIZE and uscc[2:8] == _register_region(index) and is_valid_uscc(uscc) else None
+
+
+@lru_cache(maxsize=4096)
+def _registered(index: int, uscc: str) -> Enterprise:
+    rng = random.Random(SEED * 1_000_003 + index)
+    region = _register_region(index)
+    industry = rng.choice(_INDUSTRY_LIST)
+    city = _REGIONS[region][0]
+    established = _day(rng, date(1998, 1, 1), date(2023, 12, 31))
+    ratings: dict[int, str] = {}
+    paid: dict[int, Decimal] = {}
+    previous = None
+    scale = rng.choice((20_000, 200_000, 2_000_000))
+    for year in TAX_YEARS:
+        previous = "M" if established.year >= year - 1 else _next_rating(rng, previous)
+        ratings[year] = previous
+        paid[year] = _money(rng, scale // 20, scale)
+    tax_violations: tuple[Listing, ...] = ()
+    if rng.random() < 0.02:
+        tax_violations = _listings(rng, _TAX_VIOLATION_REASONS, _tax_authority(region), date(2022, 1, 1))
+        for year in TAX_YEARS:
+            if year >= tax_violations[0].listed_on.year:
+                ratings[year] = "D"
+    return Enterprise(
+        uscc=uscc,
+        name=f"{city}{rng.choice(_TRADE_NAME_CHARS)}{rng.choice(_TRADE_NAME_CHARS)}{_INDUSTRIES[industry]}有限公司",
+        status=rng.choices(("存续", "在业", "注销", "吊销"), weights=(70, 22, 5, 3))[0],
+        established_on=established,
+        registered_capital=(Decimal(rng.choice((10, 50, 100, 500, 1000))) * 10_000).quantize(Decimal("0.01")),
+        industry=industry,
+        region=region,
+        legal_representative=_person(rng, _REGION_LIST),  # type: ignore[arg-type]
+        tax_ratings=MappingProxyType(ratings),
+        tax_paid=MappingProxyType(paid),
+        dishonest_cases=_dishonest_cases(rng, region) if rng.random() < 0.08 else (),
+        abnormal_operations=(
+            _listings(rng, _ABNORMAL_REASONS, _market_authority(region), date(2021, 1, 1))
+            if rng.random() < 0.05
+            else ()
+        ),
+        serious_violations=(
+            _listings(rng, _SERIOUS_REASONS, _market_authority(region), date(2022, 1, 1)) if rng.random() < 0.02 else ()
+        ),
+        major_tax_violations=tax_violations,
+    )
+
 
 def by_uscc(uscc: str) -> Enterprise | None:
-    """The enterprise with this code, or None if it is not in the population."""
-    return _BY_USCC.get(uscc)
+    """The enterprise with this code (of the 300, or of the register), or None if there is none."""
+    found = _BY_USCC.get(uscc)
+    if found is not None:
+        return found
+    index = _register_index(uscc)
+    return _registered(index, uscc) if index is not None else None
 
 
 # For the demo line: an A-rated enterprise in operation that no list mentions, and a listed dishonest debtor.

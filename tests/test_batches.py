@@ -20,18 +20,23 @@ async def gw(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, credit_url: str
 ) -> AsyncIterator[RunningGateway]:
     """One gateway per backend for the module; chunks of 10 subjects so that 30 subjects make three chunks."""
+    from simulators import golden_tax
+
     data_dir: Path = tmp_path_factory.mktemp(f"batches-{request.param}")
+    runner, port = await golden_tax.start_with_port("127.0.0.1", 0)
     async with make_gateway(
         request.param,
         data_dir=data_dir,
-        upstream_urls={"credit": credit_url},
+        upstream_urls={"credit": credit_url, "golden-tax": f"http://127.0.0.1:{port}"},
         upstream_timeout=2.0,
         batch_chunk_size=10,
         batch_recheck_seconds=0.2,
         batch_stall_seconds=2.0,
     ) as running:
         await batch_grant(running)
+        await batch_grant(running, "golden-tax", "tax-credit-rating")
         yield running
+    await runner.cleanup()
 
 
 async def test_batch_runs_every_subject_once_with_granted_fields(gw: RunningGateway) -> None:
@@ -310,3 +315,38 @@ async def test_cli_submits_a_csv_follows_it_and_writes_results(gw: RunningGatewa
     assert written.returncode == 0
     rows = target.read_text().splitlines()
     assert rows[0].startswith("line,uscc") and [row.split(",")[1] for row in rows[1:]] == subjects
+
+
+async def test_two_operations_bulk_and_per_subject_over_the_register(gw: RunningGateway) -> None:
+    from simulators.enterprises import by_uscc, register_uscc
+
+    codes = [register_uscc(index) for index in range(5000, 5025)]
+    body = "uscc,year\n" + "\n".join(f"{code},{2024 if n % 2 else 2025}" for n, code in enumerate(codes)) + "\n"
+    async with gw.client() as client:
+        answer = await client.post(
+            "/v1/batches",
+            params=[
+                ("purpose", BATCH_PURPOSE),
+                ("operation", "credit/dishonest-debtor"),
+                ("operation", "golden-tax/tax-credit-rating"),
+            ],
+            content=body.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        assert answer.status_code == 202, answer.text
+        batch_id = answer.json()["batch_id"]
+        status = await wait_state(client, batch_id, ("done",))
+        lines = await all_lines(client, batch_id)
+    assert [op["done"] for op in status["operations"]] == [25, 25]
+    assert [line["line"] for line in lines] == list(range(1, 51))
+    for n, code in enumerate(codes):
+        credit, tax = lines[2 * n], lines[2 * n + 1]
+        enterprise = by_uscc(code)
+        assert enterprise is not None
+        assert (credit["uscc"], credit["operation"], tax["operation"]) == (
+            code,
+            "dishonest-debtor",
+            "tax-credit-rating",
+        )
+        assert credit["data"]["listed"] == enterprise.dishonest_debtor
+        assert tax["data"]["rating"] == enterprise.tax_ratings[2024 if n % 2 else 2025]

@@ -133,13 +133,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=30)
 
 
-async def chunk_rows(settings: Settings, batch_id: str) -> list[tuple[int, str, int, str | None]]:
+async def chunk_rows(settings: Settings, batch_id: str) -> list[tuple]:
     engine = db.create_engine(settings)
     try:
         async with engine.connect() as connection:
-            query = select(BatchChunk.chunk_no, BatchChunk.state, BatchChunk.attempts, BatchChunk.done_by).where(
-                BatchChunk.batch_id == batch_id
-            )
+            query = select(
+                BatchChunk.chunk_no, BatchChunk.state, BatchChunk.attempts, BatchChunk.done_by, BatchChunk.done_at
+            ).where(BatchChunk.batch_id == batch_id)
             return [tuple(row) for row in (await connection.execute(query)).all()]  # type: ignore[misc]
     finally:
         await engine.dispose()
@@ -166,12 +166,6 @@ async def test_kill_9_mid_chunk_loses_nothing_and_counts_nothing_twice(
     two_nodes = not cluster.settings.is_sqlite
     ports = {"node-1": free_port()}
     nodes = {"node-1": await start_node(cluster, "node-1", ports["node-1"])}
-    if two_nodes:
-        # The second node runs chunks only: `msjx-gateway batch-worker`.
-        data_dir = cluster.root / "node-2"
-        data_dir.mkdir(exist_ok=True)
-        env = {**cluster.env, "MSJX_DATA_DIR": str(data_dir), "MSJX_NODE_ID": "node-2"}
-        nodes["node-2"] = subprocess.Popen([CLI, "batch-worker"], env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{ports['node-1']}"
     try:
         async with httpx.AsyncClient(base_url=url, auth=cluster.auth, timeout=30) as client:
@@ -183,10 +177,22 @@ async def test_kill_9_mid_chunk_loses_nothing_and_counts_nothing_twice(
             answer = await client.post("/v1/batches", json=body)
             assert answer.status_code == 202, answer.text
             batch_id = answer.json()["batch_id"]
-            while (await client.get(f"/v1/batches/{batch_id}")).json()["chunks"]["done"] < 2:
-                await asyncio.sleep(0.05)
+            # Killed once a chunk is done and another has started (its attempt counted) and not finished.
+            while True:
+                rows = await chunk_rows(cluster.settings, batch_id)
+                done = sum(row[1] == "done" for row in rows)
+                if done >= 1 and any(row[1] == "pending" and row[2] >= 1 for row in rows):
+                    break
+                await asyncio.sleep(0.01)
         nodes["node-1"].send_signal(signal.SIGKILL)
         nodes["node-1"].wait(timeout=10)
+        if two_nodes:
+            # A second node, running chunks only (`msjx-gateway batch-worker`), shares what is left. It starts after
+            # the kill, so that the kill surely finds node-1 inside a chunk, the only worker then.
+            data_dir = cluster.root / "node-2"
+            data_dir.mkdir(exist_ok=True)
+            env = {**cluster.env, "MSJX_DATA_DIR": str(data_dir), "MSJX_NODE_ID": "node-2"}
+            nodes["node-2"] = subprocess.Popen([CLI, "batch-worker"], env=env, stdout=subprocess.DEVNULL)
         nodes["node-1"] = await start_node(cluster, "node-1", ports["node-1"])
         async with httpx.AsyncClient(base_url=url, auth=cluster.auth, timeout=30) as client:
             for _ in range(600):
@@ -203,10 +209,10 @@ async def test_kill_9_mid_chunk_loses_nothing_and_counts_nothing_twice(
     assert [line["line"] for line in lines] == list(range(1, SUBJECTS + 1))
     assert [line["uscc"] for line in lines] == usccs(SUBJECTS)
     chunks = await chunk_rows(cluster.settings, batch_id)
-    assert all(state == "done" for _, state, _, _ in chunks)
-    retried = [number for number, _, attempts, _ in chunks if attempts > 1]
-    assert retried, "the kill did not land in a chunk"
+    assert all(row[1] == "done" for row in chunks)
+    retried = [row[0] for row in chunks if row[2] > 1]
+    assert retried, f"the kill did not land in a chunk: {chunks}"
     reasons = await retried_in_audit(cluster.settings, batch_id)
     assert any(f"chunk {number} attempt 2" in reason for number in retried for reason in reasons)
     if two_nodes:
-        assert {done_by for _, _, _, done_by in chunks} == {"node-1", "node-2"}
+        assert {row[3] for row in chunks} == {"node-1", "node-2"}

@@ -193,7 +193,8 @@ class ProcrastinateQueue:
                 "install_signal_handlers": False,
                 "update_heartbeat_interval": max(0.2, self._stall / 4),
                 "stalled_worker_timeout": self._stall,
-                "fetch_job_polling_interval": 1.0,
+                # A worker that found the queue empty looks again this soon even without a notification.
+                "fetch_job_polling_interval": 0.2,
                 "delete_jobs": "successful",
             }
             self._worker = asyncio.create_task(self.app.run_worker_async(**options), name="batch-worker")
