@@ -524,7 +524,7 @@ async def test_the_console_on_postgresql_and_redis(tmp_path: Path, credit_url: s
                 search = await client.get("/console/audit", params={"go": "1", "event": "console.login"})
                 assert search.status_code == 200 and "console:dept-officer" in search.text
                 charts = await client.get("/console/audit/charts")
-                assert charts.status_code == 200 and charts.text.count("<svg") == 4
+                assert charts.status_code == 200 and charts.text.count("<svg") == 5
                 chains = await client.get("/console/audit/chains")
                 assert chains.status_code == 200 and "node-1" in chains.text
                 pg.clock.advance(minutes=16)

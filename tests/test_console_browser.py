@@ -144,7 +144,7 @@ async def test_officer_approves_and_the_platform_gets_exactly_those_fields_then_
     assert reading["target_id"] == auditor.url.split("/")[-2]  # …/records/{id}/payload
 
     await auditor.goto(world.url + "/console/audit/charts")
-    assert await auditor.locator("svg").count() == 4
+    assert await auditor.locator("svg").count() == 5
     await shoot(auditor, "audit-charts", tmp_path)
     await auditor.goto(world.url + "/console/audit/chains")
     await auditor.get_by_role("link", name="立即校验").click()

@@ -16,12 +16,13 @@ from sqlalchemy import func, select
 from gateway.api.audit import record_out
 from gateway.audit.rows import AUDIT_TABLE, CHECKPOINT_TABLE, chain_ids
 from gateway.audit.search import AuditQuery, search_records
+from gateway.batches.tables import BatchJob
 from gateway.console.charts import Bar, bars, stacked_hours
 from gateway.console.session import audit_event
 from gateway.console.twin import call_api
 from gateway.console.web import as_list, guard, is_htmx, posted, render, router
 from schemas.audit import AuditSearchParams
-from schemas.times import BEIJING as CHINA
+from schemas.times import BEIJING
 from security.masking import mask_bank_account, mask_id_number, mask_phone
 
 AUDITOR = "auditor"
@@ -193,7 +194,7 @@ async def _chain_status(engine: Any) -> list[dict[str, Any]]:
 
 
 def _time(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts_ms / 1000, BEIJING).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @router.get("/audit/chains")
@@ -275,7 +276,7 @@ async def export(request: Request) -> Response:
         status=200,
         detail={"from": start.isoformat(), "to": end.isoformat(), "records": len(lines)},
     )
-    name = f"audit-{start.astimezone(CHINA):%Y%m%d%H%M}-{end.astimezone(CHINA):%Y%m%d%H%M}.jsonl"
+    name = f"audit-{start.astimezone(BEIJING):%Y%m%d%H%M}-{end.astimezone(BEIJING):%Y%m%d%H%M}.jsonl"
     return Response(
         b"\n".join(lines) + (b"\n" if lines else b""),
         media_type="application/x-ndjson",
@@ -323,6 +324,13 @@ async def charts(request: Request, hours: int = 24) -> Response:
             .order_by(func.count().desc())
             .limit(10)
         )
+        jobs = BatchJob.__table__
+        batches = await connection.execute(
+            select(jobs.c.state, func.count(), func.sum(jobs.c.total))
+            .where(jobs.c.created_at >= datetime.fromtimestamp(since / 1000, UTC))
+            .group_by(jobs.c.state)
+        )
+        batch_rows = batches.all()
         hour_rows, code_rows, caller_rows, purpose_rows = (
             per_hour.all(),
             codes.all(),
@@ -330,7 +338,7 @@ async def charts(request: Request, hours: int = 24) -> Response:
             purposes.all(),
         )
     first_hour = since // 3_600_000 + 1
-    labels = [datetime.fromtimestamp((first_hour + i) * 3600, CHINA).strftime("%m-%d %H时") for i in range(hours)]
+    labels = [datetime.fromtimestamp((first_hour + i) * 3600, BEIJING).strftime("%m-%d %H时") for i in range(hours)]
     series: dict[str, list[int]] = {name: [0] * hours for name in ("allowed", "refused", "failed")}
     for bucket, decision, count in hour_rows:
         index = int(bucket) - first_hour
@@ -344,6 +352,11 @@ async def charts(request: Request, hours: int = 24) -> Response:
         "hours": stacked_hours(f"最近 {hours} 小时每小时交换量（按决定）", labels, series),
         "codes": bars("拒绝原因代码 refusals by code", [Bar(str(c), n) for c, n in code_rows], colour="#b3261e"),
         "callers": bars("调用最多的调用方 top callers", [Bar(str(c), n) for c, n in caller_rows]),
+        "batches": bars(
+            "批量比对任务（按状态） batch jobs by state",
+            [Bar(f"{state}（{int(subjects or 0)} 户）", count) for state, count, subjects in batch_rows],
+            colour="#6a3d9a",
+        ),
         "purposes": bars("调用最多的用途 top purposes", [Bar(str(p), n) for p, n in purpose_rows], colour="#2e7d4f"),
     }
     figures = {name: Markup(text) for name, text in svg.items()}  # noqa: S704

@@ -64,6 +64,10 @@ async def upstreams(request: Request, done: str = "") -> Response:
                 "health": {"closed": "正常 healthy", "half_open": "试探 probing", "open": "熔断 open"}.get(
                     breaker, breaker
                 ),
+                "owner": (by_name.get(name) or {}).get("owner_department")
+                or getattr(runtime.adapters[name], "provider_department", None)
+                or "",
+                "operations": len(getattr(runtime.adapters[name], "operations", {}) or {}),
                 "p50": p50,
                 "p99": p99,
             }

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -219,6 +219,12 @@ async def login(request: Request, username: str, password: str, code: str) -> Lo
         account.locked_until = None
         account.totp_last_step = step
         account.last_login_at = now
+        # The account's sessions that ended, or went idle, more than a day ago are of no further use.
+        await db.execute(
+            delete(ConsoleSession).where(
+                ConsoleSession.username == account.username, ConsoleSession.last_seen_at < now - timedelta(days=1)
+            )
+        )
         token = secrets.token_urlsafe(32)
         db.add(
             ConsoleSession(

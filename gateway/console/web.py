@@ -26,6 +26,7 @@ from gateway.console.session import (
     logout,
     set_cookie,
 )
+from schemas.times import BEIJING
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 HTMX = "htmx-2.0.11.min.js"
@@ -63,11 +64,9 @@ def _beijing(moment: Any) -> str:
             moment = datetime.fromisoformat(moment)
         except ValueError:
             return moment
-    from schemas.times import BEIJING as CHINA
-
     if moment.tzinfo is None:
         return moment.strftime("%Y-%m-%d %H:%M")
-    return moment.astimezone(CHINA).strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M")
 
 
 TEMPLATES.filters["beijing"] = _beijing
