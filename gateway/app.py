@@ -170,7 +170,7 @@ def create_app(
     app.include_router(swagger.router)
     app.include_router(soap.router)
     app.include_router(console_pages.router)
-    app.state.console = console_pages.ConsoleState(secure_cookies=settings.console_secure_cookies)
+    app.state.console = console_pages.ConsoleState(secure_cookies=settings.console_secure_cookies, settings=settings)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:

@@ -476,6 +476,7 @@ async def _new_account(world: ConsoleWorld, username: str, role: str, caller: st
             password=None,
             created_by="test",
             now=world.clock(),
+            box=world.app.state.console.box,
         )
 
 
@@ -533,3 +534,15 @@ async def test_the_console_on_postgresql_and_redis(tmp_path: Path, credit_url: s
                 assert "credit" in (await client.get("/console/upstreams")).text
     finally:
         await drop_database(database)
+
+
+async def test_totp_secrets_are_sealed_at_rest(world: ConsoleWorld) -> None:
+    async with world.app.state.runtime.sessions() as session:
+        stored = (await session.get(ConsoleAccount, "auditor")).totp_secret
+    assert stored.startswith(accounts.SEALED) and world.accounts["auditor"]["totp_secret"] not in stored
+    box = world.app.state.console.box
+    assert box.open("auditor", stored) == world.accounts["auditor"]["totp_secret"]
+    with pytest.raises(accounts.AccountError):
+        box.open("operator", stored)  # bound to its account: a copied value does not open for another
+    with pytest.raises(accounts.AccountError):
+        accounts.SecretBox.from_master(b"\x01" * 32).open("auditor", stored)

@@ -191,6 +191,7 @@ async def test_five_failed_sign_ins_lock_the_account(world: ConsoleWorld, contex
             password=None,
             created_by="test",
             now=world.clock(),
+            box=world.app.state.console.box,
         )
     page = await context.new_page()  # type: ignore[attr-defined]
     for _ in range(5):

@@ -57,6 +57,8 @@ def add(
         if not password:
             raise fail(f"--password-env: {password_env} is not set")
 
+    box = accounts.SecretBox.for_settings(cli_settings(data_dir))
+
     async def work(session: object) -> accounts.NewAccount:
         return await accounts.add_account(
             session,  # type: ignore[arg-type]
@@ -67,6 +69,7 @@ def add(
             password=password,
             created_by=f"cli:{getpass.getuser()}",
             now=_now(),
+            box=box,
         )
 
     created = _run(data_dir, work)
@@ -120,7 +123,8 @@ def reset_totp(username: str, data_dir: DataDir = None) -> None:
     """Give an account a new TOTP secret (the old authenticator stops working; its sessions end)."""
     from gateway.console import accounts
 
-    secret = _run(data_dir, lambda session: accounts.reset_totp(session, username, _now()))
+    box = accounts.SecretBox.for_settings(cli_settings(data_dir))
+    secret = _run(data_dir, lambda session: accounts.reset_totp(session, username, _now(), box))
     typer.echo(f"totp secret: {secret}")
     typer.echo(f"otpauth uri: {accounts.provisioning_uri(username, str(secret))}")
 

@@ -3,6 +3,9 @@ admin make (add, list, lock, unlock, reset TOTP)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 import re
 import secrets
 import string
@@ -12,12 +15,18 @@ from datetime import UTC, datetime, timedelta
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.console.roles import ROLES
 from gateway.console.store import ConsoleAccount, ConsoleSession
+from gateway.settings import Settings
 from gateway.storage.models import Caller
+from security.keyring import load_master_key
 
 HASHER = PasswordHasher()  # argon2id, the library's RFC 9106 defaults
 # Compared against when the username is unknown, so a failed login takes as long either way.
@@ -31,6 +40,48 @@ ISSUER = "msjx-gateway"
 
 class AccountError(ValueError):
     """A change to an account that the rules refuse; the message says why, in Chinese and English."""
+
+
+SEALED = "v1:"
+
+
+class SecretBox:
+    """Seals TOTP secrets at rest (GB/T 22239 asks that authentication data be kept confidential): AES-256-GCM under
+    a key derived from the gateway's master key, bound to the username. Every node holds the same master key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_master(cls, master_secret: bytes) -> SecretBox:
+        key = HKDF(SHA256(), 32, salt=None, info=b"msjx-gateway/console-totp/1").derive(master_secret)
+        return cls(key)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> SecretBox:
+        master = load_master_key(
+            env_value=settings.master_key.get_secret_value() if settings.master_key else None,
+            secret_file=settings.master_key_file,
+            default_path=settings.keys_dir / "master.key",
+        )
+        return cls.from_master(master.secret)
+
+    def seal(self, username: str, secret: str) -> str:
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, secret.encode(), username.encode())
+        return SEALED + base64.b64encode(nonce + sealed).decode()
+
+    def open(self, username: str, stored: str) -> str:
+        """The secret; AccountError when it was sealed under another master key or for another account."""
+        if not stored.startswith(SEALED):
+            return stored  # written before secrets were sealed
+        try:
+            raw = base64.b64decode(stored[len(SEALED) :], validate=True)
+            return self._aead.decrypt(raw[:12], raw[12:], username.encode()).decode()
+        except (InvalidTag, binascii.Error, ValueError) as exc:
+            raise AccountError(
+                f"{username} 的动态口令密钥无法解密 (the TOTP secret does not open: another master key?); reset-totp"
+            ) from exc
 
 
 def password_problems(password: str, username: str) -> list[str]:
@@ -74,13 +125,16 @@ def check_password(account: ConsoleAccount | None, password: str) -> bool:
         return False
 
 
-def check_totp(account: ConsoleAccount, code: str, now: datetime) -> int | None:
+def check_totp(account: ConsoleAccount, code: str, now: datetime, box: SecretBox) -> int | None:
     """The time step `code` belongs to (this one or the one before or after, for clock drift), if it is a valid
     code this account has not used yet; else None."""
     code = code.strip()
     if not re.fullmatch(r"\d{6}", code):
         return None
-    totp = pyotp.TOTP(account.totp_secret)
+    try:
+        totp = pyotp.TOTP(box.open(account.username, account.totp_secret))
+    except AccountError:
+        return None
     moment = int(now.timestamp())
     for offset in (0, -1, 1):
         step = moment // totp.interval + offset
@@ -123,6 +177,7 @@ async def add_account(
     password: str | None,
     created_by: str,
     now: datetime,
+    box: SecretBox,
 ) -> NewAccount:
     """Create an account with a TOTP secret (shown once); the password is generated when not given."""
     if not USERNAME.fullmatch(username):
@@ -157,7 +212,7 @@ async def add_account(
             caller_id=caller_id,
             password_hash=hash_password(password),
             password_changed_at=now,
-            totp_secret=secret,
+            totp_secret=box.seal(username, secret),
             failed_logins=0,
             disabled=False,
             created_at=now,
@@ -207,14 +262,15 @@ async def unlock_account(session: AsyncSession, username: str) -> None:
     await session.commit()
 
 
-async def reset_totp(session: AsyncSession, username: str, now: datetime) -> str:
+async def reset_totp(session: AsyncSession, username: str, now: datetime, box: SecretBox) -> str:
     """A new TOTP secret (the old authenticator stops working); the account's sessions end."""
     account = await _get(session, username)
-    account.totp_secret = pyotp.random_base32()
+    secret = pyotp.random_base32()
+    account.totp_secret = box.seal(username, secret)
     account.totp_last_step = None
     await end_sessions(session, username, now, "totp_reset")
     await session.commit()
-    return account.totp_secret
+    return secret
 
 
 async def set_password(session: AsyncSession, username: str, password: str, now: datetime) -> None:

@@ -80,6 +80,7 @@ async def add_account(request: Request) -> Response:
                 password=None,
                 created_by=f"console:{who.account.username}",
                 now=state_of(request).now(),
+                box=state_of(request).box,
             )
     except AccountError as exc:
         await _audit(request, who, "console.account.add", username, False, {"role": role, "refused": str(exc)})
@@ -115,7 +116,7 @@ async def change_account(request: Request, username: str, action: str) -> Respon
             elif action == "unlock":
                 await accounts.unlock_account(db, username)
             elif action == "reset-totp":
-                secret = await accounts.reset_totp(db, username, now)
+                secret = await accounts.reset_totp(db, username, now, state_of(request).box)
                 extra["created"] = {
                     "username": username,
                     "totp_secret": secret,

@@ -35,7 +35,9 @@ def _known(path: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-async def seed_console_accounts(session: AsyncSession, demo_dir: Path, now: datetime) -> list[dict[str, Any]]:
+async def seed_console_accounts(
+    session: AsyncSession, demo_dir: Path, now: datetime, box: accounts.SecretBox
+) -> list[dict[str, Any]]:
     """Create (or re-key) the demo accounts; write and return [{username, password, totp_secret, roles}]."""
     path = demo_dir / ACCOUNTS_FILE
     known = _known(path)
@@ -53,15 +55,17 @@ async def seed_console_accounts(session: AsyncSession, demo_dir: Path, now: date
                 password=None,
                 created_by="demo",
                 now=now,
+                box=box,
             )
             entry = {"username": username, "password": created.password, "totp_secret": created.totp_secret}
         elif entry is None or not accounts.check_password(account, entry.get("password", "")):
             password = accounts.generate_password()
             account.password_hash = accounts.hash_password(password)
-            account.totp_secret = pyotp.random_base32()
+            secret = pyotp.random_base32()
+            account.totp_secret = box.seal(username, secret)
             account.totp_last_step = None
             await session.commit()
-            entry = {"username": username, "password": password, "totp_secret": account.totp_secret}
+            entry = {"username": username, "password": password, "totp_secret": secret}
         listing.append(
             {
                 "username": username,

@@ -20,6 +20,7 @@ from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
 from gateway.console.accounts import (
     LOCK_MINUTES,
     MAX_FAILURES,
+    SecretBox,
     as_utc,
     check_password,
     check_totp,
@@ -27,6 +28,7 @@ from gateway.console.accounts import (
 )
 from gateway.console.roles import ROLES, ConsoleRole
 from gateway.console.store import ConsoleAccount, ConsoleSession
+from gateway.settings import Settings
 from gateway.storage.models import Caller
 
 IDLE = timedelta(minutes=15)
@@ -45,6 +47,16 @@ class ConsoleState:
 
     secure_cookies: bool = True
     clock: Callable[[], datetime] = utc_now
+    settings: Settings | None = None
+    _box: SecretBox | None = None
+
+    @property
+    def box(self) -> SecretBox:
+        """Opened on first use (the master key may not exist before the runtime has started)."""
+        if self._box is None:
+            assert self.settings is not None, "the console needs the gateway's settings for its master key"
+            self._box = SecretBox.for_settings(self.settings)
+        return self._box
 
     def now(self) -> datetime:
         return self.clock().astimezone(UTC)
@@ -164,7 +176,8 @@ async def login(request: Request, username: str, password: str, code: str) -> Lo
             )
             return LoginResult(False, "账户已锁定，请稍后再试或联系安全管理员 (account locked)")
         password_ok = check_password(account, password)
-        step = check_totp(account, code, now) if account is not None and password_ok else None
+        box = state_of(request).box
+        step = check_totp(account, code, now, box) if account is not None and password_ok else None
         if account is None or step is None:
             locked = False
             if account is not None:

@@ -22,7 +22,7 @@ class ConsoleAccount(Base):
     caller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     password_hash: Mapped[str] = mapped_column(String(256))
     password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    totp_secret: Mapped[str] = mapped_column(String(64))
+    totp_secret: Mapped[str] = mapped_column(String(200))  # sealed (accounts.SecretBox)
     # The last TOTP time step accepted: a code is good once, so one seen over a shoulder cannot be replayed.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from adapters.base import Adapter
 from gateway.access import callers
+from gateway.console.accounts import SecretBox
 from gateway.console.demo import seed_console_accounts
 from gateway.demo.sharing import seed_sharing
 from gateway.settings import Settings
@@ -131,7 +132,7 @@ async def seed(settings: Settings, adapters: dict[str, Adapter]) -> list[dict[st
         async with sessions() as session:
             sharing = await seed_sharing(session, adapters, datetime.now(UTC))
         async with sessions() as session:
-            await seed_console_accounts(session, demo_dir, datetime.now(UTC))
+            await seed_console_accounts(session, demo_dir, datetime.now(UTC), SecretBox.for_settings(settings))
     finally:
         await engine.dispose()
     demo_dir.mkdir(parents=True, exist_ok=True)
