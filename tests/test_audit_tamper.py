@@ -223,11 +223,20 @@ async def test_postgres_refuses_changes_to_audit_rows(tmp_path: Path) -> None:
             with pytest.raises(DBAPIError, match="append-only"):
                 async with store.engine.begin() as connection:
                     await connection.execute(text(sql))
-        # Only the archiver's transaction may delete, and only records.
-        async with store.engine.begin() as connection:
-            await connection.execute(text("SET LOCAL msjx.audit_archiver = 'on'"))
-            await connection.execute(text("DELETE FROM audit_records WHERE height = 1"))
+        # Rows leave PostgreSQL only with their whole month (a partition dropped): not even the archiver deletes one,
+        # nor TRUNCATEs a month's partition by its name.
+        for sql in (
+            "DELETE FROM audit_records WHERE height = 1",
+            "UPDATE audit_records SET purpose = 'x' WHERE height = 2",
+        ):
+            with pytest.raises(DBAPIError, match="append-only"):
+                async with store.engine.begin() as connection:
+                    await connection.execute(text("SET LOCAL msjx.audit_archiver = 'on'"))
+                    await connection.execute(text(sql))
+        async with store.engine.connect() as connection:
+            month = (
+                await connection.execute(text("SELECT tableoid::regclass::text FROM audit_records LIMIT 1"))
+            ).scalar()
         with pytest.raises(DBAPIError, match="append-only"):
             async with store.engine.begin() as connection:
-                await connection.execute(text("SET LOCAL msjx.audit_archiver = 'on'"))
-                await connection.execute(text("UPDATE audit_records SET purpose = 'x' WHERE height = 2"))
+                await connection.execute(text(f"TRUNCATE {month}"))

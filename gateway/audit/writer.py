@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.committer import Committer, PostgresCommitter, SqliteCommitter, describe_error
 from gateway.audit.node_keys import register_node_key
+from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
 from gateway.audit.witness import append_witness
 from gateway.storage.db import SQLITE_PRAGMAS
@@ -135,6 +136,7 @@ class AuditWriter:
         batch_max: int = 512,
         clock: Any = now_ms,
         health: Dependency | None = None,
+        partition_seconds: float = 3600.0,
     ) -> None:
         self._engine = engine
         self.health = health or Dependency("database", "database_unavailable", "Database unavailable")
@@ -171,6 +173,10 @@ class AuditWriter:
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
         self._resync = False
+        # PostgreSQL: the monthly partitions this writer knows are there (None on SQLite, which has one table).
+        self._months: MonthGuard | None = None
+        self._partition_seconds = partition_seconds
+        self._maintainer: asyncio.Task[None] | None = None
         self.height = 0
         self.head = GENESIS_HASH
         self.sealed_height = 0
@@ -184,6 +190,9 @@ class AuditWriter:
         if self.suite not in {row.suite for row in self.keyring.rows() if row.kind == "data" and not row.destroyed}:
             await self.keyring.rotate([self.suite])  # the first data key of a suite the ring has not used yet
         await self._load_head()
+        if self._engine.dialect.name == "postgresql":
+            partitions = await ensure_or_list(self._engine, self._clock())
+            self._months = MonthGuard(partitions) if partitions else None
         await self._committer.open()
         if self._signer is not None:
             await self._register_signer()
@@ -191,6 +200,8 @@ class AuditWriter:
                 # Seal what a crash (or a stop without shutdown) left unsigned before anything new is added.
                 await self.checkpoint()
         self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self.chain_id}")
+        if self._months is not None:
+            self._maintainer = asyncio.create_task(self._maintain(), name=f"audit-partitions-{self.chain_id}")
         if self._signer is not None:
             self._ticker = asyncio.create_task(self._tick(), name=f"audit-checkpoints-{self.chain_id}")
 
@@ -202,6 +213,8 @@ class AuditWriter:
         self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._maintainer is not None:
+            self._maintainer.cancel()
         self._wakeup.set()
         try:
             await self._task
@@ -337,6 +350,16 @@ class AuditWriter:
         self._wakeup.set()
         return await future
 
+    async def _maintain(self) -> None:
+        """Every `partition_seconds`, make sure the coming months' partitions exist (start-up made them first)."""
+        assert self._months is not None
+        while True:
+            await asyncio.sleep(self._partition_seconds)
+            try:
+                self._months.update(await ensure_ahead(self._engine, self._clock()))
+            except Exception as exc:  # months ahead give slack: the next run, or a batch that needs it, retries
+                log.warning("audit partitions for the coming months could not be made: %s", describe_error(exc))
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self._tick_seconds)
@@ -387,6 +410,10 @@ class AuditWriter:
                 row.setdefault("reason", None)
                 row.setdefault("reason_category", None)
                 row.setdefault("reason_ref", None)
+            if self._months is not None:
+                missing = self._months.missing([row["ts_ms"] for row in rows])
+                if missing:  # a month nobody made yet: make it now rather than fail the batch
+                    self._months.update(await ensure_months(self._engine, missing))
             checkpoint = None
             if self._signer is not None and height - self.sealed_height >= self._checkpoint_every:
                 checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock())

@@ -243,8 +243,9 @@ def audit_archive(
     data_dir: DataDir = None,
 ) -> None:
     """Move old records into hash-linked archive files under <data-dir>/archive/; rows leave the database only
-    after their archive file has been read back and verified."""
-    from gateway.audit.archive import ArchiveError, archive_chains
+    after their archive file has been read back and verified. On PostgreSQL they leave by whole months (a
+    partition dropped): the month the date falls in stays until it has ended."""
+    from gateway.audit.archive import ArchiveError, archive_log
     from gateway.audit.signer import node_trust
 
     settings = cli_settings(data_dir)
@@ -257,23 +258,34 @@ def audit_archive(
             f" until {beijing(limit)}); records stay in the database that long. Use --force to archive anyway."
         )
 
-    async def work(engine: Any) -> list[Any]:
+    async def work(engine: Any) -> Any:
         trusted = await node_trust(engine, settings)
-        return await archive_chains(
+        return await archive_log(
             engine, settings.archive_dir, before_ms=epoch_ms(cutoff), trusted=trusted, suite=settings.crypto_suite
         )
 
     try:
-        results = run_engine(settings, work)
+        run = run_engine(settings, work)
     except ArchiveError as exc:
         raise fail(str(exc), 1) from None
-    if not results:
+    if run.partitioned:
+        through = datetime.fromtimestamp(run.through_ms / 1000, UTC)
+        typer.echo(
+            f"PostgreSQL keeps the log in monthly partitions: records before {beijing(through)} (the whole months"
+            f" before {beijing(cutoff)}) are archived; later ones wait for their month to end"
+        )
+    if not run.archives and not run.dropped:
         typer.echo(f"nothing to archive before {beijing(cutoff)}")
-    for result in results:
+    for result in run.archives:
+        where = "removed from the database" if result.removed else "rows leave the database with their month"
         typer.echo(
             f"chain {result.chain_id}: archive {result.seq} holds heights {result.from_height}–{result.to_height}"
-            f" ({result.records} records) in {result.path}, {result.digest[:23]}…; removed from the database"
+            f" ({result.records} records) in {result.path}, {result.digest[:23]}…; {where}"
         )
+    for partition in run.dropped:
+        typer.echo(f"month {partition.month}: partition {partition.name} detached and dropped")
+    for why in run.waiting:
+        typer.echo(f"month {why}")
 
 
 @audit_app.command("search")
