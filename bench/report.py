@@ -166,6 +166,14 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         problem = f"a quick soak ({soak['duration_s']:.0f} s) is too short to measure growth (slope {value} MB/min)"
         value = None
     out["soak_rss_growth"] = _target(rule, value, SOAK_GROWTH_LIMIT, False, problem or "too few samples")
+    scale, problem = _measured(results, "audit_scale")
+    for key, rule, bound, above in (
+        ("subject_search_p95_ms", "audit_scale.subject_search_p95_ms <= 50", 50.0, False),
+        ("range_first_page_p95_ms", "audit_scale.range_first_page_p95_ms <= 50", 50.0, False),
+        ("verify_walk_cpu_rps", "audit_scale.verify_walk_cpu_rps >= 200000 (chain walk, records/CPU-s)", 2e5, True),
+    ):
+        value = scale.get(key) if scale is not None else None
+        out[f"audit_scale_{key}"] = _target(rule, value, bound, above, problem or f"{key} missing")
     return out
 
 
@@ -289,6 +297,22 @@ def _audit_lines(audit: Any) -> list[str]:
     return lines
 
 
+def _audit_scale_lines(scale: Any) -> list[str]:
+    if not isinstance(scale, dict) or "subject_search_p95_ms" not in scale:
+        return []
+    carried = f" (carried from {scale['carried_from']}, run {scale.get('finished')})" if "carried_from" in scale else ""
+    return [
+        "",
+        f"Audit log at scale (`.venv/bin/python -m bench --only audit_scale`){carried}: {scale['rows']:,} records in"
+        f" {scale['partitions']} monthly partitions on PostgreSQL, seeded through the writer at {scale['seed_rps']:,}"
+        f" records/s; subject search p95 **{scale['subject_search_p95_ms']} ms**, a day's first page p95"
+        f" **{scale['range_first_page_p95_ms']} ms**, chain walk **{scale['verify_walk_cpu_rps']:,} records/CPU-s**"
+        f" (`audit verify` end to end {scale['verify_db_rps']:,} records/s), **{scale['bytes_per_record']:,} bytes"
+        f" per record** on disk ({scale['table_bytes_per_record']:,} table, {scale['index_bytes_per_record']:,}"
+        " indexes).",
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     info = results["meta"]
     machine = info["machine"]
@@ -314,7 +338,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [_row(name, results.get(name)) for name in SCENARIOS]
     lines += _half_rate_lines(results.get("half_rate"), "gateway_sqlite", info["load"]["half_rate_run_s"])
     lines += _half_rate_lines(results.get("half_rate_pg_redis"), "gateway_pg_redis", info["load"]["half_rate_run_s"])
-    lines += _soap_lines(results.get("soap")) + _audit_lines(results.get("audit")) + _soak_lines(results.get("soak"))
+    lines += (
+        _soap_lines(results.get("soap"))
+        + _audit_lines(results.get("audit"))
+        + _audit_scale_lines(results.get("audit_scale"))
+    )
+    lines += _soak_lines(results.get("soak"))
     lines += [
         "",
         "| target | value | threshold | result | same ratio by CPU µs/req |",
