@@ -57,7 +57,7 @@ def _subject(rng: random.Random) -> str:
 
 
 def _event(rng: random.Random) -> Any:
-    from gateway.audit import AuditEvent
+    from gateway.audit.writer import AuditEvent
 
     subject = _subject(rng)
     service, operation = SERVICES[rng.randrange(len(SERVICES))]
@@ -110,10 +110,9 @@ class SpreadClock:
 
 async def seed(settings: Any, records: int, *, progress: bool = True) -> dict[str, Any]:
     """`records` records through the real writer, CHAINS chains side by side, spread over the last MONTHS months."""
-    from gateway.audit_keys import open_keyring
-
-    from gateway import db
-    from gateway.audit import AuditWriter
+    from gateway.audit.keys import open_keyring
+    from gateway.audit.writer import AuditWriter
+    from gateway.storage import db
     from security.keyring import now_ms
     from security.keys import ED25519, generate
 
@@ -185,11 +184,13 @@ def _p95(samples: list[float]) -> float:
 
 
 async def measure(settings: Any) -> dict[str, Any]:
-    from gateway.audit_keys import open_keyring
     from sqlalchemy import text
 
-    from gateway import db
-    from gateway.audit import AuditQuery, node_trust, search_records, subject_hashes, verify_all
+    from gateway.audit.keys import open_keyring
+    from gateway.audit.search import AuditQuery, search_records, subject_hashes
+    from gateway.audit.signer import node_trust
+    from gateway.audit.verify import verify_all
+    from gateway.storage import db
 
     engine = db.create_engine(settings)
     figures: dict[str, Any] = {}
@@ -287,7 +288,7 @@ async def measure(settings: Any) -> dict[str, Any]:
 async def _walk_rate(engine: Any, trust: Any) -> float:
     """The chain walk alone (hashing every record and ciphertext, checking checkpoints), per CPU-second, over every
     row of the seeded chains as the database reader hands them over: bench.audit's `verify_*_rps` at this size."""
-    from gateway.audit import chain_ids, iter_chain, load_checkpoints
+    from gateway.audit.rows import chain_ids, iter_chain, load_checkpoints
     from security.audit_chain import ChainVerifier
 
     walked, cpu = 0, 0.0
@@ -335,8 +336,8 @@ async def _drop(url: str) -> None:
 async def _run(
     records: int, keep: bool, database_url: str | None, data_dir: Path | None, measure_only: bool = False
 ) -> dict[str, Any]:
-    from gateway import db
     from gateway.settings import load_settings
+    from gateway.storage import db
 
     if measure_only:  # a database seeded before (with --keep): measure again, e.g. after changing a query
         if database_url is None or data_dir is None:
