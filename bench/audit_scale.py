@@ -346,9 +346,7 @@ async def _run(
     if measure_only:  # a database seeded before (with --keep): measure again, e.g. after changing a query
         if database_url is None or data_dir is None:
             raise SystemExit("--measure-only needs --database-url and --data-dir of a database seeded with --keep")
-        settings = load_settings(data_dir=data_dir, database_url=database_url)
-        await db.upgrade_async(settings)
-        return await measure(settings)
+        return await measure(load_settings(data_dir=data_dir, database_url=database_url))
     url, made = await _database(database_url)
     directory = data_dir or Path(tempfile.mkdtemp(prefix="msjx-bench-scale-"))
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import text
 
 from gateway.audit.archive import ArchiveError, archive_log
@@ -25,6 +26,7 @@ from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, r
 from tests.helpers.services import DATABASE_URL, admin_connection, drop_database, with_database
 
 DAY_MS = 86_400_000
+BEFORE = "0014"  # the revision before the partitioning one
 
 
 class Clock:
@@ -72,7 +74,7 @@ async def test_the_migration_moves_existing_rows_into_their_months(tmp_path: Pat
     url = with_database(DATABASE_URL, name)
     settings = load_settings(data_dir=tmp_path, database_url=url)
     try:
-        await db.upgrade_async(settings, "0010")  # the unpartitioned table, as every node has it today
+        await db.upgrade_async(settings, BEFORE)  # the unpartitioned table, as every node has it today
         engine = db.create_engine(settings)
         store = Store(settings, engine, "postgres")
         clock = Clock(months_back(14))
@@ -121,11 +123,14 @@ async def test_the_migration_moves_existing_rows_into_their_months(tmp_path: Pat
         finally:
             await engine.dispose()
 
-        await db.upgrade_async(settings, "0010")  # and back, rows kept
+        await asyncio.to_thread(command.downgrade, db.alembic_config(settings), BEFORE)  # and back, rows kept
         engine = db.create_engine(settings)
         try:
             store = Store(settings, engine, "postgres")
             assert len(await rows(store)) == 5 and (await verify(store))[CHAIN].ok
+            async with engine.connect() as connection:
+                kind = text("SELECT relkind::text FROM pg_class WHERE relname = 'audit_records'")
+                assert (await connection.execute(kind)).scalar() == "r"
         finally:
             await engine.dispose()
     finally:
