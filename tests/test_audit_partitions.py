@@ -26,7 +26,7 @@ from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, r
 from tests.helpers.services import DATABASE_URL, admin_connection, drop_database, with_database
 
 DAY_MS = 86_400_000
-BEFORE = "0014"  # the revision before the partitioning one
+BEFORE = "0015"  # the revision before the partitioning one
 
 
 class Clock:

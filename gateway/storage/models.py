@@ -238,7 +238,7 @@ class DataUseEntry(Base):
 class AuditRecord(Base):
     """One exchange or administrative event, hash-chained per node; payloads are stored sealed, never in clear.
 
-    On PostgreSQL the table is partitioned by month of `ts_ms` (migration 0015, gateway/audit/partitions.py), so
+    On PostgreSQL the table is partitioned by month of `ts_ms` (migration 0016, gateway/audit/partitions.py), so
     there its keys include `ts_ms`: primary key (chain_id, height, ts_ms), unique (record_id, ts_ms).
     """
 

@@ -1,7 +1,7 @@
 """audit records: partitioned by month on PostgreSQL; caller and subject indexes carry the time
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-05
 
 At three years' size (millions of rows) retention cannot delete rows one by one: on PostgreSQL `audit_records`
@@ -25,8 +25,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0015'
-down_revision = '0014'
+revision = '0016'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 
