@@ -210,19 +210,22 @@ async def chains(request: Request) -> Response:
 
 
 @router.get("/audit/chains/verify")
-async def verify_now(request: Request) -> Response:
+async def verify_now(request: Request, chain: str = "") -> Response:
+    """Without htmx: every chain at once. With htmx: first a row per chain, each of which then asks for its own
+    chain's verification, so the page fills in chain by chain as each is done (the progress)."""
     who = await guard(request, AUDITOR)
     if isinstance(who, Response):
         return who
-    answer = await call_api(request, who, "GET", "/v1/audit/verify")
-    return render(
-        request,
-        "auditor/verify.html" if is_htmx(request) else "auditor/chains.html",
-        who,
-        report=answer.body if answer.ok else None,
-        error=None if answer.ok else answer.problem,
-        chains=[] if is_htmx(request) else await _chain_status(request.app.state.runtime.engine),
-    )
+    engine = request.app.state.runtime.engine
+    if is_htmx(request) and not chain:
+        return render(request, "auditor/verify_rows.html", who, pending=await chain_ids(engine))
+    answer = await call_api(request, who, "GET", "/v1/audit/verify", query={"chain": chain or None})
+    report = answer.body if answer.ok else None
+    error = None if answer.ok else answer.problem
+    if is_htmx(request):
+        result = report["chains"][0] if report and report["chains"] else None
+        return render(request, "auditor/verify_row.html", who, chain=chain, c=result, error=error)
+    return render(request, "auditor/chains.html", who, report=report, error=error, chains=await _chain_status(engine))
 
 
 # --- export -----------------------------------------------------------------------------------------------------
