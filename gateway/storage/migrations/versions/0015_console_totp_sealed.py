@@ -1,7 +1,7 @@
 """console: TOTP secrets are sealed at rest (AES-GCM under a key derived from the master key), so the column widens
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-05
 
 Secrets written before stay readable (the console opens an unsealed value as it is) and are sealed at their next
@@ -12,8 +12,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0016'
-down_revision = '0015'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
