@@ -22,6 +22,7 @@ from gateway.soap.messages import SOAP11_ENV, SOAP12_ENV
 from gateway.soap.shapes import XSD_NS
 from simulators.enterprises import DEMO_USCC
 from tests.helpers.calls import last_record
+from tests.helpers.district_upstreams import EXAMPLES
 from tests.helpers.gateways import PURPOSE, RunningGateway
 from tests.helpers.soap import NARROW, envelope, soap_gateway
 from tests.test_metrics import scrape, value
@@ -260,3 +261,41 @@ async def test_xsd_carries_the_operations_own_constraints(gw: RunningGateway) ->
     assert year.find(f".//{xs}minInclusive").get("value") == "1994"
     entries = tax.find(f".//{xs}complexType[@name='MajorTaxViolationData']//{xs}element[@name='entries']")
     assert entries.get("maxOccurs") == "unbounded" and entries.get("type") == "tns:ListingEntry"
+
+
+async def test_every_registered_upstream_is_offered_too(gw: RunningGateway) -> None:
+    """A district SOAP system and a district REST system registered at runtime each get a generated WSDL, valid by
+    the same checks, with their contract's constraints (the REST one's USCC pattern, the SOAP one's types)."""
+    wsdl_files = {
+        name: (EXAMPLES / name).read_text()
+        for name in ("district-wrapped.wsdl", "district-types.xsd", "district-common.xsd")
+    }
+    openapi_files = {
+        name: (EXAMPLES / name).read_text() for name in ("district-openapi.yaml", "district-openapi-common.yaml")
+    }
+    registrations = [
+        {"name": "huli-soap", "kind": "wsdl", "files": wsdl_files, "root": "district-wrapped.wsdl"},
+        {"name": "huli-rest", "kind": "openapi", "files": openapi_files, "root": "district-openapi.yaml"},
+    ]
+    async with gw.client(gw.admin) as admin:
+        for body in registrations:
+            added = await admin.post(
+                "/v1/upstreams", json={**body, "owner_department": "湖里区数据管理局", "endpoint": "http://127.0.0.1:9"}
+            )
+            assert added.status_code == 201, added.text
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        soap = etree.fromstring((await client.get("/soap/huli-soap?wsdl")).content)
+        rest = etree.fromstring((await client.get("/soap/huli-rest?wsdl")).content)
+    for document in (soap, rest):
+        check_basic_profile(document)
+    operations = {op.get("name") for op in soap.iter(f"{{{WSDL_NS}}}operation")}
+    assert {"Echo", "GetSubsidy"} <= operations
+    assert {"getSubsidy", "submitApplication", "listRegions"} <= {
+        op.get("name") for op in rest.iter(f"{{{WSDL_NS}}}operation")
+    }
+    async with gw.client() as client:  # the platform holds no grant on them: the Fault says so
+        refused = await client.post(
+            "/soap/huli-rest",
+            content=envelope("1.1", "huli-rest", "listRegions", f"<t:purpose>{PURPOSE}</t:purpose>"),
+        )
+    assert etree.fromstring(refused.content).findtext(f".//{{{PROBLEM_NS}}}code") == "no_grant"
