@@ -70,15 +70,29 @@ class EnumIndex:
     # Every other facet (pattern, length, ranges, digits), through the restriction chain; see Facets.
     named_facets: dict[str, Facets] = field(default_factory=dict)
     local_facets: dict[tuple[str | None, str, str], Facets] = field(default_factory=dict)
+    # What zeep does not model: complex types declared abstract (an instance names its type with xsi:type), and
+    # elements others substitute for (substitution groups). An element of either is refused, named.
+    abstract_types: set[str] = field(default_factory=set)
+    substitution_heads: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_documents(cls, roots: Iterable[etree._Element]) -> EnumIndex:
         raw_named: dict[str, _Raw] = {}
         raw_local: dict[tuple[str | None, str, str], _Raw] = {}
+        abstract: set[str] = set()
+        heads: dict[str, list[str]] = {}
         for root in roots:
             schemas = [root] if root.tag == _X + "schema" else list(root.iter(_X + "schema"))
             for schema in schemas:
                 tns = schema.get("targetNamespace")
+                for complex_type in schema.iter(_X + "complexType"):
+                    if complex_type.get("abstract") in ("true", "1") and complex_type.get("name"):
+                        name = complex_type.get("name", "")
+                        abstract.add(f"{{{tns}}}{name}" if tns else name)
+                for element in schema.iter(_X + "element"):
+                    head = element.get("substitutionGroup")
+                    if head:
+                        heads.setdefault(_qname(head, element, tns), []).append(element.get("name", "?"))
                 for simple in schema.iter(_X + "simpleType"):
                     facets = _facets(simple, tns)
                     if facets is None:
@@ -92,7 +106,7 @@ class EnumIndex:
                         continue
                     kind = "attribute" if parent.tag == _X + "attribute" else "element"
                     raw_local[(_owner(parent, tns), kind, parent.get("name", ""))] = facets
-        index = cls()
+        index = cls(abstract_types=abstract, substitution_heads=heads)
         for qname in raw_named:
             values = _resolve(qname, raw_named, set())
             if values:
@@ -462,6 +476,15 @@ class _Walker:
         local = element.qname.localname if isinstance(element.qname, etree.QName) else element.name
         here = f"{where}/{local}"
         xsd_type = element.type
+        element_qname = element.qname.text if isinstance(element.qname, etree.QName) else None
+        if element_qname in self.enums.substitution_heads:
+            members = ", ".join(sorted(self.enums.substitution_heads[element_qname]))
+            raise UnsupportedConstruct(f"a substitution group (head {element_qname}; members {members}) at {here}")
+        if _type_qname(xsd_type) in self.enums.abstract_types:
+            raise UnsupportedConstruct(
+                f"an element of the abstract type {_type_qname(xsd_type)} (instances name their type with xsi:type)"
+                f" at {here}"
+            )
         if isinstance(xsd_type, xsd.ComplexType):
             # Simple content (text plus attributes) is a struct too: {"value": ..., "attribute": ...}.
             shape: Scalar | Struct = self.struct(xsd_type, here)

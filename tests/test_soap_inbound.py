@@ -229,3 +229,26 @@ def test_soap_headers_from_a_secret_and_ws_security_toward_the_upstream(
     assert header.find(f".//{wsse}UsernameToken/{wsse}Password").text == "s3cr3t-pw"
     assert prepared.spec.soap_auth == auth  # what is stored: the reference, not the value
     assert "s3cr3t-pw" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (('<xs:complexType name="Unit">', '<xs:complexType name="Unit" abstract="true">'), "abstract type"),
+        (
+            (
+                '<xs:element name="Tree"><xs:complexType><xs:sequence>',
+                '<xs:element name="Head" type="xs:string"/><xs:element name="Other" type="xs:string"'
+                ' substitutionGroup="tns:Head"/><xs:element name="Tree"><xs:complexType><xs:sequence>'
+                '<xs:element ref="tns:Head"/>',
+            ),
+            "substitution group (head {urn:example:types}Head; members Other) at operation Tree input/Head",
+        ),
+    ],
+)
+def test_what_zeep_cannot_carry_is_refused_at_registration_naming_it(change: tuple[str, str], named: str) -> None:
+    document = RECURSIVE.replace(*change)
+    assert document != RECURSIVE
+    with pytest.raises(Problem) as refused:
+        prepare("tree", "wsdl", files={"tree.wsdl": document}, root="tree.wsdl")
+    assert refused.value.code == "contract_unsupported" and named in refused.value.detail, refused.value.detail
