@@ -410,7 +410,7 @@ def run(
                 before = json.loads(RESULTS.read_text(encoding="utf-8"))
                 kept = {key: value for key, value in before.items() if key.startswith("verif")}
                 if kept:
-                    figures.update(kept, verify_measured=before.get("finished"))
+                    figures.update(kept, verify_measured=before.get("verify_measured") or before.get("finished"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     body = {"command": command, "finished": stamp, "cpu_count": os.cpu_count(), **figures}
