@@ -546,3 +546,40 @@ async def test_totp_secrets_are_sealed_at_rest(world: ConsoleWorld) -> None:
         box.open("operator", stored)  # bound to its account: a copied value does not open for another
     with pytest.raises(accounts.AccountError):
         accounts.SecretBox.from_master(b"\x01" * 32).open("auditor", stored)
+
+
+async def test_audit_search_by_problem_code_and_cursor_pages(world: ConsoleWorld) -> None:
+    async with world.app.state.runtime.sessions() as session:
+        await accounts.add_account(
+            session,
+            username="codetest",
+            role="auditor",
+            display_name="codetest",
+            caller_id="officer",
+            password=None,
+            created_by="test",
+            now=world.clock(),
+            box=world.app.state.console.box,
+        )
+    async with await _client(world) as client:
+        for _ in range(3):  # three refusals coded login_failed (fewer than five: no lockout)
+            page = await client.get("/console/login")
+            await client.post(
+                "/console/login",
+                data={"csrf_token": csrf_of(page.text), "username": "codetest", "password": "x", "totp": "1"},
+            )
+    async with signed_in(world, "auditor") as client:
+        found = await client.get(
+            "/console/audit", params={"go": "1", "code": "login_failed", "caller": "console:codetest"}
+        )
+        assert found.status_code == 200 and found.text.count("console.login") == 3
+        assert "更多" not in found.text
+        first = await client.get(
+            "/console/audit", params={"go": "1", "code": "login_failed", "caller": "console:codetest", "limit": "2"}
+        )
+        assert first.text.count("console.login") == 2 and "更多" in first.text
+        more = first.text.split('hx-get="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+        rest = await client.get(more, headers={"HX-Request": "true"})
+        assert "<html" not in rest.text and rest.text.count("console.login") == 1 and "更多" not in rest.text
+    search = (await world.records(event="audit.search", key_id="console:auditor"))[-1]
+    assert search["decision"] == "allowed"

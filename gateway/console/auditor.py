@@ -86,7 +86,7 @@ async def search(request: Request) -> Response:
     error = None
     if searched:
         query = _query(params)
-        query["limit"] = 50
+        query["limit"] = params.get("limit") if str(params.get("limit", "")).isdigit() else 50
         if params.get("cursor"):
             query["cursor"] = params["cursor"]
         answer = await call_api(request, who, "GET", "/v1/audit/records", query=query)
@@ -94,7 +94,7 @@ async def search(request: Request) -> Response:
             records, next_cursor = answer.body["records"], answer.body["next_cursor"]
         else:
             error = f"检索未成功：{answer.problem}"
-    more_query = {**_query(params), "go": "1", "cursor": next_cursor} if next_cursor else None
+    more_query = {**_query(params), "go": "1", "limit": query["limit"], "cursor": next_cursor} if next_cursor else None
     template = "auditor/rows.html" if is_htmx(request) and params.get("cursor") else "auditor/search.html"
     return render(
         request,
