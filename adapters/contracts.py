@@ -19,6 +19,9 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 import yaml
 from lxml import etree
 
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
+
 from .fetch_allow import FetchAllowlist, Resolver, resolve
 from .jsondepth import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds, loads_bounded
 
@@ -47,7 +50,7 @@ WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
 XSD_NS = "http://www.w3.org/2001/XMLSchema"
 
 
-class ContractError(ValueError):
+class ContractError(MsjxError, ValueError):
     """A contract cannot be registered. `code` is stable: contract_unreachable, contract_invalid, contract_unsupported.
 
     The message names the document and the construct, so the operator can fix the contract or ask for support.
@@ -107,9 +110,11 @@ def location_of(source: str, *, allow_files: bool) -> str:
     if scheme == "file" or (len(scheme) != 1 and scheme):  # a Windows drive letter is not a scheme
         if scheme == "file" and allow_files:
             return source
-        raise ContractError("contract_unreachable", f"{source!r}: only http(s) URLs are accepted here")
+        raise ContractError(ProblemCode.CONTRACT_UNREACHABLE, f"{source!r}: only http(s) URLs are accepted here")
     if not allow_files:
-        raise ContractError("contract_unreachable", f"{source!r}: give an http(s) URL or the documents themselves")
+        raise ContractError(
+            ProblemCode.CONTRACT_UNREACHABLE, f"{source!r}: give an http(s) URL or the documents themselves"
+        )
     return Path(source).expanduser().resolve().as_uri()
 
 
@@ -129,19 +134,19 @@ def default_fetcher(
         scheme = urlsplit(location).scheme.lower()
         if scheme == "file":
             if not allow_files:
-                raise ContractError("contract_unreachable", f"{location}: local files are not accepted here")
+                raise ContractError(ProblemCode.CONTRACT_UNREACHABLE, f"{location}: local files are not accepted here")
             path = Path(urlsplit(location).path)
             try:
                 with path.open("rb") as handle:
                     content = handle.read(MAX_DOCUMENT_BYTES + 1)
             except OSError as exc:
-                raise ContractError("contract_unreachable", f"{path}: {exc.strerror or exc}") from None
+                raise ContractError(ProblemCode.CONTRACT_UNREACHABLE, f"{path}: {exc.strerror or exc}") from None
         elif scheme in ("http", "https"):
             content = _http_get(location, timeout, allowlist, resolver)
         else:
-            raise ContractError("contract_unreachable", f"{location}: unsupported location scheme {scheme!r}")
+            raise ContractError(ProblemCode.CONTRACT_UNREACHABLE, f"{location}: unsupported location scheme {scheme!r}")
         if len(content) > MAX_DOCUMENT_BYTES:
-            raise ContractError("contract_invalid", f"{location}: larger than {MAX_DOCUMENT_BYTES} bytes")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: larger than {MAX_DOCUMENT_BYTES} bytes")
         return content
 
     return fetch
@@ -150,7 +155,7 @@ def default_fetcher(
 def _check_allowed(url: str, allowlist: FetchAllowlist, resolver: Resolver) -> None:
     reason = allowlist.refusal(url, resolver)
     if reason is not None:
-        raise ContractError("contract_fetch_forbidden", reason)
+        raise ContractError(ProblemCode.CONTRACT_FETCH_FORBIDDEN, reason)
 
 
 def _http_get(url: str, timeout: float, allowlist: FetchAllowlist, resolver: Resolver) -> bytes:
@@ -164,21 +169,23 @@ def _http_get(url: str, timeout: float, allowlist: FetchAllowlist, resolver: Res
                     if response.is_redirect and "location" in response.headers:
                         target = urljoin(url, response.headers["location"])
                         if urlsplit(target).scheme.lower() not in ("http", "https"):
-                            raise ContractError("contract_fetch_forbidden", f"{url}: redirected to {target}")
+                            raise ContractError(ProblemCode.CONTRACT_FETCH_FORBIDDEN, f"{url}: redirected to {target}")
                         url = target
                         continue
                     if response.status_code != 200:
-                        raise ContractError("contract_unreachable", f"{url}: HTTP {response.status_code}")
+                        raise ContractError(ProblemCode.CONTRACT_UNREACHABLE, f"{url}: HTTP {response.status_code}")
                     chunks, size = [], 0
                     for chunk in response.iter_bytes():
                         size += len(chunk)
                         if size > MAX_DOCUMENT_BYTES:
-                            raise ContractError("contract_invalid", f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
+                            raise ContractError(
+                                ProblemCode.CONTRACT_INVALID, f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes"
+                            )
                         chunks.append(chunk)
                     return b"".join(chunks)
     except httpx.HTTPError as exc:
-        raise ContractError("contract_unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
-    raise ContractError("contract_unreachable", f"{url}: more than {MAX_REDIRECTS} redirects")
+        raise ContractError(ProblemCode.CONTRACT_UNREACHABLE, f"{url}: {type(exc).__name__}: {exc}") from None
+    raise ContractError(ProblemCode.CONTRACT_UNREACHABLE, f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
 # --- safe parsing ------------------------------------------------------------------------------------------------
@@ -202,10 +209,12 @@ def parse_xml_document(location: str, content: bytes) -> etree._Element:
     try:
         root = etree.fromstring(content, parser=_xml_parser(), base_url=location)
     except etree.XMLSyntaxError as exc:
-        raise ContractError("contract_invalid", f"{location}: not well-formed XML ({exc.msg})") from None
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: not well-formed XML ({exc.msg})") from None
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
-        raise ContractError("contract_unsupported", f"{location}: a DTD (<!DOCTYPE>) is not accepted in a contract")
+        raise ContractError(
+            ProblemCode.CONTRACT_UNSUPPORTED, f"{location}: a DTD (<!DOCTYPE>) is not accepted in a contract"
+        )
     return root
 
 
@@ -226,7 +235,7 @@ def parse_openapi_document(location: str, content: bytes) -> Any:
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ContractError("contract_invalid", f"{location}: an OpenAPI document must be UTF-8") from None
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: an OpenAPI document must be UTF-8") from None
     try:
         if text.lstrip().startswith("{"):
             return loads_bounded(text)
@@ -234,11 +243,11 @@ def parse_openapi_document(location: str, content: bytes) -> Any:
             raise JsonTooDeep(MAX_JSON_DEPTH)
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass without aliases
     except JsonTooDeep as exc:
-        raise ContractError("contract_invalid", f"{location}: {exc}") from None
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: {exc}") from None
     except RecursionError:  # PyYAML composes block-style nesting recursively too
-        raise ContractError("contract_invalid", f"{location}: nested too deeply") from None
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: nested too deeply") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ContractError("contract_invalid", f"{location}: not valid JSON or YAML ({exc})") from None
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: not valid JSON or YAML ({exc})") from None
 
 
 # --- gathering ---------------------------------------------------------------------------------------------------
@@ -276,7 +285,7 @@ def _json_references(location: str, document: Any) -> list[str]:
 def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> ContractBundle:
     """Fetch the root document and, transitively, every document it imports or references."""
     if kind not in ("wsdl", "openapi"):
-        raise ContractError("contract_invalid", f"unknown contract kind {kind!r}")
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"unknown contract kind {kind!r}")
     start = root or source
     documents: dict[str, bytes] = {}
     pending = [start]
@@ -287,7 +296,7 @@ def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> C
         if location in documents:
             continue
         if len(documents) >= MAX_DOCUMENTS:
-            raise ContractError("contract_invalid", f"{start}: more than {MAX_DOCUMENTS} documents")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{start}: more than {MAX_DOCUMENTS} documents")
         try:
             content = fetch(location)
         except ContractError as exc:
@@ -299,7 +308,9 @@ def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> C
             ) from None
         total += len(content)
         if total > MAX_BUNDLE_BYTES:
-            raise ContractError("contract_invalid", f"{start}: the documents exceed {MAX_BUNDLE_BYTES} bytes together")
+            raise ContractError(
+                ProblemCode.CONTRACT_INVALID, f"{start}: the documents exceed {MAX_BUNDLE_BYTES} bytes together"
+            )
         documents[location] = content
         if kind == "wsdl":
             references = _xml_references(location, parse_xml_document(location, content))
@@ -315,17 +326,17 @@ def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> C
 def bundle_from_files(kind: str, files: Mapping[str, str | bytes], root: str) -> ContractBundle:
     """A bundle from documents given inline (the admin API): relative names, resolved among themselves only."""
     if root not in files:
-        raise ContractError("contract_invalid", f"the root document {root!r} is not among the files given")
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"the root document {root!r} is not among the files given")
     contents: dict[str, bytes] = {}
     for name, content in files.items():
         if "://" in name or name.startswith("/") or ".." in Path(name).parts:
-            raise ContractError("contract_invalid", f"{name!r}: inline documents are named by relative paths")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{name!r}: inline documents are named by relative paths")
         contents[INLINE_BASE + name] = content.encode("utf-8") if isinstance(content, str) else content
 
     def fetch(location: str) -> bytes:
         if location not in contents:
             name = location.removeprefix(INLINE_BASE)
-            raise ContractError("contract_invalid", f"the contract refers to {name!r}, which was not given")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"the contract refers to {name!r}, which was not given")
         return contents[location]
 
     bundle = gather(kind, INLINE_BASE + root, fetch)

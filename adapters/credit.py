@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from schemas.credit import AbnormalOperationRecord, CreditQuery, DishonestDebtorRecord, SeriousViolationRecord
 
-from .base import Operation, UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamResult
+from .base import Operation, UpstreamResult
+from .errors import UpstreamError, UpstreamMalformed, UpstreamRejected
 from .http import RestAdapter
 
 __all__ = ["CreditAdapter"]

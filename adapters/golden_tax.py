@@ -24,16 +24,9 @@ from schemas.tax import (
     TaxRegistration,
 )
 
-from .base import (
-    Adapter,
-    Operation,
-    UpstreamError,
-    UpstreamFault,
-    UpstreamMalformed,
-    UpstreamResult,
-    UpstreamSubjectUnknown,
-)
+from .base import Adapter, Operation, UpstreamResult
 from .contracts import ContractBundle, default_fetcher, gather, location_of
+from .errors import UpstreamError, UpstreamFault, UpstreamMalformed, UpstreamSubjectUnknown
 from .http import HttpClient
 from .resilience import ResiliencePolicy
 from .soap import FaultInfo, SoapEngine

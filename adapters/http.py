@@ -14,7 +14,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from .base import Adapter, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from .base import Adapter
+from .errors import UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from .resilience import ResiliencePolicy
 
 __all__ = ["DEFAULT_MAX_BODY", "HttpClient", "JsonClient", "JsonResponse", "RawResponse", "phrase"]

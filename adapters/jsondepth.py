@@ -7,13 +7,15 @@ import json
 import re
 from typing import Any
 
+from schemas.errors import MsjxError
+
 MAX_JSON_DEPTH = 64
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 
-class JsonTooDeep(ValueError):
+class JsonTooDeep(MsjxError, ValueError):
     """The document nests arrays and objects deeper than allowed."""
 
     def __init__(self, limit: int) -> None:

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from schemas.market import EnterpriseProfile, EnterpriseQuery
 
-from .base import Operation, UpstreamMalformed, UpstreamRejected, UpstreamResult, UpstreamSubjectUnknown
+from .base import Operation, UpstreamResult
+from .errors import UpstreamMalformed, UpstreamRejected, UpstreamSubjectUnknown
 from .http import RestAdapter
 
 __all__ = ["IN_OPERATION", "MarketAdapter"]

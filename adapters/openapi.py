@@ -21,8 +21,11 @@ from pydantic import AfterValidator, ConfigDict, Field, StrictBool, create_model
 from pydantic_core import PydanticCustomError
 from yarl import URL
 
-from .base import UpstreamMalformed, UpstreamRejected
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
+
 from .contracts import ContractBundle, ContractError, parse_openapi_document
+from .errors import UpstreamMalformed, UpstreamRejected
 from .http import HttpClient, phrase
 from .jsondepth import loads_bounded
 from .jsontypes import Base64, DecimalText, DerivedModel
@@ -34,7 +37,7 @@ _SAFE = frozenset({"get", "head"})
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class _Refused(Exception):
+class _Refused(MsjxError):
     pass
 
 
@@ -47,7 +50,7 @@ def _no_dot_segment(value: Any) -> Any:
     values = value if isinstance(value, list) else [value]
     if any(_text(item) in _DOT_SEGMENTS for item in values):
         raise PydanticCustomError(
-            "path_dot_segment", "a path parameter may not be '.' or '..': it would change the upstream's path"
+            ProblemCode.PATH_DOT_SEGMENT, "a path parameter may not be '.' or '..': it would change the upstream's path"
         )
     return value
 
@@ -289,7 +292,7 @@ class RestEngine:
         self, service: str, bundle: ContractBundle, *, endpoint: str | None = None, http: HttpClient | None = None
     ) -> None:
         if bundle.kind != "openapi":
-            raise ContractError("contract_invalid", f"{bundle.source}: not an OpenAPI bundle")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{bundle.source}: not an OpenAPI bundle")
         self.service = service
         self.http = http or HttpClient(service, headers={"Accept": "application/json"})
         documents = {
@@ -297,22 +300,23 @@ class RestEngine:
         }
         root = documents[bundle.root]
         if not isinstance(root, dict):
-            raise ContractError("contract_invalid", f"{bundle.source}: not an OpenAPI document")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{bundle.source}: not an OpenAPI document")
         if "swagger" in root:
             raise ContractError(
-                "contract_unsupported", f"not supported: Swagger {root['swagger']} (convert it to OpenAPI 3 first)"
+                ProblemCode.CONTRACT_UNSUPPORTED,
+                f"not supported: Swagger {root['swagger']} (convert it to OpenAPI 3 first)",
             )
         version = str(root.get("openapi", ""))
         if not version.startswith("3."):
-            raise ContractError("contract_invalid", f"{bundle.source}: no 'openapi: 3.x' field")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{bundle.source}: no 'openapi: 3.x' field")
         self.base_url = self._base_url(root, bundle.root, endpoint)
         self.schemas = _Schemas(documents, service)
         try:
             self.operations = self._operations(bundle.root, root)
         except _Refused as exc:
-            raise ContractError("contract_unsupported", f"not supported: {exc}") from None
+            raise ContractError(ProblemCode.CONTRACT_UNSUPPORTED, f"not supported: {exc}") from None
         if not self.operations:
-            raise ContractError("contract_unsupported", f"{bundle.source}: no operations under 'paths'")
+            raise ContractError(ProblemCode.CONTRACT_UNSUPPORTED, f"{bundle.source}: no operations under 'paths'")
 
     def _base_url(self, root: dict[str, Any], location: str, endpoint: str | None) -> str:
         if endpoint:
@@ -320,10 +324,14 @@ class RestEngine:
         servers = root.get("servers") or []
         url = servers[0].get("url") if servers and isinstance(servers[0], dict) else None
         if not url or "{" in url:
-            raise ContractError("contract_invalid", "the document names no usable servers[0].url; give an endpoint")
+            raise ContractError(
+                ProblemCode.CONTRACT_INVALID, "the document names no usable servers[0].url; give an endpoint"
+            )
         absolute = urljoin(location, url) if not urlsplit(url).scheme else url
         if urlsplit(absolute).scheme not in ("http", "https"):
-            raise ContractError("contract_invalid", f"servers[0].url {url!r} is not http(s); give an endpoint")
+            raise ContractError(
+                ProblemCode.CONTRACT_INVALID, f"servers[0].url {url!r} is not http(s); give an endpoint"
+            )
         return absolute.rstrip("/")
 
     def _operations(self, location: str, root: dict[str, Any]) -> dict[str, RestOperation]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.problems import ProblemCode
+
 from .base import Adapter, Operation, UpstreamResult
 from .contracts import ContractBundle, ContractError
 from .http import DEFAULT_MAX_BODY, HttpClient
@@ -31,7 +33,8 @@ _NAME = re.compile(NAME_PATTERN)
 def check_name(name: str) -> None:
     if not _NAME.match(name):
         raise ContractError(
-            "name_invalid", f"{name!r}: an upstream name is 2-63 characters of a-z, 0-9 and '-', starting with a letter"
+            ProblemCode.NAME_INVALID,
+            f"{name!r}: an upstream name is 2-63 characters of a-z, 0-9 and '-', starting with a letter",
         )
 
 
@@ -109,18 +112,22 @@ def build_registered(spec: UpstreamSpec, max_body: int = DEFAULT_MAX_BODY) -> Re
         engine = SoapEngine(spec.name, spec.bundle, endpoint=spec.endpoint, http=http, soap_headers=headers, wsse=wsse)
         unknown = sorted(set(spec.safe) - set(engine.operations))
         if unknown:
-            raise ContractError("contract_invalid", f"--safe names operations the WSDL does not have: {unknown}")
+            raise ContractError(
+                ProblemCode.CONTRACT_INVALID, f"--safe names operations the WSDL does not have: {unknown}"
+            )
     elif spec.bundle.kind == "openapi":
         if spec.soap_auth:
-            raise ContractError("contract_invalid", "SOAP headers and WS-Security are for WSDL upstreams")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, "SOAP headers and WS-Security are for WSDL upstreams")
         if spec.safe:
-            raise ContractError("contract_invalid", "--safe is for WSDL operations; OpenAPI GET/HEAD are safe already")
+            raise ContractError(
+                ProblemCode.CONTRACT_INVALID, "--safe is for WSDL operations; OpenAPI GET/HEAD are safe already"
+            )
         http = HttpClient(
             spec.name, timeout=spec.policy.total_timeout, max_body=max_body, headers={"Accept": "application/json"}
         )
         engine = RestEngine(spec.name, spec.bundle, endpoint=spec.endpoint, http=http)
     else:
-        raise ContractError("contract_invalid", f"unknown contract kind {spec.bundle.kind!r}")
+        raise ContractError(ProblemCode.CONTRACT_INVALID, f"unknown contract kind {spec.bundle.kind!r}")
     return RegisteredAdapter(spec, engine, http)
 
 
@@ -138,10 +145,12 @@ def resolve_secret(value: str) -> str:
         return value
     name = value.removeprefix(SECRET_PREFIX)
     if not _SECRET_NAME.match(name):
-        raise ContractError("secret_invalid", f"{value!r}: a secret is named by letters, digits and _")
+        raise ContractError(ProblemCode.SECRET_INVALID, f"{value!r}: a secret is named by letters, digits and _")
     found = os.environ.get(secret_variable(name))
     if found is None:
-        raise ContractError("secret_missing", f"the secret {name} is not set on this node ({secret_variable(name)})")
+        raise ContractError(
+            ProblemCode.SECRET_MISSING, f"the secret {name} is not set on this node ({secret_variable(name)})"
+        )
     return found
 
 

@@ -15,7 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_random_exponential
 
-from .base import UpstreamBusy, UpstreamCircuitOpen, UpstreamError, UpstreamResult
+from .base import UpstreamResult
+from .errors import UpstreamBusy, UpstreamCircuitOpen, UpstreamError
 
 __all__ = [
     "BreakerConfig",

@@ -21,8 +21,10 @@ from zeep import exceptions as zeep_errors
 from zeep.loader import parse_xml
 from zeep.wsdl.bindings.soap import Soap11Binding, Soap12Binding, SoapBinding
 
-from .base import UpstreamError, UpstreamFault, UpstreamMalformed, UpstreamRejected
+from schemas.problems import ProblemCode
+
 from .contracts import ContractBundle, ContractError, parse_xml_document
+from .errors import UpstreamError, UpstreamFault, UpstreamMalformed, UpstreamRejected
 from .http import HttpClient, RawResponse, phrase
 from .jsontypes import DerivedModel
 from .soap_types import (
@@ -104,7 +106,9 @@ class BundleTransport(zeep.Transport):
         try:
             return self.documents[url]
         except KeyError:
-            raise ContractError("contract_invalid", f"the contract refers to {url}, which is not in it") from None
+            raise ContractError(
+                ProblemCode.CONTRACT_INVALID, f"the contract refers to {url}, which is not in it"
+            ) from None
 
     def post_xml(self, address: str, envelope: Any, headers: Any) -> Any:
         raise RuntimeError("BundleTransport does not send; the SOAP engine carries messages over aiohttp")
@@ -170,7 +174,7 @@ class SoapEngine:
         wsse: Any | None = None,
     ) -> None:
         if bundle.kind != "wsdl":
-            raise ContractError("contract_invalid", f"{bundle.source}: not a WSDL bundle")
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{bundle.source}: not a WSDL bundle")
         started = time.perf_counter()
         self.service = service
         self.bundle = bundle
@@ -183,7 +187,7 @@ class SoapEngine:
         roots = {location: parse_xml_document(location, content) for location, content in bundle.documents.items()}
         refused = unsupported_constructs(roots)
         if refused:
-            raise ContractError("contract_unsupported", "not supported: " + "; ".join(refused))
+            raise ContractError(ProblemCode.CONTRACT_UNSUPPORTED, "not supported: " + "; ".join(refused))
         self.settings = zeep_settings()
         self.transport = BundleTransport(bundle)
         try:
@@ -191,11 +195,11 @@ class SoapEngine:
         except ContractError:
             raise
         except (zeep_errors.Error, LookupError, ValueError, KeyError, NotImplementedError) as exc:
-            raise ContractError("contract_invalid", f"{bundle.source}: zeep cannot read it ({exc})") from None
+            raise ContractError(ProblemCode.CONTRACT_INVALID, f"{bundle.source}: zeep cannot read it ({exc})") from None
         self.operations = self._operations(roots, endpoint)
         if not self.operations:
             raise ContractError(
-                "contract_unsupported", f"{bundle.source}: no SOAP 1.1 or 1.2 operation with an address"
+                ProblemCode.CONTRACT_UNSUPPORTED, f"{bundle.source}: no SOAP 1.1 or 1.2 operation with an address"
             )
         self.build_seconds = time.perf_counter() - started
 
@@ -238,7 +242,7 @@ class SoapEngine:
             missing = [part for part in parts if part not in self._soap_headers]
             if missing:
                 raise ContractError(
-                    "contract_unsupported",
+                    ProblemCode.CONTRACT_UNSUPPORTED,
                     f"not supported: a SOAP header ({', '.join(missing)}) in the input of {where} without its values:"
                     " give them at registration (soap_headers, values from secrets)",
                 )
@@ -247,7 +251,7 @@ class SoapEngine:
             input_shape = body_shape(operation.input.body if operation.input else None, walker, f"{where} input")
             output_shape = body_shape(operation.output.body if operation.output else None, walker, f"{where} output")
         except UnsupportedConstruct as exc:
-            raise ContractError("contract_unsupported", f"not supported: {exc}") from None
+            raise ContractError(ProblemCode.CONTRACT_UNSUPPORTED, f"not supported: {exc}") from None
         style = operation.style or binding.default_style
         summary = self._docs.get(name) or f"{name} ({style}/literal, SOAP {version})"
         prefix = f"{self.service}.{name}"

@@ -26,6 +26,8 @@ from zeep.xsd.types.any import AnyType
 from zeep.xsd.types.builtins import _unparse_timezone
 from zeep.xsd.types.collection import ListType, UnionType
 
+from schemas.errors import MsjxError
+
 from .jsontypes import Base64, DecimalText, DerivedModel, choice_schema
 
 __all__ = [
@@ -44,7 +46,7 @@ XSD_NS = "http://www.w3.org/2001/XMLSchema"
 _X = f"{{{XSD_NS}}}"
 
 
-class UnsupportedConstruct(ValueError):
+class UnsupportedConstruct(MsjxError, ValueError):
     """The contract uses something the gateway cannot translate faithfully; the message names it and where."""
 
 

@@ -17,18 +17,11 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from pydantic import BaseModel
 
+from schemas.problems import ProblemCode
 from schemas.treasury import VoucherQuery, VoucherReceipt, VoucherStatus, VoucherSubmission
 
-from .base import (
-    Adapter,
-    Operation,
-    UpstreamError,
-    UpstreamMalformed,
-    UpstreamRejected,
-    UpstreamResult,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from .base import Adapter, Operation, UpstreamResult
+from .errors import UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
 __all__ = ["TreasuryAdapter", "VoucherDuplicate", "VoucherRefused", "voucher_xml"]
 
@@ -79,8 +72,7 @@ class VoucherDuplicate(UpstreamError):
 
     def __init__(self, service: str, voucher_no: str, reason: str) -> None:
         super().__init__(
-            409,
-            "voucher_duplicate",
+            ProblemCode.VOUCHER_DUPLICATE,
             f"{service} already accepted voucher {voucher_no}: {reason}",
             upstream_status="3001",
         )

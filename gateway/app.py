@@ -31,9 +31,12 @@ from gateway.soap import routes as soap
 from gateway.upstreams.registry import UpstreamIn
 from schemas.api import CallerIn, GrantIn, InvokeRequest, KeyIn, ProblemDetails
 from schemas.batches import BatchIn
+from schemas.problems import ProblemCode
 from schemas.sharing import REQUEST_MODELS
 
 log = logging.getLogger("msjx.app")
+# The framework's own 404 and 405 (no route, wrong method) have codes of their own; any other is http_error.
+HTTP_CODES = {404: ProblemCode.NOT_FOUND, 405: ProblemCode.METHOD_NOT_ALLOWED}
 
 DESCRIPTION = """The one door between a 免申即享 platform and the systems that hold the data.
 
@@ -182,7 +185,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        code = HTTP_CODES.get(exc.status_code, ProblemCode.HTTP_ERROR)
         detail = str(exc.detail)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
@@ -191,7 +194,7 @@ def create_app(
             detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
         elif exc.status_code == 404:
             detail = not_found_detail(app, request.scope["path"])
-        problem = Problem(exc.status_code, code, str(exc.detail), detail, headers=headers)
+        problem = Problem(code, detail, status=exc.status_code, title=str(exc.detail), headers=headers)
         return problem.response(instance=request.url.path)
 
     def openapi() -> dict:

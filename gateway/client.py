@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import http_sf
 import httpx
 
+from schemas.errors import MsjxError
 from security.keys import PrivateKey, key_id_for, load_private_key_file
 from security.signatures import sign_request
 
@@ -63,7 +64,7 @@ class SignatureAuth(httpx.Auth):
         yield request
 
 
-class GatewayError(Exception):
+class GatewayError(MsjxError):
     """The gateway answered with problem+json; `code` is its stable code."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:

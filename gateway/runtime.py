@@ -31,6 +31,7 @@ from gateway.sharing.ownership import seed_owners
 from gateway.storage import db
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.upstreams.registry import LiveAdapters
+from schemas.problems import ProblemCode
 from security.keyring import KeyRing
 from security.masking import install_log_masking
 from security.verifier_process import ProcessVerifier, VerifierError
@@ -151,7 +152,7 @@ class Runtime:
     exchanges_in_progress: int = 0
     # Redis beyond nonces and quotas (breakers, payment locks): a 503 of its own when it is down.
     shared_state: Dependency = field(
-        default_factory=lambda: Dependency("shared_state", "state_store_unavailable", "Shared state unavailable")
+        default_factory=lambda: Dependency("shared_state", ProblemCode.STATE_STORE_UNAVAILABLE)
     )
     _key_refresher: asyncio.Task[None] | None = None
     _quota_rebuild: asyncio.Task[None] | None = None
@@ -160,7 +161,7 @@ class Runtime:
     async def start(cls, settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> Runtime:
         engine = db.create_engine(settings)
         sessions = db.sessionmaker(engine)
-        database = Dependency("database", "database_unavailable", "Database unavailable")
+        database = Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
         directory = Directory(sessions, ttl=settings.grant_cache_seconds, health=database)
         if settings.redis_url:
             epoch = RedisEpoch()

@@ -14,12 +14,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from schemas.errors import MsjxError
+
 if TYPE_CHECKING:
     from adapters.fetch_allow import FetchAllowlist
     from gateway.http.forwarded import TrustedProxies
 
 
-class SettingsError(Exception):
+class SettingsError(MsjxError):
     """A setting has a wrong value; the message names it and says what is expected."""
 
 

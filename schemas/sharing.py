@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from schemas.problems import ProblemCode
+
 from .api import IDENTIFIER_PATTERN, PURPOSE_PATTERN
 from .times import BeijingDatetime
 
@@ -54,7 +56,9 @@ STATE_LABELS = {
 DELIVERY_LABELS = {"pending": "待交付", "delivered": "已交付", "overdue": "逾期未交付", "cancelled": "已取消"}
 
 
-def _choice(labels: dict[str, str], code: str, what: str, extra: dict[str, str] | None = None) -> Callable[[Any], Any]:
+def _choice(
+    labels: dict[str, str], code: ProblemCode, what: str, extra: dict[str, str] | None = None
+) -> Callable[[Any], Any]:
     """A validator accepting a code or its Chinese label (and `extra` aliases), refusing others with `code`."""
     aliases = {label: value for value, label in labels.items()} | (extra or {})
 
@@ -83,7 +87,7 @@ ShareAttribute = Annotated[
     BeforeValidator(
         _choice(
             SHARE_ATTRIBUTE_LABELS,
-            "share_attribute_unknown",
+            ProblemCode.SHARE_ATTRIBUTE_UNKNOWN,
             "share attribute",
             {"无条件": "unconditional", "有条件": "conditional"},
         )
@@ -94,7 +98,7 @@ ShareMethod = Annotated[
     BeforeValidator(
         _choice(
             SHARE_METHOD_LABELS,
-            "share_method_unknown",
+            ProblemCode.SHARE_METHOD_UNKNOWN,
             "share method",
             {"接口": "api", "批量": "batch", "接口+批量": "api+batch", "文件": "file"},
         )
@@ -102,20 +106,22 @@ ShareMethod = Annotated[
 ]
 LegalBasisKind = Annotated[
     LegalBasisKindCode,
-    BeforeValidator(_choice(LEGAL_BASIS_KIND_LABELS, "legal_basis_kind_unknown", "legal basis kind")),
+    BeforeValidator(_choice(LEGAL_BASIS_KIND_LABELS, ProblemCode.LEGAL_BASIS_KIND_UNKNOWN, "legal basis kind")),
 ]
 UpdateFrequency = Annotated[
     UpdateFrequencyCode,
-    BeforeValidator(_choice(UPDATE_FREQUENCY_LABELS, "update_frequency_unknown", "update frequency")),
+    BeforeValidator(_choice(UPDATE_FREQUENCY_LABELS, ProblemCode.UPDATE_FREQUENCY_UNKNOWN, "update frequency")),
 ]
-Level = Annotated[LevelCode, BeforeValidator(_choice(LEVEL_LABELS, "classification_unknown", "classification level"))]
+Level = Annotated[
+    LevelCode, BeforeValidator(_choice(LEVEL_LABELS, ProblemCode.CLASSIFICATION_UNKNOWN, "classification level"))
+]
 
 
 def _positive(what: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
             raise PydanticCustomError(
-                "quota_invalid",
+                ProblemCode.QUOTA_INVALID,
                 "{what} must be a positive whole number, got {value}",
                 {
                     "what": what,
@@ -515,7 +521,7 @@ class ResumeIn(_In):
 DATA_USE_KIND_LABELS = {"use": "使用", "storage": "存储", "destruction": "销毁"}
 DataUseKind = Annotated[
     Literal["use", "storage", "destruction"],
-    BeforeValidator(_choice(DATA_USE_KIND_LABELS, "data_use_kind_unknown", "register entry kind")),
+    BeforeValidator(_choice(DATA_USE_KIND_LABELS, ProblemCode.DATA_USE_KIND_UNKNOWN, "register entry kind")),
 ]
 
 

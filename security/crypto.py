@@ -23,16 +23,18 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from schemas.errors import MsjxError
+
 NONCE_SIZE = 12
 TAG_SIZE = 16
 SUITE_NAMES = ("standard", "sm")
 
 
-class DecryptionError(Exception):
+class DecryptionError(MsjxError):
     """A payload could not be opened: wrong or destroyed key, or changed ciphertext."""
 
 
-class SuiteUnavailable(Exception):
+class SuiteUnavailable(MsjxError):
     """The suite cannot run here (its algorithms are missing from OpenSSL, or its name is unknown)."""
 
 

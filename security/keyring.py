@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from schemas.errors import MsjxError
 from security.crypto import DataKey, DecryptionError, forget_cached_keys, get_suite
 from security.keys import write_secret_file
 
@@ -35,7 +36,7 @@ INDEX_KEY_SIZE = 32
 DAY_MS = 86_400_000
 
 
-class KeyRingError(Exception):
+class KeyRingError(MsjxError):
     """The key ring cannot do what was asked; the message names keys by id only, never by content."""
 
 

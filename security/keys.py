@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from schemas.errors import MsjxError
 from security import sm2
 from security.sm2 import Sm2Error, Sm2PrivateKey, Sm2PublicKey
 from security.verdicts import ED25519, SM2_SM3
@@ -23,7 +24,7 @@ PublicKey = Ed25519PublicKey | Sm2PublicKey
 PrivateKey = Ed25519PrivateKey | Sm2PrivateKey
 
 
-class KeyFormatError(ValueError):
+class KeyFormatError(MsjxError, ValueError):
     """A key could not be read; the message never contains key material."""
 
 

@@ -34,6 +34,8 @@ from http_message_signatures import (
 )
 from http_message_signatures.exceptions import HTTPMessageSignaturesException, InvalidSignature
 
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
 from security.keys import PrivateKey, PublicKey, public_key_bytes
 from security.sm2 import Sm2PrivateKey, Sm2PublicKey
 from security.verdicts import ED25519, SM2_SM3, SignatureChecker, verifies
@@ -46,10 +48,10 @@ MAX_SKEW_SECONDS = 300
 NONCE_MAX_LENGTH = 128
 
 
-class SignatureFailure(Exception):
+class SignatureFailure(MsjxError):
     """A request failed authentication. `code` is stable and goes into the problem+json and the audit record."""
 
-    def __init__(self, code: str, detail: str, *, key_id: str | None = None, compared: bool = False) -> None:
+    def __init__(self, code: ProblemCode, detail: str, *, key_id: str | None = None, compared: bool = False) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -165,7 +167,9 @@ def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParam
     wrapped = _Headers(headers)
     raw_input = wrapped.get("signature-input")
     if raw_input is None or wrapped.get("signature") is None:
-        raise SignatureFailure("signature_missing", "the request carries no Signature and Signature-Input headers")
+        raise SignatureFailure(
+            ProblemCode.SIGNATURE_MISSING, "the request carries no Signature and Signature-Input headers"
+        )
     quick = _parse_profile_input(raw_input)
     if quick is not None:
         return quick
@@ -175,22 +179,26 @@ def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParam
             raw_input.encode(), tltype="dictionary", on_duplicate_key=lambda key, _context: duplicates.append(key)
         )
     except Exception as exc:  # http_sf raises ValueError and friends for malformed fields
-        raise SignatureFailure("signature_malformed", "Signature-Input is not a valid structured field") from exc
+        raise SignatureFailure(
+            ProblemCode.SIGNATURE_MALFORMED, "Signature-Input is not a valid structured field"
+        ) from exc
     if SIGNATURE_LABEL not in parsed:
-        raise SignatureFailure("signature_malformed", f"Signature-Input has no signature labelled '{SIGNATURE_LABEL}'")
+        raise SignatureFailure(
+            ProblemCode.SIGNATURE_MALFORMED, f"Signature-Input has no signature labelled '{SIGNATURE_LABEL}'"
+        )
     members, params = parsed[SIGNATURE_LABEL]
     if not isinstance(members, list):
-        raise SignatureFailure("signature_malformed", "Signature-Input member is not an inner list")
+        raise SignatureFailure(ProblemCode.SIGNATURE_MALFORMED, "Signature-Input member is not an inner list")
     key_id, created, nonce = params.get("keyid"), params.get("created"), params.get("nonce")
     if not isinstance(key_id, str) or not key_id:
-        raise SignatureFailure("signature_malformed", "Signature-Input lacks the keyid parameter")
+        raise SignatureFailure(ProblemCode.SIGNATURE_MALFORMED, "Signature-Input lacks the keyid parameter")
     if not isinstance(created, int) or isinstance(created, bool):
         raise SignatureFailure(
-            "signature_malformed", "Signature-Input lacks an integer created parameter", key_id=key_id
+            ProblemCode.SIGNATURE_MALFORMED, "Signature-Input lacks an integer created parameter", key_id=key_id
         )
     if not isinstance(nonce, str) or not 8 <= len(nonce) <= NONCE_MAX_LENGTH:
         raise SignatureFailure(
-            "signature_malformed",
+            ProblemCode.SIGNATURE_MALFORMED,
             f"Signature-Input lacks a nonce parameter of 8 to {NONCE_MAX_LENGTH} characters",
             key_id=key_id,
         )
@@ -336,7 +344,7 @@ def _algorithm(public_key: PublicKey) -> str:
 
 def _sm2_refusal(params: SignatureParams, method: str, url: str) -> SignatureFailure:
     return SignatureFailure(
-        "signature_invalid",
+        ProblemCode.SIGNATURE_INVALID,
         compared_detail(method, url, params.covered, "the sm2-sm3 signature does not match the signature base"),
         key_id=params.key_id,
         compared=True,
@@ -361,7 +369,7 @@ def check_created(params: SignatureParams, now: float, max_skew: int = MAX_SKEW_
     """Refuse a signature made more than `max_skew` seconds before or after `now`."""
     if abs(now - params.created) > max_skew:
         raise SignatureFailure(
-            "signature_expired",
+            ProblemCode.SIGNATURE_EXPIRED,
             f"signature created {int(now - params.created)} s from the server's clock; the window is ±{max_skew} s",
             key_id=params.key_id,
         )
@@ -428,19 +436,21 @@ def _verify_by_library(
     digest_header = wrapped.get("content-digest")
     if body and digest_header is None:
         raise SignatureFailure(
-            "digest_missing", "a request with a body must carry Content-Digest", key_id=params.key_id
+            ProblemCode.DIGEST_MISSING, "a request with a body must carry Content-Digest", key_id=params.key_id
         )
     if digest_header is not None:
         try:
             ContentDigest.verify(digest_header, body)
         except HTTPMessageSignaturesException as exc:
             raise SignatureFailure(
-                "digest_mismatch", "Content-Digest does not match the request body", key_id=params.key_id
+                ProblemCode.DIGEST_MISMATCH, "Content-Digest does not match the request body", key_id=params.key_id
             ) from exc
     required = required_components(pairs, body)
     if IDEMPOTENCY_KEY in required and IDEMPOTENCY_KEY not in params.covered:
         raise SignatureFailure(
-            "signature_invalid", "the Idempotency-Key header must be covered by the signature", key_id=params.key_id
+            ProblemCode.SIGNATURE_INVALID,
+            "the Idempotency-Key header must be covered by the signature",
+            key_id=params.key_id,
         )
     algorithm: type[algorithms.HTTPSignatureAlgorithm] = algorithms.ED25519
     if isinstance(public_key, _Deferred):
@@ -458,7 +468,10 @@ def _verify_by_library(
         )
     except HTTPMessageSignaturesException as exc:
         raise SignatureFailure(
-            "signature_invalid", compared_detail(method, url, params.covered, exc), key_id=params.key_id, compared=True
+            ProblemCode.SIGNATURE_INVALID,
+            compared_detail(method, url, params.covered, exc),
+            key_id=params.key_id,
+            compared=True,
         ) from exc
 
 

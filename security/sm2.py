@@ -18,6 +18,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.errors import MsjxError
+
 # GB/T 32918.5-2017: the recommended 256-bit curve y² = x³ + ax + b over F_p, base point G of prime order n.
 P = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
 A = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC
@@ -35,7 +37,7 @@ _SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a811ccf5501822d0342
 _HEX_POINT = re.compile(r"(?:04)?[0-9a-fA-F]{128}")
 
 
-class Sm2Error(ValueError):
+class Sm2Error(MsjxError, ValueError):
     """An SM2 key or signature cannot be used; the message never contains key material."""
 
 

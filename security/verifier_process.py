@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from schemas.errors import MsjxError
 from security.pipes import FRAME_HEADER, frame, start_child
 from security.verdicts import ED25519, SM2_SM3, verifies
 
@@ -58,7 +59,7 @@ class InlineVerifier:
         return None
 
 
-class VerifierError(Exception):
+class VerifierError(MsjxError):
     """The verifier process could not be started."""
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.base import UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from adapters.credit import CreditAdapter
+from adapters.errors import UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from adapters.http import JsonClient, JsonResponse
 from adapters.resilience import ResiliencePolicy
 from schemas.credit import CreditQuery, DishonestDebtorRecord

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from adapters import golden_tax
-from adapters.base import (
+from adapters.errors import (
     UpstreamError,
     UpstreamFault,
     UpstreamMalformed,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from adapters.base import UpstreamMalformed
 from adapters.contracts import ContractError, parse_openapi_document
+from adapters.errors import UpstreamMalformed
 from adapters.jsondepth import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds, loads_bounded
 from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem

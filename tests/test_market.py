@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import UpstreamMalformed, UpstreamRejected, UpstreamSubjectUnknown, UpstreamTimeout
+from adapters.errors import UpstreamMalformed, UpstreamRejected, UpstreamSubjectUnknown, UpstreamTimeout
 from adapters.http import JsonResponse
 from adapters.market import MarketAdapter
 from adapters.resilience import ResiliencePolicy

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from adapters.base import (
+from adapters.errors import (
     UpstreamBusy,
     UpstreamCircuitOpen,
     UpstreamFault,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from adapters.base import UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable
+from adapters.errors import UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable
 from adapters.treasury import TreasuryAdapter, VoucherDuplicate, VoucherRefused, parse_answer, voucher_xml
 from schemas.treasury import VoucherQuery, VoucherSubmission
 from simulators import treasury as treasury_simulator

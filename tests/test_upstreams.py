@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from adapters.base import UpstreamFault, UpstreamRejected
 from adapters.contracts import MAX_DOCUMENTS, ContractBundle, bundle_from_files
+from adapters.errors import UpstreamFault, UpstreamRejected
 from adapters.registered import RegisteredAdapter
 from adapters.resilience import ResiliencePolicy
 from gateway.http.problems import Problem

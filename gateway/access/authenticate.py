@@ -12,23 +12,11 @@ from gateway.access.nonces import NonceStore
 from gateway.http.forwarded import AUTHORITY_KEY, ignored_headers
 from gateway.http.problems import Problem
 from gateway.storage.health import REDIS_ERRORS
+from schemas.problems import ProblemCode
 from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request_with
 from security.sm2 import Sm2PublicKey
 from security.verdicts import SignatureChecker
 from security.verifier_process import InlineVerifier
-
-TITLES = {
-    "signature_missing": "Request is not signed",
-    "signature_malformed": "Signature headers are malformed",
-    "signature_expired": "Signature is outside the accepted time window",
-    "signature_invalid": "Signature does not verify",
-    "digest_missing": "Content-Digest is missing",
-    "digest_mismatch": "Content-Digest does not match the body",
-    "key_unknown": "Signing key is unknown",
-    "key_revoked": "Signing key is revoked",
-    "nonce_replayed": "Nonce was already used",
-    "signature_before_restart": "Signature predates the gateway's replay memory",
-}
 
 
 @dataclass(frozen=True)
@@ -66,10 +54,8 @@ def proxy_hint(request: Request) -> str:
     )
 
 
-def _refuse(code: str, detail: str, **context: object) -> Problem:
-    return Problem(
-        401, code, TITLES[code], detail, headers={"WWW-Authenticate": 'Signature label="msjx"'}, context=context
-    )
+def _refuse(code: ProblemCode, detail: str, **context: object) -> Problem:
+    return Problem(code, detail, status=401, headers={"WWW-Authenticate": 'Signature label="msjx"'}, context=context)
 
 
 class Authenticator:
@@ -102,14 +88,16 @@ class Authenticator:
         # Whole seconds: `created` has no fraction, and a signature of the store's first second is no older.
         if params.created < int(self._nonces.started):
             raise _refuse(
-                "signature_before_restart",
+                ProblemCode.SIGNATURE_BEFORE_RESTART,
                 f"signature created {int(self._nonces.started) - params.created} s before the gateway's replay"
                 " memory started (it restarted); sign the request again",
                 key_id=params.key_id,
             )
         key = await self._directory.key(params.key_id)
         if key is None:
-            raise _refuse("key_unknown", f"no key with id {params.key_id!r} is registered", key_id=params.key_id)
+            raise _refuse(
+                ProblemCode.KEY_UNKNOWN, f"no key with id {params.key_id!r} is registered", key_id=params.key_id
+            )
         caller_context = {
             "key_id": key.key_id,
             "caller_id": key.caller.caller_id,
@@ -117,7 +105,7 @@ class Authenticator:
             "roles": tuple(sorted(key.caller.roles)),
         }
         if key.status != "active" or key.public_key is None:
-            raise _refuse("key_revoked", f"key {key.key_id!r} is revoked", **caller_context)
+            raise _refuse(ProblemCode.KEY_REVOKED, f"key {key.key_id!r} is revoked", **caller_context)
         try:
             await verify_request_with(
                 self._offload if offload or isinstance(key.public_key, Sm2PublicKey) else self._inline,
@@ -130,7 +118,7 @@ class Authenticator:
             )
         except SignatureFailure as failure:
             detail = failure.detail
-            if failure.code == "signature_invalid" and failure.compared:
+            if failure.code is ProblemCode.SIGNATURE_INVALID and failure.compared:
                 detail = f"{detail}; {proxy_hint(request)}"
             raise _refuse(failure.code, detail, **caller_context) from None
         # Only a verified signature may spend a nonce, so nobody can burn another caller's nonces.
@@ -144,7 +132,7 @@ class Authenticator:
             raise problem from None
         health.succeeded()
         if not fresh:
-            raise _refuse("nonce_replayed", "this nonce was already used with this key", **caller_context)
+            raise _refuse(ProblemCode.NONCE_REPLAYED, "this nonce was already used with this key", **caller_context)
         return Principal(caller=key.caller, key_id=key.key_id)
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from gateway.http.problems import Problem
 from gateway.sharing.grant_state import delivery_state, grant_status
 from gateway.storage.models import Caller, CallerKey, Grant, SharingRequest
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
+from schemas.problems import ProblemCode
 from security.keys import KeyFormatError, load_public_key
 
 # What the grants.daily_quota column holds (a 32-bit INTEGER on PostgreSQL); a larger number failed the insert.
@@ -31,11 +32,9 @@ def _check_key(key: KeyIn) -> None:
         load_public_key(key.public_key)
     except KeyFormatError as exc:
         raise Problem(
-            422,
-            "key_invalid",
-            "Public key is invalid",
+            ProblemCode.KEY_INVALID,
             str(exc),
-            errors=[{"field": "public_key", "message": str(exc), "type": "key_invalid"}],
+            errors=[{"field": "public_key", "message": str(exc), "type": ProblemCode.KEY_INVALID}],
         ) from None
 
 
@@ -62,11 +61,11 @@ async def caller_out(session: AsyncSession, caller: Caller) -> CallerOut:
 
 async def add_caller(session: AsyncSession, body: CallerIn) -> CallerOut:
     if await session.get(Caller, body.caller_id) is not None:
-        raise Problem(409, "caller_exists", "Caller already exists", f"caller {body.caller_id!r} is registered")
+        raise Problem(ProblemCode.CALLER_EXISTS, f"caller {body.caller_id!r} is registered")
     for key in body.keys:
         _check_key(key)
         if await session.get(CallerKey, key.key_id) is not None:
-            raise Problem(409, "key_exists", "Key id already in use", f"key id {key.key_id!r} is taken")
+            raise Problem(ProblemCode.KEY_EXISTS, f"key id {key.key_id!r} is taken")
     now = _now()
     caller = Caller(
         caller_id=body.caller_id,
@@ -99,7 +98,7 @@ async def session_has_caller(session: AsyncSession, caller_id: str) -> bool:
 async def _caller(session: AsyncSession, caller_id: str) -> Caller:
     caller = await session.get(Caller, caller_id)
     if caller is None:
-        raise Problem(404, "caller_unknown", "Caller not found", f"no caller {caller_id!r}")
+        raise Problem(ProblemCode.CALLER_UNKNOWN, f"no caller {caller_id!r}")
     return caller
 
 
@@ -107,7 +106,7 @@ async def add_key(session: AsyncSession, caller_id: str, key: KeyIn) -> KeyOut:
     await _caller(session, caller_id)
     _check_key(key)
     if await session.get(CallerKey, key.key_id) is not None:
-        raise Problem(409, "key_exists", "Key id already in use", f"key id {key.key_id!r} is taken")
+        raise Problem(ProblemCode.KEY_EXISTS, f"key id {key.key_id!r} is taken")
     row = CallerKey(
         key_id=key.key_id, caller_id=caller_id, public_key=key.public_key, status="active", created_at=_now()
     )
@@ -119,7 +118,9 @@ async def add_key(session: AsyncSession, caller_id: str, key: KeyIn) -> KeyOut:
 async def revoke_key(session: AsyncSession, caller_id: str, key_id: str) -> KeyOut:
     row = await session.get(CallerKey, key_id)
     if row is None or row.caller_id != caller_id:
-        raise Problem(404, "key_unknown", "Key not found", f"caller {caller_id!r} has no key {key_id!r}")
+        raise Problem(
+            ProblemCode.KEY_UNKNOWN, f"caller {caller_id!r} has no key {key_id!r}", status=404, title="Key not found"
+        )
     if row.status != "revoked":
         row.status = "revoked"
         row.revoked_at = _now()
@@ -161,12 +162,12 @@ def grant_out(row: Grant, now: datetime | None = None) -> GrantOut:
     )
 
 
-def _grant_problem(field: str, code: str, message: str) -> Problem:
+def _grant_problem(field: str, code: ProblemCode, message: str) -> Problem:
     return Problem(
-        422,
         code,
-        "Grant is invalid",
         f"{field}: {message}",
+        status=422,
+        title="Grant is invalid",
         errors=[{"field": field, "message": message, "type": code}],
     )
 
@@ -175,38 +176,46 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
     caller = await _caller(session, body.caller_id)
     adapter = adapters.get(body.service)
     if adapter is None:
-        raise _grant_problem("service", "unknown_service", f"no service {body.service!r}; known: {sorted(adapters)}")
+        raise _grant_problem(
+            "service", ProblemCode.UNKNOWN_SERVICE, f"no service {body.service!r}; known: {sorted(adapters)}"
+        )
     operation = adapter.operations.get(body.operation)
     if operation is None:
         known = sorted(adapter.operations)
         raise _grant_problem(
-            "operation", "unknown_operation", f"{body.service} has no operation {body.operation!r}; known: {known}"
+            "operation",
+            ProblemCode.UNKNOWN_OPERATION,
+            f"{body.service} has no operation {body.operation!r}; known: {known}",
         )
     unknown = [name for name in body.fields if name not in operation.fields]
     if unknown:
-        raise _grant_problem("fields", "unknown_field", f"{unknown} are not fields of {body.service}/{body.operation}")
+        raise _grant_problem(
+            "fields", ProblemCode.UNKNOWN_FIELD, f"{unknown} are not fields of {body.service}/{body.operation}"
+        )
     now = _now()
     # Stored as UTC: SQLite keeps the wall time it is given and drops the offset.
     valid_from = body.valid_from.astimezone(UTC) if body.valid_from else now
     valid_to = body.valid_to.astimezone(UTC)
     if valid_to <= now:
-        raise _grant_problem("valid_to", "validity_in_past", "the grant would already have expired")
+        raise _grant_problem("valid_to", ProblemCode.VALIDITY_IN_PAST, "the grant would already have expired")
     if valid_to <= valid_from:
-        raise _grant_problem("valid_to", "validity_empty", "valid_to must be after valid_from")
+        raise _grant_problem("valid_to", ProblemCode.VALIDITY_EMPTY, "valid_to must be after valid_from")
     if body.department is not None and body.department != caller.department:
         raise _grant_problem(
-            "department", "department_mismatch", f"{body.caller_id!r} belongs to {caller.department!r}"
+            "department", ProblemCode.DEPARTMENT_MISMATCH, f"{body.caller_id!r} belongs to {caller.department!r}"
         )
     if body.daily_quota is not None and not 0 < body.daily_quota <= MAX_DAILY_QUOTA:
         raise _grant_problem(
-            "daily_quota", "quota_invalid", f"a daily quota is from 1 to {MAX_DAILY_QUOTA}, not {body.daily_quota}"
+            "daily_quota",
+            ProblemCode.QUOTA_INVALID,
+            f"a daily quota is from 1 to {MAX_DAILY_QUOTA}, not {body.daily_quota}",
         )
     if body.rate_limit is not None:
         try:
             parse_rate(body.rate_limit)
         except ValueError:
             raise _grant_problem(
-                "rate_limit", "rate_limit_invalid", f"{body.rate_limit!r} is not a rate such as '20/second'"
+                "rate_limit", ProblemCode.RATE_LIMIT_INVALID, f"{body.rate_limit!r} is not a rate such as '20/second'"
             ) from None
     row = Grant(
         grant_id="g-" + secrets.token_hex(8),

@@ -31,12 +31,14 @@ from gateway.access.directory import CallerInfo, as_utc
 from gateway.http.forwarded import PEER_KEY
 from gateway.http.problems import Problem
 from gateway.storage.models import Caller, CallerCert
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
 
 VERIFY_HEADER = b"x-client-verify"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class CertificateError(ValueError):
+class CertificateError(MsjxError, ValueError):
     """A certificate or fingerprint that cannot be read; the message says what is wrong."""
 
 
@@ -98,31 +100,25 @@ def client_certificate(request: Request) -> ClientCertificate | None:
     if not passed:
         return None
     if (verified or "").upper() != "SUCCESS":
-        raise _refuse("certificate_unverified", "the proxy did not report the client certificate as verified")
+        raise _refuse(ProblemCode.CERTIFICATE_UNVERIFIED, "the proxy did not report the client certificate as verified")
     if "BEGIN" in passed:
         certificate = _read(unquote(passed), f"the proxy's {header.decode()}")
         return ClientCertificate(fingerprint_of(certificate), certificate, "proxy")
     try:
         return ClientCertificate(normalize_fingerprint(passed), None, "proxy")
     except CertificateError as exc:
-        raise _refuse("certificate_invalid", f"the proxy's {header.decode()}: {exc}") from None
+        raise _refuse(ProblemCode.CERTIFICATE_INVALID, f"the proxy's {header.decode()}: {exc}") from None
 
 
 def _read(pem: str, what: str) -> x509.Certificate:
     try:
         return load_certificate(pem)
     except CertificateError as exc:
-        raise _refuse("certificate_invalid", f"{what}: {exc}") from None
+        raise _refuse(ProblemCode.CERTIFICATE_INVALID, f"{what}: {exc}") from None
 
 
-def _refuse(code: str, detail: str, **context: object) -> Problem:
-    titles = {
-        "certificate_invalid": "Client certificate is unreadable",
-        "certificate_unverified": "Client certificate is not verified",
-        "certificate_unknown": "Client certificate is not registered",
-        "certificate_expired": "Client certificate is not valid now",
-    }
-    return Problem(401, code, titles[code], detail, context=context)
+def _refuse(code: ProblemCode, detail: str, **context: object) -> Problem:
+    return Problem(code, detail, status=401, context=context)
 
 
 # --- which caller it is ------------------------------------------------------------------------------------------
@@ -135,19 +131,21 @@ async def authenticate_certificate(runtime: Any, client: ClientCertificate) -> P
     if certificate is not None and not (
         as_utc(certificate.not_valid_before_utc) <= now <= as_utc(certificate.not_valid_after_utc)
     ):
-        raise _refuse("certificate_expired", f"the certificate {client.fingerprint[:16]}… is not valid at this time")
+        raise _refuse(
+            ProblemCode.CERTIFICATE_EXPIRED, f"the certificate {client.fingerprint[:16]}… is not valid at this time"
+        )
     async with runtime.sessions() as session:
         rows = (await session.scalars(select(CallerCert).where(CallerCert.status == "active"))).all()
         match = _match(rows, client)
         if match is None:
             raise _refuse(
-                "certificate_unknown",
+                ProblemCode.CERTIFICATE_UNKNOWN,
                 f"no caller is registered for the client certificate with SHA-256 {client.fingerprint}"
                 " (msjx-gateway callers add-cert)",
             )
         caller = await session.get(Caller, match.caller_id)
     if caller is None:
-        raise _refuse("certificate_unknown", "the certificate's caller no longer exists")
+        raise _refuse(ProblemCode.CERTIFICATE_UNKNOWN, "the certificate's caller no longer exists")
     info = CallerInfo(caller.caller_id, caller.name, caller.department, frozenset(caller.roles))
     return Principal(caller=info, key_id=f"cert:{match.cert_id}")
 
@@ -203,7 +201,7 @@ async def add_cert(
     """Register a client certificate (or a fingerprint, or an issuing CA) to a caller. CertificateError or a Problem
     (unknown caller, already registered) says why not."""
     if await session.get(Caller, caller_id) is None:
-        raise Problem(404, "caller_unknown", "Caller not found", f"no caller {caller_id!r}")
+        raise Problem(ProblemCode.CALLER_UNKNOWN, f"no caller {caller_id!r}")
     if sum(value is not None for value in (certificate, fingerprint, ca)) != 1:
         raise CertificateError("give exactly one of a certificate, a fingerprint or an issuing CA")
     if subject_cn is not None and ca is None:
@@ -225,9 +223,7 @@ async def add_cert(
     ).all()
     for row in existing:
         if kind == "fingerprint" or row.subject_cn == subject_cn:
-            raise Problem(
-                409, "certificate_exists", "Certificate already registered", f"it is registered to {row.caller_id!r}"
-            )
+            raise Problem(ProblemCode.CERTIFICATE_EXISTS, f"it is registered to {row.caller_id!r}")
     row = CallerCert(
         cert_id="c-" + secrets.token_hex(8),
         caller_id=caller_id,
@@ -253,7 +249,12 @@ async def list_certs(session: AsyncSession, caller_id: str | None = None) -> lis
 async def revoke_cert(session: AsyncSession, cert_id: str) -> dict[str, Any]:
     row = await session.get(CallerCert, cert_id)
     if row is None:
-        raise Problem(404, "certificate_unknown", "Certificate not found", f"no registered certificate {cert_id!r}")
+        raise Problem(
+            ProblemCode.CERTIFICATE_UNKNOWN,
+            f"no registered certificate {cert_id!r}",
+            status=404,
+            title="Certificate not found",
+        )
     if row.status != "revoked":
         row.status = "revoked"
         row.revoked_at = datetime.now(UTC)

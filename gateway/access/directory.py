@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import Caller, CallerKey, Grant
+from schemas.problems import ProblemCode
 from security.keys import KeyFormatError, PublicKey, load_public_key
 
 log = logging.getLogger("msjx.directory")
@@ -88,7 +89,7 @@ def as_utc(value: datetime) -> datetime:
 class Directory:
     def __init__(self, sessions: async_sessionmaker, ttl: float = 0.8, health: Dependency | None = None) -> None:
         self._sessions = sessions
-        self.health = health or Dependency("database", "database_unavailable", "Database unavailable")
+        self.health = health or Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
         self._ttl = ttl
         # A ttl of 0 asks for no caching at all: then no stale snapshot either.
         self._stale_limit = max(ttl, min(ttl + STALE_GRACE, REVOCATION_BOUND)) if ttl > 0 else 0.0
@@ -110,7 +111,7 @@ class Directory:
 
     async def ended_grant(
         self, caller_id: str, service: str, operation: str, purpose: str, now: datetime
-    ) -> tuple[str, Grant] | None:
+    ) -> tuple[ProblemCode, Grant] | None:
         """Why the caller has no grant it may use for this purpose: one it had, now suspended, revoked or expired.
 
         Read from the database, not the snapshot, and only on a refusal, so a granted call pays nothing for it.
@@ -130,11 +131,11 @@ class Directory:
         ended: list[tuple[int, datetime, str, Grant]] = []
         for row in rows:
             if row.revoked_at is not None:
-                ended.append((0, as_utc(row.revoked_at), "grant_revoked", row))
+                ended.append((0, as_utc(row.revoked_at), ProblemCode.GRANT_REVOKED, row))
             elif as_utc(row.valid_to) <= now:
-                ended.append((0, as_utc(row.valid_to), "grant_expired", row))
+                ended.append((0, as_utc(row.valid_to), ProblemCode.GRANT_EXPIRED, row))
             elif row.suspended_at is not None:
-                ended.append((1, as_utc(row.suspended_at), "grant_suspended", row))
+                ended.append((1, as_utc(row.suspended_at), ProblemCode.GRANT_SUSPENDED, row))
         if not ended:
             return None
         _, _, code, row = max(ended, key=lambda entry: (entry[0], entry[1]))

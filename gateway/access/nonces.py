@@ -15,6 +15,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from gateway.storage.health import Dependency
+from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.state")
 
@@ -40,7 +41,7 @@ class NonceStore(Protocol):
 
 
 def nonce_store_health() -> Dependency:
-    return Dependency("nonce_store", "nonce_store_unavailable", "Nonce store unavailable")
+    return Dependency("nonce_store", ProblemCode.NONCE_STORE_UNAVAILABLE)
 
 
 class MemoryNonceStore:

@@ -27,6 +27,7 @@ from gateway.access.nonces import PipelineBatcher, RedisEpoch
 from gateway.http.problems import Problem
 from gateway.settings import Settings
 from gateway.storage.health import Dependency
+from schemas.problems import ProblemCode
 from schemas.times import china_date, seconds_to_next_china_day
 
 log = logging.getLogger("msjx.quotas")
@@ -48,15 +49,9 @@ def quota_item(daily_quota: int) -> RateLimitItem:
 class QuotaExceeded(Problem):
     """429 with Retry-After: the grant's rate limit or its daily quota is used up."""
 
-    def __init__(self, code: str, detail: str, retry_after: float) -> None:
+    def __init__(self, code: ProblemCode, detail: str, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))
-        super().__init__(
-            429,
-            code,
-            "Rate limit reached" if code == "rate_limited" else "Daily quota used up",
-            detail,
-            headers={"Retry-After": str(seconds)},
-        )
+        super().__init__(code, detail, headers={"Retry-After": str(seconds)})
         self.retry_after = seconds
 
 
@@ -179,7 +174,7 @@ class Quotas:
         self.kind = kind
         self.epoch = epoch  # with Redis: when its server restarted, so the runtime can rebuild the windows
         self.started = time.time()  # in memory: the counters hold nothing from before this
-        self.health = Dependency("quota_store", "quota_store_unavailable", "Quota store unavailable")
+        self.health = Dependency("quota_store", ProblemCode.QUOTA_STORE_UNAVAILABLE)
         self.rebuilding: asyncio.Task[None] | None = None
         self.rebuilds = 0
 
@@ -249,13 +244,13 @@ class Quotas:
                 assert rate is not None
                 stats = await self._limiter.get_window_stats(rate, "rate", scope)
                 raise QuotaExceeded(
-                    "rate_limited",
+                    ProblemCode.RATE_LIMITED,
                     f"the grant allows {grant.rate_limit}; retry after the window resets",
                     stats.reset_time - time.time(),
                 )
             if not day_ok:
                 raise QuotaExceeded(
-                    "quota_exhausted",
+                    ProblemCode.QUOTA_EXHAUSTED,
                     f"the grant's daily quota of {grant.daily_quota} calls is used up until midnight Beijing time",
                     seconds_to_next_china_day(moment),
                 )

@@ -24,6 +24,7 @@ from gateway.sharing.errors import parse_body
 from gateway.sharing.request_states import Actor
 from gateway.storage.models import Grant
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
+from schemas.problems import ProblemCode
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 ADMIN = {"admin"}
@@ -176,7 +177,7 @@ async def get_grant(request: Request, grant_id: str) -> Response:
             }
         grant = visible.get(grant_id)
         if grant is None:
-            raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
+            raise Problem(ProblemCode.GRANT_UNKNOWN, f"no grant {grant_id!r}")
         exchange.event.grant_id = grant.grant_id
         info = GrantInfo(
             grant.grant_id,

@@ -37,6 +37,7 @@ from schemas.audit import (
     PayloadReadIn,
     VerifyOut,
 )
+from schemas.problems import ProblemCode
 from security.crypto import DecryptionError
 from security.keyring import KeyRingError, PayloadShredded
 
@@ -114,9 +115,9 @@ def _decode_cursor(cursor: str, digest: str) -> tuple[int, str, int]:
         after = (_cursor_int(position["t"]), str(position["c"]), _cursor_int(position["h"]))
         filters = str(position["f"])
     except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        raise _query_problem("cursor", "invalid_cursor", "not a cursor this API returned") from None
+        raise _query_problem("cursor", ProblemCode.INVALID_CURSOR, "not a cursor this API returned") from None
     if filters != digest:
-        raise _query_problem("cursor", "cursor_mismatch", "the cursor belongs to a search with other filters")
+        raise _query_problem("cursor", ProblemCode.CURSOR_MISMATCH, "the cursor belongs to a search with other filters")
     return after
 
 
@@ -128,11 +129,9 @@ def _cursor_int(value: Any) -> int:
     return value
 
 
-def _query_problem(field: str, code: str, message: str) -> Problem:
+def _query_problem(field: str, code: ProblemCode, message: str) -> Problem:
     return Problem(
-        422,
         code,
-        "Query parameter is invalid",
         f"query/{field}: {message}",
         errors=[{"field": f"query/{field}", "message": message, "type": code}],
     )
@@ -189,9 +188,7 @@ async def _load(exchange: Exchange, record_id: str) -> dict[str, Any]:
     row = await get_record(exchange.runtime.engine, record_id)
     if row is None:
         raise Problem(
-            404,
-            "record_not_found",
-            "Audit record not found",
+            ProblemCode.RECORD_NOT_FOUND,
             f"no audit record {record_id!r} in the database (archived records are in archive files)",
         )
     return row
@@ -261,9 +258,9 @@ async def read_payload(request: Request, record_id: str) -> Response:
             for part in dict.fromkeys(body.parts):
                 shown[part] = _shown(await open_payload(exchange.runtime.keyring, row, part))
         except PayloadShredded as exc:
-            raise Problem(410, "payload_shredded", "Payload destroyed", str(exc)) from None
+            raise Problem(ProblemCode.PAYLOAD_SHREDDED, str(exc)) from None
         except (DecryptionError, KeyRingError) as exc:
-            raise Problem(409, "payload_unreadable", "Payload cannot be opened", f"record {record_id}: {exc}") from None
+            raise Problem(ProblemCode.PAYLOAD_UNREADABLE, f"record {record_id}: {exc}") from None
         event.fields = tuple(part for part in shown if shown[part] is not None)
         answer = {
             "record_id": record_id,

@@ -25,6 +25,7 @@ from gateway.sharing.service import transition_event
 from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR, CalendarYearUnsupported
 from gateway.sharing.workflow import Outcome
 from schemas.calendar import CalendarImportOut, CalendarYearOut, ScheduleOut
+from schemas.problems import ProblemCode
 from schemas.sharing import SharingRequestOut
 from schemas.times import china_date
 
@@ -51,7 +52,7 @@ def schedule_problem(exc: ScheduleInvalid) -> Problem:
         for fault in exc.faults
     ]
     first = exc.faults[0]
-    return Problem(422, first.code, "Holiday schedule is invalid", str(first), errors=errors)
+    return Problem(first.code, str(first), status=422, title="Holiday schedule is invalid", errors=errors)
 
 
 @router.post(
@@ -88,7 +89,7 @@ async def import_calendar(
         try:
             text = exchange.body.decode("utf-8")
         except UnicodeDecodeError:
-            raise Problem(422, "file_invalid", "Holiday schedule is invalid", "the body is not UTF-8 text") from None
+            raise Problem(ProblemCode.FILE_INVALID, "the body is not UTF-8 text") from None
         try:
             schedule = read_schedule(
                 text, csv_format=is_csv("", request.headers.get("content-type")), year=year, source=source

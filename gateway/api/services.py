@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from adapters.base import Operation, UpstreamError
+from adapters.base import Operation
+from adapters.errors import UpstreamError
 from gateway.access.directory import GrantInfo, as_utc
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.http.json_bodies import load_body
@@ -23,6 +24,7 @@ from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.runtime import Runtime
 from gateway.sharing.ownership import owners
 from schemas.api import InvokeRequest, InvokeResponse
+from schemas.problems import ProblemCode
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
 
@@ -63,21 +65,14 @@ def select_grant(
     """The grant that allows this call now by this share method (`api`, or `batch` for a batch job), or the most
     specific refusal."""
     if not grants:
-        raise Problem(403, "no_grant", "No grant", f"the caller holds no grant for {service}/{operation}")
+        raise Problem(ProblemCode.NO_GRANT, f"the caller holds no grant for {service}/{operation}")
     for_purpose = [grant for grant in grants if grant.purpose == purpose]
     if not for_purpose:
-        raise Problem(
-            403,
-            "purpose_not_granted",
-            "Purpose not granted",
-            f"no grant for {service}/{operation} with purpose {purpose!r}",
-        )
+        raise Problem(ProblemCode.PURPOSE_NOT_GRANTED, f"no grant for {service}/{operation} with purpose {purpose!r}")
     by_method = [grant for grant in for_purpose if method in grant.share_methods]
     if not by_method:
         raise Problem(
-            403,
-            "share_method_not_granted",
-            "Share method not granted",
+            ProblemCode.SHARE_METHOD_NOT_GRANTED,
             f"the grant for {service}/{operation} with purpose {purpose!r} does not allow share method {method!r}"
             f" (共享方式 {'批量交换' if method == 'batch' else '服务接口'})",
             context={"grant_id": for_purpose[0].grant_id},
@@ -89,30 +84,29 @@ def select_grant(
             return grant
     if all(grant.valid_to <= now for grant in for_purpose):
         # Ended since the snapshot was taken (it is at most 1 s old).
-        raise ended_problem("grant_expired", for_purpose[0].grant_id, purpose, for_purpose[0].valid_to)
+        raise ended_problem(ProblemCode.GRANT_EXPIRED, for_purpose[0].grant_id, purpose, for_purpose[0].valid_to)
     raise Problem(
-        403,
-        "grant_not_valid",
-        "Grant not valid now",
+        ProblemCode.GRANT_NOT_VALID,
         f"the grant for purpose {purpose!r} is not valid at {now.isoformat(timespec='seconds')}",
         context={"grant_id": for_purpose[0].grant_id},
     )
 
 
-ENDED_TITLES = {
-    "grant_revoked": "Grant revoked",
-    "grant_suspended": "Grant suspended",
-    "grant_expired": "Grant expired",
+ENDED = {
+    ProblemCode.GRANT_REVOKED: "was revoked",
+    ProblemCode.GRANT_SUSPENDED: "was suspended",
+    ProblemCode.GRANT_EXPIRED: "expired",
 }
 
 
-def ended_problem(code: str, grant_id: str, purpose: str, since: datetime, reason: str | None = None) -> Problem:
+def ended_problem(
+    code: ProblemCode, grant_id: str, purpose: str, since: datetime, reason: str | None = None
+) -> Problem:
     """403 for a grant the caller had for this purpose that may not be used now; the refusal names the grant."""
-    what = {"grant_revoked": "was revoked", "grant_suspended": "was suspended", "grant_expired": "expired"}[code]
-    detail = f"the grant {grant_id} for purpose {purpose!r} {what} at {since.isoformat(timespec='seconds')}"
-    if code == "grant_suspended":
+    detail = f"the grant {grant_id} for purpose {purpose!r} {ENDED[code]} at {since.isoformat(timespec='seconds')}"
+    if code is ProblemCode.GRANT_SUSPENDED:
         detail += f" and is refused until resumed: {reason}"
-    return Problem(403, code, ENDED_TITLES[code], detail, context={"grant_id": grant_id})
+    return Problem(code, detail, context={"grant_id": grant_id})
 
 
 async def explain_refusal(
@@ -124,13 +118,15 @@ async def explain_refusal(
     `purpose_not_granted` looks for a suspended, revoked or expired grant of the caller for that purpose in the
     database; when there is one, the refusal names it.
     """
-    if refusal.code not in ("no_grant", "purpose_not_granted"):
+    if refusal.code not in (ProblemCode.NO_GRANT, ProblemCode.PURPOSE_NOT_GRANTED):
         return refusal
     ended = await runtime.directory.ended_grant(caller_id, service, operation, purpose, datetime.now(UTC))
     if ended is None:
         return refusal
     code, row = ended
-    since = {"grant_revoked": row.revoked_at, "grant_suspended": row.suspended_at}.get(code) or row.valid_to
+    since = {ProblemCode.GRANT_REVOKED: row.revoked_at, ProblemCode.GRANT_SUSPENDED: row.suspended_at}.get(
+        code
+    ) or row.valid_to
     return ended_problem(code, row.grant_id, purpose, as_utc(since), row.suspend_reason)
 
 
@@ -157,10 +153,10 @@ async def invoke_operation(
     runtime = exchange.runtime
     adapter = runtime.adapters.get(service)
     if adapter is None:
-        raise Problem(404, "unknown_service", "Unknown service", f"no service {service!r}")
+        raise Problem(ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}")
     operation = adapter.operations.get(operation_name)
     if operation is None:
-        raise Problem(404, "unknown_operation", "Unknown operation", f"{service} has no operation {operation_name!r}")
+        raise Problem(ProblemCode.UNKNOWN_OPERATION, f"{service} has no operation {operation_name!r}")
     # The key is checked as documented wherever it is sent, though only payments use it.
     keys = [value.decode("latin-1") for name, value in exchange.request.scope["headers"] if name == b"idempotency-key"]
     if keys:
@@ -180,8 +176,10 @@ async def invoke_operation(
         params = operation.input_model.model_validate(body.params)
     except ValidationError as exc:
         problem = validation_problem(exc.errors(), prefix=("params",))
-        if any(error["type"] == "path_dot_segment" for error in problem.errors or ()):
-            problem.code = "path_dot_segment"  # a traversal attempt, not a typo: its own code for the audit and alerts
+        if any(error["type"] == ProblemCode.PATH_DOT_SEGMENT for error in problem.errors or ()):
+            problem.code = (
+                ProblemCode.PATH_DOT_SEGMENT
+            )  # a traversal attempt, not a typo: its own code for the audit and alerts
         raise problem from None
     event.subject = getattr(params, "uscc", None)
     # Counted only for a call that will be made: a refused or malformed one spends no quota.
@@ -194,7 +192,7 @@ async def invoke_operation(
     except UpstreamError as exc:
         event.upstream_us = int((time.perf_counter() - started) * 1e6)
         event.upstream_status = upstream_status(exc.upstream_status, exc.attempts)
-        raise Problem(exc.status, exc.code, "Upstream failed", exc.detail, headers=exc.headers) from None
+        raise Problem(exc.code, exc.detail, status=exc.status, headers=exc.headers) from None
     event.upstream_us = int((time.perf_counter() - started) * 1e6)
     event.upstream_status = upstream_status(result.upstream_status, result.attempts)
     # Minimization: only granted fields leave the gateway, whatever the upstream sent.

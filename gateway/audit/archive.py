@@ -46,12 +46,13 @@ from gateway.audit.rows import (
     list_archives,
     load_checkpoints,
 )
+from schemas.errors import MsjxError
 from security.audit_chain import GENESIS_HASH
 from security.checkpoints import TrustedKeys
 from security.keyring import now_ms
 
 
-class ArchiveError(Exception):
+class ArchiveError(MsjxError):
     """An archive could not be written or did not verify; the database was left as it was."""
 
 

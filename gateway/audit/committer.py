@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from schemas.errors import MsjxError
 from security.pipes import frame, read_frame, say_ready, start_child
 
 if TYPE_CHECKING:  # the child process imports nothing it does not need
@@ -45,7 +46,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-class CommitterError(Exception):
+class CommitterError(MsjxError):
     """The committer process is gone or refused a batch; the batch may or may not have been committed."""
 
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import orjson
 
+from schemas.errors import MsjxError
 from security.audit_chain import GENESIS_HASH, HASH_FIELD, PREV_FIELD, ChainFault, ChainReport, ChainVerifier
 from security.checkpoints import Checkpoint, TrustedKeys
 from security.crypto import get_suite
@@ -29,7 +30,7 @@ BYTES_COLUMNS = ("request_payload", "response_payload")
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class AuditFileError(Exception):
+class AuditFileError(MsjxError):
     """A file is not an audit export or archive, or cannot be read; the message names the file and line."""
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.storage.models import AuditCheckpoint, AuditSigner
+from schemas.errors import MsjxError
 from security.checkpoints import TrustedKeys, sign_checkpoint, signer_key_id
 from security.key_trust import (
     CARRIED,
@@ -32,7 +33,7 @@ CHECKPOINTS = AuditCheckpoint.__table__
 REVOKED = "revoked"
 
 
-class NodeKeyError(Exception):
+class NodeKeyError(MsjxError):
     """An operator's pin or revocation that cannot be done (unknown key, already revoked); the message says why."""
 
 

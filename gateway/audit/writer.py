@@ -28,6 +28,8 @@ from gateway.audit.witness import append_witness
 from gateway.storage.db import SQLITE_PRAGMAS
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import AUDIT_COLUMNS
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
 from security.audit_chain import GENESIS_HASH, hasher_for
 from security.checkpoints import Checkpoint, sign_checkpoint
 from security.crypto import NonceSequence, get_suite
@@ -62,7 +64,7 @@ CHECKPOINT_INSERT_PG = (
 )
 
 
-class AuditUnavailable(Exception):
+class AuditUnavailable(MsjxError):
     """The audit store could not make a record durable; the request must fail closed."""
 
 
@@ -139,7 +141,7 @@ class AuditWriter:
         partition_seconds: float = 3600.0,
     ) -> None:
         self._engine = engine
-        self.health = health or Dependency("database", "database_unavailable", "Database unavailable")
+        self.health = health or Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
         self._committer: Committer
         if engine.dialect.name == "sqlite":
             database = engine.url.database
@@ -298,7 +300,8 @@ class AuditWriter:
             "grant_id": event.grant_id,
             "subject_hash": suite.keyed_hash(index_key, event.subject) if event.subject else None,
             "decision": event.decision,
-            "reason_code": event.reason_code,
+            # A ProblemCode is a str subclass, which marshal (the pipe to the committer) refuses: the plain string.
+            "reason_code": None if event.reason_code is None else str(event.reason_code),
             "fields": ",".join(event.fields) or None,
             "status_code": event.status_code,
             "upstream_status": event.upstream_status,

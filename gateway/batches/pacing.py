@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from adapters.base import UpstreamBusy, UpstreamCircuitOpen, UpstreamError, UpstreamTimeout
+from adapters.errors import UpstreamBusy, UpstreamCircuitOpen, UpstreamError, UpstreamTimeout
 
 T = TypeVar("T")
 OVERLOAD_STATUSES = frozenset({"429", "503"})

@@ -22,6 +22,7 @@ from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem, validation_problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from schemas.batches import BatchIn
+from schemas.problems import ProblemCode
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 PLATFORM = ("platform",)
@@ -54,10 +55,9 @@ def _operations_from_query(request: Request) -> list[dict[str, Any]]:
             shared = None  # type: ignore[assignment]
         if not isinstance(shared, dict):
             raise Problem(
-                422,
-                "validation_failed",
-                "Request is invalid",
+                ProblemCode.VALIDATION_FAILED,
                 "params: a JSON object",
+                title="Request is invalid",
                 errors=[{"field": "params", "message": "a JSON object", "type": "dict_type"}],
             )
     operations = []
@@ -65,19 +65,17 @@ def _operations_from_query(request: Request) -> list[dict[str, Any]]:
         service, _, operation = value.partition("/")
         if not service or not operation:
             raise Problem(
-                422,
-                "validation_failed",
-                "Request is invalid",
+                ProblemCode.VALIDATION_FAILED,
                 f"operation {value!r} is not service/operation",
+                title="Request is invalid",
                 errors=[{"field": f"operation/{index}", "message": "service/operation", "type": "operation_invalid"}],
             )
         operations.append({"service": service, "operation": operation, "params": shared, "shared": True})
     if not operations:
         raise Problem(
-            422,
-            "validation_failed",
-            "Request is invalid",
+            ProblemCode.VALIDATION_FAILED,
             "name at least one ?operation=service/operation",
+            title="Request is invalid",
             errors=[{"field": "operation", "message": "missing", "type": "missing"}],
         )
     return operations
@@ -94,10 +92,9 @@ async def _submit(exchange: Exchange) -> tuple[int, bytes]:
         operations = _operations_from_query(request)
         if not purpose:
             raise Problem(
-                422,
-                "validation_failed",
-                "Request is invalid",
+                ProblemCode.VALIDATION_FAILED,
                 "purpose: the query names the purpose (?purpose=...)",
+                title="Request is invalid",
                 errors=[{"field": "purpose", "message": "missing", "type": "missing"}],
             )
         plain = [{"service": op["service"], "operation": op["operation"]} for op in operations]
@@ -115,9 +112,7 @@ async def _submit(exchange: Exchange) -> tuple[int, bytes]:
         inline = body.subjects
     else:
         raise Problem(
-            415,
-            "media_type_unsupported",
-            "Unsupported media type",
+            ProblemCode.MEDIA_TYPE_UNSUPPORTED,
             f"send application/json (inline subjects), text/csv or {NDJSON}; not {media_type!r}",
         )
     exchange.event.purpose = body.purpose
@@ -186,18 +181,15 @@ def _window(request: Request) -> tuple[int, int | None]:
     if header is not None:
         match = _RANGE.match(header.strip())
         if match is None or int(match[1]) < 1:
-            raise Problem(
-                416, "range_invalid", "Range not satisfiable", "use Range: lines=FIRST-[LAST], lines counted from 1"
-            )
+            raise Problem(ProblemCode.RANGE_INVALID, "use Range: lines=FIRST-[LAST], lines counted from 1")
         last = int(match[2]) if match[2] else None
         return int(match[1]) - 1, last
     cursor = request.query_params.get("cursor", "0")
     if not cursor.isdigit():
         raise Problem(
-            422,
-            "validation_failed",
-            "Request is invalid",
+            ProblemCode.VALIDATION_FAILED,
             "cursor: a line number",
+            title="Request is invalid",
             errors=[{"field": "cursor", "message": "a line number", "type": "int_parsing"}],
         )
     return int(cursor), None
@@ -237,9 +229,7 @@ async def _results(batch_id: str, exchange: Exchange) -> tuple[int, bytes]:
     exchange.event.purpose = job.purpose
     if job.results_expired_at is not None:
         raise Problem(
-            410,
-            "batch_results_expired",
-            "Batch results deleted",
+            ProblemCode.BATCH_RESULTS_EXPIRED,
             f"the results were deleted {service.settings.batch_result_days} days after the batch ended (数据最小化)",
         )
     after, last = _window(request)
@@ -283,7 +273,7 @@ async def _cancel(batch_id: str, exchange: Exchange) -> tuple[int, bytes]:
     job = await service.load(batch_id, exchange.principal.caller.caller_id)
     exchange.event.purpose = job.purpose
     if not await service.cancel(job):
-        raise Problem(409, "batch_finished", "Batch already ended", f"the batch is {job.state}")
+        raise Problem(ProblemCode.BATCH_FINISHED, f"the batch is {job.state}")
     job = await service.load(batch_id, exchange.principal.caller.caller_id)
     return 200, orjson.dumps(await service.status(job))
 

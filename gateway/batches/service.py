@@ -25,7 +25,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 
-from adapters.base import Adapter, UpstreamError, UpstreamResult
+from adapters.base import Adapter, UpstreamResult
+from adapters.errors import UpstreamError
 from gateway.access.directory import GrantInfo, as_utc
 from gateway.access.quotas import quota_item
 from gateway.api.services import explain_refusal, select_grant, upstream_status
@@ -36,6 +37,7 @@ from gateway.batches.subjects import Subject, Target
 from gateway.batches.tables import BatchChunk, BatchJob
 from gateway.http.problems import Problem
 from gateway.runtime import Runtime
+from schemas.problems import ProblemCode
 from schemas.times import china_date, seconds_to_next_china_day
 from security.crypto import open_sealed, seal
 
@@ -130,24 +132,26 @@ class BatchService:
             service, name = entry["service"], entry["operation"]
             if (service, name) in seen:
                 raise Problem(
-                    422,
-                    "operation_repeated",
-                    "Operation named twice",
+                    ProblemCode.OPERATION_REPEATED,
                     f"{service}/{name} is named twice",
-                    errors=[{"field": f"operations/{index}", "message": "named twice", "type": "operation_repeated"}],
+                    errors=[
+                        {
+                            "field": f"operations/{index}",
+                            "message": "named twice",
+                            "type": ProblemCode.OPERATION_REPEATED,
+                        }
+                    ],
                 )
             seen.add((service, name))
             adapter = self.runtime.adapters.get(service)
             if adapter is None:
-                raise Problem(404, "unknown_service", "Unknown service", f"no service {service!r}")
+                raise Problem(ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}")
             operation = adapter.operations.get(name)
             if operation is None:
-                raise Problem(404, "unknown_operation", "Unknown operation", f"{service} has no operation {name!r}")
+                raise Problem(ProblemCode.UNKNOWN_OPERATION, f"{service} has no operation {name!r}")
             if not operation.safe:
                 raise Problem(
-                    422,
-                    "operation_not_batchable",
-                    "Operation cannot run in a batch",
+                    ProblemCode.OPERATION_NOT_BATCHABLE,
                     f"{service}/{name} changes state; only read-only operations run in batches",
                 )
             grant = await self.grant_for(caller_id, service, name, purpose)
@@ -234,7 +238,7 @@ class BatchService:
                 return
         resume_in = await self.reserve(grants, chunk.size)
         if resume_in is not None:
-            await self.pause(job, "quota_exhausted", resume_in)
+            await self.pause(job, ProblemCode.QUOTA_EXHAUSTED, resume_in)
             return
         now = _now()
         async with runtime.engine.begin() as connection:
@@ -367,7 +371,7 @@ class BatchService:
     ) -> list[UpstreamResult | UpstreamError]:
         adapter = self.runtime.adapters.get(entry["service"])
         if adapter is None:
-            from adapters.base import UpstreamUnavailable
+            from adapters.errors import UpstreamUnavailable
 
             missing = UpstreamUnavailable(entry["service"], "the service is no longer offered")
             return [missing] * len(subjects)
@@ -379,7 +383,7 @@ class BatchService:
             try:
                 models.append(operation.input_model.model_validate(values))
             except ValidationError as exc:  # checked at submission; a contract changed since
-                models.append(UpstreamError(422, "validation_failed", str(exc.errors()[0].get("msg"))))
+                models.append(UpstreamError(ProblemCode.VALIDATION_FAILED, str(exc.errors()[0].get("msg"))))
         bulk_max = getattr(adapter, "bulk_operations", {}).get(operation.name)
         results: list[UpstreamResult | UpstreamError] = [None] * len(models)  # type: ignore[list-item]
         valid = [(i, m) for i, m in enumerate(models) if isinstance(m, BaseModel)]
@@ -446,7 +450,7 @@ class BatchService:
             raise
         return None
 
-    async def pause(self, job: BatchJob, code: str, resume_in: float) -> None:
+    async def pause(self, job: BatchJob, code: ProblemCode, resume_in: float) -> None:
         now = _now()
         async with self.runtime.engine.begin() as connection:
             paused = await connection.execute(
@@ -587,7 +591,7 @@ class BatchService:
             job = await session.get(BatchJob, batch_id)
         # Another caller's batch does not exist, as far as this caller can tell.
         if job is None or job.caller_id != caller_id:
-            raise Problem(404, "batch_unknown", "Batch not found", f"no batch {batch_id!r} of this caller")
+            raise Problem(ProblemCode.BATCH_UNKNOWN, f"no batch {batch_id!r} of this caller")
         return job
 
     async def status(self, job: BatchJob) -> dict[str, Any]:

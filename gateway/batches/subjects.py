@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from gateway.http.problems import Problem
+from schemas.problems import ProblemCode
 from schemas.uscc import uscc_error
 
 MAX_INLINE = 1_000
@@ -76,11 +77,9 @@ def _decode(body: bytes) -> str:
         except UnicodeDecodeError:
             continue
     raise Problem(
-        422,
-        "subjects_encoding",
-        "Subjects file is not text",
+        ProblemCode.SUBJECTS_ENCODING,
         "the file is neither UTF-8 nor GBK",
-        errors=[LineError(1, "file", "neither UTF-8 nor GBK", "subjects_encoding").as_dict()],
+        errors=[LineError(1, "file", "neither UTF-8 nor GBK", ProblemCode.SUBJECTS_ENCODING).as_dict()],
     )
 
 
@@ -88,7 +87,9 @@ def _rows_csv(body: bytes, errors: list[LineError]) -> Iterator[tuple[int, dict[
     reader = csv.reader(io.StringIO(_decode(body)))
     header = next(reader, None)
     if header is None or "uscc" not in [name.strip() for name in header]:
-        errors.append(LineError(1, "header", "the first line names the columns, one of them uscc", "header_invalid"))
+        errors.append(
+            LineError(1, "header", "the first line names the columns, one of them uscc", ProblemCode.HEADER_INVALID)
+        )
         return
     names = [name.strip() for name in header]
     for row in reader:
@@ -125,7 +126,9 @@ def check_subjects(
     for number, row in rows:
         count += 1
         if count > MAX_LINES:
-            errors.append(LineError(number, "file", f"a batch has at most {MAX_LINES} subjects", "too_many_subjects"))
+            errors.append(
+                LineError(number, "file", f"a batch has at most {MAX_LINES} subjects", ProblemCode.TOO_MANY_SUBJECTS)
+            )
             break
         if row is None:
             continue
@@ -177,11 +180,11 @@ def parse_subjects(
     if inline is not None:
         if len(inline) > MAX_INLINE:
             raise Problem(
-                422,
-                "too_many_subjects",
-                "Too many inline subjects",
+                ProblemCode.TOO_MANY_SUBJECTS,
                 f"at most {MAX_INLINE} subjects inline; upload a CSV or NDJSON file for more",
-                errors=[{"field": "subjects", "message": f"{len(inline)} subjects", "type": "too_many_subjects"}],
+                errors=[
+                    {"field": "subjects", "message": f"{len(inline)} subjects", "type": ProblemCode.TOO_MANY_SUBJECTS}
+                ],
             )
         rows = _rows_inline(inline, errors)
     elif media_type == "text/csv":
@@ -200,5 +203,5 @@ def parse_subjects(
         )
         if more:
             detail += f" ({more} more not listed)"
-        raise Problem(422, "subjects_invalid", "Batch subjects are invalid", detail, errors=shown)
+        raise Problem(ProblemCode.SUBJECTS_INVALID, detail, errors=shown)
     return subjects

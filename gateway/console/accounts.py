@@ -26,6 +26,7 @@ from gateway.console.roles import ROLES
 from gateway.console.store import ConsoleAccount, ConsoleSession
 from gateway.settings import Settings
 from gateway.storage.models import Caller
+from schemas.errors import MsjxError
 from security.keyring import load_master_key
 
 HASHER = PasswordHasher()  # argon2id, the library's RFC 9106 defaults
@@ -38,7 +39,7 @@ USERNAME = re.compile(r"^[a-z][a-z0-9._-]{2,63}$")
 ISSUER = "msjx-gateway"
 
 
-class AccountError(ValueError):
+class AccountError(MsjxError, ValueError):
     """A change to an account that the rules refuse; the message says why, in Chinese and English."""
 
 

@@ -30,6 +30,7 @@ from gateway.console.roles import ROLES, ConsoleRole
 from gateway.console.store import ConsoleAccount, ConsoleSession
 from gateway.settings import Settings
 from gateway.storage.models import Caller
+from schemas.errors import MsjxError
 
 IDLE = timedelta(minutes=15)
 COOKIE = "msjx_console"
@@ -252,7 +253,7 @@ async def login(request: Request, username: str, password: str, code: str) -> Lo
         return LoginResult(True, token=token, home=ROLES[account.role].home)
 
 
-class NotSignedIn(Exception):
+class NotSignedIn(MsjxError):
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why

@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 
 from gateway.settings import Settings
+from schemas.errors import MsjxError
 
 Echo = Callable[[str], None]
 
 
-class DemoError(Exception):
+class DemoError(MsjxError):
     """The demo cannot run; the message says what to do."""
 
 

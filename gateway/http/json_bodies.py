@@ -9,16 +9,15 @@ import orjson
 
 from adapters.jsondepth import MAX_JSON_DEPTH, json_depth_exceeds, loads_bounded
 from gateway.http.problems import Problem
+from schemas.problems import ProblemCode
 
 
 def too_deep() -> Problem:
     message = f"arrays and objects may nest at most {MAX_JSON_DEPTH} levels deep"
     return Problem(
-        422,
-        "json_too_deep",
-        "Body nests too deeply",
+        ProblemCode.JSON_TOO_DEEP,
         message,
-        errors=[{"field": "", "message": message, "type": "json_too_deep"}],
+        errors=[{"field": "", "message": message, "type": ProblemCode.JSON_TOO_DEEP}],
     )
 
 
@@ -34,7 +33,7 @@ def _refuse_constant(name: str) -> Any:
 
 
 def not_json() -> Problem:
-    return Problem(422, "invalid_json", "Body is not JSON", "the request body must be a JSON object")
+    return Problem(ProblemCode.INVALID_JSON, "the request body must be a JSON object")
 
 
 def load_body(body: bytes, *, exact: bool = False) -> Any:

@@ -7,12 +7,18 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:msjx-gateway:problem:"
 
 
-class Problem(Exception):
+class Problem(MsjxError):
     """An answer that is not a success. `code` is stable: clients and the audit log match on it.
+
+    The status and title default to the code's own (schemas/problems.py); a code answered with several statuses
+    names the one it means, and a title may say more for this occasion.
 
     `context` carries what was learnt before the failure (caller, key id, service …) so that the
     refusal is audited with as much as is known; it never reaches the client.
@@ -20,19 +26,24 @@ class Problem(Exception):
 
     def __init__(
         self,
-        status: int,
-        code: str,
-        title: str,
+        code: ProblemCode,
         detail: str,
         *,
+        status: int | None = None,
+        title: str | None = None,
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
         context: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
+        if status is None:
+            status = code.status
+        elif status not in code.statuses:
+            # A code is a contract: answering it with a status the registry does not list is a bug here.
+            raise ValueError(f"{code} is answered with {sorted(code.statuses)}, not {status}")
         self.status = status
         self.code = code
-        self.title = title
+        self.title = code.title if title is None else title
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
@@ -80,9 +91,7 @@ def validation_problem(errors: list[dict[str, Any]], prefix: tuple[str | int, ..
         items.append({"field": path, "message": message, "type": error.get("type", "invalid")})
     first = items[0] if items else {"field": "", "message": "invalid"}
     return Problem(
-        422,
-        "validation_failed",
-        "Request body is invalid",
+        ProblemCode.VALIDATION_FAILED,
         f"{first['field']}: {first['message']}" if first["field"] else first["message"],
         errors=items,
     )

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.http.problems import Problem
 from gateway.storage.models import IdempotencyKey
+from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.idempotency")
 
@@ -75,14 +76,12 @@ def parse_key(values: list[str]) -> str | None:
 
 
 def _bad_key(detail: str) -> Problem:
-    return Problem(400, "idempotency_key_invalid", "Idempotency-Key is invalid", detail)
+    return Problem(ProblemCode.IDEMPOTENCY_KEY_INVALID, detail)
 
 
 def missing_key(operation: str) -> Problem:
     return Problem(
-        400,
-        "idempotency_key_missing",
-        "Idempotency-Key is required",
+        ProblemCode.IDEMPOTENCY_KEY_MISSING,
         f"{operation} changes state and needs an Idempotency-Key header (a fresh unique value per payment, the same"
         " value when repeating it); see /docs",
     )

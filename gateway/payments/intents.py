@@ -22,13 +22,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from adapters.base import Adapter, UpstreamError
+from adapters.base import Adapter
+from adapters.errors import UpstreamError
 from adapters.treasury import VoucherDuplicate, VoucherRefused
 from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
 from gateway.http.problems import Problem
 from gateway.payments.idempotency import ClaimKind, IdempotencyStore, fingerprint, missing_key, parse_key
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import PaymentIntent, PaymentOutcome
+from schemas.problems import ProblemCode
 from schemas.treasury import VoucherQuery, VoucherSubmission
 
 if TYPE_CHECKING:  # the exchange module imports the runtime, which imports this one
@@ -172,9 +174,7 @@ class Payments:
             )
         except IntegrityError:
             raise Problem(
-                409,
-                "voucher_exists",
-                "Voucher already submitted",
+                ProblemCode.VOUCHER_EXISTS,
                 f"voucher {params.voucher_no} was submitted before under another Idempotency-Key; a VoucherNo is"
                 " paid once: repeat that request with its own key to learn its outcome",
             ) from None
@@ -187,16 +187,12 @@ class Payments:
             return claim.status_code, claim.body
         if claim.kind is ClaimKind.REUSED:
             raise Problem(
-                422,
-                "idempotency_key_reused",
-                "Idempotency-Key reused",
+                ProblemCode.IDEMPOTENCY_KEY_REUSED,
                 "this Idempotency-Key was used with a different request; use a new key for a new payment",
             )
         if claim.kind is ClaimKind.IN_FLIGHT:
             raise Problem(
-                409,
-                "idempotency_in_flight",
-                "Request with this Idempotency-Key in progress",
+                ProblemCode.IDEMPOTENCY_IN_FLIGHT,
                 "a request with this Idempotency-Key is being processed; repeat it later to get its answer",
                 headers={"Retry-After": "1"},
             )
@@ -255,11 +251,7 @@ class Payments:
         except VoucherRefused as exc:
             resolution.outcome, resolution.code = "refused", exc.upstream_status or ""
             resolution.problem = Problem(
-                502,
-                "voucher_refused",
-                "Treasury refused the voucher",
-                exc.detail,
-                context={"upstream_status": exc.upstream_status},
+                ProblemCode.VOUCHER_REFUSED, exc.detail, context={"upstream_status": exc.upstream_status}
             )
             return resolution
         except UpstreamError as exc:
@@ -291,9 +283,7 @@ class Payments:
             if status["status"] == "returned":
                 resolution.outcome, resolution.code = "returned", resolution.upstream_status or ""
                 resolution.problem = Problem(
-                    502,
-                    "voucher_returned",
-                    "Treasury returned the voucher",
+                    ProblemCode.VOUCHER_RETURNED,
                     f"the treasury accepted voucher {intent.voucher_no} and then returned it (退回); it was not paid",
                 )
                 return resolution
@@ -328,11 +318,10 @@ class Payments:
 
     def _pending(self, intent: PaymentIntent, why: str, status: int = 503) -> Problem:
         return Problem(
-            status if status in (502, 503, 504) else 503,
-            "payment_pending",
-            "Payment outcome not known yet",
+            ProblemCode.PAYMENT_PENDING,
             f"voucher {intent.voucher_no}: {why}. It is reconciled with the treasury's voucher-status before anything"
             " is sent again; repeat the request with the same Idempotency-Key to learn the outcome",
+            status=status if status in (502, 503, 504) else 503,
             headers={"Retry-After": str(max(1, round(self.grace_ms / 1000)))},
         )
 
@@ -436,7 +425,7 @@ class Payments:
             purpose=intent.purpose,
             grant_id=intent.grant_id,
             subject=intent.uscc,
-            reason_code=None if resolution.outcome else "payment_pending",
+            reason_code=None if resolution.outcome else ProblemCode.PAYMENT_PENDING.value,
             upstream_status=resolution.upstream_status,
             upstream_us=resolution.upstream_us,
         )

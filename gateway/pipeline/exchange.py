@@ -20,9 +20,10 @@ from gateway.access.authenticate import Principal
 from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
 from gateway.http.json_bodies import check_depth
 from gateway.http.problems import Problem
-from gateway.pipeline.unauthenticated import PREAUTH_BODY_BYTES, RATE_LIMITED
+from gateway.pipeline.unauthenticated import PREAUTH_BODY_BYTES
 from gateway.runtime import Runtime
 from gateway.storage.health import is_database_outage
+from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.exchange")
 MAX_BODY_BYTES = 1 << 20
@@ -72,13 +73,7 @@ _URL_SPECIAL = frozenset("?#\\\t\r\n")
 
 def body_too_large(limit: int) -> Problem:
     # The rest of the body is not read, so the connection cannot carry another request: say it closes.
-    return Problem(
-        413,
-        "body_too_large",
-        "Request body is too large",
-        f"the limit is {limit} bytes",
-        headers={"Connection": "close"},
-    )
+    return Problem(ProblemCode.BODY_TOO_LARGE, f"the limit is {limit} bytes", headers={"Connection": "close"})
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -151,10 +146,9 @@ async def run_exchange(
         event.key_id = principal.key_id
         if roles is not None and not principal.caller.roles.intersection(roles):
             raise Problem(
-                403,
-                "role_forbidden",
-                "Caller lacks the role for this operation",
+                ProblemCode.ROLE_FORBIDDEN,
                 f"needs one of the roles {sorted(roles)}",
+                title="Caller lacks the role for this operation",
             )
         exchange = Exchange(runtime, request, request_id, body, principal, event)
         status, payload = await handler(exchange)
@@ -175,7 +169,7 @@ async def run_exchange(
     except ClientDisconnect:
         # The client's choice, not the gateway's failure: one line, no traceback; nobody reads the answer.
         log.info("request %s: the client closed the connection before its body ended", request_id)
-        problem = Problem(499, "client_closed", "Client closed the connection", "the request body did not arrive")
+        problem = Problem(ProblemCode.CLIENT_CLOSED, "the request body did not arrive")
         return await _record_refusal(runtime, event, problem, started, instance, authenticated)
     except Problem as problem:
         return await _record_refusal(runtime, event, problem, started, instance, authenticated)
@@ -183,9 +177,7 @@ async def run_exchange(
         problem = _outage_problem(runtime, exc)
         if problem is None:
             log.exception("unhandled error in %s (request %s)", event_name, request_id)
-            problem = Problem(
-                500, "internal_error", "Internal error", "the gateway failed; the request id names it in logs"
-            )
+            problem = Problem(ProblemCode.INTERNAL_ERROR, "the gateway failed; the request id names it in logs")
         return await _record_problem(runtime, event, problem, started, instance, decision="failed")
     finally:
         runtime.exchanges_in_progress -= 1
@@ -203,9 +195,7 @@ async def _record_refusal(
     if verdict.audit:
         return await _record_problem(runtime, event, problem, started, instance)
     limited = Problem(
-        429,
-        RATE_LIMITED,
-        "Too many unauthenticated requests",
+        ProblemCode.UNAUTHENTICATED_RATE_LIMITED,
         "this address sent too many requests that were not correctly signed; retry after the window resets",
         # A body left unread (413) still closes the connection.
         headers={"Retry-After": str(verdict.retry_after), **_connection_close(problem)},
@@ -228,7 +218,7 @@ async def _record_problem(
     _apply_context(event, problem.context)
     body = problem.render(event.request_id, instance)
     event.decision = decision or ("failed" if problem.status >= 500 else "refused")
-    event.reason_code = problem.code
+    event.reason_code = problem.code.value  # a plain str: the audit committer marshals its records
     event.status_code = problem.status
     event.response_body = body
     event.duration_us = int((time.perf_counter() - started) * 1e6)
@@ -256,9 +246,7 @@ def _audit_down(request_id: str, instance: str) -> Response:
     # Counted here; the audit writer logs the store going down and coming back, not each refused request.
     metrics.AUDIT_UNAVAILABLE.inc()
     return Problem(
-        503,
-        "audit_unavailable",
-        "Audit log unavailable",
+        ProblemCode.AUDIT_UNAVAILABLE,
         "the exchange could not be recorded, so no data was released; retry later",
         headers={"Retry-After": "5"},
     ).response(request_id, instance)

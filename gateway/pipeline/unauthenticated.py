@@ -27,6 +27,7 @@ from limits.errors import StorageError
 
 from gateway import metrics
 from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
+from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.unauthenticated")
 # How much of a body refused before authentication the audit record keeps (its size and digest cover all of it).
@@ -36,7 +37,6 @@ PREAUTH_BODY_BYTES = 1024
 MAX_COUNTED_ADDRESSES = 1024
 OTHER_ADDRESSES = "*"
 COUNTED_EVENT = "auth.refusals.counted"
-RATE_LIMITED = "unauthenticated_rate_limited"
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class UnauthenticatedGate:
                 request_id=new_request_id(),
                 decision="refused",
                 status_code=429,
-                reason_code=RATE_LIMITED,
+                reason_code=ProblemCode.UNAUTHENTICATED_RATE_LIMITED,
                 client_addr=None if address == OTHER_ADDRESSES else address,
                 reason=f"{count} refusals before authentication answered 429 and counted since"
                 f" {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))}"

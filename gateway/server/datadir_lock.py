@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.errors import MsjxError
+
 LOCK_FILE = "gateway.lock"
 _ANY_ADDRESS = {"", "0.0.0.0", "::"}  # noqa: S104 - compared against, never bound
 
@@ -37,7 +39,7 @@ class Holder:
         return f"the gateway {where}" + (f" (pid {self.pid})" if self.pid else "")
 
 
-class DataDirBusy(Exception):
+class DataDirBusy(MsjxError):
     """Another process serves this data directory."""
 
     def __init__(self, data_dir: Path, holder: Holder) -> None:

@@ -30,6 +30,8 @@ from gateway.http.forwarded import TrustedProxies
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem
 from gateway.server.tls import tls_extension
 from gateway.settings import Settings
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.http")
 # A request line is the target plus method, version, spaces and CRLFs: this much beyond the two limits.
@@ -71,7 +73,7 @@ class EdgeLimits:
         return self.max_url_bytes + self.max_header_bytes + REQUEST_LINE_SLACK
 
 
-class HeadRefused(Exception):
+class HeadRefused(MsjxError):
     """Raised from a parser callback to stop parsing a request head that breaks a limit."""
 
     def __init__(self, problem: Problem) -> None:
@@ -80,14 +82,12 @@ class HeadRefused(Exception):
 
 
 def url_too_long(limits: EdgeLimits) -> Problem:
-    return Problem(414, "uri_too_long", "Request target too long", f"the limit is {limits.max_url_bytes} bytes")
+    return Problem(ProblemCode.URI_TOO_LONG, f"the limit is {limits.max_url_bytes} bytes")
 
 
 def headers_too_large(limits: EdgeLimits) -> Problem:
     return Problem(
-        431,
-        "headers_too_large",
-        "Request headers too large",
+        ProblemCode.HEADERS_TOO_LARGE,
         f"the limits are {limits.max_header_bytes} bytes and {limits.max_header_count} headers",
     )
 
@@ -127,9 +127,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.open_by_client[host] > self.limits.max_connections_per_client:
                 self._refuse(
                     Problem(
-                        429,
-                        "too_many_connections",
-                        "Too many connections",
+                        ProblemCode.TOO_MANY_CONNECTIONS,
                         f"one client address may hold {self.limits.max_connections_per_client} connections",
                         headers={"Retry-After": "1"},
                     )
@@ -177,7 +175,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if isinstance(exc.__context__, HeadRefused):
                 self._refuse(exc.__context__.problem)
             else:
-                self._refuse(Problem(400, "malformed_request", "Malformed HTTP request", "the request is not HTTP/1.1"))
+                self._refuse(Problem(ProblemCode.MALFORMED_REQUEST, "the request is not HTTP/1.1"))
 
     def _head_problem(self) -> Problem:
         # on_url refuses a long target as it arrives, so a head over its bytes with a short target is the headers'.
@@ -262,9 +260,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(
             Problem(
-                408,
-                "header_timeout",
-                "Request headers too slow",
+                ProblemCode.HEADER_TIMEOUT,
                 f"the request line and headers must arrive within {self.limits.header_timeout:g} s",
             )
         )
@@ -280,9 +276,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             delay = max(self.limits.body_timeout - silent, 0.1)
             self._body_timer = self.loop.call_later(delay, self._body_silent)
             return
-        problem = Problem(
-            408, "body_timeout", "Request body too slow", f"the body fell silent for {self.limits.body_timeout:g} s"
-        )
+        problem = Problem(ProblemCode.BODY_TIMEOUT, f"the body fell silent for {self.limits.body_timeout:g} s")
         # The application waiting for this body sees the client gone; only the server answers.
         started = cycle.response_started
         cycle.disconnected = True

@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from gateway.settings import Settings
+from schemas.errors import MsjxError
 
 log = logging.getLogger("msjx.workers")
 READY_SECONDS = 120.0  # a worker migrates nothing (the supervisor did) but may wait for PostgreSQL and Redis
@@ -34,7 +35,7 @@ ACCEPTED_GRACE_SECONDS = 0.5  # for a connection accepted just before a worker s
 _SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: no event loop or connection copied by fork
 
 
-class WorkersRefused(Exception):
+class WorkersRefused(MsjxError):
     """`--workers` cannot run with these settings; the message says why in one line."""
 
 

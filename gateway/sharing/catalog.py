@@ -18,6 +18,7 @@ from gateway.sharing.errors import Faults, forbidden, invalid, validate_collecti
 from gateway.sharing.ownership import Publisher, owner_of, owners, publisher
 from gateway.sharing.request_states import Actor
 from gateway.storage.models import CatalogItem, Grant, SharingRequest
+from schemas.problems import ProblemCode
 from schemas.sharing import (
     LEGAL_BASIS_KIND_LABELS,
     LEVEL_LABELS,
@@ -63,11 +64,8 @@ def item_out(row: CatalogItem, owner: str | None) -> CatalogItemOut:
     )
 
 
-ITEM_INCOMPLETE = "item_incomplete"
-
-
 def item_faults() -> Faults:
-    return Faults("Catalog item is incomplete or invalid", ITEM_INCOMPLETE)
+    return Faults("Catalog item is incomplete or invalid", ProblemCode.ITEM_INCOMPLETE)
 
 
 def check_item(values: Mapping[str, Any], adapters: Mapping[str, Adapter], faults: Faults) -> None:
@@ -80,44 +78,50 @@ def check_item(values: Mapping[str, Any], adapters: Mapping[str, Adapter], fault
     names = [item.name for item in data_items] if data_items is not None else []
     for index, name in enumerate(names):
         if name in names[:index]:
-            faults.add(f"data_items/{index}/name", "data_item_duplicate", f"{name!r} is listed twice")
+            faults.add(f"data_items/{index}/name", ProblemCode.DATA_ITEM_DUPLICATE, f"{name!r} is listed twice")
     attribute = values.get("share_attribute")
     service, operation_name = values.get("service"), values.get("operation")
     if service is None or operation_name is None:
         missing = "service" if service is None else "operation"
         if attribute is not None and attribute != "not_shared" and missing not in broken:
-            faults.add(missing, "delivery_missing", "a shared item names the service and operation that deliver it")
+            faults.add(
+                missing, ProblemCode.DELIVERY_MISSING, "a shared item names the service and operation that deliver it"
+            )
     else:
         adapter = adapters.get(service)
         operation = adapter.operations.get(operation_name) if adapter else None
         if adapter is None:
-            faults.add("service", "unknown_service", f"no service {service!r}; known: {sorted(adapters)}")
+            faults.add("service", ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}; known: {sorted(adapters)}")
         elif operation is None:
             known = sorted(adapter.operations)
-            faults.add("operation", "unknown_operation", f"{service} has no operation {operation_name!r}: {known}")
+            faults.add(
+                "operation", ProblemCode.UNKNOWN_OPERATION, f"{service} has no operation {operation_name!r}: {known}"
+            )
         else:
             for index, name in enumerate(names):
                 if name not in operation.fields:
                     faults.add(
                         f"data_items/{index}/name",
-                        "field_not_in_operation",
+                        ProblemCode.FIELD_NOT_IN_OPERATION,
                         f"{service}/{operation_name} answers {list(operation.fields)}, not {name!r}",
                     )
     if attribute is None:
         return  # which of conditions or legal basis applies depends on it: already a fault
     conditions, basis = values.get("conditions"), values.get("legal_basis")
     if attribute == "conditional" and conditions is None and "conditions" not in broken:
-        faults.add("conditions", "conditions_missing", "a 有条件共享 item states its conditions (scope and purpose)")
+        faults.add(
+            "conditions", ProblemCode.CONDITIONS_MISSING, "a 有条件共享 item states its conditions (scope and purpose)"
+        )
     if attribute != "conditional" and conditions is not None:
-        faults.add("conditions", "conditions_not_applicable", "only a 有条件共享 item has conditions")
+        faults.add("conditions", ProblemCode.CONDITIONS_NOT_APPLICABLE, "only a 有条件共享 item has conditions")
     if attribute == "not_shared" and basis is None and "legal_basis" not in broken:
         faults.add(
             "legal_basis",
-            "legal_basis_missing",
+            ProblemCode.LEGAL_BASIS_MISSING,
             "不予共享 needs a legal basis: a 法律, 行政法规 or 国务院决定, with its title and article",
         )
     if attribute != "not_shared" and basis is not None:
-        faults.add("legal_basis", "legal_basis_not_applicable", "only a 不予共享 item cites a legal basis")
+        faults.add("legal_basis", ProblemCode.LEGAL_BASIS_NOT_APPLICABLE, "only a 不予共享 item cites a legal basis")
 
 
 async def _publisher(
@@ -126,7 +130,11 @@ async def _publisher(
     """ownership.publisher, with an admin's missing `provider` named among the faults instead of alone."""
     if actor.has("admin") and provider is None:
         if "provider" not in faults.fields():
-            faults.add("provider", "provider_missing", "an admin registers on behalf of a department and must name it")
+            faults.add(
+                "provider",
+                ProblemCode.PROVIDER_MISSING,
+                "an admin registers on behalf of a department and must name it",
+            )
         return None
     return await publisher(session, actor, service, provider)
 
@@ -150,7 +158,7 @@ async def add_item(
     faults.raise_if_any()
     assert body is not None and published is not None
     if (await session.scalars(select(CatalogItem.item_id).where(CatalogItem.code == body.code))).first():
-        raise Problem(409, "item_code_exists", "Catalog code already in use", f"an item with code {body.code!r} exists")
+        raise Problem(ProblemCode.ITEM_CODE_EXISTS, f"an item with code {body.code!r} exists")
     row = CatalogItem(
         item_id="cat-" + secrets.token_hex(8),
         code=body.code,
@@ -208,10 +216,12 @@ async def update_item(
     for name in sorted(_NOT_NULL & changes.keys()):
         if changes[name] is None:
             # The patch model allows null to mean "not given"; an item's own field cannot be emptied.
-            faults.add(name, "field_invalid", "may not be null: leave the field out to keep its value", "null")
+            faults.add(
+                name, ProblemCode.FIELD_INVALID, "may not be null: leave the field out to keep its value", "null"
+            )
             del changes[name]
     if not changes and not faults:
-        raise invalid("", "nothing_to_change", "the body changes no field", "Catalog item is invalid")
+        raise invalid("", ProblemCode.NOTHING_TO_CHANGE, "the body changes no field", "Catalog item is invalid")
     current = CatalogItemIn.model_validate(
         {
             "code": row.code,
@@ -240,7 +250,9 @@ async def update_item(
     published = await publisher(session, actor, row.service, named)
     if row.service is None and published.provider != row.provider:
         raise forbidden(
-            "not_item_provider", f"{row.code} is published by {row.provider}, not {published.provider}", "provider"
+            ProblemCode.NOT_ITEM_PROVIDER,
+            f"{row.code} is published by {row.provider}, not {published.provider}",
+            "provider",
         )
     if merged.service != row.service and merged.service in adapters:
         published = await publisher(session, actor, merged.service, published.provider)
@@ -265,7 +277,7 @@ async def update_item(
 async def get_item(session: AsyncSession, item_id: str) -> CatalogItem:
     row = await session.get(CatalogItem, item_id)
     if row is None:
-        raise Problem(404, "item_unknown", "Catalog item not found", f"no catalog item {item_id!r}")
+        raise Problem(ProblemCode.ITEM_UNKNOWN, f"no catalog item {item_id!r}")
     return row
 
 

@@ -10,23 +10,24 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem, validation_problem
 from gateway.sharing.workdays import CalendarYearUnsupported
+from schemas.problems import ProblemCode
 
 T = TypeVar("T", bound=BaseModel)
 
 # Validators in schemas/sharing.py raise these error types; they become the problem's code.
 DOMAIN_TYPES = frozenset(
     {
-        "legal_basis_kind_unknown",
-        "share_attribute_unknown",
-        "share_method_unknown",
-        "update_frequency_unknown",
-        "classification_unknown",
-        "quota_invalid",
-        "data_use_kind_unknown",
+        ProblemCode.LEGAL_BASIS_KIND_UNKNOWN,
+        ProblemCode.SHARE_ATTRIBUTE_UNKNOWN,
+        ProblemCode.SHARE_METHOD_UNKNOWN,
+        ProblemCode.UPDATE_FREQUENCY_UNKNOWN,
+        ProblemCode.CLASSIFICATION_UNKNOWN,
+        ProblemCode.QUOTA_INVALID,
+        ProblemCode.DATA_USE_KIND_UNKNOWN,
     }
 )
 # What a plain pydantic error is called in a 一次性告知 answer: a stable code, whatever pydantic's version calls it.
-GENERIC_CODES = {"missing": "field_missing", "extra_forbidden": "field_unknown"}
+GENERIC_CODES = {"missing": ProblemCode.FIELD_MISSING, "extra_forbidden": ProblemCode.FIELD_UNKNOWN}
 
 
 def parse_body(body: bytes, model: type[T], *, optional: bool = False) -> T:
@@ -42,7 +43,7 @@ def parse_body(body: bytes, model: type[T], *, optional: bool = False) -> T:
         problem = validation_problem(errors)
         domain = next((error["type"] for error in errors if error["type"] in DOMAIN_TYPES), None)
         if domain is not None:
-            problem.code = domain
+            problem.code = ProblemCode(domain)
         raise problem from None
 
 
@@ -53,12 +54,12 @@ class Faults:
     code is `code` when given (e.g. `request_incomplete`: "this is a list of faults"), else the first fault's.
     """
 
-    def __init__(self, title: str, code: str | None = None) -> None:
+    def __init__(self, title: str, code: ProblemCode | None = None) -> None:
         self.title = title
         self.code = code
-        self.items: list[dict[str, str]] = []
+        self.items: list[dict[str, Any]] = []
 
-    def add(self, field: str, code: str, message: str, kind: str | None = None) -> None:
+    def add(self, field: str, code: ProblemCode, message: str, kind: str | None = None) -> None:
         self.items.append({"field": field, "message": message, "type": kind or code, "code": code})
 
     def add_validation(self, errors: list[dict[str, Any]]) -> None:
@@ -66,7 +67,7 @@ class Faults:
         for error in errors:
             field = "/".join(str(part) for part in error.get("loc", ()))
             kind = str(error.get("type", "invalid"))
-            code = kind if kind in DOMAIN_TYPES else GENERIC_CODES.get(kind, "field_invalid")
+            code = ProblemCode(kind) if kind in DOMAIN_TYPES else GENERIC_CODES.get(kind, ProblemCode.FIELD_INVALID)
             self.add(field, code, str(error.get("msg", "invalid")).removeprefix("Value error, "), kind)
 
     def __bool__(self) -> bool:
@@ -83,7 +84,7 @@ class Faults:
             if self.code is not None:
                 detail = f"{count} fault(s), all listed in errors; the first: {detail}"
             code = self.code or first["code"]
-            raise Problem(422, code, self.title, detail, errors=self.items)
+            raise Problem(code, detail, status=422, title=self.title, errors=self.items)
 
 
 def load_json(body: bytes) -> Any:
@@ -104,7 +105,7 @@ def validate_collecting(model: type[T], document: Any, faults: Faults) -> tuple[
     if isinstance(document, model):
         return document, {}
     if not isinstance(document, dict):
-        faults.add("", "field_invalid", "the body must be a JSON object", "model_type")
+        faults.add("", ProblemCode.FIELD_INVALID, "the body must be a JSON object", "model_type")
         return None, {}
     try:
         return model.model_validate(document), {}
@@ -121,16 +122,18 @@ def validate_collecting(model: type[T], document: Any, faults: Faults) -> tuple[
     return None, valid
 
 
-def invalid(field: str, code: str, message: str, title: str = "Request is invalid") -> Problem:
-    return Problem(422, code, title, f"{field}: {message}", errors=[{"field": field, "message": message, "type": code}])
+def invalid(field: str, code: ProblemCode, message: str, title: str = "Request is invalid") -> Problem:
+    errors = [{"field": field, "message": message, "type": code}]
+    return Problem(code, f"{field}: {message}", status=422, title=title, errors=errors)
 
 
-def forbidden(code: str, detail: str, field: str | None = None) -> Problem:
+def forbidden(code: ProblemCode, detail: str, field: str | None = None) -> Problem:
     """403; with `field`, the problem names the field of the body that the caller may not set so."""
+    title = "Not allowed for this caller"
     if field is None:
-        return Problem(403, code, "Not allowed for this caller", detail)
+        return Problem(code, detail, status=403, title=title)
     errors = [{"field": field, "message": detail, "type": code}]
-    return Problem(403, code, "Not allowed for this caller", f"{field}: {detail}", errors=errors)
+    return Problem(code, f"{field}: {detail}", status=403, title=title, errors=errors)
 
 
 def calendar_problem(exc: CalendarYearUnsupported, field: str | None = None) -> Problem:
@@ -140,9 +143,7 @@ def calendar_problem(exc: CalendarYearUnsupported, field: str | None = None) -> 
     """
     name = field or ""
     return Problem(
-        422,
-        "calendar_year_unsupported",
-        "Working days unknown for that year",
+        ProblemCode.CALENDAR_YEAR_UNSUPPORTED,
         f"{name}: {exc}" if name else str(exc),
-        errors=[{"field": name, "message": str(exc), "type": "calendar_year_unsupported"}],
+        errors=[{"field": name, "message": str(exc), "type": ProblemCode.CALENDAR_YEAR_UNSUPPORTED}],
     )

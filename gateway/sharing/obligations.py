@@ -25,6 +25,7 @@ from gateway.sharing.request_states import LIVE, SYSTEM, Actor
 from gateway.sharing.workdays import CalendarYearUnsupported
 from gateway.sharing.workflow import Outcome, _commit, _jsonable, _load, _require_state, _snapshot, _transition
 from gateway.storage.models import CatalogItem, DataUseEntry, Grant, SharingRequest
+from schemas.problems import ProblemCode
 from schemas.sharing import DATA_USE_KIND_LABELS, DataUseIn, DataUseOut, DataUseRegister, DeliverIn, ResumeIn, SuspendIn
 from schemas.times import china_date
 
@@ -57,12 +58,16 @@ async def deliver(session: AsyncSession, actor: Actor, request_id: str, body: De
     """The provider states that the approved data is delivered: every grant of the request not yet usable is."""
     row, item = await _load(session, actor, request_id, now)
     if not actor.in_department(row.provider_department):
-        raise forbidden("not_provider", f"only the provider, {row.provider_department}, delivers this request")
+        raise forbidden(
+            ProblemCode.NOT_PROVIDER, f"only the provider, {row.provider_department}, delivers this request"
+        )
     _require_state(row, now, LIVE)
     grants = (await session.scalars(select(Grant).where(Grant.sharing_request_id == row.request_id))).all()
     pending = [grant for grant in grants if grant.revoked_at is None and grant.delivered_at is None]
     if not pending:
-        raise invalid("", "already_delivered", "every grant of this request is delivered (or revoked) already")
+        raise invalid(
+            "", ProblemCode.ALREADY_DELIVERED, "every grant of this request is delivered (or revoked) already"
+        )
     for grant in pending:
         grant.delivered_at = now
         grant.delivered_by = actor.caller_id
@@ -198,11 +203,11 @@ async def _grant_with_request(
     """The grant, its request and item; only its provider department or an admin acts on it."""
     grant = await session.get(Grant, grant_id)
     if grant is None:
-        raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
+        raise Problem(ProblemCode.GRANT_UNKNOWN, f"no grant {grant_id!r}")
     row = await session.get(SharingRequest, grant.sharing_request_id) if grant.sharing_request_id else None
     if not actor.has("admin") and not (row is not None and actor.in_department(row.provider_department)):
         who = f"its provider, {row.provider_department}," if row is not None else "an admin (it was issued directly)"
-        raise forbidden("not_provider", f"a grant is suspended or resumed by {who} or an admin")
+        raise forbidden(ProblemCode.NOT_PROVIDER, f"a grant is suspended or resumed by {who} or an admin")
     item = await session.get(CatalogItem, row.item_id) if row is not None else None
     return grant, row, item
 
@@ -211,7 +216,7 @@ def _require_in_force(grant: Grant, now: datetime) -> str:
     status = grant_status(grant, now)
     if status in ("revoked", "expired"):
         raise invalid(
-            "", "invalid_state", f"the grant is {status}; only a grant still in force is suspended or resumed"
+            "", ProblemCode.INVALID_STATE, f"the grant is {status}; only a grant still in force is suspended or resumed"
         )
     return status
 
@@ -223,7 +228,9 @@ async def suspend(
     grant, row, item = await _grant_with_request(session, actor, grant_id)
     if _require_in_force(grant, now) == "suspended":
         raise invalid(
-            "", "already_suspended", f"suspended since {as_utc(grant.suspended_at).isoformat()}: {grant.suspend_reason}"
+            "",
+            ProblemCode.ALREADY_SUSPENDED,
+            f"suspended since {as_utc(grant.suspended_at).isoformat()}: {grant.suspend_reason}",
         )
     grant.suspended_at = now
     grant.suspended_by = actor.caller_id
@@ -243,7 +250,7 @@ async def resume(
     """End a suspension; the history keeps when, by whom and why it was suspended."""
     grant, row, item = await _grant_with_request(session, actor, grant_id)
     if _require_in_force(grant, now) != "suspended":
-        raise invalid("", "not_suspended", f"the grant {grant.grant_id} is not suspended")
+        raise invalid("", ProblemCode.NOT_SUSPENDED, f"the grant {grant.grant_id} is not suspended")
     note = {
         "grant_id": grant.grant_id,
         "suspended_at": _jsonable(grant.suspended_at),
@@ -290,7 +297,7 @@ async def _visible_grant(session: AsyncSession, actor: Actor, grant_id: str) -> 
         if row is None or not actor.in_department(row.provider_department):
             grant = None
     if grant is None:
-        raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
+        raise Problem(ProblemCode.GRANT_UNKNOWN, f"no grant {grant_id!r}")
     return grant
 
 
@@ -299,13 +306,18 @@ async def add_entry(session: AsyncSession, actor: Actor, grant_id: str, body: Da
     grant = await _visible_grant(session, actor, grant_id)
     if not actor.in_department(grant.department):
         raise forbidden(
-            "not_holder", f"the register of this grant is kept by the department holding it, {grant.department}"
+            ProblemCode.NOT_HOLDER,
+            f"the register of this grant is kept by the department holding it, {grant.department}",
         )
     occurred = as_utc(body.occurred_at) if body.occurred_at is not None else now
     if occurred > now + timedelta(minutes=5):
-        raise invalid("occurred_at", "occurred_in_future", "an entry records what happened, not what is planned")
+        raise invalid(
+            "occurred_at", ProblemCode.OCCURRED_IN_FUTURE, "an entry records what happened, not what is planned"
+        )
     if occurred < as_utc(grant.created_at):
-        raise invalid("occurred_at", "occurred_before_grant", "no data was received under the grant before it existed")
+        raise invalid(
+            "occurred_at", ProblemCode.OCCURRED_BEFORE_GRANT, "no data was received under the grant before it existed"
+        )
     entry = DataUseEntry(
         entry_id="du-" + secrets.token_hex(8),
         grant_id=grant.grant_id,

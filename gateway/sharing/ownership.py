@@ -21,6 +21,7 @@ from gateway.http.problems import Problem
 from gateway.sharing.errors import forbidden
 from gateway.sharing.request_states import DRAFT, LIVE, RETURNED, SUBMITTED, Actor
 from gateway.storage.models import CatalogItem, ServiceOwner, SharingEvent, SharingRequest
+from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.sharing")
 
@@ -42,11 +43,11 @@ class Publisher:
         return f"admin {self.acting_admin} acting for department {self.provider}"
 
 
-def _refused(status: int, code: str, field: str, message: str) -> Problem:
-    if status == 403:
+def _refused(code: ProblemCode, field: str, message: str) -> Problem:
+    if code.status == 403:
         return forbidden(code, message, field)
     errors = [{"field": field, "message": message, "type": code}]
-    return Problem(status, code, "Service has no owner", f"{field}: {message}", errors=errors)
+    return Problem(code, f"{field}: {message}", errors=errors)
 
 
 async def owner_of(session: AsyncSession, service: str | None) -> str | None:
@@ -63,8 +64,7 @@ async def owners(session: AsyncSession) -> dict[str, str]:
 
 def unowned(service: str, field: str = "service") -> Problem:
     return _refused(
-        409,
-        "service_unowned",
+        ProblemCode.SERVICE_UNOWNED,
         field,
         f"no department owns {service!r} yet: an admin names its owner first (msjx-gateway upstreams owner)",
     )
@@ -79,20 +79,19 @@ async def publisher(session: AsyncSession, actor: Actor, service: str | None, pr
     if actor.has("admin"):
         if provider is None:
             raise Problem(
-                422,
-                "provider_missing",
-                "Catalog item is invalid",
+                ProblemCode.PROVIDER_MISSING,
                 "provider: an admin registers on behalf of a department and must name it",
-                errors=[{"field": "provider", "message": "required for an admin", "type": "provider_missing"}],
+                errors=[
+                    {"field": "provider", "message": "required for an admin", "type": ProblemCode.PROVIDER_MISSING}
+                ],
             )
         acting = Publisher(provider, actor.caller_id)
     else:
         if actor.department is None or not actor.has("department"):
-            raise Problem(403, "role_forbidden", "Not allowed for this caller", "catalog items are a department's")
+            raise Problem(ProblemCode.ROLE_FORBIDDEN, "catalog items are a department's")
         if provider is not None and provider != actor.department:
             raise _refused(
-                403,
-                "not_own_department",
+                ProblemCode.NOT_OWN_DEPARTMENT,
                 "provider",
                 f"a department registers its own items: you are {actor.department!r}, not {provider!r}",
             )
@@ -105,8 +104,7 @@ async def publisher(session: AsyncSession, actor: Actor, service: str | None, pr
     if owner != acting.provider:
         field = "provider" if acting.acting_admin else "service"
         raise _refused(
-            403,
-            "not_service_owner",
+            ProblemCode.NOT_SERVICE_OWNER,
             field,
             f"{service!r} belongs to {owner}: only {owner} (or an admin acting for it) publishes items over it,"
             f" not {acting.provider}",

@@ -25,6 +25,8 @@ from datetime import date, timedelta
 import yaml
 
 from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR
+from schemas.errors import MsjxError
+from schemas.problems import ProblemCode
 
 KINDS = ("holiday", "workday")
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -36,14 +38,14 @@ MAX_RUN_DAYS = 31
 @dataclass(frozen=True)
 class Fault:
     line: int | None
-    code: str
+    code: ProblemCode
     message: str
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}" if self.line is not None else self.message
 
 
-class ScheduleInvalid(Exception):
+class ScheduleInvalid(MsjxError):
     """The file has faults; nothing was written. `faults` lists every one, by line."""
 
     def __init__(self, faults: list[Fault]) -> None:
@@ -77,7 +79,7 @@ class _Draft:
     entries: list[Entry] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
 
-    def fault(self, line: int | None, code: str, message: str) -> None:
+    def fault(self, line: int | None, code: ProblemCode, message: str) -> None:
         self.faults.append(Fault(line, code, message))
 
 
@@ -92,24 +94,26 @@ def _add_days(draft: _Draft, line: int, kind: str, first: str, until: str | None
     """One row: a day, or a run of days with `until`; a bad date is a fault and adds nothing."""
     start = _date(first)
     if start is None:
-        draft.fault(line, "date_invalid", f"{first!r} is not a date (YYYY-MM-DD)")
+        draft.fault(line, ProblemCode.DATE_INVALID, f"{first!r} is not a date (YYYY-MM-DD)")
         return
     end = start
     if until:
         end = _date(until)  # type: ignore[assignment]
         if end is None:
-            draft.fault(line, "date_invalid", f"until {until!r} is not a date (YYYY-MM-DD)")
+            draft.fault(line, ProblemCode.DATE_INVALID, f"until {until!r} is not a date (YYYY-MM-DD)")
             return
         if not start <= end <= start + timedelta(days=MAX_RUN_DAYS):
-            draft.fault(line, "run_invalid", f"until {end} must be on or after {start}, within {MAX_RUN_DAYS} days")
+            draft.fault(
+                line, ProblemCode.RUN_INVALID, f"until {end} must be on or after {start}, within {MAX_RUN_DAYS} days"
+            )
             return
     festival = festival.strip()
     if not festival:
         what = "a holiday" if kind == "holiday" else "a 调休 workday"
-        draft.fault(line, "festival_missing", f"{start} is {what} without a named festival")
+        draft.fault(line, ProblemCode.FESTIVAL_MISSING, f"{start} is {what} without a named festival")
         return
     if len(festival) > MAX_FESTIVAL:
-        draft.fault(line, "festival_too_long", f"a festival name has at most {MAX_FESTIVAL} characters")
+        draft.fault(line, ProblemCode.FESTIVAL_TOO_LONG, f"a festival name has at most {MAX_FESTIVAL} characters")
         return
     day = start
     while day <= end:
@@ -120,27 +124,29 @@ def _add_days(draft: _Draft, line: int, kind: str, first: str, until: str | None
 def _check(draft: _Draft) -> ScheduleIn:
     """The rules of a schedule: dates in its year, no day twice, 调休 workdays on weekends, festivals named."""
     if draft.year is None:
-        if not any(fault.code == "year_invalid" for fault in draft.faults):
-            draft.fault(None, "year_missing", "the schedule states no year")
+        if not any(fault.code is ProblemCode.YEAR_INVALID for fault in draft.faults):
+            draft.fault(None, ProblemCode.YEAR_MISSING, "the schedule states no year")
     elif not FIRST_YEAR <= draft.year <= LAST_YEAR:
-        draft.fault(draft.year_line, "year_invalid", f"year {draft.year} is outside {FIRST_YEAR}–{LAST_YEAR}")
+        draft.fault(draft.year_line, ProblemCode.YEAR_INVALID, f"year {draft.year} is outside {FIRST_YEAR}–{LAST_YEAR}")
     if not draft.source or not draft.source.strip():
-        draft.fault(None, "source_missing", "the schedule names no source (the notice it comes from)")
+        draft.fault(None, ProblemCode.SOURCE_MISSING, "the schedule names no source (the notice it comes from)")
     elif len(draft.source) > MAX_SOURCE:
-        draft.fault(None, "source_too_long", f"the source has at most {MAX_SOURCE} characters")
+        draft.fault(None, ProblemCode.SOURCE_TOO_LONG, f"the source has at most {MAX_SOURCE} characters")
     seen: dict[date, Entry] = {}
     for entry in draft.entries:
         if draft.year is not None and entry.day.year != draft.year:
-            draft.fault(entry.line, "date_outside_year", f"{entry.day} is not in {draft.year}")
+            draft.fault(entry.line, ProblemCode.DATE_OUTSIDE_YEAR, f"{entry.day} is not in {draft.year}")
             continue
         earlier = seen.get(entry.day)
         if earlier is not None:
             if earlier.kind == entry.kind:
-                draft.fault(entry.line, "date_repeated", f"{entry.day} is listed already, on line {earlier.line}")
+                draft.fault(
+                    entry.line, ProblemCode.DATE_REPEATED, f"{entry.day} is listed already, on line {earlier.line}"
+                )
             else:
                 draft.fault(
                     entry.line,
-                    "holiday_and_workday",
+                    ProblemCode.HOLIDAY_AND_WORKDAY,
                     f"{entry.day} is both a holiday and a workday (line {earlier.line} has it as a {earlier.kind})",
                 )
             continue
@@ -148,11 +154,11 @@ def _check(draft: _Draft) -> ScheduleIn:
         if entry.kind == "workday" and entry.day.weekday() < 5:
             draft.fault(
                 entry.line,
-                "workday_not_weekend",
+                ProblemCode.WORKDAY_NOT_WEEKEND,
                 f"{entry.day} is a {WEEKDAYS[entry.day.weekday()]}; a 调休 workday is always a Saturday or Sunday",
             )
     if not any(entry.kind == "holiday" for entry in draft.entries) and not draft.faults:
-        draft.fault(None, "holidays_missing", "the schedule lists no holiday")
+        draft.fault(None, ProblemCode.HOLIDAYS_MISSING, "the schedule lists no holiday")
     if draft.faults:
         raise ScheduleInvalid(sorted(draft.faults, key=lambda fault: fault.line or 0))
     assert draft.year is not None and draft.source is not None
@@ -171,31 +177,31 @@ def _line(node: yaml.Node) -> int:
 
 def _scalar(draft: _Draft, node: yaml.Node, what: str) -> str | None:
     if not isinstance(node, yaml.ScalarNode):
-        draft.fault(_line(node), "value_invalid", f"{what} must be a single value")
+        draft.fault(_line(node), ProblemCode.VALUE_INVALID, f"{what} must be a single value")
         return None
     return str(node.value)
 
 
 def _yaml_days(draft: _Draft, kind: str, node: yaml.Node) -> None:
     if not isinstance(node, yaml.SequenceNode):
-        draft.fault(_line(node), "value_invalid", f"{kind}s must be a list of {{date, festival}}")
+        draft.fault(_line(node), ProblemCode.VALUE_INVALID, f"{kind}s must be a list of {{date, festival}}")
         return
     for item in node.value:
         line = _line(item)
         if not isinstance(item, yaml.MappingNode):
-            draft.fault(line, "value_invalid", "each entry is {date: YYYY-MM-DD, festival: NAME}")
+            draft.fault(line, ProblemCode.VALUE_INVALID, "each entry is {date: YYYY-MM-DD, festival: NAME}")
             continue
         values: dict[str, str] = {}
         for key_node, value_node in item.value:
             key = str(key_node.value)
             if key not in ("date", "until", "festival"):
-                draft.fault(_line(key_node), "key_unknown", f"unknown key {key!r} (date, until, festival)")
+                draft.fault(_line(key_node), ProblemCode.KEY_UNKNOWN, f"unknown key {key!r} (date, until, festival)")
                 continue
             value = _scalar(draft, value_node, key)
             if value is not None:
                 values[key] = value
         if "date" not in values:
-            draft.fault(line, "date_missing", "the entry has no date")
+            draft.fault(line, ProblemCode.DATE_MISSING, "the entry has no date")
             continue
         _add_days(draft, line, kind, values["date"], values.get("until"), values.get("festival") or "")
 
@@ -206,13 +212,17 @@ def _read_yaml(text: str) -> _Draft:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        draft.fault(mark.line + 1 if mark else None, "file_invalid", f"not YAML: {getattr(exc, 'problem', exc)}")
+        draft.fault(
+            mark.line + 1 if mark else None, ProblemCode.FILE_INVALID, f"not YAML: {getattr(exc, 'problem', exc)}"
+        )
         return draft
     except RecursionError:  # PyYAML composes recursively: a file nested a thousand levels deep is refused, not a 500
-        draft.fault(None, "file_invalid", "not a schedule: nested far too deeply")
+        draft.fault(None, ProblemCode.FILE_INVALID, "not a schedule: nested far too deeply")
         return draft
     if not isinstance(root, yaml.MappingNode):
-        draft.fault(_line(root) if root else None, "file_invalid", "the file is a mapping: year, source, holidays")
+        draft.fault(
+            _line(root) if root else None, ProblemCode.FILE_INVALID, "the file is a mapping: year, source, holidays"
+        )
         return draft
     for key_node, value_node in root.value:
         key = str(key_node.value)
@@ -223,13 +233,15 @@ def _read_yaml(text: str) -> _Draft:
                 try:
                     draft.year = int(value)
                 except ValueError:
-                    draft.fault(draft.year_line, "year_invalid", f"year {value!r} is not a number")
+                    draft.fault(draft.year_line, ProblemCode.YEAR_INVALID, f"year {value!r} is not a number")
         elif key == "source":
             draft.source = _scalar(draft, value_node, "source") or " "
         elif key in ("holidays", "workdays"):
             _yaml_days(draft, key[:-1], value_node)
         else:
-            draft.fault(_line(key_node), "key_unknown", f"unknown key {key!r} (year, source, holidays, workdays)")
+            draft.fault(
+                _line(key_node), ProblemCode.KEY_UNKNOWN, f"unknown key {key!r} (year, source, holidays, workdays)"
+            )
     return draft
 
 
@@ -248,17 +260,21 @@ def _read_csv(text: str) -> _Draft:
             header = [name.strip().lower() for name in row]
             missing = [name for name in ("date", "kind", "festival") if name not in header]
             if missing:
-                draft.fault(line, "header_invalid", f"the header needs columns date, kind, festival; missing {missing}")
+                draft.fault(
+                    line,
+                    ProblemCode.HEADER_INVALID,
+                    f"the header needs columns date, kind, festival; missing {missing}",
+                )
                 return draft
             continue
         cells = dict(zip(header, (cell.strip() for cell in row), strict=False))
         kind = cells.get("kind", "")
         if kind not in KINDS:
-            draft.fault(line, "kind_invalid", f"kind {kind!r} is neither holiday nor workday")
+            draft.fault(line, ProblemCode.KIND_INVALID, f"kind {kind!r} is neither holiday nor workday")
             continue
         _add_days(draft, line, kind, cells.get("date", ""), cells.get("until") or None, cells.get("festival", ""))
     if header is None:
-        draft.fault(None, "file_invalid", "the CSV file is empty")
+        draft.fault(None, ProblemCode.FILE_INVALID, "the CSV file is empty")
     return draft
 
 
@@ -270,11 +286,11 @@ def read_schedule(text: str, *, csv_format: bool, year: int | None = None, sourc
     draft = _read_csv(text) if csv_format else _read_yaml(text)
     if year is not None:
         if draft.year is not None and draft.year != year:
-            draft.fault(draft.year_line, "year_mismatch", f"the file states {draft.year}, not {year}")
+            draft.fault(draft.year_line, ProblemCode.YEAR_MISMATCH, f"the file states {draft.year}, not {year}")
         draft.year = year
     if source is not None and source.strip():
         if draft.source is not None and draft.source.strip() and draft.source.strip() != source.strip():
-            draft.fault(None, "source_mismatch", "the file states another source than the one given")
+            draft.fault(None, ProblemCode.SOURCE_MISMATCH, "the file states another source than the one given")
         draft.source = source
     return _check(draft)
 

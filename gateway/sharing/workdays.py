@@ -19,6 +19,8 @@ from importlib.metadata import version
 import chinese_calendar
 import holidays
 
+from schemas.errors import MsjxError
+
 # China keeps one offset all year (no daylight saving since 1991); days and deadlines are Beijing days.
 CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
 CALENDAR = f"chinese-calendar {version('chinese-calendar')}"
@@ -33,7 +35,7 @@ FIRST_YEAR: int = holidays.China.start_year
 LAST_YEAR: int = holidays.China.end_year
 
 
-class CalendarYearUnsupported(Exception):
+class CalendarYearUnsupported(MsjxError):
     """A day outside every calendar source's years: absurd input, not a year waiting for its schedule."""
 
     def __init__(self, day: date) -> None:

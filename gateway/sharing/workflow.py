@@ -45,6 +45,7 @@ from gateway.sharing.request_states import (
 )
 from gateway.sharing.workdays import CHINA, Calendar, CalendarYearUnsupported, Count
 from gateway.storage.models import Caller, CatalogItem, Grant, SharingEvent, SharingRequest
+from schemas.problems import ProblemCode
 from schemas.sharing import (
     DELIVERY_LABELS,
     LEGAL_BASIS_KIND_LABELS,
@@ -70,7 +71,6 @@ CONDITIONAL_WORKING_DAYS = 10
 UNCONDITIONAL_WORKING_DAYS = 1
 MAX_EXTENSION_WORKING_DAYS = 10
 DEFAULT_RATE_LIMIT = "20/second"
-REQUEST_INCOMPLETE = "request_incomplete"
 _SKIP = frozenset({"version", "updated_at"})
 
 
@@ -158,13 +158,13 @@ def _set_deadline(row: SharingRequest, count: Count | None) -> None:
     row.deadline_source = count.source if count is not None else None
 
 
-async def _commit(session: AsyncSession, code: str = "state_changed") -> None:
+async def _commit(session: AsyncSession, code: ProblemCode = ProblemCode.STATE_CHANGED) -> None:
     try:
         await session.commit()
     except StaleDataError:
         await session.rollback()
         raise Problem(
-            422, code, "Request changed meanwhile", "another decision on this request was made first; nothing changed"
+            code, "another decision on this request was made first; nothing changed", title="Request changed meanwhile"
         ) from None
 
 
@@ -186,7 +186,7 @@ async def _load(
     if row is None or (not acting and not _can_see(actor, row, now)):
         # Reading someone else's request: it does not exist as far as this caller can tell. Acting on it
         # goes on to the authority check, whose 403 names who may act instead.
-        raise Problem(404, "request_unknown", "Sharing request not found", f"no sharing request {request_id!r}")
+        raise Problem(ProblemCode.REQUEST_UNKNOWN, f"no sharing request {request_id!r}")
     item = await session.get(CatalogItem, row.item_id)
     assert item is not None
     if acting and not actor.has("admin") and item.service is not None:
@@ -379,7 +379,7 @@ async def _check_terms(
         basis = item.legal_basis or {}
         faults.add(
             "item_id",
-            "item_not_shared",
+            ProblemCode.ITEM_NOT_SHARED,
             f"{item.name} is 不予共享 under {basis.get('title', '?')} {basis.get('article', '')}".strip(),
         )
     if item is not None and values.get("fields") is not None:
@@ -387,26 +387,30 @@ async def _check_terms(
         for index, name in enumerate(values["fields"]):
             if name not in offered:
                 faults.add(
-                    f"fields/{index}", "field_not_in_item", f"{name!r} is not a data item of {item.code}: {offered}"
+                    f"fields/{index}",
+                    ProblemCode.FIELD_NOT_IN_ITEM,
+                    f"{name!r} is not a data item of {item.code}: {offered}",
                 )
     method = values.get("share_method")
     # "api+batch" asks for both: each method asked for must be one the item is shared by.
     if item is not None and method is not None and not set(method.split("+")) <= set(item.share_method.split("+")):
-        faults.add("share_method", "share_method_unavailable", f"{item.code} is shared by {item.share_method} only")
+        faults.add(
+            "share_method", ProblemCode.SHARE_METHOD_UNAVAILABLE, f"{item.code} is shared by {item.share_method} only"
+        )
     valid_from, valid_to = values.get("valid_from"), values.get("valid_to")
     if valid_to is not None:
         if as_utc(valid_to) <= now:
-            faults.add("valid_to", "validity_in_past", "the 使用时限 would already have ended")
+            faults.add("valid_to", ProblemCode.VALIDITY_IN_PAST, "the 使用时限 would already have ended")
         elif valid_from is not None and as_utc(valid_to) <= as_utc(valid_from):
-            faults.add("valid_to", "validity_empty", "valid_to must be after valid_from")
+            faults.add("valid_to", ProblemCode.VALIDITY_EMPTY, "valid_to must be after valid_from")
     for index, caller_id in enumerate(values.get("callers") or ()):
         caller = await session.get(Caller, caller_id)
         if caller is None:
-            faults.add(f"callers/{index}", "caller_unknown", f"no caller {caller_id!r}")
+            faults.add(f"callers/{index}", ProblemCode.CALLER_UNKNOWN, f"no caller {caller_id!r}")
         elif caller.department != actor.department:
             faults.add(
                 f"callers/{index}",
-                "caller_not_in_department",
+                ProblemCode.CALLER_NOT_IN_DEPARTMENT,
                 f"{caller_id!r} belongs to {caller.department!r}; a grant goes to the requesting department's callers",
             )
 
@@ -432,13 +436,13 @@ def _values(body: SharingRequestIn | SharingRequestPatch | dict[str, Any]) -> di
 
 
 def request_faults() -> Faults:
-    return Faults("Sharing request is incomplete or invalid", REQUEST_INCOMPLETE)
+    return Faults("Sharing request is incomplete or invalid", ProblemCode.REQUEST_INCOMPLETE)
 
 
 async def file_request(session: AsyncSession, actor: Actor, document: Any, now: datetime) -> Outcome:
     """File a draft. Every fault of the body, of form and of content, is named in one 422 (一次性告知)."""
     if not actor.has("department") or actor.department is None:
-        raise forbidden("role_forbidden", "sharing requests are filed by a department's data officer")
+        raise forbidden(ProblemCode.ROLE_FORBIDDEN, "sharing requests are filed by a department's data officer")
     faults = request_faults()
     body, partial = validate_collecting(SharingRequestIn, document, faults)
     values = _values(body if body is not None else partial)
@@ -446,7 +450,7 @@ async def file_request(session: AsyncSession, actor: Actor, document: Any, now: 
     if values.get("item_id") is not None:
         item = await session.get(CatalogItem, values["item_id"])
         if item is None:
-            faults.add("item_id", "item_unknown", f"no catalog item {values['item_id']!r}")
+            faults.add("item_id", ProblemCode.ITEM_UNKNOWN, f"no catalog item {values['item_id']!r}")
     await _check_terms(session, actor, item, values, now, faults)
     faults.raise_if_any()
     assert body is not None and item is not None
@@ -486,18 +490,16 @@ async def file_request(session: AsyncSession, actor: Actor, document: Any, now: 
 
 def _require_requester(actor: Actor, row: SharingRequest) -> None:
     if not actor.in_department(row.requester_department):
-        raise forbidden("not_requester", f"only {row.requester_department} acts on its own request here")
+        raise forbidden(ProblemCode.NOT_REQUESTER, f"only {row.requester_department} acts on its own request here")
 
 
 def _require_state(row: SharingRequest, now: datetime, allowed: Iterable[str]) -> str:
     state = effective_state(row, now)
     allowed = frozenset(allowed)
     if state not in allowed:
-        code = "already_decided" if state in DECIDED and SUBMITTED in allowed else "invalid_state"
+        decided = state in DECIDED and SUBMITTED in allowed
         raise Problem(
-            422,
-            code,
-            "Not possible in the request's state",
+            ProblemCode.ALREADY_DECIDED if decided else ProblemCode.INVALID_STATE,
             f"the request is {state} ({STATE_LABELS[state]}); this needs {' or '.join(sorted(allowed))}",
         )
     return state
@@ -511,7 +513,7 @@ async def update_request(session: AsyncSession, actor: Actor, request_id: str, d
     patch, partial = validate_collecting(SharingRequestPatch, document, faults)
     changes = _values(patch if patch is not None else partial)
     if not changes and not faults:
-        raise invalid("", "nothing_to_change", "the body changes no field")
+        raise invalid("", ProblemCode.NOTHING_TO_CHANGE, "the body changes no field")
     current = {
         "fields": list(row.fields),
         "share_method": row.share_method,
@@ -550,7 +552,9 @@ async def endorse(session: AsyncSession, actor: Actor, request_id: str, body: En
     row, item = await _load(session, actor, request_id, now)
     _require_requester(actor, row)
     if actor.caller_id == row.filed_by:
-        raise forbidden("endorser_is_filer", "the head who endorses must be another person than the one who filed")
+        raise forbidden(
+            ProblemCode.ENDORSER_IS_FILER, "the head who endorses must be another person than the one who filed"
+        )
     _require_state(row, now, EDITABLE)
     faults = request_faults()
     terms = {
@@ -611,9 +615,9 @@ def _require_decider(actor: Actor, row: SharingRequest, now: datetime) -> None:
     if actor.has("coordinator") and (row.escalated_at is not None or is_overdue(row, now)):
         return
     if actor.has("coordinator"):
-        raise forbidden("not_escalated", "a coordinator decides only requests escalated past their deadline")
+        raise forbidden(ProblemCode.NOT_ESCALATED, "a coordinator decides only requests escalated past their deadline")
     raise forbidden(
-        "not_provider",
+        ProblemCode.NOT_PROVIDER,
         f"only the provider, {row.provider_department}, decides this request (or, once escalated, a coordinator)",
     )
 
@@ -717,26 +721,26 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
     try:
         parse_rate(rate_limit)
     except ValueError:
-        faults.add("rate_limit", "rate_limit_invalid", f"{rate_limit!r} is not a rate such as '20/second'")
+        faults.add("rate_limit", ProblemCode.RATE_LIMIT_INVALID, f"{rate_limit!r} is not a rate such as '20/second'")
     valid_to = _utc(body.valid_to) or as_utc(row.valid_to)
     if as_utc(valid_to) <= now:
-        faults.add("valid_to", "validity_in_past", "the grant would already have expired")
+        faults.add("valid_to", ProblemCode.VALIDITY_IN_PAST, "the grant would already have expired")
     elif as_utc(valid_to) > as_utc(row.valid_to):
-        faults.add("valid_to", "validity_beyond_request", "a grant ends no later than the 使用时限 requested")
+        faults.add("valid_to", ProblemCode.VALIDITY_BEYOND_REQUEST, "a grant ends no later than the 使用时限 requested")
     elif row.valid_from is not None and as_utc(valid_to) <= as_utc(row.valid_from):
-        faults.add("valid_to", "validity_empty", "the grant would end before the requested start")
+        faults.add("valid_to", ProblemCode.VALIDITY_EMPTY, "the grant would end before the requested start")
     fields = list(dict.fromkeys(body.fields)) if body.fields is not None else None
     for index, name in enumerate(fields or ()):
         if name not in row.fields:
             faults.add(
                 f"fields/{index}",
-                "field_not_requested",
+                ProblemCode.FIELD_NOT_REQUESTED,
                 f"a partial approval grants some of the requested fields {list(row.fields)}, not {name!r}",
             )
     if body.daily_quota is not None and body.daily_quota > row.daily_volume:
         faults.add(
             "daily_quota",
-            "quota_beyond_request",
+            ProblemCode.QUOTA_BEYOND_REQUEST,
             f"a daily quota is at most the {row.daily_volume} calls a day requested, not {body.daily_quota}",
         )
     faults.raise_if_any()
@@ -756,7 +760,7 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
         fields=fields,
         note=note or None,
     )
-    await _commit(session, "already_decided")
+    await _commit(session, ProblemCode.ALREADY_DECIDED)
     return outcome
 
 
@@ -770,12 +774,14 @@ async def refuse(session: AsyncSession, actor: Actor, request_id: str, body: Ref
         conditions = f" (its conditions: {item.conditions})" if item.conditions else ""
         faults.add(
             "legal_basis",
-            "refusal_ground_missing",
+            ProblemCode.REFUSAL_GROUND_MISSING,
             f"{item.code} is {SHARE_ATTRIBUTE_LABELS[item.share_attribute]}: a refusal cites a legal basis (法律,"
             f" 行政法规 or 国务院决定) or names the 使用条件 not met{conditions}",
         )
     if body.condition_not_met is not None and item.share_attribute != "conditional":
-        faults.add("condition_not_met", "conditions_not_applicable", f"{item.code} has no 使用条件 to be unmet")
+        faults.add(
+            "condition_not_met", ProblemCode.CONDITIONS_NOT_APPLICABLE, f"{item.code} has no 使用条件 to be unmet"
+        )
     faults.raise_if_any()
     basis = body.legal_basis.model_dump() if body.legal_basis else None
     if basis is not None:
@@ -791,7 +797,7 @@ async def refuse(session: AsyncSession, actor: Actor, request_id: str, body: Ref
         "conditions": item.conditions,
     }
     _transition(session, row, actor, "refuse", REFUSED, now, before)
-    await _commit(session, "already_decided")
+    await _commit(session, ProblemCode.ALREADY_DECIDED)
     return Outcome(row, item)
 
 
@@ -808,7 +814,7 @@ async def return_request(
         if new:
             raise invalid(
                 "missing",
-                "return_new_items",
+                ProblemCode.RETURN_NEW_ITEMS,
                 f"一次性告知: the first return named {row.returned_items}; {new} should have been named then",
                 "Return is invalid",
             )
@@ -824,7 +830,7 @@ async def return_request(
     _set_deadline(row, None)
     row.escalated_at = None
     _transition(session, row, actor, "return", RETURNED, now, before)
-    await _commit(session, "already_decided")
+    await _commit(session, ProblemCode.ALREADY_DECIDED)
     return Outcome(row, item)
 
 
@@ -832,20 +838,24 @@ async def extend(session: AsyncSession, actor: Actor, request_id: str, body: Ext
     """Once, by 1–10 working days, before the deadline passes, with a reason the requester sees."""
     row, item = await _load(session, actor, request_id, now)
     if not actor.in_department(row.provider_department):
-        raise forbidden("not_provider", f"only the provider, {row.provider_department}, extends its deadline")
+        raise forbidden(ProblemCode.NOT_PROVIDER, f"only the provider, {row.provider_department}, extends its deadline")
     _require_state(row, now, {SUBMITTED})
     if item.share_attribute != "conditional" or row.due_date is None:
-        raise invalid("", "extension_not_applicable", "only a 有条件共享 request has a deadline to extend")
+        raise invalid("", ProblemCode.EXTENSION_NOT_APPLICABLE, "only a 有条件共享 request has a deadline to extend")
     if row.extended_days is not None:
-        raise invalid("", "already_extended", f"the deadline was already extended once ({row.extended_days} days)")
+        raise invalid(
+            "", ProblemCode.ALREADY_EXTENDED, f"the deadline was already extended once ({row.extended_days} days)"
+        )
     if not 1 <= body.working_days <= MAX_EXTENSION_WORKING_DAYS:
         raise invalid(
             "working_days",
-            "extension_too_long",
+            ProblemCode.EXTENSION_TOO_LONG,
             f"an extension is 1 to {MAX_EXTENSION_WORKING_DAYS} working days, not {body.working_days}",
         )
     if is_overdue(row, now):
-        raise invalid("", "deadline_passed", f"the deadline {row.due_date} has passed; it can no longer be extended")
+        raise invalid(
+            "", ProblemCode.DEADLINE_PASSED, f"the deadline {row.due_date} has passed; it can no longer be extended"
+        )
     calendar = await calendar_for(session)
     try:
         count = deadline_of(calendar, row, body.working_days)
@@ -879,7 +889,7 @@ async def revoke(session: AsyncSession, actor: Actor, request_id: str, body: Rev
     row, item = await _load(session, actor, request_id, now)
     parties = (row.provider_department, row.requester_department)
     if not (actor.has("admin") or any(actor.in_department(department) for department in parties)):
-        raise forbidden("not_party", "a request is revoked by its provider, its requester or an admin")
+        raise forbidden(ProblemCode.NOT_PARTY, "a request is revoked by its provider, its requester or an admin")
     state = _require_state(row, now, LIVE)
     grants = (await session.scalars(select(Grant).where(Grant.sharing_request_id == row.request_id))).all()
     revoked = _revoke_grants(grants, actor, body.reason, now)
@@ -899,7 +909,7 @@ async def revoke_grant(
     """Revoke one grant; when it was its request's last live grant, the request is revoked with it."""
     grant = await session.get(Grant, grant_id)
     if grant is None:
-        raise Problem(404, "grant_unknown", "Grant not found", f"no grant {grant_id!r}")
+        raise Problem(ProblemCode.GRANT_UNKNOWN, f"no grant {grant_id!r}")
     if grant.revoked_at is not None:
         return grant, None
     reason = reason or "revoked by an admin"

@@ -18,6 +18,7 @@ from lxml import etree
 from gateway.http.problems import Problem
 from gateway.soap.contract import META, PROBLEM_NS, ServiceContract, SoapOperationShape
 from gateway.soap.shapes import Complex, Member, Simple
+from schemas.problems import ProblemCode
 
 SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
@@ -29,9 +30,9 @@ _PARSER = etree.XMLParser(
 )
 
 
-def _invalid(detail: str, code: str = "soap_request_invalid", field: str | None = None) -> Problem:
+def _invalid(detail: str, code: ProblemCode = ProblemCode.SOAP_REQUEST_INVALID, field: str | None = None) -> Problem:
     errors = [{"field": field, "message": detail, "type": code}] if field is not None else None
-    return Problem(400, code, "SOAP request is invalid", detail, errors=errors)
+    return Problem(code, detail, title="SOAP request is invalid", errors=errors)
 
 
 @dataclass
@@ -51,14 +52,12 @@ def parse_envelope(body: bytes) -> Envelope:
         raise _invalid(f"the body is not well-formed XML ({exc.msg})") from None
     tree = document.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise _invalid("a document type declaration (DTD) is not accepted", "xml_dtd_forbidden")
+        raise _invalid("a document type declaration (DTD) is not accepted", ProblemCode.XML_DTD_FORBIDDEN)
     namespace = etree.QName(document).namespace
     version = {SOAP11_ENV: "1.1", SOAP12_ENV: "1.2"}.get(namespace or "")
     if version is None or etree.QName(document).localname != "Envelope":
         raise Problem(
-            400,
-            "soap_version_mismatch",
-            "Not a SOAP envelope",
+            ProblemCode.SOAP_VERSION_MISMATCH,
             f"the root element is {document.tag}; expected a SOAP 1.1 or 1.2 Envelope",
         )
     header = document.find(f"{{{namespace}}}Header")
@@ -81,9 +80,7 @@ def refuse_username_token(envelope: Envelope) -> None:
         names = {etree.QName(node).localname for node in block.iter() if isinstance(node.tag, str)}
         if "UsernameToken" in names:
             raise Problem(
-                401,
-                "ws_security_refused",
-                "WS-Security UsernameToken is refused",
+                ProblemCode.WS_SECURITY_REFUSED,
                 "the gateway takes no shared passwords: sign the HTTP request (RFC 9421) or present a client"
                 " certificate registered with `msjx-gateway callers add-cert`",
             )
@@ -99,9 +96,7 @@ def check_headers(envelope: Envelope) -> None:
     for block in envelope.header:
         if isinstance(block.tag, str) and block.get(f"{{{env}}}mustUnderstand") in ("1", "true"):
             raise Problem(
-                400,
-                "soap_must_understand",
-                "SOAP header not understood",
+                ProblemCode.SOAP_MUST_UNDERSTAND,
                 f"the header block {block.tag} is marked mustUnderstand and the gateway does not process it",
             )
 
@@ -112,9 +107,7 @@ def operation_for(contract: ServiceContract, envelope: Envelope) -> SoapOperatio
     if qname.namespace != contract.namespace or qname.localname not in contract.operations:
         known = sorted(contract.operations)
         raise Problem(
-            404,
-            "unknown_operation",
-            "Unknown operation",
+            ProblemCode.UNKNOWN_OPERATION,
             f"{contract.service} has no operation {{{qname.namespace or ''}}}{qname.localname};"
             f" known (in {contract.namespace}): {known}",
         )
@@ -148,9 +141,7 @@ def _unexpected(child: etree._Element, path: str) -> Problem:
     name = etree.QName(child).localname
     where = f"{path}/{name}" if path else name
     return Problem(
-        422,
-        "validation_failed",
-        "Request body is invalid",
+        ProblemCode.VALIDATION_FAILED,
         f"{where}: unexpected element {child.tag}",
         errors=[{"field": where, "message": f"unexpected element {child.tag}", "type": "extra_forbidden"}],
     )
@@ -174,9 +165,7 @@ def _complex(shape: Complex, node: etree._Element, ns: str, path: str) -> dict[s
             result.setdefault(member.json_name, []).append(value)
         elif member.json_name in result:
             raise Problem(
-                422,
-                "validation_failed",
-                "Request body is invalid",
+                ProblemCode.VALIDATION_FAILED,
                 f"{where}: the element appears more than once",
                 errors=[{"field": where, "message": "the element appears more than once", "type": "too_long"}],
             )
@@ -218,9 +207,7 @@ def _scalar(shape: Simple, text: str, path: str) -> Any:
             return orjson.loads(stripped) if stripped else None
         except orjson.JSONDecodeError:
             raise Problem(
-                422,
-                "validation_failed",
-                "Request body is invalid",
+                ProblemCode.VALIDATION_FAILED,
                 f"{path}: not JSON text",
                 errors=[{"field": path, "message": "not JSON text", "type": "json_invalid"}],
             ) from None
@@ -291,16 +278,16 @@ def write_fault(version: str, problem: dict[str, Any]) -> bytes:
     """A Fault in the request's SOAP version, from a problem document (Problem.to_dict, as /v1 would answer)."""
     root, body, env = _envelope(version)
     status = int(problem.get("status", 500))
-    code = str(problem.get("code", "internal_error"))
+    code = str(problem.get("code", ProblemCode.INTERNAL_ERROR))
     text = f"{problem.get('title', '')}: {problem.get('detail', '')}".strip(": ")
     fault = etree.SubElement(body, f"{{{env}}}Fault", nsmap={"gw": PROBLEM_NS})
     if version == "1.2":
         code_node = etree.SubElement(fault, f"{{{env}}}Code")
         value = etree.SubElement(code_node, f"{{{env}}}Value")
         value.text = "soap:Sender" if status < 500 else "soap:Receiver"
-        if code == "soap_must_understand":
+        if code == ProblemCode.SOAP_MUST_UNDERSTAND:
             value.text = "soap:MustUnderstand"
-        elif code == "soap_version_mismatch":
+        elif code == ProblemCode.SOAP_VERSION_MISMATCH:
             value.text = "soap:VersionMismatch"
         subcode = etree.SubElement(etree.SubElement(code_node, f"{{{env}}}Subcode"), f"{{{env}}}Value")
         subcode.text = f"gw:{code}"
@@ -311,9 +298,9 @@ def write_fault(version: str, problem: dict[str, Any]) -> bytes:
     else:
         faultcode = etree.SubElement(fault, "faultcode")
         faultcode.text = "soap:Client" if status < 500 else "soap:Server"
-        if code == "soap_must_understand":
+        if code == ProblemCode.SOAP_MUST_UNDERSTAND:
             faultcode.text = "soap:MustUnderstand"
-        elif code == "soap_version_mismatch":
+        elif code == ProblemCode.SOAP_VERSION_MISMATCH:
             faultcode.text = "soap:VersionMismatch"
         etree.SubElement(fault, "faultstring").text = text
         detail = etree.SubElement(fault, "detail")

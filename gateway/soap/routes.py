@@ -37,6 +37,7 @@ from gateway.soap.messages import (
     write_fault,
 )
 from schemas.api import InvokeRequest
+from schemas.problems import ProblemCode
 
 # Outside the OpenAPI document: the façade's contract is its WSDL, and its Faults are SOAP's, not problem+json.
 router = APIRouter(prefix="/soap", tags=["soap"], include_in_schema=False)
@@ -51,7 +52,7 @@ _contracts: weakref.WeakKeyDictionary[Adapter, ServiceContract] = weakref.WeakKe
 def contract_for(request: Request, service: str) -> tuple[Adapter, ServiceContract]:
     adapter = request.app.state.runtime.adapters.get(service)
     if adapter is None:
-        raise Problem(404, "unknown_service", "Unknown service", f"no service {service!r}")
+        raise Problem(ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}")
     contract = _contracts.get(adapter)
     if contract is None:
         contract = _contracts[adapter] = build_contract(service, adapter)

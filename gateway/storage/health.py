@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gateway.http.problems import Problem
+from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.dependencies")
 
@@ -62,10 +63,9 @@ def is_database_outage(exc: BaseException) -> bool:
 class Dependency:
     """One store's state as seen from this process: up until an operation fails, down until one succeeds."""
 
-    def __init__(self, name: str, code: str, title: str, retry_after: int = 1) -> None:
+    def __init__(self, name: str, code: ProblemCode, retry_after: int = 1) -> None:
         self.name = name
         self.code = code
-        self.title = title
         self.retry_after = retry_after
         self.up = True
         self.failures = 0  # since it went down
@@ -95,4 +95,4 @@ class Dependency:
 
     def problem(self, detail: str) -> Problem:
         """The 503 a request gets while the store is unavailable."""
-        return Problem(503, self.code, self.title, detail, headers={"Retry-After": str(self.retry_after)})
+        return Problem(self.code, detail, headers={"Retry-After": str(self.retry_after)})

@@ -10,13 +10,14 @@ import asyncio
 from urllib.parse import urlsplit
 
 from gateway.settings import Settings
+from schemas.errors import MsjxError
 
 # Long enough for a database on another host under load; short enough that a firewall dropping packets does not
 # leave the operator staring at a silent command.
 CONNECT_TIMEOUT = 5.0
 
 
-class ServiceUnreachable(Exception):
+class ServiceUnreachable(MsjxError):
     """PostgreSQL or Redis did not answer at start; the message is one line naming the setting and host:port."""
 
 

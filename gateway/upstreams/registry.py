@@ -30,6 +30,7 @@ from gateway.access.directory import as_utc
 from gateway.http.problems import Problem
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import Grant, RegisteredUpstream, ServiceOwner
+from schemas.problems import ProblemCode
 
 __all__ = [
     "REFRESH_SECONDS",
@@ -159,11 +160,8 @@ class Prepared:
 
 
 def _problem(exc: ContractError, field: str) -> Problem:
-    status = 409 if exc.code == "name_taken" else 422
     return Problem(
-        status,
         exc.code,
-        "Upstream cannot be registered",
         exc.message,
         errors=[{"field": field, "message": exc.message, "type": exc.code}],
     )
@@ -189,11 +187,11 @@ def prepare(
     A contract (or a document it imports) is fetched by URL only from where `fetch_allow` admits
     (MSJX_CONTRACT_FETCH_ALLOW); with none, only uploaded documents (and, from the CLI, local files) are read."""
     if name in reserved:
-        raise _problem(ContractError("name_taken", f"{name!r} is a built-in service"), "name")
+        raise _problem(ContractError(ProblemCode.NAME_TAKEN, f"{name!r} is a built-in service"), "name")
     try:
         resilience = ResiliencePolicy.from_mapping(dict(policy or {}))
     except ValueError as exc:
-        raise _problem(ContractError("policy_invalid", str(exc)), "policy") from None
+        raise _problem(ContractError(ProblemCode.POLICY_INVALID, str(exc)), "policy") from None
     field = "files" if files is not None else "url"
     try:
         if files is not None:
@@ -205,7 +203,11 @@ def prepare(
         spec = UpstreamSpec(name, bundle, endpoint, resilience, frozenset(safe), soap_auth=soap_auth or None)
         adapter = build_registered(spec)
     except ContractError as exc:
-        where = {"name_invalid": "name", "secret_missing": "soap_headers", "secret_invalid": "soap_headers"}
+        where = {
+            ProblemCode.NAME_INVALID: "name",
+            ProblemCode.SECRET_MISSING: "soap_headers",
+            ProblemCode.SECRET_INVALID: "soap_headers",
+        }
         raise _problem(exc, where.get(exc.code, field)) from None
     return Prepared(spec, adapter, dict(policy or {}))
 
@@ -235,12 +237,7 @@ async def add_upstream(
     """Store the upstream and its owner in one transaction: it is never offered without an owner."""
     spec = prepared.spec
     if await session.get(RegisteredUpstream, spec.name) is not None:
-        raise Problem(
-            409,
-            "upstream_exists",
-            "Upstream already registered",
-            f"{spec.name!r} is registered; remove it first to register it anew",
-        )
+        raise Problem(ProblemCode.UPSTREAM_EXISTS, f"{spec.name!r} is registered; remove it first to register it anew")
     row = RegisteredUpstream(
         name=spec.name,
         kind=spec.bundle.kind,
@@ -277,7 +274,7 @@ async def remove_upstream(session: AsyncSession, name: str) -> tuple[UpstreamOut
     """Delete the registration and revoke every grant on it (a later upstream of that name starts without any)."""
     row = await session.get(RegisteredUpstream, name)
     if row is None:
-        raise Problem(404, "upstream_unknown", "Upstream not found", f"no registered upstream {name!r}")
+        raise Problem(ProblemCode.UPSTREAM_UNKNOWN, f"no registered upstream {name!r}")
     owner = await session.get(ServiceOwner, name)
     out = _out(row, None, owner.department if owner is not None else None)
     revoked = await session.execute(
