@@ -97,6 +97,51 @@ def test_no_bare_code_strings_and_no_unknown_members() -> None:
     assert not unknown, "\n".join(unknown)
 
 
+# Helpers that answer every code they are given with one status: the code must list that status.
+HELPER_STATUS = {
+    "invalid": (1, 422),
+    "forbidden": (0, 403),
+    "add": (1, 422),
+    "fault": (1, 422),
+    "Faults": (1, 422),
+    "_grant_problem": (1, 422),
+    "_query_problem": (1, 422),
+    "_commit": (1, 422),
+    "_refuse": (0, 401),
+    "SignatureFailure": (0, 401),
+    "ended_problem": (0, 403),
+    "QuotaExceeded": (0, 429),
+    "Dependency": (1, 503),
+}
+
+
+def _member(node: ast.expr) -> ProblemCode | None:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ProblemCode":
+        return getattr(ProblemCode, node.attr, None)
+    return None
+
+
+def test_every_code_is_answered_with_a_status_it_lists() -> None:
+    """`Problem(code, status=...)` raises for a status the code does not list: find those before they run."""
+    wrong = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name == "Problem" and node.args and (code := _member(node.args[0])) is not None:
+                status = next((kw.value for kw in node.keywords if kw.arg == "status"), None)
+                if isinstance(status, ast.Constant) and status.value not in code.statuses:
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {code} with {status.value}")
+            elif name in HELPER_STATUS:
+                index, expected = HELPER_STATUS[name]
+                code = _member(node.args[index]) if index < len(node.args) else None
+                if code is not None and expected not in code.statuses:
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name} answers {code} with {expected}")
+    assert not wrong, "\n".join(wrong)
+
+
 def _modules() -> list[str]:
     names = []
     for package in PACKAGES:
