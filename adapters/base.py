@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
 from .errors import UpstreamError, UpstreamMalformed
-
-if TYPE_CHECKING:
-    from .resilience import BreakerStore, Guard, ResiliencePolicy
+from .policy import ResiliencePolicy
 
 
 @dataclass(frozen=True)
@@ -45,13 +43,13 @@ class UpstreamResult:
 
 
 class Adapter:
-    """Base class of every upstream adapter.
+    """Base class of every upstream adapter: a plain client of one upstream.
 
-    Subclasses set `service` and `operations`, and implement `call`. `start` opens connection
-    pools once per process; `close` releases them. The gateway never calls `call` directly:
-    it calls `invoke`, which runs it under the upstream's resilience guard (timeouts are the
-    client's; concurrency bound, circuit breaker and retries of safe operations are the guard's)
-    and validates the output against the operation's model.
+    Subclasses set `service` and `operations`, and implement `call`. `start` opens connection pools once per
+    process; `close` releases them. `policy` is how this upstream is called: the adapter times and sizes its client
+    from it. The gateway calls `invoke`, which validates the output against the operation's model; it wraps each
+    adapter in `resilience.Guarded` first, which adds the concurrency bound, circuit breaker and retries of safe
+    operations around `run`.
     """
 
     service: str = ""
@@ -63,7 +61,7 @@ class Adapter:
     # Operations the upstream's contract also offers in bulk (one request, many subjects), with the most subjects
     # one bulk request may carry. A batch job uses them; single calls never do.
     bulk_operations: ClassVar[dict[str, int]] = {}
-    _guard: Guard | None = None
+    policy: ResiliencePolicy = ResiliencePolicy()
 
     async def start(self) -> None:
         return None
@@ -74,28 +72,20 @@ class Adapter:
     async def call(self, operation: Operation, params: BaseModel) -> UpstreamResult:
         raise NotImplementedError
 
-    @property
-    def guard(self) -> Guard:
-        if self._guard is None:
-            from .resilience import Guard
-
-            self._guard = Guard(self.service)
-        return self._guard
-
-    def configure_resilience(self, policy: ResiliencePolicy | None = None, store: BreakerStore | None = None) -> None:
-        """Set this upstream's policy and where its breaker state lives (before `start`)."""
-        from .resilience import Guard
-
-        current = self._guard
-        self._guard = Guard(
-            self.service,
-            policy if policy is not None else (current.policy if current else None),
-            store if store is not None else (current.store if current else None),
-        )
-
     async def invoke(self, operation_name: str, params: BaseModel) -> UpstreamResult:
-        operation = self.operations[operation_name]
-        return await self.guard.run(operation.safe, lambda: self._call_checked(operation, params))
+        return await self.run(self.operations[operation_name], params)
+
+    async def run(self, operation: Operation, params: BaseModel) -> UpstreamResult:
+        """One call of `operation`, its output checked against the operation's model (UpstreamMalformed if not)."""
+        result = await self.call(operation, params)
+        try:
+            validated = operation.output_model.model_validate(result.data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            reason = f"{'/'.join(str(part) for part in first['loc'])}: {first['msg']}"
+            raise UpstreamMalformed(self.service, reason, result.upstream_status) from exc
+        result.data = validated.model_dump(mode="json", by_alias=True)
+        return result
 
     async def call_bulk(
         self, operation: Operation, params: Sequence[BaseModel]
@@ -106,25 +96,16 @@ class Adapter:
     async def invoke_bulk(
         self, operation_name: str, params: Sequence[BaseModel]
     ) -> list[UpstreamResult | UpstreamError]:
-        """Many subjects in one request, under the same guard as single calls; each answer checked on its own."""
+        """Many subjects in one request, each answer checked on its own (under the same guard as single calls, once
+        wrapped in `resilience.Guarded`)."""
         operation = self.operations[operation_name]
         limit = self.bulk_operations.get(operation_name, 0)
         if not 0 < len(params) <= limit:
             raise ValueError(f"{self.service}/{operation_name} takes 1 to {limit} subjects in bulk, not {len(params)}")
+        return await self.run_bulk(operation, params)
 
-        async def bulk() -> UpstreamResult:
-            # The guard deals in one result (it counts its attempts): the answers ride in it.
-            return UpstreamResult({"answers": await self._bulk_checked(operation, params)})
-
-        carrier = await self.guard.run(operation.safe, bulk)
-        answers: list[UpstreamResult | UpstreamError] = carrier.data["answers"]
-        for answer in answers:
-            answer.attempts = carrier.attempts
-        return answers
-
-    async def _bulk_checked(
-        self, operation: Operation, params: Sequence[BaseModel]
-    ) -> list[UpstreamResult | UpstreamError]:
+    async def run_bulk(self, operation: Operation, params: Sequence[BaseModel]) -> list[UpstreamResult | UpstreamError]:
+        """One bulk request of `operation`, each answer checked against the operation's model."""
         answers = await self.call_bulk(operation, params)
         if len(answers) != len(params):
             raise UpstreamMalformed(self.service, f"{len(answers)} answers to {len(params)} subjects")
@@ -142,14 +123,3 @@ class Adapter:
                     continue
             checked.append(answer)
         return checked
-
-    async def _call_checked(self, operation: Operation, params: BaseModel) -> UpstreamResult:
-        result = await self.call(operation, params)
-        try:
-            validated = operation.output_model.model_validate(result.data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            reason = f"{'/'.join(str(part) for part in first['loc'])}: {first['msg']}"
-            raise UpstreamMalformed(self.service, reason, result.upstream_status) from exc
-        result.data = validated.model_dump(mode="json", by_alias=True)
-        return result

@@ -28,7 +28,7 @@ from .base import Adapter, Operation, UpstreamResult
 from .contracts import ContractBundle, default_fetcher, gather, location_of
 from .errors import UpstreamError, UpstreamFault, UpstreamMalformed, UpstreamSubjectUnknown
 from .http import HttpClient
-from .resilience import ResiliencePolicy
+from .policy import ResiliencePolicy
 from .soap import FaultInfo, SoapEngine
 
 __all__ = ["CONTRACT", "UNKNOWN_TAXPAYER", "GoldenTaxAdapter", "contract_bundle"]
@@ -158,10 +158,10 @@ class GoldenTaxAdapter(Adapter):
         self.engine = SoapEngine(
             self.service, contract_bundle(), endpoint=base_url, http=self.http, fault_mapper=_fault(self.service)
         )
-        self.configure_resilience(policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=max_connections))
+        self.policy = policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=max_connections)
 
     async def start(self) -> None:
-        policy = self.guard.policy
+        policy = self.policy
         self.http.set_timeouts(policy.total_timeout, policy.connect, policy.read_timeout, policy.max_concurrency)
         await self.http.start()
 

@@ -16,7 +16,7 @@ from yarl import URL
 
 from .base import Adapter
 from .errors import UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from .resilience import ResiliencePolicy
+from .policy import ResiliencePolicy
 
 __all__ = ["DEFAULT_MAX_BODY", "HttpClient", "JsonClient", "JsonResponse", "RawResponse", "phrase"]
 
@@ -231,11 +231,10 @@ class RestAdapter(Adapter):
     ) -> None:
         connections = max_connections or self.default_max_connections
         self.http = JsonClient(self.service, base_url, timeout=timeout, max_connections=connections)
-        self.configure_resilience(policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=connections))
+        self.policy = policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=connections)
 
     async def start(self) -> None:
-        # The policy may have been replaced since __init__ (MSJX_UPSTREAM_POLICIES): size the client from it now.
-        policy = self.guard.policy
+        policy = self.policy
         self.http.set_timeouts(policy.total_timeout, policy.connect, policy.read_timeout, policy.max_concurrency)
         await self.http.start()
 

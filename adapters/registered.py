@@ -21,7 +21,7 @@ from .base import Adapter, Operation, UpstreamResult
 from .contracts import ContractBundle, ContractError
 from .http import DEFAULT_MAX_BODY, HttpClient
 from .openapi import RestEngine
-from .resilience import ResiliencePolicy
+from .policy import ResiliencePolicy
 from .soap import SoapEngine
 
 __all__ = ["NAME_PATTERN", "RegisteredAdapter", "UpstreamSpec", "build_registered", "check_name"]
@@ -73,10 +73,10 @@ class RegisteredAdapter(Adapter):
             )
             for name, operation in engine.operations.items()
         }
-        self.configure_resilience(spec.policy)
+        self.policy = spec.policy
 
     async def start(self) -> None:
-        policy = self.guard.policy
+        policy = self.policy
         self.http.set_timeouts(policy.total_timeout, policy.connect, policy.read_timeout, policy.max_concurrency)
         await self.http.start()
 

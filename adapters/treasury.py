@@ -22,6 +22,7 @@ from schemas.treasury import VoucherQuery, VoucherReceipt, VoucherStatus, Vouche
 
 from .base import Adapter, Operation, UpstreamResult
 from .errors import UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from .policy import ResiliencePolicy
 
 __all__ = ["TreasuryAdapter", "VoucherDuplicate", "VoucherRefused", "voucher_xml"]
 
@@ -166,9 +167,17 @@ class TreasuryAdapter(Adapter):
         )
     }
 
-    def __init__(self, base_url: str, *, timeout: float = 5.0, max_connections: int = 20) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        max_connections: int = 20,
+        policy: ResiliencePolicy | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/") + "/tcbs/v1"
         self.timeout = timeout
+        self.policy = policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=max_connections)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from adapters.base import Adapter
-from adapters.resilience import BreakerStore, MemoryBreakerStore
+from adapters.resilience import BreakerStore, Guarded, MemoryBreakerStore
 from gateway.access.authenticate import Authenticator
 from gateway.access.directory import Directory
 from gateway.access.nonces import MemoryNonceStore, NonceStore, RedisEpoch, RedisNonceStore, connect_redis
@@ -41,7 +41,7 @@ KEY_REFRESH_SECONDS = 1.0
 
 
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
-    """One adapter per configured upstream; a service without a URL is simply not offered.
+    """One adapter per configured upstream (not yet guarded); a service without a URL is simply not offered.
 
     Each gets its resilience policy: MSJX_UPSTREAM_TIMEOUT as the per-attempt timeout, then its entry in
     MSJX_UPSTREAM_POLICIES (e.g. {"golden-tax": {"max_attempts": 2, "open_seconds": 30}}).
@@ -66,15 +66,13 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
         factory = factories.get(name)
         if factory is None:
             raise ValueError(f"MSJX_UPSTREAM_URLS names an unknown service {name!r}; known: {sorted(factories)}")
-        adapter = factory(url, timeout=settings.upstream_timeout)
         try:
             policy = ResiliencePolicy.from_mapping(
                 settings.upstream_policies.get(name, {}), base=ResiliencePolicy(total_timeout=settings.upstream_timeout)
             )
         except ValueError as exc:
             raise ValueError(f"MSJX_UPSTREAM_POLICIES[{name!r}]: {exc}") from None
-        adapter.configure_resilience(policy)
-        adapters[name] = adapter
+        adapters[name] = factory(url, timeout=settings.upstream_timeout, policy=policy)
     return adapters
 
 
@@ -193,10 +191,9 @@ class Runtime:
             settings.crypto_suite,
             keyring.current().key_id,
         )
-        static = build_adapters(settings) if adapters is None else adapters
         breakers = breaker_store(settings)
-        for adapter in static.values():
-            adapter.configure_resilience(store=breakers)
+        plain = build_adapters(settings) if adapters is None else adapters
+        static = {name: Guarded(adapter, store=breakers) for name, adapter in plain.items()}
         try:
             await seed_owners(sessions, static)
         except Exception as exc:  # like the registered upstreams: serve; a service without an owner stays undecidable

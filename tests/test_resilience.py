@@ -24,7 +24,7 @@ from adapters.errors import (
     UpstreamTimeout,
 )
 from adapters.golden_tax import GoldenTaxAdapter
-from adapters.resilience import BreakerConfig, BreakerStore, MemoryBreakerStore, ResiliencePolicy
+from adapters.resilience import BreakerConfig, BreakerStore, Guarded, MemoryBreakerStore, ResiliencePolicy
 from gateway.upstreams.breakers import RedisBreakerStore
 from gateway.upstreams.registry import prepare
 from schemas.tax import TaxpayerYearQuery
@@ -199,9 +199,9 @@ async def faults(sim: Simulator) -> AsyncIterator[Simulator]:
     await sim.clear()
 
 
-async def tax_adapter(sim: Simulator, **policy: Any) -> GoldenTaxAdapter:
+async def tax_adapter(sim: Simulator, **policy: Any) -> Guarded:
     settings = {"total_timeout": 0.3, "backoff_initial": 0.01, "backoff_max": 0.05, **policy}
-    adapter = GoldenTaxAdapter(sim.url, policy=ResiliencePolicy.from_mapping(settings))
+    adapter = Guarded(GoldenTaxAdapter(sim.url, policy=ResiliencePolicy.from_mapping(settings)))
     await adapter.start()
     return adapter
 
@@ -285,9 +285,11 @@ async def test_retry_budget_counts_from_the_first_attempt(faults: Simulator) -> 
 async def test_unsafe_operation_is_never_retried() -> None:
     app = soap_app()
     async with serving(app) as url:
-        adapter = prepare(
-            "district", "wsdl", source=str(EXAMPLES / "district-wrapped.wsdl"), endpoint=url, allow_files=True
-        ).adapter
+        adapter = Guarded(
+            prepare(
+                "district", "wsdl", source=str(EXAMPLES / "district-wrapped.wsdl"), endpoint=url, allow_files=True
+            ).adapter
+        )
         await adapter.start()
         async with aiohttp.ClientSession() as session:
             control = Simulator(url, session)

@@ -260,7 +260,7 @@ async def test_soap_faults_map_with_code_and_string(
     policy = ResiliencePolicy(max_attempts=1)
     for file in ("district-wrapped.wsdl", "district-soap12.wsdl"):
         adapter = await _start(register(file.split(".")[0], file, url, policy={"max_attempts": 1}), started)
-        assert adapter.guard.policy.max_attempts == policy.max_attempts
+        assert adapter.policy.max_attempts == policy.max_attempts
         async with aiohttp.ClientSession() as control:
             await control.post(url + "/_sim/faults", json={"mode": "soap_fault", "count": 1})
         params = adapter.operations["Echo"].input_model.model_validate({"record": RECORD})

@@ -217,7 +217,7 @@ class BatchService:
     def limit_for(self, adapter: Adapter) -> AdaptiveLimit:
         limit = self._limits.get(adapter.service)
         if limit is None:
-            ceiling = max(1, adapter.guard.policy.max_concurrency // 2)
+            ceiling = max(1, adapter.policy.max_concurrency // 2)
             limit = self._limits[adapter.service] = AdaptiveLimit(ceiling)
         return limit
 

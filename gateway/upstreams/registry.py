@@ -25,7 +25,7 @@ from adapters.base import Adapter
 from adapters.contracts import ContractBundle, ContractError, bundle_from_files, default_fetcher, gather, location_of
 from adapters.fetch_allow import FetchAllowlist
 from adapters.registered import NAME_PATTERN, RegisteredAdapter, UpstreamSpec, build_registered
-from adapters.resilience import BreakerStore, ResiliencePolicy
+from adapters.resilience import BreakerStore, Guarded, ResiliencePolicy
 from gateway.access.directory import as_utc
 from gateway.http.problems import Problem
 from gateway.storage.health import Dependency, is_database_outage
@@ -404,13 +404,12 @@ class LiveAdapters(Mapping[str, Adapter]):
                     log.error("registered upstream %s is shadowed by a configured one of that name", row.name)
                     continue
                 try:
-                    adapter = await asyncio.to_thread(build_registered, spec_of(row))
+                    built = await asyncio.to_thread(build_registered, spec_of(row))
                 except (ContractError, ValueError) as exc:
                     self.failures[row.name] = row.revision
                     log.error("registered upstream %s cannot be built on this node: %s", row.name, exc)
                     continue
-                if self._store is not None:
-                    adapter.configure_resilience(store=self._store)
+                adapter = Guarded(built, store=self._store)
                 await adapter.start()
                 added[row.name] = (row.revision, adapter)
             removed = [name for name in self._registered if name not in revisions or name in added]
@@ -430,7 +429,7 @@ class LiveAdapters(Mapping[str, Adapter]):
                 log.info("upstream %s removed", name)
 
     def _retire(self, adapter: Adapter) -> None:
-        policy = adapter.guard.policy
+        policy = adapter.policy
         delay = policy.total_timeout * policy.max_attempts + policy.backoff_max * policy.max_attempts + 1
 
         async def close_later() -> None:
