@@ -8,6 +8,7 @@ headers; the harness runs it before every batch.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
@@ -20,6 +21,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security.signatures import SIGNATURE_LABEL, parse_signature_params, sign_request, verify_request
+from security.verifier_process import InlineVerifier
 
 COMPONENTS = '("@method" "@target-uri" "content-digest")'
 
@@ -95,7 +97,9 @@ class Presigner:
             if theirs.get(name) != value:
                 raise AssertionError(f"pre-signed {name} differs from the library's: {value!r} != {theirs.get(name)!r}")
         pairs = [(name, value) for name, value in theirs.items()]
-        verify_request("POST", self.url, pairs, self.body, self.private_key.public_key(), parse_signature_params(pairs))
+        params = parse_signature_params(pairs)
+        public_key = self.private_key.public_key()
+        asyncio.run(verify_request(InlineVerifier(), "POST", self.url, pairs, self.body, public_key, params))
 
     def write(self, path: Path, count: int) -> Path:
         """Write `count` requests, each with a fresh nonce, created now, separated by NUL bytes."""

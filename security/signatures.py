@@ -2,11 +2,12 @@
 
 Both sides go through `http-message-signatures`; this module fixes the profile (covered components,
 required parameters, clock window) and turns every way a request can fail into one stable code.
-A request in exactly the shape `sign_request` writes is verified by a direct path first (see
-`_profile_signed`); the library still decides every other request and every refusal.
-The algorithm is the registered key's (RFC 9421 section 3.2): `ed25519`, or `sm2-sm3` for an SM2 key, a name of
-our own (SM2 of GB/T 32918.2 with SM3 and the default user id, signature r ‖ s); an `alg` parameter, if sent, must
-name it.
+Verifying is one path with one async API, `verify_request`: the signature base and signature of the request, then
+one verdict from a `SignatureChecker` (on the event loop, or in the verifier process). For a request in exactly the
+shape `sign_request` writes, the base is built directly (`_profile_signed`); for any other, the library checks the
+structure, digest and coverage and builds it. The algorithm is the registered key's (RFC 9421 section 3.2):
+`ed25519`, or `sm2-sm3` for an SM2 key, a name of our own (SM2 of GB/T 32918.2 with SM3 and the default user id,
+signature r ‖ s); an `alg` parameter, if sent, must name it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import http_sf
+from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from http_message_signatures import (
     ContentDigest,
@@ -38,7 +40,7 @@ from schemas.errors import MsjxError
 from schemas.problems import ProblemCode
 from security.keys import PrivateKey, PublicKey, public_key_bytes
 from security.sm2 import Sm2PrivateKey, Sm2PublicKey
-from security.verdicts import ED25519, SM2_SM3, SignatureChecker, verifies
+from security.verdicts import ED25519, SM2_SM3, SignatureChecker
 
 SIGNATURE_LABEL = "msjx"
 COVERED_COMPONENTS: tuple[str, ...] = ("@method", "@target-uri")
@@ -138,17 +140,17 @@ class Sm2Sm3(algorithms.HTTPSignatureAlgorithm):
 
 @dataclass
 class _Deferred:
-    """An SM2 key handed to the library with `_DeferredSm2`: what it would have checked is kept for a checker."""
+    """A key handed to the library with a deferred algorithm: what it would have checked is kept for the checker."""
 
-    public_key: Sm2PublicKey
+    public_key: PublicKey
     signed: tuple[bytes, bytes] | None = None  # (signature, signature base)
 
 
-class _DeferredSm2(algorithms.HTTPSignatureAlgorithm):
-    """`sm2-sm3` for the library's checks of structure, parameters and coverage, with the SM2 check itself left to
-    the caller: it costs milliseconds, too long for the event loop, so the verifier process makes it."""
+class _DeferredEd25519(algorithms.HTTPSignatureAlgorithm):
+    """An algorithm for the library's checks of structure, parameters and coverage, with the signature check itself
+    left to the caller's checker: one verdict for every request, whichever way its signature base was built."""
 
-    algorithm_id = SM2_SM3
+    algorithm_id = ED25519
 
     def __init__(self, public_key: _Deferred | None = None, private_key: None = None) -> None:
         if not isinstance(public_key, _Deferred):
@@ -162,6 +164,10 @@ class _DeferredSm2(algorithms.HTTPSignatureAlgorithm):
         self._deferred.signed = (signature, message)
 
 
+class _DeferredSm2(_DeferredEd25519):
+    algorithm_id = SM2_SM3
+
+
 def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParams:
     """Read keyid, created and nonce from Signature-Input, so the key can be looked up and the window checked."""
     wrapped = _Headers(headers)
@@ -173,11 +179,8 @@ def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParam
     quick = _parse_profile_input(raw_input)
     if quick is not None:
         return quick
-    duplicates: list[str] = []
     try:
-        parsed = http_sf.parse(
-            raw_input.encode(), tltype="dictionary", on_duplicate_key=lambda key, _context: duplicates.append(key)
-        )
+        parsed = http_sf.parse(raw_input.encode(), tltype="dictionary")
     except Exception as exc:  # http_sf raises ValueError and friends for malformed fields
         raise SignatureFailure(
             ProblemCode.SIGNATURE_MALFORMED, "Signature-Input is not a valid structured field"
@@ -203,35 +206,17 @@ def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParam
             key_id=key_id,
         )
     covered = tuple(str(item[0]) for item in members)
-    profile = None
-    if (
-        len(parsed) == 1
-        and not duplicates
-        and covered in _PROFILE_COMPONENTS
-        and all(isinstance(item[0], str) and not item[1] for item in members)
-        and params.keys() == _PROFILE_PARAMS
-        and type(key_id) is str  # not a Token or other str subclass, which serializes differently
-        and type(nonce) is str
-        and type(created) is int
-    ):
-        profile = _PROFILE_COMPONENTS[covered] + "".join(
-            f";{name}={value}" if name == "created" else f";{name}={_sf_string(value)}"
-            for name, value in params.items()
-        )
-    return SignatureParams(key_id=key_id, created=created, nonce=nonce, covered=covered, profile_params=profile)
+    return SignatureParams(key_id=key_id, created=created, nonce=nonce, covered=covered)
 
 
-# --- the direct path for this gateway's own profile ---------------------------------------------------------------
+# --- the gateway's own profile, read and based directly --------------------------------------------------------------
 # http-message-signatures re-parses both signature headers, the digest and the URL, and re-serializes every
 # parameter, on each request: about three times the cost of the Ed25519 check itself (docs/performance.md).
-# A request in exactly the shape `sign_request` writes is verified here with the same signature base the library
-# builds (RFC 9421 section 2.5). This path only ever accepts: on any doubt or failure it returns False and the
-# library verifies the request as before, so every refusal keeps its code and message.
+# For a request in exactly the shape `sign_request` writes, Signature-Input is read by one regex and the signature
+# base is built here, as the library builds it (RFC 9421 section 2.5). This only ever shortens the way: on any doubt
+# it returns None and the library reads the request, so every refusal keeps its code and message; the signature is
+# then checked once, the same way for both (`verify_request`).
 
-_PROFILE_COMPONENTS = {
-    (*COVERED_COMPONENTS, "content-digest"): '("@method" "@target-uri" "content-digest")',
-    COVERED_COMPONENTS: '("@method" "@target-uri")',
-}
 _PROFILE_PARAMS = {"created", "keyid", "nonce"}
 # A subset of what the library's URL grammar accepts, in which its @target-uri rebuilds the URL unchanged:
 # http(s), a reg-name host, an optional port, a non-empty path, an optional query; no userinfo, no fragment.
@@ -274,12 +259,6 @@ def _parse_profile_input(raw_input: str) -> SignatureParams | None:
         covered=covered,
         profile_params=match[1] + match[2],
     )
-
-
-def _sf_string(value: str) -> str:
-    # RFC 8941 serialization of a string that came out of the parser (so printable ASCII already).
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 def _single(pairs: list[tuple[str, str]], name: str) -> str | None:
@@ -342,15 +321,6 @@ def _algorithm(public_key: PublicKey) -> str:
     return SM2_SM3 if isinstance(public_key, Sm2PublicKey) else ED25519
 
 
-def _sm2_refusal(params: SignatureParams, method: str, url: str) -> SignatureFailure:
-    return SignatureFailure(
-        ProblemCode.SIGNATURE_INVALID,
-        compared_detail(method, url, params.covered, "the sm2-sm3 signature does not match the signature base"),
-        key_id=params.key_id,
-        compared=True,
-    )
-
-
 def required_components(pairs: list[tuple[str, str]], body: bytes) -> tuple[str, ...]:
     """What a request must have signed: method and target URI, its Content-Digest with a body, its Idempotency-Key."""
     required = (*COVERED_COMPONENTS, "content-digest") if body else COVERED_COMPONENTS
@@ -375,27 +345,7 @@ def check_created(params: SignatureParams, now: float, max_skew: int = MAX_SKEW_
         )
 
 
-def verify_request(
-    method: str,
-    url: str,
-    headers: Iterable[tuple[str, str]],
-    body: bytes,
-    public_key: PublicKey,
-    params: SignatureParams,
-) -> None:
-    """Verify the signature over the request's method, target URI and, with a body, its Content-Digest."""
-    pairs = list(headers)
-    signed = _profile_signed(method, url, pairs, body, public_key, params)
-    if signed is not None:
-        if verifies(public_key_bytes(public_key), *signed, _algorithm(public_key)):
-            return
-        if isinstance(public_key, Sm2PublicKey):  # one implementation: the library would only check it again
-            raise _sm2_refusal(params, method, url)
-        # For Ed25519 a False is not yet a refusal: the library path follows, and OpenSSL decides.
-    _verify_by_library(method, url, pairs, body, public_key, params)
-
-
-async def verify_request_with(
+async def verify_request(
     checker: SignatureChecker,
     method: str,
     url: str,
@@ -404,34 +354,46 @@ async def verify_request_with(
     public_key: PublicKey,
     params: SignatureParams,
 ) -> None:
-    """`verify_request`, with the signature check made by `checker`: that of a request in the gateway's profile,
-    and, for an SM2 key, every one (the library then checks the rest and hands the check over)."""
+    """Verify the signature over the request's method, target URI and, with a body, its Content-Digest (and its
+    Idempotency-Key when it has one). `checker` makes the signature check itself; every refusal is a SignatureFailure.
+    """
     pairs = list(headers)
     algorithm = _algorithm(public_key)
-    raw = public_key_bytes(public_key)
-    signed = _profile_signed(method, url, pairs, body, public_key, params)
-    if signed is not None:
-        if await checker.verify(raw, *signed, algorithm):
-            return
-        if isinstance(public_key, Sm2PublicKey):
-            raise _sm2_refusal(params, method, url)
-    if not isinstance(public_key, Sm2PublicKey):
-        _verify_by_library(method, url, pairs, body, public_key, params)
+    signed = _profile_signed(method, url, pairs, body, public_key, params) or _library_signed(
+        method, url, pairs, body, public_key, params
+    )
+    if await checker.verify(public_key_bytes(public_key), *signed, algorithm):
         return
-    deferred = _Deferred(public_key)
-    _verify_by_library(method, url, pairs, body, deferred, params)
-    if deferred.signed is None or not await checker.verify(raw, *deferred.signed, algorithm):
-        raise _sm2_refusal(params, method, url)
+    if isinstance(public_key, Ed25519PublicKey) and _openssl_verifies(public_key, *signed):
+        return
+    why = "the sm2-sm3 signature does not match the signature base" if algorithm == SM2_SM3 else ""
+    raise SignatureFailure(
+        ProblemCode.SIGNATURE_INVALID,
+        compared_detail(method, url, params.covered, why),
+        key_id=params.key_id,
+        compared=True,
+    )
 
 
-def _verify_by_library(
+def _openssl_verifies(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    # libsodium (the checkers' Ed25519) refuses non-canonical encodings and small-order points that OpenSSL, which
+    # the library verifies with, accepts: after a False, OpenSSL's verdict is the one the library would have given.
+    try:
+        public_key.verify(signature, message)
+    except CryptoInvalidSignature:
+        return False
+    return True
+
+
+def _library_signed(
     method: str,
     url: str,
     pairs: list[tuple[str, str]],
     body: bytes,
-    public_key: PublicKey | _Deferred,
+    public_key: PublicKey,
     params: SignatureParams,
-) -> None:
+) -> tuple[bytes, bytes]:
+    """(signature, signature base) of any request, by the library, which refuses what is malformed or not covered."""
     wrapped = _Headers(pairs)
     digest_header = wrapped.get("content-digest")
     if body and digest_header is None:
@@ -452,12 +414,9 @@ def _verify_by_library(
             "the Idempotency-Key header must be covered by the signature",
             key_id=params.key_id,
         )
-    algorithm: type[algorithms.HTTPSignatureAlgorithm] = algorithms.ED25519
-    if isinstance(public_key, _Deferred):
-        algorithm = _DeferredSm2
-    elif isinstance(public_key, Sm2PublicKey):
-        algorithm = Sm2Sm3
-    verifier = _Verifier(signature_algorithm=algorithm, key_resolver=_SingleKey(public_key))
+    deferred = _Deferred(public_key)
+    algorithm = _DeferredSm2 if isinstance(public_key, Sm2PublicKey) else _DeferredEd25519
+    verifier = _Verifier(signature_algorithm=algorithm, key_resolver=_SingleKey(deferred))
     try:
         verifier.verify(
             _Message(method=method, url=url, headers=wrapped),
@@ -473,6 +432,14 @@ def _verify_by_library(
             key_id=params.key_id,
             compared=True,
         ) from exc
+    if deferred.signed is None:  # the library accepted without asking for a check: never let that pass
+        raise SignatureFailure(
+            ProblemCode.SIGNATURE_INVALID,
+            compared_detail(method, url, params.covered, "no signature was checked"),
+            key_id=params.key_id,
+            compared=True,
+        )
+    return deferred.signed
 
 
 def compared_detail(method: str, url: str, covered: tuple[str, ...], exc: Exception | str) -> str:

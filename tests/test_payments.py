@@ -321,6 +321,7 @@ def test_signature_covers_the_idempotency_key_when_present() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from security.signatures import SignatureFailure, parse_signature_params, verify_request
+    from security.verifier_process import InlineVerifier
 
     url, body, private = (
         "http://gw.example/v1/services/treasury/submit-voucher",
@@ -335,7 +336,8 @@ def test_signature_covers_the_idempotency_key_when_present() -> None:
 
     def verify(request: httpx.Request) -> None:
         headers = list(request.headers.multi_items())
-        verify_request("POST", url, headers, body, private.public_key(), parse_signature_params(headers))
+        params = parse_signature_params(headers)
+        asyncio.run(verify_request(InlineVerifier(), "POST", url, headers, body, private.public_key(), params))
 
     request = signed(with_key=True)
     assert "idempotency-key" in parse_signature_params(list(request.headers.multi_items())).covered

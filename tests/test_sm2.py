@@ -27,7 +27,7 @@ from security.keys import (
     private_key_pem,
     public_key_pem,
 )
-from security.signatures import SignatureFailure, parse_signature_params, sign_request, verify_request_with
+from security.signatures import SignatureFailure, parse_signature_params, sign_request, verify_request
 from security.sm2 import EXAMPLE, N, Sm2Error, Sm2PrivateKey, Sm2PublicKey
 from security.verdicts import ED25519, SM2_SM3
 from security.verifier_process import ProcessVerifier
@@ -247,7 +247,7 @@ def _signed(key: Any, body: bytes = b'{"a":1}') -> list[tuple[str, str]]:
 async def _check(headers: list[tuple[str, str]], public: Any, body: bytes = b'{"a":1}') -> tuple[str, list[str]]:
     checker = RecordingChecker()
     try:
-        await verify_request_with(checker, "POST", URL, headers, body, public, parse_signature_params(headers))
+        await verify_request(checker, "POST", URL, headers, body, public, parse_signature_params(headers))
     except SignatureFailure as failure:
         return failure.code, checker.asked
     return "ok", checker.asked

@@ -13,7 +13,7 @@ from gateway.http.forwarded import AUTHORITY_KEY, ignored_headers
 from gateway.http.problems import Problem
 from gateway.storage.health import REDIS_ERRORS
 from schemas.problems import ProblemCode
-from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request_with
+from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request
 from security.sm2 import Sm2PublicKey
 from security.verdicts import SignatureChecker
 from security.verifier_process import InlineVerifier
@@ -107,7 +107,7 @@ class Authenticator:
         if key.status != "active" or key.public_key is None:
             raise _refuse(ProblemCode.KEY_REVOKED, f"key {key.key_id!r} is revoked", **caller_context)
         try:
-            await verify_request_with(
+            await verify_request(
                 self._offload if offload or isinstance(key.public_key, Sm2PublicKey) else self._inline,
                 request.method,
                 target_uri(request),
