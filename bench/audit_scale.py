@@ -8,7 +8,7 @@ commits) from 512 concurrent tasks per chain, with its clock spread over the las
 checkpoints are the ones a gateway writes, in monthly partitions. The proof that they are: `audit verify` (the same
 `verify_all` with the node keys the CLI trusts) must pass on the seeded database, and its rate is a figure here.
 With `--keep` the database and data directory stay, and the command to verify them with the CLI is printed.
-Results go to bench/results/audit_scale.json.
+Results go to bench/results/audit_scale.json (smaller runs: audit_scale_small.json).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "audit_scale.json"
+# Smaller runs (--quick, --records N) go to their own file: a full run's figures are what `make bench` carries.
+RESULTS_SMALL = ROOT / "bench" / "results" / "audit_scale_small.json"
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/test")
 FULL, QUICK = 5_000_000, 100_000
 CHAINS = 2  # two nodes' chains, interleaved in time as in a two-node deployment
@@ -411,10 +413,11 @@ def run(
                 kept = {key: value for key, value in before.items() if key.startswith("verif")}
                 if kept:
                     figures.update(kept, verify_measured=before.get("verify_measured") or before.get("finished"))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    target = RESULTS if figures.get("rows", 0) >= FULL else RESULTS_SMALL
+    target.parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     body = {"command": command, "finished": stamp, "cpu_count": os.cpu_count(), **figures}
-    RESULTS.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+    target.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
     return {"finished": stamp, **figures}
 
 
