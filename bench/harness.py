@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -103,6 +104,41 @@ def figures(load: wrk.Load, cpu: tuple[float, float], rss_mb: float) -> dict[str
     return result
 
 
+class CpuSplit:
+    """Who used the machine's CPUs during one measured run, in µs per answered request: the server under test, wrk,
+    the simulator, PostgreSQL and Redis (their whole servers: other work on them counts too), and the rest of the
+    machine (other processes, this harness). `busy_cores` is the machine's CPU time over the run's wall time."""
+
+    def __init__(self, server: Server, simulator: Server | None) -> None:
+        self.parties: dict[str, Callable[[], list[int]]] = {server.name: server.pids}
+        if simulator is not None and simulator is not server:
+            self.parties["simulator"] = simulator.pids
+        self.parties["postgresql"] = lambda: procs.pids_named("postgres")
+        self.parties["redis"] = lambda: procs.pids_named("redis-server")
+
+    def _snapshot(self) -> dict[str, float]:
+        taken = {name: sum(procs.cpu_seconds(pids())) for name, pids in self.parties.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited and been waited for
+        taken["wrk"] = children.ru_utime + children.ru_stime
+        taken["machine"] = procs.machine_busy_seconds()
+        taken["wall"] = time.monotonic()
+        return taken
+
+    def start(self) -> None:
+        self.before = self._snapshot()
+
+    def stop(self, requests: int) -> dict[str, Any]:
+        after = self._snapshot()
+        used = {name: after[name] - self.before[name] for name in after}
+        wall = used.pop("wall")
+        machine = used.pop("machine")
+        # Processes that started or ended within the run (a PostgreSQL backend) are missed: "rest" absorbs them.
+        used["rest of machine"] = max(machine - sum(used.values()), 0.0)
+        split: dict[str, Any] = {name: round(1e6 * seconds / requests, 1) for name, seconds in used.items()}
+        split["busy_cores"] = round(machine / wall, 2) if wall else None
+        return split
+
+
 class Bench:
     def __init__(self, config: Config, workdir: Path) -> None:
         self.config = config
@@ -147,8 +183,11 @@ class Bench:
             expected = max(expected, warm.rps)
             time.sleep(0.5)  # let requests cut off by the end of the warm-up drain
         main_pool = pool(name, expected, seconds) if pool else None
+        split = CpuSplit(server, self.simulator)
+        split.start()
         cpu_before = procs.cpu_seconds(server.pids())
-        main_before = procs.main_thread_cpu_seconds(server.pid)
+        loop_pids = server.loop_pids()
+        main_before = sum(procs.main_thread_cpu_seconds(pid) for pid in loop_pids)
         load = wrk.run_wrk(
             url,
             seconds=seconds,
@@ -158,11 +197,14 @@ class Bench:
             rate=rate,
         )
         cpu_after = procs.cpu_seconds(server.pids())
-        main_thread = procs.main_thread_cpu_seconds(server.pid) - main_before
+        main_thread = sum(procs.main_thread_cpu_seconds(pid) for pid in loop_pids) - main_before
         cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
         result = figures(load, cpu, procs.peak_rss_mb(server.pids()))
+        if load.requests:
+            result["cpu_split_us_per_req"] = split.stop(load.requests)
         if load.requests and server.name != "nginx":  # nginx's master thread does none of the work
-            # The event loop's thread: what caps one worker, whatever its other threads and processes add.
+            # The event loop's thread: what caps one worker, whatever its other threads and processes add (with
+            # several workers, their loops' sum).
             result["main_thread_cpu_us_per_req"] = round(1e6 * main_thread / load.requests, 1)
         if rate:
             result["target_rate"] = round(rate, 1)
@@ -243,8 +285,13 @@ class Bench:
                 ("bare_hop", self.bare_hop),
                 ("gateway_sqlite", self.gateway_sqlite),
                 ("gateway_pg_redis", self.gateway_pg_redis),
+                ("gateway_pg_redis_2w", self.gateway_pg_redis_2w),
+                ("ab", self.ab),
                 ("soak", self.soak),
             ):
+                # The A/B rows add minutes: in full runs, and in quick ones only when asked for by name.
+                if name == "ab" and self.config.quick and "ab" not in self.config.only:
+                    continue
                 if self.config.wants(name):
                     self.results[name] = self._guarded(name, scenario)
         for name in ("soap", "audit"):
@@ -315,7 +362,7 @@ class Bench:
             # The very requests the gateway gets, signature headers and all; the hop ignores them.
             signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, self.body(PURPOSE), "hop.0", Ed25519PrivateKey.generate())
             requests_file = signer.write(self.workdir / "bare_hop.requests", 1000)
-            return self.measure("bare_hop", f"http://{HOST}:{port}/", server, lambda *_: requests_file, cycle=True)
+            return self.measure("bare_hop", f"http://{HOST}:{port}/", server, lambda *_, f=requests_file: f, cycle=True)
 
     def body(self, purpose: str) -> bytes:
         return orjson.dumps({"purpose": purpose, "params": {"uscc": self.uscc}})
@@ -325,7 +372,7 @@ class Bench:
         result = self._gateway("gateway_sqlite", data_dir, {})
         return result
 
-    def gateway_pg_redis(self) -> dict[str, Any]:
+    def gateway_pg_redis(self, workers: int = 1) -> dict[str, Any]:
         from bench import seed
 
         try:
@@ -338,11 +385,81 @@ class Bench:
             except Exception as exc:
                 raise Skipped(f"Redis at {seed.REDIS_URL} unusable: {type(exc).__name__}: {exc}") from None
             env = {"database_url": database_url, "redis_url": seed.REDIS_URL}
+            if workers > 1:
+                return self._gateway(f"gateway_pg_redis_{workers}w", self.workdir / "gateway-pg-2w", env, workers)
             return self._gateway("gateway_pg_redis", self.workdir / "gateway-pg", env)
         finally:
             asyncio.run(seed.drop_database(database_url))
 
-    def _gateway(self, name: str, data_dir: Path, backend: dict[str, str]) -> dict[str, Any]:
+    def gateway_pg_redis_2w(self) -> dict[str, Any]:
+        """`serve --workers 2` on PostgreSQL + Redis: two worker processes (each a node with its own chain) on one
+        port, against the one-worker `gateway_pg_redis` of the same run."""
+        return self.gateway_pg_redis(workers=2)
+
+    def ab(self) -> dict[str, Any]:
+        """Issue 18 item 5's comparisons, each alternative measured in turn, twice in a full run (A B C, A B C):
+        - `server_floor`: a fixed answer to the gateway's requests (bench/ab_serve.py) under uvicorn + httptools,
+          the same bounded by gateway/http_guard.py, granian ASGI and granian RSGI: what the server itself costs;
+        - `client_hop`: the bare hop with the credit adapter on the former aiohttp client and on pyreqwest;
+        - `gateway_server`: the SQLite gateway under uvicorn with the guard (as `serve`), without it, and granian.
+        """
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from bench import ab_serve
+        from bench.presign import Presigner
+        from bench.seed import PURPOSE
+
+        rounds = 1 if self.config.quick else 2
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {"server_floor": {}, "client_hop": {}, "gateway_server": {}}
+        for _ in range(rounds):
+            for server_kind in ab_serve.SERVERS:
+                port = free_port()
+                command = [sys.executable, "-m", "bench.ab_serve", "--server", server_kind, "--app", "floor"]
+                url = f"http://{HOST}:{port}/"
+                granian = server_kind.startswith("granian")
+                with Server(
+                    f"floor-{server_kind}",
+                    [*command, "--port", str(port)],
+                    url,
+                    log_dir=self.workdir,
+                    loop_in_children=granian,
+                ) as server:
+                    # The gateway's own requests (POST, body, signature headers), so the guard's body path runs.
+                    signer = Presigner(
+                        f"{HOST}:{port}", INVOKE_PATH, self.body(PURPOSE), "floor.0", Ed25519PrivateKey.generate()
+                    )
+                    requests_file = signer.write(self.workdir / "floor-ab.requests", 1000)
+                    figures = self.measure(
+                        f"ab.floor.{server_kind}", url, server, lambda *_, f=requests_file: f, cycle=True
+                    )
+                out["server_floor"].setdefault(server_kind, []).append(figures)
+            for client in ("aiohttp", "pyreqwest"):
+                port = free_port()
+                command = [sys.executable, "-m", "bench.hop", "--upstream", self.upstream, "--port", str(port)]
+                with Server(
+                    f"hop-{client}",
+                    [*command, "--client", client],
+                    f"http://{HOST}:{port}/healthz",
+                    log_dir=self.workdir,
+                ) as server:
+                    signer = Presigner(
+                        f"{HOST}:{port}", INVOKE_PATH, self.body(PURPOSE), "hop.0", Ed25519PrivateKey.generate()
+                    )
+                    requests_file = signer.write(self.workdir / "hop-ab.requests", 1000)
+                    figures = self.measure(
+                        f"ab.hop.{client}", f"http://{HOST}:{port}/", server, lambda *_, f=requests_file: f, cycle=True
+                    )
+                out["client_hop"].setdefault(client, []).append(figures)
+            for server_kind in ("uvicorn-guarded", "uvicorn", "granian-asgi"):
+                data_dir = self.workdir / f"gateway-ab-{server_kind}-{len(out['gateway_server'].get(server_kind, []))}"
+                figures = self._gateway(f"ab.gateway.{server_kind}", data_dir, {}, runner=server_kind)
+                out["gateway_server"].setdefault(server_kind, []).append(figures)
+        return out
+
+    def _gateway(
+        self, name: str, data_dir: Path, backend: dict[str, str], workers: int = 1, runner: str | None = None
+    ) -> dict[str, Any]:
+        """One gateway under load; `runner`: under bench/ab_serve.py's server of that name instead of `serve`."""
         from bench import seed
         from bench.presign import Presigner, pool_size
         from gateway.settings import Settings
@@ -367,6 +484,12 @@ class Bench:
         if backend:
             env |= {"MSJX_DATABASE_URL": backend["database_url"], "MSJX_REDIS_URL": backend["redis_url"]}
         command = [sys.executable, "-m", "gateway.cli", "serve", "--host", HOST, "--port", str(port)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        if runner is not None:
+            command = [sys.executable, "-m", "bench.ab_serve", "--server", runner, "--app", "gateway"]
+            command += ["--port", str(port)]
+        in_children = workers > 1 or (runner or "").startswith("granian")
         signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, self.body(seed.PURPOSE), caller.key_id, caller.private_key)
 
         def pool(label: str, expected_rps: float, seconds: float) -> Path:
@@ -374,10 +497,13 @@ class Bench:
 
         url = f"http://{HOST}:{port}/"
         try:
-            with Server(name, command, f"http://{HOST}:{port}/healthz", log_dir=self.workdir, env=env) as server:
+            ready = f"http://{HOST}:{port}/healthz"
+            with Server(name, command, ready, log_dir=self.workdir, env=env, loop_in_children=in_children) as server:
+                if workers > 1:
+                    wait_workers(server, workers)
                 result = self.measure(name, url, server, pool)
-                half = HALF_RATE_KEYS[name]
-                if self.config.wants(half):
+                half = HALF_RATE_KEYS.get(name)
+                if half and self.config.wants(half):
                     self.results[half] = self._guarded(
                         half, lambda: self.half_rate(name, url, server, pool, result, settings, caller.caller_id)
                     )
@@ -496,6 +622,18 @@ class Bench:
         if name == "soap":
             outcome = {**soap_summary(outcome), **outcome}
         return outcome
+
+
+def wait_workers(server: Server, workers: int, seconds: float = 60.0) -> None:
+    """A supervisor answers /healthz once one worker does: wait until all of them are up (each has its verifier)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded in time
+        loops = server.loop_pids()
+        if len(loops) >= workers and all(procs.child_pids(pid) for pid in loops):
+            time.sleep(1.0)  # their start-up (migrations checked, keys registered) ends after the fork
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.name}: {workers} workers were not up within {seconds:g} s")
 
 
 def soap_summary(outcome: dict[str, Any]) -> dict[str, Any]:

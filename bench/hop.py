@@ -25,8 +25,13 @@ from gateway.server import heap
 HOST = "127.0.0.1"
 
 
-def create_app(upstream: str) -> FastAPI:
+def create_app(upstream: str, client: str = "pyreqwest") -> FastAPI:
+    """The hop; `client="aiohttp"` carries the adapter over the former aiohttp client (bench/aiohttp_client.py)."""
     adapter = CreditAdapter(upstream)
+    if client == "aiohttp":
+        from bench.aiohttp_client import use_aiohttp
+
+        use_aiohttp(adapter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,8 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hop", description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--client", choices=("pyreqwest", "aiohttp"), default="pyreqwest")
     args = parser.parse_args(argv)
-    uvicorn.run(create_app(args.upstream), host=HOST, port=args.port, log_level="warning", **SERVER_OPTIONS)
+    app = create_app(args.upstream, args.client)
+    uvicorn.run(app, host=HOST, port=args.port, log_level="warning", **SERVER_OPTIONS)
 
 
 if __name__ == "__main__":

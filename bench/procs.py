@@ -43,6 +43,41 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """Children, grandchildren and so on of `pid` (a supervisor's workers and their verifier processes)."""
+    found: list[int] = []
+    frontier = [pid]
+    while frontier and len(found) < 1000:  # bounded: a process tree of a server is small
+        children = [child for parent in frontier for child in child_pids(parent)]
+        found += children
+        frontier = children
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b""
+
+
+def pids_named(*names: str) -> list[int]:
+    """Processes whose command name is one of `names` (PostgreSQL's, Redis's), from /proc/*/comm."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in names:
+                    found.append(int(entry.name))
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all CPUs spent on anything but idle and I/O wait since boot, from /proc/stat, in seconds."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
 def _user_system_ticks(stat_path: str) -> tuple[int, int]:
     stat = Path(stat_path).read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces; skip past it
@@ -105,6 +140,7 @@ class Server:
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         ready_seconds: float = 60.0,
+        loop_in_children: bool = False,
     ) -> None:
         self.name = name
         self.command = list(command)
@@ -112,6 +148,8 @@ class Server:
         self.log = log_dir / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
         self.ready_seconds = ready_seconds
+        # A supervisor (`serve --workers N`) runs no event loop itself: its workers, its direct children, do.
+        self.loop_in_children = loop_in_children
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
@@ -141,8 +179,16 @@ class Server:
         return self.process.pid
 
     def pids(self) -> list[int]:
-        """This server's process and its direct children (nginx's workers)."""
-        return [self.pid, *child_pids(self.pid)]
+        """This server's process and all its descendants (nginx's workers; a gateway's verifier and committer; a
+        supervisor's workers and theirs)."""
+        return [self.pid, *descendant_pids(self.pid)]
+
+    def loop_pids(self) -> list[int]:
+        """The processes whose main thread runs the event loop that answers requests."""
+        if not self.loop_in_children:
+            return [self.pid]
+        # multiprocessing's resource tracker is a child of the supervisor too, and answers nothing.
+        return [pid for pid in child_pids(self.pid) if b"resource_tracker" not in _cmdline(pid)]
 
     def stop(self) -> None:
         process, self.process = self.process, None

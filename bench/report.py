@@ -14,7 +14,17 @@ from typing import Any
 
 from bench.procs import ROOT
 
-SCENARIOS = ("direct", "nginx", "bare_hop", "gateway_sqlite", "gateway_pg_redis", "soap", "audit")
+SCENARIOS = (
+    "direct",
+    "nginx",
+    "bare_hop",
+    "gateway_sqlite",
+    "gateway_pg_redis",
+    "gateway_pg_redis_2w",
+    "soap",
+    "audit",
+)
+MAIN_THREAD_LIMIT_US = 250.0  # issue 18 item 5: the event loop's CPU per fully audited call
 RSS_LIMIT_MB = 250.0
 SOAK_GROWTH_LIMIT = 1.0  # MB a minute (issue 13 M7)
 
@@ -46,7 +56,18 @@ def _commit() -> str:
 
 
 def _versions() -> str:
-    names = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "orjson", "cryptography")
+    names = (
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "pyreqwest",
+        "aiohttp",
+        "granian",
+        "orjson",
+        "cryptography",
+    )
     found = []
     for name in names:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -130,10 +151,15 @@ def _ratio(results: dict[str, Any], top: str, bottom: str, threshold: float) -> 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, each a ratio or a bound computed from this run's own figures."""
     out = {
-        "gateway_vs_bare_hop": _ratio(results, "gateway_sqlite", "bare_hop", 0.8),
-        "gateway_vs_direct": _ratio(results, "gateway_sqlite", "direct", 0.4),
+        "gateway_vs_bare_hop": _ratio(results, "gateway_sqlite", "bare_hop", 0.85),
+        "gateway_vs_direct": _ratio(results, "gateway_sqlite", "direct", 0.11),
         "pg_redis_vs_sqlite": _ratio(results, "gateway_pg_redis", "gateway_sqlite", 0.7),
+        "two_workers_vs_one": _ratio(results, "gateway_pg_redis_2w", "gateway_pg_redis", 1.4),
     }
+    gateway, problem = _measured(results, "gateway_sqlite")
+    rule = f"gateway_sqlite.main_thread_cpu_us_per_req <= {MAIN_THREAD_LIMIT_US:g} (event loop, a fully audited call)"
+    value = gateway.get("main_thread_cpu_us_per_req") if gateway is not None else None
+    out["main_thread_cpu"] = _target(rule, value, MAIN_THREAD_LIMIT_US, False, problem)
     half = results.get("half_rate")
     reason = None
     if not isinstance(half, dict) or "added_p50_ms" not in half:
@@ -177,6 +203,43 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+AB_GROUPS = {
+    "server_floor": "HTTP server alone: a fixed 500-byte answer (bench/ab_serve.py) to the gateway's signed POSTs",
+    "client_hop": "Upstream client: the bare hop (FastAPI, credit adapter) on each client",
+    "gateway_server": "The SQLite gateway, whole path, under each server (granian and plain uvicorn: no edge bounds)",
+}
+
+
+def _ab_lines(ab: Any) -> list[str]:
+    """The A/B rows: each alternative's runs in the order they ran (rounds alternate), req/s and CPU µs a request."""
+    if not isinstance(ab, dict) or not any(isinstance(ab.get(group), dict) for group in AB_GROUPS):
+        return []
+    lines = ["", "A/B (issue 18 item 5), each alternative in turn, rounds alternating:"]
+    for group, title in AB_GROUPS.items():
+        variants = ab.get(group)
+        if not isinstance(variants, dict):
+            continue
+        lines += [
+            "",
+            f"{title}:",
+            "",
+            "| variant | req/s | CPU µs/req (all its processes) | main thread µs/req | p99 ms | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for variant, runs in variants.items():
+            runs = [run for run in runs if isinstance(run, dict) and "rps" in run]
+            if not runs:
+                continue
+            lines.append(
+                f"| {variant} | {' / '.join(_cell(run['rps'], 0) for run in runs)} "
+                f"| {' / '.join(_cell(run['cpu_us_per_req'], 0) for run in runs)} "
+                f"| {' / '.join(_cell(run.get('main_thread_cpu_us_per_req'), 0) for run in runs)} "
+                f"| {' / '.join(_cell(run['p99_ms'], 2) for run in runs)} "
+                f"| {' / '.join(_cell(run.get('errors')) for run in runs)} |"
+            )
+    return lines
+
+
 def _soak_lines(soak: Any) -> list[str]:
     if not isinstance(soak, dict) or "rss_growth_mb_per_min" not in soak:
         return []
@@ -217,6 +280,33 @@ def _row(name: str, scenario: Any) -> str:
         f"| {_cell(scenario['peak_rss_mb'])} | "
         f"{_cell(scenario.get('requests'))} | {_cell(scenario.get('errors'))} |"
     )
+
+
+SPLIT_PARTIES = ("simulator", "wrk", "postgresql", "redis", "rest of machine")
+
+
+def _split_lines(results: dict[str, Any]) -> list[str]:
+    """Who used the 2 CPUs in each gateway run: the gateway (all its processes), wrk, the simulator, PostgreSQL,
+    Redis and everything else on the machine, in CPU µs a request, and the machine's busy cores."""
+    rows = []
+    for name in ("bare_hop", "gateway_sqlite", "gateway_pg_redis", "gateway_pg_redis_2w"):
+        scenario = results.get(name)
+        split = scenario.get("cpu_split_us_per_req") if isinstance(scenario, dict) else None
+        if not split:
+            continue
+        cells = " | ".join(_cell(split.get(party), 0) for party in SPLIT_PARTIES)
+        rows.append(f"| {name} | {_cell(split.get(name), 0)} | {cells} | {_cell(split.get('busy_cores'), 2)} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "CPU split (µs of CPU a request, during the measured run; PostgreSQL and Redis are whole servers, which other"
+        " work may share; the rest is every other process on the machine):",
+        "",
+        "| scenario | under test | " + " | ".join(SPLIT_PARTIES) + " | busy cores |",
+        "| --- | ---: | " + " | ".join("---:" for _ in SPLIT_PARTIES) + " | ---: |",
+        *rows,
+    ]
 
 
 def _half_rate_lines(half: Any, gateway: str, seconds: float) -> list[str]:
@@ -336,8 +426,10 @@ def markdown(results: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [_row(name, results.get(name)) for name in SCENARIOS]
+    lines += _split_lines(results)
     lines += _half_rate_lines(results.get("half_rate"), "gateway_sqlite", info["load"]["half_rate_run_s"])
     lines += _half_rate_lines(results.get("half_rate_pg_redis"), "gateway_pg_redis", info["load"]["half_rate_run_s"])
+    lines += _ab_lines(results.get("ab"))
     lines += (
         _soap_lines(results.get("soap"))
         + _audit_lines(results.get("audit"))
