@@ -1,8 +1,8 @@
 """One server of the A/B rows: the same application under another HTTP server, or the hop on another client.
 
 `python -m bench.ab_serve --server S --app A --port P`, with S one of uvicorn (httptools, as `bench.hop` runs),
-uvicorn-guarded (httptools bounded by gateway/http_guard.py, as `serve` runs), granian-asgi, granian-rsgi, and A one
-of floor (a fixed 500-byte answer: the server's own cost), hop (bench/hop.py; BENCH_UPSTREAM, BENCH_CLIENT) or
+uvicorn-guarded (httptools bounded by gateway/server/protocol.py, as `serve` runs), granian-asgi, granian-rsgi,
+and A one of floor (a fixed 500-byte answer: the server's own cost), hop (bench/hop.py; BENCH_UPSTREAM, BENCH_CLIENT) or
 gateway (the whole gateway as `serve` builds it, from the MSJX_* environment; no data-dir lock). granian runs one
 worker process (the event loop) under a supervisor process, with its Rust runtime on one thread.
 """
@@ -55,8 +55,8 @@ def hop_app() -> Any:
 
 
 def gateway_app() -> Any:
-    from gateway import heap
     from gateway.app import create_app
+    from gateway.server import heap
     from gateway.settings import load_settings
 
     return create_app(load_settings(), on_ready=heap.settle)
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     if args.app == "gateway":
-        from gateway import db
         from gateway.settings import load_settings
+        from gateway.storage import db
 
         db.upgrade(load_settings())
     if args.server.startswith("granian"):
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
 
     options: dict[str, Any] = dict(SERVER_OPTIONS)
     if args.server == "uvicorn-guarded":
-        from gateway.http_guard import guarded_protocol
+        from gateway.server.protocol import guarded_protocol
         from gateway.settings import load_settings
 
         options["http"] = guarded_protocol(load_settings())

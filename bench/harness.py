@@ -399,7 +399,7 @@ class Bench:
     def ab(self) -> dict[str, Any]:
         """Issue 18 item 5's comparisons, each alternative measured in turn, twice in a full run (A B C, A B C):
         - `server_floor`: a fixed answer to the gateway's requests (bench/ab_serve.py) under uvicorn + httptools,
-          the same bounded by gateway/http_guard.py, granian ASGI and granian RSGI: what the server itself costs;
+          the same bounded by gateway/server/protocol.py, granian ASGI and granian RSGI: what the server itself costs;
         - `client_hop`: the bare hop with the credit adapter on the former aiohttp client and on pyreqwest;
         - `gateway_server`: the SQLite gateway under uvicorn with the guard (as `serve`), without it, and granian.
         """

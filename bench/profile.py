@@ -13,24 +13,32 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from bench.procs import ROOT
+
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Leaves where py-spy samples a thread that only waits (aiosqlite's worker blocked on its queue).
 IDLE_LEAVES = ("_connection_worker_thread (aiosqlite/core.py:59)",)
+# The main thread's stacks start here (py-spy writes the outermost frame first); a worker of `serve --workers N`
+# starts in multiprocessing's spawn_main.
+MAIN_ROOTS = ("_run_module_as_main", "spawn_main", "<module>")
 # A sample belongs to the first component met walking from the leaf towards the root.
 COMPONENTS = (
     ("signature check (security/signatures.py)", "security/signatures.py"),
     (
-        "authentication: key, nonce (gateway/access/authenticate.py, state.py)",
+        "authentication: key, nonce (gateway/access/authenticate.py, nonces.py)",
         ("gateway/access/authenticate.py", "gateway/access/nonces.py", "redis/"),
     ),
-    ("audit: build, chain, commit (gateway/audit/writer.py)", ("gateway/audit/writer.py", "security/audit_chain.py")),
+    ("quotas (gateway/access/quotas.py)", ("gateway/access/quotas.py", "limits/")),
+    ("audit: build, chain, commit (gateway/audit/)", ("gateway/audit/", "security/audit_chain.py", "security/crypto")),
     ("audit: SQLite thread", "_connection_worker_thread"),
     ("database drivers (sqlalchemy, aiosqlite, asyncpg)", ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
     ("directory snapshot (gateway/access/directory.py)", "gateway/access/directory.py"),
-    ("adapter: aiohttp client", ("aiohttp/", "yarl/", "multidict/")),
+    ("adapter: upstream client (pyreqwest, yarl; aiohttp)", ("pyreqwest/", "aiohttp/", "yarl/", "multidict/")),
     ("adapter: translation, validation (adapters/, schemas/)", ("adapters/", "schemas/")),
     ("invoke route (gateway/api/services.py)", "gateway/api/services.py"),
-    ("exchange (pipeline/exchange.py, http/problems.py)", ("gateway/pipeline/exchange.py", "gateway/http/problems.py")),
+    ("exchange (gateway/pipeline/, gateway/http/)", ("gateway/pipeline/", "gateway/http/")),
+    ("metrics (gateway/metrics.py, prometheus_client)", ("gateway/metrics.py", "prometheus_client/")),
+    ("HTTP bounds (gateway/server/protocol.py)", "gateway/server/protocol.py"),
     ("app dispatch (gateway/app.py)", "gateway/app.py"),
     ("pydantic", "pydantic"),
     ("FastAPI", "fastapi/"),
@@ -59,7 +67,7 @@ def _short(frame: str) -> str:
     if not match:
         return frame.strip()
     path = match["file"]
-    for marker in ("site-packages/", "/wt-7/", "/lib/python3"):
+    for marker in ("site-packages/", f"{ROOT}/", "/lib/python3"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{match['function']} ({path})"
@@ -78,7 +86,7 @@ def summarize(collapsed: Path, top: int = 25) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     components: Counter[str] = Counter()
-    total = 0
+    total = others = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -86,6 +94,9 @@ def summarize(collapsed: Path, top: int = 25) -> str:
         count = int(count_text)
         raw = [frame for frame in stack.split(";") if frame]
         if not raw or raw[-1].strip() in IDLE_LEAVES:
+            continue
+        if not any(root in raw[0] for root in MAIN_ROOTS):  # another thread: not the event loop that caps a worker
+            others += count
             continue
         frames = [_short(frame) for frame in raw]
         components[_component(raw)] += count
@@ -95,7 +106,10 @@ def summarize(collapsed: Path, top: int = 25) -> str:
             inclusive[frame] += count
     if not total:
         return "no samples\n"
-    lines = [f"{total} busy samples (250 Hz; a thread waiting on its queue is not counted)", ""]
+    lines = [
+        f"{total} busy samples of the main thread, the event loop (250 Hz); {others} more in other threads, not below",
+        "",
+    ]
     lines += ["| share % | component (the first met from the leaf) |", "| ---: | --- |"]
     lines += [f"| {100 * n / total:.1f} | {name} |" for name, n in components.most_common()]
     lines += ["", "| own % | function |", "| ---: | --- |"]
