@@ -3,8 +3,8 @@
 `python -m bench.ab_serve --server S --app A --port P`, with S one of uvicorn (httptools, as `bench.hop` runs),
 uvicorn-guarded (httptools bounded by gateway/server/protocol.py, as `serve` runs), granian-asgi, granian-rsgi,
 and A one of floor (a fixed 500-byte answer: the server's own cost), hop (bench/hop.py; BENCH_UPSTREAM, BENCH_CLIENT) or
-gateway (the whole gateway as `serve` builds it, from the MSJX_* environment; no data-dir lock). granian runs one
-worker process (the event loop) under a supervisor process, with its Rust runtime on one thread.
+gateway (the whole gateway as `serve` builds it, from the MSJX_* environment, no data-dir lock; BENCH_CLIENT).
+granian runs one worker process (the event loop) under a supervisor process, with its Rust runtime on one thread.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ def hop_app() -> Any:
 
 
 def gateway_app() -> Any:
+    if os.environ.get("BENCH_CLIENT") == "aiohttp":
+        from bench import aiohttp_client
+
+        aiohttp_client.install()
     from gateway.app import create_app
     from gateway.server import heap
     from gateway.settings import load_settings

@@ -1,20 +1,19 @@
 """The adapters' HTTP client as it was on aiohttp, kept only to measure it against pyreqwest (bench A/B rows).
 
-`use_aiohttp(adapter)` swaps a REST adapter's client for this one; same timeouts, bounds and error mapping as the
-aiohttp version of adapters/http.py (before pyreqwest replaced it).
+`install()` puts it in place of pyreqwest in every HttpClient of the process (before any adapter starts): the same
+timeouts, bounds and error mapping as the aiohttp version of adapters/http.py had, before pyreqwest replaced it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from adapters.base import UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable
-from adapters.http import JsonClient, RawResponse
+from adapters.http import HttpClient, JsonClient, RawResponse
 
 _CHUNK = 64 * 1024
 
@@ -87,11 +86,8 @@ class AiohttpJsonClient(JsonClient):
         return b"".join(chunks)
 
 
-def use_aiohttp(adapter: Any) -> None:
-    """Give a RestAdapter (before `start()`) the aiohttp client in place of its pyreqwest one."""
-    http = adapter.http
-    replacement = AiohttpJsonClient(
-        http.service, http.base_url, timeout=http.timeout, max_connections=http._max_connections
-    )
-    replacement._headers = http._headers
-    adapter.http = replacement
+def install() -> None:
+    """Every HttpClient (so every REST and SOAP adapter) of this process carries its calls over aiohttp."""
+    HttpClient._session = None  # type: ignore[attr-defined]
+    for name in ("start", "close", "request", "_read_aiohttp"):
+        setattr(HttpClient, name, getattr(AiohttpJsonClient, name))

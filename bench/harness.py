@@ -42,6 +42,13 @@ NGINX_TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 INVOKE_PATH = "/v1/services/credit/dishonest-debtor"
 UPSTREAM_PATH = "/api/credit/v1/dishonest-debtors"
 # Each gateway scenario's paced run at half its maximum rate; only the SQLite one has a target (report.targets).
+# The A/B rows of the whole gateway: (server, upstream client); the first is what `serve` runs.
+GATEWAY_VARIANTS = (
+    ("uvicorn-guarded", "pyreqwest"),
+    ("uvicorn-guarded", "aiohttp"),
+    ("uvicorn", "pyreqwest"),
+    ("granian-asgi", "pyreqwest"),
+)
 HALF_RATE_KEYS = {"gateway_sqlite": "half_rate", "gateway_pg_redis": "half_rate_pg_redis"}
 
 
@@ -401,7 +408,8 @@ class Bench:
         - `server_floor`: a fixed answer to the gateway's requests (bench/ab_serve.py) under uvicorn + httptools,
           the same bounded by gateway/server/protocol.py, granian ASGI and granian RSGI: what the server itself costs;
         - `client_hop`: the bare hop with the credit adapter on the former aiohttp client and on pyreqwest;
-        - `gateway_server`: the SQLite gateway under uvicorn with the guard (as `serve`), without it, and granian.
+        - `gateway_server`: the SQLite gateway as `serve` runs it (uvicorn with the guard, pyreqwest), on aiohttp,
+          without the guard, and under granian.
         """
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -450,16 +458,24 @@ class Bench:
                         f"ab.hop.{client}", f"http://{HOST}:{port}/", server, lambda *_, f=requests_file: f, cycle=True
                     )
                 out["client_hop"].setdefault(client, []).append(figures)
-            for server_kind in ("uvicorn-guarded", "uvicorn", "granian-asgi"):
-                data_dir = self.workdir / f"gateway-ab-{server_kind}-{len(out['gateway_server'].get(server_kind, []))}"
-                figures = self._gateway(f"ab.gateway.{server_kind}", data_dir, {}, runner=server_kind)
-                out["gateway_server"].setdefault(server_kind, []).append(figures)
+            for server_kind, client in GATEWAY_VARIANTS:
+                variant = f"{server_kind}, {client}"
+                data_dir = self.workdir / f"gateway-ab-{len(list(self.workdir.glob('gateway-ab-*')))}"
+                figures = self._gateway(f"ab.gateway.{variant}", data_dir, {}, runner=server_kind, client=client)
+                out["gateway_server"].setdefault(variant, []).append(figures)
         return out
 
     def _gateway(
-        self, name: str, data_dir: Path, backend: dict[str, str], workers: int = 1, runner: str | None = None
+        self,
+        name: str,
+        data_dir: Path,
+        backend: dict[str, str],
+        workers: int = 1,
+        runner: str | None = None,
+        client: str = "pyreqwest",
     ) -> dict[str, Any]:
-        """One gateway under load; `runner`: under bench/ab_serve.py's server of that name instead of `serve`."""
+        """One gateway under load; `runner`: under bench/ab_serve.py's server of that name instead of `serve`, its
+        adapters on `client`."""
         from bench import seed
         from bench.presign import Presigner, pool_size
         from gateway.settings import Settings
@@ -480,6 +496,7 @@ class Bench:
             "MSJX_LOG_LEVEL": "warning",
             # wrk opens every connection from one address; the server layer bounds connections per address.
             "MSJX_MAX_CONNECTIONS_PER_CLIENT": str(max(256, 2 * self.config.connections)),
+            "BENCH_CLIENT": client,
         }
         if backend:
             env |= {"MSJX_DATABASE_URL": backend["database_url"], "MSJX_REDIS_URL": backend["redis_url"]}

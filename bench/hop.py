@@ -27,11 +27,11 @@ HOST = "127.0.0.1"
 
 def create_app(upstream: str, client: str = "pyreqwest") -> FastAPI:
     """The hop; `client="aiohttp"` carries the adapter over the former aiohttp client (bench/aiohttp_client.py)."""
-    adapter = CreditAdapter(upstream)
     if client == "aiohttp":
-        from bench.aiohttp_client import use_aiohttp
+        from bench import aiohttp_client
 
-        use_aiohttp(adapter)
+        aiohttp_client.install()
+    adapter = CreditAdapter(upstream)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

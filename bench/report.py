@@ -206,7 +206,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
 AB_GROUPS = {
     "server_floor": "HTTP server alone: a fixed 500-byte answer (bench/ab_serve.py) to the gateway's signed POSTs",
     "client_hop": "Upstream client: the bare hop (FastAPI, credit adapter) on each client",
-    "gateway_server": "The SQLite gateway, whole path, under each server (granian and plain uvicorn: no edge bounds)",
+    "gateway_server": "The SQLite gateway, whole path: server, upstream client (granian, bare uvicorn: no edge bounds)",
 }
 
 
