@@ -238,6 +238,54 @@ def test_a_slow_second_request_on_a_kept_alive_connection_gets_408(served: Serve
     assert _problem(answer)["code"] == "header_timeout"
 
 
+def test_a_head_begun_in_the_read_of_the_request_before_it_still_gets_408(served: Served) -> None:
+    # The head timer is armed when a read ends with a head unfinished: here that read also held a whole request.
+    with served.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway.example\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+        answers = receive_all(sock)
+    first, _, second = answers.partition(b'"ok"}')
+    assert _status(first) == 200
+    assert _status(second) == 408
+    assert _problem(second)["code"] == "header_timeout"
+
+
+def test_a_body_that_stops_in_the_read_of_its_head_gets_408(served: Served) -> None:
+    with served.connect() as sock:
+        sock.sendall(
+            b"POST /v1/services/credit/dishonest-debtor HTTP/1.1\r\nHost: gateway.example\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"purpose"'
+        )
+        answer = receive_all(sock)
+    assert _status(answer) == 408
+    assert _problem(answer)["code"] == "body_timeout"
+
+
+def test_the_bounded_header_callback_builds_the_scope_as_uvicorns_does() -> None:
+    # GuardedHttpToolsProtocol.on_header inlines uvicorn's: the same headers and 100-continue flag for odd input.
+    from types import SimpleNamespace
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from gateway.server.protocol import EdgeLimits, GuardedHttpToolsProtocol
+
+    lines = [
+        (b"Host", b"gateway.example"),
+        (b"EXPECT", b"100-Continue \t"),
+        (b"Content-Length", b"5\t "),
+        (b"X-Empty", b""),
+        (b"x-Mixed-Case", b" inner  space "),
+        (b"Transfer-Encoding", b"chunked"),
+    ]
+    built = []
+    for protocol in (HttpToolsProtocol, GuardedHttpToolsProtocol):
+        state = SimpleNamespace(headers=[], expect_100_continue=False, _header_bytes=0, limits=EdgeLimits())
+        for name, value in lines:
+            protocol.on_header(state, name, value)  # type: ignore[arg-type]
+        built.append((state.headers, state.expect_100_continue))
+    assert built[0] == built[1]
+    assert built[1][1] is True
+
+
 @pytest.mark.slow
 def test_one_address_holds_a_bounded_number_of_connections(served: Served) -> None:
     held = [served.connect() for _ in range(MAX_CONNECTIONS)]

@@ -105,9 +105,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_bytes = 0
         self._header_bytes = 0
-        self._expects_body = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        # A request head or body still arriving when a read ends: only then is its timer armed, and a body's
+        # transport wrapped (data_received). Most requests arrive whole in one read: a timer made and cancelled
+        # for each, and a wrapper on every write, cost the loop a few µs a request.
+        self._head_pending = False
+        self._head_began = 0.0
+        self._body_pending = False
         self._body_seen_at = 0.0
         self._lingering = False
         self._lingered = 0
@@ -153,6 +158,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.abort()
             return
         self._unset_keepalive_if_required()
+        if self._body_pending:
+            self._body_seen_at = self.loop.time()
         try:
             while data and not self._lingering:
                 if self._reading_head:
@@ -164,6 +171,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 else:
                     piece, data = data, b""
                 self.parser.feed_data(piece)
+            if self._lingering or self.transport.is_closing():
+                return
+            # What is still arriving when this read ends gets its clock now.
+            if self._head_pending and self._head_timer is None:
+                # The head's clock runs from its first byte: what is left of header_timeout since then.
+                elapsed = self.loop.time() - self._head_began
+                self._arm_head_timer(self.limits.header_timeout - elapsed)
+            if self._body_pending:
+                cycle = self.cycle
+                # Closing (a 413, `Connection: close`) while this body is still arriving must linger instead. No
+                # application code has run since the head was parsed, so the wrapper is in place before any answer.
+                if cycle is not None and cycle.transport is self.transport:
+                    cycle.transport = LingeringTransport(self)  # type: ignore[assignment]
+                if self._body_timer is None:
+                    self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_silent)
         except HeadRefused as refused:
             self._refuse(refused.problem)
         except httptools.HttpParserUpgrade:
@@ -186,44 +208,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._tls is not None:  # the verified client certificate, for mutual TLS (gateway/access/certificates.py)
             self.scope.setdefault("extensions", {})["tls"] = self._tls  # type: ignore[typeddict-item]
-        # The first request's clock runs from the connection; a later one's from its first byte (until then, the
-        # keep-alive timeout closes an idle connection).
+        # The first request's clock runs from the connection (its timer is armed already); a later one's from its
+        # first byte (until then, the keep-alive timeout closes an idle connection).
+        self._head_pending = True
         if self._head_timer is None:
-            self._arm_head_timer()
+            self._head_began = self.loop.time()
         self._reading_head = True
         self._header_bytes = 0
-        self._expects_body = False
 
     def on_url(self, url: bytes) -> None:
-        super().on_url(url)
+        self.url += url  # uvicorn's on_url, inline
         if len(self.url) > self.limits.max_url_bytes:
             raise HeadRefused(url_too_long(self.limits))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self._header_bytes > self.limits.max_header_bytes or len(self.headers) >= self.limits.max_header_count:
-            raise HeadRefused(headers_too_large(self.limits))
-        super().on_header(name, value)
-        lowered = name.lower()
-        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value.strip() not in (b"0", b"")):
-            self._expects_body = True
+        headers = self.headers
+        limits = self.limits
+        if self._header_bytes > limits.max_header_bytes or len(headers) >= limits.max_header_count:
+            raise HeadRefused(headers_too_large(limits))
+        # uvicorn's HttpToolsProtocol.on_header, inline: one Python call a header instead of two
+        # (tests/test_hostile_http.py holds the two to the same scope).
+        name = name.lower()
+        # llhttp keeps trailing OWS, which RFC 9110 section 5.5 excludes from the value.
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._head_pending = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
-        if self._expects_body:
-            self.cycle.transport = LingeringTransport(self)  # type: ignore[assignment]
-            self._body_seen_at = self.loop.time()
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_silent)
-
-    def on_body(self, body: bytes) -> None:
+        # Until on_message_complete, a body is on its way: for a request without one that comes at once, in this
+        # same read, and nothing is armed (data_received).
         self._body_seen_at = self.loop.time()
-        super().on_body(body)
+        self._body_pending = True
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -248,15 +274,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- timeouts -------------------------------------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_late)
+    def _arm_head_timer(self, seconds: float | None = None) -> None:
+        delay = self.limits.header_timeout if seconds is None else max(seconds, 0.0)
+        self._head_timer = self.loop.call_later(delay, self._head_late)
 
     def _head_late(self) -> None:
         self._head_timer = None
         if self.transport.is_closing() or not self._reading_head:
             return
-        if self._head_bytes == 0:
-            self.transport.close()  # an idle connection: nothing to answer
+        if not self._head_pending:
+            # An idle connection: nothing to answer. (Not `_head_bytes == 0`: a head begun in the read that ended the
+            # request before it has bytes that count towards that request.)
+            self.transport.close()
             return
         self._refuse(
             Problem(
@@ -291,6 +320,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = None
+        self._head_pending = self._body_pending = False
 
     # --- answers of the server itself ----------------------------------------------------------------------
 
