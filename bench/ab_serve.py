@@ -10,6 +10,7 @@ granian runs one worker process (the event loop) under a supervisor process, wit
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from typing import Any
 
@@ -46,6 +47,10 @@ class FloorRsgi:
 
 
 floor_rsgi = FloorRsgi()
+
+
+def granian_installed() -> bool:
+    return importlib.util.find_spec("granian") is not None
 
 
 def hop_app() -> Any:

@@ -421,6 +421,9 @@ class Bench:
         out: dict[str, dict[str, list[dict[str, Any]]]] = {"server_floor": {}, "client_hop": {}, "gateway_server": {}}
         for _ in range(rounds):
             for server_kind in ab_serve.SERVERS:
+                if server_kind.startswith("granian") and not ab_serve.granian_installed():
+                    out["server_floor"].setdefault(server_kind, []).append({"skipped": "granian is not installed"})
+                    continue
                 port = free_port()
                 command = [sys.executable, "-m", "bench.ab_serve", "--server", server_kind, "--app", "floor"]
                 url = f"http://{HOST}:{port}/"
@@ -460,6 +463,9 @@ class Bench:
                 out["client_hop"].setdefault(client, []).append(figures)
             for server_kind, client in GATEWAY_VARIANTS:
                 variant = f"{server_kind}, {client}"
+                if server_kind.startswith("granian") and not ab_serve.granian_installed():
+                    out["gateway_server"].setdefault(variant, []).append({"skipped": "granian is not installed"})
+                    continue
                 data_dir = self.workdir / f"gateway-ab-{len(list(self.workdir.glob('gateway-ab-*')))}"
                 figures = self._gateway(f"ab.gateway.{variant}", data_dir, {}, runner=server_kind, client=client)
                 out["gateway_server"].setdefault(variant, []).append(figures)

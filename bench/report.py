@@ -227,8 +227,10 @@ def _ab_lines(ab: Any) -> list[str]:
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for variant, runs in variants.items():
+            skipped = next((run["skipped"] for run in runs if isinstance(run, dict) and "skipped" in run), None)
             runs = [run for run in runs if isinstance(run, dict) and "rps" in run]
             if not runs:
+                lines.append(f"| {variant} | {skipped or 'not measured'} | | | | |")
                 continue
             lines.append(
                 f"| {variant} | {' / '.join(_cell(run['rps'], 0) for run in runs)} "

@@ -1,4 +1,4 @@
-"""Which HTTP client should carry the upstream hot path? Measures httpx, httpx over aiohttp, aiohttp and the adapter.
+"""Which HTTP client should carry the upstream hot path? httpx, httpx over aiohttp, aiohttp, pyreqwest, the adapter.
 
 Run `.venv/bin/python -m bench.upstream_client` (about 90 s; `--quick` about 30 s). It starts the credit simulator,
 times each client alone (2,000 GETs by 32 tasks), then each behind a FastAPI forwarder under uvicorn (one worker,
@@ -43,7 +43,7 @@ Fetch = Callable[[str], Awaitable[bytes]]
 
 
 def available_clients() -> list[str]:
-    clients = ["httpx", "aiohttp"]
+    clients = ["httpx", "aiohttp", "pyreqwest"]
     if importlib.util.find_spec("httpx_aiohttp") is not None:
         clients.insert(1, "httpx-aiohttp")
     return [*clients, "adapter"]
@@ -85,6 +85,21 @@ async def open_client(kind: str, upstream: str, connections: int) -> AsyncIterat
 
         async with session:
             yield fetch_aiohttp
+    elif kind == "pyreqwest":
+        from pyreqwest.client import ClientBuilder
+
+        client = ClientBuilder().max_connections(connections).follow_redirects(False).error_for_status(False).build()
+
+        async def fetch_pyreqwest(uscc: str) -> bytes:
+            async with client.get(url).query({"tyshxydm": uscc}).build_streamed() as response:
+                if response.status != 200:
+                    raise RuntimeError(f"upstream answered {response.status}")
+                return (await response.body_reader.bytes()).to_bytes()
+
+        try:
+            yield fetch_pyreqwest
+        finally:
+            await client.close()
     elif kind == "adapter":
         import orjson
 
@@ -115,14 +130,15 @@ class PlainResult:
     client: str
     rates: list[float]
     errors: int
+    loop_us: list[float]  # the event loop's own CPU a request (thread time): what caps one worker
 
     @property
     def median(self) -> float:
         return statistics.median(self.rates)
 
 
-async def plain_round(fetch: Fetch, uscc: str, requests: int, concurrency: int) -> tuple[float, int]:
-    """`requests` GETs shared by `concurrency` tasks; return (requests per second, errors)."""
+async def plain_round(fetch: Fetch, uscc: str, requests: int, concurrency: int) -> tuple[float, int, float]:
+    """`requests` GETs shared by `concurrency` tasks; return (requests per second, errors, loop CPU µs a request)."""
     remaining = requests
     errors = 0
 
@@ -136,9 +152,10 @@ async def plain_round(fetch: Fetch, uscc: str, requests: int, concurrency: int) 
                 errors += 1
 
     started = time.perf_counter()
+    loop_cpu = time.thread_time()
     async with asyncio.timeout(60):
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - started), errors
+    return requests / (time.perf_counter() - started), errors, 1e6 * (time.thread_time() - loop_cpu) / requests
 
 
 async def measure_plain(
@@ -148,13 +165,17 @@ async def measure_plain(
     for kind in clients:
         async with open_client(kind, upstream, concurrency) as fetch:
             await plain_round(fetch, uscc, 200, concurrency)  # warm-up: open the pool, fill caches
-            rates, errors = [], 0
+            rates, errors, loop_us = [], 0, []
             for _ in range(rounds):
-                rate, failed = await plain_round(fetch, uscc, requests, concurrency)
+                rate, failed, cpu = await plain_round(fetch, uscc, requests, concurrency)
                 rates.append(rate)
                 errors += failed
-        result = PlainResult(kind, rates, errors)
-        print(f"  plain  {kind:<14} {result.median:8.0f} req/s  (rounds: {', '.join(f'{r:.0f}' for r in rates)})")
+                loop_us.append(cpu)
+        result = PlainResult(kind, rates, errors, loop_us)
+        print(
+            f"  plain  {kind:<14} {result.median:8.0f} req/s  (rounds: {', '.join(f'{r:.0f}' for r in rates)}),"
+            f" loop CPU {statistics.median(loop_us):.0f} µs a request"
+        )
         results.append(result)
     return results
 
@@ -334,7 +355,8 @@ def machine() -> dict[str, str]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions = []
-    for name in ("aiohttp", "httpx", "httpx-aiohttp", "fastapi", "uvicorn", "uvloop", "httptools", "orjson"):
+    names = ("aiohttp", "pyreqwest", "httpx", "httpx-aiohttp", "fastapi", "uvicorn", "uvloop", "httptools", "orjson")
+    for name in names:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions.append(f"{name} {importlib.metadata.version(name)}")
     load_tool = "wrk (-t1)" if Path(WRK).exists() else "aiohttp load loop in a subprocess"
@@ -365,17 +387,18 @@ def report(
         f"- {info['python']}; {info['libraries']}",
         "- upstream: the credit simulator (`python -m simulators.credit`, aiohttp on uvloop), answering a listed",
         "  enterprise's dishonest-debtor record (about 500 bytes of JSON) on 127.0.0.1",
-        "- `adapter` is `CreditAdapter.invoke` (aiohttp through `adapters/http.py`, plus input/output pydantic",
+        "- `adapter` is `CreditAdapter.invoke` (pyreqwest through `adapters/http.py`, plus input/output pydantic",
         "  validation and translation): the real hot path, not a bare client",
         "",
         f"## (a) Client alone: {args.requests} GETs by {args.concurrency} concurrent tasks, {args.rounds} rounds",
         "",
-        "| client | req/s (median) | rounds | errors |",
-        "| --- | ---: | --- | ---: |",
+        "| client | req/s (median) | rounds | event-loop CPU µs a request (median) | errors |",
+        "| --- | ---: | --- | ---: | ---: |",
     ]
     for result in plain:
         rounds = ", ".join(f"{rate:.0f}" for rate in result.rates)
-        lines.append(f"| {result.client} | {result.median:,.0f} | {rounds} | {result.errors} |")
+        loop = statistics.median(result.loop_us)
+        lines.append(f"| {result.client} | {result.median:,.0f} | {rounds} | {loop:.0f} | {result.errors} |")
     lines += [
         "",
         f"## (b) FastAPI forwarder under uvicorn (1 worker, uvloop, httptools), {args.connections} connections, "
@@ -409,9 +432,9 @@ def verdict(plain: list[PlainResult], forwarded: dict[str, LoadResult]) -> list[
     others = [f"{rates[best] / rate:.1f}× {label}" for label, rate in rates.items() if label not in (best, "adapter")]
     if others:
         lines[0] += ": " + ", ".join(others)
-    if "adapter" in rates and "aiohttp" in rates:
-        share = rates["adapter"] / rates["aiohttp"]
-        lines[0] += f"; the full adapter path keeps {share:.0%} of bare aiohttp's rate"
+    if "adapter" in rates and "pyreqwest" in rates:
+        share = rates["adapter"] / rates["pyreqwest"]
+        lines[0] += f"; the full adapter path (pyreqwest) keeps {share:.0%} of bare pyreqwest's rate"
     lines[0] += "."
     return lines
 
