@@ -521,7 +521,11 @@ class Bench:
         url = f"http://{HOST}:{port}/"
         try:
             ready = f"http://{HOST}:{port}/healthz"
-            with Server(name, command, ready, log_dir=self.workdir, env=env, loop_in_children=in_children) as server:
+            # N spawned workers each import the whole gateway: on a busy 2-core host that takes a while.
+            waits = 60.0 * workers
+            with Server(
+                name, command, ready, log_dir=self.workdir, env=env, loop_in_children=in_children, ready_seconds=waits
+            ) as server:
                 if workers > 1:
                     wait_workers(server, workers)
                 result = self.measure(name, url, server, pool)
@@ -647,7 +651,7 @@ class Bench:
         return outcome
 
 
-def wait_workers(server: Server, workers: int, seconds: float = 60.0) -> None:
+def wait_workers(server: Server, workers: int, seconds: float = 120.0) -> None:
     """A supervisor answers /healthz once one worker does: wait until all of them are up (each has its verifier)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:  # bounded in time
