@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from adapters.base import UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable
+from adapters.errors import UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable
 from adapters.http import HttpClient, JsonClient, RawResponse
 
 _CHUNK = 64 * 1024
