@@ -18,6 +18,7 @@ from adapters.base import Adapter
 from gateway import __version__
 from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
 from gateway.api.openapi import finish
+from gateway.audit.writer import AuditUnavailable
 from gateway.batches import routes as batches
 from gateway.batches.service import BatchService
 from gateway.console import pages as console_pages
@@ -178,6 +179,9 @@ def create_app(
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
         return exc.response(instance=request.url.path)
+
+    # The console's own audit records (sign-ins, refusals, exports) fail closed: a page, never a traceback.
+    app.add_exception_handler(AuditUnavailable, console_pages.audit_unavailable)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -583,3 +583,30 @@ async def test_audit_search_by_problem_code_and_cursor_pages(world: ConsoleWorld
         assert "<html" not in rest.text and rest.text.count("console.login") == 1 and "更多" not in rest.text
     search = (await world.records(event="audit.search", key_id="console:auditor"))[-1]
     assert search["decision"] == "allowed"
+
+
+async def test_no_audit_record_no_console_action(world: ConsoleWorld) -> None:
+    from gateway.audit.writer import AuditUnavailable
+
+    audit = world.app.state.runtime.audit
+
+    async def down(event: object) -> None:
+        raise AuditUnavailable("test: the audit store is down")
+
+    async with signed_in(world, "auditor") as client:
+        token = csrf_of((await client.get("/console/audit/export")).text)
+        audit.append = down
+        try:
+            charts = await client.get("/console/audit/charts")
+            export = await client.post("/console/audit/export", data={"csrf_token": token})
+            async with await _client(world) as stranger:
+                page = await stranger.get("/console/login")
+                login = await stranger.post(
+                    "/console/login",
+                    data={"csrf_token": csrf_of(page.text), "username": "operator", "password": "x", "totp": "1"},
+                )
+        finally:
+            del audit.append
+    assert charts.status_code == 503 and "审计日志暂不可用" in charts.text
+    assert export.status_code == 503 and "application/x-ndjson" not in export.headers["content-type"]
+    assert login.status_code == 503 and "审计日志不可用" in login.text

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
+from gateway.audit.writer import AuditUnavailable
 from gateway.console import admin, auditor, officer, operator, web
 from gateway.console.session import ConsoleState
+from gateway.http.problems import Problem
 
-__all__ = ["ConsoleState", "router"]
+__all__ = ["ConsoleState", "audit_unavailable", "router"]
 
 # The role modules are imported for their routes.
 _ROOMS = (admin, auditor, officer, operator)
 router: APIRouter = web.router
+
+
+async def audit_unavailable(request: Request, exc: AuditUnavailable) -> Response:
+    """A console action whose own audit record could not be made durable did not happen: 503, as the API answers."""
+    if request.url.path.startswith("/console"):
+        return web.render(
+            request,
+            "forbidden.html",
+            None,
+            status=503,
+            message="审计日志暂不可用，操作未执行，请稍后重试 (audit log unavailable)",
+        )
+    problem = Problem(
+        503, "audit_unavailable", "Audit log unavailable", "the action could not be recorded; retry later"
+    )
+    return problem.response(instance=request.url.path)
