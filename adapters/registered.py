@@ -160,8 +160,15 @@ def _soap_auth(auth: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], Any]
         for part, fields in (auth.get("headers") or {}).items()
     }
     wsse = None
-    token = auth.get("wsse")
-    if token:
+    token = auth.get("wsse") or {}
+    if token.get("x509_key"):
+        # An X.509 signature over the Body and Timestamp (WS-Security, through xmlsec), key and certificate in PEM.
+        from zeep.wsse.signature import MemorySignature
+
+        wsse = MemorySignature(
+            resolve_secret(str(token["x509_key"])).encode(), resolve_secret(str(token["x509_cert"])).encode()
+        )
+    elif token.get("username"):
         from zeep.wsse.username import UsernameToken
 
         wsse = UsernameToken(resolve_secret(str(token["username"])), resolve_secret(str(token["password"])))

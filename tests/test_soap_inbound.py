@@ -252,3 +252,48 @@ def test_what_zeep_cannot_carry_is_refused_at_registration_naming_it(change: tup
     with pytest.raises(Problem) as refused:
         prepare("tree", "wsdl", files={"tree.wsdl": document}, root="tree.wsdl")
     assert refused.value.code == "contract_unsupported" and named in refused.value.detail, refused.value.detail
+
+
+def test_an_x509_signature_toward_the_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """WS-Security X.509 (xmlsec through zeep): the envelope carries a signature over its Body that verifies with
+    the certificate; the key comes from a secret."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+    from zeep.wsse.signature import verify_envelope
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    monkeypatch.setenv("MSJX_SECRET_INTERHOME", "s3cr3t-pw")
+    monkeypatch.setenv("MSJX_SECRET_SIGNING_KEY", key_pem)
+    auth = {
+        "headers": {"ServiceAuthHeader": {"Username": "district", "Password": "secret:INTERHOME"}},
+        "wsse": {"x509_key": "secret:SIGNING_KEY", "x509_cert": cert_pem},
+    }
+    files = {"interhome.wsdl": (CORPUS / "interhome.wsdl").read_text(encoding="utf-8")}
+    prepared = prepare("interhome", "wsdl", files=files, root="interhome.wsdl", soap_auth=auth)
+    engine = prepared.adapter.engine
+    operation = next(op for op in engine.operations.values() if op.header_values)
+    envelope = etree.fromstring(engine.envelope(operation, {}))
+    assert envelope.find(".//{http://www.w3.org/2000/09/xmldsig#}Signature") is not None
+    (tmp_path / "upstream-view.crt").write_text(cert_pem)
+    verify_envelope(envelope, str(tmp_path / "upstream-view.crt"))  # raises if the signature does not verify
+    assert "BEGIN PRIVATE KEY" not in str(prepared.spec.soap_auth)

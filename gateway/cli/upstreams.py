@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,7 +16,13 @@ upstreams_app = typer.Typer(
 )
 
 
-def _soap_auth(headers: list[str], username: str | None, password: str | None) -> dict[str, object] | None:
+def _soap_auth(
+    headers: list[str],
+    username: str | None,
+    password: str | None,
+    x509_key: str | None = None,
+    x509_cert: str | None = None,
+) -> dict[str, object] | None:
     auth: dict[str, object] = {}
     values: dict[str, dict[str, str]] = {}
     for entry in headers:
@@ -32,6 +39,20 @@ def _soap_auth(headers: list[str], username: str | None, password: str | None) -
         if not password.startswith("secret:"):
             raise fail("--wsse-password names a secret: secret:NAME, read from MSJX_SECRET_NAME")
         auth["wsse"] = {"username": username, "password": password}
+    if (x509_key is None) != (x509_cert is None):
+        raise fail("--wsse-x509-key and --wsse-x509-cert go together")
+    if x509_key is not None and x509_cert is not None:
+        if "wsse" in auth:
+            raise fail("give a UsernameToken or an X.509 signature, not both")
+        if not x509_key.startswith("secret:"):
+            raise fail("--wsse-x509-key names a secret: secret:NAME, read from MSJX_SECRET_NAME")
+        cert = x509_cert
+        if not cert.startswith("secret:"):
+            try:
+                cert = Path(cert).read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise fail(f"--wsse-x509-cert: cannot read {x509_cert}: {exc}") from None
+        auth["wsse"] = {"x509_key": x509_key, "x509_cert": cert}
     return auth or None
 
 
@@ -64,6 +85,10 @@ def upstreams_add(
     ] = [],  # noqa: B006
     wsse_username: Annotated[str | None, typer.Option(help="WS-Security UsernameToken toward the upstream")] = None,
     wsse_password: Annotated[str | None, typer.Option(help="its password: secret:NAME (MSJX_SECRET_NAME)")] = None,
+    wsse_x509_key: Annotated[
+        str | None, typer.Option(help="WS-Security X.509 signature: the key's PEM as secret:NAME")
+    ] = None,
+    wsse_x509_cert: Annotated[str | None, typer.Option(help="its certificate: a PEM file, or secret:NAME")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register a district system; every running gateway node offers it within about a second."""
@@ -89,7 +114,7 @@ def upstreams_add(
             allow_files=True,
             reserved=BUILT_IN | frozenset(settings.upstream_urls),
             fetch_allow=settings.contract_fetch_allowlist,
-            soap_auth=_soap_auth(soap_header, wsse_username, wsse_password),
+            soap_auth=_soap_auth(soap_header, wsse_username, wsse_password, wsse_x509_key, wsse_x509_cert),
         )
     except Problem as problem:
         raise fail(f"{problem.code}: {problem.detail}", 1) from None

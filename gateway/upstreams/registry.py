@@ -50,12 +50,32 @@ REFRESH_SECONDS = 0.5
 BUILT_IN = frozenset({"credit", "golden-tax", "market", "treasury"})
 
 
+SECRET_REFERENCE = r"^secret:[A-Za-z0-9_]{1,64}$"  # noqa: S105 - the form of a reference
+
+
 class WsseIn(BaseModel):
-    """WS-Security UsernameToken the upstream demands; the password only as a secret reference."""
+    """WS-Security the upstream demands: a UsernameToken (username, password) or an X.509 signature (x509_key,
+    x509_cert, PEM). The password and the private key only as secret references."""
 
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=256)
-    password: str = Field(pattern=r"^secret:[A-Za-z0-9_]{1,64}$", description='"secret:NAME" (MSJX_SECRET_NAME)')
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password: str | None = Field(default=None, pattern=SECRET_REFERENCE, description='"secret:NAME" (MSJX_SECRET_NAME)')
+    x509_key: str | None = Field(default=None, pattern=SECRET_REFERENCE, description="the signing key's PEM, a secret")
+    x509_cert: str | None = Field(
+        default=None, min_length=1, max_length=16384, description="its certificate: PEM, or secret:NAME"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WsseIn:
+        token = self.username is not None or self.password is not None
+        signature = self.x509_key is not None or self.x509_cert is not None
+        if token == signature:
+            raise ValueError("give a UsernameToken (username, password) or an X.509 signature (x509_key, x509_cert)")
+        if token and (self.username is None or self.password is None):
+            raise ValueError("a UsernameToken needs username and password")
+        if signature and (self.x509_key is None or self.x509_cert is None):
+            raise ValueError("an X.509 signature needs x509_key and x509_cert")
+        return self
 
 
 class UpstreamIn(BaseModel):
@@ -146,7 +166,7 @@ def soap_auth(body: UpstreamIn) -> dict[str, Any] | None:
     if body.soap_headers:
         auth["headers"] = body.soap_headers
     if body.wsse is not None:
-        auth["wsse"] = body.wsse.model_dump()
+        auth["wsse"] = body.wsse.model_dump(exclude_none=True)
     return auth or None
 
 
