@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -447,6 +448,20 @@ def test_console_users_cli(tmp_path: Path) -> None:
     reset = cli("reset-totp", "sec1")
     assert reset.returncode == 0 and secret not in reset.stdout
     assert cli("set-password", "sec1", "--password-env", "NEW_PASSWORD").returncode == 0
+    with sqlite3.connect(tmp_path / "msjx.db") as connection:
+        rows = connection.execute(
+            "SELECT event, decision, key_id, target_id, chain_id FROM audit_records"
+            " WHERE event LIKE 'console.account.%' ORDER BY height"
+        ).fetchall()
+    events = [(event, decision, target) for event, decision, _, target, _ in rows]
+    assert events == [
+        ("console.account.add", "allowed", "sec1"),
+        ("console.account.add", "refused", "dept1"),
+        ("console.account.lock", "allowed", "sec1"),
+        ("console.account.reset-totp", "allowed", "sec1"),
+        ("console.account.set-password", "allowed", "sec1"),
+    ]
+    assert all(key.startswith("cli:") and chain.startswith("cli-") for _, _, key, _, chain in rows)
 
 
 def test_demo_accounts_file_is_private_and_complete(world: ConsoleWorld) -> None:

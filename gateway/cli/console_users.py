@@ -6,7 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -32,6 +32,72 @@ def _run(data_dir: object, work: object) -> object:
         return run_registry(cli_settings(data_dir), work)  # type: ignore[arg-type]
     except AccountError as exc:
         raise fail(str(exc), 1) from None
+
+
+def _audited(data_dir: object, action: str, username: str, work: Any, detail: dict[str, Any] | None = None) -> Any:
+    """Run `work(session)` and write its audit record on this node's CLI chain, as `calendar import` does: a change
+    to an account made on the command line is on the record like one made on the security admin's page. A refusal
+    is recorded too. Never a password or a TOTP secret in the record."""
+    import asyncio
+
+    import orjson
+
+    from gateway.audit.keys import open_keyring
+    from gateway.audit.signer import load_signer
+    from gateway.audit.witness import witness_path
+    from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
+    from gateway.cli.calendar import cli_chain
+    from gateway.console.accounts import AccountError
+    from gateway.storage import db
+
+    settings = cli_settings(data_dir)  # type: ignore[arg-type]
+    db.upgrade(settings)
+    chain = cli_chain(settings.node_id)
+    actor = f"cli:{getpass.getuser()}"
+
+    def event(allowed: bool, refused: str | None = None) -> AuditEvent:
+        return AuditEvent(
+            event=f"console.account.{action}",
+            request_id=new_request_id(),
+            decision="allowed" if allowed else "refused",
+            status_code=200 if allowed else 422,
+            caller_id=actor,
+            key_id=actor,
+            path=f"msjx-gateway console-users {action}",
+            target_id=username[:64],
+            reason_code=None if allowed else "account_refused",
+            response_body=orjson.dumps({**(detail or {}), **({"refused": refused} if refused else {})}),
+        )
+
+    async def main() -> Any:
+        engine = db.create_engine(settings)
+        writer = None
+        try:
+            writer = AuditWriter(
+                engine,
+                chain_id=chain,
+                keyring=await open_keyring(settings, engine),
+                suite=settings.crypto_suite,
+                signer=load_signer(settings),
+                witness_path=witness_path(settings, chain),
+            )
+            await writer.start()  # before anything changes: no change without its record
+            try:
+                async with db.sessionmaker(engine)() as session:
+                    result = await work(session)
+            except AccountError as exc:
+                await writer.append(event(False, str(exc)))
+                raise fail(str(exc), 1) from None
+            await writer.append(event(True))
+            return result
+        except AuditUnavailable:
+            raise fail("the audit record could not be written; see the log", 1) from None
+        finally:
+            if writer is not None:
+                await writer.close()
+            await engine.dispose()
+
+    return asyncio.run(main())
 
 
 @console_users_app.command("add")
@@ -72,7 +138,7 @@ def add(
             box=box,
         )
 
-    created = _run(data_dir, work)
+    created = _audited(data_dir, "add", username.strip().lower(), work, {"role": role, "caller": caller})
     assert isinstance(created, accounts.NewAccount)
     typer.echo(f"account {created.username} ({created.role}) added")
     if password is None:
@@ -105,7 +171,7 @@ def lock(
     """Lock an account (its sessions end at once)."""
     from gateway.console import accounts
 
-    _run(data_dir, lambda session: accounts.lock_account(session, username, _now(), minutes))
+    _audited(data_dir, "lock", username, lambda session: accounts.lock_account(session, username, _now(), minutes))
     typer.echo(f"account {username} locked" + (f" for {minutes} minutes" if minutes else ""))
 
 
@@ -114,7 +180,7 @@ def unlock(username: str, data_dir: DataDir = None) -> None:
     """Unlock an account and clear its failed sign-ins."""
     from gateway.console import accounts
 
-    _run(data_dir, lambda session: accounts.unlock_account(session, username))
+    _audited(data_dir, "unlock", username, lambda session: accounts.unlock_account(session, username))
     typer.echo(f"account {username} unlocked")
 
 
@@ -124,7 +190,9 @@ def reset_totp(username: str, data_dir: DataDir = None) -> None:
     from gateway.console import accounts
 
     box = accounts.SecretBox.for_settings(cli_settings(data_dir))
-    secret = _run(data_dir, lambda session: accounts.reset_totp(session, username, _now(), box))
+    secret = _audited(
+        data_dir, "reset-totp", username, lambda session: accounts.reset_totp(session, username, _now(), box)
+    )
     typer.echo(f"totp secret: {secret}")
     typer.echo(f"otpauth uri: {accounts.provisioning_uri(username, str(secret))}")
 
@@ -141,5 +209,7 @@ def set_password(
     password = os.environ.get(password_env)
     if not password:
         raise fail(f"--password-env: {password_env} is not set")
-    _run(data_dir, lambda session: accounts.set_password(session, username, password, _now()))
+    _audited(
+        data_dir, "set-password", username, lambda session: accounts.set_password(session, username, password, _now())
+    )
     typer.echo(f"password of {username} set")
