@@ -18,9 +18,10 @@ from adapters.errors import UpstreamError
 from gateway.access.directory import GrantInfo, as_utc
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.http.json_bodies import load_body
-from gateway.http.problems import Problem, validation_problem
+from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from gateway.payments.idempotency import MAX_HEADER_LENGTH, MAX_KEY_LENGTH, parse_key
-from gateway.pipeline.exchange import Exchange, run_exchange
+from gateway.payments.intents import REPLAYED_HEADER, Payments, VoucherCall
+from gateway.pipeline.exchange import Exchange, request_path, run_exchange
 from gateway.runtime import Runtime
 from gateway.sharing.ownership import owners
 from schemas.api import InvokeRequest, InvokeResponse
@@ -159,8 +160,7 @@ async def invoke_operation(
         raise Problem(ProblemCode.UNKNOWN_OPERATION, f"{service} has no operation {operation_name!r}")
     # The key is checked as documented wherever it is sent, though only payments use it.
     keys = [value.decode("latin-1") for name, value in exchange.request.scope["headers"] if name == b"idempotency-key"]
-    if keys:
-        parse_key(keys)
+    idempotency_key = parse_key(keys) if keys else None
     body = read(exchange, operation)
     event = exchange.event
     event.purpose = body.purpose
@@ -185,7 +185,7 @@ async def invoke_operation(
     # Counted only for a call that will be made: a refused or malformed one spends no quota.
     await runtime.quotas.check(grant)
     if runtime.payments is not None and runtime.payments.handles(service, operation_name):
-        return await runtime.payments.submit(exchange, grant, params)
+        return await _pay(runtime.payments, exchange, grant, params, idempotency_key)
     started = time.perf_counter()
     try:
         result = await adapter.invoke(operation_name, params)
@@ -213,6 +213,35 @@ async def invoke_operation(
         },
     }
     return 200, answer
+
+
+async def _pay(
+    payments: Payments, exchange: Exchange, grant: GrantInfo, params: Any, idempotency_key: str | None
+) -> tuple[int, bytes]:
+    event = exchange.event
+    call = VoucherCall(
+        caller_id=exchange.principal.caller.caller_id,
+        idempotency_key=idempotency_key,
+        method=exchange.request.method,
+        path=request_path(exchange.request),
+        body=exchange.body,
+        request_id=exchange.request_id,
+        purpose=event.purpose or "",
+        grant=grant,
+        params=params,
+    )
+    answer = await payments.submit(call)
+    if answer.replayed:
+        exchange.response_headers[REPLAYED_HEADER] = "true"
+        if answer.status >= 400:
+            exchange.media_type = PROBLEM_CONTENT_TYPE
+        event.reason_code = "idempotent_replay"
+        return answer.status, answer.body
+    event.upstream_status = answer.upstream_status
+    event.upstream_us = answer.upstream_us
+    if answer.fields is not None:
+        event.fields = answer.fields
+    return answer.status, answer.body
 
 
 @router.post(

@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import select, update
@@ -25,17 +25,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from adapters.base import Adapter
 from adapters.errors import UpstreamError
 from adapters.treasury import VoucherDuplicate, VoucherRefused
+from gateway.access.directory import GrantInfo
 from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
 from gateway.http.problems import Problem
-from gateway.payments.idempotency import ClaimKind, IdempotencyStore, fingerprint, missing_key, parse_key
+from gateway.payments.idempotency import ClaimKind, IdempotencyStore, fingerprint, missing_key
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import PaymentIntent, PaymentOutcome
 from schemas.problems import ProblemCode
 from schemas.treasury import VoucherQuery, VoucherSubmission
-
-if TYPE_CHECKING:  # the exchange module imports the runtime, which imports this one
-    from gateway.access.directory import GrantInfo
-    from gateway.pipeline.exchange import Exchange
 
 log = logging.getLogger("msjx.payments")
 
@@ -56,6 +53,33 @@ class Resolution:
     calls: list[str] = field(default_factory=list)  # upstream operations made, in order
     upstream_status: str | None = None
     upstream_us: int = 0
+
+
+@dataclass(frozen=True)
+class VoucherCall:
+    """One submit-voucher request, authenticated, granted and validated: what the payment path needs of it."""
+
+    caller_id: str
+    idempotency_key: str | None  # parsed from the header; None when the request carried none
+    method: str
+    path: str
+    body: bytes  # the raw body: with method and path, what makes a repeat the same request
+    request_id: str
+    purpose: str
+    grant: GrantInfo
+    params: VoucherSubmission
+
+
+@dataclass
+class VoucherAnswer:
+    """What to answer, and what the request's audit record learns from the payment path."""
+
+    status: int
+    body: bytes
+    replayed: bool = False  # a stored answer to an earlier request with the same key
+    upstream_status: str | None = None
+    upstream_us: int = 0
+    fields: tuple[str, ...] | None = None  # the receipt fields that left the gateway, when it answered one
 
 
 def _now_ms() -> int:
@@ -136,22 +160,23 @@ class Payments:
 
     # -- the request path -----------------------------------------------------------------------------------------
 
-    async def submit(self, exchange: Exchange, grant: GrantInfo, params: VoucherSubmission) -> tuple[int, bytes]:
-        """Handle POST /v1/services/treasury/submit-voucher after authentication, grant and validation."""
-        request = exchange.request
-        key = parse_key(request.headers.getlist("idempotency-key"))
+    async def submit(self, call: VoucherCall) -> VoucherAnswer:
+        """Handle POST /v1/services/treasury/submit-voucher after authentication, grant and validation.
+
+        A refusal or an outcome that is an error is raised as a Problem, after it is recorded for the key.
+        """
+        key = call.idempotency_key
         if key is None:
             raise missing_key(f"{SERVICE}/{SUBMIT}")
-        caller_id = exchange.principal.caller.caller_id
-        event = exchange.event
+        params, grant = call.params, call.grant
         now = datetime.now(UTC)
         intent = PaymentIntent(
             voucher_no=params.voucher_no,
-            caller_id=caller_id,
+            caller_id=call.caller_id,
             idem_key=key,
             uscc=params.uscc,
             pay_amt=str(params.pay_amt),
-            purpose=event.purpose or "",
+            purpose=call.purpose,
             grant_id=grant.grant_id,
             fields=list(grant.fields),
             voucher=params.model_dump_json(),
@@ -165,9 +190,9 @@ class Payments:
 
         try:
             claim = await self.store.claim(
-                caller_id,
+                call.caller_id,
                 key,
-                fingerprint(request.method, request.url.path, exchange.body),
+                fingerprint(call.method, call.path, call.body),
                 service=SERVICE,
                 operation=SUBMIT,
                 on_new=add_intent,
@@ -179,12 +204,8 @@ class Payments:
                 " paid once: repeat that request with its own key to learn its outcome",
             ) from None
         if claim.kind is ClaimKind.REPLAY:
-            exchange.response_headers[REPLAYED_HEADER] = "true"
-            if claim.status_code is not None and claim.status_code >= 400:
-                exchange.media_type = "application/problem+json"
-            event.reason_code = "idempotent_replay"
             assert claim.status_code is not None and claim.body is not None
-            return claim.status_code, claim.body
+            return VoucherAnswer(claim.status_code, claim.body, replayed=True)
         if claim.kind is ClaimKind.REUSED:
             raise Problem(
                 ProblemCode.IDEMPOTENCY_KEY_REUSED,
@@ -200,20 +221,19 @@ class Payments:
             if claim.kind is ClaimKind.NEW:
                 resolution = await self._send(intent, params)
             else:
-                stored = await self._intent(caller_id, key)
+                stored = await self._intent(call.caller_id, key)
                 resolution = await self._settle(stored, allow_resend=True)
                 intent = stored
         except BaseException:
-            await self.store.release(caller_id, key)
+            await self.store.release(call.caller_id, key)
             raise
-        event.upstream_status = resolution.upstream_status
-        event.upstream_us = resolution.upstream_us
-        status, body, problem = await self._finish(
-            intent, resolution, "request", exchange.request_id, event_fields=event
-        )
+        status, body, problem, fields = await self._finish(intent, resolution, "request", call.request_id)
         if problem is not None:
+            # The audit record of the refusal still says what the treasury answered.
+            problem.context.setdefault("upstream_status", resolution.upstream_status)
+            problem.context.setdefault("upstream_us", resolution.upstream_us)
             raise problem
-        return status, body
+        return VoucherAnswer(status, body, False, resolution.upstream_status, resolution.upstream_us, fields)
 
     async def _intent(self, caller_id: str, key: str) -> PaymentIntent:
         async with self._sessions() as session:
@@ -331,18 +351,20 @@ class Payments:
         resolution: Resolution,
         resolved_by: str,
         request_id: str,
-        event_fields: AuditEvent | None = None,
-    ) -> tuple[int, bytes, Problem | None]:
-        """Record the outcome and the key's answer in one transaction, or give the key back when still unknown."""
+    ) -> tuple[int, bytes, Problem | None, tuple[str, ...] | None]:
+        """Record the outcome and the key's answer in one transaction, or give the key back when still unknown.
+
+        The answer's status and body, its problem if it is one, and the receipt fields it carries if it is not."""
         if resolution.outcome is None:
             await self.store.release(intent.caller_id, intent.idem_key)
             assert resolution.problem is not None
-            return resolution.problem.status, resolution.problem.render(request_id, SUBMIT_PATH), resolution.problem
+            problem = resolution.problem
+            return problem.status, problem.render(request_id, SUBMIT_PATH), problem, None
+        fields: tuple[str, ...] | None = None
         if resolution.problem is None:
             assert resolution.receipt is not None
             data = {name: resolution.receipt[name] for name in intent.fields if name in resolution.receipt}
-            if event_fields is not None:
-                event_fields.fields = tuple(data)
+            fields = tuple(data)
             status = 200
             body = orjson.dumps(
                 {
@@ -375,7 +397,7 @@ class Payments:
             )
             await self.store.complete(session, intent.caller_id, intent.idem_key, status, body)
         await self.store.done(intent.caller_id, intent.idem_key)
-        return status, body, resolution.problem
+        return status, body, resolution.problem, fields
 
     # -- the reconciler -------------------------------------------------------------------------------------------
 
@@ -403,7 +425,7 @@ class Payments:
                 await self.store.release(intent.caller_id, intent.idem_key)
                 raise
             request_id = new_request_id()
-            status, body, _ = await self._finish(intent, resolution, "reconciler", request_id)
+            status, body, _, _ = await self._finish(intent, resolution, "reconciler", request_id)
             counts["resolved" if resolution.outcome else "pending"] += 1
             await self._audit_reconcile(intent, resolution, request_id, status, body)
         await self.store.purge(datetime.now(UTC) - self.retention)
