@@ -3,8 +3,8 @@
 Scenarios (the JSON keys): direct (wrk → credit simulator), nginx (wrk → nginx → simulator), bare_hop (wrk →
 FastAPI forwarder → simulator), gateway_sqlite and gateway_pg_redis (wrk → `msjx-gateway serve` → simulator,
 every request signed, nonce-checked, granted, minimized and audited), soak (the SQLite gateway paced for 10
-minutes, its memory growth: bench/soak.py), soap and audit (from bench.soap and bench.audit when those modules
-exist). Each reports rps, p50_ms, p99_ms, cpu_us_per_req (CPU time of the process under test per request, from
+minutes, its memory growth: bench/soak.py), soap, audit and batch (from bench.soap, bench.audit and bench.batch).
+Each reports rps, p50_ms, p99_ms, cpu_us_per_req (CPU time of the process under test per request, from
 /proc/<pid>/stat) and peak_rss_mb (its VmHWM); soak reports rss_growth_mb_per_min.
 """
 
@@ -301,7 +301,7 @@ class Bench:
                     continue
                 if self.config.wants(name):
                     self.results[name] = self._guarded(name, scenario)
-        for name in ("soap", "audit"):
+        for name in ("soap", "audit", "batch"):
             if self.config.wants(name):
                 self.results[name] = self._guarded(name, lambda name=name: self.module_scenario(name))
         if self.config.wants("audit_scale"):

@@ -23,6 +23,7 @@ SCENARIOS = (
     "gateway_pg_redis_2w",
     "soap",
     "audit",
+    "batch",
 )
 MAIN_THREAD_LIMIT_US = 250.0  # issue 18 item 5: the event loop's CPU per fully audited call
 RSS_LIMIT_MB = 250.0
@@ -405,6 +406,33 @@ def _audit_scale_lines(scale: Any) -> list[str]:
     ]
 
 
+def _batch_lines(batch: Any) -> list[str]:
+    if not isinstance(batch, dict) or "seconds" not in batch:
+        return []
+    runs = [("SQLite", batch)]
+    if isinstance(batch.get("postgres"), dict):
+        runs.append(("PostgreSQL + Redis", batch["postgres"]))
+    lines = [
+        "",
+        "`batch` (bench/batch.py): one batch comparison from submission to the last result line read; credit in bulk,"
+        " golden-tax over SOAP per subject; figures of the gateway process (with its children).",
+        "",
+        "| backend | subjects × operations | seconds | subjects/s | peak RSS MB | CPU µs per subject-operation |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, run in runs:
+        lines.append(
+            f"| {label} | {run['subjects']:,} × {run['operations']} | {_cell(run['seconds'], 1)} "
+            f"| {_cell(run['subjects_per_s'], 0)} | {_cell(run['peak_rss_mb'])} "
+            f"| {_cell(run['cpu_us_per_subject_op'], 0)} |"
+        )
+    lines.append(
+        "| targets | 100,000 × 2 | ≤ 120 (SQLite) | PostgreSQL ≥ 0.7 × SQLite | ≤ 300, flat in N "
+        "| ≤ 0.5 × `gateway_sqlite` CPU µs/req |"
+    )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     info = results["meta"]
     machine = info["machine"]
@@ -438,6 +466,7 @@ def markdown(results: dict[str, Any]) -> str:
         + _audit_scale_lines(results.get("audit_scale"))
     )
     lines += _soak_lines(results.get("soak"))
+    lines += _batch_lines(results.get("batch"))
     lines += [
         "",
         "| target | value | threshold | result | same ratio by CPU µs/req |",

@@ -1,0 +1,193 @@
+"""The `batch` row of `make bench`: one batch comparison of N enterprises of the simulated register × 2 operations
+(credit's dishonest-debtor through its bulk operation, golden-tax's tax-credit-rating over SOAP per subject), from
+submission to the last result line read, through a `serve` on SQLite, then on PostgreSQL + Redis when they are up.
+
+`.venv/bin/python -m bench.batch [--quick] [--subjects N]` prints the figures (N = 100,000; --quick 10,000).
+Figures of the gateway process only (the simulators run in their own): wall seconds, peak RSS (VmHWM), and its CPU
+(user + system, the verifier child included) per subject-operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+from bench.procs import HOST, Server, free_port
+
+CLI = str(Path(sys.executable).parent / "msjx-gateway")
+PURPOSE = "BENCH-BATCH"
+CALLER = "bench-batch"
+OPERATIONS = ("credit/dishonest-debtor", "golden-tax/tax-credit-rating")
+FULL, QUICK = 100_000, 10_000
+
+
+async def _seed(settings: Any) -> tuple[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.access import callers
+    from gateway.runtime import build_adapters
+    from gateway.storage import db
+    from schemas.api import CallerIn, GrantIn, KeyIn
+    from security.keys import key_id_for, public_key_pem
+
+    await db.upgrade_async(settings)
+    adapters = build_adapters(settings)
+    key = Ed25519PrivateKey.generate()
+    key_id = key_id_for(CALLER, key.public_key())
+    engine = db.create_engine(settings)
+    try:
+        async with db.sessionmaker(engine)() as session:
+            await callers.add_caller(
+                session,
+                CallerIn(
+                    caller_id=CALLER,
+                    name="bench batch",
+                    department="bench",
+                    roles=["platform"],
+                    keys=[KeyIn(key_id=key_id, public_key=public_key_pem(key.public_key()))],
+                ),
+            )
+            for entry in OPERATIONS:
+                service, operation = entry.split("/")
+                await callers.add_grant(
+                    session,
+                    GrantIn(
+                        caller_id=CALLER,
+                        service=service,
+                        operation=operation,
+                        purpose=PURPOSE,
+                        fields=list(adapters[service].operations[operation].fields),
+                        valid_to=datetime.now(UTC) + timedelta(days=1),
+                        daily_quota=10_000_000,  # counted for every subject, never reached
+                        share_methods=["batch"],
+                    ),
+                    adapters,
+                )
+    finally:
+        await engine.dispose()
+    return key_id, key
+
+
+def _subjects_file(directory: Path, count: int) -> Path:
+    from simulators.enterprises import register_uscc
+
+    path = directory / "subjects.ndjson"
+    with path.open("w") as sink:
+        for index in range(count):
+            sink.write(f'{{"uscc":"{register_uscc(index)}"}}\n')
+    return path
+
+
+def one_run(count: int, backend: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """Simulators and a gateway of their own, one batch, its figures."""
+    from gateway.client import GatewayClient
+    from gateway.settings import load_settings
+
+    sim_env = {"MSJX_SIM_REGISTER_SIZE": str(max(count, 100_000))}
+    credit_port, tax_port, port = free_port(), free_port(), free_port()
+    credit = f"http://{HOST}:{credit_port}"
+    tax = f"http://{HOST}:{tax_port}"
+    data_dir = workdir / ("pg" if backend else "sqlite")
+    urls = {"credit": credit, "golden-tax": tax}
+    settings = load_settings(data_dir=data_dir, upstream_urls=urls, **backend)
+    key_id, key = asyncio.run(_seed(settings))
+    subjects = _subjects_file(workdir, count)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")}
+    env.update(
+        MSJX_DATA_DIR=str(data_dir),
+        MSJX_UPSTREAM_URLS=json.dumps(urls),
+        MSJX_LOG_LEVEL="warning",
+        **{f"MSJX_{name.upper()}": value for name, value in backend.items()},
+    )
+    credit_cmd = [sys.executable, "-m", "simulators.credit", "--host", HOST, "--port", str(credit_port)]
+    tax_cmd = [sys.executable, "-m", "simulators.golden_tax", "--host", HOST, "--port", str(tax_port)]
+    ready_credit = f"{credit}/api/credit/v1/dishonest-debtors?tyshxydm=91110000600037341L"
+    with (
+        Server("batch-credit", credit_cmd, ready_credit, log_dir=workdir, env=sim_env),
+        Server("batch-golden-tax", tax_cmd, f"{tax}/sjjh/services/NsrxxService?wsdl", log_dir=workdir, env=sim_env),
+        Server("batch-gateway", [CLI, "serve", "--port", str(port)], f"http://{HOST}:{port}/readyz",
+               log_dir=workdir, env=env, ready_seconds=90) as gateway,
+    ):  # fmt: skip
+        pids = gateway.pids()
+        cpu_before = sum(procs.cpu_seconds(pids))
+        started = time.perf_counter()
+        with GatewayClient(f"http://{HOST}:{port}", key_id, key, timeout=300) as client:
+            handle = client.batch(PURPOSE, OPERATIONS, subjects_file=subjects, params={"year": 2025})
+            submitted = time.perf_counter() - started
+            status = handle.wait(poll=0.5)
+            lines = sum(1 for _ in handle.results(follow=False))
+        seconds = time.perf_counter() - started
+        pids = gateway.pids()
+        cpu = sum(procs.cpu_seconds(pids)) - cpu_before
+        rss = procs.peak_rss_mb(pids)
+    operations = len(OPERATIONS)
+    return {
+        "subjects": count,
+        "operations": operations,
+        "seconds": round(seconds, 2),
+        "subjects_per_s": round(count / seconds, 1),
+        "peak_rss_mb": round(rss, 1),
+        "cpu_us_per_subject_op": round(cpu / (count * operations) * 1e6, 1),
+        "submit_seconds": round(submitted, 2),
+        "state": status["state"],
+        "result_lines": lines,
+        "outcomes": {f"{op['service']}/{op['operation']}": op["outcomes"] for op in status["operations"]},
+    }
+
+
+def _postgres() -> dict[str, str] | None:
+    from bench.seed import check_redis, create_database
+
+    try:
+        asyncio.run(check_redis())
+        url = asyncio.run(create_database())
+    except Exception as exc:  # no PostgreSQL or Redis here: the SQLite figures stand alone
+        print(f"  batch on PostgreSQL skipped: {type(exc).__name__}: {exc}", flush=True)
+        return None
+    return {"database_url": url, "redis_url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")}
+
+
+def run(quick: bool = False, subjects: int | None = None, postgres: bool = True) -> dict[str, Any]:
+    """The `batch` row (contract keys: subjects, operations, seconds, subjects_per_s, peak_rss_mb,
+    cpu_us_per_subject_op), from the SQLite run; the PostgreSQL run beside it as `postgres`."""
+    count = subjects or (QUICK if quick else FULL)
+    with tempfile.TemporaryDirectory(prefix="msjx-bench-batch-") as directory:
+        workdir = Path(directory)
+        print(f"  batch: {count:,} subjects × {len(OPERATIONS)} operations on SQLite", flush=True)
+        result = one_run(count, {}, workdir)
+        print(f"  {result}", flush=True)
+        backend = _postgres() if postgres else None
+        if backend is not None:
+            from bench.seed import drop_database
+
+            try:
+                print("  batch on PostgreSQL + Redis", flush=True)
+                pg = one_run(count, backend, workdir)
+                pg["vs_sqlite"] = round(result["seconds"] / pg["seconds"], 3)
+                result["postgres"] = pg
+                print(f"  {pg}", flush=True)
+            finally:
+                asyncio.run(drop_database(backend["database_url"]))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK:,} subjects instead of {FULL:,}")
+    parser.add_argument("--subjects", type=int, default=None)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick, args.subjects, not args.no_postgres), indent=2))
+
+
+if __name__ == "__main__":
+    main()
