@@ -107,12 +107,11 @@ def submit(
         path = Path(subjects_file)
         media_type = "text/csv" if path.suffix.lower() == ".csv" else "application/x-ndjson"
         return _upload(client, purpose, ops, path.read_bytes(), media_type, params)
-    lines = [_subject(entry) for entry in subjects or ()]
+    # Shared parameters ride on each subject line: every operation takes those of them it accepts.
+    lines = [{**(params or {}), **_subject(entry)} for entry in subjects or ()]
     if len(lines) > INLINE_MAX:
         body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
-        return _upload(client, purpose, ops, body, "application/x-ndjson", params)
-    for op in ops:
-        op["params"] = {**(params or {}), **op["params"]} if params and not op["params"] else op["params"]
+        return _upload(client, purpose, ops, body, "application/x-ndjson", None)
     answer = client.request("POST", "/v1/batches", {"purpose": purpose, "operations": ops, "subjects": lines})
     return BatchHandle(client, answer["batch_id"], answer["total"])
 

@@ -119,6 +119,10 @@ def render_report(report: Any, echo: Echo) -> None:
         for error in report.list_errors:
             echo(f"    {error}")
         return
+    seconds = getattr(report, "comparison_seconds", None)
+    if seconds is not None:
+        how = f"one batch {report.batch_id} (批量交换)" if report.batch_id else "single calls"
+        echo(f"  数据比对 of {report.compared} enterprises by {how}: {seconds:.1f} s")
     headers = ("compared", "eligible", "confirmed", "paid", "already paid", "refused", "total paid (¥)")
     values = (
         report.compared,

@@ -169,6 +169,8 @@ async def _demo_grants(session, demo: DemoCaller, adapters: dict[str, Adapter]) 
                     purpose_name=PURPOSE_NAMES[purpose],
                     fields=fields,
                     valid_to=valid_to,
+                    # Read-only data may also come in batch jobs (批量交换): the 条件类 policy compares by one batch.
+                    share_methods=["api", "batch"] if operation.safe else ["api"],
                 )
                 await callers.add_grant(session, body, adapters)
     return [DEMO_PURPOSE, NARROW_PURPOSE]
