@@ -634,10 +634,12 @@ class BatchService:
         started = as_utc(job.started_at) if job.started_at else None
         eta = None
         rate = None
-        if started is not None and job.state in ("running", "paused") and done_subjects:
-            elapsed = max((_now() - started).total_seconds(), 1e-3)
+        if started is not None and done_subjects:
+            until = as_utc(job.finished_at) if job.finished_at else _now()
+            elapsed = max((until - started).total_seconds(), 1e-3)
             rate = done_subjects / elapsed
-            eta = round((job.total - done_subjects) / rate, 1)
+            if job.state in ("running", "paused", "queued"):
+                eta = round((job.total - done_subjects) / rate, 1)
         result: dict[str, Any] = {
             "batch_id": job.batch_id,
             "state": job.state,
