@@ -162,6 +162,15 @@ async def test_operator_and_security_admin_pages(world: ConsoleWorld, context: o
     await sign_in(page, world, "operator")
     assert "credit" in await page.locator("table").inner_text()
     await shoot(page, "upstreams", tmp_path)
+    # By keyboard: the first Tab reaches the skip link, the next ones the navigation; Enter follows a link.
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.className") == "skip"
+    for _ in range(2):
+        await page.keyboard.press("Tab")
+    assert "调用方与密钥" in await page.evaluate("document.activeElement.textContent")
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
+    assert page.url.endswith("/console/callers")
     await context.clear_cookies()  # type: ignore[attr-defined]
     await sign_in(page, world, "secadmin")
     assert page.url.endswith("/console/accounts")
