@@ -3,7 +3,7 @@ what was refused before it became an exchange."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -47,10 +47,25 @@ UNAUTHENTICATED_COUNTED = Counter(
 )
 
 
+# The labelled children, looked up once: `labels()` validates, locks and builds its key on every call (~2.7 µs of
+# the event loop's time an exchange for the three). The keys are events, decisions, problem codes and services, a
+# fixed set; prometheus_client keeps every child for ever in any case.
+_exchange_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_upstream_children: dict[str, Any] = {}
+
+
 def observe(event: AuditEvent) -> None:
     """Count one exchange whose audit record is durable."""
-    interface = "soap" if event.event.startswith("soap.") else "rest"
-    EXCHANGES.labels(interface, event.event, event.decision, event.reason_code or "").inc()
-    DURATION.labels(event.event).observe(event.duration_us / 1e6)
-    if event.service is not None and event.upstream_us is not None:
-        UPSTREAM.labels(event.service).observe(event.upstream_us / 1e6)
+    key = (event.event, event.decision, event.reason_code or "")
+    children = _exchange_children.get(key)
+    if children is None:
+        interface = "soap" if event.event.startswith("soap.") else "rest"
+        children = _exchange_children[key] = (EXCHANGES.labels(interface, *key), DURATION.labels(event.event))
+    children[0].inc()
+    children[1].observe(event.duration_us / 1e6)
+    service = event.service
+    if service is not None and event.upstream_us is not None:
+        upstream = _upstream_children.get(service)
+        if upstream is None:
+            upstream = _upstream_children[service] = UPSTREAM.labels(service)
+        upstream.observe(event.upstream_us / 1e6)
