@@ -1,9 +1,5 @@
 """Monthly partitions of `audit_records` on PostgreSQL: made ahead of time so no write meets a missing month,
-listed for archiving, and detached and dropped once every row of a month is in a verified archive file.
-
-Months are Beijing months (UTC+08:00, as every date the gateway shows); a partition holds FROM its month's first
-millisecond TO the next month's. SQLite keeps one plain table: nothing here applies to it.
-"""
+listed for archiving, and detached and dropped once every row of a month is in a verified archive file."""
 
 from __future__ import annotations
 
@@ -19,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.times import BEIJING
 
 log = logging.getLogger("msjx.audit")
+# Months are Beijing months (UTC+08:00, as every date the gateway shows): a partition holds FROM its month's first
+# millisecond TO the next month's. SQLite keeps one plain table; nothing here applies to it.
 PARENT = "audit_records"
 # Months made beyond the current one: a write never waits for a month to be made, and a maintenance run that fails
 # (database down, a lock not granted) has months of slack before it matters.
