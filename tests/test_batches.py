@@ -350,3 +350,34 @@ async def test_two_operations_bulk_and_per_subject_over_the_register(gw: Running
         )
         assert credit["data"]["listed"] == enterprise.dishonest_debtor
         assert tax["data"]["rating"] == enterprise.tax_ratings[2024 if n % 2 else 2025]
+
+
+async def test_grants_add_cli_issues_a_batch_grant(gw: RunningGateway) -> None:
+    import asyncio
+    import json
+    import os
+
+    from tests.helpers.processes import CLI
+
+    if not gw.settings.is_sqlite:
+        pytest.skip("the CLI writes to the data dir's SQLite database")
+    env = {**os.environ, "MSJX_UPSTREAM_URLS": json.dumps(gw.settings.upstream_urls)}
+    added = await asyncio.create_subprocess_exec(
+        CLI, "grants", "add", "platform", "credit", "abnormal-operation", "--purpose", "XM-2025-CLIGRANT",
+        "--field", "listed", "--share-method", "batch", "--data-dir", str(gw.settings.data_dir),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await added.communicate()
+    assert added.returncode == 0, err.decode()
+    assert json.loads(out)["share_methods"] == ["batch"]
+    gw.runtime.directory.invalidate()
+    async with gw.client() as client:
+        batch = await submit(
+            client, usccs(2), [{"service": "credit", "operation": "abnormal-operation"}], purpose="XM-2025-CLIGRANT"
+        )
+        assert batch.status_code == 202, batch.text
+        single = await client.post(
+            "/v1/services/credit/abnormal-operation",
+            json={"purpose": "XM-2025-CLIGRANT", "params": {"uscc": usccs(1)[0]}},
+        )
+    assert single.status_code == 403 and single.json()["code"] == "share_method_not_granted"

@@ -24,6 +24,9 @@ def grants_add(
     purpose: Annotated[str, typer.Option(help="purpose code")],
     field: Annotated[list[str], typer.Option("--field", help="a field the grant returns (repeat)")],
     days: Annotated[int, typer.Option(help="validity in days from now")] = 365,
+    share_method: Annotated[
+        list[str], typer.Option("--share-method", help="共享方式: api (single calls) and/or batch (batch jobs); repeat")
+    ] = ["api"],  # noqa: B006
     data_dir: DataDir = None,
 ) -> None:
     """Issue a grant directly (operators; departments use the sharing-request workflow)."""
@@ -33,6 +36,9 @@ def grants_add(
 
     settings = cli_settings(data_dir)
     _require_upstream_url(settings, service)
+    unknown = sorted(set(share_method) - {"api", "batch"})
+    if unknown:
+        raise fail(f"--share-method: {unknown} unknown; use api and/or batch")
     body = GrantIn(
         caller_id=caller_id,
         service=service,
@@ -40,6 +46,7 @@ def grants_add(
         purpose=purpose,
         fields=field,
         valid_to=datetime.now(UTC) + timedelta(days=days),
+        share_methods=share_method,  # type: ignore[arg-type]
     )
 
     async def work(session: Any) -> Any:
