@@ -120,8 +120,8 @@ async def _submit(exchange: Exchange) -> tuple[int, bytes]:
     planned = await service.plan(caller.caller_id, body.purpose, operations)
     targets = [p.target() for p in planned]
     raw = exchange.body if inline is None else None
-    if raw is not None and len(raw) > 1 << 20:
-        # A large upload is checked off the event loop: other requests go on meanwhile.
+    if raw is not None and len(raw) > 16 << 10:
+        # An upload beyond a few hundred lines is checked off the event loop: other requests go on meanwhile.
         subjects = await asyncio.to_thread(
             partial(parse_subjects, inline=None, body=raw, media_type=media_type, targets=targets)
         )

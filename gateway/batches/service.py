@@ -259,7 +259,9 @@ class BatchService:
         )
         lines, summary, events = await self._call(job, grants, subjects, chunk_no, attempt)
         # Durable in the audit before anything can be read: a failure here raises, and the chunk runs again.
-        await asyncio.gather(*(runtime.audit.append(event) for event in events))
+        for start in range(0, len(events), 64):
+            # Sealed and queued 64 at a time (each slice one group commit at most): never a long hold of the loop.
+            await asyncio.gather(*(runtime.audit.append(event) for event in events[start : start + 64]))
         async with runtime.engine.begin() as connection:
             stored = await connection.execute(
                 update(BatchChunk)
@@ -313,6 +315,9 @@ class BatchService:
         events: list[AuditEvent] = []
         summary: list[dict[str, Any]] = [{"done": count, "outcomes": defaultdict(int)} for _ in ops]
         for index in range(count):
+            if index % 32 == 31:
+                # A chunk's lines and records are built in slices: interactive calls get the event loop in between.
+                await asyncio.sleep(0)
             uscc = subjects[index][0]
             for op_index, entry in enumerate(ops):
                 grant = grants[op_index]
