@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -51,6 +51,27 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     console_secure_cookies: bool = Field(
         default=True, description="web console cookies carry Secure; off only for the plain-HTTP demo (serve --demo)"
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="the console's OIDC identity provider (a province's unified identity platform), e.g."
+        " https://idp.example/realms/gov; unset: local sign-in only",
+    )
+    oidc_client_id: str | None = Field(default=None, max_length=256, description="the console's client id at the IdP")
+    oidc_client_secret: SecretStr | None = Field(default=None, description="its client secret (from the environment)")
+    oidc_username_claim: str = Field(
+        default="preferred_username",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="the ID token claim naming the local console account",
+    )
+    oidc_second_factor: Literal["amr", "idp"] = Field(
+        default="amr",
+        description="amr: a sign-in counts as two factors only when the ID token's amr or acr names one of"
+        " oidc_mfa_values; idp: the IdP is configured to require two factors for this client, every sign-in counts",
+    )
+    oidc_mfa_values: str = Field(
+        default="mfa,otp,hwk,sms,sc,face,fpt",
+        description="amr (RFC 8176) or acr values that show a second factor, comma separated",
     )
     sharing_overdue_action: Literal["escalate", "approve"] = Field(
         default="escalate",
@@ -194,6 +215,30 @@ class Settings(BaseSettings):
         description="the same bound over all client addresses together, so that many addresses cannot flood the log",
     )
 
+    @model_validator(mode="after")
+    def _oidc(self) -> Settings:
+        """OIDC is all or nothing: an issuer needs a client id and secret, and these mean nothing without one."""
+        if not self.oidc_issuer:
+            self.oidc_issuer = None
+            if self.oidc_client_id or self.oidc_client_secret:
+                raise ValueError("MSJX_OIDC_ISSUER: needed when MSJX_OIDC_CLIENT_ID or _SECRET is set")
+            return self
+        parts = urlsplit(self.oidc_issuer)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if (parts.scheme != "https" and not (parts.scheme == "http" and loopback)) or parts.query or parts.fragment:
+            raise ValueError("MSJX_OIDC_ISSUER: must be an https:// URL without query (http only on 127.0.0.1)")
+        if not self.oidc_client_id:
+            raise ValueError("MSJX_OIDC_CLIENT_ID: needed when MSJX_OIDC_ISSUER is set")
+        if self.oidc_client_secret is None or not self.oidc_client_secret.get_secret_value():
+            raise ValueError("MSJX_OIDC_CLIENT_SECRET: needed when MSJX_OIDC_ISSUER is set")
+        if self.oidc_second_factor == "amr" and not self.mfa_values:
+            raise ValueError("MSJX_OIDC_MFA_VALUES: empty, so no sign-in could count as two factors")
+        return self
+
+    @property
+    def mfa_values(self) -> frozenset[str]:
+        return frozenset(value.strip() for value in self.oidc_mfa_values.split(",") if value.strip())
+
     @field_validator("unauthenticated_rate", "unauthenticated_total_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
@@ -306,9 +351,12 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:
+            # A rule across settings (model validator): its message names the setting itself.
+            raise SettingsError(str(first["msg"]).removeprefix("Value error, ")) from None
         name = "MSJX_" + "_".join(str(part) for part in first["loc"][:1]).upper()
         raw = os.environ.get(name)
-        secret = "url" in name.lower() or "key" in name.lower()
+        secret = any(word in name.lower() for word in ("url", "key", "secret"))
         shown = "" if raw is None or secret else f" (got {raw!r})"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{name}: {message}{shown}") from None

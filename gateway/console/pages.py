@@ -6,14 +6,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.audit.writer import AuditUnavailable
-from gateway.console import admin, auditor, officer, operator, web
+from gateway.console import admin, auditor, officer, oidc, operator, web
 from gateway.console.session import ConsoleState
 from gateway.http.problems import Problem
 
 __all__ = ["ConsoleState", "audit_unavailable", "router"]
 
 # The role modules are imported for their routes.
-_ROOMS = (admin, auditor, officer, operator)
+_ROOMS = (admin, auditor, officer, oidc, operator)
 router: APIRouter = web.router
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -229,28 +230,34 @@ async def login(request: Request, username: str, password: str, code: str) -> Lo
         await audit_event(
             request, "console.login", username=account.username, principal=principal, allowed=True, status=200
         )
-        account.failed_logins = 0
-        account.locked_until = None
         account.totp_last_step = step
-        account.last_login_at = now
-        # The account's sessions that ended, or went idle, more than a day ago are of no further use.
-        await db.execute(
-            delete(ConsoleSession).where(
-                ConsoleSession.username == account.username, ConsoleSession.last_seen_at < now - timedelta(days=1)
-            )
-        )
-        token = secrets.token_urlsafe(32)
-        db.add(
-            ConsoleSession(
-                token_hash=token_hash(token),
-                username=account.username,
-                csrf_token=secrets.token_urlsafe(32),
-                created_at=now,
-                last_seen_at=now,
-            )
-        )
-        await db.commit()
+        token = await open_session(db, account, now)
         return LoginResult(True, token=token, home=ROLES[account.role].home)
+
+
+async def open_session(db: AsyncSession, account: ConsoleAccount, now: datetime) -> str:
+    """A new session for an account whose sign-in was already audited (by password and TOTP, or by OIDC): its token."""
+    account.failed_logins = 0
+    account.locked_until = None
+    account.last_login_at = now
+    # The account's sessions that ended, or went idle, more than a day ago are of no further use.
+    await db.execute(
+        delete(ConsoleSession).where(
+            ConsoleSession.username == account.username, ConsoleSession.last_seen_at < now - timedelta(days=1)
+        )
+    )
+    token = secrets.token_urlsafe(32)
+    db.add(
+        ConsoleSession(
+            token_hash=token_hash(token),
+            username=account.username,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            last_seen_at=now,
+        )
+    )
+    await db.commit()
+    return token
 
 
 class NotSignedIn(MsjxError):

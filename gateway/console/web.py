@@ -25,6 +25,7 @@ from gateway.console.session import (
     login,
     logout,
     set_cookie,
+    state_of,
 )
 from schemas.times import BEIJING
 
@@ -170,16 +171,18 @@ async def static(name: str) -> Response:
     )
 
 
-def _login_page(request: Request, message: str = "", status: int = 200, username: str = "") -> Response:
+def login_page(request: Request, message: str = "", status: int = 200, username: str = "") -> Response:
     token = secrets.token_urlsafe(32)
-    response = render(request, "login.html", status=status, message=message, csrf=token, username=username)
+    settings = state_of(request).settings
+    oidc = settings is not None and settings.oidc_issuer is not None  # the 统一身份认证 button (console/oidc.py)
+    response = render(request, "login.html", status=status, message=message, csrf=token, username=username, oidc=oidc)
     set_cookie(response, request, LOGIN_COOKIE, token)
     return response
 
 
 @router.get("/login")
 async def login_form(request: Request, why: str = "") -> Response:
-    return _login_page(request, IDLE_MESSAGES.get(why, ""))
+    return login_page(request, IDLE_MESSAGES.get(why, ""))
 
 
 @router.post("/login")
@@ -198,13 +201,13 @@ async def login_submit(request: Request) -> Response:
             code="csrf_invalid",
             detail={"path": request.url.path},
         )
-        return _login_page(request, "表单令牌无效，请重新登录 (CSRF token)", 403, username)
+        return login_page(request, "表单令牌无效，请重新登录 (CSRF token)", 403, username)
     try:
         result = await login(request, username, str(form.get("password") or ""), str(form.get("totp") or ""))
     except AuditUnavailable:
-        return _login_page(request, "审计日志不可用，暂不能登录 (audit log unavailable)", 503, username)
+        return login_page(request, "审计日志不可用，暂不能登录 (audit log unavailable)", 503, username)
     if not result.ok:
-        return _login_page(request, result.message, 401, username)
+        return login_page(request, result.message, 401, username)
     response = RedirectResponse(result.home, status_code=303, headers=HEADERS)
     set_cookie(response, request, COOKIE, result.token)
     clear_cookie(response, request, LOGIN_COOKIE)
