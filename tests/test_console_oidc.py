@@ -179,3 +179,10 @@ async def test_a_callback_without_its_pending_sign_in_is_refused(world: ConsoleW
     async with _client(world) as client:
         forged = await client.get("/console/oidc/callback", params={"code": "x", "state": "y"})
         assert forged.status_code == 401
+        # A pending sign-in the browser wrote itself, not sealed by the gateway, is no pending sign-in.
+        unsealed = orjson.dumps({"state": "y", "nonce": "n", "verifier": "v", "started": 9e9}).decode()
+        client.cookies.set("msjx_console_oidc", unsealed, path="/console/oidc")
+        forged = await client.get("/console/oidc/callback", params={"code": "x", "state": "y"})
+        assert forged.status_code == 401
+    record = (await world.records(event="console.login", reason_code="oidc_failed"))[-1]
+    assert await _detail(world, record) == {"method": "oidc", "failed": "state"}

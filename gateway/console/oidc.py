@@ -22,7 +22,7 @@ from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from gateway.audit.writer import AuditUnavailable
-from gateway.console.accounts import AccountError, is_locked
+from gateway.console.accounts import SEALED, AccountError, is_locked
 from gateway.console.roles import ROLES
 from gateway.console.session import COOKIE, audit_event, open_session, principal_for, set_cookie, state_of
 from gateway.console.store import ConsoleAccount
@@ -232,7 +232,7 @@ async def oidc_start(request: Request) -> Response:
 
 def _pending(request: Request) -> Pending | None:
     sealed = request.cookies.get(PENDING_COOKIE)
-    if not sealed:
+    if not sealed or not sealed.startswith(SEALED):  # SecretBox.open passes unsealed (legacy TOTP) values through
         return None
     try:
         pending = Pending(**orjson.loads(state_of(request).box.open(PENDING_AAD, sealed)))
