@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,13 +15,14 @@ from adapters.base import Adapter
 from adapters.resilience import BreakerStore, Guarded, MemoryBreakerStore
 from gateway.access.authenticate import Authenticator
 from gateway.access.directory import Directory
-from gateway.access.nonces import MemoryNonceStore, NonceStore, RedisEpoch, RedisNonceStore, connect_redis
+from gateway.access.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
 from gateway.access.quota_rebuild import rebuild_quota_windows
 from gateway.access.quotas import Quotas
 from gateway.audit.keys import open_keyring
 from gateway.audit.signer import load_signer
 from gateway.audit.witness import witness_path
 from gateway.audit.writer import AuditWriter
+from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.payments.idempotency import IdempotencyStore
 from gateway.payments.intents import Payments
 from gateway.pipeline.unauthenticated import UnauthenticatedGate
@@ -30,6 +30,7 @@ from gateway.settings import Settings
 from gateway.sharing.ownership import seed_owners
 from gateway.storage import db
 from gateway.storage.health import Dependency, is_database_outage
+from gateway.storage.redis import SharedRedis
 from gateway.upstreams.registry import LiveAdapters
 from schemas.problems import ProblemCode
 from security.keyring import KeyRing
@@ -76,12 +77,12 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
     return adapters
 
 
-def breaker_store(settings: Settings) -> BreakerStore:
+def breaker_store(settings: Settings, redis: SharedRedis | None) -> BreakerStore:
     """Where circuit breakers keep state: Redis when configured (shared by every node), else this process."""
-    if settings.redis_url:
+    if redis is not None:
         from gateway.upstreams.breakers import RedisBreakerStore, breaker_prefix
 
-        return RedisBreakerStore(connect_redis(settings.redis_url), breaker_prefix(settings.async_database_url))
+        return RedisBreakerStore(redis.client, breaker_prefix(redis.prefix, settings.async_database_url))
     return MemoryBreakerStore()
 
 
@@ -103,6 +104,8 @@ def start_payments(
     audit: AuditWriter,
     adapters: Mapping[str, Adapter],
     health: Dependency | None = None,
+    redis: SharedRedis | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Payments | None:
     """The payment path and its reconciler, when the treasury is offered."""
     treasury = adapters.get("treasury")
@@ -114,8 +117,8 @@ def start_payments(
         # A lease must outlast the work it covers: at most submit, status, submit again, status, each bounded by
         # the upstream timeout.
         lease_seconds=max(settings.idempotency_lease_seconds, 5 * settings.upstream_timeout),
-        redis=connect_redis(settings.redis_url) if settings.redis_url else None,
-        redis_prefix=settings.redis_prefix,
+        redis=redis,
+        clock=clock,
     )
     return Payments(
         sessions=sessions,
@@ -127,6 +130,7 @@ def start_payments(
         retention_days=settings.idempotency_retention_days,
         kill_after_accept=settings.payment_fault_kill_after_accept,
         health=health,
+        clock=clock,
     )
 
 
@@ -144,6 +148,10 @@ class Runtime:
     breakers: BreakerStore = field(default_factory=MemoryBreakerStore)
     payments: Payments | None = None
     keyring: KeyRing | None = None
+    # The process's one Redis client, which nonces, quotas, breakers and payment locks share; closed last.
+    redis: SharedRedis | None = None
+    # Wall time for everything this process does (tests give their own).
+    clock: Clock = SYSTEM_CLOCK
     # Refusals before authentication: audited one by one up to a rate per address, then counted (start sets it).
     unauthenticated: UnauthenticatedGate | None = None
     # Signed exchanges this worker has begun and not yet answered: how congested its event loop is.
@@ -152,25 +160,27 @@ class Runtime:
     shared_state: Dependency = field(
         default_factory=lambda: Dependency("shared_state", ProblemCode.STATE_STORE_UNAVAILABLE)
     )
-    _key_refresher: asyncio.Task[None] | None = None
+    _key_refresher: Periodic | None = None
     _quota_rebuild: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> Runtime:
+    async def start(
+        cls, settings: Settings, adapters: Mapping[str, Adapter] | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> Runtime:
         engine = db.create_engine(settings)
         sessions = db.sessionmaker(engine)
         database = Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
         directory = Directory(sessions, ttl=settings.grant_cache_seconds, health=database)
-        if settings.redis_url:
-            epoch = RedisEpoch()
-            nonces: NonceStore = RedisNonceStore(connect_redis(settings.redis_url, epoch=epoch), epoch)
+        redis = SharedRedis(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+        if redis is not None:
+            nonces: NonceStore = RedisNonceStore(redis)
             await nonces.ping()
             log.info("shared state in Redis: nonces are seen by every node")
         else:
             nonces = MemoryNonceStore()
             log.warning("MSJX_REDIS_URL is unset: nonces are kept in this process, so run ONE node only")
         install_log_masking()
-        keyring = await open_keyring(settings, engine)
+        keyring = await open_keyring(settings, engine, clock)
         audit = AuditWriter(
             engine,
             chain_id=settings.node_id,
@@ -182,6 +192,7 @@ class Runtime:
             witness_path=witness_path(settings, settings.node_id),
             batch_max=settings.audit_batch_max,
             health=database,
+            clock=clock,
         )
         await audit.start()
         log.info(
@@ -191,7 +202,7 @@ class Runtime:
             settings.crypto_suite,
             keyring.current().key_id,
         )
-        breakers = breaker_store(settings)
+        breakers = breaker_store(settings, redis)
         plain = build_adapters(settings) if adapters is None else adapters
         static = {name: Guarded(adapter, store=breakers) for name, adapter in plain.items()}
         try:
@@ -202,11 +213,11 @@ class Runtime:
         await catalog.start()
         offload = await start_offload(settings)
         authenticator = Authenticator(directory, nonces, settings.signature_max_skew, offload)
-        quotas = Quotas.from_settings(settings)
+        quotas = Quotas.build(redis, clock)
         # In memory the counters start from zero with the process (and in Redis when it lost them): today's calls
         # are in the audit records, so a restart does not give a used-up quota back.
         await rebuild_quota_windows(engine, quotas)
-        payments = start_payments(settings, sessions, audit, catalog, health=database)
+        payments = start_payments(settings, sessions, audit, catalog, health=database, redis=redis, clock=clock)
         if payments is not None:
             await payments.start()
         runtime = cls(
@@ -222,6 +233,8 @@ class Runtime:
             breakers=breakers,
             payments=payments,
             keyring=keyring,
+            redis=redis,
+            clock=clock,
         )
         runtime.unauthenticated = UnauthenticatedGate(
             quotas.storage,
@@ -230,7 +243,10 @@ class Runtime:
             UnauthenticatedGate.deployment_of(settings.async_database_url),
         )
         runtime.unauthenticated.start(audit.append)
-        runtime._key_refresher = asyncio.create_task(runtime._refresh_keys(), name="audit-key-refresh")
+        # Rotations and destructions by any node reach this one within a second, without a restart.
+        runtime._key_refresher = periodic(
+            "audit-key-refresh", KEY_REFRESH_SECONDS, runtime._refresh_keys, on_error=runtime._keys_not_refreshed
+        )
         if quotas.epoch is not None:
             quotas.epoch.on_restart(runtime._rebuild_quotas_soon)
         return runtime
@@ -254,18 +270,16 @@ class Runtime:
         log.error("quota windows were not rebuilt after the Redis restart: today's counts restart from zero")
 
     async def _refresh_keys(self) -> None:
-        """Re-read the key ring every second: rotations and destructions by any node reach this one without restart."""
         assert self.keyring is not None
-        while True:
-            await asyncio.sleep(KEY_REFRESH_SECONDS)
-            try:
-                await self.keyring.refresh()
-                await self.keyring.rotate_if_due()
-            except Exception as exc:  # the store may be briefly down; the keys in memory stay usable
-                if is_database_outage(exc):
-                    self.directory.health.failed(exc)
-                else:
-                    log.warning("audit key ring refresh failed: %s", type(exc).__name__)
+        await self.keyring.refresh()
+        await self.keyring.rotate_if_due()
+
+    def _keys_not_refreshed(self, exc: Exception) -> None:
+        # The store may be briefly down; the keys in memory stay usable.
+        if is_database_outage(exc):
+            self.directory.health.failed(exc)
+        else:
+            log.warning("audit key ring refresh failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
         if self._quota_rebuild is not None:
@@ -273,9 +287,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._quota_rebuild
         if self._key_refresher is not None:
-            self._key_refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._key_refresher
+            await self._key_refresher.stop()
         if self.payments is not None:
             await self.payments.close()
             await self.payments.store.close()
@@ -283,12 +295,11 @@ class Runtime:
             await self.unauthenticated.close(self.audit.append)
         await self.audit.close()
         await self.adapters.close()
-        close_breakers = getattr(self.breakers, "close", None)
-        if close_breakers is not None:
-            await close_breakers()
         await self.nonces.close()
         await self.authenticator.close()
         await self.quotas.close()
+        if self.redis is not None:
+            await self.redis.close()
         await self.engine.dispose()
 
     async def readiness(self) -> dict[str, str]:
@@ -306,7 +317,7 @@ class Runtime:
                 checks["redis"] = "ok"
             except Exception as exc:
                 checks["redis"] = f"unavailable: {type(exc).__name__}"
-        key_age = (time.time_ns() // 1_000_000 - self.keyring.refreshed_ms) / 1000 if self.keyring else 0.0
+        key_age = (self.clock.ms() - self.keyring.refreshed_ms) / 1000 if self.keyring else 0.0
         if not self.audit.running:
             checks["audit"] = "writer stopped"
         elif self.audit.last_error is not None:

@@ -13,10 +13,20 @@ import pytest
 
 from schemas.times import BEIJING
 from tests.helpers.audit import CHAIN, audit_store, event, open_writer, rows
+from tests.helpers.clock import ManualClock
 from tests.helpers.processes import run_cli
 
 pytestmark = pytest.mark.slow
 YEAR_MS = 365 * 86_400_000
+
+
+class TickingClock(ManualClock):
+    """Each reading of the milliseconds is one after the last."""
+
+    def ms(self) -> int:
+        value = super().ms()
+        self.advance(milliseconds=1)
+        return value
 
 
 async def _write(
@@ -25,8 +35,7 @@ async def _write(
     async with audit_store("sqlite", data_dir) as store:
         options = {}
         if clock_ms is not None:
-            ticks = iter(range(clock_ms, clock_ms + 10_000_000))
-            options["clock"] = lambda: next(ticks)
+            options["clock"] = TickingClock(datetime.fromtimestamp(clock_ms / 1000, UTC))
         writer = await open_writer(store, suite, every=every, **options)
         try:
             start = writer.height

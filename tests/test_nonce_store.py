@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.access.nonces import MemoryNonceStore, PipelineBatcher, RedisEpoch, RedisNonceStore, connect_redis
+from gateway.access.nonces import MemoryNonceStore, RedisNonceStore
+from gateway.storage.redis import PipelineBatcher, SharedRedis, connect_redis
 from tests.helpers.services import check_redis
 
 
@@ -21,11 +22,9 @@ def now() -> int:
 
 @pytest.fixture
 async def store() -> AsyncIterator[RedisNonceStore]:
-    url = await check_redis()
-    epoch = RedisEpoch()
-    store = RedisNonceStore(connect_redis(url, epoch=epoch), epoch)
-    yield store
-    await store.close()
+    redis = SharedRedis(await check_redis(), "msjx")
+    yield RedisNonceStore(redis)
+    await redis.close()
 
 
 async def test_same_nonce_claimed_concurrently_is_granted_once(store: RedisNonceStore) -> None:
@@ -60,14 +59,14 @@ async def test_same_nonce_under_another_key_is_another_claim(store: RedisNonceSt
 
 async def test_unreachable_redis_fails_every_waiter() -> None:
     created = now()
-    epoch = RedisEpoch()
-    store = RedisNonceStore(connect_redis("redis://127.0.0.1:1/0", epoch=epoch), epoch)
+    redis = SharedRedis("redis://127.0.0.1:1/0", "msjx")
+    store = RedisNonceStore(redis)
     try:
         outcomes = await asyncio.gather(
             *(store.claim("k", f"nonce-{i:04d}", created, 30) for i in range(5)), return_exceptions=True
         )
     finally:
-        await store.close()
+        await redis.close()
     assert all(isinstance(outcome, Exception) for outcome in outcomes), outcomes
 
 

@@ -25,6 +25,7 @@ from gateway.access.quotas import LoopMemoryStorage, QuotaExceeded, Quotas
 from gateway.settings import load_settings
 from gateway.storage import db
 from gateway.storage.models import AuditRecord
+from gateway.storage.redis import SharedRedis
 from schemas.api import GrantIn
 from simulators.enterprises import DEMO_USCC
 from tests.helpers.calls import assert_problem
@@ -38,10 +39,12 @@ INVOKE = "/v1/services/credit/dishonest-debtor"
 
 @pytest.fixture(params=["memory", "redis"])
 async def quotas(request: pytest.FixtureRequest) -> AsyncIterator[Quotas]:
-    redis_url = await check_redis() if request.param == "redis" else None
-    store = Quotas.from_settings(load_settings(redis_url=redis_url))
+    redis = SharedRedis(await check_redis(), "msjx") if request.param == "redis" else None
+    store = Quotas.build(redis)
     yield store
     await store.close()
+    if redis is not None:
+        await redis.close()
 
 
 async def _outcomes(quotas: Quotas, grant: GrantInfo, calls: int) -> list[str | QuotaExceeded]:
@@ -115,14 +118,15 @@ async def test_in_memory_windows_reset_and_expired_counters_are_swept() -> None:
 
 
 async def test_redis_down_fails_closed() -> None:
-    store = Quotas.from_settings(load_settings(redis_url="redis://127.0.0.1:1/0"))
+    redis = SharedRedis("redis://127.0.0.1:1/0", "msjx")
+    store = Quotas.build(redis)
     try:
         with pytest.raises(Exception) as info:
             await store.check(grant_info(daily_quota=5))
         assert getattr(info.value, "code", None) == "quota_store_unavailable"
         assert info.value.status == 503  # type: ignore[attr-defined]
     finally:
-        await store.close()
+        await redis.close()
 
 
 async def test_quota_and_rate_limit_on_the_invoke_path(gateway: RunningGateway) -> None:

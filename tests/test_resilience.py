@@ -48,10 +48,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[BreakerStore]:
         yield MemoryBreakerStore()
         return
     url = await check_redis()
-    redis_store = RedisBreakerStore(Redis.from_url(url), f"msjx-test:breaker:{secrets.token_hex(6)}")
+    redis = Redis.from_url(url)
+    redis_store = RedisBreakerStore(redis, f"msjx-test:breaker:{secrets.token_hex(6)}")
     yield redis_store
     await redis_store.reset("up")
-    await redis_store.close()
+    await redis.aclose()
 
 
 async def _fail(store: BreakerStore, times: int) -> str:
@@ -105,15 +106,16 @@ async def test_failures_must_also_be_a_share_of_calls(store: BreakerStore) -> No
 async def test_redis_breaker_is_shared_by_nodes() -> None:
     url = await check_redis()
     prefix = f"msjx-test:breaker:{secrets.token_hex(6)}"
-    node_a, node_b = RedisBreakerStore(Redis.from_url(url), prefix), RedisBreakerStore(Redis.from_url(url), prefix)
+    client_a, client_b = Redis.from_url(url), Redis.from_url(url)
+    node_a, node_b = RedisBreakerStore(client_a, prefix), RedisBreakerStore(client_b, prefix)
     try:
         await _fail(node_a, 3)
         assert not (await node_b.acquire("up", CONFIG)).allowed
         assert (await node_b.snapshot("up")).state == "open"
     finally:
         await node_a.reset("up")
-        await node_a.close()
-        await node_b.close()
+        await client_a.aclose()
+        await client_b.aclose()
 
 
 class Clock:
@@ -128,8 +130,9 @@ async def test_a_node_trusts_a_closed_breaker_for_closed_ttl_only() -> None:
     url = await check_redis()
     prefix = f"msjx-test:breaker:{secrets.token_hex(6)}"
     clock = Clock()
-    node_a = RedisBreakerStore(Redis.from_url(url), prefix)
-    node_b = RedisBreakerStore(Redis.from_url(url), prefix, closed_ttl=0.2, clock=clock)
+    client_a, client_b = Redis.from_url(url), Redis.from_url(url)
+    node_a = RedisBreakerStore(client_a, prefix)
+    node_b = RedisBreakerStore(client_b, prefix, closed_ttl=0.2, clock=clock)
     try:
         assert (await node_b.acquire("up", CONFIG)).allowed  # asked Redis: closed
         await _fail(node_a, 3)
@@ -139,8 +142,8 @@ async def test_a_node_trusts_a_closed_breaker_for_closed_ttl_only() -> None:
         assert not (await node_b.acquire("up", CONFIG)).allowed, "after closed_ttl it asks again and obeys"
     finally:
         await node_a.reset("up")
-        await node_a.close()
-        await node_b.close()
+        await client_a.aclose()
+        await client_b.aclose()
 
 
 async def test_successes_are_counted_locally_and_sent_with_the_next_failure() -> None:
@@ -148,7 +151,7 @@ async def test_successes_are_counted_locally_and_sent_with_the_next_failure() ->
     prefix = f"msjx-test:breaker:{secrets.token_hex(6)}"
     clock = Clock()
     redis = Redis.from_url(url)
-    node = RedisBreakerStore(Redis.from_url(url), prefix, closed_ttl=0.2, clock=clock)
+    node = RedisBreakerStore(redis, prefix, closed_ttl=0.2, clock=clock)
     try:
         assert (await node.acquire("up", CONFIG)).allowed
         for _ in range(10):
@@ -166,7 +169,6 @@ async def test_successes_are_counted_locally_and_sent_with_the_next_failure() ->
         assert await _fail(node, 1) == "open"  # 14 of 28
     finally:
         await node.reset("up")
-        await node.close()
         await redis.aclose()
 
 

@@ -22,9 +22,10 @@ import pytest
 import uvicorn
 from prometheus_client import REGISTRY
 
-from gateway.access.nonces import RedisEpoch, RedisNonceStore, connect_redis
+from gateway.access.nonces import RedisNonceStore
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
+from gateway.storage.redis import SharedRedis
 from tests.helpers.calls import assert_problem, signed
 from tests.helpers.faults import OwnPostgres, OwnRedis
 from tests.helpers.gateways import RunningGateway, running_gateway
@@ -244,14 +245,14 @@ async def test_a_redis_that_refuses_info_still_serves(tmp_path: Path, store_logs
     # Some managed Redis deployments rename or deny INFO: the gateway works, says once what it cannot notice.
     redis = OwnRedis(tmp_path, "--rename-command", "INFO", "")
     redis.start()
-    epoch = RedisEpoch()
-    store = RedisNonceStore(connect_redis(redis.url, epoch=epoch), epoch)
+    shared = SharedRedis(redis.url, "msjx")
+    store, epoch = RedisNonceStore(shared), shared.epoch
     try:
         created = int(time.time())
         assert [await store.claim("k", "n-00000001", created, 30) for _ in range(2)] == [True, False]
         assert epoch.blind and epoch.run_id is None
     finally:
-        await store.close()
+        await shared.close()
         redis.stop()
     warnings = [r.getMessage() for r in store_logs.records if "refuses INFO" in r.getMessage()]
     assert len(warnings) == 1, warnings

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -20,19 +20,17 @@ from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from gateway.access.directory import GrantInfo
-from gateway.access.nonces import PipelineBatcher, RedisEpoch
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.problems import Problem
-from gateway.settings import Settings
 from gateway.storage.health import Dependency
+from gateway.storage.redis import PipelineBatcher, RedisEpoch, SharedRedis
 from schemas.problems import ProblemCode
 from schemas.times import china_date, seconds_to_next_china_day
 
 log = logging.getLogger("msjx.quotas")
-KEY_PREFIX = "msjx:limits"
-REDIS_CONNECTIONS = 64
 
 
 @lru_cache(maxsize=4096)
@@ -150,9 +148,6 @@ class PipelinedRedisStorage(RedisStorage):
             raise StorageError(exc) from exc
         return int(counts[0]), int(counts[1])
 
-    async def close(self) -> None:
-        await self._batcher.close()
-
 
 # Add the calls a restarted Redis lost (those audited before it started) to a day window's counter, once per server
 # start however many nodes rebuild (the marker), keeping the counter's expiry, or setting one on a new counter.
@@ -166,14 +161,20 @@ return count
 
 class Quotas:
     def __init__(
-        self, storage: Storage, kind: str, redis: Redis | None = None, epoch: RedisEpoch | None = None
+        self,
+        storage: Storage,
+        kind: str,
+        redis: Redis | None = None,
+        epoch: RedisEpoch | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._storage = storage
         self._limiter = FixedWindowRateLimiter(storage)
         self._redis = redis
         self.kind = kind
         self.epoch = epoch  # with Redis: when its server restarted, so the runtime can rebuild the windows
-        self.started = time.time()  # in memory: the counters hold nothing from before this
+        self.clock = clock
+        self.started = clock.time()  # in memory: the counters hold nothing from before this
         self.health = Dependency("quota_store", ProblemCode.QUOTA_STORE_UNAVAILABLE)
         self.rebuilding: asyncio.Task[None] | None = None
         self.rebuilds = 0
@@ -184,31 +185,21 @@ class Quotas:
         return self._storage
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Quotas:
-        if settings.redis_url:
-            # Our own client, lent to `limits` so that close() can release it. A blocking pool makes a burst
-            # wait for a free connection; redis-py's default pool raises past 100 calls in flight.
-            epoch = RedisEpoch()
-            pool = BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=REDIS_CONNECTIONS,
-                timeout=2,
-                socket_connect_timeout=2,
-                socket_timeout=2,
-                redis_connect_func=epoch.connected,
-            )
-            redis = Redis(connection_pool=pool)
+    def build(cls, redis: SharedRedis | None, clock: Clock = SYSTEM_CLOCK) -> Quotas:
+        """Counters in the process's shared Redis (its pool lent to `limits`, keys under `<prefix>:limits`), or in
+        this process when there is none."""
+        if redis is not None:
             storage = PipelinedRedisStorage(
-                PipelineBatcher(redis),
+                redis.batcher,
                 "async+redis://",
                 implementation="redispy",
-                key_prefix=KEY_PREFIX,
+                key_prefix=redis.key("limits"),
                 wrap_exceptions=True,
-                connection_pool=redis.connection_pool,
+                connection_pool=redis.client.connection_pool,
             )
-            return cls(storage, "redis", redis, epoch)
+            return cls(storage, "redis", redis.client, redis.epoch, clock)
         log.warning("MSJX_REDIS_URL is unset: quotas and rate limits are counted in this process, so run ONE node only")
-        return cls(LoopMemoryStorage(wrap_exceptions=True), "memory")
+        return cls(LoopMemoryStorage(wrap_exceptions=True), "memory", clock=clock)
 
     async def check(self, grant: GrantInfo, now: datetime | None = None) -> None:
         """Count one call under `grant`, or raise QuotaExceeded (429) or a 503 when the counter store is down."""
@@ -217,7 +208,7 @@ class Quotas:
         scope = grant.quota_scope
         rate = rate_item(grant.rate_limit) if grant.rate_limit is not None else None
         day = quota_item(grant.daily_quota) if grant.daily_quota is not None else None
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock.now()
         day_id = china_date(moment).isoformat() if day is not None else ""
         rebuilds = self.rebuilds
         if self.rebuilding is not None and not self.rebuilding.done():
@@ -246,7 +237,7 @@ class Quotas:
                 raise QuotaExceeded(
                     ProblemCode.RATE_LIMITED,
                     f"the grant allows {grant.rate_limit}; retry after the window resets",
-                    stats.reset_time - time.time(),
+                    stats.reset_time - self.clock.time(),
                 )
             if not day_ok:
                 raise QuotaExceeded(
@@ -310,13 +301,10 @@ class Quotas:
         """Calls counted today against the grant's daily quota (None when it has none)."""
         if grant.daily_quota is None:
             return None
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock.now()
         item = quota_item(grant.daily_quota)
         stats = await self._limiter.get_window_stats(item, "quota", grant.quota_scope, china_date(moment).isoformat())
         return grant.daily_quota - stats.remaining
 
     async def close(self) -> None:
-        if isinstance(self._storage, PipelinedRedisStorage):
-            await self._storage.close()
-        if self._redis is not None:
-            await self._redis.aclose()
+        """Nothing of its own to release: the shared Redis client is closed by its owner, the runtime."""

@@ -9,6 +9,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.settings import Settings
 from gateway.storage.models import AuditKey
 from security.keyring import (
@@ -75,14 +76,20 @@ class DbKeyStore:
             )
 
 
-async def open_keyring(settings: Settings, engine: AsyncEngine) -> KeyRing:
+async def open_keyring(settings: Settings, engine: AsyncEngine, clock: Clock = SYSTEM_CLOCK) -> KeyRing:
     """Load the master key, open the ring over the database, importing first-release key files once."""
     master = load_master_key(
         env_value=settings.master_key.get_secret_value() if settings.master_key else None,
         secret_file=settings.master_key_file,
         default_path=settings.keys_dir / "master.key",
     )
-    ring = KeyRing(master, DbKeyStore(engine), suite=settings.crypto_suite, period_days=settings.audit_key_period_days)
+    ring = KeyRing(
+        master,
+        DbKeyStore(engine),
+        suite=settings.crypto_suite,
+        period_days=settings.audit_key_period_days,
+        clock=clock.ms,
+    )
     imports = []
     data_path = settings.keys_dir / LEGACY_DATA_KEY[0]
     index_path = settings.keys_dir / LEGACY_INDEX_KEY

@@ -25,6 +25,7 @@ from gateway.audit.node_keys import register_node_key
 from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
 from gateway.audit.witness import append_witness
+from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.storage.db import SQLITE_PRAGMAS
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import AUDIT_COLUMNS
@@ -33,7 +34,7 @@ from schemas.problems import ProblemCode
 from security.audit_chain import GENESIS_HASH, hasher_for
 from security.checkpoints import Checkpoint, sign_checkpoint
 from security.crypto import NonceSequence, get_suite
-from security.keyring import KeyRing, now_ms
+from security.keyring import KeyRing
 from security.keys import PrivateKey
 
 log = logging.getLogger("msjx.audit")
@@ -136,7 +137,7 @@ class AuditWriter:
         checkpoint_seconds: float = 10.0,
         witness_path: Path | None = None,
         batch_max: int = 512,
-        clock: Any = now_ms,
+        clock: Clock = SYSTEM_CLOCK,
         health: Dependency | None = None,
         partition_seconds: float = 3600.0,
     ) -> None:
@@ -172,13 +173,13 @@ class AuditWriter:
         self._wakeup = asyncio.Event()
         self._tick_due = False
         self._task: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker: Periodic | None = None
         self._closing = False
         self._resync = False
         # PostgreSQL: the monthly partitions this writer knows are there (None on SQLite, which has one table).
         self._months: MonthGuard | None = None
         self._partition_seconds = partition_seconds
-        self._maintainer: asyncio.Task[None] | None = None
+        self._maintainer: Periodic | None = None
         self.height = 0
         self.head = GENESIS_HASH
         self.sealed_height = 0
@@ -193,7 +194,7 @@ class AuditWriter:
             await self.keyring.rotate([self.suite])  # the first data key of a suite the ring has not used yet
         await self._load_head()
         if self._engine.dialect.name == "postgresql":
-            partitions = await ensure_or_list(self._engine, self._clock())
+            partitions = await ensure_or_list(self._engine, self._clock.ms())
             self._months = MonthGuard(partitions) if partitions else None
         await self._committer.open()
         if self._signer is not None:
@@ -203,9 +204,11 @@ class AuditWriter:
                 await self.checkpoint()
         self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self.chain_id}")
         if self._months is not None:
-            self._maintainer = asyncio.create_task(self._maintain(), name=f"audit-partitions-{self.chain_id}")
+            self._maintainer = periodic(
+                f"audit-partitions-{self.chain_id}", self._partition_seconds, self._maintain, on_error=_months_not_made
+            )
         if self._signer is not None:
-            self._ticker = asyncio.create_task(self._tick(), name=f"audit-checkpoints-{self.chain_id}")
+            self._ticker = periodic(f"audit-checkpoints-{self.chain_id}", self._tick_seconds, self._tick)
 
     async def close(self) -> None:
         """Finish queued appends, sign the head (graceful shutdown), stop."""
@@ -214,9 +217,9 @@ class AuditWriter:
             return
         self._closing = True
         if self._ticker is not None:
-            self._ticker.cancel()
+            await self._ticker.stop()
         if self._maintainer is not None:
-            self._maintainer.cancel()
+            await self._maintainer.stop()
         self._wakeup.set()
         try:
             await self._task
@@ -263,7 +266,7 @@ class AuditWriter:
 
     async def _register_signer(self) -> None:
         assert self._signer is not None
-        await register_node_key(self._engine, self.chain_id, self._signer.public_key(), self._clock())
+        await register_node_key(self._engine, self.chain_id, self._signer.public_key(), self._clock.ms())
 
     # --- appending ----------------------------------------------------------------------------------------------
 
@@ -284,7 +287,7 @@ class AuditWriter:
         row = {
             "chain_id": self.chain_id,
             "record_id": record_id,
-            "ts_ms": self._clock(),
+            "ts_ms": self._clock.ms(),
             "event": event.event,
             "caller_id": event.caller_id,
             "department": event.department,
@@ -356,18 +359,12 @@ class AuditWriter:
     async def _maintain(self) -> None:
         """Every `partition_seconds`, make sure the coming months' partitions exist (start-up made them first)."""
         assert self._months is not None
-        while True:
-            await asyncio.sleep(self._partition_seconds)
-            try:
-                self._months.update(await ensure_ahead(self._engine, self._clock()))
-            except Exception as exc:  # months ahead give slack: the next run, or a batch that needs it, retries
-                log.warning("audit partitions for the coming months could not be made: %s", describe_error(exc))
+        self._months.update(await ensure_ahead(self._engine, self._clock.ms()))
 
     async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self._tick_seconds)
-            self._tick_due = True
-            self._wakeup.set()
+        """Let the writer task see whether a checkpoint is due (it signs; this only wakes it)."""
+        self._tick_due = True
+        self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
@@ -390,7 +387,7 @@ class AuditWriter:
         return (
             self._signer is not None
             and self.height > self.sealed_height
-            and self._clock() - self.sealed_ms >= self._checkpoint_ms
+            and self._clock.ms() - self.sealed_ms >= self._checkpoint_ms
         )
 
     async def _commit(self, batch: list[Pending]) -> None:
@@ -419,7 +416,7 @@ class AuditWriter:
                     self._months.update(await ensure_months(self._engine, missing))
             checkpoint = None
             if self._signer is not None and height - self.sealed_height >= self._checkpoint_every:
-                checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock())
+                checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock.ms())
             await self._insert(rows, checkpoint)
         except Exception as exc:  # any store failure must reach every waiter, never a half-known state
             # The commit may have happened before the error reached us: read the head again before the next batch.
@@ -452,7 +449,7 @@ class AuditWriter:
         """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""
         if self._signer is None or self.height == 0:
             return None
-        checkpoint = sign_checkpoint(self._signer, self.chain_id, self.height, self.head, self._clock())
+        checkpoint = sign_checkpoint(self._signer, self.chain_id, self.height, self.head, self._clock.ms())
         try:
             async with self._engine.begin() as connection:
                 await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
@@ -480,3 +477,8 @@ def _checkpoint_values(checkpoint: Checkpoint) -> tuple[Any, ...]:
         checkpoint.key_id,
         checkpoint.signature,
     )
+
+
+def _months_not_made(exc: Exception) -> None:
+    # Months ahead give slack: the next run, or a batch that needs it, retries.
+    log.warning("audit partitions for the coming months could not be made: %s", describe_error(exc))

@@ -12,20 +12,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 
 import http_sf
-from redis.asyncio import Redis
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.problems import Problem
 from gateway.storage.models import IdempotencyKey
+from gateway.storage.redis import SharedRedis
 from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.idempotency")
@@ -96,10 +96,6 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 NewWork = Callable[[AsyncSession], Awaitable[None]]
 
 
@@ -116,19 +112,19 @@ class IdempotencyStore:
         *,
         node_id: str,
         lease_seconds: float,
-        redis: Redis | None = None,
-        redis_prefix: str = "msjx",
+        redis: SharedRedis | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._sessions = sessions
         self.node_id = node_id
         self.owner = f"{node_id}/{secrets.token_hex(6)}"
         self.lease_ms = int(lease_seconds * 1000)
-        self._redis = redis
-        self._prefix = f"{redis_prefix}:idem:"
+        self._redis = redis.client if redis is not None else None
+        self.clock = clock
+        self._prefix = redis.key("idem") + ":" if redis is not None else ""
 
     async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
+        """Nothing of its own to release: the shared Redis client is closed by its owner, the runtime."""
 
     # -- locks ----------------------------------------------------------------------------------------------------
 
@@ -211,7 +207,7 @@ class IdempotencyStore:
         operation: str,
         on_new: NewWork | None,
     ) -> Claim:
-        now = _now_ms()
+        now = self.clock.ms()
         row = await self._read(caller_id, key)
         if row is None:
             try:
@@ -226,7 +222,7 @@ class IdempotencyStore:
                             state="pending",
                             lease_owner=self.owner,
                             lease_until_ms=now + self.lease_ms,
-                            created_at=datetime.now(UTC),
+                            created_at=self.clock.now(),
                         )
                     )
                     await session.flush()  # the key's own conflict first: then a conflict in on_new is on_new's
@@ -250,7 +246,7 @@ class IdempotencyStore:
     async def lease(self, caller_id: str, key: str) -> bool:
         """Take the lease of a pending key if nobody holds it (or its holder's lease ran out). One statement:
         of two concurrent workers, exactly one gets rowcount 1."""
-        now = _now_ms()
+        now = self.clock.ms()
         async with self._sessions() as session, session.begin():
             result = await session.execute(
                 update(IdempotencyKey)
@@ -288,7 +284,7 @@ class IdempotencyStore:
                 response_body=body,
                 lease_owner=None,
                 lease_until_ms=None,
-                completed_at=datetime.now(UTC),
+                completed_at=self.clock.now(),
             )
         )
 

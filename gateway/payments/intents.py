@@ -8,13 +8,12 @@ sent again, with the same VoucherNo, which the treasury accepts once at most.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -27,6 +26,7 @@ from adapters.errors import UpstreamError
 from adapters.treasury import VoucherDuplicate, VoucherRefused
 from gateway.access.directory import GrantInfo
 from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
+from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.http.problems import Problem
 from gateway.payments.idempotency import ClaimKind, IdempotencyStore, fingerprint, missing_key
 from gateway.storage.health import Dependency, is_database_outage
@@ -82,10 +82,6 @@ class VoucherAnswer:
     fields: tuple[str, ...] | None = None  # the receipt fields that left the gateway, when it answered one
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Payments:
     """The payment path of one gateway process: request handling, the reconciler task, the test fault hook."""
 
@@ -101,18 +97,20 @@ class Payments:
         retention_days: int,
         kill_after_accept: int = 0,
         health: Dependency | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._sessions = sessions
         self.adapter = adapter
         self._audit = audit
         self.store = store
+        self.clock = clock
         self.grace_ms = int(resend_grace_seconds * 1000)
         self.interval = reconcile_seconds
         self.retention = timedelta(days=retention_days)
         self.kill_after_accept = kill_after_accept
         self.health = health  # the database's: an outage is logged once by it, not at every pass
         self._accepted = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task: Periodic | None = None
         self.passes = 0
 
     @staticmethod
@@ -131,32 +129,27 @@ class Payments:
                 self.kill_after_accept,
             )
         # The first pass runs at once: whatever a crash left open is looked up before anything is sent again.
-        self._task = asyncio.create_task(self._run(), name="payment-reconciler")
+        self._task = periodic("payment-reconciler", self.interval, self._pass, run_first=True, on_error=self._failed)
 
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await task.stop()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                counts = await self.reconcile()
-                if counts["resolved"] or counts["pending"]:
-                    log.info("reconciled payment intents: %s", counts)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the loop must outlive a bad pass (database or treasury down)
-                if self.health is not None and is_database_outage(exc):
-                    self.health.failed(exc)
-                else:
-                    log.exception("payment reconciliation pass failed")
+    async def _pass(self) -> None:
+        try:
+            counts = await self.reconcile()
+        finally:
             self.passes += 1
-            await asyncio.sleep(self.interval)
+        if counts["resolved"] or counts["pending"]:
+            log.info("reconciled payment intents: %s", counts)
+
+    def _failed(self, exc: Exception) -> None:
+        # The next pass comes at the next interval (database or treasury down).
+        if self.health is not None and is_database_outage(exc):
+            self.health.failed(exc)
+        else:
+            log.error("payment reconciliation pass failed", exc_info=exc)
 
     # -- the request path -----------------------------------------------------------------------------------------
 
@@ -169,7 +162,7 @@ class Payments:
         if key is None:
             raise missing_key(f"{SERVICE}/{SUBMIT}")
         params, grant = call.params, call.grant
-        now = datetime.now(UTC)
+        now = self.clock.now()
         intent = PaymentIntent(
             voucher_no=params.voucher_no,
             caller_id=call.caller_id,
@@ -181,7 +174,7 @@ class Payments:
             fields=list(grant.fields),
             voucher=params.model_dump_json(),
             attempts=1,  # counted before the send: an attempt that dies mid-way still counts
-            last_sent_ms=_now_ms(),
+            last_sent_ms=self.clock.ms(),
             created_at=now,
         )
 
@@ -316,7 +309,7 @@ class Payments:
                 "accepted_at": status["accepted_at"],
             }
             return resolution
-        waited = _now_ms() - (intent.last_sent_ms or 0)
+        waited = self.clock.ms() - (intent.last_sent_ms or 0)
         if not allow_resend or waited < self.grace_ms:
             resolution.problem = self._pending(
                 intent, f"the treasury holds no voucher {intent.voucher_no} yet (last sent {waited / 1000:.1f} s ago)"
@@ -327,7 +320,7 @@ class Payments:
             await session.execute(
                 update(PaymentIntent)
                 .where(PaymentIntent.voucher_no == intent.voucher_no)
-                .values(attempts=PaymentIntent.attempts + 1, last_sent_ms=_now_ms())
+                .values(attempts=PaymentIntent.attempts + 1, last_sent_ms=self.clock.ms())
             )
         log.warning(
             "voucher %s is unknown to the treasury %.1f s after it was sent: sending it again",
@@ -375,7 +368,7 @@ class Payments:
                         "operation": SUBMIT,
                         "grant_id": intent.grant_id,
                         "source": self.adapter.title or SERVICE,
-                        "fetched_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                        "fetched_at": self.clock.now().isoformat(timespec="milliseconds"),
                     },
                 }
             )
@@ -392,7 +385,7 @@ class Payments:
                     pay_amt=receipt.get("pay_amt"),
                     detail=resolution.problem.detail if resolution.problem else None,
                     resolved_by=resolved_by,
-                    recorded_at=datetime.now(UTC),
+                    recorded_at=self.clock.now(),
                 )
             )
             await self.store.complete(session, intent.caller_id, intent.idem_key, status, body)
@@ -428,7 +421,7 @@ class Payments:
             status, body, _, _ = await self._finish(intent, resolution, "reconciler", request_id)
             counts["resolved" if resolution.outcome else "pending"] += 1
             await self._audit_reconcile(intent, resolution, request_id, status, body)
-        await self.store.purge(datetime.now(UTC) - self.retention)
+        await self.store.purge(self.clock.now() - self.retention)
         return counts
 
     async def _audit_reconcile(

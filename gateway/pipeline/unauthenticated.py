@@ -10,8 +10,6 @@ counts the same), falling back to this process's memory while that store is down
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -27,6 +25,7 @@ from limits.errors import StorageError
 
 from gateway import metrics
 from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
+from gateway.clock import Periodic, periodic
 from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.unauthenticated")
@@ -58,7 +57,7 @@ class UnauthenticatedGate:
         self._total: RateLimitItem = parse(total)
         self._counts: Counter[str] = Counter()
         self._window_started = time.time()
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: Periodic | None = None
 
     @staticmethod
     def deployment_of(database_url: str) -> str:
@@ -124,21 +123,18 @@ class UnauthenticatedGate:
         return written
 
     def start(self, append: Callable[[AuditEvent], Awaitable[object]]) -> None:
-        self._flusher = asyncio.create_task(self._flush_every_window(append), name="unauthenticated-counts")
-
-    async def _flush_every_window(self, append: Callable[[AuditEvent], Awaitable[object]]) -> None:
-        while True:
-            await asyncio.sleep(self.window_seconds)
-            try:
-                await self.flush(append)
-            except Exception as exc:  # the next window tries again; the counts stay
-                log.warning("counts of unauthenticated refusals not written: %s", type(exc).__name__)
+        self._flusher = periodic(
+            "unauthenticated-counts", self.window_seconds, lambda: self.flush(append), on_error=_counts_not_written
+        )
 
     async def close(self, append: Callable[[AuditEvent], Awaitable[object]]) -> None:
         """Stop the window task and write what was counted, while the audit writer still runs."""
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await self._flusher.stop()
             self._flusher = None
         await self.flush(append)
+
+
+def _counts_not_written(exc: Exception) -> None:
+    # The next window tries again; the counts stay.
+    log.warning("counts of unauthenticated refusals not written: %s", type(exc).__name__)

@@ -8,7 +8,6 @@ The sweep also counts open provisional deadlines again when the calendar has cha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from gateway.access.directory import GrantInfo
 from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
+from gateway.clock import Clock, Periodic, periodic
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
 from gateway.sharing.obligations import (
@@ -37,10 +37,6 @@ if TYPE_CHECKING:  # the type only: the runtime is built above this room
     from gateway.runtime import Runtime
 
 log = logging.getLogger("msjx.sharing")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def transition_event(
@@ -66,23 +62,23 @@ def transition_event(
 
 
 class SharingService:
-    def __init__(self, runtime: Runtime, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, runtime: Runtime, clock: Clock | None = None) -> None:
         self.runtime = runtime
-        self.clock = clock
+        self.clock = clock or runtime.clock
         self.overdue_action = runtime.settings.sharing_overdue_action
         self.interval = runtime.settings.sharing_sweep_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._task: Periodic | None = None
         # Grants whose first successful call this node has seen: their delivery is recorded once, in the background.
         self._first_uses: set[str] = set()
         self._recording: set[asyncio.Task[None]] = set()
 
     def now(self) -> datetime:
         # Stored datetimes are UTC: SQLite keeps the wall time it is given and drops the offset.
-        return self.clock().astimezone(UTC)
+        return self.clock.now().astimezone(UTC)
 
     async def start(self) -> None:
         await self.warn_about_calendar()
-        self._task = asyncio.create_task(self._loop(), name="sharing-sweep")
+        self._task = periodic("sharing-sweep", self.interval, self.sweep, run_first=True, on_error=self._sweep_failed)
 
     async def warn_about_calendar(self) -> str | None:
         """Log once at start when this year's (or, from 1 November, next year's) holiday schedule is missing."""
@@ -145,21 +141,15 @@ class SharingService:
     async def close(self) -> None:
         await self.settle()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task.stop()
             self._task = None
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception as exc:  # a failed sweep is retried at the next tick; the request path never depends on it
-                if is_database_outage(exc):  # logged once for the outage by the database's Dependency
-                    self.runtime.directory.health.failed(exc)
-                else:
-                    log.exception("sharing sweep failed")
-            await asyncio.sleep(self.interval)
+    def _sweep_failed(self, exc: Exception) -> None:
+        # Retried at the next tick; the request path never depends on it.
+        if is_database_outage(exc):  # logged once for the outage by the database's Dependency
+            self.runtime.directory.health.failed(exc)
+        else:
+            log.error("sharing sweep failed", exc_info=exc)
 
     async def sweep(self) -> list[SharingRequestOut]:
         """Escalate (or approve) overdue requests, start approved grants, expire ended ones, record deliveries

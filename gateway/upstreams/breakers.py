@@ -92,9 +92,10 @@ return state
 )
 
 
-def breaker_prefix(database_url: str) -> str:
-    """Nodes of one deployment share a database, so its URL names their shared breakers (and keeps tests apart)."""
-    return "msjx:breaker:" + hashlib.sha256(database_url.encode()).hexdigest()[:12]
+def breaker_prefix(redis_prefix: str, database_url: str) -> str:
+    """Under MSJX_REDIS_PREFIX; nodes of one deployment share a database, so its URL names their shared breakers
+    (and keeps tests apart)."""
+    return f"{redis_prefix}:breaker:" + hashlib.sha256(database_url.encode()).hexdigest()[:12]
 
 
 class RedisBreakerStore:
@@ -188,6 +189,3 @@ class RedisBreakerStore:
         self._closed_until.pop(name, None)
         self._successes.pop(name, None)
         await self._redis.delete(key, key + ":w")
-
-    async def close(self) -> None:
-        await self._redis.aclose()

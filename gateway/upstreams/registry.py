@@ -9,7 +9,6 @@ about a second, without a restart; a removed one disappears as fast, and its gra
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from adapters.fetch_allow import FetchAllowlist
 from adapters.registered import NAME_PATTERN, RegisteredAdapter, UpstreamSpec, build_registered
 from adapters.resilience import BreakerStore, Guarded, ResiliencePolicy
 from gateway.access.directory import as_utc
+from gateway.clock import Periodic, periodic
 from gateway.http.problems import Problem
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import Grant, RegisteredUpstream, ServiceOwner
@@ -347,7 +347,7 @@ class LiveAdapters(Mapping[str, Adapter]):
         self._interval = interval
         self._registered: dict[str, tuple[str, Adapter]] = {}  # name -> (revision, adapter)
         self._all: dict[str, Adapter] = dict(self._static)
-        self._task: asyncio.Task[None] | None = None
+        self._poller: Periodic | None = None
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._retired: set[Adapter] = set()
@@ -374,14 +374,11 @@ class LiveAdapters(Mapping[str, Adapter]):
                 await self.refresh()
             except Exception as exc:  # an unreadable table must not stop the node serving the built-in upstreams
                 log.error("registered upstreams not loaded yet: %s", exc)
-            self._task = asyncio.create_task(self._poll(), name="upstream-catalog")
+            self._poller = periodic("upstream-catalog", self._interval, self.refresh, on_error=self._not_refreshed)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._poller is not None:
+            await self._poller.stop()
         retiring = list(self._retiring)
         for task in retiring:
             task.cancel()
@@ -389,16 +386,12 @@ class LiveAdapters(Mapping[str, Adapter]):
         for adapter in list(self._all.values()):
             await adapter.close()
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.refresh()
-            except Exception as exc:  # the database may be away for a moment; the current set stays in service
-                if self.health is not None and is_database_outage(exc):
-                    self.health.failed(exc)  # logged once for the outage, counted every time
-                else:
-                    log.warning("registered upstreams not refreshed: %s", exc)
+    def _not_refreshed(self, exc: Exception) -> None:
+        # The database may be away for a moment; the current set stays in service.
+        if self.health is not None and is_database_outage(exc):
+            self.health.failed(exc)  # logged once for the outage, counted every time
+        else:
+            log.warning("registered upstreams not refreshed: %s", exc)
 
     async def refresh(self) -> None:
         """Bring the registered adapters in line with the database (cheap when nothing changed)."""

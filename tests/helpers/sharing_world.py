@@ -16,6 +16,7 @@ from gateway.audit.search import open_payload
 from gateway.settings import load_settings
 from gateway.storage.models import AuditRecord
 from simulators.enterprises import DEMO_LISTED_USCC
+from tests.helpers.clock import ManualClock
 from tests.helpers.gateways import Identity, RunningGateway, new_identity
 from tests.helpers.gateways import running_gateway as _running_gateway
 from tests.helpers.services import check_redis, create_test_database, drop_database
@@ -41,7 +42,12 @@ PEOPLE = {
 class World:
     gw: RunningGateway
     people: dict[str, Identity]
-    now: datetime = field(default=BEFORE_NATIONAL_DAY)
+    # The sharing service's clock (its sweep, deadlines, calendar); the rest of the gateway keeps the real time.
+    clock: ManualClock = field(default_factory=lambda: ManualClock(BEFORE_NATIONAL_DAY))
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.moment
 
     @property
     def url(self) -> str:
@@ -56,7 +62,7 @@ class World:
         return self.gw.client(self.who(name))
 
     def set_clock(self, moment: datetime) -> None:
-        self.now = moment
+        self.clock.set(moment)
 
     async def sweep(self) -> list[Any]:
         return await self.gw.app.state.sharing.sweep()
@@ -106,7 +112,7 @@ async def sharing_world(backend: str, tmp_path: Path, credit_url: str, **setting
                     people[name] = await new_identity(session, name, roles, department)
             gw.runtime.directory.invalidate()
             world = World(gw, people)
-            gw.app.state.sharing.clock = lambda: world.now
+            gw.app.state.sharing.clock = world.clock
             yield world
     finally:
         if config.database_url:
