@@ -11,7 +11,6 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import Adapter
-from gateway.access.directory import as_utc
 from gateway.http.problems import Problem
 from gateway.sharing.grant_state import delivery_state, grant_status
 from gateway.storage.models import Caller, CallerKey, Grant, SharingRequest
@@ -42,8 +41,8 @@ def key_out(row: CallerKey) -> KeyOut:
     return KeyOut(
         key_id=row.key_id,
         status=row.status,
-        created_at=as_utc(row.created_at),
-        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
     )
 
 
@@ -54,7 +53,7 @@ async def caller_out(session: AsyncSession, caller: Caller) -> CallerOut:
         name=caller.name,
         department=caller.department,
         roles=list(caller.roles),
-        created_at=as_utc(caller.created_at),
+        created_at=caller.created_at,
         keys=[key_out(key) for key in sorted(keys, key=lambda k: k.key_id)],
     )
 
@@ -139,24 +138,24 @@ def grant_out(row: Grant, now: datetime | None = None) -> GrantOut:
         purpose=row.purpose,
         purpose_name=row.purpose_name,
         fields=list(row.fields),
-        valid_from=as_utc(row.valid_from),
-        valid_to=as_utc(row.valid_to),
+        valid_from=row.valid_from,
+        valid_to=row.valid_to,
         daily_quota=row.daily_quota,
         rate_limit=row.rate_limit,
         share_methods=list(row.share_methods or ["api"]),
         sharing_request_id=row.sharing_request_id,
-        created_at=as_utc(row.created_at),
-        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
         revoked_by=row.revoked_by,
         revoke_reason=row.revoke_reason,
         status=grant_status(row, now),  # type: ignore[arg-type]
-        suspended_at=as_utc(row.suspended_at) if row.suspended_at else None,
+        suspended_at=row.suspended_at,
         suspended_by=row.suspended_by,
         suspend_reason=row.suspend_reason,
         delivery_state=delivery_state(row, now),  # type: ignore[arg-type]
         delivery_due=row.delivery_due,
         delivery_due_provisional=bool(row.delivery_due_provisional),
-        delivered_at=as_utc(row.delivered_at) if row.delivered_at else None,
+        delivered_at=row.delivered_at,
         delivered_by=row.delivered_by,
         delivery_note=row.delivery_note,
     )

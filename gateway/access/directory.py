@@ -81,11 +81,6 @@ class _Snapshot:
     grants: dict[tuple[str, str, str], tuple[GrantInfo, ...]]
 
 
-def as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything the gateway stores is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 class Directory:
     def __init__(self, sessions: async_sessionmaker, ttl: float = 0.8, health: Dependency | None = None) -> None:
         self._sessions = sessions
@@ -131,11 +126,11 @@ class Directory:
         ended: list[tuple[int, datetime, str, Grant]] = []
         for row in rows:
             if row.revoked_at is not None:
-                ended.append((0, as_utc(row.revoked_at), ProblemCode.GRANT_REVOKED, row))
-            elif as_utc(row.valid_to) <= now:
-                ended.append((0, as_utc(row.valid_to), ProblemCode.GRANT_EXPIRED, row))
+                ended.append((0, row.revoked_at, ProblemCode.GRANT_REVOKED, row))
+            elif row.valid_to <= now:
+                ended.append((0, row.valid_to, ProblemCode.GRANT_EXPIRED, row))
             elif row.suspended_at is not None:
-                ended.append((1, as_utc(row.suspended_at), ProblemCode.GRANT_SUSPENDED, row))
+                ended.append((1, row.suspended_at, ProblemCode.GRANT_SUSPENDED, row))
         if not ended:
             return None
         _, _, code, row = max(ended, key=lambda entry: (entry[0], entry[1]))
@@ -210,8 +205,8 @@ class Directory:
                     row.operation,
                     row.purpose,
                     tuple(row.fields),
-                    as_utc(row.valid_from),
-                    as_utc(row.valid_to),
+                    row.valid_from,
+                    row.valid_to,
                     row.department,
                     row.daily_quota,
                     row.rate_limit,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from adapters.base import Operation
 from adapters.errors import UpstreamError
-from gateway.access.directory import GrantInfo, as_utc
+from gateway.access.directory import GrantInfo
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.http.json_bodies import load_body
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
@@ -128,7 +128,7 @@ async def explain_refusal(
     since = {ProblemCode.GRANT_REVOKED: row.revoked_at, ProblemCode.GRANT_SUSPENDED: row.suspended_at}.get(
         code
     ) or row.valid_to
-    return ended_problem(code, row.grant_id, purpose, as_utc(since), row.suspend_reason)
+    return ended_problem(code, row.grant_id, purpose, since, row.suspend_reason)
 
 
 async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:

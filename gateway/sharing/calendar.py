@@ -19,7 +19,6 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from gateway.access.directory import as_utc
 from gateway.sharing import workdays
 from gateway.sharing.request_states import SUBMITTED
 from gateway.sharing.schedule_file import ScheduleIn
@@ -62,7 +61,7 @@ async def load_schedules(bind: Bind) -> dict[int, YearSchedule]:
             source=row.source,
             holidays=holidays.get(int(row.year), {}),
             workdays=workdays_of.get(int(row.year), {}),
-            imported_at=as_utc(row.imported_at),
+            imported_at=row.imported_at,
             imported_by=row.imported_by,
             revision=row.revision,
         )

@@ -12,7 +12,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import Adapter
-from gateway.access.directory import as_utc
 from gateway.http.problems import Problem
 from gateway.sharing.errors import Faults, forbidden, invalid, validate_collecting
 from gateway.sharing.ownership import Publisher, owner_of, owners, publisher
@@ -60,7 +59,7 @@ def item_out(row: CatalogItem, owner: str | None) -> CatalogItemOut:
         data_format=row.data_format,
         update_frequency=row.update_frequency,
         update_frequency_label=UPDATE_FREQUENCY_LABELS[row.update_frequency],
-        created_at=as_utc(row.created_at),
+        created_at=row.created_at,
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.access.directory import as_utc
 from gateway.storage.models import Grant
 from schemas.times import china_date
 
@@ -15,11 +14,11 @@ DELIVERY_WORKING_DAYS = 20
 def grant_status(row: Grant, now: datetime) -> str:
     if row.revoked_at is not None:
         return "revoked"
-    if as_utc(row.valid_to) <= now:
+    if row.valid_to <= now:
         return "expired"
     if row.suspended_at is not None:
         return "suspended"
-    if as_utc(row.valid_from) > now:
+    if row.valid_from > now:
         return "not_started"
     return "active"
 
@@ -31,6 +30,6 @@ def delivery_state(row: Grant, now: datetime) -> str:
         return "not_applicable"
     if row.delivered_at is not None:
         return "delivered"
-    if row.revoked_at is not None or as_utc(row.valid_to) <= now:
+    if row.revoked_at is not None or row.valid_to <= now:
         return "cancelled"
     return "overdue" if china_date(now) > row.delivery_due else "pending"

@@ -16,7 +16,6 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from gateway.access.directory import as_utc
 from gateway.http.problems import Problem
 from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import forbidden, invalid
@@ -156,7 +155,7 @@ async def delivery_dues_to_recompute(session: AsyncSession) -> list[str]:
     stale = []
     for grant in rows:
         try:
-            count = calendar.add_working_days(china_date(as_utc(grant.created_at)), DELIVERY_WORKING_DAYS)
+            count = calendar.add_working_days(china_date(grant.created_at), DELIVERY_WORKING_DAYS)
         except CalendarYearUnsupported:
             continue
         if (count.due, count.provisional) != (grant.delivery_due, True):
@@ -170,7 +169,7 @@ async def recompute_delivery_due(session: AsyncSession, grant_id: str, now: date
     if grant is None or not grant.delivery_due_provisional or grant.delivered_at is not None:
         return None
     calendar = await calendar_for(session)
-    count = calendar.add_working_days(china_date(as_utc(grant.created_at)), DELIVERY_WORKING_DAYS)
+    count = calendar.add_working_days(china_date(grant.created_at), DELIVERY_WORKING_DAYS)
     if (count.due, count.provisional) == (grant.delivery_due, True) or grant.sharing_request_id is None:
         return None
     row = await session.get(SharingRequest, grant.sharing_request_id)
@@ -230,7 +229,7 @@ async def suspend(
         raise invalid(
             "",
             ProblemCode.ALREADY_SUSPENDED,
-            f"suspended since {as_utc(grant.suspended_at).isoformat()}: {grant.suspend_reason}",
+            f"suspended since {grant.suspended_at.isoformat()}: {grant.suspend_reason}",
         )
     grant.suspended_at = now
     grant.suspended_by = actor.caller_id
@@ -280,12 +279,12 @@ def entry_out(entry: DataUseEntry) -> DataUseOut:
         department=entry.department,
         kind=entry.kind,
         kind_label=DATA_USE_KIND_LABELS[entry.kind],
-        occurred_at=as_utc(entry.occurred_at),
+        occurred_at=entry.occurred_at,
         description=entry.description,
         location=entry.location,
         volume=entry.volume,
         recorded_by=entry.recorded_by,
-        recorded_at=as_utc(entry.recorded_at),
+        recorded_at=entry.recorded_at,
         keep_until=entry.keep_until,
     )
 
@@ -309,12 +308,12 @@ async def add_entry(session: AsyncSession, actor: Actor, grant_id: str, body: Da
             ProblemCode.NOT_HOLDER,
             f"the register of this grant is kept by the department holding it, {grant.department}",
         )
-    occurred = as_utc(body.occurred_at) if body.occurred_at is not None else now
+    occurred = body.occurred_at if body.occurred_at is not None else now
     if occurred > now + timedelta(minutes=5):
         raise invalid(
             "occurred_at", ProblemCode.OCCURRED_IN_FUTURE, "an entry records what happened, not what is planned"
         )
-    if occurred < as_utc(grant.created_at):
+    if occurred < grant.created_at:
         raise invalid(
             "occurred_at", ProblemCode.OCCURRED_BEFORE_GRANT, "no data was received under the grant before it existed"
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.access.directory import CallerInfo, as_utc
+from gateway.access.directory import CallerInfo
 from gateway.storage.models import SharingRequest
 from schemas.times import china_date
 
@@ -54,9 +54,9 @@ SYSTEM = Actor("system", None, frozenset({"system"}))
 
 
 def effective_state(row: SharingRequest, now: datetime) -> str:
-    if row.state in LIVE and as_utc(row.valid_to) <= now:
+    if row.state in LIVE and row.valid_to <= now:
         return EXPIRED
-    if row.state == APPROVED and row.valid_from is not None and as_utc(row.valid_from) <= now:
+    if row.state == APPROVED and row.valid_from is not None and row.valid_from <= now:
         return GRANTED
     return row.state
 

@@ -20,7 +20,6 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from gateway.access.directory import as_utc
 from gateway.http.problems import Problem
 from gateway.sharing.calendar import calendar_for, open_provisional
 from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid, validate_collecting
@@ -85,7 +84,7 @@ class Outcome:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return as_utc(value).isoformat()
+        return value.isoformat()
     if isinstance(value, date):
         return value.isoformat()
     return value
@@ -146,7 +145,7 @@ def deadline_of(
     Counted from the start each time, so a recomputation after an import gives what the calendar says now.
     """
     assert row.submitted_at is not None
-    count = calendar.add_working_days(china_date(as_utc(row.submitted_at)), working_days)
+    count = calendar.add_working_days(china_date(row.submitted_at), working_days)
     if extended_days:
         count = count.then(calendar.add_working_days(count.due, extended_days))
     return count
@@ -215,7 +214,7 @@ async def request_out(
         )
         events = [
             SharingEventOut(
-                at=as_utc(event.at),
+                at=event.at,
                 actor=event.actor,
                 actor_department=event.actor_department,
                 action=event.action,
@@ -244,39 +243,39 @@ async def request_out(
         scenario=row.scenario,
         scope=row.scope,
         share_method=row.share_method,
-        valid_from=as_utc(row.valid_from) if row.valid_from else None,
-        valid_to=as_utc(row.valid_to),
+        valid_from=row.valid_from,
+        valid_to=row.valid_to,
         daily_volume=row.daily_volume,
         state=state,
         state_label=STATE_LABELS[state],
-        submitted_at=as_utc(row.submitted_at) if row.submitted_at else None,
+        submitted_at=row.submitted_at,
         due_date=row.due_date,
         deadline_provisional=bool(row.deadline_provisional),
         deadline_source=row.deadline_source,
         overdue=is_overdue(row, now),
         extended_days=row.extended_days,
         extension_reason=row.extension_reason,
-        escalated_at=as_utc(row.escalated_at) if row.escalated_at else None,
-        decided_at=as_utc(row.decided_at) if row.decided_at else None,
+        escalated_at=row.escalated_at,
+        decided_at=row.decided_at,
         decided_by=row.decided_by,
         decision=row.decision,
         returned_items=row.returned_items,
-        ended_at=as_utc(row.ended_at) if row.ended_at else None,
+        ended_at=row.ended_at,
         ended_by=row.ended_by,
         end_reason=row.end_reason,
         grants=[
             GrantRef(
                 grant_id=grant.grant_id,
                 caller_id=grant.caller_id,
-                revoked_at=as_utc(grant.revoked_at) if grant.revoked_at else None,
-                suspended_at=as_utc(grant.suspended_at) if grant.suspended_at else None,
-                delivered_at=as_utc(grant.delivered_at) if grant.delivered_at else None,
+                revoked_at=grant.revoked_at,
+                suspended_at=grant.suspended_at,
+                delivered_at=grant.delivered_at,
             )
             for grant in sorted(grants, key=lambda grant: grant.caller_id)
         ],
         delivery=request_delivery(grants, now),
-        created_at=as_utc(row.created_at),
-        updated_at=as_utc(row.updated_at),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
         history=events,
     )
 
@@ -291,7 +290,7 @@ def request_delivery(grants: list[Grant], now: datetime) -> DeliveryOut | None:
         state = "cancelled"
     else:
         state = "overdue" if "overdue" in states else "pending" if "pending" in states else "delivered"
-    delivered = [as_utc(grant.delivered_at) for grant in due if grant.delivered_at is not None]
+    delivered = [grant.delivered_at for grant in due if grant.delivered_at is not None]
     return DeliveryOut(
         state=state,  # type: ignore[arg-type]
         state_label=DELIVERY_LABELS[state],
@@ -399,9 +398,9 @@ async def _check_terms(
         )
     valid_from, valid_to = values.get("valid_from"), values.get("valid_to")
     if valid_to is not None:
-        if as_utc(valid_to) <= now:
+        if valid_to <= now:
             faults.add("valid_to", ProblemCode.VALIDITY_IN_PAST, "the 使用时限 would already have ended")
-        elif valid_from is not None and as_utc(valid_to) <= as_utc(valid_from):
+        elif valid_from is not None and valid_to <= valid_from:
             faults.add("valid_to", ProblemCode.VALIDITY_EMPTY, "valid_to must be after valid_from")
     for index, caller_id in enumerate(values.get("callers") or ()):
         caller = await session.get(Caller, caller_id)
@@ -657,7 +656,7 @@ def _approve(
     before = _snapshot(row)
     requested = {"fields": list(row.fields), "valid_to": _jsonable(row.valid_to), "daily_volume": row.daily_volume}
     fields = fields if fields is not None else list(row.fields)
-    start = as_utc(row.valid_from) if row.valid_from is not None and as_utc(row.valid_from) > now else now
+    start = row.valid_from if row.valid_from is not None and row.valid_from > now else now
     row.fields = fields
     row.valid_from = start
     row.valid_to = valid_to
@@ -722,12 +721,12 @@ async def approve(session: AsyncSession, actor: Actor, request_id: str, body: Ap
         parse_rate(rate_limit)
     except ValueError:
         faults.add("rate_limit", ProblemCode.RATE_LIMIT_INVALID, f"{rate_limit!r} is not a rate such as '20/second'")
-    valid_to = _utc(body.valid_to) or as_utc(row.valid_to)
-    if as_utc(valid_to) <= now:
+    valid_to = _utc(body.valid_to) or row.valid_to
+    if valid_to <= now:
         faults.add("valid_to", ProblemCode.VALIDITY_IN_PAST, "the grant would already have expired")
-    elif as_utc(valid_to) > as_utc(row.valid_to):
+    elif valid_to > row.valid_to:
         faults.add("valid_to", ProblemCode.VALIDITY_BEYOND_REQUEST, "a grant ends no later than the 使用时限 requested")
-    elif row.valid_from is not None and as_utc(valid_to) <= as_utc(row.valid_from):
+    elif row.valid_from is not None and valid_to <= row.valid_from:
         faults.add("valid_to", ProblemCode.VALIDITY_EMPTY, "the grant would end before the requested start")
     fields = list(dict.fromkeys(body.fields)) if body.fields is not None else None
     for index, name in enumerate(fields or ()):
@@ -981,7 +980,7 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
         due = _jsonable(row.due_date)
         # Approval by default is the owner's silence: never for a request no current owner was asked.
         asked_owner = await owner_of(session, item.service) == row.provider_department
-        if overdue_action == "approve" and as_utc(row.valid_to) > now and asked_owner:
+        if overdue_action == "approve" and row.valid_to > now and asked_owner:
             _approve(
                 session,
                 outcome,
@@ -989,7 +988,7 @@ async def apply_time(session: AsyncSession, request_id: str, now: datetime, over
                 now,
                 daily_quota=row.daily_volume,
                 rate_limit=DEFAULT_RATE_LIMIT,
-                valid_to=as_utc(row.valid_to),
+                valid_to=row.valid_to,
                 delivery=await delivery_count(session, now),
                 note={"rule": f"overdue since {due}: approved by default (MSJX_SHARING_OVERDUE_ACTION=approve)"},
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -18,10 +18,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     false,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -31,6 +33,27 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A moment, stored as UTC and read back as an aware UTC datetime on SQLite and PostgreSQL alike.
+
+    SQLite keeps the wall time it is given and drops the offset, so a Beijing time stored as such would come back
+    eight hours off; here every value is turned to UTC on the way in, and a naive one is taken as UTC (as SQLite's
+    come back). The column is PostgreSQL's `timestamp with time zone`, as before: no migration."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -46,7 +69,7 @@ class Caller(Base):
     name: Mapped[str] = mapped_column(String(200))
     department: Mapped[str] = mapped_column(String(200))
     roles: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class CallerKey(Base):
@@ -59,8 +82,8 @@ class CallerKey(Base):
     caller_id: Mapped[str] = mapped_column(ForeignKey("callers.caller_id"), index=True)
     public_key: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class CallerCert(Base):
@@ -101,7 +124,7 @@ class CatalogItem(Base):
     data_format: Mapped[str] = mapped_column(String(32))
     update_frequency: Mapped[str] = mapped_column(String(16))
     created_by: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class SharingRequest(Base):
@@ -123,11 +146,11 @@ class SharingRequest(Base):
     scenario: Mapped[str] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(Text)
     share_method: Mapped[str] = mapped_column(String(16))
-    valid_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    valid_to: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    valid_from: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    valid_to: Mapped[datetime] = mapped_column(UTCDateTime())
     daily_volume: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), index=True)
-    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     due_date: Mapped[date | None] = mapped_column(Date, nullable=True)
     # A deadline that counted days of a year with no loaded schedule (gateway/sharing/workdays.py); importing
     # that year's schedule recomputes it.
@@ -135,16 +158,16 @@ class SharingRequest(Base):
     deadline_source: Mapped[str | None] = mapped_column(String(32), nullable=True)
     extended_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     decision: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     returned_items: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     ended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(Integer)
 
     # Two officers deciding at once: the second flush matches no row and fails instead of overwriting.
@@ -158,7 +181,7 @@ class SharingEvent(Base):
 
     event_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("sharing_requests.request_id"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
     actor: Mapped[str] = mapped_column(String(64))
     actor_department: Mapped[str | None] = mapped_column(String(200), nullable=True)
     action: Mapped[str] = mapped_column(String(32))
@@ -185,8 +208,8 @@ class Grant(Base):
     purpose: Mapped[str] = mapped_column(String(128))
     purpose_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     fields: Mapped[list[str]] = mapped_column(JSON)
-    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    valid_to: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime())
+    valid_to: Mapped[datetime] = mapped_column(UTCDateTime())
     daily_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate_limit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # 共享方式 the grant allows: "api" (single calls) and/or "batch" (batch jobs, gateway/batches/).
@@ -194,23 +217,23 @@ class Grant(Base):
     sharing_request_id: Mapped[str | None] = mapped_column(
         ForeignKey("sharing_requests.request_id"), nullable=True, index=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Suspension for misuse: the grant is refused (`grant_suspended`) until resumed; unlike revocation it may return.
-    suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     suspended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     suspend_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Delivery (条例: within 20 working days of approval); NULL due for a grant an admin issued directly.
     delivery_due: Mapped[date | None] = mapped_column(Date, nullable=True)
     # Counted over a year without a loaded holiday schedule: the sweep counts it again once one is imported.
     delivery_due_provisional: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     delivered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     delivery_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     # When the sweep found it past its due day undelivered, and recorded that (once).
-    delivery_overdue_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivery_overdue_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (Index("ix_grants_lookup", "caller_id", "service", "operation", "purpose"),)
 
@@ -226,12 +249,12 @@ class DataUseEntry(Base):
     sharing_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     department: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))  # use | storage | destruction
-    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     description: Mapped[str] = mapped_column(Text)
     location: Mapped[str | None] = mapped_column(Text, nullable=True)
     volume: Mapped[int | None] = mapped_column(Integer, nullable=True)
     recorded_by: Mapped[str] = mapped_column(String(64))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     keep_until: Mapped[date] = mapped_column(Date)
 
 
@@ -395,7 +418,7 @@ class RegisteredUpstream(Base):
     safe: Mapped[list[str]] = mapped_column(JSON)
     operations: Mapped[list[dict]] = mapped_column(JSON)  # as registered: name, summary, safe, fields
     revision: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # SOAP headers and WS-Security the upstream demands; secret values only by reference ("secret:NAME").
     soap_auth: Mapped[dict | None] = mapped_column(JSON, nullable=True)
@@ -411,7 +434,7 @@ class ServiceOwner(Base):
     service: Mapped[str] = mapped_column(String(64), primary_key=True)
     department: Mapped[str] = mapped_column(String(200), index=True)
     set_by: Mapped[str] = mapped_column(String(64))
-    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class IdempotencyKey(Base):
@@ -429,8 +452,8 @@ class IdempotencyKey(Base):
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_until_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class PaymentIntent(Base):
@@ -452,7 +475,7 @@ class PaymentIntent(Base):
     voucher: Mapped[str] = mapped_column(Text)  # the canonical voucher as JSON, to send the very same one again
     attempts: Mapped[int] = mapped_column(Integer)
     last_sent_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (UniqueConstraint("caller_id", "idem_key"),)
 
@@ -469,7 +492,7 @@ class PaymentOutcome(Base):
     pay_amt: Mapped[str | None] = mapped_column(String(24), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     resolved_by: Mapped[str] = mapped_column(String(16))  # request | reconciler
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class CalendarYear(Base):
@@ -482,7 +505,7 @@ class CalendarYear(Base):
 
     year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     source: Mapped[str] = mapped_column(String(500))
-    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime())
     imported_by: Mapped[str] = mapped_column(String(128))
     revision: Mapped[str] = mapped_column(String(32))
 

@@ -25,7 +25,6 @@ from adapters.contracts import ContractBundle, ContractError, bundle_from_files,
 from adapters.fetch_allow import FetchAllowlist
 from adapters.registered import NAME_PATTERN, RegisteredAdapter, UpstreamSpec, build_registered
 from adapters.resilience import BreakerStore, Guarded, ResiliencePolicy
-from gateway.access.directory import as_utc
 from gateway.clock import Periodic, periodic
 from gateway.http.problems import Problem
 from gateway.storage.health import Dependency, is_database_outage
@@ -246,7 +245,7 @@ def _out(row: RegisteredUpstream, adapter: RegisteredAdapter | None, owner: str 
         policy=dict(row.policy),
         soap_auth=row.soap_auth,
         operations=operations,
-        created_at=as_utc(row.created_at),
+        created_at=row.created_at,
         created_by=row.created_by,
     )
 
