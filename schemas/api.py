@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.times import BeijingDatetime
 
@@ -79,6 +79,8 @@ class CallerIn(BaseModel):
 
 
 class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the table row, field by field
+
     key_id: str
     status: str
     created_at: datetime
@@ -138,6 +140,8 @@ class GrantIn(BaseModel):
 
 
 class GrantOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the table row, field by field
+
     grant_id: str
     caller_id: str
     department: str
@@ -171,6 +175,18 @@ class GrantOut(BaseModel):
     delivery_due_provisional: bool = Field(
         default=False, description="counted over a year without a loaded holiday schedule; recounted once it is"
     )
+
+    # A row not yet flushed (or older than the column) has no value for these: their defaults.
+    @field_validator("delivery_due_provisional", mode="before")
+    @classmethod
+    def _unset_is_false(cls, value: object) -> bool:
+        return bool(value)
+
+    @field_validator("share_methods", mode="before")
+    @classmethod
+    def _unset_is_api(cls, value: object) -> object:
+        return value or ["api"]
+
     delivered_at: datetime | None = None
     delivered_by: str | None = Field(default=None, description="the provider's caller id, or `first_use`")
     delivery_note: str | None = None

@@ -600,6 +600,8 @@ class SharingEventOut(BaseModel):
 
 
 class GrantRef(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the table row, field by field
+
     grant_id: str
     caller_id: str
     revoked_at: datetime | None

@@ -11,6 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import Adapter
+from gateway.clock import SYSTEM_CLOCK
 from gateway.http.problems import Problem
 from gateway.sharing.grant_state import delivery_state, grant_status
 from gateway.storage.models import Caller, CallerKey, Grant, SharingRequest
@@ -20,10 +21,6 @@ from security.keys import KeyFormatError, load_public_key
 
 # What the grants.daily_quota column holds (a 32-bit INTEGER on PostgreSQL); a larger number failed the insert.
 MAX_DAILY_QUOTA = 2**31 - 1
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _check_key(key: KeyIn) -> None:
@@ -38,12 +35,7 @@ def _check_key(key: KeyIn) -> None:
 
 
 def key_out(row: CallerKey) -> KeyOut:
-    return KeyOut(
-        key_id=row.key_id,
-        status=row.status,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-    )
+    return KeyOut.model_validate(row)
 
 
 async def caller_out(session: AsyncSession, caller: Caller) -> CallerOut:
@@ -65,7 +57,7 @@ async def add_caller(session: AsyncSession, body: CallerIn) -> CallerOut:
         _check_key(key)
         if await session.get(CallerKey, key.key_id) is not None:
             raise Problem(ProblemCode.KEY_EXISTS, f"key id {key.key_id!r} is taken")
-    now = _now()
+    now = SYSTEM_CLOCK.now()
     caller = Caller(
         caller_id=body.caller_id,
         name=body.name,
@@ -107,7 +99,11 @@ async def add_key(session: AsyncSession, caller_id: str, key: KeyIn) -> KeyOut:
     if await session.get(CallerKey, key.key_id) is not None:
         raise Problem(ProblemCode.KEY_EXISTS, f"key id {key.key_id!r} is taken")
     row = CallerKey(
-        key_id=key.key_id, caller_id=caller_id, public_key=key.public_key, status="active", created_at=_now()
+        key_id=key.key_id,
+        caller_id=caller_id,
+        public_key=key.public_key,
+        status="active",
+        created_at=SYSTEM_CLOCK.now(),
     )
     session.add(row)
     await session.commit()
@@ -122,42 +118,16 @@ async def revoke_key(session: AsyncSession, caller_id: str, key_id: str) -> KeyO
         )
     if row.status != "revoked":
         row.status = "revoked"
-        row.revoked_at = _now()
+        row.revoked_at = SYSTEM_CLOCK.now()
         await session.commit()
     return key_out(row)
 
 
 def grant_out(row: Grant, now: datetime | None = None) -> GrantOut:
-    now = now or _now()
-    return GrantOut(
-        grant_id=row.grant_id,
-        caller_id=row.caller_id,
-        department=row.department,
-        service=row.service,
-        operation=row.operation,
-        purpose=row.purpose,
-        purpose_name=row.purpose_name,
-        fields=list(row.fields),
-        valid_from=row.valid_from,
-        valid_to=row.valid_to,
-        daily_quota=row.daily_quota,
-        rate_limit=row.rate_limit,
-        share_methods=list(row.share_methods or ["api"]),
-        sharing_request_id=row.sharing_request_id,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-        revoked_by=row.revoked_by,
-        revoke_reason=row.revoke_reason,
-        status=grant_status(row, now),  # type: ignore[arg-type]
-        suspended_at=row.suspended_at,
-        suspended_by=row.suspended_by,
-        suspend_reason=row.suspend_reason,
-        delivery_state=delivery_state(row, now),  # type: ignore[arg-type]
-        delivery_due=row.delivery_due,
-        delivery_due_provisional=bool(row.delivery_due_provisional),
-        delivered_at=row.delivered_at,
-        delivered_by=row.delivered_by,
-        delivery_note=row.delivery_note,
+    now = now or SYSTEM_CLOCK.now()
+    # The row's columns by name; what depends on the time is worked out here.
+    return GrantOut.model_validate(row).model_copy(
+        update={"status": grant_status(row, now), "delivery_state": delivery_state(row, now)}
     )
 
 
@@ -191,7 +161,7 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
         raise _grant_problem(
             "fields", ProblemCode.UNKNOWN_FIELD, f"{unknown} are not fields of {body.service}/{body.operation}"
         )
-    now = _now()
+    now = SYSTEM_CLOCK.now()
     # Stored as UTC: SQLite keeps the wall time it is given and drops the offset.
     valid_from = body.valid_from.astimezone(UTC) if body.valid_from else now
     valid_to = body.valid_to.astimezone(UTC)
@@ -264,5 +234,5 @@ async def revoke_grant(
     from gateway.sharing.request_states import Actor
     from gateway.sharing.workflow import revoke_grant as revoke
 
-    grant, _ = await revoke(session, Actor(actor_id, None, frozenset({"admin"})), grant_id, reason, _now())
+    grant, _ = await revoke(session, Actor(actor_id, None, frozenset({"admin"})), grant_id, reason, SYSTEM_CLOCK.now())
     return grant_out(grant)

@@ -263,16 +263,7 @@ async def request_out(
         ended_at=row.ended_at,
         ended_by=row.ended_by,
         end_reason=row.end_reason,
-        grants=[
-            GrantRef(
-                grant_id=grant.grant_id,
-                caller_id=grant.caller_id,
-                revoked_at=grant.revoked_at,
-                suspended_at=grant.suspended_at,
-                delivered_at=grant.delivered_at,
-            )
-            for grant in sorted(grants, key=lambda grant: grant.caller_id)
-        ],
+        grants=[GrantRef.model_validate(grant) for grant in sorted(grants, key=lambda grant: grant.caller_id)],
         delivery=request_delivery(grants, now),
         created_at=row.created_at,
         updated_at=row.updated_at,
