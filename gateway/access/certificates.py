@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
 from gateway.access.authenticate import Principal
-from gateway.access.directory import CallerInfo, as_utc
+from gateway.access.directory import CallerInfo
 from gateway.http.forwarded import PEER_KEY
 from gateway.http.problems import Problem
 from gateway.storage.models import Caller, CallerCert
@@ -128,9 +128,7 @@ async def authenticate_certificate(runtime: Any, client: ClientCertificate) -> P
     """The caller a verified certificate is registered to, or a 401 Problem."""
     now = datetime.now(UTC)
     certificate = client.certificate
-    if certificate is not None and not (
-        as_utc(certificate.not_valid_before_utc) <= now <= as_utc(certificate.not_valid_after_utc)
-    ):
+    if certificate is not None and not (certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc):
         raise _refuse(
             ProblemCode.CERTIFICATE_EXPIRED, f"the certificate {client.fingerprint[:16]}… is not valid at this time"
         )
@@ -184,8 +182,8 @@ def cert_out(row: CallerCert) -> dict[str, Any]:
         "fingerprint": row.fingerprint,
         "subject_cn": row.subject_cn,
         "status": row.status,
-        "created_at": as_utc(row.created_at).isoformat(),
-        "revoked_at": as_utc(row.revoked_at).isoformat() if row.revoked_at else None,
+        "created_at": row.created_at.isoformat(),
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
     }
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 
 from adapters.base import Adapter, UpstreamResult
 from adapters.errors import UpstreamError
-from gateway.access.directory import GrantInfo, as_utc
+from gateway.access.directory import GrantInfo
 from gateway.access.quotas import quota_item
 from gateway.api.services import explain_refusal, select_grant, upstream_status
 from gateway.audit.writer import AuditEvent, new_request_id
@@ -516,7 +516,7 @@ class BatchService:
 
     async def _quota_back(self, job: BatchJob) -> bool:
         now = _now()
-        if job.resume_at is not None and as_utc(job.resume_at) <= now:
+        if job.resume_at is not None and job.resume_at <= now:
             return True
         for entry in job.operations:
             try:
@@ -636,7 +636,7 @@ class BatchService:
         while readable in states and states[readable] == "done":
             readable += 1
         lines_ready = min(readable * job.chunk_size, job.total) * len(job.operations)
-        started = as_utc(job.started_at) if job.started_at else None
+        started = job.started_at
         eta = None
         rate = None
         if started is not None and done_subjects:
@@ -653,9 +653,9 @@ class BatchService:
             "done": done_subjects,
             "chunks": {"done": done_chunks, "total": job.chunks, "size": job.chunk_size},
             "operations": [{**op, "outcomes": dict(op["outcomes"])} for op in per_op],
-            "created_at": as_utc(job.created_at).isoformat(),
+            "created_at": job.created_at.isoformat(),
             "started_at": started.isoformat() if started else None,
-            "finished_at": as_utc(job.finished_at).isoformat() if job.finished_at else None,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             "subjects_per_s": round(rate, 1) if rate else None,
             "eta_seconds": eta,
             "pause": None,
@@ -664,7 +664,7 @@ class BatchService:
                 "lines": job.total * len(job.operations),
                 "lines_ready": lines_ready,
                 "expires_at": (
-                    (as_utc(job.finished_at) + timedelta(days=self.settings.batch_result_days)).isoformat()
+                    (job.finished_at + timedelta(days=self.settings.batch_result_days)).isoformat()
                     if job.finished_at
                     else None
                 ),
@@ -674,8 +674,8 @@ class BatchService:
         if job.state == "paused":
             result["pause"] = {
                 "code": job.pause_code,
-                "since": as_utc(job.paused_at).isoformat() if job.paused_at else None,
-                "resume_at": as_utc(job.resume_at).isoformat() if job.resume_at else None,
+                "since": job.paused_at.isoformat() if job.paused_at else None,
+                "resume_at": job.resume_at.isoformat() if job.resume_at else None,
             }
         if job.stop_code:
             result["stopped"] = {"code": job.stop_code, "detail": job.stop_detail}

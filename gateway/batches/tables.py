@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.storage.models import Base
+from gateway.storage.models import Base, UTCDateTime
 
 
 class BatchJob(Base):
@@ -26,15 +26,15 @@ class BatchJob(Base):
     total: Mapped[int] = mapped_column(Integer)
     chunk_size: Mapped[int] = mapped_column(Integer)
     chunks: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    resume_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     pause_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     stop_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     stop_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
-    results_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    results_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class BatchChunk(Base):
@@ -54,5 +54,5 @@ class BatchChunk(Base):
     data_key_id: Mapped[str] = mapped_column(String(64))
     # Per operation: {"done": n, "outcomes": {"ok": n, "<problem code>": n}}.
     summary: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     done_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
