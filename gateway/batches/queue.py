@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.batches.tables import BatchChunk, BatchJob
+from gateway.clock import Periodic, periodic
 
 log = logging.getLogger("msjx.batches")
 QUEUE = "msjx-batches"
@@ -181,7 +182,7 @@ class ProcrastinateQueue:
         self._stall = stall_seconds
         self._node_id = node_id
         self._worker: asyncio.Task[None] | None = None
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper: Periodic | None = None
 
     async def start(self, *, worker: bool) -> None:
         await self.app.open_async()
@@ -198,7 +199,9 @@ class ProcrastinateQueue:
                 "delete_jobs": "successful",
             }
             self._worker = asyncio.create_task(self.app.run_worker_async(**options), name="batch-worker")
-            self._reaper = asyncio.create_task(self._reap(), name="batch-stalled-chunks")
+            self._reaper = periodic(
+                "batch-stalled-chunks", max(0.2, self._stall / 2), self._reap, on_error=_stalled_not_checked
+            )
 
     def wake(self) -> None:
         return None  # procrastinate's workers LISTEN for new jobs
@@ -220,23 +223,22 @@ class ProcrastinateQueue:
     async def _reap(self) -> None:
         """Chunks held by a worker that stopped beating (a node killed mid-chunk) go back to the queue."""
         manager = self.app.job_manager
-        while True:
-            await asyncio.sleep(max(0.2, self._stall / 2))
-            try:
-                stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self._stall)
-                for job in stalled:
-                    log.warning("batch chunk job %s was held by a worker that stopped; it runs again", job.id)
-                    await manager.retry_job(job)
-                await manager.prune_stalled_workers(self._stall)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be briefly away
-                log.warning("stalled batch chunks not checked: %s", type(exc).__name__)
+        stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self._stall)
+        for job in stalled:
+            log.warning("batch chunk job %s was held by a worker that stopped; it runs again", job.id)
+            await manager.retry_job(job)
+        await manager.prune_stalled_workers(self._stall)
 
     async def close(self) -> None:
-        for task in (self._reaper, self._worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._reaper is not None:
+            await self._reaper.stop()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker
         await self.app.close_async()
+
+
+def _stalled_not_checked(exc: Exception) -> None:
+    # The database may be briefly away: the next round checks.
+    log.warning("stalled batch chunks not checked: %s", type(exc).__name__)

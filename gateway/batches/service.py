@@ -11,7 +11,6 @@ per subject and operation; its audit records show both attempts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -35,6 +34,7 @@ from gateway.batches.pacing import AdaptiveLimit
 from gateway.batches.queue import LIVE_STATES, ChunkQueue, LocalQueue, ProcrastinateQueue
 from gateway.batches.subjects import Subject, Target
 from gateway.batches.tables import BatchChunk, BatchJob
+from gateway.clock import Periodic, periodic
 from gateway.http.problems import Problem
 from gateway.runtime import Runtime
 from schemas.problems import ProblemCode
@@ -90,7 +90,8 @@ class BatchService:
                 dsn, self.run_chunk, settings.batch_workers, settings.batch_stall_seconds, settings.node_id
             )
         self._limits: dict[str, AdaptiveLimit] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: Periodic | None = None
+        self._next_expiry = 0.0
         self.chunks_run = 0
 
     # --- life cycle ---------------------------------------------------------------------------------------------
@@ -98,29 +99,21 @@ class BatchService:
     async def start(self) -> None:
         await self.queue.start(worker=self._worker)
         if self._worker:
-            self._sweeper = asyncio.create_task(self._sweep(), name="batch-sweeper")
+            self._sweeper = periodic(
+                "batch-sweeper", self.settings.batch_recheck_seconds, self._sweep, run_first=True, on_error=_not_swept
+            )
 
     async def close(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await self._sweeper.stop()
         await self.queue.close()
 
     async def _sweep(self) -> None:
         """Resume paused batches whose quota is back; delete results past MSJX_BATCH_RESULT_DAYS."""
-        next_expiry = 0.0
-        while True:
-            try:
-                await self.resume_due()
-                if time.monotonic() >= next_expiry:
-                    await self.expire_results()
-                    next_expiry = time.monotonic() + 3600
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be briefly away: next round
-                log.warning("batch sweep failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.settings.batch_recheck_seconds)
+        await self.resume_due()
+        if time.monotonic() >= self._next_expiry:
+            await self.expire_results()
+            self._next_expiry = time.monotonic() + 3600
 
     # --- submission ---------------------------------------------------------------------------------------------
 
@@ -729,3 +722,8 @@ class BatchService:
 
 def _row(job: BatchJob) -> dict[str, Any]:
     return {column.name: getattr(job, column.name) for column in BatchJob.__table__.columns}
+
+
+def _not_swept(exc: Exception) -> None:
+    # The database may be briefly away: the next round sweeps.
+    log.warning("batch sweep failed: %s", type(exc).__name__)
