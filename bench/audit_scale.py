@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -102,14 +103,21 @@ def _event(rng: random.Random) -> Any:
 
 
 class SpreadClock:
-    """The writer's clock, moving through the seeded span: each call (a record, a checkpoint) a step later."""
+    """The writer's clock (gateway.clock.Clock), moving through the seeded span: each reading (a record, a checkpoint)
+    a step later."""
 
     def __init__(self, start_ms: int, step_ms: float) -> None:
         self.start_ms, self.step_ms, self.calls = start_ms, step_ms, 0
 
-    def __call__(self) -> int:
+    def ms(self) -> int:
         self.calls += 1
         return self.start_ms + int(self.calls * self.step_ms)
+
+    def time(self) -> float:
+        return self.ms() / 1000
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time(), UTC)
 
 
 async def seed(settings: Any, records: int, *, progress: bool = True) -> dict[str, Any]:

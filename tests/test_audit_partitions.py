@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,20 @@ BEFORE = "0015"  # the revision before the partitioning one
 
 
 class Clock:
-    """The writer's clock, set by the test: every record and checkpoint takes the time it shows."""
+    """The writer's clock (gateway.clock.Clock), set by the test: every record and checkpoint takes the time it
+    shows, `stamp` in Unix milliseconds."""
 
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
+    def __init__(self, stamp: int) -> None:
+        self.stamp = stamp
 
-    def __call__(self) -> int:
-        return self.ms
+    def ms(self) -> int:
+        return self.stamp
+
+    def time(self) -> float:
+        return self.stamp / 1000
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.stamp / 1000, UTC)
 
 
 def months_back(months: int, day: int = 10) -> int:
@@ -56,7 +64,7 @@ async def partitions_of(store: Store) -> dict[str, int]:
 
 async def write_at(writer: AuditWriter, clock: Clock, stamps: list[int]) -> None:
     for index, stamp in enumerate(stamps):
-        clock.ms = stamp
+        clock.stamp = stamp
         await writer.append(event(index))
 
 
@@ -103,7 +111,7 @@ async def test_the_migration_moves_existing_rows_into_their_months(tmp_path: Pat
             assert await rows(store) == before, "every column of every row as it was"
             assert (await verify(store))[CHAIN].ok
 
-            clock.ms = now_ms()
+            clock.stamp = now_ms()
             writer = await open_writer(store, clock=clock)  # the chain goes on from its head
             await write_at(writer, clock, [now_ms()])
             await writer.close()
@@ -162,13 +170,13 @@ async def test_the_periodic_task_makes_the_coming_months(store: Store) -> None:
     try:
         later = month_partition(*shift(*month_of(now_ms()), MONTHS_AHEAD + 1))
         assert later.name not in await partitions_of(store)
-        clock.ms = later.low_ms - 20 * DAY_MS  # time passes; nothing is written
+        clock.stamp = later.low_ms - 20 * DAY_MS  # time passes; nothing is written
         for _ in range(100):
             if later.name in await partitions_of(store):
                 break
             await asyncio.sleep(0.05)
         made = await partitions_of(store)
-        assert later.name in made and month_partition(*shift(*month_of(clock.ms), MONTHS_AHEAD)).name in made
+        assert later.name in made and month_partition(*shift(*month_of(clock.stamp), MONTHS_AHEAD)).name in made
     finally:
         await writer.close()
 
@@ -236,7 +244,7 @@ async def test_search_reads_across_months_newest_first(store: Store) -> None:
     stamps = [months_back(4), months_back(3), months_back(3, 20), months_back(1), months_back(0, 1)]
     try:
         await write_at(writer, clock, stamps)
-        clock.ms = months_back(2)
+        clock.stamp = months_back(2)
         await writer.append(event(9, subject="91350200MA2Y0000XX"))  # another subject, in another month
     finally:
         await writer.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 class ManualClock:
     def __init__(self, moment: datetime | None = None) -> None:
@@ -23,4 +25,4 @@ class ManualClock:
         return self.moment.timestamp()
 
     def ms(self) -> int:
-        return int(self.moment.timestamp() * 1000)
+        return (self.moment - EPOCH) // timedelta(milliseconds=1)  # exact, where a float timestamp may round down
