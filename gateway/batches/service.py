@@ -633,7 +633,7 @@ class BatchService:
         eta = None
         rate = None
         if started is not None and done_subjects:
-            until = as_utc(job.finished_at) if job.finished_at else _now()
+            until = job.finished_at or _now()
             elapsed = max((until - started).total_seconds(), 1e-3)
             rate = done_subjects / elapsed
             if job.state in ("running", "paused", "queued"):
