@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from gateway.audit.search import open_payload
 from gateway.audit.witness import read_witness, witness_path
 from gateway.audit.writer import AuditUnavailable
 from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, rows, verify
+from tests.helpers.clock import ManualClock
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -49,12 +51,14 @@ async def test_concurrent_appends_share_commits_and_every_payload_opens(store: S
 
 
 async def test_checkpoints_follow_count_time_and_shutdown(store: Store) -> None:
-    writer = await open_writer(store, every=5, seconds=0.3)
+    clock = ManualClock(datetime.now(UTC))  # time passes only when the test says, however slow the host
+    writer = await open_writer(store, every=5, seconds=0.3, clock=clock)
     try:
         for index in range(7):
             await writer.append(event(index))
         assert [cp.height for cp in await load_checkpoints(store.engine, CHAIN)] == [5]
-        deadline = time.monotonic() + 5
+        clock.advance(seconds=0.3)
+        deadline = time.monotonic() + 60  # a bound on hanging: the writer looks every 0.15 s
         while writer.sealed_height < 7:
             assert time.monotonic() < deadline, "no checkpoint after the time limit"
             await asyncio.sleep(0.05)
