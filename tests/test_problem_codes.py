@@ -33,7 +33,11 @@ def _sources() -> list[Path]:
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
+    """Docstrings, and the names in `__all__` (a function may be named as a code is: `audit_unavailable`)."""
     found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            found.update(id(item) for item in ast.walk(node.value) if isinstance(item, ast.Constant))
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
             first = node.body[0]

@@ -9,6 +9,7 @@ from gateway.audit.writer import AuditUnavailable
 from gateway.console import admin, auditor, officer, oidc, operator, web
 from gateway.console.session import ConsoleState
 from gateway.http.problems import Problem
+from schemas.problems import ProblemCode
 
 __all__ = ["ConsoleState", "audit_unavailable", "router"]
 
@@ -27,7 +28,5 @@ async def audit_unavailable(request: Request, exc: AuditUnavailable) -> Response
             status=503,
             message="审计日志暂不可用，操作未执行，请稍后重试 (audit log unavailable)",
         )
-    problem = Problem(
-        503, "audit_unavailable", "Audit log unavailable", "the action could not be recorded; retry later"
-    )
+    problem = Problem(ProblemCode.AUDIT_UNAVAILABLE, "the action could not be recorded; retry later")
     return problem.response(instance=request.url.path)
