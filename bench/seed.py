@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings
@@ -57,7 +58,7 @@ async def seed(settings: Settings, service: str = SERVICE, operation: str = OPER
                     keys=[KeyIn(key_id=key_id, public_key=public_key_pem(key.public_key()))],
                 ),
             )
-            grant = await callers.add_grant(
+            grant = await grant_rows.add_grant(
                 session,
                 GrantIn(
                     caller_id=CALLER,

@@ -10,8 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
@@ -48,63 +49,34 @@ Errors are RFC 9457 problem+json with a stable `code`.
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with the invoke route dispatched straight to its endpoint.
+    """FastAPI, with the invoke route answered ahead of FastAPI's own middleware.
 
     The invoke call is the one the platform makes hundreds of thousands of times. Profiling (docs/performance.md)
     showed FastAPI's router, dependency solving and middleware costing about as much per request as the signature
-    check; the endpoint needs none of it: `run_exchange` reads the raw body and answers every error itself. The
-    route stays registered with FastAPI (OpenAPI, and the same endpoint answers whichever way it is reached); only
-    a POST whose path matches that route's own pattern takes the short way, every other request the usual one.
-    Whatever FastAPI would add for the route (a dependency, a middleware) switches the short way off.
+    check; the endpoint needs none of it: `run_exchange` reads the raw body and answers every error itself. So that
+    route is a plain Starlette `Route` with an ASGI endpoint (`services.invoke_route`), registered in the router like
+    every other, and `__call__` asks that route itself whether a request is its own: a full match (its path and
+    POST) is answered at once; anything else (another path, another method: the 405) goes through FastAPI as usual.
+    There is one route and one endpoint; the route table decides. Middleware added to the app must see every
+    request, so with any the invoke call goes through the stack too, to the same route.
     """
 
-    invoke_route: APIRoute | None = None
+    direct_route: Route | None = None
     trusted_proxies: TrustedProxies = TrustedProxies()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Before anything reads the client address or the target URI (MSJX_TRUSTED_PROXIES, gateway/http/forwarded.py).
         if self.trusted_proxies and scope["type"] == "http":
             apply_forwarded(self.trusted_proxies, scope)  # type: ignore[arg-type]
-        route = self.invoke_route
-        # Middleware added to the app must see every request, so it switches the short way off.
-        if (
-            route is not None
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and not scope.get("root_path")
-            and not self.user_middleware
-        ):
-            match = route.path_regex.match(scope["path"])
-            if match is not None:
+        route = self.direct_route
+        if route is not None and scope["type"] == "http" and not self.user_middleware:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
                 scope["app"] = self
-                response = await services.invoke(Request(scope, receive, send), match["service"], match["operation"])
-                await response(scope, receive, send)
+                scope.update(child_scope)
+                await route.handle(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
-
-
-def plain_invoke_route(app: FastAPI) -> APIRoute | None:
-    """The invoke route, if FastAPI would do nothing for it but call the endpoint with its two path parameters.
-
-    A dependency added to the route, its router or the app (a quota check, say) would be skipped by the short
-    way, so then there is none: every call goes through FastAPI (tests/test_fast_path.py fails to say so).
-    """
-    route = next((r for r in services.router.routes if isinstance(r, APIRoute) and r.endpoint is services.invoke), None)
-    if route is None or route.dependencies or services.router.dependencies or app.router.dependencies:
-        return None
-    dependant = route.dependant
-    extra = (
-        dependant.dependencies,
-        dependant.query_params,
-        dependant.header_params,
-        dependant.cookie_params,
-        dependant.body_params,
-    )
-    if any(extra) or [param.name for param in dependant.path_params] != ["service", "operation"]:
-        return None
-    if route.methods != {"POST"}:
-        return None
-    return route
 
 
 def route_methods(app: FastAPI, path: str) -> set[str] | None:
@@ -133,8 +105,24 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = await Runtime.start(settings, adapters)
-        app.state.sharing = SharingService(app.state.runtime)
+        runtime = app.state.runtime = await Runtime.start(settings, adapters)
+        app.state.exchanges = runtime.exchanges
+        sharing = app.state.sharing = SharingService(
+            engine=runtime.engine,
+            sessions=runtime.sessions,
+            directory=runtime.directory,
+            audit=runtime.audit,
+            overdue_action=settings.sharing_overdue_action,
+            interval=settings.sharing_sweep_seconds,
+            clock=runtime.clock,
+        )
+        app.state.invocations = services.Invocations(
+            adapters=runtime.adapters,
+            directory=runtime.directory,
+            quotas=runtime.quotas,
+            payments=runtime.payments,
+            note_first_use=sharing.note_first_use,
+        )
         await app.state.sharing.start()
         app.state.batches = BatchService(app.state.runtime, worker=settings.batch_workers > 0)
         await app.state.batches.start()
@@ -160,8 +148,9 @@ def create_app(
         redirect_slashes=False,
     )
     app.trusted_proxies = settings.trusted_proxy_networks
-    app.include_router(services.router)  # first, without a prefix or dependencies: see plain_invoke_route
-    app.invoke_route = plain_invoke_route(app)
+    app.router.routes.append(services.invoke_route)
+    app.direct_route = services.invoke_route
+    app.include_router(services.router)
     app.include_router(catalog.router)
     app.include_router(sharing.router)
     app.include_router(calendar.router)
@@ -204,7 +193,10 @@ def create_app(
     def openapi() -> dict:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        # The invoke route is a plain Starlette route, which FastAPI does not describe: its documentation is an
+        # APIRoute of its own, never in the router.
+        routes = [services.invoke_documentation, *app.routes]
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         # Routes that read the raw body (to check its digest) reference these by name.
         for model in (BatchIn, InvokeRequest, CallerIn, KeyIn, GrantIn, ProblemDetails, UpstreamIn, *REQUEST_MODELS):

@@ -25,6 +25,7 @@ from gateway.audit.writer import AuditWriter
 from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.payments.idempotency import IdempotencyStore
 from gateway.payments.intents import Payments
+from gateway.pipeline.exchange import Exchanges
 from gateway.pipeline.unauthenticated import UnauthenticatedGate
 from gateway.settings import Settings
 from gateway.sharing.ownership import seed_owners
@@ -136,6 +137,14 @@ def start_payments(
 
 @dataclass
 class Runtime:
+    """What one gateway process holds while it runs, and the order in which it starts and stops it.
+
+    `start` opens the stores, the audit writer, the adapters and the background tasks (key refresh, quota rebuild
+    after a Redis restart, payment reconciliation); `close` stops them in reverse. Request handlers do not take
+    the whole of it: the pipeline every exchange goes through is `exchanges`, and each route asks for the few
+    services it uses (gateway/api/deps.py).
+    """
+
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker
@@ -154,12 +163,12 @@ class Runtime:
     clock: Clock = SYSTEM_CLOCK
     # Refusals before authentication: audited one by one up to a rate per address, then counted (start sets it).
     unauthenticated: UnauthenticatedGate | None = None
-    # Signed exchanges this worker has begun and not yet answered: how congested its event loop is.
-    exchanges_in_progress: int = 0
     # Redis beyond nonces and quotas (breakers, payment locks): a 503 of its own when it is down.
     shared_state: Dependency = field(
         default_factory=lambda: Dependency("shared_state", ProblemCode.STATE_STORE_UNAVAILABLE)
     )
+    # What every audited exchange goes through (start sets it).
+    exchanges: Exchanges | None = None
     _key_refresher: Periodic | None = None
     _quota_rebuild: asyncio.Task[None] | None = None
 
@@ -243,6 +252,14 @@ class Runtime:
             UnauthenticatedGate.deployment_of(settings.async_database_url),
         )
         runtime.unauthenticated.start(audit.append)
+        runtime.exchanges = Exchanges(
+            authenticator=authenticator,
+            audit=audit,
+            database=database,
+            shared_state=runtime.shared_state,
+            offload_above=settings.signature_offload_above,
+            unauthenticated=runtime.unauthenticated,
+        )
         # Rotations and destructions by any node reach this one within a second, without a restart.
         runtime._key_refresher = periodic(
             "audit-key-refresh", KEY_REFRESH_SECONDS, runtime._refresh_keys, on_error=runtime._keys_not_refreshed

@@ -397,6 +397,7 @@ async def test_switching_to_the_sm_suite_keeps_one_chain_that_verifies(gateway: 
                 witness_path=witness_path(settings, settings.node_id),
             )
             await runtime.audit.start()
+            runtime.exchanges.audit = runtime.audit  # the pipeline every exchange goes through writes with it
         answer = await call_for_purpose(gateway, DEMO_LISTED_USCC)
         assert answer.status_code == 200, answer.text
         answers.append((suite, answer))

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.batches.tables import BatchChunk
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
@@ -72,7 +73,7 @@ async def seed(settings: Settings) -> SignatureAuth:
                 valid_to=datetime.now(UTC) + timedelta(days=1),
                 share_methods=["batch"],
             )
-            await callers.add_grant(session, grant, adapters)
+            await grant_rows.add_grant(session, grant, adapters)
     finally:
         await engine.dispose()
     return SignatureAuth(key_id, private)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.runtime import build_adapters
 from gateway.settings import load_settings
 from gateway.storage import db
@@ -165,7 +165,7 @@ async def gw(hostile: Hostile, tmp_path_factory: pytest.TempPathFactory) -> Asyn
                 fields=list(submit.fields),
                 valid_to=datetime.now(UTC) + timedelta(days=1),
             )
-            await callers.add_grant(session, grant, adapters)
+            await grant_rows.add_grant(session, grant, adapters)
         await engine.dispose()
         running.runtime.directory.invalidate()
         async with running.client(running.admin) as admin:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.access.directory import GrantInfo
 from gateway.access.quotas import LoopMemoryStorage, QuotaExceeded, Quotas
 from gateway.settings import load_settings
@@ -230,7 +230,7 @@ async def test_two_processes_share_an_exact_quota_and_see_revocation_within_a_se
         async with db.sessionmaker(engine)() as session:
             platform: Identity = await new_identity(session, "platform", ["platform"], "市数据管理局")
             admin: Identity = await new_identity(session, "admin", ["admin"], "市大数据中心")
-            grant = await callers.add_grant(
+            grant = await grant_rows.add_grant(
                 session,
                 GrantIn(
                     caller_id="platform",
@@ -312,7 +312,7 @@ async def test_two_processes_share_an_exact_quota_and_see_revocation_within_a_se
 
 
 def _credit_adapter_for_validation() -> Any:
-    """callers.add_grant checks the operation's fields against an adapter; no connection is opened."""
+    """add_grant checks the operation's fields against an adapter; no connection is opened."""
     from adapters.credit import CreditAdapter
 
     return CreditAdapter("http://127.0.0.1:1")

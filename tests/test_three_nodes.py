@@ -27,6 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.audit.verify import verify_all
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
@@ -89,7 +90,7 @@ async def seed(settings: Settings, people: dict[str, Caller]) -> None:
             ]
             for caller_id, service, operation_name, quota in grants:
                 operation = adapters[service].operations[operation_name]
-                grant = await callers.add_grant(
+                grant = await grant_rows.add_grant(
                     session,
                     GrantIn(
                         caller_id=caller_id,

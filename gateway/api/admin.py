@@ -10,17 +10,19 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.access import callers
-from gateway.access.directory import CallerInfo, GrantInfo
+from gateway.access import grants as grant_rows
+from gateway.access.directory import CallerInfo, Directory, GrantInfo
+from gateway.api.deps import AdaptersDep, DirectoryDep, QuotasDep, SessionsDep, SharingDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
-from gateway.api.grant_duties import change_grant
-from gateway.api.services import parse_json
+from gateway.api.grant_duties import GrantChangesDep
+from gateway.http.json_bodies import parse_body
 from gateway.http.problems import Problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import workflow
-from gateway.sharing.errors import parse_body
+from gateway.sharing.errors import DOMAIN_TYPES
 from gateway.sharing.request_states import Actor
 from gateway.storage.models import Grant
 from schemas.api import CallerIn, CallerOut, GrantIn, GrantOut, KeyIn, KeyOut
@@ -36,13 +38,15 @@ def _dump(value: BaseModel | list[Any]) -> bytes:
     return orjson.dumps(value.model_dump(mode="json"))
 
 
-def _write(status: int, action: Callable[..., Awaitable[Any]]) -> Callable[[Exchange], Awaitable[tuple[int, bytes]]]:
+def _write(
+    status: int, sessions: async_sessionmaker, directory: Directory, action: Callable[..., Awaitable[Any]]
+) -> Callable[[Exchange], Awaitable[tuple[int, bytes]]]:
     """Run a registry write in a session, then drop this node's snapshot so the change holds on its next call."""
 
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        async with exchange.runtime.sessions() as session:
+        async with sessions() as session:
             result = await action(exchange, session)
-        exchange.runtime.directory.invalidate()
+        directory.invalidate()
         return status, _dump(result)
 
     return handler
@@ -57,11 +61,11 @@ def _write(status: int, action: Callable[..., Awaitable[Any]]) -> Callable[[Exch
     responses=problem_responses(401, 403, 409, 422),
     openapi_extra=json_body(CallerIn),
 )
-async def create_caller(request: Request) -> Response:
+async def create_caller(request: Request, sessions: SessionsDep, directory: DirectoryDep) -> Response:
     async def action(exchange: Exchange, session: Any) -> CallerOut:
-        return await callers.add_caller(session, parse_json(exchange.body, CallerIn))
+        return await callers.add_caller(session, parse_body(exchange.body, CallerIn))
 
-    return await run_exchange(request, "admin.caller.add", _write(201, action), roles=ADMIN)
+    return await run_exchange(request, "admin.caller.add", _write(201, sessions, directory, action), roles=ADMIN)
 
 
 @router.get(
@@ -71,9 +75,9 @@ async def create_caller(request: Request) -> Response:
     response_model=list[CallerOut],
     responses=problem_responses(401, 403),
 )
-async def list_callers(request: Request) -> Response:
+async def list_callers(request: Request, sessions: SessionsDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        async with exchange.runtime.sessions() as session:
+        async with sessions() as session:
             return 200, _dump(await callers.list_callers(session))
 
     return await run_exchange(request, "admin.caller.list", handler, roles=ADMIN)
@@ -88,11 +92,11 @@ async def list_callers(request: Request) -> Response:
     responses=problem_responses(401, 403, 404, 409, 422),
     openapi_extra=json_body(KeyIn),
 )
-async def add_key(request: Request, caller_id: str) -> Response:
+async def add_key(request: Request, caller_id: str, sessions: SessionsDep, directory: DirectoryDep) -> Response:
     async def action(exchange: Exchange, session: Any) -> KeyOut:
-        return await callers.add_key(session, caller_id, parse_json(exchange.body, KeyIn))
+        return await callers.add_key(session, caller_id, parse_body(exchange.body, KeyIn))
 
-    return await run_exchange(request, "admin.key.add", _write(201, action), roles=ADMIN)
+    return await run_exchange(request, "admin.key.add", _write(201, sessions, directory, action), roles=ADMIN)
 
 
 @router.post(
@@ -102,11 +106,13 @@ async def add_key(request: Request, caller_id: str) -> Response:
     response_model=KeyOut,
     responses=problem_responses(401, 403, 404),
 )
-async def revoke_key(request: Request, caller_id: str, key_id: str) -> Response:
+async def revoke_key(
+    request: Request, caller_id: str, key_id: str, sessions: SessionsDep, directory: DirectoryDep
+) -> Response:
     async def action(exchange: Exchange, session: Any) -> KeyOut:
         return await callers.revoke_key(session, caller_id, key_id)
 
-    return await run_exchange(request, "admin.key.revoke", _write(200, action), roles=ADMIN)
+    return await run_exchange(request, "admin.key.revoke", _write(200, sessions, directory, action), roles=ADMIN)
 
 
 @router.post(
@@ -122,11 +128,13 @@ async def revoke_key(request: Request, caller_id: str, key_id: str) -> Response:
     responses=problem_responses(401, 403, 404, 422),
     openapi_extra=json_body(GrantIn),
 )
-async def create_grant(request: Request) -> Response:
+async def create_grant(
+    request: Request, sessions: SessionsDep, directory: DirectoryDep, adapters: AdaptersDep
+) -> Response:
     async def action(exchange: Exchange, session: Any) -> GrantOut:
-        return await callers.add_grant(session, parse_json(exchange.body, GrantIn), exchange.runtime.adapters)
+        return await grant_rows.add_grant(session, parse_body(exchange.body, GrantIn), adapters)
 
-    return await run_exchange(request, "admin.grant.add", _write(201, action), roles=ADMIN)
+    return await run_exchange(request, "admin.grant.add", _write(201, sessions, directory, action), roles=ADMIN)
 
 
 def _sees_all(caller: CallerInfo) -> bool:
@@ -135,10 +143,10 @@ def _sees_all(caller: CallerInfo) -> bool:
 
 async def _visible_grants(session: AsyncSession, caller: CallerInfo, now: datetime) -> list[GrantOut]:
     if _sees_all(caller):
-        return await callers.list_grants(session, now=now)
+        return await grant_rows.list_grants(session, now=now)
     if "department" in caller.roles:
-        return await callers.grants_for_department(session, caller.department, now)
-    return await callers.list_grants(session, caller.caller_id, now)
+        return await grant_rows.grants_for_department(session, caller.department, now)
+    return await grant_rows.list_grants(session, caller.caller_id, now)
 
 
 @router.get(
@@ -151,10 +159,10 @@ async def _visible_grants(session: AsyncSession, caller: CallerInfo, now: dateti
     response_model=list[GrantOut],
     responses=problem_responses(401),
 )
-async def list_grants(request: Request) -> Response:
+async def list_grants(request: Request, sessions: SessionsDep, sharing: SharingDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        async with exchange.runtime.sessions() as session:
-            now = request.app.state.sharing.now()
+        async with sessions() as session:
+            now = sharing.now()
             return 200, _dump(await _visible_grants(session, exchange.principal.caller, now))
 
     return await run_exchange(request, "grant.list", handler)
@@ -168,10 +176,12 @@ async def list_grants(request: Request) -> Response:
     response_model=GrantOut,
     responses=problem_responses(401, 404),
 )
-async def get_grant(request: Request, grant_id: str) -> Response:
+async def get_grant(
+    request: Request, grant_id: str, sessions: SessionsDep, sharing: SharingDep, quotas: QuotasDep
+) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        async with exchange.runtime.sessions() as session:
-            now = request.app.state.sharing.now()
+        async with sessions() as session:
+            now = sharing.now()
             visible = {
                 grant.grant_id: grant for grant in await _visible_grants(session, exchange.principal.caller, now)
             }
@@ -193,7 +203,7 @@ async def get_grant(request: Request, grant_id: str) -> Response:
             grant.rate_limit,
             grant.sharing_request_id,
         )
-        grant.used_today = await exchange.runtime.quotas.used_today(info)
+        grant.used_today = await quotas.used_today(info)
         return 200, _dump(grant)
 
     return await run_exchange(request, "grant.read", handler)
@@ -220,16 +230,16 @@ class RevokeGrantIn(BaseModel):
         }
     },
 )
-async def revoke_grant(request: Request, grant_id: str) -> Response:
+async def revoke_grant(request: Request, grant_id: str, sharing: SharingDep, changes: GrantChangesDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        body = parse_body(exchange.body, RevokeGrantIn, optional=True)
-        now = exchange.request.app.state.sharing.now()
+        body = parse_body(exchange.body, RevokeGrantIn, optional=True, domain_codes=DOMAIN_TYPES)
+        now = sharing.now()
 
         async def apply(session: AsyncSession, actor: Actor) -> tuple[Grant, workflow.Outcome | None]:
             return await workflow.revoke_grant(session, actor, grant_id, body.reason, now)
 
-        grant = await change_grant(exchange, grant_id, now, apply)
+        grant = await changes.apply(exchange, grant_id, now, apply)
         exchange.event.purpose = grant.purpose
-        return 200, _dump(callers.grant_out(grant, now))
+        return 200, _dump(grant_rows.grant_out(grant, now))
 
     return await run_exchange(request, "admin.grant.revoke", handler, roles=ADMIN)

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -18,13 +19,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.api.deps import EngineDep, KeyRingDep, SettingsDep
 from gateway.api.docs import SIGNED, problem_responses
-from gateway.api.services import parse_json
 from gateway.audit.rows import chain_ids, get_record, load_checkpoints
 from gateway.audit.search import AuditQuery, open_payload, search_records, subject_hashes
 from gateway.audit.signer import node_trust
 from gateway.audit.verify import verify_all
+from gateway.http.json_bodies import parse_body
 from gateway.http.problems import Problem, validation_problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.storage.models import AuditSigner
@@ -39,7 +42,7 @@ from schemas.audit import (
 )
 from schemas.problems import ProblemCode
 from security.crypto import DecryptionError
-from security.keyring import KeyRingError, PayloadShredded
+from security.keyring import KeyRing, KeyRingError, PayloadShredded
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 OFFICER = {"officer"}
@@ -137,9 +140,8 @@ def _query_problem(field: str, code: ProblemCode, message: str) -> Problem:
     )
 
 
-async def _search(exchange: Exchange) -> tuple[int, bytes]:
+async def _search(engine: AsyncEngine, keyring: KeyRing, exchange: Exchange) -> tuple[int, bytes]:
     params: AuditSearchParams = _parse_query(exchange.request, AuditSearchParams)
-    runtime = exchange.runtime
     digest = _filters_digest(params)
     after = _decode_cursor(params.cursor, digest) if params.cursor else None
     query = AuditQuery(
@@ -156,9 +158,9 @@ async def _search(exchange: Exchange) -> tuple[int, bytes]:
         target=params.target,
         category=params.category,
         code=params.code,
-        subject_hashes=subject_hashes(runtime.keyring, params.subject) if params.subject else [],
+        subject_hashes=subject_hashes(keyring, params.subject) if params.subject else [],
     )
-    rows = await search_records(runtime.engine, query, after=after, limit=params.limit + 1)
+    rows = await search_records(engine, query, after=after, limit=params.limit + 1)
     page, more = rows[: params.limit], len(rows) > params.limit
     body = {
         "records": [record_out(row) for row in page],
@@ -177,15 +179,15 @@ async def _search(exchange: Exchange) -> tuple[int, bytes]:
     responses=problem_responses(401, 403, 422, 503),
     openapi_extra=_query_parameters(AuditSearchParams),
 )
-async def search(request: Request) -> Response:
-    return await run_exchange(request, "audit.search", _search, roles=OFFICER)
+async def search(request: Request, engine: EngineDep, keyring: KeyRingDep) -> Response:
+    return await run_exchange(request, "audit.search", partial(_search, engine, keyring), roles=OFFICER)
 
 
 # --- one record, its payload ------------------------------------------------------------------------------------
 
 
-async def _load(exchange: Exchange, record_id: str) -> dict[str, Any]:
-    row = await get_record(exchange.runtime.engine, record_id)
+async def _load(engine: AsyncEngine, record_id: str) -> dict[str, Any]:
+    row = await get_record(engine, record_id)
     if row is None:
         raise Problem(
             ProblemCode.RECORD_NOT_FOUND,
@@ -201,10 +203,10 @@ async def _load(exchange: Exchange, record_id: str) -> dict[str, Any]:
     response_model=AuditRecordOut,
     responses=problem_responses(401, 403, 404, 503),
 )
-async def record(request: Request, record_id: str) -> Response:
+async def record(request: Request, record_id: str, engine: EngineDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         exchange.event.target_id = record_id
-        return 200, orjson.dumps(record_out(await _load(exchange, record_id)))
+        return 200, orjson.dumps(record_out(await _load(engine, record_id)))
 
     return await run_exchange(request, "audit.record", handler, roles=OFFICER)
 
@@ -243,20 +245,20 @@ def _shown(plaintext: bytes | None) -> Any:
         }
     },
 )
-async def read_payload(request: Request, record_id: str) -> Response:
+async def read_payload(request: Request, record_id: str, engine: EngineDep, keyring: KeyRingDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         event = exchange.event
         event.target_id = record_id
         event.store_response = False
-        body: PayloadReadIn = parse_json(exchange.body, PayloadReadIn)
+        body: PayloadReadIn = parse_body(exchange.body, PayloadReadIn)
         event.reason = body.reason
         event.reason_category = body.category
         event.reason_ref = body.reference
-        row = await _load(exchange, record_id)
+        row = await _load(engine, record_id)
         shown: dict[str, Any] = {}
         try:
             for part in dict.fromkeys(body.parts):
-                shown[part] = _shown(await open_payload(exchange.runtime.keyring, row, part))
+                shown[part] = _shown(await open_payload(keyring, row, part))
         except PayloadShredded as exc:
             raise Problem(ProblemCode.PAYLOAD_SHREDDED, str(exc)) from None
         except (DecryptionError, KeyRingError) as exc:
@@ -296,13 +298,12 @@ class VerifyParams(BaseModel):
     responses=problem_responses(401, 403, 422, 503),
     openapi_extra=_query_parameters(VerifyParams),
 )
-async def verify(request: Request) -> Response:
+async def verify(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         params: VerifyParams = _parse_query(exchange.request, VerifyParams)
-        settings = exchange.runtime.settings
-        trusted = await node_trust(exchange.runtime.engine, settings)
+        trusted = await node_trust(engine, settings)
         reports = await verify_all(
-            exchange.runtime.engine,
+            engine,
             trusted=trusted if len(trusted) else None,
             archive_dir=settings.archive_dir,
             witness_dir=settings.witness_dir,
@@ -365,10 +366,9 @@ class CheckpointParams(BaseModel):
     responses=problem_responses(401, 403, 422, 503),
     openapi_extra=_query_parameters(CheckpointParams),
 )
-async def checkpoints(request: Request) -> Response:
+async def checkpoints(request: Request, engine: EngineDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         params: CheckpointParams = _parse_query(exchange.request, CheckpointParams)
-        engine = exchange.runtime.engine
         chains = [params.chain] if params.chain else await chain_ids(engine)
         found = []
         for chain_id in chains:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from gateway.api.deps import AuditDep, EngineDep, SessionsDep, SharingDep
 from gateway.api.docs import SIGNED, problem_responses
 from gateway.http.problems import Problem
 from gateway.pipeline.exchange import Exchange, run_exchange
@@ -82,6 +83,9 @@ def schedule_problem(exc: ScheduleInvalid) -> Problem:
 )
 async def import_calendar(
     request: Request,
+    sessions: SessionsDep,
+    audit_writer: AuditDep,
+    sharing: SharingDep,
     year: Annotated[int | None, Query(description="the year of a CSV body")] = None,
     source: Annotated[str | None, Query(max_length=500, description="the notice a CSV body comes from")] = None,
 ) -> Response:
@@ -97,15 +101,12 @@ async def import_calendar(
         except ScheduleInvalid as exc:
             raise schedule_problem(exc) from None
         caller = exchange.principal.caller
-        runtime = exchange.runtime
 
         async def audit(out: SharingRequestOut, outcome: Outcome) -> None:
             event = transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
-            await runtime.audit.append(event)
+            await audit_writer.append(event)
 
-        result = await import_schedule(
-            runtime.sessions, schedule, caller.caller_id, request.app.state.sharing.now(), audit
-        )
+        result = await import_schedule(sessions, schedule, caller.caller_id, sharing.now(), audit)
         return 201, _dump(result)
 
     return await run_exchange(request, "admin.calendar.import", handler, roles=ADMIN)
@@ -122,10 +123,10 @@ async def import_calendar(
     response_model=list[CalendarYearOut],
     responses=problem_responses(401, 403),
 )
-async def list_years(request: Request) -> Response:
+async def list_years(request: Request, engine: EngineDep, sharing: SharingDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        calendar = await calendar_for(exchange.runtime.engine)
-        today = china_date(request.app.state.sharing.now())
+        calendar = await calendar_for(engine)
+        today = china_date(sharing.now())
         rows = [
             CalendarYearOut(
                 year=entry.year,
@@ -150,9 +151,9 @@ async def list_years(request: Request) -> Response:
     response_model=ScheduleOut,
     responses=problem_responses(401, 403, 422),
 )
-async def show_year(request: Request, year: int) -> Response:
+async def show_year(request: Request, year: int, engine: EngineDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        calendar = await calendar_for(exchange.runtime.engine)
+        calendar = await calendar_for(engine)
         try:
             out = schedule_out(calendar, year)
         except CalendarYearUnsupported:

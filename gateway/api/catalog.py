@@ -8,10 +8,11 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from gateway.api.deps import AdaptersDep, SessionsDep, SharingDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
+from gateway.http.json_bodies import load_body
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import catalog
-from gateway.sharing.errors import load_json
 from gateway.sharing.ownership import Publisher
 from gateway.sharing.request_states import Actor
 from schemas.sharing import CatalogItemIn, CatalogItemOut, CatalogItemPatch, PublicCatalog, PublicCatalogItem
@@ -44,12 +45,12 @@ def _json(model: PublicCatalog | PublicCatalogItem | CatalogItemOut) -> bytes:
     openapi_extra={"security": []},
 )
 async def public_catalog(
-    request: Request,
+    sessions: SessionsDep,
+    sharing: SharingDep,
     provider: Annotated[str | None, Query(description="only items of this provider department")] = None,
 ) -> Response:
-    runtime = request.app.state.runtime
-    async with runtime.sessions() as session:
-        listing = await catalog.public_catalog(session, request.app.state.sharing.now(), provider)
+    async with sessions() as session:
+        listing = await catalog.public_catalog(session, sharing.now(), provider)
     return Response(_json(listing), media_type="application/json")
 
 
@@ -61,10 +62,9 @@ async def public_catalog(
     responses=problem_responses(404),
     openapi_extra={"security": []},
 )
-async def public_item(request: Request, item_id: str) -> Response:
-    runtime = request.app.state.runtime
-    async with runtime.sessions() as session:
-        item = await catalog.public_item(session, item_id, request.app.state.sharing.now())
+async def public_item(item_id: str, sessions: SessionsDep, sharing: SharingDep) -> Response:
+    async with sessions() as session:
+        item = await catalog.public_item(session, item_id, sharing.now())
     return Response(_json(item), media_type="application/json")
 
 
@@ -84,16 +84,14 @@ async def public_item(request: Request, item_id: str) -> Response:
     responses=problem_responses(401, 403, 409, 422),
     openapi_extra=json_body(CatalogItemIn),
 )
-async def add_item(request: Request) -> Response:
+async def add_item(request: Request, sessions: SessionsDep, adapters: AdaptersDep, sharing: SharingDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        document = load_json(exchange.body)
+        document = load_body(exchange.body)
         if isinstance(document, dict) and isinstance(document.get("service"), str):
             exchange.event.service = document["service"][:128]
         actor = Actor.of(exchange.principal.caller)
-        async with exchange.runtime.sessions() as session:
-            item, published = await catalog.add_item(
-                session, actor, document, exchange.runtime.adapters, request.app.state.sharing.now()
-            )
+        async with sessions() as session:
+            item, published = await catalog.add_item(session, actor, document, adapters, sharing.now())
         _note(exchange, item, published)
         return 201, _json(item)
 
@@ -112,13 +110,13 @@ async def add_item(request: Request) -> Response:
     responses=problem_responses(401, 403, 404, 409, 422),
     openapi_extra=json_body(CatalogItemPatch),
 )
-async def update_item(request: Request, item_id: str) -> Response:
+async def update_item(request: Request, item_id: str, sessions: SessionsDep, adapters: AdaptersDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        document = load_json(exchange.body)
+        document = load_body(exchange.body)
         exchange.event.target_id = item_id
         actor = Actor.of(exchange.principal.caller)
-        async with exchange.runtime.sessions() as session:
-            item, published = await catalog.update_item(session, actor, item_id, document, exchange.runtime.adapters)
+        async with sessions() as session:
+            item, published = await catalog.update_item(session, actor, item_id, document, adapters)
         _note(exchange, item, published)
         return 200, _json(item)
 

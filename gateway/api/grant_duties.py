@@ -7,19 +7,24 @@ which gets its own `sharing.suspend` / `sharing.resume` record like every other 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.access import callers
+from gateway.access import grants as grant_rows
+from gateway.access.directory import Directory
+from gateway.api.deps import AuditDep, DirectoryDep, SessionsDep, SharingDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
+from gateway.audit.writer import AuditWriter
+from gateway.http.json_bodies import parse_body
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import obligations, workflow
-from gateway.sharing.errors import parse_body
+from gateway.sharing.errors import DOMAIN_TYPES
 from gateway.sharing.request_states import Actor
 from gateway.sharing.service import transition_event
 from gateway.storage.models import Grant
@@ -30,50 +35,63 @@ router = APIRouter(prefix="/v1/grants", tags=["grants"])
 Change = Callable[[AsyncSession, Actor, str, Any, datetime], Awaitable[tuple[Grant, workflow.Outcome | None]]]
 
 
-async def change_grant(
-    exchange: Exchange,
-    grant_id: str,
-    now: datetime,
-    apply: Callable[[AsyncSession, Actor], Awaitable[tuple[Grant, workflow.Outcome | None]]],
-) -> Grant:
-    """Apply a change to a grant as the exchange's caller, and make every node see it.
+@dataclass(frozen=True)
+class GrantChanges:
+    """Applies a change to a grant as an exchange's caller, and makes every node see it."""
 
-    When the change moved the grant's sharing request too (its last live grant revoked, say), that transition
-    gets its own audit record with its before and after, like any other transition of a request.
-    """
-    caller = exchange.principal.caller
-    exchange.event.grant_id = grant_id
-    async with exchange.runtime.sessions() as session:
-        grant, outcome = await apply(session, Actor.of(caller))
-        cascade = await workflow.outcome_out(session, outcome, now) if outcome is not None else None
-    # This node refuses (or serves) the grant on its next call; every other node within 1 s.
-    exchange.runtime.directory.invalidate()
-    if cascade is not None and outcome is not None:
-        await exchange.runtime.audit.append(
-            transition_event(
-                cascade,
-                outcome,
-                caller_id=caller.caller_id,
-                department=caller.department,
-                roles=tuple(sorted(caller.roles)),
+    sessions: async_sessionmaker
+    directory: Directory
+    audit: AuditWriter
+
+    async def apply(
+        self,
+        exchange: Exchange,
+        grant_id: str,
+        now: datetime,
+        apply: Callable[[AsyncSession, Actor], Awaitable[tuple[Grant, workflow.Outcome | None]]],
+    ) -> Grant:
+        """When the change moved the grant's sharing request too (its last live grant revoked, say), that
+        transition gets its own audit record with its before and after, like any other transition of a request."""
+        caller = exchange.principal.caller
+        exchange.event.grant_id = grant_id
+        async with self.sessions() as session:
+            grant, outcome = await apply(session, Actor.of(caller))
+            cascade = await workflow.outcome_out(session, outcome, now) if outcome is not None else None
+        # This node refuses (or serves) the grant on its next call; every other node within 1 s.
+        self.directory.invalidate()
+        if cascade is not None and outcome is not None:
+            await self.audit.append(
+                transition_event(
+                    cascade,
+                    outcome,
+                    caller_id=caller.caller_id,
+                    department=caller.department,
+                    roles=tuple(sorted(caller.roles)),
+                )
             )
-        )
-    return grant
+        return grant
+
+
+async def _grant_changes(sessions: SessionsDep, directory: DirectoryDep, audit: AuditDep) -> GrantChanges:
+    return GrantChanges(sessions, directory, audit)
+
+
+GrantChangesDep = Annotated[GrantChanges, Depends(_grant_changes)]
 
 
 def _change_route(name: str, model: type[SuspendIn] | type[ResumeIn], change: Change, *, optional: bool) -> Any:
-    async def route(request: Request, grant_id: str) -> Response:
+    async def route(request: Request, grant_id: str, sharing: SharingDep, changes: GrantChangesDep) -> Response:
         async def handler(exchange: Exchange) -> tuple[int, bytes]:
-            body = parse_body(exchange.body, model, optional=optional)
-            now = request.app.state.sharing.now()
+            body = parse_body(exchange.body, model, optional=optional, domain_codes=DOMAIN_TYPES)
+            now = sharing.now()
 
             async def apply(session: AsyncSession, actor: Actor) -> tuple[Grant, workflow.Outcome | None]:
                 return await change(session, actor, grant_id, body, now)
 
-            grant = await change_grant(exchange, grant_id, now, apply)
+            grant = await changes.apply(exchange, grant_id, now, apply)
             event = exchange.event
             event.service, event.operation, event.purpose = grant.service, grant.operation, grant.purpose
-            return 200, orjson.dumps(callers.grant_out(grant, now).model_dump(mode="json"))
+            return 200, orjson.dumps(grant_rows.grant_out(grant, now).model_dump(mode="json"))
 
         return await run_exchange(request, f"grant.{name}", handler, roles={"department", "admin"})
 
@@ -133,13 +151,13 @@ router.add_api_route(
     responses=problem_responses(401, 403, 404, 422),
     openapi_extra=json_body(DataUseIn),
 )
-async def add_register_entry(request: Request, grant_id: str) -> Response:
+async def add_register_entry(request: Request, grant_id: str, sessions: SessionsDep, sharing: SharingDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        body = parse_body(exchange.body, DataUseIn)
+        body = parse_body(exchange.body, DataUseIn, domain_codes=DOMAIN_TYPES)
         exchange.event.grant_id = grant_id
-        async with exchange.runtime.sessions() as session:
+        async with sessions() as session:
             entry = await obligations.add_entry(
-                session, Actor.of(exchange.principal.caller), grant_id, body, request.app.state.sharing.now()
+                session, Actor.of(exchange.principal.caller), grant_id, body, sharing.now()
             )
         return 201, orjson.dumps(entry.model_dump(mode="json"))
 
@@ -156,10 +174,10 @@ async def add_register_entry(request: Request, grant_id: str) -> Response:
     response_model=DataUseRegister,
     responses=problem_responses(401, 403, 404),
 )
-async def read_register(request: Request, grant_id: str) -> Response:
+async def read_register(request: Request, grant_id: str, sessions: SessionsDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         exchange.event.grant_id = grant_id
-        async with exchange.runtime.sessions() as session:
+        async with sessions() as session:
             register = await obligations.read_register(session, Actor.of(exchange.principal.caller), grant_id)
         return 200, orjson.dumps(register.model_dump(mode="json"))
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import metrics as gateway_metrics
+from gateway.api.deps import EngineDep, ReadinessDep, SharingDep
 from gateway.sharing.calendar import calendar_for, calendar_warning, count_open_provisional
+from gateway.sharing.service import SharingService
 
 router = APIRouter(tags=["ops"])
 PUBLIC = {"security": []}  # no signature: gateway/api/openapi.py documents every other route as signed
@@ -19,11 +22,11 @@ log = logging.getLogger("msjx.ops")
 ADVISORY = frozenset({"calendar"})
 
 
-async def _calendar_check(request: Request) -> str:
+async def _calendar_check(engine: AsyncEngine, sharing: SharingService) -> str:
     """'ok', or what the operator must load (this year; next year from 1 November); never fails the probe."""
     try:
-        calendar = await calendar_for(request.app.state.runtime.engine)
-        return calendar_warning(calendar, request.app.state.sharing.now()) or "ok"
+        calendar = await calendar_for(engine)
+        return calendar_warning(calendar, sharing.now()) or "ok"
     except Exception as exc:  # the database check reports an outage; this one only advises
         return f"unknown: {type(exc).__name__}"
 
@@ -44,9 +47,9 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "A dependency is down; the body names it"}},
     openapi_extra=PUBLIC,
 )
-async def readyz(request: Request) -> Response:
-    checks = await request.app.state.runtime.readiness()
-    checks["calendar"] = await _calendar_check(request)
+async def readyz(readiness: ReadinessDep, engine: EngineDep, sharing: SharingDep) -> Response:
+    checks = await readiness()
+    checks["calendar"] = await _calendar_check(engine, sharing)
     ready = all(value == "ok" for name, value in checks.items() if name not in ADVISORY)
     body: dict[str, object] = {"status": "ready" if ready else "not_ready", "checks": checks}
     if checks["calendar"] != "ok":
@@ -55,10 +58,10 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response, openapi_extra=PUBLIC)
-async def metrics(request: Request) -> Response:
+async def metrics(engine: EngineDep) -> Response:
     try:
         # A count over the shared database, so whichever node or worker is scraped reports the same figure.
-        gateway_metrics.PROVISIONAL_DEADLINES.set(await count_open_provisional(request.app.state.runtime.engine))
+        gateway_metrics.PROVISIONAL_DEADLINES.set(await count_open_provisional(engine))
     except Exception as exc:  # the scrape still answers; the gauge keeps its last value
         log.warning("provisional deadline count failed: %s", type(exc).__name__)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

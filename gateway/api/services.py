@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from adapters.base import Operation
+from adapters.base import Adapter, Operation
 from adapters.errors import UpstreamError
-from gateway.access.directory import GrantInfo
+from gateway.access.directory import Directory, GrantInfo
+from gateway.access.grants import grant_for
+from gateway.access.minimize import answer_document, minimize
+from gateway.access.quotas import Quotas
+from gateway.api.deps import AdaptersDep, DirectoryDep, SessionsDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
-from gateway.http.json_bodies import load_body
+from gateway.http.json_bodies import parse_body
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from gateway.payments.idempotency import MAX_HEADER_LENGTH, MAX_KEY_LENGTH, parse_key
 from gateway.payments.intents import REPLAYED_HEADER, Payments, VoucherCall
 from gateway.pipeline.exchange import Exchange, request_path, run_exchange
-from gateway.runtime import Runtime
 from gateway.sharing.ownership import owners
 from schemas.api import InvokeRequest, InvokeResponse
 from schemas.problems import ProblemCode
@@ -45,14 +52,6 @@ IDEMPOTENCY_KEY_PARAMETER = {
 }
 
 
-def parse_json(body: bytes, model: type[BaseModel], *, exact: bool = False) -> Any:
-    document = load_body(body, exact=exact)
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        raise validation_problem(exc.errors()) from None
-
-
 def upstream_status(status: str | None, attempts: int) -> str | None:
     """What the audit record keeps of the upstream's answer; retries show as `503;attempts=3`."""
     if attempts <= 1:
@@ -60,159 +59,88 @@ def upstream_status(status: str | None, attempts: int) -> str | None:
     return f"{status or 'none'};attempts={attempts}"[:64]
 
 
-def select_grant(
-    grants: tuple[GrantInfo, ...], service: str, operation: str, purpose: str, method: str = "api"
-) -> GrantInfo:
-    """The grant that allows this call now by this share method (`api`, or `batch` for a batch job), or the most
-    specific refusal."""
-    if not grants:
-        raise Problem(ProblemCode.NO_GRANT, f"the caller holds no grant for {service}/{operation}")
-    for_purpose = [grant for grant in grants if grant.purpose == purpose]
-    if not for_purpose:
-        raise Problem(ProblemCode.PURPOSE_NOT_GRANTED, f"no grant for {service}/{operation} with purpose {purpose!r}")
-    by_method = [grant for grant in for_purpose if method in grant.share_methods]
-    if not by_method:
-        raise Problem(
-            ProblemCode.SHARE_METHOD_NOT_GRANTED,
-            f"the grant for {service}/{operation} with purpose {purpose!r} does not allow share method {method!r}"
-            f" (共享方式 {'批量交换' if method == 'batch' else '服务接口'})",
-            context={"grant_id": for_purpose[0].grant_id},
+@dataclass(frozen=True)
+class Invocations:
+    """What invoking an operation works with; built once the runtime is up (`app.state.invocations`)."""
+
+    adapters: Mapping[str, Adapter]
+    directory: Directory
+    quotas: Quotas
+    payments: Payments | None
+    # Records a grant's delivery on its first successful call (the sharing service, off the request path).
+    note_first_use: Callable[[GrantInfo], None]
+
+    async def invoke(self, service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:
+        """The /v1 JSON call: its body read as JSON, its answer rendered as JSON."""
+        status, answer = await self.call(exchange, service, operation_name, read_json)
+        return status, answer if isinstance(answer, bytes) else orjson.dumps(answer)
+
+    async def call(
+        self, exchange: Exchange, service: str, operation_name: str, read: RequestReader
+    ) -> tuple[int, dict[str, Any] | bytes]:
+        """One call of one operation, whichever interface it came through (/v1 JSON, the SOAP façade): grant,
+        quota, the upstream, minimization. `read` turns the exchange's body into purpose and params. Returns the
+        status and the answer document ({"data", "meta"}), or the payment path's answer already rendered as JSON."""
+        adapter = self.adapters.get(service)
+        if adapter is None:
+            raise Problem(ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}")
+        operation = adapter.operations.get(operation_name)
+        if operation is None:
+            raise Problem(ProblemCode.UNKNOWN_OPERATION, f"{service} has no operation {operation_name!r}")
+        # The key is checked as documented wherever it is sent, though only payments use it.
+        keys = [
+            value.decode("latin-1") for name, value in exchange.request.scope["headers"] if name == b"idempotency-key"
+        ]
+        idempotency_key = parse_key(keys) if keys else None
+        body = read(exchange, operation)
+        event = exchange.event
+        event.purpose = body.purpose
+        caller_id = exchange.principal.caller.caller_id
+        grant = await grant_for(self.directory, caller_id, service, operation_name, body.purpose)
+        event.grant_id = grant.grant_id
+        try:
+            params = operation.input_model.model_validate(body.params)
+        except ValidationError as exc:
+            problem = validation_problem(exc.errors(), prefix=("params",))
+            if any(error["type"] == ProblemCode.PATH_DOT_SEGMENT for error in problem.errors or ()):
+                # A traversal attempt, not a typo: its own code for the audit and alerts.
+                problem.code = ProblemCode.PATH_DOT_SEGMENT
+            raise problem from None
+        event.subject = getattr(params, "uscc", None)
+        # Counted only for a call that will be made: a refused or malformed one spends no quota.
+        await self.quotas.check(grant)
+        if self.payments is not None and self.payments.handles(service, operation_name):
+            return await _pay(self.payments, exchange, grant, params, idempotency_key)
+        started = time.perf_counter()
+        try:
+            result = await adapter.invoke(operation_name, params)
+        except UpstreamError as exc:
+            event.upstream_us = int((time.perf_counter() - started) * 1e6)
+            event.upstream_status = upstream_status(exc.upstream_status, exc.attempts)
+            raise Problem(exc.code, exc.detail, status=exc.status, headers=exc.headers) from None
+        event.upstream_us = int((time.perf_counter() - started) * 1e6)
+        event.upstream_status = upstream_status(result.upstream_status, result.attempts)
+        data = minimize(result.data, grant.fields)
+        event.fields = tuple(data)
+        if grant.undelivered:
+            # The first successful call proves the grant usable: its delivery is recorded, once, off this path.
+            self.note_first_use(grant)
+        return 200, answer_document(
+            data,
+            request_id=exchange.request_id,
+            service=service,
+            operation=operation_name,
+            grant_id=grant.grant_id,
+            source=adapter.title or service,
         )
-    for_purpose = by_method
-    now = datetime.now(UTC)
-    for grant in for_purpose:
-        if grant.valid_at(now):
-            return grant
-    if all(grant.valid_to <= now for grant in for_purpose):
-        # Ended since the snapshot was taken (it is at most 1 s old).
-        raise ended_problem(ProblemCode.GRANT_EXPIRED, for_purpose[0].grant_id, purpose, for_purpose[0].valid_to)
-    raise Problem(
-        ProblemCode.GRANT_NOT_VALID,
-        f"the grant for purpose {purpose!r} is not valid at {now.isoformat(timespec='seconds')}",
-        context={"grant_id": for_purpose[0].grant_id},
-    )
-
-
-ENDED = {
-    ProblemCode.GRANT_REVOKED: "was revoked",
-    ProblemCode.GRANT_SUSPENDED: "was suspended",
-    ProblemCode.GRANT_EXPIRED: "expired",
-}
-
-
-def ended_problem(
-    code: ProblemCode, grant_id: str, purpose: str, since: datetime, reason: str | None = None
-) -> Problem:
-    """403 for a grant the caller had for this purpose that may not be used now; the refusal names the grant."""
-    detail = f"the grant {grant_id} for purpose {purpose!r} {ENDED[code]} at {since.isoformat(timespec='seconds')}"
-    if code is ProblemCode.GRANT_SUSPENDED:
-        detail += f" and is refused until resumed: {reason}"
-    return Problem(code, detail, context={"grant_id": grant_id})
-
-
-async def explain_refusal(
-    runtime: Runtime, refusal: Problem, caller_id: str, service: str, operation: str, purpose: str
-) -> Problem:
-    """The refusal that says what happened, for a call no grant in the snapshot allowed.
-
-    The snapshot holds only grants that may answer, so a granted call never comes here. A `no_grant` or
-    `purpose_not_granted` looks for a suspended, revoked or expired grant of the caller for that purpose in the
-    database; when there is one, the refusal names it.
-    """
-    if refusal.code not in (ProblemCode.NO_GRANT, ProblemCode.PURPOSE_NOT_GRANTED):
-        return refusal
-    ended = await runtime.directory.ended_grant(caller_id, service, operation, purpose, datetime.now(UTC))
-    if ended is None:
-        return refusal
-    code, row = ended
-    since = {ProblemCode.GRANT_REVOKED: row.revoked_at, ProblemCode.GRANT_SUSPENDED: row.suspended_at}.get(
-        code
-    ) or row.valid_to
-    return ended_problem(code, row.grant_id, purpose, since, row.suspend_reason)
-
-
-async def _invoke(service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:
-    status, answer = await invoke_operation(exchange, service, operation_name, _read_json)
-    return status, answer if isinstance(answer, bytes) else orjson.dumps(answer)
-
-
-def _read_json(exchange: Exchange, operation: Operation) -> InvokeRequest:
-    # An operation that changes state (a payment) reads its body exactly: numbers as decimals, never floats.
-    request: InvokeRequest = parse_json(exchange.body, InvokeRequest, exact=not operation.safe)
-    return request
 
 
 RequestReader = Callable[[Exchange, Operation], InvokeRequest]
 
 
-async def invoke_operation(
-    exchange: Exchange, service: str, operation_name: str, read: RequestReader
-) -> tuple[int, dict[str, Any] | bytes]:
-    """One call of one operation, whichever interface it came through (/v1 JSON, the SOAP façade): grant, quota,
-    the upstream, minimization. `read` turns the exchange's body into purpose and params. Returns the status and
-    the answer document ({"data", "meta"}), or the payment path's answer already rendered as JSON."""
-    runtime = exchange.runtime
-    adapter = runtime.adapters.get(service)
-    if adapter is None:
-        raise Problem(ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}")
-    operation = adapter.operations.get(operation_name)
-    if operation is None:
-        raise Problem(ProblemCode.UNKNOWN_OPERATION, f"{service} has no operation {operation_name!r}")
-    # The key is checked as documented wherever it is sent, though only payments use it.
-    keys = [value.decode("latin-1") for name, value in exchange.request.scope["headers"] if name == b"idempotency-key"]
-    idempotency_key = parse_key(keys) if keys else None
-    body = read(exchange, operation)
-    event = exchange.event
-    event.purpose = body.purpose
-    caller_id = exchange.principal.caller.caller_id
-    grants = await runtime.directory.grants_for(caller_id, service, operation_name)
-    try:
-        grant = select_grant(grants, service, operation_name, body.purpose)
-    except Problem as refusal:
-        # Only a refused call looks further (a try costs nothing when no exception is raised).
-        raise await explain_refusal(runtime, refusal, caller_id, service, operation_name, body.purpose) from None
-    event.grant_id = grant.grant_id
-    try:
-        params = operation.input_model.model_validate(body.params)
-    except ValidationError as exc:
-        problem = validation_problem(exc.errors(), prefix=("params",))
-        if any(error["type"] == ProblemCode.PATH_DOT_SEGMENT for error in problem.errors or ()):
-            problem.code = (
-                ProblemCode.PATH_DOT_SEGMENT
-            )  # a traversal attempt, not a typo: its own code for the audit and alerts
-        raise problem from None
-    event.subject = getattr(params, "uscc", None)
-    # Counted only for a call that will be made: a refused or malformed one spends no quota.
-    await runtime.quotas.check(grant)
-    if runtime.payments is not None and runtime.payments.handles(service, operation_name):
-        return await _pay(runtime.payments, exchange, grant, params, idempotency_key)
-    started = time.perf_counter()
-    try:
-        result = await adapter.invoke(operation_name, params)
-    except UpstreamError as exc:
-        event.upstream_us = int((time.perf_counter() - started) * 1e6)
-        event.upstream_status = upstream_status(exc.upstream_status, exc.attempts)
-        raise Problem(exc.code, exc.detail, status=exc.status, headers=exc.headers) from None
-    event.upstream_us = int((time.perf_counter() - started) * 1e6)
-    event.upstream_status = upstream_status(result.upstream_status, result.attempts)
-    # Minimization: only granted fields leave the gateway, whatever the upstream sent.
-    data = {name: result.data[name] for name in grant.fields if name in result.data}
-    event.fields = tuple(data)
-    if grant.undelivered:
-        # The first successful call proves the grant usable: its delivery is recorded, once, off this path.
-        exchange.request.app.state.sharing.note_first_use(grant)
-    answer = {
-        "data": data,
-        "meta": {
-            "request_id": exchange.request_id,
-            "service": service,
-            "operation": operation_name,
-            "grant_id": grant.grant_id,
-            "source": adapter.title or service,
-            "fetched_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        },
-    }
-    return 200, answer
+def read_json(exchange: Exchange, operation: Operation) -> InvokeRequest:
+    # An operation that changes state (a payment) reads its body exactly: numbers as decimals, never floats.
+    return parse_body(exchange.body, InvokeRequest, exact=not operation.safe)
 
 
 async def _pay(
@@ -244,32 +172,63 @@ async def _pay(
     return answer.status, answer.body
 
 
-@router.post(
-    "/{service}/{operation}",
-    summary="Invoke an operation",
-    description="Call one operation of an upstream system for a granted purpose; only granted fields return."
+INVOKE_PATH = router.prefix + "/{service}/{operation}"
+INVOKE_SUMMARY = "Invoke an operation"
+INVOKE_DESCRIPTION = (
+    "Call one operation of an upstream system for a granted purpose; only granted fields return."
     " A grant's rate limit and daily quota answer 429 with Retry-After when reached. Without a grant usable now:"
     " 403 `grant_suspended`, `grant_revoked` or `grant_expired` when the caller held one for the purpose (the"
-    " detail names it), else `purpose_not_granted` or `no_grant`. " + SIGNED,
+    " detail names it), else `purpose_not_granted` or `no_grant`. " + SIGNED
+)
+
+
+class InvokeEndpoint:
+    """The invoke route's endpoint, as a plain ASGI application: it reads the raw body (for its digest) and
+    answers every error itself, so it needs none of FastAPI's request parsing, validation or dependencies."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        service, operation = scope["path_params"]["service"], scope["path_params"]["operation"]
+        invocations: Invocations = scope["app"].state.invocations
+        handler = partial(invocations.invoke, service, operation)
+        response = await run_exchange(request, "service.invoke", handler, service=service, operation=operation)
+        await response(scope, receive, send)
+
+
+# The one route to invoke: a Starlette route (gateway/app.py answers it ahead of FastAPI's middleware).
+invoke_route = Route(INVOKE_PATH, InvokeEndpoint(), methods=["POST"], name="invoke")
+
+
+async def invoke(service: str, operation: str) -> InvokeResponse:  # pragma: no cover - documentation only
+    """Never called: the signature from which FastAPI writes the invoke route's OpenAPI operation."""
+    raise NotImplementedError
+
+
+# Only for the OpenAPI document (gateway/app.py adds it there): never in the router, never answers a request.
+invoke_documentation = APIRoute(
+    INVOKE_PATH,
+    invoke,
+    methods=["POST"],
+    tags=["services"],
+    summary=INVOKE_SUMMARY,
+    description=INVOKE_DESCRIPTION,
     response_model=InvokeResponse,
     responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
     openapi_extra={**json_body(InvokeRequest), "parameters": [IDEMPOTENCY_KEY_PARAMETER]},
 )
-async def invoke(request: Request, service: str, operation: str) -> Response:
-    return await run_exchange(
-        request, "service.invoke", partial(_invoke, service, operation), service=service, operation=operation
-    )
 
 
-async def _list(exchange: Exchange) -> tuple[int, bytes]:
+async def _list(
+    sessions: async_sessionmaker, adapters: Mapping[str, Adapter], directory: Directory, exchange: Exchange
+) -> tuple[int, bytes]:
     caller = exchange.principal.caller
-    async with exchange.runtime.sessions() as session:
+    async with sessions() as session:
         owned = await owners(session)
     services = []
-    for name, adapter in sorted(exchange.runtime.adapters.items()):
+    for name, adapter in sorted(adapters.items()):
         operations = []
         for operation in adapter.operations.values():
-            grants = await exchange.runtime.directory.grants_for(caller.caller_id, name, operation.name)
+            grants = await directory.grants_for(caller.caller_id, name, operation.name)
             operations.append(
                 {
                     "operation": operation.name,
@@ -296,5 +255,7 @@ async def _list(exchange: Exchange) -> tuple[int, bytes]:
     " requests), and every operation with its input and output JSON schema and the caller's grants. " + SIGNED,
     responses=problem_responses(401),
 )
-async def list_services(request: Request) -> Response:
-    return await run_exchange(request, "service.list", _list)
+async def list_services(
+    request: Request, sessions: SessionsDep, adapters: AdaptersDep, directory: DirectoryDep
+) -> Response:
+    return await run_exchange(request, "service.list", partial(_list, sessions, adapters, directory))

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.access.directory import Directory
+from gateway.api.deps import DirectoryDep, EngineDep, SessionsDep, SharingDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
+from gateway.http.json_bodies import load_body, parse_body
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.sharing import obligations, workflow
 from gateway.sharing.calendar import calendar_for
-from gateway.sharing.errors import calendar_problem, load_json, parse_body
+from gateway.sharing.errors import DOMAIN_TYPES, calendar_problem
 from gateway.sharing.request_states import Actor
 from gateway.sharing.service import SharingService
 from gateway.sharing.workdays import FIRST_YEAR, LAST_YEAR, CalendarYearUnsupported, supported_years
@@ -50,8 +54,20 @@ DeliveryName = Literal["pending", "delivered", "overdue", "cancelled"]
 READERS = {"department", "officer", "admin", "coordinator"}
 
 
-def _service(exchange: Exchange) -> SharingService:
-    return exchange.request.app.state.sharing
+@dataclass(frozen=True)
+class Requests:
+    """What a route on sharing requests works with: the database, the grants snapshot, this node's clock."""
+
+    sessions: async_sessionmaker
+    directory: Directory
+    sharing: SharingService
+
+
+async def _requests(sessions: SessionsDep, directory: DirectoryDep, sharing: SharingDep) -> Requests:
+    return Requests(sessions, directory, sharing)
+
+
+RequestsDep = Annotated[Requests, Depends(_requests)]
 
 
 def _dump(value: SharingRequestOut | list[SharingRequestOut]) -> bytes:
@@ -69,16 +85,19 @@ def _note(exchange: Exchange, out: SharingRequestOut, outcome: workflow.Outcome)
 
 
 async def _run(
-    exchange: Exchange, status: int, act: Callable[[AsyncSession, Actor, datetime], Awaitable[Any]]
+    requests: Requests,
+    exchange: Exchange,
+    status: int,
+    act: Callable[[AsyncSession, Actor, datetime], Awaitable[Any]],
 ) -> tuple[int, bytes]:
-    now = _service(exchange).now()
+    now = requests.sharing.now()
     actor = Actor.of(exchange.principal.caller)
-    async with exchange.runtime.sessions() as session:
+    async with requests.sessions() as session:
         outcome = await act(session, actor, now)
         out = await workflow.outcome_out(session, outcome, now)
     if outcome.grants_changed:
         # This node's next call sees it at once; every other node within the directory's 1 s.
-        exchange.runtime.directory.invalidate()
+        requests.directory.invalidate()
     _note(exchange, out, outcome)
     return status, _dump(out)
 
@@ -95,10 +114,16 @@ def _transition_route(
 ) -> Callable[..., Any]:
     """A POST/PATCH on one request. `collecting`: the action validates the raw JSON itself (一次性告知)."""
 
-    async def route(request: Request, request_id: str) -> Response:
+    async def route(request: Request, request_id: str, requests: RequestsDep) -> Response:
         async def handler(exchange: Exchange) -> tuple[int, bytes]:
-            body = load_json(exchange.body) if collecting else parse_body(exchange.body, model, optional=optional)
-            return await _run(exchange, 200, lambda session, actor, now: action(session, actor, request_id, body, now))
+            body = (
+                load_body(exchange.body)
+                if collecting
+                else parse_body(exchange.body, model, optional=optional, domain_codes=DOMAIN_TYPES)
+            )
+            return await _run(
+                requests, exchange, 200, lambda session, actor, now: action(session, actor, request_id, body, now)
+            )
 
         return await run_exchange(request, f"sharing.{name}", handler, roles=READERS)
 
@@ -117,12 +142,12 @@ def _transition_route(
     responses=problem_responses(401, 403, 422),
     openapi_extra=json_body(SharingRequestIn),
 )
-async def file_request(request: Request) -> Response:
+async def file_request(request: Request, requests: RequestsDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        document = load_json(exchange.body)
+        document = load_body(exchange.body)
         exchange.event.purpose = _purpose_of(document)
         return await _run(
-            exchange, 201, lambda session, actor, now: workflow.file_request(session, actor, document, now)
+            requests, exchange, 201, lambda session, actor, now: workflow.file_request(session, actor, document, now)
         )
 
     return await run_exchange(request, "sharing.file", handler, roles={"department"})
@@ -141,6 +166,8 @@ async def file_request(request: Request) -> Response:
 )
 async def list_requests(
     request: Request,
+    sessions: SessionsDep,
+    sharing: SharingDep,
     state: Annotated[StateName | None, Query(description="only requests in this state")] = None,
     overdue: Annotated[bool | None, Query(description="only overdue (true) or not overdue (false)")] = None,
     escalated: Annotated[bool | None, Query(description="only escalated (true) or not (false)")] = None,
@@ -150,9 +177,9 @@ async def list_requests(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        now = _service(exchange).now()
+        now = sharing.now()
         actor = Actor.of(exchange.principal.caller)
-        async with exchange.runtime.sessions() as session:
+        async with sessions() as session:
             found = await workflow.list_requests(
                 session,
                 actor,
@@ -178,10 +205,10 @@ async def list_requests(
     response_model=SharingRequestOut,
     responses=problem_responses(401, 403, 404),
 )
-async def get_request(request: Request, request_id: str) -> Response:
+async def get_request(request: Request, request_id: str, sessions: SessionsDep, sharing: SharingDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        now = _service(exchange).now()
-        async with exchange.runtime.sessions() as session:
+        now = sharing.now()
+        async with sessions() as session:
             out = await workflow.get_request(session, Actor.of(exchange.principal.caller), request_id, now)
         exchange.event.purpose = out.purpose.code
         return 200, _dump(out)
@@ -310,11 +337,11 @@ for _name, _model, _action, _optional, _summary, _description in _TRANSITIONS:
     openapi_extra={"security": []},
 )
 async def deadline(
-    request: Request,
+    engine: EngineDep,
     start: Annotated[Day, Query(description="the day counting starts after, e.g. 2025-09-30")],
     working_days: Annotated[int, Query(ge=1, le=60)] = 10,
 ) -> Deadline:
-    calendar = await calendar_for(request.app.state.runtime.engine)
+    calendar = await calendar_for(engine)
     try:
         count = calendar.add_working_days(start, working_days)
     except CalendarYearUnsupported as exc:

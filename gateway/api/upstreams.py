@@ -9,8 +9,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.api.deps import AdaptersDep, DirectoryDep, SessionsDep, SettingsDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
-from gateway.api.services import parse_json
+from gateway.http.json_bodies import parse_body
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.upstreams import registry as upstreams
 from gateway.upstreams.registry import UpstreamIn, UpstreamOut, soap_auth
@@ -39,11 +40,12 @@ LIVE = "Live on every gateway node within about a second, without a restart."
     responses=problem_responses(401, 403, 409, 422),
     openapi_extra=json_body(UpstreamIn),
 )
-async def add_upstream(request: Request) -> Response:
+async def add_upstream(
+    request: Request, sessions: SessionsDep, adapters: AdaptersDep, settings: SettingsDep
+) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        body: UpstreamIn = parse_json(exchange.body, UpstreamIn)
-        runtime = exchange.runtime
-        reserved = upstreams.BUILT_IN | runtime.adapters.static_names
+        body: UpstreamIn = parse_body(exchange.body, UpstreamIn)
+        reserved = upstreams.BUILT_IN | adapters.static_names
         # Fetching and parsing a contract blocks (zeep is synchronous): off the event loop.
         prepared = await asyncio.to_thread(
             upstreams.prepare,
@@ -57,14 +59,14 @@ async def add_upstream(request: Request) -> Response:
             policy=body.policy,
             allow_files=False,
             reserved=reserved,
-            fetch_allow=runtime.settings.contract_fetch_allowlist,
+            fetch_allow=settings.contract_fetch_allowlist,
             soap_auth=soap_auth(body),
         )
-        async with runtime.sessions() as session:
+        async with sessions() as session:
             out = await upstreams.add_upstream(
                 session, prepared, exchange.principal.caller.caller_id, body.owner_department
             )
-        await runtime.adapters.refresh()  # this node at once; the others on their next poll
+        await adapters.refresh()  # this node at once; the others on their next poll
         return 201, orjson.dumps(out.model_dump(mode="json"))
 
     return await run_exchange(request, "admin.upstream.add", handler, roles=ADMIN)
@@ -77,11 +79,10 @@ async def add_upstream(request: Request) -> Response:
     response_model=list[UpstreamOut],
     responses=problem_responses(401, 403),
 )
-async def list_upstreams(request: Request) -> Response:
+async def list_upstreams(request: Request, sessions: SessionsDep, catalog: AdaptersDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        async with exchange.runtime.sessions() as session:
+        async with sessions() as session:
             rows = await upstreams.list_upstreams(session)
-        catalog = exchange.runtime.adapters
         listing: list[dict[str, Any]] = []
         for row in rows:
             entry = row.model_dump(mode="json")
@@ -103,13 +104,14 @@ async def list_upstreams(request: Request) -> Response:
     response_model=UpstreamOut,
     responses=problem_responses(401, 403, 404),
 )
-async def remove_upstream(request: Request, name: str) -> Response:
+async def remove_upstream(
+    request: Request, name: str, sessions: SessionsDep, directory: DirectoryDep, adapters: AdaptersDep
+) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
-        runtime = exchange.runtime
-        async with runtime.sessions() as session:
+        async with sessions() as session:
             out, revoked = await upstreams.remove_upstream(session, name)
-        runtime.directory.invalidate()
-        await runtime.adapters.refresh()
+        directory.invalidate()
+        await adapters.refresh()
         return 200, orjson.dumps({**out.model_dump(mode="json"), "grants_revoked": revoked})
 
     return await run_exchange(request, "admin.upstream.remove", handler, roles=ADMIN, service=name)

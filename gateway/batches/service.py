@@ -27,8 +27,9 @@ from sqlalchemy import select, update
 from adapters.base import Adapter, UpstreamResult
 from adapters.errors import UpstreamError
 from gateway.access.directory import GrantInfo
+from gateway.access.grants import grant_for
 from gateway.access.quotas import quota_item
-from gateway.api.services import explain_refusal, select_grant, upstream_status
+from gateway.api.services import upstream_status
 from gateway.audit.writer import AuditEvent, new_request_id
 from gateway.batches.pacing import AdaptiveLimit
 from gateway.batches.queue import LIVE_STATES, ChunkQueue, LocalQueue, ProcrastinateQueue
@@ -155,11 +156,7 @@ class BatchService:
         return planned
 
     async def grant_for(self, caller_id: str, service: str, operation: str, purpose: str) -> GrantInfo:
-        grants = await self.runtime.directory.grants_for(caller_id, service, operation)
-        try:
-            return select_grant(grants, service, operation, purpose, method="batch")
-        except Problem as refusal:
-            raise await explain_refusal(self.runtime, refusal, caller_id, service, operation, purpose) from None
+        return await grant_for(self.runtime.directory, caller_id, service, operation, purpose, method="batch")
 
     async def create(
         self, caller_id: str, department: str, purpose: str, planned: Sequence[Planned], subjects: Sequence[Subject]

@@ -30,7 +30,7 @@ def grants_add(
     data_dir: DataDir = None,
 ) -> None:
     """Issue a grant directly (operators; departments use the sharing-request workflow)."""
-    from gateway.access import callers
+    from gateway.access import grants as grant_rows
     from gateway.runtime import build_adapters
     from schemas.api import GrantIn
 
@@ -53,7 +53,7 @@ def grants_add(
         from gateway.upstreams.registry import registered_adapters
 
         adapters = {**build_adapters(settings), **await registered_adapters(session)}
-        return await callers.add_grant(session, body, adapters)
+        return await grant_rows.add_grant(session, body, adapters)
 
     out = run_registry(settings, work)
     typer.echo(out.model_dump_json(indent=2))
@@ -74,9 +74,9 @@ def _require_upstream_url(settings: Settings, service: str) -> None:
 @grants_app.command("list")
 def grants_list(data_dir: DataDir = None) -> None:
     """List grants."""
-    from gateway.access import callers
+    from gateway.access import grants as grant_rows
 
-    for grant in run_registry(cli_settings(data_dir), callers.list_grants):
+    for grant in run_registry(cli_settings(data_dir), grant_rows.list_grants):
         state = f"until {beijing(grant.valid_to)[:16]}" if grant.status == "active" else grant.status
         delivery = "" if grant.delivery_state == "not_applicable" else f"  delivery: {grant.delivery_state}"
         typer.echo(
@@ -88,15 +88,25 @@ def grants_list(data_dir: DataDir = None) -> None:
 @grants_app.command("revoke")
 def grants_revoke(grant_id: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
     """Revoke a grant; every node refuses calls under it within a second."""
-    from gateway.access import callers
+    from gateway.access import grants as grant_rows
+    from gateway.sharing import workflow
+    from gateway.sharing.request_states import Actor
 
-    out = run_registry(cli_settings(data_dir), lambda session: callers.revoke_grant(session, grant_id))
+    operator = Actor("operator", None, frozenset({"admin"}))
+
+    async def work(session: Any) -> Any:
+        # Through the workflow: the last live grant of a sharing request takes the request with it.
+        now = datetime.now(UTC)
+        grant, _ = await workflow.revoke_grant(session, operator, grant_id, None, now)
+        return grant_rows.grant_out(grant, now)
+
+    out = run_registry(cli_settings(data_dir), work)
     typer.echo(f"grant {out.grant_id} revoked at {beijing(out.revoked_at)}")
 
 
 def _grant_change(data_dir: Path | None, grant_id: str, change: str, body: Any) -> Any:
     """Suspend or resume as the operator (an admin), through the same workflow and history as the API."""
-    from gateway.access import callers
+    from gateway.access import grants as grant_rows
     from gateway.sharing import obligations
     from gateway.sharing.request_states import Actor
 
@@ -106,7 +116,7 @@ def _grant_change(data_dir: Path | None, grant_id: str, change: str, body: Any) 
     async def work(session: Any) -> Any:
         now = datetime.now(UTC)
         grant, _ = await act(session, operator, grant_id, body, now)
-        return callers.grant_out(grant, now)
+        return grant_rows.grant_out(grant, now)
 
     return run_registry(cli_settings(data_dir), work)
 

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from adapters.base import Adapter
 from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.console.accounts import SecretBox
 from gateway.console.demo import seed_console_accounts
 from gateway.demo.sharing import seed_sharing
@@ -172,7 +173,7 @@ async def _demo_grants(session, demo: DemoCaller, adapters: dict[str, Adapter]) 
                     # Read-only data may also come in batch jobs (批量交换): the 条件类 policy compares by one batch.
                     share_methods=["api", "batch"] if operation.safe else ["api"],
                 )
-                await callers.add_grant(session, body, adapters)
+                await grant_rows.add_grant(session, body, adapters)
     return [DEMO_PURPOSE, NARROW_PURPOSE]
 
 

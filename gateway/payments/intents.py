@@ -25,6 +25,7 @@ from adapters.base import Adapter
 from adapters.errors import UpstreamError
 from adapters.treasury import VoucherDuplicate, VoucherRefused
 from gateway.access.directory import GrantInfo
+from gateway.access.minimize import envelope, minimize
 from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
 from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.http.problems import Problem
@@ -356,21 +357,16 @@ class Payments:
         fields: tuple[str, ...] | None = None
         if resolution.problem is None:
             assert resolution.receipt is not None
-            data = {name: resolution.receipt[name] for name in intent.fields if name in resolution.receipt}
+            data = minimize(resolution.receipt, intent.fields)
             fields = tuple(data)
             status = 200
-            body = orjson.dumps(
-                {
-                    "data": data,
-                    "meta": {
-                        "request_id": request_id,
-                        "service": SERVICE,
-                        "operation": SUBMIT,
-                        "grant_id": intent.grant_id,
-                        "source": self.adapter.title or SERVICE,
-                        "fetched_at": self.clock.now().isoformat(timespec="milliseconds"),
-                    },
-                }
+            body = envelope(
+                data,
+                request_id=request_id,
+                service=SERVICE,
+                operation=SUBMIT,
+                grant_id=intent.grant_id,
+                source=self.adapter.title or SERVICE,
             )
         else:
             status, body = resolution.problem.status, resolution.problem.render(request_id, SUBMIT_PATH)

@@ -16,13 +16,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import metrics
-from gateway.access.authenticate import Principal
-from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
+from gateway.access.authenticate import Authenticator, Principal
+from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
 from gateway.http.json_bodies import check_depth
 from gateway.http.problems import Problem
-from gateway.pipeline.unauthenticated import PREAUTH_BODY_BYTES
-from gateway.runtime import Runtime
-from gateway.storage.health import is_database_outage
+from gateway.pipeline.unauthenticated import PREAUTH_BODY_BYTES, UnauthenticatedGate
+from gateway.storage.health import Dependency, is_database_outage
 from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.exchange")
@@ -32,8 +31,30 @@ JSON = "application/json"
 
 
 @dataclass
+class Exchanges:
+    """What every audited exchange of this worker goes through, and how many are under way.
+
+    Built once by the runtime (`app.state.exchanges`); `run_exchange` is its only reader.
+    """
+
+    authenticator: Authenticator
+    audit: AuditWriter
+    # The stores whose outage answers 503 rather than 500: the database, and Redis beyond nonces and quotas
+    # (breakers, payment locks).
+    database: Dependency
+    shared_state: Dependency
+    # Above this many exchanges under way, signature checks go to the verifier process (MSJX_SIGNATURE_OFFLOAD_ABOVE).
+    offload_above: int
+    # Refusals before authentication: audited one by one up to a rate per address, then only counted.
+    unauthenticated: UnauthenticatedGate | None = None
+    # Signed exchanges begun and not yet answered: how congested this worker's event loop is.
+    in_progress: int = 0
+
+
+@dataclass
 class Exchange:
-    runtime: Runtime
+    """One authenticated request as a handler sees it; the services a handler uses come to it as arguments."""
+
     request: Request
     request_id: str
     body: bytes
@@ -107,7 +128,7 @@ async def run_exchange(
     body_limit: int = MAX_BODY_BYTES,
     authenticate: Authenticate | None = None,
 ) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    exchanges: Exchanges = request.app.state.exchanges
     started = time.perf_counter()
     request_id = new_request_id()
     event = AuditEvent(
@@ -122,7 +143,7 @@ async def run_exchange(
         operation=operation,
     )
     instance = event.path
-    runtime.exchanges_in_progress += 1
+    exchanges.in_progress += 1
     authenticated = False
     try:
         # Until the caller is known, a record keeps only the start of the body (gateway/pipeline/unauthenticated.py).
@@ -130,12 +151,12 @@ async def run_exchange(
         body = await read_body(request, body_limit)
         event.request_body = body
         check_depth(body)  # before anything parses it, on every route: a refusal, never a RecursionError
-        offload = runtime.exchanges_in_progress > runtime.settings.signature_offload_above
+        offload = exchanges.in_progress > exchanges.offload_above
         # A web console action (gateway/console/twin.py) arrives already authenticated, as its signed-in account;
         # an ASGI scope key, so no client can set it.
         principal = request.scope.get(PREAUTHENTICATED)
         if principal is None and authenticate is None:
-            principal = await runtime.authenticator.authenticate(request, body, offload=offload)
+            principal = await exchanges.authenticator.authenticate(request, body, offload=offload)
         elif principal is None:
             principal = await authenticate(request, body, offload)
         authenticated = True
@@ -150,13 +171,13 @@ async def run_exchange(
                 f"needs one of the roles {sorted(roles)}",
                 title="Caller lacks the role for this operation",
             )
-        exchange = Exchange(runtime, request, request_id, body, principal, event)
+        exchange = Exchange(request, request_id, body, principal, event)
         status, payload = await handler(exchange)
         event.decision = "allowed"
         event.status_code = status
         event.response_body = payload
         event.duration_us = int((time.perf_counter() - started) * 1e6)
-        await runtime.audit.append(event)
+        await exchanges.audit.append(event)
         metrics.observe(event)
         headers = {**exchange.response_headers, "X-Request-Id": request_id}
         if exchange.stream is not None:
@@ -170,30 +191,30 @@ async def run_exchange(
         # The client's choice, not the gateway's failure: one line, no traceback; nobody reads the answer.
         log.info("request %s: the client closed the connection before its body ended", request_id)
         problem = Problem(ProblemCode.CLIENT_CLOSED, "the request body did not arrive")
-        return await _record_refusal(runtime, event, problem, started, instance, authenticated)
+        return await _record_refusal(exchanges, event, problem, started, instance, authenticated)
     except Problem as problem:
-        return await _record_refusal(runtime, event, problem, started, instance, authenticated)
+        return await _record_refusal(exchanges, event, problem, started, instance, authenticated)
     except Exception as exc:
-        problem = _outage_problem(runtime, exc)
+        problem = _outage_problem(exchanges, exc)
         if problem is None:
             log.exception("unhandled error in %s (request %s)", event_name, request_id)
             problem = Problem(ProblemCode.INTERNAL_ERROR, "the gateway failed; the request id names it in logs")
-        return await _record_problem(runtime, event, problem, started, instance, decision="failed")
+        return await _record_problem(exchanges, event, problem, started, instance, decision="failed")
     finally:
-        runtime.exchanges_in_progress -= 1
+        exchanges.in_progress -= 1
 
 
 async def _record_refusal(
-    runtime: Runtime, event: AuditEvent, problem: Problem, started: float, instance: str, authenticated: bool
+    exchanges: Exchanges, event: AuditEvent, problem: Problem, started: float, instance: str, authenticated: bool
 ) -> Response:
     """A refusal before authentication is audited on its own only up to a rate per client address; beyond, the
     client gets 429 and the refusal is only counted. Server-side failures (5xx) are always audited."""
-    gate = runtime.unauthenticated
+    gate = exchanges.unauthenticated
     if authenticated or gate is None or problem.status >= 500:
-        return await _record_problem(runtime, event, problem, started, instance)
+        return await _record_problem(exchanges, event, problem, started, instance)
     verdict = await gate.judge(event.client_addr)
     if verdict.audit:
-        return await _record_problem(runtime, event, problem, started, instance)
+        return await _record_problem(exchanges, event, problem, started, instance)
     limited = Problem(
         ProblemCode.UNAUTHENTICATED_RATE_LIMITED,
         "this address sent too many requests that were not correctly signed; retry after the window resets",
@@ -208,7 +229,7 @@ def _connection_close(problem: Problem) -> dict[str, str]:
 
 
 async def _record_problem(
-    runtime: Runtime,
+    exchanges: Exchanges,
     event: AuditEvent,
     problem: Problem,
     started: float,
@@ -223,20 +244,20 @@ async def _record_problem(
     event.response_body = body
     event.duration_us = int((time.perf_counter() - started) * 1e6)
     try:
-        await runtime.audit.append(event)
+        await exchanges.audit.append(event)
     except AuditUnavailable:
         return _audit_down(event.request_id, instance)
     metrics.observe(event)
     return problem.response(event.request_id, instance, body=body)
 
 
-def _outage_problem(runtime: Runtime, exc: Exception) -> Problem | None:
+def _outage_problem(exchanges: Exchanges, exc: Exception) -> Problem | None:
     """A 503 for a store that is down (counted and logged once by its Dependency, no traceback); None for a bug."""
     if isinstance(exc, RedisError):  # shared state (breakers, payment locks) beyond nonces and quotas
-        runtime.shared_state.failed(exc)
-        return runtime.shared_state.problem("shared state in Redis could not be reached; retry later")
+        exchanges.shared_state.failed(exc)
+        return exchanges.shared_state.problem("shared state in Redis could not be reached; retry later")
     if is_database_outage(exc):
-        health = runtime.directory.health
+        health = exchanges.database
         health.failed(exc)
         return health.problem("the database could not be reached; retry later")
     return None

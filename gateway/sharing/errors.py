@@ -1,4 +1,4 @@
-"""Problems of the sharing workflow: body parsing with domain codes, and 422s that list every fault at once."""
+"""Problems of the sharing workflow: its domain codes, and 422s that list every fault at once."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gateway.http.json_bodies import load_body
-from gateway.http.problems import Problem, validation_problem
+from gateway.http.problems import Problem
 from gateway.sharing.workdays import CalendarYearUnsupported
 from schemas.problems import ProblemCode
 
 T = TypeVar("T", bound=BaseModel)
 
-# Validators in schemas/sharing.py raise these error types; they become the problem's code.
+# Validators in schemas/sharing.py raise these error types; they become the problem's code (parse_body's
+# domain_codes, in gateway/http/json_bodies.py).
 DOMAIN_TYPES = frozenset(
     {
         ProblemCode.LEGAL_BASIS_KIND_UNKNOWN,
@@ -28,23 +28,6 @@ DOMAIN_TYPES = frozenset(
 )
 # What a plain pydantic error is called in a 一次性告知 answer: a stable code, whatever pydantic's version calls it.
 GENERIC_CODES = {"missing": ProblemCode.FIELD_MISSING, "extra_forbidden": ProblemCode.FIELD_UNKNOWN}
-
-
-def parse_body(body: bytes, model: type[T], *, optional: bool = False) -> T:
-    """The body as `model`; an empty body is `{}` when `optional`. Every invalid field is named at once."""
-    if optional and not body.strip():
-        document: Any = {}
-    else:
-        document = load_body(body)
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        errors = exc.errors()
-        problem = validation_problem(errors)
-        domain = next((error["type"] for error in errors if error["type"] in DOMAIN_TYPES), None)
-        if domain is not None:
-            problem.code = ProblemCode(domain)
-        raise problem from None
 
 
 class Faults:
@@ -85,11 +68,6 @@ class Faults:
                 detail = f"{count} fault(s), all listed in errors; the first: {detail}"
             code = self.code or first["code"]
             raise Problem(code, detail, status=422, title=self.title, errors=self.items)
-
-
-def load_json(body: bytes) -> Any:
-    """The raw document of a body validated later, field by field (422 `json_too_deep` or `invalid_json`)."""
-    return load_body(body)
 
 
 @cache

@@ -16,11 +16,11 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from gateway.access.grants import grant_status
 from gateway.http.problems import Problem
 from gateway.sharing.calendar import calendar_for
 from gateway.sharing.errors import forbidden, invalid
-from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, grant_status
-from gateway.sharing.request_states import LIVE, SYSTEM, Actor
+from gateway.sharing.request_states import DELIVERY_WORKING_DAYS, LIVE, SYSTEM, Actor
 from gateway.sharing.workdays import CalendarYearUnsupported
 from gateway.sharing.workflow import Outcome, _commit, _jsonable, _load, _require_state, _snapshot, _transition
 from gateway.storage.models import CatalogItem, DataUseEntry, Grant, SharingRequest

@@ -29,6 +29,8 @@ EXPIRED = "expired"
 EDITABLE = frozenset({DRAFT, RETURNED})
 DECIDED = frozenset({APPROVED, REFUSED, GRANTED, REVOKED, EXPIRED})
 LIVE = frozenset({APPROVED, GRANTED})
+# The 条例's time for delivery, counted from the day of approval like the decision deadlines.
+DELIVERY_WORKING_DAYS = 20
 
 
 @dataclass(frozen=True)

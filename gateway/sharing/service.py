@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from gateway.access.directory import GrantInfo
-from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
+from gateway.access.directory import Directory, GrantInfo
+from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
 from gateway.clock import Clock, Periodic, periodic
 from gateway.sharing.calendar import calendar_for, calendar_warning
 from gateway.sharing.calendar_import import recompute_provisional
@@ -34,7 +35,7 @@ from schemas.sharing import SharingRequestOut
 from schemas.times import china_date
 
 if TYPE_CHECKING:  # the type only: the runtime is built above this room
-    from gateway.runtime import Runtime
+    pass
 
 log = logging.getLogger("msjx.sharing")
 
@@ -62,11 +63,26 @@ def transition_event(
 
 
 class SharingService:
-    def __init__(self, runtime: Runtime, clock: Clock | None = None) -> None:
-        self.runtime = runtime
-        self.clock = clock or runtime.clock
-        self.overdue_action = runtime.settings.sharing_overdue_action
-        self.interval = runtime.settings.sharing_sweep_seconds
+    """This node's sharing clock and sweep; it reads and writes through the stores it is given."""
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker,
+        directory: Directory,
+        audit: AuditWriter,
+        overdue_action: str,
+        interval: float,
+        clock: Clock,
+    ) -> None:
+        self.engine = engine
+        self.sessions = sessions
+        self.directory = directory
+        self.audit = audit
+        self.clock = clock
+        self.overdue_action = overdue_action
+        self.interval = interval
         self._task: Periodic | None = None
         # Grants whose first successful call this node has seen: their delivery is recorded once, in the background.
         self._first_uses: set[str] = set()
@@ -83,7 +99,7 @@ class SharingService:
     async def warn_about_calendar(self) -> str | None:
         """Log once at start when this year's (or, from 1 November, next year's) holiday schedule is missing."""
         try:
-            warning = calendar_warning(await calendar_for(self.runtime.engine), self.now())
+            warning = calendar_warning(await calendar_for(self.engine), self.now())
         except Exception as exc:  # the database may be down at start; the sweep and /readyz say so
             log.warning("calendar not checked at start: %s", type(exc).__name__)
             return None
@@ -112,7 +128,7 @@ class SharingService:
         try:
             for attempt in range(3):
                 try:
-                    async with self.runtime.sessions() as session:
+                    async with self.sessions() as session:
                         outcome = await record_first_use(session, grant_id, now)
                         if outcome is None:
                             return
@@ -125,9 +141,9 @@ class SharingService:
             log.exception("recording the first use of grant %s failed", grant_id)
             self._first_uses.discard(grant_id)
             return
-        self.runtime.directory.invalidate()
+        self.directory.invalidate()
         try:
-            await self.runtime.audit.append(
+            await self.audit.append(
                 transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
             )
         except AuditUnavailable:
@@ -147,7 +163,7 @@ class SharingService:
     def _sweep_failed(self, exc: Exception) -> None:
         # Retried at the next tick; the request path never depends on it.
         if is_database_outage(exc):  # logged once for the outage by the database's Dependency
-            self.runtime.directory.health.failed(exc)
+            self.directory.health.failed(exc)
         else:
             log.error("sharing sweep failed", exc_info=exc)
 
@@ -155,19 +171,19 @@ class SharingService:
         """Escalate (or approve) overdue requests, start approved grants, expire ended ones, record deliveries
         the provider missed; audit each."""
         now = self.now()
-        async with self.runtime.sessions() as session:
+        async with self.sessions() as session:
             ids = await due_transitions(session, now)
         changed = []
         for request_id in ids:
-            async with self.runtime.sessions() as session:
+            async with self.sessions() as session:
                 outcome = await apply_time(session, request_id, now, self.overdue_action)
                 if outcome is None:
                     continue
                 out = await outcome_out(session, outcome, now)
             if outcome.grants_changed:
-                self.runtime.directory.invalidate()
+                self.directory.invalidate()
             try:
-                await self.runtime.audit.append(
+                await self.audit.append(
                     transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
                 )
             except AuditUnavailable:
@@ -179,7 +195,7 @@ class SharingService:
 
     async def _delivery_duties(self, now: datetime) -> list[SharingRequestOut]:
         """Provisional delivery days counted again after an import, then missed ones recorded; each audited."""
-        async with self.runtime.sessions() as session:
+        async with self.sessions() as session:
             recount = await delivery_dues_to_recompute(session)
             late = await overdue_deliveries(session, now)
         steps: list[tuple[str, Callable[..., Awaitable[Outcome | None]]]] = [
@@ -189,7 +205,7 @@ class SharingService:
         changed = []
         for key, step in steps:
             try:
-                async with self.runtime.sessions() as session:
+                async with self.sessions() as session:
                     outcome = await step(session, key, now)
                     if outcome is None:
                         continue
@@ -197,7 +213,7 @@ class SharingService:
             except StaleDataError:  # another node did it, or the request changed: the next sweep looks again
                 continue
             try:
-                await self.runtime.audit.append(
+                await self.audit.append(
                     transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
                 )
             except AuditUnavailable:
@@ -211,12 +227,12 @@ class SharingService:
 
         async def audit(out: SharingRequestOut, outcome: Outcome) -> None:
             try:
-                await self.runtime.audit.append(
+                await self.audit.append(
                     transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
                 )
             except AuditUnavailable:
                 log.error("deadline of %s is recomputed but could not be audited", out.request_id)
 
         reason = {"rule": "the calendar changed since this deadline was counted"}
-        done = await recompute_provisional(self.runtime.sessions, now, reason, audit)
+        done = await recompute_provisional(self.sessions, now, reason, audit)
         return len(done.deadlines)

@@ -20,14 +20,15 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from gateway.access.grants import delivery_state, new_grant, revoke_rows
 from gateway.http.problems import Problem
 from gateway.sharing.calendar import calendar_for, open_provisional
 from gateway.sharing.errors import Faults, calendar_problem, forbidden, invalid, validate_collecting
-from gateway.sharing.grant_state import DELIVERY_WORKING_DAYS, delivery_state
 from gateway.sharing.ownership import owner_of, published_by_owner, unowned
 from gateway.sharing.request_states import (
     APPROVED,
     DECIDED,
+    DELIVERY_WORKING_DAYS,
     DRAFT,
     EDITABLE,
     EXPIRED,
@@ -673,8 +674,7 @@ def _approve(
         **(note or {}),
     }
     grants = [
-        Grant(
-            grant_id="g-" + secrets.token_hex(8),
+        new_grant(
             caller_id=caller_id,
             department=row.requester_department,
             service=item.service,
@@ -864,17 +864,6 @@ async def extend(session: AsyncSession, actor: Actor, request_id: str, body: Ext
 # --- ending --------------------------------------------------------------------------------------------------
 
 
-def _revoke_grants(grants: Iterable[Grant], actor: Actor, reason: str, now: datetime) -> list[str]:
-    revoked = []
-    for grant in grants:
-        if grant.revoked_at is None:
-            grant.revoked_at = now
-            grant.revoked_by = actor.caller_id
-            grant.revoke_reason = reason
-            revoked.append(grant.grant_id)
-    return revoked
-
-
 async def revoke(session: AsyncSession, actor: Actor, request_id: str, body: RevokeIn, now: datetime) -> Outcome:
     row, item = await _load(session, actor, request_id, now)
     parties = (row.provider_department, row.requester_department)
@@ -882,7 +871,7 @@ async def revoke(session: AsyncSession, actor: Actor, request_id: str, body: Rev
         raise forbidden(ProblemCode.NOT_PARTY, "a request is revoked by its provider, its requester or an admin")
     state = _require_state(row, now, LIVE)
     grants = (await session.scalars(select(Grant).where(Grant.sharing_request_id == row.request_id))).all()
-    revoked = _revoke_grants(grants, actor, body.reason, now)
+    revoked = revoke_rows(grants, actor.caller_id, body.reason, now)
     before = _snapshot(row)
     before["state"] = state
     row.ended_at = now
@@ -903,7 +892,7 @@ async def revoke_grant(
     if grant.revoked_at is not None:
         return grant, None
     reason = reason or "revoked by an admin"
-    _revoke_grants([grant], actor, reason, now)
+    revoke_rows([grant], actor.caller_id, reason, now)
     outcome = None
     if grant.sharing_request_id is not None:
         row = await session.get(SharingRequest, grant.sharing_request_id)

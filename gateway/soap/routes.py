@@ -1,7 +1,7 @@
 """The façade's routes: `GET /soap/{service}?wsdl` serves the generated contract; `POST /soap/{service}` runs one call.
 
 A call is one audited exchange like /v1's (gateway/pipeline/exchange.py) and runs the same operation path
-(gateway/api/services.py `invoke_operation`): authentication, grant, quota, the upstream, minimization, the audit
+(gateway/api/services.py `Invocations.call`): authentication, grant, quota, the upstream, minimization, the audit
 record committed before the answer. Only the envelope differs. The event is `soap.invoke`, so the audit record and
 /metrics (`interface="soap"`) say the call came through the façade. A refusal is the problem /v1 would answer,
 sent as a SOAP Fault whose detail carries its `code`; the audit record keeps that problem document.
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from adapters.base import Adapter, Operation
 from gateway.access.authenticate import Principal, target_uri
 from gateway.access.certificates import authenticate_certificate, client_certificate
-from gateway.api.services import invoke_operation
+from gateway.api.services import Invocations
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.soap.contract import ServiceContract, build_contract, wsdl_document
@@ -132,7 +132,8 @@ async def call(request: Request, service: str) -> Response:
             except ValidationError as exc:
                 raise validation_problem(exc.errors()) from None
 
-        status, answer = await invoke_operation(exchange, service, shape.operation.name, read)
+        invocations: Invocations = request.app.state.invocations
+        status, answer = await invocations.call(exchange, service, shape.operation.name, read)
         if isinstance(answer, bytes):  # the payment path renders its own answer, or a stored refusal
             document = orjson.loads(answer)
             if status >= 400:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import Adapter
@@ -25,10 +25,11 @@ from adapters.contracts import ContractBundle, ContractError, bundle_from_files,
 from adapters.fetch_allow import FetchAllowlist
 from adapters.registered import NAME_PATTERN, RegisteredAdapter, UpstreamSpec, build_registered
 from adapters.resilience import BreakerStore, Guarded, ResiliencePolicy
+from gateway.access.grants import revoke_service_grants
 from gateway.clock import Periodic, periodic
 from gateway.http.problems import Problem
 from gateway.storage.health import Dependency, is_database_outage
-from gateway.storage.models import Grant, RegisteredUpstream, ServiceOwner
+from gateway.storage.models import RegisteredUpstream, ServiceOwner
 from schemas.problems import ProblemCode
 
 __all__ = [
@@ -296,14 +297,12 @@ async def remove_upstream(session: AsyncSession, name: str) -> tuple[UpstreamOut
         raise Problem(ProblemCode.UPSTREAM_UNKNOWN, f"no registered upstream {name!r}")
     owner = await session.get(ServiceOwner, name)
     out = _out(row, None, owner.department if owner is not None else None)
-    revoked = await session.execute(
-        update(Grant).where(Grant.service == name, Grant.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
-    )
+    revoked = await revoke_service_grants(session, name, datetime.now(UTC))
     await session.delete(row)
     if owner is not None:
         await session.delete(owner)
     await session.commit()
-    return out, int(revoked.rowcount or 0)
+    return out, revoked
 
 
 def spec_of(row: RegisteredUpstream) -> UpstreamSpec:

@@ -15,6 +15,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.app import create_app
 from gateway.client import SignatureAuth
 from gateway.demo.setup import key_id_for
@@ -89,7 +90,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         officer = await new_identity(session, "officer", ["officer"], "市网信办")
         valid_to = datetime.now(UTC) + timedelta(days=30)
         operation = adapters["credit"].operations["dishonest-debtor"]
-        grant = await callers.add_grant(
+        grant = await grant_rows.add_grant(
             session,
             GrantIn(
                 caller_id="platform",
@@ -101,7 +102,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             ),
             adapters,
         )
-        narrow = await callers.add_grant(
+        narrow = await grant_rows.add_grant(
             session,
             GrantIn(
                 caller_id="platform",
@@ -173,4 +174,4 @@ async def grant_every_operation(
                 fields=list(operation.fields),
                 valid_to=datetime.now(UTC) + timedelta(days=1),
             )
-            await callers.add_grant(session, grant, adapters)
+            await grant_rows.add_grant(session, grant, adapters)

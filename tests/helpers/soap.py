@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from gateway.access import callers
+from gateway.access import grants as grant_rows
 from gateway.access.certificates import add_cert
 from gateway.server.protocol import guarded_protocol
 from gateway.server.tls import tls_options
@@ -144,7 +145,7 @@ async def register_legacy_caller(gw: RunningGateway, pki: Pki) -> None:
             ("credit", "dishonest-debtor", ["listed"]),
             ("golden-tax", "tax-registration", ["uscc", "status"]),
         ):
-            await callers.add_grant(
+            await grant_rows.add_grant(
                 session,
                 GrantIn(
                     caller_id=LEGACY,
@@ -177,7 +178,7 @@ async def soap_gateway(data_dir: Path) -> AsyncIterator[RunningGateway]:
             ) as running:
                 await grant_all(running, "golden-tax")
                 async with running.runtime.sessions() as session:
-                    await callers.add_grant(
+                    await grant_rows.add_grant(
                         session,
                         GrantIn(
                             caller_id="platform",
