@@ -157,6 +157,32 @@ DEFER_SQL = text(
 )
 
 
+class _OutageAsWarning(logging.Filter):
+    """procrastinate logs a lost LISTEN connection as an ERROR with its traceback, and retries by itself. While the
+    database is away that is an outage the gateway already reports (503s, msjx_dependency_up), not a fault: one
+    warning line each time, naming the exception, without the traceback."""
+
+    def __init__(self, outages: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.outages = outages
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if isinstance(exc, self.outages):
+                record.msg, record.args = (
+                    "batch queue: %s (the database is away; it reconnects by itself)",
+                    (type(exc).__name__,),
+                )
+                record.levelno, record.levelname, record.exc_info, record.exc_text = (
+                    logging.WARNING,
+                    "WARNING",
+                    None,
+                    None,
+                )
+        return True
+
+
 class ProcrastinateQueue:
     """PostgreSQL: chunks are procrastinate jobs; this node's worker takes `workers` of them at a time."""
 
@@ -166,6 +192,10 @@ class ProcrastinateQueue:
         import procrastinate
 
         self._procrastinate = procrastinate
+        outage = _OutageAsWarning((procrastinate.exceptions.ConnectorException, OSError))
+        for name in ("procrastinate.utils", "procrastinate.worker", "procrastinate.manager"):
+            if not any(isinstance(f, _OutageAsWarning) for f in logging.getLogger(name).filters):
+                logging.getLogger(name).addFilter(outage)
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=dsn, min_size=1, max_size=max(2, workers + 2))
         )
