@@ -192,7 +192,7 @@ async def cluster(tmp_path: Path, treasury_process: str, credit_url: str, nginx_
             )
             platform = people["platform"]
             cluster = Cluster(tmp_path, Deployment(settings, env, platform.key, platform.key_id), nginx_binary)
-            cluster.callers = people  # type: ignore[attr-defined]
+            cluster.people = people  # type: ignore[attr-defined]
             try:
                 await cluster.start()
                 yield cluster
