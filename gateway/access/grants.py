@@ -28,10 +28,6 @@ from schemas.times import china_date
 MAX_DAILY_QUOTA = 2**31 - 1
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 # --- which grant allows a call -------------------------------------------------------------------------------
 
 

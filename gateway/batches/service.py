@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -35,7 +35,7 @@ from gateway.batches.pacing import AdaptiveLimit
 from gateway.batches.queue import LIVE_STATES, ChunkQueue, LocalQueue, ProcrastinateQueue
 from gateway.batches.subjects import Subject, Target
 from gateway.batches.tables import BatchChunk, BatchJob
-from gateway.clock import Periodic, periodic
+from gateway.clock import SYSTEM_CLOCK, Periodic, periodic
 from gateway.http.problems import Problem
 from gateway.runtime import Runtime
 from schemas.problems import ProblemCode
@@ -59,10 +59,6 @@ class Planned:
 
     def target(self) -> Target:
         return Target(f"{self.service}/{self.operation}", self.input_model, self.params)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _aad(batch_id: str, chunk_no: int, part: str) -> bytes:
@@ -164,7 +160,7 @@ class BatchService:
         """Record the batch and its chunks, and queue the chunks, in one transaction."""
         size = self.settings.batch_chunk_size
         batch_id = "b-" + secrets.token_hex(12)
-        now = _now()
+        now = SYSTEM_CLOCK.now()
         pieces = [subjects[start : start + size] for start in range(0, len(subjects), size)]
         job = BatchJob(
             batch_id=batch_id,
@@ -230,7 +226,7 @@ class BatchService:
         if resume_in is not None:
             await self.pause(job, ProblemCode.QUOTA_EXHAUSTED, resume_in)
             return
-        now = _now()
+        now = SYSTEM_CLOCK.now()
         async with runtime.engine.begin() as connection:
             await connection.execute(
                 update(BatchChunk)
@@ -261,7 +257,7 @@ class BatchService:
                     # Under the subjects' key: destroying it shreds both.
                     results=seal(key, b"\n".join(lines), _aad(batch_id, chunk_no, "results")),
                     summary=summary,
-                    done_at=_now(),
+                    done_at=SYSTEM_CLOCK.now(),
                     done_by=self.node_id,
                 )
             )
@@ -283,7 +279,7 @@ class BatchService:
             finished = await connection.execute(
                 update(BatchJob)
                 .where(BatchJob.batch_id == job.batch_id, BatchJob.state.in_(("running", "queued", "paused")))
-                .values(state="done", finished_at=_now(), pause_code=None, resume_at=None)
+                .values(state="done", finished_at=SYSTEM_CLOCK.now(), pause_code=None, resume_at=None)
             )
         if finished.rowcount:
             await self.audit_job(job, "batch.done", "allowed", 200)
@@ -424,7 +420,7 @@ class BatchService:
             return None
         quotas = self.runtime.quotas
         storage = quotas.storage
-        now = _now()
+        now = SYSTEM_CLOCK.now()
         day = china_date(now).isoformat()
         taken: list[tuple[str, int, int]] = []
         try:
@@ -446,7 +442,7 @@ class BatchService:
         return None
 
     async def pause(self, job: BatchJob, code: ProblemCode, resume_in: float) -> None:
-        now = _now()
+        now = SYSTEM_CLOCK.now()
         async with self.runtime.engine.begin() as connection:
             paused = await connection.execute(
                 update(BatchJob)
@@ -463,7 +459,9 @@ class BatchService:
             stopped = await connection.execute(
                 update(BatchJob)
                 .where(BatchJob.batch_id == job.batch_id, BatchJob.state.in_((*LIVE_STATES, "paused")))
-                .values(state="failed", finished_at=_now(), stop_code=refusal.code, stop_detail=refusal.detail)
+                .values(
+                    state="failed", finished_at=SYSTEM_CLOCK.now(), stop_code=refusal.code, stop_detail=refusal.detail
+                )
             )
         if stopped.rowcount:
             log.info("batch %s stopped: %s", job.batch_id, refusal.code)
@@ -505,7 +503,7 @@ class BatchService:
         return resumed
 
     async def _quota_back(self, job: BatchJob) -> bool:
-        now = _now()
+        now = SYSTEM_CLOCK.now()
         if job.resume_at is not None and job.resume_at <= now:
             return True
         for entry in job.operations:
@@ -526,13 +524,13 @@ class BatchService:
             cancelled = await connection.execute(
                 update(BatchJob)
                 .where(BatchJob.batch_id == job.batch_id, BatchJob.state.not_in(TERMINAL))
-                .values(state="cancelled", finished_at=_now())
+                .values(state="cancelled", finished_at=SYSTEM_CLOCK.now())
             )
         return bool(cancelled.rowcount)
 
     async def expire_results(self, now: datetime | None = None) -> int:
         """Delete the subjects and results of batches that ended more than MSJX_BATCH_RESULT_DAYS ago."""
-        moment = now or _now()
+        moment = now or SYSTEM_CLOCK.now()
         before = moment - timedelta(days=self.settings.batch_result_days)
         async with self.runtime.engine.begin() as connection:
             ids = (
@@ -630,7 +628,7 @@ class BatchService:
         eta = None
         rate = None
         if started is not None and done_subjects:
-            until = job.finished_at or _now()
+            until = job.finished_at or SYSTEM_CLOCK.now()
             elapsed = max((until - started).total_seconds(), 1e-3)
             rate = done_subjects / elapsed
             if job.state in ("running", "paused", "queued"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import getpass
 import os
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 
 from gateway.cli.common import DataDir, beijing, cli_settings, fail, run_registry
+from gateway.clock import SYSTEM_CLOCK
 
 console_users_app = typer.Typer(
     help="Web console accounts (roles: department, auditor, operator, security_admin).", no_args_is_help=True
@@ -19,10 +19,6 @@ ROLE_HELP = (
     "department (部门数据专员), auditor (审计管理员), operator (系统管理员) or security_admin (安全管理员);"
     " one role per account (三员分立)"
 )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _run(data_dir: object, work: object) -> object:
@@ -134,7 +130,7 @@ def add(
             caller_id=caller,
             password=password,
             created_by=f"cli:{getpass.getuser()}",
-            now=_now(),
+            now=SYSTEM_CLOCK.now(),
             box=box,
         )
 
@@ -152,7 +148,7 @@ def list_(data_dir: DataDir = None) -> None:
     """List accounts: role, bound caller, state, last sign-in."""
     from gateway.console import accounts
 
-    now = _now()
+    now = SYSTEM_CLOCK.now()
     found = _run(data_dir, accounts.list_accounts)
     for account in found:  # type: ignore[attr-defined]
         state = "disabled" if account.disabled else ("locked" if accounts.is_locked(account, now) else "active")
@@ -171,7 +167,12 @@ def lock(
     """Lock an account (its sessions end at once)."""
     from gateway.console import accounts
 
-    _audited(data_dir, "lock", username, lambda session: accounts.lock_account(session, username, _now(), minutes))
+    _audited(
+        data_dir,
+        "lock",
+        username,
+        lambda session: accounts.lock_account(session, username, SYSTEM_CLOCK.now(), minutes),
+    )
     typer.echo(f"account {username} locked" + (f" for {minutes} minutes" if minutes else ""))
 
 
@@ -191,7 +192,10 @@ def reset_totp(username: str, data_dir: DataDir = None) -> None:
 
     box = accounts.SecretBox.for_settings(cli_settings(data_dir))
     secret = _audited(
-        data_dir, "reset-totp", username, lambda session: accounts.reset_totp(session, username, _now(), box)
+        data_dir,
+        "reset-totp",
+        username,
+        lambda session: accounts.reset_totp(session, username, SYSTEM_CLOCK.now(), box),
     )
     typer.echo(f"totp secret: {secret}")
     typer.echo(f"otpauth uri: {accounts.provisioning_uri(username, str(secret))}")
@@ -210,6 +214,9 @@ def set_password(
     if not password:
         raise fail(f"--password-env: {password_env} is not set")
     _audited(
-        data_dir, "set-password", username, lambda session: accounts.set_password(session, username, password, _now())
+        data_dir,
+        "set-password",
+        username,
+        lambda session: accounts.set_password(session, username, password, SYSTEM_CLOCK.now()),
     )
     typer.echo(f"password of {username} set")

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from gateway.access.authenticate import Principal
 from gateway.access.directory import CallerInfo
 from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
+from gateway.clock import SYSTEM_CLOCK
 from gateway.console.accounts import (
     LOCK_MINUTES,
     MAX_FAILURES,
@@ -39,16 +40,12 @@ LOGIN_COOKIE = "msjx_console_login"  # the CSRF token of the login form, before 
 COOKIE_PATH = "/console"
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass
 class ConsoleState:
     """The console's per-app settings. `clock` is what tests replace to pass 15 idle minutes without waiting."""
 
     secure_cookies: bool = True
-    clock: Callable[[], datetime] = utc_now
+    clock: Callable[[], datetime] = SYSTEM_CLOCK.now
     settings: Settings | None = None
     _box: SecretBox | None = None
 
