@@ -1,23 +1,17 @@
-"""The HTTP client of every adapter: one pyreqwest client per upstream, bounded bodies, every failure an UpstreamError.
+"""The HTTP client of every adapter: one aiohttp session per upstream, bounded bodies, every failure an UpstreamError.
 
-pyreqwest (Rust: reqwest and hyper on their own threads) was chosen by measurement over aiohttp: the same GET costs
-the event loop ~15 µs instead of ~75 (bench/upstream_client.py, figures in bench/results/upstream_client.md and
-docs/performance.md).
+aiohttp was chosen by measurement (bench/upstream_client.py, figures in bench/results/upstream_client.md).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import aiohttp
 import orjson
-from pyreqwest import exceptions as http_errors
-from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.response import Response
 from yarl import URL
 
 from .base import Adapter
@@ -27,7 +21,7 @@ from .policy import ResiliencePolicy
 __all__ = ["DEFAULT_MAX_BODY", "HttpClient", "JsonClient", "JsonResponse", "RawResponse", "phrase"]
 
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
-_OS_ERROR = re.compile(r" \(os error \d+\)$")
+_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +42,12 @@ class RawResponse:
 
 
 class HttpClient:
-    """One pyreqwest client per upstream: `start()` once per process, `close()` at shutdown.
+    """One aiohttp session per upstream: `start()` once per process, `close()` at shutdown.
 
-    Every request is exactly one request to the upstream: reqwest resends nothing that was written (hyper only
-    retries a request that met a pooled connection found dead before a byte of it was sent), so the retry policy
-    wrapped around it counts and audits every attempt it makes. Timeouts: `timeout` bounds one whole exchange
-    (waiting for a pooled connection and reading the body included), `connect_timeout` the TCP connect,
-    `read_timeout` the longest silence between two reads. Redirects are not followed.
+    Every request is exactly one request to the upstream (aiohttp's own silent retry of idempotent requests is
+    turned off), so the retry policy wrapped around it counts and audits every attempt it makes. Timeouts: `timeout`
+    bounds one whole exchange (waiting for a pooled connection included), `connect_timeout` the TCP connect,
+    `read_timeout` the longest silence between two reads.
     """
 
     def __init__(
@@ -74,7 +67,7 @@ class HttpClient:
         self._max_connections = max_connections
         self._keepalive_seconds = keepalive_seconds
         self._headers = dict(headers or {})
-        self._client: Client | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.set_timeouts(timeout, connect_timeout, read_timeout)
 
     def set_timeouts(
@@ -87,32 +80,32 @@ class HttpClient:
         self.read_timeout = read
         if max_connections is not None:
             self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.connect_timeout, sock_read=read)
 
     async def start(self) -> None:
-        if self._client is not None:
+        if self._session is not None:
             return
-        builder = (
-            ClientBuilder()
-            .timeout(timedelta(seconds=self.timeout))
-            .connect_timeout(timedelta(seconds=self.connect_timeout))
-            .pool_timeout(timedelta(seconds=self.timeout))
-            .pool_idle_timeout(timedelta(seconds=self._keepalive_seconds))
-            .max_connections(self._max_connections)
-            .follow_redirects(False)
-            .error_for_status(False)
-            .default_cookie_store(False)
-            .no_proxy()  # as aiohttp did: MSJX_UPSTREAM_URLS says where each upstream is, not the environment
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            keepalive_timeout=self._keepalive_seconds,
+            ttl_dns_cache=300,
         )
-        if self.read_timeout is not None:
-            builder = builder.read_timeout(timedelta(seconds=self.read_timeout))
-        if self._headers:
-            builder = builder.default_headers(self._headers)
-        self._client = builder.build()
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers=self._headers,
+            raise_for_status=False,
+            json_serialize=lambda value: orjson.dumps(value).decode(),
+        )
+        # aiohttp resends an idempotent request once when the connection drops; retries are the gateway's
+        # decision (safe operations only, counted and audited), so one call here is one upstream request.
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def request(
         self,
@@ -125,52 +118,44 @@ class HttpClient:
     ) -> RawResponse:
         """One request; the answer whatever its status. Raises UpstreamTimeout, UpstreamUnavailable (no connection,
         or it dropped) or UpstreamMalformed (not HTTP, or a body over `max_body`)."""
-        if self._client is None:
+        if self._session is None:
             raise RuntimeError(f"{self.service}: the HTTP client was not started")
-        # yarl encodes the URL and the query exactly as aiohttp did before (an URL built encoded stays as built).
-        if params:
-            url = (url if isinstance(url, URL) else URL(url)).extend_query(params)
-        elif not isinstance(url, URL):
-            url = URL(url)
-        builder = self._client.request(method, str(url))
-        if headers:
-            builder = builder.headers(dict(headers))
-        if data is not None:
-            builder = builder.body_bytes(data)
         try:
-            async with builder.build_streamed() as response:
+            # Redirects are not followed: an upstream answers at its own address, or the answer is an error.
+            async with self._session.request(
+                method, url, params=params, data=data, headers=headers, allow_redirects=False
+            ) as response:
                 status = response.status
-                content_type = response.headers.get("content-type") or ""
+                content_type = response.headers.get("Content-Type", "")
                 raw = await self._read(response)
-        except http_errors.RequestTimeoutError as exc:
-            connecting = isinstance(exc, http_errors.ConnectTimeoutError) and _caused_by(exc, "(Connect)")
-            raise UpstreamTimeout(self.service, self.connect_timeout if connecting else self.timeout) from exc
-        except http_errors.BodyDecodeError as exc:
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamTimeout(self.service, self.connect_timeout) from exc
+        except TimeoutError as exc:  # asyncio and aiohttp timeouts (ServerTimeoutError is one too)
+            raise UpstreamTimeout(self.service, self.timeout) from exc
+        except aiohttp.ClientPayloadError as exc:
             raise UpstreamUnavailable(self.service, "the connection closed in the middle of the answer") from exc
-        except http_errors.DecodeError as exc:  # the answer was not HTTP hyper could parse
-            raise UpstreamMalformed(self.service, f"invalid HTTP response: {_last_cause(exc)}") from exc
-        except http_errors.RequestError as exc:  # refused, reset, closed before answering, DNS
-            raise UpstreamUnavailable(self.service, _reason(exc, str(url))) from exc
+        except aiohttp.ClientResponseError as exc:  # the answer was not HTTP aiohttp could parse
+            raise UpstreamMalformed(self.service, f"invalid HTTP response: {exc.message}") from exc
+        except aiohttp.ClientError as exc:  # refused, reset, closed before answering, DNS
+            raise UpstreamUnavailable(self.service, _reason(exc)) from exc
         return RawResponse(status, content_type, raw)
 
-    async def _read(self, response: Response) -> bytes:
-        length = response.headers.get("content-length")
-        if length is not None and length.isdigit():
-            if int(length) > self.max_body:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        length = response.content_length
+        if length is not None:
+            if length > self.max_body:
                 raise UpstreamMalformed(
                     self.service, f"answer of {length} bytes exceeds {self.max_body}", str(response.status)
                 )
-            # hyper reads no more than the Content-Length it announced.
-            return (await response.body_reader.bytes()).to_bytes()
-        # No Content-Length (chunked, or decompressed): read in pieces and stop as soon as the bound is crossed.
+            return await response.read()
+        # No Content-Length (chunked): read in pieces and stop as soon as the bound is crossed.
         chunks: list[bytes] = []
         size = 0
-        reader = response.body_reader
-        while (chunk := await reader.read_chunk()) is not None:  # bounded: max_body, then the total timeout
+        async for chunk in response.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > self.max_body:
                 raise UpstreamMalformed(self.service, f"answer exceeds {self.max_body} bytes", str(response.status))
-            chunks.append(chunk.to_bytes())
+            chunks.append(chunk)
         return b"".join(chunks)
 
 
@@ -212,27 +197,12 @@ class JsonClient(HttpClient):
         return JsonResponse(status, body)
 
 
-def _causes(exc: http_errors.RequestError) -> list[str]:
-    details = getattr(exc, "details", None) or {}
-    return [str(cause.get("message", "")) for cause in details.get("causes") or ()]
-
-
-def _caused_by(exc: http_errors.RequestError, text: str) -> bool:
-    return any(text in cause for cause in _causes(exc))
-
-
-def _last_cause(exc: http_errors.RequestError) -> str:
-    causes = _causes(exc)
-    return _OS_ERROR.sub("", causes[-1]) if causes else str(exc) or type(exc).__name__
-
-
-def _reason(exc: http_errors.RequestError, url: str) -> str:
-    if _caused_by(exc, "connection closed before message completed"):
+def _reason(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the connection closed before an answer"
-    if isinstance(exc, http_errors.ConnectError) and _caused_by(exc, "(Connect)"):
-        target = URL(url)
-        return f"cannot connect to {target.host}:{target.port} ({_last_cause(exc)})"
-    return _last_cause(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+    return str(exc) or type(exc).__name__
 
 
 def phrase(status: int) -> str:

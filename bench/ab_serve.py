@@ -56,14 +56,14 @@ def granian_installed() -> bool:
 def hop_app() -> Any:
     from bench.hop import create_app
 
-    return create_app(os.environ["BENCH_UPSTREAM"], os.environ.get("BENCH_CLIENT", "pyreqwest"))
+    return create_app(os.environ["BENCH_UPSTREAM"], os.environ.get("BENCH_CLIENT", "aiohttp"))
 
 
 def gateway_app() -> Any:
-    if os.environ.get("BENCH_CLIENT") == "aiohttp":
-        from bench import aiohttp_client
+    if os.environ.get("BENCH_CLIENT") == "pyreqwest":
+        from bench import pyreqwest_client
 
-        aiohttp_client.install()
+        pyreqwest_client.install()
     from gateway.app import create_app
     from gateway.server import heap
     from gateway.settings import load_settings

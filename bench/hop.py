@@ -25,12 +25,12 @@ from gateway.server import heap
 HOST = "127.0.0.1"
 
 
-def create_app(upstream: str, client: str = "pyreqwest") -> FastAPI:
-    """The hop; `client="aiohttp"` carries the adapter over the former aiohttp client (bench/aiohttp_client.py)."""
-    if client == "aiohttp":
-        from bench import aiohttp_client
+def create_app(upstream: str, client: str = "aiohttp") -> FastAPI:
+    """The hop; `client="pyreqwest"` carries the adapter over the pyreqwest client (bench/pyreqwest_client.py)."""
+    if client == "pyreqwest":
+        from bench import pyreqwest_client
 
-        aiohttp_client.install()
+        pyreqwest_client.install()
     adapter = CreditAdapter(upstream)
 
     @asynccontextmanager
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hop", description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--client", choices=("pyreqwest", "aiohttp"), default="pyreqwest")
+    parser.add_argument("--client", choices=("aiohttp", "pyreqwest"), default="aiohttp")
     args = parser.parse_args(argv)
     app = create_app(args.upstream, args.client)
     uvicorn.run(app, host=HOST, port=args.port, log_level="warning", **SERVER_OPTIONS)
