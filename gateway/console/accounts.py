@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 import secrets
@@ -30,8 +31,6 @@ from schemas.errors import MsjxError
 from security.keyring import load_master_key
 
 HASHER = PasswordHasher()  # argon2id, the library's RFC 9106 defaults
-# Compared against when the username is unknown, so a failed login takes as long either way.
-_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
 MAX_FAILURES = 5
 LOCK_MINUTES = 15
 MIN_PASSWORD_LENGTH = 12
@@ -119,9 +118,19 @@ def hash_password(password: str) -> str:
     return HASHER.hash(password)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """Compared against when the username is unknown, so a failed login takes as long either way.
+
+    Made at the first sign-in, not at import: hashing takes argon2's 64 MiB, which every process that imports the
+    console (each gateway worker, each CLI command) would otherwise carry in its peak memory.
+    """
+    return HASHER.hash(secrets.token_urlsafe(16))
+
+
 def check_password(account: ConsoleAccount | None, password: str) -> bool:
     try:
-        return HASHER.verify(account.password_hash if account else _DUMMY_HASH, password) and account is not None
+        return HASHER.verify(account.password_hash if account else _dummy_hash(), password) and account is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
