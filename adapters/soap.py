@@ -204,7 +204,7 @@ class SoapEngine:
         self.build_seconds = time.perf_counter() - started
 
     def _operations(self, roots: Mapping[str, etree._Element], endpoint: str | None) -> dict[str, SoapOperation]:
-        walker = new_walker(EnumIndex.from_documents(roots.values()))
+        walker = new_walker(EnumIndex.from_documents(roots.values()), self.document.types)
         self._docs = _documentation(roots)
         factory = ModelFactory(self.service, enforce_facets=True)  # input models: facets refuse a call with 422
         self._outputs = ModelFactory(self.service)  # what the upstream answers is read as its contract types it
@@ -339,11 +339,12 @@ class SoapEngine:
             raise UpstreamMalformed(self.service, "the Body is empty", str(status))
         try:
             parsed = message._deserialize_body(body)["body"]
+            output = operation.output
+            if output.complex_body:
+                return from_zeep(output.struct, parsed)
         except (zeep_errors.Error, ValueError, ArithmeticError, TypeError, AttributeError, IndexError) as exc:
+            # BodyMismatch is a ValueError: an xsi:type outside the declared family, an abstract one unnamed
             raise UpstreamMalformed(self.service, f"the Body does not match the WSDL ({exc})", str(status)) from None
-        output = operation.output
-        if output.complex_body:
-            return from_zeep(output.struct, parsed)
         return {output.struct.fields[0].json_name: parsed}
 
     def _fault(self, info: FaultInfo) -> UpstreamError:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Union
 
 from lxml import etree
-from pydantic import AfterValidator, ConfigDict, Field, StrictBool, create_model
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, StrictBool, Tag, create_model
 from zeep import xsd
+from zeep.exceptions import UnexpectedElementError
 from zeep.xsd.elements import Any as XsdAny
 from zeep.xsd.elements import Choice, Group, Sequence
 from zeep.xsd.elements.indicators import All
@@ -25,18 +27,23 @@ from zeep.xsd.types import builtins as b
 from zeep.xsd.types.any import AnyType
 from zeep.xsd.types.builtins import _unparse_timezone
 from zeep.xsd.types.collection import ListType, UnionType
+from zeep.xsd.utils import max_occurs_iter
 
 from schemas.errors import MsjxError
 
 from .jsontypes import Base64, DecimalText, DerivedModel, choice_schema
 
 __all__ = [
+    "TYPE_KEY",
+    "BodyMismatch",
     "EnumIndex",
+    "Poly",
     "Scalar",
     "Struct",
     "StructField",
     "UnsupportedConstruct",
     "body_shape",
+    "elements_to_xml",
     "from_zeep",
     "model_for",
     "to_zeep",
@@ -72,29 +79,68 @@ class EnumIndex:
     # Every other facet (pattern, length, ranges, digits), through the restriction chain; see Facets.
     named_facets: dict[str, Facets] = field(default_factory=dict)
     local_facets: dict[tuple[str | None, str, str], Facets] = field(default_factory=dict)
-    # What zeep does not model: complex types declared abstract (an instance names its type with xsi:type), and
-    # elements others substitute for (substitution groups). An element of either is refused, named.
+    # What zeep does not model on its own: complex types declared abstract, which types derive from which (an
+    # instance names its concrete type with xsi:type), and substitution groups (head element → member elements,
+    # each a global element's qname), with the global elements declared abstract (never written themselves).
     abstract_types: set[str] = field(default_factory=set)
+    derived: dict[str, list[str]] = field(default_factory=dict)
     substitution_heads: dict[str, list[str]] = field(default_factory=dict)
+    abstract_elements: set[str] = field(default_factory=set)
+
+    def descendants(self, qname: str) -> list[str]:
+        """Every complex type derived from `qname`, directly or not, in document order (each once)."""
+        found: list[str] = []
+        pending = list(self.derived.get(qname, ()))
+        while pending:
+            current = pending.pop(0)
+            if current in found or current == qname:
+                continue
+            found.append(current)
+            pending.extend(self.derived.get(current, ()))
+        return found
+
+    def members(self, head: str) -> list[str]:
+        """The elements that may stand for `head`: its group's members and theirs (substitution is transitive)."""
+        found: list[str] = []
+        pending = list(self.substitution_heads.get(head, ()))
+        while pending:
+            current = pending.pop(0)
+            if current in found or current == head:
+                continue
+            found.append(current)
+            pending.extend(self.substitution_heads.get(current, ()))
+        return found
 
     @classmethod
     def from_documents(cls, roots: Iterable[etree._Element]) -> EnumIndex:
         raw_named: dict[str, _Raw] = {}
         raw_local: dict[tuple[str | None, str, str], _Raw] = {}
         abstract: set[str] = set()
+        derived: dict[str, list[str]] = {}
         heads: dict[str, list[str]] = {}
+        abstract_elements: set[str] = set()
         for root in roots:
             schemas = [root] if root.tag == _X + "schema" else list(root.iter(_X + "schema"))
             for schema in schemas:
                 tns = schema.get("targetNamespace")
                 for complex_type in schema.iter(_X + "complexType"):
-                    if complex_type.get("abstract") in ("true", "1") and complex_type.get("name"):
-                        name = complex_type.get("name", "")
-                        abstract.add(f"{{{tns}}}{name}" if tns else name)
-                for element in schema.iter(_X + "element"):
-                    head = element.get("substitutionGroup")
-                    if head:
-                        heads.setdefault(_qname(head, element, tns), []).append(element.get("name", "?"))
+                    name = complex_type.get("name")
+                    if not name:
+                        continue
+                    qname = f"{{{tns}}}{name}" if tns else name
+                    if complex_type.get("abstract") in ("true", "1"):
+                        abstract.add(qname)
+                    for content in ("complexContent", "simpleContent"):
+                        for kind in ("extension", "restriction"):
+                            step = complex_type.find(f"{_X}{content}/{_X}{kind}")
+                            if step is not None and step.get("base"):
+                                derived.setdefault(_qname(step.get("base", ""), step, tns), []).append(qname)
+                for element in schema.findall(_X + "element"):  # substitution groups are of global elements only
+                    qname = f"{{{tns}}}{element.get('name', '?')}" if tns else element.get("name", "?")
+                    if element.get("abstract") in ("true", "1"):
+                        abstract_elements.add(qname)
+                    for head in (element.get("substitutionGroup") or "").split():  # XSD 1.1 allows several
+                        heads.setdefault(_qname(head, element, tns), []).append(qname)
                 for simple in schema.iter(_X + "simpleType"):
                     facets = _facets(simple, tns)
                     if facets is None:
@@ -108,7 +154,9 @@ class EnumIndex:
                         continue
                     kind = "attribute" if parent.tag == _X + "attribute" else "element"
                     raw_local[(_owner(parent, tns), kind, parent.get("name", ""))] = facets
-        index = cls(abstract_types=abstract, substitution_heads=heads)
+        index = cls(
+            abstract_types=abstract, derived=derived, substitution_heads=heads, abstract_elements=abstract_elements
+        )
         for qname in raw_named:
             values = _resolve(qname, raw_named, set())
             if values:
@@ -217,7 +265,19 @@ def _owner(node: etree._Element, tns: str | None) -> str | None:
 # --- shapes ------------------------------------------------------------------------------------------------------
 
 ScalarKind = Literal[
-    "string", "decimal", "integer", "boolean", "float", "date", "datetime", "time", "base64", "year", "lexical", "any"
+    "string",
+    "decimal",
+    "integer",
+    "boolean",
+    "float",
+    "date",
+    "datetime",
+    "time",
+    "base64",
+    "year",
+    "lexical",
+    "any",
+    "elements",
 ]
 
 
@@ -232,13 +292,34 @@ class Scalar:
     facets: Facets = ()
     # kind "lexical": the zeep type whose lexical form the JSON string is (duration, gMonth…, QName, a union)
     codec: Any = field(default=None, compare=False, hash=False)
+    # kind "elements" (an xsd:any wildcard): how many elements the JSON object may stand for (max None: unbounded)
+    min_elements: int = 0
+    max_elements: int | None = None
+
+
+TYPE_KEY = "@type"  # the JSON key naming an instance's concrete XSD type (its xsi:type)
+
+
+@dataclass
+class Poly:
+    """An element whose declared complex type has others derived from it: an instance may be any of them, named
+    in XML by xsi:type and in JSON by "@type" (the type's local name; {namespace}name where two share it).
+
+    `default` is the declared type's label when it is concrete (an instance without xsi:type is of it); an
+    abstract declared type has none, and "@type" is then required."""
+
+    base: str
+    variants: dict[str, Struct] = field(default_factory=dict)
+    zeep_types: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # type qname → label
+    default: str | None = None
 
 
 @dataclass
 class StructField:
     json_name: str
     zeep_name: str
-    shape: Scalar | Struct
+    shape: Scalar | Struct | Poly
     min_occurs: int = 1
     max_occurs: int | None = 1  # None: unbounded
     nillable: bool = False
@@ -311,8 +392,11 @@ def _type_qname(xsd_type: Any) -> str | None:
 class _Walker:
     """Turns zeep types into shapes; one per contract so that a complex type becomes one shape, reused."""
 
-    def __init__(self, enums: EnumIndex) -> None:
+    def __init__(self, enums: EnumIndex, schema: Any = None) -> None:
         self.enums = enums
+        self.schema = schema  # zeep's Schema: the derived types and substitution members are looked up in it
+        self._polys: dict[str, Poly] = {}
+        self._substituted: set[int] = set()
         self._structs: dict[int, Struct] = {}
         self._stack: list[int] = []
         self._building: dict[int, Struct] = {}
@@ -364,6 +448,7 @@ class _Walker:
             struct = Struct(self._unique_name(xsd_type))
             self._building[key] = struct
             owner = _type_qname(xsd_type)
+            self._substitute(xsd_type, where)
             counters = {"choice": itertools.count(1), "group": itertools.count(1)}
             for name, element in xsd_type.elements_nested:
                 # The top container of a complex type is inline unless it repeats.
@@ -384,6 +469,81 @@ class _Walker:
         finally:
             self._stack.pop()
             self._building.pop(key, None)
+
+    def poly(self, xsd_type: xsd.ComplexType, where: str) -> Poly | None:
+        """The shape of an element whose declared type is abstract or has derived types; None for a plain one."""
+        qname = _type_qname(xsd_type)
+        if qname is None:
+            return None
+        if qname in self._polys:
+            return self._polys[qname]
+        abstract = qname in self.enums.abstract_types
+        family = [name for name in self.enums.descendants(qname) if name not in self.enums.abstract_types]
+        if not family:
+            if abstract:
+                raise UnsupportedConstruct(
+                    f"an element of the abstract type {qname}, from which no concrete type derives, at {where}"
+                )
+            return None
+        if self.schema is None:
+            raise UnsupportedConstruct(f"an element of the type {qname}, from which others derive, at {where}")
+        concrete = ([] if abstract else [qname]) + family
+        locals_ = [etree.QName(name).localname for name in concrete]
+        poly = Poly(qname)
+        self._polys[qname] = poly  # before its variants: a variant may hold an element of this same family
+        for name, local in zip(concrete, locals_, strict=True):
+            poly.labels[name] = local if locals_.count(local) == 1 else name
+        poly.default = None if abstract else poly.labels[qname]
+        for name, label in poly.labels.items():
+            zeep_type = xsd_type if name == qname else self.schema.get_type(name)
+            poly.zeep_types[label] = zeep_type
+            poly.variants[label] = self.struct(zeep_type, f"{where}[@type={label}]")
+        return poly
+
+    def _substitute(self, xsd_type: xsd.ComplexType, where: str) -> None:
+        """In zeep's tree of this type, each element heading a substitution group becomes a choice of the head
+        (unless abstract) and its members, so zeep writes and reads whichever one an instance uses."""
+        top = getattr(xsd_type, "_element", None)
+        if not self.enums.substitution_heads or top is None or id(xsd_type) in self._substituted:
+            return
+        self._substituted.add(id(xsd_type))
+        if isinstance(top, Choice | Sequence | All | Group):
+            self._substitute_in(top, where)
+            # Always: two zeep types may share one container, rewritten through the first one seen.
+            for cached in ("elements", "elements_nested", "attributes"):
+                xsd_type.__dict__.pop(cached, None)
+
+    def _substitute_in(self, container: Any, where: str) -> bool:
+        items = container.child if isinstance(container, Group) else container
+        changed = False
+        for index, item in enumerate(list(items)):
+            if getattr(item, "substitution_head", None):  # rewritten already (a container two types share)
+                continue
+            if isinstance(item, Choice | Sequence | All | Group):
+                changed = self._substitute_in(item, where) or changed
+                continue
+            qname = item.qname.text if isinstance(item, xsd.Element) and isinstance(item.qname, etree.QName) else None
+            if qname is None or qname not in self.enums.substitution_heads:
+                continue
+            if self.schema is None:
+                raise UnsupportedConstruct(f"a substitution group (head {qname}) at {where}")
+            options = [] if qname in self.enums.abstract_elements else [item.clone()]
+            for member in self.enums.members(qname):
+                if member not in self.enums.abstract_elements:
+                    options.append(self.schema.get_element(member).clone())
+            if not options:
+                raise UnsupportedConstruct(
+                    f"a substitution group whose head {qname} and members are all abstract at {where}"
+                )
+            choice = Choice(options, min_occurs=item.min_occurs, max_occurs=item.max_occurs)
+            choice.substitution_head = item.name
+            items[index] = choice
+            changed = True
+        if changed:
+            for holder in (container, items):
+                for cached in ("elements", "elements_nested"):
+                    holder.__dict__.pop(cached, None)
+        return changed
 
     def _unique_name(self, xsd_type: Any) -> str:
         qname = getattr(xsd_type, "qname", None)
@@ -410,10 +570,19 @@ class _Walker:
             )
             return
         if isinstance(element, XsdAny):
-            label = f"xsd:any at {where}"
-            if element.min_occurs and not optional:
-                raise UnsupportedConstruct(f"a required {label}")
-            struct.dropped.append(label)
+            # A wildcard: its elements travel as a JSON object (see elements_to_xml). zeep is told not to interpret
+            # them, so what comes back is the XML as sent, whatever global element or xsi:type it names.
+            element.process_contents = "skip"
+            taken = {f.json_name for f in struct.fields}
+            json_name = next(
+                n for n in itertools.chain(["any"], (f"any{i}" for i in itertools.count(2))) if n not in taken
+            )
+            low = 0 if optional else int(element.min_occurs)
+            high = None if element.max_occurs == "unbounded" else int(element.max_occurs)
+            shape = Scalar("elements", "xsd:any", min_elements=low, max_elements=high)
+            struct.fields.append(
+                StructField(json_name, name or "_value_1", shape, min_occurs=min(low, 1), in_choice=in_choice)
+            )
             return
         if isinstance(element, Choice | Sequence | All | Group):
             if element.accepts_multiple:
@@ -448,7 +617,9 @@ class _Walker:
         counters: dict[str, itertools.count[int]],
     ) -> None:
         kind = "choice" if isinstance(container, Choice) else "group"
-        json_name = f"{kind}{next(counters[kind])}"
+        head = getattr(container, "substitution_head", None)  # a repeated substitution group: named by its head
+        taken = {f.json_name for f in struct.fields}
+        json_name = head if head and head not in taken else f"{kind}{next(counters[kind])}"
         inner = Struct(f"{struct.name}_{json_name}")
         if isinstance(container, Choice):
             for sub_name, sub in container.elements_nested:
@@ -478,18 +649,9 @@ class _Walker:
         local = element.qname.localname if isinstance(element.qname, etree.QName) else element.name
         here = f"{where}/{local}"
         xsd_type = element.type
-        element_qname = element.qname.text if isinstance(element.qname, etree.QName) else None
-        if element_qname in self.enums.substitution_heads:
-            members = ", ".join(sorted(self.enums.substitution_heads[element_qname]))
-            raise UnsupportedConstruct(f"a substitution group (head {element_qname}; members {members}) at {here}")
-        if _type_qname(xsd_type) in self.enums.abstract_types:
-            raise UnsupportedConstruct(
-                f"an element of the abstract type {_type_qname(xsd_type)} (instances name their type with xsi:type)"
-                f" at {here}"
-            )
         if isinstance(xsd_type, xsd.ComplexType):
             # Simple content (text plus attributes) is a struct too: {"value": ..., "attribute": ...}.
-            shape: Scalar | Struct = self.struct(xsd_type, here)
+            shape: Scalar | Struct | Poly = self.poly(xsd_type, here) or self.struct(xsd_type, here)
         elif isinstance(xsd_type, AnyType) and not isinstance(xsd_type, b.AnySimpleType):
             shape = Scalar("any", "xsd:anyType")  # carried as JSON: its text, or its elements as an object
         else:
@@ -524,14 +686,17 @@ class BodyShape:
 def body_shape(body: xsd.Element | None, walker: _Walker, where: str) -> BodyShape:
     if body is None:
         return BodyShape(Struct("Empty"), True)
+    qname = body.qname.text if isinstance(body.qname, etree.QName) else None
+    if qname in walker.enums.substitution_heads:
+        raise UnsupportedConstruct(f"a message part whose element {qname} heads a substitution group, at {where}")
     if isinstance(body.type, xsd.ComplexType):
         return BodyShape(walker.struct(body.type, where), True)
     field_ = walker.element_field(body, body.attr_name or body.name, None, where)
     return BodyShape(Struct(body.name or "Body", [field_]), False)
 
 
-def new_walker(enums: EnumIndex) -> _Walker:
-    return _Walker(enums)
+def new_walker(enums: EnumIndex, schema: Any = None) -> _Walker:
+    return _Walker(enums, schema)
 
 
 # --- pydantic models ---------------------------------------------------------------------------------------------
@@ -558,6 +723,8 @@ def _scalar_type(scalar: Scalar, enforce_facets: bool = False) -> Any:
         base = Annotated[str, AfterValidator(_lexical_check(scalar))]
     elif scalar.kind == "any":
         base = Annotated[Any, AfterValidator(_any_check)]
+    elif scalar.kind == "elements":
+        base = Annotated[dict[str, Any], AfterValidator(_elements_check(scalar))]
     else:
         base = _PYTHON[scalar.kind]
     if enforce_facets and scalar.facets:
@@ -566,10 +733,25 @@ def _scalar_type(scalar: Scalar, enforce_facets: bool = False) -> Any:
 
 
 def _any_check(value: Any) -> Any:
-    # An xsd:anyType value goes to the upstream as the element's text; a structure has no one XML form to take.
-    if value is not None and not isinstance(value, str | int | float | Decimal | bool):
-        raise ValueError("an xsd:anyType value is sent as text: a string, number or boolean")
+    # An xsd:anyType value is the element's text (a string, number or boolean) or its content as an object; an
+    # array has no one XML form to take.
+    if isinstance(value, Mapping):
+        _fill(etree.Element("check"), value)  # raises ValueError naming what has no XML form
+    elif value is not None and not isinstance(value, str | int | float | Decimal | bool):
+        raise ValueError("an xsd:anyType value is text (a string, number or boolean) or an object of its content")
     return value
+
+
+def _elements_check(scalar: Scalar) -> Any:
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        count = len(elements_to_xml(value))
+        if count < scalar.min_elements:
+            raise ValueError(f"xsd:any here needs at least {scalar.min_elements} element(s), got {count}")
+        if scalar.max_elements is not None and count > scalar.max_elements:
+            raise ValueError(f"xsd:any here holds at most {scalar.max_elements} element(s), got {count}")
+        return value
+
+    return check
 
 
 def any_to_json(raw: Any) -> Any:
@@ -702,17 +884,26 @@ class ModelFactory:
         self._building: set[int] = set()
         self._forward: set[str] = set()
 
-    def model(self, struct: Struct, name: str | None = None, description: str | None = None) -> type[DerivedModel]:
-        key = id(struct)
+    def model(
+        self, struct: Struct, name: str | None = None, description: str | None = None, tag: str | None = None
+    ) -> type[DerivedModel]:
+        """The model of `struct`; with `tag`, as one variant of a Poly: an optional "@type" field naming it."""
+        key: Any = (id(struct), tag) if tag else id(struct)
+        model_name = f"{struct.name}_typed" if tag else struct.name
         if key in self._models and name is None:
             return self._models[key]
         if key in self._building and name is None:
             # A recursive type: a forward reference by name, resolved once the model exists (model_rebuild).
-            self._forward.add(struct.name)
-            return struct.name  # type: ignore[return-value]
+            self._forward.add(model_name)
+            return model_name  # type: ignore[return-value]
         self._building.add(key)
         try:
             definitions: dict[str, Any] = {}
+            if tag:
+                definitions["xsi_type"] = (
+                    Union[Literal[tag], None],  # noqa: UP007 - tag is a runtime value
+                    Field(default=None, alias=TYPE_KEY, title=TYPE_KEY, description="the concrete XSD type (xsi:type)"),
+                )
             for index, item in enumerate(struct.fields):
                 definitions[f"f{index}"] = self._field(item)
         finally:
@@ -726,7 +917,7 @@ class ModelFactory:
             config = ConfigDict(**{**DerivedModel.model_config, "json_schema_extra": extra})  # type: ignore[typeddict-item]
             base = type("DerivedWithSchema", (DerivedModel,), {"model_config": config, "__module__": __name__})
         model = create_model(  # type: ignore[call-overload]
-            name or struct.name,
+            name or model_name,
             __base__=base,
             __doc__=description,
             __module__=__name__,
@@ -748,9 +939,30 @@ class ModelFactory:
         model.model_rebuild(_types_namespace=namespace)
         self._forward.clear()
 
+    def poly(self, poly: Poly) -> Any:
+        """A union of the variants' models, told apart by "@type" (the declared type's when absent)."""
+        if len(poly.variants) == 1:  # an abstract type with one concrete type: "@type" may name it, or not
+            ((label, struct),) = poly.variants.items()
+            return self.model(struct, tag=label)
+        variants = [Annotated[self.model(struct, tag=label), Tag(label)] for label, struct in poly.variants.items()]
+        default = poly.default
+        names = ", ".join(poly.variants)
+
+        def pick(value: Any) -> Any:
+            found = value.get(TYPE_KEY) if isinstance(value, Mapping) else getattr(value, "xsi_type", None)
+            return found if found is not None else default
+
+        missing = f'"{TYPE_KEY}" must name the concrete type, one of: {names}'
+        return Annotated[
+            Union[tuple(variants)],  # noqa: UP007 - a runtime tuple of types
+            Discriminator(pick, custom_error_type="xsi_type", custom_error_message=missing),
+        ]
+
     def _field(self, item: StructField) -> tuple[Any, Any]:
-        if isinstance(item.shape, Struct):
-            inner: Any = self.model(item.shape)
+        if isinstance(item.shape, Poly):
+            inner: Any = self.poly(item.shape)
+        elif isinstance(item.shape, Struct):
+            inner = self.model(item.shape)
         else:
             inner = _scalar_type(item.shape, self.enforce_facets)
         options: dict[str, Any] = {"alias": item.json_name, "title": item.json_name}
@@ -800,17 +1012,88 @@ def _value_to_zeep(item: StructField, value: Any) -> Any:
     return _one_to_zeep(item.shape, value)
 
 
-def _one_to_zeep(shape: Scalar | Struct, value: Any) -> Any:
+def _one_to_zeep(shape: Scalar | Struct | Poly, value: Any) -> Any:
+    if isinstance(shape, Poly):
+        label = value.get(TYPE_KEY) or shape.default or next(iter(shape.variants))
+        kwargs = to_zeep(shape.variants[label], value)
+        if label == shape.default:
+            return kwargs  # the declared type itself: no xsi:type
+        return shape.zeep_types[label](**kwargs)  # zeep writes xsi:type for a value of another type
     if isinstance(shape, Struct):
         return to_zeep(shape, value)
+    if shape.kind == "elements":
+        nodes = elements_to_xml(value)
+        return nodes if shape.max_elements != 1 else (nodes[0] if nodes else None)
     if shape.kind == "year":
         return [(entry, None) for entry in value] if shape.item_list else (value, None)
     if shape.kind == "lexical":
         parse = shape.codec.pythonvalue
         return [parse(entry) for entry in value] if shape.item_list else parse(value)
     if shape.kind == "any":
-        return _any_text(value)
+        return _AnyContent(value) if isinstance(value, Mapping) else _any_text(value)
     return value
+
+
+class _ContentWriter:
+    """Stands in as a value's `_xsd_type` so zeep's Element hands the element to us to fill (see _AnyContent)."""
+
+    def render(self, node: etree._Element, value: _AnyContent, xsd_type: Any = None, render_path: Any = None) -> None:
+        _fill(node, value.content)
+
+
+_CONTENT_WRITER = _ContentWriter()
+
+
+class _AnyContent:
+    """An xsd:anyType value given as a JSON object: zeep's Element calls `_xsd_type.render` with the element it
+    created, and the object's members become its attributes, text and child elements."""
+
+    _xsd_type = _CONTENT_WRITER
+
+    def __init__(self, content: Mapping[str, Any]) -> None:
+        self.content = content
+
+
+def _xml_name(key: str) -> str:
+    """A JSON key as an element or attribute name: a local name, or {namespace}local; refused if not an XML name."""
+    namespace, local = None, key
+    if key.startswith("{") and "}" in key:
+        namespace, _, local = key[1:].partition("}")
+    if not _NCNAME.fullmatch(local):
+        raise ValueError(f"{key!r} is not an XML name")
+    return f"{{{namespace}}}{local}" if namespace else local
+
+
+_NCNAME = re.compile(r"[A-Za-z_\u00C0-\uFFFF][\w.\-\u00B7\u00C0-\uFFFF]*")
+
+
+def _fill(node: etree._Element, content: Any) -> None:
+    if not isinstance(content, Mapping):
+        if isinstance(content, list):
+            raise ValueError("an array has no XML form of its own: put it under the name of the repeated element")
+        if content is not None:
+            node.text = _any_text(content)
+        return
+    for key, value in content.items():
+        if key == "#text":
+            node.text = None if value is None else _any_text(value)
+        elif key.startswith("@"):
+            if value is None or isinstance(value, Mapping | list):
+                raise ValueError(f"the attribute {key} must be a string, number or boolean")
+            node.set(_xml_name(key[1:]), _any_text(value))
+        else:
+            for entry in value if isinstance(value, list) else [value]:
+                _fill(etree.SubElement(node, _xml_name(key)), entry)
+
+
+def elements_to_xml(content: Mapping[str, Any]) -> list[etree._Element]:
+    """The elements a JSON object stands for in an xsd:any wildcard: each key an element (an array, the element
+    repeated); inside, "@name" keys are attributes, "#text" the text, other keys child elements."""
+    holder = etree.Element("holder")
+    _fill(holder, content)
+    if holder.text or holder.attrib:
+        raise ValueError("xsd:any content is elements: text and attributes belong inside one of them")
+    return list(holder)
 
 
 def _any_text(value: Any) -> str:
@@ -834,6 +1117,39 @@ def _gmonth_xmlvalue(self: Any, value: Any) -> str:
 b.gMonth.xmlvalue = _gmonth_xmlvalue  # type: ignore[method-assign]
 
 
+def _sequence_parse(self: Sequence, xmlelements: Any, schema: Any, name: Any = None, context: Any = None) -> Any:
+    # zeep 4.3's Sequence reads its *flattened* elements, so a choice inside a sequence is read as a sequence of its
+    # members: any answer using the second member fails ("Unexpected element 'b', expected 'a'"; zeep issues
+    # #1263, #1255). Reading the nested items instead lets each choice (and group) choose; a repeated one is named
+    # by its own name, so two of them no longer overwrite each other.
+    result = []
+    for _unused in max_occurs_iter(self.max_occurs):
+        if not xmlelements:
+            break
+        item: OrderedDict[str, Any] = OrderedDict()
+        for item_name, element in self.elements_nested:
+            try:
+                value = element.parse_xmlelements(xmlelements, schema, item_name or name, context=context)
+            except UnexpectedElementError:
+                if schema.settings.strict:
+                    raise
+                value = None
+            if isinstance(element, Choice | Sequence | All | Group):
+                item.update(value or {})
+            else:
+                item[item_name] = value
+            if not xmlelements:
+                break
+        if item:
+            result.append(item)
+    if not self.accepts_multiple:
+        return result[0] if result else None
+    return {name: result}
+
+
+Sequence.parse_xmlelements = _sequence_parse  # type: ignore[method-assign]
+
+
 def from_zeep(struct: Struct, value: Any) -> dict[str, Any]:
     """Plain data keyed by JSON names from what zeep parsed (a CompoundValue, or a dict for repeated containers)."""
     values = getattr(value, "__values__", value)
@@ -844,11 +1160,18 @@ def from_zeep(struct: Struct, value: Any) -> dict[str, Any]:
     return result
 
 
+class BodyMismatch(ValueError):
+    """What the upstream answered does not fit its WSDL in a way zeep does not notice (an xsi:type outside the
+    declared type's family, an abstract type without xsi:type)."""
+
+
 def _value_from_zeep(item: StructField, raw: Any) -> Any:
     # zeep reads an empty element as None; for a string that is "" whenever the element must have been there
     # (a list entry, or a required, non-nillable element). An optional empty string stays indistinguishable from
     # an absent one, and comes out as null.
     empty = "" if isinstance(item.shape, Scalar) and item.shape.kind == "string" and not item.shape.item_list else None
+    if isinstance(item.shape, Scalar) and item.shape.kind == "elements":
+        return _wildcard_json(raw)
     if item.repeated:
         if raw is None:
             return []
@@ -859,7 +1182,21 @@ def _value_from_zeep(item: StructField, raw: Any) -> Any:
     return _one_from_zeep(item.shape, raw)
 
 
-def _one_from_zeep(shape: Scalar | Struct, raw: Any) -> Any:
+def _wildcard_json(raw: Any) -> dict[str, Any] | None:
+    nodes = [node for node in (raw if isinstance(raw, list) else [raw]) if isinstance(node, etree._Element)]
+    return _children_json(nodes) if nodes else None
+
+
+def _one_from_zeep(shape: Scalar | Struct | Poly, raw: Any) -> Any:
+    if isinstance(shape, Poly):
+        qname = _type_qname(getattr(raw, "_xsd_type", None))
+        label = shape.labels.get(qname or "")
+        if label is None:
+            expected = ", ".join(shape.variants)
+            raise BodyMismatch(
+                f"an element of the type {shape.base} came as {qname or 'no type'}, not one of {expected}"
+            )
+        return {TYPE_KEY: label, **from_zeep(shape.variants[label], raw)}
     if isinstance(shape, Struct):
         return from_zeep(shape, raw)
     if shape.kind == "year":
