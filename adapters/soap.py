@@ -209,6 +209,7 @@ class SoapEngine:
         factory = ModelFactory(self.service, enforce_facets=True)  # input models: facets refuse a call with 422
         self._outputs = ModelFactory(self.service)  # what the upstream answers is read as its contract types it
         operations: dict[str, SoapOperation] = {}
+        port_types: dict[str, Any] = {}  # operation name → the portType it was taken from
         for service in self.document.services.values():
             for port in service.ports.values():
                 binding = port.binding
@@ -216,11 +217,22 @@ class SoapEngine:
                 if not isinstance(binding, SoapBinding) or not address:
                     continue
                 version = "1.2" if isinstance(binding, Soap12Binding) else "1.1"
+                port_type = getattr(binding.port_type, "name", None)
                 for name, operation in binding._operations.items():
-                    if name in operations:  # the same operation on a second port (e.g. its SOAP 1.2 twin)
-                        continue
-                    operations[name] = self._operation(
-                        name, operation, binding, version, _endpoint(address, endpoint), walker, factory
+                    exposed = name
+                    if name in operations:
+                        if port_types[name] == port_type:  # the same operation on another port (its SOAP 1.2 twin)
+                            continue
+                        # Another portType's operation of the same name (a second service in the WSDL): offered
+                        # under its port's name, never dropped.
+                        exposed = next(
+                            candidate
+                            for candidate in (f"{port.name}.{name}", f"{service.name}.{port.name}.{name}")
+                            if candidate not in operations
+                        )
+                    port_types[exposed] = port_type
+                    operations[exposed] = self._operation(
+                        exposed, operation, binding, version, _endpoint(address, endpoint), walker, factory, name
                     )
         return operations
 
@@ -233,7 +245,9 @@ class SoapEngine:
         address: str,
         walker: Any,
         factory: ModelFactory,
+        wsdl_name: str | None = None,
     ) -> SoapOperation:
+        wsdl_name = wsdl_name or name
         where = f"operation {name}"
         header = getattr(operation.input, "header", None)
         header_values: dict[str, Any] | None = None
@@ -247,13 +261,14 @@ class SoapEngine:
                     " give them at registration (soap_headers, values from secrets)",
                 )
             header_values = {part: dict(self._soap_headers[part]) for part in parts}
+            _check_header(header, header_values, where)
         try:
             input_shape = body_shape(operation.input.body if operation.input else None, walker, f"{where} input")
             output_shape = body_shape(operation.output.body if operation.output else None, walker, f"{where} output")
         except UnsupportedConstruct as exc:
             raise ContractError(ProblemCode.CONTRACT_UNSUPPORTED, f"not supported: {exc}") from None
         style = operation.style or binding.default_style
-        summary = self._docs.get(name) or f"{name} ({style}/literal, SOAP {version})"
+        summary = self._docs.get(wsdl_name) or f"{wsdl_name} ({style}/literal, SOAP {version})"
         prefix = f"{self.service}.{name}"
         return SoapOperation(
             name=name,
@@ -353,6 +368,34 @@ class SoapEngine:
             if mapped is not None:
                 return mapped
         return UpstreamFault(self.service, info.code, info.string, receiver=info.receiver)
+
+
+def _check_header(header: Any, values: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    """Render the registered header values once, at registration: a field the header does not have, or a
+    required one left out, is refused now, naming the part, never a failed envelope at call time."""
+    elements = dict(header.type.elements)
+    for part, fields in values.items():
+        element = elements[part]
+        try:
+            if isinstance(element.type, zeep.xsd.ComplexType):
+                children = dict(element.type.elements)
+                for name, given in fields.items():  # zeep writes what it is given: its parser is the check
+                    child = children.get(name)
+                    if child is not None and isinstance(child.type, zeep.xsd.AnySimpleType):
+                        child.type.pythonvalue(str(given))
+                value = element(**fields)
+            else:
+                value = fields
+            element.render(etree.Element("Header"), value)
+        except (TypeError, ValueError, ArithmeticError, zeep_errors.Error) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            for given in fields.values():  # a parser's message may quote the value: a secret never leaves
+                if str(given):
+                    message = message.replace(str(given), "[value]")
+            raise ContractError(
+                ProblemCode.CONTRACT_INVALID,
+                f"the SOAP header {part} of {where} does not take the values given (soap_headers): {message}",
+            ) from None
 
 
 def _fault_info(fault: etree._Element, version: str, status: int) -> FaultInfo:

@@ -305,3 +305,60 @@ def test_an_x509_signature_toward_the_upstream(monkeypatch: pytest.MonkeyPatch, 
     (tmp_path / "upstream-view.crt").write_text(cert_pem)
     verify_envelope(envelope, str(tmp_path / "upstream-view.crt"))  # raises if the signature does not verify
     assert "BEGIN PRIVATE KEY" not in str(prepared.spec.soap_auth)
+
+
+def test_several_services_in_one_wsdl_each_keep_their_operations() -> None:
+    """Two services whose portTypes both name an operation Get: the second is offered as PB.Get (its port's name),
+    with its own address and action, never dropped; the first's SOAP 1.2 port is its twin, not a third."""
+    document = (Path(__file__).parent / "contracts" / "soap" / "two-services.wsdl").read_text(encoding="utf-8")
+    engine = SoapEngine("two", bundle_from_files("wsdl", {"two.wsdl": document}, "two.wsdl"))
+    assert sorted(engine.operations) == ["Get", "PB.Get"]
+    first, second = engine.operations["Get"], engine.operations["PB.Get"]
+    assert (first.address, first.soap_action) == ("http://a.example/a", "a")
+    assert (second.address, second.soap_action) == ("http://b.example/b", "b")
+    envelope = engine.envelope(second, second.input_model.model_validate({"x": 7}).model_dump(by_alias=True))
+    assert etree.fromstring(envelope).findtext(".//{urn:m}B/{urn:m}x") == "7"
+    params = first.input_model.model_validate(
+        {"m": {"value": "1.50", "currency": "CNY", "tag": "t"}, "u": "1 2", "c": ["red", "blue"]}
+    )
+    sent = etree.fromstring(engine.envelope(first, params.model_dump(by_alias=True))).find(".//{urn:m}A")
+    assert sent.find("{urn:m}m").attrib == {"currency": "CNY", "tag": "t"} and sent.findtext("{urn:m}m") == "1.50"
+    assert sent.findtext("{urn:m}u") == "1 2" and sent.findtext("{urn:m}c") == "red blue"
+    with pytest.raises(ValidationError, match="'red' or 'blue'"):
+        first.input_model.model_validate({"m": {"value": "1"}, "u": "x", "c": ["green"]})
+    # Money has TaggedMoney derived from it: the answer names which one it is.
+    answer = (
+        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><t:AResponse xmlns:t="urn:m">'
+        '<t:m currency="CNY">2.5</t:m></t:AResponse></s:Body></s:Envelope>'
+    )
+    data = engine.read(first, RawResponse(200, "text/xml", answer.encode()))
+    assert data == {"m": {"@type": "Money", "value": Decimal("2.5"), "currency": "CNY"}}
+
+
+def test_header_values_the_header_does_not_take_are_refused_at_registration(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A field the header does not have, or a value its type refuses, is refused when registering (naming the part),
+    not turned into a failed envelope at call time; a secret quoted by a parser's message is not repeated."""
+    files = {"interhome.wsdl": (CORPUS / "interhome.wsdl").read_text(encoding="utf-8")}
+    with pytest.raises(Problem) as unknown:
+        prepare(
+            "interhome",
+            "wsdl",
+            files=files,
+            root="interhome.wsdl",
+            soap_auth={"headers": {"ServiceAuthHeader": {"Usr": "x"}}},
+        )
+    assert unknown.value.code == "contract_invalid" and "SOAP header ServiceAuthHeader" in unknown.value.detail
+    assert "'Usr'" in unknown.value.detail
+    typed = {
+        "interhome.wsdl": files["interhome.wsdl"].replace(
+            'name="Password" type="s:string"', 'name="Password" type="s:int"'
+        )
+    }
+    monkeypatch.setenv("MSJX_SECRET_INTERHOME", "s3cr3t-pw")
+    auth = {"headers": {"ServiceAuthHeader": {"Password": "secret:INTERHOME"}}}
+    with pytest.raises(Problem) as refused:
+        prepare("interhome", "wsdl", files=typed, root="interhome.wsdl", soap_auth=auth)
+    assert refused.value.code == "contract_invalid" and "SOAP header ServiceAuthHeader" in refused.value.detail
+    assert "s3cr3t-pw" not in refused.value.detail and "s3cr3t-pw" not in caplog.text

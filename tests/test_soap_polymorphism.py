@@ -258,3 +258,59 @@ def test_what_cannot_be_carried_is_refused_at_registration_naming_it(
     with pytest.raises(Problem) as refused:
         prepare("case-registry", "wsdl", files=files, root="case-registry.wsdl")
     assert refused.value.code == "contract_unsupported" and named in refused.value.detail, refused.value.detail
+
+
+async def test_ws_security_reaches_the_upstream_intact(
+    upstream: tuple[Upstream, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What the upstream receives over HTTP carries the UsernameToken with the secret's password, or an X.509
+    signature over the Body that verifies (xmlsec) with the registered certificate; the schema still accepts it."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+    from zeep.wsse.signature import verify_envelope
+
+    registry, url = upstream
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    monkeypatch.setenv("MSJX_SECRET_REGISTRY_PW", "s3cr3t-pw")
+    monkeypatch.setenv("MSJX_SECRET_REGISTRY_KEY", key_pem)
+    files = {"case-registry.wsdl": WSDL.read_text(encoding="utf-8")}
+    wsse = "{http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd}"
+    for auth in (
+        {"wsse": {"username": "district", "password": "secret:REGISTRY_PW"}},
+        {"wsse": {"x509_key": "secret:REGISTRY_KEY", "x509_cert": cert_pem}},
+    ):
+        prepared = await asyncio.to_thread(
+            prepare, "case-registry", "wsdl", files=files, root="case-registry.wsdl", endpoint=url, soap_auth=auth
+        )
+        await prepared.adapter.start()
+        try:
+            data = await call(prepared.adapter, CASE)
+        finally:
+            await prepared.adapter.close()
+        assert data["seen"][0] == f"{{{NS}}}Person"
+        received = etree.fromstring(registry.requests[-1])
+        if "username" in auth["wsse"]:
+            assert received.findtext(f".//{wsse}UsernameToken/{wsse}Password") == "s3cr3t-pw"
+        else:
+            (tmp_path / "gateway.crt").write_text(cert_pem)
+            verify_envelope(received, str(tmp_path / "gateway.crt"))  # raises unless the Body is signed by the key
