@@ -182,8 +182,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 cycle = self.cycle
                 # Closing (a 413, `Connection: close`) while this body is still arriving must linger instead. No
                 # application code has run since the head was parsed, so the wrapper is in place before any answer.
-                if cycle is not None and cycle.transport is self.transport:
-                    cycle.transport = LingeringTransport(self)  # type: ignore[assignment]
+                if cycle is not None and isinstance(cycle.transport, AnswerTransport):
+                    cycle.transport.linger_on_close = True
                 if self._body_timer is None:
                     self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_silent)
         except HeadRefused as refused:
@@ -243,6 +243,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.transport = AnswerTransport(self)  # type: ignore[assignment]
         # Until on_message_complete, a body is on its way: for a request without one that comes at once, in this
         # same read, and nothing is armed (data_received).
         self._body_seen_at = self.loop.time()
@@ -378,22 +381,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-class LingeringTransport:
-    """The transport a request with a body answers on: closing it (a `Connection: close` answer, such as a 413)
-    while that body is still arriving lingers instead, so that the client reads the answer and not a reset."""
+class AnswerTransport:
+    """The transport one request's answer is written to.
+
+    uvicorn writes an answer's head and its body separately: two system calls where one does. The head is held
+    until the first body write and leaves with it; a head alone (a streamed answer whose body comes later, a
+    `100 Continue`) leaves at the loop's next turn, so nothing waits on it. Once `linger_on_close` is set (the
+    request's body is still arriving: data_received), closing lingers instead, so that the client reads the
+    answer (a 413, `Connection: close`) and not a reset.
+    """
+
+    __slots__ = ("_held", "_passthrough", "_protocol", "_transport", "linger_on_close")
 
     def __init__(self, protocol: GuardedHttpToolsProtocol) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
+        self._held: bytes | None = None
+        self._passthrough = False
+        self.linger_on_close = False
 
     def write(self, data: bytes) -> None:
-        self._transport.write(data)
+        if self._passthrough:
+            self._transport.write(data)
+        elif self._held is None:
+            self._held = data
+            self._protocol.loop.call_soon(self.flush)
+        else:
+            held, self._held = self._held, None
+            self._passthrough = True
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        self._passthrough = True
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
     def close(self) -> None:
-        self._protocol.close_after_answer()
+        self.flush()
+        if self.linger_on_close:
+            self._protocol.close_after_answer()
+        else:
+            self._transport.close()
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
