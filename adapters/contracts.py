@@ -24,6 +24,7 @@ from schemas.problems import ProblemCode
 
 from .fetch_allow import FetchAllowlist, Resolver, resolve
 from .jsondepth import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds, loads_bounded
+from .soap_wellknown import well_known
 
 __all__ = [
     "MAX_DOCUMENTS",
@@ -317,6 +318,8 @@ def gather(kind: str, source: str, fetch: Fetcher, root: str | None = None) -> C
         else:
             references = _json_references(location, parse_openapi_document(location, content))
         for ref in references:
+            if kind == "wsdl" and well_known(ref) is not None:
+                continue  # a schema every SOAP stack knows (xml.xsd …): read from the gateway's own copy, never fetched
             if ref not in documents:
                 referrers.setdefault(ref, location)
                 pending.append(ref)

@@ -37,6 +37,7 @@ from .soap_types import (
     new_walker,
     to_zeep,
 )
+from .soap_wellknown import well_known
 
 __all__ = ["FaultInfo", "SoapEngine", "SoapOperation", "unsupported_constructs"]
 
@@ -106,6 +107,9 @@ class BundleTransport(zeep.Transport):
         try:
             return self.documents[url]
         except KeyError:
+            known = well_known(url)
+            if known is not None:
+                return known
             raise ContractError(
                 ProblemCode.CONTRACT_INVALID, f"the contract refers to {url}, which is not in it"
             ) from None
@@ -260,8 +264,7 @@ class SoapEngine:
                     f"not supported: a SOAP header ({', '.join(missing)}) in the input of {where} without its values:"
                     " give them at registration (soap_headers, values from secrets)",
                 )
-            header_values = {part: dict(self._soap_headers[part]) for part in parts}
-            _check_header(header, header_values, where)
+            header_values = _header_values(header, {part: self._soap_headers[part] for part in parts}, where)
         try:
             input_shape = body_shape(operation.input.body if operation.input else None, walker, f"{where} input")
             output_shape = body_shape(operation.output.body if operation.output else None, walker, f"{where} output")
@@ -370,10 +373,12 @@ class SoapEngine:
         return UpstreamFault(self.service, info.code, info.string, receiver=info.receiver)
 
 
-def _check_header(header: Any, values: Mapping[str, Mapping[str, Any]], where: str) -> None:
-    """Render the registered header values once, at registration: a field the header does not have, or a
-    required one left out, is refused now, naming the part, never a failed envelope at call time."""
+def _header_values(header: Any, values: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, Any]:
+    """The registered header values as zeep takes them, each rendered once now: a field the header does not have,
+    a value its type refuses or a required one left out is refused at registration, naming the part, never a
+    failed envelope at call time. A header part of a simple type (Hoover's API-KEY) is given as PART.value."""
     elements = dict(header.type.elements)
+    result: dict[str, Any] = {}
     for part, fields in values.items():
         element = elements[part]
         try:
@@ -383,10 +388,15 @@ def _check_header(header: Any, values: Mapping[str, Mapping[str, Any]], where: s
                     child = children.get(name)
                     if child is not None and isinstance(child.type, zeep.xsd.AnySimpleType):
                         child.type.pythonvalue(str(given))
-                value = element(**fields)
+                value: Any = dict(fields)
+                element.render(etree.Element("Header"), element(**fields))
             else:
-                value = fields
-            element.render(etree.Element("Header"), value)
+                if set(fields) != {"value"}:
+                    raise ValueError(f"{part} is a single value of type {element.type.name}: give it as {part}.value")
+                value = str(fields["value"])
+                element.type.pythonvalue(value)
+                element.render(etree.Element("Header"), value)
+            result[part] = value
         except (TypeError, ValueError, ArithmeticError, zeep_errors.Error) as exc:
             message = getattr(exc, "message", None) or str(exc)
             for given in fields.values():  # a parser's message may quote the value: a secret never leaves
@@ -396,6 +406,7 @@ def _check_header(header: Any, values: Mapping[str, Mapping[str, Any]], where: s
                 ProblemCode.CONTRACT_INVALID,
                 f"the SOAP header {part} of {where} does not take the values given (soap_headers): {message}",
             ) from None
+    return result
 
 
 def _fault_info(fault: etree._Element, version: str, status: int) -> FaultInfo:

@@ -1,12 +1,16 @@
 """The WSDL corpus (tests/contracts/wsdl-corpus/): register each real-world WSDL as `upstreams add` would, and write
 the corpus README: which register (with their operations) and which are refused (with the construct named).
 
+A WSDL whose operations require static SOAP header values has a NAME.registration.json beside it: the soap_headers
+an operator registers it with (secrets by reference; here each `secret:NAME` stands in as a placeholder string).
+
     .venv/bin/python scripts/wsdl_corpus.py          # print the table
     .venv/bin/python scripts/wsdl_corpus.py --write  # rewrite tests/contracts/wsdl-corpus/README.md
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ class Outcome:
     origin: dict[str, str]
     operations: tuple[str, ...]  # empty when refused
     refusal: str | None  # "code: message" when refused
+    headers: tuple[str, ...] = ()  # the SOAP header parts given at registration (NAME.registration.json)
 
     @property
     def registered(self) -> bool:
@@ -39,16 +44,29 @@ def origin(path: Path) -> dict[str, str]:
     return fields
 
 
+def registration(path: Path) -> dict[str, dict[str, str]]:
+    """The SOAP header values an operator registers this WSDL with, secrets replaced by placeholders."""
+    sidecar = path.with_suffix(".registration.json")
+    if not sidecar.exists():
+        return {}
+    headers = json.loads(sidecar.read_text(encoding="utf-8"))["soap_headers"]
+    return {
+        part: {name: ("placeholder" if value.startswith("secret:") else value) for name, value in fields.items()}
+        for part, fields in headers.items()
+    }
+
+
 def register(path: Path) -> Outcome:
     """As registration does: gather the bundle (local files only: no fetch by URL), build the SOAP engine."""
+    headers = registration(path)
     try:
         bundle = gather("wsdl", path.resolve().as_uri(), default_fetcher(allow_files=True))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zeep warns about WSDL slips it tolerates; the outcome is what counts
-            engine = SoapEngine(path.stem, bundle)
+            engine = SoapEngine(path.stem, bundle, soap_headers=headers)
     except ContractError as exc:
-        return Outcome(path.stem, origin(path), (), f"{exc.code}: {exc}")
-    return Outcome(path.stem, origin(path), tuple(sorted(engine.operations)), None)
+        return Outcome(path.stem, origin(path), (), f"{exc.code}: {exc}", tuple(headers))
+    return Outcome(path.stem, origin(path), tuple(sorted(engine.operations)), None, tuple(headers))
 
 
 def outcomes() -> list[Outcome]:
@@ -63,6 +81,10 @@ def _cell(text: str, limit: int = 160) -> str:
 
 def count(results: list[Outcome]) -> str:
     return f"{sum(result.registered for result in results)} of {len(results)} register"
+
+
+def with_headers(results: list[Outcome]) -> int:
+    return sum(result.registered and bool(result.headers) for result in results)
 
 
 def readme(results: list[Outcome]) -> str:
@@ -81,7 +103,9 @@ def readme(results: list[Outcome]) -> str:
 
 def table(results: list[Outcome]) -> str:
     lines = [
-        f"**{count(results)}.** The rest are refused at registration, the construct named.",
+        f"**{count(results)}** ({with_headers(results)} of them given the static SOAP header values an operator"
+        " registers them with, from `NAME.registration.json`). The rest are refused at registration, the construct"
+        " named.",
         "",
         "| WSDL | service | sector | licence | outcome |",
         "|---|---|---|---|---|",
@@ -89,7 +113,8 @@ def table(results: list[Outcome]) -> str:
     for result in results:
         if result.registered:
             shown = ", ".join(result.operations[:6]) + (" …" if len(result.operations) > 6 else "")
-            outcome = f"registers: {len(result.operations)} operations ({shown})"
+            given = f" with soap_headers ({', '.join(result.headers)})" if result.headers else ""
+            outcome = f"registers{given}: {len(result.operations)} operations ({shown})"
         else:
             outcome = f"refused: {result.refusal}"
         licence = result.origin.get("licence", "?").split(" (")[0].split(",")[0]

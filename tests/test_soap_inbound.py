@@ -362,3 +362,44 @@ def test_header_values_the_header_does_not_take_are_refused_at_registration(
         prepare("interhome", "wsdl", files=typed, root="interhome.wsdl", soap_auth=auth)
     assert refused.value.code == "contract_invalid" and "SOAP header ServiceAuthHeader" in refused.value.detail
     assert "s3cr3t-pw" not in refused.value.detail and "s3cr3t-pw" not in caplog.text
+
+
+def test_a_header_of_a_simple_type_is_given_as_its_value() -> None:
+    """Hoover's real WSDL requires the API-KEY header (an xsd:string element): PART.value gives it; fields do not."""
+    files = {"hoovers.wsdl": (CORPUS / "hoovers.wsdl").read_text(encoding="utf-8")}
+    with pytest.raises(Problem) as refused:
+        prepare(
+            "hoovers", "wsdl", files=files, root="hoovers.wsdl", soap_auth={"headers": {"parameters": {"key": "k"}}}
+        )
+    assert "give it as parameters.value" in refused.value.detail
+    prepared = prepare(
+        "hoovers", "wsdl", files=files, root="hoovers.wsdl", soap_auth={"headers": {"parameters": {"value": "k-1"}}}
+    )
+    engine = prepared.adapter.engine
+    header = etree.fromstring(engine.envelope(engine.operations["GetCompanyDetail"], {"uniqueId": 1})).find(
+        "{http://schemas.xmlsoap.org/soap/envelope/}Header"
+    )
+    assert header.findtext("{http://applications.dnb.com/webservice/schema/}API-KEY") == "k-1"
+
+
+def test_xml_xsd_and_the_soap_envelope_schema_need_no_fetch() -> None:
+    """Imported by their public URL (no fetch is allowed here), they are read from the gateway's own copies."""
+    document = RECURSIVE.replace(
+        '<xs:schema targetNamespace="urn:example:types" elementFormDefault="qualified">',
+        '<xs:schema targetNamespace="urn:example:types" elementFormDefault="qualified">'
+        '<xs:import namespace="http://www.w3.org/XML/1998/namespace" schemaLocation="http://www.w3.org/2001/xml.xsd"/>'
+        '<xs:import namespace="http://schemas.xmlsoap.org/soap/envelope/"'
+        ' schemaLocation="http://schemas.xmlsoap.org/soap/envelope/"/>',
+    ).replace(
+        '<xs:complexType name="Unit"><xs:sequence><xs:element name="name" type="xs:string"/>',
+        '<xs:complexType name="Unit"><xs:sequence><xs:element name="name"><xs:complexType><xs:simpleContent>'
+        '<xs:extension base="xs:string"><xs:attribute ref="xml:lang"/></xs:extension></xs:simpleContent>'
+        "</xs:complexType></xs:element>",
+    )
+    assert "xml.xsd" in document and 'ref="xml:lang"' in document
+    prepared = prepare("tree", "wsdl", files={"tree.wsdl": document}, root="tree.wsdl")
+    assert len(prepared.spec.bundle.documents) == 1  # nothing fetched, nothing added to what is stored
+    operation = prepared.adapter.engine.operations["Tree"]
+    params = operation.input_model.model_validate({"root": {"name": {"value": "市", "lang": "zh"}, "children": []}})
+    envelope = prepared.adapter.engine.envelope(operation, params.model_dump(by_alias=True))
+    assert b'xml:lang="zh"' in envelope
