@@ -1,11 +1,12 @@
 """Prometheus metrics: exchanges by outcome, their latency, upstream time, audit failures; provisional deadlines;
-what was refused before it became an exchange."""
+what was refused before it became an exchange. Under `serve --workers N`, one scrape gives the totals of all workers."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 if TYPE_CHECKING:  # the type only: the audit writer calls observe(), not the other way round
     from gateway.audit.writer import AuditEvent
@@ -32,6 +33,7 @@ UPSTREAM = Histogram(
 PROVISIONAL_DEADLINES = Gauge(
     "msjx_calendar_provisional_deadlines",
     "Open sharing-request deadlines still provisional (counted over a year whose holiday schedule is not loaded)",
+    multiprocess_mode="livemostrecent",  # a count over the shared database: the latest scrape's, from any worker
 )
 AUDIT_UNAVAILABLE = Counter(
     "msjx_audit_unavailable_total", "Exchanges refused with 503 because their audit record could not be committed"
@@ -69,3 +71,17 @@ def observe(event: AuditEvent) -> None:
         if upstream is None:
             upstream = _upstream_children[service] = UPSTREAM.labels(service)
         upstream.observe(event.upstream_us / 1e6)
+
+
+# prometheus_client's multiprocess mode: set by the supervisor of `serve --workers N` for its workers, so that each
+# worker's counters live in files there and a scrape, whichever worker answers it, adds them all up.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposition() -> bytes:
+    """The text a scrape gets: this process's metrics, or every worker's added up under `serve --workers N`."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()

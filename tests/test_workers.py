@@ -104,6 +104,24 @@ async def drive(url: str, auth: SignatureAuth, calls: int) -> tuple[list[str], i
     return acknowledged, unanswered
 
 
+async def allowed_counts(url: str, scrapes: int) -> set[int]:
+    """`msjx_exchanges_total` of allowed calls, as each of `scrapes` scrapes (a new connection each) reports it."""
+    counts = set()
+    for _ in range(scrapes):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            text = (await http.get("/metrics")).text
+        counts.add(
+            round(
+                sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("msjx_exchanges_total{") and 'decision="allowed"' in line
+                )
+            )
+        )
+    return counts
+
+
 async def chains(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
     """Per chain: the head height of its records, and the height of its last checkpoint."""
     engine = db.create_engine(settings)
@@ -134,16 +152,22 @@ async def test_two_workers_share_the_port_keep_every_acknowledged_call_and_verif
         assert unanswered == 0
         heads, _ = await chains(settings)
         assert heads.get("node-1-0", 0) > 0 and heads.get("node-1-1", 0) > 0, heads
+        # Whichever worker answers a scrape, it reports both workers' totals.
+        assert await allowed_counts(served.url, scrapes=6) == {300}
 
         # A worker killed with -9 is restarted on its own chain; calls go on meanwhile on the other one.
         pids = [int(pid) for pid in subprocess.check_output(["pgrep", "-P", str(served.process.pid)]).split()]
         workers = [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(workers) == 2, pids
         os.kill(workers[0], signal.SIGKILL)
-        acks, _ = await drive(served.url, auth, 100)  # a call cut off by the kill had no answer: it may be lost
+        acks, cut = await drive(served.url, auth, 100)  # a call cut off by the kill had no answer: it may be lost
         acknowledged += acks
         await served.wait_for("exited with code -9")
         await served.wait_for("ready (PostgreSQL)", occurrences=3)
+        # The dead worker's counts stay in the totals: nothing acknowledged goes uncounted (a call the kill cut off
+        # may have been counted before its answer was lost).
+        (total,) = await allowed_counts(served.url, scrapes=6)
+        assert len(acknowledged) <= total <= len(acknowledged) + cut
 
         # A rolling restart under load: every call answered, every answer recorded.
         load = asyncio.create_task(drive(served.url, auth, 400))

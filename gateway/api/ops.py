@@ -7,7 +7,7 @@ import logging
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import metrics as gateway_metrics
@@ -64,4 +64,4 @@ async def metrics(engine: EngineDep) -> Response:
         gateway_metrics.PROVISIONAL_DEADLINES.set(await count_open_provisional(engine))
     except Exception as exc:  # the scrape still answers; the gauge keeps its last value
         log.warning("provisional deadline count failed: %s", type(exc).__name__)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(gateway_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

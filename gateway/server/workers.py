@@ -12,6 +12,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from gateway.metrics import MULTIPROCESS_DIR
 from gateway.settings import Settings
 from schemas.errors import MsjxError
 
@@ -159,6 +161,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._roll)
+        metrics_dir = self._metrics_dir()
         try:
             self.workers = [Worker(index, worker_settings(self.settings, index)) for index in range(self.count)]
             for worker in self.workers:
@@ -178,6 +181,18 @@ class Supervisor:
             self._stop_all()
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            os.environ.pop(MULTIPROCESS_DIR, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _metrics_dir(self) -> str:
+        """A fresh directory for the workers' metric files (prometheus_client's multiprocess mode): a scrape that
+        reaches any worker reports the totals of all of them, those of workers that died included. The workers
+        inherit it through the environment, which they read as they start."""
+        path = self.settings.data_dir / "metrics"
+        shutil.rmtree(path, ignore_errors=True)  # the counts of an earlier run are not this one's
+        path.mkdir(parents=True)
+        os.environ[MULTIPROCESS_DIR] = str(path)
+        return str(path)
 
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True
@@ -222,6 +237,7 @@ class Supervisor:
                 lived,
                 f" in {worker.pause:.0f} s" if worker.pause else "",
             )
+            _forget_live_gauges(process.pid)
             process.close()
             worker.process = None
             worker.restart_at = now + worker.pause
@@ -246,6 +262,7 @@ class Supervisor:
         if process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
         process.join()
+        _forget_live_gauges(process.pid)
         process.close()
         worker.process = None
 
@@ -264,3 +281,12 @@ class Supervisor:
                     log.error("worker %s exited with code %s", worker.name, worker.process.exitcode)
                 worker.process.close()
                 worker.process = None
+
+
+def _forget_live_gauges(pid: int | None) -> None:
+    """A worker that is gone no longer counts in the `live*` gauges; its counters stay in the totals."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if directory and pid is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)

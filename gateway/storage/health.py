@@ -26,7 +26,10 @@ FAILURES = Counter(
     ["dependency"],
 )
 UP = Gauge(
-    "msjx_dependency_up", "1 while the store answers, 0 from its first failure until it answers again", ["dependency"]
+    "msjx_dependency_up",
+    "1 while the store answers, 0 from its first failure until it answers again",
+    ["dependency"],
+    multiprocess_mode="livemin",  # under several workers: 0 while any live worker finds the store down
 )
 
 # What a store that is down or unreachable raises (as opposed to a bug or a refused statement).
