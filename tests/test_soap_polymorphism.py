@@ -314,3 +314,13 @@ async def test_ws_security_reaches_the_upstream_intact(
         else:
             (tmp_path / "gateway.crt").write_text(cert_pem)
             verify_envelope(received, str(tmp_path / "gateway.crt"))  # raises unless the Body is signed by the key
+
+
+async def test_a_concrete_declared_type_needs_no_type_key(adapter: Adapter, upstream: tuple[Upstream, str]) -> None:
+    """address is of the concrete type Address (PostalAddress derives from it): without "@type" it is sent as the
+    declared type (no xsi:type), and the answer still says which type it is."""
+    registry, _ = upstream
+    data = await call(adapter, CASE | {"address": {"city": "厦门"}})
+    sent = etree.fromstring(registry.requests[-1]).find(f".//{{{NS}}}address")
+    assert sent.get(f"{{{XSI}}}type") is None and sent.findtext(f"{{{NS}}}city") == "厦门"
+    assert data["case"]["address"] == {"@type": "Address", "city": "厦门"}
