@@ -324,3 +324,61 @@ async def test_a_concrete_declared_type_needs_no_type_key(adapter: Adapter, upst
     sent = etree.fromstring(registry.requests[-1]).find(f".//{{{NS}}}address")
     assert sent.get(f"{{{XSI}}}type") is None and sent.findtext(f"{{{NS}}}city") == "厦门"
     assert data["case"]["address"] == {"@type": "Address", "city": "厦门"}
+
+
+async def test_the_facade_offers_the_types_as_a_choice_of_elements(
+    adapter: Adapter, upstream: tuple[Upstream, str]
+) -> None:
+    """Offered again as SOAP (GET /soap/case-registry?wsdl), each polymorphic element is an xs:choice of one element
+    per concrete type, named by it (no xsi:type needed by a legacy caller): the generated schema compiles, a request
+    in that form reads as the JSON above, and the answer written back validates against the generated schema."""
+    from gateway.soap.contract import build_contract, wsdl_document
+    from gateway.soap.messages import read_request, write_answer
+    from tests.test_soap_facade import check_basic_profile, standalone
+
+    contract = build_contract("case-registry", adapter)
+    document = etree.fromstring(wsdl_document(contract, "http://gw.example/soap/case-registry"))
+    check_basic_profile(document)
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    service = next(s for s in document.iter(f"{xs}schema") if s.get("targetNamespace") == contract.namespace)
+    compiled = etree.XMLSchema(standalone(service))
+    choice = service.find(f"{xs}complexType[@name='party_types']/{xs}choice")
+    assert [element.get("name") for element in choice] == ["Person", "Enterprise"]
+
+    gw = contract.namespace
+    request = etree.fromstring(
+        f'<Submit xmlns="{gw}"><purpose>XM-2025-001</purpose><params>'
+        "<party><Person><name>张三</name><idNumber>350203199001011234</idNumber></Person></party>"
+        "<party><Enterprise><name>厦门某科技有限公司</name><uscc>91350213MAG6BDRC7A</uscc>"
+        "<representative><Person><name>李四</name><idNumber>350203198502021234</idNumber></Person></representative>"
+        "</Enterprise></party>"
+        "<address><PostalAddress><city>厦门</city><postcode>361000</postcode></PostalAddress></address>"
+        "<document><licence><Document><number>L-1</number></Document></licence></document>"
+        "<document><permit><number>P-2</number><authority>湖里区市场监督管理局</authority></permit></document>"
+        "<remark>加急</remark>"
+        '<extension>{"source": {"@system": "legacy", "#text": "old"}, "tags": {"tag": ["a", "b"]}}</extension>'
+        f'<any>{{"{{{EXT}}}flag": {{"@level": "2", "#text": "on"}}}}</any>'
+        "</params></Submit>"
+    )
+    assert compiled.validate(etree.ElementTree(request)), compiled.error_log
+    shape = contract.operations["Submit"]
+    params = read_request(contract, shape, request)["params"]
+    assert params["party"] == CASE["party"] and params["address"] == CASE["address"]
+    validated = adapter.operations["Submit"].input_model.model_validate(params)
+    assert validated.model_dump(mode="json", by_alias=True, exclude_unset=True)["party"] == CASE["party"]
+
+    data = await call(adapter, CASE)
+    meta = {
+        "request_id": "r-1",
+        "service": "case-registry",
+        "operation": "Submit",
+        "grant_id": "g-1",
+        "source": "case registry",
+        "fetched_at": "2026-12-06T01:00:00.000+00:00",
+    }
+    answer = etree.fromstring(write_answer(contract, shape, "1.1", {"data": data, "meta": meta}))
+    response = answer.find(f".//{{{gw}}}SubmitResponse")
+    assert compiled.validate(etree.ElementTree(response)), compiled.error_log
+    case = response.find(f"{{{gw}}}data/{{{gw}}}case")
+    assert case.findtext(f"{{{gw}}}party/{{{gw}}}Enterprise/{{{gw}}}uscc") == "91350213MAG6BDRC7A"
+    assert case.findtext(f"{{{gw}}}address/{{{gw}}}PostalAddress/{{{gw}}}postcode") == "361000"

@@ -210,7 +210,7 @@ def _complex_type(shape: Complex) -> etree._Element:
     node = etree.Element(_x("complexType"), name=shape.name)
     if shape.description:
         _annotate(node, shape.description)
-    sequence = etree.SubElement(node, _x("sequence"))
+    sequence = etree.SubElement(node, _x("choice" if shape.variants else "sequence"))
     for member in shape.members:
         element = etree.SubElement(sequence, _x("element"), name=member.xml_name)
         if member.min_occurs != 1:

@@ -17,7 +17,7 @@ from lxml import etree
 
 from gateway.http.problems import Problem
 from gateway.soap.contract import META, PROBLEM_NS, ServiceContract, SoapOperationShape
-from gateway.soap.shapes import Complex, Member, Simple
+from gateway.soap.shapes import TYPE_KEY, Complex, Member, Simple
 from schemas.problems import ProblemCode
 
 SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -153,6 +153,20 @@ def _nil(node: etree._Element) -> bool:
 
 def _complex(shape: Complex, node: etree._Element, ns: str, path: str) -> dict[str, Any]:
     members = shape.by_xml()
+    if shape.variants:  # one element naming the concrete type: {"@type": its name, ...its members}
+        children = _elements(node)
+        if len(children) != 1:
+            raise Problem(
+                ProblemCode.VALIDATION_FAILED,
+                f"{path}: one element naming its type is expected",
+                errors=[{"field": path, "message": "one element naming its type is expected", "type": "xsi_type"}],
+            )
+        (child,) = children
+        qname = etree.QName(child)
+        member = members.get(qname.localname) if qname.namespace == ns else None
+        if member is None or not isinstance(member.shape, Complex):
+            raise _unexpected(child, path)
+        return {TYPE_KEY: member.json_name, **_complex(member.shape, child, ns, f"{path}/{member.json_name}")}
     result: dict[str, Any] = {}
     for child in _elements(node):
         qname = etree.QName(child)
@@ -235,6 +249,11 @@ def write_answer(contract: ServiceContract, shape: SoapOperationShape, version: 
 
 
 def _write_complex(node: etree._Element, shape: Complex, data: dict[str, Any], ns: str) -> None:
+    if shape.variants:
+        chosen = next((member for member in shape.members if member.json_name == data.get(TYPE_KEY)), None)
+        if chosen is not None and isinstance(chosen.shape, Complex):
+            _write_complex(etree.SubElement(node, f"{{{ns}}}{chosen.xml_name}"), chosen.shape, data, ns)
+        return
     for member in shape.members:
         if member.json_name not in data:
             continue

@@ -16,6 +16,7 @@ from typing import Any
 from lxml import etree
 
 XSD_NS = "http://www.w3.org/2001/XMLSchema"
+TYPE_KEY = "@type"  # how an upstream-derived model names the concrete XSD type of a value (adapters.soap_types)
 
 # JSON Schema string formats with an XSD built-in of their own.
 _FORMATS = {
@@ -74,6 +75,9 @@ class Complex:
     name: str
     members: list[Member] = field(default_factory=list)
     description: str | None = None
+    # An upstream element whose XSD type has concrete types derived from it (JSON: "@type" names which): here an
+    # xs:choice of one element per type, named by it, holding that type's members.
+    variants: bool = False
 
     def by_xml(self) -> dict[str, Member]:
         return {member.xml_name: member for member in self.members}
@@ -135,6 +139,9 @@ class ShapeBuilder:
         signature = (
             repr(sorted(schema.get("properties", {}).items())) + repr(schema.get("required")) + str(optional_members)
         )
+        if TYPE_KEY in schema.get("properties", {}):
+            # A concrete type standing for an upstream's declared one: the element naming it carries "@type".
+            schema = {**schema, "properties": {k: v for k, v in schema["properties"].items() if k != TYPE_KEY}}
         for candidate in _names(name):
             known = self._signatures.get(candidate)
             if known is None:
@@ -160,6 +167,7 @@ class ShapeBuilder:
 
     def _member(self, json_name: str, xml: str, prop: dict[str, Any], defs: dict[str, Any], required: bool) -> Member:
         prop, nullable = _strip_null(_resolve(prop, defs))
+        prop = _resolve(prop, defs)  # an optional object is anyOf [$ref, null]: its $ref shows once null is gone
         if prop.get("type") == "array" and "items" in prop:
             items, _ = _strip_null(_resolve(prop["items"], defs))
             return Member(
@@ -176,11 +184,51 @@ class ShapeBuilder:
 
     def _value(self, prop: dict[str, Any], defs: dict[str, Any], xml: str) -> Simple | Complex:
         description = prop.get("description")
+        variants = _variants(prop, defs)
+        if variants:
+            return self._variants(variants, defs, xml)
         if "$ref_name" in prop:
             return self._object(prop, defs, prop["$ref_name"], optional_members=False)
         if prop.get("type") == "object" and prop.get("properties") and prop.get("additionalProperties") is False:
             return self._object(prop, defs, prop.get("title") or xml, optional_members=False)
         return simple(prop, description)
+
+    def _variants(self, variants: dict[str, dict[str, Any]], defs: dict[str, Any], xml: str) -> Complex:
+        members = [
+            self._object(target, defs, target["$ref_name"], optional_members=False) for target in variants.values()
+        ]
+        signature = "variants:" + ",".join(
+            f"{label}={shape.name}" for label, shape in zip(variants, members, strict=True)
+        )
+        for candidate in _names(f"{xml}_types"):
+            known = self._signatures.get(candidate)
+            if known is None:
+                break
+            if known == signature:
+                return self.types[candidate]
+        shape = Complex(candidate, description="one of these types (xsi:type upstream)", variants=True)
+        self._signatures[candidate] = signature
+        self.types[candidate] = shape
+        taken: set[str] = set()
+        for label, member in zip(variants, members, strict=True):
+            shape.members.append(Member(label, xml_name(label, taken), member))
+        return shape
+
+
+def _variants(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{label: resolved schema} when `prop` is a union of objects told apart by "@type" (a single-valued const)."""
+    options = prop.get("oneOf")
+    if not options or not all("$ref" in option for option in options):
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for option in options:
+        target = _resolve(option, defs)
+        tag = target.get("properties", {}).get(TYPE_KEY, {})
+        consts = [item.get("const") for item in tag.get("anyOf", [tag]) if "const" in item]
+        if len(consts) != 1 or not isinstance(consts[0], str):
+            return {}
+        found[consts[0]] = target
+    return found
 
 
 def _names(name: str) -> list[str]:
