@@ -86,6 +86,15 @@ class EnumIndex:
     derived: dict[str, list[str]] = field(default_factory=dict)
     substitution_heads: dict[str, list[str]] = field(default_factory=dict)
     abstract_elements: set[str] = field(default_factory=set)
+    # Complex types with mixed content (text between elements), which zeep drops: named, and anonymous ones by
+    # where their element stands. Their content travels as an anyType's does.
+    mixed_types: set[str] = field(default_factory=set)
+    mixed_local: set[tuple[str | None, str, str]] = field(default_factory=set)
+
+    def is_mixed(self, owner: str | None, name: str, type_qname: str | None) -> bool:
+        return (owner, "element", name) in self.mixed_local or (
+            type_qname is not None and type_qname in self.mixed_types
+        )
 
     def descendants(self, qname: str) -> list[str]:
         """Every complex type derived from `qname`, directly or not, in document order (each once)."""
@@ -119,14 +128,26 @@ class EnumIndex:
         derived: dict[str, list[str]] = {}
         heads: dict[str, list[str]] = {}
         abstract_elements: set[str] = set()
+        mixed: set[str] = set()
+        mixed_local: set[tuple[str | None, str, str]] = set()
         for root in roots:
             schemas = [root] if root.tag == _X + "schema" else list(root.iter(_X + "schema"))
             for schema in schemas:
                 tns = schema.get("targetNamespace")
                 for complex_type in schema.iter(_X + "complexType"):
                     name = complex_type.get("name")
+                    content = complex_type.find(_X + "complexContent")
+                    is_mixed = "true" in (
+                        complex_type.get("mixed"),
+                        content.get("mixed") if content is not None else None,
+                    )
                     if not name:
+                        holder = complex_type.getparent()
+                        if is_mixed and holder is not None and holder.tag == _X + "element" and holder.get("name"):
+                            mixed_local.add((_owner(holder, tns), "element", holder.get("name", "")))
                         continue
+                    if is_mixed:
+                        mixed.add(f"{{{tns}}}{name}" if tns else name)
                     qname = f"{{{tns}}}{name}" if tns else name
                     if complex_type.get("abstract") in ("true", "1"):
                         abstract.add(qname)
@@ -155,7 +176,12 @@ class EnumIndex:
                     kind = "attribute" if parent.tag == _X + "attribute" else "element"
                     raw_local[(_owner(parent, tns), kind, parent.get("name", ""))] = facets
         index = cls(
-            abstract_types=abstract, derived=derived, substitution_heads=heads, abstract_elements=abstract_elements
+            abstract_types=abstract,
+            derived=derived,
+            substitution_heads=heads,
+            abstract_elements=abstract_elements,
+            mixed_types=mixed,
+            mixed_local=mixed_local,
         )
         for qname in raw_named:
             values = _resolve(qname, raw_named, set())
@@ -649,9 +675,15 @@ class _Walker:
         local = element.qname.localname if isinstance(element.qname, etree.QName) else element.name
         here = f"{where}/{local}"
         xsd_type = element.type
-        if isinstance(xsd_type, xsd.ComplexType):
+        shape: Scalar | Struct | Poly
+        if isinstance(xsd_type, xsd.ComplexType) and self.enums.is_mixed(owner, local, _type_qname(xsd_type)):
+            # Mixed content: zeep would keep the elements and drop the text between them. The element is read and
+            # written whole instead, as an anyType's content is: {"#text": …, "@attribute": …, "child": …}.
+            element.type = _RAW_CONTENT
+            shape = Scalar("any", "mixed content")
+        elif isinstance(xsd_type, xsd.ComplexType):
             # Simple content (text plus attributes) is a struct too: {"value": ..., "attribute": ...}.
-            shape: Scalar | Struct | Poly = self.poly(xsd_type, here) or self.struct(xsd_type, here)
+            shape = self.poly(xsd_type, here) or self.struct(xsd_type, here)
         elif isinstance(xsd_type, AnyType) and not isinstance(xsd_type, b.AnySimpleType):
             shape = Scalar("any", "xsd:anyType")  # carried as JSON: its text, or its elements as an object
         else:
@@ -668,6 +700,23 @@ class _Walker:
             nillable=bool(element.nillable),
             in_choice=in_choice,
         )
+
+
+class _RawContentType(AnyType):
+    """An element whose content zeep cannot model (mixed content): read as the XML element itself."""
+
+    def parse_xmlelement(
+        self,
+        xmlelement: etree._Element,
+        schema: Any = None,
+        allow_none: bool = True,
+        context: Any = None,
+        schema_type: Any = None,
+    ) -> Any:
+        return xmlelement
+
+
+_RAW_CONTENT = _RawContentType()
 
 
 def _xsd_label(cls: type) -> str:
@@ -777,8 +826,10 @@ def _element_json(node: etree._Element) -> Any:
     if not children and not attributes:
         return node.text
     result: dict[str, Any] = {**attributes, **_children_json(children)}
-    if node.text and node.text.strip():
-        result["#text"] = node.text
+    # Mixed content: the text before, between and after the children, joined (where it stood is not kept).
+    text = (node.text or "") + "".join(child.tail or "" for child in node)
+    if text.strip():
+        result["#text"] = text
     return result
 
 

@@ -403,3 +403,30 @@ def test_xml_xsd_and_the_soap_envelope_schema_need_no_fetch() -> None:
     params = operation.input_model.model_validate({"root": {"name": {"value": "市", "lang": "zh"}, "children": []}})
     envelope = prepared.adapter.engine.envelope(operation, params.model_dump(by_alias=True))
     assert b'xml:lang="zh"' in envelope
+
+
+def test_mixed_content_keeps_its_text() -> None:
+    """zeep drops the text of mixed content (text between elements, .NET's XmlNode pattern); the gateway reads and
+    writes such an element whole, as anyType's JSON: its text as "#text", its children and attributes by name."""
+    document = RECURSIVE.replace(
+        '<xs:complexType name="Unit"><xs:sequence><xs:element name="name" type="xs:string"/>',
+        '<xs:complexType name="Unit"><xs:sequence><xs:element name="name" type="xs:string"/>'
+        '<xs:element name="note" minOccurs="0"><xs:complexType mixed="true"><xs:sequence>'
+        '<xs:element name="b" type="xs:string" minOccurs="0"/></xs:sequence>'
+        '<xs:attribute name="lang" type="xs:string"/></xs:complexType></xs:element>',
+    )
+    assert 'mixed="true"' in document
+    engine = SoapEngine("mixed", bundle_from_files("wsdl", {"m.wsdl": document}, "m.wsdl"))
+    operation = engine.operations["Tree"]
+    params = operation.input_model.model_validate(
+        {"root": {"name": "x", "note": {"@lang": "zh", "#text": "急件 ", "b": "今天"}, "children": []}}
+    )
+    sent = etree.fromstring(engine.envelope(operation, params.model_dump(by_alias=True))).find(f".//{{{NS}}}note")
+    assert sent.get("lang") == "zh" and sent.text == "急件 " and sent.findtext("b") == "今天"
+    answer = (
+        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+        f'<t:TreeResponse xmlns:t="{NS}"><t:root><t:name>x</t:name><t:note lang="zh">请 <t:b>今天</t:b> 办理</t:note>'
+        "</t:root></t:TreeResponse></s:Body></s:Envelope>"
+    )
+    data = engine.read(operation, RawResponse(200, "text/xml", answer.encode()))
+    assert data["root"]["note"] == {"@lang": "zh", "b": "今天", "#text": "请  办理"}
