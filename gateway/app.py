@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.base import Adapter
 from gateway import __version__
 from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
-from gateway.api.openapi import finish
+from gateway.api.openapi import finish, is_signed_route
 from gateway.audit.writer import AuditUnavailable
 from gateway.batches import routes as batches
 from gateway.batches.service import BatchService
@@ -26,6 +26,7 @@ from gateway.console import pages as console_pages
 from gateway.http.forwarded import TrustedProxies
 from gateway.http.forwarded import apply as apply_forwarded
 from gateway.http.problems import Problem, validation_problem
+from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
@@ -174,7 +175,17 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        return validation_problem(list(exc.errors())).response(instance=request.url.path)
+        problem = validation_problem(list(exc.errors()))
+        if not is_signed_route(request.scope.get("route")):
+            return problem.response(instance=request.url.path)
+
+        # FastAPI checks query and path parameters before the handler's exchange authenticates. A signed route
+        # authenticates and audits first all the same: an unsigned request gets 401 (and teaches nothing about the
+        # parameters), a signed one its 422 on the record.
+        async def refuse(exchange: Exchange) -> tuple[int, bytes]:
+            raise problem
+
+        return await run_exchange(request, "request.invalid", refuse)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.routing import APIRoute
+
 from gateway.api.docs import SIGNED
 from gateway.http.problems import PROBLEM_CONTENT_TYPE
 
 PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
 PUBLIC: list[dict[str, list[str]]] = []  # an operation's `security` when it needs no signature
 SIGNATURE_REQUIREMENT = [{"signature": [], "signatureInput": []}]
+
+
+def is_signed_route(route: object) -> bool:
+    """Whether a route answers only signed requests: every documented APIRoute not marked public (`openapi_extra`
+    `{"security": []}`), as the OpenAPI document says."""
+    if not isinstance(route, APIRoute) or not route.include_in_schema:
+        return False
+    return (route.openapi_extra or {}).get("security") != PUBLIC
+
 
 SECURITY_SCHEMES = {
     "signature": {
