@@ -300,7 +300,10 @@ async def test_a_request_in_flight_is_not_taken_over_by_the_reconciler(pay: PayG
     await hold_answers(pay.treasury_url, "hold", seconds=0.8)
     body, idem = voucher(), key()
     task = asyncio.create_task(pay.pay(body, idem))
-    await asyncio.sleep(0.4)
+    # The treasury has accepted the voucher and holds its answer: the call is in flight now, whatever the load.
+    while (await treasury_listing(pay.treasury_url))["submissions"] == 0:
+        assert not task.done(), task.result().text
+        await asyncio.sleep(0.02)
     counts = await pay.payments.reconcile()
     assert counts["busy"] == 1 and counts["resolved"] == 0
     response = await task
