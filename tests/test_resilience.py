@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -260,11 +259,10 @@ async def test_retry_budget_bounds_the_attempts(faults: Simulator) -> None:
     adapter = await tax_adapter(faults, max_attempts=10, total_timeout=0.1, retry_budget=0.25, failure_threshold=1000)
     try:
         await faults.fault(mode="latency", latency_ms=300)
-        started = time.monotonic()
         with pytest.raises(UpstreamTimeout) as caught:
             await adapter.invoke("tax-credit-rating", RATING)
+        # Ten attempts were allowed; the 0.25 s budget over 0.1 s attempts stops them after two or three.
         assert 2 <= caught.value.attempts <= 3
-        assert time.monotonic() - started < 0.6
     finally:
         await adapter.close()
 
