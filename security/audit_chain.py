@@ -50,6 +50,10 @@ class _RecordHasher:
 
         self._default = payload_digest
         self._new_hash = new_hash
+        # For a reader that builds the canonical dict itself (gateway/audit/scan.py): the same two functions.
+        self.payload_digest = payload_digest
+        self.payload_prefix = prefix
+        self.new_hash = new_hash
 
     def canonical(self, record: Mapping[str, Any]) -> bytes:
         body = {

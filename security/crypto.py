@@ -103,9 +103,8 @@ class StandardSuite(Suite):
     name = "standard"
     hash_name = "sha256"
     key_size = 32
-
-    def new_hash(self, data: bytes = b"") -> HashObject:
-        return hashlib.sha256(data)
+    # hashlib's constructor itself, not a method around it: the audit chain calls it three times a record.
+    new_hash = staticmethod(hashlib.sha256)  # type: ignore[assignment]
 
     def keyed_hash(self, key: bytes, value: str | bytes) -> str:
         mac = _hmac_base("sha256", key).copy()

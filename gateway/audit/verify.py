@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.files import AuditFileError, digest_suite, file_digest, scan, verify_file
 from gateway.audit.rows import chain_ids, fetch_row, iter_chain, list_archives, load_checkpoints
+from gateway.audit.scan import BLOCKS_PER_WORKER, ProvenVerifier, Run, ScanTarget, scan_chains, stitch
 from gateway.audit.witness import read_witness
-from security.audit_chain import GENESIS_HASH, PREV_FIELD, ChainFault, ChainReport, ChainVerifier
+from security.audit_chain import GENESIS_HASH, PREV_FIELD, ChainFault, ChainReport
 from security.checkpoints import Checkpoint, TrustedKeys
 from security.key_trust import KeyTrust
 
@@ -25,21 +26,37 @@ async def verify_all(
     witness_dir: Path | None = None,
     chains: list[str] | None = None,
     skip_archives: bool = False,
+    workers: int = 1,
+    blocks_per_worker: int = BLOCKS_PER_WORKER,
 ) -> list[ChainReport]:
-    """Verify every chain (or `chains`): its archives, then its rows, against its checkpoints."""
-    reports = []
+    """Verify every chain (or `chains`): its archives, then its rows, against its checkpoints.
+
+    On PostgreSQL the rows of all chains are first read in one scan in storage order (gateway/audit/scan.py), by up to
+    `workers` processes; a chain that scan cannot prove intact is walked again in height order, which names its fault.
+    """
+    plans = []
     for chain_id in chains if chains is not None else await chain_ids(engine):
         witness = witness_dir / f"{chain_id}.checkpoints.jsonl" if witness_dir is not None else None
-        reports.append(
-            await verify_chain_db(
-                engine,
-                chain_id,
-                trusted=trusted,
-                archive_dir=archive_dir,
-                witness=witness,
-                skip_archives=skip_archives,
+        plans.append(
+            await _plan(
+                engine, chain_id, trusted=trusted, archive_dir=archive_dir, witness=witness, skip_archives=skip_archives
             )
         )
+    walking = {plan.chain_id: plan for plan in plans if isinstance(plan, _Plan)}
+    runs: dict[str, list[Run]] = {}
+    if walking and engine.dialect.name == "postgresql":
+        targets = {
+            chain_id: ScanTarget(plan.start_height, plan.verifier().checkpoint_heights)
+            for chain_id, plan in walking.items()
+        }
+        runs, _ = await scan_chains(engine, targets, workers=workers, blocks_per_worker=blocks_per_worker)
+    reports = []
+    for plan in plans:
+        if not isinstance(plan, _Plan):
+            reports.append(plan)
+            continue
+        report = _proven(plan, runs[plan.chain_id]) if plan.chain_id in runs else None
+        reports.append(report if report is not None else await walk_in_order(engine, plan))
     return reports
 
 
@@ -53,6 +70,59 @@ async def verify_chain_db(
     skip_archives: bool = False,
     page: int = 5000,
 ) -> ChainReport:
+    """One chain, its rows walked in height order (the walk that names a fault; see `verify_all`)."""
+    plan = await _plan(
+        engine, chain_id, trusted=trusted, archive_dir=archive_dir, witness=witness, skip_archives=skip_archives
+    )
+    return plan if isinstance(plan, ChainReport) else await walk_in_order(engine, plan, page=page)
+
+
+@dataclass
+class _Plan:
+    """A chain whose rows are to be walked, from where its archives end, and what its archives gave."""
+
+    chain_id: str
+    start_height: int
+    start_hash: str
+    sealed_height: int | None
+    checkpoints: list[Checkpoint]
+    trusted: TrustedKeys | None
+    archives: int
+    archived_records: int
+    notes: list[str]
+
+    def verifier(self) -> ProvenVerifier:
+        return ProvenVerifier(
+            self.chain_id,
+            start_height=self.start_height,
+            start_hash=self.start_hash,
+            checkpoints=self.checkpoints,
+            trusted=self.trusted,
+            sealed_height=self.sealed_height,
+            presorted=True,
+        )
+
+    def report(self, report: ChainReport) -> ChainReport:
+        return replace(
+            report,
+            records=report.records + self.archived_records,
+            archives=self.archives,
+            notes=tuple(self.notes),
+            # archives verified: from genesis
+            start_height=1 if self.archives and not self.notes else report.start_height,
+        )
+
+
+async def _plan(
+    engine: AsyncEngine,
+    chain_id: str,
+    *,
+    trusted: TrustedKeys | None,
+    archive_dir: Path | None,
+    witness: Path | None,
+    skip_archives: bool,
+) -> _Plan | ChainReport:
+    """What is checked before the rows (revocations, archives): a report if that already fails, else the plan."""
     checkpoints = await load_checkpoints(engine, chain_id)
     if witness is not None:
         checkpoints += read_witness(witness)
@@ -79,16 +149,26 @@ async def verify_chain_db(
                 return archive_report
             archived_records = archive_report.records
         start_height, start_hash, sealed = last["to_height"] + 1, last["head_hash"], last["to_height"]
-    verifier = ChainVerifier(
-        chain_id,
-        start_height=start_height,
-        start_hash=start_hash,
-        checkpoints=checkpoints,
-        trusted=trusted,
-        sealed_height=sealed,
-        presorted=True,
+    return _Plan(
+        chain_id, start_height, start_hash, sealed, checkpoints, trusted, len(archives), archived_records, notes
     )
-    async for rows in iter_chain(engine, chain_id, page=page, after=start_height - 1):
+
+
+def _proven(plan: _Plan, runs: list[Run]) -> ChainReport | None:
+    """The report of a chain the scan proved intact, or None when it did not (then the walk in order decides)."""
+    proof = stitch(runs, plan.start_height, plan.start_hash)
+    if proof is None:
+        return None
+    verifier = plan.verifier()
+    verifier.accept(proof)
+    report = verifier.finish()
+    return plan.report(report) if report.ok else None
+
+
+async def walk_in_order(engine: AsyncEngine, plan: _Plan, *, page: int = 5000) -> ChainReport:
+    """Walk a chain's rows in height order, a page at a time; a fault is named with the rows around it."""
+    chain_id, verifier = plan.chain_id, plan.verifier()
+    async for rows in iter_chain(engine, chain_id, page=page, after=plan.start_height - 1):
         if not verifier.feed(rows):
             break
     found: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -98,14 +178,7 @@ async def verify_chain_db(
             if row is None and column == PREV_FIELD and value != GENESIS_HASH:
                 row = await fetch_row(engine, None, column, value)  # moved to another chain by a changed chain_id
             found[(column, value)] = row
-    report = verifier.finish(lambda column, value: found.get((column, value)))
-    return replace(
-        report,
-        records=report.records + archived_records,
-        archives=len(archives),
-        notes=tuple(notes),
-        start_height=1 if archives and not notes else report.start_height,  # archives verified: from genesis
-    )
+    return plan.report(verifier.finish(lambda column, value: found.get((column, value))))
 
 
 def _revocation_problem(trust: KeyTrust, chain_id: str, checkpoints: list[Checkpoint]) -> tuple[int, str] | None:

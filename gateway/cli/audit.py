@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -117,6 +118,10 @@ def audit_verify(
         bool,
         typer.Option("--require-pinned", help="fail a chain whose checkpoints verify only under self-registered keys"),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="processes reading the rows on PostgreSQL (default: one per CPU core)"),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Verify the audit log: every chain in the database (archives included), or one exported file.
@@ -169,6 +174,7 @@ def audit_verify(
             witness_dir=settings.witness_dir,
             chains=chain or None,
             skip_archives=skip_archives,
+            workers=workers or os.cpu_count() or 1,
         )
         return trust, reports
 
