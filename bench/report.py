@@ -197,7 +197,8 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     for key, rule, bound, above in (
         ("subject_search_p95_ms", "audit_scale.subject_search_p95_ms <= 50", 50.0, False),
         ("range_first_page_p95_ms", "audit_scale.range_first_page_p95_ms <= 50", 50.0, False),
-        ("verify_walk_cpu_rps", "audit_scale.verify_walk_cpu_rps >= 200000 (chain walk, records/CPU-s)", 2e5, True),
+        # `audit verify` end to end as the CLI runs it (one process per core), wall clock: what an auditor waits for.
+        ("verify_db_rps", "audit_scale.verify_db_rps >= 200000 (`audit verify` end to end, records/s)", 2e5, True),
     ):
         value = scale.get(key) if scale is not None else None
         out[f"audit_scale_{key}"] = _target(rule, value, bound, above, problem or f"{key} missing")
@@ -399,8 +400,9 @@ def _audit_scale_lines(scale: Any) -> list[str]:
         f"Audit log at scale (`.venv/bin/python -m bench --only audit_scale`){carried}: {scale['rows']:,} records in"
         f" {scale['partitions']} monthly partitions on PostgreSQL, seeded through the writer at {scale['seed_rps']:,}"
         f" records/s; subject search p95 **{scale['subject_search_p95_ms']} ms**, a day's first page p95"
-        f" **{scale['range_first_page_p95_ms']} ms**, chain walk **{scale['verify_walk_cpu_rps']:,} records/CPU-s**"
-        f" (`audit verify` end to end {scale['verify_db_rps']:,} records/s), **{scale['bytes_per_record']:,} bytes"
+        f" **{scale['range_first_page_p95_ms']} ms**, `audit verify` end to end **{scale['verify_db_rps']:,}"
+        f" records/s** ({scale.get('verify_workers', 1)} processes; hashing alone {scale['verify_walk_cpu_rps']:,}"
+        f" records/CPU-s), **{scale['bytes_per_record']:,} bytes"
         f" per record** on disk ({scale['table_bytes_per_record']:,} table, {scale['index_bytes_per_record']:,}"
         " indexes).",
     ]
