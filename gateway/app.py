@@ -17,11 +17,13 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.base import Adapter
 from gateway import __version__
+from gateway.access.certificates import CertificateAuthenticator
 from gateway.api import admin, audit, calendar, catalog, grant_duties, ops, services, sharing, swagger, upstreams
 from gateway.api.openapi import finish, is_signed_route
 from gateway.audit.writer import AuditUnavailable
 from gateway.batches import routes as batches
 from gateway.batches.service import BatchService
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.console import pages as console_pages
 from gateway.http.forwarded import TrustedProxies
 from gateway.http.forwarded import apply as apply_forwarded
@@ -101,12 +103,14 @@ def create_app(
     settings: Settings,
     adapters: Mapping[str, Adapter] | None = None,
     on_ready: Callable[[], None] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> FastAPI:
-    """`on_ready` runs once the runtime is up, when the server already handles signals: the place to announce it."""
+    """`on_ready` runs once the runtime is up, when the server already handles signals: the place to announce it.
+    `clock` is the wall time of everything the gateway does (tests give their own)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = app.state.runtime = await Runtime.start(settings, adapters)
+        runtime = app.state.runtime = await Runtime.start(settings, adapters, clock)
         app.state.exchanges = runtime.exchanges
         sharing = app.state.sharing = SharingService(
             engine=runtime.engine,
@@ -123,7 +127,9 @@ def create_app(
             quotas=runtime.quotas,
             payments=runtime.payments,
             note_first_use=sharing.note_first_use,
+            clock=runtime.clock,
         )
+        app.state.certificates = CertificateAuthenticator(runtime.sessions, settings.client_cert_header, runtime.clock)
         await app.state.sharing.start()
         app.state.batches = BatchService(app.state.runtime, worker=settings.batch_workers > 0)
         await app.state.batches.start()

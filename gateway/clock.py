@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 log = logging.getLogger("msjx.tasks")
@@ -28,13 +29,11 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The machine's clock."""
+    """The machine's clock. `now` and `time` are the C functions themselves, not methods around them: a hot path
+    that keeps `clock.time` pays nothing over calling `time.time()`."""
 
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def time(self) -> float:
-        return time.time()
+    now: Callable[[], datetime] = staticmethod(partial(datetime.now, UTC))
+    time: Callable[[], float] = staticmethod(time.time)
 
     def ms(self) -> int:
         return time.time_ns() // 1_000_000

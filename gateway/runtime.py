@@ -179,14 +179,14 @@ class Runtime:
         engine = db.create_engine(settings)
         sessions = db.sessionmaker(engine)
         database = Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
-        directory = Directory(sessions, ttl=settings.grant_cache_seconds, health=database)
+        directory = Directory(sessions, ttl=settings.grant_cache_seconds, health=database, clock=clock)
         redis = SharedRedis(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
         if redis is not None:
-            nonces: NonceStore = RedisNonceStore(redis)
+            nonces: NonceStore = RedisNonceStore(redis, clock)
             await nonces.ping()
             log.info("shared state in Redis: nonces are seen by every node")
         else:
-            nonces = MemoryNonceStore()
+            nonces = MemoryNonceStore(clock)
             log.warning("MSJX_REDIS_URL is unset: nonces are kept in this process, so run ONE node only")
         install_log_masking()
         keyring = await open_keyring(settings, engine, clock)
@@ -215,13 +215,13 @@ class Runtime:
         plain = build_adapters(settings) if adapters is None else adapters
         static = {name: Guarded(adapter, store=breakers) for name, adapter in plain.items()}
         try:
-            await seed_owners(sessions, static)
+            await seed_owners(sessions, static, clock)
         except Exception as exc:  # like the registered upstreams: serve; a service without an owner stays undecidable
             log.error("owners of the configured services not recorded: %s", exc)
         catalog = LiveAdapters(static, sessions, breakers, health=database)
         await catalog.start()
         offload = await start_offload(settings)
-        authenticator = Authenticator(directory, nonces, settings.signature_max_skew, offload)
+        authenticator = Authenticator(directory, nonces, settings.signature_max_skew, offload, clock)
         quotas = Quotas.build(redis, clock)
         # In memory the counters start from zero with the process (and in Redis when it lost them): today's calls
         # are in the audit records, so a restart does not give a used-up quota back.
@@ -250,6 +250,7 @@ class Runtime:
             settings.unauthenticated_rate,
             settings.unauthenticated_total_rate,
             UnauthenticatedGate.deployment_of(settings.async_database_url),
+            clock,
         )
         runtime.unauthenticated.start(audit.append)
         runtime.exchanges = Exchanges(

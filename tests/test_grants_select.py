@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from adapters.base import Adapter, Operation, UpstreamResult
 from gateway.access import callers, grants
-from gateway.access.directory import GrantInfo
+from gateway.access.directory import Directory, GrantInfo
 from gateway.access.minimize import envelope, minimize
 from gateway.app import create_app
 from gateway.client import SignatureAuth
@@ -26,6 +26,7 @@ from gateway.storage import db
 from gateway.storage.models import Grant
 from schemas.api import CallerIn, GrantIn, KeyIn
 from security.keys import public_key_pem
+from tests.helpers.clock import ManualClock
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -68,9 +69,10 @@ def test_minimize_keeps_only_granted_fields_in_the_grants_order() -> None:
     sent = {"secret": 1, "status": "ok", "name": "甲"}
     assert list(minimize(sent, ("name", "status", "absent"))) == ["name", "status"]
     answer = orjson.loads(
-        envelope({"name": "甲"}, request_id="r", service="s", operation="o", grant_id="g", source="S")
+        envelope({"name": "甲"}, request_id="r", service="s", operation="o", grant_id="g", source="S", fetched_at=NOW)
     )
     assert answer["data"] == {"name": "甲"} and answer["meta"]["grant_id"] == "g" and answer["meta"]["source"] == "S"
+    assert answer["meta"]["fetched_at"] == NOW.isoformat(timespec="milliseconds"), "the time it is given"
 
 
 class EntryIn(BaseModel):
@@ -100,6 +102,7 @@ class App:
     grant_id: str
     sessions: Any
     directory: Any
+    clock: ManualClock
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,10 @@ async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
     data_dir: Path = tmp_path_factory.mktemp("grants")
     settings = Settings(data_dir=data_dir)
     await db.upgrade_async(settings)
-    gateway = create_app(settings, adapters={"ledger": LedgerAdapter()})
+    # The gateway's own clock, half a minute behind the machine's: inside the signature window, after the replay
+    # memory's start (a signature made by the machine's time is newer), and the time every answer carries.
+    clock = ManualClock(datetime.now(UTC) - timedelta(seconds=30))
+    gateway = create_app(settings, adapters={"ledger": LedgerAdapter()}, clock=clock)
     key = Ed25519PrivateKey.generate()
     async with gateway.router.lifespan_context(gateway):
         runtime = gateway.state.runtime
@@ -125,14 +131,15 @@ async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
                     operation="entry",
                     purpose="XM-1",
                     fields=["status", "name"],
-                    valid_to=datetime.now(UTC) + DAY,
+                    valid_to=clock.now() + DAY,
                 ),
                 runtime.adapters,
+                runtime.clock,
             )
         transport = httpx.ASGITransport(app=gateway)
         auth = SignatureAuth("platform-1", key)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw.example", auth=auth) as client:
-            yield App(client, granted.grant_id, runtime.sessions, runtime.directory)
+            yield App(client, granted.grant_id, runtime.sessions, runtime.directory, clock)
 
 
 async def invoke(app: App, purpose: str) -> httpx.Response:
@@ -147,14 +154,25 @@ async def test_only_granted_fields_leave_the_gateway(app: App) -> None:
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["data"] == {"name": "甲公司", "status": "active"}
-    assert answer["meta"] | {"request_id": "", "fetched_at": ""} == {
+    assert answer["meta"] | {"request_id": ""} == {
         "request_id": "",
         "service": "ledger",
         "operation": "entry",
         "grant_id": app.grant_id,
         "source": "Ledger",
-        "fetched_at": "",
+        "fetched_at": app.clock.now().isoformat(timespec="milliseconds"),  # by the gateway's clock, not the machine's
     }
+
+
+async def test_which_grants_are_valid_is_judged_by_the_directorys_clock(app: App) -> None:
+    # The grant runs for a day from now: two days on, by the directory's clock, it has expired, though by the
+    # machine's it has not. The snapshot leaves it out and the refusal finds it ended, both by that clock.
+    directory = Directory(app.sessions, ttl=0, clock=ManualClock(datetime.now(UTC) + 2 * DAY))
+    with pytest.raises(Problem) as info:
+        await grants.grant_for(directory, "platform", "ledger", "entry", "XM-1")
+    assert info.value.code == "grant_expired" and info.value.context == {"grant_id": app.grant_id}
+    today = Directory(app.sessions, ttl=0, clock=ManualClock(datetime.now(UTC)))
+    assert (await grants.grant_for(today, "platform", "ledger", "entry", "XM-1")).grant_id == app.grant_id
 
 
 async def test_a_refusal_names_the_grant_the_caller_held(app: App) -> None:

@@ -7,12 +7,14 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from gateway.access.nonces import MemoryNonceStore, RedisNonceStore
 from gateway.storage.redis import PipelineBatcher, SharedRedis, connect_redis
+from tests.helpers.clock import ManualClock
 from tests.helpers.services import check_redis
 
 
@@ -55,6 +57,20 @@ async def test_same_nonce_under_another_key_is_another_claim(store: RedisNonceSt
         True,
         True,
     ]
+
+
+async def test_redis_store_keeps_a_nonce_until_its_signature_expires_by_the_clock_it_is_given() -> None:
+    # The TTL is the signature's remaining validity, `created + max_skew` less the gateway's now: here 10 s.
+    clock = ManualClock(datetime(2030, 1, 1, tzinfo=UTC))
+    redis = SharedRedis(await check_redis(), "msjx")
+    store = RedisNonceStore(redis, clock)
+    key_id = f"test.{secrets.token_hex(6)}"
+    try:
+        assert await store.claim(key_id, "nonce-ttl", int(clock.time()) - 290, 300)
+        ttl = await redis.client.ttl(f"{redis.key('nonce')}:{key_id}:nonce-ttl")
+    finally:
+        await redis.close()
+    assert ttl in (10, 11), ttl  # 11 as set; 10 once a second has begun on the server
 
 
 async def test_unreachable_redis_fails_every_waiter() -> None:
@@ -115,28 +131,28 @@ async def test_commands_of_one_loop_turn_share_one_pipeline_and_results_stay_in_
 
 
 async def test_memory_store_forgets_a_second_once_its_signatures_expire() -> None:
-    clock = [1_000_000.0]
-    store = MemoryNonceStore(clock=lambda: clock[0])
-    created = int(clock[0])
+    clock = ManualClock(datetime.fromtimestamp(1_000_000, UTC))
+    store = MemoryNonceStore(clock)
+    created = int(clock.time())
     assert await store.claim("k", "n-000001", created, 300) is True
     assert await store.claim("k", "n-000001", created + 1, 300) is True, "another created is another signature"
-    clock[0] += 300  # created + 300: the signature is still inside the window, so its nonce must be remembered
+    clock.advance(seconds=300)  # created + 300: still inside the window, so its nonce must be remembered
     assert await store.claim("k", "n-000001", created, 300) is False
-    clock[0] += 1  # past created + 300: a replay is refused as expired, so the entry may go
+    clock.advance(seconds=1)  # past created + 300: a replay is refused as expired, so the entry may go
     assert await store.claim("k", "n-000002", created + 301, 300) is True
     assert len(store) == 2, "the expired second was dropped, the next one kept"
 
 
 async def test_memory_store_stays_bounded_under_a_steady_rate() -> None:
     # 1,200 claims a second for 15 simulated minutes: the entries stop growing after the 300 s window.
-    clock = [2_000_000.0]
-    store = MemoryNonceStore(clock=lambda: clock[0])
+    clock = ManualClock(datetime.fromtimestamp(2_000_000, UTC))
+    store = MemoryNonceStore(clock)
     sizes = []
     for second in range(900):
-        created = int(clock[0])
+        created = int(clock.time())
         for i in range(1200):
             assert await store.claim("k", f"{second:04d}-{i:05d}", created, 300)
-        clock[0] += 1
+        clock.advance(seconds=1)
         if second % 100 == 99:
             sizes.append(len(store))
     assert max(sizes) <= 1200 * 302

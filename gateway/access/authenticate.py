@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from gateway.access.directory import CallerInfo, Directory
 from gateway.access.nonces import NonceStore
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.forwarded import AUTHORITY_KEY, ignored_headers
 from gateway.http.problems import Problem
 from gateway.storage.health import REDIS_ERRORS
@@ -60,9 +60,15 @@ def _refuse(code: ProblemCode, detail: str, **context: object) -> Problem:
 
 class Authenticator:
     def __init__(
-        self, directory: Directory, nonces: NonceStore, max_skew: int = 300, offload: SignatureChecker | None = None
+        self,
+        directory: Directory,
+        nonces: NonceStore,
+        max_skew: int = 300,
+        offload: SignatureChecker | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._directory = directory
+        self._time = clock.time  # kept bound: per request one call, as time.time() would be
         self._nonces = nonces
         self._max_skew = max_skew
         self._inline = InlineVerifier()
@@ -80,7 +86,7 @@ class Authenticator:
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]]
         try:
             params = parse_signature_params(headers)
-            check_created(params, time.time(), self._max_skew)
+            check_created(params, self._time(), self._max_skew)
         except SignatureFailure as failure:
             raise _refuse(failure.code, failure.detail, key_id=failure.key_id) from None
         # The nonce store remembers nothing from before it started (a gateway restart in-process, a Redis restart):

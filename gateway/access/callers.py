@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.clock import SYSTEM_CLOCK
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.problems import Problem
 from gateway.storage.models import Caller, CallerKey
 from schemas.api import CallerIn, CallerOut, KeyIn, KeyOut
@@ -40,14 +40,14 @@ async def caller_out(session: AsyncSession, caller: Caller) -> CallerOut:
     )
 
 
-async def add_caller(session: AsyncSession, body: CallerIn) -> CallerOut:
+async def add_caller(session: AsyncSession, body: CallerIn, clock: Clock = SYSTEM_CLOCK) -> CallerOut:
     if await session.get(Caller, body.caller_id) is not None:
         raise Problem(ProblemCode.CALLER_EXISTS, f"caller {body.caller_id!r} is registered")
     for key in body.keys:
         _check_key(key)
         if await session.get(CallerKey, key.key_id) is not None:
             raise Problem(ProblemCode.KEY_EXISTS, f"key id {key.key_id!r} is taken")
-    now = SYSTEM_CLOCK.now()
+    now = clock.now()
     caller = Caller(
         caller_id=body.caller_id,
         name=body.name,
@@ -84,7 +84,7 @@ async def existing_caller(session: AsyncSession, caller_id: str) -> Caller:
     return caller
 
 
-async def add_key(session: AsyncSession, caller_id: str, key: KeyIn) -> KeyOut:
+async def add_key(session: AsyncSession, caller_id: str, key: KeyIn, clock: Clock = SYSTEM_CLOCK) -> KeyOut:
     await existing_caller(session, caller_id)
     _check_key(key)
     if await session.get(CallerKey, key.key_id) is not None:
@@ -94,14 +94,14 @@ async def add_key(session: AsyncSession, caller_id: str, key: KeyIn) -> KeyOut:
         caller_id=caller_id,
         public_key=key.public_key,
         status="active",
-        created_at=SYSTEM_CLOCK.now(),
+        created_at=clock.now(),
     )
     session.add(row)
     await session.commit()
     return key_out(row)
 
 
-async def revoke_key(session: AsyncSession, caller_id: str, key_id: str) -> KeyOut:
+async def revoke_key(session: AsyncSession, caller_id: str, key_id: str, clock: Clock = SYSTEM_CLOCK) -> KeyOut:
     row = await session.get(CallerKey, key_id)
     if row is None or row.caller_id != caller_id:
         raise Problem(
@@ -109,6 +109,6 @@ async def revoke_key(session: AsyncSession, caller_id: str, key_id: str) -> KeyO
         )
     if row.status != "revoked":
         row.status = "revoked"
-        row.revoked_at = SYSTEM_CLOCK.now()
+        row.revoked_at = clock.now()
         await session.commit()
     return key_out(row)

@@ -14,7 +14,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,11 +23,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
 from gateway.access.authenticate import Principal
 from gateway.access.directory import CallerInfo
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.forwarded import PEER_KEY
 from gateway.http.problems import Problem
 from gateway.storage.models import Caller, CallerCert
@@ -77,16 +78,17 @@ def _pem(certificate: x509.Certificate) -> str:
 # --- where the certificate comes from ----------------------------------------------------------------------------
 
 
-def client_certificate(request: Request) -> ClientCertificate | None:
+def client_certificate(request: Request, header_name: str) -> ClientCertificate | None:
     """The verified client certificate of this request, if any: from the gateway's TLS listener, or from a trusted
-    proxy's headers. A certificate that cannot be read is refused (401), never ignored."""
+    proxy's header `header_name` (MSJX_CLIENT_CERT_HEADER). A certificate that cannot be read is refused (401), never
+    ignored."""
     scope = request.scope
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or ()
     if chain:
         certificate = _read(chain[0], "the TLS client certificate")
         return ClientCertificate(fingerprint_of(certificate), certificate, "tls")
-    header = request.app.state.runtime.settings.client_cert_header.lower().encode("latin-1")
+    header = header_name.lower().encode("latin-1")
     trusted = getattr(request.app, "trusted_proxies", None)
     peer = scope.get(PEER_KEY) or (scope["client"][0] if scope.get("client") else None)
     if not header or not trusted or not trusted.trusts(peer):
@@ -124,15 +126,30 @@ def _refuse(code: ProblemCode, detail: str, **context: object) -> Problem:
 # --- which caller it is ------------------------------------------------------------------------------------------
 
 
-async def authenticate_certificate(runtime: Any, client: ClientCertificate) -> Principal:
+class CertificateAuthenticator:
+    """Authentication by a verified client certificate, with what it needs: the registrations in the database, the
+    header a trusted proxy passes the certificate in, and the clock its validity is judged by."""
+
+    def __init__(self, sessions: async_sessionmaker, header_name: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._sessions = sessions
+        self._header_name = header_name
+        self._clock = clock
+
+    def client_certificate(self, request: Request) -> ClientCertificate | None:
+        return client_certificate(request, self._header_name)
+
+    async def authenticate(self, client: ClientCertificate) -> Principal:
+        return await authenticate_certificate(self._sessions, client, self._clock.now())
+
+
+async def authenticate_certificate(sessions: async_sessionmaker, client: ClientCertificate, now: datetime) -> Principal:
     """The caller a verified certificate is registered to, or a 401 Problem."""
-    now = datetime.now(UTC)
     certificate = client.certificate
     if certificate is not None and not (certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc):
         raise _refuse(
             ProblemCode.CERTIFICATE_EXPIRED, f"the certificate {client.fingerprint[:16]}… is not valid at this time"
         )
-    async with runtime.sessions() as session:
+    async with sessions() as session:
         rows = (await session.scalars(select(CallerCert).where(CallerCert.status == "active"))).all()
         match = _match(rows, client)
         if match is None:
@@ -195,6 +212,7 @@ async def add_cert(
     fingerprint: str | None = None,
     ca: bytes | None = None,
     subject_cn: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> dict[str, Any]:
     """Register a client certificate (or a fingerprint, or an issuing CA) to a caller. CertificateError or a Problem
     (unknown caller, already registered) says why not."""
@@ -230,7 +248,7 @@ async def add_cert(
         ca_pem=ca_pem,
         subject_cn=subject_cn,
         status="active",
-        created_at=datetime.now(UTC),
+        created_at=clock.now(),
     )
     session.add(row)
     await session.commit()
@@ -244,7 +262,7 @@ async def list_certs(session: AsyncSession, caller_id: str | None = None) -> lis
     return [cert_out(row) for row in (await session.scalars(query)).all()]
 
 
-async def revoke_cert(session: AsyncSession, cert_id: str) -> dict[str, Any]:
+async def revoke_cert(session: AsyncSession, cert_id: str, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     row = await session.get(CallerCert, cert_id)
     if row is None:
         raise Problem(
@@ -255,6 +273,6 @@ async def revoke_cert(session: AsyncSession, cert_id: str) -> dict[str, Any]:
         )
     if row.status != "revoked":
         row.status = "revoked"
-        row.revoked_at = datetime.now(UTC)
+        row.revoked_at = clock.now()
         await session.commit()
     return cert_out(row)

@@ -11,11 +11,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import Caller, CallerKey, Grant
 from schemas.problems import ProblemCode
@@ -82,8 +83,16 @@ class _Snapshot:
 
 
 class Directory:
-    def __init__(self, sessions: async_sessionmaker, ttl: float = 0.8, health: Dependency | None = None) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        ttl: float = 0.8,
+        health: Dependency | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._sessions = sessions
+        # Wall time: which grants are valid now (the snapshot's age is monotonic time, not this).
+        self.clock = clock
         self.health = health or Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
         self._ttl = ttl
         # A ttl of 0 asks for no caching at all: then no stale snapshot either.
@@ -193,7 +202,7 @@ class Directory:
                 except KeyFormatError:
                     public_key = None
                 keys[row.key_id] = KeyInfo(row.key_id, caller, public_key, row.status)
-            now = datetime.now(UTC)
+            now = self.clock.now()
             grants: dict[tuple[str, str, str], list[GrantInfo]] = {}
             # Only grants that may answer: a suspended one is refused like a revoked one, from the database.
             query = select(Grant).where(Grant.revoked_at.is_(None), Grant.suspended_at.is_(None), Grant.valid_to > now)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adapters.base import Adapter
 from gateway.access.callers import existing_caller
 from gateway.access.directory import Directory, GrantInfo
-from gateway.clock import SYSTEM_CLOCK
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.problems import Problem
 from gateway.storage.models import Grant, SharingRequest
 from schemas.api import GrantIn, GrantOut
@@ -37,11 +37,12 @@ async def grant_for(
     """The grant that allows the caller this call now by this share method, from the directory's snapshot; else a
     403 that says why."""
     grants = await directory.grants_for(caller_id, service, operation)
+    now = directory.clock.now()
     try:
-        return select_grant(grants, service, operation, purpose, method=method)
+        return select_grant(grants, service, operation, purpose, now, method=method)
     except Problem as refusal:
         # Only a refused call looks further (a try costs nothing when no exception is raised).
-        raise await explain_refusal(directory, refusal, caller_id, service, operation, purpose) from None
+        raise await explain_refusal(directory, refusal, caller_id, service, operation, purpose, now) from None
 
 
 def select_grant(
@@ -49,7 +50,7 @@ def select_grant(
     service: str,
     operation: str,
     purpose: str,
-    now: datetime | None = None,
+    now: datetime,
     *,
     method: str = "api",
 ) -> GrantInfo:
@@ -69,7 +70,6 @@ def select_grant(
             context={"grant_id": for_purpose[0].grant_id},
         )
     for_purpose = by_method
-    now = now or datetime.now(UTC)
     for grant in for_purpose:
         if grant.valid_at(now):
             return grant
@@ -101,7 +101,7 @@ def ended_problem(
 
 
 async def explain_refusal(
-    directory: Directory, refusal: Problem, caller_id: str, service: str, operation: str, purpose: str
+    directory: Directory, refusal: Problem, caller_id: str, service: str, operation: str, purpose: str, now: datetime
 ) -> Problem:
     """The refusal that says what happened, for a call no grant in the snapshot allowed.
 
@@ -111,7 +111,7 @@ async def explain_refusal(
     """
     if refusal.code not in (ProblemCode.NO_GRANT, ProblemCode.PURPOSE_NOT_GRANTED):
         return refusal
-    ended = await directory.ended_grant(caller_id, service, operation, purpose, datetime.now(UTC))
+    ended = await directory.ended_grant(caller_id, service, operation, purpose, now)
     if ended is None:
         return refusal
     code, row = ended
@@ -231,7 +231,9 @@ def _grant_problem(field: str, code: ProblemCode, message: str) -> Problem:
     )
 
 
-async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str, Adapter]) -> GrantOut:
+async def add_grant(
+    session: AsyncSession, body: GrantIn, adapters: Mapping[str, Adapter], clock: Clock = SYSTEM_CLOCK
+) -> GrantOut:
     caller = await existing_caller(session, body.caller_id)
     adapter = adapters.get(body.service)
     if adapter is None:
@@ -251,7 +253,7 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
         raise _grant_problem(
             "fields", ProblemCode.UNKNOWN_FIELD, f"{unknown} are not fields of {body.service}/{body.operation}"
         )
-    now = SYSTEM_CLOCK.now()
+    now = clock.now()
     # Stored as UTC: SQLite keeps the wall time it is given and drops the offset.
     valid_from = body.valid_from.astimezone(UTC) if body.valid_from else now
     valid_to = body.valid_to.astimezone(UTC)
@@ -293,7 +295,7 @@ async def add_grant(session: AsyncSession, body: GrantIn, adapters: Mapping[str,
     )
     session.add(row)
     await session.commit()
-    return grant_out(row)
+    return grant_out(row, now)
 
 
 async def list_grants(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -15,9 +15,17 @@ def minimize(data: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
 
 
 def answer_document(
-    data: Mapping[str, Any], *, request_id: str, service: str, operation: str, grant_id: str, source: str
+    data: Mapping[str, Any],
+    *,
+    request_id: str,
+    service: str,
+    operation: str,
+    grant_id: str,
+    source: str,
+    fetched_at: datetime,
 ) -> dict[str, Any]:
-    """A successful answer to an invoke call, before any interface renders it: the (minimized) data and what it is."""
+    """A successful answer to an invoke call, before any interface renders it: the (minimized) data and what it is.
+    `fetched_at` is an aware datetime, from the caller's clock."""
     return {
         "data": data,
         "meta": {
@@ -26,16 +34,29 @@ def answer_document(
             "operation": operation,
             "grant_id": grant_id,
             "source": source,
-            "fetched_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "fetched_at": fetched_at.isoformat(timespec="milliseconds"),
         },
     }
 
 
 def envelope(
-    data: Mapping[str, Any], *, request_id: str, service: str, operation: str, grant_id: str, source: str
+    data: Mapping[str, Any],
+    *,
+    request_id: str,
+    service: str,
+    operation: str,
+    grant_id: str,
+    source: str,
+    fetched_at: datetime,
 ) -> bytes:
     """The same answer as JSON."""
     document = answer_document(
-        data, request_id=request_id, service=service, operation=operation, grant_id=grant_id, source=source
+        data,
+        request_id=request_id,
+        service=service,
+        operation=operation,
+        grant_id=grant_id,
+        source=source,
+        fetched_at=fetched_at,
     )
     return orjson.dumps(document)

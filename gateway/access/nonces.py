@@ -3,10 +3,9 @@ Both say since when they remember: a signature created earlier is refused, since
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Protocol
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.storage.health import Dependency
 from gateway.storage.redis import SharedRedis
 from schemas.problems import ProblemCode
@@ -47,9 +46,9 @@ class MemoryNonceStore:
     kind = "memory"
     SWEEP_SECONDS = 1.0
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self.started = clock()
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._time = clock.time  # kept bound: one call per claim, as time.time() would be
+        self.started = clock.time()
         self.health = nonce_store_health()
         self._seconds: dict[int, set[int]] = {}
         self._next_sweep = 0.0
@@ -58,7 +57,7 @@ class MemoryNonceStore:
         return sum(len(seen) for seen in self._seconds.values())
 
     async def claim(self, key_id: str, nonce: str, created: int, max_skew: int) -> bool:
-        now = self._clock()
+        now = self._time()
         if now >= self._next_sweep:
             self._sweep(now, max_skew)
         seen = self._seconds.get(created)
@@ -91,8 +90,9 @@ class RedisNonceStore:
 
     kind = "redis"
 
-    def __init__(self, redis: SharedRedis) -> None:
+    def __init__(self, redis: SharedRedis, clock: Clock = SYSTEM_CLOCK) -> None:
         self._redis = redis
+        self._time = clock.time
         self.epoch = redis.epoch
         self._batcher = redis.batcher
         self._prefix = redis.key("nonce") + ":"
@@ -104,7 +104,7 @@ class RedisNonceStore:
 
     async def claim(self, key_id: str, nonce: str, created: int, max_skew: int) -> bool:
         key = f"{self._prefix}{key_id}:{nonce}"
-        ttl = max(1, created + max_skew - int(time.time()) + 1)
+        ttl = max(1, created + max_skew - int(self._time()) + 1)
         return bool(await self._batcher.run(lambda pipeline: pipeline.set(key, b"1", nx=True, ex=ttl)))
 
     async def ping(self) -> None:

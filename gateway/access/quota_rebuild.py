@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -61,7 +61,7 @@ async def spent_today(engine: AsyncEngine, now: datetime, before: float) -> dict
 async def rebuild_quota_windows(engine: AsyncEngine, quotas: Quotas, now: datetime | None = None) -> int:
     """Give today's counters back the calls their store forgot: those audited before it started (the process, or
     the Redis server). Returns the number of windows restored."""
-    moment = now or datetime.now(UTC)
+    moment = now or quotas.clock.now()
     await quotas.connect()
     started, run = quotas.store_started
     lost = await spent_today(engine, moment, before=started)

@@ -60,6 +60,9 @@ class LoopMemoryStorage(MemoryStorage):
     under load is every call, and takes an asyncio.Lock around a dict update that nothing can interleave (it does
     not await): about 5 µs a call on the event loop (docs/performance.md). Here expired keys are swept inline, at
     most once a second; a key past its expiry is reset when it is next counted, as the parent does.
+
+    Its expiries are the counter store's time, not the gateway's `Clock`: the parent compares them with
+    `time.time()` itself (as Redis compares its TTLs with its own clock), so this reads the same.
     """
 
     SWEEP_SECONDS = 1.0
@@ -237,7 +240,8 @@ class Quotas:
                 raise QuotaExceeded(
                     ProblemCode.RATE_LIMITED,
                     f"the grant allows {grant.rate_limit}; retry after the window resets",
-                    stats.reset_time - self.clock.time(),
+                    # `limits` gives the reset as the machine's time plus the window's TTL, whatever our clock says.
+                    stats.reset_time - time.time(),
                 )
             if not day_ok:
                 raise QuotaExceeded(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.access import callers
 from gateway.access import grants as grant_rows
 from gateway.access.directory import CallerInfo, Directory, GrantInfo
-from gateway.api.deps import AdaptersDep, DirectoryDep, QuotasDep, SessionsDep, SharingDep
+from gateway.api.deps import AdaptersDep, ClockDep, DirectoryDep, QuotasDep, SessionsDep, SharingDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.api.grant_duties import GrantChangesDep
 from gateway.http.json_bodies import parse_body
@@ -61,9 +61,9 @@ def _write(
     responses=problem_responses(401, 403, 409, 422),
     openapi_extra=json_body(CallerIn),
 )
-async def create_caller(request: Request, sessions: SessionsDep, directory: DirectoryDep) -> Response:
+async def create_caller(request: Request, sessions: SessionsDep, directory: DirectoryDep, clock: ClockDep) -> Response:
     async def action(exchange: Exchange, session: Any) -> CallerOut:
-        return await callers.add_caller(session, parse_body(exchange.body, CallerIn))
+        return await callers.add_caller(session, parse_body(exchange.body, CallerIn), clock)
 
     return await run_exchange(request, "admin.caller.add", _write(201, sessions, directory, action), roles=ADMIN)
 
@@ -92,9 +92,11 @@ async def list_callers(request: Request, sessions: SessionsDep) -> Response:
     responses=problem_responses(401, 403, 404, 409, 422),
     openapi_extra=json_body(KeyIn),
 )
-async def add_key(request: Request, caller_id: str, sessions: SessionsDep, directory: DirectoryDep) -> Response:
+async def add_key(
+    request: Request, caller_id: str, sessions: SessionsDep, directory: DirectoryDep, clock: ClockDep
+) -> Response:
     async def action(exchange: Exchange, session: Any) -> KeyOut:
-        return await callers.add_key(session, caller_id, parse_body(exchange.body, KeyIn))
+        return await callers.add_key(session, caller_id, parse_body(exchange.body, KeyIn), clock)
 
     return await run_exchange(request, "admin.key.add", _write(201, sessions, directory, action), roles=ADMIN)
 
@@ -107,10 +109,10 @@ async def add_key(request: Request, caller_id: str, sessions: SessionsDep, direc
     responses=problem_responses(401, 403, 404),
 )
 async def revoke_key(
-    request: Request, caller_id: str, key_id: str, sessions: SessionsDep, directory: DirectoryDep
+    request: Request, caller_id: str, key_id: str, sessions: SessionsDep, directory: DirectoryDep, clock: ClockDep
 ) -> Response:
     async def action(exchange: Exchange, session: Any) -> KeyOut:
-        return await callers.revoke_key(session, caller_id, key_id)
+        return await callers.revoke_key(session, caller_id, key_id, clock)
 
     return await run_exchange(request, "admin.key.revoke", _write(200, sessions, directory, action), roles=ADMIN)
 
@@ -129,10 +131,10 @@ async def revoke_key(
     openapi_extra=json_body(GrantIn),
 )
 async def create_grant(
-    request: Request, sessions: SessionsDep, directory: DirectoryDep, adapters: AdaptersDep
+    request: Request, sessions: SessionsDep, directory: DirectoryDep, adapters: AdaptersDep, clock: ClockDep
 ) -> Response:
     async def action(exchange: Exchange, session: Any) -> GrantOut:
-        return await grant_rows.add_grant(session, parse_body(exchange.body, GrantIn), adapters)
+        return await grant_rows.add_grant(session, parse_body(exchange.body, GrantIn), adapters, clock)
 
     return await run_exchange(request, "admin.grant.add", _write(201, sessions, directory, action), roles=ADMIN)
 

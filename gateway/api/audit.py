@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api.deps import EngineDep, KeyRingDep, SettingsDep
+from gateway.api.deps import ClockDep, EngineDep, KeyRingDep, SettingsDep
 from gateway.api.docs import SIGNED, problem_responses
 from gateway.audit.rows import chain_ids, get_record, load_checkpoints
 from gateway.audit.search import AuditQuery, open_payload, search_records, subject_hashes
@@ -298,7 +298,7 @@ class VerifyParams(BaseModel):
     responses=problem_responses(401, 403, 422, 503),
     openapi_extra=_query_parameters(VerifyParams),
 )
-async def verify(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def verify(request: Request, engine: EngineDep, settings: SettingsDep, clock: ClockDep) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         params: VerifyParams = _parse_query(exchange.request, VerifyParams)
         trusted = await node_trust(engine, settings)
@@ -340,7 +340,7 @@ async def verify(request: Request, engine: EngineDep, settings: SettingsDep) -> 
         ]
         body = {
             "ok": all(report.ok for report in reports),
-            "checked_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "checked_at": clock.now().isoformat(timespec="milliseconds"),
             "trusted_keys": trusted.key_ids,
             "chains": chains,
         }

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from gateway.access.minimize import answer_document, minimize
 from gateway.access.quotas import Quotas
 from gateway.api.deps import AdaptersDep, DirectoryDep, SessionsDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.json_bodies import parse_body
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from gateway.payments.idempotency import MAX_HEADER_LENGTH, MAX_KEY_LENGTH, parse_key
@@ -69,6 +70,7 @@ class Invocations:
     payments: Payments | None
     # Records a grant's delivery on its first successful call (the sharing service, off the request path).
     note_first_use: Callable[[GrantInfo], None]
+    clock: Clock = SYSTEM_CLOCK
 
     async def invoke(self, service: str, operation_name: str, exchange: Exchange) -> tuple[int, bytes]:
         """The /v1 JSON call: its body read as JSON, its answer rendered as JSON."""
@@ -132,8 +134,16 @@ class Invocations:
             operation=operation_name,
             grant_id=grant.grant_id,
             source=adapter.title or service,
+            fetched_at=self.clock.now(),
         )
 
+
+async def _invocations(request: Request) -> Invocations:
+    return request.app.state.invocations
+
+
+# For another interface's routes to the same operations (the SOAP façade).
+InvocationsDep = Annotated[Invocations, Depends(_invocations)]
 
 RequestReader = Callable[[Exchange, Operation], InvokeRequest]
 

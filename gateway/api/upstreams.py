@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.deps import AdaptersDep, DirectoryDep, SessionsDep, SettingsDep
+from gateway.api.deps import AdaptersDep, ClockDep, DirectoryDep, SessionsDep, SettingsDep
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.http.json_bodies import parse_body
 from gateway.pipeline.exchange import Exchange, run_exchange
@@ -41,7 +41,7 @@ LIVE = "Live on every gateway node within about a second, without a restart."
     openapi_extra=json_body(UpstreamIn),
 )
 async def add_upstream(
-    request: Request, sessions: SessionsDep, adapters: AdaptersDep, settings: SettingsDep
+    request: Request, sessions: SessionsDep, adapters: AdaptersDep, settings: SettingsDep, clock: ClockDep
 ) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         body: UpstreamIn = parse_body(exchange.body, UpstreamIn)
@@ -64,7 +64,7 @@ async def add_upstream(
         )
         async with sessions() as session:
             out = await upstreams.add_upstream(
-                session, prepared, exchange.principal.caller.caller_id, body.owner_department
+                session, prepared, exchange.principal.caller.caller_id, body.owner_department, clock.now()
             )
         await adapters.refresh()  # this node at once; the others on their next poll
         return 201, orjson.dumps(out.model_dump(mode="json"))
@@ -105,11 +105,11 @@ async def list_upstreams(request: Request, sessions: SessionsDep, catalog: Adapt
     responses=problem_responses(401, 403, 404),
 )
 async def remove_upstream(
-    request: Request, name: str, sessions: SessionsDep, directory: DirectoryDep, adapters: AdaptersDep
+    request: Request, name: str, sessions: SessionsDep, directory: DirectoryDep, adapters: AdaptersDep, clock: ClockDep
 ) -> Response:
     async def handler(exchange: Exchange) -> tuple[int, bytes]:
         async with sessions() as session:
-            out, revoked = await upstreams.remove_upstream(session, name)
+            out, revoked = await upstreams.remove_upstream(session, name, clock.now())
         directory.invalidate()
         await adapters.refresh()
         return 200, orjson.dumps({**out.model_dump(mode="json"), "grants_revoked": revoked})

@@ -26,6 +26,7 @@ from gateway.cli.common import (
     parse_when,
     run_engine,
 )
+from gateway.clock import SYSTEM_CLOCK
 
 audit_app = typer.Typer(help="The audit log: verify, export, archive.", no_args_is_help=True)
 
@@ -255,7 +256,7 @@ def audit_archive(
     from gateway.audit.signer import node_trust
 
     settings = cli_settings(data_dir)
-    now = datetime.now(UTC)
+    now = SYSTEM_CLOCK.now()
     limit = now - timedelta(days=settings.audit_retention_days)
     cutoff = parse_when(before, "--before") if before else limit
     if cutoff > limit and not force:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from gateway.cli.common import DataDir, cli_settings, fail
+from gateway.clock import SYSTEM_CLOCK
 
 calendar_app = typer.Typer(
     help="The working-day calendar: load the State Council's holiday schedule each year.", no_args_is_help=True
@@ -100,7 +100,7 @@ def _import(settings: Any, schedule: Any, file_bytes: bytes, imported_by: str) -
                     transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
                 )
 
-            result = await import_schedule(db.sessionmaker(engine), schedule, imported_by, datetime.now(UTC), audit)
+            result = await import_schedule(db.sessionmaker(engine), schedule, imported_by, SYSTEM_CLOCK.now(), audit)
             await writer.append(
                 AuditEvent(
                     event="admin.calendar.import",
@@ -149,7 +149,7 @@ def calendar_years(data_dir: DataDir = None) -> None:
     from schemas.times import china_date
 
     calendar = _calendar(cli_settings(data_dir))
-    for entry in years_overview(calendar, china_date(datetime.now(UTC))):
+    for entry in years_overview(calendar, china_date(SYSTEM_CLOCK.now())):
         schedule = entry.schedule
         if entry.source == "imported":
             detail = f"{schedule.source} (imported {schedule.imported_at:%Y-%m-%d %H:%M} UTC by {schedule.imported_by})"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from gateway.cli.common import DataDir, beijing, cli_settings, fail, run_registry
+from gateway.clock import SYSTEM_CLOCK
 from gateway.settings import Settings
 
 grants_app = typer.Typer(
@@ -45,7 +46,7 @@ def grants_add(
         operation=operation,
         purpose=purpose,
         fields=field,
-        valid_to=datetime.now(UTC) + timedelta(days=days),
+        valid_to=SYSTEM_CLOCK.now() + timedelta(days=days),
         share_methods=share_method,  # type: ignore[arg-type]
     )
 
@@ -96,7 +97,7 @@ def grants_revoke(grant_id: Annotated[str, typer.Argument()], data_dir: DataDir 
 
     async def work(session: Any) -> Any:
         # Through the workflow: the last live grant of a sharing request takes the request with it.
-        now = datetime.now(UTC)
+        now = SYSTEM_CLOCK.now()
         grant, _ = await workflow.revoke_grant(session, operator, grant_id, None, now)
         return grant_rows.grant_out(grant, now)
 
@@ -114,7 +115,7 @@ def _grant_change(data_dir: Path | None, grant_id: str, change: str, body: Any) 
     act = obligations.suspend if change == "suspend" else obligations.resume
 
     async def work(session: Any) -> Any:
-        now = datetime.now(UTC)
+        now = SYSTEM_CLOCK.now()
         grant, _ = await act(session, operator, grant_id, body, now)
         return grant_rows.grant_out(grant, now)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +21,7 @@ from gateway.cli.common import (
     parse_when,
     run_engine,
 )
+from gateway.clock import SYSTEM_CLOCK
 from gateway.settings import Settings
 
 keys_app = typer.Typer(
@@ -120,7 +121,7 @@ def keys_destroy(
     again; the chain, which covers ciphertext digests, still verifies. The current keys are never destroyed."""
     settings = cli_settings(data_dir)
     cutoff = parse_when(before, "--before")
-    now = datetime.now(UTC)
+    now = SYSTEM_CLOCK.now()
     limit = now - timedelta(days=settings.audit_retention_days)
     if cutoff > now:
         raise fail("--before is in the future")

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli.common import DataDir, beijing, cli_settings, fail, run_registry
+from gateway.clock import SYSTEM_CLOCK
 from gateway.http.problems import Problem
 
 upstreams_app = typer.Typer(
@@ -120,7 +121,7 @@ def upstreams_add(
         raise fail(f"{problem.code}: {problem.detail}", 1) from None
     if not owner.strip() or len(owner) > 200:
         raise fail("--owner names a department (1 to 200 characters)")
-    out = run_registry(settings, lambda session: add_upstream(session, prepared, "cli", owner))
+    out = run_registry(settings, lambda session: add_upstream(session, prepared, "cli", owner, SYSTEM_CLOCK.now()))
     typer.echo(
         f"registered {out.name} ({out.kind}, {len(out.operations)} operations) from {out.source}, owned by {owner}"
     )
@@ -172,5 +173,7 @@ def upstreams_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir =
     """Remove a registered upstream and revoke its grants; every node stops offering it within about a second."""
     from gateway.upstreams.registry import remove_upstream
 
-    out, revoked = run_registry(cli_settings(data_dir), lambda session: remove_upstream(session, name))
+    out, revoked = run_registry(
+        cli_settings(data_dir), lambda session: remove_upstream(session, name, SYSTEM_CLOCK.now())
+    )
     typer.echo(f"removed {out.name}; {revoked} grant(s) revoked")

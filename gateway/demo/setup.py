@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -18,6 +18,7 @@ from sqlalchemy import select
 from adapters.base import Adapter
 from gateway.access import callers
 from gateway.access import grants as grant_rows
+from gateway.clock import SYSTEM_CLOCK
 from gateway.console.accounts import SecretBox
 from gateway.console.demo import seed_console_accounts
 from gateway.demo.sharing import seed_sharing
@@ -131,9 +132,9 @@ async def seed(settings: Settings, adapters: dict[str, Adapter]) -> list[dict[st
                 )
         await seed_owners(sessions, adapters)
         async with sessions() as session:
-            sharing = await seed_sharing(session, adapters, datetime.now(UTC))
+            sharing = await seed_sharing(session, adapters, SYSTEM_CLOCK.now())
         async with sessions() as session:
-            await seed_console_accounts(session, demo_dir, datetime.now(UTC), SecretBox.for_settings(settings))
+            await seed_console_accounts(session, demo_dir, SYSTEM_CLOCK.now(), SecretBox.for_settings(settings))
     finally:
         await engine.dispose()
     demo_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ async def _demo_grants(session, demo: DemoCaller, adapters: dict[str, Adapter]) 
         for row in (await session.scalars(select(Grant).where(Grant.caller_id == demo.caller_id))).all()
         if row.revoked_at is None
     }
-    valid_to = datetime.now(UTC) + timedelta(days=365)
+    valid_to = SYSTEM_CLOCK.now() + timedelta(days=365)
     for service, adapter in adapters.items():
         for operation in adapter.operations.values():
             wanted = [(DEMO_PURPOSE, list(operation.fields))]

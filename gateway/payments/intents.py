@@ -367,6 +367,7 @@ class Payments:
                 operation=SUBMIT,
                 grant_id=intent.grant_id,
                 source=self.adapter.title or SERVICE,
+                fetched_at=self.clock.now(),
             )
         else:
             status, body = resolution.problem.status, resolution.problem.render(request_id, SUBMIT_PATH)

@@ -25,7 +25,7 @@ from limits.errors import StorageError
 
 from gateway import metrics
 from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
-from gateway.clock import Periodic, periodic
+from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.unauthenticated")
@@ -47,16 +47,19 @@ class Verdict:
 
 
 class UnauthenticatedGate:
-    def __init__(self, storage: Storage, per_client: str, total: str, deployment: str) -> None:
+    def __init__(
+        self, storage: Storage, per_client: str, total: str, deployment: str, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         """`deployment` names the nodes that count together (those sharing a database), apart from others that
         share the same Redis."""
         self._deployment = deployment
+        self._clock = clock
         self._limiter = FixedWindowRateLimiter(storage)
         self._fallback = FixedWindowRateLimiter(MemoryStorage())
         self._per_client: RateLimitItem = parse(per_client)
         self._total: RateLimitItem = parse(total)
         self._counts: Counter[str] = Counter()
-        self._window_started = time.time()
+        self._window_started = clock.time()
         self._flusher: Periodic | None = None
 
     @staticmethod
@@ -82,6 +85,7 @@ class UnauthenticatedGate:
             if not await limiter.hit(item, *identifiers):
                 stats = await limiter.get_window_stats(item, *identifiers)
                 self._count(key)
+                # `limits` gives the reset as the machine's time plus the window's TTL, whatever our clock says.
                 return Verdict(False, max(1, math.ceil(stats.reset_time - time.time())))
         return Verdict(True)
 
@@ -99,7 +103,7 @@ class UnauthenticatedGate:
     async def flush(self, append: Callable[[AuditEvent], Awaitable[object]]) -> int:
         """Write one record per address counted since the last flush; returns how many were written."""
         counts, self._counts = self._counts, Counter()
-        since, self._window_started = self._window_started, time.time()
+        since, self._window_started = self._window_started, self._clock.time()
         written = 0
         for address, count in counts.items():
             event = AuditEvent(

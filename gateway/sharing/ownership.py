@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import Adapter
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.problems import Problem
 from gateway.sharing.errors import forbidden
 from gateway.sharing.request_states import DRAFT, LIVE, RETURNED, SUBMITTED, Actor
@@ -117,7 +117,9 @@ def published_by_owner(item: CatalogItem, owner: str | None) -> bool:
     return owner is not None and item.provider == owner
 
 
-async def seed_owners(sessions: async_sessionmaker, adapters: Mapping[str, Adapter]) -> None:
+async def seed_owners(
+    sessions: async_sessionmaker, adapters: Mapping[str, Adapter], clock: Clock = SYSTEM_CLOCK
+) -> None:
     """Give each configured service the owner its adapter declares, unless it already has one (never overwrite)."""
     async with sessions() as session:
         known = await owners(session)
@@ -126,7 +128,7 @@ async def seed_owners(sessions: async_sessionmaker, adapters: Mapping[str, Adapt
         if not department or name in known:
             continue
         async with sessions() as session:
-            session.add(ServiceOwner(service=name, department=department, set_by="gateway", set_at=datetime.now(UTC)))
+            session.add(ServiceOwner(service=name, department=department, set_by="gateway", set_at=clock.now()))
             try:
                 await session.commit()
             except IntegrityError:  # another node did it first
@@ -135,13 +137,15 @@ async def seed_owners(sessions: async_sessionmaker, adapters: Mapping[str, Adapt
         log.info("service %s is owned by %s (its adapter's 提供单位)", name, department)
 
 
-async def set_owner(session: AsyncSession, service: str, department: str, set_by: str) -> tuple[str | None, int]:
+async def set_owner(
+    session: AsyncSession, service: str, department: str, set_by: str, clock: Clock = SYSTEM_CLOCK
+) -> tuple[str | None, int]:
     """Hand `service` to `department`; its open and live requests follow (each with a history event). Commits.
 
     Items keep the department that published them, so a 无条件 item of the old owner no longer approves by rule
     until the new owner publishes or changes it. Returns the previous owner and how many requests moved.
     """
-    now = datetime.now(UTC)
+    now = clock.now()
     row = await session.get(ServiceOwner, service)
     previous = row.department if row is not None else None
     if row is None:

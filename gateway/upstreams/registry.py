@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -252,7 +252,7 @@ def _out(row: RegisteredUpstream, adapter: RegisteredAdapter | None, owner: str 
 
 
 async def add_upstream(
-    session: AsyncSession, prepared: Prepared, created_by: str | None, owner_department: str
+    session: AsyncSession, prepared: Prepared, created_by: str | None, owner_department: str, now: datetime
 ) -> UpstreamOut:
     """Store the upstream and its owner in one transaction: it is never offered without an owner."""
     spec = prepared.spec
@@ -270,7 +270,7 @@ async def add_upstream(
         safe=sorted(spec.safe),
         operations=prepared.adapter.describe(),
         revision=secrets.token_hex(8),
-        created_at=datetime.now(UTC),
+        created_at=now,
         created_by=created_by,
     )
     session.add(row)
@@ -290,14 +290,14 @@ async def list_upstreams(session: AsyncSession) -> list[UpstreamOut]:
     return [_out(row, None, owned.get(row.name)) for row in rows]
 
 
-async def remove_upstream(session: AsyncSession, name: str) -> tuple[UpstreamOut, int]:
+async def remove_upstream(session: AsyncSession, name: str, now: datetime) -> tuple[UpstreamOut, int]:
     """Delete the registration and revoke every grant on it (a later upstream of that name starts without any)."""
     row = await session.get(RegisteredUpstream, name)
     if row is None:
         raise Problem(ProblemCode.UPSTREAM_UNKNOWN, f"no registered upstream {name!r}")
     owner = await session.get(ServiceOwner, name)
     out = _out(row, None, owner.department if owner is not None else None)
-    revoked = await revoke_service_grants(session, name, datetime.now(UTC))
+    revoked = await revoke_service_grants(session, name, now)
     await session.delete(row)
     if owner is not None:
         await session.delete(owner)
