@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from gateway.api.deps import sessions_of
 from gateway.console import accounts
 from gateway.console.accounts import AccountError, is_locked, provisioning_uri
 from gateway.console.roles import ROLES
@@ -19,7 +20,7 @@ SECURITY_ADMIN = "security_admin"
 
 async def _page(request: Request, who: Any, status: int = 200, **extra: Any) -> Response:
     now = state_of(request).now()
-    async with request.app.state.runtime.sessions() as db:
+    async with sessions_of(request)() as db:
         found = await accounts.list_accounts(db)
     rows = [
         {
@@ -70,7 +71,7 @@ async def add_account(request: Request) -> Response:
     username = (form.get("username") or "").strip().lower()
     role = form.get("role") or ""
     try:
-        async with request.app.state.runtime.sessions() as db:
+        async with sessions_of(request)() as db:
             created = await accounts.add_account(
                 db,
                 username=username,
@@ -110,7 +111,7 @@ async def change_account(request: Request, username: str, action: str) -> Respon
     now = state_of(request).now()
     extra: dict[str, Any] = {}
     try:
-        async with request.app.state.runtime.sessions() as db:
+        async with sessions_of(request)() as db:
             if action == "lock":
                 await accounts.lock_account(db, username, now, None)
             elif action == "unlock":

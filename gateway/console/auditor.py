@@ -14,11 +14,12 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 
 from gateway.api.audit import record_out
+from gateway.api.deps import EngineDep
 from gateway.audit.rows import AUDIT_TABLE, CHECKPOINT_TABLE, chain_ids
 from gateway.audit.search import AuditQuery, search_records
 from gateway.batches.tables import BatchJob
 from gateway.console.charts import Bar, bars, stacked_hours
-from gateway.console.session import audit_event
+from gateway.console.session import audit_event, state_of
 from gateway.console.twin import call_api
 from gateway.console.web import as_list, guard, is_htmx, posted, render, router
 from schemas.audit import AuditSearchParams
@@ -198,11 +199,11 @@ def _time(ts_ms: int) -> str:
 
 
 @router.get("/audit/chains")
-async def chains(request: Request) -> Response:
+async def chains(request: Request, engine: EngineDep) -> Response:
     who = await guard(request, AUDITOR)
     if isinstance(who, Response):
         return who
-    status = await _chain_status(request.app.state.runtime.engine)
+    status = await _chain_status(engine)
     await audit_event(
         request, "audit.chains", username=who.account.username, principal=who.principal, allowed=True, status=200
     )
@@ -210,13 +211,12 @@ async def chains(request: Request) -> Response:
 
 
 @router.get("/audit/chains/verify")
-async def verify_now(request: Request, chain: str = "") -> Response:
+async def verify_now(request: Request, engine: EngineDep, chain: str = "") -> Response:
     """Without htmx: every chain at once. With htmx: first a row per chain, each of which then asks for its own
     chain's verification, so the page fills in chain by chain as each is done (the progress)."""
     who = await guard(request, AUDITOR)
     if isinstance(who, Response):
         return who
-    engine = request.app.state.runtime.engine
     if is_htmx(request) and not chain:
         return render(request, "auditor/verify_rows.html", who, pending=await chain_ids(engine))
     answer = await call_api(request, who, "GET", "/v1/audit/verify", query={"chain": chain or None})
@@ -247,20 +247,19 @@ async def export_form(request: Request) -> Response:
 
 
 @router.post("/audit/export")
-async def export(request: Request) -> Response:
+async def export(request: Request, engine: EngineDep) -> Response:
     who = await guard(request, AUDITOR)
     if isinstance(who, Response):
         return who
     form = await posted(request, who)
     if isinstance(form, Response):
         return form
-    now = datetime.now(UTC)
+    now = state_of(request).now()
     try:
         start = _period(form.get("from"), now - timedelta(days=1))
         end = _period(form.get("to"), now)
     except ValueError:
         return render(request, "auditor/export.html", who, status=422, error="时间格式有误 (a date or a time)")
-    engine = request.app.state.runtime.engine
     query = AuditQuery(from_ms=int(start.timestamp() * 1000), to_ms=int(end.timestamp() * 1000))
     lines: list[bytes] = []
     after = None
@@ -291,17 +290,17 @@ async def export(request: Request) -> Response:
 
 
 @router.get("/audit/charts")
-async def charts(request: Request, hours: int = 24) -> Response:
+async def charts(request: Request, engine: EngineDep, hours: int = 24) -> Response:
     who = await guard(request, AUDITOR)
     if isinstance(who, Response):
         return who
     hours = max(1, min(hours, 24 * 14))
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    now_ms = int(state_of(request).now().timestamp() * 1000)
     since = now_ms - hours * 3_600_000
     table = AUDIT_TABLE
     window = table.c.ts_ms >= since
     exchanges = table.c.event == "service.invoke"
-    async with request.app.state.runtime.engine.connect() as connection:
+    async with engine.connect() as connection:
         hour = (table.c.ts_ms // 3_600_000).label("hour")
         per_hour = await connection.execute(
             select(hour, table.c.decision, func.count()).where(window, exchanges).group_by(hour, table.c.decision)

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
+from gateway.api.deps import engine_of
 from gateway.console.twin import call_api
 from gateway.console.web import HEADERS, as_list, guard, posted, render, router
 from gateway.sharing.calendar import calendar_for
@@ -59,7 +60,7 @@ def working_days_left(calendar: Any, today: date, due: date | None) -> int | Non
 
 
 async def _inbox_rows(request: Request, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    calendar = await calendar_for(request.app.state.runtime.engine)
+    calendar = await calendar_for(engine_of(request))
     today = china_date(request.app.state.sharing.now())
     for entry in entries:
         due = date.fromisoformat(entry["due_date"]) if entry.get("due_date") else None

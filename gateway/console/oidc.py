@@ -21,6 +21,7 @@ from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, Jos
 from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
+from gateway.api.deps import sessions_of
 from gateway.audit.writer import AuditUnavailable
 from gateway.console.accounts import SEALED, AccountError, is_locked
 from gateway.console.roles import ROLES
@@ -265,9 +266,8 @@ async def oidc_callback(request: Request) -> Response:
         return _finish(request, _back_to_login(request, "failed", 401))
     username = username.strip().lower()[:64]
     identity = {"method": "oidc", "issuer": client.issuer, "sub": str(claims.get("sub", ""))[:128]}
-    runtime = request.app.state.runtime
     now = state_of(request).now()
-    async with runtime.sessions() as db:
+    async with sessions_of(request)() as db:
         account = await db.get(ConsoleAccount, username)
         refusal = None
         if account is None:

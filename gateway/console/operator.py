@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from gateway import metrics
+from gateway.api.deps import AdaptersDep, BreakersDep
 from gateway.console.twin import call_api
 from gateway.console.web import HEADERS, guard, posted, render, router
 
@@ -41,17 +42,16 @@ def quantile(service: str, q: float) -> float | None:
 
 
 @router.get("/upstreams")
-async def upstreams(request: Request, done: str = "") -> Response:
+async def upstreams(request: Request, adapters: AdaptersDep, breakers: BreakersDep, done: str = "") -> Response:
     who = await guard(request, OPERATOR)
     if isinstance(who, Response):
         return who
-    runtime = request.app.state.runtime
     registered = await call_api(request, who, "GET", "/v1/upstreams")
     by_name = {entry["name"]: entry for entry in (registered.body if registered.ok else [])}
     rows = []
-    for name in sorted(runtime.adapters):
+    for name in sorted(adapters):
         try:
-            snapshot = await runtime.breakers.snapshot(name)
+            snapshot = await breakers.snapshot(name)
             breaker = snapshot.state
         except Exception as exc:  # Redis down: the page still shows the rest
             breaker = f"unknown ({type(exc).__name__})"
@@ -65,9 +65,9 @@ async def upstreams(request: Request, done: str = "") -> Response:
                     breaker, breaker
                 ),
                 "owner": (by_name.get(name) or {}).get("owner_department")
-                or getattr(runtime.adapters[name], "provider_department", None)
+                or getattr(adapters[name], "provider_department", None)
                 or "",
-                "operations": len(getattr(runtime.adapters[name], "operations", {}) or {}),
+                "operations": len(getattr(adapters[name], "operations", {}) or {}),
                 "p50": p50,
                 "p99": p99,
             }

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from gateway.access.authenticate import Principal
 from gateway.access.directory import CallerInfo
+from gateway.api.deps import audit_of, sessions_of
 from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
 from gateway.clock import SYSTEM_CLOCK
 from gateway.console.accounts import (
@@ -129,7 +130,6 @@ async def audit_event(
     target: str | None = None,
 ) -> None:
     """A console event with no API twin (a login, a refusal by role): the console account is its key id."""
-    runtime = request.app.state.runtime
     caller = principal.caller if principal else None
     event = AuditEvent(
         event=event_name,
@@ -147,7 +147,7 @@ async def audit_event(
         target_id=target,
         response_body=orjson.dumps(detail or {}),
     )
-    await runtime.audit.append(event)
+    await audit_of(request).append(event)
 
 
 @dataclass
@@ -163,10 +163,9 @@ GENERIC_FAILURE = "用户名、密码或动态口令错误 (wrong username, pass
 
 async def login(request: Request, username: str, password: str, code: str) -> LoginResult:
     """Check password and TOTP; count failures; lock after five for 15 minutes. Each outcome is audited first."""
-    runtime = request.app.state.runtime
     now = state_of(request).now()
     username = username.strip().lower()[:64]
-    async with runtime.sessions() as db:
+    async with sessions_of(request)() as db:
         account = await db.get(ConsoleAccount, username) if username else None
         if account is not None and (account.disabled or is_locked(account, now)):
             check_password(None, password)  # the same work as a real check, so timing does not tell
@@ -268,9 +267,8 @@ async def current(request: Request) -> SignedIn:
     token = request.cookies.get(COOKIE)
     if not token:
         raise NotSignedIn("none")
-    runtime = request.app.state.runtime
     now = state_of(request).now()
-    async with runtime.sessions() as db:
+    async with sessions_of(request)() as db:
         row = await db.get(ConsoleSession, token_hash(token))
         if row is None or row.ended_at is not None:
             raise NotSignedIn("ended")
@@ -306,9 +304,8 @@ async def current(request: Request) -> SignedIn:
 
 
 async def logout(request: Request, who: SignedIn) -> None:
-    runtime = request.app.state.runtime
     now = state_of(request).now()
-    async with runtime.sessions() as db:
+    async with sessions_of(request)() as db:
         row = await db.get(ConsoleSession, who.session.token_hash)
         if row is not None and row.ended_at is None:
             row.ended_at = now

@@ -10,6 +10,7 @@ sent as a SOAP Fault whose detail carries its `code`; the audit record keeps tha
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -19,8 +20,8 @@ from pydantic import ValidationError
 
 from adapters.base import Adapter, Operation
 from gateway.access.authenticate import Principal, target_uri
-from gateway.access.certificates import authenticate_certificate, client_certificate
-from gateway.api.services import Invocations
+from gateway.api.deps import AdaptersDep, AuthenticatorDep, CertificatesDep
+from gateway.api.services import InvocationsDep
 from gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.soap.contract import ServiceContract, build_contract, wsdl_document
@@ -49,8 +50,8 @@ _KEPT_HEADERS = ("retry-after", "www-authenticate", "connection", "x-request-id"
 _contracts: weakref.WeakKeyDictionary[Adapter, ServiceContract] = weakref.WeakKeyDictionary()
 
 
-def contract_for(request: Request, service: str) -> tuple[Adapter, ServiceContract]:
-    adapter = request.app.state.runtime.adapters.get(service)
+def contract_for(adapters: Mapping[str, Adapter], service: str) -> tuple[Adapter, ServiceContract]:
+    adapter = adapters.get(service)
     if adapter is None:
         raise Problem(ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}")
     contract = _contracts.get(adapter)
@@ -68,8 +69,8 @@ def contract_for(request: Request, service: str) -> tuple[Adapter, ServiceContra
     " reading it needs no signature.",
     responses={200: {"content": {"text/xml": {}}}},
 )
-async def wsdl(request: Request, service: str) -> Response:
-    adapter, contract = contract_for(request, service)
+async def wsdl(request: Request, service: str, adapters: AdaptersDep) -> Response:
+    adapter, contract = contract_for(adapters, service)
     address = target_uri(request).split("?", 1)[0]
     return Response(wsdl_document(contract, address, adapter.title), media_type=WSDL_CONTENT_TYPE)
 
@@ -104,24 +105,28 @@ def _version_from_headers(request: Request) -> str:
     " UsernameToken is refused.",
     responses={200: {"content": {"text/xml": {}, "application/soap+xml": {}}}},
 )
-async def call(request: Request, service: str) -> Response:
+async def call(
+    request: Request,
+    service: str,
+    invocations: InvocationsDep,
+    authenticator: AuthenticatorDep,
+    certificates: CertificatesDep,
+) -> Response:
     state = _Call(_version_from_headers(request))
 
     async def authenticate(request: Request, body: bytes, offload: bool) -> Principal:
-        runtime = request.app.state.runtime
         if not _signed(request):
-            certificate = client_certificate(request)
+            certificate = certificates.client_certificate(request)
             if certificate is not None:
-                return await authenticate_certificate(runtime, certificate)
+                return await certificates.authenticate(certificate)
             _refuse_username_token(state, body)
-        principal: Principal = await runtime.authenticator.authenticate(request, body, offload=offload)
-        return principal
+        return await authenticator.authenticate(request, body, offload=offload)
 
     async def handle(exchange: Exchange) -> tuple[int, bytes]:
         envelope = state.parsed(exchange.body)
         exchange.media_type = CONTENT_TYPES[envelope.version]
         check_headers(envelope)
-        _, contract = contract_for(request, service)
+        _, contract = contract_for(invocations.adapters, service)
         shape = operation_for(contract, envelope)
         exchange.event.operation = shape.operation.name
 
@@ -132,7 +137,6 @@ async def call(request: Request, service: str) -> Response:
             except ValidationError as exc:
                 raise validation_problem(exc.errors()) from None
 
-        invocations: Invocations = request.app.state.invocations
         status, answer = await invocations.call(exchange, service, shape.operation.name, read)
         if isinstance(answer, bytes):  # the payment path renders its own answer, or a stored refusal
             document = orjson.loads(answer)
