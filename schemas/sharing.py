@@ -589,6 +589,8 @@ class DeliveryOut(BaseModel):
 
 
 class SharingEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the table row, field by field
+
     at: datetime
     actor: str
     actor_department: str | None

@@ -213,19 +213,7 @@ async def request_out(
         rows = await session.scalars(
             select(SharingEvent).where(SharingEvent.request_id == row.request_id).order_by(SharingEvent.event_id)
         )
-        events = [
-            SharingEventOut(
-                at=event.at,
-                actor=event.actor,
-                actor_department=event.actor_department,
-                action=event.action,
-                from_state=event.from_state,
-                to_state=event.to_state,
-                changes=event.changes,
-                note=event.note,
-            )
-            for event in rows.all()
-        ]
+        events = [SharingEventOut.model_validate(event) for event in rows.all()]
     state = effective_state(row, now)
     return SharingRequestOut(
         request_id=row.request_id,
