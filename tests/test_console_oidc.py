@@ -186,3 +186,19 @@ async def test_a_callback_without_its_pending_sign_in_is_refused(world: ConsoleW
         assert forged.status_code == 401
     record = (await world.records(event="console.login", reason_code="oidc_failed"))[-1]
     assert await _detail(world, record) == {"method": "oidc", "failed": "state"}
+
+
+async def test_a_sign_in_that_took_longer_than_ten_minutes_by_the_consoles_clock_is_refused(
+    world: ConsoleWorld, idp: str
+) -> None:
+    await _as(idp, user="auditor")
+    async with _client(world) as client:
+        to_idp = await client.get("/console/oidc/login")
+        assert to_idp.status_code == 303
+        back = await client.get(to_idp.headers["location"])  # the IdP answers at once, with its code
+        assert back.is_redirect and back.headers["location"].startswith(f"{world.url}/console/oidc/callback")
+        world.clock.advance(minutes=11)  # the console's clock, not the machine's: the pending sign-in has lapsed
+        late = await client.get(back.headers["location"])
+        assert late.status_code == 401
+    record = (await world.records(event="console.login", reason_code="oidc_failed"))[-1]
+    assert await _detail(world, record) == {"method": "oidc", "failed": "state"}

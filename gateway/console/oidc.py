@@ -4,7 +4,6 @@ code with PKCE, state and nonce, the ID token checked against the IdP's JWKS, ma
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +102,10 @@ class OidcClient:
                 raise OidcFailed("jwks") from exc
         return self._keys
 
-    async def authorization_url(self, redirect_uri: str) -> tuple[str, Pending]:
-        pending = Pending(generate_token(32), generate_token(32), generate_token(64), time.time())
+    async def authorization_url(self, redirect_uri: str, started: float) -> tuple[str, Pending]:
+        """Where to send the browser, and what the callback must match; `started` (Unix time, the console's clock)
+        bounds how long the sign-in may take."""
+        pending = Pending(generate_token(32), generate_token(32), generate_token(64), started)
         params = {
             "response_type": "code",
             "client_id": self.client_id,
@@ -209,7 +210,7 @@ async def oidc_start(request: Request) -> Response:
     if client is None:
         return Response("not found", status_code=404, media_type="text/plain")
     try:
-        url, pending = await client.authorization_url(_redirect_uri(request))
+        url, pending = await client.authorization_url(_redirect_uri(request), state_of(request).now().timestamp())
     except OidcFailed as exc:
         await audit_event(
             request, "console.login", username="-", allowed=False, status=502, code="oidc_failed",
@@ -239,7 +240,7 @@ def _pending(request: Request) -> Pending | None:
         pending = Pending(**orjson.loads(state_of(request).box.open(PENDING_AAD, sealed)))
     except (AccountError, ValueError, TypeError):
         return None
-    return pending if time.time() - pending.started < PENDING_SECONDS else None
+    return pending if state_of(request).now().timestamp() - pending.started < PENDING_SECONDS else None
 
 
 @router.get("/oidc/callback")
