@@ -29,7 +29,8 @@ from gateway.storage.redis import SharedRedis
 from schemas.api import GrantIn
 from simulators.enterprises import DEMO_USCC
 from tests.helpers.calls import assert_problem
-from tests.helpers.gateways import PURPOSE, Identity, RunningGateway, new_identity
+from tests.helpers.clock import ManualClock
+from tests.helpers.gateways import PURPOSE, Identity, RunningGateway, make_gateway, new_identity
 from tests.helpers.processes import CLI, stop
 from tests.helpers.quotas import admin_grant, call_for_purpose, grant_info
 from tests.helpers.services import check_redis, create_test_database, drop_database, free_port
@@ -177,11 +178,24 @@ async def test_grant_terms_are_checked(gateway: RunningGateway) -> None:
         assert [grant["purpose"] for grant in (await admin.get("/v1/grants")).json()] == [PURPOSE, "QZ-2025-007"]
 
 
-async def test_expiry_holds_on_the_next_call(gateway: RunningGateway) -> None:
-    ends = datetime.now(UTC) + timedelta(seconds=1.5)
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+async def clocked(
+    request: pytest.FixtureRequest, tmp_path: Path, credit_url: str
+) -> AsyncIterator[tuple[RunningGateway, ManualClock]]:
+    """A gateway whose wall time the test moves."""
+    clock = ManualClock(datetime.now(UTC))
+    async with make_gateway(
+        request.param, clock=clock, data_dir=tmp_path, upstream_urls={"credit": credit_url}
+    ) as running:
+        yield running, clock
+
+
+async def test_expiry_holds_on_the_next_call(clocked: tuple[RunningGateway, ManualClock]) -> None:
+    gateway, clock = clocked
+    ends = clock.now() + timedelta(seconds=1.5)
     await admin_grant(gateway, purpose="SHORT-1", valid_to=ends.isoformat())
     assert (await call_for_purpose(gateway, "SHORT-1")).status_code == 200
-    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
+    clock.advance(seconds=1.6)
     response = await call_for_purpose(gateway, "SHORT-1")
     assert response.status_code == 403, response.text
     assert response.json()["code"] == "grant_expired", response.text

@@ -18,6 +18,7 @@ from gateway.access import callers
 from gateway.access import grants as grant_rows
 from gateway.app import create_app
 from gateway.client import SignatureAuth
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.demo.setup import key_id_for
 from gateway.runtime import build_adapters
 from gateway.settings import Settings, load_settings
@@ -79,8 +80,9 @@ async def new_identity(session: Any, caller_id: str, roles: list[str], departmen
 
 
 @asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
-    """Migrate, seed one caller of each role with grants, and serve over a real socket in this event loop."""
+async def running_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[RunningGateway]:
+    """Migrate, seed one caller of each role with grants, and serve over a real socket in this event loop; `clock`
+    is the gateway's wall time (a ManualClock lets a test move it)."""
     await db.upgrade_async(settings)
     adapters = build_adapters(settings)
     engine = db.create_engine(settings)
@@ -115,7 +117,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             adapters,
         )
     await engine.dispose()
-    app = create_app(settings)
+    app = create_app(settings, clock=clock)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
@@ -138,7 +140,7 @@ BackendFactory = Callable[[Path], Settings]
 
 
 @asynccontextmanager
-async def make_gateway(backend: str, **overrides: Any) -> AsyncIterator[RunningGateway]:
+async def make_gateway(backend: str, *, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> AsyncIterator[RunningGateway]:
     """A running gateway with these settings, on SQLite with in-process state or on a throwaway PostgreSQL
     database + Redis (`backend` "postgres_redis"), dropped afterwards."""
     if backend == "postgres_redis":
@@ -146,7 +148,7 @@ async def make_gateway(backend: str, **overrides: Any) -> AsyncIterator[RunningG
         overrides["database_url"] = await create_test_database()
     settings = load_settings(**overrides)
     try:
-        async with running_gateway(settings) as running:
+        async with running_gateway(settings, clock) as running:
             yield running
     finally:
         if settings.database_url:
