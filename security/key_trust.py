@@ -22,6 +22,17 @@ _RANK = {LOCAL: 0, PINNED: 1, SELF_REGISTERED: 2, CARRIED: 3}
 PIN_CHAIN_PREFIX = "pin/"
 
 
+def cli_chain_of(node_chain: str) -> str:
+    """The chain a node's command line writes its operators' changes on, signed with that node's own key."""
+    return f"cli-{node_chain}"[:64]
+
+
+def signs_for(registered_chain: str, chain_id: str) -> bool:
+    """Whether a key registered for `registered_chain` may sign checkpoints of `chain_id`: its own chain, and its
+    node's command-line chain."""
+    return chain_id == registered_chain or chain_id == cli_chain_of(registered_chain)
+
+
 @dataclass(frozen=True)
 class KeyStanding:
     key_id: str
@@ -98,7 +109,7 @@ class KeyTrust(TrustedKeys):
 
     def check(self, checkpoint: Checkpoint) -> str | None:
         info = self.standings.get(checkpoint.key_id)
-        if info is not None and info.chain_id is not None and info.chain_id != checkpoint.chain_id:
+        if info is not None and info.chain_id is not None and not signs_for(info.chain_id, checkpoint.chain_id):
             return (
                 f"it is signed by {checkpoint.key_id}, which is registered for chain {info.chain_id}, not for"
                 f" {checkpoint.chain_id}"

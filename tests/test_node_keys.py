@@ -125,6 +125,14 @@ async def test_pin_and_revoke_from_the_command_line(backend: str, tmp_path: Path
         assert "revoked by sec-li" in cli("keys", "nodes", "list", store=one).stdout
         again = cli("keys", "nodes", "pin", key_of(two), store=one, check=False)
         assert again.returncode == 2 and "never pinned again" in again.stderr
+        # Each pin, refusal and revocation is on the record of the CLI's own chain, which verifies like any other.
+        on_record = [(row["event"], row["decision"], row["target_id"]) for row in await chain_rows(one, "cli-node-1")]
+        assert on_record == [
+            ("node_key.pin", "allowed", key_of(two)),
+            ("node_key.pin", "refused", "ed25519:0000000000000000"),
+            ("node_key.revoke", "allowed", key_of(two)),
+            ("node_key.pin", "refused", key_of(two)),
+        ]
         # What it signed before its revocation still verifies...
         out = cli("audit", "verify", store=one).stdout
         assert "chain node-2: 6 records intact" in out and "revoked by sec-li" in out
@@ -300,3 +308,12 @@ async def test_an_sm2_node_key_is_registered_and_trusted(backend: str, tmp_path:
         assert "chain node-2: 6 records intact" in out and f"keys: {sm2_key} (self-registered, not pinned)" in out
         cli("keys", "nodes", "pin", sm2_key, store=one)
         assert f"keys: {sm2_key} (pinned)" in cli("audit", "verify", "--require-pinned", store=one).stdout
+
+
+def test_a_node_key_signs_its_own_chain_and_its_command_lines_chain_only() -> None:
+    from security.key_trust import signs_for
+
+    assert signs_for("node-1", "node-1") and signs_for("node-1", "cli-node-1")
+    assert not signs_for("node-1", "node-2")
+    assert not signs_for("node-1", "cli-node-2")
+    assert not signs_for("cli-node-1", "node-1")

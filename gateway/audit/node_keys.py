@@ -23,6 +23,7 @@ from security.key_trust import (
     KeyTrust,
     pin_checkpoint,
     pin_digest,
+    signs_for,
 )
 from security.keyring import now_ms
 from security.keys import KeyFormatError, load_public_key, public_key_pem
@@ -115,7 +116,7 @@ async def register_node_key(engine: AsyncEngine, chain_id: str, public_key: Any,
             node_key.revoked_by,
             "keys/audit-signing.key",
         )
-    elif node_key.chain_id != chain_id:
+    elif not signs_for(node_key.chain_id, chain_id):
         log.warning("checkpoint key %s is registered for chain %s, not %s", key_id, node_key.chain_id, chain_id)
     return node_key
 

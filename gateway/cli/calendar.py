@@ -22,10 +22,6 @@ calendar_app = typer.Typer(
 WEEKDAYS = "一二三四五六日"
 
 
-def cli_chain(node_id: str) -> str:
-    return f"cli-{node_id}"[:64]
-
-
 @calendar_app.command("import")
 def calendar_import(
     file: Annotated[Path, typer.Argument(help="the schedule: YAML (or JSON), or CSV (by its .csv name)")],
@@ -69,57 +65,45 @@ def calendar_import(
 def _import(settings: Any, schedule: Any, file_bytes: bytes, imported_by: str) -> Any:
     import orjson
 
-    from gateway.audit.keys import open_keyring
-    from gateway.audit.signer import load_signer
-    from gateway.audit.witness import witness_path
-    from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
+    from gateway.audit.writer import AuditEvent, AuditUnavailable, new_request_id
+    from gateway.cli.audited import cli_audit_writer
     from gateway.sharing.calendar_import import import_schedule
     from gateway.sharing.service import transition_event
     from gateway.storage import db
 
     db.upgrade(settings)
-    chain = cli_chain(settings.node_id)
 
     async def main() -> Any:
         engine = db.create_engine(settings)
-        writer = None
         try:
-            keyring = await open_keyring(settings, engine)
-            writer = AuditWriter(
-                engine,
-                chain_id=chain,
-                keyring=keyring,
-                suite=settings.crypto_suite,
-                signer=load_signer(settings),
-                witness_path=witness_path(settings, chain),
-            )
-            await writer.start()  # before anything is written: no import without its audit record
+            # The writer starts before anything is written: no import without its audit record.
+            async with cli_audit_writer(settings, engine) as writer:
 
-            async def audit(out: Any, outcome: Any) -> None:
+                async def audit(out: Any, outcome: Any) -> None:
+                    await writer.append(
+                        transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
+                    )
+
+                result = await import_schedule(
+                    db.sessionmaker(engine), schedule, imported_by, SYSTEM_CLOCK.now(), audit
+                )
                 await writer.append(
-                    transition_event(out, outcome, caller_id="system", department=None, roles=("system",))
+                    AuditEvent(
+                        event="admin.calendar.import",
+                        request_id=new_request_id(),
+                        decision="allowed",
+                        status_code=201,
+                        request_body=file_bytes,
+                        response_body=orjson.dumps(result.model_dump(mode="json")),
+                        caller_id=imported_by,
+                        roles=("operator",),
+                        path="msjx-gateway calendar import",
+                    )
                 )
-
-            result = await import_schedule(db.sessionmaker(engine), schedule, imported_by, SYSTEM_CLOCK.now(), audit)
-            await writer.append(
-                AuditEvent(
-                    event="admin.calendar.import",
-                    request_id=new_request_id(),
-                    decision="allowed",
-                    status_code=201,
-                    request_body=file_bytes,
-                    response_body=orjson.dumps(result.model_dump(mode="json")),
-                    caller_id=imported_by,
-                    roles=("operator",),
-                    path="msjx-gateway calendar import",
-                )
-            )
-            return result
+                return result
         except AuditUnavailable:
             raise fail("the schedule is stored, but its audit record could not be written; see the log", 1) from None
         finally:
-            if writer is not None:
-                await writer.close()
             await engine.dispose()
 
     return asyncio.run(main())

@@ -31,69 +31,21 @@ def _run(data_dir: object, work: object) -> object:
 
 
 def _audited(data_dir: object, action: str, username: str, work: Any, detail: dict[str, Any] | None = None) -> Any:
-    """Run `work(session)` and write its audit record on this node's CLI chain, as `calendar import` does: a change
-    to an account made on the command line is on the record like one made on the security admin's page. A refusal
-    is recorded too. Never a password or a TOTP secret in the record."""
-    import asyncio
-
-    import orjson
-
-    from gateway.audit.keys import open_keyring
-    from gateway.audit.signer import load_signer
-    from gateway.audit.witness import witness_path
-    from gateway.audit.writer import AuditEvent, AuditUnavailable, AuditWriter, new_request_id
-    from gateway.cli.calendar import cli_chain
+    """Run `work(session)` with its audit record on this node's CLI chain (gateway/cli/audited.py): a change to an
+    account made on the command line is on the record like one made on the security admin's page. A refusal is
+    recorded too. Never a password or a TOTP secret in the record."""
+    from gateway.cli.audited import CliAction, in_session, run_audited
     from gateway.console.accounts import AccountError
-    from gateway.storage import db
 
+    action_record = CliAction(
+        event=f"console.account.{action}",
+        operator=getpass.getuser(),
+        command=f"msjx-gateway console-users {action}",
+        target_id=username[:64],
+        refused_code="account_refused",
+    )
     settings = cli_settings(data_dir)  # type: ignore[arg-type]
-    db.upgrade(settings)
-    chain = cli_chain(settings.node_id)
-    actor = f"cli:{getpass.getuser()}"
-
-    def event(allowed: bool, refused: str | None = None) -> AuditEvent:
-        return AuditEvent(
-            event=f"console.account.{action}",
-            request_id=new_request_id(),
-            decision="allowed" if allowed else "refused",
-            status_code=200 if allowed else 422,
-            caller_id=actor,
-            key_id=actor,
-            path=f"msjx-gateway console-users {action}",
-            target_id=username[:64],
-            reason_code=None if allowed else "account_refused",
-            response_body=orjson.dumps({**(detail or {}), **({"refused": refused} if refused else {})}),
-        )
-
-    async def main() -> Any:
-        engine = db.create_engine(settings)
-        writer = None
-        try:
-            writer = AuditWriter(
-                engine,
-                chain_id=chain,
-                keyring=await open_keyring(settings, engine),
-                suite=settings.crypto_suite,
-                signer=load_signer(settings),
-                witness_path=witness_path(settings, chain),
-            )
-            await writer.start()  # before anything changes: no change without its record
-            try:
-                async with db.sessionmaker(engine)() as session:
-                    result = await work(session)
-            except AccountError as exc:
-                await writer.append(event(False, str(exc)))
-                raise fail(str(exc), 1) from None
-            await writer.append(event(True))
-            return result
-        except AuditUnavailable:
-            raise fail("the audit record could not be written; see the log", 1) from None
-        finally:
-            if writer is not None:
-                await writer.close()
-            await engine.dispose()
-
-    return asyncio.run(main())
+    return run_audited(settings, action_record, in_session(work), lambda _: detail or {}, refusals=(AccountError,))
 
 
 @console_users_app.command("add")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import DataDir, beijing, cli_settings, fail, run_registry
+from gateway.cli.common import DataDir, beijing, cli_settings, fail, operator_name, run_registry
 from gateway.clock import SYSTEM_CLOCK
 from gateway.settings import Settings
 
@@ -56,7 +56,18 @@ def grants_add(
         adapters = {**build_adapters(settings), **await registered_adapters(session)}
         return await grant_rows.add_grant(session, body, adapters)
 
-    out = run_registry(settings, work)
+    from gateway.cli.audited import CliAction, in_session, run_audited
+    from gateway.http.problems import Problem
+
+    action = CliAction(
+        "grant.add",
+        operator_name(),
+        f"msjx-gateway grants add {caller_id} {service} {operation}",
+        body.model_dump(mode="json"),
+        service=service,
+        roles=("admin",),
+    )
+    out = run_audited(settings, action, in_session(work), lambda out: out.model_dump(mode="json"), refusals=(Problem,))
     typer.echo(out.model_dump_json(indent=2))
 
 
@@ -101,7 +112,7 @@ def grants_revoke(grant_id: Annotated[str, typer.Argument()], data_dir: DataDir 
         grant, _ = await workflow.revoke_grant(session, operator, grant_id, None, now)
         return grant_rows.grant_out(grant, now)
 
-    out = run_registry(cli_settings(data_dir), work)
+    out = _audited_grant_change(data_dir, grant_id, "revoke", {}, work)
     typer.echo(f"grant {out.grant_id} revoked at {beijing(out.revoked_at)}")
 
 
@@ -119,7 +130,25 @@ def _grant_change(data_dir: Path | None, grant_id: str, change: str, body: Any) 
         grant, _ = await act(session, operator, grant_id, body, now)
         return grant_rows.grant_out(grant, now)
 
-    return run_registry(cli_settings(data_dir), work)
+    return _audited_grant_change(data_dir, grant_id, change, body.model_dump(mode="json"), work)
+
+
+def _audited_grant_change(data_dir: Path | None, grant_id: str, change: str, request: dict[str, Any], work: Any) -> Any:
+    """A grant change made here is on the record like the API's (gateway/cli/audited.py); a refusal too."""
+    from gateway.cli.audited import CliAction, in_session, run_audited
+    from gateway.http.problems import Problem
+
+    action = CliAction(
+        f"grant.{change}",
+        operator_name(),
+        f"msjx-gateway grants {change} {grant_id}",
+        request,
+        grant_id=grant_id[:64],
+        roles=("admin",),
+    )
+    return run_audited(
+        cli_settings(data_dir), action, in_session(work), lambda out: out.model_dump(mode="json"), refusals=(Problem,)
+    )
 
 
 @grants_app.command("suspend")

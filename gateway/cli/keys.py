@@ -194,14 +194,20 @@ def nodes_pin(
     node). The pin is signed with this node's checkpoint key, so every node that trusts this one trusts the pin."""
     from gateway.audit.node_keys import NodeKeyError, pin_node_key
     from gateway.audit.signer import load_signer
+    from gateway.cli.audited import CliAction, run_audited
 
     settings = cli_settings(data_dir)
     signer = load_signer(settings)
     who = by or operator_name()
-    try:
-        key = run_engine(settings, lambda engine: pin_node_key(engine, key_id, who, signer))
-    except NodeKeyError as exc:
-        raise fail(str(exc)) from None
+    action = CliAction("node_key.pin", who, f"msjx-gateway keys nodes pin {key_id}", {"key_id": key_id}, key_id[:64])
+    key = run_audited(
+        settings,
+        action,
+        lambda engine: pin_node_key(engine, key_id, who, signer),
+        lambda key: key.to_dict(),
+        refusals=(NodeKeyError,),
+        refusal_exit=2,
+    )
     typer.echo(f"pinned {key.key_id} (chain {key.chain_id}, {key.algorithm}) by {who}; pin signed by {key.pin_signer}")
 
 
@@ -214,12 +220,22 @@ def nodes_revoke(
     """Revoke a node key (lost or stolen): its checkpoints above the last one it signed so far no longer verify;
     that last one is recorded and must stay, so nothing it signed before can be rewritten either."""
     from gateway.audit.node_keys import NodeKeyError, revoke_node_key
+    from gateway.cli.audited import CliAction, run_audited
 
     who = by or operator_name()
-    try:
-        key = run_engine(cli_settings(data_dir), lambda engine: revoke_node_key(engine, key_id, who))
-    except NodeKeyError as exc:
-        raise fail(str(exc)) from None
+    # On the record of the CLI's chain as well as in the node-key table: the revocation (with the height it holds
+    # from) stays provable by the hash-linked, checkpoint-signed log even if the table's row were edited.
+    action = CliAction(
+        "node_key.revoke", who, f"msjx-gateway keys nodes revoke {key_id}", {"key_id": key_id}, key_id[:64]
+    )
+    key = run_audited(
+        cli_settings(data_dir),
+        action,
+        lambda engine: revoke_node_key(engine, key_id, who),
+        lambda key: key.to_dict(),
+        refusals=(NodeKeyError,),
+        refusal_exit=2,
+    )
     typer.echo(
         f"revoked {key.key_id} (chain {key.chain_id}) by {who}; its checkpoints are accepted through height"
         f" {key.revoked_height or 0} and no further: the node needs a new key (move its keys/audit-signing.key aside"

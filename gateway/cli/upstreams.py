@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import DataDir, beijing, cli_settings, fail, run_registry
+from gateway.cli.common import DataDir, beijing, cli_settings, fail, operator_name, run_registry
 from gateway.clock import SYSTEM_CLOCK
 from gateway.http.problems import Problem
 
@@ -121,7 +121,14 @@ def upstreams_add(
         raise fail(f"{problem.code}: {problem.detail}", 1) from None
     if not owner.strip() or len(owner) > 200:
         raise fail("--owner names a department (1 to 200 characters)")
-    out = run_registry(settings, lambda session: add_upstream(session, prepared, "cli", owner, SYSTEM_CLOCK.now()))
+    out = _audited(
+        settings,
+        "upstream.add",
+        name,
+        {"owner": owner},
+        lambda session: add_upstream(session, prepared, "cli", owner, SYSTEM_CLOCK.now()),
+        lambda out: {"name": out.name, "kind": out.kind, "operations": list(out.operations), "source": out.source},
+    )
     typer.echo(
         f"registered {out.name} ({out.kind}, {len(out.operations)} operations) from {out.source}, owned by {owner}"
     )
@@ -164,7 +171,14 @@ def upstreams_owner(
         return
     if not department.strip() or len(department) > 200:
         raise fail("the department is 1 to 200 characters")
-    previous, moved = run_registry(settings, lambda session: set_owner(session, name, department, "cli"))
+    previous, moved = _audited(
+        settings,
+        "upstream.owner",
+        name,
+        {"department": department},
+        lambda session: set_owner(session, name, department, "cli"),
+        lambda result: {"previous": result[0], "requests_moved": result[1]},
+    )
     typer.echo(f"{name}: owned by {department} (was {previous or 'nobody'}); {moved} sharing request(s) now go to it")
 
 
@@ -173,7 +187,22 @@ def upstreams_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir =
     """Remove a registered upstream and revoke its grants; every node stops offering it within about a second."""
     from gateway.upstreams.registry import remove_upstream
 
-    out, revoked = run_registry(
-        cli_settings(data_dir), lambda session: remove_upstream(session, name, SYSTEM_CLOCK.now())
+    out, revoked = _audited(
+        cli_settings(data_dir),
+        "upstream.remove",
+        name,
+        {},
+        lambda session: remove_upstream(session, name, SYSTEM_CLOCK.now()),
+        lambda result: {"name": result[0].name, "grants_revoked": result[1]},
     )
     typer.echo(f"removed {out.name}; {revoked} grant(s) revoked")
+
+
+def _audited(settings: Any, event: str, name: str, request: dict[str, Any], work: Any, answer: Any) -> Any:
+    """A change to the upstreams made here is on the record like the API's (gateway/cli/audited.py)."""
+    from gateway.cli.audited import CliAction, in_session, run_audited
+    from gateway.http.problems import Problem
+
+    command = f"msjx-gateway upstreams {event.split('.', 1)[1]} {name}"
+    action = CliAction(event, operator_name(), command, request, service=name[:64], roles=("admin",))
+    return run_audited(settings, action, in_session(work), answer, refusals=(Problem,))
