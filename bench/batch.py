@@ -33,7 +33,7 @@ FULL, QUICK = 100_000, 10_000
 async def _seed(settings: Any) -> tuple[str, Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gateway.access import callers
+    from gateway.access import callers, grants
     from gateway.runtime import build_adapters
     from gateway.storage import db
     from schemas.api import CallerIn, GrantIn, KeyIn
@@ -58,7 +58,7 @@ async def _seed(settings: Any) -> tuple[str, Any]:
             )
             for entry in OPERATIONS:
                 service, operation = entry.split("/")
-                await callers.add_grant(
+                await grants.add_grant(
                     session,
                     GrantIn(
                         caller_id=CALLER,
@@ -87,7 +87,17 @@ def _subjects_file(directory: Path, count: int) -> Path:
     return path
 
 
-def one_run(count: int, backend: dict[str, str], workdir: Path) -> dict[str, Any]:
+def _rss_by_process(pids: list[int]) -> dict[str, float]:
+    """Peak RSS (MiB) of each process of the gateway, named by its command line: which one holds the memory."""
+    named: dict[str, float] = {}
+    for pid in pids:
+        command = procs._cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()
+        name = next((word for word in ("committer", "verifier", "serve", "batch-worker") if word in command), command)
+        named[f"{name} ({pid})"] = round(procs.peak_rss_mb([pid]), 1)
+    return named
+
+
+def one_run(count: int, backend: dict[str, str], workdir: Path, profile: Path | None = None) -> dict[str, Any]:
     """Simulators and a gateway of their own, one batch, its figures."""
     from gateway.client import GatewayClient
     from gateway.settings import load_settings
@@ -119,16 +129,29 @@ def one_run(count: int, backend: dict[str, str], workdir: Path) -> dict[str, Any
     ):  # fmt: skip
         pids = gateway.pids()
         cpu_before = sum(procs.cpu_seconds(pids))
+        spy = None
+        if profile is not None:
+            from bench import profile as py_spy
+
+            spy = py_spy.start(gateway.pid, 3600, profile)
         started = time.perf_counter()
         with GatewayClient(f"http://{HOST}:{port}", key_id, key, timeout=300) as client:
             handle = client.batch(PURPOSE, OPERATIONS, subjects_file=subjects, params={"year": 2025})
             submitted = time.perf_counter() - started
+            # The gateway's high-water mark after each phase: which one sets the peak.
+            phases = {"submit": procs.peak_rss_mb([gateway.pid])}
             status = handle.wait(poll=0.5)
+            phases["run"] = procs.peak_rss_mb([gateway.pid])
             lines = sum(1 for _ in handle.results(follow=False))
+            phases["results"] = procs.peak_rss_mb([gateway.pid])
         seconds = time.perf_counter() - started
         pids = gateway.pids()
         cpu = sum(procs.cpu_seconds(pids)) - cpu_before
         rss = procs.peak_rss_mb(pids)
+        rss_by_process = _rss_by_process(pids)
+        if spy is not None:
+            spy.send_signal(2)  # py-spy writes what it sampled on SIGINT
+            spy.wait(60)
     operations = len(OPERATIONS)
     return {
         "subjects": count,
@@ -138,6 +161,8 @@ def one_run(count: int, backend: dict[str, str], workdir: Path) -> dict[str, Any
         "peak_rss_mb": round(rss, 1),
         "cpu_us_per_subject_op": round(cpu / (count * operations) * 1e6, 1),
         "submit_seconds": round(submitted, 2),
+        "rss_by_process": rss_by_process,
+        "serve_peak_rss_mb_after": {phase: round(mb, 1) for phase, mb in phases.items()},
         "state": status["state"],
         "result_lines": lines,
         "outcomes": {f"{op['service']}/{op['operation']}": op["outcomes"] for op in status["operations"]},
@@ -156,14 +181,16 @@ def _postgres() -> dict[str, str] | None:
     return {"database_url": url, "redis_url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")}
 
 
-def run(quick: bool = False, subjects: int | None = None, postgres: bool = True) -> dict[str, Any]:
+def run(
+    quick: bool = False, subjects: int | None = None, postgres: bool = True, profile: Path | None = None
+) -> dict[str, Any]:
     """The `batch` row (contract keys: subjects, operations, seconds, subjects_per_s, peak_rss_mb,
     cpu_us_per_subject_op), from the SQLite run; the PostgreSQL run beside it as `postgres`."""
     count = subjects or (QUICK if quick else FULL)
     with tempfile.TemporaryDirectory(prefix="msjx-bench-batch-") as directory:
         workdir = Path(directory)
         print(f"  batch: {count:,} subjects × {len(OPERATIONS)} operations on SQLite", flush=True)
-        result = one_run(count, {}, workdir)
+        result = one_run(count, {}, workdir, profile / "batch-sqlite.txt" if profile else None)
         print(f"  {result}", flush=True)
         backend = _postgres() if postgres else None
         if backend is not None:
@@ -171,7 +198,7 @@ def run(quick: bool = False, subjects: int | None = None, postgres: bool = True)
 
             try:
                 print("  batch on PostgreSQL + Redis", flush=True)
-                pg = one_run(count, backend, workdir)
+                pg = one_run(count, backend, workdir, profile / "batch-postgres.txt" if profile else None)
                 pg["vs_sqlite"] = round(result["seconds"] / pg["seconds"], 3)
                 result["postgres"] = pg
                 print(f"  {pg}", flush=True)
@@ -185,8 +212,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK:,} subjects instead of {FULL:,}")
     parser.add_argument("--subjects", type=int, default=None)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--profile", type=Path, default=None, help="a folder: sample the gateway with py-spy")
     args = parser.parse_args()
-    print(json.dumps(run(args.quick, args.subjects, not args.no_postgres), indent=2))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    result = run(args.quick, args.subjects, not args.no_postgres, args.profile)
+    if args.profile is not None:
+        from bench import profile
+
+        for collapsed in sorted(args.profile.glob("batch-*.txt")):
+            collapsed.with_suffix(".md").write_text(profile.summarize(collapsed), encoding="utf-8")
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
