@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ PURPOSE = "BENCH-BATCH"
 CALLER = "bench-batch"
 OPERATIONS = ("credit/dishonest-debtor", "golden-tax/tax-credit-rating")
 FULL, QUICK = 100_000, 10_000
+QUIET_SECONDS = 3.0
 
 
 async def _seed(settings: Any) -> tuple[str, Any]:
@@ -68,7 +70,7 @@ async def _seed(settings: Any) -> tuple[str, Any]:
                         fields=list(adapters[service].operations[operation].fields),
                         valid_to=datetime.now(UTC) + timedelta(days=1),
                         daily_quota=10_000_000,  # counted for every subject, never reached
-                        share_methods=["batch"],
+                        share_methods=["api", "batch"],  # single calls too: the interactive probe
                     ),
                     adapters,
                 )
@@ -87,6 +89,66 @@ def _subjects_file(directory: Path, count: int) -> Path:
     return path
 
 
+class Probe(threading.Thread):
+    """Signed single calls, one every `interval` seconds, alternating the two operations the batch runs (so they
+    meet the same upstreams), each timed and filed under the phase it ran in (`idle`, then `batch`)."""
+
+    def __init__(self, url: str, key_id: str, key: Any, first_subject: int, interval: float = 0.05) -> None:
+        super().__init__(name="interactive-probe", daemon=True)
+        self.url, self.key_id, self.key = url, key_id, key
+        self.first_subject = first_subject
+        self.interval = interval
+        self.phase: str | None = "idle"
+        self.timings: dict[str, list[float]] = {"idle": [], "batch": []}
+        self.failures = 0
+        self.calls = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        from gateway.client import GatewayClient, GatewayError
+        from simulators.enterprises import register_uscc
+
+        with GatewayClient(self.url, self.key_id, self.key, timeout=30) as client:
+            number = 0
+            while not self._halt.is_set():  # ends when stop() is called
+                phase = self.phase
+                service, operation = OPERATIONS[number % 2].split("/")
+                params: dict[str, Any] = {"uscc": register_uscc(self.first_subject + number % 1000)}
+                if service == "golden-tax":
+                    params["year"] = 2025
+                started = time.perf_counter()
+                try:
+                    client.invoke(service, operation, PURPOSE, **params)
+                except GatewayError:
+                    self.failures += 1
+                took = time.perf_counter() - started
+                if phase is not None and phase == self.phase:
+                    self.timings[phase].append(took)
+                number += 1
+                self.calls += 1
+                self._halt.wait(max(0.0, self.interval - took))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(60)
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"calls_per_s": round(1 / self.interval, 1), "failures": self.failures}
+        for phase, times in self.timings.items():
+            ordered = sorted(times)
+            if not ordered:
+                continue
+            out[phase] = {
+                "calls": len(ordered),
+                "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
+                "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
+                "max_ms": round(ordered[-1] * 1000, 1),
+            }
+        if "idle" in out and "batch" in out:
+            out["p99_ratio"] = round(out["batch"]["p99_ms"] / out["idle"]["p99_ms"], 2)
+        return out
+
+
 def _rss_by_process(pids: list[int]) -> dict[str, float]:
     """Peak RSS (MiB) of each process of the gateway, named by its command line: which one holds the memory."""
     named: dict[str, float] = {}
@@ -97,8 +159,17 @@ def _rss_by_process(pids: list[int]) -> dict[str, float]:
     return named
 
 
-def one_run(count: int, backend: dict[str, str], workdir: Path, profile: Path | None = None) -> dict[str, Any]:
-    """Simulators and a gateway of their own, one batch, its figures."""
+def one_run(
+    count: int,
+    backend: dict[str, str],
+    workdir: Path,
+    profile: Path | None = None,
+    idle_seconds: float = 10.0,
+    gateway_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Simulators and a gateway of their own, one batch, its figures. With `idle_seconds`, interactive single calls
+    run first for that long on the idle gateway, then all through the batch (item 3: their p99 during a batch at
+    most twice idle); their own CPU, measured in the idle phase, is taken out of the batch's."""
     from gateway.client import GatewayClient
     from gateway.settings import load_settings
 
@@ -118,6 +189,7 @@ def one_run(count: int, backend: dict[str, str], workdir: Path, profile: Path | 
         MSJX_LOG_LEVEL="warning",
         **{f"MSJX_{name.upper()}": value for name, value in backend.items()},
     )
+    env.update(gateway_env or {})
     credit_cmd = [sys.executable, "-m", "simulators.credit", "--host", HOST, "--port", str(credit_port)]
     tax_cmd = [sys.executable, "-m", "simulators.golden_tax", "--host", HOST, "--port", str(tax_port)]
     ready_credit = f"{credit}/api/credit/v1/dishonest-debtors?tyshxydm=91110000600037341L"
@@ -127,26 +199,53 @@ def one_run(count: int, backend: dict[str, str], workdir: Path, profile: Path | 
         Server("batch-gateway", [CLI, "serve", "--port", str(port)], f"http://{HOST}:{port}/readyz",
                log_dir=workdir, env=env, ready_seconds=90) as gateway,
     ):  # fmt: skip
+        gateway_url = f"http://{HOST}:{port}"
+        probe = None
+        probe_cpu_per_call = 0.0
+        if idle_seconds > 0:
+            probe = Probe(gateway_url, key_id, key, first_subject=count, interval=0.1)
+            # The gateway's own background (timers, checkpoints) first, so that only the calls' CPU is taken out.
+            quiet_cpu = sum(procs.cpu_seconds(gateway.pids()))
+            time.sleep(QUIET_SECONDS)
+            idle_cpu = sum(procs.cpu_seconds(gateway.pids()))
+            background_per_s = (idle_cpu - quiet_cpu) / QUIET_SECONDS
+            probe.start()
+            time.sleep(idle_seconds)
+            probe.phase = None  # calls from here until the batch starts count in neither phase
+            calls_cpu = sum(procs.cpu_seconds(gateway.pids())) - idle_cpu - background_per_s * idle_seconds
+            probe_cpu_per_call = max(0.0, calls_cpu) / max(1, probe.calls)
         pids = gateway.pids()
         cpu_before = sum(procs.cpu_seconds(pids))
+        calls_before = probe.calls if probe is not None else 0
         spy = None
         if profile is not None:
             from bench import profile as py_spy
 
             spy = py_spy.start(gateway.pid, 3600, profile)
         started = time.perf_counter()
-        with GatewayClient(f"http://{HOST}:{port}", key_id, key, timeout=300) as client:
+        with GatewayClient(gateway_url, key_id, key, timeout=300) as client:
+            if probe is not None:
+                probe.phase = "batch"
             handle = client.batch(PURPOSE, OPERATIONS, subjects_file=subjects, params={"year": 2025})
             submitted = time.perf_counter() - started
             # The gateway's high-water mark after each phase: which one sets the peak.
             phases = {"submit": procs.peak_rss_mb([gateway.pid])}
             status = handle.wait(poll=0.5)
+            if probe is not None:
+                probe.phase = None
+                probe.stop()
+                during = probe.calls - calls_before
             phases["run"] = procs.peak_rss_mb([gateway.pid])
             lines = sum(1 for _ in handle.results(follow=False))
             phases["results"] = procs.peak_rss_mb([gateway.pid])
         seconds = time.perf_counter() - started
         pids = gateway.pids()
         cpu = sum(procs.cpu_seconds(pids)) - cpu_before
+        interactive = None
+        if probe is not None:
+            cpu -= probe_cpu_per_call * during
+            interactive = probe.figures()
+            interactive["gateway_cpu_us_per_call"] = round(probe_cpu_per_call * 1e6)
         rss = procs.peak_rss_mb(pids)
         rss_by_process = _rss_by_process(pids)
         if spy is not None:
@@ -164,6 +263,7 @@ def one_run(count: int, backend: dict[str, str], workdir: Path, profile: Path | 
         "rss_by_process": rss_by_process,
         "serve_peak_rss_mb_after": {phase: round(mb, 1) for phase, mb in phases.items()},
         "state": status["state"],
+        "interactive": interactive,
         "result_lines": lines,
         "outcomes": {f"{op['service']}/{op['operation']}": op["outcomes"] for op in status["operations"]},
     }
@@ -182,7 +282,11 @@ def _postgres() -> dict[str, str] | None:
 
 
 def run(
-    quick: bool = False, subjects: int | None = None, postgres: bool = True, profile: Path | None = None
+    quick: bool = False,
+    subjects: int | None = None,
+    postgres: bool = True,
+    profile: Path | None = None,
+    gateway_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The `batch` row (contract keys: subjects, operations, seconds, subjects_per_s, peak_rss_mb,
     cpu_us_per_subject_op), from the SQLite run; the PostgreSQL run beside it as `postgres`."""
@@ -190,7 +294,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="msjx-bench-batch-") as directory:
         workdir = Path(directory)
         print(f"  batch: {count:,} subjects × {len(OPERATIONS)} operations on SQLite", flush=True)
-        result = one_run(count, {}, workdir, profile / "batch-sqlite.txt" if profile else None)
+        result = one_run(count, {}, workdir, profile / "batch-sqlite.txt" if profile else None, gateway_env=gateway_env)
         print(f"  {result}", flush=True)
         backend = _postgres() if postgres else None
         if backend is not None:
@@ -198,7 +302,13 @@ def run(
 
             try:
                 print("  batch on PostgreSQL + Redis", flush=True)
-                pg = one_run(count, backend, workdir, profile / "batch-postgres.txt" if profile else None)
+                pg = one_run(
+                    count,
+                    backend,
+                    workdir,
+                    profile / "batch-postgres.txt" if profile else None,
+                    gateway_env=gateway_env,
+                )
                 pg["vs_sqlite"] = round(result["seconds"] / pg["seconds"], 3)
                 result["postgres"] = pg
                 print(f"  {pg}", flush=True)
@@ -213,10 +323,14 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=None)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--profile", type=Path, default=None, help="a folder: sample the gateway with py-spy")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="MSJX_NAME=VALUE", help="a setting of the gateway (A/B runs)"
+    )
     args = parser.parse_args()
+    gateway_env = dict(item.split("=", 1) for item in args.set)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    result = run(args.quick, args.subjects, not args.no_postgres, args.profile)
+    result = run(args.quick, args.subjects, not args.no_postgres, args.profile, gateway_env)
     if args.profile is not None:
         from bench import profile
 

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     batch_stall_seconds: float = Field(
         default=30.0, ge=0.5, le=3600, description="a chunk whose worker gave no sign of life this long runs again"
     )
+    batch_interactive_floor: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="while signed single calls are under way on this node, its batches keep at most this many calls"
+        " in flight to an upstream and pause between slices of a chunk's records (0: batches do not yield)",
+    )
     batch_recheck_seconds: float = Field(
         default=60.0, ge=0.05, le=3600, description="how often paused batches are checked for quota to resume"
     )

@@ -31,8 +31,21 @@ def is_overload(exc: UpstreamError) -> bool:
 class AdaptiveLimit:
     """How many calls a node's batches keep in flight to one upstream."""
 
-    def __init__(self, ceiling: int, start: int = 4, attempts: int = 6, backoff: float = 0.2) -> None:
+    def __init__(
+        self,
+        ceiling: int,
+        start: int = 4,
+        attempts: int = 6,
+        backoff: float = 0.2,
+        *,
+        interactive: Callable[[], int] | None = None,
+        floor: int = 0,
+    ) -> None:
         self.ceiling = max(1, ceiling)
+        # Interactive calls keep priority: while `interactive()` says some are under way on this node, at most
+        # `floor` batch calls are in flight (those already in flight finish; 0: the batch does not yield).
+        self._interactive = interactive
+        self.floor = floor
         self.limit = min(start, self.ceiling)
         self.in_flight = 0
         self.attempts = attempts
@@ -44,8 +57,13 @@ class AdaptiveLimit:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.decreases = 0
 
+    def _room(self) -> int:
+        if self.floor and self._interactive is not None and self._interactive() > 0:
+            return min(self.limit, self.floor)
+        return self.limit
+
     async def _acquire(self) -> None:
-        if self.in_flight < self.limit and not self._waiters:
+        if not self._waiters and self.in_flight < self._room():
             self.in_flight += 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -65,7 +83,10 @@ class AdaptiveLimit:
         self._hand_over()
 
     def _hand_over(self) -> None:
-        while self._waiters and self.in_flight < self.limit:
+        # Slots held back while interactive calls ran are handed over by the next release (at least one batch call
+        # is always in flight while any waits, so there is a next one).
+        room = self._room()
+        while self._waiters and self.in_flight < room:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 self.in_flight += 1

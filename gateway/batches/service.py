@@ -45,6 +45,9 @@ from security.crypto import open_sealed, seal
 log = logging.getLogger("msjx.batches")
 TERMINAL = ("done", "failed", "cancelled")
 SUBJECT_EVENT = "batch.subject"
+# The longest a chunk waits between two slices of its work for interactive exchanges to end.
+INTERACTIVE_WAIT = 0.05
+INTERACTIVE_WAIT_STEPS = 25
 
 
 @dataclass(frozen=True)
@@ -200,11 +203,29 @@ class BatchService:
 
     # --- running a chunk ----------------------------------------------------------------------------------------
 
+    def _interactive(self) -> int:
+        """Signed exchanges under way on this node (single calls, and the batch API's own short ones)."""
+        exchanges = getattr(self.runtime, "exchanges", None)
+        return exchanges.in_progress if exchanges is not None else 0
+
+    async def _make_way(self) -> None:
+        """Between slices of a chunk's work: give the event loop to others, and while interactive exchanges are under
+        way, wait for them a little (at most INTERACTIVE_WAIT seconds, so a batch always moves on)."""
+        await asyncio.sleep(0)
+        if not self.settings.batch_interactive_floor:
+            return
+        for _ in range(INTERACTIVE_WAIT_STEPS):
+            if not self._interactive():
+                return
+            await asyncio.sleep(INTERACTIVE_WAIT / INTERACTIVE_WAIT_STEPS)
+
     def limit_for(self, adapter: Adapter) -> AdaptiveLimit:
         limit = self._limits.get(adapter.service)
         if limit is None:
             ceiling = max(1, adapter.policy.max_concurrency // 2)
-            limit = self._limits[adapter.service] = AdaptiveLimit(ceiling)
+            limit = self._limits[adapter.service] = AdaptiveLimit(
+                ceiling, interactive=self._interactive, floor=self.settings.batch_interactive_floor
+            )
         return limit
 
     async def run_chunk(self, batch_id: str, chunk_no: int) -> None:
@@ -246,8 +267,10 @@ class BatchService:
         lines, summary, events = await self._call(job, grants, subjects, chunk_no, attempt)
         # Durable in the audit before anything can be read: a failure here raises, and the chunk runs again.
         for start in range(0, len(events), 64):
-            # Sealed and queued 64 at a time (each slice one group commit at most): never a long hold of the loop.
+            # Sealed and queued 64 at a time (each slice one group commit at most): never a long hold of the loop,
+            # and an interactive call's record never waits behind more than one slice.
             await asyncio.gather(*(runtime.audit.append(event) for event in events[start : start + 64]))
+            await self._make_way()
         async with runtime.engine.begin() as connection:
             stored = await connection.execute(
                 update(BatchChunk)
@@ -303,7 +326,7 @@ class BatchService:
         for index in range(count):
             if index % 32 == 31:
                 # A chunk's lines and records are built in slices: interactive calls get the event loop in between.
-                await asyncio.sleep(0)
+                await self._make_way()
             uscc = subjects[index][0]
             for op_index, entry in enumerate(ops):
                 grant = grants[op_index]
