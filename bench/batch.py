@@ -293,8 +293,19 @@ def run(
     count = subjects or (QUICK if quick else FULL)
     with tempfile.TemporaryDirectory(prefix="msjx-bench-batch-") as directory:
         workdir = Path(directory)
+        reference = None
+        if count > QUICK:
+            # Flat in N (item 7): the same gateway at 10,000 subjects first, in the same run.
+            print(f"  batch: {QUICK:,} subjects on SQLite first, the reference for flatness in N", flush=True)
+            (workdir / "reference").mkdir()
+            reference = one_run(QUICK, {}, workdir / "reference", idle_seconds=0, gateway_env=gateway_env)
+            print(f"  {reference}", flush=True)
         print(f"  batch: {count:,} subjects × {len(OPERATIONS)} operations on SQLite", flush=True)
         result = one_run(count, {}, workdir, profile / "batch-sqlite.txt" if profile else None, gateway_env=gateway_env)
+        if reference is not None:
+            result["reference_10k"] = {
+                key: reference[key] for key in ("subjects", "seconds", "peak_rss_mb", "cpu_us_per_subject_op")
+            }
         print(f"  {result}", flush=True)
         backend = _postgres() if postgres else None
         if backend is not None:

@@ -27,6 +27,7 @@ SCENARIOS = (
 )
 MAIN_THREAD_LIMIT_US = 250.0  # issue 18 item 5: the event loop's CPU per fully audited call
 RSS_LIMIT_MB = 250.0
+BATCH_RSS_LIMIT_MB = 300.0  # issue 15 item 7: the gateway's peak while a batch of 100,000 subjects runs
 SOAK_GROWTH_LIMIT = 1.0  # MB a minute (issue 13 M7)
 
 
@@ -193,6 +194,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         problem = f"a quick soak ({soak['duration_s']:.0f} s) is too short to measure growth (slope {value} MB/min)"
         value = None
     out["soak_rss_growth"] = _target(rule, value, SOAK_GROWTH_LIMIT, False, problem or "too few samples")
+    out.update(_batch_targets(results))
     scale, problem = _measured(results, "audit_scale")
     for key, rule, bound, above in (
         ("subject_search_p95_ms", "audit_scale.subject_search_p95_ms <= 50", 50.0, False),
@@ -202,6 +204,69 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     ):
         value = scale.get(key) if scale is not None else None
         out[f"audit_scale_{key}"] = _target(rule, value, bound, above, problem or f"{key} missing")
+    return out
+
+
+def _batch_targets(results: dict[str, Any]) -> dict[str, Any]:
+    """Issue 15 item 7 (and item 3's interactive p99), from the `batch` row and this run's `gateway_sqlite`."""
+    batch, problem = _measured(results, "batch")
+    full = batch is not None and batch.get("subjects", 0) >= 100_000
+    out = {}
+    seconds = batch.get("seconds") if full and batch is not None else None
+    out["batch_seconds"] = _target(
+        "batch.seconds <= 120 (100,000 subjects × 2 operations, SQLite)",
+        seconds,
+        120.0,
+        False,
+        problem or "a quick run: the bound is for 100,000 subjects",
+    )
+    out["batch_peak_rss"] = _target(
+        f"batch.peak_rss_mb <= {BATCH_RSS_LIMIT_MB:g}",
+        batch.get("peak_rss_mb") if batch is not None else None,
+        BATCH_RSS_LIMIT_MB,
+        False,
+        problem,
+    )
+    reference = batch.get("reference_10k") if batch is not None else None
+    growth = None
+    if isinstance(reference, dict) and reference.get("peak_rss_mb") and batch is not None:
+        growth = batch["peak_rss_mb"] / reference["peak_rss_mb"]
+    out["batch_rss_flat"] = _target(
+        "batch.peak_rss_mb / the 10,000-subject run's <= 1.2 (flat in N)",
+        growth,
+        1.2,
+        False,
+        problem or "no 10,000-subject reference in this run (full runs make one)",
+    )
+    gateway, why = _measured(results, "gateway_sqlite")
+    cpu = None
+    threshold = 0.0
+    if batch is not None and gateway is not None and gateway.get("cpu_us_per_req"):
+        threshold = round(0.5 * gateway["cpu_us_per_req"], 1)
+        cpu = batch.get("cpu_us_per_subject_op")
+    out["batch_cpu"] = _target(
+        "batch.cpu_us_per_subject_op <= 0.5 × gateway_sqlite.cpu_us_per_req (this run's)",
+        cpu,
+        threshold,
+        False,
+        problem or why,
+    )
+    postgres = batch.get("postgres") if batch is not None else None
+    out["batch_pg_vs_sqlite"] = _target(
+        "batch: SQLite seconds / PostgreSQL seconds >= 0.7",
+        postgres.get("vs_sqlite") if isinstance(postgres, dict) else None,
+        0.7,
+        True,
+        problem or "no PostgreSQL run",
+    )
+    interactive = batch.get("interactive") if batch is not None else None
+    out["batch_interactive_p99"] = _target(
+        "batch.interactive p99 during the batch / idle p99 <= 2 (signed single calls)",
+        interactive.get("p99_ratio") if isinstance(interactive, dict) else None,
+        2.0,
+        False,
+        problem or "no interactive probe",
+    )
     return out
 
 
@@ -432,6 +497,25 @@ def _batch_lines(batch: Any) -> list[str]:
         "| targets | 100,000 × 2 | ≤ 120 (SQLite) | PostgreSQL ≥ 0.7 × SQLite | ≤ 300, flat in N "
         "| ≤ 0.5 × `gateway_sqlite` CPU µs/req |"
     )
+    reference = batch.get("reference_10k")
+    if isinstance(reference, dict):
+        lines += [
+            "",
+            f"The same run at {reference['subjects']:,} subjects (SQLite, the flatness reference): "
+            f"{_cell(reference['seconds'], 1)} s, peak RSS {_cell(reference['peak_rss_mb'])} MB, "
+            f"{_cell(reference['cpu_us_per_subject_op'], 0)} µs per subject-operation.",
+        ]
+    for label, run in runs:
+        probe = run.get("interactive")
+        if isinstance(probe, dict) and "idle" in probe and "batch" in probe:
+            lines += [
+                "",
+                f"Signed single calls during the batch ({label}; {probe['calls_per_s']:g} a second, credit and"
+                f" golden-tax in turn): idle p50/p99 {probe['idle']['p50_ms']}/{probe['idle']['p99_ms']} ms"
+                f" ({probe['idle']['calls']} calls), during the batch {probe['batch']['p50_ms']}/"
+                f"{probe['batch']['p99_ms']} ms ({probe['batch']['calls']} calls): p99 ×{probe['p99_ratio']}"
+                " (target ≤ 2).",
+            ]
     return lines
 
 
