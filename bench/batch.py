@@ -30,6 +30,7 @@ CALLER = "bench-batch"
 OPERATIONS = ("credit/dishonest-debtor", "golden-tax/tax-credit-rating")
 FULL, QUICK = 100_000, 10_000
 QUIET_SECONDS = 3.0
+IDLE_SECONDS = 10.0  # the interactive probe's calls on the idle gateway, before the batch
 
 
 async def _seed(settings: Any) -> tuple[str, Any]:
@@ -101,6 +102,7 @@ class Probe(threading.Thread):
         self.phase: str | None = "idle"
         self.timings: dict[str, list[float]] = {"idle": [], "batch": []}
         self.failures = 0
+        self.failure_codes: dict[str, int] = {}
         self.calls = 0
         self._halt = threading.Event()
 
@@ -119,8 +121,9 @@ class Probe(threading.Thread):
                 started = time.perf_counter()
                 try:
                     client.invoke(service, operation, PURPOSE, **params)
-                except GatewayError:
+                except GatewayError as error:
                     self.failures += 1
+                    self.failure_codes[error.code] = self.failure_codes.get(error.code, 0) + 1
                 took = time.perf_counter() - started
                 if phase is not None and phase == self.phase:
                     self.timings[phase].append(took)
@@ -133,7 +136,11 @@ class Probe(threading.Thread):
         self.join(60)
 
     def figures(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"calls_per_s": round(1 / self.interval, 1), "failures": self.failures}
+        out: dict[str, Any] = {
+            "calls_per_s": round(1 / self.interval, 1),
+            "failures": self.failures,
+            "failure_codes": self.failure_codes,
+        }
         for phase, times in self.timings.items():
             ordered = sorted(times)
             if not ordered:
@@ -164,7 +171,7 @@ def one_run(
     backend: dict[str, str],
     workdir: Path,
     profile: Path | None = None,
-    idle_seconds: float = 10.0,
+    idle_seconds: float = 0.0,
     gateway_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Simulators and a gateway of their own, one batch, its figures. With `idle_seconds`, interactive single calls
@@ -203,7 +210,7 @@ def one_run(
         probe = None
         probe_cpu_per_call = 0.0
         if idle_seconds > 0:
-            probe = Probe(gateway_url, key_id, key, first_subject=count, interval=0.1)
+            probe = Probe(gateway_url, key_id, key, first_subject=0, interval=0.1)
             # The gateway's own background (timers, checkpoints) first, so that only the calls' CPU is taken out.
             quiet_cpu = sum(procs.cpu_seconds(gateway.pids()))
             time.sleep(QUIET_SECONDS)
@@ -287,6 +294,7 @@ def run(
     postgres: bool = True,
     profile: Path | None = None,
     gateway_env: dict[str, str] | None = None,
+    probe: bool = True,
 ) -> dict[str, Any]:
     """The `batch` row (contract keys: subjects, operations, seconds, subjects_per_s, peak_rss_mb,
     cpu_us_per_subject_op), from the SQLite run; the PostgreSQL run beside it as `postgres`."""
@@ -301,7 +309,14 @@ def run(
             reference = one_run(QUICK, {}, workdir / "reference", idle_seconds=0, gateway_env=gateway_env)
             print(f"  {reference}", flush=True)
         print(f"  batch: {count:,} subjects × {len(OPERATIONS)} operations on SQLite", flush=True)
-        result = one_run(count, {}, workdir, profile / "batch-sqlite.txt" if profile else None, gateway_env=gateway_env)
+        result = one_run(
+            count,
+            {},
+            workdir,
+            profile / "batch-sqlite.txt" if profile else None,
+            idle_seconds=IDLE_SECONDS if probe else 0,
+            gateway_env=gateway_env,
+        )
         if reference is not None:
             result["reference_10k"] = {
                 key: reference[key] for key in ("subjects", "seconds", "peak_rss_mb", "cpu_us_per_subject_op")
@@ -318,6 +333,7 @@ def run(
                     backend,
                     workdir,
                     profile / "batch-postgres.txt" if profile else None,
+                    idle_seconds=IDLE_SECONDS if probe else 0,
                     gateway_env=gateway_env,
                 )
                 pg["vs_sqlite"] = round(result["seconds"] / pg["seconds"], 3)
@@ -337,11 +353,12 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="MSJX_NAME=VALUE", help="a setting of the gateway (A/B runs)"
     )
+    parser.add_argument("--no-probe", action="store_true", help="no interactive single calls (item 3) alongside")
     args = parser.parse_args()
     gateway_env = dict(item.split("=", 1) for item in args.set)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    result = run(args.quick, args.subjects, not args.no_postgres, args.profile, gateway_env)
+    result = run(args.quick, args.subjects, not args.no_postgres, args.profile, gateway_env, not args.no_probe)
     if args.profile is not None:
         from bench import profile
 

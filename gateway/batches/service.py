@@ -418,14 +418,18 @@ class BatchService:
                     results[i] = answer
             return results
         limit = self.limit_for(adapter)
+        waiting = iter(valid)
 
-        async def one(i: int, model: BaseModel) -> None:
-            try:
-                results[i] = await limit.run(lambda: adapter.invoke(operation.name, model))
-            except UpstreamError as exc:
-                results[i] = exc
+        async def caller() -> None:
+            # A few callers take the subjects in turn, rather than a task per subject of which all but the limit's
+            # few would wait: a chunk holds `ceiling` coroutines per operation, not 500.
+            for i, model in waiting:
+                try:
+                    results[i] = await limit.run(lambda model=model: adapter.invoke(operation.name, model))
+                except UpstreamError as exc:
+                    results[i] = exc
 
-        await asyncio.gather(*(one(i, m) for i, m in valid))
+        await asyncio.gather(*(caller() for _ in range(min(limit.ceiling, len(valid)))))
         return results
 
     # --- quota, pause, stop -------------------------------------------------------------------------------------
