@@ -101,6 +101,7 @@ class Probe(threading.Thread):
         self.interval = interval
         self.phase: str | None = "idle"
         self.timings: dict[str, list[float]] = {"idle": [], "batch": []}
+        self.by_service: dict[str, dict[str, list[float]]] = {"idle": {}, "batch": {}}
         self.failures = 0
         self.failure_codes: dict[str, int] = {}
         self.calls = 0
@@ -127,6 +128,7 @@ class Probe(threading.Thread):
                 took = time.perf_counter() - started
                 if phase is not None and phase == self.phase:
                     self.timings[phase].append(took)
+                    self.by_service[phase].setdefault(service, []).append(took)
                 number += 1
                 self.calls += 1
                 self._halt.wait(max(0.0, self.interval - took))
@@ -151,6 +153,13 @@ class Probe(threading.Thread):
                 "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
                 "max_ms": round(ordered[-1] * 1000, 1),
             }
+        for phase, services in self.by_service.items():
+            if phase in out:
+                # Which upstream's calls suffer: each shares its simulator (and the two cores) with the batch.
+                out[phase]["p99_ms_by_service"] = {
+                    service: round(sorted(times)[min(len(times) - 1, int(len(times) * 0.99))] * 1000, 1)
+                    for service, times in services.items()
+                }
         if "idle" in out and "batch" in out:
             out["p99_ratio"] = round(out["batch"]["p99_ms"] / out["idle"]["p99_ms"], 2)
         return out
