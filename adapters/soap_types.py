@@ -90,6 +90,10 @@ class EnumIndex:
     # where their element stands. Their content travels as an anyType's does.
     mixed_types: set[str] = field(default_factory=set)
     mixed_local: set[tuple[str | None, str, str]] = field(default_factory=set)
+    # What each simple type restricts (named, and anonymous ones by where they stand): zeep loses it for a
+    # restriction of a list type, which the walker then resolves itself.
+    bases: dict[str, str] = field(default_factory=dict)
+    local_bases: dict[tuple[str | None, str, str], str] = field(default_factory=dict)
 
     def is_mixed(self, owner: str | None, name: str, type_qname: str | None) -> bool:
         return (owner, "element", name) in self.mixed_local or (
@@ -183,6 +187,8 @@ class EnumIndex:
             mixed_types=mixed,
             mixed_local=mixed_local,
         )
+        index.bases = {qname: raw.base for qname, raw in raw_named.items() if raw.base}
+        index.local_bases = {key: raw.base for key, raw in raw_local.items() if raw.base}
         for qname in raw_named:
             values = _resolve(qname, raw_named, set())
             if values:
@@ -321,6 +327,7 @@ class Scalar:
     # kind "elements" (an xsd:any wildcard): how many elements the JSON object may stand for (max None: unbounded)
     min_elements: int = 0
     max_elements: int | None = None
+    list_facets: Facets = ()  # facets of a restricted list itself: length … count its items, a pattern its text
 
 
 TYPE_KEY = "@type"  # the JSON key naming an instance's concrete XSD type (its xsi:type)
@@ -433,7 +440,16 @@ class _Walker:
             # A union's value is the lexical form of one of its members: zeep tries each when it parses.
             return Scalar("lexical", "xsd:union", codec=xsd_type)
         if isinstance(xsd_type, ListType):
-            item = self.scalar(xsd_type.item_type, where, owner, kind, name)
+            list_facets: Facets = ()
+            if isinstance(xsd_type.item_type, etree.QName):
+                # zeep gives a restriction of a list type its own name for an item type (and cannot write it):
+                # the list it restricts is found here, and its facets (length …) count the items.
+                own = xsd_type.item_type.text
+                list_facets = self.enums.lookup_facets(owner, kind, name, own)
+                xsd_type.item_type = self._restricted_list(owner, kind, name, own, where).item_type
+                item = self.scalar(xsd_type.item_type, where, None, kind, "")
+            else:
+                item = self.scalar(xsd_type.item_type, where, owner, kind, name)
             return Scalar(
                 item.kind,
                 item.xsd_name,
@@ -443,6 +459,7 @@ class _Walker:
                 item_list=True,
                 facets=item.facets,
                 codec=item.codec,
+                list_facets=list_facets,
             )
         type_qname = _type_qname(xsd_type)
         facets = self.enums.lookup_facets(owner, kind, name, type_qname)
@@ -462,6 +479,17 @@ class _Walker:
         if isinstance(xsd_type, b.AnySimpleType) or type(xsd_type).__name__ == "AnySimpleType":
             return Scalar("string", "xsd:anySimpleType", enum or None, facets=facets)
         raise UnsupportedConstruct(f"type {_type_qname(xsd_type) or type(xsd_type).__name__} at {where}")
+
+    def _restricted_list(self, owner: str | None, kind: str, name: str, own: str, where: str) -> ListType:
+        base = self.enums.local_bases.get((owner, kind, name)) or self.enums.bases.get(own)
+        seen: set[str] = set()
+        while base and base not in seen and self.schema is not None:
+            seen.add(base)
+            candidate = self.schema.get_type(base, fail_silently=True)
+            if isinstance(candidate, ListType) and not isinstance(candidate.item_type, etree.QName):
+                return candidate
+            base = self.enums.bases.get(base)
+        raise UnsupportedConstruct(f"a restriction of a list type ({own}) whose list cannot be found, at {where}")
 
     def struct(self, xsd_type: xsd.ComplexType, where: str) -> Struct:
         key = id(xsd_type)
@@ -778,7 +806,31 @@ def _scalar_type(scalar: Scalar, enforce_facets: bool = False) -> Any:
         base = _PYTHON[scalar.kind]
     if enforce_facets and scalar.facets:
         base = Annotated[base, AfterValidator(_facet_check(scalar))]
-    return list[base] if scalar.item_list else base  # type: ignore[valid-type]
+    if not scalar.item_list:
+        return base
+    if enforce_facets and scalar.list_facets:
+        return Annotated[list[base], AfterValidator(_list_check(scalar.list_facets))]  # type: ignore[valid-type]
+    return list[base]  # type: ignore[valid-type]
+
+
+def _list_check(facets: Facets) -> Any:
+    def check(value: list[Any]) -> list[Any]:
+        for name, limit in facets:
+            count, bound = len(value), int(limit) if name.endswith("ength") else 0
+            if name == "length" and count != bound:
+                raise ValueError(f"must have exactly {bound} items")
+            if name == "minLength" and count < bound:
+                raise ValueError(f"must have at least {bound} items")
+            if name == "maxLength" and count > bound:
+                raise ValueError(f"must have at most {bound} items")
+            if name == "pattern":
+                compiled = _python_pattern(limit)
+                text = " ".join(format(v, "f") if isinstance(v, Decimal) else str(v) for v in value)
+                if compiled is not None and not compiled.fullmatch(text):
+                    raise ValueError(f"does not match the pattern {limit}")
+        return value
+
+    return check
 
 
 def _any_check(value: Any) -> Any:
@@ -1211,7 +1263,7 @@ def from_zeep(struct: Struct, value: Any) -> dict[str, Any]:
     return result
 
 
-class BodyMismatch(ValueError):
+class BodyMismatch(MsjxError, ValueError):
     """What the upstream answered does not fit its WSDL in a way zeep does not notice (an xsi:type outside the
     declared type's family, an abstract type without xsi:type)."""
 

@@ -430,3 +430,30 @@ def test_mixed_content_keeps_its_text() -> None:
     )
     data = engine.read(operation, RawResponse(200, "text/xml", answer.encode()))
     assert data["root"]["note"] == {"@lang": "zh", "b": "今天", "#text": "请  办理"}
+
+
+def test_a_restricted_list_counts_its_items() -> None:
+    """A restriction of a list type (zeep leaves its item type unresolved and could not write it): the list it
+    restricts is found, and length facets count items (not each item's characters), named or anonymous."""
+    document = (Path(__file__).parent / "contracts" / "soap" / "two-services.wsdl").read_text(encoding="utf-8")
+    named = document.replace(
+        '<xs:simpleType name="Colours"><xs:list itemType="tns:Colour"/></xs:simpleType>',
+        '<xs:simpleType name="Words"><xs:list itemType="xs:string"/></xs:simpleType><xs:simpleType name="Colours">'
+        '<xs:restriction base="tns:Words"><xs:maxLength value="2"/></xs:restriction></xs:simpleType>',
+    )
+    anonymous = document.replace(
+        '<xs:element name="c" type="tns:Colours"/>',
+        '<xs:element name="c"><xs:simpleType><xs:restriction base="tns:Colours"><xs:minLength value="1"/>'
+        '<xs:maxLength value="2"/></xs:restriction></xs:simpleType></xs:element>',
+    )
+    for variant in (named, anonymous):
+        assert variant != document
+        engine = SoapEngine("lists", bundle_from_files("wsdl", {"l.wsdl": variant}, "l.wsdl"))
+        operation = engine.operations["Get"]
+        ok = operation.input_model.model_validate({"m": {"value": "1"}, "u": "x", "c": ["red", "blue"]})
+        sent = etree.fromstring(engine.envelope(operation, ok.model_dump(by_alias=True)))
+        assert sent.findtext(".//{urn:m}A/{urn:m}c") == "red blue"
+        with pytest.raises(ValidationError, match="must have at most 2 items"):
+            operation.input_model.model_validate({"m": {"value": "1"}, "u": "x", "c": ["red", "blue", "red"]})
+    with pytest.raises(ValidationError, match="must have at least 1 items"):
+        operation.input_model.model_validate({"m": {"value": "1"}, "u": "x", "c": []})
