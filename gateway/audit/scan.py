@@ -122,7 +122,7 @@ def stitch(runs: Iterable[Run], start_height: int, start_hash: str) -> Proof | N
 
 
 class _Open:
-    """The run being extended, while a worker reads a chain's rows."""
+    """The run being extended, while a worker reads a chain's rows; `close` writes where it ended into the run."""
 
     __slots__ = ("expected", "heads", "prev", "run", "wanted")
 
@@ -130,6 +130,9 @@ class _Open:
         self.expected, self.prev, self.wanted, self.heads = height, prev, wanted, {}
         self.run = Run(height, prev, height - 1, prev, self.heads)
         runs.append(self.run)
+
+    def close(self) -> None:
+        self.run.last_height, self.run.last_hash = self.expected - 1, self.prev
 
 
 class _Scanner:
@@ -147,12 +150,15 @@ class _Scanner:
         their digest, serialized and hashed after the previous hash. The hot loop of a full verification."""
         chain_at, height_at = MAIN_COLUMNS.index("chain_id"), MAIN_COLUMNS.index("height")
         prev_at, suite_at = MAIN_COLUMNS.index("prev_hash"), MAIN_COLUMNS.index("suite")
-        payloads = [(MAIN_COLUMNS.index(name), name) for name in PAYLOAD_FIELDS]
+        request_at, response_at = (MAIN_COLUMNS.index(name) for name in PAYLOAD_FIELDS)
+        request_name, response_name = PAYLOAD_FIELDS
         hash_at = len(MAIN_COLUMNS)
         plain_at, main, dumps, fromhex = hash_at + 1, MAIN_COLUMNS, orjson.dumps, bytes.fromhex
-        opened, hashers = self._open, self._hashers
+        opened = self._open
         # One dict refilled per row: its keys keep their sorted order, and no dict is made and grown per row.
         values = dict.fromkeys(main)
+        suite: Any = None
+        hasher = new_hash = prefix = digest = None
         for row in rows:
             chain, height, prev = row[chain_at], row[height_at], row[prev_at]
             state = opened.get(chain)
@@ -160,26 +166,35 @@ class _Scanner:
                 state = self._start(chain, height, prev)
                 if state is None:
                     continue
-            suite = row[suite_at]
-            hasher = hashers.get(suite)
-            if hasher is None:
-                hasher = self._hasher(suite)
+            if row[suite_at] != suite or hasher is None:
+                hasher = self._hasher(row[suite_at])
                 if hasher is None:
                     self._give_up(chain)
                     continue
+                suite, new_hash, prefix, digest = (
+                    row[suite_at],
+                    hasher.new_hash,
+                    hasher.payload_prefix,
+                    hasher.payload_digest,
+                )
             try:
                 if row[plain_at]:
                     values.update(zip(main, row, strict=False))  # the main columns, up to the record's hash
-                    for index, name in payloads:
-                        payload = row[index]
-                        if type(payload) is bytes:  # as payload_digest does it, without a call
-                            values[name] = hasher.payload_prefix + hasher.new_hash(payload).hexdigest()
-                        elif payload is not None:
-                            values[name] = hasher.payload_digest(payload)
+                    # Sealed payloads by their digest, as payload_digest makes it (called only for a non-bytes value).
+                    payload = row[request_at]
+                    if payload is not None:
+                        values[request_name] = (
+                            prefix + new_hash(payload).hexdigest() if type(payload) is bytes else digest(payload)
+                        )
+                    payload = row[response_at]
+                    if payload is not None:
+                        values[response_name] = (
+                            prefix + new_hash(payload).hexdigest() if type(payload) is bytes else digest(payload)
+                        )
                     data = dumps(values)
                 else:
                     data = self._with_optional(hasher, row, plain_at)
-                own = hasher.new_hash(fromhex(prev) + data).hexdigest()
+                own = new_hash(fromhex(prev) + data).hexdigest()
             except (TypeError, ValueError):  # a value no record holds (orjson's errors are TypeErrors), a bad prev_hash
                 self._give_up(chain)
                 continue
@@ -190,8 +205,6 @@ class _Scanner:
             state.expected = height + 1
             if height in state.wanted:
                 state.heads[height] = own
-            run = state.run
-            run.last_height, run.last_hash = height, own
 
     @staticmethod
     def _with_optional(hasher: Any, row: Any, plain_at: int) -> bytes:
@@ -213,6 +226,8 @@ class _Scanner:
         if len(runs) >= MAX_RUNS:
             self._give_up(chain)
             return None
+        if chain in self._open:
+            self._open[chain].close()
         state = self._open[chain] = _Open(height, prev, target.checkpoint_heights, runs)
         return state
 
@@ -222,15 +237,18 @@ class _Scanner:
         self.runs[chain] = []
 
     def _hasher(self, suite: Any) -> Any:
+        if suite in self._hashers:
+            return self._hashers[suite]
         try:
             hasher = hasher_for(suite) if isinstance(suite, str) else None
         except SuiteUnavailable:
             hasher = None
-        if hasher is not None:
-            self._hashers[suite] = hasher
+        self._hashers[suite] = hasher
         return hasher
 
     def result(self) -> tuple[dict[str, list[Run]], set[str]]:
+        for state in self._open.values():
+            state.close()
         return {chain: runs for chain, runs in self.runs.items() if chain not in self.unproven}, self.unproven
 
 
