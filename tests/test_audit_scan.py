@@ -107,9 +107,9 @@ class _Counted:
         self.workers, self.walked = 0, []
         start, walk = scan._start_worker, verify_module.walk_in_order
 
-        async def counted_start(job: Any) -> Any:
+        async def counted_start(*args: Any) -> Any:
             self.workers += 1
-            return await start(job)
+            return await start(*args)
 
         async def counted_walk(engine: Any, plan: Any, **kwargs: Any) -> ChainReport:
             self.walked.append(plan.chain_id)

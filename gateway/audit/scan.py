@@ -17,9 +17,11 @@ import itertools
 import logging
 import pickle
 import sys
-from asyncio.subprocess import PIPE
+import tempfile
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -308,30 +310,32 @@ async def _worker(
         await connection.close()
 
 
-async def _start_worker(job: tuple[Any, ...]) -> asyncio.subprocess.Process:
+async def _start_worker(job: tuple[Any, ...], answer: Path) -> asyncio.subprocess.Process:
     """A worker process (`python -m gateway.audit.scan`), given its job on stdin: the password travels there, never
-    in its command line. Its own interpreter, not a fork of this one (which may be a server with threads)."""
+    in its command line. Its own interpreter, not a fork of this one (which may be a server with threads). It writes
+    its answer to the file `answer`: a pipe left unread while this process scans its own slice lost the end of it."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.audit.scan", stdin=PIPE, stdout=PIPE, stderr=PIPE
+        sys.executable, "-m", "gateway.audit.scan", stdin=PIPE, stdout=DEVNULL, stderr=PIPE
     )
     assert child.stdin is not None
-    child.stdin.write(pickle.dumps(job))
+    child.stdin.write(pickle.dumps((str(answer), job)))
     await child.stdin.drain()
     child.stdin.close()
     return child
 
 
-async def _finish_worker(child: asyncio.subprocess.Process) -> tuple[dict[str, list[Run]], set[str]]:
-    output, errors = await child.communicate()
+async def _finish_worker(child: asyncio.subprocess.Process, answer: Path) -> tuple[dict[str, list[Run]], set[str]]:
+    _, errors = await child.communicate()
     if child.returncode != 0:
         last = errors.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise RuntimeError(f"an audit scan worker failed (exit {child.returncode}): {last[0]}")
-    result: tuple[dict[str, list[Run]], set[str]] = pickle.loads(output)  # noqa: S301 - our own child's answer
+    answered = await asyncio.to_thread(answer.read_bytes)
+    result: tuple[dict[str, list[Run]], set[str]] = pickle.loads(answered)  # noqa: S301 - our own child's answer
     return result
 
 
 def _worker_main() -> None:
-    job = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - written by the parent process, which started us
+    answer, job = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - written by the parent, which started us
     work = _worker(*job)
     try:
         import uvloop
@@ -339,8 +343,7 @@ def _worker_main() -> None:
         result = asyncio.run(work)
     else:
         result = uvloop.run(work)
-    sys.stdout.buffer.write(pickle.dumps(result))
-    sys.stdout.buffer.flush()
+    Path(answer).write_bytes(pickle.dumps(result))
 
 
 def split(sizes: list[tuple[str, int]], parts: int) -> list[list[Unit]]:
@@ -414,29 +417,31 @@ async def scan_chains(
                 return (await _scan_units(connection, slices[0] if slices else [], targets, ranges)).result()
             snapshot = await connection.fetchval("SELECT pg_export_snapshot()")
             pending: list[tuple[asyncio.subprocess.Process | None, list[Unit]]] = []
-            try:
-                for units in slices[1:]:
-                    try:
-                        pending.append((await _start_worker((connect, snapshot, units, targets, ranges)), units))
-                    except OSError as exc:
-                        log.warning("audit verify: no worker process (%s); its slice is read here", exc)
-                        pending.append((None, units))
-                # This process takes the first slice itself, in the transaction that holds the snapshot.
-                results = [(await _scan_units(connection, slices[0], targets, ranges)).result()]
-                for child, units in pending:
-                    if child is not None:
+            with tempfile.TemporaryDirectory(prefix="msjx-verify-") as answers:
+                try:
+                    for index, units in enumerate(slices[1:]):
                         try:
-                            results.append(await _finish_worker(child))
-                            continue
-                        except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
-                            log.warning("audit verify: %s; its slice is read in the main process", exc)
-                    # The snapshot is still held here: the same rows, read in this process instead.
-                    results.append((await _scan_units(connection, units, targets, ranges)).result())
-            finally:
-                for child, _ in pending:
-                    if child is not None and child.returncode is None:
-                        child.kill()
-                        await child.wait()
+                            job = (connect, snapshot, units, targets, ranges)
+                            pending.append((await _start_worker(job, Path(answers, str(index))), units))
+                        except OSError as exc:
+                            log.warning("audit verify: no worker process (%s); its slice is read here", exc)
+                            pending.append((None, units))
+                    # This process takes the first slice itself, in the transaction that holds the snapshot.
+                    results = [(await _scan_units(connection, slices[0], targets, ranges)).result()]
+                    for index, (child, units) in enumerate(pending):
+                        if child is not None:
+                            try:
+                                results.append(await _finish_worker(child, Path(answers, str(index))))
+                                continue
+                            except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as exc:
+                                log.warning("audit verify: %s; its slice is read in the main process", exc)
+                        # The snapshot is still held here: the same rows, read in this process instead.
+                        results.append((await _scan_units(connection, units, targets, ranges)).result())
+                finally:
+                    for child, _ in pending:
+                        if child is not None and child.returncode is None:
+                            child.kill()
+                            await child.wait()
         finally:
             await connection.execute("ROLLBACK")
     runs: dict[str, list[Run]] = {}
