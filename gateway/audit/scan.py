@@ -395,15 +395,15 @@ async def scan_chains(
         await _begin(connection, None)
         try:
             await connection.execute(f"LOCK TABLE {PARENT} IN ACCESS SHARE MODE")  # before the snapshot is taken
-            sizes = [
-                (str(name), int(blocks))
-                for name, blocks in await connection.fetch(
-                    "SELECT t.relid::regclass::text, pg_relation_size(t.relid) / current_setting('block_size')::int"
-                    " FROM pg_partition_tree($1::regclass) t WHERE t.isleaf ORDER BY 1",
-                    PARENT,
+            sizes = await _tables(connection)
+            tops = {
+                chain: await connection.fetchval(
+                    f"SELECT max(height) FROM {PARENT} WHERE chain_id = $1 AND height >= $2",  # noqa: S608
+                    chain,
+                    target.start_height,
                 )
-                if blocks
-            ]
+                for chain, target in targets.items()
+            }
             # TID range scans (PostgreSQL 14) let workers share one table; before, each takes whole tables.
             ranges = int(await connection.fetchval("SHOW server_version_num")) >= 140000
             total = sum(blocks for _, blocks in sizes)
@@ -414,7 +414,9 @@ async def scan_chains(
                 parts = min(parts, len(sizes))
                 slices = [[Unit(name, 0, blocks) for name, blocks in sizes[index::parts]] for index in range(parts)]
             if len(slices) <= 1:
-                return (await _scan_units(connection, slices[0] if slices else [], targets, ranges)).result()
+                return _complete(
+                    [(await _scan_units(connection, slices[0] if slices else [], targets, ranges)).result()], tops
+                )
             snapshot = await connection.fetchval("SELECT pg_export_snapshot()")
             pending: list[tuple[asyncio.subprocess.Process | None, list[Unit]]] = []
             with tempfile.TemporaryDirectory(prefix="msjx-verify-") as answers:
@@ -444,13 +446,37 @@ async def scan_chains(
                             await child.wait()
         finally:
             await connection.execute("ROLLBACK")
+    return _complete(results, tops)
+
+
+def _complete(
+    results: list[tuple[dict[str, list[Run]], set[str]]], tops: Mapping[str, int | None]
+) -> tuple[dict[str, list[Run]], set[str]]:
+    """The slices' runs together. A chain whose runs do not reach the highest height the database holds for it (in
+    the same snapshot, by its index) is unproven: a table the scan did not read cannot cut a chain's tail unseen."""
     runs: dict[str, list[Run]] = {}
     unproven: set[str] = set()
     for found, lost in results:
         unproven |= lost
         for chain, chain_runs in found.items():
             runs.setdefault(chain, []).extend(chain_runs)
+    for chain, chain_runs in runs.items():
+        if max((run.last_height for run in chain_runs), default=None) != tops.get(chain):
+            unproven.add(chain)
     return {chain: chain_runs for chain, chain_runs in runs.items() if chain not in unproven}, unproven
+
+
+async def _tables(connection: Any) -> list[tuple[str, int]]:
+    """The tables that hold the audit rows, with their sizes in blocks: the partitions, or the table itself where it
+    is not partitioned (pg_partition_tree lists nothing for a plain table)."""
+    partitioned = await connection.fetchval("SELECT relkind = 'p' FROM pg_class WHERE oid = $1::regclass", PARENT)
+    query = (
+        "SELECT t.relid::regclass::text, pg_relation_size(t.relid) / current_setting('block_size')::int"
+        " FROM pg_partition_tree($1::regclass) t WHERE t.isleaf ORDER BY 1"
+        if partitioned
+        else "SELECT $1::regclass::text, pg_relation_size($1::regclass) / current_setting('block_size')::int"
+    )
+    return [(str(name), int(blocks)) for name, blocks in await connection.fetch(query, PARENT) if blocks]
 
 
 if __name__ == "__main__":
