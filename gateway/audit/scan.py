@@ -395,6 +395,8 @@ async def scan_chains(
         await _begin(connection, None)
         try:
             await connection.execute(f"LOCK TABLE {PARENT} IN ACCESS SHARE MODE")  # before the snapshot is taken
+            # Once its own slice is read this transaction waits for the workers, idle: it must not be ended for that.
+            await connection.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             sizes = await _tables(connection)
             tops = {
                 chain: await connection.fetchval(
