@@ -127,7 +127,12 @@ def upstreams_add(
         name,
         {"owner": owner},
         lambda session: add_upstream(session, prepared, "cli", owner, SYSTEM_CLOCK.now()),
-        lambda out: {"name": out.name, "kind": out.kind, "operations": list(out.operations), "source": out.source},
+        lambda out: {
+            "name": out.name,
+            "kind": out.kind,
+            "operations": [operation.operation for operation in out.operations],
+            "source": out.source,
+        },
     )
     typer.echo(
         f"registered {out.name} ({out.kind}, {len(out.operations)} operations) from {out.source}, owned by {owner}"
