@@ -216,6 +216,13 @@ def test_soap_headers_from_a_secret_and_ws_security_toward_the_upstream(
         "headers": {"ServiceAuthHeader": {"Username": "district", "Password": "secret:INTERHOME"}},
         "wsse": {"username": "district", "password": "secret:INTERHOME"},
     }
+    # The password itself instead of its secret reference would be stored and listed: refused, nothing echoed.
+    in_the_clear = {"headers": {"ServiceAuthHeader": {"Username": "district", "Password": "hunter2-plain"}}}
+    with pytest.raises(Problem) as clear:
+        prepare("interhome", "wsdl", files=files, root="interhome.wsdl", soap_auth=in_the_clear)
+    assert clear.value.code == "secret_invalid" and clear.value.errors[0]["field"] == "soap_headers"
+    assert "ServiceAuthHeader.Password is a credential" in clear.value.detail
+    assert "hunter2-plain" not in clear.value.detail
     monkeypatch.delenv("MSJX_SECRET_INTERHOME", raising=False)
     with pytest.raises(Problem) as missing:
         prepare("interhome", "wsdl", files=files, root="interhome.wsdl", soap_auth=auth)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ BUILT_IN = frozenset({"credit", "golden-tax", "market", "treasury"})
 
 
 SECRET_REFERENCE = r"^secret:[A-Za-z0-9_]{1,64}$"  # noqa: S105 - the form of a reference
+# SOAP header fields that carry a credential by their name: their value must be a secret reference, or it would be
+# stored in the database and shown by GET /v1/upstreams.
+CREDENTIAL_FIELD = re.compile(r"pass(word|wd)?$|pwd|secret|token|credential|(api|license|access|auth)[-_]?key", re.I)
 
 
 class WsseIn(BaseModel):
@@ -170,6 +174,19 @@ def soap_auth(body: UpstreamIn) -> dict[str, Any] | None:
     return auth or None
 
 
+def credential_in_the_clear(auth: Mapping[str, Any] | None) -> str | None:
+    """Why a registration's SOAP header values may not be stored: a field named as a credential (password, token,
+    API key …) given as its value instead of `secret:NAME`; None when there is none."""
+    for part, fields in ((auth or {}).get("headers") or {}).items():
+        for name, given in fields.items():
+            if CREDENTIAL_FIELD.search(name) and not re.fullmatch(SECRET_REFERENCE, str(given)):
+                return (
+                    f"{part}.{name} is a credential: give it as secret:NAME (read from MSJX_SECRET_NAME on each node,"
+                    " never stored), not as its value"
+                )
+    return None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A checked registration, ready to store: the spec and the adapter it builds."""
@@ -208,6 +225,9 @@ def prepare(
     (MSJX_CONTRACT_FETCH_ALLOW); with none, only uploaded documents (and, from the CLI, local files) are read."""
     if name in reserved:
         raise _problem(ContractError(ProblemCode.NAME_TAKEN, f"{name!r} is a built-in service"), "name")
+    in_the_clear = credential_in_the_clear(soap_auth)
+    if in_the_clear is not None:
+        raise _problem(ContractError(ProblemCode.SECRET_INVALID, in_the_clear), "soap_headers")
     try:
         resilience = ResiliencePolicy.from_mapping(dict(policy or {}))
     except ValueError as exc:
