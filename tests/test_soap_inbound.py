@@ -16,6 +16,7 @@ from adapters.http import RawResponse
 from adapters.soap import SoapEngine
 from gateway.http.problems import Problem, validation_problem
 from gateway.upstreams.registry import prepare
+from tests.helpers.soap import wsse_signing_pair
 
 NS = "urn:example:types"
 FIELDS = {
@@ -272,31 +273,9 @@ def test_what_cannot_be_carried_is_refused_at_registration_naming_it(change: tup
 def test_an_x509_signature_toward_the_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """WS-Security X.509 (xmlsec through zeep): the envelope carries a signature over its Body that verifies with
     the certificate; the key comes from a secret."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
     from zeep.wsse.signature import verify_envelope
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    cert_pem, key_pem = wsse_signing_pair()
     monkeypatch.setenv("MSJX_SECRET_INTERHOME", "s3cr3t-pw")
     monkeypatch.setenv("MSJX_SECRET_SIGNING_KEY", key_pem)
     auth = {

@@ -19,6 +19,7 @@ from adapters.base import Adapter
 from adapters.errors import UpstreamMalformed
 from gateway.http.problems import Problem, validation_problem
 from gateway.upstreams.registry import prepare
+from tests.helpers.soap import wsse_signing_pair
 
 WSDL = Path(__file__).parent / "contracts" / "soap" / "case-registry.wsdl"
 NS = "urn:example:case-registry"
@@ -265,32 +266,10 @@ async def test_ws_security_reaches_the_upstream_intact(
 ) -> None:
     """What the upstream receives over HTTP carries the UsernameToken with the secret's password, or an X.509
     signature over the Body that verifies (xmlsec) with the registered certificate; the schema still accepts it."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
     from zeep.wsse.signature import verify_envelope
 
     registry, url = upstream
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    cert_pem, key_pem = wsse_signing_pair()
     monkeypatch.setenv("MSJX_SECRET_REGISTRY_PW", "s3cr3t-pw")
     monkeypatch.setenv("MSJX_SECRET_REGISTRY_KEY", key_pem)
     files = {"case-registry.wsdl": WSDL.read_text(encoding="utf-8")}

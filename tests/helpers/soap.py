@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
@@ -209,3 +209,25 @@ def call_body(service: str, operation: str, purpose: str, uscc: str, version: st
 
 def fault_code(content: bytes) -> str | None:
     return etree.fromstring(content).findtext(f".//{{{PROBLEM_NS}}}code")
+
+
+def wsse_signing_pair(common_name: str = "gw.example") -> tuple[str, str]:
+    """A self-signed RSA certificate and its PKCS#8 key, both PEM: what an operator registers for WS-Security
+    X.509 signatures toward an upstream (xmlsec signs with RSA)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
