@@ -1,19 +1,20 @@
-"""The HTTP client of every adapter: one aiohttp session per upstream, bounded bodies, every failure an UpstreamError.
+"""The HTTP client of every adapter: keep-alive connections per upstream, bounded bodies, failures as UpstreamErrors.
 
-aiohttp was chosen by measurement (bench/upstream_client.py, figures in bench/results/upstream_client.md).
+The wire is adapters/wire.py (httptools), chosen by measurement against aiohttp and pyreqwest (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 from yarl import URL
 
+from . import wire
 from .base import Adapter
 from .errors import UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from .policy import ResiliencePolicy
@@ -21,7 +22,6 @@ from .policy import ResiliencePolicy
 __all__ = ["DEFAULT_MAX_BODY", "HttpClient", "JsonClient", "JsonResponse", "RawResponse", "phrase"]
 
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
-_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +42,12 @@ class RawResponse:
 
 
 class HttpClient:
-    """One aiohttp session per upstream: `start()` once per process, `close()` at shutdown.
+    """Keep-alive connections to one upstream (adapters/wire.py): `start()` once per process, `close()` at shutdown.
 
-    Every request is exactly one request to the upstream (aiohttp's own silent retry of idempotent requests is
-    turned off), so the retry policy wrapped around it counts and audits every attempt it makes. Timeouts: `timeout`
-    bounds one whole exchange (waiting for a pooled connection included), `connect_timeout` the TCP connect,
-    `read_timeout` the longest silence between two reads.
+    Every request is exactly one request to the upstream (nothing below resends), so the retry policy wrapped around
+    it counts and audits every attempt it makes. Redirects are not followed: an upstream answers at its own address,
+    or the answer is an error. Timeouts: `timeout` bounds one whole exchange (waiting for a pooled connection
+    included), `connect_timeout` the TCP connect, `read_timeout` the longest silence between two reads.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class HttpClient:
         self._max_connections = max_connections
         self._keepalive_seconds = keepalive_seconds
         self._headers = dict(headers or {})
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: wire.Pool | None = None
         self.set_timeouts(timeout, connect_timeout, read_timeout)
 
     def set_timeouts(
@@ -80,32 +80,23 @@ class HttpClient:
         self.read_timeout = read
         if max_connections is not None:
             self._max_connections = max_connections
-        self._timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.connect_timeout, sock_read=read)
 
     async def start(self) -> None:
-        if self._session is not None:
+        if self._pool is not None:
             return
-        connector = aiohttp.TCPConnector(
+        self._pool = wire.Pool(
             limit=self._max_connections,
-            keepalive_timeout=self._keepalive_seconds,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
+            keepalive_seconds=self._keepalive_seconds,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_body=self.max_body,
             headers=self._headers,
-            raise_for_status=False,
-            json_serialize=lambda value: orjson.dumps(value).decode(),
         )
-        # aiohttp resends an idempotent request once when the connection drops; retries are the gateway's
-        # decision (safe operations only, counted and audited), so one call here is one upstream request.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     async def request(
         self,
@@ -118,45 +109,26 @@ class HttpClient:
     ) -> RawResponse:
         """One request; the answer whatever its status. Raises UpstreamTimeout, UpstreamUnavailable (no connection,
         or it dropped) or UpstreamMalformed (not HTTP, or a body over `max_body`)."""
-        if self._session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError(f"{self.service}: the HTTP client was not started")
+        target = url if isinstance(url, URL) else URL(url)
+        if params:
+            target = target.extend_query(params)
         try:
-            # Redirects are not followed: an upstream answers at its own address, or the answer is an error.
-            async with self._session.request(
-                method, url, params=params, data=data, headers=headers, allow_redirects=False
-            ) as response:
-                status = response.status
-                content_type = response.headers.get("Content-Type", "")
-                raw = await self._read(response)
-        except aiohttp.ConnectionTimeoutError as exc:
+            async with asyncio.timeout(self.timeout):
+                answer = await pool.request(method, target, headers, data)
+        except wire.ConnectTimeout as exc:
             raise UpstreamTimeout(self.service, self.connect_timeout) from exc
-        except TimeoutError as exc:  # asyncio and aiohttp timeouts (ServerTimeoutError is one too)
+        except (TimeoutError, wire.ReadTimeout) as exc:
             raise UpstreamTimeout(self.service, self.timeout) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamUnavailable(self.service, "the connection closed in the middle of the answer") from exc
-        except aiohttp.ClientResponseError as exc:  # the answer was not HTTP aiohttp could parse
-            raise UpstreamMalformed(self.service, f"invalid HTTP response: {exc.message}") from exc
-        except aiohttp.ClientError as exc:  # refused, reset, closed before answering, DNS
-            raise UpstreamUnavailable(self.service, _reason(exc)) from exc
-        return RawResponse(status, content_type, raw)
-
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        length = response.content_length
-        if length is not None:
-            if length > self.max_body:
-                raise UpstreamMalformed(
-                    self.service, f"answer of {length} bytes exceeds {self.max_body}", str(response.status)
-                )
-            return await response.read()
-        # No Content-Length (chunked): read in pieces and stop as soon as the bound is crossed.
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > self.max_body:
-                raise UpstreamMalformed(self.service, f"answer exceeds {self.max_body} bytes", str(response.status))
-            chunks.append(chunk)
-        return b"".join(chunks)
+        except wire.TooBig as exc:
+            raise UpstreamMalformed(self.service, str(exc), str(exc.status)) from exc
+        except wire.WireMalformed as exc:
+            raise UpstreamMalformed(self.service, str(exc)) from exc
+        except wire.WireError as exc:  # refused, reset, closed before or while answering, DNS
+            raise UpstreamUnavailable(self.service, str(exc)) from exc
+        return RawResponse(answer.status, answer.content_type, answer.body)
 
 
 class JsonClient(HttpClient):
@@ -195,14 +167,6 @@ class JsonClient(HttpClient):
         if not isinstance(body, dict):
             raise UpstreamMalformed(self.service, f"body is a JSON {type(body).__name__}, not an object", str(status))
         return JsonResponse(status, body)
-
-
-def _reason(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the connection closed before an answer"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
-    return str(exc) or type(exc).__name__
 
 
 def phrase(status: int) -> str:
