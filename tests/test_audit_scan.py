@@ -209,3 +209,43 @@ async def test_a_table_the_scan_did_not_read_cannot_cut_a_chain_unseen(
     reports = await verify(store, trusted=None)
     assert sorted(counted.walked) == list(CHAINS), "both chains' tails were in the table left out"
     assert all(reports[chain].ok and reports[chain].records == 20 for chain in CHAINS)
+
+
+async def test_the_scan_serializes_escaped_text_and_officer_fields_as_the_writer_did(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan builds each row's canonical bytes with msgspec, the writer with orjson: text that JSON must escape
+    # (quotes, backslashes, control characters, non-ASCII) and the optional officer columns, filled in or left out,
+    # must give the same bytes, or an intact chain would be walked again in height order.
+    awkward = 'say "hi" \\ back\tslash\n\x01\x1f\x7f 信用 \u2028 😀'
+    writer = await open_writer(store, every=5, chain_id="node-1", witness=None)
+    try:
+        for index in range(12):
+            officer = index % 3 == 0
+            await writer.append(
+                event(
+                    index,
+                    path=f"/v1/{awkward}/{index}",
+                    purpose=awkward,
+                    upstream_status=None,
+                    target_id=f"rec-{index}" if officer else None,
+                    reason=awkward if officer else None,
+                    reason_category="inspection" if index % 6 == 0 else None,
+                )
+            )
+    finally:
+        await writer.close()
+    counted = _Counted(monkeypatch)
+    reports = await verify(store, trusted=None)
+    assert counted.walked == [], "the scan proves the chain itself"
+    assert reports["node-1"].ok and reports["node-1"].records == 12
+    # Changing one escaped character of an officer's reason is still found, at its height.
+    await tamper(
+        store,
+        ("UPDATE audit_records SET reason = replace(reason, '\"hi\"', '\"ho\"') WHERE height = 7", {}),
+    )
+    counted = _Counted(monkeypatch)
+    reports = await verify(store, trusted=None)
+    assert counted.walked == ["node-1"]
+    fault = reports["node-1"].fault
+    assert fault is not None and (fault.height, fault.kind) == (7, "changed"), str(fault)
