@@ -327,7 +327,7 @@ async def measure(settings: Any, *, verify: bool = True) -> dict[str, Any]:
 def _timed_walk() -> Iterator[dict[str, float]]:
     """The CPU time of hashing every record (and ciphertext) and linking it, inside one `audit verify` in one process:
     the scan's hot loop, summed over its batches, without the reading."""
-    from gateway.audit.scan import _Scanner
+    from gateway.audit.rowscan import RowScanner as _Scanner
 
     totals = {"records": 0.0, "cpu": 0.0}
     original = _Scanner.feed
