@@ -1,6 +1,6 @@
 """Adapter of the treasury (国库集中支付): canonical vouchers to GBK XML over HTTP and back, never retried.
 
-`submit-voucher` is not safe: one call is exactly one POST (aiohttp's silent resend is off, and the operation is
+`submit-voucher` is not safe: one call is exactly one POST (the HTTP client never resends, and the operation is
 marked `safe=False`, so no retry policy wraps it). Whether a lost answer means "paid" is for the gateway's payment
 layer to find out with `voucher-status`, never by sending again blindly.
 """
@@ -12,7 +12,6 @@ import xml.etree.ElementTree as StdET
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
-import aiohttp
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from pydantic import BaseModel
@@ -21,7 +20,8 @@ from schemas.problems import ProblemCode
 from schemas.treasury import VoucherQuery, VoucherReceipt, VoucherStatus, VoucherSubmission
 
 from .base import Adapter, Operation, UpstreamResult
-from .errors import UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from .errors import UpstreamError, UpstreamMalformed, UpstreamRejected
+from .http import HttpClient
 from .policy import ResiliencePolicy
 
 __all__ = ["TreasuryAdapter", "VoucherDuplicate", "VoucherRefused", "voucher_xml"]
@@ -178,25 +178,21 @@ class TreasuryAdapter(Adapter):
         self.base_url = base_url.rstrip("/") + "/tcbs/v1"
         self.timeout = timeout
         self.policy = policy or ResiliencePolicy(total_timeout=timeout, max_concurrency=max_connections)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is not None:
-            return
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections),
-            timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 2.0)),
+        # One call is one request: the HTTP client never resends, so a payment is never sent twice behind the
+        # gateway's back.
+        self.http = HttpClient(
+            self.service,
+            timeout=timeout,
+            max_connections=max_connections,
+            max_body=MAX_ANSWER,
             headers={"Content-Type": "text/xml; charset=GBK", "Accept": "text/xml"},
         )
-        # One call is one request: a payment is never resent by the HTTP library behind the gateway's back.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
+
+    async def start(self) -> None:
+        await self.http.start()
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self.http.close()
 
     async def call(self, operation: Operation, params: BaseModel) -> UpstreamResult:
         if operation.name == "submit-voucher":
@@ -253,41 +249,11 @@ class TreasuryAdapter(Adapter):
         return UpstreamResult(data, upstream_status=code)
 
     async def _post(self, path: str, body: bytes) -> tuple[str, dict[str, str]]:
-        if self._session is None:
-            raise RuntimeError("treasury: TreasuryAdapter.start() was not called")
-        try:
-            async with self._session.post(self.base_url + path, data=body) as response:
-                status = response.status
-                if response.content_length is not None and response.content_length > MAX_ANSWER:
-                    raise UpstreamMalformed(self.service, f"answer exceeds {MAX_ANSWER} bytes", str(status))
-                raw = await _read_bounded(response)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamTimeout(self.service, min(self.timeout, 2.0)) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(self.service, self.timeout) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamUnavailable(self.service, "the connection closed in the middle of the answer") from exc
-        except aiohttp.ClientResponseError as exc:
-            raise UpstreamMalformed(self.service, f"invalid HTTP response: {exc.message}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(self.service, str(exc) or type(exc).__name__) from exc
-        if raw is None:
-            raise UpstreamMalformed(self.service, f"answer exceeds {MAX_ANSWER} bytes", str(status))
-        if status >= 500:
-            raise UpstreamRejected(self.service, str(status), "server error")
-        return str(status), parse_answer(self.service, raw, str(status))
-
-
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes | None:
-    """The whole body, or None as soon as it grows past MAX_ANSWER."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_ANSWER:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        response = await self.http.request("POST", self.base_url + path, data=body)
+        status = str(response.status)
+        if response.status >= 500:
+            raise UpstreamRejected(self.service, status, "server error")
+        return status, parse_answer(self.service, response.body, status)
 
 
 def _missing(exc: Exception) -> str:
