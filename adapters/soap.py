@@ -27,6 +27,7 @@ from .contracts import ContractBundle, ContractError, parse_xml_document
 from .errors import UpstreamError, UpstreamFault, UpstreamMalformed, UpstreamRejected
 from .http import HttpClient, RawResponse, phrase
 from .jsontypes import DerivedModel
+from .soap_fast import FastPath, fast_path
 from .soap_types import (
     BodyShape,
     EnumIndex,
@@ -147,6 +148,7 @@ class SoapOperation:
     input_model: type[DerivedModel]
     output_model: type[DerivedModel]
     header_values: dict[str, Any] | None = None  # the SOAP header the upstream requires, as registered
+    fast: FastPath | None = None  # flat simple input and output: envelope and answer without zeep per call
 
     @property
     def envelope_ns(self) -> str:
@@ -273,6 +275,12 @@ class SoapEngine:
         style = operation.style or binding.default_style
         summary = self._docs.get(wsdl_name) or f"{wsdl_name} ({style}/literal, SOAP {version})"
         prefix = f"{self.service}.{name}"
+        envelope_ns = SOAP12_ENV if version == "1.2" else SOAP11_ENV
+        fast = None
+        if header_values is None and self._wsse is None:  # a signed or headed envelope is zeep's to render
+            fast = fast_path(
+                envelope_ns, style, operation, input_shape.struct, output_shape.struct, self.document.types
+            )
         return SoapOperation(
             name=name,
             summary=summary,
@@ -287,12 +295,25 @@ class SoapEngine:
             input_model=factory.model(input_shape.struct, f"{prefix}.input", f"Input of {name}"),
             output_model=self._outputs.model(output_shape.struct, f"{prefix}.output", f"Output of {name}"),
             header_values=header_values,
+            fast=fast,
         )
 
     # --- calling --------------------------------------------------------------------------------------------------
 
     def envelope(self, operation: SoapOperation, data: Mapping[str, Any]) -> bytes:
         """The request envelope for input `data` (a model dump: python values, keyed by JSON names)."""
+        fast = operation.fast
+        if fast is not None:
+            body = fast.envelope(data)
+            if body is not None:
+                return body
+        body = self.zeep_envelope(operation, data)
+        if fast is not None and not fast.learnt:
+            fast.learn(data, body)
+        return body
+
+    def zeep_envelope(self, operation: SoapOperation, data: Mapping[str, Any]) -> bytes:
+        """The request envelope as zeep renders it (the fast path's reference)."""
         kwargs = to_zeep(operation.input.struct, data)
         if operation.header_values is not None:
             kwargs["_soapheaders"] = operation.header_values
@@ -316,6 +337,15 @@ class SoapEngine:
         return self.read(operation, response), str(response.status)
 
     def read(self, operation: SoapOperation, response: RawResponse) -> dict[str, Any]:
+        fast = operation.fast
+        if fast is not None and response.status == 200 and "multipart/related" not in response.content_type.lower():
+            output = fast.read(response.body)
+            if output is not None:
+                return output
+        return self.zeep_read(operation, response)
+
+    def zeep_read(self, operation: SoapOperation, response: RawResponse) -> dict[str, Any]:
+        """The answer read by zeep: every shape, every fault and error (the fast path's reference)."""
         status = response.status
         if not response.body.strip():
             if status in (200, 202) and operation.zeep_operation.output is None:
