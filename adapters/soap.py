@@ -12,11 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import zeep
 from lxml import etree
+from yarl import URL
 from zeep import exceptions as zeep_errors
 from zeep.loader import parse_xml
 from zeep.wsdl.bindings.soap import Soap11Binding, Soap12Binding, SoapBinding
@@ -159,6 +162,16 @@ class SoapOperation:
         if self.version == "1.2":
             return {"Content-Type": f'application/soap+xml; charset=utf-8; action="{action}"'}
         return {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{action}"'}
+
+    @cached_property
+    def request_headers(self) -> Mapping[str, str]:
+        # The same for every call: built once (aiohttp copies what it is given).
+        return MappingProxyType(self.headers())
+
+    @cached_property
+    def url(self) -> URL:
+        # Parsed once: aiohttp takes a URL as it is, where a str is parsed on every request.
+        return URL(self.address)
 
 
 class SoapEngine:
@@ -333,7 +346,7 @@ class SoapEngine:
         """Run one operation: returns (output keyed by JSON names, upstream status) or raises an UpstreamError."""
         operation = self.operations[operation_name]
         body = self.envelope(operation, data)
-        response = await self.http.request("POST", operation.address, data=body, headers=operation.headers())
+        response = await self.http.request("POST", operation.url, data=body, headers=operation.request_headers)
         return self.read(operation, response), str(response.status)
 
     def read(self, operation: SoapOperation, response: RawResponse) -> dict[str, Any]:

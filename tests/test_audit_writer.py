@@ -128,6 +128,34 @@ async def test_store_down_fails_every_waiter_and_the_writer_recovers(
     assert (await verify(store))[CHAIN].ok
 
 
+async def test_append_many_gives_the_rows_of_single_appends_and_fails_them_together(store: Store) -> None:
+    """A batch chunk's records in one call: each committed in order in the chain, payloads sealed as for `append`;
+    with the store down the call fails and nothing of it stands, and the chain goes on after."""
+    writer = await open_writer(store, every=1000)
+    try:
+        first = await writer.append(event(0))
+        events = [event(i) for i in range(1, 201)]
+        committed = await writer.append_many(events)
+        assert [row["height"] for row in committed] == list(range(2, 202))
+        assert [row["request_id"] for row in committed] == [item.request_id for item in events]
+        async with store.engine.begin() as connection:
+            await connection.exec_driver_sql("ALTER TABLE audit_records RENAME TO audit_records_away")
+        try:
+            with pytest.raises(AuditUnavailable):
+                await writer.append_many([event(i) for i in range(300, 310)])
+        finally:
+            async with store.engine.begin() as connection:
+                await connection.exec_driver_sql("ALTER TABLE audit_records_away RENAME TO audit_records")
+        assert (await writer.append(event(9)))["height"] == 202
+    finally:
+        await writer.close()
+    stored = await rows(store)
+    assert len(stored) == 202 and stored[0]["request_id"] == first["request_id"]
+    opened = await open_payload(writer.keyring, stored[100], "response")
+    assert opened is not None and opened.startswith(b'{"data"')
+    assert (await verify(store))[CHAIN].ok
+
+
 async def test_a_sqlite_committer_dying_mid_batch_fails_it_closed_and_is_started_again(tmp_path: Path) -> None:
     async with audit_store("sqlite", tmp_path) as store:
         writer = await open_writer(store)

@@ -269,7 +269,7 @@ class BatchService:
         for start in range(0, len(events), 64):
             # Sealed and queued 64 at a time (each slice one group commit at most): never a long hold of the loop,
             # and an interactive call's record never waits behind more than one slice.
-            await asyncio.gather(*(runtime.audit.append(event) for event in events[start : start + 64]))
+            await runtime.audit.append_many(events[start : start + 64])
             await self._make_way()
         async with runtime.engine.begin() as connection:
             stored = await connection.execute(
