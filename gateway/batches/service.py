@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,24 +23,26 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from adapters.base import Adapter, UpstreamResult
 from adapters.errors import UpstreamError
-from gateway.access.directory import GrantInfo
+from gateway.access.directory import Directory, GrantInfo
 from gateway.access.grants import grant_for
-from gateway.access.quotas import quota_item
+from gateway.access.quotas import Quotas, quota_item
 from gateway.api.services import upstream_status
-from gateway.audit.writer import AuditEvent, new_request_id
+from gateway.audit.writer import AuditEvent, AuditWriter, new_request_id
 from gateway.batches.pacing import AdaptiveLimit
 from gateway.batches.queue import LIVE_STATES, ChunkQueue, LocalQueue, ProcrastinateQueue
 from gateway.batches.subjects import Subject, Target
 from gateway.batches.tables import BatchChunk, BatchJob
-from gateway.clock import SYSTEM_CLOCK, Periodic, periodic
+from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.http.problems import Problem
-from gateway.runtime import Runtime
+from gateway.settings import Settings
 from schemas.problems import ProblemCode
 from schemas.times import china_date, seconds_to_next_china_day
 from security.crypto import open_sealed, seal
+from security.keyring import KeyRing
 
 log = logging.getLogger("msjx.batches")
 TERMINAL = ("done", "failed", "cancelled")
@@ -75,17 +77,40 @@ def problem_of(exc: UpstreamError) -> tuple[int, str]:
 class BatchService:
     """One per gateway process: the submit/status/results side for the API, and this node's chunk worker."""
 
-    def __init__(self, runtime: Runtime, *, worker: bool = True) -> None:
-        self.runtime = runtime
-        settings = runtime.settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker,
+        directory: Directory,
+        quotas: Quotas,
+        audit: AuditWriter,
+        keyring: KeyRing | None,
+        adapters: Mapping[str, Adapter],
+        clock: Clock = SYSTEM_CLOCK,
+        interactive: Callable[[], int] | None = None,
+        worker: bool = True,
+    ) -> None:
+        """The services a batch uses, as the runtime holds them (`adapters` is its live catalog: upstreams registered
+        later are seen); `interactive` counts the signed exchanges under way on this node (none when not given)."""
         self.settings = settings
+        self.engine = engine
+        self.sessions = sessions
+        self.directory = directory
+        self.quotas = quotas
+        self.audit = audit
+        self.keyring = keyring
+        self.adapters = adapters
+        self.clock = clock
+        self._interactive_count = interactive
         self.node_id = settings.node_id
         self._worker = worker
         self.queue: ChunkQueue
         if settings.is_sqlite:
-            self.queue = LocalQueue(runtime.engine, self.run_chunk, settings.batch_workers)
+            self.queue = LocalQueue(engine, self.run_chunk, settings.batch_workers)
         else:
-            dsn = runtime.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self.queue = ProcrastinateQueue(
                 dsn, self.run_chunk, settings.batch_workers, settings.batch_stall_seconds, settings.node_id
             )
@@ -136,7 +161,7 @@ class BatchService:
                     ],
                 )
             seen.add((service, name))
-            adapter = self.runtime.adapters.get(service)
+            adapter = self.adapters.get(service)
             if adapter is None:
                 raise Problem(ProblemCode.UNKNOWN_SERVICE, f"no service {service!r}")
             operation = adapter.operations.get(name)
@@ -155,7 +180,7 @@ class BatchService:
         return planned
 
     async def grant_for(self, caller_id: str, service: str, operation: str, purpose: str) -> GrantInfo:
-        return await grant_for(self.runtime.directory, caller_id, service, operation, purpose, method="batch")
+        return await grant_for(self.directory, caller_id, service, operation, purpose, method="batch")
 
     async def create(
         self, caller_id: str, department: str, purpose: str, planned: Sequence[Planned], subjects: Sequence[Subject]
@@ -163,7 +188,7 @@ class BatchService:
         """Record the batch and its chunks, and queue the chunks, in one transaction."""
         size = self.settings.batch_chunk_size
         batch_id = "b-" + secrets.token_hex(12)
-        now = SYSTEM_CLOCK.now()
+        now = self.clock.now()
         pieces = [subjects[start : start + size] for start in range(0, len(subjects), size)]
         job = BatchJob(
             batch_id=batch_id,
@@ -180,7 +205,7 @@ class BatchService:
             chunks=len(pieces),
             created_at=now,
         )
-        key = self.runtime.keyring.current()  # type: ignore[union-attr]
+        key = self.keyring.current()  # type: ignore[union-attr]
         chunk_rows = [
             {
                 "batch_id": batch_id,
@@ -193,7 +218,7 @@ class BatchService:
             }
             for number, piece in enumerate(pieces)
         ]
-        async with self.runtime.engine.begin() as connection:
+        async with self.engine.begin() as connection:
             await connection.execute(BatchJob.__table__.insert(), [_row(job)])
             for start in range(0, len(chunk_rows), 500):
                 await connection.execute(BatchChunk.__table__.insert(), chunk_rows[start : start + 500])
@@ -205,8 +230,7 @@ class BatchService:
 
     def _interactive(self) -> int:
         """Signed exchanges under way on this node (single calls, and the batch API's own short ones)."""
-        exchanges = getattr(self.runtime, "exchanges", None)
-        return exchanges.in_progress if exchanges is not None else 0
+        return self._interactive_count() if self._interactive_count is not None else 0
 
     async def _make_way(self) -> None:
         """Between slices of a chunk's work: give the event loop to others, and while interactive exchanges are under
@@ -230,8 +254,7 @@ class BatchService:
 
     async def run_chunk(self, batch_id: str, chunk_no: int) -> None:
         """The task both queues run: call, audit, store, once."""
-        runtime = self.runtime
-        async with runtime.sessions() as session:
+        async with self.sessions() as session:
             job = await session.get(BatchJob, batch_id)
             chunk = await session.get(BatchChunk, (batch_id, chunk_no))
         if job is None or chunk is None or chunk.state != "pending" or job.state not in LIVE_STATES:
@@ -247,8 +270,8 @@ class BatchService:
         if resume_in is not None:
             await self.pause(job, ProblemCode.QUOTA_EXHAUSTED, resume_in)
             return
-        now = SYSTEM_CLOCK.now()
-        async with runtime.engine.begin() as connection:
+        now = self.clock.now()
+        async with self.engine.begin() as connection:
             await connection.execute(
                 update(BatchChunk)
                 .where(BatchChunk.batch_id == batch_id, BatchChunk.chunk_no == chunk_no)
@@ -260,7 +283,7 @@ class BatchService:
                 .values(state="running", started_at=now)
             )
         attempt = chunk.attempts + 1
-        key = await runtime.keyring.get(chunk.data_key_id)  # type: ignore[union-attr]
+        key = await self.keyring.get(chunk.data_key_id)  # type: ignore[union-attr]
         subjects: list[list[Any]] = orjson.loads(
             open_sealed(key, chunk.subjects or b"", _aad(batch_id, chunk_no, "subjects"))
         )
@@ -269,9 +292,9 @@ class BatchService:
         for start in range(0, len(events), 64):
             # Sealed and queued 64 at a time (each slice one group commit at most): never a long hold of the loop,
             # and an interactive call's record never waits behind more than one slice.
-            await runtime.audit.append_many(events[start : start + 64])
+            await self.audit.append_many(events[start : start + 64])
             await self._make_way()
-        async with runtime.engine.begin() as connection:
+        async with self.engine.begin() as connection:
             stored = await connection.execute(
                 update(BatchChunk)
                 .where(BatchChunk.batch_id == batch_id, BatchChunk.chunk_no == chunk_no, BatchChunk.state == "pending")
@@ -280,7 +303,7 @@ class BatchService:
                     # Under the subjects' key: destroying it shreds both.
                     results=seal(key, b"\n".join(lines), _aad(batch_id, chunk_no, "results")),
                     summary=summary,
-                    done_at=SYSTEM_CLOCK.now(),
+                    done_at=self.clock.now(),
                     done_by=self.node_id,
                 )
             )
@@ -289,7 +312,7 @@ class BatchService:
             await self._finish_if_done(job)
 
     async def _finish_if_done(self, job: BatchJob) -> None:
-        async with self.runtime.engine.begin() as connection:
+        async with self.engine.begin() as connection:
             pending = (
                 await connection.execute(
                     select(BatchChunk.chunk_no)
@@ -302,7 +325,7 @@ class BatchService:
             finished = await connection.execute(
                 update(BatchJob)
                 .where(BatchJob.batch_id == job.batch_id, BatchJob.state.in_(("running", "queued", "paused")))
-                .values(state="done", finished_at=SYSTEM_CLOCK.now(), pause_code=None, resume_at=None)
+                .values(state="done", finished_at=self.clock.now(), pause_code=None, resume_at=None)
             )
         if finished.rowcount:
             await self.audit_job(job, "batch.done", "allowed", 200)
@@ -310,7 +333,6 @@ class BatchService:
     async def _call(
         self, job: BatchJob, grants: Sequence[GrantInfo], subjects: list[list[Any]], chunk_no: int, attempt: int
     ) -> tuple[list[bytes], list[dict[str, Any]], list[AuditEvent]]:
-        runtime = self.runtime
         count = len(subjects)
         ops = job.operations
         first_subject = chunk_no * job.chunk_size
@@ -377,13 +399,12 @@ class BatchService:
                 event.response_body = line
                 lines.append(line)
                 events.append(event)
-        del runtime
         return lines, [{"done": s["done"], "outcomes": dict(s["outcomes"])} for s in summary], events
 
     async def _run_operation(
         self, entry: dict[str, Any], subjects: list[list[Any]]
     ) -> list[UpstreamResult | UpstreamError]:
-        adapter = self.runtime.adapters.get(entry["service"])
+        adapter = self.adapters.get(entry["service"])
         if adapter is None:
             from adapters.errors import UpstreamUnavailable
 
@@ -445,9 +466,9 @@ class BatchService:
             scopes[grant.quota_scope] = (quota, calls + subjects)
         if not scopes:
             return None
-        quotas = self.runtime.quotas
+        quotas = self.quotas
         storage = quotas.storage
-        now = SYSTEM_CLOCK.now()
+        now = self.clock.now()
         day = china_date(now).isoformat()
         taken: list[tuple[str, int, int]] = []
         try:
@@ -469,8 +490,8 @@ class BatchService:
         return None
 
     async def pause(self, job: BatchJob, code: ProblemCode, resume_in: float) -> None:
-        now = SYSTEM_CLOCK.now()
-        async with self.runtime.engine.begin() as connection:
+        now = self.clock.now()
+        async with self.engine.begin() as connection:
             paused = await connection.execute(
                 update(BatchJob)
                 .where(BatchJob.batch_id == job.batch_id, BatchJob.state.in_(LIVE_STATES))
@@ -482,12 +503,12 @@ class BatchService:
 
     async def stop(self, job: BatchJob, refusal: Problem) -> None:
         """A grant the batch runs under may no longer be used (revoked, suspended, expired): the batch fails."""
-        async with self.runtime.engine.begin() as connection:
+        async with self.engine.begin() as connection:
             stopped = await connection.execute(
                 update(BatchJob)
                 .where(BatchJob.batch_id == job.batch_id, BatchJob.state.in_((*LIVE_STATES, "paused")))
                 .values(
-                    state="failed", finished_at=SYSTEM_CLOCK.now(), stop_code=refusal.code, stop_detail=refusal.detail
+                    state="failed", finished_at=self.clock.now(), stop_code=refusal.code, stop_detail=refusal.detail
                 )
             )
         if stopped.rowcount:
@@ -496,13 +517,13 @@ class BatchService:
 
     async def resume_due(self) -> int:
         """Paused batches whose every grant has quota again (the window reset, or the quota was raised) resume."""
-        async with self.runtime.sessions() as session:
+        async with self.sessions() as session:
             paused = (await session.scalars(select(BatchJob).where(BatchJob.state == "paused"))).all()
         resumed = 0
         for job in paused:
             if not await self._quota_back(job):
                 continue
-            async with self.runtime.engine.begin() as connection:
+            async with self.engine.begin() as connection:
                 changed = await connection.execute(
                     update(BatchJob)
                     .where(BatchJob.batch_id == job.batch_id, BatchJob.state == "paused")
@@ -530,7 +551,7 @@ class BatchService:
         return resumed
 
     async def _quota_back(self, job: BatchJob) -> bool:
-        now = SYSTEM_CLOCK.now()
+        now = self.clock.now()
         if job.resume_at is not None and job.resume_at <= now:
             return True
         for entry in job.operations:
@@ -541,25 +562,25 @@ class BatchService:
                 return False
             if grant.daily_quota is None:
                 continue
-            used = await self.runtime.quotas.used_today(grant, now)
+            used = await self.quotas.used_today(grant, now)
             if used is not None and used + min(job.chunk_size, job.total) > grant.daily_quota:
                 return False
         return True
 
     async def cancel(self, job: BatchJob) -> bool:
-        async with self.runtime.engine.begin() as connection:
+        async with self.engine.begin() as connection:
             cancelled = await connection.execute(
                 update(BatchJob)
                 .where(BatchJob.batch_id == job.batch_id, BatchJob.state.not_in(TERMINAL))
-                .values(state="cancelled", finished_at=SYSTEM_CLOCK.now())
+                .values(state="cancelled", finished_at=self.clock.now())
             )
         return bool(cancelled.rowcount)
 
     async def expire_results(self, now: datetime | None = None) -> int:
         """Delete the subjects and results of batches that ended more than MSJX_BATCH_RESULT_DAYS ago."""
-        moment = now or SYSTEM_CLOCK.now()
+        moment = now or self.clock.now()
         before = moment - timedelta(days=self.settings.batch_result_days)
-        async with self.runtime.engine.begin() as connection:
+        async with self.engine.begin() as connection:
             ids = (
                 (
                     await connection.execute(
@@ -588,7 +609,7 @@ class BatchService:
         self, job: BatchJob, event_name: str, decision: str, status: int, reason_code: str | None = None
     ) -> None:
         """A record of what the batch itself did (pause, resume, stop, done), as the gateway acting for it."""
-        await self.runtime.audit.append(
+        await self.audit.append(
             AuditEvent(
                 event=event_name,
                 request_id=new_request_id(),
@@ -607,7 +628,7 @@ class BatchService:
     # --- reading ------------------------------------------------------------------------------------------------
 
     async def load(self, batch_id: str, caller_id: str) -> BatchJob:
-        async with self.runtime.sessions() as session:
+        async with self.sessions() as session:
             job = await session.get(BatchJob, batch_id)
         # Another caller's batch does not exist, as far as this caller can tell.
         if job is None or job.caller_id != caller_id:
@@ -615,7 +636,7 @@ class BatchService:
         return job
 
     async def status(self, job: BatchJob) -> dict[str, Any]:
-        async with self.runtime.engine.connect() as connection:
+        async with self.engine.connect() as connection:
             rows = (
                 await connection.execute(
                     select(BatchChunk.chunk_no, BatchChunk.state, BatchChunk.size, BatchChunk.summary).where(
@@ -655,7 +676,7 @@ class BatchService:
         eta = None
         rate = None
         if started is not None and done_subjects:
-            until = job.finished_at or SYSTEM_CLOCK.now()
+            until = job.finished_at or self.clock.now()
             elapsed = max((until - started).total_seconds(), 1e-3)
             rate = done_subjects / elapsed
             if job.state in ("running", "paused", "queued"):
@@ -698,7 +719,7 @@ class BatchService:
 
     async def ready_lines(self, job: BatchJob, after: int) -> tuple[int, list[int]]:
         """The last line readable now without a gap, and the chunks holding lines after `after` up to it."""
-        async with self.runtime.engine.connect() as connection:
+        async with self.engine.connect() as connection:
             rows = (
                 await connection.execute(
                     select(BatchChunk.chunk_no, BatchChunk.state)
@@ -722,7 +743,7 @@ class BatchService:
     async def lines(self, job: BatchJob, chunks: Sequence[int], after: int, upto: int) -> AsyncIterator[bytes]:
         """The result lines numbered after+1 .. upto, one chunk read and opened at a time."""
         for chunk_no in chunks:
-            async with self.runtime.engine.connect() as connection:
+            async with self.engine.connect() as connection:
                 row = (
                     await connection.execute(
                         select(BatchChunk.results, BatchChunk.data_key_id).where(
@@ -732,7 +753,7 @@ class BatchService:
                 ).first()
             if row is None or row[0] is None:
                 return
-            key = await self.runtime.keyring.get(row[1])  # type: ignore[union-attr]
+            key = await self.keyring.get(row[1])  # type: ignore[union-attr]
             first_line = chunk_no * job.chunk_size * len(job.operations) + 1
             for offset, line in enumerate(
                 open_sealed(key, row[0], _aad(job.batch_id, chunk_no, "results")).split(b"\n")
