@@ -17,12 +17,12 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench import procs
 from bench.procs import HOST, Server, free_port
+from bench.seed import seed
 
 CLI = str(Path(sys.executable).parent / "msjx-gateway")
 PURPOSE = "BENCH-BATCH"
@@ -31,53 +31,6 @@ OPERATIONS = ("credit/dishonest-debtor", "golden-tax/tax-credit-rating")
 FULL, QUICK = 100_000, 10_000
 QUIET_SECONDS = 3.0
 IDLE_SECONDS = 10.0  # the interactive probe's calls on the idle gateway, before the batch
-
-
-async def _seed(settings: Any) -> tuple[str, Any]:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from gateway.access import callers, grants
-    from gateway.runtime import build_adapters
-    from gateway.storage import db
-    from schemas.api import CallerIn, GrantIn, KeyIn
-    from security.keys import key_id_for, public_key_pem
-
-    await db.upgrade_async(settings)
-    adapters = build_adapters(settings)
-    key = Ed25519PrivateKey.generate()
-    key_id = key_id_for(CALLER, key.public_key())
-    engine = db.create_engine(settings)
-    try:
-        async with db.sessionmaker(engine)() as session:
-            await callers.add_caller(
-                session,
-                CallerIn(
-                    caller_id=CALLER,
-                    name="bench batch",
-                    department="bench",
-                    roles=["platform"],
-                    keys=[KeyIn(key_id=key_id, public_key=public_key_pem(key.public_key()))],
-                ),
-            )
-            for entry in OPERATIONS:
-                service, operation = entry.split("/")
-                await grants.add_grant(
-                    session,
-                    GrantIn(
-                        caller_id=CALLER,
-                        service=service,
-                        operation=operation,
-                        purpose=PURPOSE,
-                        fields=list(adapters[service].operations[operation].fields),
-                        valid_to=datetime.now(UTC) + timedelta(days=1),
-                        daily_quota=10_000_000,  # counted for every subject, never reached
-                        share_methods=["api", "batch"],  # single calls too: the interactive probe
-                    ),
-                    adapters,
-                )
-    finally:
-        await engine.dispose()
-    return key_id, key
 
 
 def _subjects_file(directory: Path, count: int) -> Path:
@@ -196,7 +149,21 @@ def one_run(
     data_dir = workdir / ("pg" if backend else "sqlite")
     urls = {"credit": credit, "golden-tax": tax}
     settings = load_settings(data_dir=data_dir, upstream_urls=urls, **backend)
-    key_id, key = asyncio.run(_seed(settings))
+    service, operation = OPERATIONS[0].split("/")
+    also = [(entry.split("/")[0], entry.split("/")[1]) for entry in OPERATIONS[1:]]
+    caller = asyncio.run(
+        seed(
+            settings,
+            service,
+            operation,
+            caller=CALLER,
+            purpose=PURPOSE,
+            also=also,
+            share_methods=["api", "batch"],  # single calls too: the interactive probe
+            rate_limit=None,
+        )
+    )
+    key_id, key = caller.key_id, caller.private_key
     subjects = _subjects_file(workdir, count)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")}
     env.update(

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,43 +41,59 @@ class BenchCaller:
     grant_id: str
 
 
-async def seed(settings: Settings, service: str = SERVICE, operation: str = OPERATION) -> BenchCaller:
-    """Migrate, then register the bench caller with a fresh key and a grant for every field of the operation."""
+async def seed(
+    settings: Settings,
+    service: str = SERVICE,
+    operation: str = OPERATION,
+    *,
+    caller: str = CALLER,
+    purpose: str = PURPOSE,
+    also: Sequence[tuple[str, str]] = (),
+    share_methods: Sequence[str] | None = None,
+    rate_limit: str | None = RATE_LIMIT,
+) -> BenchCaller:
+    """Migrate, then register the bench caller with a fresh key and a grant for every field of the operation (and of
+    each (service, operation) in `also`); `grant_id` is the first operation's."""
     await db.upgrade_async(settings)
     adapters = build_adapters(settings)
     key = Ed25519PrivateKey.generate()
-    key_id = key_id_for(CALLER, key.public_key())
+    key_id = key_id_for(caller, key.public_key())
     engine = db.create_engine(settings)
+    grant_ids = []
     try:
         async with db.sessionmaker(engine)() as session:
             await callers.add_caller(
                 session,
                 CallerIn(
-                    caller_id=CALLER,
-                    name="bench platform",
+                    caller_id=caller,
+                    name=caller.replace("-", " "),
                     department="bench",
                     roles=["platform"],
                     keys=[KeyIn(key_id=key_id, public_key=public_key_pem(key.public_key()))],
                 ),
             )
-            grant = await grant_rows.add_grant(
-                session,
-                GrantIn(
-                    caller_id=CALLER,
-                    service=service,
-                    operation=operation,
-                    purpose=PURPOSE,
-                    fields=list(adapters[service].operations[operation].fields),
-                    valid_to=datetime.now(UTC) + timedelta(days=1),
-                    # Far above any rate here, so never reached, but counted on every call: the full path.
-                    daily_quota=QUOTA_PER_DAY,
-                    rate_limit=RATE_LIMIT,
-                ),
-                adapters,
-            )
+            for grant_service, grant_operation in ((service, operation), *also):
+                extra: dict[str, Any] = {"share_methods": list(share_methods)} if share_methods else {}
+                grant = await grant_rows.add_grant(
+                    session,
+                    GrantIn(
+                        caller_id=caller,
+                        service=grant_service,
+                        operation=grant_operation,
+                        purpose=purpose,
+                        fields=list(adapters[grant_service].operations[grant_operation].fields),
+                        valid_to=datetime.now(UTC) + timedelta(days=1),
+                        # Far above any rate here, so never reached, but counted on every call: the full path.
+                        daily_quota=QUOTA_PER_DAY,
+                        rate_limit=rate_limit,
+                        **extra,
+                    ),
+                    adapters,
+                )
+                grant_ids.append(grant.grant_id)
     finally:
         await engine.dispose()
-    return BenchCaller(CALLER, key_id, key, grant.grant_id)
+    return BenchCaller(caller, key_id, key, grant_ids[0])
 
 
 async def audit_counts(settings: Settings, caller_id: str) -> dict[str, int]:
