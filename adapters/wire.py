@@ -96,6 +96,7 @@ class _Connection(asyncio.Protocol):
         self._started = False
         self._headers_done = False
         self._complete = False
+        self._head_only = False
         self._read_timeout: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -159,6 +160,12 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         self._headers_done = True
+        if self._head_only and self._status >= 200:
+            # An answer to HEAD has no body whatever its headers say; httptools cannot be told, so the answer ends
+            # here and the connection, whose parser would wait for that body, is not used again.
+            self._length = None
+            self.on_message_complete()
+            self.close()
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -191,9 +198,12 @@ class _Connection(asyncio.Protocol):
 
     # --- the pool's side ---
 
-    def send(self, head: bytes, body: bytes | None, read_timeout: float | None) -> asyncio.Future[Answer]:
+    def send(
+        self, head: bytes, body: bytes | None, read_timeout: float | None, head_only: bool = False
+    ) -> asyncio.Future[Answer]:
         """Write one request; the future completes with its answer (or a WireError)."""
         self._reset_message()
+        self._head_only = head_only
         self._complete = False
         self._started = False
         waiter = self._waiter = self._loop.create_future()
@@ -298,7 +308,7 @@ class Pool:
         done = False
         try:
             head = self._head(origin, method, url, headers, body)
-            answer = await connection.send(head, body, self._read_timeout)
+            answer = await connection.send(head, body, self._read_timeout, method == "HEAD")
             done = True
             return answer
         finally:

@@ -307,3 +307,17 @@ async def test_header_with_a_line_break_is_refused(serve) -> None:
     assert server.heads == []
     assert (await http.request("GET", url)).status == 200  # the slot was given back
     await http.close()
+
+
+async def test_head_answer_has_no_body_whatever_its_length(serve) -> None:
+    async def head_ok(reader, writer, head) -> bool:
+        writer.write(answer(b"", b"Content-Length: 42"))
+        return True
+
+    server, url = await serve(head_ok)
+    http = await client()
+    response = await http.request("HEAD", url)
+    assert (response.status, response.body) == (200, b"")
+    assert (await http.request("HEAD", url)).status == 200
+    assert len(server.heads) == 2
+    await http.close()
