@@ -124,6 +124,7 @@ class _Connection(asyncio.Protocol):
             self._fail(WireMalformed(f"invalid HTTP response: {exc}"))
 
     def eof_received(self) -> bool | None:
+        self.closed = True  # at once, not at connection_lost: an idle connection must not be taken in between
         # A body without Content-Length or chunking ends when the server closes: that end completes it.
         if self._waiter is not None and self._headers_done and not self._complete and self._length is None:
             if not self._chunked:
@@ -359,7 +360,10 @@ class Pool:
         if body is not None:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+        try:
+            return "".join(lines).encode()  # UTF-8, as aiohttp sent header values
+        except UnicodeEncodeError:  # a lone surrogate
+            raise WireMalformed("a header value cannot be encoded") from None
 
     async def _acquire(self, origin: tuple[str, str, int]) -> _Connection:
         while True:

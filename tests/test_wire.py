@@ -321,3 +321,17 @@ async def test_head_answer_has_no_body_whatever_its_length(serve) -> None:
     assert (await http.request("HEAD", url)).status == 200
     assert len(server.heads) == 2
     await http.close()
+
+
+async def test_header_values_go_as_utf8(serve) -> None:
+    async def ok(reader, writer, head) -> bool:
+        writer.write(fixed(b"{}"))
+        return True
+
+    server, url = await serve(ok)
+    http = await client()
+    await http.request("GET", url, headers={"X-Region": "厦门"})
+    assert "X-Region: 厦门\r\n".encode() in server.heads[0]
+    with pytest.raises(UpstreamMalformed, match="cannot be encoded"):
+        await http.request("GET", url, headers={"X-Region": "\ud800"})
+    await http.close()
