@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 
-# make bench QUICK=1: the same scenarios with short runs (under 90 s). Results: bench/results/latest.{json,md}.
+# make bench QUICK=1: the same scenarios with short runs (about 3 minutes). Results: bench/results/latest.{json,md}.
 bench: $(STAMP)
 	bash bench/install-deps.sh
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
