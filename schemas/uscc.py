@@ -5,6 +5,7 @@ This is the one implementation of the algorithm in the project; everything else 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from operator import mul
 from typing import Annotated
 
@@ -74,6 +75,13 @@ def uscc_error(value: object) -> str | None:
         return f"must be a string, not {type(value).__name__}"
     if len(value) != USCC_LENGTH:
         return f"must be 18 characters, got {len(value)}"
+    return _code_error(value)
+
+
+# One call checks a code several times (the request, the upstream's input and output models, the audit's subject):
+# the same few codes again and again, so the answers are kept. 8,192 codes are about 1.4 MB.
+@lru_cache(maxsize=8192)
+def _code_error(value: str) -> str | None:
     error = _body_error(value[:-1])
     if error is not None:
         return error
