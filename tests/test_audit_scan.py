@@ -249,3 +249,29 @@ async def test_the_scan_serializes_escaped_text_and_officer_fields_as_the_writer
     assert counted.walked == ["node-1"]
     fault = reports["node-1"].fault
     assert fault is not None and (fault.height, fault.kind) == (7, "changed"), str(fault)
+
+
+async def test_processes_take_slices_as_they_finish_and_prove_what_the_walk_proves(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slices of one block each: the main process and its worker take many each, one after another, in turns that
+    # depend on their speed; every block must still be read exactly once.
+    await _write_two_chains(store, 300)
+    monkeypatch.setattr(scan, "SLICE_BLOCKS", 1)
+    handed: list[int] = []
+    drive = scan._Helper.drive
+
+    async def counted_drive(self: Any, slices: Any) -> None:
+        try:
+            await drive(self, slices)
+        finally:
+            handed.append(len(self.taken))
+
+    monkeypatch.setattr(scan._Helper, "drive", counted_drive)
+    counted = _Counted(monkeypatch)
+    reports = await verify(store, workers=2, blocks_per_worker=1, trusted=None)
+    assert counted.workers == 1 and counted.walked == []
+    assert handed and handed[0] > 1, "the worker was handed more than one slice"
+    expected = await _in_order(store)
+    for chain in CHAINS:
+        assert reports[chain] == expected[chain] and reports[chain].records == 300

@@ -38,8 +38,9 @@ CANONICAL_COLUMNS = tuple(sorted(name for name in AUDIT_COLUMNS if name != HASH_
 MAIN_COLUMNS = tuple(name for name in CANONICAL_COLUMNS if name not in OPTIONAL_FIELDS)
 # Below this many blocks a worker is not worth a process (about 40,000 records of the usual size).
 BLOCKS_PER_WORKER = 5000
-# The table is cut into up to this many slices a process, of this many blocks at least (about 8,000 records).
-SLICES_PER_PROCESS = 8
+# The table is cut into up to this many slices a process, of this many blocks at least (about 8,000 records): small
+# enough that the last ones leave no process idle for long, large enough that their queries cost nothing.
+SLICES_PER_PROCESS = 32
 SLICE_BLOCKS = 1000
 __all__ = ["RowScanner", "Run", "ScanTarget", "Unit", "scan_chains", "split", "stitch"]
 
@@ -228,7 +229,7 @@ class _Helper:
         self.task: asyncio.Task[None] | None = None
 
     async def drive(self, slices: deque[list[Unit]]) -> None:
-        """Hand slices over, two ahead of the one being read so the worker never waits for the next; then None."""
+        """Hand slices over, one ahead of the one being read so the worker never waits for the next; then None."""
         stdin, stdout = self.child.stdin, self.child.stdout
         assert stdin is not None and stdout is not None
         sent = done = 0
