@@ -77,6 +77,11 @@ def fixed(body: bytes) -> bytes:
     return answer(body, b"Content-Length: %d" % len(body))
 
 
+async def empty_object(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
+    writer.write(fixed(b"{}"))
+    return True
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Server, str]]]]:
     servers: list[Server] = []
@@ -98,15 +103,11 @@ async def client(**options: object) -> HttpClient:
 
 
 async def test_keep_alive_carries_many_requests_on_one_connection(serve) -> None:
-    async def ok(reader, writer, head) -> bool:
-        writer.write(fixed(b'{"ok": true}'))
-        return True
-
-    server, url = await serve(ok)
+    server, url = await serve(empty_object)
     http = await client()
     for _ in range(5):
         response = await http.request("GET", url + "/a", params={"q": "统一 代码&x"})
-        assert (response.status, response.content_type, response.body) == (200, "application/json", b'{"ok": true}')
+        assert (response.status, response.content_type, response.body) == (200, "application/json", b"{}")
     await http.close()
     assert server.connections == 1
     head = server.heads[0].decode("latin-1")
@@ -116,11 +117,7 @@ async def test_keep_alive_carries_many_requests_on_one_connection(serve) -> None
 
 
 async def test_post_body_has_its_length_and_headers(serve) -> None:
-    async def ok(reader, writer, head) -> bool:
-        writer.write(fixed(b"{}"))
-        return True
-
-    server, url = await serve(ok)
+    server, url = await serve(empty_object)
     http = await client(headers={"Accept": "application/json"})
     await http.request("POST", url + "/p", data=b'{"a":1}', headers={"Content-Type": "application/json"})
     head = server.heads[0]
@@ -282,11 +279,7 @@ async def test_cancelled_request_closes_its_connection(serve) -> None:
 
 
 async def test_idle_connections_expire(serve) -> None:
-    async def ok(reader, writer, head) -> bool:
-        writer.write(fixed(b"{}"))
-        return True
-
-    server, url = await serve(ok)
+    server, url = await serve(empty_object)
     http = await client(keepalive_seconds=0.05)
     await http.request("GET", url)
     await asyncio.sleep(0.1)
@@ -296,11 +289,7 @@ async def test_idle_connections_expire(serve) -> None:
 
 
 async def test_header_with_a_line_break_is_refused(serve) -> None:
-    async def ok(reader, writer, head) -> bool:
-        writer.write(fixed(b"{}"))
-        return True
-
-    server, url = await serve(ok)
+    server, url = await serve(empty_object)
     http = await client()
     with pytest.raises(UpstreamMalformed, match="line break"):
         await http.request("GET", url, headers={"X-A": "1\r\nX-Injected: 2"})
@@ -324,11 +313,7 @@ async def test_head_answer_has_no_body_whatever_its_length(serve) -> None:
 
 
 async def test_header_values_go_as_utf8(serve) -> None:
-    async def ok(reader, writer, head) -> bool:
-        writer.write(fixed(b"{}"))
-        return True
-
-    server, url = await serve(ok)
+    server, url = await serve(empty_object)
     http = await client()
     await http.request("GET", url, headers={"X-Region": "厦门"})
     assert "X-Region: 厦门\r\n".encode() in server.heads[0]
