@@ -56,14 +56,13 @@ def granian_installed() -> bool:
 def hop_app() -> Any:
     from bench.hop import create_app
 
-    return create_app(os.environ["BENCH_UPSTREAM"], os.environ.get("BENCH_CLIENT", "aiohttp"))
+    return create_app(os.environ["BENCH_UPSTREAM"], os.environ.get("BENCH_CLIENT", "wire"))
 
 
 def gateway_app() -> Any:
-    if os.environ.get("BENCH_CLIENT") == "pyreqwest":
-        from bench import pyreqwest_client
+    from bench.hop import install_client
 
-        pyreqwest_client.install()
+    install_client(os.environ.get("BENCH_CLIENT", "wire"))
     from gateway.app import create_app
     from gateway.server import heap
     from gateway.settings import load_settings

@@ -44,10 +44,11 @@ UPSTREAM_PATH = "/api/credit/v1/dishonest-debtors"
 # Each gateway scenario's paced run at half its maximum rate; only the SQLite one has a target (report.targets).
 # The A/B rows of the whole gateway: (server, upstream client); the first is what `serve` runs.
 GATEWAY_VARIANTS = (
+    ("uvicorn-guarded", "wire"),
     ("uvicorn-guarded", "aiohttp"),
     ("uvicorn-guarded", "pyreqwest"),
-    ("uvicorn", "aiohttp"),
-    ("granian-asgi", "aiohttp"),
+    ("uvicorn", "wire"),
+    ("granian-asgi", "wire"),
 )
 HALF_RATE_KEYS = {"gateway_sqlite": "half_rate", "gateway_pg_redis": "half_rate_pg_redis"}
 
@@ -407,13 +408,15 @@ class Bench:
         """Issue 18 item 5's comparisons, each alternative measured in turn, twice in a full run (A B C, A B C):
         - `server_floor`: a fixed answer to the gateway's requests (bench/ab_serve.py) under uvicorn + httptools,
           the same bounded by gateway/server/protocol.py, granian ASGI and granian RSGI: what the server itself costs;
-        - `client_hop`: the bare hop with the credit adapter on aiohttp and on pyreqwest (bench/pyreqwest_client.py);
-        - `gateway_server`: the SQLite gateway as `serve` runs it (uvicorn with the guard, aiohttp), on pyreqwest,
-          without the guard, and under granian.
+        - `client_hop`: the bare hop with the credit adapter on the wire (adapters/wire.py), aiohttp and pyreqwest
+          (bench/aiohttp_client.py, bench/pyreqwest_client.py);
+        - `gateway_server`: the SQLite gateway as `serve` runs it (uvicorn with the guard, the wire), on aiohttp, on
+          pyreqwest, without the guard, and under granian.
         """
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         from bench import ab_serve
+        from bench.hop import CLIENTS
         from bench.presign import Presigner
         from bench.seed import PURPOSE
 
@@ -444,7 +447,7 @@ class Bench:
                         f"ab.floor.{server_kind}", url, server, lambda *_, f=requests_file: f, cycle=True
                     )
                 out["server_floor"].setdefault(server_kind, []).append(figures)
-            for client in ("aiohttp", "pyreqwest"):
+            for client in CLIENTS:
                 port = free_port()
                 command = [sys.executable, "-m", "bench.hop", "--upstream", self.upstream, "--port", str(port)]
                 with Server(
@@ -478,7 +481,7 @@ class Bench:
         backend: dict[str, str],
         workers: int = 1,
         runner: str | None = None,
-        client: str = "aiohttp",
+        client: str = "wire",
     ) -> dict[str, Any]:
         """One gateway under load; `runner`: under bench/ab_serve.py's server of that name instead of `serve`, its
         adapters on `client`."""

@@ -1,7 +1,7 @@
 """The Python floor: a minimal FastAPI forwarder with no security, carrying the invoke call through the same adapter.
 
 `python -m bench.hop --upstream http://127.0.0.1:PORT --port PORT` serves POST /v1/services/credit/{operation}
-with the gateway's body shape ({"purpose", "params"}), calls the credit adapter (aiohttp, translation, output
+with the gateway's body shape ({"purpose", "params"}), calls the credit adapter (HTTP client, translation, output
 validation, exactly as the gateway does) and answers {"data", "meta"}. What the gateway costs beyond this hop
 is signature, nonce, grant, quota, minimization and audit: the "security and audit" share of the targets.
 """
@@ -23,14 +23,27 @@ from gateway.cli import SERVER_OPTIONS
 from gateway.server import heap
 
 HOST = "127.0.0.1"
+# The adapters' HTTP clients the A/B rows compare: the gateway's own (adapters/wire.py) and the stand-ins.
+CLIENTS = ("wire", "aiohttp", "pyreqwest")
 
 
-def create_app(upstream: str, client: str = "aiohttp") -> FastAPI:
-    """The hop; `client="pyreqwest"` carries the adapter over the pyreqwest client (bench/pyreqwest_client.py)."""
-    if client == "pyreqwest":
+def install_client(client: str) -> None:
+    """Carry every adapter of this process over `client` (call before any adapter starts)."""
+    if client == "aiohttp":
+        from bench import aiohttp_client
+
+        aiohttp_client.install()
+    elif client == "pyreqwest":
         from bench import pyreqwest_client
 
         pyreqwest_client.install()
+    elif client != "wire":
+        raise ValueError(f"unknown client {client!r}: one of {', '.join(CLIENTS)}")
+
+
+def create_app(upstream: str, client: str = "wire") -> FastAPI:
+    """The hop; `client` "aiohttp" or "pyreqwest" carries the adapter over that client instead of adapters/wire.py."""
+    install_client(client)
     adapter = CreditAdapter(upstream)
 
     @asynccontextmanager
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hop", description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--client", choices=("aiohttp", "pyreqwest"), default="aiohttp")
+    parser.add_argument("--client", choices=CLIENTS, default="wire")
     args = parser.parse_args(argv)
     app = create_app(args.upstream, args.client)
     uvicorn.run(app, host=HOST, port=args.port, log_level="warning", **SERVER_OPTIONS)

@@ -33,7 +33,10 @@ COMPONENTS = (
     ("audit: SQLite thread", "_connection_worker_thread"),
     ("database drivers (sqlalchemy, aiosqlite, asyncpg)", ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
     ("directory snapshot (gateway/access/directory.py)", "gateway/access/directory.py"),
-    ("adapter: upstream client (pyreqwest, yarl; aiohttp)", ("pyreqwest/", "aiohttp/", "yarl/", "multidict/")),
+    (
+        "adapter: upstream client (adapters/wire.py, httptools, yarl; aiohttp, pyreqwest)",
+        ("adapters/wire.py", "httptools/", "pyreqwest/", "aiohttp/", "yarl/", "multidict/"),
+    ),
     ("adapter: translation, validation (adapters/, schemas/)", ("adapters/", "schemas/")),
     ("invoke route (gateway/api/services.py)", "gateway/api/services.py"),
     ("exchange (gateway/pipeline/, gateway/http/)", ("gateway/pipeline/", "gateway/http/")),
