@@ -10,12 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from adapters.credit import CreditAdapter
 from adapters.errors import UpstreamError, UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from adapters.http import JsonClient, JsonResponse
 from adapters.resilience import ResiliencePolicy
-from schemas.credit import CreditQuery, DishonestDebtorRecord
+from schemas.credit import CreditQuery, DishonestDebtorRecord, Yuan, YuanChecked
 from schemas.uscc import is_valid_uscc, make_uscc
 from simulators import enterprises
 from simulators.credit import start_with_port
@@ -361,3 +362,53 @@ async def test_soap_fault_is_left_to_the_handler() -> None:
         assert plan.requests == 2
     finally:
         await runner.cleanup()
+
+
+# --- amounts: the canonical-form shortcut gives exactly what the whole rule gives ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "4001851.64",
+        "0.00",
+        "0.01",
+        "9999999999999999.99",
+        "99999999999999999.99",
+        "12.345",
+        "12.3",
+        "-1.00",
+        "-0.00",
+        "007.00",
+        "1e3",
+        "1E-2",
+        " 12.50",
+        "12.50 ",
+        "1_000.00",
+        "٣.٠٠",
+        "NaN",
+        "Infinity",
+        "abc",
+        "",
+        "100",
+        100,
+        1.5,
+        True,
+        None,
+        Decimal("12.5"),
+        10**20,
+    ],
+)
+def test_amount_shortcut_agrees_with_the_rule(value: Any) -> None:
+    fast, rule = TypeAdapter(Yuan), TypeAdapter(YuanChecked)
+
+    def outcome(adapter: TypeAdapter[Any]) -> Any:
+        try:
+            amount = adapter.validate_python(value)
+        except ValidationError as exc:
+            return [(error["type"], error["msg"]) for error in exc.errors()]
+        return (amount, amount.as_tuple())
+
+    assert outcome(fast) == outcome(rule)
+    assert fast.json_schema() == rule.json_schema()
+    assert fast.json_schema(mode="serialization") == rule.json_schema(mode="serialization")
