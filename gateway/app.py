@@ -131,20 +131,7 @@ def create_app(
         )
         app.state.certificates = CertificateAuthenticator(runtime.sessions, settings.client_cert_header, runtime.clock)
         await app.state.sharing.start()
-        app.state.batches = BatchService(
-            settings,
-            engine=runtime.engine,
-            sessions=runtime.sessions,
-            directory=runtime.directory,
-            quotas=runtime.quotas,
-            audit=runtime.audit,
-            keyring=runtime.keyring,
-            adapters=runtime.adapters,
-            clock=runtime.clock,
-            # Interactive exchanges under way: a batch yields to them (MSJX_BATCH_INTERACTIVE_FLOOR).
-            interactive=lambda: runtime.exchanges.in_progress if runtime.exchanges is not None else 0,
-            worker=settings.batch_workers > 0,
-        )
+        app.state.batches = BatchService.from_runtime(runtime, worker=settings.batch_workers > 0)
         await app.state.batches.start()
         log.info("gateway node %s ready (%s)", settings.node_id, "PostgreSQL" if not settings.is_sqlite else "SQLite")
         if on_ready is not None:

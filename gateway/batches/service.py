@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -43,6 +43,9 @@ from schemas.problems import ProblemCode
 from schemas.times import china_date, seconds_to_next_china_day
 from security.crypto import open_sealed, seal
 from security.keyring import KeyRing
+
+if TYPE_CHECKING:  # the type only: the runtime is built by its callers, never imported to run a batch
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("msjx.batches")
 TERMINAL = ("done", "failed", "cancelled")
@@ -118,6 +121,28 @@ class BatchService:
         self._sweeper: Periodic | None = None
         self._next_expiry = 0.0
         self.chunks_run = 0
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime, *, worker: bool = True) -> BatchService:
+        """The service over a started runtime's own services and clock (`serve` and `batch-worker` alike)."""
+
+        def interactive() -> int:
+            exchanges = runtime.exchanges
+            return exchanges.in_progress if exchanges is not None else 0
+
+        return cls(
+            runtime.settings,
+            engine=runtime.engine,
+            sessions=runtime.sessions,
+            directory=runtime.directory,
+            quotas=runtime.quotas,
+            audit=runtime.audit,
+            keyring=runtime.keyring,
+            adapters=runtime.adapters,
+            clock=runtime.clock,
+            interactive=interactive,
+            worker=worker,
+        )
 
     # --- life cycle ---------------------------------------------------------------------------------------------
 

@@ -208,18 +208,7 @@ async def _worker(settings: Any) -> None:
 
     await db.upgrade_async(settings)
     runtime = await Runtime.start(settings)
-    service = BatchService(
-        settings,
-        engine=runtime.engine,
-        sessions=runtime.sessions,
-        directory=runtime.directory,
-        quotas=runtime.quotas,
-        audit=runtime.audit,
-        keyring=runtime.keyring,
-        adapters=runtime.adapters,
-        clock=runtime.clock,
-        worker=True,
-    )
+    service = BatchService.from_runtime(runtime, worker=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
