@@ -1,9 +1,9 @@
 """Adapter of Golden Tax III (金税三期): the canonical tax models over the exchange's SOAP 1.1 service, through zeep.
 
 The WSDL and XSD in schemas/contracts are parsed once per adapter (the SOAP engine keeps zeep's model of them);
-each call is one envelope built by zeep, carried by aiohttp, read back by zeep, then renamed from the exchange's
-pinyin initials (NSRSBH, NSRMC, NSXYDJ …) to the gateway's names. A fault with the exchange's code GT3-1001
-(纳税人识别号不存在) becomes `upstream_subject_unknown`; every other fault `upstream_fault`, both 502.
+each call is one envelope built by zeep, carried by the adapters' HTTP client, read back by zeep, then renamed
+from the exchange's pinyin initials (NSRSBH, NSRMC, NSXYDJ …) to the gateway's names. A fault with the exchange's
+code GT3-1001 (纳税人识别号不存在) becomes `upstream_subject_unknown`; every other fault `upstream_fault`, both 502.
 """
 
 from __future__ import annotations

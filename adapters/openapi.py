@@ -1,4 +1,4 @@
-"""The REST engine: an OpenAPI 3.0/3.1 bundle read once into typed operations, called as JSON over aiohttp.
+"""The REST engine: an OpenAPI 3.0/3.1 bundle read once into typed operations, called as JSON over HTTP.
 
 Each operation's input is its parameters (path, query, header) plus `body` (the JSON request body); its output is
 the 2xx JSON response, or `{"result": ...}` when that is not an object. JSON Schema becomes pydantic: numbers are

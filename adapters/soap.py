@@ -1,4 +1,4 @@
-"""The SOAP engine: a WSDL bundle parsed once by zeep into typed operations; zeep builds and reads XML, aiohttp carries.
+"""The SOAP engine: a WSDL bundle parsed once by zeep into typed operations; zeep builds and reads XML, HTTP carries.
 
 Supports document/literal (wrapped and bare) and rpc/literal, SOAP 1.1 and 1.2, xsd:import/include and wsdl:import.
 Refuses, at construction (so at registration, never at call time), what it cannot carry faithfully: rpc/encoded,
@@ -119,7 +119,7 @@ class BundleTransport(zeep.Transport):
             ) from None
 
     def post_xml(self, address: str, envelope: Any, headers: Any) -> Any:
-        raise RuntimeError("BundleTransport does not send; the SOAP engine carries messages over aiohttp")
+        raise RuntimeError("BundleTransport does not send; the SOAP engine carries messages over its HttpClient")
 
 
 @dataclass(frozen=True)
@@ -165,12 +165,12 @@ class SoapOperation:
 
     @cached_property
     def request_headers(self) -> Mapping[str, str]:
-        # The same for every call: built once (aiohttp copies what it is given).
+        # The same for every call: built once.
         return MappingProxyType(self.headers())
 
     @cached_property
     def url(self) -> URL:
-        # Parsed once: aiohttp takes a URL as it is, where a str is parsed on every request.
+        # Parsed once: HttpClient takes a URL as it is, where a str is parsed on every request.
         return URL(self.address)
 
 
