@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 from gateway.pipeline.exchange import OFFLOAD_BUSY, Exchanges
-from gateway.pipeline.loop_load import LoopLoad
+from gateway.pipeline.loop_load import LoopLoad, thread_active_seconds
 
 
 class Clocks:
     def __init__(self) -> None:
         self.wall = 100.0
-        self.cpu = 5.0
+        self.active = 5.0
 
     def run(self, seconds: float, busy: float) -> None:
         self.wall += seconds
-        self.cpu += seconds * busy
+        self.active += seconds * busy
 
 
-def test_the_load_is_cpu_time_over_wall_time_of_the_last_whole_window() -> None:
+def test_the_threads_active_time_grows_with_its_cpu_time() -> None:
+    active = thread_active_seconds()
+    before, cpu = active(), time.thread_time()
+    while time.thread_time() - cpu < 0.05:  # spin
+        pass
+    assert active() - before >= 0.045
+
+
+def test_the_load_is_active_time_over_wall_time_of_the_last_whole_window() -> None:
     clocks = Clocks()
-    load = LoopLoad(0.125, wall=lambda: clocks.wall, cpu=lambda: clocks.cpu)
+    load = LoopLoad(0.125, wall=lambda: clocks.wall, active=lambda: clocks.active)
     assert load.busy() == 0.0, "nothing measured yet"
     clocks.run(0.25, 0.875)
     assert load.busy() == 0.875
@@ -32,7 +41,7 @@ def test_the_load_is_cpu_time_over_wall_time_of_the_last_whole_window() -> None:
 
 def _exchanges(offload_above: int, in_progress: int, busy: float) -> Exchanges:
     clocks = Clocks()
-    load = LoopLoad(0.125, wall=lambda: clocks.wall, cpu=lambda: clocks.cpu)
+    load = LoopLoad(0.125, wall=lambda: clocks.wall, active=lambda: clocks.active)
     clocks.run(0.125, busy)
     unused = cast(Any, None)
     return Exchanges(

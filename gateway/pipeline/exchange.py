@@ -29,7 +29,8 @@ log = logging.getLogger("msjx.exchange")
 MAX_BODY_BYTES = 1 << 20
 PREAUTHENTICATED = "msjx.principal"
 JSON = "application/json"
-# Offload a signature check only while the loop's thread was at least this busy in the last window (loop_load.py).
+# Offload a signature check only while the loop's thread was running or runnable at least this share of the last
+# window (loop_load.py).
 # Why: the count of requests in progress also counts those waiting on the upstream or the audit commit. At half the
 # gateway's maximum rate it was above the bound half the time, the loop itself about half busy; the hop to the
 # verifier process took those requests p50 6.2 ms against 0.23 ms on the loop (docs/performance.md), and every
