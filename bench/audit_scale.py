@@ -413,7 +413,7 @@ async def _run(
         await db.upgrade_async(settings)
         print(f"  seeding {records:,} records into {urlsplit(url).path.lstrip('/')}", file=sys.stderr, flush=True)
         figures = await seed(settings, records)
-        figures.update(await measure(settings))
+        figures.update(await measure(settings, verify=verify))
         if keep:
             figures["kept"] = {
                 "database_url": url,
