@@ -53,6 +53,10 @@ SUBJECT_EVENT = "batch.subject"
 # The longest a chunk waits between two slices of its work for interactive exchanges to end.
 INTERACTIVE_WAIT = 0.05
 INTERACTIVE_WAIT_STEPS = 25
+# Subjects in one bulk request at most, whatever the upstream allows: a bulk answer is read, checked and recorded in
+# one go, and an upstream answers it in one go too, so an interactive call waits behind a slice, on either side; 100
+# keeps that wait to a few milliseconds for a few more requests a chunk.
+BULK_SLICE = 100
 
 
 @dataclass(frozen=True)
@@ -444,7 +448,7 @@ class BatchService:
                 models.append(operation.input_model.model_validate(values))
             except ValidationError as exc:  # checked at submission; a contract changed since
                 models.append(UpstreamError(ProblemCode.VALIDATION_FAILED, str(exc.errors()[0].get("msg"))))
-        bulk_max = getattr(adapter, "bulk_operations", {}).get(operation.name)
+        bulk_max = min(getattr(adapter, "bulk_operations", {}).get(operation.name) or 0, BULK_SLICE)
         results: list[UpstreamResult | UpstreamError] = [None] * len(models)  # type: ignore[list-item]
         valid = [(i, m) for i, m in enumerate(models) if isinstance(m, BaseModel)]
         for i, m in enumerate(models):
