@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     batch_stall_seconds: float = Field(
         default=30.0, ge=0.5, le=3600, description="a chunk whose worker gave no sign of life this long runs again"
     )
+    batch_max_in_flight: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="most calls a node's batches keep in flight to one upstream (also at most half its connection"
+        " slots): an interactive call meets at most this many batch requests queued at the upstream",
+    )
     batch_interactive_floor: int = Field(
         default=2,
         ge=0,

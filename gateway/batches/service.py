@@ -275,7 +275,7 @@ class BatchService:
     def limit_for(self, adapter: Adapter) -> AdaptiveLimit:
         limit = self._limits.get(adapter.service)
         if limit is None:
-            ceiling = max(1, adapter.policy.max_concurrency // 2)
+            ceiling = max(1, min(adapter.policy.max_concurrency // 2, self.settings.batch_max_in_flight))
             limit = self._limits[adapter.service] = AdaptiveLimit(
                 ceiling, interactive=self._interactive, floor=self.settings.batch_interactive_floor
             )
