@@ -17,6 +17,8 @@ from collections.abc import Mapping
 import httptools
 from yarl import URL
 
+from schemas.errors import MsjxError
+
 __all__ = [
     "Answer",
     "ConnectTimeout",
@@ -32,7 +34,7 @@ __all__ = [
 USER_AGENT = "msjx-gateway"
 
 
-class WireError(Exception):
+class WireError(MsjxError):
     """A request that got no usable answer; the message is safe to show (no secrets, no upstream body)."""
 
 
