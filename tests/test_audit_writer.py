@@ -20,7 +20,7 @@ from gateway.audit.committer import PostgresCommitter, SqliteCommitter
 from gateway.audit.rows import AUDIT_TABLE, load_checkpoints
 from gateway.audit.search import open_payload
 from gateway.audit.witness import read_witness, witness_path
-from gateway.audit.writer import BULK_ALONE, AuditUnavailable
+from gateway.audit.writer import AuditUnavailable
 from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, rows, verify
 from tests.helpers.clock import ManualClock
 
@@ -153,24 +153,6 @@ async def test_append_many_gives_the_rows_of_single_appends_and_fails_them_toget
     assert len(stored) == 202 and stored[0]["request_id"] == first["request_id"]
     opened = await open_payload(writer.keyring, stored[100], "response")
     assert opened is not None and opened.startswith(b'{"data"')
-    assert (await verify(store))[CHAIN].ok
-
-
-async def test_an_interactive_record_goes_ahead_of_a_batchs_and_batch_commits_stay_small(store: Store) -> None:
-    """A single call's record queued after 300 of a batch's is committed first, and the batch's go in commits of at
-    most BULK_ALONE: the chain is whole either way, heights given at commit."""
-    writer = await open_writer(store, every=1000)
-    try:
-        base = (await writer.append(event(0)))["height"]
-        commits = writer.batches
-        bulk = asyncio.create_task(writer.append_many([event(i) for i in range(1, 301)]))
-        single = asyncio.create_task(writer.append(event(999)))
-        committed, alone = await bulk, await single
-        assert alone["height"] == base + 1
-        assert sorted(row["height"] for row in committed) == list(range(base + 2, base + 302))
-        assert writer.batches - commits >= 300 // BULK_ALONE + 1
-    finally:
-        await writer.close()
     assert (await verify(store))[CHAIN].ok
 
 

@@ -54,10 +54,6 @@ LIMITED_COLUMNS = tuple(
     and name not in ("prev_hash", "record_hash", "request_digest", "response_digest")
 )
 ROW_VALUES = operator.itemgetter(*AUDIT_COLUMNS)
-# Batch records (append_many) a commit carries: alone, and beside interactive records. A commit's time grows with its
-# records (sealed rows of ~1.5 KB, then fsync), and an interactive record waits for the commit under way and its own.
-BULK_ALONE = 64
-BULK_BESIDE = 16
 SQLITE_INSERT = (  # column names come from the model, never from input
     f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"  # noqa: S608
 )
@@ -175,9 +171,6 @@ class AuditWriter:
         self._clock = clock
         # Appends wait here; the writer task takes them a batch at a time (a list swap, no per-item queue calls).
         self._pending: list[Pending] = []
-        # A batch job's records (append_many) wait apart, and a commit carries only a few of them: an interactive
-        # call's record must not wait behind hundreds of a batch's, nor ride in a commit of hundreds.
-        self._bulk: list[Pending] = []
         self._wakeup = asyncio.Event()
         self._tick_due = False
         self._task: asyncio.Task[None] | None = None
@@ -378,7 +371,7 @@ class AuditWriter:
             self.last_error = type(exc).__name__
             log.error("audit record could not be sealed: %s", self.last_error)
             raise AuditUnavailable("the audit record could not be sealed") from None
-        self._bulk.extend(pending)
+        self._pending.extend(pending)
         self._wakeup.set()
         return list(await asyncio.gather(*(future for _, future in pending)))
 
@@ -396,20 +389,15 @@ class AuditWriter:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending or self._bulk:
+            while self._pending:
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
-                # Heights are given at commit, so interactive records going first changes no chain.
-                room = min(BULK_BESIDE if batch else BULK_ALONE, self._batch_max)
-                if self._bulk:
-                    batch += self._bulk[:room]
-                    del self._bulk[:room]
                 await self._commit(batch)
             if self._tick_due:
                 self._tick_due = False
                 if self._checkpoint_due():
                     await self.checkpoint()
-            if self._closing and not self._pending and not self._bulk:
+            if self._closing and not self._pending:
                 if self._signer is not None and self.height > self.sealed_height:
                     await self.checkpoint()
                 return
