@@ -27,6 +27,7 @@ from gateway.soap.contract import PROBLEM_NS
 from gateway.soap.messages import SOAP11_ENV, SOAP12_ENV
 from schemas.api import CallerIn, GrantIn
 from simulators import credit, golden_tax
+from tests.helpers.certs import certificate_builder
 from tests.helpers.gateways import RunningGateway, make_gateway
 from tests.helpers.services import free_port
 from tests.helpers.upstreams import grant_all, started_simulator
@@ -58,15 +59,8 @@ class Pki:
     def create(cls, root: Path) -> Pki:
         key = _key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "msjx test district CA")])
-        now = datetime.datetime.now(datetime.UTC)
         ca = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            certificate_builder(name, name, key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .sign(key, hashes.SHA256())
@@ -80,16 +74,9 @@ class Pki:
 
     def issue(self, name: str, *, server: bool = False) -> tuple[Path, Path]:
         key = _key()
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = certificate_builder(subject, self.ca.subject, key.public_key()).add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), True
         )
         if server:
             builder = builder.add_extension(
@@ -216,17 +203,7 @@ def wsse_signing_pair(common_name: str = "gw.example") -> tuple[str, str]:
     X.509 signatures toward an upstream (xmlsec signs with RSA)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = certificate_builder(name, name, key.public_key()).sign(key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
