@@ -18,6 +18,7 @@ from . import wire
 from .base import Adapter
 from .errors import UpstreamMalformed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from .policy import ResiliencePolicy
+from .wire import RawResponse
 
 __all__ = ["DEFAULT_MAX_BODY", "HttpClient", "JsonClient", "JsonResponse", "RawResponse", "phrase"]
 
@@ -30,15 +31,6 @@ class JsonResponse:
 
     status: int
     body: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class RawResponse:
-    """An answer as it came: status, content type and the body (bounded by `max_body`)."""
-
-    status: int
-    content_type: str
-    body: bytes
 
 
 class HttpClient:
@@ -117,7 +109,7 @@ class HttpClient:
             target = target.extend_query(params)
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await pool.request(method, target, headers, data)
+                return await pool.request(method, target, headers, data)
         except wire.ConnectTimeout as exc:
             raise UpstreamTimeout(self.service, self.connect_timeout) from exc
         except (TimeoutError, wire.ReadTimeout) as exc:
@@ -128,7 +120,6 @@ class HttpClient:
             raise UpstreamMalformed(self.service, str(exc)) from exc
         except wire.WireError as exc:  # refused, reset, closed before or while answering, DNS
             raise UpstreamUnavailable(self.service, str(exc)) from exc
-        return RawResponse(answer.status, answer.content_type, answer.body)
 
 
 class JsonClient(HttpClient):

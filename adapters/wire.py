@@ -13,6 +13,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import httptools
 from yarl import URL
@@ -20,10 +21,10 @@ from yarl import URL
 from schemas.errors import MsjxError
 
 __all__ = [
-    "Answer",
     "ConnectTimeout",
     "Dropped",
     "Pool",
+    "RawResponse",
     "ReadTimeout",
     "TooBig",
     "Unreachable",
@@ -66,15 +67,13 @@ class TooBig(WireError):
         self.status = status
 
 
-class Answer:
-    """Status, content type and body of one answer."""
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """An answer as it came: status, content type and the body (bounded by `max_body`)."""
 
-    __slots__ = ("body", "content_type", "status")
-
-    def __init__(self, status: int, content_type: str, body: bytes) -> None:
-        self.status = status
-        self.content_type = content_type
-        self.body = body
+    status: int
+    content_type: str
+    body: bytes
 
 
 class _Connection(asyncio.Protocol):
@@ -87,7 +86,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._waiter: asyncio.Future[Answer] | None = None
+        self._waiter: asyncio.Future[RawResponse] | None = None
         self._status = 0
         self._content_type = ""
         self._encoding = ""
@@ -197,13 +196,13 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
             self.close()
             return
-        waiter.set_result(Answer(self._status, self._content_type, body))
+        waiter.set_result(RawResponse(self._status, self._content_type, body))
 
     # --- the pool's side ---
 
     def send(
         self, head: bytes, body: bytes | None, read_timeout: float | None, head_only: bool = False
-    ) -> asyncio.Future[Answer]:
+    ) -> asyncio.Future[RawResponse]:
         """Write one request; the future completes with its answer (or a WireError)."""
         self._reset_message()
         self._head_only = head_only
@@ -302,7 +301,7 @@ class Pool:
         url: URL,
         headers: Mapping[str, str] | None,
         body: bytes | None,
-    ) -> Answer:
+    ) -> RawResponse:
         """Send one request and read its answer; raises a WireError subclass on every failure."""
         if url.scheme not in ("http", "https") or not url.host:
             raise Unreachable(f"not an http(s) URL: {url.scheme}://{url.host or ''}")
