@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from decimal import Decimal
 from typing import Any
 
@@ -40,6 +41,23 @@ def test_depth_is_counted_outside_strings() -> None:
     assert not json_depth_exceeds(brackets_in_strings)
     wide = orjson.dumps([[i] for i in range(10_000)])  # many brackets, depth 2
     assert not json_depth_exceeds(wide)
+    # Without a backslash anywhere strings are found by their quotes alone; with one, by the escape-aware pattern.
+    deep_after = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
+    for text in (b'"]]]}}}"', b'"a\\"b]]]"', b'"]\\\\"'):  # plain; an escaped quote; an escaped backslash
+        assert not json_depth_exceeds(b'{"t": ' + text.replace(b"]", b"[") * 50 + b"}"), text
+        assert json_depth_exceeds(b"[" + text + b", " + deep_after + b"]"), text
+    assert json_depth_exceeds(b'{"a": "[[", "b": ' + deep_after + b"}")
+    assert json_depth_exceeds(b'"' + b"[" * 1_000)  # after an unterminated string's quote, brackets count
+
+
+def test_strings_found_by_quotes_alone_are_those_the_escape_aware_pattern_finds() -> None:
+    from adapters import jsondepth
+
+    rng = random.Random(7)
+    for _ in range(3_000):
+        data = bytes(rng.choice(b'[]{}"a ,') for _ in range(rng.randrange(0, 40)))
+        brackets = jsondepth._outside_strings(data).translate(None, jsondepth._NOT_BRACKETS)
+        assert brackets == jsondepth._STRING.sub(b"", data).translate(None, jsondepth._NOT_BRACKETS), data
 
 
 @pytest.mark.parametrize("exact", [False, True])
