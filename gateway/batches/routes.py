@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import re
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 
 from gateway.api.docs import SIGNED, json_body, problem_responses
 from gateway.batches.service import BatchService
-from gateway.batches.subjects import parse_subjects
+from gateway.batches.subjects import parse_subjects, parse_upload
 from gateway.http.json_bodies import load_body
 from gateway.http.problems import Problem, validation_problem
 from gateway.pipeline.exchange import Exchange, run_exchange
@@ -120,11 +119,9 @@ async def _submit(exchange: Exchange) -> tuple[int, bytes]:
     planned = await service.plan(caller.caller_id, body.purpose, operations)
     targets = [p.target() for p in planned]
     raw = exchange.body if inline is None else None
-    if raw is not None and len(raw) > 16 << 10:
-        # An upload beyond a few hundred lines is checked off the event loop: other requests go on meanwhile.
-        subjects = await asyncio.to_thread(
-            partial(parse_subjects, inline=None, body=raw, media_type=media_type, targets=targets)
-        )
+    if raw is not None:
+        # A slice of lines at a time, other requests served in between (gateway/batches/subjects.py).
+        subjects = await parse_upload(raw, media_type, targets)
     else:
         subjects = parse_subjects(inline=inline, body=raw, media_type=media_type, targets=targets)
     job = await service.create(caller.caller_id, caller.department, body.purpose, planned, subjects)
