@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -317,3 +318,26 @@ async def test_two_nodes_write_their_own_chains_side_by_side(tmp_path: Path) -> 
             assert fault is not None and fault.kind == "rehashed" and "not a trusted key" in fault.detail
         finally:
             await second.engine.dispose()
+
+
+async def test_the_sqlite_committer_checkpoints_the_log_beside_its_commits(tmp_path: Path) -> None:
+    """Its own connection never checkpoints (that ran inside a COMMIT, and one record waited for thousands to be
+    copied): a thread of the committer copies the log into the database file, so the file alone holds the rows."""
+    async with audit_store("sqlite", tmp_path) as store:
+        database = Path(str(store.engine.url.database))
+        writer = await open_writer(store, every=1000)
+        try:
+            await asyncio.gather(*[writer.append(event(i)) for i in range(50)])
+            counted = 0
+            deadline = time.monotonic() + 10
+            while counted < 50 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                # The database file without its log: what a checkpoint has copied, and nothing else.
+                alone = tmp_path / f"alone-{time.monotonic_ns()}.db"
+                alone.write_bytes(database.read_bytes())
+                with sqlite3.connect(alone) as copy:
+                    counted = copy.execute(f"SELECT count(*) FROM {AUDIT_TABLE.name}").fetchone()[0]
+            assert counted == 50, "50 committed records, far below SQLite's 1,000-page automatic checkpoint"
+        finally:
+            await writer.close()
+        assert (await verify(store))[CHAIN].ok

@@ -25,6 +25,8 @@ import signal
 import sqlite3
 import struct
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +40,9 @@ ERROR_HEADER = struct.Struct(">H")
 OK = b"\x00"
 FAILED = b"\x01"
 MAX_ERROR_BYTES = 500
+# Seconds between two checkpoints of the write-ahead log at most (WalCheckpointer): at a batch's pace, about 1.5 MB
+# of log each.
+CHECKPOINT_INTERVAL = 0.25
 
 
 def describe_error(exc: BaseException) -> str:
@@ -174,11 +179,56 @@ class SqliteCommitter:
 # --- the child ---------------------------------------------------------------------------------------------------
 
 
+class WalCheckpointer(threading.Thread):
+    """Copies the write-ahead log into the database file beside the commits, on a connection of its own.
+
+    The committer's connection does not checkpoint (`wal_autocheckpoint=0`): SQLite runs an automatic checkpoint
+    inside the COMMIT that fills the log past 1,000 pages, so that one record waited for thousands of others to be
+    copied and synced. During a batch comparison a commit's p99 was 17 ms and its longest 26 against 1 at the median,
+    and interactive calls waited behind them. A PASSIVE checkpoint takes no write lock: commits go on meanwhile, and
+    the log starts again from its beginning once a checkpoint has copied all of it.
+    """
+
+    def __init__(self, path: str, pragmas: Sequence[str], interval: float = CHECKPOINT_INTERVAL) -> None:
+        super().__init__(name="wal-checkpointer", daemon=True)
+        self._path, self._pragmas, self._interval = path, pragmas, interval
+        self._due = threading.Event()
+        self._stopping = False
+
+    def nudge(self) -> None:
+        """A commit added to the log."""
+        self._due.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._due.set()
+        self.join(30)
+
+    def run(self) -> None:
+        connection = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        try:
+            for pragma in self._pragmas:
+                connection.execute(pragma)
+            while True:
+                self._due.wait()
+                if self._stopping:
+                    return
+                self._due.clear()
+                with contextlib.suppress(sqlite3.Error):  # the next commit's nudge tries again
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                time.sleep(self._interval)  # at most one checkpoint an interval, however many commits came
+        finally:
+            connection.close()
+
+
 def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]) -> None:
     # Autocommit mode: the transaction is the explicit BEGIN IMMEDIATE ... COMMIT below, nothing implicit.
     connection = sqlite3.connect(path, timeout=30, isolation_level=None)
     for pragma in pragmas:
         connection.execute(pragma)
+    connection.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job, off the commit path
+    checkpointer = WalCheckpointer(path, pragmas)
+    checkpointer.start()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     say_ready(stdout)
     try:
@@ -191,8 +241,10 @@ def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]
                 stdout.write(FAILED + ERROR_HEADER.pack(len(error)) + error)
             else:
                 stdout.write(OK)
+                checkpointer.nudge()
             stdout.flush()
     finally:
+        checkpointer.stop()
         connection.close()
 
 
