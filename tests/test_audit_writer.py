@@ -341,3 +341,22 @@ async def test_the_sqlite_committer_checkpoints_the_log_beside_its_commits(tmp_p
         finally:
             await writer.close()
         assert (await verify(store))[CHAIN].ok
+
+
+def test_the_wal_checkpointer_stops_at_once_however_long_its_interval(tmp_path: Path) -> None:
+    """A stop ends the wait between two checkpoints: with a sleep there, every close of the gateway waited for it."""
+    from gateway.audit.committer import WalCheckpointer
+
+    database = tmp_path / "wal.db"
+    with sqlite3.connect(database) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t (x)")
+        setup.execute("INSERT INTO t VALUES (1)")
+    checkpointer = WalCheckpointer(str(database), ["PRAGMA journal_mode=WAL"], interval=60)
+    checkpointer.start()
+    checkpointer.nudge()  # one checkpoint, then the 60 s wait
+    time.sleep(0.2)
+    started = time.monotonic()
+    checkpointer.stop()
+    assert not checkpointer.is_alive()
+    assert time.monotonic() - started < 10, "the stop waited out the interval"
