@@ -55,7 +55,7 @@ INTERACTIVE_WAIT = 0.05
 INTERACTIVE_WAIT_STEPS = 25
 # Subjects in one bulk request at most, whatever the upstream allows: a bulk answer is read, checked and recorded in
 # one go, and an upstream answers it in one go too, so an interactive call waits behind a slice, on either side. 50
-# against 100 (docs/batches.md): interactive credit calls' p99 during a 100,000 x 2 batch 26-31 ms against 34-40,
+# against 100 (docs/batches.md): interactive credit calls' p99 during a 100,000 x 2 batch 26-31 ms against 38-40,
 # for the same batch time and CPU; 25 gained no more.
 BULK_SLICE = 50
 
