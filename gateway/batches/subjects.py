@@ -134,8 +134,6 @@ class SubjectCheck:
         """Check `rows`; how many were taken (fewer than given once the file is over MAX_LINES)."""
         taken = 0
         for number, row in rows:
-            if self.full:
-                break
             taken += 1
             self.count += 1
             if self.count > MAX_LINES:
@@ -244,7 +242,7 @@ async def parse_upload(body: bytes, media_type: str, targets: Sequence[Target]) 
     check = SubjectCheck(targets, errors)
     rows = iter(_rows(None, body, media_type, errors))
     while True:
-        if check.feed(itertools.islice(rows, UPLOAD_SLICE)) < UPLOAD_SLICE:
-            break  # the file is over (or over MAX_LINES)
+        if check.feed(itertools.islice(rows, UPLOAD_SLICE)) < UPLOAD_SLICE or check.full:
+            break  # the file is over, or over MAX_LINES
         await asyncio.sleep(0)
     return _verdict(check)
