@@ -360,3 +360,64 @@ def test_the_wal_checkpointer_stops_at_once_however_long_its_interval(tmp_path: 
     checkpointer.stop()
     assert not checkpointer.is_alive()
     assert time.monotonic() - started < 10, "the stop waited out the interval"
+
+
+def _locked_database(tmp_path: Path) -> Path:
+    database = tmp_path / "busy.db"
+    with sqlite3.connect(database) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t (x)")
+    return database
+
+
+def test_a_commit_takes_the_write_lock_as_soon_as_another_writer_lets_go(tmp_path: Path) -> None:
+    """SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms between tries: a lock held 60 ms was taken at
+    78. The committer asks every BUSY_POLL seconds instead, and the connection keeps its busy timeout afterwards."""
+    import threading
+
+    from gateway.audit.committer import _begin
+
+    database = _locked_database(tmp_path)
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    committer = sqlite3.connect(database, isolation_level=None, timeout=30)
+    released: list[float] = []
+
+    def release() -> None:
+        time.sleep(0.06)
+        holder.execute("COMMIT")
+        released.append(time.monotonic())
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    _begin(committer)
+    taken = time.monotonic()
+    thread.join()
+    assert committer.in_transaction
+    assert taken >= released[0], "BEGIN IMMEDIATE returned while the other writer held the lock"
+    assert taken - released[0] < 0.012, f"the lock was taken {(taken - released[0]) * 1000:.1f} ms after its release"
+    committer.execute("INSERT INTO t VALUES (1)")
+    committer.execute("COMMIT")
+    assert committer.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    holder.close()
+    committer.close()
+
+
+def test_a_commit_gives_up_on_a_lock_held_past_its_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.audit import committer as module
+
+    monkeypatch.setattr(module, "BUSY_SECONDS", 0.05)
+    database = _locked_database(tmp_path)
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    connection = sqlite3.connect(database, isolation_level=None)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        module._begin(connection)
+    assert 0.05 <= time.monotonic() - started < 5
+    assert not connection.in_transaction
+    holder.execute("ROLLBACK")
+    module._begin(connection)  # free again: taken at once
+    assert connection.in_transaction
+    holder.close()
+    connection.close()

@@ -26,6 +26,7 @@ import sqlite3
 import struct
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +43,9 @@ MAX_ERROR_BYTES = 500
 # Seconds between two checkpoints of the write-ahead log at most (WalCheckpointer): at a batch's pace, about 1.5 MB
 # of log each.
 CHECKPOINT_INTERVAL = 0.25
+# How long a commit waits for the database's write lock at most, and how often it asks for it meanwhile.
+BUSY_SECONDS = 30.0
+BUSY_POLL = 0.0002
 
 
 def describe_error(exc: BaseException) -> str:
@@ -250,6 +254,27 @@ def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]
         connection.close()
 
 
+def _begin(connection: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, asked again every BUSY_POLL seconds while another connection holds the write lock.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15... ms between tries, so a lock held 3 ms by the gateway's other
+    writes (a batch's chunk results) cost a record waiting here 8 ms and more: during a batch a single record's
+    BEGIN took 10 ms at p99 and 37 at most, against 0.05 at the median."""
+    connection.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(BUSY_POLL)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
+
+
 def _commit(
     connection: sqlite3.Connection,
     insert: str,
@@ -257,7 +282,7 @@ def _commit(
     records: list[tuple[Any, ...]],
     checkpoint: tuple[Any, ...] | None,
 ) -> None:
-    connection.execute("BEGIN IMMEDIATE")
+    _begin(connection)
     try:
         connection.executemany(insert, records)
         if checkpoint is not None:  # in the same transaction: the signed head is never ahead of the rows
