@@ -30,9 +30,10 @@ CALLER = "bench-batch"
 OPERATIONS = ("credit/dishonest-debtor", "golden-tax/tax-credit-rating")
 FULL, QUICK = 100_000, 10_000
 QUIET_SECONDS = 3.0
-# The interactive probe's calls on the idle gateway, before the batch: 300 of them, so that their p99 is not just
-# their largest (as it was with 100).
-IDLE_SECONDS = 30.0
+# The interactive probe's calls on the idle gateway, before the batch: 600 of them, about as many as during a
+# 100,000-subject batch. With 300 the idle p99 was the third-worst call, and it moved between 10.6 and 18.9 ms from
+# run to run, as much as any change to the gateway moved the ratio; with 100 it was the largest.
+IDLE_SECONDS = 60.0
 
 
 def _subjects_file(directory: Path, count: int) -> Path:
