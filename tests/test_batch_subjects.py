@@ -103,3 +103,26 @@ async def test_other_tasks_run_while_an_upload_is_checked() -> None:
     assert len(subjects) == 1_000
     # One turn of the other task at least between slices (1,000 lines in slices of UPLOAD_SLICE).
     assert turns - started >= 1_000 // subjects_module.UPLOAD_SLICE - 1
+
+
+async def test_threads_get_their_turns_while_an_upload_is_checked() -> None:
+    """The database driver's threads (aiosqlite) need the GIL for each step: with the check only yielding to the
+    loop, a thread waited up to Python's switch interval (5 ms) per step, and a directory reload of a few dozen steps
+    took a second. The check's pauses let a thread's steps through at a pace of about one a pause."""
+    body = _csv([f"{uscc}," for uscc in usccs(20_000)])
+    steps = 0
+    checking = True
+
+    async def thread_steps() -> None:
+        nonlocal steps
+        while checking:
+            await asyncio.to_thread(sum, range(10))
+            steps += 1
+
+    task = asyncio.create_task(thread_steps())
+    await asyncio.sleep(0)
+    await parse_upload(body, "text/csv", TARGETS)
+    checking = False
+    await task
+    pauses = 20_000 // subjects_module.UPLOAD_SLICE // subjects_module.UPLOAD_PAUSE_EVERY
+    assert steps >= pauses // 2, f"{steps} thread steps during {pauses} pauses"
