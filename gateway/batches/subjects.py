@@ -243,8 +243,8 @@ async def parse_upload(body: bytes, media_type: str, targets: Sequence[Target]) 
 
     Every few slices the loop is left idle for a millisecond. Yielding alone kept the main thread holding the GIL
     all through the check, and the threads of the SQLite driver (aiosqlite) waited for it at every step: a directory
-    reload took a second instead of milliseconds, and a single call that needed it waited as long (0.8-1.0 s, once
-    per 100,000-line submission). The pauses cost about 0.3 s of those 100,000 lines' 1.0 s.
+    reload took a second instead of milliseconds, and a single call that needed it waited as long (0.8-1.1 s, once
+    per 100,000-line submission). The pauses cost about 0.4 s of those 100,000 lines' 1.0 s.
     """
     errors: list[LineError] = []
     check = SubjectCheck(targets, errors)
