@@ -122,14 +122,19 @@ class Probe(threading.Thread):
         return out
 
 
-def _rss_by_process(pids: list[int]) -> dict[str, float]:
-    """Peak RSS (MiB) of each process of the gateway, named by its command line: which one holds the memory."""
-    named: dict[str, float] = {}
+def _named(pids: list[int]) -> dict[str, int]:
+    """The gateway's processes, each named by its command line."""
+    named: dict[str, int] = {}
     for pid in pids:
         command = procs._cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()
         name = next((word for word in ("committer", "verifier", "serve", "batch-worker") if word in command), command)
-        named[f"{name} ({pid})"] = round(procs.peak_rss_mb([pid]), 1)
+        named[f"{name} ({pid})"] = pid
     return named
+
+
+def _rss_by_process(pids: list[int]) -> dict[str, float]:
+    """Peak RSS (MiB) of each process of the gateway: which one holds the memory."""
+    return {name: round(procs.peak_rss_mb([pid]), 1) for name, pid in _named(pids).items()}
 
 
 def one_run(
@@ -181,8 +186,9 @@ def one_run(
     tax_cmd = [sys.executable, "-m", "simulators.golden_tax", "--host", HOST, "--port", str(tax_port)]
     ready_credit = f"{credit}/api/credit/v1/dishonest-debtors?tyshxydm=91110000600037341L"
     with (
-        Server("batch-credit", credit_cmd, ready_credit, log_dir=workdir, env=sim_env),
-        Server("batch-golden-tax", tax_cmd, f"{tax}/sjjh/services/NsrxxService?wsdl", log_dir=workdir, env=sim_env),
+        Server("batch-credit", credit_cmd, ready_credit, log_dir=workdir, env=sim_env) as credit_server,
+        Server("batch-golden-tax", tax_cmd, f"{tax}/sjjh/services/NsrxxService?wsdl", log_dir=workdir, env=sim_env)
+        as tax_server,
         Server("batch-gateway", [CLI, "serve", "--port", str(port)], f"http://{HOST}:{port}/readyz",
                log_dir=workdir, env=env, ready_seconds=90) as gateway,
     ):  # fmt: skip
@@ -208,6 +214,16 @@ def one_run(
             probe_cpu_per_call = max(0.0, calls_cpu) / max(1, probe.calls)
         pids = gateway.pids()
         cpu_before = sum(procs.cpu_seconds(pids))
+        # Where the machine's two cores went during the batch, process by process: the simulators stand in for
+        # upstreams that would have machines of their own, and share these cores with the gateway.
+        split_pids = {
+            **_named(pids),
+            "credit simulator": credit_server.pid,
+            "golden-tax simulator": tax_server.pid,
+            "bench (probe, client)": os.getpid(),
+        }
+        split_before = {name: procs.cpu_seconds([pid]) for name, pid in split_pids.items()}
+        busy_before = procs.machine_busy_seconds()
         spy = None
         if profile is not None:
             from bench import profile as py_spy
@@ -231,6 +247,14 @@ def one_run(
         seconds = time.perf_counter() - started
         pids = gateway.pids()
         cpu = sum(procs.cpu_seconds(pids)) - cpu_before
+        machine_busy = procs.machine_busy_seconds() - busy_before
+        cpu_split = {}
+        for name, pid in split_pids.items():
+            (user, system), (user_before, system_before) = procs.cpu_seconds([pid]), split_before[name]
+            cpu_split[name] = {
+                "user_us": round((user - user_before) / (count * len(OPERATIONS)) * 1e6, 1),
+                "system_us": round((system - system_before) / (count * len(OPERATIONS)) * 1e6, 1),
+            }
         interactive = None
         if probe is not None:
             # The probe's calls during the batch stay in the batch's CPU: measured on the idle gateway a call cost
@@ -253,6 +277,9 @@ def one_run(
         "peak_rss_mb": round(rss, 1),
         "cpu_us_per_subject_op": round(cpu / (count * operations) * 1e6, 1),
         "submit_seconds": round(submitted, 2),
+        # µs a subject-operation by process, and how busy the machine's cores were (1.0: both, all the time).
+        "cpu_split_us_per_subject_op": cpu_split,
+        "machine_busy_share": round(machine_busy / seconds / (os.cpu_count() or 1), 3),
         "rss_by_process": rss_by_process,
         "serve_peak_rss_mb_after": {phase: round(mb, 1) for phase, mb in phases.items()},
         "state": status["state"],
