@@ -217,12 +217,14 @@ def one_run(
         # Where the machine's two cores went during the batch, process by process: the simulators stand in for
         # upstreams that would have machines of their own, and share these cores with the gateway.
         split_pids = {
-            **_named(pids),
-            "credit simulator": credit_server.pid,
-            "golden-tax simulator": tax_server.pid,
-            "bench (probe, client)": os.getpid(),
+            **{name: [pid] for name, pid in _named(pids).items()},
+            "credit simulator": [credit_server.pid],
+            "golden-tax simulator": [tax_server.pid],
+            "bench (probe, client)": [os.getpid()],
         }
-        split_before = {name: procs.cpu_seconds([pid]) for name, pid in split_pids.items()}
+        if backend:  # whole servers, which other work on the machine may share
+            split_pids.update(postgresql=procs.pids_named("postgres"), redis=procs.pids_named("redis-server"))
+        split_before = {name: procs.cpu_seconds(group) for name, group in split_pids.items()}
         busy_before = procs.machine_busy_seconds()
         spy = None
         if profile is not None:
@@ -249,8 +251,8 @@ def one_run(
         cpu = sum(procs.cpu_seconds(pids)) - cpu_before
         machine_busy = procs.machine_busy_seconds() - busy_before
         cpu_split = {}
-        for name, pid in split_pids.items():
-            (user, system), (user_before, system_before) = procs.cpu_seconds([pid]), split_before[name]
+        for name, group in split_pids.items():
+            (user, system), (user_before, system_before) = procs.cpu_seconds(group), split_before[name]
             cpu_split[name] = {
                 "user_us": round((user - user_before) / (count * len(OPERATIONS)) * 1e6, 1),
                 "system_us": round((system - system_before) / (count * len(OPERATIONS)) * 1e6, 1),
