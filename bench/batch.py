@@ -250,12 +250,13 @@ def one_run(
         pids = gateway.pids()
         cpu = sum(procs.cpu_seconds(pids)) - cpu_before
         machine_busy = procs.machine_busy_seconds() - busy_before
-        cpu_split = {}
+        subject_ops = count * len(OPERATIONS)
+        cpu_split: dict[str, dict[str, float]] = {}
         for name, group in split_pids.items():
             (user, system), (user_before, system_before) = procs.cpu_seconds(group), split_before[name]
             cpu_split[name] = {
-                "user_us": round((user - user_before) / (count * len(OPERATIONS)) * 1e6, 1),
-                "system_us": round((system - system_before) / (count * len(OPERATIONS)) * 1e6, 1),
+                "user_us": round((user - user_before) / subject_ops * 1e6, 1),
+                "system_us": round((system - system_before) / subject_ops * 1e6, 1),
             }
         interactive = None
         if probe is not None:

@@ -123,8 +123,8 @@ class Settings(BaseSettings):
     batch_chunk_size: int = Field(default=500, ge=1, le=10_000, description="subjects per chunk of a batch job")
     # One chunk at a time, 4 calls in flight, 1 while single calls are under way: with two chunks, 8 and 2, single
     # calls during a 100,000-subject batch had a p99 of 1.9-2.2 x idle on SQLite and 2.2-3.0 x on PostgreSQL, against
-    # 1.5-2.0 x with these, for a batch 10-15 % longer (docs/batches.md, "One chunk at a time"). A node that serves
-    # no single calls may take more chunks at a time.
+    # 1.5-2.4 x with these (2 or less in 11 of 12 runs), for a batch about a sixth longer (docs/batches.md, "One
+    # chunk at a time"). A node that serves no single calls may take more chunks at a time.
     batch_workers: int = Field(
         default=1, ge=0, le=64, description="chunks this node runs at once in its in-process batch worker (0: none)"
     )
