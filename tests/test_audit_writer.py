@@ -422,3 +422,68 @@ def test_a_commit_gives_up_on_a_lock_held_past_its_wait(tmp_path: Path) -> None:
     assert connection.in_transaction
     holder.close()
     connection.close()
+
+
+async def test_a_batch_behind_one_that_failed_in_the_committer_is_refused(tmp_path: Path) -> None:
+    """Two batches in the pipe at once: the second is chained on the first, so when the first fails the child
+    refuses the second, and takes a batch that follows what it did commit."""
+    database = tmp_path / "pipe.db"
+    with sqlite3.connect(database) as setup:
+        setup.execute("CREATE TABLE t (x TEXT PRIMARY KEY)")
+    committer = SqliteCommitter(str(database), ["PRAGMA journal_mode=WAL"], "INSERT INTO t VALUES (?)", "")
+    assert committer.depth == 2
+    await committer.open()
+    try:
+        await committer.commit([("a",)], None, follows="genesis", head="A")
+        # The second batch repeats a key (the database refuses it); the third is chained on it.
+        outcomes = await asyncio.gather(
+            committer.commit([("b",), ("a",)], None, follows="A", head="B"),
+            committer.commit([("c",)], None, follows="B", head="C"),
+            return_exceptions=True,
+        )
+        assert [type(outcome).__name__ for outcome in outcomes] == ["CommitterError", "CommitterError"]
+        assert "UNIQUE constraint failed" in str(outcomes[0])
+        assert "OutOfOrder" in str(outcomes[1]) and "UNIQUE" not in str(outcomes[1])
+        pid = committer.pid
+        await committer.commit([("d",)], None, follows="A", head="D")
+        assert committer.pid == pid, "a refused batch leaves the process serving"
+    finally:
+        await committer.close()
+    with sqlite3.connect(database) as check:
+        assert [x for (x,) in check.execute("SELECT x FROM t ORDER BY x")] == ["a", "d"]
+
+
+async def test_two_batches_in_the_pipe_when_the_committer_dies_both_fail_and_the_chain_has_no_gap(
+    tmp_path: Path,
+) -> None:
+    async with audit_store("sqlite", tmp_path) as store:
+        events = [event(i) for i in range(5)]
+        writer = await open_writer(store)
+        try:
+            await writer.append(events[0])
+            committer = writer._committer
+            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
+            first_pid = committer.pid
+            os.kill(first_pid, signal.SIGSTOP)
+            try:
+                first = asyncio.create_task(writer.append(events[1]))
+                await asyncio.sleep(0.1)
+                second = asyncio.create_task(writer.append(events[2]))
+                await asyncio.sleep(0.1)
+                third = asyncio.create_task(writer.append(events[3]))
+                await asyncio.sleep(0.2)
+                assert len(writer._flights) == 2, "the second batch was sent while the first was committing"
+                assert writer._pending, "the third waits: two batches at most in the pipe"
+            finally:
+                os.kill(first_pid, signal.SIGKILL)
+            for appended in (first, second):
+                with pytest.raises(AuditUnavailable):
+                    await appended
+            assert (await third)["height"] == 2, "the third was chained on the head read back, not on the lost ones"
+            assert (await writer.append(events[4]))["height"] == 3
+            assert committer.pid not in (None, first_pid)
+        finally:
+            await writer.close()
+        stored = await rows(store)
+        assert [row["request_id"] for row in stored] == [events[i].request_id for i in (0, 3, 4)]
+        assert (await verify(store))[CHAIN].ok

@@ -10,10 +10,15 @@ one byte back, both through the loop's own I/O. The child is `python -m gateway.
 it imports nothing of the gateway, reads frames on stdin, answers on stdout, and exits when stdin closes, so it
 never outlives the gateway.
 
-A frame (`security.pipes`) holds `marshal` data: (rows, checkpoint values or None); both ends are this file, over
-a pipe nobody else holds. The answer is b"\\x00" once COMMIT has returned, or b"\\x01", a 2-byte length
-and the error as "Class: message" (SQLite's messages name tables, columns and constraints, never a row's values),
-which the gateway logs: an operator needs "database is locked" or "disk I/O error", not just the class.
+A frame (`security.pipes`) holds `marshal` data: (rows, checkpoint values or None, the hash the first row chains
+on, the last row's hash); both ends are this file, over a pipe nobody else holds. The answer is b"\\x00" once
+COMMIT has returned, or b"\\x01", a 2-byte length and the error as "Class: message" (SQLite's messages name
+tables, columns and constraints, never a row's values), which the gateway logs: an operator needs "database is
+locked" or "disk I/O error", not just the class.
+
+Up to PIPELINE_DEPTH batches may be in the pipe at once, answered in order. A batch is chained on the one sent
+before it, so the child refuses any batch that does not follow the last one it committed: when one fails, those
+sent behind it fail too, and no chain ever has a gap.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ MAX_ERROR_BYTES = 500
 CHECKPOINT_INTERVAL = 0.25
 # How often a commit asks for the database's write lock while another connection holds it (`_begin`).
 BUSY_POLL = 0.0002
+# Batches in the committer's pipe at once. With one, records that came during a commit waited for its answer to
+# travel back before they were even sent: at half load that was about half of a call's audit wait
+# (docs/performance.md, "Two batches in the pipe").
+PIPELINE_DEPTH = 2
 
 
 def describe_error(exc: BaseException) -> str:
@@ -58,11 +67,18 @@ class CommitterError(MsjxError):
 
 
 class Committer(Protocol):
-    """What the audit writer needs of a database: open, commit one batch (whole or not at all), close."""
+    """What the audit writer needs of a database: open, commit one batch (whole or not at all), close.
+
+    `depth` is how many batches may be in `commit` at once. Beyond one, a batch commits only if it `follows` the
+    `head` of the last batch committed before it, and batches commit in the order their calls began."""
+
+    depth: int
 
     async def open(self) -> None: ...
 
-    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None: ...
+    async def commit(
+        self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None, *, follows: str, head: str
+    ) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -70,7 +86,10 @@ class Committer(Protocol):
 class PostgresCommitter:
     """A connection of its own, so a batch costs one COPY and nothing else (BEGIN and COMMIT around it only when a
     checkpoint goes in with it): a pooled connection added a liveness ping when taken and a ROLLBACK when given
-    back. A failed batch drops the connection (whatever state it was left in) and the next batch opens a new one."""
+    back. A failed batch drops the connection (whatever state it was left in) and the next batch opens a new one.
+    One batch at a time: a connection runs one statement at a time."""
+
+    depth = 1
 
     def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str) -> None:
         self._dsn = dsn
@@ -90,7 +109,9 @@ class PostgresCommitter:
 
         self._connection = await asyncpg.connect(self._dsn, timeout=30)
 
-    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None:
+    async def commit(
+        self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None, *, follows: str, head: str
+    ) -> None:
         connection = self._connection
         if connection is None or connection.is_closed():
             await self.open()
@@ -118,11 +139,18 @@ class PostgresCommitter:
 
 
 class SqliteCommitter:
-    """The gateway's side: start the child, send it batches one at a time, stop it."""
+    """The gateway's side: start the child, send it up to PIPELINE_DEPTH batches at a time, stop it."""
+
+    depth = PIPELINE_DEPTH
 
     def __init__(self, path: str, pragmas: Sequence[str], insert: str, checkpoint_insert: str) -> None:
         self._arguments = (path, insert, checkpoint_insert, *pragmas)
         self._process: asyncio.subprocess.Process | None = None
+        # Sending is one caller at a time, in the order they came (asyncio's lock is fair); each answer is read by
+        # the caller whose frame it answers, once the caller before it has read its own (`_turn`).
+        self._sending = asyncio.Lock()
+        self._turn: asyncio.Future[None] | None = None
+        self._in_pipe = 0
 
     @property
     def pid(self) -> int | None:
@@ -136,34 +164,59 @@ class SqliteCommitter:
             raise CommitterError("the audit committer process did not start (its errors are on the gateway's stderr)")
         self._process = process
 
-    async def commit(self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
-            # Started again for the next batch; the writer reads the head back first, as after any failed commit.
-            self._process = None
-            await self.open()
+    async def commit(
+        self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None, *, follows: str, head: str
+    ) -> None:
+        payload = frame(marshal.dumps((records, checkpoint, follows, head)))
+        async with self._sending:
             process = self._process
-            assert process is not None
-        assert process.stdin is not None and process.stdout is not None
-        payload = marshal.dumps((records, checkpoint))
+            if process is None or process.returncode is not None:
+                if self._in_pipe:
+                    # The batches ahead died with it, and a new process would commit this one after a gap.
+                    raise CommitterError("the audit committer process is gone with the batch ahead of this one")
+                # Started again for the next batch; the writer reads the head back first, as after any failed commit.
+                self._process = None
+                await self.open()
+                process = self._process
+                assert process is not None
+            assert process.stdin is not None and process.stdout is not None
+            ahead, turn = self._turn, asyncio.get_running_loop().create_future()
+            self._turn = turn
+            self._in_pipe += 1
+            try:
+                process.stdin.write(payload)
+                await process.stdin.drain()
+            except BaseException as exc:
+                self._finish(turn)
+                raise self._cut_off(process, exc) from None
         try:
-            process.stdin.write(frame(payload))
-            await process.stdin.drain()
+            if ahead is not None and not ahead.done():
+                await asyncio.shield(ahead)
             status = await process.stdout.readexactly(1)
             if status == OK:
                 return
             (length,) = ERROR_HEADER.unpack(await process.stdout.readexactly(ERROR_HEADER.size))
             error = (await process.stdout.readexactly(length)).decode("utf-8", "replace")
         except BaseException as exc:
-            # Cut off mid-frame or mid-answer (gone, or cancelled): its next answer could belong to this batch, so
-            # it is never asked again; the next batch starts another.
-            self._process = None
-            with contextlib.suppress(ProcessLookupError):  # already gone
-                process.kill()
-            if isinstance(exc, OSError | asyncio.IncompleteReadError):
-                raise CommitterError(f"the audit committer process is gone ({type(exc).__name__})") from None
-            raise
+            raise self._cut_off(process, exc) from None
+        finally:
+            self._finish(turn)
         raise CommitterError(f"the audit committer could not commit: {error}")
+
+    def _finish(self, turn: asyncio.Future[None]) -> None:
+        self._in_pipe -= 1
+        turn.set_result(None)
+
+    def _cut_off(self, process: asyncio.subprocess.Process, exc: BaseException) -> BaseException:
+        """Cut off mid-frame or mid-answer (gone, or cancelled): its next answer could belong to this batch, so it is
+        never asked again, and the batches behind this one fail with it; the next batch starts another."""
+        if self._process is process:
+            self._process = None
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            process.kill()
+        if isinstance(exc, OSError | asyncio.IncompleteReadError):
+            return CommitterError(f"the audit committer process is gone ({type(exc).__name__})")
+        return exc
 
     async def close(self) -> None:
         process, self._process = self._process, None
@@ -236,21 +289,32 @@ def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]
     checkpointer.start()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     say_ready(stdout)
+    # The head of the last batch this process committed: a batch sent behind one that failed does not follow it.
+    # None until the first commit, which follows whatever head the gateway read from the database.
+    committed: str | None = None
     try:
         while (payload := read_frame(stdin)) is not None:
-            records, checkpoint = marshal.loads(payload)  # noqa: S302 - written by our own parent, on a private pipe
+            # Written by our own parent, on a private pipe.
+            records, checkpoint, follows, head = marshal.loads(payload)  # noqa: S302
             try:
+                if committed is not None and follows != committed:
+                    raise OutOfOrder("the batch does not follow the last one committed: the batch before it failed")
                 _commit(connection, insert, checkpoint_insert, records, checkpoint)
             except Exception as exc:  # the gateway fails the batch closed; this process stays for the next
                 error = describe_error(exc).encode("utf-8", "replace")[:MAX_ERROR_BYTES]
                 stdout.write(FAILED + ERROR_HEADER.pack(len(error)) + error)
             else:
+                committed = head
                 stdout.write(OK)
                 checkpointer.nudge()
             stdout.flush()
     finally:
         checkpointer.stop()
         connection.close()
+
+
+class OutOfOrder(Exception):
+    """A batch chained on one that was not committed."""
 
 
 def _begin(connection: sqlite3.Connection) -> None:

@@ -2,9 +2,11 @@
 
 Every caller of `append` waits until its record is durable. Concurrent appends share one transaction
 (group commit): rows go in with one multi-row statement (COPY on PostgreSQL), so durability costs one commit
-per batch rather than one per request. If the commit fails, every waiter gets `AuditUnavailable` and the
-gateway answers 503: no data leaves unlogged. A batch is one transaction, so a crash leaves whole batches
-or nothing, never a torn record; on restart the writer continues from the head it finds and signs it.
+per batch rather than one per request. Where the committer allows (`Committer.depth`), the next batch is sent
+while one is committing, chained on it. If a commit fails, every waiter of that batch and of those sent behind it
+gets `AuditUnavailable` and the gateway answers 503: no data leaves unlogged. A batch is one transaction, so a
+crash leaves whole batches or nothing, never a torn record; on restart the writer continues from the head it
+finds and signs it.
 """
 
 from __future__ import annotations
@@ -177,6 +179,12 @@ class AuditWriter:
         self._ticker: Periodic | None = None
         self._closing = False
         self._resync = False
+        # Batches handed to the committer and not yet answered, oldest first, and the head the newest one ends at:
+        # the next batch chains on it. `height` and `head` are what is committed.
+        self._flights: list[asyncio.Task[None]] = []
+        self._sent_height = 0
+        self._sent_head = GENESIS_HASH
+        self._sealing_height = 0
         # PostgreSQL: the monthly partitions this writer knows are there (None on SQLite, which has one table).
         self._months: MonthGuard | None = None
         self._partition_seconds = partition_seconds
@@ -264,6 +272,7 @@ class AuditWriter:
             if found is not None and int(found[0]) > self.height:
                 self.height, self.head = int(found[0]), str(found[1])
         self.sealed_height, self.sealed_ms = (int(sealed[0]), int(sealed[1])) if sealed is not None else (0, 0)
+        self._sent_height, self._sent_head, self._sealing_height = self.height, self.head, self.sealed_height
 
     async def _register_signer(self) -> None:
         assert self._signer is not None
@@ -390,14 +399,16 @@ class AuditWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
+                await self._make_room()
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
-                await self._commit(batch)
+                await self._send(batch)
             if self._tick_due:
                 self._tick_due = False
                 if self._checkpoint_due():
                     await self.checkpoint()
             if self._closing and not self._pending:
+                await self._land(0)
                 if self._signer is not None and self.height > self.sealed_height:
                     await self.checkpoint()
                 return
@@ -409,12 +420,25 @@ class AuditWriter:
             and self._clock.ms() - self.sealed_ms >= self._checkpoint_ms
         )
 
-    async def _commit(self, batch: list[Pending]) -> None:
+    async def _make_room(self) -> None:
+        """Wait until the committer takes another batch; after a failure, until none is in flight (the head is read
+        back from the database before the next one)."""
+        while len(self._flights) > (0 if self._resync else self._committer.depth - 1):
+            await asyncio.wait([self._flights[0]])
+
+    async def _land(self, most: int) -> None:
+        """Wait until at most `most` batches are in flight (their tasks never raise)."""
+        while len(self._flights) > most:
+            await asyncio.wait([self._flights[0]])
+
+    async def _send(self, batch: list[Pending]) -> None:
+        """Chain the batch on the last one sent and hand it to the committer; `_fly` reports its outcome."""
         try:
             if self._resync:
                 await self._load_head()
                 self._resync = False
-            height, head = self.height, self.head
+            height, head = self._sent_height, self._sent_head
+            follows = head
             hasher = self._hasher
             rows = []
             for row, _ in batch:
@@ -434,23 +458,45 @@ class AuditWriter:
                 if missing:  # a month nobody made yet: make it now rather than fail the batch
                     self._months.update(await ensure_months(self._engine, missing))
             checkpoint = None
-            if self._signer is not None and height - self.sealed_height >= self._checkpoint_every:
+            if self._signer is not None and height - self._sealing_height >= self._checkpoint_every:
                 checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock.ms())
-            await self._insert(rows, checkpoint)
-        except Exception as exc:  # any store failure must reach every waiter, never a half-known state
-            # The commit may have happened before the error reached us: read the head again before the next batch.
-            self._resync = True
-            self.last_error = type(exc).__name__
-            if is_database_outage(exc):  # one warning when the store goes, one when it is back; counted between
-                self.health.failed(exc)
-            else:
-                # The whole error, not just its class: "CommitterError" alone told an operator nothing.
-                log.error("audit commit of %d records failed: %s", len(batch), describe_error(exc))
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(AuditUnavailable("the audit store could not commit the record"))
+                self._sealing_height = height
+            records = [ROW_VALUES(row) for row in rows]
+        except Exception as exc:
+            self._failed(batch, exc)
             return
-        self.height, self.head = height, head
+        self._sent_height, self._sent_head = height, head
+        ahead = self._flights[-1] if self._flights else None
+        flight = asyncio.create_task(self._fly(batch, records, checkpoint, follows, ahead))
+        self._flights.append(flight)
+        flight.add_done_callback(self._flights.remove)
+
+    async def _fly(
+        self,
+        batch: list[Pending],
+        records: list[tuple[Any, ...]],
+        checkpoint: Checkpoint | None,
+        follows: str,
+        ahead: asyncio.Task[None] | None,
+    ) -> None:
+        """Commit one batch and report it, after the batch ahead of it was reported. A batch commits only after the
+        one it is chained on did (`Committer.depth`), so a success here means the chain is whole up to it."""
+        rows = [row for row, _ in batch]
+        head = rows[-1]["record_hash"]
+        try:
+            await self._committer.commit(
+                records, _checkpoint_values(checkpoint) if checkpoint is not None else None, follows=follows, head=head
+            )
+        except Exception as exc:
+            error: Exception | None = exc
+        else:
+            error = None
+        if ahead is not None:
+            await asyncio.wait([ahead])
+        if error is not None:
+            self._failed(batch, error)
+            return
+        self.height, self.head = rows[-1]["height"], head
         self.last_error = None
         self.health.succeeded()
         self.batches += 1
@@ -460,9 +506,19 @@ class AuditWriter:
             if not future.done():
                 future.set_result(row)
 
-    async def _insert(self, rows: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
-        records = [ROW_VALUES(row) for row in rows]
-        await self._committer.commit(records, _checkpoint_values(checkpoint) if checkpoint is not None else None)
+    def _failed(self, batch: list[Pending], exc: Exception) -> None:
+        """Any store failure reaches every waiter, never a half-known state."""
+        # The commit may have happened before the error reached us: read the head again before the next batch.
+        self._resync = True
+        self.last_error = type(exc).__name__
+        if is_database_outage(exc):  # one warning when the store goes, one when it is back; counted between
+            self.health.failed(exc)
+        else:
+            # The whole error, not just its class: "CommitterError" alone told an operator nothing.
+            log.error("audit commit of %d records failed: %s", len(batch), describe_error(exc))
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(AuditUnavailable("the audit store could not commit the record"))
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""
@@ -479,7 +535,10 @@ class AuditWriter:
         return checkpoint
 
     async def _sealed(self, checkpoint: Checkpoint) -> None:
-        self.sealed_height, self.sealed_ms = checkpoint.height, checkpoint.ts_ms
+        # Forward only: a timed checkpoint of the committed head can end after a batch behind it brought its own.
+        if checkpoint.height > self.sealed_height:
+            self.sealed_height, self.sealed_ms = checkpoint.height, checkpoint.ts_ms
+        self._sealing_height = max(self._sealing_height, checkpoint.height)
         if self._witness_path is not None:
             try:
                 await asyncio.to_thread(append_witness, self._witness_path, checkpoint)
