@@ -487,3 +487,29 @@ async def test_two_batches_in_the_pipe_when_the_committer_dies_both_fail_and_the
         stored = await rows(store)
         assert [row["request_id"] for row in stored] == [events[i].request_id for i in (0, 3, 4)]
         assert (await verify(store))[CHAIN].ok
+
+
+async def test_only_small_batches_share_the_pipe(tmp_path: Path) -> None:
+    """A batch comparison's chunk is committed alone, as before the pipe held two: the record behind it waits."""
+    from gateway.audit.writer import PIPELINE_BEHIND
+
+    async with audit_store("sqlite", tmp_path) as store:
+        writer = await open_writer(store)
+        try:
+            committer = writer._committer
+            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
+            pid = committer.pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                chunk = asyncio.create_task(writer.append_many([event(i) for i in range(PIPELINE_BEHIND + 1)]))
+                await asyncio.sleep(0.1)
+                single = asyncio.create_task(writer.append(event(PIPELINE_BEHIND + 1)))
+                await asyncio.sleep(0.2)
+                assert len(writer._flights) == 1 and len(writer._pending) == 1
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert len(await chunk) == PIPELINE_BEHIND + 1
+            assert (await single)["height"] == PIPELINE_BEHIND + 2
+        finally:
+            await writer.close()
+        assert (await verify(store))[CHAIN].ok

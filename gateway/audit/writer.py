@@ -56,6 +56,10 @@ LIMITED_COLUMNS = tuple(
     and name not in ("prev_hash", "record_hash", "request_digest", "response_digest")
 )
 ROW_VALUES = operator.itemgetter(*AUDIT_COLUMNS)
+# A batch goes into the committer's pipe behind others only while they hold at most this many records: the pipe is
+# for the few records of single calls (their wait for an answer's trip back), not for a batch comparison's chunks,
+# whose records wait for the commit ahead of them anyway; those stay one commit at a time, as they were measured.
+PIPELINE_BEHIND = 64
 SQLITE_INSERT = (  # column names come from the model, never from input
     f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"  # noqa: S608
 )
@@ -182,6 +186,7 @@ class AuditWriter:
         # Batches handed to the committer and not yet answered, oldest first, and the head the newest one ends at:
         # the next batch chains on it. `height` and `head` are what is committed.
         self._flights: list[asyncio.Task[None]] = []
+        self._records_in_flight = 0
         self._sent_height = 0
         self._sent_head = GENESIS_HASH
         self._sealing_height = 0
@@ -421,9 +426,11 @@ class AuditWriter:
         )
 
     async def _make_room(self) -> None:
-        """Wait until the committer takes another batch; after a failure, until none is in flight (the head is read
-        back from the database before the next one)."""
-        while len(self._flights) > (0 if self._resync else self._committer.depth - 1):
+        """Wait until the committer takes another batch: behind at most `depth - 1` small ones (PIPELINE_BEHIND);
+        after a failure, until none is in flight (the head is read back from the database before the next one)."""
+        while self._flights and (
+            self._resync or len(self._flights) >= self._committer.depth or self._records_in_flight > PIPELINE_BEHIND
+        ):
             await asyncio.wait([self._flights[0]])
 
     async def _land(self, most: int) -> None:
@@ -469,7 +476,12 @@ class AuditWriter:
         ahead = self._flights[-1] if self._flights else None
         flight = asyncio.create_task(self._fly(batch, records, checkpoint, follows, ahead))
         self._flights.append(flight)
-        flight.add_done_callback(self._flights.remove)
+        self._records_in_flight += len(batch)
+        flight.add_done_callback(lambda done: self._landed(done, len(batch)))
+
+    def _landed(self, flight: asyncio.Task[None], records: int) -> None:
+        self._flights.remove(flight)
+        self._records_in_flight -= records
 
     async def _fly(
         self,
