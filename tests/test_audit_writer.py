@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.audit.committer import PostgresCommitter, SqliteCommitter
+from gateway.audit.committer import CommitterError, PostgresCommitter, SqliteCommitter
 from gateway.audit.rows import AUDIT_TABLE, load_checkpoints
 from gateway.audit.search import open_payload
 from gateway.audit.witness import read_witness, witness_path
@@ -513,3 +514,33 @@ async def test_only_small_batches_share_the_pipe(tmp_path: Path) -> None:
         finally:
             await writer.close()
         assert (await verify(store))[CHAIN].ok
+
+
+async def test_a_batch_behind_one_cut_off_mid_answer_fails_without_reading(tmp_path: Path) -> None:
+    """Cancelled while waiting for its answer, a commit leaves that answer unread: the batch behind it must not read
+    it as its own, so it fails as well."""
+    database = tmp_path / "cut.db"
+    with sqlite3.connect(database) as setup:
+        setup.execute("CREATE TABLE t (x TEXT PRIMARY KEY)")
+    committer = SqliteCommitter(str(database), ["PRAGMA journal_mode=WAL"], "INSERT INTO t VALUES (?)", "")
+    await committer.open()
+    pid = committer.pid
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            first = asyncio.create_task(committer.commit([("a",)], None, follows="genesis", head="A"))
+            second = asyncio.create_task(committer.commit([("b",)], None, follows="A", head="B"))
+            await asyncio.sleep(0.2)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        with pytest.raises(CommitterError, match="cut off with the batch ahead"):
+            await second
+        assert committer.pid is None, "the process that owed an answer is gone"
+        await committer.commit([("c",)], None, follows="genesis", head="C")  # a new process for the next batch
+    finally:
+        await committer.close()

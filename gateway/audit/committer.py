@@ -51,8 +51,8 @@ CHECKPOINT_INTERVAL = 0.25
 # How often a commit asks for the database's write lock while another connection holds it (`_begin`).
 BUSY_POLL = 0.0002
 # Batches in the committer's pipe at once. With one, records that came during a commit waited for its answer to
-# travel back before they were even sent: at half load that was about half of a call's audit wait
-# (docs/performance.md, "Two batches in the pipe").
+# travel back before they were even sent: at half load that was about a quarter of a call's audit wait
+# (docs/performance.md, "Two batches in the audit committer's pipe").
 PIPELINE_DEPTH = 2
 
 
@@ -149,7 +149,7 @@ class SqliteCommitter:
         # Sending is one caller at a time, in the order they came (asyncio's lock is fair); each answer is read by
         # the caller whose frame it answers, once the caller before it has read its own (`_turn`).
         self._sending = asyncio.Lock()
-        self._turn: asyncio.Future[None] | None = None
+        self._turn: asyncio.Future[bool] | None = None
         self._in_pipe = 0
 
     @property
@@ -175,7 +175,7 @@ class SqliteCommitter:
                     # The batches ahead died with it, and a new process would commit this one after a gap.
                     raise CommitterError("the audit committer process is gone with the batch ahead of this one")
                 # Started again for the next batch; the writer reads the head back first, as after any failed commit.
-                self._process = None
+                self._process, self._turn = None, None
                 await self.open()
                 process = self._process
                 assert process is not None
@@ -187,25 +187,30 @@ class SqliteCommitter:
                 process.stdin.write(payload)
                 await process.stdin.drain()
             except BaseException as exc:
-                self._finish(turn)
+                self._finish(turn, whole=False)
                 raise self._cut_off(process, exc) from None
+        whole = False
         try:
-            if ahead is not None and not ahead.done():
-                await asyncio.shield(ahead)
+            # An answer left unread ahead of this one would be taken for this batch's.
+            if ahead is not None and not await asyncio.shield(ahead):
+                raise CommitterError("the audit committer was cut off with the batch ahead of this one")
             status = await process.stdout.readexactly(1)
             if status == OK:
+                whole = True
                 return
             (length,) = ERROR_HEADER.unpack(await process.stdout.readexactly(ERROR_HEADER.size))
             error = (await process.stdout.readexactly(length)).decode("utf-8", "replace")
+            whole = True
         except BaseException as exc:
             raise self._cut_off(process, exc) from None
         finally:
-            self._finish(turn)
+            self._finish(turn, whole)
         raise CommitterError(f"the audit committer could not commit: {error}")
 
-    def _finish(self, turn: asyncio.Future[None]) -> None:
+    def _finish(self, turn: asyncio.Future[bool], whole: bool) -> None:
+        """This caller's turn to read is over; `whole`: it read all its answer, so the next is the next batch's."""
         self._in_pipe -= 1
-        turn.set_result(None)
+        turn.set_result(whole)
 
     def _cut_off(self, process: asyncio.subprocess.Process, exc: BaseException) -> BaseException:
         """Cut off mid-frame or mid-answer (gone, or cancelled): its next answer could belong to this batch, so it is

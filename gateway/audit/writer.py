@@ -184,7 +184,8 @@ class AuditWriter:
         self._closing = False
         self._resync = False
         # Batches handed to the committer and not yet answered, oldest first, and the head the newest one ends at:
-        # the next batch chains on it. `height` and `head` are what is committed.
+        # the next batch chains on it. `height` and `head` are what is committed; `_sealing_height` is the newest
+        # checkpoint sent or committed (the count for the next one starts there).
         self._flights: list[asyncio.Task[None]] = []
         self._records_in_flight = 0
         self._sent_height = 0
@@ -413,7 +414,7 @@ class AuditWriter:
                 if self._checkpoint_due():
                     await self.checkpoint()
             if self._closing and not self._pending:
-                await self._land(0)
+                await self._land_all()
                 if self._signer is not None and self.height > self.sealed_height:
                     await self.checkpoint()
                 return
@@ -433,9 +434,9 @@ class AuditWriter:
         ):
             await asyncio.wait([self._flights[0]])
 
-    async def _land(self, most: int) -> None:
-        """Wait until at most `most` batches are in flight (their tasks never raise)."""
-        while len(self._flights) > most:
+    async def _land_all(self) -> None:
+        """Wait until no batch is in flight (their tasks never raise)."""
+        while self._flights:
             await asyncio.wait([self._flights[0]])
 
     async def _send(self, batch: list[Pending]) -> None:
