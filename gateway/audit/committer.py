@@ -318,7 +318,7 @@ def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]
         connection.close()
 
 
-class OutOfOrder(Exception):
+class OutOfOrder(MsjxError):
     """A batch chained on one that was not committed."""
 
 
