@@ -22,9 +22,15 @@ from gateway.audit.committer import CommitterError, PostgresCommitter, SqliteCom
 from gateway.audit.rows import AUDIT_TABLE, load_checkpoints
 from gateway.audit.search import open_payload
 from gateway.audit.witness import read_witness, witness_path
-from gateway.audit.writer import AuditUnavailable
+from gateway.audit.writer import AuditUnavailable, AuditWriter
 from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, rows, verify
 from tests.helpers.clock import ManualClock
+
+
+def _sqlite_committer(writer: AuditWriter) -> tuple[SqliteCommitter, int]:
+    committer = writer._committer
+    assert isinstance(committer, SqliteCommitter) and committer.pid is not None
+    return committer, committer.pid
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -163,9 +169,7 @@ async def test_a_sqlite_committer_dying_mid_batch_fails_it_closed_and_is_started
         writer = await open_writer(store)
         try:
             await writer.append(event(0))
-            committer = writer._committer
-            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
-            first_pid = committer.pid
+            committer, first_pid = _sqlite_committer(writer)
             os.kill(first_pid, signal.SIGSTOP)  # stopped, so the batch below is surely in its hands when it dies
             try:
                 pending = asyncio.create_task(writer.append(event(1)))
@@ -188,9 +192,7 @@ async def test_the_sqlite_committer_outlives_signals_meant_for_the_gateway(tmp_p
     async with audit_store("sqlite", tmp_path) as store:
         writer = await open_writer(store)
         try:
-            committer = writer._committer
-            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
-            pid = committer.pid
+            committer, pid = _sqlite_committer(writer)
             for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a stop sent to the whole process group
                 os.kill(pid, signum)
             await asyncio.sleep(0.2)
@@ -462,9 +464,7 @@ async def test_two_batches_in_the_pipe_when_the_committer_dies_both_fail_and_the
         writer = await open_writer(store)
         try:
             await writer.append(events[0])
-            committer = writer._committer
-            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
-            first_pid = committer.pid
+            committer, first_pid = _sqlite_committer(writer)
             os.kill(first_pid, signal.SIGSTOP)
             try:
                 first = asyncio.create_task(writer.append(events[1]))
@@ -497,9 +497,7 @@ async def test_only_small_batches_share_the_pipe(tmp_path: Path) -> None:
     async with audit_store("sqlite", tmp_path) as store:
         writer = await open_writer(store)
         try:
-            committer = writer._committer
-            assert isinstance(committer, SqliteCommitter) and committer.pid is not None
-            pid = committer.pid
+            _, pid = _sqlite_committer(writer)
             os.kill(pid, signal.SIGSTOP)
             try:
                 chunk = asyncio.create_task(writer.append_many([event(i) for i in range(PIPELINE_BEHIND + 1)]))
