@@ -494,8 +494,8 @@ class AuditWriter:
     ) -> None:
         """Commit one batch and report it, after the batch ahead of it was reported. A batch commits only after the
         one it is chained on did (`Committer.depth`), so a success here means the chain is whole up to it."""
-        rows = [row for row, _ in batch]
-        head = rows[-1]["record_hash"]
+        last = batch[-1][0]
+        head = last["record_hash"]
         try:
             await self._committer.commit(
                 records, _checkpoint_values(checkpoint) if checkpoint is not None else None, follows=follows, head=head
@@ -509,7 +509,7 @@ class AuditWriter:
         if error is not None:
             self._failed(batch, error)
             return
-        self.height, self.head = rows[-1]["height"], head
+        self.height, self.head = last["height"], head
         self.last_error = None
         self.health.succeeded()
         self.batches += 1
