@@ -271,14 +271,13 @@ def one_run(
         if spy is not None:
             spy.send_signal(2)  # py-spy writes what it sampled on SIGINT
             spy.wait(60)
-    operations = len(OPERATIONS)
     return {
         "subjects": count,
-        "operations": operations,
+        "operations": len(OPERATIONS),
         "seconds": round(seconds, 2),
         "subjects_per_s": round(count / seconds, 1),
         "peak_rss_mb": round(rss, 1),
-        "cpu_us_per_subject_op": round(cpu / (count * operations) * 1e6, 1),
+        "cpu_us_per_subject_op": round(cpu / subject_ops * 1e6, 1),
         "submit_seconds": round(submitted, 2),
         # µs a subject-operation by process, and how busy the machine's cores were (1.0: both, all the time).
         "cpu_split_us_per_subject_op": cpu_split,
