@@ -18,6 +18,11 @@ from bench.procs import ROOT
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Leaves where py-spy samples a thread that only waits (aiosqlite's worker blocked on its queue).
 IDLE_LEAVES = ("_connection_worker_thread (aiosqlite/core.py:59)",)
+# Samples a second. py-spy stops the process for each sample, and the stopped time is neither running nor waiting
+# for a CPU, so the loop looks idler to the signature offload rule (gateway/pipeline/loop_load.py): at 250 Hz a
+# full-load run sent 22 % of its checks to the verifier process against 97 % unprofiled, and the loop's profile
+# showed the checks made on it; at 100 Hz 88 % went (docs/performance.md, "The profiler's own pauses").
+RATE = 100
 # The main thread's stacks start here (py-spy writes the outermost frame first); a worker of `serve --workers N`
 # starts in multiprocessing's spawn_main.
 MAIN_ROOTS = ("_run_module_as_main", "spawn_main", "<module>")
@@ -60,7 +65,7 @@ def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     tool = py_spy()
     if tool is None:
         raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
-    command = [tool, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "250"]
+    command = [tool, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(RATE)]
     command += ["--format", "raw", "--output", str(out)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -110,7 +115,8 @@ def summarize(collapsed: Path, top: int = 25) -> str:
     if not total:
         return "no samples\n"
     lines = [
-        f"{total} busy samples of the main thread, the event loop (250 Hz); {others} more in other threads, not below",
+        f"{total} busy samples of the main thread, the event loop ({RATE} Hz);"
+        f" {others} more in other threads, not below",
         "",
     ]
     lines += ["| share % | component (the first met from the leaf) |", "| ---: | --- |"]
