@@ -187,7 +187,6 @@ class AuditWriter:
         # the next batch chains on it. `height` and `head` are what is committed; `_sealing_height` is the newest
         # checkpoint sent or committed (the count for the next one starts there).
         self._flights: list[asyncio.Task[None]] = []
-        self._records_in_flight = 0
         self._sent_height = 0
         self._sent_head = GENESIS_HASH
         self._sealing_height = 0
@@ -430,7 +429,10 @@ class AuditWriter:
         """Wait until the committer takes another batch: behind at most `depth - 1` small ones (PIPELINE_BEHIND);
         after a failure, until none is in flight (the head is read back from the database before the next one)."""
         while self._flights and (
-            self._resync or len(self._flights) >= self._committer.depth or self._records_in_flight > PIPELINE_BEHIND
+            self._resync
+            or len(self._flights) >= self._committer.depth
+            # Records sent and not yet committed; the heights agree on it whenever no failure awaits a resync.
+            or self._sent_height - self.height > PIPELINE_BEHIND
         ):
             await asyncio.wait([self._flights[0]])
 
@@ -477,12 +479,7 @@ class AuditWriter:
         ahead = self._flights[-1] if self._flights else None
         flight = asyncio.create_task(self._fly(batch, records, checkpoint, follows, ahead))
         self._flights.append(flight)
-        self._records_in_flight += len(batch)
-        flight.add_done_callback(lambda done: self._landed(done, len(batch)))
-
-    def _landed(self, flight: asyncio.Task[None], records: int) -> None:
-        self._flights.remove(flight)
-        self._records_in_flight -= records
+        flight.add_done_callback(self._flights.remove)
 
     async def _fly(
         self,
