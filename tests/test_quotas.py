@@ -118,6 +118,15 @@ async def test_in_memory_windows_reset_and_expired_counters_are_swept() -> None:
     assert not any(stale.quota_scope in key for key in store.expirations)
 
 
+async def test_in_memory_both_windows_counted_together_keep_their_own_expiry() -> None:
+    quotas = Quotas(LoopMemoryStorage(), "memory")
+    grant = grant_info(rate_limit="2/second", daily_quota=100)
+    assert (await _outcomes(quotas, grant, 3)).count("ok") == 2
+    await asyncio.sleep(1.1)  # the rate window is new, the day window is not
+    assert (await _outcomes(quotas, grant, 3)).count("ok") == 2
+    assert await quotas.used_today(grant) == 4, "the two refused calls were not counted against the day"
+
+
 async def test_redis_down_fails_closed() -> None:
     redis = SharedRedis("redis://127.0.0.1:1/0", "msjx")
     store = Quotas.build(redis)
