@@ -86,19 +86,50 @@ class _Message:
     headers: Any
 
 
-class _Headers:
-    """Header lines as the library expects them (`items()`), from any iterable of (name, value) pairs."""
+class HeaderLines:
+    """A request's header lines, from any iterable of (name, value) pairs: as the library reads them (`items()`,
+    `get`), and by lowercased name for the checks here. Indexed once, because a request's check looks up five or
+    six names and each scan of every line cost about as much as the regexes that read them (docs/performance.md).
+    """
+
+    __slots__ = ("_index", "_pairs")
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         self._pairs = list(pairs)
+        index: dict[str, list[str]] = {}
+        for key, value in self._pairs:
+            lowered = key.lower()
+            values = index.get(lowered)
+            if values is None:
+                index[lowered] = [value]
+            else:
+                values.append(value)
+        self._index = index
 
     def items(self) -> list[tuple[str, str]]:
         return self._pairs
 
     def get(self, name: str) -> str | None:
-        lowered = name.lower()
-        values = [value for key, value in self._pairs if key.lower() == lowered]
+        """Every line of `name` (any case) as one value, joined as HTTP joins repeated fields; None if absent."""
+        values = self._index.get(name.lower())
         return ", ".join(values) if values else None
+
+    def has(self, lowered: str) -> bool:
+        return lowered in self._index
+
+    def single(self, lowered: str) -> str | None:
+        """The one line named `lowered`, trimmed as the library trims it; None if absent, repeated or folded."""
+        values = self._index.get(lowered)
+        if values is None or len(values) != 1:
+            return None
+        found = values[0]
+        if "\r" in found or "\n" in found:
+            return None
+        return found.strip(" \t")
+
+
+def header_lines(headers: Iterable[tuple[str, str]] | HeaderLines) -> HeaderLines:
+    return headers if isinstance(headers, HeaderLines) else HeaderLines(headers)
 
 
 class _SingleKey(HTTPSignatureKeyResolver):
@@ -168,9 +199,9 @@ class _DeferredSm2(_DeferredEd25519):
     algorithm_id = SM2_SM3
 
 
-def parse_signature_params(headers: Iterable[tuple[str, str]]) -> SignatureParams:
+def parse_signature_params(headers: Iterable[tuple[str, str]] | HeaderLines) -> SignatureParams:
     """Read keyid, created and nonce from Signature-Input, so the key can be looked up and the window checked."""
-    wrapped = _Headers(headers)
+    wrapped = header_lines(headers)
     raw_input = wrapped.get("signature-input")
     if raw_input is None or wrapped.get("signature") is None:
         raise SignatureFailure(
@@ -261,23 +292,10 @@ def _parse_profile_input(raw_input: str) -> SignatureParams | None:
     )
 
 
-def _single(pairs: list[tuple[str, str]], name: str) -> str | None:
-    """The one field line named `name`, trimmed as the library trims it; None if absent, repeated or folded."""
-    found = None
-    for key, value in pairs:
-        if key.lower() == name:
-            if found is not None:
-                return None
-            found = value
-    if found is None or "\r" in found or "\n" in found:
-        return None
-    return found.strip(" \t")
-
-
 def _profile_signed(
     method: str,
     url: str,
-    pairs: list[tuple[str, str]],
+    lines: HeaderLines,
     body: bytes,
     public_key: PublicKey,
     params: SignatureParams,
@@ -287,27 +305,27 @@ def _profile_signed(
         return None
     # Every rule of what must be signed lives in required_components; the direct path takes only a request that
     # covers exactly that, so a rule added there can never be skipped here.
-    if params.covered != required_components(pairs, body):
+    if params.covered != required_components(lines, body):
         return None
     if not _PLAIN_METHOD.fullmatch(method) or not _PLAIN_URL.fullmatch(url):
         return None
-    if _single(pairs, "signature-input") is None:
+    if lines.single("signature-input") is None:
         return None
-    signature_field = _single(pairs, "signature")
+    signature_field = lines.single("signature")
     member = _SIGNATURE_MEMBER.fullmatch(signature_field) if signature_field is not None else None
     if member is None or len(member[1]) % 4:
         return None
-    lines = [f'"@method": {method}', f'"@target-uri": {url}']
+    base_lines = [f'"@method": {method}', f'"@target-uri": {url}']
     if body:
-        digest_field = _single(pairs, "content-digest")
+        digest_field = lines.single("content-digest")
         digest = _SHA256_DIGEST.fullmatch(digest_field) if digest_field is not None else None
         if digest is None or not hmac.compare_digest(base64.b64decode(digest[1]), hashlib.sha256(body).digest()):
             return None
-        lines.append(f'"content-digest": {digest_field}')
-    elif any(key.lower() == "content-digest" for key, _ in pairs):
+        base_lines.append(f'"content-digest": {digest_field}')
+    elif lines.has("content-digest"):
         return None
-    lines.append(f'"@signature-params": {params.profile_params}')
-    base = "\n".join(lines)
+    base_lines.append(f'"@signature-params": {params.profile_params}')
+    base = "\n".join(base_lines)
     if not base.isascii():
         return None
     try:
@@ -321,10 +339,10 @@ def _algorithm(public_key: PublicKey) -> str:
     return SM2_SM3 if isinstance(public_key, Sm2PublicKey) else ED25519
 
 
-def required_components(pairs: list[tuple[str, str]], body: bytes) -> tuple[str, ...]:
+def required_components(headers: Iterable[tuple[str, str]] | HeaderLines, body: bytes) -> tuple[str, ...]:
     """What a request must have signed: method and target URI, its Content-Digest with a body, its Idempotency-Key."""
     required = (*COVERED_COMPONENTS, "content-digest") if body else COVERED_COMPONENTS
-    if any(key.lower() == IDEMPOTENCY_KEY for key, _ in pairs):
+    if header_lines(headers).has(IDEMPOTENCY_KEY):
         required = (*required, IDEMPOTENCY_KEY)
     return required
 
@@ -349,7 +367,7 @@ async def verify_request(
     checker: SignatureChecker,
     method: str,
     url: str,
-    headers: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[str, str]] | HeaderLines,
     body: bytes,
     public_key: PublicKey,
     params: SignatureParams,
@@ -357,10 +375,10 @@ async def verify_request(
     """Verify the signature over the request's method, target URI and, with a body, its Content-Digest (and its
     Idempotency-Key when it has one). `checker` makes the signature check itself; every refusal is a SignatureFailure.
     """
-    pairs = list(headers)
+    lines = header_lines(headers)
     algorithm = _algorithm(public_key)
-    signed = _profile_signed(method, url, pairs, body, public_key, params) or _library_signed(
-        method, url, pairs, body, public_key, params
+    signed = _profile_signed(method, url, lines, body, public_key, params) or _library_signed(
+        method, url, lines, body, public_key, params
     )
     if await checker.verify(public_key_bytes(public_key), *signed, algorithm):
         return
@@ -388,13 +406,12 @@ def _openssl_verifies(public_key: Ed25519PublicKey, signature: bytes, message: b
 def _library_signed(
     method: str,
     url: str,
-    pairs: list[tuple[str, str]],
+    wrapped: HeaderLines,
     body: bytes,
     public_key: PublicKey,
     params: SignatureParams,
 ) -> tuple[bytes, bytes]:
     """(signature, signature base) of any request, by the library, which refuses what is malformed or not covered."""
-    wrapped = _Headers(pairs)
     digest_header = wrapped.get("content-digest")
     if body and digest_header is None:
         raise SignatureFailure(
@@ -407,7 +424,7 @@ def _library_signed(
             raise SignatureFailure(
                 ProblemCode.DIGEST_MISMATCH, "Content-Digest does not match the request body", key_id=params.key_id
             ) from exc
-    required = required_components(pairs, body)
+    required = required_components(wrapped, body)
     if IDEMPOTENCY_KEY in required and IDEMPOTENCY_KEY not in params.covered:
         raise SignatureFailure(
             ProblemCode.SIGNATURE_INVALID,

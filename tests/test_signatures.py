@@ -15,7 +15,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security import signatures
 from security.keys import generate, public_key_bytes
-from security.signatures import SignatureFailure, check_created, parse_signature_params, sign_request, verify_request
+from security.signatures import (
+    HeaderLines,
+    SignatureFailure,
+    check_created,
+    parse_signature_params,
+    sign_request,
+    verify_request,
+)
 from security.verdicts import ED25519, SM2_SM3, verifies
 from security.verifier_process import InlineVerifier
 
@@ -146,7 +153,7 @@ def _library_outcome(
 def _direct_path_verifies(
     method: str, url: str, headers: list[tuple[str, str]], body: bytes, public_key: Any, params: Any
 ) -> bool:
-    signed = signatures._profile_signed(method, url, headers, body, public_key, params)
+    signed = signatures._profile_signed(method, url, HeaderLines(headers), body, public_key, params)
     algorithm = SM2_SM3 if isinstance(public_key, signatures.Sm2PublicKey) else ED25519
     return signed is not None and verifies(public_key_bytes(public_key), *signed, algorithm)
 
@@ -209,6 +216,37 @@ def test_direct_path_agrees_with_the_library(
         assert ours == _library_outcome(monkeypatch, method, url, headers, body, key), (mutation, method, url)
 
 
+def _twice(name: str) -> Callable[[list[tuple[str, str]]], list[tuple[str, str]]]:
+    return lambda lines: [*lines, *[(key, value) for key, value in lines if key == name]]
+
+
+# Edits of the header lines themselves, which a dict cannot express: the direct path looks lines up by name
+# (`HeaderLines`), and must take a repeated, differently cased or folded line exactly as the library does.
+LINE_EDITS: dict[str, Callable[[list[tuple[str, str]]], list[tuple[str, str]]]] = {
+    "names capitalized": lambda lines: [(key.title(), value) for key, value in lines],
+    "signature twice": _twice("signature"),
+    "signature-input twice": _twice("signature-input"),
+    "content-digest twice": _twice("content-digest"),
+    "signature folded": lambda lines: [(k, v + "\r\n x" if k == "signature" else v) for k, v in lines],
+    "digest split in two lines": lambda lines: [
+        *[(k, v) for k, v in lines if k != "content-digest"],
+        *[(k, part) for k, v in lines if k == "content-digest" for part in (v[:20], v[20:])],
+    ],
+    "idempotency key unsigned": lambda lines: [*lines, ("Idempotency-Key", "pay-1")],
+}
+
+
+@pytest.mark.parametrize("body", [b'{"a":1}', b""], ids=["body", "no-body"])
+@pytest.mark.parametrize("edit", list(LINE_EDITS))
+def test_direct_path_reads_header_lines_as_the_library_does(
+    monkeypatch: pytest.MonkeyPatch, edit: str, body: bytes
+) -> None:
+    request, key = make(body=body)
+    headers = LINE_EDITS[edit](list(request.headers.multi_items()))
+    ours = _outcome("POST", URL, headers, body, key)
+    assert ours == _library_outcome(monkeypatch, "POST", URL, headers, body, key), edit
+
+
 @pytest.mark.parametrize("offset", [3, 10, 200, 299])
 def test_created_ahead_within_the_window_verifies_both_ways(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
     # A client clock up to 300 s ahead is inside the gateway's ±300 s window (check_created); neither path refuses it.
@@ -238,7 +276,7 @@ def test_urls_outside_the_plain_grammar_go_to_the_library(monkeypatch: pytest.Mo
         sign_request("POST", URL, request.headers, b"{}", key_id="k1", private_key=key)
     headers = list(request.headers.multi_items())
     params = parse_signature_params(headers)
-    assert signatures._profile_signed("POST", url, headers, b"{}", key.public_key(), params) is None
+    assert signatures._profile_signed("POST", url, HeaderLines(headers), b"{}", key.public_key(), params) is None
     assert _outcome("POST", url, headers, b"{}", key) == _library_outcome(monkeypatch, "POST", url, headers, b"{}", key)
 
 

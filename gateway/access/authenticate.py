@@ -13,7 +13,7 @@ from gateway.http.forwarded import AUTHORITY_KEY, ignored_headers
 from gateway.http.problems import Problem
 from gateway.storage.health import REDIS_ERRORS
 from schemas.problems import ProblemCode
-from security.signatures import SignatureFailure, check_created, parse_signature_params, verify_request
+from security.signatures import HeaderLines, SignatureFailure, check_created, parse_signature_params, verify_request
 from security.sm2 import Sm2PublicKey
 from security.verdicts import SignatureChecker
 from security.verifier_process import InlineVerifier
@@ -83,7 +83,9 @@ class Authenticator:
         """The caller behind a signed request, or a 401 Problem. With `offload`, the Ed25519 check is made by the
         offload checker (the verifier process): more throughput for the event loop, a little more latency. An SM2
         check always is: at milliseconds of CPU it would stall every other request on the loop."""
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]]
+        headers = HeaderLines(
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]]
+        )
         try:
             params = parse_signature_params(headers)
             check_created(params, self._time(), self._max_skew)
