@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def test_sm3_without_hashlib_gives_the_same_answers(monkeypatch: pytest.MonkeyPa
     mac = crypto_hmac.HMAC(b"k" * 32, hashes.SM3())
     mac.update(b"91110000600037341L")
     assert with_hashlib.keyed_hash(b"k" * 32, "91110000600037341L") == mac.finalize().hex()
+
+
+@pytest.mark.parametrize("key_size", [16, 32, 64, 65, 200])  # shorter than, as long as and longer than a block
+def test_keyed_hash_is_hmac_of_the_suites_hash(key_size: int) -> None:
+    key = os.urandom(key_size)
+    for value in (b"", "91110000600037341L", os.urandom(1000)):
+        message = value.encode() if isinstance(value, str) else value
+        assert get_suite("standard").keyed_hash(key, value) == hmac.new(key, message, "sha256").hexdigest()
+        mac = crypto_hmac.HMAC(key, hashes.SM3())
+        mac.update(message)
+        assert get_suite("sm").keyed_hash(key, value) == mac.finalize().hex()
 
 
 def test_unknown_suite_is_refused_by_name() -> None:
