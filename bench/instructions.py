@@ -1,6 +1,6 @@
 """Instructions a fully audited call costs the SQLite gateway's process, counted by valgrind's callgrind.
 
-Run `.venv/bin/python -m bench.instructions [--calls 400] [--connections 8]` (about 3 minutes). On a shared 2-core
+Run `.venv/bin/python -m bench.instructions [--calls 1000] [--connections 8]` (about 80 seconds). On a shared 2-core
 host the rates and CPU seconds of `python -m bench` swing by a quarter from one minute to the next, more than most
 changes to the request path move them; an instruction count does not (callgrind counts the same run the same way
 whatever else the machine does). It counts only user-space instructions: system calls, cache misses and the
@@ -38,11 +38,11 @@ READY_SECONDS = 600.0
 _TOTALS = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
-async def _send(requests: list[bytes], connections: int) -> None:
+async def _send(port: int, requests: list[bytes], connections: int) -> None:
     """Send `requests` over `connections` keep-alive connections, each waiting for its answer; raise unless 200."""
 
     async def one_connection(share: list[bytes]) -> None:
-        reader, writer = await asyncio.open_connection(HOST, PORT)
+        reader, writer = await asyncio.open_connection(HOST, port)
         try:
             for request in share:
                 writer.write(request)
@@ -58,15 +58,11 @@ async def _send(requests: list[bytes], connections: int) -> None:
     await asyncio.gather(*(one_connection(requests[i::connections]) for i in range(connections)))
 
 
-PORT = 0
-
-
 def _callgrind(pid: int, *arguments: str) -> None:
     subprocess.run(["callgrind_control", *arguments, str(pid)], check=True, capture_output=True, timeout=120)
 
 
 def measure(calls: int, connections: int, warmup: int, workdir: Path) -> dict[str, float]:
-    global PORT
     from bench import seed
     from bench.presign import Presigner
     from gateway.settings import Settings
@@ -80,7 +76,7 @@ def measure(calls: int, connections: int, warmup: int, workdir: Path) -> dict[st
         data_dir = workdir / "gateway"
         settings = Settings(data_dir=data_dir, upstream_urls={"credit": upstream}, log_level="warning")
         caller = asyncio.run(seed.seed(settings))
-        PORT = free_port()
+        port = free_port()
         env = {name: value for name, value in os.environ.items() if not name.startswith("MSJX_")}
         env |= {
             "MSJX_DATA_DIR": str(data_dir),
@@ -101,23 +97,23 @@ def measure(calls: int, connections: int, warmup: int, workdir: Path) -> dict[st
             "--host",
             HOST,
             "--port",
-            str(PORT),
+            str(port),
         ]
         body = orjson.dumps({"purpose": seed.PURPOSE, "params": {"uscc": DEMO_LISTED_USCC}})  # as bench/harness.py
-        signer = Presigner(f"{HOST}:{PORT}", INVOKE_PATH, body, caller.key_id, caller.private_key)
+        signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, body, caller.key_id, caller.private_key)
         signer.check()
         started = time.monotonic()
         with Server(
-            "gateway", command, f"http://{HOST}:{PORT}/healthz", log_dir=workdir, env=env, ready_seconds=READY_SECONDS
+            "gateway", command, f"http://{HOST}:{port}/healthz", log_dir=workdir, env=env, ready_seconds=READY_SECONDS
         ) as server:
             print(f"  gateway up under callgrind in {time.monotonic() - started:.0f} s", flush=True)
             # Signed now: a signature made before the gateway started would predate its replay memory.
             pool = signer.write(workdir / "calls.requests", warmup + calls)
             requests = [request for request in pool.read_bytes().split(b"\0") if request]
-            asyncio.run(_send(requests[:warmup], connections))
+            asyncio.run(_send(port, requests[:warmup], connections))
             _callgrind(server.pid, "--instr=on")
             counted = time.monotonic()
-            asyncio.run(_send(requests[warmup : warmup + calls], connections))
+            asyncio.run(_send(port, requests[warmup : warmup + calls], connections))
             seconds = time.monotonic() - counted
             _callgrind(server.pid, "--instr=off")
             _callgrind(server.pid, "--dump")
@@ -132,7 +128,7 @@ def measure(calls: int, connections: int, warmup: int, workdir: Path) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=400, help="calls counted (default 400)")
+    parser.add_argument("--calls", type=int, default=1000, help="calls counted (default 1000)")
     parser.add_argument("--warmup", type=int, default=200, help="calls before counting starts (default 200)")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections (default 8)")
     parser.add_argument("--keep", type=Path, help="keep callgrind's output and the servers' logs in this directory")
