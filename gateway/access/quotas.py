@@ -88,7 +88,8 @@ class LoopMemoryStorage(MemoryStorage):
     ) -> tuple[int, int]:
         """`PipelinedRedisStorage.incr_both` in memory: the rate window counted as `incr` counts it and, if that lets
         the call through, the day window; the day's count is 0 when it was not counted. One call where two `limits`
-        hits, each through its key building and its wrappers, cost the event loop about 20 µs (docs/performance.md)."""
+        hits each built their key and passed the storage's wrappers: a check cost 9.7–25.6 µs that way and 5.1–9.8
+        this way, in process on a loaded host (docs/performance.md)."""
         now = time.time()
         if now >= self._next_sweep:
             self._sweep(now)
