@@ -26,8 +26,12 @@ bash bench/install-deps.sh chromium || echo "chromium is missing and could not b
 # tests/test_bench_instructions.py runs the gateway under valgrind's callgrind (bench/instructions.py).
 bash bench/install-deps.sh valgrind || echo "valgrind is missing and could not be installed" >&2
 
+# One pytest worker a core (pytest-xdist), each test file whole on one worker so that its module fixtures start once,
+# files in the order tests/conftest.py gives (slow files first; xdist would otherwise start the biggest files first).
+# Run serially, the suite kept about half of two cores idle (vmstat): its tests wait on servers, subprocesses, sockets.
+# TEST_WORKERS=0 runs in this process, serially.
 set +e
-"$BIN/pytest" "$@"
+"$BIN/pytest" --numprocesses "${TEST_WORKERS:-$(nproc)}" --dist loadfile --no-loadscope-reorder "$@"
 status=$?
 set -e
 if [[ $status -eq 5 ]]; then

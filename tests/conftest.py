@@ -25,6 +25,13 @@ from tests.helpers.services import (
 from tests.helpers.sharing_world import World, sharing_world
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow tests first, each file's tests in their own order: pytest-xdist hands out whole files in this
+    order (scripts/run-tests.sh), so a long file does not start last and keep one worker busy while the other idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _drop_template() -> Iterator[None]:
     yield

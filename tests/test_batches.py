@@ -201,7 +201,7 @@ async def reset_quota_windows(gw: RunningGateway) -> None:
         return
     client = Redis.from_url(gw.settings.redis_url)
     try:
-        async for key in client.scan_iter("msjx:limits*quota*"):
+        async for key in client.scan_iter(f"{gw.settings.redis_prefix}:limits*quota*"):
             await client.delete(key)
     finally:
         await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -145,6 +146,9 @@ async def make_gateway(backend: str, *, clock: Clock = SYSTEM_CLOCK, **overrides
     database + Redis (`backend` "postgres_redis"), dropped afterwards."""
     if backend == "postgres_redis":
         overrides["redis_url"] = await check_redis()
+        # Tests run side by side (pytest-xdist) on one Redis: a node's start-up releases the idempotency locks its
+        # node id held under its prefix, so each gateway keeps its own keys.
+        overrides.setdefault("redis_prefix", f"msjx-test-{secrets.token_hex(4)}")
         overrides["database_url"] = await create_test_database()
     settings = load_settings(**overrides)
     try:
