@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from gateway.access.nonces import MemoryNonceStore, RedisNonceStore
 from gateway.storage.redis import PipelineBatcher, SharedRedis, connect_redis
 from tests.helpers.clock import ManualClock
-from tests.helpers.services import check_redis
+from tests.helpers.services import check_redis, free_port
 
 
 def now() -> int:
@@ -103,29 +105,64 @@ async def test_a_burst_beyond_the_pool_waits_instead_of_failing() -> None:
         await client.aclose()
 
 
-async def test_commands_of_one_loop_turn_share_one_pipeline_and_results_stay_in_order() -> None:
+async def test_commands_of_one_loop_turn_share_one_round_trip_and_replies_stay_in_order() -> None:
     url = await check_redis()
     redis = connect_redis(url)
-    batcher = PipelineBatcher(redis)
-    pipelines = 0
-    real_pipeline = redis.pipeline
+    pool = redis.connection_pool
+    batcher = PipelineBatcher(pool)
+    checkouts = 0
+    real_get_connection = pool.get_connection
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return real_pipeline(*args, **kwargs)
+    async def counted() -> Any:
+        nonlocal checkouts
+        checkouts += 1
+        return await real_get_connection()
 
-    redis.pipeline = counted  # type: ignore[method-assign]
+    pool.get_connection = counted  # type: ignore[method-assign]
     key = f"msjx-test:batcher:{secrets.token_hex(6)}"
     try:
-        results = await asyncio.gather(*(batcher.run(lambda p: p.incr(key)) for _ in range(50)))
-        assert results == list(range(1, 51)), "each command's own result, in the order they were queued"
-        assert pipelines == 1
-        script = redis.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-        assert await batcher.run(lambda p: script(keys=[key], args=[5], client=p)) == 55  # a script queues too
-        assert pipelines == 2
+        replies = await asyncio.gather(*(batcher.run("INCR", key) for _ in range(50)))
+        assert replies == list(range(1, 51)), "each command's own reply, in the order they were issued"
+        assert checkouts == 1, "one connection, one write, for the commands of one loop turn"
+        script = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+        assert await batcher.run("EVAL", script, 1, key, 5) == 55
+        assert checkouts == 2
+        assert await batcher.run("SET", key + ":s", b"1", "NX", "EX", 5) == b"OK"
+        assert await batcher.run("SET", key + ":s", b"1", "NX", "EX", 5) is None
     finally:
-        await redis.delete(key)
+        await redis.delete(key, key + ":s")
+        await batcher.close()
+        await redis.aclose()
+
+
+async def test_an_error_reply_fails_its_own_command_only() -> None:
+    redis = connect_redis(await check_redis())
+    batcher = PipelineBatcher(redis.connection_pool)
+    key = f"msjx-test:batcher:{secrets.token_hex(6)}"
+    try:
+        await redis.set(key + ":text", "not a number")
+        outcomes = await asyncio.gather(
+            batcher.run("INCR", key),
+            batcher.run("INCR", key + ":text"),
+            batcher.run("INCR", key),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == 1 and outcomes[2] == 2, outcomes
+        assert isinstance(outcomes[1], ResponseError) and "not an integer" in str(outcomes[1])
+        assert await batcher.run("INCR", key) == 3, "the connection still serves the next batch"
+    finally:
+        await redis.delete(key, key + ":text")
+        await batcher.close()
+        await redis.aclose()
+
+
+async def test_a_refused_connection_fails_every_command_of_the_batch() -> None:
+    redis = connect_redis(f"redis://127.0.0.1:{free_port()}/0")
+    batcher = PipelineBatcher(redis.connection_pool)
+    try:
+        outcomes = await asyncio.gather(*(batcher.run("INCR", "k") for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes), outcomes
+    finally:
         await batcher.close()
         await redis.aclose()
 

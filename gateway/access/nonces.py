@@ -105,7 +105,7 @@ class RedisNonceStore:
     async def claim(self, key_id: str, nonce: str, created: int, max_skew: int) -> bool:
         key = f"{self._prefix}{key_id}:{nonce}"
         ttl = max(1, created + max_skew - int(self._time()) + 1)
-        return bool(await self._batcher.run(lambda pipeline: pipeline.set(key, b"1", nx=True, ex=ttl)))
+        return bool(await self._batcher.run("SET", key, b"1", "NX", "EX", ttl))
 
     async def ping(self) -> None:
         await self._redis.ping()

@@ -157,7 +157,7 @@ class PipelinedRedisStorage(RedisStorage):
         # asks the server whether it has it (SCRIPT EXISTS), one more round trip each time.
         script = bridge.SCRIPT_INCR_EXPIRE
         try:
-            return int(await self._batcher.run(lambda pipeline: pipeline.eval(script, 1, prefixed, expiry, amount)))
+            return int(await self._batcher.run("EVAL", script, 1, prefixed, expiry, amount))
         except self.base_exceptions as exc:  # as limits does: its callers catch StorageError
             raise StorageError(exc) from exc
 
@@ -170,7 +170,7 @@ class PipelinedRedisStorage(RedisStorage):
         keys = (bridge.prefixed_key(rate_key), bridge.prefixed_key(day_key))
         arguments = (rate_expiry, rate_amount, day_expiry)
         try:
-            counts = await self._batcher.run(lambda pipeline: pipeline.eval(SCRIPT_COUNT_BOTH, 2, *keys, *arguments))
+            counts = await self._batcher.run("EVAL", SCRIPT_COUNT_BOTH, 2, *keys, *arguments)
         except self.base_exceptions as exc:
             raise StorageError(exc) from exc
         return int(counts[0]), int(counts[1])

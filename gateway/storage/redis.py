@@ -4,20 +4,21 @@ payment locks share, the pipeline batcher they queue commands in, and the key pr
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import Pipeline
+import hiredis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 log = logging.getLogger("msjx.state")
 
-# Adds one command to a pipeline (a plain command returns the pipeline; a registered script, an awaitable).
-Queue = Callable[[Pipeline], Any]
+# One Redis command and its arguments, as hiredis packs them.
+Command = tuple[str | bytes | int | float, ...]
 # Enough for the busiest two users of the pool before it was shared (nonces and quotas had 64 each); their
 # commands go out in pipelines, so a burst needs far fewer, and a burst beyond waits for a connection.
 MAX_CONNECTIONS = 128
@@ -26,16 +27,16 @@ MAX_CONNECTIONS = 128
 class SharedRedis:
     """The client every Redis user of this process receives (built once, by the runtime, from the settings).
 
-    Each new connection first learns whether the server restarted (`epoch`); commands queued in one turn of the
-    event loop share a pipeline (`batcher`); `key()` starts every key with MSJX_REDIS_PREFIX, so gateways with
-    different prefixes share a Redis without seeing each other's nonces, counters, breakers or locks.
+    Each new connection first learns whether the server restarted (`epoch`); commands issued in one turn of the
+    event loop share one write and one round trip (`batcher`); `key()` starts every key with MSJX_REDIS_PREFIX, so
+    gateways with different prefixes share a Redis without seeing each other's nonces, counters, breakers or locks.
     """
 
     def __init__(self, url: str, prefix: str, max_connections: int = MAX_CONNECTIONS) -> None:
         self.prefix = prefix
         self.epoch = RedisEpoch()
         self.client = connect_redis(url, max_connections, epoch=self.epoch)
-        self.batcher = PipelineBatcher(self.client)
+        self.batcher = PipelineBatcher(self.client.connection_pool)
 
     def key(self, *parts: str) -> str:
         """`<prefix>:<part>:<part>...`."""
@@ -50,23 +51,26 @@ class SharedRedis:
 
 
 class PipelineBatcher:
-    """Redis commands queued in the same turn of the event loop go out together: one pipeline, one round trip.
+    """Redis commands issued in the same turn of the event loop go out together: one write, one round trip.
 
-    redis-py spends about twice the CPU on a lone command as on its share of a pipeline (docs/performance.md).
-    Each command stays its own atomic command on the server (no MULTI), so batching changes nothing of what
-    any one of them does; a failure of the pipeline reaches every command in it.
+    Each command stays its own atomic command on the server (no MULTI), so batching changes nothing of what any one of
+    them does. The commands are packed by hiredis and written on a connection of the client's pool, and the replies read
+    back in order, without redis-py's Pipeline, whose packing and bookkeeping cost about twice the CPU a command
+    (docs/performance.md). A command's error reply fails that command alone; a failed connection fails every command
+    whose reply it had not yet brought.
     """
 
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._pending: list[tuple[Queue, asyncio.Future[Any]]] = []
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._pending: list[tuple[Command, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def run(self, queue: Queue) -> Any:
-        """Add one command to the next pipeline with `queue(pipeline)`; return its result."""
+    async def run(self, *command: str | bytes | int | float) -> Any:
+        """Send `command` (e.g. "SET", key, value, "NX") in the next batch; return the server's reply as RESP gives
+        it (bytes, int, a list, or None), or raise its error."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((queue, future))
+        self._pending.append((command, future))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send())
             self._in_flight.add(self._sender)
@@ -75,35 +79,50 @@ class PipelineBatcher:
 
     async def _send(self) -> None:
         try:
-            await asyncio.sleep(0)  # one turn of the loop: the commands of requests read in it join this pipeline
+            await asyncio.sleep(0)  # one turn of the loop: the commands of requests read in it join this batch
         finally:
             batch, self._pending = self._pending, []
-            self._sender = None  # commands from now on start the next pipeline; none waits for this round trip
+            self._sender = None  # commands from now on start the next batch; none waits for this round trip
+        connection: Any = None
         try:
-            async with self.redis.pipeline(transaction=False) as pipeline:
-                for queue, _ in batch:
-                    queued = queue(pipeline)
-                    if inspect.isawaitable(queued):  # a registered Lua script queues itself asynchronously
-                        await queued
-                results = await pipeline.execute()
-        except BaseException as exc:  # Redis down, timeout, shutdown: every waiter fails, none is left hanging
+            connection = await self._pool.get_connection()
+            await connection.send_packed_command(b"".join([hiredis.pack_command(command) for command, _ in batch]))
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("redis closed"))
+                try:
+                    reply = await connection.read_response()
+                except ResponseError as exc:  # this command's error; the replies of the others follow it
+                    _settle(future, exc)
+                else:
+                    _settle(future, reply)
+        except BaseException as exc:  # Redis down, timeout, shutdown: every waiter left fails, none is left hanging
+            failure = exc if isinstance(exc, Exception) else RedisConnectionError("redis closed")
+            for _, future in batch:
+                _settle(future, failure)
+            if connection is not None:
+                # Replies may still be on their way: the connection must not serve another batch as it is.
+                with contextlib.suppress(Exception):
+                    await connection.disconnect()
             if not isinstance(exc, Exception):
                 raise
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        finally:
+            if connection is not None:
+                await self._pool.release(connection)
 
     async def close(self) -> None:
         for task in list(self._in_flight):
             task.cancel()
         for _, future in self._pending:
-            if not future.done():
-                future.set_exception(ConnectionError("redis closed"))
+            _settle(future, RedisConnectionError("redis closed"))
         self._pending = []
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():  # its waiter was cancelled
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class RedisEpoch:
