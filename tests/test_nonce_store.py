@@ -167,6 +167,25 @@ async def test_a_refused_connection_fails_every_command_of_the_batch() -> None:
         await redis.aclose()
 
 
+@pytest.mark.parametrize("stop", ["close", "cancel"])
+async def test_a_batch_stopped_before_it_is_sent_fails_its_commands(stop: str) -> None:
+    redis = connect_redis(await check_redis())
+    batcher = PipelineBatcher(redis.connection_pool)
+    try:
+        waiters = [asyncio.ensure_future(batcher.run("INCR", "msjx-test:never")) for _ in range(3)]
+        await asyncio.sleep(0)  # the waiters issue their commands and start the sender, which has not sent them yet
+        if stop == "close":
+            await batcher.close()
+        else:  # as a loop shutting down cancels every task
+            (sender,) = [task for task in asyncio.all_tasks() if task.get_coro().__name__ == "_send"]
+            sender.cancel()
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+        assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes), outcomes
+    finally:
+        await batcher.close()
+        await redis.aclose()
+
+
 async def test_memory_store_forgets_a_second_once_its_signatures_expire() -> None:
     clock = ManualClock(datetime.fromtimestamp(1_000_000, UTC))
     store = MemoryNonceStore(clock)

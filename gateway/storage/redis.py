@@ -74,15 +74,23 @@ class PipelineBatcher:
         if self._sender is None:
             self._sender = asyncio.create_task(self._send())
             self._in_flight.add(self._sender)
-            self._sender.add_done_callback(self._in_flight.discard)
+            self._sender.add_done_callback(self._sender_done)
         return await future
 
+    def _take(self) -> list[tuple[Command, asyncio.Future[Any]]]:
+        batch, self._pending = self._pending, []
+        self._sender = None  # commands from now on start the next batch; none waits for this round trip
+        return batch
+
+    def _sender_done(self, sender: asyncio.Task[None]) -> None:
+        self._in_flight.discard(sender)
+        if sender.cancelled() and self._sender is sender:  # stopped before it took its batch: none is left hanging
+            for _, future in self._take():
+                _settle(future, RedisConnectionError("redis closed"))
+
     async def _send(self) -> None:
-        try:
-            await asyncio.sleep(0)  # one turn of the loop: the commands of requests read in it join this batch
-        finally:
-            batch, self._pending = self._pending, []
-            self._sender = None  # commands from now on start the next batch; none waits for this round trip
+        await asyncio.sleep(0)  # one turn of the loop: the commands of requests read in it join this batch
+        batch = self._take()
         connection: Any = None
         try:
             connection = await self._pool.get_connection()
