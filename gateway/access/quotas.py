@@ -153,8 +153,8 @@ class PipelinedRedisStorage(RedisStorage):
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         bridge = self.bridge
         prefixed = bridge.prefixed_key(key)
-        # EVAL with the script's text, not the registered script: a pipeline holding a registered script first
-        # asks the server whether it has it (SCRIPT EXISTS), one more round trip each time.
+        # EVAL with the script's text, not EVALSHA: the server keeps the compiled script either way, and a batch has no
+        # place to send a command again that a restarted server refused with NOSCRIPT.
         script = bridge.SCRIPT_INCR_EXPIRE
         try:
             return int(await self._batcher.run("EVAL", script, 1, prefixed, expiry, amount))

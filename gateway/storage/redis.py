@@ -18,7 +18,8 @@ from redis.exceptions import ResponseError
 log = logging.getLogger("msjx.state")
 
 # One Redis command and its arguments, as hiredis packs them.
-Command = tuple[str | bytes | int | float, ...]
+Argument = str | bytes | int | float
+Command = tuple[Argument, ...]
 # Enough for the busiest two users of the pool before it was shared (nonces and quotas had 64 each); their
 # commands go out in pipelines, so a burst needs far fewer, and a burst beyond waits for a connection.
 MAX_CONNECTIONS = 128
@@ -66,7 +67,7 @@ class PipelineBatcher:
         self._sender: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def run(self, *command: str | bytes | int | float) -> Any:
+    async def run(self, *command: Argument) -> Any:
         """Send `command` (e.g. "SET", key, value, "NX") in the next batch; return the server's reply as RESP gives
         it (bytes, int, a list, or None), or raise its error."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -85,8 +86,7 @@ class PipelineBatcher:
     def _sender_done(self, sender: asyncio.Task[None]) -> None:
         self._in_flight.discard(sender)
         if sender.cancelled() and self._sender is sender:  # stopped before it took its batch: none is left hanging
-            for _, future in self._take():
-                _settle(future, RedisConnectionError("redis closed"))
+            _closed(self._take())
 
     async def _send(self) -> None:
         await asyncio.sleep(0)  # one turn of the loop: the commands of requests read in it join this batch
@@ -119,9 +119,13 @@ class PipelineBatcher:
     async def close(self) -> None:
         for task in list(self._in_flight):
             task.cancel()
-        for _, future in self._pending:
-            _settle(future, RedisConnectionError("redis closed"))
+        _closed(self._pending)
         self._pending = []
+
+
+def _closed(batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+    for _, future in batch:
+        _settle(future, RedisConnectionError("redis closed"))
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
