@@ -20,9 +20,11 @@ from sqlalchemy import select
 
 from gateway.audit.committer import CommitterError, PostgresCommitter, SqliteCommitter
 from gateway.audit.rows import AUDIT_TABLE, load_checkpoints
+from gateway.audit.sealing import ENTRY_FIELDS, Entry
 from gateway.audit.search import open_payload
 from gateway.audit.witness import read_witness, witness_path
 from gateway.audit.writer import AuditUnavailable, AuditWriter
+from security.audit_chain import GENESIS_HASH
 from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, rows, verify
 from tests.helpers.clock import ManualClock
 
@@ -77,6 +79,24 @@ async def test_checkpoints_follow_count_time_and_shutdown(store: Store) -> None:
     assert heights == [5, 7, 8], "count, then time, then shutdown"
     witness = read_witness(witness_path(store.settings, CHAIN))
     assert [cp.height for cp in witness] == heights, "each checkpoint is also kept outside the database"
+
+
+async def test_a_checkpoint_by_count_is_committed_without_waiting_for_another_record(store: Store) -> None:
+    """The committer seals and chains, so a checkpoint by count is signed once its head is committed; with no batch
+    behind it to carry it, it goes alone, signing the head it was counted at."""
+    writer = await open_writer(store, every=4, seconds=3600)
+    try:
+        committed = [await writer.append(event(index)) for index in range(4)]
+        deadline = time.monotonic() + 30
+        while writer.sealed_height < 4:
+            assert time.monotonic() < deadline, "the checkpoint by count never went in"
+            await asyncio.sleep(0.01)
+        checkpoints = await load_checkpoints(store.engine, CHAIN)
+        assert [(cp.height, cp.head_hash) for cp in checkpoints] == [(4, committed[-1]["record_hash"])]
+        assert writer.head == committed[-1]["record_hash"]
+    finally:
+        await writer.close()
+    assert (await verify(store))[CHAIN].ok
 
 
 async def test_a_restart_continues_the_chain_and_signs_an_unsigned_tail(store: Store) -> None:
@@ -427,33 +447,89 @@ def test_a_commit_gives_up_on_a_lock_held_past_its_wait(tmp_path: Path) -> None:
     connection.close()
 
 
-async def test_a_batch_behind_one_that_failed_in_the_committer_is_refused(tmp_path: Path) -> None:
-    """Two batches in the pipe at once: the second is chained on the first, so when the first fails the child
-    refuses the second, and takes a batch that follows what it did commit."""
-    database = tmp_path / "pipe.db"
+def _entry(record_id: str) -> Entry:
+    """A record of the smallest kind, for a committer whose table holds record and request ids only."""
+    values: dict[str, object] = dict.fromkeys(ENTRY_FIELDS)
+    values.update(
+        record_id=record_id,
+        ts_ms=0,
+        event="test",
+        request_id=f"request-{record_id}",
+        decision="allowed",
+        status_code=200,
+        duration_us=0,
+        request_body=b"",
+        response_body=b"",
+        store_response=True,
+    )
+    return tuple(values[name] for name in ENTRY_FIELDS)
+
+
+KEYS = ("data-key", bytes(32), bytes(32))
+
+
+def _small_committer(database: Path) -> SqliteCommitter:
     with sqlite3.connect(database) as setup:
-        setup.execute("CREATE TABLE t (x TEXT PRIMARY KEY)")
-    committer = SqliteCommitter(str(database), ["PRAGMA journal_mode=WAL"], "INSERT INTO t VALUES (?)", "")
+        setup.execute("CREATE TABLE t (x TEXT PRIMARY KEY, y TEXT)")
+    return SqliteCommitter(
+        str(database),
+        ["PRAGMA journal_mode=WAL"],
+        "INSERT INTO t VALUES (?, ?)",
+        "",
+        sealing=("standard", "chain", {}, ("record_id", "request_id")),
+    )
+
+
+async def test_a_batch_behind_one_that_failed_in_the_committer_is_refused(tmp_path: Path) -> None:
+    """Two batches in the pipe at once: the second goes on from the first, so when the first fails the child
+    refuses the second, and takes the next batch only with the head to chain on."""
+    database = tmp_path / "pipe.db"
+    committer = _small_committer(database)
     assert committer.depth == 2
     await committer.open()
     try:
-        await committer.commit([("a",)], None, follows="genesis", head="A")
-        # The second batch repeats a key (the database refuses it); the third is chained on it.
+        height, head, hashes = await committer.commit([_entry("a")], KEYS, base=(0, GENESIS_HASH), checkpoint=None)
+        assert (height, head, len(hashes)) == (0, GENESIS_HASH, 1)
+        # The second batch repeats a key (the database refuses it); the third goes on from it.
         outcomes = await asyncio.gather(
-            committer.commit([("b",), ("a",)], None, follows="A", head="B"),
-            committer.commit([("c",)], None, follows="B", head="C"),
+            committer.commit([_entry("b"), _entry("a")], KEYS, base=None, checkpoint=None),
+            committer.commit([_entry("c")], KEYS, base=None, checkpoint=None),
             return_exceptions=True,
         )
         assert [type(outcome).__name__ for outcome in outcomes] == ["CommitterError", "CommitterError"]
         assert "UNIQUE constraint failed" in str(outcomes[0])
         assert "OutOfOrder" in str(outcomes[1]) and "UNIQUE" not in str(outcomes[1])
         pid = committer.pid
-        await committer.commit([("d",)], None, follows="A", head="D")
+        with pytest.raises(CommitterError, match="OutOfOrder"):
+            await committer.commit([_entry("d")], KEYS, base=None, checkpoint=None)
+        after = await committer.commit([_entry("d")], KEYS, base=(1, hashes[0]), checkpoint=None)
+        assert after[:2] == (1, hashes[0])
         assert committer.pid == pid, "a refused batch leaves the process serving"
     finally:
         await committer.close()
     with sqlite3.connect(database) as check:
         assert [x for (x,) in check.execute("SELECT x FROM t ORDER BY x")] == ["a", "d"]
+
+
+async def test_a_committer_that_died_idle_is_replaced_and_the_chain_goes_on(tmp_path: Path) -> None:
+    """Nothing was lost with a process that had answered every batch: its successor goes on from the last answer,
+    and no batch is refused for it."""
+    committer = _small_committer(tmp_path / "idle.db")
+    await committer.open()
+    try:
+        _, _, first = await committer.commit([_entry("a")], KEYS, base=(0, GENESIS_HASH), checkpoint=None)
+        pid = committer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while committer.pid == pid:
+            assert time.monotonic() < deadline, "the killed committer was not seen gone"
+            await asyncio.sleep(0.02)
+        height, head, _ = await committer.commit([_entry("b")], KEYS, base=None, checkpoint=None)
+        assert (height, head) == (1, first[0])
+        assert committer.pid not in (None, pid)
+    finally:
+        await committer.close()
 
 
 async def test_two_batches_in_the_pipe_when_the_committer_dies_both_fail_and_the_chain_has_no_gap(
@@ -517,18 +593,15 @@ async def test_only_small_batches_share_the_pipe(tmp_path: Path) -> None:
 async def test_a_batch_behind_one_cut_off_mid_answer_fails_without_reading(tmp_path: Path) -> None:
     """Cancelled while waiting for its answer, a commit leaves that answer unread: the batch behind it must not read
     it as its own, so it fails as well."""
-    database = tmp_path / "cut.db"
-    with sqlite3.connect(database) as setup:
-        setup.execute("CREATE TABLE t (x TEXT PRIMARY KEY)")
-    committer = SqliteCommitter(str(database), ["PRAGMA journal_mode=WAL"], "INSERT INTO t VALUES (?)", "")
+    committer = _small_committer(tmp_path / "cut.db")
     await committer.open()
     pid = committer.pid
     assert pid is not None
     try:
         os.kill(pid, signal.SIGSTOP)
         try:
-            first = asyncio.create_task(committer.commit([("a",)], None, follows="genesis", head="A"))
-            second = asyncio.create_task(committer.commit([("b",)], None, follows="A", head="B"))
+            first = asyncio.create_task(committer.commit([_entry("a")], KEYS, base=(0, GENESIS_HASH), checkpoint=None))
+            second = asyncio.create_task(committer.commit([_entry("b")], KEYS, base=None, checkpoint=None))
             await asyncio.sleep(0.2)
             first.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -539,6 +612,9 @@ async def test_a_batch_behind_one_cut_off_mid_answer_fails_without_reading(tmp_p
         with pytest.raises(CommitterError, match="cut off with the batch ahead"):
             await second
         assert committer.pid is None, "the process that owed an answer is gone"
-        await committer.commit([("c",)], None, follows="genesis", head="C")  # a new process for the next batch
+        # A new process for the next batch, which is refused without the head to chain on: the answer was lost.
+        with pytest.raises(CommitterError, match="OutOfOrder"):
+            await committer.commit([_entry("c")], KEYS, base=None, checkpoint=None)
+        await committer.commit([_entry("c")], KEYS, base=(0, GENESIS_HASH), checkpoint=None)
     finally:
         await committer.close()

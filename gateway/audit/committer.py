@@ -1,30 +1,34 @@
 """The audit log's commit paths: each owns its database connection and makes one batch durable per call.
 
+Each is given what exchanges recorded (`gateway.audit.sealing.Entry`), seals and chains it on the last batch it
+committed, and answers where the batch went: the height and head it was chained on and each record's hash.
 `PostgresCommitter` holds one asyncpg connection of its own. `SqliteCommitter` is a child process that owns the
-SQLite connection.
+SQLite connection, and seals there, off the event loop.
 
 Why a process: a commit is mostly a wait for fsync, and a thread that waits has to take the GIL back to report,
 which it gets only when the event loop's thread lets go of it; under load that was most of a request's latency
 (docs/performance.md). A child has its own interpreter, so the event loop only writes a batch to a pipe and reads
 one byte back, both through the loop's own I/O. The child is `python -m gateway.audit.committer DB PRAGMA...`:
-it imports nothing of the gateway, reads frames on stdin, answers on stdout, and exits when stdin closes, so it
-never outlives the gateway.
+it imports nothing of the gateway but `gateway.audit.sealing` (which imports only `security`), reads frames on
+stdin, answers on stdout, and exits when stdin closes, so it never outlives the gateway.
 
-A frame (`security.pipes`) holds `marshal` data: (rows, checkpoint values or None, the hash the first row chains
-on, the last row's hash); both ends are this file, over a pipe nobody else holds. The answer is b"\\x00" once
-COMMIT has returned, or b"\\x01", a 2-byte length and the error as "Class: message" (SQLite's messages name
-tables, columns and constraints, never a row's values), which the gateway logs: an operator needs "database is
-locked" or "disk I/O error", not just the class.
+A frame (`security.pipes`) holds `marshal` data: (entries, the keys to seal them with, the (height, head) to chain
+them on or None to go on from the last batch, checkpoint values or None); both ends are this file, over a pipe
+nobody else holds. The answer is b"\\x00" and a frame of (height, head, record hashes) once COMMIT has returned,
+or b"\\x01", a 2-byte length and the error as "Class: message" (SQLite's messages name tables, columns and
+constraints, never a row's values), which the gateway logs: an operator needs "database is locked" or "disk I/O
+error", not just the class.
 
-Up to PIPELINE_DEPTH batches may be in the pipe at once, answered in order. A batch is chained on the one sent
-before it, so the child refuses any batch that does not follow the last one it committed: when one fails, those
-sent behind it fail too, and no chain ever has a gap.
+Up to PIPELINE_DEPTH batches may be in the pipe at once, answered in order. A batch goes on from the one before
+it, so after a failure the child refuses every batch until one comes with the head to chain on (which the writer
+reads back from the database): those sent behind a failed one fail too, and no chain ever has a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import marshal
 import signal
 import sqlite3
@@ -32,11 +36,12 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.audit.sealing import Entry, Keys, RowSealer
 from schemas.errors import MsjxError
-from security.pipes import frame, read_frame, say_ready, start_child
+from security.pipes import FRAME_HEADER, frame, read_frame, say_ready, start_child
 
 if TYPE_CHECKING:  # the child process imports nothing it does not need
     import asyncpg
@@ -66,32 +71,66 @@ class CommitterError(MsjxError):
     """The committer process is gone or refused a batch; the batch may or may not have been committed."""
 
 
-class Committer(Protocol):
-    """What the audit writer needs of a database: open, commit one batch (whole or not at all), close.
+# What a commit answers: the height and head the batch was chained on, and each of its records' hashes.
+Committed = tuple[int, str, list[str]]
 
-    `depth` is how many batches may be in `commit` at once. Beyond one, a batch commits only if it `follows` the
-    `head` of the last batch committed before it, and batches commit in the order their calls began."""
+
+class Committer(Protocol):
+    """What the audit writer needs of a database: open, seal, chain and commit one batch (whole or not at all), close.
+
+    A batch is chained on `base` (height, head) when given, else on the last batch committed; after a failure, a
+    batch without `base` is refused. `depth` is how many batches may be in `commit` at once; they commit in the
+    order their calls began."""
 
     depth: int
 
     async def open(self) -> None: ...
 
     async def commit(
-        self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None, *, follows: str, head: str
-    ) -> None: ...
+        self,
+        entries: list[Entry],
+        keys: Keys,
+        *,
+        base: tuple[int, str] | None,
+        checkpoint: tuple[Any, ...] | None,
+    ) -> Committed: ...
 
     async def close(self) -> None: ...
+
+
+class OutOfOrder(MsjxError):
+    """A batch without the head to chain on, after the batch before it failed."""
+
+
+class Chain:
+    """The (height, head) a committer goes on from: set by a batch's `base`, moved by each commit, forgotten when
+    one fails (what was committed is then known only to the database)."""
+
+    def __init__(self) -> None:
+        self.at: tuple[int, str] | None = None
+
+    def start(self, base: tuple[int, str] | None) -> tuple[int, str]:
+        if base is not None:
+            self.at = (int(base[0]), str(base[1]))
+        if self.at is None:
+            raise OutOfOrder("the batch does not say where to chain it, and the batch before it failed")
+        return self.at
+
+    def moved(self, height: int, head: str, hashes: list[str]) -> None:
+        self.at = (height + len(hashes), hashes[-1]) if hashes else (height, head)
 
 
 class PostgresCommitter:
     """A connection of its own, so a batch costs one COPY and nothing else (BEGIN and COMMIT around it only when a
     checkpoint goes in with it): a pooled connection added a liveness ping when taken and a ROLLBACK when given
     back. A failed batch drops the connection (whatever state it was left in) and the next batch opens a new one.
-    One batch at a time: a connection runs one statement at a time."""
+    One batch at a time: a connection runs one statement at a time. It seals on the event loop (asyncpg runs there)."""
 
     depth = 1
 
-    def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str) -> None:
+    def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str, sealer: RowSealer) -> None:
+        self._sealer = sealer
+        self._chain = Chain()
         self._dsn = dsn
         self._table = table
         self._columns = list(columns)
@@ -110,8 +149,16 @@ class PostgresCommitter:
         self._connection = await asyncpg.connect(self._dsn, timeout=30)
 
     async def commit(
-        self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None, *, follows: str, head: str
-    ) -> None:
+        self,
+        entries: list[Entry],
+        keys: Keys,
+        *,
+        base: tuple[int, str] | None,
+        checkpoint: tuple[Any, ...] | None,
+    ) -> Committed:
+        height, head = self._chain.start(base)
+        self._chain.at = None  # until this batch is committed
+        records, hashes = self._sealer.chain(entries, keys, height, head)
         connection = self._connection
         if connection is None or connection.is_closed():
             await self.open()
@@ -122,14 +169,17 @@ class PostgresCommitter:
                 # One COPY is one statement and so its own transaction: all rows or none, without the two round
                 # trips of BEGIN and COMMIT.
                 await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
-                return
-            async with connection.transaction():  # the signed head is never ahead of the rows
-                await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
-                await connection.execute(self._checkpoint_insert, *checkpoint)
+            else:
+                async with connection.transaction():  # a checkpoint signs a head committed before it
+                    if records:
+                        await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+                    await connection.execute(self._checkpoint_insert, *checkpoint)
         except BaseException:
             self._connection = None
             connection.terminate()
             raise
+        self._chain.moved(height, head, hashes)
+        return height, head, hashes
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -143,8 +193,21 @@ class SqliteCommitter:
 
     depth = PIPELINE_DEPTH
 
-    def __init__(self, path: str, pragmas: Sequence[str], insert: str, checkpoint_insert: str) -> None:
-        self._arguments = (path, insert, checkpoint_insert, *pragmas)
+    def __init__(
+        self,
+        path: str,
+        pragmas: Sequence[str],
+        insert: str,
+        checkpoint_insert: str,
+        *,
+        sealing: tuple[str, str, Mapping[str, int], Sequence[str]],
+    ) -> None:
+        """`sealing`: the child's RowSealer, as (suite, chain id, string limits, insert columns)."""
+        suite, chain_id, limits, columns = sealing
+        spec = json.dumps({"suite": suite, "chain_id": chain_id, "limits": dict(limits), "columns": list(columns)})
+        self._arguments = (path, insert, checkpoint_insert, spec, *pragmas)
+        # Where the last batch answered went: a new process goes on from it (a process that died idle lost nothing).
+        self._chain = Chain()
         self._process: asyncio.subprocess.Process | None = None
         # Sending is one caller at a time, in the order they came (asyncio's lock is fair); each answer is read by
         # the caller whose frame it answers, once the caller before it has read its own (`_turn`).
@@ -165,20 +228,28 @@ class SqliteCommitter:
         self._process = process
 
     async def commit(
-        self, records: list[tuple[Any, ...]], checkpoint: tuple[Any, ...] | None, *, follows: str, head: str
-    ) -> None:
-        payload = frame(marshal.dumps((records, checkpoint, follows, head)))
+        self,
+        entries: list[Entry],
+        keys: Keys,
+        *,
+        base: tuple[int, str] | None,
+        checkpoint: tuple[Any, ...] | None,
+    ) -> Committed:
         async with self._sending:
             process = self._process
             if process is None or process.returncode is not None:
                 if self._in_pipe:
                     # The batches ahead died with it, and a new process would commit this one after a gap.
                     raise CommitterError("the audit committer process is gone with the batch ahead of this one")
-                # Started again for the next batch; the writer reads the head back first, as after any failed commit.
+                # Started again for the next batch, which goes on from the last batch answered; none after a failed
+                # one (the writer then reads the head back from the database and gives it).
                 self._process, self._turn = None, None
                 await self.open()
                 process = self._process
                 assert process is not None
+                if base is None:
+                    base = self._chain.at
+            payload = frame(marshal.dumps((entries, keys, base, checkpoint)))
             assert process.stdin is not None and process.stdout is not None
             ahead, turn = self._turn, asyncio.get_running_loop().create_future()
             self._turn = turn
@@ -196,15 +267,21 @@ class SqliteCommitter:
                 raise CommitterError("the audit committer was cut off with the batch ahead of this one")
             status = await process.stdout.readexactly(1)
             if status == OK:
+                (size,) = FRAME_HEADER.unpack(await process.stdout.readexactly(FRAME_HEADER.size))
+                # Written by our own child, on a private pipe.
+                height, head, hashes = marshal.loads(await process.stdout.readexactly(size))  # noqa: S302
                 whole = True
-                return
+                self._chain.moved(height, head, hashes)
+                return height, head, hashes
             (length,) = ERROR_HEADER.unpack(await process.stdout.readexactly(ERROR_HEADER.size))
             error = (await process.stdout.readexactly(length)).decode("utf-8", "replace")
             whole = True
         except BaseException as exc:
+            self._chain.at = None
             raise self._cut_off(process, exc) from None
         finally:
             self._finish(turn, whole)
+        self._chain.at = None
         raise CommitterError(f"the audit committer could not commit: {error}")
 
     def _finish(self, turn: asyncio.Future[bool], whole: bool) -> None:
@@ -284,7 +361,7 @@ class WalCheckpointer(threading.Thread):
             connection.close()
 
 
-def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]) -> None:
+def serve(path: str, insert: str, checkpoint_insert: str, sealer: RowSealer, pragmas: Sequence[str]) -> None:
     # Autocommit mode: the transaction is the explicit BEGIN IMMEDIATE ... COMMIT below, nothing implicit.
     connection = sqlite3.connect(path, timeout=30, isolation_level=None)
     for pragma in pragmas:
@@ -294,32 +371,27 @@ def serve(path: str, insert: str, checkpoint_insert: str, pragmas: Sequence[str]
     checkpointer.start()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     say_ready(stdout)
-    # The head of the last batch this process committed: a batch sent behind one that failed does not follow it.
-    # None until the first commit, which follows whatever head the gateway read from the database.
-    committed: str | None = None
+    chain = Chain()
     try:
         while (payload := read_frame(stdin)) is not None:
             # Written by our own parent, on a private pipe.
-            records, checkpoint, follows, head = marshal.loads(payload)  # noqa: S302
+            entries, keys, base, checkpoint = marshal.loads(payload)  # noqa: S302
             try:
-                if committed is not None and follows != committed:
-                    raise OutOfOrder("the batch does not follow the last one committed: the batch before it failed")
+                height, head = chain.start(base)
+                chain.at = None  # until this batch is committed
+                records, hashes = sealer.chain(entries, keys, height, head)
                 _commit(connection, insert, checkpoint_insert, records, checkpoint)
             except Exception as exc:  # the gateway fails the batch closed; this process stays for the next
                 error = describe_error(exc).encode("utf-8", "replace")[:MAX_ERROR_BYTES]
                 stdout.write(FAILED + ERROR_HEADER.pack(len(error)) + error)
             else:
-                committed = head
-                stdout.write(OK)
+                chain.moved(height, head, hashes)
+                stdout.write(OK + frame(marshal.dumps((height, head, hashes))))
                 checkpointer.nudge()
             stdout.flush()
     finally:
         checkpointer.stop()
         connection.close()
-
-
-class OutOfOrder(MsjxError):
-    """A batch chained on one that was not committed."""
 
 
 def _begin(connection: sqlite3.Connection) -> None:
@@ -356,7 +428,7 @@ def _commit(
     _begin(connection)
     try:
         connection.executemany(insert, records)
-        if checkpoint is not None:  # in the same transaction: the signed head is never ahead of the rows
+        if checkpoint is not None:  # the writer signs only heads already committed
             connection.execute(checkpoint_insert, checkpoint)
         connection.execute("COMMIT")
     except BaseException:
@@ -370,9 +442,11 @@ def main(argv: Sequence[str]) -> None:
     # through this process during shutdown and then closes stdin, which is what ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    path, insert, checkpoint_insert, *pragmas = argv
+    path, insert, checkpoint_insert, spec, *pragmas = argv
+    sealing = json.loads(spec)
+    sealer = RowSealer(sealing["suite"], sealing["chain_id"], sealing["limits"], sealing["columns"])
     try:
-        serve(path, insert, checkpoint_insert, pragmas)
+        serve(path, insert, checkpoint_insert, sealer, pragmas)
     except BrokenPipeError:  # the gateway went away: nothing is left to answer
         pass
 

@@ -2,18 +2,18 @@
 
 Every caller of `append` waits until its record is durable. Concurrent appends share one transaction
 (group commit): rows go in with one multi-row statement (COPY on PostgreSQL), so durability costs one commit
-per batch rather than one per request. Where the committer allows (`Committer.depth`), the next batch is sent
-while one is committing, chained on it. If a commit fails, every waiter of that batch and of those sent behind it
-gets `AuditUnavailable` and the gateway answers 503: no data leaves unlogged. A batch is one transaction, so a
-crash leaves whole batches or nothing, never a torn record; on restart the writer continues from the head it
-finds and signs it.
+per batch rather than one per request. The committer seals and chains the rows (gateway/audit/sealing.py): on
+SQLite that is its own process, so the event loop only hands over what the exchange recorded. Where the
+committer allows (`Committer.depth`), the next batch is sent while one is committing, chained on it. If a commit
+fails, every waiter of that batch and of those sent behind it gets `AuditUnavailable` and the gateway answers 503:
+no data leaves unlogged. A batch is one transaction, so a crash leaves whole batches or nothing, never a torn
+record; on restart the writer continues from the head it finds and signs it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from gateway.audit.committer import Committer, PostgresCommitter, SqliteCommitte
 from gateway.audit.node_keys import register_node_key
 from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
+from gateway.audit.sealing import Entry, Keys, RowSealer
 from gateway.audit.witness import append_witness
 from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.storage.db import SQLITE_PRAGMAS
@@ -34,9 +35,9 @@ from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.models import AUDIT_COLUMNS
 from schemas.errors import MsjxError
 from schemas.problems import ProblemCode
-from security.audit_chain import GENESIS_HASH, hasher_for
+from security.audit_chain import GENESIS_HASH
 from security.checkpoints import Checkpoint, sign_checkpoint
-from security.crypto import NonceSequence, get_suite
+from security.crypto import get_suite
 from security.keyring import KeyRing
 from security.keys import PrivateKey
 
@@ -47,15 +48,6 @@ STRING_LIMITS = {
     for column in AUDIT_TABLE.columns
     if isinstance(column.type, String) and column.type.length
 }
-# Columns a caller can fill with anything (paths, key ids, header values): checked on every record.
-LIMITED_COLUMNS = tuple(
-    (name, limit)
-    for name, limit in STRING_LIMITS.items()
-    if name not in ("chain_id", "record_id", "request_id", "subject_hash", "suite", "data_key_id", "target_id")
-    and name not in ("reason_category", "reason_ref")  # officer columns: set (and cut) only when present
-    and name not in ("prev_hash", "record_hash", "request_digest", "response_digest")
-)
-ROW_VALUES = operator.itemgetter(*AUDIT_COLUMNS)
 # A batch goes into the committer's pipe behind others only while they hold at most this many records: the pipe is
 # for the few records of single calls (their wait for an answer's trip back), not for a batch comparison's chunks,
 # whose records wait for the commit ahead of them anyway; those stay one commit at a time, as they were measured.
@@ -119,16 +111,7 @@ def new_request_id() -> str:
     return secrets.token_hex(16)
 
 
-def _clean(value: str | None, name: str) -> str | None:
-    if value is None:
-        return None
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL
-        value = value.replace("\x00", "\\0")
-    limit = STRING_LIMITS.get(name)
-    return value[:limit] if limit is not None and len(value) > limit else value
-
-
-Pending = tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]
+Pending = tuple[Entry, asyncio.Future[dict[str, Any]]]
 
 
 class AuditWriter:
@@ -150,21 +133,26 @@ class AuditWriter:
     ) -> None:
         self._engine = engine
         self.health = health or Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
+        self.chain_id = chain_id
+        self.keyring = keyring
+        self.suite = suite or keyring.suite
+        self._suite = get_suite(self.suite)
         self._committer: Committer
         if engine.dialect.name == "sqlite":
             database = engine.url.database
             if not database or database == ":memory:":  # a second connection would see another database
                 raise ValueError("the audit writer needs a SQLite database file, not an in-memory one")
-            self._committer = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE)
+            self._committer = SqliteCommitter(
+                database,
+                SQLITE_PRAGMAS,
+                SQLITE_INSERT,
+                CHECKPOINT_INSERT_SQLITE,
+                sealing=(self.suite, chain_id, STRING_LIMITS, AUDIT_COLUMNS),
+            )
         else:
             dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._committer = PostgresCommitter(dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG)
-        self.chain_id = chain_id
-        self.keyring = keyring
-        self.suite = suite or keyring.suite
-        self._suite = get_suite(self.suite)
-        self._hasher = hasher_for(self.suite)
-        self._nonces = NonceSequence()
+            sealer = RowSealer(self.suite, chain_id, STRING_LIMITS, AUDIT_COLUMNS)
+            self._committer = PostgresCommitter(dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG, sealer)
         # Record ids: a random prefix per writer and a counter, unique across nodes and restarts without a syscall each.
         self._id_prefix = secrets.token_hex(8)
         self._sequence = 0
@@ -183,12 +171,16 @@ class AuditWriter:
         self._ticker: Periodic | None = None
         self._closing = False
         self._resync = False
-        # Batches handed to the committer and not yet answered, oldest first, and the head the newest one ends at:
-        # the next batch chains on it. `height` and `head` are what is committed; `_sealing_height` is the newest
-        # checkpoint sent or committed (the count for the next one starts there).
+        # Batches handed to the committer and not yet answered, oldest first, and the records they hold. The
+        # committer chains each batch on the last one it committed; it is told the head (`_base_due`) when it starts
+        # and after a failure, once the head was read back from the database.
         self._flights: list[asyncio.Task[None]] = []
-        self._sent_height = 0
-        self._sent_head = GENESIS_HASH
+        self._in_flight = 0
+        self._base_due = True
+        # `height` and `head` are what is committed. A checkpoint by count is signed once its head is committed and
+        # goes in with the next batch (`_ready`); `_sealing_height` is the newest one signed (the next count starts
+        # there).
+        self._ready: Checkpoint | None = None
         self._sealing_height = 0
         # PostgreSQL: the monthly partitions this writer knows are there (None on SQLite, which has one table).
         self._months: MonthGuard | None = None
@@ -277,7 +269,8 @@ class AuditWriter:
             if found is not None and int(found[0]) > self.height:
                 self.height, self.head = int(found[0]), str(found[1])
         self.sealed_height, self.sealed_ms = (int(sealed[0]), int(sealed[1])) if sealed is not None else (0, 0)
-        self._sent_height, self._sent_head, self._sealing_height = self.height, self.head, self.sealed_height
+        self._sealing_height = self.sealed_height
+        self._base_due = True
 
     async def _register_signer(self) -> None:
         assert self._signer is not None
@@ -288,103 +281,61 @@ class AuditWriter:
     def subject_hash(self, subject: str) -> str:
         return self._suite.keyed_hash(self.keyring.index_key, subject)
 
-    def build_row(self, event: AuditEvent) -> dict[str, Any]:
-        """Every column but height and hashes, which only the writer task may assign."""
-        suite = self._suite
-        data_key = self.keyring.current(self.suite)
-        index_key = self.keyring.index_key
+    def entry(self, event: AuditEvent) -> Entry:
+        """What the committer seals and chains for `event` (gateway/audit/sealing.py); its id and time are set now."""
         self._sequence += 1
-        record_id = f"{self._id_prefix}{self._sequence:016x}"
-        aad = f"{self.chain_id}/{record_id}".encode()
-        nonces = self._nonces
-        request_body, response_body = event.request_body, event.response_body
-        kept_body = request_body if event.request_kept is None else request_body[: event.request_kept]
-        row = {
-            "chain_id": self.chain_id,
-            "record_id": record_id,
-            "ts_ms": self._clock.ms(),
-            "event": event.event,
-            "caller_id": event.caller_id,
-            "department": event.department,
-            "roles": ",".join(event.roles) or None,
-            "key_id": event.key_id,
-            "client_addr": event.client_addr,
-            "request_id": event.request_id,
-            "method": event.method,
-            "path": event.path,
-            "service": event.service,
-            "operation": event.operation,
-            "purpose": event.purpose,
-            "grant_id": event.grant_id,
-            "subject_hash": suite.keyed_hash(index_key, event.subject) if event.subject else None,
-            "decision": event.decision,
+        return (
+            f"{self._id_prefix}{self._sequence:016x}",
+            self._clock.ms(),
+            event.event,
+            event.caller_id,
+            event.department,
+            ",".join(event.roles) or None,
+            event.key_id,
+            event.client_addr,
+            event.request_id,
+            event.method,
+            event.path,
+            event.service,
+            event.operation,
+            event.purpose,
+            event.grant_id,
+            event.subject or None,
+            event.decision,
             # A ProblemCode is a str subclass, which marshal (the pipe to the committer) refuses: the plain string.
-            "reason_code": None if event.reason_code is None else str(event.reason_code),
-            "fields": ",".join(event.fields) or None,
-            "status_code": event.status_code,
-            "upstream_status": event.upstream_status,
-            "duration_us": event.duration_us,
-            "upstream_us": event.upstream_us,
-            "request_size": len(request_body),
-            "response_size": len(response_body),
-            # Keyed: a plain hash of a small body could be reversed by guessing the USCC in it.
-            "request_digest": suite.keyed_hash(index_key, request_body),
-            "response_digest": suite.keyed_hash(index_key, response_body),
-            "request_payload": (
-                suite.seal(data_key.secret, kept_body, aad + b"/request", nonces.next()) if kept_body else None
-            ),
-            "response_payload": (
-                suite.seal(data_key.secret, response_body, aad + b"/response", nonces.next())
-                if response_body and event.store_response
-                else None
-            ),
-            "suite": self.suite,
-            "data_key_id": data_key.key_id,
-        }
-        for name, limit in LIMITED_COLUMNS:
-            value = row[name]
-            if value is not None and (len(value) > limit or "\x00" in value):
-                row[name] = _clean(value, name)
-        # Officer columns only when set: empty ones stay out of the canonical bytes, as for older records.
-        if event.target_id is not None:
-            row["target_id"] = _clean(event.target_id, "target_id")
-        if event.reason is not None:
-            row["reason"] = _clean(event.reason, "reason")
-        if event.reason_category is not None:
-            row["reason_category"] = _clean(event.reason_category, "reason_category")
-        if event.reason_ref is not None:
-            row["reason_ref"] = _clean(event.reason_ref, "reason_ref")
-        return row
+            None if event.reason_code is None else str(event.reason_code),
+            ",".join(event.fields) or None,
+            event.status_code,
+            event.upstream_status,
+            event.duration_us,
+            event.upstream_us,
+            bytes(event.request_body),
+            event.request_kept,
+            bytes(event.response_body),
+            event.store_response,
+            event.target_id,
+            event.reason,
+            event.reason_category,
+            event.reason_ref,
+        )
 
     async def append(self, event: AuditEvent) -> dict[str, Any]:
-        """Return the committed row; raise AuditUnavailable if it could not be made durable."""
+        """Where the record is in its chain once committed (`_appended`); raise AuditUnavailable if it could not be
+        made durable."""
         if not self.running:
             raise AuditUnavailable("the audit writer is not running")
-        try:
-            row = self.build_row(event)
-        except Exception as exc:  # no key, no record, no answer: fail closed
-            self.last_error = type(exc).__name__
-            log.error("audit record could not be sealed: %s", self.last_error)
-            raise AuditUnavailable("the audit record could not be sealed") from None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
+        self._pending.append((self.entry(event), future))
         self._wakeup.set()
         return await future
 
     async def append_many(self, events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
-        """`append` for many events at once (a batch chunk's records): the same rows, futures and failures, without a
-        task and a wake-up per record. Raises AuditUnavailable when any of them could not be made durable."""
+        """`append` for many events at once (a batch chunk's records): the same results, futures and failures,
+        without a task and a wake-up per record. Raises AuditUnavailable when any of them could not be made durable."""
         if not self.running:
             raise AuditUnavailable("the audit writer is not running")
         loop = asyncio.get_running_loop()
-        pending: list[Pending] = []
-        try:
-            for event in events:
-                pending.append((self.build_row(event), loop.create_future()))
-        except Exception as exc:  # no key, no record, no answer: fail closed (the rows built are not queued)
-            self.last_error = type(exc).__name__
-            log.error("audit record could not be sealed: %s", self.last_error)
-            raise AuditUnavailable("the audit record could not be sealed") from None
+        pending: list[Pending] = [(self.entry(event), loop.create_future()) for event in events]
         self._pending.extend(pending)
         self._wakeup.set()
         return list(await asyncio.gather(*(future for _, future in pending)))
@@ -408,6 +359,10 @@ class AuditWriter:
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
                 await self._send(batch)
+            if self._ready is not None:  # a checkpoint by count and no batch to carry it: it goes alone
+                await self._make_room()
+                if self._ready is not None and not self._pending:
+                    await self._send([])
             if self._tick_due:
                 self._tick_due = False
                 if self._checkpoint_due():
@@ -429,10 +384,7 @@ class AuditWriter:
         """Wait until the committer takes another batch: behind at most `depth - 1` small ones (PIPELINE_BEHIND);
         after a failure, until none is in flight (the head is read back from the database before the next one)."""
         while self._flights and (
-            self._resync
-            or len(self._flights) >= self._committer.depth
-            # Records sent and not yet committed; the heights agree on it whenever no failure awaits a resync.
-            or self._sent_height - self.height > PIPELINE_BEHIND
+            self._resync or len(self._flights) >= self._committer.depth or self._in_flight > PIPELINE_BEHIND
         ):
             await asyncio.wait([self._flights[0]])
 
@@ -442,60 +394,45 @@ class AuditWriter:
             await asyncio.wait([self._flights[0]])
 
     async def _send(self, batch: list[Pending]) -> None:
-        """Chain the batch on the last one sent and hand it to the committer; `_fly` reports its outcome."""
+        """Hand the batch to the committer, which seals it and chains it on the last one it committed (or on the
+        head given when `_base_due`); `_fly` reports its outcome."""
         try:
             if self._resync:
                 await self._load_head()
                 self._resync = False
-            height, head = self._sent_height, self._sent_head
-            follows = head
-            hasher = self._hasher
-            rows = []
-            for row, _ in batch:
-                height += 1
-                row["height"] = height
-                row["prev_hash"] = head
-                head = hasher.hash_row(head, row)
-                row["record_hash"] = head
-                rows.append(row)
-            for row in rows:  # every column present for the insert; empty optional ones were left out of the hash
-                row.setdefault("target_id", None)
-                row.setdefault("reason", None)
-                row.setdefault("reason_category", None)
-                row.setdefault("reason_ref", None)
-            if self._months is not None:
-                missing = self._months.missing([row["ts_ms"] for row in rows])
+            entries = [entry for entry, _ in batch]
+            if self._months is not None and entries:
+                missing = self._months.missing([entry[1] for entry in entries])  # their ts_ms
                 if missing:  # a month nobody made yet: make it now rather than fail the batch
                     self._months.update(await ensure_months(self._engine, missing))
-            checkpoint = None
-            if self._signer is not None and height - self._sealing_height >= self._checkpoint_every:
-                checkpoint = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock.ms())
-                self._sealing_height = height
-            records = [ROW_VALUES(row) for row in rows]
+            data_key = self.keyring.current(self.suite)  # no key, no record, no answer: fail closed
+            keys: Keys = (data_key.key_id, data_key.secret, self.keyring.index_key)
         except Exception as exc:
             self._failed(batch, exc)
             return
-        self._sent_height, self._sent_head = height, head
+        base = (self.height, self.head) if self._base_due else None
+        checkpoint, self._ready = self._ready, None
+        self._base_due = False
+        self._in_flight += len(batch)
         ahead = self._flights[-1] if self._flights else None
-        flight = asyncio.create_task(self._fly(batch, records, checkpoint, follows, ahead))
+        flight = asyncio.create_task(self._fly(batch, entries, keys, base, checkpoint, ahead))
         self._flights.append(flight)
         flight.add_done_callback(self._flights.remove)
 
     async def _fly(
         self,
         batch: list[Pending],
-        records: list[tuple[Any, ...]],
+        entries: list[Entry],
+        keys: Keys,
+        base: tuple[int, str] | None,
         checkpoint: Checkpoint | None,
-        follows: str,
         ahead: asyncio.Task[None] | None,
     ) -> None:
         """Commit one batch and report it, after the batch ahead of it was reported. A batch commits only after the
         one it is chained on did (`Committer.depth`), so a success here means the chain is whole up to it."""
-        last = batch[-1][0]
-        head = last["record_hash"]
         try:
-            await self._committer.commit(
-                records, _checkpoint_values(checkpoint) if checkpoint is not None else None, follows=follows, head=head
+            committed = await self._committer.commit(
+                entries, keys, base=base, checkpoint=_checkpoint_values(checkpoint) if checkpoint is not None else None
             )
         except Exception as exc:
             error: Exception | None = exc
@@ -503,23 +440,37 @@ class AuditWriter:
             error = None
         if ahead is not None:
             await asyncio.wait([ahead])
+        self._in_flight -= len(batch)
         if error is not None:
             self._failed(batch, error)
             return
-        self.height, self.head = last["height"], head
+        height, head, hashes = committed
+        results = []
+        for (entry, _), record_hash in zip(batch, hashes, strict=True):
+            height += 1
+            results.append(_appended(self.chain_id, entry, height, head, record_hash))
+            head = record_hash
+        self.height, self.head = height, head
         self.last_error = None
         self.health.succeeded()
         self.batches += 1
         if checkpoint is not None:
             await self._sealed(checkpoint)
-        for row, future in batch:
+        if self._signer is not None and height - self._sealing_height >= self._checkpoint_every:
+            self._ready = sign_checkpoint(self._signer, self.chain_id, height, head, self._clock.ms())
+            self._sealing_height = height
+            self._wakeup.set()
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
-                future.set_result(row)
+                future.set_result(result)
 
     def _failed(self, batch: list[Pending], exc: Exception) -> None:
         """Any store failure reaches every waiter, never a half-known state."""
         # The commit may have happened before the error reached us: read the head again before the next batch.
         self._resync = True
+        # A checkpoint signed and not committed is signed again, once the count is reached anew.
+        self._ready = None
+        self._sealing_height = self.sealed_height
         self.last_error = type(exc).__name__
         if is_database_outage(exc):  # one warning when the store goes, one when it is back; counted between
             self.health.failed(exc)
@@ -554,6 +505,19 @@ class AuditWriter:
                 await asyncio.to_thread(append_witness, self._witness_path, checkpoint)
             except OSError as exc:
                 log.error("cannot append checkpoint to %s: %s", self._witness_path, exc.strerror)
+
+
+def _appended(chain_id: str, entry: Entry, height: int, prev_hash: str, record_hash: str) -> dict[str, Any]:
+    """What `append` returns of a committed record: where it is in its chain (the sealed row stays in the store)."""
+    return {
+        "chain_id": chain_id,
+        "record_id": entry[0],
+        "ts_ms": entry[1],
+        "request_id": entry[8],
+        "height": height,
+        "prev_hash": prev_hash,
+        "record_hash": record_hash,
+    }
 
 
 def _checkpoint_values(checkpoint: Checkpoint) -> tuple[Any, ...]:
