@@ -7,8 +7,8 @@ from 512 concurrent tasks in one process, and counts records whose commit was co
 records per wall-clock second, `append_*_cpu_rps` records per CPU-second this process used (all its threads,
 and on SQLite its committer process; PostgreSQL's own work is not in it), which is what one core would do on a
 machine nobody else is using;
-`append_ceiling_*_cpu_rps` is the same with the insert replaced by nothing (sealing, digests, hashing and the
-hand-off alone): the most one Python process could append whatever the database.
+`append_ceiling_*_cpu_rps` is the writer's entries and the committer's sealing, digests and hashing alone, in this
+process, with no database and no pipe: the most one Python process could append whatever the database.
 Verification rates are the chain walk over rows already in memory (hashing every record and ciphertext), per
 CPU-second on one core, best of three runs; the `verify_db_*` rates add reading the rows from the database (wall clock).
 Results go to bench/results/audit.json.
@@ -128,7 +128,7 @@ async def _append(settings: Any, suite: str, records: int) -> dict[str, float]:
 
 
 def _cpu_seconds(writer: Any) -> float:
-    """This process's CPU time and, on SQLite, its committer process's (which does the inserts and commits)."""
+    """This process's CPU time and, on SQLite, its committer process's (which seals, chains, inserts and commits)."""
     from bench.procs import cpu_seconds
 
     committer = getattr(writer._committer, "pid", None)
@@ -136,19 +136,24 @@ def _cpu_seconds(writer: Any) -> float:
 
 
 async def _ceiling(settings: Any, suite: str, records: int) -> float:
-    """Records per CPU-second with the database insert replaced by nothing: the cost of sealing, digests,
-    hashing and the hand-off to the writer alone, i.e. the most one Python process could append."""
+    """Records per CPU-second of the writer's entries and the committer's sealing, digests and hashing alone, with no
+    database and no pipe: the most one Python process could append, whatever the database."""
+    from gateway.audit.sealing import RowSealer
+    from gateway.audit.writer import STRING_LIMITS
+    from gateway.storage.models import AUDIT_COLUMNS
+    from security.audit_chain import GENESIS_HASH
+
     engine, writer = await _writer(settings, suite, chain="ceiling")
-
-    async def no_insert(rows: Any, checkpoint: Any) -> None:
-        return None
-
-    writer._insert = no_insert  # a measurement, not a writer: nothing of it may reach the database
-    writer._signer = None
     try:
-        await _drive(writer, 2000)
+        sealer = RowSealer(suite, "ceiling", STRING_LIMITS, AUDIT_COLUMNS)
+        data_key = writer.keyring.current(suite)
+        keys = (data_key.key_id, data_key.secret, writer.keyring.index_key)
+        events = [_event(index) for index in range(records)]
+        height, head = 0, GENESIS_HASH
         started = time.process_time()
-        await _drive(writer, records)
+        for start in range(0, records, 512):
+            _, hashes = sealer.chain([writer.entry(event) for event in events[start : start + 512]], keys, height, head)
+            height, head = height + len(hashes), hashes[-1]
         return records / (time.process_time() - started)
     finally:
         await writer.close()
