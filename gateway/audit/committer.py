@@ -109,12 +109,13 @@ class Chain:
     def __init__(self) -> None:
         self.at: tuple[int, str] | None = None
 
-    def start(self, base: tuple[int, str] | None) -> tuple[int, str]:
-        if base is not None:
-            self.at = (int(base[0]), str(base[1]))
-        if self.at is None:
+    def take(self, base: tuple[int, str] | None) -> tuple[int, str]:
+        """Where a batch goes on (`base` if given), forgotten until `moved` says the batch was committed."""
+        at = (int(base[0]), str(base[1])) if base is not None else self.at
+        if at is None:
             raise OutOfOrder("the batch does not say where to chain it, and the batch before it failed")
-        return self.at
+        self.at = None
+        return at
 
     def moved(self, height: int, head: str, hashes: list[str]) -> None:
         self.at = (height + len(hashes), hashes[-1]) if hashes else (height, head)
@@ -156,8 +157,7 @@ class PostgresCommitter:
         base: tuple[int, str] | None,
         checkpoint: tuple[Any, ...] | None,
     ) -> Committed:
-        height, head = self._chain.start(base)
-        self._chain.at = None  # until this batch is committed
+        height, head = self._chain.take(base)
         records, hashes = self._sealer.chain(entries, keys, height, head)
         connection = self._connection
         if connection is None or connection.is_closed():
@@ -377,8 +377,7 @@ def serve(path: str, insert: str, checkpoint_insert: str, sealer: RowSealer, pra
             # Written by our own parent, on a private pipe.
             entries, keys, base, checkpoint = marshal.loads(payload)  # noqa: S302
             try:
-                height, head = chain.start(base)
-                chain.at = None  # until this batch is committed
+                height, head = chain.take(base)
                 records, hashes = sealer.chain(entries, keys, height, head)
                 _commit(connection, insert, checkpoint_insert, records, checkpoint)
             except Exception as exc:  # the gateway fails the batch closed; this process stays for the next
