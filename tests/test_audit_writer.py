@@ -99,6 +99,29 @@ async def test_a_checkpoint_by_count_is_committed_without_waiting_for_another_re
     assert (await verify(store))[CHAIN].ok
 
 
+async def test_a_checkpoint_asked_for_while_one_by_count_is_on_its_way_does_not_repeat_its_height(
+    store: Store,
+) -> None:
+    """A checkpoint by count goes to the committer after its head is committed; one asked for meanwhile (the timer,
+    an officer, shutdown) must not sign the same height again: the second would fail its insert, and with it the
+    batch that carried the first. Each round asks at once after the count is reached, so that some find the
+    checkpoint by count not yet sent, some in the pipe, some committed."""
+    writer = await open_writer(store, every=2, seconds=3600)
+    try:
+        for round_ in range(20):
+            await writer.append(event(2 * round_))
+            await writer.append(event(2 * round_ + 1))
+            await writer.checkpoint()
+        assert (await writer.append(event(99)))["height"] == 41
+    finally:
+        await writer.close()
+    heights = [cp.height for cp in await load_checkpoints(store.engine, CHAIN)]
+    assert heights == sorted(set(heights)) and heights[-1] == 41, heights
+    witness = read_witness(witness_path(store.settings, CHAIN))
+    assert [cp.height for cp in witness] == heights, "the witness file holds what the database holds"
+    assert (await verify(store))[CHAIN].ok
+
+
 async def test_a_restart_continues_the_chain_and_signs_an_unsigned_tail(store: Store) -> None:
     writer = await open_writer(store, every=1000)
     for index in range(3):

@@ -376,7 +376,7 @@ class AuditWriter:
     def _checkpoint_due(self) -> bool:
         return (
             self._signer is not None
-            and self.height > self.sealed_height
+            and self.height > self._sealing_height  # nor signed by count and on its way
             and self._clock.ms() - self.sealed_ms >= self._checkpoint_ms
         )
 
@@ -482,8 +482,17 @@ class AuditWriter:
                 future.set_exception(AuditUnavailable("the audit store could not commit the record"))
 
     async def checkpoint(self) -> Checkpoint | None:
-        """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign."""
-        if self._signer is None or self.height == 0:
+        """Sign the current (committed) head now, in a transaction of its own; None if there is nothing to sign (or
+        it is signed already)."""
+        if self._signer is None:
+            return None
+        # Two checkpoints of one height collide in the table, and the batch carrying one of them would fail: this one
+        # comes after any in the committer's pipe, and replaces one by count not sent yet (no await in between).
+        await self._land_all()
+        if self._ready is not None:
+            self._ready = None
+            self._sealing_height = self.sealed_height
+        if self.height == 0 or self.height <= self.sealed_height:
             return None
         checkpoint = sign_checkpoint(self._signer, self.chain_id, self.height, self.head, self._clock.ms())
         try:
