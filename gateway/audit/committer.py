@@ -8,7 +8,8 @@ SQLite connection, and seals there, off the event loop.
 Why a process: a commit is mostly a wait for fsync, and a thread that waits has to take the GIL back to report,
 which it gets only when the event loop's thread lets go of it; under load that was most of a request's latency
 (docs/performance.md). A child has its own interpreter, so the event loop only writes a batch to a pipe and reads
-one byte back, both through the loop's own I/O. The child is `python -m gateway.audit.committer DB PRAGMA...`:
+a short answer back, both through the loop's own I/O, and the sealing is the child's CPU, not the loop's. The
+child is `python -m gateway.audit.committer DB INSERT CHECKPOINT_INSERT SEALING PRAGMA...`:
 it imports nothing of the gateway but `gateway.audit.sealing` (which imports only `security`), reads frames on
 stdin, answers on stdout, and exits when stdin closes, so it never outlives the gateway.
 
