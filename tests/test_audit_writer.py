@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from gateway.audit.committer import CommitterError, PostgresCommitter, SqliteCommitter
 from gateway.audit.rows import AUDIT_TABLE, load_checkpoints
-from gateway.audit.sealing import ENTRY_FIELDS, Entry
+from gateway.audit.sealing import ENTRY_FIELDS, Entry, RowSealer
 from gateway.audit.search import open_payload
 from gateway.audit.witness import read_witness, witness_path
 from gateway.audit.writer import AuditUnavailable, AuditWriter
@@ -499,7 +499,7 @@ def _small_committer(database: Path) -> SqliteCommitter:
         ["PRAGMA journal_mode=WAL"],
         "INSERT INTO t VALUES (?, ?)",
         "",
-        sealing=("standard", "chain", {}, ("record_id", "request_id")),
+        RowSealer("standard", "chain", {}, ("record_id", "request_id")),
     )
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import marshal
 import signal
 import sqlite3
@@ -37,7 +36,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.audit.sealing import Entry, Keys, RowSealer
@@ -200,13 +199,10 @@ class SqliteCommitter:
         pragmas: Sequence[str],
         insert: str,
         checkpoint_insert: str,
-        *,
-        sealing: tuple[str, str, Mapping[str, int], Sequence[str]],
+        sealer: RowSealer,
     ) -> None:
-        """`sealing`: the child's RowSealer, as (suite, chain id, string limits, insert columns)."""
-        suite, chain_id, limits, columns = sealing
-        spec = json.dumps({"suite": suite, "chain_id": chain_id, "limits": dict(limits), "columns": list(columns)})
-        self._arguments = (path, insert, checkpoint_insert, spec, *pragmas)
+        """`sealer`: what the child seals with, rebuilt there from its spec."""
+        self._arguments = (path, insert, checkpoint_insert, sealer.spec(), *pragmas)
         # Where the last batch answered went: a new process goes on from it (a process that died idle lost nothing).
         self._chain = Chain()
         self._process: asyncio.subprocess.Process | None = None
@@ -443,10 +439,8 @@ def main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, insert, checkpoint_insert, spec, *pragmas = argv
-    sealing = json.loads(spec)
-    sealer = RowSealer(sealing["suite"], sealing["chain_id"], sealing["limits"], sealing["columns"])
     try:
-        serve(path, insert, checkpoint_insert, sealer, pragmas)
+        serve(path, insert, checkpoint_insert, RowSealer.from_spec(spec), pragmas)
     except BrokenPipeError:  # the gateway went away: nothing is left to answer
         pass
 

@@ -6,6 +6,7 @@ PostgreSQL committer on the loop. It imports only `security`, so the committer p
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,6 +50,8 @@ ENTRY_FIELDS = (
     "reason_ref",
 )
 Entry = tuple[Any, ...]
+# Where the writer reads an entry back (what `append` returns, the months a batch needs).
+RECORD_ID, TS_MS, REQUEST_ID = (ENTRY_FIELDS.index(name) for name in ("record_id", "ts_ms", "request_id"))
 # Columns set only when present: empty ones stay out of the canonical bytes, as for records written before them.
 OFFICER_COLUMNS = ("target_id", "reason", "reason_category", "reason_ref")
 # The data key a batch is sealed under and the index key of its digests: (data key id, data secret, index key).
@@ -75,7 +78,19 @@ class RowSealer:
             for name, limit in self._limits.items()
             if name in ENTRY_FIELDS and name not in OFFICER_COLUMNS and name not in ("record_id", "request_id")
         )
+        self._columns = tuple(columns)
         self._values = operator.itemgetter(*columns)
+
+    def spec(self) -> str:
+        """This sealer as JSON, for `from_spec` in the committer process (no key in it: keys come with each batch)."""
+        return json.dumps(
+            {"suite": self.suite, "chain_id": self.chain_id, "limits": self._limits, "columns": self._columns}
+        )
+
+    @classmethod
+    def from_spec(cls, spec: str) -> RowSealer:
+        values = json.loads(spec)
+        return cls(values["suite"], values["chain_id"], values["limits"], values["columns"])
 
     def row(self, entry: Entry, keys: Keys) -> dict[str, Any]:
         """Every column but height and hashes, which only `chain` assigns."""

@@ -27,7 +27,7 @@ from gateway.audit.committer import Committer, PostgresCommitter, SqliteCommitte
 from gateway.audit.node_keys import register_node_key
 from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
-from gateway.audit.sealing import Entry, Keys, RowSealer
+from gateway.audit.sealing import RECORD_ID, REQUEST_ID, TS_MS, Entry, Keys, RowSealer
 from gateway.audit.witness import append_witness
 from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.storage.db import SQLITE_PRAGMAS
@@ -138,20 +138,14 @@ class AuditWriter:
         self.suite = suite or keyring.suite
         self._suite = get_suite(self.suite)
         self._committer: Committer
+        sealer = RowSealer(self.suite, chain_id, STRING_LIMITS, AUDIT_COLUMNS)
         if engine.dialect.name == "sqlite":
             database = engine.url.database
             if not database or database == ":memory:":  # a second connection would see another database
                 raise ValueError("the audit writer needs a SQLite database file, not an in-memory one")
-            self._committer = SqliteCommitter(
-                database,
-                SQLITE_PRAGMAS,
-                SQLITE_INSERT,
-                CHECKPOINT_INSERT_SQLITE,
-                sealing=(self.suite, chain_id, STRING_LIMITS, AUDIT_COLUMNS),
-            )
+            self._committer = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE, sealer)
         else:
             dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            sealer = RowSealer(self.suite, chain_id, STRING_LIMITS, AUDIT_COLUMNS)
             self._committer = PostgresCommitter(dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG, sealer)
         # Record ids: a random prefix per writer and a counter, unique across nodes and restarts without a syscall each.
         self._id_prefix = secrets.token_hex(8)
@@ -402,7 +396,7 @@ class AuditWriter:
                 self._resync = False
             entries = [entry for entry, _ in batch]
             if self._months is not None and entries:
-                missing = self._months.missing([entry[1] for entry in entries])  # their ts_ms
+                missing = self._months.missing([entry[TS_MS] for entry in entries])
                 if missing:  # a month nobody made yet: make it now rather than fail the batch
                     self._months.update(await ensure_months(self._engine, missing))
             data_key = self.keyring.current(self.suite)  # no key, no record, no answer: fail closed
@@ -520,9 +514,9 @@ def _appended(chain_id: str, entry: Entry, height: int, prev_hash: str, record_h
     """What `append` returns of a committed record: where it is in its chain (the sealed row stays in the store)."""
     return {
         "chain_id": chain_id,
-        "record_id": entry[0],
-        "ts_ms": entry[1],
-        "request_id": entry[8],
+        "record_id": entry[RECORD_ID],
+        "ts_ms": entry[TS_MS],
+        "request_id": entry[REQUEST_ID],
         "height": height,
         "prev_hash": prev_hash,
         "record_hash": record_hash,
