@@ -36,6 +36,12 @@ JSON = "application/json"
 # verifier process took those requests p50 6.2 ms against 0.23 ms on the loop (docs/performance.md), and every
 # slower request kept the count above the bound. Under full load the loop's thread is busy nearly all the time.
 OFFLOAD_BUSY = 0.75
+# ...and only while the machine had at least this many CPUs idle (loop_load.py): about what the verifier process uses
+# at full load on a 2-core host (80-90 µs a check at 2,500-3,000 checks a second).
+# Why: the hand-off costs CPU on both sides (a pipe each way, a process woken), which pays only when the check runs on
+# a CPU that would otherwise idle. With two workers on two cores the machine had 0.03-0.07 CPUs idle, and checking on
+# the loop cost 8 % less CPU a call (docs/performance.md).
+OFFLOAD_SPARE = 0.25
 
 
 @dataclass
@@ -61,10 +67,13 @@ class Exchanges:
 
     def offload(self) -> bool:
         """Whether this request's signature check goes to the verifier process: more than `offload_above` requests
-        in progress (0: always), and the loop's thread busy (OFFLOAD_BUSY)."""
+        in progress (0: always), the loop's thread busy (OFFLOAD_BUSY) and a CPU idle to take it (OFFLOAD_SPARE)."""
         if self.in_progress <= self.offload_above:
             return False
-        return self.offload_above == 0 or self.loop_load.busy() >= OFFLOAD_BUSY
+        if self.offload_above == 0:
+            return True
+        load = self.loop_load
+        return load.busy() >= OFFLOAD_BUSY and load.spare() >= OFFLOAD_SPARE
 
 
 @dataclass

@@ -1,16 +1,22 @@
-"""How busy the event loop's thread has been lately: the share of wall time it was running or waiting for a CPU.
+"""How busy the event loop's thread has been lately (the share of wall time it was running or waiting for a CPU), and
+how many of the machine's CPUs were idle meanwhile.
 
 Used to decide whether a signature check goes to the verifier process (gateway/pipeline/exchange.py)."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
 
 # A window long enough to hold many requests at any useful rate, short enough to follow a change of load.
 WINDOW_SECONDS = 0.1
+# The machine's idle time comes in clock ticks (100 a second a CPU): over 0.1 s a 2-CPU machine has 20 of them, too few
+# to tell 0.1 idle CPUs from none; over 0.5 s, 100.
+MACHINE_WINDOW_SECONDS = 0.5
 SCHEDSTAT = "/proc/thread-self/schedstat"
+PROC_STAT = "/proc/stat"
 
 
 def thread_active_seconds() -> Callable[[], float]:
@@ -37,10 +43,33 @@ def thread_active_seconds() -> Callable[[], float]:
     return time.thread_time
 
 
-class LoopLoad:
-    """The share of wall time (0 to 1) the event loop's thread was running or runnable in the last whole window.
+def machine_idle_seconds(path: str = PROC_STAT) -> Callable[[], float] | None:
+    """A reader of the CPU time all the machine's CPUs have spent idle (or waiting for I/O), in seconds, from Linux's
+    /proc/stat; None where that cannot be read. Time a hypervisor gave to other guests (steal) is not idle."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
 
-    Read it from the event loop's thread only. A read costs a clock read; the thread's times are read once a window.
+    def read() -> float:
+        # The first line: "cpu  user nice system idle iowait irq softirq steal guest guest_nice", in ticks.
+        fields = os.pread(fd, 256, 0).split(b"\n", 1)[0].split()
+        return (int(fields[4]) + int(fields[5])) / tick
+
+    try:
+        read()
+    except (OSError, ValueError, IndexError):
+        os.close(fd)
+        return None
+    return read
+
+
+class LoopLoad:
+    """The share of wall time (0 to 1) the event loop's thread was running or runnable in the last whole window
+    (`busy`), and the machine's idle CPUs over the last whole machine window (`spare`).
+
+    Read it from the event loop's thread only. A read costs a clock read; the times are read once a window.
     """
 
     def __init__(
@@ -48,6 +77,8 @@ class LoopLoad:
         window: float = WINDOW_SECONDS,
         wall: Callable[[], float] = time.perf_counter,
         active: Callable[[], float] | None = None,
+        machine_window: float = MACHINE_WINDOW_SECONDS,
+        idle: Callable[[], float] | None = None,
     ) -> None:
         self._window = window
         self._clock = wall
@@ -55,6 +86,13 @@ class LoopLoad:
         self._wall = wall()
         self._active = active() if active is not None else 0.0
         self._busy = 0.0
+        self._machine_window = machine_window
+        # None until the first read makes it (machine_idle_seconds()); None after that where /proc/stat is missing.
+        self._idle_clock = idle
+        self._idle_made = idle is not None
+        self._machine_wall = self._wall
+        self._idle = idle() if idle is not None else 0.0
+        self._spare = math.inf  # unknown until a whole window is measured: checks are not held back for it
 
     def busy(self) -> float:
         now = self._clock()
@@ -68,3 +106,21 @@ class LoopLoad:
             self._busy = (active - self._active) / elapsed
             self._wall, self._active = now, active
         return self._busy
+
+    def spare(self) -> float:
+        """How many of the machine's CPUs were idle on average over the last whole machine window (inf if unknown)."""
+        now = self._clock()
+        if not self._idle_made:
+            self._idle_made = True
+            self._idle_clock = machine_idle_seconds()
+            if self._idle_clock is not None:
+                self._machine_wall, self._idle = now, self._idle_clock()
+            return self._spare
+        if self._idle_clock is None:
+            return self._spare
+        elapsed = now - self._machine_wall
+        if elapsed >= self._machine_window:
+            idle = self._idle_clock()
+            self._spare = (idle - self._idle) / elapsed
+            self._machine_wall, self._idle = now, idle
+        return self._spare
