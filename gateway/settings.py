@@ -107,7 +107,8 @@ class Settings(BaseSettings):
         ge=0,
         le=100_000,
         description="with signature_verifier=process, a check goes to the child when more than this many signed"
-        " requests are in progress on the worker (0: always); below, the loop checks it itself, which is faster alone",
+        " requests are in progress on the worker, its loop is busy and the machine has CPU idle to give the child"
+        " (0: always); otherwise the loop checks it itself, which is faster alone and cheaper on a saturated machine",
     )
     master_key: SecretStr | None = Field(default=None, description="base64 of the 32-byte master key (overrides files)")
     master_key_file: Path | None = Field(default=None, description="a mounted secret file holding the master key")
