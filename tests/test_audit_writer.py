@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.audit.committer import CommitterError, PostgresCommitter, SqliteCommitter
+from gateway.audit.committer import COPY_ABOVE, CommitterError, PostgresCommitter, SqliteCommitter
 from gateway.audit.rows import AUDIT_TABLE, load_checkpoints
 from gateway.audit.sealing import ENTRY_FIELDS, Entry, RowSealer
 from gateway.audit.search import open_payload
@@ -27,6 +27,7 @@ from gateway.audit.writer import AuditUnavailable, AuditWriter
 from security.audit_chain import GENESIS_HASH
 from tests.helpers.audit import CHAIN, Store, audit_store, event, open_writer, rows, verify
 from tests.helpers.clock import ManualClock
+from tests.helpers.services import create_test_database, drop_database
 
 
 def _sqlite_committer(writer: AuditWriter) -> tuple[SqliteCommitter, int]:
@@ -269,6 +270,42 @@ async def test_a_lost_postgres_connection_is_replaced_and_the_chain_goes_on(tmp_
             await writer.close()
         assert committer.backend_pid is None, "closing the writer closes its connection"
         assert (await verify(store))[CHAIN].ok
+
+
+@pytest.mark.parametrize("size", [2, COPY_ABOVE + 2], ids=["insert", "copy"])
+async def test_a_postgres_batch_goes_in_whole_or_not_at_all(size: int) -> None:
+    """Small batches go in by a prepared INSERT a row, bigger ones by COPY: either way one row refused refuses them
+    all, and the next batch, given the head, goes in whole."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = await create_test_database()
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    setup = await asyncpg.connect(dsn)
+    committer = PostgresCommitter(
+        dsn,
+        "t",
+        ["x", "y"],
+        "INSERT INTO t (x, y) VALUES ($1, $2)",
+        "",
+        RowSealer("standard", "chain", {}, ("record_id", "request_id")),
+    )
+    try:
+        await setup.execute("CREATE TABLE t (x TEXT PRIMARY KEY, y TEXT)")
+        await committer.open()
+        repeated = [_entry(f"a{i}") for i in range(size - 1)] + [_entry("a0")]
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await committer.commit(repeated, KEYS, base=(0, GENESIS_HASH), checkpoint=None)
+        assert await setup.fetchval("SELECT count(*) FROM t") == 0, "no row of a refused batch stays"
+        height, head, hashes = await committer.commit(
+            [_entry(f"b{i}") for i in range(size)], KEYS, base=(0, GENESIS_HASH), checkpoint=None
+        )
+        assert (height, head, len(hashes)) == (0, GENESIS_HASH, size)
+        assert [x for (x,) in await setup.fetch("SELECT x FROM t ORDER BY x")] == sorted(f"b{i}" for i in range(size))
+    finally:
+        await committer.close()
+        await setup.close()
+        await drop_database(url)
 
 
 CRASHING_WRITER = textwrap.dedent(

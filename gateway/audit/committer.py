@@ -59,6 +59,11 @@ BUSY_POLL = 0.0002
 # travel back before they were even sent: at half load that was about a quarter of a call's audit wait
 # (docs/performance.md, "Two batches in the audit committer's pipe").
 PIPELINE_DEPTH = 2
+# A PostgreSQL batch of at most this many records goes in as one prepared INSERT run for each (asyncpg's executemany:
+# one round trip, all rows or none); a bigger one as one COPY. Why: a COPY takes two round trips (the server answers
+# the COPY before the rows go), so for the one to four records of a batch of single calls it cost the event loop
+# 50-150 µs more a batch; from about eight records on COPY is as cheap and its commit is quicker (docs/performance.md).
+COPY_ABOVE = 4
 
 
 def describe_error(exc: BaseException) -> str:
@@ -122,19 +127,29 @@ class Chain:
 
 
 class PostgresCommitter:
-    """A connection of its own, so a batch costs one COPY and nothing else (BEGIN and COMMIT around it only when a
-    checkpoint goes in with it): a pooled connection added a liveness ping when taken and a ROLLBACK when given
-    back. A failed batch drops the connection (whatever state it was left in) and the next batch opens a new one.
-    One batch at a time: a connection runs one statement at a time. It seals on the event loop (asyncpg runs there)."""
+    """A connection of its own, so a batch costs one statement and nothing else (BEGIN and COMMIT around it only when
+    a checkpoint goes in with it): a pooled connection added a liveness ping when taken and a ROLLBACK when given
+    back. The statement is `insert` for each record of a small batch, a COPY of a bigger one (COPY_ABOVE). A failed
+    batch drops the connection (whatever state it was left in) and the next batch opens a new one. One batch at a
+    time: a connection runs one statement at a time. It seals on the event loop (asyncpg runs there)."""
 
     depth = 1
 
-    def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str, sealer: RowSealer) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        columns: Sequence[str],
+        insert: str,
+        checkpoint_insert: str,
+        sealer: RowSealer,
+    ) -> None:
         self._sealer = sealer
         self._chain = Chain()
         self._dsn = dsn
         self._table = table
         self._columns = list(columns)
+        self._insert = insert
         self._checkpoint_insert = checkpoint_insert
         self._connection: asyncpg.Connection | None = None
 
@@ -166,13 +181,13 @@ class PostgresCommitter:
             assert connection is not None
         try:
             if checkpoint is None:
-                # One COPY is one statement and so its own transaction: all rows or none, without the two round
-                # trips of BEGIN and COMMIT.
-                await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+                # Either statement is its own transaction: all rows or none, without the two round trips of BEGIN
+                # and COMMIT.
+                await self._insert_records(connection, records)
             else:
                 async with connection.transaction():  # a checkpoint signs a head committed before it
                     if records:
-                        await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+                        await self._insert_records(connection, records)
                     await connection.execute(self._checkpoint_insert, *checkpoint)
         except BaseException:
             self._connection = None
@@ -180,6 +195,12 @@ class PostgresCommitter:
             raise
         self._chain.moved(height, head, hashes)
         return height, head, hashes
+
+    async def _insert_records(self, connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> None:
+        if len(records) > COPY_ABOVE:
+            await connection.copy_records_to_table(self._table, records=records, columns=self._columns)
+        else:
+            await connection.executemany(self._insert, records)
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
