@@ -65,11 +65,33 @@ def machine_idle_seconds(path: str = PROC_STAT) -> Callable[[], float] | None:
     return read
 
 
+class WindowedRate:
+    """How fast a cumulative reading grew, per wall second, over the last whole window: the figure stays until the next
+    window is whole, so a read between two costs one clock read."""
+
+    __slots__ = ("_read", "_since", "_start", "_window", "value")
+
+    def __init__(self, read: Callable[[], float], window: float, now: float, value: float) -> None:
+        self._read = read
+        self._window = window
+        self._since, self._start = now, read()
+        self.value = value
+
+    def at(self, now: float) -> float:
+        elapsed = now - self._since
+        if elapsed >= self._window:
+            reading = self._read()
+            self.value = (reading - self._start) / elapsed
+            self._since, self._start = now, reading
+        return self.value
+
+
 class LoopLoad:
     """The share of wall time (0 to 1) the event loop's thread was running or runnable in the last whole window
     (`busy`), and the machine's idle CPUs over the last whole machine window (`spare`).
 
-    Read it from the event loop's thread only. A read costs a clock read; the times are read once a window.
+    Read it from the event loop's thread only. A read costs a clock read; the times are read once a window. Readers
+    not given are made at the first read: the thread's on the loop's own thread.
     """
 
     def __init__(
@@ -81,46 +103,26 @@ class LoopLoad:
         idle: Callable[[], float] | None = None,
     ) -> None:
         self._window = window
-        self._clock = wall
-        self._active_clock = active  # None: thread_active_seconds(), made at the first read, on the loop's thread
-        self._wall = wall()
-        self._active = active() if active is not None else 0.0
-        self._busy = 0.0
         self._machine_window = machine_window
-        # None until the first read makes it (machine_idle_seconds()); None after that where /proc/stat is missing.
-        self._idle_clock = idle
-        self._idle_made = idle is not None
-        self._machine_wall = self._wall
-        self._idle = idle() if idle is not None else 0.0
-        self._spare = math.inf  # unknown until a whole window is measured: checks are not held back for it
+        self._clock = wall
+        now = wall()
+        self._busy = WindowedRate(active, window, now, 0.0) if active is not None else None
+        # Unknown until a whole window is measured, or where /proc/stat cannot be read: checks are not held back.
+        self._spare = WindowedRate(idle, machine_window, now, math.inf) if idle is not None else None
+        self._spare_made = idle is not None
 
     def busy(self) -> float:
         now = self._clock()
-        if self._active_clock is None:
-            self._active_clock = thread_active_seconds()
-            self._wall, self._active = now, self._active_clock()
-            return self._busy
-        elapsed = now - self._wall
-        if elapsed >= self._window:
-            active = self._active_clock()
-            self._busy = (active - self._active) / elapsed
-            self._wall, self._active = now, active
-        return self._busy
+        if self._busy is None:
+            self._busy = WindowedRate(thread_active_seconds(), self._window, now, 0.0)
+        return self._busy.at(now)
 
     def spare(self) -> float:
         """How many of the machine's CPUs were idle on average over the last whole machine window (inf if unknown)."""
         now = self._clock()
-        if not self._idle_made:
-            self._idle_made = True
-            self._idle_clock = machine_idle_seconds()
-            if self._idle_clock is not None:
-                self._machine_wall, self._idle = now, self._idle_clock()
-            return self._spare
-        if self._idle_clock is None:
-            return self._spare
-        elapsed = now - self._machine_wall
-        if elapsed >= self._machine_window:
-            idle = self._idle_clock()
-            self._spare = (idle - self._idle) / elapsed
-            self._machine_wall, self._idle = now, idle
-        return self._spare
+        if not self._spare_made:
+            self._spare_made = True
+            idle = machine_idle_seconds()
+            if idle is not None:
+                self._spare = WindowedRate(idle, self._machine_window, now, math.inf)
+        return self._spare.at(now) if self._spare is not None else math.inf
