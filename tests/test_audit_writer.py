@@ -281,7 +281,6 @@ async def test_a_postgres_batch_goes_in_whole_or_not_at_all(size: int) -> None:
 
     url = await create_test_database()
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    setup = await asyncpg.connect(dsn)
     committer = PostgresCommitter(
         dsn,
         "t",
@@ -290,7 +289,11 @@ async def test_a_postgres_batch_goes_in_whole_or_not_at_all(size: int) -> None:
         "",
         RowSealer("standard", "chain", {}, ("record_id", "request_id")),
     )
-    try:
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(drop_database, url)
+        setup = await asyncpg.connect(dsn)
+        cleanup.push_async_callback(setup.close)
+        cleanup.push_async_callback(committer.close)
         await setup.execute("CREATE TABLE t (x TEXT PRIMARY KEY, y TEXT)")
         await committer.open()
         repeated = [_entry(f"a{i}") for i in range(size - 1)] + [_entry("a0")]
@@ -302,10 +305,6 @@ async def test_a_postgres_batch_goes_in_whole_or_not_at_all(size: int) -> None:
         )
         assert (height, head, len(hashes)) == (0, GENESIS_HASH, size)
         assert [x for (x,) in await setup.fetch("SELECT x FROM t ORDER BY x")] == sorted(f"b{i}" for i in range(size))
-    finally:
-        await committer.close()
-        await setup.close()
-        await drop_database(url)
 
 
 CRASHING_WRITER = textwrap.dedent(
