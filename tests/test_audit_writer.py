@@ -282,12 +282,7 @@ async def test_a_postgres_batch_goes_in_whole_or_not_at_all(size: int) -> None:
     url = await create_test_database()
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     committer = PostgresCommitter(
-        dsn,
-        "t",
-        ["x", "y"],
-        "INSERT INTO t (x, y) VALUES ($1, $2)",
-        "",
-        RowSealer("standard", "chain", {}, ("record_id", "request_id")),
+        dsn, "t", ["x", "y"], "", RowSealer("standard", "chain", {}, ("record_id", "request_id"))
     )
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.push_async_callback(drop_database, url)

@@ -129,27 +129,21 @@ class Chain:
 class PostgresCommitter:
     """A connection of its own, so a batch costs one statement and nothing else (BEGIN and COMMIT around it only when
     a checkpoint goes in with it): a pooled connection added a liveness ping when taken and a ROLLBACK when given
-    back. The statement is `insert` for each record of a small batch, a COPY of a bigger one (COPY_ABOVE). A failed
+    back. The statement is an INSERT for each record of a small batch, a COPY of a bigger one (COPY_ABOVE). A failed
     batch drops the connection (whatever state it was left in) and the next batch opens a new one. One batch at a
     time: a connection runs one statement at a time. It seals on the event loop (asyncpg runs there)."""
 
     depth = 1
 
-    def __init__(
-        self,
-        dsn: str,
-        table: str,
-        columns: Sequence[str],
-        insert: str,
-        checkpoint_insert: str,
-        sealer: RowSealer,
-    ) -> None:
+    def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str, sealer: RowSealer) -> None:
         self._sealer = sealer
         self._chain = Chain()
         self._dsn = dsn
         self._table = table
         self._columns = list(columns)
-        self._insert = insert
+        parameters = ", ".join(f"${number}" for number in range(1, len(columns) + 1))
+        # The table and column names are the writer's own, from the model, never from input.
+        self._insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({parameters})"  # noqa: S608
         self._checkpoint_insert = checkpoint_insert
         self._connection: asyncpg.Connection | None = None
 

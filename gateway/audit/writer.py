@@ -55,10 +55,6 @@ PIPELINE_BEHIND = 64
 SQLITE_INSERT = (  # column names come from the model, never from input
     f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"  # noqa: S608
 )
-PG_INSERT = (  # the same, with PostgreSQL's numbered parameters
-    f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)})"  # noqa: S608
-    f" VALUES ({', '.join(f'${number}' for number in range(1, len(AUDIT_COLUMNS) + 1))})"
-)
 CHECKPOINT_INSERT_SQLITE = (
     "INSERT INTO audit_checkpoints (chain_id, height, head_hash, ts_ms, key_id, signature) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -150,9 +146,7 @@ class AuditWriter:
             self._committer = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE, sealer)
         else:
             dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._committer = PostgresCommitter(
-                dsn, "audit_records", AUDIT_COLUMNS, PG_INSERT, CHECKPOINT_INSERT_PG, sealer
-            )
+            self._committer = PostgresCommitter(dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG, sealer)
         # Record ids: a random prefix per writer and a counter, unique across nodes and restarts without a syscall each.
         self._id_prefix = secrets.token_hex(8)
         self._sequence = 0
