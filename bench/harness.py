@@ -147,6 +147,38 @@ class CpuSplit:
         return split
 
 
+class LoopShares:
+    """How the event loops spent one measured run, as shares of its wall time (their mean, with several workers):
+    running, waiting for a CPU while runnable (the machine's other processes held both), and idle (waiting for
+    I/O: a client, the upstream, the verifier's or the audit committer's answer). From the kernel's schedstat;
+    None where it keeps none."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.before = self._read()
+        self.started = time.monotonic()
+
+    def _read(self) -> tuple[float, float] | None:
+        stats = [procs.main_thread_schedstat(pid) for pid in self.pids]
+        known = [stat for stat in stats if stat is not None]
+        if not known or len(known) < len(stats):
+            return None
+        return sum(running for running, _ in known), sum(waiting for _, waiting in known)
+
+    def stop(self) -> dict[str, float] | None:
+        after = self._read()
+        wall = (time.monotonic() - self.started) * len(self.pids)
+        if self.before is None or after is None or wall <= 0:
+            return None
+        running = (after[0] - self.before[0]) / wall
+        waiting = (after[1] - self.before[1]) / wall
+        return {
+            "running": round(running, 3),
+            "waiting_for_cpu": round(waiting, 3),
+            "idle": round(max(1.0 - running - waiting, 0.0), 3),
+        }
+
+
 class Bench:
     def __init__(self, config: Config, workdir: Path) -> None:
         self.config = config
@@ -196,6 +228,7 @@ class Bench:
         cpu_before = procs.cpu_seconds(server.pids())
         loop_pids = server.loop_pids()
         main_before = sum(procs.main_thread_cpu_seconds(pid) for pid in loop_pids)
+        shares = LoopShares(loop_pids)
         load = wrk.run_wrk(
             url,
             seconds=seconds,
@@ -204,6 +237,7 @@ class Bench:
             cycle=cycle,
             rate=rate,
         )
+        loop_shares = shares.stop()
         cpu_after = procs.cpu_seconds(server.pids())
         main_thread = sum(procs.main_thread_cpu_seconds(pid) for pid in loop_pids) - main_before
         cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
@@ -214,6 +248,7 @@ class Bench:
             # The event loop's thread: what caps one worker, whatever its other threads and processes add (with
             # several workers, their loops' sum).
             result["main_thread_cpu_us_per_req"] = round(1e6 * main_thread / load.requests, 1)
+            result["event_loop_shares"] = loop_shares
         if rate:
             result["target_rate"] = round(rate, 1)
         print(

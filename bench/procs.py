@@ -102,6 +102,17 @@ def main_thread_cpu_seconds(pid: int) -> float:
     return 0.0
 
 
+def main_thread_schedstat(pid: int) -> tuple[float, float] | None:
+    """Seconds the process's main thread has run on a CPU and has waited, runnable, for one (the kernel's
+    /proc/PID/task/TID/schedstat); None where the kernel does not keep it, or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as file:
+            running, waiting, _slices = file.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(running) / 1e9, int(waiting) / 1e9
+
+
 def peak_rss_mb(pids: Sequence[int]) -> float:
     """Sum of the processes' peak resident set (VmHWM), in MiB."""
     total_kb = 0

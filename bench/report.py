@@ -352,6 +352,12 @@ def _row(name: str, scenario: Any) -> str:
 
 
 SPLIT_PARTIES = ("simulator", "wrk", "postgresql", "redis", "rest of machine")
+# event_loop_shares' keys, and their columns.
+LOOP_PARTS = {"running": "loop running", "waiting_for_cpu": "loop waits for a CPU", "idle": "loop idle"}
+
+
+def _percent(share: float | None) -> str:
+    return "–" if share is None else f"{100 * share:.0f} %"
 
 
 def _split_lines(results: dict[str, Any]) -> list[str]:
@@ -364,16 +370,26 @@ def _split_lines(results: dict[str, Any]) -> list[str]:
         if not split:
             continue
         cells = " | ".join(_cell(split.get(party), 0) for party in SPLIT_PARTIES)
-        rows.append(f"| {name} | {_cell(split.get(name), 0)} | {cells} | {_cell(split.get('busy_cores'), 2)} |")
+        shares = scenario.get("event_loop_shares") or {}
+        loop = " | ".join(_percent(shares.get(part)) for part in LOOP_PARTS)
+        rows.append(
+            f"| {name} | {_cell(split.get(name), 0)} | {cells} | {_cell(split.get('busy_cores'), 2)} | {loop} |"
+        )
     if not rows:
         return []
     return [
         "",
         "CPU split (µs of CPU a request, during the measured run; PostgreSQL and Redis are whole servers, which other"
-        " work may share; the rest is every other process on the machine):",
+        " work may share; the rest is every other process on the machine), and how the event loop spent the run (% of"
+        " its wall time, the workers' mean: running; runnable but waiting for a CPU that others held; idle, waiting"
+        " for I/O):",
         "",
-        "| scenario | under test | " + " | ".join(SPLIT_PARTIES) + " | busy cores |",
-        "| --- | ---: | " + " | ".join("---:" for _ in SPLIT_PARTIES) + " | ---: |",
+        "| scenario | under test | "
+        + " | ".join(SPLIT_PARTIES)
+        + " | busy cores | "
+        + " | ".join(LOOP_PARTS.values())
+        + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in SPLIT_PARTIES) + " | ---: |" + " ---: |" * len(LOOP_PARTS),
         *rows,
     ]
 
