@@ -267,6 +267,15 @@ def _batch_targets(results: dict[str, Any]) -> dict[str, Any]:
         False,
         problem or "no interactive probe",
     )
+    # The same bound for the PostgreSQL + Redis batch, whose ratio the report printed but did not score.
+    probe = postgres.get("interactive") if isinstance(postgres, dict) else None
+    out["batch_interactive_p99_pg"] = _target(
+        "batch (PostgreSQL + Redis).interactive p99 during the batch / idle p99 <= 2 (signed single calls)",
+        probe.get("p99_ratio") if isinstance(probe, dict) else None,
+        2.0,
+        False,
+        problem or ("no interactive probe" if isinstance(postgres, dict) else "no PostgreSQL run"),
+    )
     return out
 
 
