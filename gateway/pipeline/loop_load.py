@@ -46,21 +46,18 @@ def thread_active_seconds() -> Callable[[], float]:
 def machine_idle_seconds(path: str = PROC_STAT) -> Callable[[], float] | None:
     """A reader of the CPU time all the machine's CPUs have spent idle (or waiting for I/O), in seconds, from Linux's
     /proc/stat; None where that cannot be read. Time a hypervisor gave to other guests (steal) is not idle."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
     tick = os.sysconf("SC_CLK_TCK")
 
     def read() -> float:
-        # The first line: "cpu  user nice system idle iowait irq softirq steal guest guest_nice", in ticks.
-        fields = os.pread(fd, 256, 0).split(b"\n", 1)[0].split()
+        # The first line: "cpu  user nice system idle iowait irq softirq steal guest guest_nice", in ticks. Opened
+        # for each read (twice a second at most), so no descriptor outlives the reader.
+        with open(path, "rb") as stat:
+            fields = stat.readline().split()
         return (int(fields[4]) + int(fields[5])) / tick
 
     try:
         read()
     except (OSError, ValueError, IndexError):
-        os.close(fd)
         return None
     return read
 
@@ -90,8 +87,8 @@ class LoopLoad:
     """The share of wall time (0 to 1) the event loop's thread was running or runnable in the last whole window
     (`busy`), and the machine's idle CPUs over the last whole machine window (`spare`).
 
-    Read it from the event loop's thread only. A read costs a clock read; the times are read once a window. Readers
-    not given are made at the first read: the thread's on the loop's own thread.
+    Read it from the event loop's thread only. A read costs a clock read; the times are read once a window. The
+    thread's reader, if not given, is made at the first read, on the loop's own thread.
     """
 
     def __init__(
@@ -103,13 +100,12 @@ class LoopLoad:
         idle: Callable[[], float] | None = None,
     ) -> None:
         self._window = window
-        self._machine_window = machine_window
         self._clock = wall
         now = wall()
         self._busy = WindowedRate(active, window, now, 0.0) if active is not None else None
+        idle = idle if idle is not None else machine_idle_seconds()
         # Unknown until a whole window is measured, or where /proc/stat cannot be read: checks are not held back.
         self._spare = WindowedRate(idle, machine_window, now, math.inf) if idle is not None else None
-        self._spare_made = idle is not None
 
     def busy(self) -> float:
         now = self._clock()
@@ -119,10 +115,4 @@ class LoopLoad:
 
     def spare(self) -> float:
         """How many of the machine's CPUs were idle on average over the last whole machine window (inf if unknown)."""
-        now = self._clock()
-        if not self._spare_made:
-            self._spare_made = True
-            idle = machine_idle_seconds()
-            if idle is not None:
-                self._spare = WindowedRate(idle, self._machine_window, now, math.inf)
-        return self._spare.at(now) if self._spare is not None else math.inf
+        return self._spare.at(self._clock()) if self._spare is not None else math.inf
