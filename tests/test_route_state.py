@@ -35,14 +35,15 @@ async def test_the_first_request_into_each_router_builds_nothing(
     settings = load_settings(data_dir=tmp_path, upstream_urls={"credit": credit_url})
     async with running_gateway(settings) as gateway, httpx.AsyncClient(base_url=gateway.url) as client:
         built = _count_builds(monkeypatch)
-        # Routers the readiness probe does not pass through: the docs, the SOAP façade, the console.
+        # The docs, the SOAP façade and the console come after the routers a readiness probe passes through; the
+        # catalog before them.
         for path in ("/docs", "/soap/credit", "/console/login", "/v1/catalog"):
             answer = await client.get(path)
             assert answer.status_code < 500, (path, answer.status_code)
         assert built == [], f"routes built after start-up: {built}"
 
 
-def test_without_it_a_router_is_built_at_its_first_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fastapi_builds_lazily_and_one_pass_builds_it_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The test above would pass on a FastAPI that built everything eagerly; this one shows the build it prevents."""
     app = create_app(load_settings(data_dir=tmp_path))
     built = _count_builds(monkeypatch)
