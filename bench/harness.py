@@ -3,7 +3,8 @@
 Scenarios (the JSON keys): direct (wrk → credit simulator), nginx (wrk → nginx → simulator), bare_hop (wrk →
 FastAPI forwarder → simulator), gateway_sqlite and gateway_pg_redis (wrk → `msjx-gateway serve` → simulator,
 every request signed, nonce-checked, granted, minimized and audited), soak (the SQLite gateway paced for 10
-minutes, its memory growth: bench/soak.py), soap, audit and batch (from bench.soap, bench.audit and bench.batch).
+minutes, its memory growth: bench/soak.py), interleaved (the rows the ratio targets compare, loaded in turns
+while all of them run), soap, audit and batch (from bench.soap, bench.audit and bench.batch).
 Each reports rps, p50_ms, p99_ms, cpu_us_per_req (CPU time of the process under test per request, from
 /proc/<pid>/stat) and peak_rss_mb (its VmHWM); soak reports rss_growth_mb_per_min.
 """
@@ -51,6 +52,9 @@ GATEWAY_VARIANTS = (
     ("granian-asgi", "wire"),
 )
 HALF_RATE_KEYS = {"gateway_sqlite": "half_rate", "gateway_pg_redis": "half_rate_pg_redis"}
+# `interleaved`: rounds of one turn a row, and a turn's seconds (a full run; quick: 2 rounds of 2 s).
+INTERLEAVED_ROUNDS = 6
+INTERLEAVED_SLICE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,20 @@ def shown(path: Path) -> str:
 
 class Skipped(Exception):
     """A scenario cannot run here; the reason goes into the JSON as {"skipped": reason}."""
+
+
+@dataclass(frozen=True)
+class UnderTest:
+    """A started server and how to load it: `pool(label, expected_rps, seconds)` writes the requests wrk replays
+    (None: wrk's own GET of `url`); `cycle` lets wrk reuse them (for a server that checks no nonce). A gateway's
+    also carry its settings and the bench caller, to read its audit records."""
+
+    server: Server
+    url: str
+    pool: Callable[[str, float, float], Path | None] | None = None
+    cycle: bool = False
+    settings: Any = None
+    caller_id: str = ""
 
 
 def figures(load: wrk.Load, cpu: tuple[float, float], rss_mb: float) -> dict[str, Any]:
@@ -202,14 +220,16 @@ class Bench:
         seconds: float | None = None,
         warmup: bool = True,
         cycle: bool = False,
+        expected_rps: float = 0.0,
     ) -> dict[str, Any]:
         """Warm up, then load `url` for the scenario's time, reading the server's CPU time around the run.
 
         `pool(label, expected_rps, seconds)` writes the requests wrk replays (None: wrk's own GET of `url`);
-        `cycle` lets wrk reuse them (for a server that checks no nonce).
+        `cycle` lets wrk reuse them (for a server that checks no nonce); `expected_rps` sizes the pools (default:
+        the pace, else the bare hop's rate).
         """
         seconds = seconds or self.config.seconds
-        expected = self._expected_rps(name, rate)
+        expected = expected_rps or self._expected_rps(name, rate)
         if warmup:
             warm_pool = pool(f"{name}-warmup", expected, self.config.warmup) if pool else None
             warm = wrk.run_wrk(
@@ -329,6 +349,7 @@ class Bench:
                 ("gateway_sqlite", self.gateway_sqlite),
                 ("gateway_pg_redis", self.gateway_pg_redis),
                 ("gateway_pg_redis_2w", self.gateway_pg_redis_2w),
+                ("interleaved", self.interleaved),
                 ("ab", self.ab),
                 ("soak", self.soak),
             ):
@@ -394,18 +415,23 @@ class Bench:
             return self.measure("nginx", url, server)
 
     def bare_hop(self) -> dict[str, Any]:
+        with self._hop_server("bare_hop") as hop:
+            return self.measure("bare_hop", hop.url, hop.server, hop.pool, cycle=True)
+
+    @contextlib.contextmanager
+    def _hop_server(self, name: str) -> Iterator[UnderTest]:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         from bench.presign import Presigner
         from bench.seed import PURPOSE
 
         port = free_port()
         command = [sys.executable, "-m", "bench.hop", "--upstream", self.upstream, "--port", str(port)]
-        with Server("bare_hop", command, f"http://{HOST}:{port}/healthz", log_dir=self.workdir) as server:
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+        with Server(name, command, f"http://{HOST}:{port}/healthz", log_dir=self.workdir) as server:
             # The very requests the gateway gets, signature headers and all; the hop ignores them.
             signer = Presigner(f"{HOST}:{port}", INVOKE_PATH, self.body(PURPOSE), "hop.0", Ed25519PrivateKey.generate())
-            requests_file = signer.write(self.workdir / "bare_hop.requests", 1000)
-            return self.measure("bare_hop", f"http://{HOST}:{port}/", server, lambda *_, f=requests_file: f, cycle=True)
+            requests_file = signer.write(self.workdir / f"{name}.requests", 1000)
+            yield UnderTest(server, f"http://{HOST}:{port}/", lambda *_: requests_file, cycle=True)
 
     def body(self, purpose: str) -> bytes:
         return orjson.dumps({"purpose": purpose, "params": {"uscc": self.uscc}})
@@ -416,6 +442,14 @@ class Bench:
         return result
 
     def gateway_pg_redis(self, workers: int = 1) -> dict[str, Any]:
+        with self._pg_redis() as backend:
+            if workers > 1:
+                return self._gateway(f"gateway_pg_redis_{workers}w", self.workdir / "gateway-pg-2w", backend, workers)
+            return self._gateway("gateway_pg_redis", self.workdir / "gateway-pg", backend)
+
+    @contextlib.contextmanager
+    def _pg_redis(self) -> Iterator[dict[str, str]]:
+        """A fresh PostgreSQL database (dropped afterwards) and the shared Redis, as a gateway's backend settings."""
         from bench import seed
 
         try:
@@ -427,10 +461,7 @@ class Bench:
                 asyncio.run(seed.check_redis())
             except Exception as exc:
                 raise Skipped(f"Redis at {seed.REDIS_URL} unusable: {type(exc).__name__}: {exc}") from None
-            env = {"database_url": database_url, "redis_url": seed.REDIS_URL}
-            if workers > 1:
-                return self._gateway(f"gateway_pg_redis_{workers}w", self.workdir / "gateway-pg-2w", env, workers)
-            return self._gateway("gateway_pg_redis", self.workdir / "gateway-pg", env)
+            yield {"database_url": database_url, "redis_url": seed.REDIS_URL}
         finally:
             asyncio.run(seed.drop_database(database_url))
 
@@ -438,6 +469,51 @@ class Bench:
         """`serve --workers 2` on PostgreSQL + Redis: two worker processes (each a node with its own chain) on one
         port, against the one-worker `gateway_pg_redis` of the same run."""
         return self.gateway_pg_redis(workers=2)
+
+    def interleaved(self) -> dict[str, Any]:
+        """The rows the ratio targets compare, all running at once and loaded in turns of a few seconds, each round
+        in the reverse order of the one before (docs/performance.md, "Interleaved"): the rows above are measured a
+        minute or more apart, and this host's price for the same work moved 1.9 × between consecutive full runs.
+        Here both sides of a ratio see the same minutes, and a drift within the run falls on them alike."""
+        assert self.simulator is not None
+        rounds, slice_seconds = (2, 2.0) if self.config.quick else (INTERLEAVED_ROUNDS, INTERLEAVED_SLICE_S)
+        with contextlib.ExitStack() as stack:
+            parties = {"direct": UnderTest(self.simulator, self.upstream_url)}
+            parties["bare_hop"] = stack.enter_context(self._hop_server("interleaved.bare_hop"))
+            parties["gateway_sqlite"] = stack.enter_context(
+                self._gateway_server("interleaved.gateway_sqlite", self.workdir / "interleaved-sqlite", {})
+            )
+            try:
+                one, two = stack.enter_context(self._pg_redis()), stack.enter_context(self._pg_redis())
+            except Skipped as skipped:
+                print(f"  without the PostgreSQL rows: {skipped}", flush=True)
+            else:
+                parties["gateway_pg_redis"] = stack.enter_context(
+                    self._gateway_server("interleaved.gateway_pg_redis", self.workdir / "interleaved-pg", one)
+                )
+                parties["gateway_pg_redis_2w"] = stack.enter_context(
+                    self._gateway_server(
+                        "interleaved.gateway_pg_redis_2w", self.workdir / "interleaved-pg-2w", two, workers=2
+                    )
+                )
+            order = list(parties)
+            slices: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+            for round_ in range(rounds):
+                for name in order if round_ % 2 == 0 else order[::-1]:
+                    party = parties[name]
+                    fastest = max((run["rps"] for run in slices[name]), default=0.0)
+                    figures = self.measure(
+                        f"interleaved.{name}",
+                        party.url,
+                        party.server,
+                        party.pool,
+                        seconds=slice_seconds,
+                        warmup=round_ == 0,  # the first turn of each warms it up, and sizes its pools
+                        cycle=party.cycle,
+                        expected_rps=fastest,
+                    )
+                    slices[name].append(figures)
+        return report.interleaved_summary(slices, slice_seconds)
 
     def ab(self) -> dict[str, Any]:
         """Issue 18 item 5's comparisons, each alternative measured in turn, twice in a full run (A B C, A B C):
@@ -521,6 +597,29 @@ class Bench:
         """One gateway under load; `runner`: under bench/ab_serve.py's server of that name instead of `serve`, its
         adapters on `client`."""
         from bench import seed
+
+        with self._gateway_server(name, data_dir, backend, workers, runner, client) as gateway:
+            result = self.measure(name, gateway.url, gateway.server, gateway.pool)
+            half = HALF_RATE_KEYS.get(name)
+            if half and self.config.wants(half):
+                self.results[half] = self._guarded(half, lambda: self.half_rate(name, gateway, result))
+        # Every answered call of every run (warm-ups included) left its record: proof the full path ran.
+        result["audit_records"] = asyncio.run(seed.audit_counts(gateway.settings, gateway.caller_id))
+        print(f"  audit records by decision: {result['audit_records']}", flush=True)
+        return result
+
+    @contextlib.contextmanager
+    def _gateway_server(
+        self,
+        name: str,
+        data_dir: Path,
+        backend: dict[str, str],
+        workers: int = 1,
+        runner: str | None = None,
+        client: str = "wire",
+    ) -> Iterator[UnderTest]:
+        """A seeded gateway, started and ready (all its workers up), with the pool of signed requests to load it."""
+        from bench import seed
         from bench.presign import Presigner, pool_size
         from gateway.settings import Settings
 
@@ -556,7 +655,6 @@ class Bench:
         def pool(label: str, expected_rps: float, seconds: float) -> Path:
             return signer.write(self.workdir / f"{label}.requests", pool_size(expected_rps, seconds))
 
-        url = f"http://{HOST}:{port}/"
         try:
             ready = f"http://{HOST}:{port}/healthz"
             # N spawned workers each import the whole gateway: on a busy 2-core host that takes a while.
@@ -566,16 +664,7 @@ class Bench:
             ) as server:
                 if workers > 1:
                     wait_workers(server, workers)
-                result = self.measure(name, url, server, pool)
-                half = HALF_RATE_KEYS.get(name)
-                if half and self.config.wants(half):
-                    self.results[half] = self._guarded(
-                        half, lambda: self.half_rate(name, url, server, pool, result, settings, caller.caller_id)
-                    )
-            # Every answered call of every run (warm-ups included) left its record: proof the full path ran.
-            result["audit_records"] = asyncio.run(seed.audit_counts(settings, caller.caller_id))
-            print(f"  audit records by decision: {result['audit_records']}", flush=True)
-            return result
+                yield UnderTest(server, f"http://{HOST}:{port}/", pool, settings=settings, caller_id=caller.caller_id)
         finally:
             if backend:
                 with contextlib.suppress(Exception):
@@ -642,16 +731,7 @@ class Bench:
         )
         return result
 
-    def half_rate(
-        self,
-        name: str,
-        url: str,
-        server: Server,
-        pool: Callable[[str, float, float], Path],
-        full: dict[str, Any],
-        settings: Any,
-        caller_id: str,
-    ) -> dict[str, Any]:
+    def half_rate(self, name: str, gateway: UnderTest, full: dict[str, Any]) -> dict[str, Any]:
         """The gateway and the upstream alone, both paced to half the gateway's maximum rate: the added latency."""
         from bench import seed
 
@@ -662,18 +742,21 @@ class Bench:
         seconds = self.config.half_seconds
         since_ms = int(time.time() * 1000)
         label = HALF_RATE_KEYS[name]
-        gateway = self.measure(f"{label}.gateway", url, server, pool, rate=rate, seconds=seconds, warmup=False)
+        paced = self.measure(
+            f"{label}.gateway", gateway.url, gateway.server, gateway.pool, rate=rate, seconds=seconds, warmup=False
+        )
         # Where the gateway's time goes, from its own audit records of this run (the answer waits for the commit).
-        gateway["inside"] = asyncio.run(seed.audit_timings(settings, caller_id, since_ms, int(time.time() * 1000)))
+        until_ms = int(time.time() * 1000)
+        paced["inside"] = asyncio.run(seed.audit_timings(gateway.settings, gateway.caller_id, since_ms, until_ms))
         direct = self.measure(
             f"{label}.direct", self.upstream_url, self.simulator, rate=rate, seconds=seconds, warmup=False
         )
         return {
             "rate": round(rate, 1),
-            name: gateway,
+            name: paced,
             "direct": direct,
-            "added_p50_ms": round(gateway["p50_ms"] - direct["p50_ms"], 3),
-            "added_p99_ms": round(gateway["p99_ms"] - direct["p99_ms"], 3),
+            "added_p50_ms": round(paced["p50_ms"] - direct["p50_ms"], 3),
+            "added_p99_ms": round(paced["p99_ms"] - direct["p99_ms"], 3),
         }
 
     def module_scenario(self, name: str) -> dict[str, Any]:

@@ -25,6 +25,13 @@ SCENARIOS = (
     "audit",
     "batch",
 )
+# The ratio targets: (key, numerator row, denominator row, the least the ratio may be).
+RATIO_TARGETS = (
+    ("gateway_vs_bare_hop", "gateway_sqlite", "bare_hop", 0.85),
+    ("gateway_vs_direct", "gateway_sqlite", "direct", 0.11),
+    ("pg_redis_vs_sqlite", "gateway_pg_redis", "gateway_sqlite", 0.7),
+    ("two_workers_vs_one", "gateway_pg_redis_2w", "gateway_pg_redis", 1.4),
+)
 MAIN_THREAD_LIMIT_US = 250.0  # issue 18 item 5: the event loop's CPU per fully audited call
 RSS_LIMIT_MB = 250.0
 BATCH_RSS_LIMIT_MB = 300.0  # issue 15 item 7: the gateway's peak while a batch of 100,000 subjects runs
@@ -150,14 +157,49 @@ def _ratio(results: dict[str, Any], top: str, bottom: str, threshold: float) -> 
     return target
 
 
+def interleaved_summary(slices: dict[str, list[dict[str, Any]]], slice_seconds: float) -> dict[str, Any]:
+    """The `interleaved` scenario from its turns (`measure`'s figures, round by round): each row's totals, and each
+    ratio target's value over the whole run and round by round (the spread the host left within the run)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, runs in slices.items():
+        requests = sum(run["requests"] for run in runs)
+        seconds = sum(run["seconds"] for run in runs)
+        row: dict[str, Any] = {
+            "rps": round(requests / seconds, 1) if seconds else 0.0,
+            "requests": requests,
+            "seconds": round(seconds, 2),
+            "errors": sum(run["errors"] for run in runs),
+            "turns_rps": [run["rps"] for run in runs],
+        }
+        exhausted = sum(run.get("exhausted", 0) for run in runs)
+        if exhausted:
+            row["exhausted"] = exhausted
+        for key in ("cpu_us_per_req", "main_thread_cpu_us_per_req"):
+            if requests and all(run.get(key) is not None for run in runs):
+                row[key] = round(sum(run[key] * run["requests"] for run in runs) / requests, 1)
+        rows[name] = row
+    rounds: dict[str, list[float]] = {}
+    for key, top, bottom, _ in RATIO_TARGETS:
+        if top in slices and bottom in slices:
+            pairs = zip(slices[top], slices[bottom], strict=True)
+            rounds[key] = [round(a["rps"] / b["rps"], 3) if b["rps"] else 0.0 for a, b in pairs]
+    turns = max((len(runs) for runs in slices.values()), default=0)
+    return {"rounds": turns, "turn_s": slice_seconds, "rows": rows, "ratio_by_round": rounds}
+
+
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, each a ratio or a bound computed from this run's own figures."""
-    out = {
-        "gateway_vs_bare_hop": _ratio(results, "gateway_sqlite", "bare_hop", 0.85),
-        "gateway_vs_direct": _ratio(results, "gateway_sqlite", "direct", 0.11),
-        "pg_redis_vs_sqlite": _ratio(results, "gateway_pg_redis", "gateway_sqlite", 0.7),
-        "two_workers_vs_one": _ratio(results, "gateway_pg_redis_2w", "gateway_pg_redis", 1.4),
-    }
+    out = {key: _ratio(results, top, bottom, threshold) for key, top, bottom, threshold in RATIO_TARGETS}
+    interleaved, problem = _measured(results, "interleaved")
+    for key, top, bottom, threshold in RATIO_TARGETS:
+        # The same ratios from rows that ran in alternating turns (Bench.interleaved): the same minutes of the host.
+        target = _ratio(interleaved["rows"] if interleaved else {}, top, bottom, threshold)
+        target["rule"] += " (interleaved turns)"
+        if interleaved is None:
+            target["reason"] = problem
+        elif key in interleaved["ratio_by_round"]:
+            target["by_round"] = interleaved["ratio_by_round"][key]
+        out[f"{key}_interleaved"] = target
     gateway, problem = _measured(results, "gateway_sqlite")
     rule = f"gateway_sqlite.main_thread_cpu_us_per_req <= {MAIN_THREAD_LIMIT_US:g} (event loop, a fully audited call)"
     value = gateway.get("main_thread_cpu_us_per_req") if gateway is not None else None
@@ -403,6 +445,33 @@ def _split_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _interleaved_lines(interleaved: Any) -> list[str]:
+    if not isinstance(interleaved, dict) or "rows" not in interleaved:
+        return []
+    lines = [
+        "",
+        f"`interleaved`: the same rows again, all running at once and loaded in turns of {interleaved['turn_s']:g} s,"
+        f" {interleaved['rounds']} rounds, each round in the reverse order of the one before; the ratio targets from"
+        ' these are marked "interleaved turns" below.',
+        "",
+        "| scenario | req/s | CPU µs/req | main thread µs/req | requests | errors | req/s by turn |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, row in interleaved["rows"].items():
+        turns = ", ".join(f"{rps:,.0f}" for rps in row["turns_rps"])
+        lines.append(
+            f"| {name} | {_cell(row['rps'], 0)} | {_cell(row.get('cpu_us_per_req'), 0)} "
+            f"| {_cell(row.get('main_thread_cpu_us_per_req'), 0)} | {row['requests']:,} | {row['errors']} | {turns} |"
+        )
+    lines.append("")
+    for key, top, bottom, _ in RATIO_TARGETS:
+        by_round = interleaved["ratio_by_round"].get(key)
+        if by_round:
+            ratios = ", ".join(f"{ratio:.3f}" for ratio in by_round)
+            lines.append(f"- {top} ÷ {bottom}, round by round: {ratios}")
+    return lines
+
+
 def _half_rate_lines(half: Any, gateway: str, seconds: float) -> list[str]:
     if isinstance(half, dict) and "rate" in half:
         lines = [
@@ -568,6 +637,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += [_row(name, results.get(name)) for name in SCENARIOS]
     lines += _split_lines(results)
+    lines += _interleaved_lines(results.get("interleaved"))
     lines += _half_rate_lines(results.get("half_rate"), "gateway_sqlite", info["load"]["half_rate_run_s"])
     lines += _half_rate_lines(results.get("half_rate_pg_redis"), "gateway_pg_redis", info["load"]["half_rate_run_s"])
     lines += _ab_lines(results.get("ab"))
