@@ -170,6 +170,8 @@ def interleaved_summary(slices: dict[str, list[dict[str, Any]]], slice_seconds: 
             "seconds": round(seconds, 2),
             "errors": sum(run["errors"] for run in runs),
             "turns_rps": [run["rps"] for run in runs],
+            # Each turn's own figures (CPU split, the loop's shares): where a slow turn's time went.
+            "turns": runs,
         }
         exhausted = sum(run.get("exhausted", 0) for run in runs)
         if exhausted:
