@@ -438,14 +438,15 @@ class Bench:
 
     def gateway_sqlite(self) -> dict[str, Any]:
         data_dir = self.workdir / "gateway-sqlite"
-        result = self._gateway("gateway_sqlite", data_dir, {})
+        result = self._gateway(self._gateway_server("gateway_sqlite", data_dir, {}))
         return result
 
     def gateway_pg_redis(self, workers: int = 1) -> dict[str, Any]:
         with self._pg_redis() as backend:
             if workers > 1:
-                return self._gateway(f"gateway_pg_redis_{workers}w", self.workdir / "gateway-pg-2w", backend, workers)
-            return self._gateway("gateway_pg_redis", self.workdir / "gateway-pg", backend)
+                name, data_dir = f"gateway_pg_redis_{workers}w", self.workdir / "gateway-pg-2w"
+                return self._gateway(self._gateway_server(name, data_dir, backend, workers))
+            return self._gateway(self._gateway_server("gateway_pg_redis", self.workdir / "gateway-pg", backend))
 
     @contextlib.contextmanager
     def _pg_redis(self) -> Iterator[dict[str, str]]:
@@ -581,24 +582,17 @@ class Bench:
                     out["gateway_server"].setdefault(variant, []).append({"skipped": "granian is not installed"})
                     continue
                 data_dir = self.workdir / f"gateway-ab-{len(list(self.workdir.glob('gateway-ab-*')))}"
-                figures = self._gateway(f"ab.gateway.{variant}", data_dir, {}, runner=server_kind, client=client)
+                started = self._gateway_server(f"ab.gateway.{variant}", data_dir, {}, runner=server_kind, client=client)
+                figures = self._gateway(started)
                 out["gateway_server"].setdefault(variant, []).append(figures)
         return out
 
-    def _gateway(
-        self,
-        name: str,
-        data_dir: Path,
-        backend: dict[str, str],
-        workers: int = 1,
-        runner: str | None = None,
-        client: str = "wire",
-    ) -> dict[str, Any]:
-        """One gateway under load; `runner`: under bench/ab_serve.py's server of that name instead of `serve`, its
-        adapters on `client`."""
+    def _gateway(self, started: contextlib.AbstractContextManager[UnderTest]) -> dict[str, Any]:
+        """One gateway (`_gateway_server`) under load, then its half-rate run if it has one, named as its server."""
         from bench import seed
 
-        with self._gateway_server(name, data_dir, backend, workers, runner, client) as gateway:
+        with started as gateway:
+            name = gateway.server.name
             result = self.measure(name, gateway.url, gateway.server, gateway.pool)
             half = HALF_RATE_KEYS.get(name)
             if half and self.config.wants(half):
@@ -618,7 +612,8 @@ class Bench:
         runner: str | None = None,
         client: str = "wire",
     ) -> Iterator[UnderTest]:
-        """A seeded gateway, started and ready (all its workers up), with the pool of signed requests to load it."""
+        """A seeded gateway, started and ready (all its workers up), with the pool of signed requests to load it;
+        `runner`: under bench/ab_serve.py's server of that name instead of `serve`, its adapters on `client`."""
         from bench import seed
         from bench.presign import Presigner, pool_size
         from gateway.settings import Settings
