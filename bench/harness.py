@@ -54,7 +54,7 @@ GATEWAY_VARIANTS = (
 HALF_RATE_KEYS = {"gateway_sqlite": "half_rate", "gateway_pg_redis": "half_rate_pg_redis"}
 # `interleaved`: rounds of one turn a row, and a turn's seconds (a full run; quick: 2 rounds of 2 s).
 INTERLEAVED_ROUNDS = 6
-INTERLEAVED_SLICE_S = 3.0
+INTERLEAVED_TURN_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -473,11 +473,12 @@ class Bench:
 
     def interleaved(self) -> dict[str, Any]:
         """The rows the ratio targets compare, all running at once and loaded in turns of a few seconds, each round
-        in the reverse order of the one before (docs/performance.md, "Interleaved"): the rows above are measured a
-        minute or more apart, and this host's price for the same work moved 1.9 × between consecutive full runs.
-        Here both sides of a ratio see the same minutes, and a drift within the run falls on them alike."""
+        in the reverse order of the one before (docs/performance.md, "The ratio targets from interleaved turns").
+        The rows above are measured a minute or more apart, and this host's price for the same work moved 1.9 ×
+        between consecutive full runs. Here both sides of a ratio see the same minutes, and a drift within the run
+        falls on them alike."""
         assert self.simulator is not None
-        rounds, slice_seconds = (2, 2.0) if self.config.quick else (INTERLEAVED_ROUNDS, INTERLEAVED_SLICE_S)
+        rounds, turn_seconds = (2, 2.0) if self.config.quick else (INTERLEAVED_ROUNDS, INTERLEAVED_TURN_S)
         with contextlib.ExitStack() as stack:
             parties = {"direct": UnderTest(self.simulator, self.upstream_url)}
             parties["bare_hop"] = stack.enter_context(self._hop_server("interleaved.bare_hop"))
@@ -498,23 +499,28 @@ class Bench:
                     )
                 )
             order = list(parties)
-            slices: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+            turns: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
             for round_ in range(rounds):
                 for name in order if round_ % 2 == 0 else order[::-1]:
                     party = parties[name]
-                    fastest = max((run["rps"] for run in slices[name]), default=0.0)
+                    # Pools sized for the fastest turn so far, or at first for this run's contiguous row.
+                    fastest = max((run["rps"] for run in turns[name]), default=self._row_rps(name))
                     figures = self.measure(
                         f"interleaved.{name}",
                         party.url,
                         party.server,
                         party.pool,
-                        seconds=slice_seconds,
+                        seconds=turn_seconds,
                         warmup=round_ == 0,  # the first turn of each warms it up, and sizes its pools
                         cycle=party.cycle,
                         expected_rps=fastest,
                     )
-                    slices[name].append(figures)
-        return report.interleaved_summary(slices, slice_seconds)
+                    turns[name].append(figures)
+        return report.interleaved_summary(turns, turn_seconds)
+
+    def _row_rps(self, name: str) -> float:
+        row = self.results.get(name)
+        return float(row.get("rps") or 0.0) if isinstance(row, dict) else 0.0
 
     def ab(self) -> dict[str, Any]:
         """Issue 18 item 5's comparisons, each alternative measured in turn, twice in a full run (A B C, A B C):

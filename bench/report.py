@@ -157,11 +157,11 @@ def _ratio(results: dict[str, Any], top: str, bottom: str, threshold: float) -> 
     return target
 
 
-def interleaved_summary(slices: dict[str, list[dict[str, Any]]], slice_seconds: float) -> dict[str, Any]:
+def interleaved_summary(turns: dict[str, list[dict[str, Any]]], turn_seconds: float) -> dict[str, Any]:
     """The `interleaved` scenario from its turns (`measure`'s figures, round by round): each row's totals, and each
     ratio target's value over the whole run and round by round (the spread the host left within the run)."""
     rows: dict[str, dict[str, Any]] = {}
-    for name, runs in slices.items():
+    for name, runs in turns.items():
         requests = sum(run["requests"] for run in runs)
         seconds = sum(run["seconds"] for run in runs)
         row: dict[str, Any] = {
@@ -182,11 +182,11 @@ def interleaved_summary(slices: dict[str, list[dict[str, Any]]], slice_seconds: 
         rows[name] = row
     rounds: dict[str, list[float]] = {}
     for key, top, bottom, _ in RATIO_TARGETS:
-        if top in slices and bottom in slices:
-            pairs = zip(slices[top], slices[bottom], strict=True)
+        if top in turns and bottom in turns:
+            pairs = zip(turns[top], turns[bottom], strict=True)
             rounds[key] = [round(a["rps"] / b["rps"], 3) if b["rps"] else 0.0 for a, b in pairs]
-    turns = max((len(runs) for runs in slices.values()), default=0)
-    return {"rounds": turns, "turn_s": slice_seconds, "rows": rows, "ratio_by_round": rounds}
+    count = max((len(runs) for runs in turns.values()), default=0)
+    return {"rounds": count, "turn_s": turn_seconds, "rows": rows, "ratio_by_round": rounds}
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
