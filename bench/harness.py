@@ -503,8 +503,10 @@ class Bench:
             for round_ in range(rounds):
                 for name in order if round_ % 2 == 0 else order[::-1]:
                     party = parties[name]
-                    # Pools sized for the fastest turn so far, or at first for this run's contiguous row.
-                    fastest = max((run["rps"] for run in turns[name]), default=self._row_rps(name))
+                    # Pools sized for the fastest Python row seen, the hop (no gateway outruns it): this host's
+                    # speed swung 1.5 x between one turn of a row and its next, and a pool that runs out voids a row.
+                    seen = [run["rps"] for run in turns[name] + turns["bare_hop"]]
+                    fastest = max([*seen, self._row_rps(name), self._row_rps("bare_hop")])
                     figures = self.measure(
                         f"interleaved.{name}",
                         party.url,
