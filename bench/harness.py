@@ -526,7 +526,7 @@ class Bench:
                     # Pools sized for the fastest Python row seen, the hop (no gateway outruns it): this host's
                     # speed swung 1.5 x between one turn of a row and its next, and a pool that runs out voids a row.
                     seen = [run["rps"] for run in turns[name] + turns["bare_hop"]]
-                    expected = max([*seen, warm_rps[name], warm_rps["bare_hop"], self._row_rps(name)])
+                    expected = max([*seen, warm_rps[name], warm_rps["bare_hop"]])
                     figures = self.measure(
                         f"interleaved.{name}",
                         party.url,
@@ -539,10 +539,6 @@ class Bench:
                     )
                     turns[name].append(figures)
         return report.interleaved_summary(turns, turn_seconds)
-
-    def _row_rps(self, name: str) -> float:
-        row = self.results.get(name)
-        return float(row.get("rps") or 0.0) if isinstance(row, dict) else 0.0
 
     def ab(self) -> dict[str, Any]:
         """Issue 18 item 5's comparisons, each alternative measured in turn, twice in a full run (A B C, A B C):
