@@ -1,4 +1,4 @@
-"""PostgreSQL or Redis unreachable at start: one line naming the setting and host:port, no password, exit 2."""
+"""Unreachable PostgreSQL or Redis, or an unusable data path, at start: one line naming the setting, exit 2."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.Completed
     return subprocess.run([CLI, *args], capture_output=True, text=True, env=environment, timeout=60)
 
 
-def assert_one_line(result: subprocess.CompletedProcess[str], setting: str, where: str) -> None:
+def assert_one_line(
+    result: subprocess.CompletedProcess[str], setting: str, where: str, says: str = "cannot connect to "
+) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
-    assert lines[0].startswith(f"error: {setting}: cannot connect to ")
+    assert lines[0].startswith(f"error: {setting}: {says}")
     assert where in lines[0]
 
 
@@ -60,3 +62,42 @@ def test_endpoint_never_shows_the_user_or_password() -> None:
     assert endpoint("postgresql+asyncpg://db.example/msjx", 5432) == "db.example:5432"
     assert endpoint(f"redis://:{PASSWORD}@[2001:db8::1]/0", 6379) == "[2001:db8::1]:6379"
     assert endpoint("unix:///run/redis/redis.sock", 6379) == "/run/redis/redis.sock"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", CLOSED_DATABASE_COMMANDS)
+def test_sqlite_file_in_a_missing_directory_is_one_line(args: list[str], tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    result = run_cli(args, tmp_path / "data", MSJX_DATABASE_URL=f"sqlite:///{missing}/msjx.db")
+    assert_one_line(
+        result,
+        "MSJX_DATABASE_URL",
+        f"{missing}/msjx.db: the directory {missing} does not exist",
+        says="cannot open the SQLite database ",
+    )
+    assert not missing.exists()  # a mistyped path is not made
+
+
+@pytest.mark.slow
+def test_sqlite_file_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "msjx.db").write_bytes(b"these are not the pages of a SQLite database\n" * 200)
+    result = run_cli(["db", "upgrade"], data_dir)
+    assert_one_line(
+        result,
+        "MSJX_DATA_DIR",
+        f"{data_dir}/msjx.db: the file is not a SQLite database",
+        says="cannot open the SQLite database ",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["db", "upgrade"], ["serve", "--port", "0"]], ids=["db-upgrade", "serve"])
+def test_data_dir_that_is_a_file_is_one_line(args: list[str], tmp_path: Path) -> None:
+    a_file = tmp_path / "data"
+    a_file.write_text("not a directory\n")
+    result = run_cli(args, a_file)
+    assert_one_line(result, "MSJX_DATA_DIR", f"{a_file} is not a directory", says="")
+    result = run_cli(args, a_file / "below")
+    assert_one_line(result, "MSJX_DATA_DIR", f"cannot create {a_file / 'below'}: Not a directory", says="")

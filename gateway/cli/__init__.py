@@ -36,10 +36,10 @@ app.command("batch-worker")(batch_worker)
 
 
 def main() -> None:
-    from gateway.storage.reachability import ServiceUnreachable
+    from gateway.storage.reachability import StartupFailure
 
     try:
         app()
-    except ServiceUnreachable as exc:  # PostgreSQL or Redis down at start: the line says which and where
+    except StartupFailure as exc:  # PostgreSQL or Redis down, or a path unusable: the line says which and where
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None

@@ -145,7 +145,9 @@ def _supervise(
 def _lock_data_dir(settings: Settings, host: str, port: int) -> Any:
     """One gateway per data dir: a second `serve` on it stops here with one line naming the running one."""
     from gateway.server.datadir_lock import DataDirBusy, DataDirLock
+    from gateway.storage.reachability import prepare_data_dir
 
+    prepare_data_dir(settings)
     lock = DataDirLock(settings.data_dir)
     try:
         lock.acquire(host, port)

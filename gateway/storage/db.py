@@ -12,7 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from gateway.settings import Settings
-from gateway.storage.reachability import check_database
+from gateway.storage.reachability import check_database, check_sqlite, prepare_data_dir
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -61,10 +61,11 @@ def alembic_config(settings: Settings) -> Config:
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
     """Migrate the database to `revision`. Runs its own event loop: call it before the server's starts."""
+    # An unusable path or an unreachable server is one line naming the setting (StartupFailure), not a traceback.
+    prepare_data_dir(settings)
     if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        check_sqlite(settings)
     else:
-        # An unreachable server is one line naming MSJX_DATABASE_URL (ServiceUnreachable), not a driver traceback.
         asyncio.run(check_database(settings))
     command.upgrade(alembic_config(settings), revision)
 

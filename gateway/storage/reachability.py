@@ -1,13 +1,18 @@
-"""Start-up checks that PostgreSQL and Redis answer, so that an unreachable one is one line naming its setting.
+"""Start-up checks that the data directory, the database and Redis can be used, so that a failure is one line.
 
 Without them `serve` and `db upgrade` died in a driver's connect call with a 90–550-line traceback. The line names
-the setting and host:port, never the URL itself: it may carry a password.
+the setting and host:port (or path), never the URL itself: it may carry a password.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
+from pathlib import Path
 from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
 
 from gateway.settings import Settings
 from schemas.errors import MsjxError
@@ -17,8 +22,16 @@ from schemas.errors import MsjxError
 CONNECT_TIMEOUT = 5.0
 
 
-class ServiceUnreachable(MsjxError):
+class StartupFailure(MsjxError):
+    """Something a setting names cannot be used at start; the message is one line naming the setting."""
+
+
+class ServiceUnreachable(StartupFailure):
     """PostgreSQL or Redis did not answer at start; the message is one line naming the setting and host:port."""
+
+
+class StorageUnusable(StartupFailure):
+    """The data directory or the SQLite file cannot be made or opened; the message names the setting and the path."""
 
 
 def endpoint(url: str, default_port: int) -> str:
@@ -87,3 +100,44 @@ async def check_redis(settings: Settings) -> None:
         ) from None
     finally:
         await client.aclose()
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Make the data directory (keys, the SQLite file, the serve lock live there) or say why it cannot be."""
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StorageUnusable(f"MSJX_DATA_DIR: {data_dir} is not a directory") from None
+    except OSError as exc:
+        raise StorageUnusable(f"MSJX_DATA_DIR: cannot create {data_dir}: {_reason(exc, None)}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise StorageUnusable(f"MSJX_DATA_DIR: {data_dir} is not writable by this user")
+
+
+def check_sqlite(settings: Settings) -> None:
+    """Open the SQLite file once (made if missing), so that a wrong path is one line, not an Alembic traceback."""
+    if not settings.is_sqlite:
+        return
+    database = make_url(settings.async_database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return  # in memory, or a URI form: SQLite's own message will do
+    path = Path(database)
+    # The default file lives in the data directory; a URL names its own.
+    setting = "MSJX_DATABASE_URL" if settings.database_url else "MSJX_DATA_DIR"
+    try:
+        connection = sqlite3.connect(path)
+        try:
+            connection.execute("PRAGMA user_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        if not path.parent.is_dir():
+            reason = f"the directory {path.parent} does not exist"
+        elif path.is_dir():
+            reason = "it is a directory"
+        elif isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+            reason = "the file is not a SQLite database"
+        else:
+            reason = str(exc)
+        raise StorageUnusable(f"{setting}: cannot open the SQLite database {path}: {reason}") from None
