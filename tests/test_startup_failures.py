@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -101,3 +102,22 @@ def test_data_dir_that_is_a_file_is_one_line(args: list[str], tmp_path: Path) ->
     assert_one_line(result, "MSJX_DATA_DIR", f"{a_file} is not a directory", says="")
     result = run_cli(args, a_file / "below")
     assert_one_line(result, "MSJX_DATA_DIR", f"cannot create {a_file / 'below'}: Not a directory", says="")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_in_use_is_one_line_before_any_migration(workers: str, tmp_path: Path) -> None:
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    try:
+        # Two workers also need PostgreSQL and Redis named; the port is refused before either is contacted.
+        env = {"MSJX_DATABASE_URL": "postgresql://127.0.0.1:1/x", "MSJX_REDIS_URL": "redis://127.0.0.1:1/0"}
+        result = run_cli(
+            ["serve", "--port", str(port), "--workers", workers], tmp_path, **(env if workers == "2" else {})
+        )
+    finally:
+        held.close()
+    assert_one_line(result, "--port", f"127.0.0.1:{port}: Address already in use", says="cannot listen on ")
+    assert not (tmp_path / "msjx.db").exists()  # refused before the migrations

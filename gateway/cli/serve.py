@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,7 +45,7 @@ def serve(
     from gateway.server import heap
     from gateway.server.protocol import guarded_protocol
     from gateway.server.tls import tls_options
-    from gateway.server.workers import WorkersRefused, check_workers
+    from gateway.server.workers import WorkersRefused, bind, check_workers
     from gateway.storage import db
     from gateway.storage.reachability import check_redis
 
@@ -60,7 +61,13 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     simulators = None
     announcement: list[str] = []
+    sock: socket.socket | None = None
     try:
+        # A port that another process holds is one line now, not uvicorn's error after the migrations and start-up.
+        try:
+            sock = bind(host, port)
+        except OSError as exc:
+            raise fail(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
         # Redis down would otherwise surface inside uvicorn's start-up as a traceback; the database is checked by
         # db.upgrade. Both failures are one line naming the setting (gateway/storage/reachability.py), exit 2.
         asyncio.run(check_redis(settings))
@@ -94,8 +101,10 @@ def serve(
                 typer.echo("\n".join(announcement))
 
         if workers > 1:
-            _supervise(settings, workers, host, port, lambda: on_ready() if announcement else None, tls)
+            _supervise(settings, workers, sock, lambda: on_ready() if announcement else None, tls)
             return
+        # One worker: uvicorn binds the port itself, so its log line gives the port that --port 0 was given.
+        sock.close()
         uvicorn.run(
             create_app(settings, on_ready=on_ready),
             host=host,
@@ -105,6 +114,8 @@ def serve(
             **{**SERVER_OPTIONS, **tls, "http": guarded_protocol(settings)},
         )
     finally:
+        if sock is not None:
+            sock.close()
         if simulators is not None:
             simulators.terminate()
             simulators.wait(timeout=10)
@@ -112,13 +123,13 @@ def serve(
 
 
 def _supervise(
-    settings: Settings, workers: int, host: str, port: int, announce: Callable[[], None], tls: dict[str, Any]
+    settings: Settings, workers: int, sock: socket.socket, announce: Callable[[], None], tls: dict[str, Any]
 ) -> None:
     """`serve --workers N`: make the keys the workers share (or each own) here, so N first starts do not race to
     create them, then run the workers on one socket until a signal (gateway/server/workers.py)."""
     from gateway.audit.keys import open_keyring
     from gateway.audit.signer import load_signer
-    from gateway.server.workers import Supervisor, bind, worker_settings
+    from gateway.server.workers import Supervisor, worker_settings
     from gateway.storage import db
 
     async def prepare() -> None:
@@ -131,15 +142,8 @@ def _supervise(
     asyncio.run(prepare())
     for index in range(workers):
         load_signer(worker_settings(settings, index))
-    try:
-        sock = bind(host, port)
-    except OSError as exc:
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1) from None
     # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
-    try:
-        Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
-    finally:
-        sock.close()
+    Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
 
 
 def _lock_data_dir(settings: Settings, host: str, port: int) -> Any:
