@@ -234,8 +234,10 @@ class ProcrastinateQueue:
                 "install_signal_handlers": False,
                 "update_heartbeat_interval": max(0.2, self._stall / 4),
                 "stalled_worker_timeout": self._stall,
-                # A worker that found the queue empty looks again this soon even without a notification.
-                "fetch_job_polling_interval": 0.2,
+                # Workers LISTEN for new jobs; the poll only finds what no notification announces: a chunk put
+                # back by the stall reaper, or a retry come due. A quarter of the stall window, at most 1 s, keeps
+                # those prompt without an idle node querying PostgreSQL five times a second.
+                "fetch_job_polling_interval": min(1.0, max(0.2, self._stall / 4)),
                 "delete_jobs": "successful",
             }
             self._worker = asyncio.create_task(self.app.run_worker_async(**options), name="batch-worker")
