@@ -23,6 +23,8 @@ bash bench/install-deps.sh nginx || echo "nginx is missing and could not be inst
 bash bench/install-deps.sh php || echo "php-cli/php-soap are missing and could not be installed" >&2
 # tests/test_console_browser.py drives Debian's chromium through Playwright (never a downloaded browser).
 bash bench/install-deps.sh chromium || echo "chromium is missing and could not be installed" >&2
+# tests/test_deploy_systemd.py checks docs/deploy.md's unit with systemd-analyze (Debian's systemd package).
+bash bench/install-deps.sh systemd || echo "systemd-analyze is missing and could not be installed" >&2
 # tests/test_bench_instructions.py runs the gateway under valgrind's callgrind (bench/instructions.py).
 bash bench/install-deps.sh valgrind || echo "valgrind is missing and could not be installed" >&2
 

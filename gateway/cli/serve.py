@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 from collections.abc import Callable
@@ -23,6 +24,29 @@ SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _exit_drained(signum: int, frame: object) -> None:
+    # uvicorn raises the signal it drained on again once it has stopped. A drained stop is a clean one: exit 0, as
+    # `serve --workers N` does, and not 143, which systemd counts as a failed stop.
+    raise SystemExit(0)
+
+
+def _ignore_sighup(workers: int) -> Callable[[int, object], None]:
+    """SIGHUP's default action ends a process without draining, and `systemctl reload` sends it: one worker (which
+    has no supervisor to restart it) and a supervisor still starting keep serving and say so instead."""
+    if workers > 1:
+        reason = "the workers are not up yet; once they are, SIGHUP restarts them one at a time"
+    else:
+        reason = (
+            "one worker has no supervisor to restart it in place; `systemctl restart` (SIGTERM) drains and stops it,"
+            " and `serve --workers 2` or more restarts its workers one at a time on SIGHUP"
+        )
+
+    def ignore(signum: int, frame: object) -> None:
+        logging.getLogger("msjx.serve").warning("SIGHUP ignored: %s", reason)
+
+    return ignore
 
 
 def serve(
@@ -59,6 +83,7 @@ def serve(
     lock = _lock_data_dir(settings, host, port)
     # Until uvicorn takes over the signals, make SIGTERM unwind like Ctrl-C so the simulators child is stopped.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGHUP, _ignore_sighup(workers))
     simulators = None
     announcement: list[str] = []
     sock: socket.socket | None = None
@@ -105,6 +130,7 @@ def serve(
             return
         # One worker: uvicorn binds the port itself, so its log line gives the port that --port 0 was given.
         sock.close()
+        signal.signal(signal.SIGTERM, _exit_drained)
         uvicorn.run(
             create_app(settings, on_ready=on_ready),
             host=host,
