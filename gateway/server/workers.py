@@ -247,13 +247,16 @@ class Supervisor:
         log.info("rolling restart of %d workers", len(self.workers))
         for worker in self.workers:
             if self._stopping:
-                return
+                break
             self._stop_one(worker)
+            if self._stopping:  # a stop came while this worker drained: no successor to start and stop again
+                break
             self._start(worker)
-            if not self._wait_ready([worker]):
+            # Not ready because a stop came while it started is a restart cut short, not a failed one.
+            if not self._wait_ready([worker]) and not self._stopping:
                 log.error("worker %s did not come back ready; rolling restart stopped", worker.name)
                 return
-        log.info("rolling restart done")
+        log.info("rolling restart cut short: the gateway is stopping" if self._stopping else "rolling restart done")
 
     def _stop_one(self, worker: Worker) -> None:
         process = worker.process
