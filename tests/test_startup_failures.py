@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import socket
 import subprocess
@@ -11,7 +13,7 @@ import pytest
 
 from gateway.storage.reachability import endpoint
 from tests.helpers.processes import CLI
-from tests.helpers.services import free_port
+from tests.helpers.services import check_redis, free_port
 
 PASSWORD = "Pa55-w0rd-never-shown"
 
@@ -121,3 +123,37 @@ def test_port_in_use_is_one_line_before_any_migration(workers: str, tmp_path: Pa
         held.close()
     assert_one_line(result, "--port", f"127.0.0.1:{port}: Address already in use", says="cannot listen on ")
     assert not (tmp_path / "msjx.db").exists()  # refused before the migrations
+
+
+def assert_wrong_master_key_line(result: subprocess.CompletedProcess[str]) -> None:
+    # The migrations log before the key ring is opened; what follows them is the one line.
+    lines = [line for line in result.stderr.strip().splitlines() if " INFO alembic." not in line]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: key ix-1 is wrapped by master key mk-"), lines[0]
+    assert lines[0].endswith("every node must be given the same MSJX_MASTER_KEY"), lines[0]
+    assert "Uvicorn running" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_master_key_that_does_not_unwrap_the_ring_is_one_line(tmp_path: Path) -> None:
+    """Nodes given different master keys: the second one's `serve` says so in one line, not the application's
+    start-up traceback."""
+    first, second = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    made = run_cli(["keys", "list"], tmp_path, MSJX_MASTER_KEY=first)  # makes the ring under the first key
+    assert made.returncode == 0, made.stderr
+    assert_wrong_master_key_line(run_cli(["serve", "--port", "0"], tmp_path, MSJX_MASTER_KEY=second))
+
+
+@pytest.mark.slow
+async def test_a_master_key_that_does_not_unwrap_the_ring_stops_the_supervisor_in_one_line(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    first, second = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    shared = {"MSJX_DATABASE_URL": postgres_url, "MSJX_REDIS_URL": await check_redis()}
+    made = run_cli(["keys", "list"], tmp_path / "node-a", MSJX_MASTER_KEY=first, **shared)
+    assert made.returncode == 0, made.stderr
+    result = await asyncio.to_thread(
+        run_cli, ["serve", "--port", "0", "--workers", "2"], tmp_path / "node-b", MSJX_MASTER_KEY=second, **shared
+    )
+    assert_wrong_master_key_line(result)

@@ -70,7 +70,6 @@ def serve(
     from gateway.server.protocol import guarded_protocol
     from gateway.server.tls import tls_options
     from gateway.server.workers import WorkersRefused, bind, check_workers
-    from gateway.storage import db
     from gateway.storage.reachability import check_redis
 
     settings = cli_settings(data_dir)
@@ -106,7 +105,7 @@ def serve(
             settings = settings.model_copy(
                 update={"upstream_urls": {**urls, **settings.upstream_urls}, "console_secure_cookies": False}
             )
-            db.upgrade(settings)
+            _migrate(settings)
             listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
             announcement = [
                 f"msjx-gateway demo on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
@@ -118,7 +117,7 @@ def serve(
                 "  " + demo_module.call_line(port, listing, DEMO_USCC, host),
             ]
         else:
-            db.upgrade(settings)
+            _migrate(settings)
 
         def on_ready() -> None:
             heap.settle()
@@ -151,25 +150,39 @@ def serve(
 def _supervise(
     settings: Settings, workers: int, sock: socket.socket, announce: Callable[[], None], tls: dict[str, Any]
 ) -> None:
-    """`serve --workers N`: make the keys the workers share (or each own) here, so N first starts do not race to
-    create them, then run the workers on one socket until a signal (gateway/server/workers.py)."""
-    from gateway.audit.keys import open_keyring
+    """`serve --workers N`: make each worker's signing key here (the shared key ring is made by `_migrate`), so N
+    first starts do not race to create them, then run the workers on one socket until a signal
+    (gateway/server/workers.py)."""
     from gateway.audit.signer import load_signer
     from gateway.server.workers import Supervisor, worker_settings
-    from gateway.storage import db
 
-    async def prepare() -> None:
+    for index in range(workers):
+        load_signer(worker_settings(settings, index))
+    # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
+    Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
+
+
+def _migrate(settings: Settings) -> None:
+    """Bring the schema up to date and open the key ring once (making its keys on a first start), before any worker
+    starts: a master key that does not unwrap the ring is then one line naming MSJX_MASTER_KEY, exit 2, not a
+    traceback from every worker's start-up."""
+    from gateway.audit.keys import open_keyring
+    from gateway.storage import db
+    from security.keyring import KeyRingError
+
+    db.upgrade(settings)
+
+    async def open_once() -> None:
         engine = db.create_engine(settings)
         try:
             await open_keyring(settings, engine)
         finally:
             await engine.dispose()
 
-    asyncio.run(prepare())
-    for index in range(workers):
-        load_signer(worker_settings(settings, index))
-    # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
-    Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
+    try:
+        asyncio.run(open_once())
+    except KeyRingError as exc:
+        raise fail(str(exc)) from None
 
 
 def _lock_data_dir(settings: Settings, host: str, port: int) -> Any:
