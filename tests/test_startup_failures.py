@@ -157,3 +157,15 @@ async def test_a_master_key_that_does_not_unwrap_the_ring_stops_the_supervisor_i
         run_cli, ["serve", "--port", "0", "--workers", "2"], tmp_path / "node-b", MSJX_MASTER_KEY=second, **shared
     )
     assert_wrong_master_key_line(result)
+
+
+@pytest.mark.slow
+def test_a_signing_key_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    made = run_cli(["keys", "list"], tmp_path)  # makes this node's checkpoint signing key
+    assert made.returncode == 0, made.stderr
+    key_file = tmp_path / "keys" / "audit-signing.key"
+    key_file.write_text("not a PEM\n")
+    result = run_cli(["serve", "--port", "0"], tmp_path)
+    lines = [line for line in result.stderr.strip().splitlines() if " INFO alembic." not in line]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0] == f"error: cannot read an Ed25519 or SM2 private key (PKCS#8 PEM) from {key_file}"

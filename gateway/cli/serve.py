@@ -105,7 +105,7 @@ def serve(
             settings = settings.model_copy(
                 update={"upstream_urls": {**urls, **settings.upstream_urls}, "console_secure_cookies": False}
             )
-            _migrate(settings)
+            _migrate(settings, workers)
             listing = asyncio.run(demo_module.seed(settings, build_adapters(settings)))
             announcement = [
                 f"msjx-gateway demo on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
@@ -117,7 +117,7 @@ def serve(
                 "  " + demo_module.call_line(port, listing, DEMO_USCC, host),
             ]
         else:
-            _migrate(settings)
+            _migrate(settings, workers)
 
         def on_ready() -> None:
             heap.settle()
@@ -150,25 +150,25 @@ def serve(
 def _supervise(
     settings: Settings, workers: int, sock: socket.socket, announce: Callable[[], None], tls: dict[str, Any]
 ) -> None:
-    """`serve --workers N`: make each worker's signing key here (the shared key ring is made by `_migrate`), so N
-    first starts do not race to create them, then run the workers on one socket until a signal
-    (gateway/server/workers.py)."""
-    from gateway.audit.signer import load_signer
-    from gateway.server.workers import Supervisor, worker_settings
+    """`serve --workers N`: run the workers on one socket until a signal (gateway/server/workers.py); `_migrate` has
+    made the keys they share and each one's own."""
+    from gateway.server.workers import Supervisor
 
-    for index in range(workers):
-        load_signer(worker_settings(settings, index))
     # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
     Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
 
 
-def _migrate(settings: Settings) -> None:
-    """Bring the schema up to date and open the key ring once (making its keys on a first start), before any worker
-    starts: a master key that does not unwrap the ring is then one line naming MSJX_MASTER_KEY, exit 2, not a
-    traceback from every worker's start-up."""
+def _migrate(settings: Settings, workers: int) -> None:
+    """Bring the schema up to date, open the key ring once (making its keys on a first start) and load the checkpoint
+    signing key of every worker (made here on a first start, so that N first starts do not race), before any worker
+    starts: a master key that does not unwrap the ring, or a signing key that cannot be read, is then one line,
+    exit 2, not a traceback from every worker's start-up."""
     from gateway.audit.keys import open_keyring
+    from gateway.audit.signer import load_signer
+    from gateway.server.workers import worker_settings
     from gateway.storage import db
     from security.keyring import KeyRingError
+    from security.keys import KeyFormatError
 
     db.upgrade(settings)
 
@@ -179,9 +179,12 @@ def _migrate(settings: Settings) -> None:
         finally:
             await engine.dispose()
 
+    nodes = [settings] if workers == 1 else [worker_settings(settings, index) for index in range(workers)]
     try:
         asyncio.run(open_once())
-    except KeyRingError as exc:
+        for node in nodes:
+            load_signer(node)
+    except (KeyRingError, KeyFormatError) as exc:
         raise fail(str(exc)) from None
 
 
