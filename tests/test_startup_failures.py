@@ -24,16 +24,22 @@ def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.Completed
     return subprocess.run([CLI, *args], capture_output=True, text=True, env=environment, timeout=60)
 
 
+def the_one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The error line of a start-up that failed with exit 2; the migrations' log lines may come before it."""
+    lines = [line for line in result.stderr.strip().splitlines() if " INFO alembic." not in line]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+    assert "Uvicorn running" not in result.stdout + result.stderr
+    return lines[0]
+
+
 def assert_one_line(
     result: subprocess.CompletedProcess[str], setting: str, where: str, says: str = "cannot connect to "
 ) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert PASSWORD not in result.stderr + result.stdout
-    assert lines[0].startswith(f"error: {setting}: {says}")
-    assert where in lines[0]
+    line = the_one_line(result)
+    assert line.startswith(f"error: {setting}: {says}"), line
+    assert where in line, line
 
 
 CLOSED_DATABASE_COMMANDS = [
@@ -126,13 +132,9 @@ def test_port_in_use_is_one_line_before_any_migration(workers: str, tmp_path: Pa
 
 
 def assert_wrong_master_key_line(result: subprocess.CompletedProcess[str]) -> None:
-    # The migrations log before the key ring is opened; what follows them is the one line.
-    lines = [line for line in result.stderr.strip().splitlines() if " INFO alembic." not in line]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0].startswith("error: key ix-1 is wrapped by master key mk-"), lines[0]
-    assert lines[0].endswith("every node must be given the same MSJX_MASTER_KEY"), lines[0]
-    assert "Uvicorn running" not in result.stdout + result.stderr
+    line = the_one_line(result)
+    assert line.startswith("error: key ix-1 is wrapped by master key mk-"), line
+    assert line.endswith("every node must be given the same MSJX_MASTER_KEY"), line
 
 
 @pytest.mark.slow
@@ -165,7 +167,5 @@ def test_a_signing_key_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     key_file = tmp_path / "keys" / "audit-signing.key"
     key_file.write_text("not a PEM\n")
-    result = run_cli(["serve", "--port", "0"], tmp_path)
-    lines = [line for line in result.stderr.strip().splitlines() if " INFO alembic." not in line]
-    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0] == f"error: cannot read an Ed25519 or SM2 private key (PKCS#8 PEM) from {key_file}"
+    line = the_one_line(run_cli(["serve", "--port", "0"], tmp_path))
+    assert line == f"error: cannot read an Ed25519 or SM2 private key (PKCS#8 PEM) from {key_file}"
