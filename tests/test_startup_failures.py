@@ -1,4 +1,4 @@
-"""Unreachable PostgreSQL or Redis, or an unusable data path, at start: one line naming the setting, exit 2."""
+"""A start-up that cannot go on (PostgreSQL or Redis away, a path, port or key unusable): one line, exit 2."""
 
 from __future__ import annotations
 
