@@ -169,3 +169,9 @@ def test_a_signing_key_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     key_file.write_text("not a PEM\n")
     line = the_one_line(run_cli(["serve", "--port", "0"], tmp_path))
     assert line == f"error: cannot read an Ed25519 or SM2 private key (PKCS#8 PEM) from {key_file}"
+
+
+def test_a_port_out_of_range_is_refused_by_the_option(tmp_path: Path) -> None:
+    result = run_cli(["serve", "--port", "70000"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Invalid value for '--port'" in result.stderr

@@ -52,7 +52,7 @@ def _ignore_sighup(workers: int) -> Callable[[int, object], None]:
 def serve(
     demo: Annotated[bool, typer.Option("--demo", help="start the simulators and seed demo callers and grants")] = False,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Annotated[int, typer.Option(help="port to listen on", min=0, max=65535)] = 8000,
     workers: Annotated[
         int,
         typer.Option(
@@ -204,13 +204,15 @@ def _lock_data_dir(settings: Settings, host: str, port: int) -> Any:
 
 def simulators(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    credit_port: Annotated[int, typer.Option(help="credit platform port (0: any free port)")] = 0,
-    golden_tax_port: Annotated[int, typer.Option(help="Golden Tax III (SOAP) port (0: any free port)")] = 0,
-    market_port: Annotated[int, typer.Option(help="market registration port (0: any free port)")] = 0,
+    credit_port: Annotated[int, typer.Option(help="credit platform port (0: any free port)", min=0, max=65535)] = 0,
+    golden_tax_port: Annotated[
+        int, typer.Option(help="Golden Tax III (SOAP) port (0: any free port)", min=0, max=65535)
+    ] = 0,
+    market_port: Annotated[int, typer.Option(help="market registration port (0: any free port)", min=0, max=65535)] = 0,
     stop_on_stdin_close: Annotated[
         bool, typer.Option("--stop-on-stdin-close", help="exit when standard input closes (a parent died)")
     ] = False,
-    treasury_port: Annotated[int, typer.Option(help="treasury port (0: any free port)")] = 0,
+    treasury_port: Annotated[int, typer.Option(help="treasury port (0: any free port)", min=0, max=65535)] = 0,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="state of durable simulators (default: <MSJX_DATA_DIR>/simulators)"),
