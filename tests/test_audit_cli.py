@@ -169,6 +169,16 @@ async def test_an_export_of_a_later_range_is_sealed_by_the_next_checkpoint(tmp_p
     assert "heights 6–8" in same.stdout
     bad = run_cli("audit", "export", "--from", "2026-01-01 noon", "--to", end, "x", data_dir=tmp_path, check=False)
     assert bad.returncode == 2 and "Beijing time" in bad.stderr
+    # A destination that cannot be written is one line, found before the export is written beside it.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for target, says in [
+        (tmp_path, f"cannot write {tmp_path}: it is a directory; give a file name"),
+        (a_file / "x.jsonl", f"cannot write {a_file / 'x.jsonl'}: {a_file} is not a directory"),
+    ]:
+        refused = run_cli("audit", "export", "--from", middle, "--to", end, str(target), data_dir=tmp_path, check=False)
+        assert refused.returncode == 2 and refused.stderr == f"error: {says}\n", refused.stderr
+    assert not list(tmp_path.parent.glob("*.part")) and not list(tmp_path.glob("*.part"))
 
 
 async def test_archives_are_hash_linked_verified_and_followed(tmp_path: Path) -> None:

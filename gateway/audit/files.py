@@ -66,21 +66,31 @@ class LineWriter:
     def __init__(self, path: Path, *, compress: bool) -> None:
         self.path = path
         self._tmp = path.with_name(path.name + ".part")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._raw = open(self._tmp, "wb")
+        if path.is_dir():  # found now, not at the rename after a whole export was written beside it
+            raise AuditFileError(f"cannot write {path}: it is a directory; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._raw = open(self._tmp, "wb")
+        except FileExistsError:  # a file where the path needs a directory
+            raise AuditFileError(f"cannot write {path}: {path.parent} is not a directory") from None
+        except OSError as exc:
+            raise AuditFileError(f"cannot write {path}: {exc.strerror}") from None
         self._out: IO[bytes] = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0) if compress else self._raw
 
     def write(self, line: bytes) -> None:
         self._out.write(line)
 
     def close(self) -> Path:
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        try:
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:  # a full disk, a file put in the way: the caller aborts, which removes the part
+            raise AuditFileError(f"cannot write {self.path}: {exc.strerror}") from None
         return self.path
 
     def abort(self) -> None:

@@ -204,6 +204,7 @@ def audit_export(
     sealed. Verify it with `msjx-gateway audit verify --file FILE --pubkey NODE.pub.pem`.
     """
     from gateway.audit.archive import export_records
+    from gateway.audit.files import AuditFileError
     from gateway.sharing.obligations import register_entries
 
     start, end = epoch_ms(parse_when(from_, "--from")), epoch_ms(parse_when(to, "--to"))
@@ -215,7 +216,10 @@ def audit_export(
         register = await register_entries(engine, start, end)
         return await export_records(engine, file, from_ms=start, to_ms=end, chains=chain or None, register=register)
 
-    exported = run_engine(settings, export)
+    try:
+        exported = run_engine(settings, export)
+    except AuditFileError as exc:
+        raise fail(str(exc)) from None
     if not exported:
         typer.echo(f"no records in that range; {file} holds only a header")
     for item in exported:
@@ -253,6 +257,7 @@ def audit_archive(
     after their archive file has been read back and verified. On PostgreSQL they leave by whole months (a
     partition dropped): the month the date falls in stays until it has ended."""
     from gateway.audit.archive import ArchiveError, archive_log
+    from gateway.audit.files import AuditFileError
     from gateway.audit.signer import node_trust
 
     settings = cli_settings(data_dir)
@@ -273,7 +278,7 @@ def audit_archive(
 
     try:
         run = run_engine(settings, work)
-    except ArchiveError as exc:
+    except (ArchiveError, AuditFileError) as exc:  # rows leave only once their file is written and read back
         raise fail(str(exc), 1) from None
     if run.partitioned:
         through = datetime.fromtimestamp(run.through_ms / 1000, UTC)
