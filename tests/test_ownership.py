@@ -424,3 +424,7 @@ async def test_the_migration_gives_owners_and_never_leaves_a_request_with_a_non_
         assert f"credit: owned by {OLD_CREDIT} (was {CREDIT}); 2 sharing request(s) now go to it" in moved.output
         shown = await asyncio.to_thread(runner.invoke, cli, ["upstreams", "owner", "huli-fulfilment", *where])
         assert shown.exit_code == 0 and "huli-fulfilment: (no owner)" in shown.output
+        # A mistyped service is refused, not handed over: it would own nothing, and no request would follow.
+        for args in (["creditt", OLD_CREDIT], ["creditt"]):
+            typo = await asyncio.to_thread(runner.invoke, cli, ["upstreams", "owner", *args, *where])
+            assert typo.exit_code == 1 and "unknown_service: no service 'creditt'" in typo.output, typo.output

@@ -171,20 +171,46 @@ def upstreams_owner(
 
     settings = cli_settings(data_dir)
     if department is None:
-        owned = run_registry(settings, owners)
+
+        async def show(session: Any) -> dict[str, str]:
+            await _known_service(session, name)
+            return await owners(session)
+
+        owned = run_registry(settings, show)
         typer.echo(f"{name}: {owned.get(name) or '(no owner)'}")
         return
     if not department.strip() or len(department) > 200:
         raise fail("the department is 1 to 200 characters")
+
+    async def hand_over(session: Any) -> tuple[str | None, int]:
+        await _known_service(session, name)  # a mistyped name would otherwise own nothing, silently
+        return await set_owner(session, name, department, "cli")
+
     previous, moved = _audited(
         settings,
         "upstream.owner",
         name,
         {"department": department},
-        lambda session: set_owner(session, name, department, "cli"),
+        hand_over,
         lambda result: {"previous": result[0], "requests_moved": result[1]},
     )
     typer.echo(f"{name}: owned by {department} (was {previous or 'nobody'}); {moved} sharing request(s) now go to it")
+
+
+async def _known_service(session: Any, name: str) -> None:
+    """A built-in service or a registered upstream; anything else is refused with the names there are."""
+    from gateway.http.problems import Problem
+    from gateway.storage.models import RegisteredUpstream
+    from gateway.upstreams.registry import BUILT_IN
+    from schemas.problems import ProblemCode
+
+    if name in BUILT_IN or await session.get(RegisteredUpstream, name) is not None:
+        return
+    raise Problem(
+        ProblemCode.UNKNOWN_SERVICE,
+        f"no service {name!r}: built-in ones are {', '.join(sorted(BUILT_IN))}; `msjx-gateway upstreams list` shows"
+        " the registered ones",
+    )
 
 
 @upstreams_app.command("remove")
