@@ -248,7 +248,17 @@ def parse_openapi_document(location: str, content: bytes) -> Any:
     except RecursionError:  # PyYAML composes block-style nesting recursively too
         raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: nested too deeply") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ContractError(ProblemCode.CONTRACT_INVALID, f"{location}: not valid JSON or YAML ({exc})") from None
+        raise ContractError(
+            ProblemCode.CONTRACT_INVALID, f"{location}: not valid JSON or YAML ({_one_line(exc)})"
+        ) from None
+
+
+def _one_line(exc: json.JSONDecodeError | yaml.YAMLError) -> str:
+    """PyYAML's message quotes the document over several lines; a problem detail and a CLI error are one."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem}, line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 # --- gathering ---------------------------------------------------------------------------------------------------

@@ -348,6 +348,14 @@ def test_openapi_refusals(document: str, message: str) -> None:
     assert message in caught.value.detail, caught.value.detail
 
 
+def test_a_yaml_error_is_one_line_with_its_place() -> None:
+    with pytest.raises(Problem) as caught:
+        prepare("rest", "openapi", files={"api.yaml": "openapi: 3.0.0\npaths: [1, 2\n"}, root="api.yaml")
+    assert caught.value.code == "contract_invalid"
+    assert "\n" not in caught.value.detail, caught.value.detail
+    assert caught.value.detail.endswith("(expected ',' or ']', but got '<stream end>', line 3, column 1)")
+
+
 EXTENDED = """<?xml version="1.0"?>
 <wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/" xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/"
     xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:tns="urn:x" targetNamespace="urn:x">
