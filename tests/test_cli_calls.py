@@ -53,6 +53,16 @@ def test_a_grant_for_a_service_without_its_url_says_which_setting_is_missing(tmp
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: unknown_service:") and "MSJX_UPSTREAM_URLS" in line
 
+    # With the URL set, arguments the grant cannot take are one line naming them (they were tracebacks).
+    env["MSJX_UPSTREAM_URLS"] = '{"credit": "http://127.0.0.1:9"}'
+    grant = grant[:-2]
+    for args, says in [
+        (["--purpose", "", "--field", "listed"], "error: purpose: String should match pattern"),
+        (["--purpose", "XM-2025-001", "--field", "listed", "--days", "99999999"], "Invalid value for '--days'"),
+    ]:
+        result = subprocess.run([*grant, *args], capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
 
 @pytest.mark.slow
 def test_call_payments_and_the_officer_commands(demo: Demo) -> None:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.client import GatewayClient, GatewayError
@@ -113,6 +114,24 @@ def test_callers_cli_add_list_revoke(tmp_path: Path) -> None:
     assert "siming-1 (revoked)" in run_cli("callers", "list", data_dir=tmp_path).stdout
     missing = run_cli("callers", "revoke-key", "district-siming", "nope", data_dir=tmp_path, check=False)
     assert missing.returncode == 1 and "key_unknown" in missing.stderr
+
+    # Key files that are not a public key, and a key id the API would refuse: one line each, naming what is wrong.
+    private = tmp_path / "district.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    binary = tmp_path / "key.der"
+    binary.write_bytes(b"\x30\x82\xff\xfe" * 8)
+    add = ["callers", "add", "x2", "--name", "x", "--department", "y", "--role", "department", "--public-key"]
+    for extra, says in [
+        ([str(private)], f"--public-key: {private} holds a private key; give its public half"),
+        ([str(binary)], f"--public-key: {binary} is not text (PEM, base64 or hex)"),
+        ([str(tmp_path)], f"--public-key: cannot read {tmp_path}: Is a directory"),
+        ([str(pem), "--key-id", "bad id"], "key_id: String should match pattern"),
+    ]:
+        refused = run_cli(*add, *extra, data_dir=tmp_path, check=False)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {says}"), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1 and "Traceback" not in refused.stderr
 
 
 def test_audit_verify_fails_on_a_changed_row_and_names_it(demo: tuple[str, list[str], Path]) -> None:

@@ -469,6 +469,8 @@ async def test_cli_suspends_resumes_and_exports_the_register(tmp_path: Path, cre
         assert "suspended" in line and "delivery: overdue" in line
         again = run_cli("grants", "suspend", grant_id, "--reason", "x", data_dir=tmp_path, check=False)
         assert again.returncode == 1 and "already_suspended" in again.stderr
+        empty = run_cli("grants", "suspend", grant_id, "--reason", "", data_dir=tmp_path, check=False)
+        assert empty.returncode == 2 and empty.stderr == "error: reason: String should have at least 1 character\n"
         world.gw.runtime.directory.invalidate()  # another process wrote it: this node would see it within 1 s
         assert_problem(await invoke(world, "abnormal-operation", "XM-2025-002"), 403, "grant_suspended")
         history = (await state_of(world, body["request_id"]))["history"]

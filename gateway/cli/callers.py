@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli.common import DataDir, cli_settings, fail, run_registry
+from gateway.cli.common import DataDir, cli_settings, fail, request_body, run_registry
 
 callers_app = typer.Typer(help="Callers and their public keys.", no_args_is_help=True)
 
@@ -27,8 +27,6 @@ def callers_add(
     data_dir: DataDir = None,
 ) -> None:
     """Register a caller, optionally with its first public key."""
-    from pydantic import ValidationError
-
     from gateway.access import callers
     from schemas.api import CallerIn, KeyIn
     from security.keys import KeyFormatError, key_id_for, load_public_key
@@ -36,16 +34,19 @@ def callers_add(
     keys = []
     if public_key is not None:
         try:
-            text = public_key.read_text()
+            text = public_key.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise fail(f"--public-key: cannot read {public_key}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise fail(f"--public-key: {public_key} is not text (PEM, base64 or hex)") from None
+        if "PRIVATE KEY-----" in text:  # the caller's secret, which should never leave its owner
+            raise fail(f"--public-key: {public_key} holds a private key; give its public half") from None
+        try:
             key = load_public_key(text)
-        except (OSError, KeyFormatError) as exc:
+        except KeyFormatError as exc:
             raise fail(f"--public-key: {exc}") from None
-        keys.append(KeyIn(key_id=key_id or key_id_for(caller_id, key), public_key=text))
-    try:
-        body = CallerIn(caller_id=caller_id, name=name, department=department, roles=role, keys=keys)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        keys.append(request_body(KeyIn, key_id=key_id or key_id_for(caller_id, key), public_key=text))
+    body = request_body(CallerIn, caller_id=caller_id, name=name, department=department, roles=role, keys=keys)
     out = run_registry(cli_settings(data_dir), lambda session: callers.add_caller(session, body))
     typer.echo(out.model_dump_json(indent=2))
 

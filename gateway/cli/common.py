@@ -28,6 +28,17 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def request_body(model: Callable[..., T], **values: Any) -> T:
+    """A request model built from a command's arguments; a value it refuses is one line naming the field, exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise fail(f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}") from None
+
+
 def cli_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     if data_dir is not None:
         overrides["data_dir"] = data_dir

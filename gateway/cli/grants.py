@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import DataDir, beijing, cli_settings, fail, operator_name, run_registry
+from gateway.cli.common import DataDir, beijing, cli_settings, fail, operator_name, request_body, run_registry
 from gateway.clock import SYSTEM_CLOCK
 from gateway.settings import Settings
 
@@ -24,7 +24,7 @@ def grants_add(
     operation: Annotated[str, typer.Argument()],
     purpose: Annotated[str, typer.Option(help="purpose code")],
     field: Annotated[list[str], typer.Option("--field", help="a field the grant returns (repeat)")],
-    days: Annotated[int, typer.Option(help="validity in days from now")] = 365,
+    days: Annotated[int, typer.Option(help="validity in days from now", min=1, max=36500)] = 365,
     share_method: Annotated[
         list[str], typer.Option("--share-method", help="共享方式: api (single calls) and/or batch (batch jobs); repeat")
     ] = ["api"],  # noqa: B006
@@ -40,14 +40,15 @@ def grants_add(
     unknown = sorted(set(share_method) - {"api", "batch"})
     if unknown:
         raise fail(f"--share-method: {unknown} unknown; use api and/or batch")
-    body = GrantIn(
+    body = request_body(
+        GrantIn,
         caller_id=caller_id,
         service=service,
         operation=operation,
         purpose=purpose,
         fields=field,
         valid_to=SYSTEM_CLOCK.now() + timedelta(days=days),
-        share_methods=share_method,  # type: ignore[arg-type]
+        share_methods=share_method,
     )
 
     async def work(session: Any) -> Any:
@@ -160,7 +161,7 @@ def grants_suspend(
     """Suspend a grant for misuse: calls under it are refused with grant_suspended until it is resumed."""
     from schemas.sharing import SuspendIn
 
-    out = _grant_change(data_dir, grant_id, "suspend", SuspendIn(reason=reason))
+    out = _grant_change(data_dir, grant_id, "suspend", request_body(SuspendIn, reason=reason))
     typer.echo(f"grant {out.grant_id} suspended at {out.suspended_at}: {out.suspend_reason}")
 
 
@@ -173,5 +174,5 @@ def grants_resume(
     """End a grant's suspension; calls under it are served again."""
     from schemas.sharing import ResumeIn
 
-    out = _grant_change(data_dir, grant_id, "resume", ResumeIn(reason=reason))
+    out = _grant_change(data_dir, grant_id, "resume", request_body(ResumeIn, reason=reason))
     typer.echo(f"grant {out.grant_id} resumed ({out.status})")
