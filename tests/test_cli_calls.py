@@ -45,6 +45,26 @@ def test_the_client_derives_the_key_id_and_reads_the_url_from_the_environment(
 
 
 @pytest.mark.slow
+def test_a_gateway_url_or_an_operation_of_the_wrong_shape_is_one_line(tmp_path: Path) -> None:
+    key = tmp_path / "platform.pem"
+    write_secret_file(key, private_key_pem(generate_ed25519()))
+    subjects = tmp_path / "subjects.csv"
+    subjects.write_text(f"uscc\n{USCC}\n")
+    signed = ["--key", str(key), "--caller", "platform"]
+    call = ["call", "credit", "dishonest-debtor", "--purpose", "XM-2025-001", "--param", f"uscc={USCC}", *signed]
+    submit = ["batch", "submit", "--purpose", "XM-2025-001", "--subjects", str(subjects), *signed, "--no-wait"]
+    for args, url, says in [
+        (call, "gateway.example", "error: --url 'gateway.example': expected http(s)://host[:port]"),
+        (call, "ftp://gateway.example", "error: --url 'ftp://gateway.example': expected http(s)://host[:port]"),
+        ([*submit, "--op", "credit/dishonest-debtor"], "notaurl", "error: --url 'notaurl': expected"),
+        ([*submit, "--op", "credit"], DEFAULT_URL, "error: --op 'credit': expected service/operation"),
+    ]:
+        result = cli(*args, url=url)
+        assert result.returncode == 2 and result.stderr.startswith(says), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
 def test_a_grant_for_a_service_without_its_url_says_which_setting_is_missing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSJX_")} | {"MSJX_DATA_DIR": str(tmp_path)}
     grant = [CLI, "grants", "add", "platform", "credit", "dishonest-debtor", "--purpose", "XM-2025-001"]

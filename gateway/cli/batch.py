@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import DataDir, GatewayUrl, cli_settings, fail
+from gateway.cli.common import DataDir, GatewayUrl, cli_settings, fail, gateway_target
 
 batch_app = typer.Typer(help="Batch comparison (数据比对): many enterprises, several operations, one job.")
 
@@ -24,7 +24,7 @@ def _client(url: str | None, caller: str, key: Path) -> Any:
     from security.keys import KeyFormatError
 
     try:
-        return GatewayClient.from_key_file(url, caller, key)
+        return GatewayClient.from_key_file(gateway_target(url), caller, key)
     except KeyFormatError as exc:
         raise fail(f"--key: {exc}") from None
     except OSError as exc:
@@ -95,7 +95,11 @@ def submit(
     from gateway.client import GatewayError
 
     if not subjects.is_file():
-        raise fail(f"--subjects: no file {subjects}")
+        raise fail(f"--subjects: {subjects} is a directory" if subjects.is_dir() else f"--subjects: no file {subjects}")
+    for entry in op:
+        service, _, operation = entry.partition("/")
+        if not service or not operation:
+            raise fail(f"--op {entry!r}: expected service/operation, e.g. credit/dishonest-debtor")
     with _client(url, caller, key) as client:
         try:
             handle = client.batch(purpose, op, subjects_file=subjects, params=_params(param))

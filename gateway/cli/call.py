@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import fail
+from gateway.cli.common import fail, gateway_target
 
 
 def call(
@@ -39,7 +39,7 @@ def call(
     """Make one signed call and print the JSON answer (a problem+json on failure, exit 1)."""
     import httpx
 
-    from gateway.client import GatewayClient, GatewayError, gateway_url
+    from gateway.client import GatewayClient, GatewayError
     from security.keys import KeyFormatError, key_id_for, load_private_key_file
 
     params = _call_params(param, json_params)
@@ -51,7 +51,7 @@ def call(
     except KeyFormatError as exc:
         raise fail(f"--key: {exc}") from None
     resolved_key_id = key_id or key_id_for(caller, private_key.public_key())
-    target = gateway_url(url)
+    target = gateway_target(url)
     try:
         with GatewayClient(target, resolved_key_id, private_key) as client:
             answer, replayed = client.call(service, operation, purpose, params, idempotency_key=idempotency_key)

@@ -133,6 +133,23 @@ ReasonCategoryOption = Annotated[
 ]
 
 
+def gateway_target(url: str | None) -> str:
+    """--url (or MSJX_GATEWAY_URL, or the local default), checked: an absolute http(s) URL with a host. Anything
+    else would fail deep in the request signing, as a traceback."""
+    import httpx
+
+    from gateway.client import gateway_url
+
+    target = gateway_url(url)
+    try:
+        parsed = httpx.URL(target)
+    except httpx.InvalidURL as exc:
+        raise fail(f"--url {target!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise fail(f"--url {target!r}: expected http(s)://host[:port] (MSJX_GATEWAY_URL gives the default)")
+    return target
+
+
 def officer_request(key: Path, caller: str, url: str | None, method: str, path: str, **options: Any) -> Any:
     """One signed request to the officer API; a problem prints as JSON and exits 1."""
     import httpx
@@ -141,7 +158,7 @@ def officer_request(key: Path, caller: str, url: str | None, method: str, path: 
     from security.keys import KeyFormatError
 
     try:
-        with GatewayClient.from_key_file(url, caller, key) as client:
+        with GatewayClient.from_key_file(gateway_target(url), caller, key) as client:
             try:
                 return client.request(method, path, **options)
             except httpx.HTTPError as exc:
