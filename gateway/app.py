@@ -27,6 +27,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.console import pages as console_pages
 from gateway.http.forwarded import TrustedProxies
 from gateway.http.forwarded import apply as apply_forwarded
+from gateway.http.nul import nul_in_target, nul_problem
 from gateway.http.problems import Problem, validation_problem
 from gateway.pipeline.exchange import Exchange, run_exchange
 from gateway.runtime import Runtime
@@ -78,6 +79,12 @@ class GatewayApp(FastAPI):
                 scope["app"] = self
                 scope.update(child_scope)
                 await route.handle(scope, receive, send)
+                return
+        if scope["type"] == "http":
+            # Path and query parameters reach database queries; the invoke route above looks its own up in memory.
+            where = nul_in_target(scope["path"], scope["query_string"])
+            if where is not None:
+                await nul_problem(where).response()(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

@@ -54,6 +54,7 @@ class ProblemCode(StrEnum):
     INVALID_JSON = "invalid_json", 422, "Body is not JSON"
     JSON_TOO_DEEP = "json_too_deep", 422, "Body nests too deeply"
     PATH_DOT_SEGMENT = "path_dot_segment", 422, "Request body is invalid"
+    NUL_CHARACTER = "nul_character", 422, "Text holds a NUL character"
 
     # --- signature and key (security/signatures.py, gateway/access/authenticate.py) --------------------------
     SIGNATURE_MISSING = "signature_missing", 401, "Request is not signed"

@@ -126,3 +126,13 @@ async def test_threads_get_their_turns_while_an_upload_is_checked() -> None:
     await task
     pauses = 20_000 // subjects_module.UPLOAD_SLICE // subjects_module.UPLOAD_PAUSE_EVERY
     assert steps >= pauses // 2, f"{steps} thread steps during {pauses} pauses"
+
+
+def test_a_nul_character_in_a_parameter_is_a_line_error() -> None:
+    good = usccs(2)
+    body = f'{{"uscc": "{good[0]}", "year": 2024}}\n{{"uscc": "{good[1]}", "year": "20\\u000024"}}\n'.encode()
+    with pytest.raises(Problem) as refused:
+        parse_subjects(inline=None, body=body, media_type="application/x-ndjson", targets=TARGETS)
+    assert [(error["line"], error["field"], error["type"]) for error in refused.value.errors or []] == [
+        (2, "year", "nul_character")
+    ]

@@ -162,6 +162,10 @@ class SubjectCheck:
             errors.append(LineError(number, "uscc", problem, "uscc_invalid"))
             return
         params = {name: value for name, value in row.items() if name != "uscc"}
+        held = next((name for name, value in params.items() if isinstance(value, str) and "\x00" in value), None)
+        if held is not None:  # PostgreSQL's text cannot hold a NUL, nor can a SOAP upstream's XML
+            errors.append(LineError(number, held, "holds a NUL character (U+0000)", ProblemCode.NUL_CHARACTER))
+            return
         unknown = sorted(set(params) - self.accepted)
         if unknown:
             errors.append(

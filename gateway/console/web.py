@@ -27,9 +27,11 @@ from gateway.console.session import (
     set_cookie,
     state_of,
 )
+from gateway.http.nul import NUL
 from schemas.times import BEIJING
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+NUL_MESSAGE = "表单含有 NUL 字符，请删除后重试 (a NUL character is not allowed)"
 HTMX = "htmx-2.0.11.min.js"
 STATIC = {HTMX: "text/javascript", "console.css": "text/css", "console.js": "text/javascript"}
 # No other origin, no inline script, no framing: a console page can only run the gateway's own pinned files.
@@ -147,6 +149,9 @@ async def posted(request: Request, who: SignedIn) -> dict[str, Any] | Response:
             detail={"path": request.url.path},
         )
         return render(request, "forbidden.html", who, status=403, message="表单令牌无效，请刷新页面后重试 (CSRF token)")
+    # PostgreSQL's text cannot hold a NUL (gateway/http/nul.py).
+    if any(NUL in name or any(NUL in item for item in as_list(value)) for name, value in values.items()):
+        return render(request, "forbidden.html", who, status=422, message=NUL_MESSAGE)
     return values
 
 
@@ -202,6 +207,8 @@ async def login_submit(request: Request) -> Response:
             detail={"path": request.url.path},
         )
         return login_page(request, "表单令牌无效，请重新登录 (CSRF token)", 403, username)
+    if any(NUL in str(value) for value in form.values()):  # PostgreSQL's text cannot hold one (gateway/http/nul.py)
+        return login_page(request, NUL_MESSAGE, 422)
     try:
         result = await login(request, username, str(form.get("password") or ""), str(form.get("totp") or ""))
     except AuditUnavailable:

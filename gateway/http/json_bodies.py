@@ -10,6 +10,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from adapters.jsondepth import MAX_JSON_DEPTH, json_depth_exceeds, loads_bounded
+from gateway.http.nul import nul_field, nul_problem
 from gateway.http.problems import Problem, validation_problem
 from schemas.problems import ProblemCode
 
@@ -46,10 +47,17 @@ def load_body(body: bytes, *, exact: bool = False) -> Any:
     check_depth(body)
     try:
         if exact:
-            return loads_bounded(body, parse_float=Decimal, parse_constant=_refuse_constant)
-        return orjson.loads(body)
+            document = loads_bounded(body, parse_float=Decimal, parse_constant=_refuse_constant)
+        else:
+            document = orjson.loads(body)
     except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError are ValueErrors
         raise not_json() from None
+    # JSON can carry a NUL only escaped: the walk runs only for a body that has the escape.
+    if b"\\u0000" in body:
+        field = nul_field(document)
+        if field is not None:
+            raise nul_problem(field)
+    return document
 
 
 def parse_body(

@@ -21,6 +21,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
 import yaml
 
@@ -250,7 +251,16 @@ def _read_yaml(text: str) -> _Draft:
 
 def _read_csv(text: str) -> _Draft:
     draft = _Draft()
-    reader = csv.reader(io.StringIO(text))
+    # newline="" as the csv module asks: a line break inside a quoted field is data.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        _read_csv_rows(draft, reader)
+    except csv.Error as exc:  # a carriage return alone in an unquoted field, a NUL byte
+        draft.fault(reader.line_num or None, ProblemCode.FILE_INVALID, f"not readable as CSV: {exc}")
+    return draft
+
+
+def _read_csv_rows(draft: _Draft, reader: Any) -> None:
     header: list[str] | None = None
     for row in reader:
         line = reader.line_num
@@ -265,7 +275,7 @@ def _read_csv(text: str) -> _Draft:
                     ProblemCode.HEADER_INVALID,
                     f"the header needs columns date, kind, festival; missing {missing}",
                 )
-                return draft
+                return
             continue
         cells = dict(zip(header, (cell.strip() for cell in row), strict=False))
         kind = cells.get("kind", "")
@@ -275,7 +285,6 @@ def _read_csv(text: str) -> _Draft:
         _add_days(draft, line, kind, cells.get("date", ""), cells.get("until") or None, cells.get("festival", ""))
     if header is None:
         draft.fault(None, ProblemCode.FILE_INVALID, "the CSV file is empty")
-    return draft
 
 
 def read_schedule(text: str, *, csv_format: bool, year: int | None = None, source: str | None = None) -> ScheduleIn:
@@ -283,6 +292,9 @@ def read_schedule(text: str, *, csv_format: bool, year: int | None = None, sourc
 
     Raises `ScheduleInvalid` with every fault, each with its line.
     """
+    if "\x00" in text:  # PostgreSQL's text cannot hold a NUL, and no notice has one
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ScheduleInvalid([Fault(line, ProblemCode.NUL_CHARACTER, "the file holds a NUL character (U+0000)")])
     draft = _read_csv(text) if csv_format else _read_yaml(text)
     if year is not None:
         if draft.year is not None and draft.year != year:
