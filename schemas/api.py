@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from schemas.times import BeijingDatetime
 
@@ -130,7 +130,8 @@ class GrantIn(BaseModel):
     valid_from: BeijingDatetime | None = None
     valid_to: BeijingDatetime
     department: str | None = Field(default=None, min_length=1, max_length=200, description="default: the caller's")
-    daily_quota: int | None = Field(default=None, description="calls a day (Asia/Shanghai days); none: no quota")
+    # Strict: JSON's true is not the quota 1, nor "5000" a number (the schema says integer).
+    daily_quota: StrictInt | None = Field(default=None, description="calls a day (Asia/Shanghai days); none: no quota")
     rate_limit: str | None = Field(
         default=None, max_length=64, description="`limits` notation such as `20/second`; none: no rate limit"
     )

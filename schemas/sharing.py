@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
 from schemas.problems import ProblemCode
@@ -133,8 +133,9 @@ def _positive(what: str) -> Callable[[Any], Any]:
     return check
 
 
-Quota = Annotated[int, BeforeValidator(_positive("a daily quota")), Field(ge=1, le=100_000_000)]
-Volume = Annotated[int, BeforeValidator(_positive("an expected daily volume")), Field(ge=1, le=100_000_000)]
+# Strict: JSON's true is not 1, nor "5000" a number; the schema says integer, and pydantic's lax mode took both.
+Quota = Annotated[StrictInt, BeforeValidator(_positive("a daily quota")), Field(ge=1, le=100_000_000)]
+Volume = Annotated[StrictInt, BeforeValidator(_positive("an expected daily volume")), Field(ge=1, le=100_000_000)]
 RateLimit = Annotated[
     str,
     Field(
@@ -488,7 +489,7 @@ class ExtendIn(_In):
         extra="forbid", json_schema_extra={"examples": [{"working_days": 5, "reason": "需征求数据主管部门意见"}]}
     )
 
-    working_days: int = Field(description="1 to 10")
+    working_days: StrictInt = Field(description="1 to 10")
     reason: Text
 
 
@@ -549,7 +550,7 @@ class DataUseIn(_In):
     )
     description: Text
     location: str | None = Field(default=None, min_length=1, max_length=2000, description="system, table or place")
-    volume: int | None = Field(default=None, ge=0, le=1_000_000_000, description="records concerned, if counted")
+    volume: StrictInt | None = Field(default=None, ge=0, le=1_000_000_000, description="records concerned, if counted")
 
 
 class DataUseOut(BaseModel):

@@ -387,6 +387,11 @@ async def test_register_of_use_storage_and_destruction_is_kept_and_exported(worl
     )
     future = {"kind": "use", "description": "x", "occurred_at": (world.now + timedelta(days=1)).isoformat()}
     assert_problem(await world.post("data-officer", register, future), 422, "occurred_in_future")
+    # The schema says integer: JSON's false is not 0 records, nor "30" a count (a fuzzer found false accepted).
+    for volume in (False, "30", 1.5):
+        wrong = await world.post("data-officer", register, {"kind": "use", "description": "x", "volume": volume})
+        assert_problem(wrong, 422, "validation_failed")
+        assert wrong.json()["errors"][0]["field"] == "volume", wrong.text
 
     for who in ("data-head", "credit-officer", "officer", "admin"):
         read = await world.get(who, register)

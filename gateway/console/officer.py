@@ -131,14 +131,29 @@ def _day_end(value: str | None) -> str | None:
     return value or None
 
 
+def _whole(form: dict[str, Any], name: str) -> int | str | None:
+    """A number field as the API takes it: an integer when it is one, else the text, which the API refuses naming
+    the field (it takes JSON integers only)."""
+    text = _text(form, name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def decision_body(action: str, form: dict[str, Any]) -> dict[str, Any]:
-    """The API body of a decision, from the decision form. Values are passed as typed: the API validates them."""
+    """The API body of a decision, from the decision form. Values are passed as typed (numbers as numbers): the API
+    validates them."""
     if action == "approve":
         body: dict[str, Any] = {}
         fields = as_list(form.get("fields"))
         if fields:
             body["fields"] = fields
-        for name in ("daily_quota", "rate_limit", "note"):
+        if _text(form, "daily_quota"):
+            body["daily_quota"] = _whole(form, "daily_quota")
+        for name in ("rate_limit", "note"):
             if _text(form, name):
                 body[name] = _text(form, name)
         if _text(form, "valid_to"):
@@ -169,7 +184,7 @@ def decision_body(action: str, form: dict[str, Any]) -> dict[str, Any]:
             body["note"] = _text(form, "note")
         return body
     if action == "extend":
-        return {"working_days": _text(form, "working_days"), "reason": _text(form, "reason")}
+        return {"working_days": _whole(form, "working_days"), "reason": _text(form, "reason")}
     return {"reason": _text(form, "reason")}
 
 
