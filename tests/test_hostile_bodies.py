@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -207,3 +208,17 @@ def test_a_deep_holiday_schedule_is_refused_not_a_crash() -> None:
     with pytest.raises(ScheduleInvalid) as caught:
         read_schedule(deep, csv_format=False)
     assert caught.value.faults[0].code == "file_invalid" and "deeply" in caught.value.faults[0].message
+
+
+def test_a_schedule_csv_the_csv_module_cannot_read_is_a_fault_not_a_crash() -> None:
+    # The fuzz run's body: a carriage return alone inside an unquoted field was a csv.Error, so a 500.
+    stray = "date,kind,festival\n2027-01-01,holiday,元\r旦x\n"
+    with pytest.raises(ScheduleInvalid):
+        read_schedule(stray, csv_format=True, year=2027, source="test")
+    quoted = 'date,kind,festival\n2027-01-01,holiday,"元\r\n旦"\n'  # a line break inside quotes is data
+    assert read_schedule(quoted, csv_format=True, year=2027, source="test").holidays == {date(2027, 1, 1): "元\r\n旦"}
+    # A field over the csv module's limit (128 KiB) is what it refuses itself: one fault of the file, with its line.
+    huge = "date,kind,festival\n2027-01-01,holiday," + "元" * 200_000 + "\n"
+    with pytest.raises(ScheduleInvalid) as caught:
+        read_schedule(huge, csv_format=True, year=2027, source="test")
+    assert [(fault.line, fault.code) for fault in caught.value.faults][:1] == [(2, "file_invalid")]
