@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -229,3 +230,19 @@ def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
         "error: --workers 3 needs Redis (MSJX_REDIS_URL): without it nonces, quotas and breakers are kept in each"
         " process, so a replayed request or an exhausted quota would pass on another worker"
     ]
+
+
+def test_the_port_is_refused_until_the_server_listens() -> None:
+    """serve binds its port before the migrations (a port in use is one line at once), but nginx and TCP health
+    checks take an open port for a server that is up: connections are refused until `listen`."""
+    from gateway.server.workers import bind, listen
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        port = sock.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        listen(sock)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        sock.close()

@@ -88,6 +88,7 @@ def serve(
     sock: socket.socket | None = None
     try:
         # A port that another process holds is one line now, not uvicorn's error after the migrations and start-up.
+        # Bound, not listening: connections are refused until the server is up.
         try:
             sock = bind(host, port)
         except OSError as exc:
@@ -152,8 +153,13 @@ def _supervise(
 ) -> None:
     """`serve --workers N`: run the workers on one socket until a signal (gateway/server/workers.py); `_migrate` has
     made the keys they share and each one's own."""
-    from gateway.server.workers import Supervisor
+    from gateway.server.workers import Supervisor, listen
 
+    try:
+        listen(sock)  # only now: the port stayed closed through the migrations, as a port of a server not yet up
+    except OSError as exc:  # another server that started beside this one listened first
+        host, port = sock.getsockname()[:2]
+        raise fail(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
     # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
     Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
 

@@ -65,18 +65,23 @@ def worker_settings(settings: Settings, index: int) -> Settings:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on; bound once, here."""
+    """The socket every worker accepts on, bound once, here, and not listening yet: until `listen`, a connection to
+    the port is refused, as it was before `serve` started (nginx and TCP health checks take an open port for ready)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(2048)
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
+
+
+def listen(sock: socket.socket) -> None:
+    """Open the bound socket to connections, for workers started after this (they inherit it)."""
+    sock.listen(2048)
+    sock.set_inheritable(True)
 
 
 def run_worker(settings: Settings, sock: socket.socket, ready: Event, server_options: dict[str, Any]) -> None:
