@@ -2,6 +2,7 @@
 
     python -m scripts.fuzz_api                        # the `make test` budget: 90 s of fuzzing
     MSJX_FUZZ_SECONDS=1800 python -m scripts.fuzz_api # a nightly-size run (30 min)
+    python -m scripts.fuzz_api --backend postgres_redis # on a PostgreSQL and a Redis of its own
 
 It starts `msjx-gateway serve --demo` (simulators, one demo caller of each role) on a free port, with contract
 fetches disabled, inside a network namespace of its own when it can make one (root), so nothing the fuzzer makes
@@ -13,6 +14,7 @@ problem+json, and no traceback in the gateway's log. Exit status 0 when it passe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -136,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="Schemathesis seed, to repeat a run")
     # One worker: Hypothesis is not thread-safe (two workers raised "AST constructor recursion depth mismatch").
     parser.add_argument("--workers", default="1")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres_redis"),
+        default="sqlite",
+        help="the demo's state: SQLite, or a PostgreSQL and a Redis of the run's own (what production runs on)",
+    )
     args = parser.parse_args(argv)
 
     isolated = isolate_network()
@@ -158,8 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         MSJX_UNAUTHENTICATED_TOTAL_RATE="100000/minute",
     )
     log_path = report_dir / "gateway.log"
-    print(f"fuzzing {url} for {args.seconds} s; network namespace: {'own' if isolated else 'shared'}", flush=True)
-    with log_path.open("wb") as log:
+    services = contextlib.ExitStack()
+    if args.backend == "postgres_redis":
+        # Started after the namespace is made, so inside it; the shared servers on 5432/6379 are never touched.
+        from tests.helpers.own_services import own_postgres, own_redis
+
+        env["MSJX_DATABASE_URL"] = services.enter_context(own_postgres())
+        env["MSJX_REDIS_URL"] = services.enter_context(own_redis())
+    print(
+        f"fuzzing {url} ({args.backend}) for {args.seconds} s; network namespace: {'own' if isolated else 'shared'}",
+        flush=True,
+    )
+    with services, log_path.open("wb") as log:
         server = subprocess.Popen(
             [str(BIN / "msjx-gateway"), "serve", "--demo", "--port", str(port)],
             env=env,
@@ -218,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "tracebacks": len(found),
         "traceback_lines": found[:50],
         "isolated": isolated,
+        "backend": args.backend,
         "seconds": args.seconds,
         **read_report(report_dir),
     }

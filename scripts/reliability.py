@@ -106,7 +106,7 @@ def _outcomes(cases: list[Case]) -> str:
 def render(results: dict[str, list[Case]], status: int) -> str:
     hostile = results.get("test_hostile_inputs", [])
     faults = [c for c in results.get("test_fault_kill", []) if c.properties]
-    fuzz = next((c for c in results.get("test_api_fuzz", []) if c.properties), None)
+    fuzz_runs = [c for c in results.get("test_api_fuzz", []) if c.properties]
     matrix = results.get("test_role_matrix", [])
     matrix_figures = next((c.properties for c in matrix if c.properties), {})
     refused = sum(1 for c in hostile if c.outcome == "passed" and "behaves" not in c.name)
@@ -154,19 +154,27 @@ def render(results: dict[str, list[Case]], status: int) -> str:
         tried, answered = HOSTILE.get(name, (name, ""))
         lines.append(f"| {tried} | {len(cases)} | {answered} | {_outcomes(cases)} |")
     lines += ["", "## The API under a fuzzer (Schemathesis)", ""]
-    if fuzz is not None:
-        p = fuzz.properties
+    if fuzz_runs:
         lines += [
-            "| budget | operations | requests | 5xx | refused (4xx, problem+json) | failing, pending a fix | tracebacks"
-            " | result |",
-            "| ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
-            f"| {p.get('seconds')} s | {p.get('operations')} | {p.get('requests')} | {p.get('server_errors')} |"
-            f" {p.get('refused_4xx')} | {p.get('pending_checks') or 'none'} | {p.get('tracebacks')} | {fuzz.outcome} |",
+            "| backend | budget | operations | requests | 5xx | refused (4xx, problem+json) | failing, pending a fix"
+            " | tracebacks | result |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        ]
+        for fuzz in fuzz_runs:
+            p = fuzz.properties
+            lines.append(
+                f"| {p.get('backend', 'sqlite')} | {p.get('seconds')} s | {p.get('operations')} | {p.get('requests')} |"
+                f" {p.get('server_errors')} | {p.get('refused_4xx')} | {p.get('pending_checks') or 'none'} |"
+                f" {p.get('tracebacks')} | {fuzz.outcome} |"
+            )
+        lines += [
             "",
             "Checks: no 5xx, answers inside the documented schemas, status codes and content types, every error",
             "problem+json with its `code`, invalid input refused, no traceback in the gateway's log. Each request is",
             "signed in turn as the platform, the admin and each role the route lets through (`tests/fuzz_hooks.py`).",
-            "A nightly-size run: `MSJX_FUZZ_SECONDS=1800 python -m scripts.fuzz_api` (reports in `var/fuzz/`).",
+            "SQLite is the demo's own state; `postgres_redis` is a PostgreSQL and a Redis the run starts for itself.",
+            "A nightly-size run: `MSJX_FUZZ_SECONDS=1800 python -m scripts.fuzz_api` (reports in `var/fuzz/`); add",
+            "`--backend postgres_redis` for PostgreSQL.",
             "Checks failing, pending a fix are those `tests/test_api_fuzz.py` tolerates (`PENDING`, each naming the",
             "open item of issue 13 it waits for); any other failure fails the test.",
         ]
