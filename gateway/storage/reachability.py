@@ -7,7 +7,6 @@ the setting and host:port (or path), never the URL itself: it may carry a passwo
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -111,8 +110,6 @@ def prepare_data_dir(settings: Settings) -> None:
         raise StorageUnusable(f"MSJX_DATA_DIR: {data_dir} is not a directory") from None
     except OSError as exc:
         raise StorageUnusable(f"MSJX_DATA_DIR: cannot create {data_dir}: {_reason(exc, None)}") from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise StorageUnusable(f"MSJX_DATA_DIR: {data_dir} is not writable by this user")
 
 
 def check_sqlite(settings: Settings) -> None:
