@@ -40,7 +40,7 @@ def callers_add(
         except UnicodeDecodeError:
             raise fail(f"--public-key: {public_key} is not text (PEM, base64 or hex)") from None
         if "PRIVATE KEY-----" in text:  # the caller's secret, which should never leave its owner
-            raise fail(f"--public-key: {public_key} holds a private key; give its public half") from None
+            raise fail(f"--public-key: {public_key} holds a private key; give its public half")
         try:
             key = load_public_key(text)
         except KeyFormatError as exc:

@@ -92,7 +92,7 @@ def serve(
         try:
             sock = bind(host, port)
         except OSError as exc:
-            raise fail(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise _port_refused(host, port, exc) from None
         # Redis down would otherwise surface inside uvicorn's start-up as a traceback; the database is checked by
         # db.upgrade. Both failures are one line naming the setting (gateway/storage/reachability.py), exit 2.
         asyncio.run(check_redis(settings))
@@ -158,10 +158,13 @@ def _supervise(
     try:
         listen(sock)  # only now: the port stayed closed through the migrations, as a port of a server not yet up
     except OSError as exc:  # another server that started beside this one listened first
-        host, port = sock.getsockname()[:2]
-        raise fail(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise _port_refused(*sock.getsockname()[:2], exc) from None
     # uvicorn takes SIGTERM from the workers; here the supervisor's own handlers replace the unwinding one.
     Supervisor(settings, workers, sock, {**SERVER_OPTIONS, **tls}, announce).run()
+
+
+def _port_refused(host: str, port: int, exc: OSError) -> typer.Exit:
+    return fail(f"--port: cannot listen on {host}:{port}: {exc.strerror}")
 
 
 def _migrate(settings: Settings, workers: int) -> None:

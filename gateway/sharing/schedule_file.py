@@ -255,7 +255,7 @@ def _read_csv(text: str) -> _Draft:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         _read_csv_rows(draft, reader)
-    except csv.Error as exc:  # a carriage return alone in an unquoted field, a NUL byte
+    except csv.Error as exc:  # a field over the csv module's limit (128 KiB)
         draft.fault(reader.line_num or None, ProblemCode.FILE_INVALID, f"not readable as CSV: {exc}")
     return draft
 
