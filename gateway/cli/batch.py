@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -205,6 +206,10 @@ def batch_worker(data_dir: DataDir = None) -> None:
     asyncio.run(_worker(settings))
 
 
+def _sighup_ignored() -> None:
+    logging.getLogger("msjx.batch").warning("SIGHUP ignored: a batch worker has nothing to reload; SIGTERM stops it")
+
+
 async def _worker(settings: Any) -> None:
     from gateway.batches.service import BatchService
     from gateway.runtime import Runtime
@@ -217,6 +222,9 @@ async def _worker(settings: Any) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    # SIGHUP's default action would end the worker inside a chunk, which then waits out MSJX_BATCH_STALL_SECONDS
+    # before another node runs it again; a worker has no configuration to reload, so it keeps running.
+    loop.add_signal_handler(signal.SIGHUP, _sighup_ignored)
     await service.start()
     typer.echo(f"batch worker {settings.node_id}: {settings.batch_workers} chunk(s) at a time ({service.queue.kind})")
     try:
