@@ -14,7 +14,9 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema, model_validator
 
-__all__ = ["Base64", "DecimalText", "DerivedModel", "choice_schema"]
+from schemas.numbers import JsonFloat, JsonInteger
+
+__all__ = ["Base64", "DecimalText", "DerivedModel", "JsonFloat", "JsonInteger", "choice_schema"]
 
 _DECIMAL_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
 _DECIMAL_RE = re.compile(_DECIMAL_PATTERN)

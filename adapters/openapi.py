@@ -28,7 +28,7 @@ from .contracts import ContractBundle, ContractError, parse_openapi_document
 from .errors import UpstreamMalformed, UpstreamRejected
 from .http import HttpClient, phrase
 from .jsondepth import loads_bounded
-from .jsontypes import Base64, DecimalText, DerivedModel
+from .jsontypes import Base64, DecimalText, DerivedModel, JsonFloat, JsonInteger
 
 __all__ = ["RestEngine", "RestOperation"]
 
@@ -209,10 +209,10 @@ class _Schemas:
             if bounds:
                 from typing import Annotated
 
-                return Annotated[int, Field(**bounds)]
-            return int
+                return Annotated[JsonInteger, Field(**bounds)]
+            return JsonInteger
         if kind == "number":
-            return float if schema.get("format") in ("float", "double") else DecimalText
+            return JsonFloat if schema.get("format") in ("float", "double") else DecimalText
         if kind == "boolean":
             return StrictBool
         if kind == "array":

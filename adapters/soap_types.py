@@ -31,7 +31,7 @@ from zeep.xsd.utils import max_occurs_iter
 
 from schemas.errors import MsjxError
 
-from .jsontypes import Base64, DecimalText, DerivedModel, choice_schema
+from .jsontypes import Base64, DecimalText, DerivedModel, JsonFloat, JsonInteger, choice_schema
 
 __all__ = [
     "TYPE_KEY",
@@ -782,12 +782,12 @@ _PYTHON: dict[str, Any] = {
     "string": str,
     "decimal": DecimalText,
     "boolean": StrictBool,
-    "float": float,
+    "float": JsonFloat,
     "date": dt.date,
     "datetime": dt.datetime,
     "time": dt.time,
     "base64": Base64,
-    "year": int,
+    "year": JsonInteger,
 }
 
 
@@ -795,7 +795,7 @@ def _scalar_type(scalar: Scalar, enforce_facets: bool = False) -> Any:
     if scalar.enum:
         base: Any = Literal[scalar.enum]  # type: ignore[valid-type]
     elif scalar.kind == "integer":
-        base = int
+        base = JsonInteger
     elif scalar.kind == "lexical":
         base = Annotated[str, AfterValidator(_lexical_check(scalar))]
     elif scalar.kind == "any":

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .credit import ListingEntry, Yuan
+from .numbers import JsonInteger
 from .uscc import USCC
 
 __all__ = [
@@ -42,7 +43,7 @@ class TaxpayerYearQuery(_Model):
     """Input of `tax-credit-rating` and `annual-tax-paid`: the enterprise and the year."""
 
     uscc: USCC = Field(description="统一社会信用代码, which is the enterprise's 纳税人识别号")
-    year: int = Field(ge=FIRST_TAX_YEAR, le=2100, description="the tax year (评价年度 / 纳税年度)")
+    year: JsonInteger = Field(ge=FIRST_TAX_YEAR, le=2100, description="the tax year (评价年度 / 纳税年度)")
 
 
 class TaxRegistration(_Model):

@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
 )
 
+from .numbers import JsonInteger
 from .uscc import USCC
 
 __all__ = [
@@ -111,7 +112,7 @@ class VoucherSubmission(_Model):
 
     uscc: USCC = Field(description="统一社会信用代码 of the enterprise paid (audit subject; not sent to the treasury)")
     adm_div_code: str = _code(r"^[0-9]{6}$", "AdmDivCode 行政区划代码, 6 digits", 6)
-    st_year: int = Field(ge=2000, le=2099, description="StYear 业务年度")
+    st_year: JsonInteger = Field(ge=2000, le=2099, description="StYear 业务年度")
     vt_code: Literal["5201"] = Field(default=VT_CODE_DIRECT_PAYMENT, description="VtCode: 5201 直接支付凭证")
     vou_date: date = Field(description="VouDate 凭证日期")
     voucher_no: str = Field(
