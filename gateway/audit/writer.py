@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy import String, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit.committer import Committer, PostgresCommitter, SqliteCommitter, describe_error
+from gateway.audit.commit_failures import CommitFailures
+from gateway.audit.committer import Committer, OutOfOrder, PostgresCommitter, SqliteCommitter, describe_error
 from gateway.audit.node_keys import register_node_key
 from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
@@ -133,6 +134,7 @@ class AuditWriter:
     ) -> None:
         self._engine = engine
         self.health = health or Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
+        self._commit_failures = CommitFailures(log)
         self.chain_id = chain_id
         self.keyring = keyring
         self.suite = suite or keyring.suite
@@ -447,6 +449,7 @@ class AuditWriter:
         self.height, self.head = height, head
         self.last_error = None
         self.health.succeeded()
+        self._commit_failures.succeeded()
         self.batches += 1
         if checkpoint is not None:
             await self._sealed(checkpoint)
@@ -470,7 +473,8 @@ class AuditWriter:
             self.health.failed(exc)
         else:
             # The whole error, not just its class: "CommitterError" alone told an operator nothing.
-            log.error("audit commit of %d records failed: %s", len(batch), describe_error(exc))
+            cause = describe_error(exc)
+            self._commit_failures.failed(cause, len(batch), follow_on=OutOfOrder.__name__ + ": " in cause)
         for _, future in batch:
             if not future.done():
                 future.set_exception(AuditUnavailable("the audit store could not commit the record"))
@@ -493,7 +497,7 @@ class AuditWriter:
             async with self._engine.begin() as connection:
                 await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
         except Exception as exc:  # a missed checkpoint is retried at the next tick; appends go on
-            log.error("audit checkpoint at height %d failed: %s", self.height, type(exc).__name__)
+            log.error("audit checkpoint at height %d failed: %s", self.height, describe_error(exc))
             return None
         await self._sealed(checkpoint)
         return checkpoint
