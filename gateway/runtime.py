@@ -32,6 +32,7 @@ from gateway.sharing.ownership import seed_owners
 from gateway.storage import db
 from gateway.storage.health import Dependency, is_database_outage
 from gateway.storage.redis import SharedRedis
+from gateway.storage.redis_eviction import WATCH_SECONDS, EvictionWatch
 from gateway.upstreams.registry import LiveAdapters
 from schemas.problems import ProblemCode
 from security.keyring import KeyRing
@@ -85,6 +86,10 @@ def breaker_store(settings: Settings, redis: SharedRedis | None) -> BreakerStore
 
         return RedisBreakerStore(redis.client, breaker_prefix(redis.prefix, settings.async_database_url))
     return MemoryBreakerStore()
+
+
+def _quiet(exc: Exception) -> None:
+    log.debug("Redis eviction watch skipped a look: %s", type(exc).__name__)
 
 
 async def start_offload(settings: Settings) -> ProcessVerifier | None:
@@ -170,6 +175,7 @@ class Runtime:
     # What every audited exchange goes through (start sets it).
     exchanges: Exchanges | None = None
     _key_refresher: Periodic | None = None
+    _eviction_watch: Periodic | None = None
     _quota_rebuild: asyncio.Task[None] | None = None
 
     @classmethod
@@ -267,6 +273,12 @@ class Runtime:
         )
         if quotas.epoch is not None:
             quotas.epoch.on_restart(runtime._rebuild_quotas_soon)
+        if redis is not None:
+            watch = EvictionWatch(redis.client, redis.key("watch", settings.node_id), redis.epoch.forget, clock.time)
+            # Redis away is reported by the stores that use it; the watch looks again at its next turn.
+            runtime._eviction_watch = periodic(
+                "redis-eviction-watch", WATCH_SECONDS, watch.look, run_first=True, on_error=_quiet
+            )
         return runtime
 
     def _rebuild_quotas_soon(self) -> None:
@@ -306,6 +318,8 @@ class Runtime:
                 await self._quota_rebuild
         if self._key_refresher is not None:
             await self._key_refresher.stop()
+        if self._eviction_watch is not None:
+            await self._eviction_watch.stop()
         if self.payments is not None:
             await self.payments.close()
             await self.payments.store.close()

@@ -214,7 +214,9 @@ async def _worker(settings: Any) -> None:
     from gateway.batches.service import BatchService
     from gateway.runtime import Runtime
     from gateway.storage import db
+    from gateway.storage.reachability import check_redis
 
+    await check_redis(settings)
     await db.upgrade_async(settings)
     runtime = await Runtime.start(settings)
     service = BatchService.from_runtime(runtime, worker=True)

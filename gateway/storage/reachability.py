@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from gateway.settings import Settings
+from gateway.storage.redis_eviction import RISK, memory_policy
 from schemas.errors import MsjxError
 
 # Long enough for a database on another host under load; short enough that a firewall dropping packets does not
@@ -30,7 +31,8 @@ class ServiceUnreachable(StartupFailure):
 
 
 class StorageUnusable(StartupFailure):
-    """The data directory or the SQLite file cannot be made or opened; the message names the setting and the path."""
+    """The data directory or the SQLite file cannot be made or opened, or Redis may drop the gateway's keys; the
+    message names the setting, and the path or host:port."""
 
 
 def endpoint(url: str, default_port: int) -> str:
@@ -88,15 +90,22 @@ async def check_redis(settings: Settings) -> None:
     from redis.asyncio import Redis
 
     client = Redis.from_url(settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+    where = endpoint(settings.redis_url, 6379)
     try:
-        await client.ping()
-    except Exception as exc:  # refused, timed out, wrong password, not Redis: the operator needs the same line
-        cause = exc.__cause__ or exc.__context__
-        reason = cause if isinstance(cause, OSError) else exc
-        raise ServiceUnreachable(
-            f"MSJX_REDIS_URL: cannot connect to Redis at {endpoint(settings.redis_url, 6379)}: "
-            f"{_reason(reason, urlsplit(settings.redis_url).password)}"
-        ) from None
+        try:
+            await client.ping()
+        except Exception as exc:  # refused, timed out, wrong password, not Redis: the operator needs the same line
+            cause = exc.__cause__ or exc.__context__
+            reason = cause if isinstance(cause, OSError) else exc
+            raise ServiceUnreachable(
+                f"MSJX_REDIS_URL: cannot connect to Redis at {where}: "
+                f"{_reason(reason, urlsplit(settings.redis_url).password)}"
+            ) from None
+        policy = await memory_policy(client)
+        if policy is not None and policy.evicts:
+            raise StorageUnusable(
+                f"MSJX_REDIS_URL: Redis at {where} evicts keys when full ({policy.describe()}): {RISK}"
+            )
     finally:
         await client.aclose()
 

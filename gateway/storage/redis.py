@@ -155,6 +155,11 @@ class RedisEpoch:
     def on_restart(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
 
+    def forget(self, at: float) -> None:
+        """The server dropped keys by `at` without restarting (evicted or flushed them): nothing signed before it is
+        known any more."""
+        self.started = max(self.started, at)
+
     async def connected(self, connection: Any) -> None:
         """redis-py's `redis_connect_func`: the usual handshake, then INFO server."""
         await connection.on_connect()
