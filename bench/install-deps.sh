@@ -2,7 +2,8 @@
 # Installs what `make bench` needs from Debian when it is missing: wrk (the load generator) and nginx (the C floor).
 # With arguments, only those (scripts/run-tests.sh: `nginx` for tests/test_deploy_nginx.py, `php` for PHP's SoapClient
 # in tests/test_soap_php.py: php-cli and php-soap, `chromium` for tests/test_console_browser.py, `valgrind` for
-# tests/test_bench_instructions.py, `systemd` for systemd-analyze in tests/test_deploy_systemd.py).
+# tests/test_bench_instructions.py, `systemd` for systemd-analyze in tests/test_deploy_systemd.py, `pgbouncer` for
+# tests/test_database_pooler.py).
 # nginx is Debian's core package: on bookworm nginx-light is only nginx plus an echo module that proxy_pass does
 # not need, and trixie has no nginx-light. The package must not start a server on port 80, so the install runs
 # under a policy-rc.d that forbids starting services (kept if one is already there).

@@ -27,6 +27,8 @@ bash bench/install-deps.sh chromium || echo "chromium is missing and could not b
 bash bench/install-deps.sh systemd || echo "systemd-analyze is missing and could not be installed" >&2
 # tests/test_bench_instructions.py runs the gateway under valgrind's callgrind (bench/instructions.py).
 bash bench/install-deps.sh valgrind || echo "valgrind is missing and could not be installed" >&2
+# tests/test_database_pooler.py puts Debian's PgBouncer between the gateway and PostgreSQL.
+bash bench/install-deps.sh pgbouncer || echo "pgbouncer is missing and could not be installed" >&2
 
 # One pytest worker a core (pytest-xdist), each test file whole on one worker so that its module fixtures start once,
 # files in the order tests/conftest.py gives (slow files first; xdist would otherwise start the biggest files first).

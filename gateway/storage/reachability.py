@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -33,6 +34,10 @@ class ServiceUnreachable(StartupFailure):
 class StorageUnusable(StartupFailure):
     """The data directory or the SQLite file cannot be made or opened, or Redis may drop the gateway's keys; the
     message names the setting, and the path or host:port."""
+
+
+class DatabaseUnusable(StartupFailure):
+    """PostgreSQL answers, but not in a way the gateway can work with; the message names the setting and the fix."""
 
 
 def endpoint(url: str, default_port: int) -> str:
@@ -74,13 +79,39 @@ async def check_database(settings: Settings) -> None:
     # asyncpg reads the libpq URL form (query options such as sslmode included) once the driver name is gone.
     dsn = "postgresql://" + settings.database_url.partition("://")[2]
     where = endpoint(settings.database_url, 5432)
+    connections = []
     try:
-        connection = await asyncpg.connect(dsn=dsn, timeout=CONNECT_TIMEOUT)
+        for _ in range(2):
+            connections.append(await asyncpg.connect(dsn=dsn, timeout=CONNECT_TIMEOUT))
     except Exception as exc:  # any way of not getting a connection is the same answer for the operator
         raise ServiceUnreachable(
             f"MSJX_DATABASE_URL: cannot connect to PostgreSQL at {where}: {_reason(exc, urlsplit(dsn).password)}"
         ) from None
-    await connection.close()
+    try:
+        await _refuse_transaction_pooling(connections, where)
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+async def _refuse_transaction_pooling(connections: list[Any], where: str) -> None:
+    """A pooler that hands each transaction a server connection of its own choosing (PgBouncer's pool_mode =
+    transaction or statement) breaks what the gateway keeps on its connection: prepared statements, LISTEN for batch
+    chunks, session settings. `serve` then failed at start, at random, with a traceback. A session's backend process
+    never changes, and two sessions never share one: under such a pooler they do."""
+    import asyncpg
+
+    first, second = connections
+    try:
+        pids = [await connection.fetchval("SELECT pg_backend_pid()") for connection in (first, second, first, second)]
+    except (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError):
+        pids = [0, 0, 0, 0]  # another client's statements on this server connection: shared all the same
+    if pids[0] == pids[1] or pids[0] != pids[2] or pids[1] != pids[3]:
+        raise DatabaseUnusable(
+            f"MSJX_DATABASE_URL: {where} shares server connections between transactions (a pooler such as PgBouncer"
+            " with pool_mode = transaction or statement): the gateway keeps prepared statements, LISTEN and session"
+            " settings on its connections; connect to PostgreSQL directly or through pool_mode = session"
+        )
 
 
 async def check_redis(settings: Settings) -> None:
