@@ -1,7 +1,9 @@
-"""A Redis that may drop the gateway's keys without restarting, on a server of the test's own:
+"""A Redis that may drop the gateway's keys without restarting, or that the gateway cannot use, on a server of the
+test's own:
 
 - one with a memory limit and an evicting policy is refused at start, in one line, exit 2: a dropped nonce let a
   captured signed request be replayed (gateway/storage/redis_eviction.py);
+- one in cluster mode is refused at start too: the gateway's client does not route commands by hash slot;
 - one that starts dropping keys while the gateway serves (the policy changed live, or a FLUSHALL) is noticed within
   a look of the watch: the captured request is then refused as after a Redis restart, and the log says why.
 """
@@ -61,6 +63,20 @@ async def test_an_evicting_redis_is_refused_at_start(tmp_path: Path) -> None:
         assert served.stderr.strip().splitlines() == [f"error: {message}"]
     finally:
         redis.stop()
+
+
+async def test_a_cluster_mode_redis_is_refused_at_start(tmp_path: Path) -> None:
+    redis = OwnRedis(tmp_path, "--cluster-enabled", "yes")
+    redis.start()
+    try:
+        with pytest.raises(StorageUnusable) as refused:
+            await check_redis(load_settings(data_dir=tmp_path, redis_url=redis.url))
+    finally:
+        redis.stop()
+    assert str(refused.value) == (
+        f"MSJX_REDIS_URL: Redis at 127.0.0.1:{redis.port} runs in cluster mode, and the gateway's client does not"
+        " route commands by hash slot; use a standalone Redis"
+    )
 
 
 @pytest.mark.parametrize(

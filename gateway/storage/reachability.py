@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from gateway.settings import Settings
-from gateway.storage.redis_eviction import RISK, memory_policy
+from gateway.storage.redis_eviction import RISK, server_facts
 from schemas.errors import MsjxError
 
 # Long enough for a database on another host under load; short enough that a firewall dropping packets does not
@@ -132,7 +132,12 @@ async def check_redis(settings: Settings) -> None:
                 f"MSJX_REDIS_URL: cannot connect to Redis at {where}: "
                 f"{_reason(reason, urlsplit(settings.redis_url).password)}"
             ) from None
-        policy = await memory_policy(client)
+        policy = await server_facts(client)
+        if policy is not None and policy.cluster:
+            raise StorageUnusable(
+                f"MSJX_REDIS_URL: Redis at {where} runs in cluster mode, and the gateway's client does not route"
+                " commands by hash slot; use a standalone Redis"
+            )
         if policy is not None and policy.evicts:
             raise StorageUnusable(
                 f"MSJX_REDIS_URL: Redis at {where} evicts keys when full ({policy.describe()}): {RISK}"

@@ -32,11 +32,14 @@ REPEAT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
-class MemoryPolicy:
+class ServerFacts:
+    """What one INFO says of the server that matters to the gateway's keys."""
+
     maxmemory: int
     policy: str
     evicted_keys: int
     run_id: str
+    cluster: bool
 
     @property
     def evicts(self) -> bool:
@@ -47,18 +50,19 @@ class MemoryPolicy:
         return f"maxmemory {self.maxmemory} bytes, maxmemory-policy {self.policy}"
 
 
-async def memory_policy(client: Any) -> MemoryPolicy | None:
-    """The server's memory limit, policy, evictions so far and run id (one INFO); None where INFO is refused (an
-    ACL, a renamed command)."""
+async def server_facts(client: Any) -> ServerFacts | None:
+    """The server's memory limit, policy, evictions so far, run id and cluster mode (one INFO); None where INFO is
+    refused (an ACL, a renamed command)."""
     try:
         info = await client.info()
     except ResponseError:
         return None
-    return MemoryPolicy(
+    return ServerFacts(
         int(info.get("maxmemory", 0)),
         str(info.get("maxmemory_policy", SAFE_POLICY)),
         int(info.get("evicted_keys", 0)),
         str(info.get("run_id", "")),
+        bool(int(info.get("cluster_enabled", 0))),
     )
 
 
@@ -90,7 +94,7 @@ class EvictionWatch:
         self._unsaid = 0
 
     async def look(self) -> None:
-        policy = await memory_policy(self._client)
+        policy = await server_facts(self._client)
         if policy is None:
             return
         now = self._time()
