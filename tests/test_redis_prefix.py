@@ -88,7 +88,7 @@ async def test_gateways_with_other_prefixes_share_a_redis_but_no_state(tmp_path:
                 callers_keys = {key async for key in redis.scan_iter(match=f"*{a.platform.key_id}*")}
                 for prefix in (prefix_a, prefix_b):
                     keys = {key async for key in redis.scan_iter(match=f"{prefix}:*")}
-                    assert {key.decode().split(":")[1] for key in keys} == {"nonce", "limits", "breaker"}, keys
+                    assert {key.decode().split(":")[1] for key in keys} == {"nonce", "limits", "breaker", "watch"}, keys
                     callers_keys -= keys
                     await redis.delete(*keys)
                 assert not callers_keys
