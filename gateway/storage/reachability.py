@@ -89,9 +89,23 @@ async def check_database(settings: Settings) -> None:
         ) from None
     try:
         await _refuse_transaction_pooling(connections, where)
+        await _refuse_other_encodings(connections[0], where)
     finally:
         for connection in connections:
             await connection.close()
+
+
+async def _refuse_other_encodings(connection: Any, where: str) -> None:
+    """Names, departments and purposes are Chinese. A LATIN1 database refused them in a migration (`db upgrade` ended
+    in a 620-line traceback); SQL_ASCII takes the bytes, but counts each byte as a character against a column's
+    length, three for most Chinese characters."""
+    encoding = await connection.fetchval("SHOW server_encoding")
+    if encoding != "UTF8":
+        database = await connection.fetchval("SELECT current_database()")
+        raise DatabaseUnusable(
+            f"MSJX_DATABASE_URL: the database {database} at {where} is encoded {encoding}; the gateway keeps Chinese"
+            f" text: make it anew with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0"
+        )
 
 
 async def _refuse_transaction_pooling(connections: list[Any], where: str) -> None:
