@@ -156,7 +156,9 @@ class PostgresCommitter:
     async def open(self) -> None:
         import asyncpg
 
-        self._connection = await asyncpg.connect(self._dsn, timeout=30)
+        from gateway.storage.durability import DURABLE_SESSION
+
+        self._connection = await asyncpg.connect(self._dsn, timeout=30, server_settings=DURABLE_SESSION)
 
     async def commit(
         self,

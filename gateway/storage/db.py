@@ -12,6 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from gateway.settings import Settings
+from gateway.storage.durability import DURABLE_SESSION
 from gateway.storage.reachability import check_database, check_sqlite, prepare_data_dir
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -24,7 +25,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"server_settings": DURABLE_SESSION}
+    )
 
 
 # WAL lets readers run beside the audit writer; FULL makes every commit survive a power cut, which group commit

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from gateway.settings import Settings
+from gateway.storage.durability import say_what_is_not_durable
 from gateway.storage.redis_eviction import RISK, server_facts
 from schemas.errors import MsjxError
 
@@ -90,6 +91,7 @@ async def check_database(settings: Settings) -> None:
     try:
         await _refuse_transaction_pooling(connections, where)
         await _refuse_other_encodings(connections[0], where)
+        await say_what_is_not_durable(connections[0], where)
     finally:
         for connection in connections:
             await connection.close()

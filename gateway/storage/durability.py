@@ -1,0 +1,36 @@
+"""PostgreSQL settings that decide whether a commit the gateway acknowledged survives a crash.
+
+A DBA's `ALTER DATABASE … SET synchronous_commit = off` (a common speed-up) lets PostgreSQL answer a commit before
+its WAL reaches the disk: an audit record, a payment's intent or outcome, acknowledged and then lost with a crash.
+Every connection of the gateway sets it on for itself (any user may); `fsync = off`, a server setting nobody can
+override, is said at every start.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("msjx.storage")
+
+# asyncpg's startup parameters for every connection: commits wait for the WAL flush (and for synchronous standbys
+# where the server names them), whatever the database's or the role's default.
+DURABLE_SESSION = {"synchronous_commit": "on"}
+
+
+async def say_what_is_not_durable(connection: Any, where: str) -> None:
+    """One line for each setting that would lose acknowledged commits, read on a plain connection at start."""
+    database = await connection.fetchval("SELECT current_database()")
+    if await connection.fetchval("SHOW fsync") == "off":
+        log.error(
+            "PostgreSQL at %s runs with fsync = off: a crash of its machine can lose or corrupt what the gateway"
+            " committed (audit records, payments); set fsync = on in postgresql.conf",
+            where,
+        )
+    if await connection.fetchval("SHOW synchronous_commit") == "off":
+        log.warning(
+            "the database %s at %s has synchronous_commit = off; the gateway sets it on for its own connections, so"
+            " that what it acknowledges is on disk",
+            database,
+            where,
+        )
