@@ -104,7 +104,7 @@ class OwnPostgres:
         self._run(str(self.bin / "initdb"), "-D", str(self.directory), "-A", "trust", "-U", "postgres", "--no-sync")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
         log = str(self.directory / "server.log")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory), "-o", options, "-l", log, "-w", "start")
 
