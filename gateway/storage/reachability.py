@@ -91,10 +91,27 @@ async def check_database(settings: Settings) -> None:
     try:
         await _refuse_transaction_pooling(connections, where)
         await _refuse_other_encodings(connections[0], where)
+        await _refuse_read_only(connections[0], where)
         await say_what_is_not_durable(connections[0], where)
     finally:
         for connection in connections:
             await connection.close()
+
+
+async def _refuse_read_only(connection: Any, where: str) -> None:
+    """A standby, or a database whose transactions are read-only by default, took the migrations' first CREATE TABLE
+    with a 609-line traceback: pointing the gateway at a replica is an easy slip where there are two addresses."""
+    if await connection.fetchval("SELECT pg_is_in_recovery()"):
+        raise DatabaseUnusable(
+            f"MSJX_DATABASE_URL: PostgreSQL at {where} is a standby (in recovery) and takes no writes; give the primary"
+        )
+    if await connection.fetchval("SHOW default_transaction_read_only") == "on":
+        database = await connection.fetchval("SELECT current_database()")
+        raise DatabaseUnusable(
+            f"MSJX_DATABASE_URL: transactions in the database {database} at {where} are read-only by default"
+            f" (default_transaction_read_only = on); the gateway writes: ALTER DATABASE {database} RESET"
+            " default_transaction_read_only, or give the gateway's role its own setting"
+        )
 
 
 async def _refuse_other_encodings(connection: Any, where: str) -> None:
