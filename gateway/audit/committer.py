@@ -158,7 +158,8 @@ class PostgresCommitter:
 
         from gateway.storage.durability import DURABLE_SESSION
 
-        self._connection = await asyncpg.connect(self._dsn, timeout=30, server_settings=DURABLE_SESSION)
+        self._connection = await asyncpg.connect(self._dsn, timeout=30)
+        await self._connection.execute(DURABLE_SESSION)
 
     async def commit(
         self,

@@ -25,9 +25,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
-        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"server_settings": DURABLE_SESSION}
-    )
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    event.listen(engine.sync_engine, "connect", _durable_session)
+    return engine
 
 
 # WAL lets readers run beside the audit writer; FULL makes every commit survive a power cut, which group commit
@@ -49,6 +49,12 @@ def apply_sqlite_pragmas(dbapi_connection: Any) -> None:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     apply_sqlite_pragmas(dbapi_connection)
+
+
+def _durable_session(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(DURABLE_SESSION)
+    cursor.close()
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

@@ -2,8 +2,8 @@
 
 A DBA's `ALTER DATABASE … SET synchronous_commit = off` (a common speed-up) lets PostgreSQL answer a commit before
 its WAL reaches the disk: an audit record, a payment's intent or outcome, acknowledged and then lost with a crash.
-Every connection of the gateway sets it on for itself (any user may); `fsync = off`, a server setting nobody can
-override, is said at every start.
+Every connection of the gateway sets it on for itself as it opens (any user may); `fsync = off`, a server setting
+nobody can override, is said at every start.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 log = logging.getLogger("msjx.storage")
 
-# asyncpg's startup parameters for every connection: commits wait for the WAL flush (and for synchronous standbys
-# where the server names them), whatever the database's or the role's default.
-DURABLE_SESSION = {"synchronous_commit": "on"}
+# Run on every new connection: commits wait for the WAL flush (and for synchronous standbys where the server names
+# them), whatever the database's or the role's default. A statement, not a startup parameter: PgBouncer refuses
+# startup parameters it does not know ("unsupported startup parameter: synchronous_commit").
+DURABLE_SESSION = "SET synchronous_commit TO on"
 
 
 async def say_what_is_not_durable(connection: Any, where: str) -> None:
