@@ -1,7 +1,8 @@
 """PostgreSQL databases the gateway cannot work with are refused at start, in one line naming the database and the fix:
 one not in UTF8 (LATIN1 refused the Chinese text of a migration with a 620-line traceback, SQL_ASCII counts bytes as
-characters), and one whose transactions are read-only by default (609 lines). A standby is refused by the same check
-(`pg_is_in_recovery()`); no test here makes one."""
+characters), one whose transactions are read-only by default (609 lines), and roles that may not make the gateway's
+tables (608 lines) or that do not own the audit log (which then failed once the partitions made ahead ran out). A
+standby is refused by the same check (`pg_is_in_recovery()`); no test here makes one."""
 
 from __future__ import annotations
 
@@ -70,3 +71,43 @@ def _upgrade(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MSJX_")}
     env.update(MSJX_DATA_DIR=str(tmp_path), MSJX_DATABASE_URL=url)
     return subprocess.run([CLI, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
+
+
+async def test_roles_that_cannot_make_or_own_the_tables_are_refused(tmp_path: Path) -> None:
+    suffix = secrets.token_hex(4)
+    database, role, other = f"msjx_perm_{suffix}", f"msjx_app_{suffix}", f"msjx_other_{suffix}"
+    admin = await admin_connection()
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"CREATE ROLE {other} LOGIN")
+        await admin.execute(f"CREATE DATABASE {database}")
+        as_role = _as(with_database(DATABASE_URL, database), role)
+        where = f"{urlsplit(as_role).hostname}:{urlsplit(as_role).port or 5432}"
+        refused = _upgrade(tmp_path, as_role)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            f"error: MSJX_DATABASE_URL: the role {role} may not create tables in the schema public of the database"
+            f" {database} at {where} (from PostgreSQL 15 on, by default only its owner may); the gateway's migrations"
+            f" make its tables: ALTER DATABASE {database} OWNER TO {role}"
+        ]
+        await admin.execute(f"ALTER DATABASE {database} OWNER TO {role}")
+        assert _upgrade(tmp_path, as_role).returncode == 0
+        not_owner = _upgrade(tmp_path, _as(with_database(DATABASE_URL, database), other))
+        assert not_owner.returncode == 2, not_owner.stderr
+        assert not_owner.stderr.strip().splitlines() == [
+            f"error: MSJX_DATABASE_URL: the role {other} does not own audit_records in the database {database} at"
+            f" {where} ({role} does); the gateway makes the audit log's monthly partitions and detaches archived ones,"
+            f" which only the owner may: run it as {role}, or make {other} a member of {role}"
+        ]
+        await admin.execute(f"GRANT {role} TO {other}")
+        assert _upgrade(tmp_path, _as(with_database(DATABASE_URL, database), other)).returncode == 0
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await admin.execute(f"DROP ROLE IF EXISTS {other}")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+
+def _as(url: str, role: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}").geturl()

@@ -92,10 +92,36 @@ async def check_database(settings: Settings) -> None:
         await _refuse_transaction_pooling(connections, where)
         await _refuse_other_encodings(connections[0], where)
         await _refuse_read_only(connections[0], where)
+        await _refuse_roles_without_ownership(connections[0], where)
         await say_what_is_not_durable(connections[0], where)
     finally:
         for connection in connections:
             await connection.close()
+
+
+async def _refuse_roles_without_ownership(connection: Any, where: str) -> None:
+    """The migrations make tables, and the audit writer makes a partition a month ahead and the archive detaches old
+    ones, which only the owner of audit_records may do. PostgreSQL 15 no longer lets every role create tables in the
+    schema public: `db upgrade` as such a role ended in a 608-line traceback. And a role that is not the owner ran until
+    the months made ahead were used up, and then no audit record could be written."""
+    role, database = await connection.fetchrow("SELECT current_user, current_database()")
+    owner = await connection.fetchval(
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass('audit_records')"
+    )
+    if owner is None:
+        if not await connection.fetchval("SELECT has_schema_privilege('public', 'CREATE')"):
+            raise DatabaseUnusable(
+                f"MSJX_DATABASE_URL: the role {role} may not create tables in the schema public of the database"
+                f" {database} at {where} (from PostgreSQL 15 on, by default only its owner may); the gateway's"
+                f" migrations make its tables: ALTER DATABASE {database} OWNER TO {role}"
+            )
+        return
+    if not await connection.fetchval("SELECT pg_has_role(current_user, $1::name, 'USAGE')", owner):
+        raise DatabaseUnusable(
+            f"MSJX_DATABASE_URL: the role {role} does not own audit_records in the database {database} at {where}"
+            f" ({owner} does); the gateway makes the audit log's monthly partitions and detaches archived ones, which"
+            f" only the owner may: run it as {owner}, or make {role} a member of {owner}"
+        )
 
 
 async def _refuse_read_only(connection: Any, where: str) -> None:
