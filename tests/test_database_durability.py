@@ -16,6 +16,7 @@ from gateway.audit.committer import PostgresCommitter
 from gateway.audit.sealing import RowSealer
 from gateway.settings import load_settings
 from gateway.storage import db
+from gateway.storage.durability import say_clock_skew
 from gateway.storage.reachability import check_database
 from tests.helpers.services import create_test_database, drop_database
 
@@ -69,3 +70,22 @@ async def test_every_gateway_connection_commits_synchronously(
         "has synchronous_commit = off; the gateway sets it on for its own connections" in message
         for message in caplog.messages
     ), caplog.messages
+
+
+async def test_a_host_clock_far_from_the_database_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    url = await create_test_database()
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    caplog.set_level(logging.ERROR, "msjx.storage")
+    try:
+        assert abs(await say_clock_skew(connection, "db.example:5432")) < 1.0, "this machine's two clocks agree"
+        assert not caplog.messages
+        skew = await say_clock_skew(connection, "db.example:5432", clock=lambda: time.time() + 37)
+    finally:
+        await connection.close()
+        await drop_database(url)
+    assert 36 < skew < 38
+    assert len(caplog.messages) == 1
+    assert caplog.messages[0].startswith("this host's clock is 37.0 s ahead of PostgreSQL's at db.example:5432")

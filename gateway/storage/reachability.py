@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from gateway.settings import Settings
-from gateway.storage.durability import say_what_is_not_durable
+from gateway.storage.durability import say_clock_skew, say_what_is_not_durable
 from gateway.storage.redis_eviction import RISK, server_facts
 from schemas.errors import MsjxError
 
@@ -94,6 +94,7 @@ async def check_database(settings: Settings) -> None:
         await _refuse_read_only(connections[0], where)
         await _refuse_roles_without_ownership(connections[0], where)
         await say_what_is_not_durable(connections[0], where)
+        await say_clock_skew(connections[0], where)
     finally:
         for connection in connections:
             await connection.close()
