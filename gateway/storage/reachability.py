@@ -192,15 +192,15 @@ async def check_redis(settings: Settings) -> None:
                 f"MSJX_REDIS_URL: cannot connect to Redis at {where}: "
                 f"{_reason(reason, urlsplit(settings.redis_url).password)}"
             ) from None
-        policy = await server_facts(client)
-        if policy is not None and policy.cluster:
+        facts = await server_facts(client)
+        if facts is not None and facts.cluster:
             raise StorageUnusable(
                 f"MSJX_REDIS_URL: Redis at {where} runs in cluster mode, and the gateway's client does not route"
                 " commands by hash slot; use a standalone Redis"
             )
-        if policy is not None and policy.evicts:
+        if facts is not None and facts.evicts:
             raise StorageUnusable(
-                f"MSJX_REDIS_URL: Redis at {where} evicts keys when full ({policy.describe()}): {RISK}"
+                f"MSJX_REDIS_URL: Redis at {where} evicts keys when full ({facts.describe()}): {RISK}"
             )
     finally:
         await client.aclose()

@@ -94,21 +94,21 @@ class EvictionWatch:
         self._unsaid = 0
 
     async def look(self) -> None:
-        policy = await server_facts(self._client)
-        if policy is None:
+        facts = await server_facts(self._client)
+        if facts is None:
             return
         now = self._time()
-        if policy.evicts and self._due(self._said_policy_at, now):
+        if facts.evicts and self._due(self._said_policy_at, now):
             self._said_policy_at = now
-            log.error("Redis evicts keys when full (%s): %s", policy.describe(), RISK)
-        elif not policy.evicts:
+            log.error("Redis evicts keys when full (%s): %s", facts.describe(), RISK)
+        elif not facts.evicts:
             self._said_policy_at = None
         # Set if missing. Without expiry, so that only a flush (or an allkeys-* eviction) takes it.
         marker_made = bool(await self._client.set(self._marker, b"1", nx=True))
         first = self._run_id is None
-        same_server = policy.run_id == self._run_id
-        evicted = policy.evicted_keys - self._evicted if same_server else 0
-        self._run_id, self._evicted = policy.run_id, policy.evicted_keys
+        same_server = facts.run_id == self._run_id
+        evicted = facts.evicted_keys - self._evicted if same_server else 0
+        self._run_id, self._evicted = facts.run_id, facts.evicted_keys
         if first and marker_made:
             # This node's first start on this Redis, or a flush before it started: either way nothing signed before
             # the node started can be vouched for (whole seconds: a request signed in that second still passes).
