@@ -100,7 +100,7 @@ class RedisNonceStore:
 
     @property
     def started(self) -> float:
-        return self.epoch.started
+        return self.epoch.nonces_since
 
     async def claim(self, key_id: str, nonce: str, created: int, max_skew: int) -> bool:
         key = f"{self._prefix}{key_id}:{nonce}"

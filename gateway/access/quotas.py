@@ -108,13 +108,13 @@ class LoopMemoryStorage(MemoryStorage):
             self.expirations[key] = now + expiry
         return value
 
-    def add(self, key: str, count: int, expiry: float) -> None:
-        """Add `count` to a counter, with `expiry` seconds to live if it is new."""
+    def raise_to(self, key: str, count: int, expiry: float) -> None:
+        """Make a counter at least `count`, with `expiry` seconds to live if it is new (Quotas.restore)."""
         now = time.time()
         if self.expirations.get(key, 0) <= now:
             self.storage.pop(key, None)
             self.expirations[key] = now + expiry
-        self.storage[key] += count
+        self.storage[key] = max(self.storage[key], count)
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + self.SWEEP_SECONDS
@@ -180,7 +180,12 @@ class PipelinedRedisStorage(RedisStorage):
 # start however many nodes rebuild (the marker), keeping the counter's expiry, or setting one on a new counter.
 SCRIPT_RESTORE = """
 if not redis.call("set", KEYS[2], "1", "NX", "EX", ARGV[2]) then return -1 end
-local count = redis.call("incrby", KEYS[1], ARGV[1])
+local count = tonumber(redis.call("get", KEYS[1]) or "0")
+local spent = tonumber(ARGV[1])
+if count < spent then
+    redis.call("set", KEYS[1], spent, "KEEPTTL")
+    count = spent
+end
 if redis.call("ttl", KEYS[1]) < 0 then redis.call("expire", KEYS[1], ARGV[2]) end
 return count
 """
@@ -310,8 +315,13 @@ class Quotas:
         return self.started, "memory"
 
     async def restore(self, scope: str, daily_quota: int, lost: int, day: date, store_run: str) -> None:
-        """Add `lost` calls to the day window of `scope` (a grant, or a sharing request's grants): the calls the
-        counter store forgot when it (re)started as `store_run`. Counted once per `store_run`."""
+        """Make the day window of `scope` (a grant, or a sharing request's grants) count at least `lost` calls: those
+        audited before the counter store (re)started as `store_run`. Once per `store_run`.
+
+        At least, not in addition: a Redis that kept its data (AOF, a snapshot, a replica promoted in a failover)
+        already counts some or all of them, and adding them again doubled today's count after a restart (3 calls
+        read as 6 on an AOF Redis). Calls wait for the rebuild, so the counter then holds only what the store kept,
+        never more than what was audited before it started."""
         item = quota_item(daily_quota)
         key = item.key_for("quota", scope, day.isoformat())
         if isinstance(self._storage, PipelinedRedisStorage):
@@ -321,7 +331,7 @@ class Quotas:
             await self._redis.eval(SCRIPT_RESTORE, 2, prefixed, marker, lost, item.get_expiry())  # type: ignore[misc]
             return
         assert isinstance(self._storage, LoopMemoryStorage)
-        self._storage.add(key, lost, item.get_expiry())
+        self._storage.raise_to(key, lost, item.get_expiry())
 
     async def used_today(self, grant: GrantInfo, now: datetime | None = None) -> int | None:
         """Calls counted today against the grant's daily quota (None when it has none)."""

@@ -141,7 +141,8 @@ class RedisEpoch:
     """When the Redis server behind a client started, learnt on each new connection before it is used.
 
     Redis without persistence (or with a snapshot older than its last writes) forgets nonces and counters when it
-    restarts; its `run_id` changes with every start. On a change, `started` moves to the new server's start and
+    restarts; its `run_id` changes with every start, and with a failover to another server. On a change, `started`
+    moves to the new server's start, nonces from before the change are forgotten (`nonces_since`), and
     `on_restart` callbacks run (quota windows are rebuilt from the audit records); not on the first connection,
     when the runtime starting does the same.
     """
@@ -150,15 +151,22 @@ class RedisEpoch:
         self.run_id: str | None = None
         self.blind = False  # INFO is refused: restarts go unnoticed (logged once)
         self.started = time.time()  # until the first connection says otherwise: nothing before now is known
+        # Since when the nonces this server holds are all there is: its start, or later when it dropped keys or
+        # another server took its place (a failover keeps the replica's start time but loses the replication lag).
+        self.forgotten = 0.0
         self._callbacks: list[Callable[[], None]] = []
 
     def on_restart(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
 
     def forget(self, at: float) -> None:
-        """The server dropped keys by `at` without restarting (evicted or flushed them): nothing signed before it is
-        known any more."""
-        self.started = max(self.started, at)
+        """The server dropped keys by `at` without restarting (evicted or flushed them): no nonce from before it is
+        known any more. The counters' start (`started`, for the quota rebuild) stays."""
+        self.forgotten = max(self.forgotten, at)
+
+    @property
+    def nonces_since(self) -> float:
+        return max(self.started, self.forgotten)
 
     async def connected(self, connection: Any) -> None:
         """redis-py's `redis_connect_func`: the usual handshake, then INFO server."""
@@ -184,6 +192,7 @@ class RedisEpoch:
         self.started = now - int(info.get("uptime_in_seconds", 0))
         if first:
             return
+        self.forget(now)
         log.warning(
             "Redis restarted (run_id %s, up %s s): state it held before is rebuilt or refused",
             run_id[:8],
