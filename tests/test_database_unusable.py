@@ -39,12 +39,10 @@ def test_a_database_not_in_utf8_is_refused_in_one_line(tmp_path: Path, database:
     name, encoding = database
     url = with_database(DATABASE_URL, name)
     where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 5432}"
-    result = _upgrade(tmp_path, url)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert _refused(tmp_path, url) == (
         f"error: MSJX_DATABASE_URL: the database {name} at {where} is encoded {encoding}; the gateway keeps"
         " Chinese text: make it anew with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0"
-    ]
+    )
 
 
 async def test_a_read_only_database_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -55,16 +53,24 @@ async def test_a_read_only_database_is_refused_in_one_line(tmp_path: Path) -> No
         await admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
         url = with_database(DATABASE_URL, name)
         where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 5432}"
-        result = _upgrade(tmp_path, url)
+        refused = _refused(tmp_path, url)
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert refused == (
         f"error: MSJX_DATABASE_URL: transactions in the database {name} at {where} are read-only by default"
         f" (default_transaction_read_only = on); the gateway writes: ALTER DATABASE {name} RESET"
         " default_transaction_read_only, or give the gateway's role its own setting"
-    ]
+    )
+
+
+def _refused(tmp_path: Path, url: str) -> str:
+    """`db upgrade`'s one line, having checked that it is one line and exit 2."""
+    result = _upgrade(tmp_path, url)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
 
 
 def _upgrade(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
@@ -83,22 +89,18 @@ async def test_roles_that_cannot_make_or_own_the_tables_are_refused(tmp_path: Pa
         await admin.execute(f"CREATE DATABASE {database}")
         as_role = _as(with_database(DATABASE_URL, database), role)
         where = f"{urlsplit(as_role).hostname}:{urlsplit(as_role).port or 5432}"
-        refused = _upgrade(tmp_path, as_role)
-        assert refused.returncode == 2, refused.stderr
-        assert refused.stderr.strip().splitlines() == [
+        assert _refused(tmp_path, as_role) == (
             f"error: MSJX_DATABASE_URL: the role {role} may not create tables in the schema public of the database"
             f" {database} at {where} (from PostgreSQL 15 on, by default only its owner may); the gateway's migrations"
             f" make its tables: ALTER DATABASE {database} OWNER TO {role}"
-        ]
+        )
         await admin.execute(f"ALTER DATABASE {database} OWNER TO {role}")
         assert _upgrade(tmp_path, as_role).returncode == 0
-        not_owner = _upgrade(tmp_path, _as(with_database(DATABASE_URL, database), other))
-        assert not_owner.returncode == 2, not_owner.stderr
-        assert not_owner.stderr.strip().splitlines() == [
+        assert _refused(tmp_path, _as(with_database(DATABASE_URL, database), other)) == (
             f"error: MSJX_DATABASE_URL: the role {other} does not own audit_records in the database {database} at"
             f" {where} ({role} does); the gateway makes the audit log's monthly partitions and detaches archived ones,"
             f" which only the owner may: run it as {role}, or make {other} a member of {role}"
-        ]
+        )
         await admin.execute(f"GRANT {role} TO {other}")
         assert _upgrade(tmp_path, _as(with_database(DATABASE_URL, database), other)).returncode == 0
     finally:

@@ -176,8 +176,8 @@ class PipelinedRedisStorage(RedisStorage):
         return int(counts[0]), int(counts[1])
 
 
-# Add the calls a restarted Redis lost (those audited before it started) to a day window's counter, once per server
-# start however many nodes rebuild (the marker), keeping the counter's expiry, or setting one on a new counter.
+# Raise a day window's counter to the calls audited before a (re)started Redis started, if it holds fewer, once per
+# server start however many nodes rebuild (the marker), keeping the counter's expiry, or setting one on a new counter.
 SCRIPT_RESTORE = """
 if not redis.call("set", KEYS[2], "1", "NX", "EX", ARGV[2]) then return -1 end
 local count = tonumber(redis.call("get", KEYS[1]) or "0")
