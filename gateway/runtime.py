@@ -275,10 +275,12 @@ class Runtime:
             quotas.epoch.on_restart(runtime._rebuild_quotas_soon)
         if redis is not None:
             watch = EvictionWatch(redis.client, redis.key("watch", settings.node_id), redis.epoch.forget, clock.time)
-            # Redis away is reported by the stores that use it; the watch looks again at its next turn.
-            runtime._eviction_watch = periodic(
-                "redis-eviction-watch", WATCH_SECONDS, watch.look, run_first=True, on_error=_quiet
-            )
+            # The first look before the node serves, so that what it forgets holds from the first call.
+            try:
+                await watch.look()
+            except Exception as exc:  # Redis away is reported by the stores that use it; the watch looks again
+                _quiet(exc)
+            runtime._eviction_watch = periodic("redis-eviction-watch", WATCH_SECONDS, watch.look, on_error=_quiet)
         return runtime
 
     def _rebuild_quotas_soon(self) -> None:

@@ -87,8 +87,11 @@ async def test_signature_outside_window_is_refused(gateway: RunningGateway, offs
 def nonce_memory_since(gateway: RunningGateway, seconds_ago: float) -> None:
     """Pretend the gateway's nonce store (this process, or the Redis server) started `seconds_ago`."""
     nonces = gateway.runtime.nonces
-    target = nonces if isinstance(nonces, MemoryNonceStore) else nonces.epoch
-    target.started = time.time() - seconds_ago
+    if isinstance(nonces, MemoryNonceStore):
+        nonces.started = time.time() - seconds_ago
+        return
+    nonces.epoch.started = time.time() - seconds_ago
+    nonces.epoch.forgotten = 0.0  # nothing dropped since (the node's first look forgets up to the node's start)
 
 
 @pytest.mark.parametrize("offset", [-200, 200])

@@ -31,7 +31,7 @@ from tests.helpers.calls import assert_problem, signed
 from tests.helpers.faults import OwnRedis
 from tests.helpers.gateways import RunningGateway, running_gateway
 from tests.helpers.processes import CLI
-from tests.helpers.services import create_test_database, drop_database
+from tests.helpers.services import create_test_database, drop_database, free_port
 
 pytestmark = pytest.mark.slow
 EVICTING = ("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru")
@@ -66,7 +66,8 @@ async def test_an_evicting_redis_is_refused_at_start(tmp_path: Path) -> None:
 
 
 async def test_a_cluster_mode_redis_is_refused_at_start(tmp_path: Path) -> None:
-    redis = OwnRedis(tmp_path, "--cluster-enabled", "yes")
+    # The cluster bus listens on the port + 10000 unless told: a free port above 55535 left it none, and no server.
+    redis = OwnRedis(tmp_path, "--cluster-enabled", "yes", "--cluster-port", str(free_port()))
     redis.start()
     try:
         with pytest.raises(StorageUnusable) as refused:
