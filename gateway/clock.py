@@ -64,6 +64,7 @@ class Periodic:
         self._run_first = run_first
         self._on_error = on_error
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def running(self) -> bool:
@@ -78,6 +79,10 @@ class Periodic:
         task, self._task = self._task, None
         if task is None:
             return
+        # A cancellation that lands inside the work can come out as another error (a client library's timeout
+        # racing it, as asyncio.timeout on 3.11 may): the loop below would take it for a failed pass and go on, and
+        # this wait would never end. The flag ends the loop whatever the cancellation became.
+        self._stopping = True
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -85,10 +90,12 @@ class Periodic:
     async def _repeat(self) -> None:
         if not self._run_first:
             await asyncio.sleep(self.every)
-        while True:
+        while not self._stopping:
             try:
                 await self._work()
             except Exception as exc:  # the loop must outlive a bad pass; CancelledError (stop) goes through
+                if self._stopping:
+                    return
                 self._failed(exc)
             await asyncio.sleep(self.every)
 

@@ -104,3 +104,20 @@ def test_the_system_clock_and_a_manual_one_are_clocks() -> None:
     manual.advance(seconds=1.5)
     assert manual.ms() == before + 1500
     assert manual.time() == manual.now().timestamp()
+
+
+async def test_stop_ends_a_loop_whose_work_turns_the_cancellation_into_an_error() -> None:
+    # As a client library's own timeout can, racing the cancellation: stop() used to wait for that loop forever.
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise TimeoutError("the library's timeout, not the cancellation") from None
+
+    repeating = periodic("turns-cancel", 0.01, work, run_first=True, on_error=lambda exc: None)
+    await started.wait()
+    await asyncio.wait_for(repeating.stop(), 2)
+    assert not repeating.running
