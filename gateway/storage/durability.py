@@ -23,16 +23,15 @@ log = logging.getLogger("msjx.storage")
 DURABLE_SESSION = "SET synchronous_commit TO on"
 
 
-async def say_what_is_not_durable(connection: Any, where: str) -> None:
-    """One line for each setting that would lose acknowledged commits, read on a plain connection at start."""
-    database = await connection.fetchval("SELECT current_database()")
-    if await connection.fetchval("SHOW fsync") == "off":
+def say_what_is_not_durable(database: str, fsync: str, synchronous_commit: str, where: str) -> None:
+    """One line for each setting that would lose acknowledged commits, as a plain connection found them at start."""
+    if fsync == "off":
         log.error(
             "PostgreSQL at %s runs with fsync = off: a crash of its machine can lose or corrupt what the gateway"
             " committed (audit records, payments); set fsync = on in postgresql.conf",
             where,
         )
-    if await connection.fetchval("SHOW synchronous_commit") == "off":
+    if synchronous_commit == "off":
         log.warning(
             "the database %s at %s has synchronous_commit = off; the gateway sets it on for its own connections, so"
             " that what it acknowledges is on disk",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,34 +91,62 @@ async def check_database(settings: Settings) -> None:
         ) from None
     try:
         await _refuse_transaction_pooling(connections, where)
-        await _refuse_other_encodings(connections[0], where)
-        await _refuse_read_only(connections[0], where)
-        await _refuse_roles_without_ownership(connections[0], where)
-        await say_what_is_not_durable(connections[0], where)
+        facts = await _database_facts(connections[0])
+        _refuse_other_encodings(facts, where)
+        _refuse_read_only(facts, where)
+        _refuse_roles_without_ownership(facts, where)
+        say_what_is_not_durable(facts.database, facts.fsync, facts.synchronous_commit, where)
         await say_clock_skew(connections[0], where)
     finally:
         for connection in connections:
             await connection.close()
 
 
-async def _refuse_roles_without_ownership(connection: Any, where: str) -> None:
+@dataclass(frozen=True)
+class _DatabaseFacts:
+    role: str
+    database: str
+    encoding: str
+    in_recovery: bool
+    read_only_default: bool
+    fsync: str
+    synchronous_commit: str
+    audit_owner: str | None  # None: not migrated yet
+    may_own: bool  # the role is the owner of audit_records, or a member of it (a superuser too)
+    may_create: bool  # in the schema public
+
+
+async def _database_facts(connection: Any) -> _DatabaseFacts:
+    """What the start-up checks need, in one round trip."""
+    row = await connection.fetchrow(
+        """
+        SELECT current_user, current_database(), current_setting('server_encoding'), pg_is_in_recovery(),
+               current_setting('default_transaction_read_only') = 'on', current_setting('fsync'),
+               current_setting('synchronous_commit'), owner.name,
+               owner.name IS NOT NULL AND pg_has_role(current_user, owner.name, 'USAGE'),
+               has_schema_privilege('public', 'CREATE')
+        FROM (SELECT (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass('audit_records'))
+              AS name) AS owner
+        """
+    )
+    return _DatabaseFacts(*row)
+
+
+def _refuse_roles_without_ownership(facts: _DatabaseFacts, where: str) -> None:
     """The migrations make tables, and the audit writer makes a partition a month ahead and the archive detaches old
     ones, which only the owner of audit_records may do. PostgreSQL 15 no longer lets every role create tables in the
     schema public: `db upgrade` as such a role ended in a 608-line traceback. And a role that is not the owner ran until
     the months made ahead were used up, and then no audit record could be written."""
-    role, database = await connection.fetchrow("SELECT current_user, current_database()")
-    owner = await connection.fetchval(
-        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass('audit_records')"
-    )
+    role, database, owner = facts.role, facts.database, facts.audit_owner
     if owner is None:
-        if not await connection.fetchval("SELECT has_schema_privilege('public', 'CREATE')"):
+        if not facts.may_create:
             raise DatabaseUnusable(
                 f"MSJX_DATABASE_URL: the role {role} may not create tables in the schema public of the database"
                 f" {database} at {where} (from PostgreSQL 15 on, by default only its owner may); the gateway's"
                 f" migrations make its tables: ALTER DATABASE {database} OWNER TO {role}"
             )
         return
-    if not await connection.fetchval("SELECT pg_has_role(current_user, $1::name, 'USAGE')", owner):
+    if not facts.may_own:
         raise DatabaseUnusable(
             f"MSJX_DATABASE_URL: the role {role} does not own audit_records in the database {database} at {where}"
             f" ({owner} does); the gateway makes the audit log's monthly partitions and detaches archived ones, which"
@@ -125,15 +154,15 @@ async def _refuse_roles_without_ownership(connection: Any, where: str) -> None:
         )
 
 
-async def _refuse_read_only(connection: Any, where: str) -> None:
+def _refuse_read_only(facts: _DatabaseFacts, where: str) -> None:
     """A standby, or a database whose transactions are read-only by default, took the migrations' first CREATE TABLE
     with a 609-line traceback: pointing the gateway at a replica is an easy slip where there are two addresses."""
-    if await connection.fetchval("SELECT pg_is_in_recovery()"):
+    if facts.in_recovery:
         raise DatabaseUnusable(
             f"MSJX_DATABASE_URL: PostgreSQL at {where} is a standby (in recovery) and takes no writes; give the primary"
         )
-    if await connection.fetchval("SHOW default_transaction_read_only") == "on":
-        database = await connection.fetchval("SELECT current_database()")
+    if facts.read_only_default:
+        database = facts.database
         raise DatabaseUnusable(
             f"MSJX_DATABASE_URL: transactions in the database {database} at {where} are read-only by default"
             f" (default_transaction_read_only = on); the gateway writes: ALTER DATABASE {database} RESET"
@@ -141,16 +170,14 @@ async def _refuse_read_only(connection: Any, where: str) -> None:
         )
 
 
-async def _refuse_other_encodings(connection: Any, where: str) -> None:
+def _refuse_other_encodings(facts: _DatabaseFacts, where: str) -> None:
     """Names, departments and purposes are Chinese. A LATIN1 database refused them in a migration (`db upgrade` ended
     in a 620-line traceback); SQL_ASCII takes the bytes, but counts each byte as a character against a column's
     length, three for most Chinese characters."""
-    encoding = await connection.fetchval("SHOW server_encoding")
-    if encoding != "UTF8":
-        database = await connection.fetchval("SELECT current_database()")
+    if facts.encoding != "UTF8":
         raise DatabaseUnusable(
-            f"MSJX_DATABASE_URL: the database {database} at {where} is encoded {encoding}; the gateway keeps Chinese"
-            f" text: make it anew with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0"
+            f"MSJX_DATABASE_URL: the database {facts.database} at {where} is encoded {facts.encoding}; the gateway"
+            f" keeps Chinese text: make it anew with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0"
         )
 
 
