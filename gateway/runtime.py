@@ -272,7 +272,7 @@ class Runtime:
             "audit-key-refresh", KEY_REFRESH_SECONDS, runtime._refresh_keys, on_error=runtime._keys_not_refreshed
         )
         if quotas.epoch is not None:
-            quotas.epoch.on_restart(runtime._rebuild_quotas_soon)
+            quotas.epoch.on_loss(runtime._rebuild_quotas_soon)
         if redis is not None:
             watch = EvictionWatch(redis.client, redis.key("watch", settings.node_id), redis.epoch.forget, clock.time)
             # The first look before the node serves, so that what it forgets holds from the first call.
@@ -284,7 +284,8 @@ class Runtime:
         return runtime
 
     def _rebuild_quotas_soon(self) -> None:
-        """Redis restarted: rebuild today's quota windows from the audit records; calls wait for it."""
+        """Redis lost its counters (restarted, failed over, flushed): rebuild today's quota windows from the audit
+        records; calls wait for it."""
         if self._quota_rebuild is not None and not self._quota_rebuild.done():
             self._quota_rebuild.cancel()  # it may have read the old server's counters: start again on the new one
         self._quota_rebuild = asyncio.get_running_loop().create_task(self._rebuild_quotas(), name="quota-rebuild")
@@ -297,9 +298,9 @@ class Runtime:
                 return
             except Exception as exc:  # the database or Redis may still be coming back: try again shortly
                 if attempt == 0:
-                    log.warning("quota windows not rebuilt yet after the Redis restart: %s", type(exc).__name__)
+                    log.warning("quota windows not rebuilt yet after Redis lost its keys: %s", type(exc).__name__)
                 await asyncio.sleep(1.0)
-        log.error("quota windows were not rebuilt after the Redis restart: today's counts restart from zero")
+        log.error("quota windows were not rebuilt after Redis lost its keys: today's counts restart from zero")
 
     async def _refresh_keys(self) -> None:
         assert self.keyring is not None

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.access.nonces import MemoryNonceStore, RedisNonceStore
-from gateway.storage.redis import PipelineBatcher, SharedRedis, connect_redis
+from gateway.storage.redis import PipelineBatcher, RedisEpoch, SharedRedis, connect_redis
 from tests.helpers.clock import ManualClock
 from tests.helpers.services import check_redis, free_port
 
@@ -224,3 +224,17 @@ async def test_redis_store_started_is_the_server_start(store: RedisNonceStore) -
     await store.ping()
     expected = time.time() - int(info["uptime_in_seconds"])
     assert abs(store.started - expected) <= 2
+
+
+def test_a_loss_is_told_once_and_only_when_it_is_newer() -> None:
+    epoch = RedisEpoch()
+    told: list[float] = []
+    epoch.on_loss(lambda: told.append(epoch.nonces_since))
+    epoch.forget(epoch.started - 10)  # before what the store already vouches for: nothing newer is lost
+    assert told == []
+    later = epoch.started + 5
+    epoch.forget(later)
+    epoch.forget(later)  # the same loss seen again (a second look in the same second)
+    epoch.forget(later - 1)
+    assert told == [later]
+    assert epoch.nonces_since == later

@@ -31,7 +31,9 @@ from tests.helpers.calls import assert_problem, signed
 from tests.helpers.faults import OwnRedis
 from tests.helpers.gateways import RunningGateway, running_gateway
 from tests.helpers.processes import CLI
+from tests.helpers.quotas import admin_grant, call_for_purpose
 from tests.helpers.services import create_test_database, drop_database, free_port
+from tests.test_store_faults import _grant_info
 
 pytestmark = pytest.mark.slow
 EVICTING = ("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru")
@@ -185,6 +187,27 @@ async def test_a_flush_while_serving_refuses_the_requests_signed_before(
             answer = await fresh.post("/v1/services/credit/dishonest-debtor", json=_body())
             assert answer.status_code == 200, answer.text
     assert any("Redis dropped state without restarting (its keys were flushed)" in m for m in caplog.messages)
+
+
+async def test_a_flush_while_serving_gives_no_quota_back(
+    own_redis: OwnRedis, tmp_path: Path, credit_url: str, quick_watch: float
+) -> None:
+    async with gateway_on(own_redis.url, tmp_path, credit_url) as gateway:
+        await asyncio.sleep(2 * quick_watch)  # the watch's first look has set its key
+        await admin_grant(gateway, daily_quota=3, purpose="FLUSH-1")
+        assert [(await call_for_purpose(gateway, "FLUSH-1")).status_code for _ in range(2)] == [200, 200]
+        captured = signed(gateway, gateway.platform)
+        client = Redis.from_url(own_redis.url)
+        try:
+            await client.flushall()  # the day's counters go with the nonces
+        finally:
+            await client.aclose()
+        await refused_within(captured, 20 * quick_watch)  # the watch has seen the flush
+        await next_second()
+        # Two of three were spent before the flush, as the audit records say: one is left, not three.
+        statuses = [(await call_for_purpose(gateway, "FLUSH-1")).status_code for _ in range(3)]
+        assert statuses == [200, 429, 429]
+        assert await gateway.runtime.quotas.used_today(_grant_info(gateway, "FLUSH-1")) == 3
 
 
 async def next_second() -> None:

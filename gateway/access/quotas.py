@@ -176,8 +176,9 @@ class PipelinedRedisStorage(RedisStorage):
         return int(counts[0]), int(counts[1])
 
 
-# Raise a day window's counter to the calls audited before a (re)started Redis started, if it holds fewer, once per
-# server start however many nodes rebuild (the marker), keeping the counter's expiry, or setting one on a new counter.
+# Raise a day window's counter to the calls audited before a Redis lost its keys (a restart, a failover, a flush), if
+# it holds fewer, once per loss however many nodes rebuild (the marker), keeping the counter's expiry, or setting one
+# on a new counter.
 SCRIPT_RESTORE = """
 if not redis.call("set", KEYS[2], "1", "NX", "EX", ARGV[2]) then return -1 end
 local count = tonumber(redis.call("get", KEYS[1]) or "0")
@@ -311,17 +312,19 @@ class Quotas:
     def store_started(self) -> tuple[float, str]:
         """Since when the counters hold the calls, and a name for that life of the store."""
         if self.epoch is not None:
-            return self.epoch.started, self.epoch.run_id or "unknown"
+            since, run = self.epoch.nonces_since, self.epoch.run_id or "unknown"
+            # A loss without a restart (a flush, an eviction) keeps the run: its moment names that life.
+            return since, run if since == self.epoch.started else f"{run}:{since:.0f}"
         return self.started, "memory"
 
     async def restore(self, scope: str, daily_quota: int, lost: int, day: date, store_run: str) -> None:
         """Make the day window of `scope` (a grant, or a sharing request's grants) count at least `lost` calls: those
-        audited before the counter store (re)started as `store_run`. Once per `store_run`.
+        audited before the counter store (re)started or lost its keys, as `store_run`. Once per `store_run`.
 
         At least, not in addition: a Redis that kept its data (AOF, a snapshot, a replica promoted in a failover)
         already counts some or all of them, and adding them again doubled today's count after a restart (3 calls
-        read as 6 on an AOF Redis). Calls wait for the rebuild, so the counter then holds only what the store kept,
-        never more than what was audited before it started."""
+        read as 6 on an AOF Redis). After a flush the counter holds the calls made until the watch saw it, which
+        the audit records hold too. Each side counts a call once, so the larger never counts one twice."""
         item = quota_item(daily_quota)
         key = item.key_for("quota", scope, day.isoformat())
         if isinstance(self._storage, PipelinedRedisStorage):

@@ -142,9 +142,10 @@ class RedisEpoch:
 
     Redis without persistence (or with a snapshot older than its last writes) forgets nonces and counters when it
     restarts; its `run_id` changes with every start, and with a failover to another server. On a change, `started`
-    moves to the new server's start, nonces from before the change are forgotten (`nonces_since`), and
-    `on_restart` callbacks run (quota windows are rebuilt from the audit records); not on the first connection,
-    when the runtime starting does the same.
+    moves to the new server's start, and what was held before the change is taken as lost (`forget`): nonces from
+    before it are refused (`nonces_since`), and `on_loss` callbacks run (quota windows are rebuilt from the audit
+    records). Not on the first connection, when the runtime starting does the same. A flush or an eviction seen by
+    the watch (gateway/storage/redis_eviction.py) is a loss too, through `forget`.
     """
 
     def __init__(self) -> None:
@@ -156,13 +157,19 @@ class RedisEpoch:
         self.forgotten = 0.0
         self._callbacks: list[Callable[[], None]] = []
 
-    def on_restart(self, callback: Callable[[], None]) -> None:
+    def on_loss(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
 
     def forget(self, at: float) -> None:
-        """The server dropped keys by `at` without restarting (evicted or flushed them): no nonce from before it is
-        known any more. The counters' start (`started`, for the quota rebuild) stays."""
-        self.forgotten = max(self.forgotten, at)
+        """The server lost keys by `at` (restarted, was replaced, evicted or flushed them): no nonce or counter from
+        before it is known any more. The callbacks run when that moves `nonces_since` on."""
+        if at > self.nonces_since:
+            self.forgotten = at
+            self._tell()
+
+    def _tell(self) -> None:
+        for callback in self._callbacks:
+            callback()
 
     @property
     def nonces_since(self) -> float:
@@ -192,14 +199,13 @@ class RedisEpoch:
         self.started = now - int(info.get("uptime_in_seconds", 0))
         if first:
             return
-        self.forget(now)
         log.warning(
             "Redis restarted (run_id %s, up %s s): state it held before is rebuilt or refused",
             run_id[:8],
             info.get("uptime_in_seconds"),
         )
-        for callback in self._callbacks:
-            callback()
+        self.forgotten = max(self.forgotten, now)
+        self._tell()
 
 
 def _info_fields(raw: Any) -> dict[str, str]:

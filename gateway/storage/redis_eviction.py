@@ -129,7 +129,8 @@ class EvictionWatch:
             lost = f"it evicted {self._unsaid} keys" if self._unsaid else "its keys were flushed"
             log.warning(
                 "Redis dropped state without restarting (%s): requests signed before now are refused"
-                " (signature_before_restart), as after a restart; quota counts it dropped are not rebuilt",
+                " (signature_before_restart), and today's quota counts are rebuilt from the audit records, as after a"
+                " restart",
                 lost,
             )
             self._unsaid = 0
