@@ -1,11 +1,12 @@
 """PostgreSQL databases the gateway cannot work with are refused at start, in one line naming the database and the fix:
 one not in UTF8 (LATIN1 refused the Chinese text of a migration with a 620-line traceback, SQL_ASCII counts bytes as
 characters), one whose transactions are read-only by default (609 lines), and roles that may not make the gateway's
-tables (608 lines) or that do not own the audit log (which then failed once the partitions made ahead ran out). A
-standby is refused by the same check (`pg_is_in_recovery()`); no test here makes one."""
+tables (608 lines) or that do not own the audit log (which then failed once the partitions made ahead ran out), and
+a hot standby (a replica's address given for the primary's)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.helpers.faults import OwnPostgres
 from tests.helpers.processes import CLI
 from tests.helpers.services import DATABASE_URL, admin_connection, with_database
 
@@ -64,6 +66,28 @@ async def test_a_read_only_database_is_refused_in_one_line(tmp_path: Path) -> No
     )
 
 
+async def test_a_standby_is_refused_in_one_line(tmp_path: Path) -> None:
+    primary = OwnPostgres()
+    standby: OwnPostgres | None = None
+    try:
+        await asyncio.to_thread(primary.init)
+        await asyncio.to_thread(primary.start)
+        standby = await asyncio.to_thread(primary.standby)
+        await asyncio.to_thread(standby.start)
+        expected = (
+            f"error: MSJX_DATABASE_URL: PostgreSQL at 127.0.0.1:{standby.port} is a standby (in recovery) and takes"
+            " no writes; give the primary"
+        )
+        assert await asyncio.to_thread(_refused, tmp_path, standby.url) == expected
+        served = await asyncio.to_thread(_serve, tmp_path, standby.url)
+        assert served.returncode == 2, served.stderr
+        assert served.stderr.strip().splitlines() == [expected]
+    finally:
+        if standby is not None:
+            await asyncio.to_thread(standby.close)
+        await asyncio.to_thread(primary.close)
+
+
 def _refused(tmp_path: Path, url: str) -> str:
     """`db upgrade`'s one line, having checked that it is one line and exit 2."""
     result = _upgrade(tmp_path, url)
@@ -74,9 +98,17 @@ def _refused(tmp_path: Path, url: str) -> str:
 
 
 def _upgrade(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return _cli(tmp_path, url, "db", "upgrade")
+
+
+def _serve(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return _cli(tmp_path, url, "serve", "--port", "0")
+
+
+def _cli(tmp_path: Path, url: str, *command: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MSJX_")}
     env.update(MSJX_DATA_DIR=str(tmp_path), MSJX_DATABASE_URL=url)
-    return subprocess.run([CLI, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([CLI, *command], env=env, capture_output=True, text=True, timeout=120)
 
 
 async def test_roles_that_cannot_make_or_own_the_tables_are_refused(tmp_path: Path) -> None:

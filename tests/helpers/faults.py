@@ -96,12 +96,23 @@ class OwnPostgres:
             command = ("runuser", "-u", "postgres", "--", *command)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
 
-    def init(self) -> None:
+    def _make_parent(self) -> None:
         self.directory.parent.mkdir(parents=True, exist_ok=True)
         if self._as_postgres:
             user = pwd.getpwnam("postgres")
             os.chown(self.directory.parent, user.pw_uid, user.pw_gid)
+
+    def init(self) -> None:
+        self._make_parent()
         self._run(str(self.bin / "initdb"), "-D", str(self.directory), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def standby(self) -> OwnPostgres:
+        """A hot standby of this running cluster, not started: a base backup whose `-R` makes it follow this one."""
+        standby = OwnPostgres()
+        standby._make_parent()
+        backup = (str(self.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres")
+        self._run(*backup, "-D", str(standby.directory), "-R", "-X", "stream", "--no-sync")
+        return standby
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
