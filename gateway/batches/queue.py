@@ -169,8 +169,9 @@ DEFER_SQL = text(
 
 class _OutageAsWarning(logging.Filter):
     """procrastinate logs a lost LISTEN connection as an ERROR with its traceback, and retries by itself. While the
-    database is away that is an outage the gateway already reports (503s, msjx_dependency_up), not a fault: one
-    warning line each time, naming the exception, without the traceback."""
+    database is away, or refuses more connections, that is an outage the gateway already reports (503s,
+    msjx_dependency_up), not a fault: one warning line each time, naming the exception and the driver's first line
+    (which says which it is), without the traceback."""
 
     def __init__(self, outages: tuple[type[BaseException], ...]) -> None:
         super().__init__()
@@ -180,9 +181,11 @@ class _OutageAsWarning(logging.Filter):
         if record.levelno >= logging.ERROR and record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             if isinstance(exc, self.outages):
+                cause = exc.__cause__ or exc
+                said = str(cause).strip().splitlines()
                 record.msg, record.args = (
-                    "batch queue: %s (the database is away; it reconnects by itself)",
-                    (type(exc).__name__,),
+                    "batch queue: %s: %s (it reconnects by itself)",
+                    (type(exc).__name__, said[0] if said else type(cause).__name__),
                 )
                 record.levelno, record.levelname, record.exc_info, record.exc_text = (
                     logging.WARNING,
@@ -191,6 +194,11 @@ class _OutageAsWarning(logging.Filter):
                     None,
                 )
         return True
+
+
+def queue_connections(workers: int) -> int:
+    """The batch queue's pool on PostgreSQL: the worker's LISTEN, its fetch, and one for each chunk running."""
+    return max(2, workers + 2)
 
 
 class ProcrastinateQueue:
@@ -207,7 +215,7 @@ class ProcrastinateQueue:
             if not any(isinstance(f, _OutageAsWarning) for f in logging.getLogger(name).filters):
                 logging.getLogger(name).addFilter(outage)
         self.app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(conninfo=dsn, min_size=1, max_size=max(2, workers + 2))
+            connector=procrastinate.PsycopgConnector(conninfo=dsn, min_size=1, max_size=queue_connections(workers))
         )
         self._run_chunk = run_chunk
 

@@ -174,12 +174,14 @@ def _migrate(settings: Settings, workers: int) -> None:
     exit 2, not a traceback from every worker's start-up."""
     from gateway.audit.keys import open_keyring
     from gateway.audit.signer import load_signer
+    from gateway.batches.queue import queue_connections
     from gateway.server.workers import worker_settings
     from gateway.storage import db
+    from gateway.storage.connection_room import Need
     from security.keyring import KeyRingError
     from security.keys import KeyFormatError
 
-    db.upgrade(settings)
+    db.upgrade(settings, need=Need(workers, queue_connections(settings.batch_workers)))
 
     async def open_once() -> None:
         engine = db.create_engine(settings)

@@ -12,6 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from gateway.settings import Settings
+from gateway.storage.connection_room import POOL_OVERFLOW, POOL_SIZE, Need
 from gateway.storage.durability import DURABLE_SESSION
 from gateway.storage.reachability import check_database, check_sqlite, prepare_data_dir
 
@@ -25,7 +26,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
     event.listen(engine.sync_engine, "connect", _durable_session)
     return engine
 
@@ -68,16 +69,17 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
-    """Migrate the database to `revision`. Runs its own event loop: call it before the server's starts."""
+def upgrade(settings: Settings, revision: str = "head", need: Need | None = None) -> None:
+    """Migrate the database to `revision`. Runs its own event loop: call it before the server's starts. With `need`
+    (a node about to serve), PostgreSQL must also leave room for the connections it opens."""
     # An unusable path or an unreachable server is one line naming the setting (StartupFailure), not a traceback.
     prepare_data_dir(settings)
     if settings.is_sqlite:
         check_sqlite(settings)
     else:
-        asyncio.run(check_database(settings))
+        asyncio.run(check_database(settings, need))
     command.upgrade(alembic_config(settings), revision)
 
 
-async def upgrade_async(settings: Settings, revision: str = "head") -> None:
-    await asyncio.to_thread(upgrade, settings, revision)
+async def upgrade_async(settings: Settings, revision: str = "head", need: Need | None = None) -> None:
+    await asyncio.to_thread(upgrade, settings, revision, need)

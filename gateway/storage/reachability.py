@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from gateway.settings import Settings
+from gateway.storage.connection_room import Need, check_connection_room
 from gateway.storage.durability import say_clock_skew, say_what_is_not_durable
 from gateway.storage.redis_eviction import RISK, server_facts
 from schemas.errors import MsjxError
@@ -57,6 +58,21 @@ def endpoint(url: str, default_port: int) -> str:
     return f"{host}:{port}"
 
 
+async def connect_postgres(url: str) -> Any:
+    """An asyncpg connection to MSJX_DATABASE_URL `url`, or ServiceUnreachable naming the setting and host:port."""
+    import asyncpg
+
+    # asyncpg reads the libpq URL form (query options such as sslmode included) once the driver name is gone.
+    dsn = "postgresql://" + url.partition("://")[2]
+    try:
+        return await asyncpg.connect(dsn=dsn, timeout=CONNECT_TIMEOUT)
+    except Exception as exc:  # any way of not getting a connection is the same answer for the operator
+        raise ServiceUnreachable(
+            f"MSJX_DATABASE_URL: cannot connect to PostgreSQL at {endpoint(url, 5432)}:"
+            f" {_reason(exc, urlsplit(dsn).password)}"
+        ) from None
+
+
 def _reason(exc: BaseException, secret: str | None) -> str:
     if isinstance(exc, ConnectionRefusedError):
         text = "connection refused"
@@ -72,29 +88,23 @@ def _reason(exc: BaseException, secret: str | None) -> str:
     return text
 
 
-async def check_database(settings: Settings) -> None:
-    """Connect once to the configured PostgreSQL; SQLite is a local file and needs no check."""
+async def check_database(settings: Settings, need: Need | None = None) -> None:
+    """Connect to the configured PostgreSQL and check it can serve the gateway (with `need`, also the connections a
+    node opens); SQLite is a local file and needs no check."""
     if settings.is_sqlite or settings.database_url is None:
         return
-    import asyncpg
-
-    # asyncpg reads the libpq URL form (query options such as sslmode included) once the driver name is gone.
-    dsn = "postgresql://" + settings.database_url.partition("://")[2]
     where = endpoint(settings.database_url, 5432)
     connections = []
     try:
         for _ in range(2):
-            connections.append(await asyncpg.connect(dsn=dsn, timeout=CONNECT_TIMEOUT))
-    except Exception as exc:  # any way of not getting a connection is the same answer for the operator
-        raise ServiceUnreachable(
-            f"MSJX_DATABASE_URL: cannot connect to PostgreSQL at {where}: {_reason(exc, urlsplit(dsn).password)}"
-        ) from None
-    try:
+            connections.append(await connect_postgres(settings.database_url))
         await _refuse_transaction_pooling(connections, where)
         facts = await _database_facts(connections[0])
         _refuse_other_encodings(facts, where)
         _refuse_read_only(facts, where)
         _refuse_roles_without_ownership(facts, where)
+        if need is not None and (refusal := await check_connection_room(connections[0], need, where, own=2)):
+            raise DatabaseUnusable(refusal)
         say_what_is_not_durable(facts.database, facts.fsync, facts.synchronous_commit, where)
         await say_clock_skew(connections[0], where)
     finally:
