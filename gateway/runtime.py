@@ -186,7 +186,11 @@ class Runtime:
         sessions = db.sessionmaker(engine)
         database = Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
         directory = Directory(sessions, ttl=settings.grant_cache_seconds, health=database, clock=clock)
-        redis = SharedRedis(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+        redis = (
+            SharedRedis(settings.redis_url, settings.redis_prefix, settings.redis_max_connections)
+            if settings.redis_url
+            else None
+        )
         if redis is not None:
             nonces: NonceStore = RedisNonceStore(redis, clock)
             await nonces.ping()

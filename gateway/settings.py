@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         default=30.0, ge=0.05, le=3600, description="how often a node applies deadlines, escalations and expiry"
     )
     redis_prefix: str = Field(default="msjx", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="prefix of Redis keys")
+    redis_max_connections: int = Field(
+        default=128,
+        ge=1,
+        le=10_000,
+        description="connections each worker's Redis client may open; commands beyond wait for one. Keep the sum over"
+        " all nodes' workers below Redis's maxclients",
+    )
     idempotency_lease_seconds: float = Field(
         default=30.0, ge=1, le=3600, description="how long a request holds an Idempotency-Key before another may"
     )

@@ -95,7 +95,7 @@ def serve(
             raise _port_refused(host, port, exc) from None
         # Redis down would otherwise surface inside uvicorn's start-up as a traceback; the database is checked by
         # db.upgrade. Both failures are one line naming the setting (gateway/storage/reachability.py), exit 2.
-        asyncio.run(check_redis(settings))
+        asyncio.run(check_redis(settings, workers))
         if demo:
             from gateway.demo import setup as demo_module
             from gateway.runtime import build_adapters

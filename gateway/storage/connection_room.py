@@ -1,8 +1,11 @@
-"""Whether PostgreSQL lets this node open the connections it needs: its limits (the database's and the role's
-CONNECTION LIMIT, max_connections) against what the node's workers open, read once before they start.
+"""Whether PostgreSQL and Redis let this node open the connections it needs: their limits (the database's and the
+role's CONNECTION LIMIT, max_connections; Redis's maxclients) against what the node's workers open, read once
+before they start.
 
-A limit below what a node needs to start hung `serve` for 30 s and ended it with a 106-line traceback; one below
-what it opens under load failed audit checkpoints and batch chunks with "too many connections" while serving.
+A PostgreSQL limit below what a node needs to start hung `serve` for 30 s and ended it with a 106-line traceback;
+one below what it opens under load failed audit checkpoints and batch chunks with "too many connections" while
+serving. A Redis maxclients below the client's pool answered most calls of a burst 503 (MaxClientsReachedError),
+where a pool capped below it makes them wait for a connection.
 """
 
 from __future__ import annotations
@@ -119,3 +122,34 @@ async def check_connection_room(connection: Any, need: Need, where: str, own: in
             need.describe(),
         )
     return None
+
+
+def redis_room(maxclients: int, connected: int, workers: int, pool: int, where: str) -> str | None:
+    """Why the node cannot start on this Redis (`connected` counts the check's own client), or None; a maxclients
+    below what its workers' pools may open is said once, as a warning. Each worker needs one connection to work:
+    commands wait for a connection of its pool, and go out in pipelines."""
+    if maxclients <= 0:  # not said by this Redis
+        return None
+    room = maxclients - (connected - 1)
+    if room < workers:
+        return (
+            f"MSJX_REDIS_URL: Redis at {where} has room for {max(room, 0)} more clients (maxclients {maxclients},"
+            f" {connected - 1} connected); this node needs {workers} to start and opens up to {workers * pool}"
+            f" ({_redis_split(workers, pool)}); raise maxclients, or run fewer workers"
+        )
+    if maxclients < workers * pool:
+        log.warning(
+            "Redis at %s takes at most %d clients (maxclients); this node opens up to %d (%s), and a command that"
+            " finds none fails with 503: set MSJX_REDIS_MAX_CONNECTIONS so that all nodes' workers together stay"
+            " below maxclients (commands then wait for a connection of their pool), or raise maxclients",
+            where,
+            maxclients,
+            workers * pool,
+            _redis_split(workers, pool),
+        )
+    return None
+
+
+def _redis_split(workers: int, pool: int) -> str:
+    each = f"MSJX_REDIS_MAX_CONNECTIONS {pool}"
+    return f"{workers} workers × {each}" if workers > 1 else each

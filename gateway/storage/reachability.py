@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from gateway.settings import Settings
-from gateway.storage.connection_room import Need, check_connection_room
+from gateway.storage.connection_room import Need, check_connection_room, redis_room
 from gateway.storage.durability import say_clock_skew, say_what_is_not_durable
 from gateway.storage.redis_eviction import RISK, server_facts
 from schemas.errors import MsjxError
@@ -211,8 +211,9 @@ async def _refuse_transaction_pooling(connections: list[Any], where: str) -> Non
         )
 
 
-async def check_redis(settings: Settings) -> None:
-    """PING the configured Redis once."""
+async def check_redis(settings: Settings, workers: int = 1) -> None:
+    """PING the configured Redis once, and check it can serve the gateway: keeps its keys, is standalone, and has
+    room for the clients of the node's `workers`."""
     if not settings.redis_url:
         return
     from redis.asyncio import Redis
@@ -239,6 +240,12 @@ async def check_redis(settings: Settings) -> None:
             raise StorageUnusable(
                 f"MSJX_REDIS_URL: Redis at {where} evicts keys when full ({facts.describe()}): {RISK}"
             )
+        if facts is not None and (
+            refusal := redis_room(
+                facts.maxclients, facts.connected_clients, workers, settings.redis_max_connections, where
+            )
+        ):
+            raise StorageUnusable(refusal)
     finally:
         await client.aclose()
 

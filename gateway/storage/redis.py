@@ -20,8 +20,9 @@ log = logging.getLogger("msjx.state")
 # One Redis command and its arguments, as hiredis packs them.
 Argument = str | bytes | int | float
 Command = tuple[Argument, ...]
-# Enough for the busiest two users of the pool before it was shared (nonces and quotas had 64 each); their
-# commands go out in pipelines, so a burst needs far fewer, and a burst beyond waits for a connection.
+# MSJX_REDIS_MAX_CONNECTIONS' default: enough for the busiest two users of the pool before it was shared (nonces and
+# quotas had 64 each); their commands go out in pipelines, so a burst needs far fewer (one connection answered 60 calls
+# at once), and a burst beyond waits for a connection.
 MAX_CONNECTIONS = 128
 
 

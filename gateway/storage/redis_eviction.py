@@ -40,6 +40,8 @@ class ServerFacts:
     evicted_keys: int
     run_id: str
     cluster: bool
+    maxclients: int = 0  # 0: not said (INFO before Redis 7 leaves it out)
+    connected_clients: int = 0
 
     @property
     def evicts(self) -> bool:
@@ -63,6 +65,8 @@ async def server_facts(client: Any) -> ServerFacts | None:
         int(info.get("evicted_keys", 0)),
         str(info.get("run_id", "")),
         bool(int(info.get("cluster_enabled", 0))),
+        int(info.get("maxclients", 0)),
+        int(info.get("connected_clients", 0)),
     )
 
 

@@ -1,13 +1,17 @@
-"""A node checks, before its workers start, that PostgreSQL lets it open the connections it needs
+"""A node checks, before its workers start, that PostgreSQL and Redis let it open the connections it needs
 (gateway/storage/connection_room.py): below what it needs to start it refuses in one line (a database CONNECTION
 LIMIT of 2 hung `serve` for 30 s and ended in a 106-line traceback), below what it opens under load it warns (at
-5, an audit checkpoint failed under load with "too many connections")."""
+5, an audit checkpoint failed under load with "too many connections"; with Redis's maxclients at 8, a burst of 60
+calls was answered 503 but for a few). A Redis pool capped below maxclients (MSJX_REDIS_MAX_CONNECTIONS) makes
+commands wait for a connection instead."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +19,16 @@ from typing import Any
 import procrastinate.exceptions
 import psycopg
 import pytest
+from redis.asyncio import Redis
 
 from gateway.batches.queue import _OutageAsWarning
 from gateway.settings import load_settings
 from gateway.storage.connection_room import Limit, Need, limits
-from gateway.storage.reachability import check_database
-from tests.helpers.services import DATABASE_URL, admin_connection, with_database
+from gateway.storage.reachability import StorageUnusable, check_database, check_redis
+from tests.helpers.faults import OwnRedis
+from tests.helpers.gateways import PURPOSE, running_gateway
+from tests.helpers.quotas import call_for_purpose
+from tests.helpers.services import DATABASE_URL, admin_connection, create_test_database, drop_database, with_database
 from tests.test_database_unusable import _as, _cli
 
 pytestmark = pytest.mark.slow
@@ -116,3 +124,60 @@ async def test_the_batch_queue_says_why_it_lost_its_connection(limited: tuple[st
         'batch queue: ConnectorException: connection failed: connection to server at "127.0.0.1", port 5432 failed:'
         f' FATAL:  too many connections for database "{database}" (it reconnects by itself)'
     )
+
+
+async def test_redis_with_too_few_clients_left_is_refused_and_too_few_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = OwnRedis(tmp_path, "--maxclients", "64")
+    redis.start()
+    others = [Redis.from_url(redis.url, single_connection_client=True) for _ in range(63)]
+    try:
+        for other in others:  # another application's clients: one is left, for the check
+            await other.ping()
+        with pytest.raises(StorageUnusable) as refused:
+            await check_redis(load_settings(data_dir=tmp_path, redis_url=redis.url), workers=3)
+        with caplog.at_level(logging.WARNING, "msjx.storage"):
+            await check_redis(load_settings(data_dir=tmp_path, redis_url=redis.url, redis_max_connections=32))
+            assert caplog.messages == []
+            await check_redis(load_settings(data_dir=tmp_path, redis_url=redis.url))
+    finally:
+        for other in others:
+            await other.aclose()
+        redis.stop()
+    assert str(refused.value).startswith(
+        f"MSJX_REDIS_URL: Redis at 127.0.0.1:{redis.port} has room for 1 more clients (maxclients 64, 63 connected);"
+        " this node needs 3 to start and opens up to 384 (3 workers × MSJX_REDIS_MAX_CONNECTIONS 128)"
+    )
+    assert caplog.messages == [
+        f"Redis at 127.0.0.1:{redis.port} takes at most 64 clients (maxclients); this node opens up to 128"
+        " (MSJX_REDIS_MAX_CONNECTIONS 128), and a command that finds none fails with 503: set"
+        " MSJX_REDIS_MAX_CONNECTIONS so that all nodes' workers together stay below maxclients (commands then wait"
+        " for a connection of their pool), or raise maxclients"
+    ]
+
+
+async def test_a_redis_pool_capped_below_maxclients_makes_a_burst_wait(tmp_path: Path, credit_url: str) -> None:
+    redis = OwnRedis(tmp_path, "--maxclients", "4")
+    redis.start()
+    database_url = await create_test_database()
+    try:
+        settings = load_settings(
+            data_dir=tmp_path,
+            upstream_urls={"credit": credit_url},
+            redis_url=redis.url,
+            database_url=database_url,
+            redis_max_connections=2,
+        )
+        async with running_gateway(settings) as gw:
+            for _ in range(3):
+                burst = await asyncio.gather(*[call_for_purpose(gw, PURPOSE) for _ in range(60)])
+                assert Counter(answer.status_code for answer in burst) == {200: 60}
+            looker = Redis.from_url(redis.url)
+            try:
+                assert int((await looker.info("clients"))["connected_clients"]) <= 3  # the pool's 2 and this one
+            finally:
+                await looker.aclose()
+    finally:
+        await drop_database(database_url)
+        redis.stop()
