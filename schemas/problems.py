@@ -106,6 +106,7 @@ class ProblemCode(StrEnum):
     # --- stores the gateway depends on ----------------------------------------------------------------------
     AUDIT_UNAVAILABLE = "audit_unavailable", 503, "Audit log unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable", 503, "Database unavailable"
+    DATABASE_TIMEOUT = "database_timeout", 503, "Database gave up on the query"
     NONCE_STORE_UNAVAILABLE = "nonce_store_unavailable", 503, "Nonce store unavailable"
     QUOTA_STORE_UNAVAILABLE = "quota_store_unavailable", 503, "Quota store unavailable"
     STATE_STORE_UNAVAILABLE = "state_store_unavailable", 503, "Shared state unavailable"

@@ -22,7 +22,7 @@ from gateway.http.json_bodies import check_depth
 from gateway.http.problems import Problem
 from gateway.pipeline.loop_load import LoopLoad
 from gateway.pipeline.unauthenticated import PREAUTH_BODY_BYTES, UnauthenticatedGate
-from gateway.storage.health import Dependency, is_database_outage
+from gateway.storage.health import Cancellations, Dependency, is_database_outage, is_statement_cancelled
 from schemas.problems import ProblemCode
 
 log = logging.getLogger("msjx.exchange")
@@ -64,6 +64,8 @@ class Exchanges:
     # Signed exchanges begun and not yet answered: how congested this worker's event loop is.
     in_progress: int = 0
     loop_load: LoopLoad = field(default_factory=LoopLoad)
+    # Statements the database gave up on (a DBA's statement_timeout): 503, not a 500 with a traceback.
+    cancellations: Cancellations = field(default_factory=Cancellations)
 
     def offload(self) -> bool:
         """Whether this request's signature check goes to the verifier process: more than `offload_above` requests
@@ -220,7 +222,7 @@ async def run_exchange(
     except Problem as problem:
         return await _record_refusal(exchanges, event, problem, started, instance, authenticated)
     except Exception as exc:
-        problem = _outage_problem(exchanges, exc)
+        problem = _outage_problem(exchanges, exc, event_name)
         if problem is None:
             log.exception("unhandled error in %s (request %s)", event_name, request_id)
             problem = Problem(ProblemCode.INTERNAL_ERROR, "the gateway failed; the request id names it in logs")
@@ -276,8 +278,11 @@ async def _record_problem(
     return problem.response(event.request_id, instance, body=body)
 
 
-def _outage_problem(exchanges: Exchanges, exc: Exception) -> Problem | None:
-    """A 503 for a store that is down (counted and logged once by its Dependency, no traceback); None for a bug."""
+def _outage_problem(exchanges: Exchanges, exc: Exception, event_name: str) -> Problem | None:
+    """A 503 for a store that is down (counted and logged once by its Dependency, no traceback), or that gave up on
+    a statement (counted, logged at most once a minute); None for a bug."""
+    if is_statement_cancelled(exc):
+        return exchanges.cancellations.problem(event_name, exc)
     if isinstance(exc, RedisError):  # shared state (breakers, payment locks) beyond nonces and quotas
         exchanges.shared_state.failed(exc)
         return exchanges.shared_state.problem("shared state in Redis could not be reached; retry later")

@@ -8,6 +8,8 @@ again (saying how many failures came between), and counts every failure in Prome
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -61,6 +63,56 @@ def is_database_outage(exc: BaseException) -> bool:
         return True
     name = type(exc).__name__
     return type(exc).__module__.startswith("asyncpg") and ("Connection" in name or name in _ASYNCPG_OUTAGES)
+
+
+# SQLSTATEs of a statement the server gave up on, not a wrong one: its statement_timeout or an operator's cancel
+# (57014), lock_timeout (55P03). A DBA's default of either reached the API as a 500 with a traceback.
+_CANCELLED = frozenset({"57014", "55P03"})
+CANCELLED = Counter(
+    "msjx_database_statements_cancelled_total",
+    "Statements the database gave up on (statement_timeout, lock_timeout, a cancel), by what the gateway was doing",
+    ["operation"],
+)
+SAY_CANCELLED_EVERY = 60.0
+
+
+def is_statement_cancelled(exc: BaseException) -> bool:
+    """Whether the database gave up on a statement (a timeout, or a cancel), as asyncpg or SQLAlchemy raise it."""
+    orig = getattr(exc, "orig", None)
+    for candidate in (exc, orig, getattr(orig, "__cause__", None)):
+        if getattr(candidate, "sqlstate", None) in _CANCELLED:
+            return True
+    return False
+
+
+class Cancellations:
+    """Statements the database gave up on: each counted; logged once, then at most once a minute with the number
+    since, since a tight statement_timeout cancels every slow query alike. The database itself is up."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._said_at: float | None = None
+        self._unsaid = 0
+
+    def problem(self, operation: str, exc: BaseException) -> Problem:
+        CANCELLED.labels(operation).inc()
+        self._unsaid += 1
+        now = self._clock()
+        if self._said_at is None or now - self._said_at >= SAY_CANCELLED_EVERY:
+            log.warning(
+                "the database cancelled %d statement(s) (last in %s: %s): a statement_timeout or lock_timeout of the"
+                " database or role, or an operator's cancel; answered 503 database_timeout",
+                self._unsaid,
+                operation,
+                str(getattr(exc, "orig", None) or exc).splitlines()[0][:200],
+            )
+            self._said_at, self._unsaid = now, 0
+        return Problem(
+            ProblemCode.DATABASE_TIMEOUT,
+            "the database gave up on a query (its statement_timeout, or an operator's cancel); retry later, or ask"
+            " for less (a narrower time range or filter)",
+            headers={"Retry-After": "1"},
+        )
 
 
 class Dependency:
