@@ -6,11 +6,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.routing import iter_route_contexts
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -29,7 +31,7 @@ from gateway.http.forwarded import TrustedProxies
 from gateway.http.forwarded import apply as apply_forwarded
 from gateway.http.nul import nul_in_target, nul_problem
 from gateway.http.problems import Problem, validation_problem
-from gateway.pipeline.exchange import Exchange, run_exchange
+from gateway.pipeline.exchange import Exchange, outage_problem, run_exchange
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sharing.service import SharingService
@@ -198,6 +200,22 @@ def create_app(
 
     # The console's own audit records (sign-ins, refusals, exports) fail closed: a page, never a traceback.
     app.add_exception_handler(AuditUnavailable, console_pages.audit_unavailable)  # type: ignore[arg-type]
+
+    # Routes outside an exchange (the public catalog and calendar) and console pages meet the database too: an
+    # outage there, or a statement it gave up on, is a 503 as on the audited routes, not a 500 with a traceback.
+    async def _store_failed(request: Request, exc: Exception) -> Response:
+        route = request.scope.get("route")
+        operation = f"{request.method} {getattr(route, 'path', 'other')}"
+        problem = outage_problem(request.app.state.runtime.exchanges, exc, operation)
+        if problem is None:
+            raise exc  # a bug: the 500 and its traceback
+        if request.url.path.startswith("/console"):
+            return console_pages.store_unavailable(request, problem)
+        return problem.response(instance=request.url.path)
+
+    # A refused connect reaches the route as the socket's own error, not wrapped by the pool.
+    for failure in (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, TimeoutError):
+        app.add_exception_handler(failure, _store_failed)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.settings import load_settings
 from tests.helpers.calls import assert_problem
+from tests.helpers.console import console_world, signed_in
 from tests.helpers.gateways import running_gateway
 from tests.helpers.services import REDIS_URL, admin_connection, create_test_database, drop_database, plain_url
 
@@ -59,3 +60,35 @@ async def test_a_statement_the_database_gives_up_on_is_a_503(
     assert len(said) == 1, caplog.messages  # three cancelled, said once
     assert said[0].getMessage().startswith("the database cancelled 1 statement(s) (last in grant.list: canceling")
     assert not [r for r in caplog.records if r.exc_info], caplog.messages
+
+
+async def test_console_pages_and_public_routes_say_so_too(tmp_path: Path, credit_url: str) -> None:
+    url = await create_test_database()
+    name = urlsplit(url).path.lstrip("/")
+    admin = await admin_connection()
+    try:
+        await admin.execute(f"ALTER DATABASE {name} SET lock_timeout = '200ms'")
+        async with console_world(tmp_path, credit_url, database_url=url) as world:
+            async with signed_in(world, "dept-officer") as officer:
+                holder = await asyncpg.connect(plain_url(url))
+                try:
+                    transaction = holder.transaction()
+                    await transaction.start()
+                    await holder.execute("LOCK TABLE catalog_items IN ACCESS EXCLUSIVE MODE")
+                    page = await officer.get("/console/catalog")
+                    public = await officer.get("/v1/catalog")  # public: no exchange, no signature
+                    await holder.execute("LOCK TABLE console_sessions IN ACCESS EXCLUSIVE MODE")
+                    own_query = await officer.get("/console/catalog")  # the page's own session lookup
+                    await transaction.rollback()
+                finally:
+                    await holder.close()
+                # The catalog page listed no items, as if there were none, while its query had failed.
+                assert page.status_code == 200
+                assert '<p class="flash error" role="alert">the database gave up on a query' in page.text
+                assert_problem(public, 503, "database_timeout")
+                assert own_query.status_code == 503
+                assert "数据库暂不可用，请稍后重试 (Database gave up on the query)" in own_query.text
+                assert "flash error" not in (await officer.get("/console/catalog")).text
+    finally:
+        await admin.close()
+        await drop_database(url)

@@ -222,6 +222,8 @@ async def test_postgresql_stopped_and_started(
                 assert response.json()["code"] in {"audit_unavailable", "database_unavailable"}
                 assert int(response.headers["retry-after"]) >= 1
             assert metric("msjx_dependency_up", dependency="database") == 0
+            async with httpx.AsyncClient(base_url=gw.url) as anyone:  # a public route, outside any exchange
+                assert_problem(await anyone.get("/v1/catalog"), 503, "database_unavailable")
 
             await asyncio.to_thread(postgres.start)
             for _ in range(100):

@@ -497,7 +497,10 @@ class AuditWriter:
             async with self._engine.begin() as connection:
                 await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
         except Exception as exc:  # a missed checkpoint is retried at the next tick; appends go on
-            log.error("audit checkpoint at height %d failed: %s", self.height, describe_error(exc))
+            if is_database_outage(exc):  # said once by the store's health, not at every tick of the outage
+                self.health.failed(exc)
+            else:
+                log.error("audit checkpoint at height %d failed: %s", self.height, describe_error(exc))
             return None
         await self._sealed(checkpoint)
         return checkpoint

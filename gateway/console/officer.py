@@ -247,6 +247,7 @@ async def catalog(request: Request, done: str = "") -> Response:
         mine=mine,
         labels=LABELS,
         flash="已保存 (saved)" if done else None,
+        error=answer.problem or None,  # an empty list would read as "no items" while the database is away
     )
 
 

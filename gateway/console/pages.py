@@ -11,7 +11,7 @@ from gateway.console.session import ConsoleState
 from gateway.http.problems import Problem
 from schemas.problems import ProblemCode
 
-__all__ = ["ConsoleState", "audit_unavailable", "router"]
+__all__ = ["ConsoleState", "audit_unavailable", "router", "store_unavailable"]
 
 # The role modules are imported for their routes.
 _ROOMS = (admin, auditor, officer, oidc, operator)
@@ -30,3 +30,14 @@ async def audit_unavailable(request: Request, exc: AuditUnavailable) -> Response
         )
     problem = Problem(ProblemCode.AUDIT_UNAVAILABLE, "the action could not be recorded; retry later")
     return problem.response(instance=request.url.path)
+
+
+def store_unavailable(request: Request, problem: Problem) -> Response:
+    """A console page whose database was away, or gave up on a query: 503 with a page saying to retry."""
+    return web.render(
+        request,
+        "forbidden.html",
+        None,
+        status=problem.status,
+        message=f"数据库暂不可用，请稍后重试 ({problem.title})",
+    )

@@ -222,7 +222,7 @@ async def run_exchange(
     except Problem as problem:
         return await _record_refusal(exchanges, event, problem, started, instance, authenticated)
     except Exception as exc:
-        problem = _outage_problem(exchanges, exc, event_name)
+        problem = outage_problem(exchanges, exc, event_name)
         if problem is None:
             log.exception("unhandled error in %s (request %s)", event_name, request_id)
             problem = Problem(ProblemCode.INTERNAL_ERROR, "the gateway failed; the request id names it in logs")
@@ -278,7 +278,7 @@ async def _record_problem(
     return problem.response(event.request_id, instance, body=body)
 
 
-def _outage_problem(exchanges: Exchanges, exc: Exception, event_name: str) -> Problem | None:
+def outage_problem(exchanges: Exchanges, exc: Exception, event_name: str) -> Problem | None:
     """A 503 for a store that is down (counted and logged once by its Dependency, no traceback), or that gave up on
     a statement (counted, logged at most once a minute); None for a bug."""
     if is_statement_cancelled(exc):
