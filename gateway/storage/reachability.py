@@ -7,6 +7,7 @@ the setting and host:port (or path), never the URL itself: it may carry a passwo
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +241,7 @@ async def check_redis(settings: Settings, workers: int = 1) -> None:
             raise StorageUnusable(
                 f"MSJX_REDIS_URL: Redis at {where} evicts keys when full ({facts.describe()}): {RISK}"
             )
+        await _refuse_missing_permissions(client, settings.redis_prefix, where)
         if facts is not None and (
             refusal := redis_room(
                 facts.maxclients, facts.connected_clients, workers, settings.redis_max_connections, where
@@ -248,6 +250,36 @@ async def check_redis(settings: Settings, workers: int = 1) -> None:
             raise StorageUnusable(refusal)
     finally:
         await client.aclose()
+
+
+# What the gateway does with its keys: SET NX with a time to live (nonces, locks), scripts run by EVAL (quotas) and by
+# EVALSHA after SCRIPT LOAD (breakers, through redis-py's Script), DEL. The breakers' script reads the server's TIME,
+# a command outside @read and @write.
+_PROBE_SCRIPT = "redis.call('time') return redis.call('incr', KEYS[1])"
+REDIS_ACL = "+@read +@write +@scripting +@connection +info +time"
+
+
+async def _refuse_missing_permissions(client: Any, prefix: str, where: str) -> None:
+    """A Redis ACL that forbids the gateway's keys or scripts let a node start, then answered every call 503
+    `state_store_unavailable` ("could not be reached", while Redis answered NOPERM). One try of each kind of
+    command on a key of the gateway's own says so at start instead."""
+    from redis.exceptions import ReadOnlyError, ResponseError
+
+    key = f"{prefix}:check:{secrets.token_hex(8)}"
+    try:
+        await client.set(key, b"0", nx=True, ex=60)
+        await client.eval(_PROBE_SCRIPT, 1, key)
+        await client.register_script(_PROBE_SCRIPT)(keys=[key])
+        await client.delete(key)
+    except ReadOnlyError:
+        raise StorageUnusable(
+            f"MSJX_REDIS_URL: Redis at {where} is a read-only replica, and the gateway writes: give the primary"
+        ) from None
+    except ResponseError as exc:  # NOPERM, or a command a script calls refused by the ACL, or renamed away
+        raise StorageUnusable(
+            f"MSJX_REDIS_URL: the Redis user at {where} may not use the gateway's keys ({prefix}:*) as it does ({exc});"
+            f" allow it, e.g. ACL SETUSER <user> ~{prefix}:* {REDIS_ACL}"
+        ) from None
 
 
 def prepare_data_dir(settings: Settings) -> None:
