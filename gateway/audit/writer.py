@@ -29,7 +29,7 @@ from gateway.audit.node_keys import register_node_key
 from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
 from gateway.audit.sealing import RECORD_ID, REQUEST_ID, TS_MS, Entry, Keys, RowSealer
-from gateway.audit.witness import append_witness
+from gateway.audit.witness import append_witness, check_against_witness
 from gateway.clock import SYSTEM_CLOCK, Clock, Periodic, periodic
 from gateway.storage.db import SQLITE_PRAGMAS
 from gateway.storage.health import Dependency, is_database_outage
@@ -194,6 +194,8 @@ class AuditWriter:
     async def start(self) -> None:
         if self.suite not in {row.suite for row in self.keyring.rows() if row.kind == "data" and not row.destroyed}:
             await self.keyring.rotate([self.suite])  # the first data key of a suite the ring has not used yet
+        if self._witness_path is not None:
+            await check_against_witness(self._engine, self.chain_id, self._witness_path)
         await self._load_head()
         if self._engine.dialect.name == "postgresql":
             partitions = await ensure_or_list(self._engine, self._clock.ms())

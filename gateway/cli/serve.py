@@ -171,9 +171,11 @@ def _migrate(settings: Settings, workers: int) -> None:
     """Bring the schema up to date, open the key ring once (making its keys on a first start) and load the checkpoint
     signing key of every worker (made here on a first start, so that N first starts do not race), before any worker
     starts: a master key that does not unwrap the ring, or a signing key that cannot be read, is then one line,
-    exit 2, not a traceback from every worker's start-up."""
+    exit 2, not a traceback from every worker's start-up. So is a chain the database holds shorter than its node
+    signed it (gateway/audit/witness.py)."""
     from gateway.audit.keys import open_keyring
     from gateway.audit.signer import load_signer
+    from gateway.audit.witness import check_against_witness, witness_path
     from gateway.batches.queue import queue_connections
     from gateway.server.workers import worker_settings
     from gateway.storage import db
@@ -183,14 +185,17 @@ def _migrate(settings: Settings, workers: int) -> None:
 
     db.upgrade(settings, need=Need(workers, queue_connections(settings.batch_workers)))
 
+    nodes = [settings] if workers == 1 else [worker_settings(settings, index) for index in range(workers)]
+
     async def open_once() -> None:
         engine = db.create_engine(settings)
         try:
             await open_keyring(settings, engine)
+            for node in nodes:
+                await check_against_witness(engine, node.node_id, witness_path(node, node.node_id))
         finally:
             await engine.dispose()
 
-    nodes = [settings] if workers == 1 else [worker_settings(settings, index) for index in range(workers)]
     try:
         asyncio.run(open_once())
         for node in nodes:
