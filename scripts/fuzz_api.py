@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     # One worker: Hypothesis is not thread-safe (two workers raised "AST constructor recursion depth mismatch").
     parser.add_argument("--workers", default="1")
     parser.add_argument(
+        "--phases",
+        default="examples,coverage,fuzzing",
+        help="Schemathesis phases; `stateful` chains calls by the links it infers from the schema and Location headers",
+    )
+    parser.add_argument(
         "--backend",
         choices=("sqlite", "postgres_redis"),
         default="sqlite",
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--checks",
                 ",".join(CHECKS),
                 "--phases",
-                "examples,coverage,fuzzing",
+                args.phases,
                 "--max-time",
                 str(args.seconds),
                 "--workers",

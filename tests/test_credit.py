@@ -22,7 +22,9 @@ from simulators import enterprises
 from simulators.credit import start_with_port
 from simulators.enterprises import DEMO_LISTED_USCC, DEMO_USCC, ENTERPRISES, by_uscc
 
-ADAPTER_TIMEOUT = 0.25
+# Long enough that a loaded 2-core host answers a fast fault in time (0.25 s timed out a status-500 fault in a full
+# CI run: the simulator shares this test's event loop); the latency fault waits past it.
+ADAPTER_TIMEOUT = 2.0
 UNKNOWN_USCC = make_uscc("91350203MA0000001")
 
 
@@ -182,7 +184,7 @@ async def test_business_error_code_is_rejected_with_that_code(adapter: CreditAda
 @pytest.mark.parametrize(
     ("fault", "error", "status", "code", "upstream_status"),
     [
-        ({"mode": "latency", "latency_ms": 600}, UpstreamTimeout, 504, "upstream_timeout", "timeout"),
+        ({"mode": "latency", "latency_ms": 2600}, UpstreamTimeout, 504, "upstream_timeout", "timeout"),
         ({"mode": "status", "status": 500}, UpstreamRejected, 502, "upstream_error", "500"),
         ({"mode": "status", "status": 503}, UpstreamRejected, 502, "upstream_error", "503"),
         ({"mode": "malformed"}, UpstreamMalformed, 502, "upstream_malformed", "200"),
