@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gateway.storage.models import AuditRecord, IdempotencyKey, PaymentIntent
 from security.signatures import sign_request
@@ -356,3 +356,24 @@ def test_signature_covers_the_idempotency_key_when_present() -> None:
     plain.headers["Idempotency-Key"] = '"added-later"'
     with pytest.raises(SignatureFailure, match="must be covered"):
         verify(plain)
+
+
+async def test_a_payment_the_database_forgot_is_not_made_twice(pay: PayGateway) -> None:
+    # A database restored from a backup taken before the payment: its intent, outcome and key are gone, the money
+    # is not. The caller repeats the request with the same key, as it would after any failure.
+    body, idem = voucher(), key()
+    first = await pay.pay(body, idem)
+    assert first.status_code == 200, first.text
+    async with pay.gw.runtime.engine.begin() as connection:
+        for table in ("payment_outcomes", "payment_intents"):
+            await connection.execute(text(f"DELETE FROM {table} WHERE voucher_no = :v"), {"v": body["voucher_no"]})
+        await connection.execute(text("DELETE FROM idempotency_keys"))
+    again = await pay.pay(body, idem)
+    assert again.status_code == 200, again.text
+    assert "idempotent-replayed" not in again.headers  # the gateway had nothing stored: it asked the treasury
+    assert again.json()["data"]["treasury_serial"] == first.json()["data"]["treasury_serial"]
+    listing = await treasury_listing(pay.treasury_url)
+    # Sent once more under the same VoucherNo, refused as a duplicate (3001), settled by voucher-status: paid once.
+    assert (listing["accepted"], listing["by_code"]) == (1, {"0000": 1, "3001": 1})
+    outcome = await pay.outcome(body["voucher_no"])
+    assert outcome is not None and outcome.outcome in {"accepted", "paid"}
