@@ -25,6 +25,7 @@ from tests.helpers.gateways import PURPOSE, RunningGateway, running_gateway
 from tests.helpers.processes import CLI
 from tests.helpers.quotas import call_for_purpose
 from tests.helpers.services import admin_connection, create_test_database, drop_database, free_port, plain_url
+from tests.helpers.serving import served
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -119,21 +120,10 @@ async def test_a_postgresql_backup_restored_stops_the_node_until_the_operator_ch
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[str]:
     """The gateway on `settings` once more, on the database a first `running_gateway` seeded."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    for _ in range(300):
-        if server.started:
-            break
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on")
+    async with served(config) as server:
         yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def _identities(first: RunningGateway, settings: Settings | None = None) -> tuple:

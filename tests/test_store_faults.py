@@ -31,6 +31,7 @@ from tests.helpers.faults import OwnPostgres, OwnRedis
 from tests.helpers.gateways import RunningGateway, running_gateway
 from tests.helpers.quotas import admin_grant, call_for_purpose
 from tests.helpers.services import check_redis, create_test_database, drop_database
+from tests.helpers.serving import served
 
 pytestmark = pytest.mark.slow
 
@@ -38,19 +39,9 @@ pytestmark = pytest.mark.slow
 @asynccontextmanager
 async def serving(settings: Settings, port: int) -> AsyncIterator[str]:
     """The gateway again, on the port it had (so captured requests still name it), without seeding anything."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    async with served(config):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def send(request: httpx.Request) -> httpx.Response:

@@ -3,7 +3,6 @@ for the web console's tests, with the console's clock in the test's hand, and si
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from gateway.settings import Settings, load_settings
 from gateway.storage import db
 from security.keys import load_private_key_file
 from tests.helpers.services import free_port
+from tests.helpers.serving import served
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -85,18 +85,11 @@ async def console_world(data_dir: Path, credit_url: str, **overrides: Any) -> As
         entry["username"]: entry for entry in json.loads((data_dir / "demo" / "console-accounts.json").read_text())
     }
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(300):
-        if server.started:
-            break
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    clock = Clock()
-    app.state.console.clock = clock
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on")
+    async with served(config) as server:
+        clock = Clock()
+        app.state.console.clock = clock
+        port = server.servers[0].sockets[0].getsockname()[1]
         yield ConsoleWorld(
             f"http://127.0.0.1:{port}",
             app,
@@ -105,9 +98,6 @@ async def console_world(data_dir: Path, credit_url: str, **overrides: Any) -> As
             {entry["caller_id"]: entry for entry in listing},  # type: ignore[misc]
             clock,
         )
-    finally:
-        server.should_exit = True
-        await task
 
 
 def csrf_of(html: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
@@ -32,6 +31,7 @@ from tests.helpers.services import (
     drop_database,
     free_port,
 )
+from tests.helpers.serving import served
 
 PURPOSE = "XM-2025-001"
 
@@ -120,21 +120,10 @@ async def running_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> As
     await engine.dispose()
     app = create_app(settings, clock=clock)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
+    async with served(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")):
         yield RunningGateway(
             f"http://127.0.0.1:{port}", settings, app, platform, admin, officer, grant.grant_id, narrow.grant_id
         )
-    finally:
-        server.should_exit = True
-        await task
 
 
 BackendFactory = Callable[[Path], Settings]

@@ -3,7 +3,6 @@ own TLS listener with client certificates on a running gateway, and a legacy cal
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from simulators import credit, golden_tax
 from tests.helpers.certs import certificate_builder
 from tests.helpers.gateways import RunningGateway, make_gateway
 from tests.helpers.services import free_port
+from tests.helpers.serving import served
 from tests.helpers.upstreams import grant_all, started_simulator
 
 LEGACY = "district-tax"  # the caller that only has a client certificate
@@ -103,19 +103,8 @@ async def tls_listener(gw: RunningGateway, pki: Pki) -> AsyncIterator[str]:
         http=guarded_protocol(settings),
         **tls_options(settings),
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
+    async with served(config):
         yield f"https://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def register_legacy_caller(gw: RunningGateway, pki: Pki) -> None:
