@@ -99,6 +99,28 @@ async def test_a_redis_that_never_drops_keys_is_taken(tmp_path: Path, options: t
         redis.stop()
 
 
+async def test_a_full_redis_that_keeps_its_keys_is_taken_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Full with noeviction: writes are refused until there is room, nothing is dropped; the start's probe write is
+    # refused too, which is not a lack of rights.
+    redis = OwnRedis(tmp_path, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+    redis.start()
+    client = Redis.from_url(redis.url)
+    try:
+        with pytest.raises(OutOfMemoryError):
+            for number in range(1000):
+                await client.set(f"other-app:{number}", b"y" * 10_000)
+        with caplog.at_level(logging.WARNING, "msjx.storage"):
+            await check_redis(load_settings(data_dir=tmp_path, redis_url=redis.url))
+    finally:
+        await client.aclose()
+        redis.stop()
+    assert caplog.messages == [
+        f"Redis at 127.0.0.1:{redis.port} is full (maxmemory reached): calls are answered 503 until there is room"
+    ]
+
+
 @asynccontextmanager
 async def gateway_on(redis_url: str, tmp_path: Path, credit_url: str) -> AsyncIterator[RunningGateway]:
     database_url = await create_test_database()

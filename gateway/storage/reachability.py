@@ -7,6 +7,7 @@ the setting and host:port (or path), never the URL itself: it may carry a passwo
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from gateway.storage.connection_room import Need, check_connection_room, redis_r
 from gateway.storage.durability import say_clock_skew, say_what_is_not_durable
 from gateway.storage.redis_eviction import RISK, server_facts
 from schemas.errors import MsjxError
+
+log = logging.getLogger("msjx.storage")
 
 # Long enough for a database on another host under load; short enough that a firewall dropping packets does not
 # leave the operator staring at a silent command.
@@ -263,7 +266,7 @@ async def _refuse_missing_permissions(client: Any, prefix: str, where: str) -> N
     """A Redis ACL that forbids the gateway's keys or scripts let a node start, then answered every call 503
     `state_store_unavailable` ("could not be reached", while Redis answered NOPERM). One try of each kind of
     command on a key of the gateway's own says so at start instead."""
-    from redis.exceptions import ReadOnlyError, ResponseError
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
     key = f"{prefix}:check:{secrets.token_hex(8)}"
     try:
@@ -271,6 +274,8 @@ async def _refuse_missing_permissions(client: Any, prefix: str, where: str) -> N
         await client.eval(_PROBE_SCRIPT, 1, key)
         await client.register_script(_PROBE_SCRIPT)(keys=[key])
         await client.delete(key)
+    except OutOfMemoryError:  # full, with noeviction: writes wait for room (503 meanwhile); the rights are unknown
+        log.warning("Redis at %s is full (maxmemory reached): calls are answered 503 until there is room", where)
     except ReadOnlyError:
         raise StorageUnusable(
             f"MSJX_REDIS_URL: Redis at {where} is a read-only replica, and the gateway writes: give the primary"
