@@ -210,6 +210,7 @@ class Runtime:
             checkpoint_seconds=settings.audit_checkpoint_seconds,
             witness_path=witness_path(settings, settings.node_id),
             batch_max=settings.audit_batch_max,
+            commit_deadline=settings.audit_commit_deadline,
             health=database,
             clock=clock,
         )

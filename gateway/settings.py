@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     master_key_file: Path | None = Field(default=None, description="a mounted secret file holding the master key")
     audit_checkpoint_records: int = Field(default=1000, ge=1, le=1_000_000)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0, le=3600)
+    audit_commit_deadline: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=600,
+        description="seconds a batch of audit records (PostgreSQL) or a checkpoint may take to commit; past it the"
+        " connection is dropped and its calls answered 503 audit_unavailable, instead of waiting on a database that"
+        " no longer answers",
+    )
     audit_retention_days: int = Field(
         default=1095, ge=183, le=36500, description="records stay in the database this long; refused below 6 months"
     )

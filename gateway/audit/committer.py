@@ -100,6 +100,10 @@ class Committer(Protocol):
         checkpoint: tuple[Any, ...] | None,
     ) -> Committed: ...
 
+    async def settle(self) -> None:
+        """Make sure no statement of a batch that failed can still land: the writer then reads the head again."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -135,8 +139,17 @@ class PostgresCommitter:
 
     depth = 1
 
-    def __init__(self, dsn: str, table: str, columns: Sequence[str], checkpoint_insert: str, sealer: RowSealer) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        columns: Sequence[str],
+        checkpoint_insert: str,
+        sealer: RowSealer,
+        deadline: float = 10.0,
+    ) -> None:
         self._sealer = sealer
+        self._deadline = deadline
         self._chain = Chain()
         self._dsn = dsn
         self._table = table
@@ -146,6 +159,8 @@ class PostgresCommitter:
         self._insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({parameters})"  # noqa: S608
         self._checkpoint_insert = checkpoint_insert
         self._connection: asyncpg.Connection | None = None
+        # The server process of a connection dropped with a batch on it: until it is gone, that batch may still land.
+        self._abandoned: int | None = None
 
     @property
     def backend_pid(self) -> int | None:
@@ -177,21 +192,44 @@ class PostgresCommitter:
             connection = self._connection
             assert connection is not None
         try:
-            if checkpoint is None:
-                # Either statement is its own transaction: all rows or none, without the two round trips of BEGIN
-                # and COMMIT.
-                await self._insert_records(connection, records)
-            else:
-                async with connection.transaction():  # a checkpoint signs a head committed before it
-                    if records:
-                        await self._insert_records(connection, records)
-                    await connection.execute(self._checkpoint_insert, *checkpoint)
+            # A connection whose packets a firewall or a partition drops without a reset never answers: without a
+            # deadline every call waited on its record for good (until the client gave up), and so did shutdown.
+            async with asyncio.timeout(self._deadline):
+                if checkpoint is None:
+                    # Either statement is its own transaction: all rows or none, without the two round trips of
+                    # BEGIN and COMMIT.
+                    await self._insert_records(connection, records)
+                else:
+                    async with connection.transaction():  # a checkpoint signs a head committed before it
+                        if records:
+                            await self._insert_records(connection, records)
+                        await connection.execute(self._checkpoint_insert, *checkpoint)
         except BaseException:
             self._connection = None
+            self._abandoned = connection.get_server_pid()
             connection.terminate()
             raise
         self._chain.moved(height, head, hashes)
         return height, head, hashes
+
+    async def settle(self) -> None:
+        """A connection dropped with its batch unanswered (the deadline passed; a partition that heals) may still
+        carry the batch to its server process, which would commit it after the head was read again: a second record
+        at a height. The process is ended first, from a new connection, and the head read after it is gone."""
+        pid = self._abandoned
+        if pid is None:
+            return
+        if self._connection is None or self._connection.is_closed():
+            await self.open()
+        connection = self._connection
+        assert connection is not None
+        async with asyncio.timeout(self._deadline):
+            await connection.execute("SELECT pg_terminate_backend($1)", pid)
+            gone = False
+            while not gone:  # the signal is asynchronous: the process ends when it next looks
+                await asyncio.sleep(0.01)
+                gone = not await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+        self._abandoned = None
 
     async def _insert_records(self, connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> None:
         if len(records) > COPY_ABOVE:
@@ -314,6 +352,9 @@ class SqliteCommitter:
         if isinstance(exc, OSError | asyncio.IncompleteReadError):
             return CommitterError(f"the audit committer process is gone ({type(exc).__name__})")
         return exc
+
+    async def settle(self) -> None:
+        """Nothing to wait for: a batch is the child's, which answers each one, or is gone with it."""
 
     async def close(self) -> None:
         process, self._process = self._process, None

@@ -24,7 +24,13 @@ from sqlalchemy import String, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.commit_failures import CommitFailures
-from gateway.audit.committer import Committer, OutOfOrder, PostgresCommitter, SqliteCommitter, describe_error
+from gateway.audit.committer import (
+    Committer,
+    OutOfOrder,
+    PostgresCommitter,
+    SqliteCommitter,
+    describe_error,
+)
 from gateway.audit.node_keys import register_node_key
 from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE
@@ -131,8 +137,12 @@ class AuditWriter:
         clock: Clock = SYSTEM_CLOCK,
         health: Dependency | None = None,
         partition_seconds: float = 3600.0,
+        commit_deadline: float = 10.0,
     ) -> None:
         self._engine = engine
+        # How long a commit (PostgreSQL) or a checkpoint may take before it is given up as failed: a connection
+        # whose packets a firewall or a partition drops without a reset never answers, and every call waited on it.
+        self._commit_deadline = commit_deadline
         self.health = health or Dependency("database", ProblemCode.DATABASE_UNAVAILABLE)
         self._commit_failures = CommitFailures(log)
         self.chain_id = chain_id
@@ -148,7 +158,9 @@ class AuditWriter:
             self._committer = SqliteCommitter(database, SQLITE_PRAGMAS, SQLITE_INSERT, CHECKPOINT_INSERT_SQLITE, sealer)
         else:
             dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._committer = PostgresCommitter(dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG, sealer)
+            self._committer = PostgresCommitter(
+                dsn, "audit_records", AUDIT_COLUMNS, CHECKPOINT_INSERT_PG, sealer, deadline=commit_deadline
+            )
         # Record ids: a random prefix per writer and a counter, unique across nodes and restarts without a syscall each.
         self._id_prefix = secrets.token_hex(8)
         self._sequence = 0
@@ -396,6 +408,7 @@ class AuditWriter:
         head given when `_base_due`); `_fly` reports its outcome."""
         try:
             if self._resync:
+                await self._committer.settle()  # a failed batch must not land after the head is read
                 await self._load_head()
                 self._resync = False
             entries = [entry for entry, _ in batch]
@@ -496,7 +509,7 @@ class AuditWriter:
             return None
         checkpoint = sign_checkpoint(self._signer, self.chain_id, self.height, self.head, self._clock.ms())
         try:
-            async with self._engine.begin() as connection:
+            async with asyncio.timeout(self._commit_deadline), self._engine.begin() as connection:
                 await connection.execute(insert(CHECKPOINT_TABLE).values(**checkpoint.to_dict()))
         except Exception as exc:  # a missed checkpoint is retried at the next tick; appends go on
             if is_database_outage(exc):  # said once by the store's health, not at every tick of the outage
