@@ -225,10 +225,9 @@ class PostgresCommitter:
         assert connection is not None
         async with asyncio.timeout(self._deadline):
             await connection.execute("SELECT pg_terminate_backend($1)", pid)
-            gone = False
-            while not gone:  # the signal is asynchronous: the process ends when it next looks
+            # The signal is asynchronous (the process ends when it next looks), and nothing tells when: poll.
+            while await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-                gone = not await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
         self._abandoned = None
 
     async def _insert_records(self, connection: asyncpg.Connection, records: list[tuple[Any, ...]]) -> None:

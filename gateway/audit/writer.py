@@ -24,13 +24,7 @@ from sqlalchemy import String, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.commit_failures import CommitFailures
-from gateway.audit.committer import (
-    Committer,
-    OutOfOrder,
-    PostgresCommitter,
-    SqliteCommitter,
-    describe_error,
-)
+from gateway.audit.committer import Committer, OutOfOrder, PostgresCommitter, SqliteCommitter, describe_error
 from gateway.audit.node_keys import register_node_key
 from gateway.audit.partitions import MonthGuard, ensure_ahead, ensure_months, ensure_or_list
 from gateway.audit.rows import ARCHIVE_TABLE, AUDIT_TABLE, CHECKPOINT_TABLE

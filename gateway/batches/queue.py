@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.batches.tables import BatchChunk, BatchJob
 from gateway.clock import Periodic, periodic
+from gateway.storage.connection_room import queue_connections
 
 log = logging.getLogger("msjx.batches")
 QUEUE = "msjx-batches"
@@ -194,11 +195,6 @@ class _OutageAsWarning(logging.Filter):
                     None,
                 )
         return True
-
-
-def queue_connections(workers: int) -> int:
-    """The batch queue's pool on PostgreSQL: the worker's LISTEN, its fetch, and one for each chunk running."""
-    return max(2, workers + 2)
 
 
 class ProcrastinateQueue:

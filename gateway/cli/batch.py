@@ -211,7 +211,6 @@ def _sighup_ignored() -> None:
 
 
 async def _worker(settings: Any) -> None:
-    from gateway.batches.queue import queue_connections
     from gateway.batches.service import BatchService
     from gateway.runtime import Runtime
     from gateway.storage import db
@@ -219,7 +218,7 @@ async def _worker(settings: Any) -> None:
     from gateway.storage.reachability import check_redis
 
     await check_redis(settings)
-    await db.upgrade_async(settings, need=Need(1, queue_connections(settings.batch_workers)))
+    await db.upgrade_async(settings, need=Need(1, settings.batch_workers))
     runtime = await Runtime.start(settings)
     service = BatchService.from_runtime(runtime, worker=True)
     stopping = asyncio.Event()

@@ -176,14 +176,13 @@ def _migrate(settings: Settings, workers: int) -> None:
     from gateway.audit.keys import open_keyring
     from gateway.audit.signer import load_signer
     from gateway.audit.witness import check_against_witness, witness_path
-    from gateway.batches.queue import queue_connections
     from gateway.server.workers import worker_settings
     from gateway.storage import db
     from gateway.storage.connection_room import Need
     from security.keyring import KeyRingError
     from security.keys import KeyFormatError
 
-    db.upgrade(settings, need=Need(workers, queue_connections(settings.batch_workers)))
+    db.upgrade(settings, need=Need(workers, settings.batch_workers))
 
     nodes = [settings] if workers == 1 else [worker_settings(settings, index) for index in range(workers)]
 

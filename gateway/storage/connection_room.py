@@ -20,13 +20,23 @@ POOL_SIZE, POOL_OVERFLOW = 10, 10  # the engine's pool on PostgreSQL (gateway/st
 POOL_CONNECTIONS = POOL_SIZE + POOL_OVERFLOW
 
 
+def queue_connections(batch_workers: int) -> int:
+    """The batch queue's pool on PostgreSQL (gateway/batches/queue.py): the worker's LISTEN, its fetch, and one for
+    each chunk running."""
+    return max(2, batch_workers + 2)
+
+
 @dataclass(frozen=True)
 class Need:
-    """Connections a node opens, at start and at most under load: `workers` of them, each with a batch queue pool of
-    `queue` (gateway/batches/queue.py, queue_connections)."""
+    """Connections a node opens, at start and at most under load: `workers` of them, each running `batch_workers`
+    chunks at a time (MSJX_BATCH_WORKERS)."""
 
     workers: int
-    queue: int
+    batch_workers: int
+
+    @property
+    def queue(self) -> int:
+        return queue_connections(self.batch_workers)
 
     @property
     def per_worker(self) -> int:
@@ -99,7 +109,8 @@ async def check_connection_room(connection: Any, need: Need, where: str, own: in
     for counted in ("on_database", "of_role", "on_server"):
         row[counted] -= own
     role, database = row["role"], row["database"]
-    tightest = min(limits(row), key=lambda limit: limit.free)
+    found = limits(row)
+    tightest = min(found, key=lambda limit: limit.free)
     if tightest.free < need.to_start:
         return (
             f"MSJX_DATABASE_URL: PostgreSQL at {where} has room for {max(tightest.free, 0)} more connections of the"
@@ -107,7 +118,7 @@ async def check_connection_room(connection: Any, need: Need, where: str, own: in
             f" this node needs {need.to_start} to start and opens up to {need.at_most} ({need.describe()}); raise"
             " the limit, or run fewer workers or batch slots (MSJX_BATCH_WORKERS)"
         )
-    lowest = min(limits(row), key=lambda limit: limit.allowed)
+    lowest = min(found, key=lambda limit: limit.allowed)
     if lowest.allowed < need.at_most:
         log.warning(
             "PostgreSQL at %s allows the role %s %d connections to the database %s (%s); this node opens up to %d"
